@@ -1,0 +1,468 @@
+//! Schema-aware merging: strategic merge patch, server-side apply merges and the field sets
+//! behind `managedFields`. List semantics (map with keys, set, atomic) come from upstream's
+//! list-type metadata (`list_types.rs`); objects without a schema merge lists atomically.
+
+use serde_json::{Map, Value};
+
+use super::admission::schema::{REF_PREFIX, definitions};
+use super::list_types::LIST_TYPES;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ListType {
+    Map(Vec<String>),
+    Set,
+    Atomic,
+}
+
+/// A position in a schema: the definition it belongs to, if known.
+#[derive(Clone, Copy)]
+pub struct Shape<'a> {
+    def: Option<&'a str>,
+    schema: Option<&'a Value>,
+}
+
+impl<'a> Shape<'a> {
+    pub fn none() -> Shape<'static> {
+        Shape { def: None, schema: None }
+    }
+
+    /// The shape of a definition (`io.k8s.api.apps.v1.Deployment`).
+    pub fn of_definition(name: &str) -> Shape<'static> {
+        match definitions().get_key_value(name) {
+            Some((k, v)) => Shape { def: Some(k.as_str()), schema: Some(v) },
+            None => Shape::none(),
+        }
+    }
+
+    /// The shape of an arbitrary schema value (a CRD's openAPIV3Schema).
+    pub fn of_schema(schema: &'a Value) -> Shape<'a> {
+        Shape { def: None, schema: Some(schema) }.resolved()
+    }
+
+    fn resolved(self) -> Shape<'a> {
+        let mut cur = self;
+        for _ in 0..16 {
+            let Some(s) = cur.schema else { return cur };
+            if let Some(name) = s.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix(REF_PREFIX)) {
+                match definitions().get_key_value(name) {
+                    Some((k, v)) => cur = Shape { def: Some(k.as_str()), schema: Some(v) },
+                    None => return Shape::none(),
+                }
+            } else if let Some(a) = s.get("allOf").and_then(Value::as_array).filter(|a| a.len() == 1) {
+                cur = Shape { def: cur.def, schema: Some(&a[0]) };
+            } else {
+                return cur;
+            }
+        }
+        cur
+    }
+
+    pub fn field(&self, name: &str) -> Shape<'a> {
+        let Some(s) = self.schema else { return Shape::none() };
+        let child = s.get("properties").and_then(|p| p.get(name)).or_else(|| s.get("additionalProperties").filter(|a| a.is_object()));
+        Shape { def: None, schema: child }.resolved()
+    }
+
+    pub fn items(&self) -> Shape<'a> {
+        Shape { def: None, schema: self.schema.and_then(|s| s.get("items")) }.resolved()
+    }
+
+    /// Whether this is a map with arbitrary keys (labels, data) rather than a struct.
+    pub fn is_map(&self) -> bool {
+        self.schema.is_some_and(|s| s.get("additionalProperties").is_some_and(Value::is_object) && s.get("properties").is_none())
+    }
+
+    /// How the list in `field` merges.
+    pub fn list_type(&self, field: &str) -> ListType {
+        if let Some(def) = self.def {
+            let lo = LIST_TYPES.partition_point(|(d, f, _, _)| (*d, *f) < (def, field));
+            if let Some((d, f, kind, keys)) = LIST_TYPES.get(lo) {
+                if *d == def && *f == field {
+                    return match *kind {
+                        "map" => ListType::Map(keys.iter().map(|k| k.to_string()).collect()),
+                        "set" => ListType::Set,
+                        _ => ListType::Atomic,
+                    };
+                }
+            }
+        }
+        // CRD schemas carry the extensions themselves.
+        let fs = self.field(field);
+        match fs.schema.and_then(|s| s.get("x-kubernetes-list-type")).and_then(Value::as_str) {
+            Some("map") => ListType::Map(
+                fs.schema
+                    .and_then(|s| s.get("x-kubernetes-list-map-keys"))
+                    .and_then(Value::as_array)
+                    .map(|a| a.iter().filter_map(|k| k.as_str().map(String::from)).collect())
+                    .unwrap_or_default(),
+            ),
+            Some("set") => ListType::Set,
+            _ => ListType::Atomic,
+        }
+    }
+}
+
+fn key_of(item: &Value, keys: &[String]) -> Option<Vec<Value>> {
+    let k: Vec<Value> = keys.iter().map(|k| item.get(k).cloned().unwrap_or(Value::Null)).collect();
+    (!k.iter().all(Value::is_null)).then_some(k)
+}
+
+/// Applies a strategic merge patch to `original`.
+pub fn strategic_merge(original: &Value, patch: &Value, shape: Shape) -> Result<Value, String> {
+    match (original, patch) {
+        (Value::Object(o), Value::Object(p)) => merge_object(o, p, shape).map(Value::Object),
+        (_, Value::Object(p)) => merge_object(&Map::new(), p, shape).map(Value::Object),
+        (_, p) => Ok(p.clone()),
+    }
+}
+
+fn merge_object(orig: &Map<String, Value>, patch: &Map<String, Value>, shape: Shape) -> Result<Map<String, Value>, String> {
+    match patch.get("$patch").and_then(Value::as_str) {
+        Some("replace") => {
+            let mut m = patch.clone();
+            m.remove("$patch");
+            return Ok(m);
+        }
+        Some("delete") => return Ok(Map::new()),
+        Some("merge") | None => {}
+        Some(other) => return Err(format!("Unknown patch type: {other}")),
+    }
+    let mut out = orig.clone();
+    if let Some(retain) = patch.get("$retainKeys") {
+        let keep: Vec<&str> = retain.as_array().ok_or("$retainKeys must be a list")?.iter().filter_map(Value::as_str).collect();
+        out.retain(|k, _| keep.contains(&k.as_str()));
+    }
+    for (k, pv) in patch {
+        if k == "$patch" || k == "$retainKeys" || k.starts_with("$setElementOrder/") {
+            continue;
+        }
+        if let Some(field) = k.strip_prefix("$deleteFromPrimitiveList/") {
+            let remove = pv.as_array().ok_or("$deleteFromPrimitiveList must be a list")?;
+            if let Some(Value::Array(a)) = out.get_mut(field) {
+                a.retain(|v| !remove.contains(v));
+            }
+            continue;
+        }
+        if pv.is_null() {
+            out.remove(k);
+            continue;
+        }
+        let child = shape.field(k);
+        let merged = match (out.get(k), pv) {
+            (Some(Value::Object(o)), Value::Object(p)) => Value::Object(merge_object(o, p, child)?),
+            (None, Value::Object(p)) => Value::Object(merge_object(&Map::new(), p, child)?),
+            (Some(Value::Array(o)), Value::Array(p)) => Value::Array(merge_list(o, p, shape.list_type(k), child.items())?),
+            (None, Value::Array(p)) => Value::Array(merge_list(&[], p, shape.list_type(k), child.items())?),
+            _ => pv.clone(),
+        };
+        out.insert(k.clone(), merged);
+    }
+    for (k, order) in patch.iter().filter_map(|(k, v)| k.strip_prefix("$setElementOrder/").map(|f| (f, v))) {
+        if let (Some(Value::Array(list)), Some(order)) = (out.get_mut(k), order.as_array()) {
+            reorder(list, order, shape.list_type(k));
+        }
+    }
+    Ok(out)
+}
+
+fn reorder(list: &mut Vec<Value>, order: &[Value], lt: ListType) {
+    let pos = |v: &Value| -> usize {
+        order
+            .iter()
+            .position(|o| match &lt {
+                ListType::Map(keys) => key_of(o, keys).is_some() && key_of(o, keys) == key_of(v, keys),
+                _ => o == v,
+            })
+            .unwrap_or(usize::MAX)
+    };
+    list.sort_by_key(|v| pos(v));
+}
+
+fn merge_list(orig: &[Value], patch: &[Value], lt: ListType, item_shape: Shape) -> Result<Vec<Value>, String> {
+    match lt {
+        ListType::Map(keys) if !keys.is_empty() => {
+            // A list-level `$patch: replace` item replaces the whole list.
+            if patch.iter().any(|p| p.get("$patch").and_then(Value::as_str) == Some("replace") && key_of(p, &keys).is_none()) {
+                return Ok(patch.iter().filter(|p| p.get("$patch").is_none()).cloned().collect());
+            }
+            let mut out: Vec<Value> = orig.to_vec();
+            for p in patch {
+                let Some(k) = key_of(p, &keys) else { return Err(format!("map list item lacks its merge key(s) {keys:?}")) };
+                let idx = out.iter().position(|o| key_of(o, &keys).as_ref() == Some(&k));
+                if p.get("$patch").and_then(Value::as_str) == Some("delete") {
+                    if let Some(i) = idx {
+                        out.remove(i);
+                    }
+                    continue;
+                }
+                match idx {
+                    Some(i) => out[i] = strategic_merge(&out[i], p, item_shape)?,
+                    None => out.push(strategic_merge(&Value::Null, p, item_shape)?),
+                }
+            }
+            Ok(out)
+        }
+        ListType::Set => {
+            let mut out = orig.to_vec();
+            for p in patch {
+                if !out.contains(p) {
+                    out.push(p.clone());
+                }
+            }
+            Ok(out)
+        }
+        _ => Ok(patch.to_vec()),
+    }
+}
+
+/// One step in a field path (FieldsV1 element).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Elem {
+    Field(String),
+    Key(String),
+    Value(String),
+}
+
+impl Elem {
+    fn encode(&self) -> String {
+        match self {
+            Elem::Field(f) => format!("f:{f}"),
+            Elem::Key(k) => format!("k:{k}"),
+            Elem::Value(v) => format!("v:{v}"),
+        }
+    }
+    fn decode(s: &str) -> Option<Elem> {
+        let (p, rest) = s.split_once(':')?;
+        Some(match p {
+            "f" => Elem::Field(rest.into()),
+            "k" => Elem::Key(rest.into()),
+            "v" => Elem::Value(rest.into()),
+            "i" => Elem::Value(format!("i{rest}")),
+            _ => return None,
+        })
+    }
+}
+
+pub type Path = Vec<Elem>;
+
+fn key_json(item: &Value, keys: &[String]) -> String {
+    let mut m = Map::new();
+    for k in keys {
+        if let Some(v) = item.get(k) {
+            m.insert(k.clone(), v.clone());
+        }
+    }
+    Value::Object(m).to_string()
+}
+
+/// Every leaf path of `v` (and the node paths of list items and maps).
+pub fn leaf_paths(v: &Value, shape: Shape, prefix: &mut Path, out: &mut Vec<Path>) {
+    match v {
+        Value::Object(m) if !m.is_empty() => {
+            if shape.is_map() || prefix.last().is_some_and(|e| matches!(e, Elem::Key(_))) {
+                out.push(prefix.clone());
+            }
+            for (k, cv) in m {
+                prefix.push(Elem::Field(k.clone()));
+                let child = shape.field(k);
+                match (cv, shape.list_type(k)) {
+                    (Value::Array(items), ListType::Map(keys)) if !keys.is_empty() => {
+                        for it in items {
+                            prefix.push(Elem::Key(key_json(it, &keys)));
+                            leaf_paths(it, child.items(), prefix, out);
+                            prefix.pop();
+                        }
+                    }
+                    (Value::Array(items), ListType::Set) => {
+                        for it in items {
+                            prefix.push(Elem::Value(it.to_string()));
+                            out.push(prefix.clone());
+                            prefix.pop();
+                        }
+                    }
+                    _ => leaf_paths(cv, child, prefix, out),
+                }
+                prefix.pop();
+            }
+        }
+        _ => out.push(prefix.clone()),
+    }
+}
+
+/// Reads the value at a path (None if absent).
+pub fn get_path<'v>(v: &'v Value, path: &[Elem], shape: Shape) -> Option<&'v Value> {
+    let mut cur = v;
+    let mut sh = shape;
+    let mut last_field = String::new();
+    let mut parent_shape = shape;
+    for e in path {
+        match e {
+            Elem::Field(f) => {
+                parent_shape = sh;
+                cur = cur.get(f)?;
+                sh = sh.field(f);
+                last_field = f.clone();
+            }
+            Elem::Key(k) => {
+                let want: Value = serde_json::from_str(k).ok()?;
+                let keys: Vec<String> = want.as_object()?.keys().cloned().collect();
+                cur = cur.as_array()?.iter().find(|it| keys.iter().all(|kk| it.get(kk) == want.get(kk)))?;
+                sh = sh.items();
+                let _ = (&parent_shape, &last_field);
+            }
+            Elem::Value(val) => {
+                let want: Value = serde_json::from_str(val).ok()?;
+                cur = cur.as_array()?.iter().find(|it| **it == want)?;
+            }
+        }
+    }
+    Some(cur)
+}
+
+/// Removes the value at a path, if present.
+pub fn remove_path(v: &mut Value, path: &[Elem]) {
+    let Some((last, parents)) = path.split_last() else { return };
+    let mut cur = v;
+    for e in parents {
+        cur = match e {
+            Elem::Field(f) => match cur.get_mut(f) {
+                Some(c) => c,
+                None => return,
+            },
+            Elem::Key(k) => {
+                let Ok(Value::Object(want)) = serde_json::from_str::<Value>(k) else { return };
+                match cur.as_array_mut().and_then(|a| a.iter_mut().find(|it| want.iter().all(|(kk, vv)| it.get(kk) == Some(vv)))) {
+                    Some(c) => c,
+                    None => return,
+                }
+            }
+            Elem::Value(_) => return,
+        };
+    }
+    match last {
+        Elem::Field(f) => {
+            if let Some(m) = cur.as_object_mut() {
+                m.remove(f);
+            }
+        }
+        Elem::Key(k) => {
+            if let (Ok(Value::Object(want)), Some(a)) = (serde_json::from_str::<Value>(k), cur.as_array_mut()) {
+                a.retain(|it| !want.iter().all(|(kk, vv)| it.get(kk) == Some(vv)));
+            }
+        }
+        Elem::Value(val) => {
+            if let (Ok(want), Some(a)) = (serde_json::from_str::<Value>(val), cur.as_array_mut()) {
+                a.retain(|it| *it != want);
+            }
+        }
+    }
+}
+
+/// Encodes a set of paths as FieldsV1.
+pub fn to_fields_v1(paths: &[Path]) -> Value {
+    let mut root = Map::new();
+    for p in paths {
+        let mut cur = &mut root;
+        for e in p {
+            let entry = cur.entry(e.encode()).or_insert_with(|| Value::Object(Map::new()));
+            cur = entry.as_object_mut().expect("object");
+        }
+        if !p.is_empty() && !cur.is_empty() {
+            cur.insert(".".into(), Value::Object(Map::new()));
+        }
+    }
+    // A node that is both a path and has children carries ".".
+    fn mark(paths: &[Path], prefix: &mut Path, m: &mut Map<String, Value>) {
+        if !prefix.is_empty() && paths.contains(prefix) && !m.is_empty() {
+            m.insert(".".into(), Value::Object(Map::new()));
+        }
+        for (k, v) in m.iter_mut() {
+            if k == "." {
+                continue;
+            }
+            if let (Some(e), Some(child)) = (Elem::decode(k), v.as_object_mut()) {
+                prefix.push(e);
+                mark(paths, prefix, child);
+                prefix.pop();
+            }
+        }
+    }
+    mark(paths, &mut Vec::new(), &mut root);
+    Value::Object(root)
+}
+
+/// Decodes FieldsV1 into paths (leaves and "." nodes).
+pub fn from_fields_v1(v: &Value) -> Vec<Path> {
+    fn walk(v: &Value, prefix: &mut Path, out: &mut Vec<Path>) {
+        let Some(m) = v.as_object() else { return };
+        if m.is_empty() {
+            out.push(prefix.clone());
+            return;
+        }
+        for (k, child) in m {
+            if k == "." {
+                out.push(prefix.clone());
+                continue;
+            }
+            if let Some(e) = Elem::decode(k) {
+                prefix.push(e);
+                walk(child, prefix, out);
+                prefix.pop();
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(v, &mut Vec::new(), &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod() -> Shape<'static> {
+        Shape::of_definition("io.k8s.api.core.v1.Pod")
+    }
+
+    #[test]
+    fn strategic_merge_by_key_and_directives() {
+        let orig = json!({"metadata": {"labels": {"a": "1", "b": "2"}, "finalizers": ["x"]},
+            "spec": {"containers": [{"name": "app", "image": "v1", "env": [{"name": "A", "value": "1"}]}, {"name": "side", "image": "s"}]}});
+        let patch = json!({"metadata": {"labels": {"b": null, "c": "3"}, "finalizers": ["y"]},
+            "spec": {"containers": [{"name": "app", "image": "v2", "env": [{"name": "B", "value": "2"}]}, {"name": "side", "$patch": "delete"}]}});
+        let out = strategic_merge(&orig, &patch, pod()).unwrap();
+        assert_eq!(out["metadata"]["labels"], json!({"a": "1", "c": "3"}));
+        assert_eq!(out["metadata"]["finalizers"], json!(["x", "y"]));
+        let cs = out["spec"]["containers"].as_array().unwrap();
+        assert_eq!(cs.len(), 1);
+        assert_eq!(cs[0]["image"], "v2");
+        assert_eq!(cs[0]["env"].as_array().unwrap().len(), 2);
+        // Tolerations are atomic: replaced whole.
+        let o = json!({"spec": {"tolerations": [{"key": "a"}]}});
+        let r = strategic_merge(&o, &json!({"spec": {"tolerations": [{"key": "b"}]}}), pod()).unwrap();
+        assert_eq!(r["spec"]["tolerations"], json!([{"key": "b"}]));
+        let r = strategic_merge(&o, &json!({"spec": {"$patch": "replace", "containers": []}}), pod()).unwrap();
+        assert_eq!(r["spec"], json!({"containers": []}));
+        let r = strategic_merge(&orig, &json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["x"]}}), pod()).unwrap();
+        assert_eq!(r["metadata"]["finalizers"], json!([]));
+        assert!(strategic_merge(&orig, &json!({"spec": {"containers": [{"image": "nokey"}]}}), pod()).is_err());
+    }
+
+    #[test]
+    fn fields_round_trip() {
+        let obj = json!({"metadata": {"labels": {"app": "x"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}});
+        let mut paths = Vec::new();
+        leaf_paths(&obj, pod(), &mut Vec::new(), &mut paths);
+        let f = to_fields_v1(&paths);
+        assert_eq!(f["f:metadata"]["f:labels"]["f:app"], json!({}));
+        assert!(f["f:metadata"]["f:labels"].get(".").is_some());
+        assert!(f["f:spec"]["f:containers"]["k:{\"name\":\"c\"}"].get(".").is_some());
+        let mut back = from_fields_v1(&f);
+        back.sort();
+        paths.sort();
+        assert_eq!(back, paths);
+        let p = &paths.iter().find(|p| p.len() == 4).unwrap();
+        assert!(get_path(&obj, p, pod()).is_some());
+    }
+}

@@ -1,0 +1,169 @@
+//! Command line: `kinglet server` and friends. Every flag also reads `KINGLET_<FLAG>` from the
+//! environment, and `--config` names a YAML file whose keys are flag names; command-line flags
+//! and environment variables win over the file.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "kinglet", version = crate::VERSION_LINE, about = "A whole Kubernetes distribution in one binary", args_override_self = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the control plane (API server, controllers, scheduler) and, unless disabled, a node.
+    Server(ServerArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// YAML file whose keys are flag names (flags given on the command line win).
+    #[arg(long, env = "KINGLET_CONFIG", default_value = "/etc/kinglet/config.yaml")]
+    pub config: PathBuf,
+    /// Where kinglet keeps its state.
+    #[arg(long, env = "KINGLET_DATA_DIR", default_value = "/var/lib/kinglet")]
+    pub data_dir: PathBuf,
+    /// Address the API server listens on.
+    #[arg(long, env = "KINGLET_BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub bind_address: IpAddr,
+    /// HTTPS port of the API server.
+    #[arg(long, env = "KINGLET_HTTPS_LISTEN_PORT", default_value_t = 6443)]
+    pub https_listen_port: u16,
+    /// Address advertised to clients and nodes (default: the host's first non-loopback address).
+    #[arg(long, env = "KINGLET_ADVERTISE_ADDRESS")]
+    pub advertise_address: Option<IpAddr>,
+    /// Extra names or addresses for the serving certificate (repeatable).
+    #[arg(long = "tls-san", env = "KINGLET_TLS_SAN", value_delimiter = ',')]
+    pub tls_san: Vec<String>,
+    /// Pod network range.
+    #[arg(long, env = "KINGLET_CLUSTER_CIDR", default_value = "10.42.0.0/16")]
+    pub cluster_cidr: String,
+    /// Service ClusterIP range.
+    #[arg(long, env = "KINGLET_SERVICE_CIDR", default_value = "10.43.0.0/16")]
+    pub service_cidr: String,
+    /// NodePort range.
+    #[arg(long, env = "KINGLET_SERVICE_NODE_PORT_RANGE", default_value = "30000-32767")]
+    pub service_node_port_range: String,
+    /// Cluster DNS service address.
+    #[arg(long, env = "KINGLET_CLUSTER_DNS", default_value = "10.43.0.10")]
+    pub cluster_dns: IpAddr,
+    /// Cluster DNS domain.
+    #[arg(long, env = "KINGLET_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Where to write the admin kubeconfig.
+    #[arg(long, env = "KINGLET_WRITE_KUBECONFIG", default_value = "/etc/kinglet/kinglet.yaml")]
+    pub write_kubeconfig: PathBuf,
+    /// File mode of the kubeconfig (octal).
+    #[arg(long, env = "KINGLET_WRITE_KUBECONFIG_MODE", default_value = "0600")]
+    pub write_kubeconfig_mode: String,
+    /// Run only the API server and control plane, no node.
+    #[arg(long, env = "KINGLET_DISABLE_AGENT")]
+    pub disable_agent: bool,
+    /// Verbose logging.
+    #[arg(long, env = "KINGLET_DEBUG")]
+    pub debug: bool,
+}
+
+impl ServerArgs {
+    pub fn node_port_range(&self) -> anyhow::Result<(u16, u16)> {
+        let (lo, hi) = self.service_node_port_range.split_once('-').ok_or_else(|| anyhow::anyhow!("--service-node-port-range must look like 30000-32767"))?;
+        let (lo, hi): (u16, u16) = (lo.trim().parse()?, hi.trim().parse()?);
+        anyhow::ensure!(lo <= hi && lo > 0, "--service-node-port-range: {lo} is above {hi}");
+        Ok((lo, hi))
+    }
+
+    pub fn kubeconfig_mode(&self) -> anyhow::Result<u32> {
+        u32::from_str_radix(self.write_kubeconfig_mode.trim_start_matches("0o"), 8)
+            .map_err(|_| anyhow::anyhow!("--write-kubeconfig-mode must be an octal mode such as 0644, not {:?}", self.write_kubeconfig_mode))
+    }
+}
+
+/// Turns a config file into `--flag=value` arguments (lists become repeated flags), skipping
+/// keys whose environment variable is set, so that environment and command line win.
+fn config_args(path: &std::path::Path, explicit: bool) -> anyhow::Result<Vec<String>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => anyhow::bail!("reading config file {}: {e}", path.display()),
+    };
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
+    let map = match doc {
+        serde_yaml::Value::Mapping(m) => m,
+        serde_yaml::Value::Null => return Ok(Vec::new()),
+        _ => anyhow::bail!("config file {}: expected a mapping of flag names to values", path.display()),
+    };
+    let mut args = Vec::new();
+    for (k, v) in map {
+        let key = k.as_str().ok_or_else(|| anyhow::anyhow!("config file {}: keys must be strings", path.display()))?.to_string();
+        if std::env::var_os(format!("KINGLET_{}", key.to_uppercase().replace('-', "_"))).is_some() {
+            continue;
+        }
+        let scalar = |v: &serde_yaml::Value| -> anyhow::Result<String> {
+            Ok(match v {
+                serde_yaml::Value::String(s) => s.clone(),
+                serde_yaml::Value::Number(n) => n.to_string(),
+                serde_yaml::Value::Bool(b) => b.to_string(),
+                _ => anyhow::bail!("config file {}: {key} must be a scalar or a list of scalars", path.display()),
+            })
+        };
+        match &v {
+            serde_yaml::Value::Sequence(items) => {
+                for it in items {
+                    args.push(format!("--{key}={}", scalar(it)?));
+                }
+            }
+            serde_yaml::Value::Bool(true) => args.push(format!("--{key}")),
+            serde_yaml::Value::Bool(false) => {}
+            other => args.push(format!("--{key}={}", scalar(other)?)),
+        }
+    }
+    Ok(args)
+}
+
+/// Parses the command line, merging the config file underneath it.
+pub fn parse() -> anyhow::Result<Cli> {
+    let argv: Vec<String> = std::env::args().collect();
+    let first = Cli::try_parse_from(&argv).unwrap_or_else(|e| e.exit());
+    let Command::Server(args) = &first.command;
+    let explicit = argv.iter().any(|a| a == "--config" || a.starts_with("--config=")) || std::env::var_os("KINGLET_CONFIG").is_some();
+    let extra = config_args(&args.config, explicit)?;
+    if extra.is_empty() {
+        return Ok(first);
+    }
+    // File flags go right after the subcommand so later command-line flags override them.
+    let mut merged = vec![argv[0].clone(), argv[1].clone()];
+    merged.extend(extra);
+    merged.extend(argv[2..].iter().cloned());
+    Ok(Cli::try_parse_from(&merged).unwrap_or_else(|e| e.exit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_file_under_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "https-listen-port: 7443\ntls-san: [a.example, 10.0.0.9]\ndisable-agent: true\ncluster-domain: edge.local\n").unwrap();
+        let extra = config_args(&path, true).unwrap();
+        let mut argv = vec!["kinglet".to_string(), "server".to_string()];
+        argv.extend(extra);
+        argv.push("--cluster-domain=cli.local".into());
+        let cli = Cli::try_parse_from(&argv).unwrap();
+        let Command::Server(a) = cli.command;
+        assert_eq!(a.https_listen_port, 7443);
+        assert_eq!(a.tls_san, vec!["a.example", "10.0.0.9"]);
+        assert!(a.disable_agent);
+        assert_eq!(a.cluster_domain, "cli.local");
+        std::fs::write(&path, "- not a map").unwrap();
+        assert!(config_args(&path, true).is_err());
+        assert!(config_args(&dir.path().join("missing.yaml"), false).unwrap().is_empty());
+        assert!(config_args(&dir.path().join("missing.yaml"), true).is_err());
+    }
+}

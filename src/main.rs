@@ -1,0 +1,29 @@
+//! kinglet: a whole Kubernetes distribution in one binary.
+
+mod apiserver;
+mod cli;
+mod pki;
+mod server;
+mod store;
+
+/// The Kubernetes API level kinglet serves.
+pub const K8S_GIT_VERSION: &str = "v1.33.0+kinglet";
+/// `kinglet --version`.
+pub const VERSION_LINE: &str = concat!("v", env!("CARGO_PKG_VERSION"), " (Kubernetes API v1.33.0)");
+
+fn main() {
+    let cli = match cli::parse() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kinglet: {e}");
+            std::process::exit(2);
+        }
+    };
+    let result = match cli.command {
+        cli::Command::Server(args) => server::run(args),
+    };
+    if let Err(e) = result {
+        eprintln!("kinglet: {e:#}");
+        std::process::exit(1);
+    }
+}

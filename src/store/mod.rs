@@ -1,0 +1,357 @@
+//! The datastore: an etcd-like revision log on SQLite.
+//!
+//! Every write appends one row to `log`; its `rev` is the new global revision, which the API
+//! server exposes as `resourceVersion`. The latest row of a key is its current state (a row with
+//! `deleted = 1` is a tombstone). One writer thread owns the write connection and commits requests
+//! in batches (group commit), so concurrent clients never see "database is locked", and each
+//! acknowledged write has been fsynced (WAL, `synchronous=FULL`). Committed events are pushed to
+//! the watch hub; see `watch.rs`.
+
+mod watch;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use bytes::Bytes;
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::oneshot;
+
+pub use watch::{Event, EventType, WatchStream};
+use watch::Hub;
+use writer::{Op, WriteRequest};
+
+/// One stored object version.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub key: String,
+    pub rev: i64,
+    pub create_rev: i64,
+    pub value: Bytes,
+}
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
+pub enum StoreError {
+    #[error("key already exists")]
+    AlreadyExists,
+    #[error("key not found")]
+    NotFound,
+    #[error("revision mismatch: current revision is {0}")]
+    Conflict(i64),
+    #[error("required revision {requested} has been compacted (oldest available {compacted})")]
+    Compacted { requested: i64, compacted: i64 },
+    #[error("store failure: {0}")]
+    Internal(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Internal(e.to_string())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A page of a list at one revision.
+#[derive(Debug)]
+pub struct ListPage {
+    pub items: Vec<Record>,
+    /// The revision the list was read at.
+    pub rev: i64,
+    /// Whether more items follow the last one (for `limit`).
+    pub more: bool,
+    /// How many items follow after this page, if known.
+    pub remaining: i64,
+}
+
+struct Shared {
+    path: PathBuf,
+    /// Highest committed (and published) revision.
+    current: AtomicI64,
+    /// Everything at or below this revision may have been compacted away.
+    compacted: AtomicI64,
+    readers: Mutex<Vec<Connection>>,
+    hub: Hub,
+}
+
+/// Handle to the datastore; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    shared: Arc<Shared>,
+    writer: std::sync::mpsc::SyncSender<WriteRequest>,
+}
+
+/// How many recent events the in-memory watch ring keeps.
+const RING_CAPACITY: usize = 16 * 1024;
+
+impl Store {
+    /// Opens (or creates) the database at `path` and starts the writer thread.
+    pub fn open(path: &Path) -> anyhow::Result<Store> {
+        Store::open_with_ring(path, RING_CAPACITY)
+    }
+
+    /// Like `open`, with a watch ring of `ring` events.
+    pub fn open_with_ring(path: &Path, ring: usize) -> anyhow::Result<Store> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let conn = open_connection(path)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS log (
+                 rev INTEGER PRIMARY KEY,
+                 key TEXT NOT NULL,
+                 create_rev INTEGER NOT NULL,
+                 prev_rev INTEGER NOT NULL,
+                 deleted INTEGER NOT NULL,
+                 value BLOB NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS log_key_rev ON log(key, rev);
+             CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);",
+        )?;
+        let current: i64 = conn.query_row("SELECT COALESCE(MAX(rev), 0) FROM log", [], |r| r.get(0))?;
+        let compacted: i64 = conn
+            .query_row("SELECT value FROM meta WHERE name = 'compacted'", [], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0);
+        let shared = Arc::new(Shared {
+            path: path.to_path_buf(),
+            current: AtomicI64::new(current),
+            compacted: AtomicI64::new(compacted),
+            readers: Mutex::new(Vec::new()),
+            hub: Hub::new(ring, current),
+        });
+        let writer = writer::spawn(conn, shared.clone())?;
+        Ok(Store { shared, writer })
+    }
+
+    /// The newest committed revision.
+    pub fn current_rev(&self) -> i64 {
+        self.shared.current.load(Ordering::Acquire)
+    }
+
+    /// The newest compacted revision: history at or below it is gone.
+    pub fn compacted_rev(&self) -> i64 {
+        self.shared.compacted.load(Ordering::Acquire)
+    }
+
+    async fn write(&self, op: Op) -> Result<(i64, Option<Record>)> {
+        let (tx, rx) = oneshot::channel();
+        let writer = self.writer.clone();
+        // The channel is bounded; a full channel blocks, so hand it to a blocking thread.
+        tokio::task::spawn_blocking(move || writer.send(WriteRequest { op, reply: tx }))
+            .await
+            .map_err(|e| StoreError::Internal(e.to_string()))?
+            .map_err(|_| StoreError::Internal("store writer stopped".into()))?;
+        rx.await.map_err(|_| StoreError::Internal("store writer stopped".into()))?
+    }
+
+    /// Creates `key`; fails with `AlreadyExists` if it is live. Returns the new revision.
+    pub async fn create(&self, key: &str, value: Bytes) -> Result<i64> {
+        self.write(Op::Create { key: key.to_string(), value }).await.map(|(rev, _)| rev)
+    }
+
+    /// Replaces `key` if its current revision is `expected_rev` (or unconditionally with `None`).
+    pub async fn update(&self, key: &str, expected_rev: Option<i64>, value: Bytes) -> Result<i64> {
+        self.write(Op::Update { key: key.to_string(), expected_rev, value }).await.map(|(rev, _)| rev)
+    }
+
+    /// Deletes `key` (if at `expected_rev`). Returns the delete revision and the last state.
+    pub async fn delete(&self, key: &str, expected_rev: Option<i64>) -> Result<(i64, Record)> {
+        let (rev, prev) = self.write(Op::Delete { key: key.to_string(), expected_rev }).await?;
+        Ok((rev, prev.ok_or(StoreError::NotFound)?))
+    }
+
+    /// Compacts history at or below `rev` (keeping each key's latest state).
+    pub async fn compact(&self, rev: i64) -> Result<()> {
+        self.write(Op::Compact { rev }).await.map(|_| ())
+    }
+
+    fn with_reader<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> impl Future<Output = Result<T>> {
+        let shared = self.shared.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let conn = shared.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+                let conn = match conn {
+                    Some(c) => c,
+                    None => open_connection(&shared.path).map_err(|e| StoreError::Internal(e.to_string()))?,
+                };
+                let out = f(&conn);
+                shared.readers.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+                out
+            })
+            .await
+            .map_err(|e| StoreError::Internal(e.to_string()))?
+        }
+    }
+
+    /// The current state of `key`.
+    pub async fn get(&self, key: &str) -> Result<Option<Record>> {
+        let key = key.to_string();
+        self.with_reader(move |c| Ok(latest(c, &key, i64::MAX)?)).await
+    }
+
+    /// Lists live keys under `prefix` at revision `rev` (0 = current), starting after `after`.
+    pub async fn list(&self, prefix: &str, rev: i64, after: Option<String>, limit: Option<usize>) -> Result<ListPage> {
+        let rev = if rev <= 0 { self.current_rev() } else { rev };
+        let compacted = self.compacted_rev();
+        if rev < compacted {
+            return Err(StoreError::Compacted { requested: rev, compacted });
+        }
+        let prefix = prefix.to_string();
+        self.with_reader(move |c| list_at(c, &prefix, rev, after.as_deref(), limit)).await
+    }
+
+    /// Counts live keys under `prefix` (for metrics).
+    pub async fn count(&self, prefix: &str) -> Result<i64> {
+        let (lo, hi) = prefix_range(prefix);
+        self.with_reader(move |c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*) FROM log l JOIN (SELECT MAX(rev) AS rev FROM log WHERE key >= ?1 AND key < ?2 GROUP BY key) m
+                 ON l.rev = m.rev WHERE l.deleted = 0",
+                params![lo, hi],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
+    /// Size in bytes of the database files.
+    pub fn db_size(&self) -> u64 {
+        let base = self.shared.path.to_string_lossy().to_string();
+        [base.clone(), format!("{base}-wal")]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
+    /// Watches keys under `prefix` for changes after revision `after`.
+    pub async fn watch(&self, prefix: &str, after: i64) -> Result<WatchStream> {
+        let (stream, gap_end) = self.shared.hub.subscribe(prefix, after);
+        if let Some(gap_end) = gap_end {
+            // The ring no longer holds (after, gap_end): read that stretch from the log.
+            let compacted = self.compacted_rev();
+            if after < compacted {
+                return Err(StoreError::Compacted { requested: after, compacted });
+            }
+            let prefix = prefix.to_string();
+            let history = self.with_reader(move |c| history(c, &prefix, after, gap_end)).await?;
+            return Ok(stream.with_history(history));
+        }
+        Ok(stream)
+    }
+
+    /// Starts the periodic compactor: every `interval`, history older than the previous tick goes.
+    pub fn spawn_compactor(&self, interval: std::time::Duration) {
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut mark = store.current_rev();
+            loop {
+                tokio::time::sleep(interval).await;
+                if mark > store.compacted_rev() {
+                    if let Err(e) = store.compact(mark).await {
+                        tracing::warn!("compaction failed: {e}");
+                    }
+                }
+                mark = store.current_rev();
+            }
+        });
+    }
+}
+
+fn open_connection(path: &Path) -> anyhow::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF;")?;
+    Ok(conn)
+}
+
+/// The smallest string greater than every string starting with `prefix`.
+fn prefix_range(prefix: &str) -> (String, String) {
+    let mut hi = prefix.as_bytes().to_vec();
+    while let Some(last) = hi.pop() {
+        if last < 0xff {
+            hi.push(last + 1);
+            break;
+        }
+    }
+    (prefix.to_string(), String::from_utf8_lossy(&hi).into_owned())
+}
+
+fn latest(c: &Connection, key: &str, rev: i64) -> rusqlite::Result<Option<Record>> {
+    c.prepare_cached("SELECT rev, create_rev, deleted, value FROM log WHERE key = ?1 AND rev <= ?2 ORDER BY rev DESC LIMIT 1")?
+        .query_row(params![key, rev], |r| {
+            let deleted: i64 = r.get(2)?;
+            Ok((deleted, Record { key: key.to_string(), rev: r.get(0)?, create_rev: r.get(1)?, value: Bytes::from(r.get::<_, Vec<u8>>(3)?) }))
+        })
+        .optional()
+        .map(|o| o.and_then(|(deleted, rec)| (deleted == 0).then_some(rec)))
+}
+
+fn list_at(c: &Connection, prefix: &str, rev: i64, after: Option<&str>, limit: Option<usize>) -> Result<ListPage> {
+    let (lo, hi) = prefix_range(prefix);
+    let lo = match after {
+        Some(a) if a >= lo.as_str() => format!("{a}\u{0}"),
+        _ => lo,
+    };
+    let fetch = limit.map(|l| l as i64 + 1).unwrap_or(-1);
+    let mut stmt = c.prepare_cached(
+        "SELECT l.key, l.rev, l.create_rev, l.value FROM log l
+         JOIN (SELECT MAX(rev) AS rev FROM log WHERE key >= ?1 AND key < ?2 AND rev <= ?3 GROUP BY key) m ON l.rev = m.rev
+         WHERE l.deleted = 0 ORDER BY l.key LIMIT ?4",
+    )?;
+    let mut items = stmt
+        .query_map(params![lo, hi, rev, fetch], |r| {
+            Ok(Record { key: r.get(0)?, rev: r.get(1)?, create_rev: r.get(2)?, value: Bytes::from(r.get::<_, Vec<u8>>(3)?) })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let more = limit.is_some_and(|l| items.len() > l);
+    let mut remaining = 0;
+    if more {
+        items.truncate(limit.unwrap_or(0));
+        let last = items.last().map(|r| format!("{}\u{0}", r.key)).unwrap_or_default();
+        remaining = c.query_row(
+            "SELECT COUNT(*) FROM log l JOIN (SELECT MAX(rev) AS rev FROM log WHERE key >= ?1 AND key < ?2 AND rev <= ?3 GROUP BY key) m
+             ON l.rev = m.rev WHERE l.deleted = 0",
+            params![last, hi, rev],
+            |r| r.get(0),
+        )?;
+    }
+    Ok(ListPage { items, rev, more, remaining })
+}
+
+/// Events under `prefix` with revision in (after, before), oldest first.
+fn history(c: &Connection, prefix: &str, after: i64, before: i64) -> Result<Vec<Arc<Event>>> {
+    let (lo, hi) = prefix_range(prefix);
+    let mut stmt = c.prepare_cached(
+        "SELECT l.key, l.rev, l.create_rev, l.deleted, l.value, p.value, p.deleted FROM log l LEFT JOIN log p ON p.rev = l.prev_rev
+         WHERE l.rev > ?1 AND l.rev < ?2 AND l.key >= ?3 AND l.key < ?4 ORDER BY l.rev",
+    )?;
+    let rows = stmt.query_map(params![after, before, lo, hi], |r| {
+        let deleted: i64 = r.get(3)?;
+        let prev: Option<Vec<u8>> = r.get(5)?;
+        let prev_deleted: Option<i64> = r.get(6)?;
+        let prev = prev.filter(|_| prev_deleted == Some(0)).map(Bytes::from);
+        let typ = if deleted == 1 {
+            EventType::Deleted
+        } else if prev.is_some() {
+            EventType::Modified
+        } else {
+            EventType::Added
+        };
+        Ok(Arc::new(Event {
+            typ,
+            record: Record { key: r.get(0)?, rev: r.get(1)?, create_rev: r.get(2)?, value: Bytes::from(r.get::<_, Vec<u8>>(4)?) },
+            prev,
+        }))
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,141 @@
+use super::*;
+
+fn open(dir: &tempfile::TempDir, ring: usize) -> Store {
+    Store::open_with_ring(&dir.path().join("state.db"), ring).unwrap()
+}
+
+fn b(s: &str) -> Bytes {
+    Bytes::from(s.to_string())
+}
+
+#[tokio::test]
+async fn create_update_delete_with_revisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir, 100);
+    let r1 = s.create("/a/x", b("1")).await.unwrap();
+    assert_eq!(s.create("/a/x", b("2")).await, Err(StoreError::AlreadyExists));
+    let r2 = s.update("/a/x", Some(r1), b("2")).await.unwrap();
+    assert!(r2 > r1);
+    assert_eq!(s.update("/a/x", Some(r1), b("3")).await, Err(StoreError::Conflict(r2)));
+    let got = s.get("/a/x").await.unwrap().unwrap();
+    assert_eq!((got.rev, got.create_rev, &got.value[..]), (r2, r1, &b"2"[..]));
+    let (r3, last) = s.delete("/a/x", None).await.unwrap();
+    assert!(r3 > r2);
+    assert_eq!(&last.value[..], b"2");
+    assert!(s.get("/a/x").await.unwrap().is_none());
+    assert_eq!(s.delete("/a/x", None).await.unwrap_err(), StoreError::NotFound);
+    assert_eq!(s.update("/a/x", None, b("4")).await, Err(StoreError::NotFound));
+    // Re-create after delete starts a new lifetime.
+    let r4 = s.create("/a/x", b("5")).await.unwrap();
+    assert_eq!(s.get("/a/x").await.unwrap().unwrap().create_rev, r4);
+    assert_eq!(s.current_rev(), r4);
+}
+
+#[tokio::test]
+async fn list_pages_and_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir, 100);
+    for i in 0..10 {
+        s.create(&format!("/p/ns/{i:02}"), b("v")).await.unwrap();
+    }
+    s.create("/p/nsx/00", b("other prefix")).await.unwrap();
+    let at = s.current_rev();
+    s.delete("/p/ns/03", None).await.unwrap();
+    let page = s.list("/p/ns/", 0, None, Some(4)).await.unwrap();
+    assert_eq!(page.items.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), ["/p/ns/00", "/p/ns/01", "/p/ns/02", "/p/ns/04"]);
+    assert!(page.more);
+    assert_eq!(page.remaining, 5);
+    let next = s.list("/p/ns/", page.rev, Some(page.items[3].key.clone()), Some(100)).await.unwrap();
+    assert_eq!(next.items.len(), 5);
+    assert!(!next.more);
+    // A list at an older revision still sees the deleted key.
+    let old = s.list("/p/ns/", at, None, None).await.unwrap();
+    assert_eq!(old.items.len(), 10);
+}
+
+#[tokio::test]
+async fn watch_from_ring_and_from_log_then_live() {
+    let dir = tempfile::tempdir().unwrap();
+    // A ring of 2 forces catch-up reads from the log.
+    let s = open(&dir, 2);
+    let start = s.current_rev();
+    let r1 = s.create("/w/a", b("1")).await.unwrap();
+    s.update("/w/a", None, b("2")).await.unwrap();
+    s.create("/other/b", b("x")).await.unwrap();
+    s.delete("/w/a", None).await.unwrap();
+    let mut w = s.watch("/w/", start).await.unwrap();
+    let types: Vec<_> = [w.next().await.unwrap(), w.next().await.unwrap(), w.next().await.unwrap()]
+        .iter()
+        .map(|e| (e.typ, e.record.value.clone()))
+        .collect();
+    assert_eq!(types, vec![(EventType::Added, b("1")), (EventType::Modified, b("2")), (EventType::Deleted, b("2"))]);
+    let live = s.create("/w/c", b("3")).await.unwrap();
+    let ev = w.next().await.unwrap();
+    assert_eq!((ev.typ, ev.record.rev), (EventType::Added, live));
+    // Watching from r1 yields only later events.
+    let mut w2 = s.watch("/w/", r1).await.unwrap();
+    assert_eq!(w2.next().await.unwrap().typ, EventType::Modified);
+}
+
+#[tokio::test]
+async fn compaction_expires_old_revisions_but_keeps_latest_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir, 1);
+    let r1 = s.create("/c/a", b("1")).await.unwrap();
+    s.update("/c/a", None, b("2")).await.unwrap();
+    s.create("/c/b", b("1")).await.unwrap();
+    s.delete("/c/b", None).await.unwrap();
+    let top = s.current_rev();
+    s.compact(top).await.unwrap();
+    assert!(matches!(s.watch("/c/", r1).await, Err(StoreError::Compacted { .. })));
+    assert!(matches!(s.list("/c/", r1, None, None).await, Err(StoreError::Compacted { .. })));
+    let page = s.list("/c/", 0, None, None).await.unwrap();
+    assert_eq!(page.items.len(), 1);
+    assert_eq!(&page.items[0].value[..], b"2");
+    assert!(s.watch("/c/", top).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_get_unique_increasing_revisions_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir, 100);
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut revs = Vec::new();
+            for i in 0..50 {
+                let key = format!("/k/{t}/{i}");
+                revs.push(s.create(&key, b("v")).await.unwrap());
+                // Conflicting updates on one shared key: exactly one of each racing pair wins or retries.
+                loop {
+                    let cur = s.get("/k/shared").await.unwrap();
+                    let res = match cur {
+                        None => s.create("/k/shared", b("0")).await.map(|_| ()),
+                        Some(r) => s.update("/k/shared", Some(r.rev), b("n")).await.map(|_| ()),
+                    };
+                    match res {
+                        Ok(()) => break,
+                        Err(StoreError::Conflict(_) | StoreError::AlreadyExists) => continue,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            }
+            revs
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        let revs = t.await.unwrap();
+        assert!(revs.windows(2).all(|w| w[0] < w[1]));
+        all.extend(revs);
+    }
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 800);
+    let top = s.current_rev();
+    drop(s);
+    let s = open(&dir, 100);
+    assert_eq!(s.current_rev(), top);
+    assert_eq!(s.count("/k/").await.unwrap(), 801);
+}
