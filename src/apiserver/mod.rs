@@ -20,6 +20,7 @@ pub mod object;
 mod openapi;
 mod patch;
 mod protobuf;
+mod protobuf_tables;
 pub mod registry;
 pub mod request;
 mod scale;

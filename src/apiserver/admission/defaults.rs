@@ -127,7 +127,6 @@ pub fn pod_spec(spec: &mut Value) {
     default(spec, "terminationGracePeriodSeconds", json!(30));
     default(spec, "securityContext", json!({}));
     default(spec, "schedulerName", json!("default-scheduler"));
-    default(spec, "enableServiceLinks", json!(true));
     let host_network = spec.get("hostNetwork").and_then(Value::as_bool).unwrap_or(false);
     for list in ["initContainers", "containers", "ephemeralContainers"] {
         each(spec, list, |c| container(c, host_network));
@@ -174,6 +173,7 @@ pub fn apply(res: &Resource, obj: &mut Value) {
                         }
                     });
                 }
+                default(spec, "enableServiceLinks", json!(true));
                 default(spec, "priority", json!(0));
                 default(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
             }

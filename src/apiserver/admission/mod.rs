@@ -218,7 +218,7 @@ fn allocate_service(api: &Api, res: &Resource, svc: &mut Value, old: Option<&Val
         let old_ports = old.pointer("/spec/ports").and_then(Value::as_array).cloned().unwrap_or_default();
         if typ == "NodePort" || typ == "LoadBalancer" {
             if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
-                for p in ports.iter_mut().filter(|p| p.get("nodePort").is_none_or(Value::is_null)) {
+                for p in ports.iter_mut().filter(|p| p.get("nodePort").is_none_or(|n| n.is_null() || n == 0)) {
                     if let Some(op) = old_ports.iter().find(|op| op.get("port") == p.get("port") && op.get("protocol") == p.get("protocol")) {
                         if let Some(np) = op.get("nodePort") {
                             p["nodePort"] = np.clone();
@@ -276,7 +276,7 @@ fn allocate_service(api: &Api, res: &Resource, svc: &mut Value, old: Option<&Val
         let lb_ports = spec.get("allocateLoadBalancerNodePorts").and_then(Value::as_bool) != Some(false);
         if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
             for (i, p) in ports.iter_mut().enumerate() {
-                match p.get("nodePort").and_then(Value::as_u64) {
+                match p.get("nodePort").and_then(Value::as_u64).filter(|n| *n != 0) {
                     Some(np) => {
                         let np16 = u16::try_from(np).unwrap_or(0);
                         if !old_ports.contains(&np16) && !alloc.reserve_port(np16) {

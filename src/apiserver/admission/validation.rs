@@ -277,7 +277,7 @@ fn service(obj: &Value, old: Option<&Value>, out: &mut Vec<Cause>) {
                 out.push(Cause::unsupported(format!("spec.ports[{i}].protocol"), &json!(proto), &["SCTP", "TCP", "UDP"]));
             }
         }
-        if p.get("nodePort").is_some_and(|n| !n.is_null()) && typ == "ClusterIP" {
+        if p.get("nodePort").is_some_and(|n| !n.is_null() && n != 0) && typ == "ClusterIP" {
             out.push(Cause::forbidden(format!("spec.ports[{i}].nodePort"), "may not be used when `type` is 'ClusterIP'"));
         }
     }
