@@ -2,6 +2,7 @@
 
 mod apiserver;
 mod cli;
+mod controllers;
 mod pki;
 mod server;
 mod store;

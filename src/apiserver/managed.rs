@@ -172,14 +172,17 @@ pub fn apply(ctx: &Ctx, res: &Resource, current: Option<&Value>, applied: &Value
     for e in entries.iter_mut().filter(|e| e.manager != manager) {
         let mut lost = Vec::new();
         for p in e.paths.iter().filter(|p| applied_paths.contains(p)) {
-            if merge::get_path(cur, p, shape) != merge::get_path(applied, p, shape) {
+            let applied_value = merge::get_path(applied, p, shape);
+            // Only leaf values conflict; "." nodes of maps and list items are containers.
+            if applied_value.is_some_and(|v| v.is_object()) {
+                continue;
+            }
+            if merge::get_path(cur, p, shape) != applied_value {
                 if force {
                     lost.push(p.clone());
                 } else {
                     conflicts.push((e.manager.clone(), e.api_version.clone(), p.clone()));
                 }
-            } else {
-                // Same value: ownership is shared.
             }
         }
         e.paths.retain(|p| !lost.contains(p));

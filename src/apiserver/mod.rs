@@ -5,7 +5,7 @@ mod admission;
 mod alloc;
 pub mod auth;
 mod bootstrap;
-mod context;
+pub mod context;
 mod convert;
 pub mod crd;
 mod discovery;
