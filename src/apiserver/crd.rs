@@ -114,7 +114,6 @@ pub fn resources_of(crd: &Value) -> Vec<Resource> {
             subresources.push(Subresource { name: "scale".into(), kind: "Scale".into(), group: "autoscaling".into(), version: "v1".into(), verbs: &["get", "patch", "update"] });
         }
         let schema = v.pointer("/schema/openAPIV3Schema").cloned();
-        let preserve_unknown = schema.as_ref().and_then(|s| s.get("x-kubernetes-preserve-unknown-fields")).and_then(Value::as_bool) == Some(true);
         out.push(Resource {
             group: group.clone(),
             version,
@@ -133,7 +132,6 @@ pub fn resources_of(crd: &Value) -> Vec<Resource> {
                 schema,
                 printer_columns: v.get("additionalPrinterColumns").and_then(Value::as_array).cloned().unwrap_or_default(),
                 scale,
-                preserve_unknown,
             })),
         });
     }

@@ -18,6 +18,7 @@ mod merge;
 mod metrics;
 pub mod object;
 mod openapi;
+mod openapi_v2;
 mod patch;
 mod protobuf;
 mod protobuf_tables;
@@ -54,8 +55,6 @@ pub struct ApiConfig {
     pub advertise_address: IpAddr,
     pub port: u16,
     pub service_cidr: String,
-    pub cluster_cidr: String,
-    pub cluster_dns: IpAddr,
     pub cluster_domain: String,
     pub node_port_range: (u16, u16),
 }
@@ -73,8 +72,8 @@ pub struct Api {
     pub auth: Authenticator,
     metrics: metrics::Metrics,
     openapi: openapi::Cache,
+    openapi_v2: openapi_v2::Cache,
     allocator: Mutex<alloc::Allocator>,
-    started: Instant,
 }
 
 /// The identity a connection authenticated with its client certificate.
@@ -101,8 +100,8 @@ impl Api {
             auth: Authenticator { signer, api_audiences: vec![issuer] },
             metrics: metrics::Metrics::new(),
             openapi: openapi::Cache::default(),
+            openapi_v2: openapi_v2::Cache::default(),
             allocator: Mutex::new(allocator),
-            started: Instant::now(),
         });
         crd::sync(&api).await?;
         bootstrap::run(&api).await?;
@@ -256,7 +255,18 @@ async fn route(
                 (StatusCode::OK, [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
             }
             "/openapi/v3" | "/openapi/v3/" => json_body(200, "application/json", &openapi::index(api)),
-            "/openapi/v2" => ApiError::path_not_found().into_response(),
+            "/openapi/v2" => {
+                if accept.contains("protobuf") {
+                    let body = openapi_v2::document(api);
+                    Response::builder()
+                        .status(StatusCode::OK)
+                        .header(http::header::CONTENT_TYPE, "application/octet-stream")
+                        .body(Body::from(body.as_ref().clone()))
+                        .unwrap_or_default()
+                } else {
+                    json_body(200, "application/json", &openapi_v2::json_document(api))
+                }
+            }
             p if p.starts_with("/openapi/v3/") => {
                 let gv = p.trim_start_matches("/openapi/v3/").trim_end_matches('/');
                 match openapi::document(api, gv) {
@@ -309,11 +319,6 @@ async fn route(
             }
         }
     }
-}
-
-/// Uptime, for status reports.
-pub fn uptime(api: &Api) -> std::time::Duration {
-    api.started.elapsed()
 }
 
 /// The first address of the service range (the `kubernetes` Service's ClusterIP).

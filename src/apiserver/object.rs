@@ -7,10 +7,6 @@ pub fn now_time() -> String {
     chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-/// RFC 3339 time with microseconds, as `metav1.MicroTime` serialises.
-pub fn now_micro_time() -> String {
-    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
-}
 
 pub fn meta(obj: &Value) -> &Value {
     obj.get("metadata").unwrap_or(&Value::Null)
@@ -129,13 +125,18 @@ pub fn random_suffix(n: usize) -> String {
     (0..n).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
 }
 
-/// Deep equality ignoring `metadata.resourceVersion`, `metadata.managedFields` and the given keys.
+/// Deep equality ignoring `metadata.resourceVersion` and managed-field timestamps: an update
+/// that changes nothing else is not written.
 pub fn same_ignoring_bookkeeping(a: &Value, b: &Value) -> bool {
     let strip = |v: &Value| {
         let mut v = v.clone();
         if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
             m.remove("resourceVersion");
-            m.remove("managedFields");
+            if let Some(Value::Array(entries)) = m.get_mut("managedFields") {
+                for e in entries.iter_mut().filter_map(Value::as_object_mut) {
+                    e.remove("time");
+                }
+            }
         }
         v
     };

@@ -23,7 +23,6 @@ pub struct CustomInfo {
     pub schema: Option<Value>,
     pub printer_columns: Vec<Value>,
     pub scale: Option<ScalePaths>,
-    pub preserve_unknown: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -330,16 +329,6 @@ impl Registry {
                 let custom = self.custom.read().unwrap_or_else(|e| e.into_inner());
                 custom.iter().find(|r| r.group == group && r.version == version && r.plural == plural).cloned()
             })
-    }
-
-    /// Finds the resource for a kind in a group/version.
-    pub fn find_kind(&self, group: &str, version: &str, kind: &str) -> Option<Arc<Resource>> {
-        self.all().into_iter().find(|r| r.group == group && r.version == version && r.kind == kind && !r.create_only)
-    }
-
-    /// Whether a group/version is served at all.
-    pub fn has_group_version(&self, group: &str, version: &str) -> bool {
-        self.all().iter().any(|r| r.group == group && r.version == version)
     }
 
     /// Replaces the custom resources defined by CRDs.

@@ -1,7 +1,5 @@
 //! Parsing of API paths and query parameters, the way upstream's RequestInfoFactory does.
 
-use std::collections::HashMap;
-
 /// A request for a resource (`/apis/apps/v1/namespaces/default/deployments/x/scale`).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ResourcePath {
@@ -114,9 +112,6 @@ impl Query {
     }
     pub fn flag(&self, key: &str) -> bool {
         matches!(self.get(key), Some("true") | Some("1") | Some(""))
-    }
-    pub fn map(&self) -> HashMap<String, String> {
-        self.pairs.iter().cloned().collect()
     }
 }
 

@@ -233,11 +233,6 @@ impl FieldSelector {
         self.terms.is_empty()
     }
 
-    /// The exact `metadata.name` this selector pins, if any (a fast path for gets).
-    pub fn pinned_name(&self) -> Option<&str> {
-        self.terms.iter().find(|(f, eq, _)| *eq && f == "metadata.name").map(|(_, _, v)| v.as_str())
-    }
-
     /// Matches using `value_of(field)`; unknown fields were rejected earlier by `check`.
     pub fn matches(&self, value_of: impl Fn(&str) -> Option<String>) -> bool {
         self.terms.iter().all(|(f, eq, v)| {
@@ -284,7 +279,6 @@ mod tests {
     #[test]
     fn field_selector() {
         let f = FieldSelector::parse("metadata.name=a,spec.nodeName!=").unwrap();
-        assert_eq!(f.pinned_name(), Some("a"));
         assert!(f.matches(|k| Some(if k == "metadata.name" { "a".into() } else { "n1".into() })));
         assert!(!f.matches(|k| Some(if k == "metadata.name" { "a".into() } else { String::new() })));
         assert!(FieldSelector::parse("nonsense").is_err());

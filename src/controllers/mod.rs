@@ -1,6 +1,7 @@
 //! Control loops that run inside `kinglet server`.
 
 mod gc;
+mod namespace;
 
 use std::sync::Arc;
 
@@ -8,5 +9,6 @@ use crate::apiserver::Api;
 
 /// Starts every controller.
 pub fn start(api: Arc<Api>) {
-    gc::GarbageCollector::spawn(api);
+    gc::GarbageCollector::spawn(api.clone());
+    namespace::spawn(api);
 }

@@ -5,7 +5,7 @@
 //! certificate is re-issued (by the same CA) when the wanted SANs are not all in it.
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use rcgen::{
@@ -22,7 +22,6 @@ pub struct CertKey {
 
 /// The cluster's PKI material, loaded or created.
 pub struct Pki {
-    pub dir: PathBuf,
     pub ca: CertKey,
     pub serving: CertKey,
     pub admin: CertKey,
@@ -195,7 +194,7 @@ impl Pki {
                 k
             }
         };
-        Ok(Pki { dir, ca, serving, admin, sa_key_pem })
+        Ok(Pki { ca, serving, admin, sa_key_pem })
     }
 
     /// A kubeconfig for `server` (URL) authenticating with `client`.

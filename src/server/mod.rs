@@ -59,8 +59,6 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         advertise_address: advertise,
         port: args.https_listen_port,
         service_cidr: args.service_cidr.clone(),
-        cluster_cidr: args.cluster_cidr.clone(),
-        cluster_dns: args.cluster_dns,
         cluster_domain: args.cluster_domain.clone(),
         node_port_range: node_ports,
     };

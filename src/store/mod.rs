@@ -28,6 +28,8 @@ use writer::{Op, WriteRequest};
 pub struct Record {
     pub key: String,
     pub rev: i64,
+    /// Revision at which the key was created (etcd semantics).
+    #[allow(dead_code)]
     pub create_rev: i64,
     pub value: Bytes,
 }

@@ -1,0 +1,192 @@
+//! Test harness: runs `kinglet server` on loopback with its own data directory, and drives it
+//! with the real `kubectl` (several versions) and with kube-rs.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Server {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub kubeconfig: PathBuf,
+    extra: Vec<String>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// Starts a server with extra flags.
+    pub fn start_with(extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kubeconfig = dir.path().join("kubeconfig.yaml");
+        let mut s = Server { child: None, port: free_port(), kubeconfig, dir, extra: extra.iter().map(|s| s.to_string()).collect() };
+        s.spawn();
+        s
+    }
+
+    fn spawn(&mut self) {
+        let config = self.dir.path().join("config.yaml");
+        if !config.exists() {
+            std::fs::write(&config, "# flags for this test server\n").expect("config file");
+        }
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("server.log")).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_kinglet"))
+            .args(["server", "--disable-agent", "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1"])
+            .arg("--https-listen-port")
+            .arg(self.port.to_string())
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .arg("--write-kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--config")
+            .arg(&config)
+            .args(&self.extra)
+            .env_remove("KINGLET_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn kinglet");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("kinglet exited early with {status}; log:\n{}", self.log());
+            }
+            if self.kubeconfig.exists() && self.kubectl(&["get", "--raw", "/readyz"]).status.success() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("kinglet did not become ready; log:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Stops the server: SIGKILL when `kill`, else SIGTERM.
+    pub fn stop(&mut self, kill: bool) {
+        if let Some(mut c) = self.child.take() {
+            let sig = if kill { "-KILL" } else { "-TERM" };
+            let _ = Command::new("kill").arg(sig).arg(c.id().to_string()).status();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self, kill: bool) {
+        self.stop(kill);
+        self.spawn();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        self.kubectl_with(&kubectl_default(), args, None)
+    }
+
+    pub fn kubectl_in(&self, bin: &Path, args: &[&str]) -> Output {
+        self.kubectl_with(bin, args, None)
+    }
+
+    pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        self.kubectl_with(&kubectl_default(), args, Some(stdin))
+    }
+
+    pub fn kubectl_with(&self, bin: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut cmd = Command::new(bin);
+        cmd.args(args).env("KUBECONFIG", &self.kubeconfig).env("HOME", self.dir.path()).stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("running {}: {e}", bin.display()));
+        if let Some(input) = stdin {
+            child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+        }
+        child.wait_with_output().expect("kubectl output")
+    }
+
+    /// Runs kubectl and returns stdout, failing the test with stderr if it fails.
+    pub fn ok(&self, args: &[&str]) -> String {
+        self.ok_in(&kubectl_default(), args)
+    }
+
+    pub fn ok_in(&self, bin: &Path, args: &[&str]) -> String {
+        let out = self.kubectl_in(bin, args);
+        assert!(out.status.success(), "{} {:?} failed:\n{}\n{}", bin.display(), args, String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn ok_stdin(&self, args: &[&str], stdin: &str) -> String {
+        let out = self.kubectl_stdin(args, stdin);
+        assert!(out.status.success(), "kubectl {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs kubectl expecting failure; returns stderr.
+    pub fn fails(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.kubectl_with(&kubectl_default(), args, stdin);
+        assert!(!out.status.success(), "kubectl {args:?} unexpectedly succeeded: {}", String::from_utf8_lossy(&out.stdout));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// A kube-rs client for this server.
+    pub async fn client(&self) -> kube::Client {
+        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig");
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.expect("config");
+        kube::Client::try_from(cfg).expect("client")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop(true);
+    }
+}
+
+/// The kubectl on PATH, resolved.
+pub fn kubectl_default() -> PathBuf {
+    versioned_kubectl("1.33").unwrap_or_else(|| PathBuf::from("kubectl"))
+}
+
+/// A versioned kubectl (`kubectl.1.28`) next to the one on PATH, if present.
+pub fn versioned_kubectl(version: &str) -> Option<PathBuf> {
+    let out = Command::new("sh").arg("-c").arg("readlink -f \"$(command -v kubectl)\"").output().ok()?;
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let candidate = path.parent()?.join(format!("kubectl.{version}"));
+    candidate.exists().then_some(candidate)
+}
+
+/// The kubectl versions the acceptance criteria name, both required.
+pub fn kubectl_versions() -> Vec<(String, PathBuf)> {
+    ["1.33", "1.28"]
+        .iter()
+        .map(|v| (v.to_string(), versioned_kubectl(v).unwrap_or_else(|| panic!("kubectl.{v} not found beside kubectl"))))
+        .collect()
+}
+
+/// Polls `f` until it returns Some, or panics after `secs`.
+pub fn eventually<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
