@@ -5,13 +5,15 @@ src/apiserver/protobuf_tables.rs, which the generic protobuf decoder walks.
 
 Usage: scripts/gen_proto_tables.py [path-to-k8s-pb-crate]
 """
-import glob, os, re, sys
+import glob, os, re, subprocess, sys
 
 def find_crate():
+    here = os.path.dirname(os.path.abspath(__file__))
+    subprocess.run(["cargo", "fetch", "--quiet", "--manifest-path", os.path.join(here, "k8s-pb-source", "Cargo.toml")], check=True)
     home = os.environ.get("CARGO_HOME", os.path.expanduser("~/.cargo"))
     found = sorted(glob.glob(os.path.join(home, "registry/src/*/k8s-pb-0.9.*")))
     if not found:
-        sys.exit("k8s-pb 0.9 source not found; run `cargo fetch` first (it is a dev-dependency)")
+        sys.exit("k8s-pb 0.9 source not found after cargo fetch")
     return found[-1]
 
 PACKAGES = {  # first module segment -> OpenAPI definition prefix
