@@ -19,15 +19,40 @@ fn discovery_and_explain(s: &Server, k: &Path) {
     assert_eq!(v["major"], "1");
     assert_eq!(v["minor"], "33");
     let resources = s.ok_in(k, &["api-resources"]);
-    for want in ["deployments", "customresourcedefinitions", "endpointslices", "leases", "horizontalpodautoscalers", "priorityclasses", "networkpolicies"] {
-        assert!(resources.contains(want), "api-resources lacks {want}:\n{resources}");
+    for want in [
+        "deployments",
+        "customresourcedefinitions",
+        "endpointslices",
+        "leases",
+        "horizontalpodautoscalers",
+        "priorityclasses",
+        "networkpolicies",
+    ] {
+        assert!(
+            resources.contains(want),
+            "api-resources lacks {want}:\n{resources}"
+        );
     }
     let versions = s.ok_in(k, &["api-versions"]);
-    for want in ["apps/v1", "batch/v1", "discovery.k8s.io/v1", "rbac.authorization.k8s.io/v1", "autoscaling/v2", "events.k8s.io/v1", "v1"] {
-        assert!(versions.lines().any(|l| l == want), "api-versions lacks {want}");
+    for want in [
+        "apps/v1",
+        "batch/v1",
+        "discovery.k8s.io/v1",
+        "rbac.authorization.k8s.io/v1",
+        "autoscaling/v2",
+        "events.k8s.io/v1",
+        "v1",
+    ] {
+        assert!(
+            versions.lines().any(|l| l == want),
+            "api-versions lacks {want}"
+        );
     }
     let explain = s.ok_in(k, &["explain", "deployment.spec.strategy"]);
-    assert!(explain.contains("rollingUpdate") && explain.contains("DeploymentStrategy"), "{explain}");
+    assert!(
+        explain.contains("rollingUpdate") && explain.contains("DeploymentStrategy"),
+        "{explain}"
+    );
     let info = s.ok_in(k, &["cluster-info"]);
     assert!(info.contains(&format!("127.0.0.1:{}", s.port)), "{info}");
 }
@@ -37,54 +62,182 @@ fn crud_flow(s: &Server, k: &Path) {
     let manifest = dir.join("deploy.yaml");
     // Client-side apply, then a changed file, then server-side apply.
     std::fs::write(&manifest, SEED).unwrap();
-    assert!(s.ok_in(k, &["apply", "-f", manifest.to_str().unwrap()]).contains("created"));
+    assert!(
+        s.ok_in(k, &["apply", "-f", manifest.to_str().unwrap()])
+            .contains("created")
+    );
     std::fs::write(&manifest, SEED.replace("replicas: 2", "replicas: 3")).unwrap();
-    assert!(s.ok_in(k, &["apply", "-f", manifest.to_str().unwrap()]).contains("configured"));
-    assert_eq!(s.ok_in(k, &["get", "deploy", "httpbin", "-o", "jsonpath={.spec.replicas}"]), "3");
-    s.ok_in(k, &["apply", "--server-side", "--force-conflicts", "-f", manifest.to_str().unwrap()]);
-    let d = json(&s.ok_in(k, &["get", "deploy", "httpbin", "-o", "json", "--show-managed-fields"]));
-    let managers: Vec<&str> = d["metadata"]["managedFields"].as_array().unwrap().iter().filter_map(|m| m["manager"].as_str()).collect();
+    assert!(
+        s.ok_in(k, &["apply", "-f", manifest.to_str().unwrap()])
+            .contains("configured")
+    );
+    assert_eq!(
+        s.ok_in(
+            k,
+            &[
+                "get",
+                "deploy",
+                "httpbin",
+                "-o",
+                "jsonpath={.spec.replicas}"
+            ]
+        ),
+        "3"
+    );
+    s.ok_in(
+        k,
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            manifest.to_str().unwrap(),
+        ],
+    );
+    let d = json(&s.ok_in(
+        k,
+        &[
+            "get",
+            "deploy",
+            "httpbin",
+            "-o",
+            "json",
+            "--show-managed-fields",
+        ],
+    ));
+    let managers: Vec<&str> = d["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["manager"].as_str())
+        .collect();
     assert!(managers.contains(&"kubectl"), "{managers:?}");
     // create, get in several formats
     s.ok_in(k, &["create", "configmap", "cfg", "--from-literal=a=1"]);
-    s.ok_in(k, &["create", "secret", "generic", "sec", "--from-literal=p=x"]);
-    assert_eq!(s.ok_in(k, &["get", "cm", "cfg", "-o", "name"]).trim(), "configmap/cfg");
-    assert_eq!(s.ok_in(k, &["get", "cm", "cfg", "-o", "jsonpath={.data.a}"]), "1");
-    assert!(s.ok_in(k, &["get", "cm", "cfg", "-o", "yaml"]).contains("name: cfg"));
+    s.ok_in(
+        k,
+        &["create", "secret", "generic", "sec", "--from-literal=p=x"],
+    );
+    assert_eq!(
+        s.ok_in(k, &["get", "cm", "cfg", "-o", "name"]).trim(),
+        "configmap/cfg"
+    );
+    assert_eq!(
+        s.ok_in(k, &["get", "cm", "cfg", "-o", "jsonpath={.data.a}"]),
+        "1"
+    );
+    assert!(
+        s.ok_in(k, &["get", "cm", "cfg", "-o", "yaml"])
+            .contains("name: cfg")
+    );
     let wide = s.ok_in(k, &["get", "deploy", "-o", "wide"]);
-    assert!(wide.contains("CONTAINERS") && wide.contains("kennethreitz/httpbin") && wide.contains("app=httpbin"), "{wide}");
+    assert!(
+        wide.contains("CONTAINERS")
+            && wide.contains("kennethreitz/httpbin")
+            && wide.contains("app=httpbin"),
+        "{wide}"
+    );
     // edit-style replace
     let mut cm = json(&s.ok_in(k, &["get", "cm", "cfg", "-o", "json"]));
     cm["data"]["b"] = "2".into();
     s.ok_stdin_in(k, &["replace", "-f", "-"], &cm.to_string());
     // patches of all three kinds, label, annotate, scale
-    s.ok_in(k, &["patch", "cm", "cfg", "--type", "merge", "-p", r#"{"data":{"c":"3"}}"#]);
-    s.ok_in(k, &["patch", "cm", "cfg", "--type", "json", "-p", r#"[{"op":"add","path":"/data/d","value":"4"}]"#]);
+    s.ok_in(
+        k,
+        &[
+            "patch",
+            "cm",
+            "cfg",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"data":{"c":"3"}}"#,
+        ],
+    );
+    s.ok_in(
+        k,
+        &[
+            "patch",
+            "cm",
+            "cfg",
+            "--type",
+            "json",
+            "-p",
+            r#"[{"op":"add","path":"/data/d","value":"4"}]"#,
+        ],
+    );
     s.ok_in(k, &["patch", "deploy", "httpbin", "-p", r#"{"spec":{"template":{"spec":{"containers":[{"name":"httpbin","image":"busybox:1.36"}]}}}}"#]);
     s.ok_in(k, &["label", "cm", "cfg", "tier=web"]);
     s.ok_in(k, &["annotate", "cm", "cfg", "note=hello"]);
     s.ok_in(k, &["scale", "deploy", "httpbin", "--replicas=5"]);
     let cm = json(&s.ok_in(k, &["get", "cm", "cfg", "-o", "json"]));
-    assert_eq!(cm["data"], serde_json::json!({"a": "1", "b": "2", "c": "3", "d": "4"}));
+    assert_eq!(
+        cm["data"],
+        serde_json::json!({"a": "1", "b": "2", "c": "3", "d": "4"})
+    );
     assert_eq!(cm["metadata"]["labels"]["tier"], "web");
     assert_eq!(cm["metadata"]["annotations"]["note"], "hello");
     let d = json(&s.ok_in(k, &["get", "deploy", "httpbin", "-o", "json"]));
     assert_eq!(d["spec"]["replicas"], 5);
-    let containers = d["spec"]["template"]["spec"]["containers"].as_array().unwrap();
+    let containers = d["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap();
     assert_eq!(containers.len(), 1, "strategic merge must merge by name");
     assert_eq!(containers[0]["image"], "busybox:1.36");
-    assert_eq!(containers[0]["imagePullPolicy"], "Always", "pull policy kept from the original");
+    assert_eq!(
+        containers[0]["imagePullPolicy"], "Always",
+        "pull policy kept from the original"
+    );
     assert!(d["metadata"]["generation"].as_i64().unwrap() >= 3);
-    assert_eq!(s.ok_in(k, &["get", "cm", "-l", "tier=web", "-o", "name"]).trim(), "configmap/cfg");
-    assert_eq!(s.ok_in(k, &["get", "cm", "--field-selector", "metadata.name=cfg", "-o", "name"]).trim(), "configmap/cfg");
+    assert_eq!(
+        s.ok_in(k, &["get", "cm", "-l", "tier=web", "-o", "name"])
+            .trim(),
+        "configmap/cfg"
+    );
+    assert_eq!(
+        s.ok_in(
+            k,
+            &[
+                "get",
+                "cm",
+                "--field-selector",
+                "metadata.name=cfg",
+                "-o",
+                "name"
+            ]
+        )
+        .trim(),
+        "configmap/cfg"
+    );
     // describe
-    s.ok_in(k, &["create", "service", "clusterip", "web", "--tcp=80:8080"]);
-    for (kind, name) in [("namespace", "default"), ("configmap", "cfg"), ("secret", "sec"), ("service", "web"), ("deployment", "httpbin")] {
+    s.ok_in(
+        k,
+        &["create", "service", "clusterip", "web", "--tcp=80:8080"],
+    );
+    for (kind, name) in [
+        ("namespace", "default"),
+        ("configmap", "cfg"),
+        ("secret", "sec"),
+        ("service", "web"),
+        ("deployment", "httpbin"),
+    ] {
         let out = s.ok_in(k, &["describe", kind, name]);
-        assert!(out.contains(&format!("Name:")) && out.contains(name), "describe {kind}: {out}");
+        assert!(
+            out.contains("Name:") && out.contains(name),
+            "describe {kind}: {out}"
+        );
     }
     // deletes: foreground waits for the garbage collector, --all clears a namespace
-    s.ok_in(k, &["delete", "cm", "cfg", "--cascade=foreground", "--timeout=20s"]);
+    s.ok_in(
+        k,
+        &[
+            "delete",
+            "cm",
+            "cfg",
+            "--cascade=foreground",
+            "--timeout=20s",
+        ],
+    );
     assert!(s.kubectl_in(k, &["get", "cm", "cfg"]).status.code() != Some(0));
     s.ok_in(k, &["create", "cm", "x1"]);
     s.ok_in(k, &["create", "cm", "x2"]);
@@ -96,7 +249,11 @@ fn crud_flow(s: &Server, k: &Path) {
 impl Server {
     fn ok_stdin_in(&self, k: &Path, args: &[&str], input: &str) -> String {
         let out = self.kubectl_with(k, args, Some(input));
-        assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
@@ -115,12 +272,23 @@ fn kubectl_versions_discovery_crud_patch_apply_describe_delete() {
 fn seed_deployment_reads_back_with_upstream_defaults() {
     let s = Server::start();
     s.ok_stdin(&["apply", "-f", "-"], SEED);
-    let d = json(&s.ok(&["get", "deployment", "httpbin", "-n", "default", "-o", "json"]));
+    let d = json(&s.ok(&[
+        "get",
+        "deployment",
+        "httpbin",
+        "-n",
+        "default",
+        "-o",
+        "json",
+    ]));
     let spec = &d["spec"];
     assert_eq!(spec["replicas"], 2);
     assert_eq!(spec["revisionHistoryLimit"], 10);
     assert_eq!(spec["progressDeadlineSeconds"], 600);
-    assert_eq!(spec["strategy"], serde_json::json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}));
+    assert_eq!(
+        spec["strategy"],
+        serde_json::json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}})
+    );
     let pod = &spec["template"]["spec"];
     assert_eq!(pod["restartPolicy"], "Always");
     assert_eq!(pod["dnsPolicy"], "ClusterFirst");
@@ -140,7 +308,13 @@ fn seed_deployment_reads_back_with_upstream_defaults() {
 fn watch_delivers_events_as_they_happen() {
     let s = Server::start();
     let mut child = std::process::Command::new(common::kubectl_default())
-        .args(["get", "configmaps", "-w", "--output-watch-events", "--no-headers"])
+        .args([
+            "get",
+            "configmaps",
+            "-w",
+            "--output-watch-events",
+            "--no-headers",
+        ])
         .env("KUBECONFIG", &s.kubeconfig)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -150,15 +324,24 @@ fn watch_delivers_events_as_they_happen() {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             let _ = tx.send(line);
         }
     });
     std::thread::sleep(std::time::Duration::from_millis(500));
     let next = |want: &str| {
-        let line = rx.recv_timeout(std::time::Duration::from_secs(10)).expect("watch event");
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("watch event");
         let words: Vec<&str> = line.split_whitespace().collect();
-        assert_eq!(words[..2], want.split_whitespace().collect::<Vec<_>>()[..], "{line}");
+        assert_eq!(
+            words[..2],
+            want.split_whitespace().collect::<Vec<_>>()[..],
+            "{line}"
+        );
     };
     s.ok(&["create", "cm", "w1"]);
     next("ADDED w1");
@@ -167,6 +350,7 @@ fn watch_delivers_events_as_they_happen() {
     s.ok(&["delete", "cm", "w1"]);
     next("DELETED w1");
     let _ = child.kill();
+    let _ = child.wait();
 }
 
 #[test]
@@ -178,14 +362,29 @@ fn errors_are_upstream_statuses_and_the_server_keeps_serving() {
     s.ok(&["label", "cm", "c", "x=y"]);
     cm["data"] = serde_json::json!({"k": "v"});
     let err = s.fails(&["replace", "-f", "-"], Some(&cm.to_string()));
-    assert!(err.contains("Conflict") && err.contains("the object has been modified"), "{err}");
+    assert!(
+        err.contains("Conflict") && err.contains("the object has been modified"),
+        "{err}"
+    );
     // bad name and missing field -> 422 with field causes
-    let err = s.fails(&["create", "-f", "-"], Some(r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"Bad_Name"}}"#));
-    assert!(err.contains("is invalid") && err.contains("metadata.name: Invalid value: \"Bad_Name\""), "{err}");
+    let err = s.fails(
+        &["create", "-f", "-"],
+        Some(r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"Bad_Name"}}"#),
+    );
+    assert!(
+        err.contains("is invalid") && err.contains("metadata.name: Invalid value: \"Bad_Name\""),
+        "{err}"
+    );
     let err = s.fails(&["create", "-f", "-"], Some(r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p"},"spec":{"containers":[{"name":"c"}]}}"#));
-    assert!(err.contains("spec.containers[0].image: Required value"), "{err}");
+    assert!(
+        err.contains("spec.containers[0].image: Required value"),
+        "{err}"
+    );
     // unknown field under strict validation -> 400
-    let err = s.fails(&["create", "--validate=strict", "-f", "-"], Some(r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"u"},"bogus":1}"#));
+    let err = s.fails(
+        &["create", "--validate=strict", "-f", "-"],
+        Some(r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"u"},"bogus":1}"#),
+    );
     assert!(err.contains("unknown field \"bogus\""), "{err}");
     // missing namespace -> 404
     let err = s.fails(&["create", "cm", "x", "-n", "nope"], None);
@@ -207,7 +406,10 @@ fn errors_are_upstream_statuses_and_the_server_keeps_serving() {
         let err = client.request_text(post(b"{}".to_vec(), "text/csv")).await.unwrap_err();
         assert!(matches!(&err, kube::Error::Api(s) if s.code == 415), "{err:?}");
     });
-    assert_eq!(s.ok(&["get", "cm", "c", "-o", "jsonpath={.metadata.labels.x}"]), "y");
+    assert_eq!(
+        s.ok(&["get", "cm", "c", "-o", "jsonpath={.metadata.labels.x}"]),
+        "y"
+    );
 }
 
 #[test]
@@ -225,21 +427,44 @@ fn authentication_rules() {
     // A service account token from TokenRequest authenticates as that account.
     s.ok(&["create", "serviceaccount", "robot"]);
     let token = s.ok(&["create", "token", "robot"]).trim().to_string();
-    let who = s.ok(&["auth", "whoami", "--token", &token, "-o", "jsonpath={.status.userInfo.username}"]);
+    let who = s.ok(&[
+        "auth",
+        "whoami",
+        "--token",
+        &token,
+        "-o",
+        "jsonpath={.status.userInfo.username}",
+    ]);
     assert_eq!(who, "system:serviceaccount:default:robot");
     let err = s.fails(&["get", "ns", "--token", "not-a-token"], None);
-    assert!(err.contains("Unauthorized") || err.contains("provide credentials"), "{err}");
+    assert!(
+        err.contains("Unauthorized") || err.contains("provide credentials"),
+        "{err}"
+    );
     // Deleting the account invalidates its tokens.
     s.ok(&["delete", "serviceaccount", "robot"]);
-    assert!(!s.kubectl(&["get", "ns", "--token", &token]).status.success());
+    assert!(
+        !s.kubectl(&["get", "ns", "--token", &token])
+            .status
+            .success()
+    );
 }
 
 /// A minimal anonymous HTTPS GET returning the status code (trusting the cluster CA).
-async fn reqwest_like_anonymous(port: u16) -> impl Fn(&'static str) -> std::pin::Pin<Box<dyn std::future::Future<Output = u16>>> {
+async fn reqwest_like_anonymous(
+    port: u16,
+) -> impl Fn(&'static str) -> std::pin::Pin<Box<dyn std::future::Future<Output = u16>>> {
     move |path: &'static str| {
         Box::pin(async move {
             let out = tokio::process::Command::new("curl")
-                .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", &format!("https://127.0.0.1:{port}{path}")])
+                .args([
+                    "-sk",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    &format!("https://127.0.0.1:{port}{path}"),
+                ])
                 .output()
                 .await
                 .expect("curl");
@@ -250,8 +475,19 @@ async fn reqwest_like_anonymous(port: u16) -> impl Fn(&'static str) -> std::pin:
 
 #[test]
 fn services_get_addresses_and_node_ports_from_the_ranges() {
-    let s = Server::start_with(&["--service-cidr", "10.96.0.0/24", "--service-node-port-range", "31000-31010"]);
-    let ip = s.ok(&["get", "svc", "kubernetes", "-o", "jsonpath={.spec.clusterIP}"]);
+    let s = Server::start_with(&[
+        "--service-cidr",
+        "10.96.0.0/24",
+        "--service-node-port-range",
+        "31000-31010",
+    ]);
+    let ip = s.ok(&[
+        "get",
+        "svc",
+        "kubernetes",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
     assert_eq!(ip, "10.96.0.1");
     s.ok(&["create", "service", "nodeport", "np", "--tcp=80:8080"]);
     let svc = json(&s.ok(&["get", "svc", "np", "-o", "json"]));
@@ -273,12 +509,27 @@ fn namespace_lifecycle_and_metrics() {
     s.ok(&["create", "cm", "a", "-n", "team"]);
     s.ok(&["create", "secret", "generic", "b", "-n", "team"]);
     s.ok(&["create", "deployment", "d", "--image=busybox", "-n", "team"]);
-    s.ok(&["create", "service", "clusterip", "svc", "--tcp=80", "-n", "team"]);
+    s.ok(&[
+        "create",
+        "service",
+        "clusterip",
+        "svc",
+        "--tcp=80",
+        "-n",
+        "team",
+    ]);
     s.ok(&["delete", "namespace", "team", "--timeout=30s"]);
     let err = s.fails(&["create", "cm", "late", "-n", "team"], None);
-    assert!(err.contains("not found") || err.contains("being terminated"), "{err}");
+    assert!(
+        err.contains("not found") || err.contains("being terminated"),
+        "{err}"
+    );
     for kind in ["cm", "secrets", "deployments", "services"] {
-        assert_eq!(s.ok(&["get", kind, "-n", "team", "-o", "name"]).trim(), "", "{kind} left behind");
+        assert_eq!(
+            s.ok(&["get", kind, "-n", "team", "-o", "name"]).trim(),
+            "",
+            "{kind} left behind"
+        );
     }
     let metrics = s.ok(&["get", "--raw", "/metrics"]);
     assert!(metrics.contains("apiserver_request_total{"), "{metrics}");

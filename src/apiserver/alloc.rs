@@ -19,15 +19,26 @@ pub fn parse_cidr(cidr: &str) -> Option<(Ipv4Addr, u8)> {
     let (ip, bits) = cidr.split_once('/')?;
     let ip: Ipv4Addr = ip.parse().ok()?;
     let bits: u8 = bits.parse().ok().filter(|b| *b <= 32)?;
-    let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+    let mask = if bits == 0 {
+        0
+    } else {
+        u32::MAX << (32 - bits)
+    };
     Some((Ipv4Addr::from(u32::from(ip) & mask), bits))
 }
 
 impl Allocator {
     pub fn new(service_cidr: &str, port_range: (u16, u16)) -> anyhow::Result<Allocator> {
-        let (base, bits) = parse_cidr(service_cidr).ok_or_else(|| anyhow::anyhow!("invalid service CIDR {service_cidr:?}"))?;
+        let (base, bits) = parse_cidr(service_cidr)
+            .ok_or_else(|| anyhow::anyhow!("invalid service CIDR {service_cidr:?}"))?;
         let size = 1u64 << (32 - bits as u64);
-        Ok(Allocator { base: u32::from(base), size: size.min(u32::MAX as u64) as u32, ips: HashSet::new(), ports: HashSet::new(), port_range })
+        Ok(Allocator {
+            base: u32::from(base),
+            size: size.min(u32::MAX as u64) as u32,
+            ips: HashSet::new(),
+            ports: HashSet::new(),
+            port_range,
+        })
     }
 
     /// The first service IP (the `kubernetes` service's address).
@@ -52,7 +63,10 @@ impl Allocator {
             return None;
         }
         let start = rand::random::<u32>() % usable;
-        (0..usable).map(|i| self.base + 2 + (start + i) % usable).find(|n| self.ips.insert(*n)).map(Ipv4Addr::from)
+        (0..usable)
+            .map(|i| self.base + 2 + (start + i) % usable)
+            .find(|n| self.ips.insert(*n))
+            .map(Ipv4Addr::from)
     }
 
     pub fn release_ip(&mut self, ip: Ipv4Addr) {
@@ -70,7 +84,9 @@ impl Allocator {
     pub fn allocate_port(&mut self) -> Option<u16> {
         let n = (self.port_range.1 - self.port_range.0) as u32 + 1;
         let start = rand::random::<u32>() % n;
-        (0..n).map(|i| self.port_range.0 + ((start + i) % n) as u16).find(|p| self.ports.insert(*p))
+        (0..n)
+            .map(|i| self.port_range.0 + ((start + i) % n) as u16)
+            .find(|p| self.ports.insert(*p))
     }
 
     pub fn release_port(&mut self, p: u16) {
@@ -108,10 +124,13 @@ pub fn service_ips(svc: &Value) -> Vec<Ipv4Addr> {
         .and_then(Value::as_array)
         .map(|a| a.iter().filter_map(|v| v.as_str()?.parse().ok()).collect())
         .unwrap_or_default();
-    if let Some(ip) = svc.pointer("/spec/clusterIP").and_then(Value::as_str).and_then(|s| s.parse().ok()) {
-        if !out.contains(&ip) {
-            out.push(ip);
-        }
+    if let Some(ip) = svc
+        .pointer("/spec/clusterIP")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse().ok())
+        && !out.contains(&ip)
+    {
+        out.push(ip);
     }
     out
 }
@@ -120,9 +139,18 @@ pub fn node_ports(svc: &Value) -> Vec<u16> {
     let mut ports: Vec<u16> = svc
         .pointer("/spec/ports")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|p| p.get("nodePort")?.as_u64()).filter_map(|p| u16::try_from(p).ok()).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p.get("nodePort")?.as_u64())
+                .filter_map(|p| u16::try_from(p).ok())
+                .collect()
+        })
         .unwrap_or_default();
-    if let Some(p) = svc.pointer("/spec/healthCheckNodePort").and_then(Value::as_u64).and_then(|p| u16::try_from(p).ok()) {
+    if let Some(p) = svc
+        .pointer("/spec/healthCheckNodePort")
+        .and_then(Value::as_u64)
+        .and_then(|p| u16::try_from(p).ok())
+    {
         ports.push(p);
     }
     ports

@@ -18,11 +18,19 @@ pub struct UserInfo {
 
 impl UserInfo {
     pub fn anonymous() -> UserInfo {
-        UserInfo { name: "system:anonymous".into(), groups: vec!["system:unauthenticated".into()], ..Default::default() }
+        UserInfo {
+            name: "system:anonymous".into(),
+            groups: vec!["system:unauthenticated".into()],
+            ..Default::default()
+        }
     }
     /// The identity in-process components use.
     pub fn internal() -> UserInfo {
-        UserInfo { name: "system:kinglet".into(), groups: vec!["system:masters".into(), "system:authenticated".into()], ..Default::default() }
+        UserInfo {
+            name: "system:kinglet".into(),
+            groups: vec!["system:masters".into(), "system:authenticated".into()],
+            ..Default::default()
+        }
     }
     pub fn is_anonymous(&self) -> bool {
         self.name == "system:anonymous"
@@ -43,10 +51,22 @@ impl UserInfo {
 pub fn user_from_cert(der: &[u8]) -> Option<UserInfo> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let subject = cert.subject();
-    let name = subject.iter_common_name().next()?.as_str().ok()?.to_string();
-    let mut groups: Vec<String> = subject.iter_organization().filter_map(|o| o.as_str().ok().map(String::from)).collect();
+    let name = subject
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    let mut groups: Vec<String> = subject
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok().map(String::from))
+        .collect();
     groups.push("system:authenticated".into());
-    Some(UserInfo { name, groups, ..Default::default() })
+    Some(UserInfo {
+        name,
+        groups,
+        ..Default::default()
+    })
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -93,11 +113,19 @@ impl TokenSigner {
         let kp = rcgen::KeyPair::from_pem(key_pem)?;
         let encoding = EncodingKey::from_ec_pem(key_pem.as_bytes())?;
         let decoding = DecodingKey::from_ec_pem(kp.public_key_pem().as_bytes())?;
-        Ok(TokenSigner { issuer, encoding, decoding })
+        Ok(TokenSigner {
+            issuer,
+            encoding,
+            decoding,
+        })
     }
 
     pub fn sign(&self, claims: &Claims) -> anyhow::Result<String> {
-        Ok(jsonwebtoken::encode(&Header::new(Algorithm::ES256), claims, &self.encoding)?)
+        Ok(jsonwebtoken::encode(
+            &Header::new(Algorithm::ES256),
+            claims,
+            &self.encoding,
+        )?)
     }
 
     /// Verifies a token's signature, issuer, time and (if `audiences` is non-empty) audience.
@@ -110,7 +138,9 @@ impl TokenSigner {
             v.set_audience(audiences);
         }
         v.set_required_spec_claims(&["exp", "iss", "sub"]);
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &v).ok().map(|d| d.claims)
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &v)
+            .ok()
+            .map(|d| d.claims)
     }
 }
 
@@ -119,16 +149,29 @@ pub fn user_from_claims(c: &Claims) -> UserInfo {
     let ns = &c.k8s.namespace;
     let mut extra = BTreeMap::new();
     if let Some(p) = &c.k8s.pod {
-        extra.insert("authentication.kubernetes.io/pod-name".into(), vec![p.name.clone()]);
-        extra.insert("authentication.kubernetes.io/pod-uid".into(), vec![p.uid.clone()]);
+        extra.insert(
+            "authentication.kubernetes.io/pod-name".into(),
+            vec![p.name.clone()],
+        );
+        extra.insert(
+            "authentication.kubernetes.io/pod-uid".into(),
+            vec![p.uid.clone()],
+        );
     }
     if !c.jti.is_empty() {
-        extra.insert("authentication.kubernetes.io/credential-id".into(), vec![format!("JTI={}", c.jti)]);
+        extra.insert(
+            "authentication.kubernetes.io/credential-id".into(),
+            vec![format!("JTI={}", c.jti)],
+        );
     }
     UserInfo {
         name: format!("system:serviceaccount:{ns}:{}", c.k8s.serviceaccount.name),
         uid: c.k8s.serviceaccount.uid.clone(),
-        groups: vec!["system:serviceaccounts".into(), format!("system:serviceaccounts:{ns}"), "system:authenticated".into()],
+        groups: vec![
+            "system:serviceaccounts".into(),
+            format!("system:serviceaccounts:{ns}"),
+            "system:authenticated".into(),
+        ],
         extra,
     }
 }

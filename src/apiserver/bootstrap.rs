@@ -33,21 +33,45 @@ impl Ctx {
 }
 
 /// Creates the object unless it exists; with `replace`, brings an existing one to `obj`'s content.
-async fn ensure(api: &Api, group: &str, version: &str, resource: &str, ns: Option<&str>, obj: Value, replace: bool) -> anyhow::Result<()> {
-    let res = api.registry.find(group, version, resource).ok_or_else(|| anyhow::anyhow!("{resource} not registered"))?;
+async fn ensure(
+    api: &Api,
+    group: &str,
+    version: &str,
+    resource: &str,
+    ns: Option<&str>,
+    obj: Value,
+    replace: bool,
+) -> anyhow::Result<()> {
+    let res = api
+        .registry
+        .find(group, version, resource)
+        .ok_or_else(|| anyhow::anyhow!("{resource} not registered"))?;
     let ctx = Ctx::internal(group, version, resource, ns);
-    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     match get_current(api, &res, &ctx, &name).await {
         Ok((rec, old)) if replace => {
             let mut new = old.clone();
-            for (k, v) in obj.as_object().into_iter().flatten().filter(|(k, _)| k.as_str() != "metadata") {
+            for (k, v) in obj
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(k, _)| k.as_str() != "metadata")
+            {
                 new[k] = v.clone();
             }
-            commit_update(api, &res, &ctx, rec.rev, &old, new, None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            commit_update(api, &res, &ctx, rec.rev, &old, new, None)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         Ok(_) => {}
         Err(e) if e.code == 404 => {
-            create_object(api, &res, &ctx, obj).await.map_err(|e| anyhow::anyhow!("creating {resource}/{name}: {e}"))?;
+            create_object(api, &res, &ctx, obj)
+                .await
+                .map_err(|e| anyhow::anyhow!("creating {resource}/{name}: {e}"))?;
         }
         Err(e) => anyhow::bail!("{e}"),
     }
@@ -56,12 +80,33 @@ async fn ensure(api: &Api, group: &str, version: &str, resource: &str, ns: Optio
 
 pub async fn run(api: &Api) -> anyhow::Result<()> {
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-        ensure(api, "", "v1", "namespaces", None, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}), false).await?;
+        ensure(
+            api,
+            "",
+            "v1",
+            "namespaces",
+            None,
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+            false,
+        )
+        .await?;
     }
-    for (name, value) in [("system-node-critical", 2000001000), ("system-cluster-critical", 2000000000)] {
+    for (name, value) in [
+        ("system-node-critical", 2000001000),
+        ("system-cluster-critical", 2000000000),
+    ] {
         let pc = json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": name}, "value": value,
             "description": "Used for system critical pods that must not be moved from their current node."});
-        ensure(api, "scheduling.k8s.io", "v1", "priorityclasses", None, pc, false).await?;
+        ensure(
+            api,
+            "scheduling.k8s.io",
+            "v1",
+            "priorityclasses",
+            None,
+            pc,
+            false,
+        )
+        .await?;
     }
     let ip = api.kubernetes_service_ip().to_string();
     let port = api.config.port;
@@ -79,6 +124,15 @@ pub async fn run(api: &Api) -> anyhow::Result<()> {
         "addressType": if api.config.advertise_address.is_ipv4() { "IPv4" } else { "IPv6" },
         "endpoints": [{"addresses": [addr], "conditions": {"ready": true}}],
         "ports": [{"name": "https", "port": port, "protocol": "TCP"}]});
-    ensure(api, "discovery.k8s.io", "v1", "endpointslices", Some("default"), slice, true).await?;
+    ensure(
+        api,
+        "discovery.k8s.io",
+        "v1",
+        "endpointslices",
+        Some("default"),
+        slice,
+        true,
+    )
+    .await?;
     Ok(())
 }

@@ -26,10 +26,17 @@ pub const MAX_BODY: usize = 3 * 1024 * 1024;
 impl Ctx {
     pub fn dry_run(&self) -> ApiResult<bool> {
         let all = self.query.all("dryRun");
-        match all.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        match all
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
             [] => Ok(false),
             ["All"] => Ok(true),
-            [other, ..] => Err(ApiError::bad_request(format!("Invalid dry run value: {other:?}: supported values: \"All\""))),
+            [other, ..] => Err(ApiError::bad_request(format!(
+                "Invalid dry run value: {other:?}: supported values: \"All\""
+            ))),
         }
     }
 
@@ -37,12 +44,30 @@ impl Ctx {
     pub fn field_manager(&self) -> ApiResult<String> {
         if let Some(m) = self.query.get("fieldManager") {
             if m.len() > 128 {
-                return Err(ApiError::invalid("", "PatchOptions", "", vec![super::status::Cause::invalid("fieldManager", &Value::String(m.into()), "must be no more than 128 characters")]));
+                return Err(ApiError::invalid(
+                    "",
+                    "PatchOptions",
+                    "",
+                    vec![super::status::Cause::invalid(
+                        "fieldManager",
+                        &Value::String(m.into()),
+                        "must be no more than 128 characters",
+                    )],
+                ));
             }
             return Ok(m.to_string());
         }
-        let ua = self.user_agent.split('/').next().unwrap_or("unknown").trim();
-        Ok(if ua.is_empty() { "unknown".into() } else { ua.chars().take(128).collect() })
+        let ua = self
+            .user_agent
+            .split('/')
+            .next()
+            .unwrap_or("unknown")
+            .trim();
+        Ok(if ua.is_empty() {
+            "unknown".into()
+        } else {
+            ua.chars().take(128).collect()
+        })
     }
 
     /// `Strict`, `Warn` (default) or `Ignore`.
@@ -51,12 +76,17 @@ impl Ctx {
             None | Some("") | Some("Warn") => Ok("Warn"),
             Some("Strict") => Ok("Strict"),
             Some("Ignore") => Ok("Ignore"),
-            Some(o) => Err(ApiError::bad_request(format!("fieldValidation parameter unsupported: {o}"))),
+            Some(o) => Err(ApiError::bad_request(format!(
+                "fieldValidation parameter unsupported: {o}"
+            ))),
         }
     }
 
     pub fn warn(&self, msg: String) {
-        self.warnings.lock().unwrap_or_else(|e| e.into_inner()).push(msg);
+        self.warnings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(msg);
     }
 
     pub fn wants_table(&self) -> bool {
@@ -68,7 +98,12 @@ impl Ctx {
         if body.len() > MAX_BODY {
             return Err(ApiError::too_large());
         }
-        let ct = self.content_type.split(';').next().unwrap_or_default().trim();
+        let ct = self
+            .content_type
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim();
         match ct {
             "" | "application/json" | "*/*" => decode_json(body),
             "application/yaml" | "application/x-yaml" | "text/yaml" => decode_yaml(body),
@@ -82,11 +117,16 @@ pub fn decode_json(body: &[u8]) -> ApiResult<Value> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request("the body of the request was empty"));
     }
-    serde_json::from_slice::<Value>(body).map_err(|e| ApiError::bad_request(format!("the object provided is unrecognized or invalid: {e}")))
+    serde_json::from_slice::<Value>(body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the object provided is unrecognized or invalid: {e}"
+        ))
+    })
 }
 
 pub fn decode_yaml(body: &[u8]) -> ApiResult<Value> {
-    let v: Value = serde_yaml::from_slice(body).map_err(|e| ApiError::bad_request(format!("error converting YAML to JSON: {e}")))?;
+    let v: Value = serde_yaml::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("error converting YAML to JSON: {e}")))?;
     if v.is_null() {
         return Err(ApiError::bad_request("the body of the request was empty"));
     }

@@ -24,7 +24,9 @@ fn rename(obj: Value, from_new: bool) -> Value {
     let Value::Object(m) = obj else { return obj };
     let mut out = Map::new();
     for (k, v) in m {
-        let mapped = EVENT_FIELDS.iter().find(|(new, old)| if from_new { k == *new } else { k == *old });
+        let mapped = EVENT_FIELDS
+            .iter()
+            .find(|(new, old)| if from_new { k == *new } else { k == *old });
         let key = match mapped {
             Some((new, old)) => if from_new { old } else { new }.to_string(),
             None => k,
@@ -46,18 +48,26 @@ pub fn to_storage(res: &Resource, obj: Value) -> Value {
 
 /// The served form of a stored object for `res`.
 pub fn from_storage(res: &Resource, obj: Value) -> Value {
-    if is_events_v1(res) { rename(obj, false) } else { obj }
+    if is_events_v1(res) {
+        rename(obj, false)
+    } else {
+        obj
+    }
 }
 
 /// A request body for `res` as written by the client; custom resources served in several
 /// versions convert by changing `apiVersion` only (conversion strategy None).
 pub fn accept_version(res: &Resource, mut obj: Value) -> Value {
-    if res.is_custom() {
-        if let (Some(av), Some(m)) = (obj.get("apiVersion").and_then(Value::as_str).map(String::from), obj.as_object_mut()) {
-            if av.split('/').next() == Some(res.group.as_str()) {
-                m.insert("apiVersion".into(), Value::String(res.api_version()));
-            }
-        }
+    if res.is_custom()
+        && let (Some(av), Some(m)) = (
+            obj.get("apiVersion")
+                .and_then(Value::as_str)
+                .map(String::from),
+            obj.as_object_mut(),
+        )
+        && av.split('/').next() == Some(res.group.as_str())
+    {
+        m.insert("apiVersion".into(), Value::String(res.api_version()));
     }
     obj
 }

@@ -7,12 +7,18 @@ use super::Api;
 use super::registry::Resource;
 
 const AGGREGATED_V2: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
-const AGGREGATED_V2BETA1: &str = "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList";
+const AGGREGATED_V2BETA1: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList";
 
 /// Which aggregated discovery version the client accepts, if any (v2 preferred).
 pub fn aggregated_accept(accept: &str) -> Option<&'static str> {
     let offers: Vec<String> = accept.split(',').map(|a| a.replace(' ', "")).collect();
-    let wants = |v: &str| offers.iter().any(|o| o.contains("g=apidiscovery.k8s.io") && o.contains(&format!("v={v};")) || o.ends_with(&format!("v={v}")) && o.contains("apidiscovery"));
+    let wants = |v: &str| {
+        offers.iter().any(|o| {
+            o.contains("g=apidiscovery.k8s.io") && o.contains(&format!("v={v};"))
+                || o.ends_with(&format!("v={v}")) && o.contains("apidiscovery")
+        })
+    };
     if wants("v2") {
         Some(AGGREGATED_V2)
     } else if wants("v2beta1") {
@@ -27,26 +33,43 @@ pub fn api_versions(api: &Api) -> Value {
 }
 
 fn group_entry(group: &str, versions: &[String]) -> Value {
-    let vs: Vec<Value> = versions.iter().map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v})).collect();
+    let vs: Vec<Value> = versions
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))
+        .collect();
     json!({"name": group, "versions": vs, "preferredVersion": vs.first().cloned().unwrap_or(Value::Null)})
 }
 
 pub fn api_group_list(api: &Api) -> Value {
-    let groups: Vec<Value> = api.registry.groups().into_iter().filter(|(g, _)| !g.is_empty()).map(|(g, vs)| group_entry(&g, &vs)).collect();
+    let groups: Vec<Value> = api
+        .registry
+        .groups()
+        .into_iter()
+        .filter(|(g, _)| !g.is_empty())
+        .map(|(g, vs)| group_entry(&g, &vs))
+        .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
 pub fn api_group(api: &Api, group: &str) -> Option<Value> {
-    api.registry.groups().into_iter().find(|(g, _)| g == group).map(|(g, vs)| {
-        let mut e = group_entry(&g, &vs);
-        e["kind"] = json!("APIGroup");
-        e["apiVersion"] = json!("v1");
-        e
-    })
+    api.registry
+        .groups()
+        .into_iter()
+        .find(|(g, _)| g == group)
+        .map(|(g, vs)| {
+            let mut e = group_entry(&g, &vs);
+            e["kind"] = json!("APIGroup");
+            e["apiVersion"] = json!("v1");
+            e
+        })
 }
 
 fn resources_in(api: &Api, group: &str, version: &str) -> Vec<std::sync::Arc<Resource>> {
-    api.registry.all().into_iter().filter(|r| r.group == group && r.version == version).collect()
+    api.registry
+        .all()
+        .into_iter()
+        .filter(|r| r.group == group && r.version == version)
+        .collect()
 }
 
 pub fn resource_list(api: &Api, group: &str, version: &str) -> Option<Value> {
@@ -73,8 +96,14 @@ pub fn resource_list(api: &Api, group: &str, version: &str) -> Option<Value> {
             out.push(se);
         }
     }
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
-    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": out}))
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": out}),
+    )
 }
 
 fn aggregated_group(api: &Api, group: &str, versions: &[String]) -> Value {
@@ -116,8 +145,18 @@ fn aggregated_group(api: &Api, group: &str, versions: &[String]) -> Value {
 
 /// The aggregated document for `/api` (core only) or `/apis` (named groups).
 pub fn aggregated(api: &Api, core: bool, content_type: &str) -> Value {
-    let items: Vec<Value> = api.registry.groups().into_iter().filter(|(g, _)| g.is_empty() == core).map(|(g, vs)| aggregated_group(api, &g, &vs)).collect();
-    let version = if content_type == AGGREGATED_V2 { "v2" } else { "v2beta1" };
+    let items: Vec<Value> = api
+        .registry
+        .groups()
+        .into_iter()
+        .filter(|(g, _)| g.is_empty() == core)
+        .map(|(g, vs)| aggregated_group(api, &g, &vs))
+        .collect();
+    let version = if content_type == AGGREGATED_V2 {
+        "v2"
+    } else {
+        "v2beta1"
+    };
     json!({"kind": "APIGroupDiscoveryList", "apiVersion": format!("apidiscovery.k8s.io/{version}"), "metadata": {}, "items": items})
 }
 

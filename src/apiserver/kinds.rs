@@ -44,9 +44,15 @@ fn selectable_fields(res: &Resource) -> &'static [&'static str] {
 }
 
 /// Checks that every field of a selector is supported for this kind.
-pub fn check_field_selector(res: &Resource, fields: &super::selectors::FieldSelector) -> Result<(), String> {
+pub fn check_field_selector(
+    res: &Resource,
+    fields: &super::selectors::FieldSelector,
+) -> Result<(), String> {
     for (f, _, _) in &fields.terms {
-        if f != "metadata.name" && f != "metadata.namespace" && !selectable_fields(res).contains(&f.as_str()) {
+        if f != "metadata.name"
+            && f != "metadata.namespace"
+            && !selectable_fields(res).contains(&f.as_str())
+        {
             return Err(format!("field label not supported: {f}"));
         }
     }
@@ -56,14 +62,38 @@ pub fn check_field_selector(res: &Resource, fields: &super::selectors::FieldSele
 /// The value a field selector compares for `field` of a stored object (core/v1 form for events).
 pub fn field_value(res: &Resource, obj: &Value, field: &str) -> Option<String> {
     match (res.storage.1.as_str(), field) {
-        ("pods", "spec.hostNetwork") => Some(obj.pointer("/spec/hostNetwork").and_then(Value::as_bool).unwrap_or(false).to_string()),
-        ("pods", "status.podIPs") => obj.pointer("/status/podIPs/0/ip").and_then(Value::as_str).map(String::from),
-        ("nodes", "spec.unschedulable") => Some(obj.pointer("/spec/unschedulable").and_then(Value::as_bool).unwrap_or(false).to_string()),
-        ("events", "source") => obj.pointer("/source/component").and_then(Value::as_str).map(String::from),
-        ("replicasets" | "replicationcontrollers", "status.replicas") => {
-            Some(obj.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0).to_string())
-        }
-        ("jobs", "status.successful") => Some(obj.pointer("/status/succeeded").and_then(Value::as_i64).unwrap_or(0).to_string()),
+        ("pods", "spec.hostNetwork") => Some(
+            obj.pointer("/spec/hostNetwork")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+                .to_string(),
+        ),
+        ("pods", "status.podIPs") => obj
+            .pointer("/status/podIPs/0/ip")
+            .and_then(Value::as_str)
+            .map(String::from),
+        ("nodes", "spec.unschedulable") => Some(
+            obj.pointer("/spec/unschedulable")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+                .to_string(),
+        ),
+        ("events", "source") => obj
+            .pointer("/source/component")
+            .and_then(Value::as_str)
+            .map(String::from),
+        ("replicasets" | "replicationcontrollers", "status.replicas") => Some(
+            obj.pointer("/status/replicas")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+                .to_string(),
+        ),
+        ("jobs", "status.successful") => Some(
+            obj.pointer("/status/succeeded")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+                .to_string(),
+        ),
         _ => field_string(obj, field),
     }
 }
@@ -88,10 +118,11 @@ pub fn generation_relevant(res: &Resource, obj: &Value) -> Value {
 /// Prepares a new object for creation: status the client may not set is reset.
 pub fn prepare_for_create(res: &Resource, obj: &mut Value) {
     let kind = (res.storage.0.as_str(), res.storage.1.as_str());
-    if res.has_status() && !matches!(kind, ("", "nodes") | ("", "pods") | ("", "namespaces")) {
-        if let Some(m) = obj.as_object_mut() {
-            m.remove("status");
-        }
+    if res.has_status()
+        && !matches!(kind, ("", "nodes") | ("", "pods") | ("", "namespaces"))
+        && let Some(m) = obj.as_object_mut()
+    {
+        m.remove("status");
     }
     match kind {
         ("", "pods") => {
@@ -104,7 +135,9 @@ pub fn prepare_for_create(res: &Resource, obj: &mut Value) {
                 obj["spec"] = json!({"finalizers": ["kubernetes"]});
             }
         }
-        ("", "persistentvolumeclaims") | ("", "persistentvolumes") => obj["status"] = json!({"phase": "Pending"}),
+        ("", "persistentvolumeclaims") | ("", "persistentvolumes") => {
+            obj["status"] = json!({"phase": "Pending"})
+        }
         _ => {}
     }
 }
@@ -114,12 +147,21 @@ pub fn graceful_period(res: &Resource, obj: &Value, requested: Option<i64>) -> O
     if (res.storage.0.as_str(), res.storage.1.as_str()) != ("", "pods") {
         return None;
     }
-    let phase = obj.pointer("/status/phase").and_then(Value::as_str).unwrap_or("");
-    let bound = obj.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
+    let phase = obj
+        .pointer("/status/phase")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let bound = obj
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty());
     if !bound || phase == "Succeeded" || phase == "Failed" {
         return None;
     }
-    let default = obj.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(30);
+    let default = obj
+        .pointer("/spec/terminationGracePeriodSeconds")
+        .and_then(Value::as_i64)
+        .unwrap_or(30);
     let grace = requested.unwrap_or(default).max(0);
     (grace > 0).then_some(grace)
 }

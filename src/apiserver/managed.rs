@@ -18,8 +18,18 @@ pub fn shape_of(res: &Resource) -> Shape<'_> {
     }
 }
 
-const BOOKKEEPING: &[&str] =
-    &["name", "namespace", "uid", "resourceVersion", "generation", "creationTimestamp", "managedFields", "selfLink", "deletionTimestamp", "deletionGracePeriodSeconds"];
+const BOOKKEEPING: &[&str] = &[
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "managedFields",
+    "selfLink",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+];
 
 /// Paths an object's writer can own (no type meta or server-set metadata).
 fn owned_paths(res: &Resource, obj: &Value, sub: Option<&str>) -> Vec<Path> {
@@ -64,11 +74,29 @@ fn entries_of(obj: &Value) -> Vec<Entry> {
         .map(|a| {
             a.iter()
                 .map(|e| Entry {
-                    manager: e.get("manager").and_then(Value::as_str).unwrap_or("").into(),
-                    operation: e.get("operation").and_then(Value::as_str).unwrap_or("Update").into(),
-                    api_version: e.get("apiVersion").and_then(Value::as_str).unwrap_or("").into(),
-                    subresource: e.get("subresource").and_then(Value::as_str).map(String::from),
-                    paths: e.get("fieldsV1").map(merge::from_fields_v1).unwrap_or_default(),
+                    manager: e
+                        .get("manager")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .into(),
+                    operation: e
+                        .get("operation")
+                        .and_then(Value::as_str)
+                        .unwrap_or("Update")
+                        .into(),
+                    api_version: e
+                        .get("apiVersion")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .into(),
+                    subresource: e
+                        .get("subresource")
+                        .and_then(Value::as_str)
+                        .map(String::from),
+                    paths: e
+                        .get("fieldsV1")
+                        .map(merge::from_fields_v1)
+                        .unwrap_or_default(),
                 })
                 .collect()
         })
@@ -101,7 +129,13 @@ fn is_apply(ctx: &Ctx) -> bool {
 }
 
 /// Records an Update by this request's manager: it owns what it changed; others lose it.
-pub fn record_update(ctx: &Ctx, res: &Resource, obj: &mut Value, old: Option<&Value>, sub: Option<&str>) -> ApiResult<()> {
+pub fn record_update(
+    ctx: &Ctx,
+    res: &Resource,
+    obj: &mut Value,
+    old: Option<&Value>,
+    sub: Option<&str>,
+) -> ApiResult<()> {
     if is_apply(ctx) {
         return Ok(());
     }
@@ -110,19 +144,30 @@ pub fn record_update(ctx: &Ctx, res: &Resource, obj: &mut Value, old: Option<&Va
     let new_paths = owned_paths(res, obj, sub);
     let changed: Vec<Path> = match old {
         None => new_paths.clone(),
-        Some(old) => new_paths.iter().filter(|p| merge::get_path(obj, p, shape) != merge::get_path(old, p, shape)).cloned().collect(),
+        Some(old) => new_paths
+            .iter()
+            .filter(|p| merge::get_path(obj, p, shape) != merge::get_path(old, p, shape))
+            .cloned()
+            .collect(),
     };
     let mut entries = old.map(entries_of).unwrap_or_default();
     if changed.is_empty() && old.is_some() {
         write_entries(obj, entries);
         return Ok(());
     }
-    let all_now = owned_paths(res, obj, None).into_iter().chain(owned_paths(res, obj, Some("status"))).collect::<Vec<_>>();
+    let all_now = owned_paths(res, obj, None)
+        .into_iter()
+        .chain(owned_paths(res, obj, Some("status")))
+        .collect::<Vec<_>>();
     for e in entries.iter_mut() {
-        e.paths.retain(|p| all_now.contains(p) && !changed.contains(p));
+        e.paths
+            .retain(|p| all_now.contains(p) && !changed.contains(p));
     }
     let sub_s = sub.map(String::from);
-    match entries.iter_mut().find(|e| e.manager == manager && e.operation == "Update" && e.subresource == sub_s) {
+    match entries
+        .iter_mut()
+        .find(|e| e.manager == manager && e.operation == "Update" && e.subresource == sub_s)
+    {
         Some(e) => {
             for p in changed {
                 if !e.paths.contains(&p) {
@@ -131,7 +176,13 @@ pub fn record_update(ctx: &Ctx, res: &Resource, obj: &mut Value, old: Option<&Va
             }
             e.api_version = res.api_version();
         }
-        None => entries.push(Entry { manager, operation: "Update".into(), api_version: res.api_version(), subresource: sub_s, paths: changed }),
+        None => entries.push(Entry {
+            manager,
+            operation: "Update".into(),
+            api_version: res.api_version(),
+            subresource: sub_s,
+            paths: changed,
+        }),
     }
     write_entries(obj, entries);
     Ok(())
@@ -161,7 +212,13 @@ fn show_path(p: &Path) -> String {
 
 /// Server-side apply of `applied` onto `current` (None when creating). Returns the merged object
 /// with managedFields updated, or a 409 listing the conflicts.
-pub fn apply(ctx: &Ctx, res: &Resource, current: Option<&Value>, applied: &Value, force: bool) -> ApiResult<Value> {
+pub fn apply(
+    ctx: &Ctx,
+    res: &Resource,
+    current: Option<&Value>,
+    applied: &Value,
+    force: bool,
+) -> ApiResult<Value> {
     let manager = ctx.field_manager()?;
     let shape = shape_of(res);
     let applied_paths = owned_paths(res, applied, None);
@@ -192,33 +249,61 @@ pub fn apply(ctx: &Ctx, res: &Resource, current: Option<&Value>, applied: &Value
             .iter()
             .map(|(m, av, p)| json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{m}\" using {av}"), "field": show_path(p)}))
             .collect();
-        let lines: Vec<String> = conflicts.iter().map(|(m, av, p)| format!("- conflict with \"{m}\" using {av}: {}", show_path(p))).collect();
+        let lines: Vec<String> = conflicts
+            .iter()
+            .map(|(m, av, p)| format!("- conflict with \"{m}\" using {av}: {}", show_path(p)))
+            .collect();
         let n = conflicts.len();
         let mut err = ApiError::new(
             409,
             "Conflict",
-            format!("Apply failed with {n} conflict{}: {}", if n == 1 { "" } else { "s" }, lines.iter().map(|l| l.trim_start_matches("- ")).collect::<Vec<_>>().join("\n")),
+            format!(
+                "Apply failed with {n} conflict{}: {}",
+                if n == 1 { "" } else { "s" },
+                lines
+                    .iter()
+                    .map(|l| l.trim_start_matches("- "))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ),
         );
-        err.details = Some(json!({"name": applied.pointer("/metadata/name"), "group": res.group, "kind": res.plural, "causes": causes}));
+        err.details = Some(
+            json!({"name": applied.pointer("/metadata/name"), "group": res.group, "kind": res.plural, "causes": causes}),
+        );
         return Err(err);
     }
     let mut applied_clean = applied.clone();
-    if let Some(md) = applied_clean.get_mut("metadata").and_then(Value::as_object_mut) {
+    if let Some(md) = applied_clean
+        .get_mut("metadata")
+        .and_then(Value::as_object_mut)
+    {
         md.remove("managedFields");
         md.remove("resourceVersion");
     }
-    let mut merged = merge::strategic_merge(cur, &applied_clean, shape).map_err(|e| ApiError::bad_request(e))?;
+    let mut merged =
+        merge::strategic_merge(cur, &applied_clean, shape).map_err(ApiError::bad_request)?;
     // Fields this manager applied before but no longer applies are removed unless others own them.
-    if let Some(prev) = entries.iter().find(|e| e.manager == manager && e.operation == "Apply") {
+    if let Some(prev) = entries
+        .iter()
+        .find(|e| e.manager == manager && e.operation == "Apply")
+    {
         for p in prev.paths.iter().filter(|p| !applied_paths.contains(p)) {
-            let shared = entries.iter().any(|e| !(e.manager == manager && e.operation == "Apply") && e.paths.contains(p));
+            let shared = entries
+                .iter()
+                .any(|e| !(e.manager == manager && e.operation == "Apply") && e.paths.contains(p));
             if !shared {
                 merge::remove_path(&mut merged, p);
             }
         }
     }
     entries.retain(|e| !(e.manager == manager && e.operation == "Apply"));
-    entries.push(Entry { manager, operation: "Apply".into(), api_version: res.api_version(), subresource: None, paths: applied_paths });
+    entries.push(Entry {
+        manager,
+        operation: "Apply".into(),
+        api_version: res.api_version(),
+        subresource: None,
+        paths: applied_paths,
+    });
     write_entries(&mut merged, entries);
     Ok(merged)
 }

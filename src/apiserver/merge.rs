@@ -23,33 +23,59 @@ pub struct Shape<'a> {
 
 impl<'a> Shape<'a> {
     pub fn none() -> Shape<'static> {
-        Shape { def: None, schema: None }
+        Shape {
+            def: None,
+            schema: None,
+        }
     }
 
     /// The shape of a definition (`io.k8s.api.apps.v1.Deployment`).
     pub fn of_definition(name: &str) -> Shape<'static> {
         match definitions().get_key_value(name) {
-            Some((k, v)) => Shape { def: Some(k.as_str()), schema: Some(v) },
+            Some((k, v)) => Shape {
+                def: Some(k.as_str()),
+                schema: Some(v),
+            },
             None => Shape::none(),
         }
     }
 
     /// The shape of an arbitrary schema value (a CRD's openAPIV3Schema).
     pub fn of_schema(schema: &'a Value) -> Shape<'a> {
-        Shape { def: None, schema: Some(schema) }.resolved()
+        Shape {
+            def: None,
+            schema: Some(schema),
+        }
+        .resolved()
     }
 
     fn resolved(self) -> Shape<'a> {
         let mut cur = self;
         for _ in 0..16 {
             let Some(s) = cur.schema else { return cur };
-            if let Some(name) = s.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix(REF_PREFIX)) {
+            if let Some(name) = s
+                .get("$ref")
+                .and_then(Value::as_str)
+                .and_then(|r| r.strip_prefix(REF_PREFIX))
+            {
                 match definitions().get_key_value(name) {
-                    Some((k, v)) => cur = Shape { def: Some(k.as_str()), schema: Some(v) },
+                    Some((k, v)) => {
+                        cur = Shape {
+                            def: Some(k.as_str()),
+                            schema: Some(v),
+                        }
+                    }
                     None => return Shape::none(),
                 }
-            } else if let Some(a) = s.get("allOf").and_then(Value::as_array).filter(|a| a.len() == 1) {
-                cur = Shape { def: cur.def, schema: Some(&a[0]) };
+            } else if let Some(a) = s
+                .get("allOf")
+                .and_then(Value::as_array)
+                .filter(|a| a.len() == 1)
+            {
+                cur = Shape {
+                    def: cur.def,
+                    schema: Some(&a[0]),
+                };
             } else {
                 return cur;
             }
@@ -58,42 +84,67 @@ impl<'a> Shape<'a> {
     }
 
     pub fn field(&self, name: &str) -> Shape<'a> {
-        let Some(s) = self.schema else { return Shape::none() };
-        let child = s.get("properties").and_then(|p| p.get(name)).or_else(|| s.get("additionalProperties").filter(|a| a.is_object()));
-        Shape { def: None, schema: child }.resolved()
+        let Some(s) = self.schema else {
+            return Shape::none();
+        };
+        let child = s
+            .get("properties")
+            .and_then(|p| p.get(name))
+            .or_else(|| s.get("additionalProperties").filter(|a| a.is_object()));
+        Shape {
+            def: None,
+            schema: child,
+        }
+        .resolved()
     }
 
     pub fn items(&self) -> Shape<'a> {
-        Shape { def: None, schema: self.schema.and_then(|s| s.get("items")) }.resolved()
+        Shape {
+            def: None,
+            schema: self.schema.and_then(|s| s.get("items")),
+        }
+        .resolved()
     }
 
     /// Whether this is a map with arbitrary keys (labels, data) rather than a struct.
     pub fn is_map(&self) -> bool {
-        self.schema.is_some_and(|s| s.get("additionalProperties").is_some_and(Value::is_object) && s.get("properties").is_none())
+        self.schema.is_some_and(|s| {
+            s.get("additionalProperties").is_some_and(Value::is_object)
+                && s.get("properties").is_none()
+        })
     }
 
     /// How the list in `field` merges.
     pub fn list_type(&self, field: &str) -> ListType {
         if let Some(def) = self.def {
             let lo = LIST_TYPES.partition_point(|(d, f, _, _)| (*d, *f) < (def, field));
-            if let Some((d, f, kind, keys)) = LIST_TYPES.get(lo) {
-                if *d == def && *f == field {
-                    return match *kind {
-                        "map" => ListType::Map(keys.iter().map(|k| k.to_string()).collect()),
-                        "set" => ListType::Set,
-                        _ => ListType::Atomic,
-                    };
-                }
+            if let Some((d, f, kind, keys)) = LIST_TYPES.get(lo)
+                && *d == def
+                && *f == field
+            {
+                return match *kind {
+                    "map" => ListType::Map(keys.iter().map(|k| k.to_string()).collect()),
+                    "set" => ListType::Set,
+                    _ => ListType::Atomic,
+                };
             }
         }
         // CRD schemas carry the extensions themselves.
         let fs = self.field(field);
-        match fs.schema.and_then(|s| s.get("x-kubernetes-list-type")).and_then(Value::as_str) {
+        match fs
+            .schema
+            .and_then(|s| s.get("x-kubernetes-list-type"))
+            .and_then(Value::as_str)
+        {
             Some("map") => ListType::Map(
                 fs.schema
                     .and_then(|s| s.get("x-kubernetes-list-map-keys"))
                     .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(|k| k.as_str().map(String::from)).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|k| k.as_str().map(String::from))
+                            .collect()
+                    })
                     .unwrap_or_default(),
             ),
             Some("set") => ListType::Set,
@@ -103,7 +154,10 @@ impl<'a> Shape<'a> {
 }
 
 fn key_of(item: &Value, keys: &[String]) -> Option<Vec<Value>> {
-    let k: Vec<Value> = keys.iter().map(|k| item.get(k).cloned().unwrap_or(Value::Null)).collect();
+    let k: Vec<Value> = keys
+        .iter()
+        .map(|k| item.get(k).cloned().unwrap_or(Value::Null))
+        .collect();
     (!k.iter().all(Value::is_null)).then_some(k)
 }
 
@@ -116,7 +170,11 @@ pub fn strategic_merge(original: &Value, patch: &Value, shape: Shape) -> Result<
     }
 }
 
-fn merge_object(orig: &Map<String, Value>, patch: &Map<String, Value>, shape: Shape) -> Result<Map<String, Value>, String> {
+fn merge_object(
+    orig: &Map<String, Value>,
+    patch: &Map<String, Value>,
+    shape: Shape,
+) -> Result<Map<String, Value>, String> {
     match patch.get("$patch").and_then(Value::as_str) {
         Some("replace") => {
             let mut m = patch.clone();
@@ -129,7 +187,12 @@ fn merge_object(orig: &Map<String, Value>, patch: &Map<String, Value>, shape: Sh
     }
     let mut out = orig.clone();
     if let Some(retain) = patch.get("$retainKeys") {
-        let keep: Vec<&str> = retain.as_array().ok_or("$retainKeys must be a list")?.iter().filter_map(Value::as_str).collect();
+        let keep: Vec<&str> = retain
+            .as_array()
+            .ok_or("$retainKeys must be a list")?
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
         out.retain(|k, _| keep.contains(&k.as_str()));
     }
     for (k, pv) in patch {
@@ -137,7 +200,9 @@ fn merge_object(orig: &Map<String, Value>, patch: &Map<String, Value>, shape: Sh
             continue;
         }
         if let Some(field) = k.strip_prefix("$deleteFromPrimitiveList/") {
-            let remove = pv.as_array().ok_or("$deleteFromPrimitiveList must be a list")?;
+            let remove = pv
+                .as_array()
+                .ok_or("$deleteFromPrimitiveList must be a list")?;
             if let Some(Value::Array(a)) = out.get_mut(field) {
                 a.retain(|v| !remove.contains(v));
             }
@@ -151,13 +216,20 @@ fn merge_object(orig: &Map<String, Value>, patch: &Map<String, Value>, shape: Sh
         let merged = match (out.get(k), pv) {
             (Some(Value::Object(o)), Value::Object(p)) => Value::Object(merge_object(o, p, child)?),
             (None, Value::Object(p)) => Value::Object(merge_object(&Map::new(), p, child)?),
-            (Some(Value::Array(o)), Value::Array(p)) => Value::Array(merge_list(o, p, shape.list_type(k), child.items())?),
-            (None, Value::Array(p)) => Value::Array(merge_list(&[], p, shape.list_type(k), child.items())?),
+            (Some(Value::Array(o)), Value::Array(p)) => {
+                Value::Array(merge_list(o, p, shape.list_type(k), child.items())?)
+            }
+            (None, Value::Array(p)) => {
+                Value::Array(merge_list(&[], p, shape.list_type(k), child.items())?)
+            }
             _ => pv.clone(),
         };
         out.insert(k.clone(), merged);
     }
-    for (k, order) in patch.iter().filter_map(|(k, v)| k.strip_prefix("$setElementOrder/").map(|f| (f, v))) {
+    for (k, order) in patch
+        .iter()
+        .filter_map(|(k, v)| k.strip_prefix("$setElementOrder/").map(|f| (f, v)))
+    {
         if let (Some(Value::Array(list)), Some(order)) = (out.get_mut(k), order.as_array()) {
             reorder(list, order, shape.list_type(k));
         }
@@ -165,12 +237,14 @@ fn merge_object(orig: &Map<String, Value>, patch: &Map<String, Value>, shape: Sh
     Ok(out)
 }
 
-fn reorder(list: &mut Vec<Value>, order: &[Value], lt: ListType) {
+fn reorder(list: &mut [Value], order: &[Value], lt: ListType) {
     let pos = |v: &Value| -> usize {
         order
             .iter()
             .position(|o| match &lt {
-                ListType::Map(keys) => key_of(o, keys).is_some() && key_of(o, keys) == key_of(v, keys),
+                ListType::Map(keys) => {
+                    key_of(o, keys).is_some() && key_of(o, keys) == key_of(v, keys)
+                }
                 _ => o == v,
             })
             .unwrap_or(usize::MAX)
@@ -178,17 +252,33 @@ fn reorder(list: &mut Vec<Value>, order: &[Value], lt: ListType) {
     list.sort_by_key(|v| pos(v));
 }
 
-fn merge_list(orig: &[Value], patch: &[Value], lt: ListType, item_shape: Shape) -> Result<Vec<Value>, String> {
+fn merge_list(
+    orig: &[Value],
+    patch: &[Value],
+    lt: ListType,
+    item_shape: Shape,
+) -> Result<Vec<Value>, String> {
     match lt {
         ListType::Map(keys) if !keys.is_empty() => {
             // A list-level `$patch: replace` item replaces the whole list.
-            if patch.iter().any(|p| p.get("$patch").and_then(Value::as_str) == Some("replace") && key_of(p, &keys).is_none()) {
-                return Ok(patch.iter().filter(|p| p.get("$patch").is_none()).cloned().collect());
+            if patch.iter().any(|p| {
+                p.get("$patch").and_then(Value::as_str) == Some("replace")
+                    && key_of(p, &keys).is_none()
+            }) {
+                return Ok(patch
+                    .iter()
+                    .filter(|p| p.get("$patch").is_none())
+                    .cloned()
+                    .collect());
             }
             let mut out: Vec<Value> = orig.to_vec();
             for p in patch {
-                let Some(k) = key_of(p, &keys) else { return Err(format!("map list item lacks its merge key(s) {keys:?}")) };
-                let idx = out.iter().position(|o| key_of(o, &keys).as_ref() == Some(&k));
+                let Some(k) = key_of(p, &keys) else {
+                    return Err(format!("map list item lacks its merge key(s) {keys:?}"));
+                };
+                let idx = out
+                    .iter()
+                    .position(|o| key_of(o, &keys).as_ref() == Some(&k));
                 if p.get("$patch").and_then(Value::as_str) == Some("delete") {
                     if let Some(i) = idx {
                         out.remove(i);
@@ -306,7 +396,10 @@ pub fn get_path<'v>(v: &'v Value, path: &[Elem], shape: Shape) -> Option<&'v Val
             Elem::Key(k) => {
                 let want: Value = serde_json::from_str(k).ok()?;
                 let keys: Vec<String> = want.as_object()?.keys().cloned().collect();
-                cur = cur.as_array()?.iter().find(|it| keys.iter().all(|kk| it.get(kk) == want.get(kk)))?;
+                cur = cur
+                    .as_array()?
+                    .iter()
+                    .find(|it| keys.iter().all(|kk| it.get(kk) == want.get(kk)))?;
                 sh = sh.items();
                 let _ = (&parent_shape, &last_field);
             }
@@ -321,7 +414,9 @@ pub fn get_path<'v>(v: &'v Value, path: &[Elem], shape: Shape) -> Option<&'v Val
 
 /// Removes the value at a path, if present.
 pub fn remove_path(v: &mut Value, path: &[Elem]) {
-    let Some((last, parents)) = path.split_last() else { return };
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
     let mut cur = v;
     for e in parents {
         cur = match e {
@@ -330,8 +425,13 @@ pub fn remove_path(v: &mut Value, path: &[Elem]) {
                 None => return,
             },
             Elem::Key(k) => {
-                let Ok(Value::Object(want)) = serde_json::from_str::<Value>(k) else { return };
-                match cur.as_array_mut().and_then(|a| a.iter_mut().find(|it| want.iter().all(|(kk, vv)| it.get(kk) == Some(vv)))) {
+                let Ok(Value::Object(want)) = serde_json::from_str::<Value>(k) else {
+                    return;
+                };
+                match cur.as_array_mut().and_then(|a| {
+                    a.iter_mut()
+                        .find(|it| want.iter().all(|(kk, vv)| it.get(kk) == Some(vv)))
+                }) {
                     Some(c) => c,
                     None => return,
                 }
@@ -346,7 +446,9 @@ pub fn remove_path(v: &mut Value, path: &[Elem]) {
             }
         }
         Elem::Key(k) => {
-            if let (Ok(Value::Object(want)), Some(a)) = (serde_json::from_str::<Value>(k), cur.as_array_mut()) {
+            if let (Ok(Value::Object(want)), Some(a)) =
+                (serde_json::from_str::<Value>(k), cur.as_array_mut())
+            {
                 a.retain(|it| !want.iter().all(|(kk, vv)| it.get(kk) == Some(vv)));
             }
         }
@@ -364,7 +466,9 @@ pub fn to_fields_v1(paths: &[Path]) -> Value {
     for p in paths {
         let mut cur = &mut root;
         for e in p {
-            let entry = cur.entry(e.encode()).or_insert_with(|| Value::Object(Map::new()));
+            let entry = cur
+                .entry(e.encode())
+                .or_insert_with(|| Value::Object(Map::new()));
             cur = entry.as_object_mut().expect("object");
         }
         if !p.is_empty() && !cur.is_empty() {
@@ -440,13 +544,31 @@ mod tests {
         assert_eq!(cs[0]["env"].as_array().unwrap().len(), 2);
         // Tolerations are atomic: replaced whole.
         let o = json!({"spec": {"tolerations": [{"key": "a"}]}});
-        let r = strategic_merge(&o, &json!({"spec": {"tolerations": [{"key": "b"}]}}), pod()).unwrap();
+        let r =
+            strategic_merge(&o, &json!({"spec": {"tolerations": [{"key": "b"}]}}), pod()).unwrap();
         assert_eq!(r["spec"]["tolerations"], json!([{"key": "b"}]));
-        let r = strategic_merge(&o, &json!({"spec": {"$patch": "replace", "containers": []}}), pod()).unwrap();
+        let r = strategic_merge(
+            &o,
+            &json!({"spec": {"$patch": "replace", "containers": []}}),
+            pod(),
+        )
+        .unwrap();
         assert_eq!(r["spec"], json!({"containers": []}));
-        let r = strategic_merge(&orig, &json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["x"]}}), pod()).unwrap();
+        let r = strategic_merge(
+            &orig,
+            &json!({"metadata": {"$deleteFromPrimitiveList/finalizers": ["x"]}}),
+            pod(),
+        )
+        .unwrap();
         assert_eq!(r["metadata"]["finalizers"], json!([]));
-        assert!(strategic_merge(&orig, &json!({"spec": {"containers": [{"image": "nokey"}]}}), pod()).is_err());
+        assert!(
+            strategic_merge(
+                &orig,
+                &json!({"spec": {"containers": [{"image": "nokey"}]}}),
+                pod()
+            )
+            .is_err()
+        );
     }
 
     #[test]
@@ -457,7 +579,11 @@ mod tests {
         let f = to_fields_v1(&paths);
         assert_eq!(f["f:metadata"]["f:labels"]["f:app"], json!({}));
         assert!(f["f:metadata"]["f:labels"].get(".").is_some());
-        assert!(f["f:spec"]["f:containers"]["k:{\"name\":\"c\"}"].get(".").is_some());
+        assert!(
+            f["f:spec"]["f:containers"]["k:{\"name\":\"c\"}"]
+                .get(".")
+                .is_some()
+        );
         let mut back = from_fields_v1(&f);
         back.sort();
         paths.sort();

@@ -31,6 +31,9 @@ pub mod status;
 mod table;
 mod watch;
 
+#[cfg(test)]
+mod prop_tests;
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -81,7 +84,11 @@ pub struct Api {
 pub struct PeerUser(pub Option<Arc<UserInfo>>);
 
 impl Api {
-    pub async fn new(store: Store, config: ApiConfig, sa_key_pem: &str) -> anyhow::Result<Arc<Api>> {
+    pub async fn new(
+        store: Store,
+        config: ApiConfig,
+        sa_key_pem: &str,
+    ) -> anyhow::Result<Arc<Api>> {
         let issuer = format!("https://kubernetes.default.svc.{}", config.cluster_domain);
         let signer = Arc::new(TokenSigner::new(sa_key_pem, issuer.clone())?);
         let mut allocator = alloc::Allocator::new(&config.service_cidr, config.node_port_range)?;
@@ -97,7 +104,10 @@ impl Api {
             store,
             registry,
             config,
-            auth: Authenticator { signer, api_audiences: vec![issuer] },
+            auth: Authenticator {
+                signer,
+                api_audiences: vec![issuer],
+            },
             metrics: metrics::Metrics::new(),
             openapi: openapi::Cache::default(),
             openapi_v2: openapi_v2::Cache::default(),
@@ -126,20 +136,36 @@ impl Api {
 /// Validates a cron schedule (CronJob `spec.schedule`).
 pub fn cron_check(expr: &str) -> Result<(), String> {
     let e = expr.trim();
-    let e = e.strip_prefix("TZ=").or_else(|| e.strip_prefix("CRON_TZ=")).map(|rest| rest.split_once(' ').map(|(_, s)| s).unwrap_or("")).unwrap_or(e);
+    let e = e
+        .strip_prefix("TZ=")
+        .or_else(|| e.strip_prefix("CRON_TZ="))
+        .map(|rest| rest.split_once(' ').map(|(_, s)| s).unwrap_or(""))
+        .unwrap_or(e);
     let fields = e.split_whitespace().count();
     if !e.starts_with('@') && fields != 5 {
         return Err(format!("expected exactly 5 fields, found {fields}: {expr}"));
     }
-    <croner::Cron as std::str::FromStr>::from_str(e).map(|_| ()).map_err(|err| err.to_string())
+    <croner::Cron as std::str::FromStr>::from_str(e)
+        .map(|_| ())
+        .map_err(|err| err.to_string())
 }
 
 fn plain(code: StatusCode, body: &'static str) -> Response {
-    (code, [(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+    (
+        code,
+        [(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
 }
 
 fn json_body(code: u16, content_type: &str, body: &Value) -> Response {
-    (StatusCode::from_u16(code).unwrap_or(StatusCode::OK), [(http::header::CONTENT_TYPE, content_type.to_string())], serde_json::to_vec(body).unwrap_or_default()).into_response()
+    (
+        StatusCode::from_u16(code).unwrap_or(StatusCode::OK),
+        [(http::header::CONTENT_TYPE, content_type.to_string())],
+        serde_json::to_vec(body).unwrap_or_default(),
+    )
+        .into_response()
 }
 
 pub fn version_info() -> Value {
@@ -157,13 +183,19 @@ pub fn version_info() -> Value {
 }
 
 async fn authenticate(api: &Api, req: &http::request::Parts) -> Result<Arc<UserInfo>, ApiError> {
-    if let Some(auth) = req.headers.get(http::header::AUTHORIZATION).and_then(|h| h.to_str().ok()) {
-        if let Some(token) = auth.strip_prefix("Bearer ").map(str::trim).filter(|t| !t.is_empty()) {
-            return match api.authenticate_token(token, &api.auth.api_audiences).await {
-                Some((user, _)) => Ok(Arc::new(user)),
-                None => Err(ApiError::unauthorized()),
-            };
-        }
+    if let Some(auth) = req
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        && let Some(token) = auth
+            .strip_prefix("Bearer ")
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+    {
+        return match api.authenticate_token(token, &api.auth.api_audiences).await {
+            Some((user, _)) => Ok(Arc::new(user)),
+            None => Err(ApiError::unauthorized()),
+        };
     }
     match req.extensions.get::<PeerUser>() {
         Some(PeerUser(Some(u))) => Ok(u.clone()),
@@ -187,7 +219,11 @@ fn verb_of(method: &Method, path: &ApiPath, query: &Query) -> &'static str {
 }
 
 fn header(req: &http::request::Parts, name: http::HeaderName) -> String {
-    req.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
+    req.headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
 }
 
 /// The one handler behind every path.
@@ -198,7 +234,9 @@ async fn handle(State(api): State<Arc<Api>>, req: Request) -> Response {
     let query = Query::parse(req.uri.query());
     let method = req.method.clone();
     match path.as_str() {
-        "/healthz" | "/livez" | "/readyz" | "/healthz/ping" | "/livez/ping" | "/readyz/ping" => return plain(StatusCode::OK, "ok"),
+        "/healthz" | "/livez" | "/readyz" | "/healthz/ping" | "/livez/ping" | "/readyz/ping" => {
+            return plain(StatusCode::OK, "ok");
+        }
         "/version" | "/version/" => return json_body(200, "application/json", &version_info()),
         _ => {}
     }
@@ -209,9 +247,16 @@ async fn handle(State(api): State<Arc<Api>>, req: Request) -> Response {
     if user.is_anonymous() {
         return ApiError::unauthorized().into_response();
     }
-    let (accept, content_type, user_agent) = (header(&req, http::header::ACCEPT), header(&req, http::header::CONTENT_TYPE), header(&req, http::header::USER_AGENT));
+    let (accept, content_type, user_agent) = (
+        header(&req, http::header::ACCEPT),
+        header(&req, http::header::CONTENT_TYPE),
+        header(&req, http::header::USER_AGENT),
+    );
     let api_path = request::parse_path(&path);
-    let verb = api_path.as_ref().map(|p| verb_of(&method, p, &query)).unwrap_or("GET");
+    let verb = api_path
+        .as_ref()
+        .map(|p| verb_of(&method, p, &query))
+        .unwrap_or("GET");
     let resource_label = match &api_path {
         Some(ApiPath::Resource(r)) => r.resource.clone(),
         _ => String::new(),
@@ -221,8 +266,25 @@ async fn handle(State(api): State<Arc<Api>>, req: Request) -> Response {
         Ok(b) => b,
         Err(_) => return ApiError::too_large().into_response(),
     };
-    let resp = route(&api, &path, api_path, &method, query, user, accept, content_type, user_agent, body).await;
-    api.metrics.observe(verb, &resource_label, resp.status().as_u16(), started.elapsed().as_secs_f64());
+    let resp = route(
+        &api,
+        &path,
+        api_path,
+        &method,
+        query,
+        user,
+        accept,
+        content_type,
+        user_agent,
+        body,
+    )
+    .await;
+    api.metrics.observe(
+        verb,
+        &resource_label,
+        resp.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
     resp
 }
 
@@ -240,21 +302,38 @@ async fn route(
     body: Bytes,
 ) -> Response {
     if api_path.is_none() && *method != Method::GET {
-        return ApiError::method_not_allowed("the server does not allow this method on the requested resource").into_response();
+        return ApiError::method_not_allowed(
+            "the server does not allow this method on the requested resource",
+        )
+        .into_response();
     }
     match api_path {
         None => match path {
             "/metrics" => {
                 let mut objects = Vec::new();
-                for r in api.registry.all().iter().filter(|r| !r.create_only && r.storage.0 == r.group) {
+                for r in api
+                    .registry
+                    .all()
+                    .iter()
+                    .filter(|r| !r.create_only && r.storage.0 == r.group)
+                {
                     if let Ok(n) = api.store.count(&r.prefix()).await {
                         objects.push((r.plural.clone(), n));
                     }
                 }
-                let text = api.metrics.render(api.store.db_size(), api.store.current_rev(), &objects);
-                (StatusCode::OK, [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+                let text =
+                    api.metrics
+                        .render(api.store.db_size(), api.store.current_rev(), &objects);
+                (
+                    StatusCode::OK,
+                    [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    text,
+                )
+                    .into_response()
             }
-            "/openapi/v3" | "/openapi/v3/" => json_body(200, "application/json", &openapi::index(api)),
+            "/openapi/v3" | "/openapi/v3/" => {
+                json_body(200, "application/json", &openapi::index(api))
+            }
             "/openapi/v2" => {
                 if accept.contains("protobuf") {
                     let body = openapi_v2::document(api);
@@ -274,11 +353,18 @@ async fn route(
                     Some(doc) => match query.get("hash") {
                         Some(h) if h != doc.hash => Response::builder()
                             .status(StatusCode::MOVED_PERMANENTLY)
-                            .header(http::header::LOCATION, format!("/openapi/v3/{gv}?hash={}", doc.hash))
+                            .header(
+                                http::header::LOCATION,
+                                format!("/openapi/v3/{gv}?hash={}", doc.hash),
+                            )
                             .body(Body::empty())
                             .unwrap_or_default(),
                         h => {
-                            let cache = if h.is_some() { "public, immutable" } else { "no-cache, private" };
+                            let cache = if h.is_some() {
+                                "public, immutable"
+                            } else {
+                                "no-cache, private"
+                            };
                             Response::builder()
                                 .status(StatusCode::OK)
                                 .header(http::header::CONTENT_TYPE, "application/json")
@@ -312,7 +398,15 @@ async fn route(
             let Some(res) = api.registry.find(&rp.group, &rp.version, &rp.resource) else {
                 return ApiError::path_not_found().into_response();
             };
-            let ctx = Ctx { user, query, accept, content_type, user_agent, path: rp, warnings: Mutex::new(Vec::new()) };
+            let ctx = Ctx {
+                user,
+                query,
+                accept,
+                content_type,
+                user_agent,
+                path: rp,
+                warnings: Mutex::new(Vec::new()),
+            };
             match handlers::serve(api.clone(), res, ctx, method.clone(), body).await {
                 Ok(r) => r,
                 Err(e) => e.into_response(),

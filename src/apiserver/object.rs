@@ -7,7 +7,6 @@ pub fn now_time() -> String {
     chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-
 pub fn meta(obj: &Value) -> &Value {
     obj.get("metadata").unwrap_or(&Value::Null)
 }
@@ -41,7 +40,11 @@ pub fn finalizers(obj: &Value) -> Vec<String> {
     meta(obj)
         .get("finalizers")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|f| f.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| f.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -55,7 +58,9 @@ pub fn set_finalizers(obj: &mut Value, list: Vec<String>) {
 }
 
 pub fn is_deleting(obj: &Value) -> bool {
-    meta(obj).get("deletionTimestamp").is_some_and(|v| !v.is_null())
+    meta(obj)
+        .get("deletionTimestamp")
+        .is_some_and(|v| !v.is_null())
 }
 
 /// Reads a dotted path (`spec.nodeName`) as a string, the way field selectors compare values.
@@ -83,7 +88,8 @@ pub fn check_dns_subdomain(s: &str) -> Option<String> {
     }
     let ok = s.split('.').all(|l| {
         !l.is_empty()
-            && l.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && l.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
             && !l.starts_with('-')
             && !l.ends_with('-')
     });
@@ -96,7 +102,8 @@ pub fn check_dns_subdomain(s: &str) -> Option<String> {
 pub fn check_dns_label(s: &str) -> Option<String> {
     let ok = !s.is_empty()
         && s.len() <= 63
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !s.starts_with('-')
         && !s.ends_with('-');
     (!ok).then(|| {
@@ -122,7 +129,9 @@ pub fn random_suffix(n: usize) -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut rng = rand::rng();
-    (0..n).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+    (0..n)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
 }
 
 /// Deep equality ignoring `metadata.resourceVersion` and managed-field timestamps: an update

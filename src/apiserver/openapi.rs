@@ -24,7 +24,11 @@ pub struct Cache {
 }
 
 fn gv_path(group: &str, version: &str) -> String {
-    if group.is_empty() { format!("api/{version}") } else { format!("apis/{group}/{version}") }
+    if group.is_empty() {
+        format!("api/{version}")
+    } else {
+        format!("apis/{group}/{version}")
+    }
 }
 
 /// `/openapi/v3`: the index of per-group/version documents.
@@ -34,7 +38,10 @@ pub fn index(api: &Api) -> Value {
         for v in vs {
             let p = gv_path(&g, &v);
             if let Some(doc) = document(api, &p) {
-                paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={}", doc.hash)}));
+                paths.insert(
+                    p.clone(),
+                    json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={}", doc.hash)}),
+                );
             }
         }
     }
@@ -44,25 +51,45 @@ pub fn index(api: &Api) -> Value {
 /// The document for `api/v1` or `apis/<group>/<version>`, cached per registry generation.
 pub fn document(api: &Api, gv: &str) -> Option<Doc> {
     let generation = api.registry.generation();
-    if let Some((g, doc)) = api.openapi.docs.lock().unwrap_or_else(|e| e.into_inner()).get(gv) {
-        if *g == generation {
-            return Some(doc.clone());
-        }
+    if let Some((g, doc)) = api
+        .openapi
+        .docs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(gv)
+        && *g == generation
+    {
+        return Some(doc.clone());
     }
     let (group, version) = match gv.split('/').collect::<Vec<_>>().as_slice() {
         ["api", v] => (String::new(), v.to_string()),
         ["apis", g, v] => (g.to_string(), v.to_string()),
         _ => return None,
     };
-    let resources: Vec<Arc<Resource>> = api.registry.all().into_iter().filter(|r| r.group == group && r.version == version).collect();
+    let resources: Vec<Arc<Resource>> = api
+        .registry
+        .all()
+        .into_iter()
+        .filter(|r| r.group == group && r.version == version)
+        .collect();
     if resources.is_empty() {
         return None;
     }
     let value = build(&resources, &gv_path(&group, &version));
     let body = serde_json::to_vec(&value).ok()?;
-    let hash = Sha512::digest(&body).iter().map(|b| format!("{b:02X}")).collect::<String>();
-    let doc = Doc { body: Arc::new(body), hash };
-    api.openapi.docs.lock().unwrap_or_else(|e| e.into_inner()).insert(gv.to_string(), (generation, doc.clone()));
+    let hash = Sha512::digest(&body)
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<String>();
+    let doc = Doc {
+        body: Arc::new(body),
+        hash,
+    };
+    api.openapi
+        .docs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(gv.to_string(), (generation, doc.clone()));
     Some(doc)
 }
 
@@ -74,11 +101,21 @@ fn gvk(r: &Resource) -> Value {
     json!({"group": r.group, "version": r.version, "kind": r.kind})
 }
 
-fn op(r: &Resource, action: &str, id: &str, schema_ref: &str, params: Vec<Value>, body: Option<Vec<&str>>) -> Value {
+fn op(
+    r: &Resource,
+    action: &str,
+    id: &str,
+    schema_ref: &str,
+    params: Vec<Value>,
+    body: Option<Vec<&str>>,
+) -> Value {
     let content = |types: &[&str], sref: &str| {
         let mut m = Map::new();
         for t in types {
-            m.insert(t.to_string(), json!({"schema": {"$ref": format!("{REF_PREFIX}{sref}")}}));
+            m.insert(
+                t.to_string(),
+                json!({"schema": {"$ref": format!("{REF_PREFIX}{sref}")}}),
+            );
         }
         Value::Object(m)
     };
@@ -90,7 +127,11 @@ fn op(r: &Resource, action: &str, id: &str, schema_ref: &str, params: Vec<Value>
         "x-kubernetes-group-version-kind": gvk(r),
     });
     if let Some(types) = body {
-        let sref = if action == "patch" { "io.k8s.apimachinery.pkg.apis.meta.v1.Patch" } else { schema_ref };
+        let sref = if action == "patch" {
+            "io.k8s.apimachinery.pkg.apis.meta.v1.Patch"
+        } else {
+            schema_ref
+        };
         o["requestBody"] = json!({"content": content(&types, sref), "required": true});
     }
     o
@@ -98,9 +139,21 @@ fn op(r: &Resource, action: &str, id: &str, schema_ref: &str, params: Vec<Value>
 
 fn write_params() -> Vec<Value> {
     vec![
-        param("dryRun", "query", "When present, indicates that modifications should not be persisted."),
-        param("fieldManager", "query", "fieldManager is a name associated with the actor or entity that is making these changes."),
-        param("fieldValidation", "query", "fieldValidation instructs the server on how to handle objects in the request containing unknown or duplicate fields."),
+        param(
+            "dryRun",
+            "query",
+            "When present, indicates that modifications should not be persisted.",
+        ),
+        param(
+            "fieldManager",
+            "query",
+            "fieldManager is a name associated with the actor or entity that is making these changes.",
+        ),
+        param(
+            "fieldValidation",
+            "query",
+            "fieldValidation instructs the server on how to handle objects in the request containing unknown or duplicate fields.",
+        ),
     ]
 }
 
@@ -115,8 +168,15 @@ fn build(resources: &[Arc<Resource>], gv: &str) -> Value {
     for r in resources {
         let def = r.definition_name();
         if let Some(custom) = &r.custom {
-            let mut s = custom.schema.clone().unwrap_or(json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}));
-            if let Some(props) = s.as_object_mut().map(|m| m.entry("properties").or_insert_with(|| json!({}))).and_then(Value::as_object_mut) {
+            let mut s = custom
+                .schema
+                .clone()
+                .unwrap_or(json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}));
+            if let Some(props) = s
+                .as_object_mut()
+                .map(|m| m.entry("properties").or_insert_with(|| json!({})))
+                .and_then(Value::as_object_mut)
+            {
                 props.insert("apiVersion".into(), json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object."}));
                 props.insert("kind".into(), json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents."}));
                 props.insert("metadata".into(), json!({"allOf": [{"$ref": format!("{REF_PREFIX}io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta")}], "description": "Standard object's metadata."}));
@@ -127,11 +187,27 @@ fn build(resources: &[Arc<Resource>], gv: &str) -> Value {
         } else {
             roots.push(def.clone());
         }
-        let prefix = if r.group.is_empty() { format!("/api/{}", r.version) } else { format!("/apis/{}/{}", r.group, r.version) };
-        let ns_param = param("namespace", "path", "object name and auth scope, such as for teams and projects");
+        let prefix = if r.group.is_empty() {
+            format!("/api/{}", r.version)
+        } else {
+            format!("/apis/{}/{}", r.group, r.version)
+        };
+        let ns_param = param(
+            "namespace",
+            "path",
+            "object name and auth scope, such as for teams and projects",
+        );
         let name_param = param("name", "path", &format!("name of the {}", r.kind));
-        let base = if r.namespaced { format!("{prefix}/namespaces/{{namespace}}/{}", r.plural) } else { format!("{prefix}/{}", r.plural) };
-        let scope_params = if r.namespaced { vec![ns_param.clone()] } else { vec![] };
+        let base = if r.namespaced {
+            format!("{prefix}/namespaces/{{namespace}}/{}", r.plural)
+        } else {
+            format!("{prefix}/{}", r.plural)
+        };
+        let scope_params = if r.namespaced {
+            vec![ns_param.clone()]
+        } else {
+            vec![]
+        };
         let kind = &r.kind;
         if r.create_only {
             paths.insert(base.clone(), json!({"post": op(r, "post", &format!("create{kind}"), &def, write_params(), Some(vec!["*/*"])), "parameters": scope_params}));
@@ -147,12 +223,20 @@ fn build(resources: &[Arc<Resource>], gv: &str) -> Value {
                 "parameters": scope_params,
             }),
         );
-        let mut patch_types = vec!["application/json-patch+json", "application/merge-patch+json", "application/apply-patch+yaml"];
+        let mut patch_types = vec![
+            "application/json-patch+json",
+            "application/merge-patch+json",
+            "application/apply-patch+yaml",
+        ];
         if !r.is_custom() {
             patch_types.push("application/strategic-merge-patch+json");
         }
         let mut patch_params = write_params();
-        patch_params.push(param("force", "query", "Force is going to \"force\" Apply requests."));
+        patch_params.push(param(
+            "force",
+            "query",
+            "Force is going to \"force\" Apply requests.",
+        ));
         let mut item_params = scope_params.clone();
         item_params.insert(0, name_param.clone());
         paths.insert(
@@ -168,7 +252,10 @@ fn build(resources: &[Arc<Resource>], gv: &str) -> Value {
         for sub in &r.subresources {
             let (sref, ops): (String, &[&str]) = match sub.name.as_str() {
                 "status" => (def.clone(), &["get", "put", "patch"]),
-                "scale" => ("io.k8s.api.autoscaling.v1.Scale".into(), &["get", "put", "patch"]),
+                "scale" => (
+                    "io.k8s.api.autoscaling.v1.Scale".into(),
+                    &["get", "put", "patch"],
+                ),
                 _ => continue,
             };
             let mut m = Map::new();
@@ -183,13 +270,28 @@ fn build(resources: &[Arc<Resource>], gv: &str) -> Value {
                     "patch" => Some(patch_types.clone()),
                     _ => None,
                 };
-                let mut o = op(r, action, &id, &sref, if *verb == "get" { vec![] } else { patch_params.clone() }, body);
+                let mut o = op(
+                    r,
+                    action,
+                    &id,
+                    &sref,
+                    if *verb == "get" {
+                        vec![]
+                    } else {
+                        patch_params.clone()
+                    },
+                    body,
+                );
                 if sub.name == "scale" {
-                    o["x-kubernetes-group-version-kind"] = json!({"group": "autoscaling", "version": "v1", "kind": "Scale"});
+                    o["x-kubernetes-group-version-kind"] =
+                        json!({"group": "autoscaling", "version": "v1", "kind": "Scale"});
                 }
                 m.insert(verb.to_string(), o);
             }
-            m.insert("parameters".into(), json!(item_params_clone(&name_param, &scope_params)));
+            m.insert(
+                "parameters".into(),
+                json!(item_params_clone(&name_param, &scope_params)),
+            );
             paths.insert(format!("{base}/{{name}}/{}", sub.name), Value::Object(m));
         }
     }
@@ -221,7 +323,9 @@ fn build(resources: &[Arc<Resource>], gv: &str) -> Value {
             }, "x-kubernetes-group-version-kind": [{"group": r.group, "version": r.version, "kind": r.list_kind()}]}),
         );
         if let Some(lm) = defs.get("io.k8s.apimachinery.pkg.apis.meta.v1.ListMeta") {
-            schemas.entry("io.k8s.apimachinery.pkg.apis.meta.v1.ListMeta".into()).or_insert_with(|| lm.clone());
+            schemas
+                .entry("io.k8s.apimachinery.pkg.apis.meta.v1.ListMeta".into())
+                .or_insert_with(|| lm.clone());
         }
     }
     schemas.insert("io.k8s.apimachinery.pkg.apis.meta.v1.Patch".into(), json!({"type": "object", "description": "Patch is provided to give a concrete name and type to the Kubernetes PATCH request body."}));
@@ -243,16 +347,22 @@ fn item_params_clone(name: &Value, scope: &[Value]) -> Vec<Value> {
 
 fn capitalize(s: &str) -> String {
     let mut c = s.chars();
-    c.next().map(|f| f.to_uppercase().collect::<String>() + c.as_str()).unwrap_or_default()
+    c.next()
+        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+        .unwrap_or_default()
 }
 
 fn collect_refs(v: &Value, out: &mut Vec<String>, have: &BTreeMap<String, Value>) {
     match v {
         Value::Object(m) => {
-            if let Some(r) = m.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix(REF_PREFIX)) {
-                if !have.contains_key(r) && !out.iter().any(|o| o == r) {
-                    out.push(r.to_string());
-                }
+            if let Some(r) = m
+                .get("$ref")
+                .and_then(Value::as_str)
+                .and_then(|r| r.strip_prefix(REF_PREFIX))
+                && !have.contains_key(r)
+                && !out.iter().any(|o| o == r)
+            {
+                out.push(r.to_string());
             }
             m.values().for_each(|c| collect_refs(c, out, have));
         }

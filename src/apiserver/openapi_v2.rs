@@ -9,7 +9,6 @@ use serde_json::{Value, json};
 use super::Api;
 use super::admission::schema::{REF_PREFIX, definitions};
 
-
 #[derive(Default)]
 pub struct Cache {
     doc: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
@@ -48,11 +47,6 @@ impl Pb {
         self.varint((tag as u64) << 3);
         self.varint(v as u64);
     }
-    fn boolean(&mut self, tag: u32, v: bool) {
-        if v {
-            self.int(tag, 1);
-        }
-    }
     fn double(&mut self, tag: u32, v: f64) {
         self.varint(((tag as u64) << 3) | 1);
         self.0.extend_from_slice(&v.to_le_bytes());
@@ -80,7 +74,12 @@ fn v2_ref(r: &str) -> String {
 fn schema(s: &Value) -> Pb {
     let mut p = Pb::default();
     // `allOf: [{$ref}]` plus a description is a reference with a description in Swagger 2.0.
-    let single_ref = s.get("allOf").and_then(Value::as_array).filter(|a| a.len() == 1).and_then(|a| a[0].get("$ref")).and_then(Value::as_str);
+    let single_ref = s
+        .get("allOf")
+        .and_then(Value::as_array)
+        .filter(|a| a.len() == 1)
+        .and_then(|a| a[0].get("$ref"))
+        .and_then(Value::as_str);
     if let Some(r) = s.get("$ref").and_then(Value::as_str).or(single_ref) {
         p.string(1, &v2_ref(r));
     }
@@ -96,16 +95,34 @@ fn schema(s: &Value) -> Pb {
             p.double(tag, n);
         }
     }
-    for (tag, key) in [(11, "maxLength"), (12, "minLength"), (14, "maxItems"), (15, "minItems"), (17, "maxProperties"), (18, "minProperties")] {
+    for (tag, key) in [
+        (11, "maxLength"),
+        (12, "minLength"),
+        (14, "maxItems"),
+        (15, "minItems"),
+        (17, "maxProperties"),
+        (18, "minProperties"),
+    ] {
         if let Some(n) = s.get(key).and_then(Value::as_i64) {
             p.int(tag, n);
         }
     }
     p.string(13, st("pattern"));
-    for r in s.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
+    for r in s
+        .get("required")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
         p.string(19, r);
     }
-    for e in s.get("enum").and_then(Value::as_array).into_iter().flatten() {
+    for e in s
+        .get("enum")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         p.message(20, any(e));
     }
     match s.get("additionalProperties") {
@@ -132,7 +149,12 @@ fn schema(s: &Value) -> Pb {
         p.message(23, ii);
     }
     if single_ref.is_none() {
-        for a in s.get("allOf").and_then(Value::as_array).into_iter().flatten() {
+        for a in s
+            .get("allOf")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             p.message(24, schema(a));
         }
     }
@@ -156,20 +178,28 @@ fn schema(s: &Value) -> Pb {
 
 /// All definitions, with every served kind tagged by its group/version/kind.
 fn all_definitions(api: &Api) -> Vec<(String, Value)> {
-    let mut defs: std::collections::BTreeMap<String, Value> = definitions().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut defs: std::collections::BTreeMap<String, Value> = definitions()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     for r in api.registry.all().iter().filter(|r| !r.create_only) {
         let name = r.definition_name();
         let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind});
         let entry = match (&r.custom, defs.get_mut(&name)) {
-            (Some(c), _) => defs.entry(name).or_insert_with(|| c.schema.clone().unwrap_or(json!({"type": "object"}))),
+            (Some(c), _) => defs
+                .entry(name)
+                .or_insert_with(|| c.schema.clone().unwrap_or(json!({"type": "object"}))),
             (None, Some(d)) => d,
             (None, None) => continue,
         };
-        let list = entry.as_object_mut().map(|m| m.entry("x-kubernetes-group-version-kind").or_insert_with(|| json!([])));
-        if let Some(Value::Array(a)) = list {
-            if !a.contains(&gvk) {
-                a.push(gvk);
-            }
+        let list = entry.as_object_mut().map(|m| {
+            m.entry("x-kubernetes-group-version-kind")
+                .or_insert_with(|| json!([]))
+        });
+        if let Some(Value::Array(a)) = list
+            && !a.contains(&gvk)
+        {
+            a.push(gvk);
         }
     }
     defs.into_iter().collect()
@@ -178,10 +208,15 @@ fn all_definitions(api: &Api) -> Vec<(String, Value)> {
 /// The protobuf document, cached per registry generation.
 pub fn document(api: &Api) -> Arc<Vec<u8>> {
     let generation = api.registry.generation();
-    if let Some((g, doc)) = api.openapi_v2.doc.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-        if *g == generation {
-            return doc.clone();
-        }
+    if let Some((g, doc)) = api
+        .openapi_v2
+        .doc
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        && *g == generation
+    {
+        return doc.clone();
     }
     let mut doc = Pb::default();
     doc.string(1, "2.0");
@@ -199,7 +234,8 @@ pub fn document(api: &Api) -> Arc<Vec<u8>> {
     }
     doc.message(9, defs);
     let body = Arc::new(doc.0);
-    *api.openapi_v2.doc.lock().unwrap_or_else(|e| e.into_inner()) = Some((generation, body.clone()));
+    *api.openapi_v2.doc.lock().unwrap_or_else(|e| e.into_inner()) =
+        Some((generation, body.clone()));
     body
 }
 

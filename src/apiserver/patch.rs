@@ -7,7 +7,9 @@ use serde_json::Value;
 
 use super::Api;
 use super::context::{Ctx, MAX_BODY, decode_json, decode_yaml};
-use super::handlers::{commit_update, create_object, get_current, prepare_update, respond, json_response};
+use super::handlers::{
+    commit_update, create_object, get_current, json_response, prepare_update, respond,
+};
 use super::managed::{self, shape_of};
 use super::merge::strategic_merge;
 use super::object::{self, meta_str};
@@ -30,14 +32,21 @@ fn invalid_patch(msg: impl Into<String>) -> ApiError {
 fn apply_patch(res: &Resource, typ: PatchType, target: &Value, patch: &Value) -> ApiResult<Value> {
     match typ {
         PatchType::Json => {
-            let ops: json_patch::Patch = serde_json::from_value(patch.clone()).map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+            let ops: json_patch::Patch = serde_json::from_value(patch.clone())
+                .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
             let mut doc = target.clone();
-            json_patch::patch(&mut doc, &ops).map_err(|e| invalid_patch(format!("the server rejected our request due to an error in our request: {e}")))?;
+            json_patch::patch(&mut doc, &ops).map_err(|e| {
+                invalid_patch(format!(
+                    "the server rejected our request due to an error in our request: {e}"
+                ))
+            })?;
             Ok(doc)
         }
         PatchType::Merge => {
             if !patch.is_object() {
-                return Err(ApiError::bad_request("error decoding patch: merge patch must be a JSON object"));
+                return Err(ApiError::bad_request(
+                    "error decoding patch: merge patch must be a JSON object",
+                ));
             }
             let mut doc = target.clone();
             json_patch::merge(&mut doc, patch);
@@ -45,15 +54,26 @@ fn apply_patch(res: &Resource, typ: PatchType, target: &Value, patch: &Value) ->
         }
         PatchType::Strategic => {
             if !patch.is_object() {
-                return Err(ApiError::bad_request("error decoding patch: strategic merge patch must be a JSON object"));
+                return Err(ApiError::bad_request(
+                    "error decoding patch: strategic merge patch must be a JSON object",
+                ));
             }
-            strategic_merge(target, patch, shape_of(res)).map_err(|e| ApiError::bad_request(format!("error applying strategic merge patch: {e}")))
+            strategic_merge(target, patch, shape_of(res)).map_err(|e| {
+                ApiError::bad_request(format!("error applying strategic merge patch: {e}"))
+            })
         }
         PatchType::Apply => unreachable!("apply is handled by managed::apply"),
     }
 }
 
-pub async fn patch(api: &Api, res: &Resource, ctx: &Ctx, name: &str, body: &Bytes, sub: Option<&str>) -> ApiResult<Response> {
+pub async fn patch(
+    api: &Api,
+    res: &Resource,
+    ctx: &Ctx,
+    name: &str,
+    body: &Bytes,
+    sub: Option<&str>,
+) -> ApiResult<Response> {
     let ct = ctx.content_type.split(';').next().unwrap_or("").trim();
     let typ = match ct {
         "application/json-patch+json" => PatchType::Json,
@@ -64,7 +84,11 @@ pub async fn patch(api: &Api, res: &Resource, ctx: &Ctx, name: &str, body: &Byte
             let mut e = ApiError::unsupported_media_type(other);
             e.message = format!(
                 "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml{}",
-                if res.is_custom() { "" } else { ", application/strategic-merge-patch+json" }
+                if res.is_custom() {
+                    ""
+                } else {
+                    ", application/strategic-merge-patch+json"
+                }
             );
             return Err(e);
         }
@@ -74,12 +98,33 @@ pub async fn patch(api: &Api, res: &Resource, ctx: &Ctx, name: &str, body: &Byte
     }
     let force = ctx.query.flag("force") && ctx.query.get("force") != Some("false");
     if typ != PatchType::Apply && ctx.query.get("force").is_some() {
-        return Err(ApiError::invalid("meta.k8s.io", "PatchOptions", "", vec![Cause::forbidden("force", "may not be specified for non-apply patch")]));
+        return Err(ApiError::invalid(
+            "meta.k8s.io",
+            "PatchOptions",
+            "",
+            vec![Cause::forbidden(
+                "force",
+                "may not be specified for non-apply patch",
+            )],
+        ));
     }
     if typ == PatchType::Apply && ctx.query.get("fieldManager").is_none_or(str::is_empty) {
-        return Err(ApiError::invalid("meta.k8s.io", "PatchOptions", "", vec![Cause::new("FieldValueRequired", "fieldManager", "Required value: is required for apply patch")]));
+        return Err(ApiError::invalid(
+            "meta.k8s.io",
+            "PatchOptions",
+            "",
+            vec![Cause::new(
+                "FieldValueRequired",
+                "fieldManager",
+                "Required value: is required for apply patch",
+            )],
+        ));
     }
-    let doc = if typ == PatchType::Apply { decode_yaml(body)? } else { decode_json(body)? };
+    let doc = if typ == PatchType::Apply {
+        decode_yaml(body)?
+    } else {
+        decode_json(body)?
+    };
     let explicit_rv = match typ {
         PatchType::Json => None,
         _ => meta_str(&doc, "resourceVersion").map(String::from),
@@ -91,7 +136,10 @@ pub async fn patch(api: &Api, res: &Resource, ctx: &Ctx, name: &str, body: &Byte
                 let mut applied = doc.clone();
                 super::handlers::check_type_meta(res, &mut applied)?;
                 if object::name(&applied) != name {
-                    return Err(ApiError::bad_request(format!("the name of the object ({}) does not match the name on the URL ({name})", object::name(&applied))));
+                    return Err(ApiError::bad_request(format!(
+                        "the name of the object ({}) does not match the name on the URL ({name})",
+                        object::name(&applied)
+                    )));
                 }
                 let merged = managed::apply(ctx, res, None, &applied, force)?;
                 let created = create_object(api, res, ctx, merged).await?;
@@ -100,14 +148,23 @@ pub async fn patch(api: &Api, res: &Resource, ctx: &Ctx, name: &str, body: &Byte
             Err(e) => return Err(e),
         };
         let (rec, old) = current;
-        if let Some(rv) = &explicit_rv {
-            if *rv != rec.rev.to_string() {
-                return Err(ApiError::conflict(&res.group, &res.plural, name));
-            }
+        if let Some(rv) = &explicit_rv
+            && *rv != rec.rev.to_string()
+        {
+            return Err(ApiError::conflict(&res.group, &res.plural, name));
         }
         let new = if sub == Some("scale") {
             let scale_obj = scale::to_scale(res, &old);
-            let patched = apply_patch(res, if typ == PatchType::Strategic { PatchType::Merge } else { typ }, &scale_obj, &doc)?;
+            let patched = apply_patch(
+                res,
+                if typ == PatchType::Strategic {
+                    PatchType::Merge
+                } else {
+                    typ
+                },
+                &scale_obj,
+                &doc,
+            )?;
             scale::set_replicas(res, &old, &patched)?
         } else if typ == PatchType::Apply {
             let mut applied = doc.clone();
@@ -117,17 +174,35 @@ pub async fn patch(api: &Api, res: &Resource, ctx: &Ctx, name: &str, body: &Byte
             apply_patch(res, typ, &old, &doc)?
         };
         if object::name(&new) != name {
-            return Err(ApiError::bad_request(format!("the name of the object ({}) does not match the name on the URL ({name})", object::name(&new))));
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({}) does not match the name on the URL ({name})",
+                object::name(&new)
+            )));
         }
         if meta_str(&new, "uid").is_some_and(|u| Some(u) != meta_str(&old, "uid")) {
-            return Err(ApiError::conflict_msg(&res.group, &res.plural, name, "Precondition failed: UID in object meta does not match"));
+            return Err(ApiError::conflict_msg(
+                &res.group,
+                &res.plural,
+                name,
+                "Precondition failed: UID in object meta does not match",
+            ));
         }
         let update_sub = if sub == Some("scale") { None } else { sub };
         let prepared = prepare_update(api, res, ctx, &old, new, update_sub).await?;
         match commit_update(api, res, ctx, rec.rev, &old, prepared, update_sub).await {
-            Ok(out) if sub == Some("scale") => return Ok(json_response(ctx, 200, &scale::to_scale(res, &out))),
+            Ok(out) if sub == Some("scale") => {
+                return Ok(json_response(ctx, 200, &scale::to_scale(res, &out)));
+            }
             Ok(out) => return Ok(respond(api, ctx, res, 200, out, sub.is_none())),
-            Err(e) if e.reason == "Conflict" && explicit_rv.is_none() && e.details.as_ref().is_some_and(|d| d.get("causes").is_none()) => continue,
+            Err(e)
+                if e.reason == "Conflict"
+                    && explicit_rv.is_none()
+                    && e.details
+                        .as_ref()
+                        .is_some_and(|d| d.get("causes").is_none()) =>
+            {
+                continue;
+            }
             Err(e) => return Err(e),
         }
     }

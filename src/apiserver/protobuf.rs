@@ -14,17 +14,23 @@ const MAGIC: &[u8] = b"k8s\0";
 const MAX_DEPTH: usize = 64;
 
 fn fields_of(name: &str) -> Option<&'static [Field]> {
-    MESSAGES.binary_search_by(|(n, _)| (*n).cmp(name)).ok().map(|i| MESSAGES[i].1)
+    MESSAGES
+        .binary_search_by(|(n, _)| (*n).cmp(name))
+        .ok()
+        .map(|i| MESSAGES[i].1)
 }
 
 /// The JSON name of a field: the OpenAPI property that matches the prost (snake_case) name.
 fn json_name(message: &str, rust: &str) -> String {
     let norm = |s: &str| s.replace('_', "").to_lowercase();
     let want = norm(rust);
-    if let Some(props) = definitions().get(message).and_then(|d| d.get("properties")).and_then(Value::as_object) {
-        if let Some(k) = props.keys().find(|k| norm(k) == want) {
-            return k.clone();
-        }
+    if let Some(props) = definitions()
+        .get(message)
+        .and_then(|d| d.get("properties"))
+        .and_then(Value::as_object)
+        && let Some(k) = props.keys().find(|k| norm(k) == want)
+    {
+        return k.clone();
     }
     let mut out = String::new();
     let mut upper = false;
@@ -66,7 +72,11 @@ impl<'a> Reader<'a> {
         Err("varint too long".into())
     }
     fn bytes(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let end = self.pos.checked_add(n).filter(|e| *e <= self.buf.len()).ok_or("truncated field")?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|e| *e <= self.buf.len())
+            .ok_or("truncated field")?;
         let s = &self.buf[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -93,17 +103,28 @@ fn scalar(kind: &str, wire: u64, r: &mut Reader) -> Result<Value, String> {
         ("bool", 0) => Ok(json!(r.varint()? != 0)),
         ("double", 1) => {
             let b = r.bytes(8)?;
-            Ok(json!(f64::from_le_bytes(b.try_into().map_err(|_| "bad double")?)))
+            Ok(json!(f64::from_le_bytes(
+                b.try_into().map_err(|_| "bad double")?
+            )))
         }
-        ("string", 2) => Ok(json!(std::str::from_utf8(r.len_delimited()?).map_err(|_| "invalid UTF-8 in string")?)),
-        ("bytes", 2) => Ok(json!(base64::engine::general_purpose::STANDARD.encode(r.len_delimited()?))),
+        ("string", 2) => Ok(json!(
+            std::str::from_utf8(r.len_delimited()?).map_err(|_| "invalid UTF-8 in string")?
+        )),
+        ("bytes", 2) => Ok(json!(
+            base64::engine::general_purpose::STANDARD.encode(r.len_delimited()?)
+        )),
         (k, w) => Err(format!("field of type {k} has wire type {w}")),
     }
 }
 
 fn time_string(seconds: i64, nanos: i64, micro: bool) -> Result<String, String> {
-    let t = chrono::DateTime::from_timestamp(seconds, nanos.clamp(0, 999_999_999) as u32).ok_or("time out of range")?;
-    Ok(if micro { t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string() } else { t.format("%Y-%m-%dT%H:%M:%SZ").to_string() })
+    let t = chrono::DateTime::from_timestamp(seconds, nanos.clamp(0, 999_999_999) as u32)
+        .ok_or("time out of range")?;
+    Ok(if micro {
+        t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+    } else {
+        t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+    })
 }
 
 /// Messages whose JSON form is not an object of their fields.
@@ -114,13 +135,22 @@ fn special(name: &str, buf: &[u8]) -> Option<Result<Value, String>> {
     Some(match short {
         "Quantity" => generic().map(|v| get(&v, "string")),
         "Time" | "MicroTime" if name.contains(".meta.v1.") => generic().and_then(|v| {
-            let (secs, nanos) = (v.get("seconds").and_then(Value::as_i64).unwrap_or(0), v.get("nanos").and_then(Value::as_i64).unwrap_or(0));
+            let (secs, nanos) = (
+                v.get("seconds").and_then(Value::as_i64).unwrap_or(0),
+                v.get("nanos").and_then(Value::as_i64).unwrap_or(0),
+            );
             if secs == 0 && nanos == 0 {
                 return Ok(Value::Null);
             }
             time_string(secs, nanos, short == "MicroTime").map(Value::String)
         }),
-        "IntOrString" => generic().map(|v| if v.get("type").and_then(Value::as_i64) == Some(1) { get(&v, "strVal") } else { json!(v.get("intVal").and_then(Value::as_i64).unwrap_or(0)) }),
+        "IntOrString" => generic().map(|v| {
+            if v.get("type").and_then(Value::as_i64) == Some(1) {
+                get(&v, "strVal")
+            } else {
+                json!(v.get("intVal").and_then(Value::as_i64).unwrap_or(0))
+            }
+        }),
         "FieldsV1" | "RawExtension" | "JSON" => {
             let mut r = Reader { buf, pos: 0 };
             let mut raw: &[u8] = &[];
@@ -138,7 +168,11 @@ fn special(name: &str, buf: &[u8]) -> Option<Result<Value, String>> {
                     return Some(Err(e));
                 }
             }
-            if raw.is_empty() { Ok(Value::Null) } else { serde_json::from_slice(raw).map_err(|e| format!("embedded JSON: {e}")) }
+            if raw.is_empty() {
+                Ok(Value::Null)
+            } else {
+                serde_json::from_slice(raw).map_err(|e| format!("embedded JSON: {e}"))
+            }
         }
         _ => return None,
     })
@@ -180,12 +214,21 @@ fn decode_fields(name: &str, buf: &[u8], depth: usize) -> Result<Value, String> 
                 while !er.done() {
                     let ek = er.varint()?;
                     match (ek >> 3, ek & 7) {
-                        (1, 2) => k = std::str::from_utf8(er.len_delimited()?).map_err(|_| "invalid UTF-8 in map key")?.to_string(),
+                        (1, 2) => {
+                            k = std::str::from_utf8(er.len_delimited()?)
+                                .map_err(|_| "invalid UTF-8 in map key")?
+                                .to_string()
+                        }
                         (2, 2) => {
                             let b = er.len_delimited()?;
                             v = match kind {
-                                "map_string" => json!(std::str::from_utf8(b).map_err(|_| "invalid UTF-8 in map value")?),
-                                "map_bytes" => json!(base64::engine::general_purpose::STANDARD.encode(b)),
+                                "map_string" => json!(
+                                    std::str::from_utf8(b)
+                                        .map_err(|_| "invalid UTF-8 in map value")?
+                                ),
+                                "map_bytes" => {
+                                    json!(base64::engine::general_purpose::STANDARD.encode(b))
+                                }
                                 _ => decode_message(msg, b, depth + 1)?,
                             };
                         }
@@ -194,14 +237,26 @@ fn decode_fields(name: &str, buf: &[u8], depth: usize) -> Result<Value, String> 
                 }
                 let m = out.entry(jname).or_insert_with(|| json!({}));
                 if let Some(m) = m.as_object_mut() {
-                    m.insert(k, if v.is_null() && kind == "map_string" { json!("") } else { v });
+                    m.insert(
+                        k,
+                        if v.is_null() && kind == "map_string" {
+                            json!("")
+                        } else {
+                            v
+                        },
+                    );
                 }
                 continue;
             }
-            scalar_kind if repeated && wire == 2 && scalar_kind != "string" && scalar_kind != "bytes" => {
+            scalar_kind
+                if repeated && wire == 2 && scalar_kind != "string" && scalar_kind != "bytes" =>
+            {
                 // Packed repeated scalars.
                 let packed = r.len_delimited()?;
-                let mut pr = Reader { buf: packed, pos: 0 };
+                let mut pr = Reader {
+                    buf: packed,
+                    pos: 0,
+                };
                 let inner_wire = if scalar_kind == "double" { 1 } else { 0 };
                 let list = out.entry(jname).or_insert_with(|| json!([]));
                 while !pr.done() {
@@ -233,7 +288,9 @@ fn message_for(api_version: &str, kind: &str) -> Option<&'static str> {
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
     let package = match group {
         "" => "io.k8s.api.core".to_string(),
-        "apiextensions.k8s.io" => "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions".to_string(),
+        "apiextensions.k8s.io" => {
+            "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions".to_string()
+        }
         "meta.k8s.io" => "io.k8s.apimachinery.pkg.apis.meta".to_string(),
         g => format!("io.k8s.api.{}", g.split('.').next().unwrap_or(g)),
     };
@@ -248,17 +305,39 @@ fn message_for(api_version: &str, kind: &str) -> Option<&'static str> {
 
 /// Decodes a protobuf request body into the JSON object it carries.
 pub fn decode(body: &[u8]) -> ApiResult<Value> {
-    let bad = |m: String| ApiError::bad_request(format!("the object provided is unrecognized or invalid: protobuf: {m}"));
-    let payload = body.strip_prefix(MAGIC).ok_or_else(|| bad("missing k8s protobuf envelope".into()))?;
-    let unknown = decode_fields("io.k8s.apimachinery.pkg.runtime.Unknown", payload, 0).map_err(bad)?;
-    let av = unknown.pointer("/typeMeta/apiVersion").and_then(Value::as_str).unwrap_or("").to_string();
-    let kind = unknown.pointer("/typeMeta/kind").and_then(Value::as_str).unwrap_or("").to_string();
-    if unknown.get("contentEncoding").and_then(Value::as_str).is_some_and(|e| !e.is_empty()) {
+    let bad = |m: String| {
+        ApiError::bad_request(format!(
+            "the object provided is unrecognized or invalid: protobuf: {m}"
+        ))
+    };
+    let payload = body
+        .strip_prefix(MAGIC)
+        .ok_or_else(|| bad("missing k8s protobuf envelope".into()))?;
+    let unknown =
+        decode_fields("io.k8s.apimachinery.pkg.runtime.Unknown", payload, 0).map_err(bad)?;
+    let av = unknown
+        .pointer("/typeMeta/apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let kind = unknown
+        .pointer("/typeMeta/kind")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    if unknown
+        .get("contentEncoding")
+        .and_then(Value::as_str)
+        .is_some_and(|e| !e.is_empty())
+    {
         return Err(bad("content encodings are not supported".into()));
     }
     let raw = unknown.get("raw").and_then(Value::as_str).unwrap_or("");
-    let raw = base64::engine::general_purpose::STANDARD.decode(raw).map_err(|e| bad(e.to_string()))?;
-    let message = message_for(&av, &kind).ok_or_else(|| bad(format!("no protobuf type for {av} {kind}")))?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(raw)
+        .map_err(|e| bad(e.to_string()))?;
+    let message =
+        message_for(&av, &kind).ok_or_else(|| bad(format!("no protobuf type for {av} {kind}")))?;
     let mut obj = decode_message(message, &raw, 0).map_err(bad)?;
     if let Some(m) = obj.as_object_mut() {
         m.insert("apiVersion".into(), json!(av));
@@ -325,7 +404,12 @@ mod tests {
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for body in [&b"k8s\0\xff\xff\xff"[..], b"k8s\0\x0a\x05ab", b"nope", b"k8s\0\x12\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x01"] {
+        for body in [
+            &b"k8s\0\xff\xff\xff"[..],
+            b"k8s\0\x0a\x05ab",
+            b"nope",
+            b"k8s\0\x12\x80\x80\x80\x80\x80\x80\x80\x80\x80\x80\x01",
+        ] {
             assert!(decode(body).is_err());
         }
     }

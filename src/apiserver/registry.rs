@@ -33,6 +33,7 @@ pub struct ScalePaths {
 }
 
 pub type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
+pub type DecodeCheck = fn(&Value) -> Result<(), String>;
 
 #[derive(Clone)]
 pub struct Resource {
@@ -51,8 +52,10 @@ pub struct Resource {
     pub create_only: bool,
     /// OpenAPI schema of the object, for built-in kinds.
     pub schema: Option<SchemaFn>,
+    /// The schema's definition name, for built-in kinds.
+    pub schema_name: Option<fn() -> String>,
     /// Decodes the object into its typed form, reporting type errors (built-in kinds).
-    pub decode_check: Option<fn(&Value) -> Result<(), String>>,
+    pub decode_check: Option<DecodeCheck>,
     /// Set for custom resources.
     pub custom: Option<Arc<CustomInfo>>,
 }
@@ -63,7 +66,16 @@ impl std::fmt::Debug for Resource {
     }
 }
 
-pub const ALL_VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+pub const ALL_VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
 pub const CREATE_ONLY_VERBS: &[&str] = &["create"];
 const GET_UPDATE: &[&str] = &["get", "patch", "update"];
 const CREATE_VERB: &[&str] = &["create"];
@@ -71,7 +83,11 @@ const GET_VERB: &[&str] = &["get"];
 
 impl Resource {
     pub fn api_version(&self) -> String {
-        if self.group.is_empty() { self.version.clone() } else { format!("{}/{}", self.group, self.version) }
+        if self.group.is_empty() {
+            self.version.clone()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
     }
     pub fn has_subresource(&self, name: &str) -> bool {
         self.subresources.iter().any(|s| s.name == name)
@@ -80,14 +96,22 @@ impl Resource {
         self.has_subresource("status")
     }
     pub fn verbs(&self) -> &'static [&'static str] {
-        if self.create_only { CREATE_ONLY_VERBS } else { ALL_VERBS }
+        if self.create_only {
+            CREATE_ONLY_VERBS
+        } else {
+            ALL_VERBS
+        }
     }
     pub fn list_kind(&self) -> String {
         format!("{}List", self.kind)
     }
     /// Storage key prefix of all objects (`/registry/apps/deployments/`).
     pub fn prefix(&self) -> String {
-        let group = if self.storage.0.is_empty() { "core" } else { &self.storage.0 };
+        let group = if self.storage.0.is_empty() {
+            "core"
+        } else {
+            &self.storage.0
+        };
         format!("/registry/{group}/{}/", self.storage.1)
     }
     /// Storage key prefix of one namespace (or all, with None).
@@ -108,11 +132,8 @@ impl Resource {
     }
     /// The OpenAPI definition name of this kind (`io.k8s.api.apps.v1.Deployment`).
     pub fn definition_name(&self) -> String {
-        if let Some(f) = self.schema {
-            let mut generator = SchemaGenerator::default();
-            if let Some(r) = f(&mut generator).get("$ref").and_then(|r| r.as_str()) {
-                return r.rsplit('/').next().unwrap_or_default().to_string();
-            }
+        if let Some(name) = self.schema_name {
+            return name();
         }
         let mut parts: Vec<&str> = self.group.split('.').collect();
         parts.reverse();
@@ -120,11 +141,24 @@ impl Resource {
     }
 }
 
-fn sub(name: &str, group: &str, version: &str, kind: &str, verbs: &'static [&'static str]) -> Subresource {
-    Subresource { name: name.into(), kind: kind.into(), group: group.into(), version: version.into(), verbs }
+fn sub(
+    name: &str,
+    group: &str,
+    version: &str,
+    kind: &str,
+    verbs: &'static [&'static str],
+) -> Subresource {
+    Subresource {
+        name: name.into(),
+        kind: kind.into(),
+        group: group.into(),
+        version: version.into(),
+        verbs,
+    }
 }
 
 /// Builds a built-in entry; `subs` names subresources by convention.
+#[allow(clippy::too_many_arguments)]
 fn builtin<T: schemars::JsonSchema + serde::de::DeserializeOwned>(
     group: &str,
     version: &str,
@@ -142,12 +176,34 @@ fn builtin<T: schemars::JsonSchema + serde::de::DeserializeOwned>(
             "scale" => sub("scale", "autoscaling", "v1", "Scale", GET_UPDATE),
             "binding" => sub("binding", "", "v1", "Binding", CREATE_VERB),
             "eviction" => sub("eviction", "policy", "v1", "Eviction", CREATE_VERB),
-            "token" => sub("token", "authentication.k8s.io", "v1", "TokenRequest", CREATE_VERB),
+            "token" => sub(
+                "token",
+                "authentication.k8s.io",
+                "v1",
+                "TokenRequest",
+                CREATE_VERB,
+            ),
             "log" => sub("log", "", "v1", "Pod", GET_VERB),
             "exec" => sub("exec", "", "v1", "PodExecOptions", &["create", "get"]),
             "attach" => sub("attach", "", "v1", "PodAttachOptions", &["create", "get"]),
-            "portforward" => sub("portforward", "", "v1", "PodPortForwardOptions", &["create", "get"]),
-            "proxy" => sub("proxy", "", "v1", if kind == "Node" { "NodeProxyOptions" } else { "ServiceProxyOptions" }, ALL_VERBS),
+            "portforward" => sub(
+                "portforward",
+                "",
+                "v1",
+                "PodPortForwardOptions",
+                &["create", "get"],
+            ),
+            "proxy" => sub(
+                "proxy",
+                "",
+                "v1",
+                if kind == "Node" {
+                    "NodeProxyOptions"
+                } else {
+                    "ServiceProxyOptions"
+                },
+                ALL_VERBS,
+            ),
             "ephemeralcontainers" => sub("ephemeralcontainers", group, version, kind, GET_UPDATE),
             "resize" => sub("resize", group, version, kind, GET_UPDATE),
             other => sub(other, group, version, kind, GET_UPDATE),
@@ -166,13 +222,23 @@ fn builtin<T: schemars::JsonSchema + serde::de::DeserializeOwned>(
         storage: (group.into(), plural.into()),
         create_only: false,
         schema: Some(|g: &mut SchemaGenerator| g.subschema_for::<T>()),
-        decode_check: Some(|v: &Value| serde_json::from_value::<T>(v.clone()).map(|_| ()).map_err(|e| e.to_string())),
+        schema_name: Some(|| T::schema_name().into_owned()),
+        decode_check: Some(|v: &Value| T::deserialize(v).map(|_| ()).map_err(|e| e.to_string())),
         custom: None,
     }
 }
 
-fn create_only<T: schemars::JsonSchema + serde::de::DeserializeOwned>(group: &str, version: &str, kind: &str, plural: &str, namespaced: bool) -> Resource {
-    Resource { create_only: true, ..builtin::<T>(group, version, kind, plural, namespaced, &[], &[], &[]) }
+fn create_only<T: schemars::JsonSchema + serde::de::DeserializeOwned>(
+    group: &str,
+    version: &str,
+    kind: &str,
+    plural: &str,
+    namespaced: bool,
+) -> Resource {
+    Resource {
+        create_only: true,
+        ..builtin::<T>(group, version, kind, plural, namespaced, &[], &[], &[])
+    }
 }
 
 /// Every built-in resource kinglet serves.
@@ -182,11 +248,29 @@ pub fn builtins() -> Vec<Resource> {
     const ALL: &[&str] = &["all"];
     const N: bool = true;
     const C: bool = false;
-    let mut events_v1 = builtin::<events::v1::Event>("events.k8s.io", "v1", "Event", "events", N, &["ev"], &[], &[]);
+    let mut events_v1 = builtin::<events::v1::Event>(
+        "events.k8s.io",
+        "v1",
+        "Event",
+        "events",
+        N,
+        &["ev"],
+        &[],
+        &[],
+    );
     // events.k8s.io/v1 and core/v1 Events are one stored collection.
     events_v1.storage = (String::new(), "events".into());
     vec![
-        builtin::<core::v1::Namespace>("", "v1", "Namespace", "namespaces", C, &["ns"], &[], &["status", "finalize"]),
+        builtin::<core::v1::Namespace>(
+            "",
+            "v1",
+            "Namespace",
+            "namespaces",
+            C,
+            &["ns"],
+            &[],
+            &["status", "finalize"],
+        ),
         builtin::<core::v1::Pod>(
             "",
             "v1",
@@ -195,43 +279,306 @@ pub fn builtins() -> Vec<Resource> {
             N,
             &["po"],
             ALL,
-            &["status", "binding", "eviction", "log", "exec", "attach", "portforward", "proxy", "ephemeralcontainers", "resize"],
+            &[
+                "status",
+                "binding",
+                "eviction",
+                "log",
+                "exec",
+                "attach",
+                "portforward",
+                "proxy",
+                "ephemeralcontainers",
+                "resize",
+            ],
         ),
-        builtin::<core::v1::Service>("", "v1", "Service", "services", N, &["svc"], ALL, &["status", "proxy"]),
+        builtin::<core::v1::Service>(
+            "",
+            "v1",
+            "Service",
+            "services",
+            N,
+            &["svc"],
+            ALL,
+            &["status", "proxy"],
+        ),
         builtin::<core::v1::Endpoints>("", "v1", "Endpoints", "endpoints", N, &["ep"], &[], &[]),
-        builtin::<core::v1::Node>("", "v1", "Node", "nodes", C, &["no"], &[], &["status", "proxy"]),
+        builtin::<core::v1::Node>(
+            "",
+            "v1",
+            "Node",
+            "nodes",
+            C,
+            &["no"],
+            &[],
+            &["status", "proxy"],
+        ),
         builtin::<core::v1::ConfigMap>("", "v1", "ConfigMap", "configmaps", N, &["cm"], &[], &[]),
         builtin::<core::v1::Secret>("", "v1", "Secret", "secrets", N, &[], &[], &[]),
-        builtin::<core::v1::ServiceAccount>("", "v1", "ServiceAccount", "serviceaccounts", N, &["sa"], &[], &["token"]),
+        builtin::<core::v1::ServiceAccount>(
+            "",
+            "v1",
+            "ServiceAccount",
+            "serviceaccounts",
+            N,
+            &["sa"],
+            &[],
+            &["token"],
+        ),
         builtin::<core::v1::Event>("", "v1", "Event", "events", N, &["ev"], &[], &[]),
-        builtin::<core::v1::PersistentVolume>("", "v1", "PersistentVolume", "persistentvolumes", C, &["pv"], &[], &["status"]),
-        builtin::<core::v1::PersistentVolumeClaim>("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", N, &["pvc"], &[], &["status"]),
-        builtin::<core::v1::LimitRange>("", "v1", "LimitRange", "limitranges", N, &["limits"], &[], &[]),
-        builtin::<core::v1::ResourceQuota>("", "v1", "ResourceQuota", "resourcequotas", N, &["quota"], &[], &["status"]),
-        builtin::<core::v1::ReplicationController>("", "v1", "ReplicationController", "replicationcontrollers", N, &["rc"], ALL, &["status", "scale"]),
+        builtin::<core::v1::PersistentVolume>(
+            "",
+            "v1",
+            "PersistentVolume",
+            "persistentvolumes",
+            C,
+            &["pv"],
+            &[],
+            &["status"],
+        ),
+        builtin::<core::v1::PersistentVolumeClaim>(
+            "",
+            "v1",
+            "PersistentVolumeClaim",
+            "persistentvolumeclaims",
+            N,
+            &["pvc"],
+            &[],
+            &["status"],
+        ),
+        builtin::<core::v1::LimitRange>(
+            "",
+            "v1",
+            "LimitRange",
+            "limitranges",
+            N,
+            &["limits"],
+            &[],
+            &[],
+        ),
+        builtin::<core::v1::ResourceQuota>(
+            "",
+            "v1",
+            "ResourceQuota",
+            "resourcequotas",
+            N,
+            &["quota"],
+            &[],
+            &["status"],
+        ),
+        builtin::<core::v1::ReplicationController>(
+            "",
+            "v1",
+            "ReplicationController",
+            "replicationcontrollers",
+            N,
+            &["rc"],
+            ALL,
+            &["status", "scale"],
+        ),
         builtin::<core::v1::PodTemplate>("", "v1", "PodTemplate", "podtemplates", N, &[], &[], &[]),
         create_only::<core::v1::Binding>("", "v1", "Binding", "bindings", N),
-        builtin::<apps::v1::Deployment>("apps", "v1", "Deployment", "deployments", N, &["deploy"], ALL, &["status", "scale"]),
-        builtin::<apps::v1::ReplicaSet>("apps", "v1", "ReplicaSet", "replicasets", N, &["rs"], ALL, &["status", "scale"]),
-        builtin::<apps::v1::StatefulSet>("apps", "v1", "StatefulSet", "statefulsets", N, &["sts"], ALL, &["status", "scale"]),
-        builtin::<apps::v1::DaemonSet>("apps", "v1", "DaemonSet", "daemonsets", N, &["ds"], ALL, &["status"]),
-        builtin::<apps::v1::ControllerRevision>("apps", "v1", "ControllerRevision", "controllerrevisions", N, &[], &[], &[]),
+        builtin::<apps::v1::Deployment>(
+            "apps",
+            "v1",
+            "Deployment",
+            "deployments",
+            N,
+            &["deploy"],
+            ALL,
+            &["status", "scale"],
+        ),
+        builtin::<apps::v1::ReplicaSet>(
+            "apps",
+            "v1",
+            "ReplicaSet",
+            "replicasets",
+            N,
+            &["rs"],
+            ALL,
+            &["status", "scale"],
+        ),
+        builtin::<apps::v1::StatefulSet>(
+            "apps",
+            "v1",
+            "StatefulSet",
+            "statefulsets",
+            N,
+            &["sts"],
+            ALL,
+            &["status", "scale"],
+        ),
+        builtin::<apps::v1::DaemonSet>(
+            "apps",
+            "v1",
+            "DaemonSet",
+            "daemonsets",
+            N,
+            &["ds"],
+            ALL,
+            &["status"],
+        ),
+        builtin::<apps::v1::ControllerRevision>(
+            "apps",
+            "v1",
+            "ControllerRevision",
+            "controllerrevisions",
+            N,
+            &[],
+            &[],
+            &[],
+        ),
         builtin::<batch::v1::Job>("batch", "v1", "Job", "jobs", N, &[], ALL, &["status"]),
-        builtin::<batch::v1::CronJob>("batch", "v1", "CronJob", "cronjobs", N, &["cj"], ALL, &["status"]),
-        builtin::<discovery::v1::EndpointSlice>("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", N, &[], &[], &[]),
-        builtin::<coordination::v1::Lease>("coordination.k8s.io", "v1", "Lease", "leases", N, &[], &[], &[]),
-        builtin::<rbac::v1::Role>("rbac.authorization.k8s.io", "v1", "Role", "roles", N, &[], &[], &[]),
-        builtin::<rbac::v1::RoleBinding>("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", N, &[], &[], &[]),
-        builtin::<rbac::v1::ClusterRole>("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", C, &[], &[], &[]),
-        builtin::<rbac::v1::ClusterRoleBinding>("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", C, &[], &[], &[]),
-        builtin::<networking::v1::NetworkPolicy>("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", N, &["netpol"], &[], &[]),
-        builtin::<networking::v1::Ingress>("networking.k8s.io", "v1", "Ingress", "ingresses", N, &["ing"], &[], &["status"]),
-        builtin::<networking::v1::IngressClass>("networking.k8s.io", "v1", "IngressClass", "ingressclasses", C, &[], &[], &[]),
-        builtin::<storage::v1::StorageClass>("storage.k8s.io", "v1", "StorageClass", "storageclasses", C, &["sc"], &[], &[]),
-        builtin::<storage::v1::CSIDriver>("storage.k8s.io", "v1", "CSIDriver", "csidrivers", C, &[], &[], &[]),
-        builtin::<storage::v1::CSINode>("storage.k8s.io", "v1", "CSINode", "csinodes", C, &[], &[], &[]),
-        builtin::<storage::v1::VolumeAttachment>("storage.k8s.io", "v1", "VolumeAttachment", "volumeattachments", C, &[], &[], &["status"]),
-        builtin::<policy::v1::PodDisruptionBudget>("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", N, &["pdb"], &[], &["status"]),
+        builtin::<batch::v1::CronJob>(
+            "batch",
+            "v1",
+            "CronJob",
+            "cronjobs",
+            N,
+            &["cj"],
+            ALL,
+            &["status"],
+        ),
+        builtin::<discovery::v1::EndpointSlice>(
+            "discovery.k8s.io",
+            "v1",
+            "EndpointSlice",
+            "endpointslices",
+            N,
+            &[],
+            &[],
+            &[],
+        ),
+        builtin::<coordination::v1::Lease>(
+            "coordination.k8s.io",
+            "v1",
+            "Lease",
+            "leases",
+            N,
+            &[],
+            &[],
+            &[],
+        ),
+        builtin::<rbac::v1::Role>(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "Role",
+            "roles",
+            N,
+            &[],
+            &[],
+            &[],
+        ),
+        builtin::<rbac::v1::RoleBinding>(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "RoleBinding",
+            "rolebindings",
+            N,
+            &[],
+            &[],
+            &[],
+        ),
+        builtin::<rbac::v1::ClusterRole>(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "ClusterRole",
+            "clusterroles",
+            C,
+            &[],
+            &[],
+            &[],
+        ),
+        builtin::<rbac::v1::ClusterRoleBinding>(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "ClusterRoleBinding",
+            "clusterrolebindings",
+            C,
+            &[],
+            &[],
+            &[],
+        ),
+        builtin::<networking::v1::NetworkPolicy>(
+            "networking.k8s.io",
+            "v1",
+            "NetworkPolicy",
+            "networkpolicies",
+            N,
+            &["netpol"],
+            &[],
+            &[],
+        ),
+        builtin::<networking::v1::Ingress>(
+            "networking.k8s.io",
+            "v1",
+            "Ingress",
+            "ingresses",
+            N,
+            &["ing"],
+            &[],
+            &["status"],
+        ),
+        builtin::<networking::v1::IngressClass>(
+            "networking.k8s.io",
+            "v1",
+            "IngressClass",
+            "ingressclasses",
+            C,
+            &[],
+            &[],
+            &[],
+        ),
+        builtin::<storage::v1::StorageClass>(
+            "storage.k8s.io",
+            "v1",
+            "StorageClass",
+            "storageclasses",
+            C,
+            &["sc"],
+            &[],
+            &[],
+        ),
+        builtin::<storage::v1::CSIDriver>(
+            "storage.k8s.io",
+            "v1",
+            "CSIDriver",
+            "csidrivers",
+            C,
+            &[],
+            &[],
+            &[],
+        ),
+        builtin::<storage::v1::CSINode>(
+            "storage.k8s.io",
+            "v1",
+            "CSINode",
+            "csinodes",
+            C,
+            &[],
+            &[],
+            &[],
+        ),
+        builtin::<storage::v1::VolumeAttachment>(
+            "storage.k8s.io",
+            "v1",
+            "VolumeAttachment",
+            "volumeattachments",
+            C,
+            &[],
+            &[],
+            &["status"],
+        ),
+        builtin::<policy::v1::PodDisruptionBudget>(
+            "policy",
+            "v1",
+            "PodDisruptionBudget",
+            "poddisruptionbudgets",
+            N,
+            &["pdb"],
+            &[],
+            &["status"],
+        ),
         builtin::<autoscaling::v2::HorizontalPodAutoscaler>(
             "autoscaling",
             "v2",
@@ -242,9 +589,27 @@ pub fn builtins() -> Vec<Resource> {
             ALL,
             &["status"],
         ),
-        builtin::<scheduling::v1::PriorityClass>("scheduling.k8s.io", "v1", "PriorityClass", "priorityclasses", C, &["pc"], &[], &[]),
+        builtin::<scheduling::v1::PriorityClass>(
+            "scheduling.k8s.io",
+            "v1",
+            "PriorityClass",
+            "priorityclasses",
+            C,
+            &["pc"],
+            &[],
+            &[],
+        ),
         events_v1,
-        builtin::<node::v1::RuntimeClass>("node.k8s.io", "v1", "RuntimeClass", "runtimeclasses", C, &[], &[], &[]),
+        builtin::<node::v1::RuntimeClass>(
+            "node.k8s.io",
+            "v1",
+            "RuntimeClass",
+            "runtimeclasses",
+            C,
+            &[],
+            &[],
+            &[],
+        ),
         builtin::<certificates::v1::CertificateSigningRequest>(
             "certificates.k8s.io",
             "v1",
@@ -265,9 +630,27 @@ pub fn builtins() -> Vec<Resource> {
             &["api-extensions"],
             &["status"],
         ),
-        create_only::<authentication::v1::TokenReview>("authentication.k8s.io", "v1", "TokenReview", "tokenreviews", C),
-        create_only::<authentication::v1::SelfSubjectReview>("authentication.k8s.io", "v1", "SelfSubjectReview", "selfsubjectreviews", C),
-        create_only::<authorization::v1::SubjectAccessReview>("authorization.k8s.io", "v1", "SubjectAccessReview", "subjectaccessreviews", C),
+        create_only::<authentication::v1::TokenReview>(
+            "authentication.k8s.io",
+            "v1",
+            "TokenReview",
+            "tokenreviews",
+            C,
+        ),
+        create_only::<authentication::v1::SelfSubjectReview>(
+            "authentication.k8s.io",
+            "v1",
+            "SelfSubjectReview",
+            "selfsubjectreviews",
+            C,
+        ),
+        create_only::<authorization::v1::SubjectAccessReview>(
+            "authorization.k8s.io",
+            "v1",
+            "SubjectAccessReview",
+            "subjectaccessreviews",
+            C,
+        ),
         create_only::<authorization::v1::SelfSubjectAccessReview>(
             "authorization.k8s.io",
             "v1",
@@ -316,7 +699,13 @@ impl Registry {
     /// Every served resource, built-ins first.
     pub fn all(&self) -> Vec<Arc<Resource>> {
         let mut v = self.builtins.clone();
-        v.extend(self.custom.read().unwrap_or_else(|e| e.into_inner()).iter().cloned());
+        v.extend(
+            self.custom
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .cloned(),
+        );
         v
     }
 
@@ -327,14 +716,19 @@ impl Registry {
             .cloned()
             .or_else(|| {
                 let custom = self.custom.read().unwrap_or_else(|e| e.into_inner());
-                custom.iter().find(|r| r.group == group && r.version == version && r.plural == plural).cloned()
+                custom
+                    .iter()
+                    .find(|r| r.group == group && r.version == version && r.plural == plural)
+                    .cloned()
             })
     }
 
     /// Replaces the custom resources defined by CRDs.
     pub fn set_custom(&self, resources: Vec<Resource>) {
-        *self.custom.write().unwrap_or_else(|e| e.into_inner()) = resources.into_iter().map(Arc::new).collect();
-        self.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        *self.custom.write().unwrap_or_else(|e| e.into_inner()) =
+            resources.into_iter().map(Arc::new).collect();
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Group -> versions (preferred first), in a stable order: core first, then built-ins, then custom.
@@ -350,11 +744,14 @@ impl Registry {
                 vs.push(r.version.clone());
             }
         }
-        order.into_iter().map(|g| {
-            let mut vs = versions.remove(&g).unwrap_or_default();
-            vs.sort_by(|a, b| version_priority(b).cmp(&version_priority(a)));
-            (g, vs)
-        }).collect()
+        order
+            .into_iter()
+            .map(|g| {
+                let mut vs = versions.remove(&g).unwrap_or_default();
+                vs.sort_by_key(|v| std::cmp::Reverse(version_priority(v)));
+                (g, vs)
+            })
+            .collect()
     }
 }
 

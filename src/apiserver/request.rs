@@ -30,7 +30,11 @@ pub enum ApiPath {
 
 /// Parses an API path; None when it is not under `/api` or `/apis`.
 pub fn parse_path(path: &str) -> Option<ApiPath> {
-    let parts: Vec<&str> = path.trim_matches('/').split('/').filter(|p| !p.is_empty()).collect();
+    let parts: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .collect();
     let (group, version, rest) = match parts.as_slice() {
         ["api"] => return Some(ApiPath::CoreVersions),
         ["apis"] => return Some(ApiPath::Groups),
@@ -42,7 +46,11 @@ pub fn parse_path(path: &str) -> Option<ApiPath> {
         _ => return None,
     };
     let mut rest: Vec<String> = rest.iter().map(|s| percent_decode(s)).collect();
-    let mut rp = ResourcePath { group, version, ..Default::default() };
+    let mut rp = ResourcePath {
+        group,
+        version,
+        ..Default::default()
+    };
     if rest.first().map(String::as_str) == Some("watch") {
         rp.legacy_watch = true;
         rest.remove(0);
@@ -70,12 +78,13 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;
@@ -105,10 +114,17 @@ impl Query {
         Query { pairs }
     }
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.pairs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
     pub fn all(&self, key: &str) -> Vec<String> {
-        self.pairs.iter().filter(|(k, _)| k == key).map(|(_, v)| v.clone()).collect()
+        self.pairs
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .collect()
     }
     pub fn flag(&self, key: &str) -> bool {
         matches!(self.get(key), Some("true") | Some("1") | Some(""))
@@ -133,14 +149,37 @@ mod tests {
     #[test]
     fn paths() {
         assert_eq!(parse_path("/api"), Some(ApiPath::CoreVersions));
-        assert_eq!(parse_path("/apis/apps/v1"), Some(ApiPath::GroupVersion("apps".into(), "v1".into())));
+        assert_eq!(
+            parse_path("/apis/apps/v1"),
+            Some(ApiPath::GroupVersion("apps".into(), "v1".into()))
+        );
         let r = res("/apis/apps/v1/namespaces/default/deployments/web/scale");
-        assert_eq!((r.group.as_str(), r.namespace.as_deref(), r.resource.as_str()), ("apps", Some("default"), "deployments"));
-        assert_eq!((r.name.as_deref(), r.subresource.as_deref()), (Some("web"), Some("scale")));
+        assert_eq!(
+            (
+                r.group.as_str(),
+                r.namespace.as_deref(),
+                r.resource.as_str()
+            ),
+            ("apps", Some("default"), "deployments")
+        );
+        assert_eq!(
+            (r.name.as_deref(), r.subresource.as_deref()),
+            (Some("web"), Some("scale"))
+        );
         let r = res("/api/v1/namespaces/kube-system");
-        assert_eq!((r.resource.as_str(), r.name.as_deref(), r.namespace), ("namespaces", Some("kube-system"), None));
+        assert_eq!(
+            (r.resource.as_str(), r.name.as_deref(), r.namespace),
+            ("namespaces", Some("kube-system"), None)
+        );
         let r = res("/api/v1/namespaces/foo/finalize");
-        assert_eq!((r.resource.as_str(), r.name.as_deref(), r.subresource.as_deref()), ("namespaces", Some("foo"), Some("finalize")));
+        assert_eq!(
+            (
+                r.resource.as_str(),
+                r.name.as_deref(),
+                r.subresource.as_deref()
+            ),
+            ("namespaces", Some("foo"), Some("finalize"))
+        );
         let r = res("/api/v1/nodes/n1/proxy/stats/summary");
         assert_eq!(r.rest, vec!["stats", "summary"]);
         let r = res("/api/v1/watch/namespaces/a/pods");
@@ -150,7 +189,9 @@ mod tests {
 
     #[test]
     fn query_decoding() {
-        let q = Query::parse(Some("labelSelector=app%3Dweb%2Cenv+in+(a)&command=a&command=b&watch"));
+        let q = Query::parse(Some(
+            "labelSelector=app%3Dweb%2Cenv+in+(a)&command=a&command=b&watch",
+        ));
         assert_eq!(q.get("labelSelector"), Some("app=web,env in (a)"));
         assert_eq!(q.all("command"), vec!["a", "b"]);
         assert!(q.flag("watch"));

@@ -30,16 +30,25 @@ fn valid_key(k: &str) -> bool {
     };
     let ok_name = !name.is_empty()
         && name.len() <= 63
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name.ends_with(|c: char| c.is_ascii_alphanumeric());
-    ok_name && prefix.is_none_or(|p| !p.is_empty() && p.len() <= 253 && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-.".contains(c)))
+    ok_name
+        && prefix.is_none_or(|p| {
+            !p.is_empty()
+                && p.len() <= 253
+                && p.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-.".contains(c))
+        })
 }
 
 fn valid_value(v: &str) -> bool {
     v.is_empty()
         || (v.len() <= 63
-            && v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
             && v.starts_with(|c: char| c.is_ascii_alphanumeric())
             && v.ends_with(|c: char| c.is_ascii_alphanumeric()))
 }
@@ -74,7 +83,9 @@ impl LabelSelector {
         for part in split_top(s) {
             let p = part.trim();
             if p.is_empty() {
-                return Err(format!("unable to parse requirement: found '', expected: identifier in {s:?}"));
+                return Err(format!(
+                    "unable to parse requirement: found '', expected: identifier in {s:?}"
+                ));
             }
             let req = parse_requirement(p)?;
             let key = match &req {
@@ -88,7 +99,9 @@ impl LabelSelector {
                 | Requirement::Lt(k, _) => k,
             };
             if !valid_key(key) {
-                return Err(format!("unable to parse requirement: invalid label key {key:?}: name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
+                return Err(format!(
+                    "unable to parse requirement: invalid label key {key:?}: name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"
+                ));
             }
             requirements.push(req);
         }
@@ -100,13 +113,30 @@ impl LabelSelector {
         let mut requirements = Vec::new();
         if let Some(m) = sel.get("matchLabels").and_then(Value::as_object) {
             for (k, v) in m {
-                requirements.push(Requirement::Equals(k.clone(), v.as_str().unwrap_or_default().to_string()));
+                requirements.push(Requirement::Equals(
+                    k.clone(),
+                    v.as_str().unwrap_or_default().to_string(),
+                ));
             }
         }
-        for e in sel.get("matchExpressions").and_then(Value::as_array).into_iter().flatten() {
-            let key = e.get("key").and_then(Value::as_str).unwrap_or_default().to_string();
-            let values: Vec<String> =
-                e.get("values").and_then(Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(String::from)).collect();
+        for e in sel
+            .get("matchExpressions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let key = e
+                .get("key")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let values: Vec<String> = e
+                .get("values")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect();
             let req = match e.get("operator").and_then(Value::as_str) {
                 Some("In") => Requirement::In(key, values),
                 Some("NotIn") => Requirement::NotIn(key, values),
@@ -131,8 +161,14 @@ impl LabelSelector {
             Requirement::NotIn(k, vs) => labels.get(k).is_none_or(|l| !vs.contains(l)),
             Requirement::Exists(k) => labels.contains_key(k),
             Requirement::NotExists(k) => !labels.contains_key(k),
-            Requirement::Gt(k, n) => labels.get(k).and_then(|l| l.parse::<i64>().ok()).is_some_and(|l| l > *n),
-            Requirement::Lt(k, n) => labels.get(k).and_then(|l| l.parse::<i64>().ok()).is_some_and(|l| l < *n),
+            Requirement::Gt(k, n) => labels
+                .get(k)
+                .and_then(|l| l.parse::<i64>().ok())
+                .is_some_and(|l| l > *n),
+            Requirement::Lt(k, n) => labels
+                .get(k)
+                .and_then(|l| l.parse::<i64>().ok())
+                .is_some_and(|l| l < *n),
         })
     }
 
@@ -148,7 +184,11 @@ impl LabelSelector {
 pub fn labels_of(obj: &Value) -> BTreeMap<String, String> {
     obj.pointer("/metadata/labels")
         .and_then(Value::as_object)
-        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -157,7 +197,9 @@ fn parse_values(s: &str, whole: &str) -> Result<Vec<String>, String> {
     let inner = inner
         .strip_prefix('(')
         .and_then(|x| x.strip_suffix(')'))
-        .ok_or_else(|| format!("unable to parse requirement: found '{inner}', expected: '(' in {whole:?}"))?;
+        .ok_or_else(|| {
+            format!("unable to parse requirement: found '{inner}', expected: '(' in {whole:?}")
+        })?;
     let vals: Vec<String> = inner.split(',').map(|v| v.trim().to_string()).collect();
     for v in &vals {
         if !valid_value(v) {
@@ -175,28 +217,45 @@ fn parse_requirement(p: &str) -> Result<Requirement, String> {
         if let Some((k, v)) = p.split_once(op) {
             let (k, v) = (k.trim().to_string(), v.trim().to_string());
             if !valid_value(&v) {
-                return Err(format!("invalid label value: {v:?}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.'"));
+                return Err(format!(
+                    "invalid label value: {v:?}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.'"
+                ));
             }
-            return Ok(if ctor == 0 { Requirement::NotEquals(k, v) } else { Requirement::Equals(k, v) });
+            return Ok(if ctor == 0 {
+                Requirement::NotEquals(k, v)
+            } else {
+                Requirement::Equals(k, v)
+            });
         }
     }
     for (op, gt) in [(">", true), ("<", false)] {
         if let Some((k, v)) = p.split_once(op) {
-            let n = v.trim().parse::<i64>().map_err(|_| format!("for 'Gt', 'Lt' operators, the value must be an integer: {v:?}"))?;
+            let n = v.trim().parse::<i64>().map_err(|_| {
+                format!("for 'Gt', 'Lt' operators, the value must be an integer: {v:?}")
+            })?;
             let k = k.trim().to_string();
-            return Ok(if gt { Requirement::Gt(k, n) } else { Requirement::Lt(k, n) });
+            return Ok(if gt {
+                Requirement::Gt(k, n)
+            } else {
+                Requirement::Lt(k, n)
+            });
         }
     }
     let words: Vec<&str> = p.splitn(2, char::is_whitespace).collect();
     if words.len() == 2 {
         let rest = words[1].trim_start();
         if let Some(v) = rest.strip_prefix("notin") {
-            return Ok(Requirement::NotIn(words[0].to_string(), parse_values(v, p)?));
+            return Ok(Requirement::NotIn(
+                words[0].to_string(),
+                parse_values(v, p)?,
+            ));
         }
         if let Some(v) = rest.strip_prefix("in") {
             return Ok(Requirement::In(words[0].to_string(), parse_values(v, p)?));
         }
-        return Err(format!("unable to parse requirement: found '{rest}', expected: in, notin, =, ==, !=, gt, lt"));
+        return Err(format!(
+            "unable to parse requirement: found '{rest}', expected: in, notin, =, ==, !=, gt, lt"
+        ));
     }
     Ok(Requirement::Exists(p.to_string()))
 }
@@ -222,7 +281,9 @@ impl FieldSelector {
             } else if let Some((f, v)) = part.split_once('=') {
                 (f, true, v)
             } else {
-                return Err(format!("invalid selector: '{s}'; can't understand '{part}'"));
+                return Err(format!(
+                    "invalid selector: '{s}'; can't understand '{part}'"
+                ));
             };
             terms.push((term.0.trim().to_string(), term.1, term.2.trim().to_string()));
         }
@@ -247,7 +308,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -269,7 +333,11 @@ mod tests {
             ("n<5", false),
             ("", true),
         ] {
-            assert_eq!(LabelSelector::parse(sel).unwrap().matches(&l), want, "{sel}");
+            assert_eq!(
+                LabelSelector::parse(sel).unwrap().matches(&l),
+                want,
+                "{sel}"
+            );
         }
         for bad in ["app in web", "=x", "app=we b", ",", "app in (a,)x"] {
             assert!(LabelSelector::parse(bad).is_err(), "{bad} should fail");
@@ -279,8 +347,16 @@ mod tests {
     #[test]
     fn field_selector() {
         let f = FieldSelector::parse("metadata.name=a,spec.nodeName!=").unwrap();
-        assert!(f.matches(|k| Some(if k == "metadata.name" { "a".into() } else { "n1".into() })));
-        assert!(!f.matches(|k| Some(if k == "metadata.name" { "a".into() } else { String::new() })));
+        assert!(f.matches(|k| Some(if k == "metadata.name" {
+            "a".into()
+        } else {
+            "n1".into()
+        })));
+        assert!(!f.matches(|k| Some(if k == "metadata.name" {
+            "a".into()
+        } else {
+            String::new()
+        })));
         assert!(FieldSelector::parse("nonsense").is_err());
     }
 }

@@ -15,8 +15,16 @@ pub struct Cause {
 }
 
 impl Cause {
-    pub fn new(reason: &'static str, field: impl Into<String>, message: impl Into<String>) -> Cause {
-        Cause { reason, field: field.into(), message: message.into() }
+    pub fn new(
+        reason: &'static str,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Cause {
+        Cause {
+            reason,
+            field: field.into(),
+            message: message.into(),
+        }
     }
     pub fn required(field: impl Into<String>) -> Cause {
         Cause::new("FieldValueRequired", field, "Required value")
@@ -26,21 +34,44 @@ impl Cause {
             Value::String(s) => format!("{s:?}"),
             other => other.to_string(),
         };
-        Cause::new("FieldValueInvalid", field, format!("Invalid value: {shown}: {}", detail.into()))
+        Cause::new(
+            "FieldValueInvalid",
+            field,
+            format!("Invalid value: {shown}: {}", detail.into()),
+        )
     }
     pub fn unsupported(field: impl Into<String>, value: &Value, allowed: &[&str]) -> Cause {
         let list: Vec<String> = allowed.iter().map(|a| format!("{a:?}")).collect();
-        Cause::new("FieldValueNotSupported", field, format!("Unsupported value: {value}: supported values: {}", list.join(", ")))
+        Cause::new(
+            "FieldValueNotSupported",
+            field,
+            format!(
+                "Unsupported value: {value}: supported values: {}",
+                list.join(", ")
+            ),
+        )
     }
     pub fn forbidden(field: impl Into<String>, detail: impl Into<String>) -> Cause {
-        Cause::new("FieldValueForbidden", field, format!("Forbidden: {}", detail.into()))
+        Cause::new(
+            "FieldValueForbidden",
+            field,
+            format!("Forbidden: {}", detail.into()),
+        )
     }
     pub fn duplicate(field: impl Into<String>, value: &Value) -> Cause {
-        Cause::new("FieldValueDuplicate", field, format!("Duplicate value: {value}"))
+        Cause::new(
+            "FieldValueDuplicate",
+            field,
+            format!("Duplicate value: {value}"),
+        )
     }
     /// "field: message" as upstream prints it.
     pub fn describe(&self) -> String {
-        if self.field.is_empty() { self.message.clone() } else { format!("{}: {}", self.field, self.message) }
+        if self.field.is_empty() {
+            self.message.clone()
+        } else {
+            format!("{}: {}", self.field, self.message)
+        }
     }
 }
 
@@ -58,12 +89,22 @@ pub type ApiResult<T> = Result<T, ApiError>;
 
 /// Names a resource in messages: `pods`, `deployments.apps`.
 pub fn qualified(group: &str, plural: &str) -> String {
-    if group.is_empty() { plural.to_string() } else { format!("{plural}.{group}") }
+    if group.is_empty() {
+        plural.to_string()
+    } else {
+        format!("{plural}.{group}")
+    }
 }
 
 impl ApiError {
     pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { code, reason, message: message.into(), details: None, headers: Vec::new() }
+        ApiError {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+            headers: Vec::new(),
+        }
     }
     fn with_details(mut self, name: &str, group: &str, kind: &str) -> ApiError {
         let mut d = json!({"name": name, "kind": kind});
@@ -80,14 +121,27 @@ impl ApiError {
         ApiError::new(400, "BadRequest", msg)
     }
     pub fn not_found(group: &str, plural: &str, name: &str) -> ApiError {
-        ApiError::new(404, "NotFound", format!("{} \"{name}\" not found", qualified(group, plural))).with_details(name, group, plural)
+        ApiError::new(
+            404,
+            "NotFound",
+            format!("{} \"{name}\" not found", qualified(group, plural)),
+        )
+        .with_details(name, group, plural)
     }
     pub fn path_not_found() -> ApiError {
-        ApiError::new(404, "NotFound", "the server could not find the requested resource")
+        ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
     }
     pub fn already_exists(group: &str, plural: &str, name: &str) -> ApiError {
-        ApiError::new(409, "AlreadyExists", format!("{} \"{name}\" already exists", qualified(group, plural)))
-            .with_details(name, group, plural)
+        ApiError::new(
+            409,
+            "AlreadyExists",
+            format!("{} \"{name}\" already exists", qualified(group, plural)),
+        )
+        .with_details(name, group, plural)
     }
     pub fn conflict(group: &str, plural: &str, name: &str) -> ApiError {
         ApiError::new(
@@ -101,19 +155,42 @@ impl ApiError {
         .with_details(name, group, plural)
     }
     pub fn conflict_msg(group: &str, plural: &str, name: &str, msg: &str) -> ApiError {
-        ApiError::new(409, "Conflict", format!("Operation cannot be fulfilled on {} \"{name}\": {msg}", qualified(group, plural)))
-            .with_details(name, group, plural)
+        ApiError::new(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": {msg}",
+                qualified(group, plural)
+            ),
+        )
+        .with_details(name, group, plural)
     }
     pub fn invalid(group: &str, kind: &str, name: &str, causes: Vec<Cause>) -> ApiError {
         let list: Vec<String> = causes.iter().map(Cause::describe).collect();
-        let summary = if list.len() == 1 { list[0].clone() } else { format!("[{}]", list.join(", ")) };
-        let mut e = ApiError::new(422, "Invalid", format!("{kind}.{} \"{name}\" is invalid: {summary}", if group.is_empty() { "" } else { group }))
-            .with_details(name, group, kind);
+        let summary = if list.len() == 1 {
+            list[0].clone()
+        } else {
+            format!("[{}]", list.join(", "))
+        };
+        let mut e = ApiError::new(
+            422,
+            "Invalid",
+            format!(
+                "{kind}.{} \"{name}\" is invalid: {summary}",
+                if group.is_empty() { "" } else { group }
+            ),
+        )
+        .with_details(name, group, kind);
         if group.is_empty() {
             e.message = format!("{kind} \"{name}\" is invalid: {summary}");
         }
         if let Some(d) = e.details.as_mut() {
-            d["causes"] = Value::Array(causes.iter().map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field})).collect());
+            d["causes"] = Value::Array(
+                causes
+                    .iter()
+                    .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
+                    .collect(),
+            );
         }
         e
     }
@@ -121,7 +198,13 @@ impl ApiError {
         ApiError::new(405, "MethodNotAllowed", msg)
     }
     pub fn unsupported_media_type(ct: &str) -> ApiError {
-        ApiError::new(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {ct:?})"))
+        ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {ct:?})"
+            ),
+        )
     }
     pub fn unauthorized() -> ApiError {
         ApiError::new(401, "Unauthorized", "Unauthorized")
@@ -133,10 +216,18 @@ impl ApiError {
         ApiError::new(410, "Expired", msg)
     }
     pub fn too_large() -> ApiError {
-        ApiError::new(413, "RequestEntityTooLarge", "Request entity too large: limit is 3145728")
+        ApiError::new(
+            413,
+            "RequestEntityTooLarge",
+            "Request entity too large: limit is 3145728",
+        )
     }
     pub fn internal(msg: impl Into<String>) -> ApiError {
-        ApiError::new(500, "InternalError", format!("Internal error occurred: {}", msg.into()))
+        ApiError::new(
+            500,
+            "InternalError",
+            format!("Internal error occurred: {}", msg.into()),
+        )
     }
     pub fn timeout(msg: impl Into<String>) -> ApiError {
         ApiError::new(504, "Timeout", msg)
@@ -148,9 +239,12 @@ impl ApiError {
             StoreError::AlreadyExists => ApiError::already_exists(group, plural, name),
             StoreError::NotFound => ApiError::not_found(group, plural, name),
             StoreError::Conflict(_) => ApiError::conflict(group, plural, name),
-            StoreError::Compacted { requested, compacted } => {
-                ApiError::expired(format!("too old resource version: {requested} ({compacted})"))
-            }
+            StoreError::Compacted {
+                requested,
+                compacted,
+            } => ApiError::expired(format!(
+                "too old resource version: {requested} ({compacted})"
+            )),
             StoreError::Internal(m) => ApiError::internal(m),
         }
     }
@@ -181,7 +275,12 @@ impl std::fmt::Display for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut resp = (code, [(http::header::CONTENT_TYPE, "application/json")], self.to_status().to_string()).into_response();
+        let mut resp = (
+            code,
+            [(http::header::CONTENT_TYPE, "application/json")],
+            self.to_status().to_string(),
+        )
+            .into_response();
         for (k, v) in &self.headers {
             if let Ok(v) = http::HeaderValue::from_str(v) {
                 resp.headers_mut().insert(*k, v);

@@ -21,7 +21,11 @@ pub fn human_duration(secs: i64) -> String {
     let minutes = secs / 60;
     if minutes < 10 {
         let s = secs % 60;
-        return if s == 0 { format!("{minutes}m") } else { format!("{minutes}m{s}s") };
+        return if s == 0 {
+            format!("{minutes}m")
+        } else {
+            format!("{minutes}m{s}s")
+        };
     }
     if minutes < 180 {
         return format!("{minutes}m");
@@ -29,34 +33,51 @@ pub fn human_duration(secs: i64) -> String {
     let hours = secs / 3600;
     if hours < 8 {
         let m = minutes % 60;
-        return if m == 0 { format!("{hours}h") } else { format!("{hours}h{m}m") };
+        return if m == 0 {
+            format!("{hours}h")
+        } else {
+            format!("{hours}h{m}m")
+        };
     }
     if hours < 48 {
         return format!("{hours}h");
     }
     if hours < 24 * 8 {
         let h = hours % 24;
-        return if h == 0 { format!("{}d", hours / 24) } else { format!("{}d{h}h", hours / 24) };
+        return if h == 0 {
+            format!("{}d", hours / 24)
+        } else {
+            format!("{}d{h}h", hours / 24)
+        };
     }
     if hours < 24 * 365 * 2 {
         return format!("{}d", hours / 24);
     }
     if hours < 24 * 365 * 8 {
         let d = (hours / 24) % 365;
-        return if d == 0 { format!("{}y", hours / 24 / 365) } else { format!("{}y{d}d", hours / 24 / 365) };
+        return if d == 0 {
+            format!("{}y", hours / 24 / 365)
+        } else {
+            format!("{}y{d}d", hours / 24 / 365)
+        };
     }
     format!("{}y", hours / 24 / 365)
 }
 
 fn age_of(ts: Option<&str>) -> String {
     match ts.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()) {
-        Some(t) => human_duration((chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds()),
+        Some(t) => {
+            human_duration((chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds())
+        }
         None => "<unknown>".into(),
     }
 }
 
 fn age(obj: &Value) -> Value {
-    json!(age_of(obj.pointer("/metadata/creationTimestamp").and_then(Value::as_str)))
+    json!(age_of(
+        obj.pointer("/metadata/creationTimestamp")
+            .and_then(Value::as_str)
+    ))
 }
 
 fn s<'a>(obj: &'a Value, ptr: &str) -> &'a str {
@@ -68,15 +89,25 @@ fn i(obj: &Value, ptr: &str) -> i64 {
 }
 
 fn arr<'a>(obj: &'a Value, ptr: &str) -> &'a [Value] {
-    obj.pointer(ptr).and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
+    obj.pointer(ptr)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
 }
 
 fn none_if_empty(v: String) -> Value {
-    json!(if v.is_empty() { "<none>".to_string() } else { v })
+    json!(if v.is_empty() {
+        "<none>".to_string()
+    } else {
+        v
+    })
 }
 
 /// Column (name, type, priority) and a row function.
-type Columns = (Vec<(&'static str, &'static str, u8)>, fn(&Value) -> Vec<Value>);
+type Columns = (
+    Vec<(&'static str, &'static str, u8)>,
+    fn(&Value) -> Vec<Value>,
+);
 
 fn name(obj: &Value) -> Value {
     json!(s(obj, "/metadata/name"))
@@ -94,9 +125,18 @@ pub fn selector_string(sel: &Value) -> String {
     let mut parts: Vec<String> = sel
         .get("matchLabels")
         .and_then(Value::as_object)
-        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect())
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect()
+        })
         .unwrap_or_default();
-    for e in sel.get("matchExpressions").and_then(Value::as_array).into_iter().flatten() {
+    for e in sel
+        .get("matchExpressions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let vals: Vec<&str> = arr(e, "/values").iter().filter_map(Value::as_str).collect();
         let key = s(e, "/key");
         parts.push(match s(e, "/operator") {
@@ -112,14 +152,22 @@ pub fn selector_string(sel: &Value) -> String {
 fn map_string(obj: &Value, ptr: &str) -> String {
     obj.pointer(ptr)
         .and_then(Value::as_object)
-        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(","))
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
         .unwrap_or_default()
 }
 
 fn pod_row(p: &Value) -> Vec<Value> {
     let statuses = arr(p, "/status/containerStatuses");
     let total = arr(p, "/spec/containers").len();
-    let ready = statuses.iter().filter(|c| c.get("ready").and_then(Value::as_bool) == Some(true)).count();
+    let ready = statuses
+        .iter()
+        .filter(|c| c.get("ready").and_then(Value::as_bool) == Some(true))
+        .count();
     let restarts: i64 = statuses.iter().map(|c| i(c, "/restartCount")).sum();
     let mut reason = s(p, "/status/reason").to_string();
     if reason.is_empty() {
@@ -128,7 +176,10 @@ fn pod_row(p: &Value) -> Vec<Value> {
     let inits = arr(p, "/status/initContainerStatuses");
     let mut initializing = false;
     for (n, c) in inits.iter().enumerate() {
-        if c.pointer("/state/terminated/exitCode").and_then(Value::as_i64) == Some(0) {
+        if c.pointer("/state/terminated/exitCode")
+            .and_then(Value::as_i64)
+            == Some(0)
+        {
             continue;
         }
         initializing = true;
@@ -154,7 +205,9 @@ fn pod_row(p: &Value) -> Vec<Value> {
             } else if c.pointer("/state/terminated").is_some() {
                 let code = i(c, "/state/terminated/exitCode");
                 reason = format!("ExitCode:{code}");
-            } else if c.get("ready").and_then(Value::as_bool) == Some(true) && c.pointer("/state/running").is_some() {
+            } else if c.get("ready").and_then(Value::as_bool) == Some(true)
+                && c.pointer("/state/running").is_some()
+            {
                 has_running = true;
             }
         }
@@ -163,7 +216,11 @@ fn pod_row(p: &Value) -> Vec<Value> {
         }
     }
     if p.pointer("/metadata/deletionTimestamp").is_some() {
-        reason = if s(p, "/status/reason") == "NodeLost" { "Unknown".into() } else { "Terminating".into() };
+        reason = if s(p, "/status/reason") == "NodeLost" {
+            "Unknown".into()
+        } else {
+            "Terminating".into()
+        };
     }
     let gates = arr(p, "/spec/readinessGates");
     let gates_text = if gates.is_empty() {
@@ -172,7 +229,11 @@ fn pod_row(p: &Value) -> Vec<Value> {
         let conds = arr(p, "/status/conditions");
         let ok = gates
             .iter()
-            .filter(|g| conds.iter().any(|c| s(c, "/type") == s(g, "/conditionType") && s(c, "/status") == "True"))
+            .filter(|g| {
+                conds
+                    .iter()
+                    .any(|c| s(c, "/type") == s(g, "/conditionType") && s(c, "/status") == "True")
+            })
             .count();
         format!("{ok}/{}", gates.len())
     };
@@ -202,9 +263,17 @@ fn service_row(v: &Value) -> Vec<Value> {
             }
         })
         .collect();
-    let mut external: Vec<String> = arr(v, "/spec/externalIPs").iter().filter_map(Value::as_str).map(String::from).collect();
+    let mut external: Vec<String> = arr(v, "/spec/externalIPs")
+        .iter()
+        .filter_map(Value::as_str)
+        .map(String::from)
+        .collect();
     for ing in arr(v, "/status/loadBalancer/ingress") {
-        let addr = if !s(ing, "/ip").is_empty() { s(ing, "/ip") } else { s(ing, "/hostname") };
+        let addr = if !s(ing, "/ip").is_empty() {
+            s(ing, "/ip")
+        } else {
+            s(ing, "/hostname")
+        };
         if !addr.is_empty() {
             external.push(addr.to_string());
         }
@@ -222,7 +291,11 @@ fn service_row(v: &Value) -> Vec<Value> {
         json!(typ),
         json!(if cip.is_empty() { "<none>" } else { cip }),
         json!(external),
-        json!(if ports.is_empty() { "<none>".to_string() } else { ports.join(",") }),
+        json!(if ports.is_empty() {
+            "<none>".to_string()
+        } else {
+            ports.join(",")
+        }),
         age(v),
         none_if_empty(selector),
     ]
@@ -230,7 +303,9 @@ fn service_row(v: &Value) -> Vec<Value> {
 
 fn node_row(n: &Value) -> Vec<Value> {
     let mut status: Vec<String> = Vec::new();
-    let ready = arr(n, "/status/conditions").iter().find(|c| s(c, "/type") == "Ready");
+    let ready = arr(n, "/status/conditions")
+        .iter()
+        .find(|c| s(c, "/type") == "Ready");
     status.push(match ready.map(|c| s(c, "/status")) {
         Some("True") => "Ready".into(),
         _ => "NotReady".into(),
@@ -250,7 +325,11 @@ fn node_row(n: &Value) -> Vec<Value> {
         .unwrap_or_default();
     roles.sort();
     let addr = |t: &str| {
-        arr(n, "/status/addresses").iter().find(|a| s(a, "/type") == t).map(|a| s(a, "/address").to_string()).unwrap_or_else(|| "<none>".into())
+        arr(n, "/status/addresses")
+            .iter()
+            .find(|a| s(a, "/type") == t)
+            .map(|a| s(a, "/address").to_string())
+            .unwrap_or_else(|| "<none>".into())
     };
     vec![
         name(n),
@@ -267,9 +346,25 @@ fn node_row(n: &Value) -> Vec<Value> {
 }
 
 fn event_row(e: &Value) -> Vec<Value> {
-    let last = [s(e, "/lastTimestamp"), s(e, "/eventTime"), s(e, "/metadata/creationTimestamp")].into_iter().find(|t| !t.is_empty());
-    let obj = format!("{}/{}", s(e, "/involvedObject/kind").to_lowercase(), s(e, "/involvedObject/name"));
-    vec![json!(age_of(last)), json!(s(e, "/type")), json!(s(e, "/reason")), json!(obj), json!(s(e, "/message"))]
+    let last = [
+        s(e, "/lastTimestamp"),
+        s(e, "/eventTime"),
+        s(e, "/metadata/creationTimestamp"),
+    ]
+    .into_iter()
+    .find(|t| !t.is_empty());
+    let obj = format!(
+        "{}/{}",
+        s(e, "/involvedObject/kind").to_lowercase(),
+        s(e, "/involvedObject/name")
+    );
+    vec![
+        json!(age_of(last)),
+        json!(s(e, "/type")),
+        json!(s(e, "/reason")),
+        json!(obj),
+        json!(s(e, "/message")),
+    ]
 }
 
 fn columns(res: &Resource) -> Columns {
@@ -290,9 +385,19 @@ fn columns(res: &Resource) -> Columns {
             ],
             pod_row,
         ),
-        ("", "namespaces") => (vec![N, ("Status", "string", 0), AGE], |v| vec![name(v), json!(s(v, "/status/phase")), age(v)]),
+        ("", "namespaces") => (vec![N, ("Status", "string", 0), AGE], |v| {
+            vec![name(v), json!(s(v, "/status/phase")), age(v)]
+        }),
         ("", "services") => (
-            vec![N, ("Type", "string", 0), ("Cluster-IP", "string", 0), ("External-IP", "string", 0), ("Port(s)", "string", 0), AGE, ("Selector", "string", 1)],
+            vec![
+                N,
+                ("Type", "string", 0),
+                ("Cluster-IP", "string", 0),
+                ("External-IP", "string", 0),
+                ("Port(s)", "string", 0),
+                AGE,
+                ("Selector", "string", 1),
+            ],
             service_row,
         ),
         ("", "nodes") => (
@@ -311,16 +416,36 @@ fn columns(res: &Resource) -> Columns {
             node_row,
         ),
         ("", "configmaps") => (vec![N, ("Data", "integer", 0), AGE], |v| {
-            let n = v.get("data").and_then(Value::as_object).map_or(0, |m| m.len()) + v.get("binaryData").and_then(Value::as_object).map_or(0, |m| m.len());
+            let n = v
+                .get("data")
+                .and_then(Value::as_object)
+                .map_or(0, |m| m.len())
+                + v.get("binaryData")
+                    .and_then(Value::as_object)
+                    .map_or(0, |m| m.len());
             vec![name(v), json!(n), age(v)]
         }),
-        ("", "secrets") => (vec![N, ("Type", "string", 0), ("Data", "integer", 0), AGE], |v| {
-            let n = v.get("data").and_then(Value::as_object).map_or(0, |m| m.len());
-            vec![name(v), json!(s(v, "/type")), json!(n), age(v)]
+        ("", "secrets") => (
+            vec![N, ("Type", "string", 0), ("Data", "integer", 0), AGE],
+            |v| {
+                let n = v
+                    .get("data")
+                    .and_then(Value::as_object)
+                    .map_or(0, |m| m.len());
+                vec![name(v), json!(s(v, "/type")), json!(n), age(v)]
+            },
+        ),
+        ("", "serviceaccounts") => (vec![N, ("Secrets", "integer", 0), AGE], |v| {
+            vec![name(v), json!(arr(v, "/secrets").len()), age(v)]
         }),
-        ("", "serviceaccounts") => (vec![N, ("Secrets", "integer", 0), AGE], |v| vec![name(v), json!(arr(v, "/secrets").len()), age(v)]),
         ("", "events") => (
-            vec![("Last Seen", "string", 0), ("Type", "string", 0), ("Reason", "string", 0), ("Object", "string", 0), ("Message", "string", 0)],
+            vec![
+                ("Last Seen", "string", 0),
+                ("Type", "string", 0),
+                ("Reason", "string", 0),
+                ("Object", "string", 0),
+                ("Message", "string", 0),
+            ],
             event_row,
         ),
         ("", "endpoints") => (vec![N, ("Endpoints", "string", 0), AGE], |v| {
@@ -332,13 +457,29 @@ fn columns(res: &Resource) -> Columns {
                     }
                 }
             }
-            let shown = if eps.len() > 3 { format!("{} + {} more...", eps[..3].join(","), eps.len() - 3) } else { eps.join(",") };
+            let shown = if eps.len() > 3 {
+                format!("{} + {} more...", eps[..3].join(","), eps.len() - 3)
+            } else {
+                eps.join(",")
+            };
             vec![name(v), none_if_empty(shown), age(v)]
         }),
         ("", "persistentvolumeclaims") => (
-            vec![N, ("Status", "string", 0), ("Volume", "string", 0), ("Capacity", "string", 0), ("Access Modes", "string", 0), ("StorageClass", "string", 0), AGE],
+            vec![
+                N,
+                ("Status", "string", 0),
+                ("Volume", "string", 0),
+                ("Capacity", "string", 0),
+                ("Access Modes", "string", 0),
+                ("StorageClass", "string", 0),
+                AGE,
+            ],
             |v| {
-                let modes: Vec<&str> = arr(v, "/status/accessModes").iter().filter_map(Value::as_str).map(access_mode).collect();
+                let modes: Vec<&str> = arr(v, "/status/accessModes")
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(access_mode)
+                    .collect();
                 vec![
                     name(v),
                     json!(s(v, "/status/phase")),
@@ -363,11 +504,19 @@ fn columns(res: &Resource) -> Columns {
                 AGE,
             ],
             |v| {
-                let modes: Vec<&str> = arr(v, "/spec/accessModes").iter().filter_map(Value::as_str).map(access_mode).collect();
+                let modes: Vec<&str> = arr(v, "/spec/accessModes")
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(access_mode)
+                    .collect();
                 let claim = if s(v, "/spec/claimRef/name").is_empty() {
                     String::new()
                 } else {
-                    format!("{}/{}", s(v, "/spec/claimRef/namespace"), s(v, "/spec/claimRef/name"))
+                    format!(
+                        "{}/{}",
+                        s(v, "/spec/claimRef/namespace"),
+                        s(v, "/spec/claimRef/name")
+                    )
                 };
                 vec![
                     name(v),
@@ -395,7 +544,10 @@ fn columns(res: &Resource) -> Columns {
             ],
             |v| {
                 let (c, im) = containers_images(v, "/spec/template/spec/containers");
-                let desired = v.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+                let desired = v
+                    .pointer("/spec/replicas")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(1);
                 vec![
                     name(v),
                     json!(format!("{}/{desired}", i(v, "/status/readyReplicas"))),
@@ -404,7 +556,9 @@ fn columns(res: &Resource) -> Columns {
                     age(v),
                     c,
                     im,
-                    json!(selector_string(v.pointer("/spec/selector").unwrap_or(&Value::Null))),
+                    json!(selector_string(
+                        v.pointer("/spec/selector").unwrap_or(&Value::Null)
+                    )),
                 ]
             },
         ),
@@ -422,14 +576,19 @@ fn columns(res: &Resource) -> Columns {
             |v| {
                 let (c, im) = containers_images(v, "/spec/template/spec/containers");
                 let sel = v.pointer("/spec/selector").cloned().unwrap_or(Value::Null);
-                let sel = if sel.get("matchLabels").is_some() || sel.get("matchExpressions").is_some() {
-                    selector_string(&sel)
-                } else {
-                    map_string(v, "/spec/selector")
-                };
+                let sel =
+                    if sel.get("matchLabels").is_some() || sel.get("matchExpressions").is_some() {
+                        selector_string(&sel)
+                    } else {
+                        map_string(v, "/spec/selector")
+                    };
                 vec![
                     name(v),
-                    json!(v.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1)),
+                    json!(
+                        v.pointer("/spec/replicas")
+                            .and_then(Value::as_i64)
+                            .unwrap_or(1)
+                    ),
                     json!(i(v, "/status/replicas")),
                     json!(i(v, "/status/readyReplicas")),
                     age(v),
@@ -439,11 +598,29 @@ fn columns(res: &Resource) -> Columns {
                 ]
             },
         ),
-        ("apps", "statefulsets") => (vec![N, ("Ready", "string", 0), AGE, ("Containers", "string", 1), ("Images", "string", 1)], |v| {
-            let (c, im) = containers_images(v, "/spec/template/spec/containers");
-            let desired = v.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
-            vec![name(v), json!(format!("{}/{desired}", i(v, "/status/readyReplicas"))), age(v), c, im]
-        }),
+        ("apps", "statefulsets") => (
+            vec![
+                N,
+                ("Ready", "string", 0),
+                AGE,
+                ("Containers", "string", 1),
+                ("Images", "string", 1),
+            ],
+            |v| {
+                let (c, im) = containers_images(v, "/spec/template/spec/containers");
+                let desired = v
+                    .pointer("/spec/replicas")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(1);
+                vec![
+                    name(v),
+                    json!(format!("{}/{desired}", i(v, "/status/readyReplicas"))),
+                    age(v),
+                    c,
+                    im,
+                ]
+            },
+        ),
         ("apps", "daemonsets") => (
             vec![
                 N,
@@ -471,22 +648,41 @@ fn columns(res: &Resource) -> Columns {
                     age(v),
                     c,
                     im,
-                    json!(selector_string(v.pointer("/spec/selector").unwrap_or(&Value::Null))),
+                    json!(selector_string(
+                        v.pointer("/spec/selector").unwrap_or(&Value::Null)
+                    )),
                 ]
             },
         ),
         ("batch", "jobs") => (
-            vec![N, ("Status", "string", 0), ("Completions", "string", 0), ("Duration", "string", 0), AGE, ("Containers", "string", 1), ("Images", "string", 1)],
+            vec![
+                N,
+                ("Status", "string", 0),
+                ("Completions", "string", 0),
+                ("Duration", "string", 0),
+                AGE,
+                ("Containers", "string", 1),
+                ("Images", "string", 1),
+            ],
             |v| {
                 let (c, im) = containers_images(v, "/spec/template/spec/containers");
                 let completions = v.pointer("/spec/completions").and_then(Value::as_i64);
                 let done = i(v, "/status/succeeded");
                 let comp = match completions {
                     Some(n) => format!("{done}/{n}"),
-                    None => format!("{done}/1 of {}", v.pointer("/spec/parallelism").and_then(Value::as_i64).unwrap_or(1)),
+                    None => format!(
+                        "{done}/1 of {}",
+                        v.pointer("/spec/parallelism")
+                            .and_then(Value::as_i64)
+                            .unwrap_or(1)
+                    ),
                 };
                 let conds = arr(v, "/status/conditions");
-                let has = |t: &str| conds.iter().any(|c| s(c, "/type") == t && s(c, "/status") == "True");
+                let has = |t: &str| {
+                    conds
+                        .iter()
+                        .any(|c| s(c, "/type") == t && s(c, "/status") == "True")
+                };
                 let status = if has("Complete") {
                     "Complete"
                 } else if has("Failed") {
@@ -502,78 +698,225 @@ fn columns(res: &Resource) -> Columns {
                 let end = chrono::DateTime::parse_from_rfc3339(s(v, "/status/completionTime")).ok();
                 let duration = match (start, end) {
                     (Some(a), Some(b)) => human_duration((b - a).num_seconds()),
-                    (Some(a), None) => human_duration((chrono::Utc::now() - a.with_timezone(&chrono::Utc)).num_seconds()),
+                    (Some(a), None) => human_duration(
+                        (chrono::Utc::now() - a.with_timezone(&chrono::Utc)).num_seconds(),
+                    ),
                     _ => String::new(),
                 };
-                vec![name(v), json!(status), json!(comp), json!(duration), age(v), c, im]
+                vec![
+                    name(v),
+                    json!(status),
+                    json!(comp),
+                    json!(duration),
+                    age(v),
+                    c,
+                    im,
+                ]
             },
         ),
         ("batch", "cronjobs") => (
-            vec![N, ("Schedule", "string", 0), ("Timezone", "string", 0), ("Suspend", "boolean", 0), ("Active", "integer", 0), ("Last Schedule", "string", 0), AGE],
+            vec![
+                N,
+                ("Schedule", "string", 0),
+                ("Timezone", "string", 0),
+                ("Suspend", "boolean", 0),
+                ("Active", "integer", 0),
+                ("Last Schedule", "string", 0),
+                AGE,
+            ],
             |v| {
                 let last = s(v, "/status/lastScheduleTime");
                 vec![
                     name(v),
                     json!(s(v, "/spec/schedule")),
                     none_if_empty(s(v, "/spec/timeZone").into()),
-                    json!(v.pointer("/spec/suspend").and_then(Value::as_bool).unwrap_or(false)),
+                    json!(
+                        v.pointer("/spec/suspend")
+                            .and_then(Value::as_bool)
+                            .unwrap_or(false)
+                    ),
                     json!(arr(v, "/status/active").len()),
-                    json!(if last.is_empty() { "<none>".into() } else { age_of(Some(last)) }),
+                    json!(if last.is_empty() {
+                        "<none>".into()
+                    } else {
+                        age_of(Some(last))
+                    }),
                     age(v),
                 ]
             },
         ),
-        ("coordination.k8s.io", "leases") => (vec![N, ("Holder", "string", 0), AGE], |v| vec![name(v), json!(s(v, "/spec/holderIdentity")), age(v)]),
-        ("discovery.k8s.io", "endpointslices") => (vec![N, ("AddressType", "string", 0), ("Ports", "string", 0), ("Endpoints", "string", 0), AGE], |v| {
-            let ports: Vec<String> = arr(v, "/ports").iter().map(|p| i(p, "/port").to_string()).collect();
-            let eps: Vec<&str> = arr(v, "/endpoints").iter().flat_map(|e| arr(e, "/addresses")).filter_map(Value::as_str).collect();
-            let shown = if eps.len() > 3 { format!("{} + {} more...", eps[..3].join(","), eps.len() - 3) } else { eps.join(",") };
-            vec![name(v), json!(s(v, "/addressType")), none_if_empty(ports.join(",")), none_if_empty(shown), age(v)]
+        ("coordination.k8s.io", "leases") => (vec![N, ("Holder", "string", 0), AGE], |v| {
+            vec![name(v), json!(s(v, "/spec/holderIdentity")), age(v)]
         }),
-        ("rbac.authorization.k8s.io", "rolebindings" | "clusterrolebindings") => (vec![N, ("Role", "string", 0), AGE], |v| {
-            vec![name(v), json!(format!("{}/{}", s(v, "/roleRef/kind"), s(v, "/roleRef/name"))), age(v)]
-        }),
-        ("rbac.authorization.k8s.io", _) | ("apiextensions.k8s.io", _) => {
-            (vec![N, ("Created At", "date", 0)], |v| vec![name(v), json!(s(v, "/metadata/creationTimestamp"))])
+        ("discovery.k8s.io", "endpointslices") => (
+            vec![
+                N,
+                ("AddressType", "string", 0),
+                ("Ports", "string", 0),
+                ("Endpoints", "string", 0),
+                AGE,
+            ],
+            |v| {
+                let ports: Vec<String> = arr(v, "/ports")
+                    .iter()
+                    .map(|p| i(p, "/port").to_string())
+                    .collect();
+                let eps: Vec<&str> = arr(v, "/endpoints")
+                    .iter()
+                    .flat_map(|e| arr(e, "/addresses"))
+                    .filter_map(Value::as_str)
+                    .collect();
+                let shown = if eps.len() > 3 {
+                    format!("{} + {} more...", eps[..3].join(","), eps.len() - 3)
+                } else {
+                    eps.join(",")
+                };
+                vec![
+                    name(v),
+                    json!(s(v, "/addressType")),
+                    none_if_empty(ports.join(",")),
+                    none_if_empty(shown),
+                    age(v),
+                ]
+            },
+        ),
+        ("rbac.authorization.k8s.io", "rolebindings" | "clusterrolebindings") => {
+            (vec![N, ("Role", "string", 0), AGE], |v| {
+                vec![
+                    name(v),
+                    json!(format!(
+                        "{}/{}",
+                        s(v, "/roleRef/kind"),
+                        s(v, "/roleRef/name")
+                    )),
+                    age(v),
+                ]
+            })
         }
-        ("scheduling.k8s.io", "priorityclasses") => (vec![N, ("Value", "integer", 0), ("Global-Default", "boolean", 0), AGE], |v| {
-            vec![name(v), json!(i(v, "/value")), json!(v.get("globalDefault").and_then(Value::as_bool).unwrap_or(false)), age(v)]
-        }),
+        ("rbac.authorization.k8s.io", _) | ("apiextensions.k8s.io", _) => {
+            (vec![N, ("Created At", "date", 0)], |v| {
+                vec![name(v), json!(s(v, "/metadata/creationTimestamp"))]
+            })
+        }
+        ("scheduling.k8s.io", "priorityclasses") => (
+            vec![
+                N,
+                ("Value", "integer", 0),
+                ("Global-Default", "boolean", 0),
+                AGE,
+            ],
+            |v| {
+                vec![
+                    name(v),
+                    json!(i(v, "/value")),
+                    json!(
+                        v.get("globalDefault")
+                            .and_then(Value::as_bool)
+                            .unwrap_or(false)
+                    ),
+                    age(v),
+                ]
+            },
+        ),
         ("storage.k8s.io", "storageclasses") => (
-            vec![N, ("Provisioner", "string", 0), ("ReclaimPolicy", "string", 0), ("VolumeBindingMode", "string", 0), ("AllowVolumeExpansion", "string", 0), AGE],
+            vec![
+                N,
+                ("Provisioner", "string", 0),
+                ("ReclaimPolicy", "string", 0),
+                ("VolumeBindingMode", "string", 0),
+                ("AllowVolumeExpansion", "string", 0),
+                AGE,
+            ],
             |v| {
                 vec![
                     name(v),
                     json!(s(v, "/provisioner")),
-                    json!(v.get("reclaimPolicy").and_then(Value::as_str).unwrap_or("Delete")),
-                    json!(v.get("volumeBindingMode").and_then(Value::as_str).unwrap_or("Immediate")),
-                    json!(v.get("allowVolumeExpansion").and_then(Value::as_bool).unwrap_or(false).to_string()),
+                    json!(
+                        v.get("reclaimPolicy")
+                            .and_then(Value::as_str)
+                            .unwrap_or("Delete")
+                    ),
+                    json!(
+                        v.get("volumeBindingMode")
+                            .and_then(Value::as_str)
+                            .unwrap_or("Immediate")
+                    ),
+                    json!(
+                        v.get("allowVolumeExpansion")
+                            .and_then(Value::as_bool)
+                            .unwrap_or(false)
+                            .to_string()
+                    ),
                     age(v),
                 ]
             },
         ),
         ("autoscaling", "horizontalpodautoscalers") => (
-            vec![N, ("Reference", "string", 0), ("Targets", "string", 0), ("MinPods", "string", 0), ("MaxPods", "string", 0), ("Replicas", "string", 0), AGE],
+            vec![
+                N,
+                ("Reference", "string", 0),
+                ("Targets", "string", 0),
+                ("MinPods", "string", 0),
+                ("MaxPods", "string", 0),
+                ("Replicas", "string", 0),
+                AGE,
+            ],
             |v| {
                 vec![
                     name(v),
-                    json!(format!("{}/{}", s(v, "/spec/scaleTargetRef/kind"), s(v, "/spec/scaleTargetRef/name"))),
+                    json!(format!(
+                        "{}/{}",
+                        s(v, "/spec/scaleTargetRef/kind"),
+                        s(v, "/spec/scaleTargetRef/name")
+                    )),
                     json!("<unknown>"),
-                    json!(v.pointer("/spec/minReplicas").and_then(Value::as_i64).unwrap_or(1)),
+                    json!(
+                        v.pointer("/spec/minReplicas")
+                            .and_then(Value::as_i64)
+                            .unwrap_or(1)
+                    ),
                     json!(i(v, "/spec/maxReplicas")),
                     json!(i(v, "/status/currentReplicas")),
                     age(v),
                 ]
             },
         ),
-        ("networking.k8s.io", "networkpolicies") => (vec![N, ("Pod-Selector", "string", 0), AGE], |v| {
-            vec![name(v), none_if_empty(selector_string(v.pointer("/spec/podSelector").unwrap_or(&Value::Null))), age(v)]
-        }),
+        ("networking.k8s.io", "networkpolicies") => {
+            (vec![N, ("Pod-Selector", "string", 0), AGE], |v| {
+                vec![
+                    name(v),
+                    none_if_empty(selector_string(
+                        v.pointer("/spec/podSelector").unwrap_or(&Value::Null),
+                    )),
+                    age(v),
+                ]
+            })
+        }
         ("policy", "poddisruptionbudgets") => (
-            vec![N, ("Min Available", "string", 0), ("Max Unavailable", "string", 0), ("Allowed Disruptions", "integer", 0), AGE],
+            vec![
+                N,
+                ("Min Available", "string", 0),
+                ("Max Unavailable", "string", 0),
+                ("Allowed Disruptions", "integer", 0),
+                AGE,
+            ],
             |v| {
-                let show = |p: &str| v.pointer(p).map(|x| x.as_str().map(String::from).unwrap_or_else(|| x.to_string())).unwrap_or_else(|| "N/A".into());
-                vec![name(v), json!(show("/spec/minAvailable")), json!(show("/spec/maxUnavailable")), json!(i(v, "/status/disruptionsAllowed")), age(v)]
+                let show = |p: &str| {
+                    v.pointer(p)
+                        .map(|x| {
+                            x.as_str()
+                                .map(String::from)
+                                .unwrap_or_else(|| x.to_string())
+                        })
+                        .unwrap_or_else(|| "N/A".into())
+                };
+                vec![
+                    name(v),
+                    json!(show("/spec/minAvailable")),
+                    json!(show("/spec/maxUnavailable")),
+                    json!(i(v, "/status/disruptionsAllowed")),
+                    age(v),
+                ]
             },
         ),
         _ => (vec![N, AGE], |v| vec![name(v), age(v)]),
@@ -593,7 +936,11 @@ fn access_mode(m: &str) -> &str {
 /// Evaluates a simple CRD printer-column JSONPath (`.spec.replicas`, `.status.conditions[0].type`).
 fn eval_json_path(obj: &Value, path: &str) -> Value {
     let mut cur = obj;
-    let path = path.trim().trim_start_matches('{').trim_end_matches('}').trim_start_matches('$');
+    let path = path
+        .trim()
+        .trim_start_matches('{')
+        .trim_end_matches('}')
+        .trim_start_matches('$');
     for part in path.split('.').filter(|p| !p.is_empty()) {
         let (field, index) = match part.split_once('[') {
             Some((f, rest)) => (f, rest.trim_end_matches(']').parse::<usize>().ok()),
@@ -613,7 +960,10 @@ fn eval_json_path(obj: &Value, path: &str) -> Value {
     cur.clone()
 }
 
-fn custom_columns(res: &Resource) -> Option<Vec<(String, String, u8, String, String)>> {
+/// (name, type, priority, jsonPath, description)
+type CustomColumn = (String, String, u8, String, String);
+
+fn custom_columns(res: &Resource) -> Option<Vec<CustomColumn>> {
     let info = res.custom.as_ref()?;
     if info.printer_columns.is_empty() {
         return None;
@@ -624,7 +974,10 @@ fn custom_columns(res: &Resource) -> Option<Vec<(String, String, u8, String, Str
             .map(|c| {
                 (
                     s(c, "/name").to_string(),
-                    c.get("type").and_then(Value::as_str).unwrap_or("string").to_string(),
+                    c.get("type")
+                        .and_then(Value::as_str)
+                        .unwrap_or("string")
+                        .to_string(),
                     c.get("priority").and_then(Value::as_i64).unwrap_or(0) as u8,
                     s(c, "/jsonPath").to_string(),
                     s(c, "/description").to_string(),
@@ -636,18 +989,37 @@ fn custom_columns(res: &Resource) -> Option<Vec<(String, String, u8, String, Str
 
 /// Converts an object or a list into a Table.
 pub fn to_table(_api: &Api, res: &Resource, ctx: &Ctx, value: &Value) -> Value {
-    let is_list = value.get("items").is_some_and(Value::is_array) && value.get("kind").and_then(Value::as_str).is_some_and(|k| k.ends_with("List"));
-    let objects: Vec<&Value> = if is_list { value["items"].as_array().map(|a| a.iter().collect()).unwrap_or_default() } else { vec![value] };
+    let is_list = value.get("items").is_some_and(Value::is_array)
+        && value
+            .get("kind")
+            .and_then(Value::as_str)
+            .is_some_and(|k| k.ends_with("List"));
+    let objects: Vec<&Value> = if is_list {
+        value["items"]
+            .as_array()
+            .map(|a| a.iter().collect())
+            .unwrap_or_default()
+    } else {
+        vec![value]
+    };
     let include = ctx.query.get("includeObject").unwrap_or("Metadata");
     let row_object = |o: &Value| match include {
         "None" => Value::Null,
         "Object" => o.clone(),
-        _ => json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.get("metadata").cloned().unwrap_or(json!({}))}),
+        _ => {
+            json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.get("metadata").cloned().unwrap_or(json!({}))})
+        }
     };
     let (defs, rows): (Vec<Value>, Vec<Value>) = if let Some(cols) = custom_columns(res) {
-        let mut defs = vec![json!({"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0})];
+        let mut defs = vec![
+            json!({"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0}),
+        ];
         defs.extend(cols.iter().map(|(n, t, p, _, d)| {
-            let (typ, format) = if t == "date" { ("string", "date") } else { (t.as_str(), "") };
+            let (typ, format) = if t == "date" {
+                ("string", "date")
+            } else {
+                (t.as_str(), "")
+            };
             json!({"name": n, "type": typ, "format": format, "description": d, "priority": p})
         }));
         let rows = objects
@@ -656,7 +1028,11 @@ pub fn to_table(_api: &Api, res: &Resource, ctx: &Ctx, value: &Value) -> Value {
                 let mut cells = vec![name(o)];
                 for (_, t, _, path, _) in &cols {
                     let v = eval_json_path(o, path);
-                    cells.push(if t == "date" { json!(age_of(v.as_str())) } else { v });
+                    cells.push(if t == "date" {
+                        json!(age_of(v.as_str()))
+                    } else {
+                        v
+                    });
                 }
                 json!({"cells": cells, "object": row_object(o)})
             })
@@ -671,7 +1047,10 @@ pub fn to_table(_api: &Api, res: &Resource, ctx: &Ctx, value: &Value) -> Value {
                 json!({"name": n, "type": t, "format": format, "description": "", "priority": p})
             })
             .collect();
-        let rows = objects.iter().map(|o| json!({"cells": row(o), "object": row_object(o)})).collect();
+        let rows = objects
+            .iter()
+            .map(|o| json!({"cells": row(o), "object": row_object(o)}))
+            .collect();
         (defs, rows)
     };
     let mut meta = json!({});
@@ -691,7 +1070,16 @@ mod tests {
 
     #[test]
     fn durations_match_upstream() {
-        for (secs, want) in [(5, "5s"), (119, "119s"), (125, "2m5s"), (600, "10m"), (3 * 3600 + 60, "3h1m"), (30 * 3600, "30h"), (3 * 86400 + 3600, "3d1h"), (400 * 86400, "400d")] {
+        for (secs, want) in [
+            (5, "5s"),
+            (119, "119s"),
+            (125, "2m5s"),
+            (600, "10m"),
+            (3 * 3600 + 60, "3h1m"),
+            (30 * 3600, "30h"),
+            (3 * 86400 + 3600, "3d1h"),
+            (400 * 86400, "400d"),
+        ] {
             assert_eq!(human_duration(secs), want);
         }
     }

@@ -43,7 +43,11 @@ struct Watcher {
 
 impl Watcher {
     fn render(&self, obj: Value) -> Value {
-        if self.table { super::table::to_table(&self.api, &self.res, &self.ctx, &obj) } else { obj }
+        if self.table {
+            super::table::to_table(&self.api, &self.res, &self.ctx, &obj)
+        } else {
+            obj
+        }
     }
 
     async fn send(&self, typ: &str, obj: Value) -> bool {
@@ -56,7 +60,8 @@ impl Watcher {
         if initial_end {
             meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
-        let obj = json!({"kind": self.res.kind, "apiVersion": self.res.api_version(), "metadata": meta});
+        let obj =
+            json!({"kind": self.res.kind, "apiVersion": self.res.api_version(), "metadata": meta});
         self.tx.send(event_line("BOOKMARK", obj)).await.is_ok()
     }
 
@@ -65,7 +70,11 @@ impl Watcher {
     fn convert(&self, ev: &Event) -> Option<(&'static str, Value)> {
         let stored: Value = serde_json::from_slice(&ev.record.value).ok()?;
         let now = self.filter.matches(&self.res, &stored);
-        let before = ev.prev.as_ref().and_then(|p| serde_json::from_slice::<Value>(p).ok()).is_some_and(|p| self.filter.matches(&self.res, &p));
+        let before = ev
+            .prev
+            .as_ref()
+            .and_then(|p| serde_json::from_slice::<Value>(p).ok())
+            .is_some_and(|p| self.filter.matches(&self.res, &p));
         let typ = match ev.typ {
             EventType::Deleted if now => "DELETED",
             EventType::Deleted => return None,
@@ -75,7 +84,14 @@ impl Watcher {
             EventType::Modified if before => "DELETED",
             _ => return None,
         };
-        let rec = Record { value: if typ == "DELETED" && ev.typ == EventType::Modified { ev.prev.clone()? } else { ev.record.value.clone() }, ..ev.record.clone() };
+        let rec = Record {
+            value: if typ == "DELETED" && ev.typ == EventType::Modified {
+                ev.prev.clone()?
+            } else {
+                ev.record.value.clone()
+            },
+            ..ev.record.clone()
+        };
         decorate(&self.res, &rec).ok().map(|o| (typ, o))
     }
 }
@@ -89,18 +105,27 @@ pub async fn watch(api: Arc<Api>, res: Arc<Resource>, ctx: Ctx) -> ApiResult<Res
             "meta.k8s.io",
             "ListOptions",
             "",
-            vec![super::status::Cause::forbidden("resourceVersionMatch", "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan")],
+            vec![super::status::Cause::forbidden(
+                "resourceVersionMatch",
+                "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+            )],
         ));
     }
     let start: Option<i64> = if rv.is_empty() || rv == "0" {
         None
     } else {
-        Some(rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?)
+        Some(
+            rv.parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?,
+        )
     };
-    if let Some(n) = start {
-        if n > api.store.current_rev() + 1000 {
-            return Err(ApiError::timeout(format!("Too large resource version: {n}, current: {}", api.store.current_rev())));
-        }
+    if let Some(n) = start
+        && n > api.store.current_rev() + 1000
+    {
+        return Err(ApiError::timeout(format!(
+            "Too large resource version: {n}, current: {}",
+            api.store.current_rev()
+        )));
     }
     // Initial state is sent when no revision is given, or when asked for explicitly.
     let initial = send_initial.unwrap_or(start.is_none());
@@ -112,16 +137,42 @@ pub async fn watch(api: Arc<Api>, res: Arc<Resource>, ctx: Ctx) -> ApiResult<Res
         .filter(|t| *t > 0)
         .map(Duration::from_secs)
         .unwrap_or(Duration::from_secs(1800 + rand::random::<u64>() % 1800));
-    let prefix = res.ns_prefix(if res.namespaced { ctx.path.namespace.as_deref() } else { None });
+    let prefix = res.ns_prefix(if res.namespaced {
+        ctx.path.namespace.as_deref()
+    } else {
+        None
+    });
     let table = ctx.wants_table();
     let (tx, rx) = mpsc::channel::<Vec<u8>>(64);
     api.metrics.watch_opened();
-    let watcher = Watcher { api: api.clone(), res, ctx, filter, table, tx };
+    let watcher = Watcher {
+        api: api.clone(),
+        res,
+        ctx,
+        filter,
+        table,
+        tx,
+    };
     tokio::spawn(async move {
-        let _ = tokio::time::timeout(timeout, run(&watcher, &prefix, start, initial, send_initial == Some(true), bookmarks)).await;
+        let _ = tokio::time::timeout(
+            timeout,
+            run(
+                &watcher,
+                &prefix,
+                start,
+                initial,
+                send_initial == Some(true),
+                bookmarks,
+            ),
+        )
+        .await;
         watcher.api.metrics.watch_closed();
     });
-    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|chunk| (Ok::<_, std::io::Error>(chunk), rx)) });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|chunk| (Ok::<_, std::io::Error>(chunk), rx))
+    });
     Response::builder()
         .status(200)
         .header(http::header::CONTENT_TYPE, "application/json")
@@ -130,14 +181,26 @@ pub async fn watch(api: Arc<Api>, res: Arc<Resource>, ctx: Ctx) -> ApiResult<Res
         .map_err(|e| ApiError::internal(e.to_string()))
 }
 
-async fn run(w: &Watcher, prefix: &str, start: Option<i64>, initial: bool, initial_bookmark: bool, bookmarks: bool) {
+async fn run(
+    w: &Watcher,
+    prefix: &str,
+    start: Option<i64>,
+    initial: bool,
+    initial_bookmark: bool,
+    bookmarks: bool,
+) {
     let mut from = start.unwrap_or(0);
     if initial {
         // List the current state page by page, then watch from the list revision.
         let mut after = None;
         let mut rev = 0;
         loop {
-            let page = match w.api.store.list(prefix, rev, after.clone(), Some(500)).await {
+            let page = match w
+                .api
+                .store
+                .list(prefix, rev, after.clone(), Some(500))
+                .await
+            {
                 Ok(p) => p,
                 Err(_) => return,
             };
@@ -145,12 +208,11 @@ async fn run(w: &Watcher, prefix: &str, start: Option<i64>, initial: bool, initi
             for rec in &page.items {
                 after = Some(rec.key.clone());
                 let stored: Value = serde_json::from_slice(&rec.value).unwrap_or_default();
-                if w.filter.matches(&w.res, &stored) {
-                    if let Ok(obj) = decorate(&w.res, rec) {
-                        if !w.send("ADDED", obj).await {
-                            return;
-                        }
-                    }
+                if w.filter.matches(&w.res, &stored)
+                    && let Ok(obj) = decorate(&w.res, rec)
+                    && !w.send("ADDED", obj).await
+                {
+                    return;
                 }
             }
             if !page.more {
@@ -164,7 +226,10 @@ async fn run(w: &Watcher, prefix: &str, start: Option<i64>, initial: bool, initi
     }
     let mut stream = match w.api.store.watch(prefix, from).await {
         Ok(s) => s,
-        Err(StoreError::Compacted { requested, compacted }) => {
+        Err(StoreError::Compacted {
+            requested,
+            compacted,
+        }) => {
             let _ = w.tx.send(expired_event(requested, compacted)).await;
             return;
         }
@@ -178,11 +243,10 @@ async fn run(w: &Watcher, prefix: &str, start: Option<i64>, initial: bool, initi
             ev = stream.next() => {
                 let Ok(ev) = ev else { return };
                 last = ev.record.rev;
-                if let Some((typ, obj)) = w.convert(&ev) {
-                    if !w.send(typ, obj).await {
+                if let Some((typ, obj)) = w.convert(&ev)
+                    && !w.send(typ, obj).await {
                         return;
                     }
-                }
             }
             _ = ticker.tick() => {
                 if bookmarks && !w.bookmark(last, false).await {

@@ -23,7 +23,11 @@ pub enum Command {
 #[derive(Args, Debug, Clone)]
 pub struct ServerArgs {
     /// YAML file whose keys are flag names (flags given on the command line win).
-    #[arg(long, env = "KINGLET_CONFIG", default_value = "/etc/kinglet/config.yaml")]
+    #[arg(
+        long,
+        env = "KINGLET_CONFIG",
+        default_value = "/etc/kinglet/config.yaml"
+    )]
     pub config: PathBuf,
     /// Where kinglet keeps its state.
     #[arg(long, env = "KINGLET_DATA_DIR", default_value = "/var/lib/kinglet")]
@@ -47,7 +51,11 @@ pub struct ServerArgs {
     #[arg(long, env = "KINGLET_SERVICE_CIDR", default_value = "10.43.0.0/16")]
     pub service_cidr: String,
     /// NodePort range.
-    #[arg(long, env = "KINGLET_SERVICE_NODE_PORT_RANGE", default_value = "30000-32767")]
+    #[arg(
+        long,
+        env = "KINGLET_SERVICE_NODE_PORT_RANGE",
+        default_value = "30000-32767"
+    )]
     pub service_node_port_range: String,
     /// Cluster DNS service address.
     #[arg(long, env = "KINGLET_CLUSTER_DNS", default_value = "10.43.0.10")]
@@ -56,11 +64,18 @@ pub struct ServerArgs {
     #[arg(long, env = "KINGLET_CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,
     /// Where to write the admin kubeconfig.
-    #[arg(long, env = "KINGLET_WRITE_KUBECONFIG", default_value = "/etc/kinglet/kinglet.yaml")]
+    #[arg(
+        long,
+        env = "KINGLET_WRITE_KUBECONFIG",
+        default_value = "/etc/kinglet/kinglet.yaml"
+    )]
     pub write_kubeconfig: PathBuf,
     /// File mode of the kubeconfig (octal).
     #[arg(long, env = "KINGLET_WRITE_KUBECONFIG_MODE", default_value = "0600")]
     pub write_kubeconfig_mode: String,
+    /// Seconds between compactions of the datastore's history.
+    #[arg(long, env = "KINGLET_COMPACTION_INTERVAL", default_value_t = 300)]
+    pub compaction_interval: u64,
     /// Run only the API server and control plane, no node.
     #[arg(long, env = "KINGLET_DISABLE_AGENT")]
     pub disable_agent: bool,
@@ -71,15 +86,27 @@ pub struct ServerArgs {
 
 impl ServerArgs {
     pub fn node_port_range(&self) -> anyhow::Result<(u16, u16)> {
-        let (lo, hi) = self.service_node_port_range.split_once('-').ok_or_else(|| anyhow::anyhow!("--service-node-port-range must look like 30000-32767"))?;
+        let (lo, hi) = self
+            .service_node_port_range
+            .split_once('-')
+            .ok_or_else(|| {
+                anyhow::anyhow!("--service-node-port-range must look like 30000-32767")
+            })?;
         let (lo, hi): (u16, u16) = (lo.trim().parse()?, hi.trim().parse()?);
-        anyhow::ensure!(lo <= hi && lo > 0, "--service-node-port-range: {lo} is above {hi}");
+        anyhow::ensure!(
+            lo <= hi && lo > 0,
+            "--service-node-port-range: {lo} is above {hi}"
+        );
         Ok((lo, hi))
     }
 
     pub fn kubeconfig_mode(&self) -> anyhow::Result<u32> {
-        u32::from_str_radix(self.write_kubeconfig_mode.trim_start_matches("0o"), 8)
-            .map_err(|_| anyhow::anyhow!("--write-kubeconfig-mode must be an octal mode such as 0644, not {:?}", self.write_kubeconfig_mode))
+        u32::from_str_radix(self.write_kubeconfig_mode.trim_start_matches("0o"), 8).map_err(|_| {
+            anyhow::anyhow!(
+                "--write-kubeconfig-mode must be an octal mode such as 0644, not {:?}",
+                self.write_kubeconfig_mode
+            )
+        })
     }
 }
 
@@ -91,15 +118,22 @@ fn config_args(path: &std::path::Path, explicit: bool) -> anyhow::Result<Vec<Str
         Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => anyhow::bail!("reading config file {}: {e}", path.display()),
     };
-    let doc: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
     let map = match doc {
         serde_yaml::Value::Mapping(m) => m,
         serde_yaml::Value::Null => return Ok(Vec::new()),
-        _ => anyhow::bail!("config file {}: expected a mapping of flag names to values", path.display()),
+        _ => anyhow::bail!(
+            "config file {}: expected a mapping of flag names to values",
+            path.display()
+        ),
     };
     let mut args = Vec::new();
     for (k, v) in map {
-        let key = k.as_str().ok_or_else(|| anyhow::anyhow!("config file {}: keys must be strings", path.display()))?.to_string();
+        let key = k
+            .as_str()
+            .ok_or_else(|| anyhow::anyhow!("config file {}: keys must be strings", path.display()))?
+            .to_string();
         if std::env::var_os(format!("KINGLET_{}", key.to_uppercase().replace('-', "_"))).is_some() {
             continue;
         }
@@ -108,7 +142,10 @@ fn config_args(path: &std::path::Path, explicit: bool) -> anyhow::Result<Vec<Str
                 serde_yaml::Value::String(s) => s.clone(),
                 serde_yaml::Value::Number(n) => n.to_string(),
                 serde_yaml::Value::Bool(b) => b.to_string(),
-                _ => anyhow::bail!("config file {}: {key} must be a scalar or a list of scalars", path.display()),
+                _ => anyhow::bail!(
+                    "config file {}: {key} must be a scalar or a list of scalars",
+                    path.display()
+                ),
             })
         };
         match &v {
@@ -130,7 +167,10 @@ pub fn parse() -> anyhow::Result<Cli> {
     let argv: Vec<String> = std::env::args().collect();
     let first = Cli::try_parse_from(&argv).unwrap_or_else(|e| e.exit());
     let Command::Server(args) = &first.command;
-    let explicit = argv.iter().any(|a| a == "--config" || a.starts_with("--config=")) || std::env::var_os("KINGLET_CONFIG").is_some();
+    let explicit = argv
+        .iter()
+        .any(|a| a == "--config" || a.starts_with("--config="))
+        || std::env::var_os("KINGLET_CONFIG").is_some();
     let extra = config_args(&args.config, explicit)?;
     if extra.is_empty() {
         return Ok(first);
@@ -163,7 +203,11 @@ mod tests {
         assert_eq!(a.cluster_domain, "cli.local");
         std::fs::write(&path, "- not a map").unwrap();
         assert!(config_args(&path, true).is_err());
-        assert!(config_args(&dir.path().join("missing.yaml"), false).unwrap().is_empty());
+        assert!(
+            config_args(&dir.path().join("missing.yaml"), false)
+                .unwrap()
+                .is_empty()
+        );
         assert!(config_args(&dir.path().join("missing.yaml"), true).is_err());
     }
 }

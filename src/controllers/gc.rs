@@ -49,7 +49,10 @@ impl Graph {
     fn upsert(&mut self, uid: String, node: Node) {
         self.remove(&uid);
         for o in &node.owners {
-            self.dependents.entry(o.uid.clone()).or_default().insert(uid.clone());
+            self.dependents
+                .entry(o.uid.clone())
+                .or_default()
+                .insert(uid.clone());
         }
         self.nodes.insert(uid, node);
     }
@@ -76,7 +79,11 @@ fn node_of(key: &str, obj: &Value) -> Option<(String, Node)> {
             a.iter()
                 .map(|o| OwnerRef {
                     uid: o.get("uid").and_then(Value::as_str).unwrap_or("").into(),
-                    api_version: o.get("apiVersion").and_then(Value::as_str).unwrap_or("").into(),
+                    api_version: o
+                        .get("apiVersion")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .into(),
                     kind: o.get("kind").and_then(Value::as_str).unwrap_or("").into(),
                     name: o.get("name").and_then(Value::as_str).unwrap_or("").into(),
                     block: o.get("blockOwnerDeletion").and_then(Value::as_bool) == Some(true),
@@ -100,8 +107,17 @@ fn node_of(key: &str, obj: &Value) -> Option<(String, Node)> {
 /// The resource an object's storage key belongs to.
 fn resource_for_key(api: &Api, key: &str) -> Option<Arc<Resource>> {
     let mut best: Option<Arc<Resource>> = None;
-    for r in api.registry.all().into_iter().filter(|r| !r.create_only && r.storage.0 == r.group) {
-        if key.starts_with(&r.prefix()) && best.as_ref().is_none_or(|b| r.prefix().len() > b.prefix().len()) {
+    for r in api
+        .registry
+        .all()
+        .into_iter()
+        .filter(|r| !r.create_only && r.storage.0 == r.group)
+    {
+        if key.starts_with(&r.prefix())
+            && best
+                .as_ref()
+                .is_none_or(|b| r.prefix().len() > b.prefix().len())
+        {
             best = Some(r);
         }
     }
@@ -121,7 +137,10 @@ impl GarbageCollector {
     pub fn spawn(api: Arc<Api>) {
         tokio::spawn(async move {
             loop {
-                let mut gc = GarbageCollector { api: api.clone(), graph: Graph::default() };
+                let mut gc = GarbageCollector {
+                    api: api.clone(),
+                    graph: Graph::default(),
+                };
                 if let Err(e) = gc.run().await {
                     tracing::warn!("garbage collector restarting: {e}");
                 }
@@ -133,10 +152,10 @@ impl GarbageCollector {
     async fn run(&mut self) -> anyhow::Result<()> {
         let page = self.api.store.list(ROOT, 0, None, None).await?;
         for rec in &page.items {
-            if let Ok(v) = serde_json::from_slice::<Value>(&rec.value) {
-                if let Some((uid, node)) = node_of(&rec.key, &v) {
-                    self.graph.upsert(uid, node);
-                }
+            if let Ok(v) = serde_json::from_slice::<Value>(&rec.value)
+                && let Some((uid, node)) = node_of(&rec.key, &v)
+            {
+                self.graph.upsert(uid, node);
             }
         }
         let mut watch = self.api.store.watch(ROOT, page.rev).await?;
@@ -168,7 +187,9 @@ impl GarbageCollector {
 
     async fn process(&mut self, uids: Vec<String>) {
         for uid in uids {
-            let Some(node) = self.graph.nodes.get(&uid).cloned() else { continue };
+            let Some(node) = self.graph.nodes.get(&uid).cloned() else {
+                continue;
+            };
             if let Err(e) = self.attend(&uid, &node).await {
                 tracing::debug!(key = %node.key, "gc: {e}");
             }
@@ -177,16 +198,30 @@ impl GarbageCollector {
 
     /// Whether an owner reference still names a live object.
     async fn owner_exists(&self, node: &Node, o: &OwnerRef) -> bool {
-        if self.graph.nodes.get(&o.uid).is_some_and(|n| n.name == o.name) {
+        if self
+            .graph
+            .nodes
+            .get(&o.uid)
+            .is_some_and(|n| n.name == o.name)
+        {
             return true;
         }
         // Not in the graph: confirm with a direct read before acting on it.
-        let (group, version) = o.api_version.rsplit_once('/').unwrap_or(("", &o.api_version));
-        let Some(res) = self.api.registry.all().into_iter().find(|r| r.group == group && r.version == version && r.kind == o.kind && !r.create_only) else {
+        let (group, version) = o
+            .api_version
+            .rsplit_once('/')
+            .unwrap_or(("", &o.api_version));
+        let Some(res) = self.api.registry.all().into_iter().find(|r| {
+            r.group == group && r.version == version && r.kind == o.kind && !r.create_only
+        }) else {
             // An owner of an unknown kind can never be confirmed present; upstream treats it as absent.
             return false;
         };
-        let ns = if res.namespaced { node.namespace.as_deref() } else { None };
+        let ns = if res.namespaced {
+            node.namespace.as_deref()
+        } else {
+            None
+        };
         match get_current(&self.api, &res, &ctx_for(&res, ns), &o.name).await {
             Ok((_, obj)) => meta_str(&obj, "uid") == Some(&o.uid),
             Err(_) => false,
@@ -194,7 +229,8 @@ impl GarbageCollector {
     }
 
     async fn attend(&mut self, uid: &str, node: &Node) -> anyhow::Result<()> {
-        let res = resource_for_key(&self.api, &node.key).ok_or_else(|| anyhow::anyhow!("no resource for {}", node.key))?;
+        let res = resource_for_key(&self.api, &node.key)
+            .ok_or_else(|| anyhow::anyhow!("no resource for {}", node.key))?;
         let ctx = ctx_for(&res, node.namespace.as_deref());
         // 1. Dependents whose every owner is gone are collected.
         if !node.owners.is_empty() && !node.deleting {
@@ -206,16 +242,28 @@ impl GarbageCollector {
                 }
             }
             if !any_alive {
-                let opts = DeleteOptions { uid: Some(uid.to_string()), propagation: Some("Background".into()), ..Default::default() };
-                delete_object(&self.api, &res, &ctx, &node.name, &opts).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                let opts = DeleteOptions {
+                    uid: Some(uid.to_string()),
+                    propagation: Some("Background".into()),
+                    ..Default::default()
+                };
+                delete_object(&self.api, &res, &ctx, &node.name, &opts)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
                 return Ok(());
             }
         }
         if !node.deleting {
             return Ok(());
         }
-        let deps: Vec<(String, Node)> =
-            self.graph.dependents.get(uid).into_iter().flatten().filter_map(|d| self.graph.nodes.get(d).map(|n| (d.clone(), n.clone()))).collect();
+        let deps: Vec<(String, Node)> = self
+            .graph
+            .dependents
+            .get(uid)
+            .into_iter()
+            .flatten()
+            .filter_map(|d| self.graph.nodes.get(d).map(|n| (d.clone(), n.clone())))
+            .collect();
         // 2. Orphan: release dependents, then drop the finalizer.
         if node.finalizers.iter().any(|f| f == "orphan") {
             for (_, dep) in &deps {
@@ -229,28 +277,40 @@ impl GarbageCollector {
             for (dep_uid, dep) in &deps {
                 let blocks = dep.owners.iter().any(|o| o.uid == uid && o.block);
                 blocked |= blocks;
-                if !dep.deleting {
-                    if let Some(dres) = resource_for_key(&self.api, &dep.key) {
-                        let dctx = ctx_for(&dres, dep.namespace.as_deref());
-                        let opts = DeleteOptions { uid: Some(dep_uid.clone()), propagation: Some("Foreground".into()), ..Default::default() };
-                        let _ = delete_object(&self.api, &dres, &dctx, &dep.name, &opts).await;
-                    }
+                if !dep.deleting
+                    && let Some(dres) = resource_for_key(&self.api, &dep.key)
+                {
+                    let dctx = ctx_for(&dres, dep.namespace.as_deref());
+                    let opts = DeleteOptions {
+                        uid: Some(dep_uid.clone()),
+                        propagation: Some("Foreground".into()),
+                        ..Default::default()
+                    };
+                    let _ = delete_object(&self.api, &dres, &dctx, &dep.name, &opts).await;
                 }
             }
             if !blocked {
-                return self.drop_finalizer(&res, &ctx, node, "foregroundDeletion").await;
+                return self
+                    .drop_finalizer(&res, &ctx, node, "foregroundDeletion")
+                    .await;
             }
         }
         Ok(())
     }
 
     async fn remove_owner_ref(&self, dep: &Node, owner_uid: &str) -> anyhow::Result<()> {
-        let res = resource_for_key(&self.api, &dep.key).ok_or_else(|| anyhow::anyhow!("no resource"))?;
+        let res =
+            resource_for_key(&self.api, &dep.key).ok_or_else(|| anyhow::anyhow!("no resource"))?;
         let ctx = ctx_for(&res, dep.namespace.as_deref());
         for _ in 0..5 {
-            let (rec, obj) = get_current(&self.api, &res, &ctx, &dep.name).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let (rec, obj) = get_current(&self.api, &res, &ctx, &dep.name)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             let mut new = obj.clone();
-            if let Some(refs) = new.pointer_mut("/metadata/ownerReferences").and_then(Value::as_array_mut) {
+            if let Some(refs) = new
+                .pointer_mut("/metadata/ownerReferences")
+                .and_then(Value::as_array_mut)
+            {
                 refs.retain(|r| r.get("uid").and_then(Value::as_str) != Some(owner_uid));
                 if refs.is_empty() {
                     object::meta_mut(&mut new).remove("ownerReferences");
@@ -265,11 +325,25 @@ impl GarbageCollector {
         Ok(())
     }
 
-    async fn drop_finalizer(&self, res: &Resource, ctx: &crate::apiserver::context::Ctx, node: &Node, finalizer: &str) -> anyhow::Result<()> {
+    async fn drop_finalizer(
+        &self,
+        res: &Resource,
+        ctx: &crate::apiserver::context::Ctx,
+        node: &Node,
+        finalizer: &str,
+    ) -> anyhow::Result<()> {
         for _ in 0..5 {
-            let (rec, obj) = get_current(&self.api, res, ctx, &node.name).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let (rec, obj) = get_current(&self.api, res, ctx, &node.name)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             let mut new = obj.clone();
-            object::set_finalizers(&mut new, finalizers(&obj).into_iter().filter(|f| f != finalizer).collect());
+            object::set_finalizers(
+                &mut new,
+                finalizers(&obj)
+                    .into_iter()
+                    .filter(|f| f != finalizer)
+                    .collect(),
+            );
             match commit_update(&self.api, res, ctx, rec.rev, &obj, new, None).await {
                 Ok(_) => return Ok(()),
                 Err(e) if e.code == 409 => continue,

@@ -9,8 +9,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
 /// PEM certificate and key.
@@ -35,7 +35,12 @@ fn write_private(path: &Path, data: &str) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp)?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)?;
     f.write_all(data.as_bytes())?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;
@@ -63,17 +68,34 @@ fn new_ca() -> Result<CertKey> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, format!("kinglet-ca@{}", chrono::Utc::now().timestamp()));
+    dn.push(
+        DnType::CommonName,
+        format!("kinglet-ca@{}", chrono::Utc::now().timestamp()),
+    );
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     validity(&mut params);
     let cert = params.self_signed(&key)?;
-    Ok(CertKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    Ok(CertKey {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
 }
 
 /// Issues a leaf certificate signed by `ca`.
-pub fn issue(ca: &CertKey, cn: &str, orgs: &[&str], sans: &[SanType], server: bool, client: bool) -> Result<CertKey> {
+pub fn issue(
+    ca: &CertKey,
+    cn: &str,
+    orgs: &[&str],
+    sans: &[SanType],
+    server: bool,
+    client: bool,
+) -> Result<CertKey> {
     let ca_key = KeyPair::from_pem(&ca.key_pem)?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)?;
     let key = KeyPair::generate()?;
@@ -85,21 +107,37 @@ pub fn issue(ca: &CertKey, cn: &str, orgs: &[&str], sans: &[SanType], server: bo
     }
     params.distinguished_name = dn;
     params.subject_alt_names = sans.to_vec();
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     if server {
-        params.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
+        params
+            .extended_key_usages
+            .push(ExtendedKeyUsagePurpose::ServerAuth);
     }
     if client {
-        params.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
+        params
+            .extended_key_usages
+            .push(ExtendedKeyUsagePurpose::ClientAuth);
     }
     params.use_authority_key_identifier_extension = true;
     validity(&mut params);
     let cert = params.signed_by(&key, &issuer)?;
-    Ok(CertKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    Ok(CertKey {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
 }
 
 /// The SANs the serving certificate must carry.
-pub fn serving_sans(hostname: &str, addresses: &[IpAddr], extra: &[String], service_ip: IpAddr, domain: &str) -> Vec<SanType> {
+pub fn serving_sans(
+    hostname: &str,
+    addresses: &[IpAddr],
+    extra: &[String],
+    service_ip: IpAddr,
+    domain: &str,
+) -> Vec<SanType> {
     let mut names: Vec<String> = vec![
         "localhost".into(),
         hostname.into(),
@@ -108,7 +146,11 @@ pub fn serving_sans(hostname: &str, addresses: &[IpAddr], extra: &[String], serv
         "kubernetes.default.svc".into(),
         format!("kubernetes.default.svc.{domain}"),
     ];
-    let mut ips: Vec<IpAddr> = vec!["127.0.0.1".parse().unwrap_or(service_ip), "::1".parse().unwrap_or(service_ip), service_ip];
+    let mut ips: Vec<IpAddr> = vec![
+        "127.0.0.1".parse().unwrap_or(service_ip),
+        "::1".parse().unwrap_or(service_ip),
+        service_ip,
+    ];
     ips.extend(addresses.iter().copied());
     for e in extra {
         match e.parse::<IpAddr>() {
@@ -120,7 +162,10 @@ pub fn serving_sans(hostname: &str, addresses: &[IpAddr], extra: &[String], serv
     names.dedup();
     ips.sort();
     ips.dedup();
-    let mut sans: Vec<SanType> = names.into_iter().filter_map(|n| n.try_into().ok().map(SanType::DnsName)).collect();
+    let mut sans: Vec<SanType> = names
+        .into_iter()
+        .filter_map(|n| n.try_into().ok().map(SanType::DnsName))
+        .collect();
     sans.extend(ips.into_iter().map(SanType::IpAddress));
     sans
 }
@@ -170,7 +215,12 @@ impl Pki {
         };
         let wanted: Vec<String> = sans.iter().map(san_string).collect();
         let serving = match load_pair(&dir, "serving") {
-            Some(s) if cert_sans(&s.cert_pem).is_some_and(|have| wanted.iter().all(|w| have.contains(w))) => s,
+            Some(s)
+                if cert_sans(&s.cert_pem)
+                    .is_some_and(|have| wanted.iter().all(|w| have.contains(w))) =>
+            {
+                s
+            }
             _ => {
                 let s = issue(&ca, "kube-apiserver", &[], sans, true, false)?;
                 save_pair(&dir, "serving", &s)?;
@@ -194,7 +244,12 @@ impl Pki {
                 k
             }
         };
-        Ok(Pki { ca, serving, admin, sa_key_pem })
+        Ok(Pki {
+            ca,
+            serving,
+            admin,
+            sa_key_pem,
+        })
     }
 
     /// A kubeconfig for `server` (URL) authenticating with `client`.
@@ -239,13 +294,25 @@ mod tests {
         assert_eq!(a.serving.cert_pem, b.serving.cert_pem);
         assert_eq!(a.sa_key_pem, b.sa_key_pem);
         let have = cert_sans(&a.serving.cert_pem).unwrap();
-        for want in ["kubernetes.default.svc.cluster.local", "10.43.0.1", "host1", "127.0.0.1"] {
-            assert!(have.iter().any(|h| h == want), "{want} missing from {have:?}");
+        for want in [
+            "kubernetes.default.svc.cluster.local",
+            "10.43.0.1",
+            "host1",
+            "127.0.0.1",
+        ] {
+            assert!(
+                have.iter().any(|h| h == want),
+                "{want} missing from {have:?}"
+            );
         }
         let more = serving_sans("host1", &[], &["edge.example".into()], ip, "cluster.local");
         let c = Pki::load_or_create(dir.path(), &more).unwrap();
         assert_eq!(a.ca.cert_pem, c.ca.cert_pem);
         assert_ne!(a.serving.cert_pem, c.serving.cert_pem);
-        assert!(cert_sans(&c.serving.cert_pem).unwrap().contains(&"edge.example".to_string()));
+        assert!(
+            cert_sans(&c.serving.cert_pem)
+                .unwrap()
+                .contains(&"edge.example".to_string())
+        );
     }
 }

@@ -19,8 +19,15 @@ fn host_addresses() -> Vec<IpAddr> {
         .map(|addrs| {
             addrs
                 .filter_map(|a| a.address)
-                .filter_map(|sa| sa.as_sockaddr_in().map(|s| IpAddr::V4(s.ip())).or_else(|| sa.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip()))))
-                .filter(|ip| !ip.is_loopback() && !matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80))
+                .filter_map(|sa| {
+                    sa.as_sockaddr_in()
+                        .map(|s| IpAddr::V4(s.ip()))
+                        .or_else(|| sa.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())))
+                })
+                .filter(|ip| {
+                    !ip.is_loopback()
+                        && !matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -30,12 +37,21 @@ fn host_addresses() -> Vec<IpAddr> {
 }
 
 pub fn run(args: ServerArgs) -> anyhow::Result<()> {
-    let filter = if args.debug { "debug,hyper=info,rustls=info,h2=info" } else { "info" };
+    let filter = if args.debug {
+        "debug,hyper=info,rustls=info,h2=info"
+    } else {
+        "info"
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| filter.into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| filter.into()),
+        )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().worker_threads(2).build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(2)
+        .build()?;
     runtime.block_on(serve(args))
 }
 
@@ -43,18 +59,31 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let node_ports = args.node_port_range()?;
     let mode = args.kubeconfig_mode()?;
     let addresses = host_addresses();
-    let advertise = args.advertise_address.or_else(|| addresses.first().copied()).unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-    let hostname = hostname::get().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into());
+    let advertise = args
+        .advertise_address
+        .or_else(|| addresses.first().copied())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let hostname = hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into());
     let service_net = crate::apiserver::service_network(&args.service_cidr)?;
     let mut all_addrs = addresses.clone();
     all_addrs.push(advertise);
     if !args.bind_address.is_unspecified() {
         all_addrs.push(args.bind_address);
     }
-    let sans = pki::serving_sans(&hostname, &all_addrs, &args.tls_san, service_net, &args.cluster_domain);
+    let sans = pki::serving_sans(
+        &hostname,
+        &all_addrs,
+        &args.tls_san,
+        service_net,
+        &args.cluster_domain,
+    );
     let pki = Pki::load_or_create(&args.data_dir, &sans).context("setting up the cluster PKI")?;
-    let store = Store::open(&args.data_dir.join("server").join("db").join("state.db")).context("opening the datastore")?;
-    store.spawn_compactor(Duration::from_secs(300));
+    let store = Store::open(&args.data_dir.join("server").join("db").join("state.db"))
+        .context("opening the datastore")?;
+    store.spawn_compactor(Duration::from_secs(args.compaction_interval.max(1)));
     let config = ApiConfig {
         advertise_address: advertise,
         port: args.https_listen_port,
@@ -62,13 +91,22 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         cluster_domain: args.cluster_domain.clone(),
         node_port_range: node_ports,
     };
-    let api = Api::new(store, config, &pki.sa_key_pem).await.context("starting the API server")?;
+    let api = Api::new(store, config, &pki.sa_key_pem)
+        .await
+        .context("starting the API server")?;
     let bind = SocketAddr::new(args.bind_address, args.https_listen_port);
-    let listener = tokio::net::TcpListener::bind(bind).await.with_context(|| format!("listening on {bind}"))?;
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("listening on {bind}"))?;
     let tls_config = tls::server_config(&pki)?;
-    let local = if args.bind_address.is_unspecified() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { args.bind_address };
+    let local = if args.bind_address.is_unspecified() {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        args.bind_address
+    };
     let url = format!("https://{}", SocketAddr::new(local, args.https_listen_port));
-    pki.write_kubeconfig(&args.write_kubeconfig, &url, mode).with_context(|| format!("writing {}", args.write_kubeconfig.display()))?;
+    pki.write_kubeconfig(&args.write_kubeconfig, &url, mode)
+        .with_context(|| format!("writing {}", args.write_kubeconfig.display()))?;
     tracing::info!(%bind, kubeconfig = %args.write_kubeconfig.display(), "kinglet API server ready");
     if !args.disable_agent {
         tracing::warn!("the embedded node is not available yet; running the control plane only");
@@ -86,7 +124,10 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         return std::future::pending().await;
     };
     tokio::select! {

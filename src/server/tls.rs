@@ -15,11 +15,14 @@ use crate::apiserver::auth::user_from_cert;
 use crate::pki::Pki;
 
 fn certs(pem: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    rustls_pemfile::certs(&mut pem.as_bytes()).collect::<Result<Vec<_>, _>>().context("parsing certificate PEM")
+    rustls_pemfile::certs(&mut pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .context("parsing certificate PEM")
 }
 
 fn key(pem: &str) -> anyhow::Result<PrivateKeyDer<'static>> {
-    rustls_pemfile::private_key(&mut pem.as_bytes())?.ok_or_else(|| anyhow::anyhow!("no private key in PEM"))
+    rustls_pemfile::private_key(&mut pem.as_bytes())?
+        .ok_or_else(|| anyhow::anyhow!("no private key in PEM"))
 }
 
 pub fn server_config(pki: &Pki) -> anyhow::Result<rustls::ServerConfig> {
@@ -28,7 +31,9 @@ pub fn server_config(pki: &Pki) -> anyhow::Result<rustls::ServerConfig> {
     for c in certs(&pki.ca.cert_pem)? {
         roots.add(c)?;
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).allow_unauthenticated().build()?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()?;
     let mut chain = certs(&pki.serving.cert_pem)?;
     chain.extend(certs(&pki.ca.cert_pem)?);
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -39,7 +44,11 @@ pub fn server_config(pki: &Pki) -> anyhow::Result<rustls::ServerConfig> {
     Ok(config)
 }
 
-pub async fn serve(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>, router: Router) -> anyhow::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    router: Router,
+) -> anyhow::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     loop {
         let (tcp, _) = match listener.accept().await {
@@ -54,13 +63,28 @@ pub async fn serve(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerCon
         let acceptor = acceptor.clone();
         let router = router.clone();
         tokio::spawn(async move {
-            let Ok(Ok(stream)) = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await else { return };
-            let peer = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| user_from_cert(c.as_ref())).map(Arc::new);
-            let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(PeerUser(peer.clone()));
-                router.clone().oneshot(req.map(axum::body::Body::new))
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection_with_upgrades(TokioIo::new(stream), service).await;
+            let Ok(Ok(stream)) =
+                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp))
+                    .await
+            else {
+                return;
+            };
+            let peer = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| user_from_cert(c.as_ref()))
+                .map(Arc::new);
+            let service = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(PeerUser(peer.clone()));
+                    router.clone().oneshot(req.map(axum::body::Body::new))
+                },
+            );
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await;
         });
     }
 }

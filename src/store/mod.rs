@@ -19,8 +19,8 @@ use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
-pub use watch::{Event, EventType, WatchStream};
 use watch::Hub;
+pub use watch::{Event, EventType, WatchStream};
 use writer::{Op, WriteRequest};
 
 /// One stored object version.
@@ -112,9 +112,12 @@ impl Store {
              CREATE INDEX IF NOT EXISTS log_key_rev ON log(key, rev);
              CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);",
         )?;
-        let current: i64 = conn.query_row("SELECT COALESCE(MAX(rev), 0) FROM log", [], |r| r.get(0))?;
+        let current: i64 =
+            conn.query_row("SELECT COALESCE(MAX(rev), 0) FROM log", [], |r| r.get(0))?;
         let compacted: i64 = conn
-            .query_row("SELECT value FROM meta WHERE name = 'compacted'", [], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE name = 'compacted'", [], |r| {
+                r.get(0)
+            })
             .optional()?
             .unwrap_or(0);
         let shared = Arc::new(Shared {
@@ -140,28 +143,52 @@ impl Store {
 
     async fn write(&self, op: Op) -> Result<(i64, Option<Record>)> {
         let (tx, rx) = oneshot::channel();
-        let writer = self.writer.clone();
-        // The channel is bounded; a full channel blocks, so hand it to a blocking thread.
-        tokio::task::spawn_blocking(move || writer.send(WriteRequest { op, reply: tx }))
-            .await
-            .map_err(|e| StoreError::Internal(e.to_string()))?
-            .map_err(|_| StoreError::Internal("store writer stopped".into()))?;
-        rx.await.map_err(|_| StoreError::Internal("store writer stopped".into()))?
+        let stopped = || StoreError::Internal("store writer stopped".into());
+        match self.writer.try_send(WriteRequest { op, reply: tx }) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return Err(stopped()),
+            Err(std::sync::mpsc::TrySendError::Full(req)) => {
+                // Back-pressure: wait for room on a blocking thread.
+                let writer = self.writer.clone();
+                tokio::task::spawn_blocking(move || writer.send(req))
+                    .await
+                    .map_err(|e| StoreError::Internal(e.to_string()))?
+                    .map_err(|_| stopped())?;
+            }
+        }
+        rx.await
+            .map_err(|_| StoreError::Internal("store writer stopped".into()))?
     }
 
     /// Creates `key`; fails with `AlreadyExists` if it is live. Returns the new revision.
     pub async fn create(&self, key: &str, value: Bytes) -> Result<i64> {
-        self.write(Op::Create { key: key.to_string(), value }).await.map(|(rev, _)| rev)
+        self.write(Op::Create {
+            key: key.to_string(),
+            value,
+        })
+        .await
+        .map(|(rev, _)| rev)
     }
 
     /// Replaces `key` if its current revision is `expected_rev` (or unconditionally with `None`).
     pub async fn update(&self, key: &str, expected_rev: Option<i64>, value: Bytes) -> Result<i64> {
-        self.write(Op::Update { key: key.to_string(), expected_rev, value }).await.map(|(rev, _)| rev)
+        self.write(Op::Update {
+            key: key.to_string(),
+            expected_rev,
+            value,
+        })
+        .await
+        .map(|(rev, _)| rev)
     }
 
     /// Deletes `key` (if at `expected_rev`). Returns the delete revision and the last state.
     pub async fn delete(&self, key: &str, expected_rev: Option<i64>) -> Result<(i64, Record)> {
-        let (rev, prev) = self.write(Op::Delete { key: key.to_string(), expected_rev }).await?;
+        let (rev, prev) = self
+            .write(Op::Delete {
+                key: key.to_string(),
+                expected_rev,
+            })
+            .await?;
         Ok((rev, prev.ok_or(StoreError::NotFound)?))
     }
 
@@ -177,13 +204,22 @@ impl Store {
         let shared = self.shared.clone();
         async move {
             tokio::task::spawn_blocking(move || {
-                let conn = shared.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+                let conn = shared
+                    .readers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .pop();
                 let conn = match conn {
                     Some(c) => c,
-                    None => open_connection(&shared.path).map_err(|e| StoreError::Internal(e.to_string()))?,
+                    None => open_connection(&shared.path)
+                        .map_err(|e| StoreError::Internal(e.to_string()))?,
                 };
                 let out = f(&conn);
-                shared.readers.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+                shared
+                    .readers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(conn);
                 out
             })
             .await
@@ -194,18 +230,29 @@ impl Store {
     /// The current state of `key`.
     pub async fn get(&self, key: &str) -> Result<Option<Record>> {
         let key = key.to_string();
-        self.with_reader(move |c| Ok(latest(c, &key, i64::MAX)?)).await
+        self.with_reader(move |c| Ok(latest(c, &key, i64::MAX)?))
+            .await
     }
 
     /// Lists live keys under `prefix` at revision `rev` (0 = current), starting after `after`.
-    pub async fn list(&self, prefix: &str, rev: i64, after: Option<String>, limit: Option<usize>) -> Result<ListPage> {
+    pub async fn list(
+        &self,
+        prefix: &str,
+        rev: i64,
+        after: Option<String>,
+        limit: Option<usize>,
+    ) -> Result<ListPage> {
         let rev = if rev <= 0 { self.current_rev() } else { rev };
         let compacted = self.compacted_rev();
         if rev < compacted {
-            return Err(StoreError::Compacted { requested: rev, compacted });
+            return Err(StoreError::Compacted {
+                requested: rev,
+                compacted,
+            });
         }
         let prefix = prefix.to_string();
-        self.with_reader(move |c| list_at(c, &prefix, rev, after.as_deref(), limit)).await
+        self.with_reader(move |c| list_at(c, &prefix, rev, after.as_deref(), limit))
+            .await
     }
 
     /// Counts live keys under `prefix` (for metrics).
@@ -234,15 +281,21 @@ impl Store {
 
     /// Watches keys under `prefix` for changes after revision `after`.
     pub async fn watch(&self, prefix: &str, after: i64) -> Result<WatchStream> {
+        // History at or below the compaction point is gone, even if the ring still holds it.
+        let compacted = self.compacted_rev();
+        if after < compacted {
+            return Err(StoreError::Compacted {
+                requested: after,
+                compacted,
+            });
+        }
         let (stream, gap_end) = self.shared.hub.subscribe(prefix, after);
         if let Some(gap_end) = gap_end {
             // The ring no longer holds (after, gap_end): read that stretch from the log.
-            let compacted = self.compacted_rev();
-            if after < compacted {
-                return Err(StoreError::Compacted { requested: after, compacted });
-            }
             let prefix = prefix.to_string();
-            let history = self.with_reader(move |c| history(c, &prefix, after, gap_end)).await?;
+            let history = self
+                .with_reader(move |c| history(c, &prefix, after, gap_end))
+                .await?;
             return Ok(stream.with_history(history));
         }
         Ok(stream)
@@ -255,10 +308,10 @@ impl Store {
             let mut mark = store.current_rev();
             loop {
                 tokio::time::sleep(interval).await;
-                if mark > store.compacted_rev() {
-                    if let Err(e) = store.compact(mark).await {
-                        tracing::warn!("compaction failed: {e}");
-                    }
+                if mark > store.compacted_rev()
+                    && let Err(e) = store.compact(mark).await
+                {
+                    tracing::warn!("compaction failed: {e}");
                 }
                 mark = store.current_rev();
             }
@@ -269,7 +322,9 @@ impl Store {
 fn open_connection(path: &Path) -> anyhow::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
-    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF;")?;
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF;",
+    )?;
     Ok(conn)
 }
 
@@ -282,7 +337,10 @@ fn prefix_range(prefix: &str) -> (String, String) {
             break;
         }
     }
-    (prefix.to_string(), String::from_utf8_lossy(&hi).into_owned())
+    (
+        prefix.to_string(),
+        String::from_utf8_lossy(&hi).into_owned(),
+    )
 }
 
 fn latest(c: &Connection, key: &str, rev: i64) -> rusqlite::Result<Option<Record>> {
@@ -295,7 +353,13 @@ fn latest(c: &Connection, key: &str, rev: i64) -> rusqlite::Result<Option<Record
         .map(|o| o.and_then(|(deleted, rec)| (deleted == 0).then_some(rec)))
 }
 
-fn list_at(c: &Connection, prefix: &str, rev: i64, after: Option<&str>, limit: Option<usize>) -> Result<ListPage> {
+fn list_at(
+    c: &Connection,
+    prefix: &str,
+    rev: i64,
+    after: Option<&str>,
+    limit: Option<usize>,
+) -> Result<ListPage> {
     let (lo, hi) = prefix_range(prefix);
     let lo = match after {
         Some(a) if a >= lo.as_str() => format!("{a}\u{0}"),
@@ -309,14 +373,22 @@ fn list_at(c: &Connection, prefix: &str, rev: i64, after: Option<&str>, limit: O
     )?;
     let mut items = stmt
         .query_map(params![lo, hi, rev, fetch], |r| {
-            Ok(Record { key: r.get(0)?, rev: r.get(1)?, create_rev: r.get(2)?, value: Bytes::from(r.get::<_, Vec<u8>>(3)?) })
+            Ok(Record {
+                key: r.get(0)?,
+                rev: r.get(1)?,
+                create_rev: r.get(2)?,
+                value: Bytes::from(r.get::<_, Vec<u8>>(3)?),
+            })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let more = limit.is_some_and(|l| items.len() > l);
     let mut remaining = 0;
     if more {
         items.truncate(limit.unwrap_or(0));
-        let last = items.last().map(|r| format!("{}\u{0}", r.key)).unwrap_or_default();
+        let last = items
+            .last()
+            .map(|r| format!("{}\u{0}", r.key))
+            .unwrap_or_default();
         remaining = c.query_row(
             "SELECT COUNT(*) FROM log l JOIN (SELECT MAX(rev) AS rev FROM log WHERE key >= ?1 AND key < ?2 AND rev <= ?3 GROUP BY key) m
              ON l.rev = m.rev WHERE l.deleted = 0",
@@ -324,7 +396,12 @@ fn list_at(c: &Connection, prefix: &str, rev: i64, after: Option<&str>, limit: O
             |r| r.get(0),
         )?;
     }
-    Ok(ListPage { items, rev, more, remaining })
+    Ok(ListPage {
+        items,
+        rev,
+        more,
+        remaining,
+    })
 }
 
 /// Events under `prefix` with revision in (after, before), oldest first.
@@ -348,7 +425,12 @@ fn history(c: &Connection, prefix: &str, after: i64, before: i64) -> Result<Vec<
         };
         Ok(Arc::new(Event {
             typ,
-            record: Record { key: r.get(0)?, rev: r.get(1)?, create_rev: r.get(2)?, value: Bytes::from(r.get::<_, Vec<u8>>(4)?) },
+            record: Record {
+                key: r.get(0)?,
+                rev: r.get(1)?,
+                create_rev: r.get(2)?,
+                value: Bytes::from(r.get::<_, Vec<u8>>(4)?),
+            },
             prev,
         }))
     })?;

@@ -13,18 +13,33 @@ async fn create_update_delete_with_revisions() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(&dir, 100);
     let r1 = s.create("/a/x", b("1")).await.unwrap();
-    assert_eq!(s.create("/a/x", b("2")).await, Err(StoreError::AlreadyExists));
+    assert_eq!(
+        s.create("/a/x", b("2")).await,
+        Err(StoreError::AlreadyExists)
+    );
     let r2 = s.update("/a/x", Some(r1), b("2")).await.unwrap();
     assert!(r2 > r1);
-    assert_eq!(s.update("/a/x", Some(r1), b("3")).await, Err(StoreError::Conflict(r2)));
+    assert_eq!(
+        s.update("/a/x", Some(r1), b("3")).await,
+        Err(StoreError::Conflict(r2))
+    );
     let got = s.get("/a/x").await.unwrap().unwrap();
-    assert_eq!((got.rev, got.create_rev, &got.value[..]), (r2, r1, &b"2"[..]));
+    assert_eq!(
+        (got.rev, got.create_rev, &got.value[..]),
+        (r2, r1, &b"2"[..])
+    );
     let (r3, last) = s.delete("/a/x", None).await.unwrap();
     assert!(r3 > r2);
     assert_eq!(&last.value[..], b"2");
     assert!(s.get("/a/x").await.unwrap().is_none());
-    assert_eq!(s.delete("/a/x", None).await.unwrap_err(), StoreError::NotFound);
-    assert_eq!(s.update("/a/x", None, b("4")).await, Err(StoreError::NotFound));
+    assert_eq!(
+        s.delete("/a/x", None).await.unwrap_err(),
+        StoreError::NotFound
+    );
+    assert_eq!(
+        s.update("/a/x", None, b("4")).await,
+        Err(StoreError::NotFound)
+    );
     // Re-create after delete starts a new lifetime.
     let r4 = s.create("/a/x", b("5")).await.unwrap();
     assert_eq!(s.get("/a/x").await.unwrap().unwrap().create_rev, r4);
@@ -42,10 +57,24 @@ async fn list_pages_and_history() {
     let at = s.current_rev();
     s.delete("/p/ns/03", None).await.unwrap();
     let page = s.list("/p/ns/", 0, None, Some(4)).await.unwrap();
-    assert_eq!(page.items.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), ["/p/ns/00", "/p/ns/01", "/p/ns/02", "/p/ns/04"]);
+    assert_eq!(
+        page.items
+            .iter()
+            .map(|r| r.key.as_str())
+            .collect::<Vec<_>>(),
+        ["/p/ns/00", "/p/ns/01", "/p/ns/02", "/p/ns/04"]
+    );
     assert!(page.more);
     assert_eq!(page.remaining, 5);
-    let next = s.list("/p/ns/", page.rev, Some(page.items[3].key.clone()), Some(100)).await.unwrap();
+    let next = s
+        .list(
+            "/p/ns/",
+            page.rev,
+            Some(page.items[3].key.clone()),
+            Some(100),
+        )
+        .await
+        .unwrap();
     assert_eq!(next.items.len(), 5);
     assert!(!next.more);
     // A list at an older revision still sees the deleted key.
@@ -64,11 +93,22 @@ async fn watch_from_ring_and_from_log_then_live() {
     s.create("/other/b", b("x")).await.unwrap();
     s.delete("/w/a", None).await.unwrap();
     let mut w = s.watch("/w/", start).await.unwrap();
-    let types: Vec<_> = [w.next().await.unwrap(), w.next().await.unwrap(), w.next().await.unwrap()]
-        .iter()
-        .map(|e| (e.typ, e.record.value.clone()))
-        .collect();
-    assert_eq!(types, vec![(EventType::Added, b("1")), (EventType::Modified, b("2")), (EventType::Deleted, b("2"))]);
+    let types: Vec<_> = [
+        w.next().await.unwrap(),
+        w.next().await.unwrap(),
+        w.next().await.unwrap(),
+    ]
+    .iter()
+    .map(|e| (e.typ, e.record.value.clone()))
+    .collect();
+    assert_eq!(
+        types,
+        vec![
+            (EventType::Added, b("1")),
+            (EventType::Modified, b("2")),
+            (EventType::Deleted, b("2"))
+        ]
+    );
     let live = s.create("/w/c", b("3")).await.unwrap();
     let ev = w.next().await.unwrap();
     assert_eq!((ev.typ, ev.record.rev), (EventType::Added, live));
@@ -87,8 +127,14 @@ async fn compaction_expires_old_revisions_but_keeps_latest_state() {
     s.delete("/c/b", None).await.unwrap();
     let top = s.current_rev();
     s.compact(top).await.unwrap();
-    assert!(matches!(s.watch("/c/", r1).await, Err(StoreError::Compacted { .. })));
-    assert!(matches!(s.list("/c/", r1, None, None).await, Err(StoreError::Compacted { .. })));
+    assert!(matches!(
+        s.watch("/c/", r1).await,
+        Err(StoreError::Compacted { .. })
+    ));
+    assert!(matches!(
+        s.list("/c/", r1, None, None).await,
+        Err(StoreError::Compacted { .. })
+    ));
     let page = s.list("/c/", 0, None, None).await.unwrap();
     assert_eq!(page.items.len(), 1);
     assert_eq!(&page.items[0].value[..], b"2");

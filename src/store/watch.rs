@@ -48,7 +48,14 @@ pub(super) struct Hub {
 impl Hub {
     pub fn new(capacity: usize, current: i64) -> Hub {
         let (tx, _) = broadcast::channel(capacity);
-        Hub { ring: Mutex::new(Ring { events: VecDeque::with_capacity(capacity), published: current }), capacity, tx }
+        Hub {
+            ring: Mutex::new(Ring {
+                events: VecDeque::with_capacity(capacity),
+                published: current,
+            }),
+            capacity,
+            tx,
+        }
     }
 
     /// Publishes a committed batch (in revision order).
@@ -69,10 +76,24 @@ impl Hub {
     pub fn subscribe(&self, prefix: &str, after: i64) -> (WatchStream, Option<i64>) {
         let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
         let rx = self.tx.subscribe();
-        let first_held = ring.events.front().map(|e| e.record.rev).unwrap_or(ring.published + 1);
-        let pending: VecDeque<_> = ring.events.iter().filter(|e| e.record.rev > after && e.record.key.starts_with(prefix)).cloned().collect();
+        let first_held = ring
+            .events
+            .front()
+            .map(|e| e.record.rev)
+            .unwrap_or(ring.published + 1);
+        let pending: VecDeque<_> = ring
+            .events
+            .iter()
+            .filter(|e| e.record.rev > after && e.record.key.starts_with(prefix))
+            .cloned()
+            .collect();
         let gap = (after + 1 < first_held).then_some(first_held);
-        let stream = WatchStream { prefix: prefix.to_string(), pending, rx, last_rev: after };
+        let stream = WatchStream {
+            prefix: prefix.to_string(),
+            pending,
+            rx,
+            last_rev: after,
+        };
         (stream, gap)
     }
 }

@@ -11,10 +11,22 @@ use tokio::sync::oneshot;
 use super::{Event, EventType, Record, Result, Shared, StoreError};
 
 pub(super) enum Op {
-    Create { key: String, value: Bytes },
-    Update { key: String, expected_rev: Option<i64>, value: Bytes },
-    Delete { key: String, expected_rev: Option<i64> },
-    Compact { rev: i64 },
+    Create {
+        key: String,
+        value: Bytes,
+    },
+    Update {
+        key: String,
+        expected_rev: Option<i64>,
+        value: Bytes,
+    },
+    Delete {
+        key: String,
+        expected_rev: Option<i64>,
+    },
+    Compact {
+        rev: i64,
+    },
 }
 
 pub(super) struct WriteRequest {
@@ -25,9 +37,14 @@ pub(super) struct WriteRequest {
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 512;
 
-pub(super) fn spawn(conn: Connection, shared: Arc<Shared>) -> anyhow::Result<SyncSender<WriteRequest>> {
+pub(super) fn spawn(
+    conn: Connection,
+    shared: Arc<Shared>,
+) -> anyhow::Result<SyncSender<WriteRequest>> {
     let (tx, rx) = std::sync::mpsc::sync_channel(4096);
-    std::thread::Builder::new().name("store-writer".into()).spawn(move || run(conn, shared, rx))?;
+    std::thread::Builder::new()
+        .name("store-writer".into())
+        .spawn(move || run(conn, shared, rx))?;
     Ok(tx)
 }
 
@@ -51,7 +68,8 @@ fn run(mut conn: Connection, shared: Arc<Shared>, rx: Receiver<WriteRequest>) {
                 if let Ok((_, Some(ev))) = &out {
                     events.push(ev.clone());
                 }
-                results.push(out.map(|(rev, ev)| (rev, ev.and_then(|e: Arc<Event>| e.prev_record()))));
+                results
+                    .push(out.map(|(rev, ev)| (rev, ev.and_then(|e: Arc<Event>| e.prev_record()))));
             }
             txn.commit()
         })();
@@ -82,17 +100,32 @@ fn current(c: &Connection, key: &str) -> rusqlite::Result<Option<(i64, i64, Vec<
         .prepare_cached("SELECT rev, create_rev, deleted, value FROM log WHERE key = ?1 ORDER BY rev DESC LIMIT 1")?
         .query_row(params![key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
         .optional()?;
-    Ok(row.and_then(|(rev, create_rev, deleted, value)| (deleted == 0).then_some((rev, create_rev, value))))
+    Ok(row.and_then(|(rev, create_rev, deleted, value)| {
+        (deleted == 0).then_some((rev, create_rev, value))
+    }))
 }
 
-fn insert(c: &Connection, rev: i64, key: &str, create_rev: i64, prev_rev: i64, deleted: bool, value: &[u8]) -> rusqlite::Result<()> {
+fn insert(
+    c: &Connection,
+    rev: i64,
+    key: &str,
+    create_rev: i64,
+    prev_rev: i64,
+    deleted: bool,
+    value: &[u8],
+) -> rusqlite::Result<()> {
     c.prepare_cached("INSERT INTO log (rev, key, create_rev, prev_rev, deleted, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
         .execute(params![rev, key, create_rev, prev_rev, deleted as i64, value])?;
     Ok(())
 }
 
 /// Applies one write inside the batch transaction, returning the event it produced.
-fn apply(c: &Connection, op: &Op, next_rev: &mut i64, shared: &Shared) -> Result<(i64, Option<Arc<Event>>)> {
+fn apply(
+    c: &Connection,
+    op: &Op,
+    next_rev: &mut i64,
+    shared: &Shared,
+) -> Result<(i64, Option<Arc<Event>>)> {
     let rev = *next_rev;
     let event = match op {
         Op::Create { key, value } => {
@@ -100,9 +133,22 @@ fn apply(c: &Connection, op: &Op, next_rev: &mut i64, shared: &Shared) -> Result
                 return Err(StoreError::AlreadyExists);
             }
             insert(c, rev, key, rev, 0, false, value)?;
-            Event { typ: EventType::Added, record: Record { key: key.clone(), rev, create_rev: rev, value: value.clone() }, prev: None }
+            Event {
+                typ: EventType::Added,
+                record: Record {
+                    key: key.clone(),
+                    rev,
+                    create_rev: rev,
+                    value: value.clone(),
+                },
+                prev: None,
+            }
         }
-        Op::Update { key, expected_rev, value } => {
+        Op::Update {
+            key,
+            expected_rev,
+            value,
+        } => {
             let (cur_rev, create_rev, prev) = current(c, key)?.ok_or(StoreError::NotFound)?;
             if expected_rev.is_some_and(|e| e != cur_rev) {
                 return Err(StoreError::Conflict(cur_rev));
@@ -110,7 +156,12 @@ fn apply(c: &Connection, op: &Op, next_rev: &mut i64, shared: &Shared) -> Result
             insert(c, rev, key, create_rev, cur_rev, false, value)?;
             Event {
                 typ: EventType::Modified,
-                record: Record { key: key.clone(), rev, create_rev, value: value.clone() },
+                record: Record {
+                    key: key.clone(),
+                    rev,
+                    create_rev,
+                    value: value.clone(),
+                },
                 prev: Some(Bytes::from(prev)),
             }
         }
@@ -121,7 +172,16 @@ fn apply(c: &Connection, op: &Op, next_rev: &mut i64, shared: &Shared) -> Result
             }
             insert(c, rev, key, create_rev, cur_rev, true, &prev)?;
             let prev = Bytes::from(prev);
-            Event { typ: EventType::Deleted, record: Record { key: key.clone(), rev, create_rev, value: prev.clone() }, prev: Some(prev) }
+            Event {
+                typ: EventType::Deleted,
+                record: Record {
+                    key: key.clone(),
+                    rev,
+                    create_rev,
+                    value: prev.clone(),
+                },
+                prev: Some(prev),
+            }
         }
         Op::Compact { rev: target } => {
             // Keep each key's newest row at or below the target unless it is a tombstone.

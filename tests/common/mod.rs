@@ -18,7 +18,10 @@ pub struct Server {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 impl Server {
@@ -30,7 +33,13 @@ impl Server {
     pub fn start_with(extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let kubeconfig = dir.path().join("kubeconfig.yaml");
-        let mut s = Server { child: None, port: free_port(), kubeconfig, dir, extra: extra.iter().map(|s| s.to_string()).collect() };
+        let mut s = Server {
+            child: None,
+            port: free_port(),
+            kubeconfig,
+            dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
         s.spawn();
         s
     }
@@ -40,9 +49,20 @@ impl Server {
         if !config.exists() {
             std::fs::write(&config, "# flags for this test server\n").expect("config file");
         }
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("server.log")).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("server.log"))
+            .expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_kinglet"))
-            .args(["server", "--disable-agent", "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1"])
+            .args([
+                "server",
+                "--disable-agent",
+                "--bind-address",
+                "127.0.0.1",
+                "--advertise-address",
+                "127.0.0.1",
+            ])
             .arg("--https-listen-port")
             .arg(self.port.to_string())
             .arg("--data-dir")
@@ -67,7 +87,9 @@ impl Server {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!("kinglet exited early with {status}; log:\n{}", self.log());
             }
-            if self.kubeconfig.exists() && self.kubectl(&["get", "--raw", "/readyz"]).status.success() {
+            if self.kubeconfig.exists()
+                && self.kubectl(&["get", "--raw", "/readyz"]).status.success()
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -83,7 +105,10 @@ impl Server {
     pub fn stop(&mut self, kill: bool) {
         if let Some(mut c) = self.child.take() {
             let sig = if kill { "-KILL" } else { "-TERM" };
-            let _ = Command::new("kill").arg(sig).arg(c.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg(sig)
+                .arg(c.id().to_string())
+                .status();
             let _ = c.wait();
         }
     }
@@ -111,11 +136,25 @@ impl Server {
 
     pub fn kubectl_with(&self, bin: &Path, args: &[&str], stdin: Option<&str>) -> Output {
         let mut cmd = Command::new(bin);
-        cmd.args(args).env("KUBECONFIG", &self.kubeconfig).env("HOME", self.dir.path()).stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        cmd.args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HOME", self.dir.path())
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            });
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("running {}: {e}", bin.display()));
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("running {}: {e}", bin.display()));
         if let Some(input) = stdin {
-            child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write stdin");
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(input.as_bytes())
+                .expect("write stdin");
         }
         child.wait_with_output().expect("kubectl output")
     }
@@ -127,27 +166,44 @@ impl Server {
 
     pub fn ok_in(&self, bin: &Path, args: &[&str]) -> String {
         let out = self.kubectl_in(bin, args);
-        assert!(out.status.success(), "{} {:?} failed:\n{}\n{}", bin.display(), args, String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "{} {:?} failed:\n{}\n{}",
+            bin.display(),
+            args,
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     pub fn ok_stdin(&self, args: &[&str], stdin: &str) -> String {
         let out = self.kubectl_stdin(args, stdin);
-        assert!(out.status.success(), "kubectl {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Runs kubectl expecting failure; returns stderr.
     pub fn fails(&self, args: &[&str], stdin: Option<&str>) -> String {
         let out = self.kubectl_with(&kubectl_default(), args, stdin);
-        assert!(!out.status.success(), "kubectl {args:?} unexpectedly succeeded: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            !out.status.success(),
+            "kubectl {args:?} unexpectedly succeeded: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
     /// A kube-rs client for this server.
     pub async fn client(&self) -> kube::Client {
         let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig");
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.expect("config");
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .expect("config");
         kube::Client::try_from(cfg).expect("client")
     }
 }
@@ -165,7 +221,11 @@ pub fn kubectl_default() -> PathBuf {
 
 /// A versioned kubectl (`kubectl.1.28`) next to the one on PATH, if present.
 pub fn versioned_kubectl(version: &str) -> Option<PathBuf> {
-    let out = Command::new("sh").arg("-c").arg("readlink -f \"$(command -v kubectl)\"").output().ok()?;
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("readlink -f \"$(command -v kubectl)\"")
+        .output()
+        .ok()?;
     let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     let candidate = path.parent()?.join(format!("kubectl.{version}"));
     candidate.exists().then_some(candidate)
@@ -175,7 +235,13 @@ pub fn versioned_kubectl(version: &str) -> Option<PathBuf> {
 pub fn kubectl_versions() -> Vec<(String, PathBuf)> {
     ["1.33", "1.28"]
         .iter()
-        .map(|v| (v.to_string(), versioned_kubectl(v).unwrap_or_else(|| panic!("kubectl.{v} not found beside kubectl"))))
+        .map(|v| {
+            (
+                v.to_string(),
+                versioned_kubectl(v)
+                    .unwrap_or_else(|| panic!("kubectl.{v} not found beside kubectl")),
+            )
+        })
         .collect()
 }
 

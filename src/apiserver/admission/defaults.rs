@@ -56,7 +56,11 @@ fn probe(p: &mut Value) {
 fn container(c: &mut Value, host_network: bool) {
     default(c, "terminationMessagePath", json!("/dev/termination-log"));
     default(c, "terminationMessagePolicy", json!("File"));
-    let image = c.get("image").and_then(Value::as_str).unwrap_or("").to_string();
+    let image = c
+        .get("image")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     if !image.is_empty() {
         default(c, "imagePullPolicy", json!(default_pull_policy(&image)));
     }
@@ -81,7 +85,12 @@ fn container(c: &mut Value, host_network: bool) {
 }
 
 fn volume(v: &mut Value) {
-    for (src, mode_key) in [("secret", "defaultMode"), ("configMap", "defaultMode"), ("downwardAPI", "defaultMode"), ("projected", "defaultMode")] {
+    for (src, mode_key) in [
+        ("secret", "defaultMode"),
+        ("configMap", "defaultMode"),
+        ("downwardAPI", "defaultMode"),
+        ("projected", "defaultMode"),
+    ] {
         if let Some(s) = obj_at(v, src) {
             default(s, mode_key, json!(420));
             if src == "projected" {
@@ -110,10 +119,10 @@ fn volume(v: &mut Value) {
     if let Some(h) = obj_at(v, "hostPath") {
         default(h, "type", json!(""));
     }
-    if let Some(e) = v.get_mut("emptyDir") {
-        if e.is_null() {
-            *e = json!({});
-        }
+    if let Some(e) = v.get_mut("emptyDir")
+        && e.is_null()
+    {
+        *e = json!({});
     }
 }
 
@@ -127,7 +136,10 @@ pub fn pod_spec(spec: &mut Value) {
     default(spec, "terminationGracePeriodSeconds", json!(30));
     default(spec, "securityContext", json!({}));
     default(spec, "schedulerName", json!("default-scheduler"));
-    let host_network = spec.get("hostNetwork").and_then(Value::as_bool).unwrap_or(false);
+    let host_network = spec
+        .get("hostNetwork")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     for list in ["initContainers", "containers", "ephemeralContainers"] {
         each(spec, list, |c| container(c, host_network));
     }
@@ -153,7 +165,11 @@ fn selector_protocols(obj: &mut Value, list: &str) {
 
 /// Applies the kind's defaults to `obj` (the request body after type checks).
 pub fn apply(res: &Resource, obj: &mut Value) {
-    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     match (res.storage.0.as_str(), res.storage.1.as_str()) {
         ("", "pods") => {
             if let Some(spec) = obj.get_mut("spec") {
@@ -161,10 +177,17 @@ pub fn apply(res: &Resource, obj: &mut Value) {
                 // Requests default to limits (SetDefaults_Pod).
                 for list in ["initContainers", "containers"] {
                     each(spec, list, |c| {
-                        let limits = c.pointer("/resources/limits").and_then(Value::as_object).cloned();
+                        let limits = c
+                            .pointer("/resources/limits")
+                            .and_then(Value::as_object)
+                            .cloned();
                         if let Some(limits) = limits {
                             let res = c.get_mut("resources").expect("defaulted");
-                            let req = res.as_object_mut().expect("object").entry("requests").or_insert_with(|| json!({}));
+                            let req = res
+                                .as_object_mut()
+                                .expect("object")
+                                .entry("requests")
+                                .or_insert_with(|| json!({}));
                             if let Some(r) = req.as_object_mut() {
                                 for (k, v) in limits {
                                     r.entry(k).or_insert(v);
@@ -192,13 +215,21 @@ pub fn apply(res: &Resource, obj: &mut Value) {
         ("", "services") => {
             if let Some(spec) = obj_at(obj, "spec") {
                 default(spec, "type", json!("ClusterIP"));
-                let typ = spec.get("type").and_then(Value::as_str).unwrap_or("").to_string();
+                let typ = spec
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
                 if typ != "ExternalName" {
                     default(spec, "sessionAffinity", json!("None"));
                     default(spec, "internalTrafficPolicy", json!("Cluster"));
                 }
                 if spec.get("sessionAffinity").and_then(Value::as_str) == Some("ClientIP") {
-                    default(spec, "sessionAffinityConfig", json!({"clientIP": {"timeoutSeconds": 10800}}));
+                    default(
+                        spec,
+                        "sessionAffinityConfig",
+                        json!({"clientIP": {"timeoutSeconds": 10800}}),
+                    );
                 }
                 if typ == "NodePort" || typ == "LoadBalancer" {
                     default(spec, "externalTrafficPolicy", json!("Cluster"));
@@ -271,7 +302,11 @@ pub fn apply(res: &Resource, obj: &mut Value) {
                     }
                 }
                 default(spec, "revisionHistoryLimit", json!(10));
-                default(spec, "persistentVolumeClaimRetentionPolicy", json!({"whenDeleted": "Retain", "whenScaled": "Retain"}));
+                default(
+                    spec,
+                    "persistentVolumeClaimRetentionPolicy",
+                    json!({"whenDeleted": "Retain", "whenScaled": "Retain"}),
+                );
                 each(spec, "volumeClaimTemplates", |t| {
                     if let Some(s) = obj_at(t, "spec") {
                         default(s, "volumeMode", json!("Filesystem"));
@@ -321,13 +356,18 @@ pub fn apply(res: &Resource, obj: &mut Value) {
         ("autoscaling", "horizontalpodautoscalers") => {
             if let Some(spec) = obj_at(obj, "spec") {
                 default(spec, "minReplicas", json!(1));
-                let empty = spec.get("metrics").and_then(Value::as_array).is_none_or(Vec::is_empty);
+                let empty = spec
+                    .get("metrics")
+                    .and_then(Value::as_array)
+                    .is_none_or(Vec::is_empty);
                 if empty {
                     spec["metrics"] = json!([{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}]);
                 }
             }
         }
-        ("scheduling.k8s.io", "priorityclasses") => default(obj, "preemptionPolicy", json!("PreemptLowerPriority")),
+        ("scheduling.k8s.io", "priorityclasses") => {
+            default(obj, "preemptionPolicy", json!("PreemptLowerPriority"))
+        }
         ("storage.k8s.io", "storageclasses") => {
             default(obj, "reclaimPolicy", json!("Delete"));
             default(obj, "volumeBindingMode", json!("Immediate"));
@@ -336,7 +376,11 @@ pub fn apply(res: &Resource, obj: &mut Value) {
             if let Some(spec) = obj_at(obj, "spec") {
                 if spec.get("policyTypes").is_none() {
                     let mut types = vec![json!("Ingress")];
-                    if spec.get("egress").and_then(Value::as_array).is_some_and(|a| !a.is_empty()) {
+                    if spec
+                        .get("egress")
+                        .and_then(Value::as_array)
+                        .is_some_and(|a| !a.is_empty())
+                    {
                         types.push(json!("Egress"));
                     }
                     spec["policyTypes"] = Value::Array(types);
@@ -346,7 +390,9 @@ pub fn apply(res: &Resource, obj: &mut Value) {
                 }
             }
         }
-        ("discovery.k8s.io", "endpointslices") => each(obj, "ports", |p| default(p, "protocol", json!("TCP"))),
+        ("discovery.k8s.io", "endpointslices") => {
+            each(obj, "ports", |p| default(p, "protocol", json!("TCP")))
+        }
         _ => {}
     }
 }
@@ -362,7 +408,15 @@ fn job_spec(spec: &mut Value) {
     default(spec, "completionMode", json!("NonIndexed"));
     default(spec, "suspend", json!(false));
     let failed_only = spec.pointer("/podFailurePolicy").is_some();
-    default(spec, "podReplacementPolicy", json!(if failed_only { "Failed" } else { "TerminatingOrFailed" }));
+    default(
+        spec,
+        "podReplacementPolicy",
+        json!(if failed_only {
+            "Failed"
+        } else {
+            "TerminatingOrFailed"
+        }),
+    );
 }
 
 #[cfg(test)]
@@ -374,7 +428,10 @@ mod tests {
         assert_eq!(default_pull_policy("busybox"), "Always");
         assert_eq!(default_pull_policy("busybox:latest"), "Always");
         assert_eq!(default_pull_policy("localhost:5000/busybox"), "Always");
-        assert_eq!(default_pull_policy("localhost:5000/busybox:1.36"), "IfNotPresent");
+        assert_eq!(
+            default_pull_policy("localhost:5000/busybox:1.36"),
+            "IfNotPresent"
+        );
         assert_eq!(default_pull_policy("busybox@sha256:abc"), "IfNotPresent");
     }
 }

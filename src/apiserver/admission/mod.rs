@@ -15,7 +15,13 @@ use super::registry::Resource;
 use super::status::{ApiError, ApiResult, Cause};
 
 /// Runs admission on `obj` (a create when `old` is None).
-pub async fn admit(api: &Api, res: &Resource, ctx: &Ctx, obj: &mut Value, old: Option<&Value>) -> ApiResult<()> {
+pub async fn admit(
+    api: &Api,
+    res: &Resource,
+    ctx: &Ctx,
+    obj: &mut Value,
+    old: Option<&Value>,
+) -> ApiResult<()> {
     let name = object::name(obj).to_string();
     if let Some(custom) = &res.custom {
         super::crd::validate_custom(res, custom, ctx, obj)?;
@@ -23,7 +29,10 @@ pub async fn admit(api: &Api, res: &Resource, ctx: &Ctx, obj: &mut Value, old: O
         schema::check_unknown_fields(res, ctx, obj)?;
         if let Some(check) = res.decode_check {
             check(obj).map_err(|e| {
-                ApiError::bad_request(format!("{} in version \"{}\" cannot be handled as a {}: {e}", res.kind, res.version, res.kind))
+                ApiError::bad_request(format!(
+                    "{} in version \"{}\" cannot be handled as a {}: {e}",
+                    res.kind, res.version, res.kind
+                ))
             })?;
         }
         defaults::apply(res, obj);
@@ -53,7 +62,12 @@ pub async fn admit(api: &Api, res: &Resource, ctx: &Ctx, obj: &mut Value, old: O
 pub fn qos_class(pod: &Value) -> &'static str {
     let containers: Vec<&Value> = ["initContainers", "containers"]
         .iter()
-        .flat_map(|l| pod.pointer(&format!("/spec/{l}")).and_then(Value::as_array).into_iter().flatten())
+        .flat_map(|l| {
+            pod.pointer(&format!("/spec/{l}"))
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+        })
         .collect();
     let mut any = false;
     let mut guaranteed = true;
@@ -84,15 +98,39 @@ const SA_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 /// The ServiceAccount plugin: default account and the projected API-access volume.
 fn service_account(pod: &mut Value) {
-    let Some(spec) = pod.get_mut("spec").filter(|s| s.is_object()) else { return };
-    let sa = spec.get("serviceAccountName").and_then(Value::as_str).filter(|s| !s.is_empty()).map(String::from);
-    let sa = sa.or_else(|| spec.get("serviceAccount").and_then(Value::as_str).filter(|s| !s.is_empty()).map(String::from)).unwrap_or_else(|| "default".into());
+    let Some(spec) = pod.get_mut("spec").filter(|s| s.is_object()) else {
+        return;
+    };
+    let sa = spec
+        .get("serviceAccountName")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(String::from);
+    let sa = sa
+        .or_else(|| {
+            spec.get("serviceAccount")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+        })
+        .unwrap_or_else(|| "default".into());
     spec["serviceAccountName"] = json!(sa);
     spec["serviceAccount"] = json!(sa);
-    if spec.get("automountServiceAccountToken").and_then(Value::as_bool) == Some(false) {
+    if spec
+        .get("automountServiceAccountToken")
+        .and_then(Value::as_bool)
+        == Some(false)
+    {
         return;
     }
-    let mounted = |c: &Value| c.get("volumeMounts").and_then(Value::as_array).is_some_and(|m| m.iter().any(|m| m.get("mountPath").and_then(Value::as_str) == Some(SA_MOUNT)));
+    let mounted = |c: &Value| {
+        c.get("volumeMounts")
+            .and_then(Value::as_array)
+            .is_some_and(|m| {
+                m.iter()
+                    .any(|m| m.get("mountPath").and_then(Value::as_str) == Some(SA_MOUNT))
+            })
+    };
     let vol_name = format!("kube-api-access-{}", random_suffix(5));
     let volume = json!({"name": vol_name, "projected": {"defaultMode": 420, "sources": [
         {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
@@ -103,7 +141,9 @@ fn service_account(pod: &mut Value) {
     for list in ["initContainers", "containers"] {
         if let Some(cs) = spec.get_mut(list).and_then(Value::as_array_mut) {
             for c in cs.iter_mut().filter(|c| !mounted(c)) {
-                let mounts = c.as_object_mut().map(|m| m.entry("volumeMounts").or_insert_with(|| json!([])));
+                let mounts = c
+                    .as_object_mut()
+                    .map(|m| m.entry("volumeMounts").or_insert_with(|| json!([])));
                 if let Some(Value::Array(m)) = mounts {
                     m.push(json!({"name": vol_name, "readOnly": true, "mountPath": SA_MOUNT}));
                     added = true;
@@ -112,7 +152,9 @@ fn service_account(pod: &mut Value) {
         }
     }
     if added {
-        let vols = spec.as_object_mut().map(|m| m.entry("volumes").or_insert_with(|| json!([])));
+        let vols = spec
+            .as_object_mut()
+            .map(|m| m.entry("volumes").or_insert_with(|| json!([])));
         if let Some(Value::Array(v)) = vols {
             v.push(volume);
         }
@@ -121,14 +163,23 @@ fn service_account(pod: &mut Value) {
 
 /// DefaultTolerationSeconds: tolerate not-ready/unreachable nodes for 300 s.
 fn default_tolerations(pod: &mut Value) {
-    let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else { return };
+    let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
     let tols = spec.entry("tolerations").or_insert_with(|| json!([]));
-    let Some(list) = tols.as_array_mut() else { return };
-    for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
+    let Some(list) = tols.as_array_mut() else {
+        return;
+    };
+    for key in [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ] {
         let has = list.iter().any(|t| {
             let k = t.get("key").and_then(Value::as_str);
             let e = t.get("effect").and_then(Value::as_str).unwrap_or("");
-            (k == Some(key) || k.is_none() && t.get("operator").and_then(Value::as_str) == Some("Exists")) && (e.is_empty() || e == "NoExecute")
+            (k == Some(key)
+                || k.is_none() && t.get("operator").and_then(Value::as_str) == Some("Exists"))
+                && (e.is_empty() || e == "NoExecute")
         });
         if !has {
             list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
@@ -138,20 +189,40 @@ fn default_tolerations(pod: &mut Value) {
 
 /// Priority admission: resolve `priorityClassName` into `priority`.
 async fn priority(api: &Api, pod: &mut Value) -> ApiResult<()> {
-    let class = pod.pointer("/spec/priorityClassName").and_then(Value::as_str).filter(|s| !s.is_empty()).map(String::from);
-    let Some(pc_res) = api.registry.find("scheduling.k8s.io", "v1", "priorityclasses") else { return Ok(()) };
+    let class = pod
+        .pointer("/spec/priorityClassName")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(String::from);
+    let Some(pc_res) = api
+        .registry
+        .find("scheduling.k8s.io", "v1", "priorityclasses")
+    else {
+        return Ok(());
+    };
     let found = match &class {
         Some(name) => {
-            let rec = api.store.get(&pc_res.key(None, name)).await.map_err(|e| ApiError::internal(e.to_string()))?;
+            let rec = api
+                .store
+                .get(&pc_res.key(None, name))
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?;
             match rec {
                 Some(r) => Some(serde_json::from_slice::<Value>(&r.value).unwrap_or_default()),
                 None => {
-                    return Err(ApiError::forbidden(format!("pods \"{}\" is forbidden: no PriorityClass with name {name} was found", object::name(pod))));
+                    return Err(ApiError::forbidden(format!(
+                        "pods \"{}\" is forbidden: no PriorityClass with name {name} was found",
+                        object::name(pod)
+                    )));
                 }
             }
         }
         None => {
-            let page = api.store.list(&pc_res.prefix(), 0, None, None).await.map_err(|e| ApiError::internal(e.to_string()))?;
+            let page = api
+                .store
+                .list(&pc_res.prefix(), 0, None, None)
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?;
             page.items
                 .iter()
                 .filter_map(|r| serde_json::from_slice::<Value>(&r.value).ok())
@@ -160,8 +231,14 @@ async fn priority(api: &Api, pod: &mut Value) -> ApiResult<()> {
     };
     if let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) {
         if let Some(pc) = found {
-            spec.insert("priority".into(), pc.get("value").cloned().unwrap_or(json!(0)));
-            spec.insert("priorityClassName".into(), pc.pointer("/metadata/name").cloned().unwrap_or(Value::Null));
+            spec.insert(
+                "priority".into(),
+                pc.get("value").cloned().unwrap_or(json!(0)),
+            );
+            spec.insert(
+                "priorityClassName".into(),
+                pc.pointer("/metadata/name").cloned().unwrap_or(Value::Null),
+            );
             if let Some(p) = pc.get("preemptionPolicy") {
                 spec.insert("preemptionPolicy".into(), p.clone());
             }
@@ -178,11 +255,17 @@ fn job_selector(job: &mut Value) {
     }
     let uid = object::meta_str(job, "uid").unwrap_or_default().to_string();
     let name = object::name(job).to_string();
-    let Some(spec) = job.get_mut("spec").filter(|s| s.is_object()) else { return };
+    let Some(spec) = job.get_mut("spec").filter(|s| s.is_object()) else {
+        return;
+    };
     spec["selector"] = json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
-    let tmpl = spec.as_object_mut().map(|m| m.entry("template").or_insert_with(|| json!({})));
+    let tmpl = spec
+        .as_object_mut()
+        .map(|m| m.entry("template").or_insert_with(|| json!({})));
     if let Some(t) = tmpl.filter(|t| t.is_object()) {
-        let meta = t.as_object_mut().map(|m| m.entry("metadata").or_insert_with(|| json!({})));
+        let meta = t
+            .as_object_mut()
+            .map(|m| m.entry("metadata").or_insert_with(|| json!({})));
         if let Some(Value::Object(meta)) = meta {
             let labels = meta.entry("labels").or_insert_with(|| json!({}));
             if let Some(l) = labels.as_object_mut() {
@@ -200,30 +283,49 @@ fn job_selector(job: &mut Value) {
 }
 
 /// ClusterIP and NodePort allocation (and release on type changes).
-fn allocate_service(api: &Api, res: &Resource, svc: &mut Value, old: Option<&Value>) -> ApiResult<()> {
+fn allocate_service(
+    api: &Api,
+    res: &Resource,
+    svc: &mut Value,
+    old: Option<&Value>,
+) -> ApiResult<()> {
     let name = object::name(svc).to_string();
-    let typ = svc.pointer("/spec/type").and_then(Value::as_str).unwrap_or("ClusterIP").to_string();
-    let Some(spec) = svc.get_mut("spec").filter(|s| s.is_object()) else { return Ok(()) };
+    let typ = svc
+        .pointer("/spec/type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP")
+        .to_string();
+    let Some(spec) = svc.get_mut("spec").filter(|s| s.is_object()) else {
+        return Ok(());
+    };
     let mut alloc = api.alloc();
     let invalid = |c: Cause| ApiError::invalid(&res.group, &res.kind, &name, vec![c]);
     if let Some(old) = old {
         // Keep what the old object holds unless the client changed it explicitly.
         for f in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
-            if spec.get(f).is_none_or(|v| v.is_null() || v == "") {
-                if let Some(v) = old.pointer(&format!("/spec/{f}")) {
-                    spec[f] = v.clone();
-                }
+            if spec.get(f).is_none_or(|v| v.is_null() || v == "")
+                && let Some(v) = old.pointer(&format!("/spec/{f}"))
+            {
+                spec[f] = v.clone();
             }
         }
-        let old_ports = old.pointer("/spec/ports").and_then(Value::as_array).cloned().unwrap_or_default();
-        if typ == "NodePort" || typ == "LoadBalancer" {
-            if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
-                for p in ports.iter_mut().filter(|p| p.get("nodePort").is_none_or(|n| n.is_null() || n == 0)) {
-                    if let Some(op) = old_ports.iter().find(|op| op.get("port") == p.get("port") && op.get("protocol") == p.get("protocol")) {
-                        if let Some(np) = op.get("nodePort") {
-                            p["nodePort"] = np.clone();
-                        }
-                    }
+        let old_ports = old
+            .pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        if (typ == "NodePort" || typ == "LoadBalancer")
+            && let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut)
+        {
+            for p in ports
+                .iter_mut()
+                .filter(|p| p.get("nodePort").is_none_or(|n| n.is_null() || n == 0))
+            {
+                if let Some(op) = old_ports.iter().find(|op| {
+                    op.get("port") == p.get("port") && op.get("protocol") == p.get("protocol")
+                }) && let Some(np) = op.get("nodePort")
+                {
+                    p["nodePort"] = np.clone();
                 }
             }
         }
@@ -247,21 +349,44 @@ fn allocate_service(api: &Api, res: &Resource, svc: &mut Value, old: Option<&Val
         }
         return Ok(());
     }
-    let old_ip = old.and_then(|o| o.pointer("/spec/clusterIP")).and_then(Value::as_str).map(String::from);
-    let ip = spec.get("clusterIP").and_then(Value::as_str).unwrap_or("").to_string();
+    let old_ip = old
+        .and_then(|o| o.pointer("/spec/clusterIP"))
+        .and_then(Value::as_str)
+        .map(String::from);
+    let ip = spec
+        .get("clusterIP")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     if ip == "None" {
         spec["clusterIPs"] = json!(["None"]);
     } else if ip.is_empty() {
-        let got = alloc.allocate_ip().ok_or_else(|| ApiError::internal("failed to allocate a serviceIP: range is full"))?;
+        let got = alloc
+            .allocate_ip()
+            .ok_or_else(|| ApiError::internal("failed to allocate a serviceIP: range is full"))?;
         spec["clusterIP"] = json!(got.to_string());
         spec["clusterIPs"] = json!([got.to_string()]);
     } else if old_ip.as_deref() != Some(ip.as_str()) {
-        let parsed: std::net::Ipv4Addr = ip.parse().map_err(|_| invalid(Cause::invalid("spec.clusterIPs[0]", &json!(ip), "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)")))?;
+        let parsed: std::net::Ipv4Addr = ip.parse().map_err(|_| {
+            invalid(Cause::invalid(
+                "spec.clusterIPs[0]",
+                &json!(ip),
+                "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+            ))
+        })?;
         if !alloc.contains(parsed) {
-            return Err(invalid(Cause::invalid("spec.clusterIPs[0]", &json!(ip), "failed to allocate IP: the provided network does not match the current range")));
+            return Err(invalid(Cause::invalid(
+                "spec.clusterIPs[0]",
+                &json!(ip),
+                "failed to allocate IP: the provided network does not match the current range",
+            )));
         }
         if !alloc.reserve_ip(parsed) {
-            return Err(invalid(Cause::invalid("spec.clusterIPs[0]", &json!(ip), "failed to allocate IP: provided IP is already allocated")));
+            return Err(invalid(Cause::invalid(
+                "spec.clusterIPs[0]",
+                &json!(ip),
+                "failed to allocate IP: provided IP is already allocated",
+            )));
         }
         spec["clusterIPs"] = json!([ip]);
     }
@@ -273,20 +398,39 @@ fn allocate_service(api: &Api, res: &Resource, svc: &mut Value, old: Option<&Val
     }
     if typ == "NodePort" || typ == "LoadBalancer" {
         let old_ports = old.map(super::alloc::node_ports).unwrap_or_default();
-        let lb_ports = spec.get("allocateLoadBalancerNodePorts").and_then(Value::as_bool) != Some(false);
+        let lb_ports = spec
+            .get("allocateLoadBalancerNodePorts")
+            .and_then(Value::as_bool)
+            != Some(false);
         if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
             for (i, p) in ports.iter_mut().enumerate() {
-                match p.get("nodePort").and_then(Value::as_u64).filter(|n| *n != 0) {
+                match p
+                    .get("nodePort")
+                    .and_then(Value::as_u64)
+                    .filter(|n| *n != 0)
+                {
                     Some(np) => {
                         let np16 = u16::try_from(np).unwrap_or(0);
                         if !old_ports.contains(&np16) && !alloc.reserve_port(np16) {
                             let (lo, hi) = alloc.port_range();
-                            let msg = if alloc.port_in_range(np16) { "provided port is already allocated".to_string() } else { format!("provided port is not in the valid range. The range of valid ports is {lo}-{hi}") };
-                            return Err(invalid(Cause::invalid(format!("spec.ports[{i}].nodePort"), &json!(np), msg)));
+                            let msg = if alloc.port_in_range(np16) {
+                                "provided port is already allocated".to_string()
+                            } else {
+                                format!(
+                                    "provided port is not in the valid range. The range of valid ports is {lo}-{hi}"
+                                )
+                            };
+                            return Err(invalid(Cause::invalid(
+                                format!("spec.ports[{i}].nodePort"),
+                                &json!(np),
+                                msg,
+                            )));
                         }
                     }
                     None if typ == "NodePort" || lb_ports => {
-                        let np = alloc.allocate_port().ok_or_else(|| ApiError::internal("failed to allocate a nodePort: range is full"))?;
+                        let np = alloc.allocate_port().ok_or_else(|| {
+                            ApiError::internal("failed to allocate a nodePort: range is full")
+                        })?;
                         p["nodePort"] = json!(np);
                     }
                     None => {}
@@ -303,7 +447,10 @@ mod tests {
 
     #[test]
     fn qos() {
-        assert_eq!(qos_class(&json!({"spec": {"containers": [{"name": "a"}]}})), "BestEffort");
+        assert_eq!(
+            qos_class(&json!({"spec": {"containers": [{"name": "a"}]}})),
+            "BestEffort"
+        );
         let g = json!({"spec": {"containers": [{"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]}});
         assert_eq!(qos_class(&g), "Guaranteed");
         let b = json!({"spec": {"containers": [{"resources": {"requests": {"cpu": "1"}}}]}});
@@ -316,8 +463,12 @@ mod tests {
         service_account(&mut pod);
         assert_eq!(pod["spec"]["serviceAccountName"], "default");
         assert_eq!(pod["spec"]["volumes"].as_array().unwrap().len(), 1);
-        assert_eq!(pod["spec"]["containers"][1]["volumeMounts"][0]["mountPath"], SA_MOUNT);
-        let mut opt_out = json!({"spec": {"automountServiceAccountToken": false, "containers": [{"name": "a"}]}});
+        assert_eq!(
+            pod["spec"]["containers"][1]["volumeMounts"][0]["mountPath"],
+            SA_MOUNT
+        );
+        let mut opt_out =
+            json!({"spec": {"automountServiceAccountToken": false, "containers": [{"name": "a"}]}});
         service_account(&mut opt_out);
         assert!(opt_out["spec"].get("volumes").is_none());
     }

@@ -32,17 +32,25 @@ pub fn definitions() -> &'static Map<String, Value> {
 }
 
 /// Follows a `$ref` to its definition.
-pub fn resolve<'a>(schema: &'a Value) -> &'a Value {
+pub fn resolve(schema: &Value) -> &Value {
     let mut cur = schema;
     for _ in 0..16 {
-        match cur.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix(REF_PREFIX)) {
+        match cur
+            .get("$ref")
+            .and_then(Value::as_str)
+            .and_then(|r| r.strip_prefix(REF_PREFIX))
+        {
             Some(name) => match definitions().get(name) {
                 Some(d) => cur = d,
                 None => return cur,
             },
             None => {
                 // `allOf: [{$ref}]` wraps a reference that carries a description.
-                match cur.get("allOf").and_then(Value::as_array).filter(|a| a.len() == 1) {
+                match cur
+                    .get("allOf")
+                    .and_then(Value::as_array)
+                    .filter(|a| a.len() == 1)
+                {
                     Some(a) => cur = &a[0],
                     None => return cur,
                 }
@@ -55,7 +63,11 @@ pub fn resolve<'a>(schema: &'a Value) -> &'a Value {
 /// Paths of fields in `value` that `schema` does not know.
 pub fn unknown_fields(schema: &Value, value: &Value, path: &str, out: &mut Vec<String>) {
     let schema = resolve(schema);
-    if schema.get("x-kubernetes-preserve-unknown-fields").and_then(Value::as_bool) == Some(true) {
+    if schema
+        .get("x-kubernetes-preserve-unknown-fields")
+        .and_then(Value::as_bool)
+        == Some(true)
+    {
         return;
     }
     match value {
@@ -63,7 +75,11 @@ pub fn unknown_fields(schema: &Value, value: &Value, path: &str, out: &mut Vec<S
             let props = schema.get("properties").and_then(Value::as_object);
             let additional = schema.get("additionalProperties").filter(|a| a.is_object());
             for (k, v) in m {
-                let child = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let child = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 match (props.and_then(|p| p.get(k)), additional) {
                     (Some(s), _) => unknown_fields(s, v, &child, out),
                     (None, Some(a)) => unknown_fields(a, v, &child, out),
@@ -86,14 +102,14 @@ pub fn unknown_fields(schema: &Value, value: &Value, path: &str, out: &mut Vec<S
 /// Applies `fieldValidation` to a built-in object: Strict fails, Warn warns, Ignore ignores.
 pub fn check_unknown_fields(res: &Resource, ctx: &Ctx, obj: &mut Value) -> ApiResult<()> {
     let mode = ctx.field_validation()?;
-    let Some(schema_fn) = res.schema else { return Ok(()) };
-    if mode == "Ignore" {
+    if mode == "Ignore" || res.schema.is_none() {
         return Ok(());
     }
-    let mut generator = SchemaSettings::openapi3().into_generator();
-    let root = Value::from(schema_fn(&mut generator));
+    let Some(root) = definitions().get(&res.definition_name()) else {
+        return Ok(());
+    };
     let mut unknown = Vec::new();
-    unknown_fields(&root, obj, "", &mut unknown);
+    unknown_fields(root, obj, "", &mut unknown);
     report_unknown(ctx, mode, unknown)
 }
 
@@ -102,9 +118,15 @@ pub fn report_unknown(ctx: &Ctx, mode: &str, unknown: Vec<String>) -> ApiResult<
     if unknown.is_empty() {
         return Ok(());
     }
-    let msgs: Vec<String> = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+    let msgs: Vec<String> = unknown
+        .iter()
+        .map(|f| format!("unknown field \"{f}\""))
+        .collect();
     if mode == "Strict" {
-        return Err(ApiError::bad_request(format!("strict decoding error: {}", msgs.join(", "))));
+        return Err(ApiError::bad_request(format!(
+            "strict decoding error: {}",
+            msgs.join(", ")
+        )));
     }
     for m in msgs {
         ctx.warn(m);

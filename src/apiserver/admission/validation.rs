@@ -14,7 +14,10 @@ fn s<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
 }
 
 fn arr<'a>(v: &'a Value, ptr: &str) -> &'a [Value] {
-    v.pointer(ptr).and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
+    v.pointer(ptr)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
 }
 
 fn check_label_key(k: &str) -> Option<String> {
@@ -22,14 +25,16 @@ fn check_label_key(k: &str) -> Option<String> {
         Some((p, n)) => (Some(p), n),
         None => (None, k),
     };
-    if let Some(p) = prefix {
-        if let Some(e) = check_dns_subdomain(p) {
-            return Some(format!("prefix part {e}"));
-        }
+    if let Some(p) = prefix
+        && let Some(e) = check_dns_subdomain(p)
+    {
+        return Some(format!("prefix part {e}"));
     }
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name.ends_with(|c: char| c.is_ascii_alphanumeric());
     (!ok).then(|| "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')".into())
@@ -38,7 +43,8 @@ fn check_label_key(k: &str) -> Option<String> {
 fn check_label_value(v: &str) -> Option<String> {
     let ok = v.is_empty()
         || (v.len() <= 63
-            && v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
             && v.starts_with(|c: char| c.is_ascii_alphanumeric())
             && v.ends_with(|c: char| c.is_ascii_alphanumeric()));
     (!ok).then(|| "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')".into())
@@ -49,7 +55,11 @@ pub fn metadata(res: &Resource, obj: &Value, out: &mut Vec<Cause>) {
     let name = s(obj, "/metadata/name").unwrap_or("");
     if name.is_empty() {
         if s(obj, "/metadata/generateName").unwrap_or("").is_empty() {
-            out.push(Cause::new("FieldValueRequired", "metadata.name", "Required value: name or generateName is required"));
+            out.push(Cause::new(
+                "FieldValueRequired",
+                "metadata.name",
+                "Required value: name or generateName is required",
+            ));
         }
     } else {
         let check = match res.storage.1.as_str() {
@@ -57,7 +67,8 @@ pub fn metadata(res: &Resource, obj: &Value, out: &mut Vec<Cause>) {
             "services" => check_dns1035_label(name),
             "nodes" | "events" => None,
             _ if res.group == "rbac.authorization.k8s.io" => {
-                (name.contains('/') || name.contains('%') || name == "." || name == "..").then(|| "may not contain '/' or '%'".into())
+                (name.contains('/') || name.contains('%') || name == "." || name == "..")
+                    .then(|| "may not contain '/' or '%'".into())
             }
             _ => check_dns_subdomain(name),
         };
@@ -80,10 +91,20 @@ pub fn metadata(res: &Resource, obj: &Value, out: &mut Vec<Cause>) {
             }
         }
     }
-    if let Some(ann) = obj.pointer("/metadata/annotations").and_then(Value::as_object) {
-        let total: usize = ann.iter().map(|(k, v)| k.len() + v.as_str().map_or(0, str::len)).sum();
+    if let Some(ann) = obj
+        .pointer("/metadata/annotations")
+        .and_then(Value::as_object)
+    {
+        let total: usize = ann
+            .iter()
+            .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+            .sum();
         if total > 256 * 1024 {
-            out.push(Cause::new("FieldValueTooLong", "metadata.annotations", "Too long: must have at most 262144 bytes"));
+            out.push(Cause::new(
+                "FieldValueTooLong",
+                "metadata.annotations",
+                "Too long: must have at most 262144 bytes",
+            ));
         }
         for k in ann.keys() {
             if let Some(e) = check_label_key(&k.to_lowercase()) {
@@ -94,14 +115,24 @@ pub fn metadata(res: &Resource, obj: &Value, out: &mut Vec<Cause>) {
     for (i, r) in arr(obj, "/metadata/ownerReferences").iter().enumerate() {
         for f in ["apiVersion", "kind", "name", "uid"] {
             if s(r, &format!("/{f}")).unwrap_or("").is_empty() {
-                out.push(Cause::required(format!("metadata.ownerReferences[{i}].{f}")));
+                out.push(Cause::required(format!(
+                    "metadata.ownerReferences[{i}].{f}"
+                )));
             }
         }
     }
     for f in arr(obj, "/metadata/finalizers") {
         let name = f.as_str().unwrap_or("");
-        if name.is_empty() || (!name.contains('/') && !["kubernetes", "orphan", "foregroundDeletion"].contains(&name) && check_dns_subdomain(name).is_some()) {
-            out.push(Cause::invalid("metadata.finalizers", f, "name is neither a standard finalizer name nor is it fully qualified"));
+        if name.is_empty()
+            || (!name.contains('/')
+                && !["kubernetes", "orphan", "foregroundDeletion"].contains(&name)
+                && check_dns_subdomain(name).is_some())
+        {
+            out.push(Cause::invalid(
+                "metadata.finalizers",
+                f,
+                "name is neither a standard finalizer name nor is it fully qualified",
+            ));
         }
     }
 }
@@ -114,29 +145,47 @@ fn ports(c: &Value, path: &str, out: &mut Vec<Cause>) {
             if p.get("containerPort").is_none() {
                 out.push(Cause::required(f));
             } else {
-                out.push(Cause::invalid(f, &json!(cp), "must be between 1 and 65535, inclusive"));
+                out.push(Cause::invalid(
+                    f,
+                    &json!(cp),
+                    "must be between 1 and 65535, inclusive",
+                ));
             }
         }
-        if let Some(proto) = s(p, "/protocol") {
-            if !["TCP", "UDP", "SCTP"].contains(&proto) {
-                out.push(Cause::unsupported(format!("{path}.ports[{i}].protocol"), &json!(proto), &["SCTP", "TCP", "UDP"]));
-            }
+        if let Some(proto) = s(p, "/protocol")
+            && !["TCP", "UDP", "SCTP"].contains(&proto)
+        {
+            out.push(Cause::unsupported(
+                format!("{path}.ports[{i}].protocol"),
+                &json!(proto),
+                &["SCTP", "TCP", "UDP"],
+            ));
         }
     }
 }
 
 /// Validates a PodSpec at `path` (`spec`, `spec.template.spec`).
 pub fn pod_spec(spec: &Value, path: &str, template_restart: Option<&[&str]>, out: &mut Vec<Cause>) {
-    let volumes: HashSet<&str> = arr(spec, "/volumes").iter().filter_map(|v| s(v, "/name")).collect();
+    let volumes: HashSet<&str> = arr(spec, "/volumes")
+        .iter()
+        .filter_map(|v| s(v, "/name"))
+        .collect();
     let mut vnames = HashSet::new();
     for (i, v) in arr(spec, "/volumes").iter().enumerate() {
         let n = s(v, "/name").unwrap_or("");
         if n.is_empty() {
             out.push(Cause::required(format!("{path}.volumes[{i}].name")));
         } else if let Some(e) = check_dns_label(n) {
-            out.push(Cause::invalid(format!("{path}.volumes[{i}].name"), &json!(n), e));
+            out.push(Cause::invalid(
+                format!("{path}.volumes[{i}].name"),
+                &json!(n),
+                e,
+            ));
         } else if !vnames.insert(n) {
-            out.push(Cause::duplicate(format!("{path}.volumes[{i}].name"), &json!(n)));
+            out.push(Cause::duplicate(
+                format!("{path}.volumes[{i}].name"),
+                &json!(n),
+            ));
         }
     }
     if arr(spec, "/containers").is_empty() {
@@ -157,16 +206,24 @@ pub fn pod_spec(spec: &Value, path: &str, template_restart: Option<&[&str]>, out
             if s(c, "/image").unwrap_or("").trim().is_empty() {
                 out.push(Cause::required(format!("{cp}.image")));
             }
-            if let Some(p) = s(c, "/imagePullPolicy") {
-                if !["Always", "IfNotPresent", "Never"].contains(&p) {
-                    out.push(Cause::unsupported(format!("{cp}.imagePullPolicy"), &json!(p), &["Always", "IfNotPresent", "Never"]));
-                }
+            if let Some(p) = s(c, "/imagePullPolicy")
+                && !["Always", "IfNotPresent", "Never"].contains(&p)
+            {
+                out.push(Cause::unsupported(
+                    format!("{cp}.imagePullPolicy"),
+                    &json!(p),
+                    &["Always", "IfNotPresent", "Never"],
+                ));
             }
             ports(c, &cp, out);
             for (j, m) in arr(c, "/volumeMounts").iter().enumerate() {
                 let vn = s(m, "/name").unwrap_or("");
                 if !volumes.contains(vn) {
-                    out.push(Cause::new("FieldValueNotFound", format!("{cp}.volumeMounts[{j}].name"), format!("Not found: {:?}", vn)));
+                    out.push(Cause::new(
+                        "FieldValueNotFound",
+                        format!("{cp}.volumeMounts[{j}].name"),
+                        format!("Not found: {:?}", vn),
+                    ));
                 }
                 if s(m, "/mountPath").unwrap_or("").is_empty() {
                     out.push(Cause::required(format!("{cp}.volumeMounts[{j}].mountPath")));
@@ -182,21 +239,40 @@ pub fn pod_spec(spec: &Value, path: &str, template_restart: Option<&[&str]>, out
     let restart = s(spec, "/restartPolicy").unwrap_or("Always");
     let allowed = template_restart.unwrap_or(&["Always", "OnFailure", "Never"]);
     if !allowed.contains(&restart) {
-        out.push(Cause::unsupported(format!("{path}.restartPolicy"), &json!(restart), allowed));
+        out.push(Cause::unsupported(
+            format!("{path}.restartPolicy"),
+            &json!(restart),
+            allowed,
+        ));
     }
     if let Some(d) = s(spec, "/dnsPolicy") {
         let ok = ["ClusterFirstWithHostNet", "ClusterFirst", "Default", "None"];
         if !ok.contains(&d) {
-            out.push(Cause::unsupported(format!("{path}.dnsPolicy"), &json!(d), &ok));
+            out.push(Cause::unsupported(
+                format!("{path}.dnsPolicy"),
+                &json!(d),
+                &ok,
+            ));
         }
-        if d == "None" && spec.pointer("/dnsConfig/nameservers").and_then(Value::as_array).is_none_or(Vec::is_empty) {
+        if d == "None"
+            && spec
+                .pointer("/dnsConfig/nameservers")
+                .and_then(Value::as_array)
+                .is_none_or(Vec::is_empty)
+        {
             out.push(Cause::required(format!("{path}.dnsConfig.nameservers")).with_message("Required value: must provide at least one DNS nameserver when DNSPolicy is None"));
         }
     }
-    if let Some(g) = spec.get("terminationGracePeriodSeconds").and_then(Value::as_i64) {
-        if g < 0 {
-            out.push(Cause::invalid(format!("{path}.terminationGracePeriodSeconds"), &json!(g), "must be greater than or equal to 0"));
-        }
+    if let Some(g) = spec
+        .get("terminationGracePeriodSeconds")
+        .and_then(Value::as_i64)
+        && g < 0
+    {
+        out.push(Cause::invalid(
+            format!("{path}.terminationGracePeriodSeconds"),
+            &json!(g),
+            "must be greater than or equal to 0",
+        ));
     }
 }
 
@@ -219,28 +295,54 @@ fn selector_matches_template(obj: &Value, out: &mut Vec<Cause>, required: bool) 
         Err(e) => out.push(Cause::invalid("spec.selector", sel, e)),
         Ok(ls) => {
             if ls.is_empty() {
-                out.push(Cause::invalid("spec.selector", sel, "empty selector is invalid for deployment"));
+                out.push(Cause::invalid(
+                    "spec.selector",
+                    sel,
+                    "empty selector is invalid for deployment",
+                ));
             }
-            let labels = obj.pointer("/spec/template/metadata/labels").cloned().unwrap_or(json!({}));
-            let map = labels.as_object().map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string())).collect()).unwrap_or_default();
+            let labels = obj
+                .pointer("/spec/template/metadata/labels")
+                .cloned()
+                .unwrap_or(json!({}));
+            let map = labels
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string()))
+                        .collect()
+                })
+                .unwrap_or_default();
             if !ls.is_empty() && !ls.matches(&map) {
-                out.push(Cause::invalid("spec.template.metadata.labels", &labels, "`selector` does not match template `labels`"));
+                out.push(Cause::invalid(
+                    "spec.template.metadata.labels",
+                    &labels,
+                    "`selector` does not match template `labels`",
+                ));
             }
         }
     }
 }
 
 fn non_negative(obj: &Value, ptr: &str, field: &str, out: &mut Vec<Cause>) {
-    if let Some(n) = obj.pointer(ptr).and_then(Value::as_i64) {
-        if n < 0 {
-            out.push(Cause::invalid(field, &json!(n), "must be greater than or equal to 0"));
-        }
+    if let Some(n) = obj.pointer(ptr).and_then(Value::as_i64)
+        && n < 0
+    {
+        out.push(Cause::invalid(
+            field,
+            &json!(n),
+            "must be greater than or equal to 0",
+        ));
     }
 }
 
 fn immutable(obj: &Value, old: &Value, ptr: &str, field: &str, out: &mut Vec<Cause>) {
     if obj.pointer(ptr) != old.pointer(ptr) {
-        out.push(Cause::invalid(field, obj.pointer(ptr).unwrap_or(&Value::Null), "field is immutable"));
+        out.push(Cause::invalid(
+            field,
+            obj.pointer(ptr).unwrap_or(&Value::Null),
+            "field is immutable",
+        ));
     }
 }
 
@@ -263,40 +365,69 @@ fn service(obj: &Value, old: Option<&Value>, out: &mut Vec<Cause>) {
     for (i, p) in ports_list.iter().enumerate() {
         let port = p.get("port").and_then(Value::as_i64).unwrap_or(0);
         if !(1..=65535).contains(&port) {
-            out.push(Cause::invalid(format!("spec.ports[{i}].port"), &json!(port), "must be between 1 and 65535, inclusive"));
+            out.push(Cause::invalid(
+                format!("spec.ports[{i}].port"),
+                &json!(port),
+                "must be between 1 and 65535, inclusive",
+            ));
         }
         let name = s(p, "/name").unwrap_or("");
         if ports_list.len() > 1 && name.is_empty() {
             out.push(Cause::required(format!("spec.ports[{i}].name")));
         }
         if !name.is_empty() && !names.insert(name) {
-            out.push(Cause::duplicate(format!("spec.ports[{i}].name"), &json!(name)));
+            out.push(Cause::duplicate(
+                format!("spec.ports[{i}].name"),
+                &json!(name),
+            ));
         }
-        if let Some(proto) = s(p, "/protocol") {
-            if !["TCP", "UDP", "SCTP"].contains(&proto) {
-                out.push(Cause::unsupported(format!("spec.ports[{i}].protocol"), &json!(proto), &["SCTP", "TCP", "UDP"]));
-            }
+        if let Some(proto) = s(p, "/protocol")
+            && !["TCP", "UDP", "SCTP"].contains(&proto)
+        {
+            out.push(Cause::unsupported(
+                format!("spec.ports[{i}].protocol"),
+                &json!(proto),
+                &["SCTP", "TCP", "UDP"],
+            ));
         }
         if p.get("nodePort").is_some_and(|n| !n.is_null() && n != 0) && typ == "ClusterIP" {
-            out.push(Cause::forbidden(format!("spec.ports[{i}].nodePort"), "may not be used when `type` is 'ClusterIP'"));
+            out.push(Cause::forbidden(
+                format!("spec.ports[{i}].nodePort"),
+                "may not be used when `type` is 'ClusterIP'",
+            ));
         }
     }
-    if let Some(a) = s(obj, "/spec/sessionAffinity") {
-        if !["None", "ClientIP"].contains(&a) {
-            out.push(Cause::unsupported("spec.sessionAffinity", &json!(a), &["ClientIP", "None"]));
-        }
+    if let Some(a) = s(obj, "/spec/sessionAffinity")
+        && !["None", "ClientIP"].contains(&a)
+    {
+        out.push(Cause::unsupported(
+            "spec.sessionAffinity",
+            &json!(a),
+            &["ClientIP", "None"],
+        ));
     }
-    for (f, ok) in [("externalTrafficPolicy", &["Cluster", "Local"]), ("internalTrafficPolicy", &["Cluster", "Local"])] {
-        if let Some(v) = s(obj, &format!("/spec/{f}")) {
-            if !ok.contains(&v) {
-                out.push(Cause::unsupported(format!("spec.{f}"), &json!(v), ok));
-            }
+    for (f, ok) in [
+        ("externalTrafficPolicy", &["Cluster", "Local"]),
+        ("internalTrafficPolicy", &["Cluster", "Local"]),
+    ] {
+        if let Some(v) = s(obj, &format!("/spec/{f}"))
+            && !ok.contains(&v)
+        {
+            out.push(Cause::unsupported(format!("spec.{f}"), &json!(v), ok));
         }
     }
     if let Some(old) = old {
         let old_ip = s(old, "/spec/clusterIP").unwrap_or("");
-        if !old_ip.is_empty() && s(old, "/spec/type") != Some("ExternalName") && typ != "ExternalName" && s(obj, "/spec/clusterIP").unwrap_or("") != old_ip {
-            out.push(Cause::invalid("spec.clusterIPs[0]", obj.pointer("/spec/clusterIP").unwrap_or(&Value::Null), "may not change once set"));
+        if !old_ip.is_empty()
+            && s(old, "/spec/type") != Some("ExternalName")
+            && typ != "ExternalName"
+            && s(obj, "/spec/clusterIP").unwrap_or("") != old_ip
+        {
+            out.push(Cause::invalid(
+                "spec.clusterIPs[0]",
+                obj.pointer("/spec/clusterIP").unwrap_or(&Value::Null),
+                "may not change once set",
+            ));
         }
     }
 }
@@ -305,7 +436,12 @@ fn keyed_data(obj: &Value, out: &mut Vec<Cause>) {
     for field in ["data", "binaryData", "stringData"] {
         if let Some(m) = obj.get(field).and_then(Value::as_object) {
             for k in m.keys() {
-                let ok = !k.is_empty() && k.len() <= 253 && k.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c)) && k != "." && k != "..";
+                let ok = !k.is_empty()
+                    && k.len() <= 253
+                    && k.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+                    && k != "."
+                    && k != "..";
                 if !ok {
                     out.push(Cause::invalid(format!("{field}[{k}]"), &json!(k), "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"));
                 }
@@ -318,14 +454,23 @@ fn keyed_data(obj: &Value, out: &mut Vec<Cause>) {
 pub fn validate(res: &Resource, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
     let mut out = Vec::new();
     metadata(res, obj, &mut out);
-    if let Some(old) = old {
-        if s(obj, "/metadata/name") != s(old, "/metadata/name") {
-            out.push(Cause::invalid("metadata.name", obj.pointer("/metadata/name").unwrap_or(&Value::Null), "field is immutable"));
-        }
+    if let Some(old) = old
+        && s(obj, "/metadata/name") != s(old, "/metadata/name")
+    {
+        out.push(Cause::invalid(
+            "metadata.name",
+            obj.pointer("/metadata/name").unwrap_or(&Value::Null),
+            "field is immutable",
+        ));
     }
     match (res.storage.0.as_str(), res.storage.1.as_str()) {
         ("", "pods") => {
-            pod_spec(obj.get("spec").unwrap_or(&Value::Null), "spec", None, &mut out);
+            pod_spec(
+                obj.get("spec").unwrap_or(&Value::Null),
+                "spec",
+                None,
+                &mut out,
+            );
             if let Some(old) = old {
                 pod_update(obj, old, &mut out);
             }
@@ -337,15 +482,25 @@ pub fn validate(res: &Resource, obj: &Value, old: Option<&Value>) -> Vec<Cause> 
                 if old.get("immutable").and_then(Value::as_bool) == Some(true) {
                     for f in ["data", "binaryData"] {
                         if obj.get(f) != old.get(f) {
-                            out.push(Cause::forbidden(f, "field is immutable when `immutable` is set"));
+                            out.push(Cause::forbidden(
+                                f,
+                                "field is immutable when `immutable` is set",
+                            ));
                         }
                     }
                     if obj.get("immutable") != old.get("immutable") {
-                        out.push(Cause::forbidden("immutable", "field is immutable when `immutable` is set"));
+                        out.push(Cause::forbidden(
+                            "immutable",
+                            "field is immutable when `immutable` is set",
+                        ));
                     }
                 }
                 if res.storage.1 == "secrets" && obj.get("type") != old.get("type") {
-                    out.push(Cause::invalid("type", obj.get("type").unwrap_or(&Value::Null), "field is immutable"));
+                    out.push(Cause::invalid(
+                        "type",
+                        obj.get("type").unwrap_or(&Value::Null),
+                        "field is immutable",
+                    ));
                 }
             }
         }
@@ -353,15 +508,27 @@ pub fn validate(res: &Resource, obj: &Value, old: Option<&Value>) -> Vec<Cause> 
             selector_matches_template(obj, &mut out, true);
             non_negative(obj, "/spec/replicas", "spec.replicas", &mut out);
             let restart: &[&str] = &["Always"];
-            pod_spec(obj.pointer("/spec/template/spec").unwrap_or(&Value::Null), "spec.template.spec", Some(restart), &mut out);
-            if res.storage.1 == "deployments" {
-                if let Some(t) = s(obj, "/spec/strategy/type") {
-                    if !["Recreate", "RollingUpdate"].contains(&t) {
-                        out.push(Cause::unsupported("spec.strategy.type", &json!(t), &["Recreate", "RollingUpdate"]));
-                    }
-                    if t == "Recreate" && obj.pointer("/spec/strategy/rollingUpdate").is_some() {
-                        out.push(Cause::forbidden("spec.strategy.rollingUpdate", "may not be specified when strategy `type` is 'Recreate'"));
-                    }
+            pod_spec(
+                obj.pointer("/spec/template/spec").unwrap_or(&Value::Null),
+                "spec.template.spec",
+                Some(restart),
+                &mut out,
+            );
+            if res.storage.1 == "deployments"
+                && let Some(t) = s(obj, "/spec/strategy/type")
+            {
+                if !["Recreate", "RollingUpdate"].contains(&t) {
+                    out.push(Cause::unsupported(
+                        "spec.strategy.type",
+                        &json!(t),
+                        &["Recreate", "RollingUpdate"],
+                    ));
+                }
+                if t == "Recreate" && obj.pointer("/spec/strategy/rollingUpdate").is_some() {
+                    out.push(Cause::forbidden(
+                        "spec.strategy.rollingUpdate",
+                        "may not be specified when strategy `type` is 'Recreate'",
+                    ));
                 }
             }
             if let Some(old) = old {
@@ -370,13 +537,30 @@ pub fn validate(res: &Resource, obj: &Value, old: Option<&Value>) -> Vec<Cause> 
         }
         ("batch", "jobs") => {
             let restart: &[&str] = &["OnFailure", "Never"];
-            pod_spec(obj.pointer("/spec/template/spec").unwrap_or(&Value::Null), "spec.template.spec", Some(restart), &mut out);
-            for f in ["parallelism", "completions", "backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished"] {
+            pod_spec(
+                obj.pointer("/spec/template/spec").unwrap_or(&Value::Null),
+                "spec.template.spec",
+                Some(restart),
+                &mut out,
+            );
+            for f in [
+                "parallelism",
+                "completions",
+                "backoffLimit",
+                "activeDeadlineSeconds",
+                "ttlSecondsAfterFinished",
+            ] {
                 non_negative(obj, &format!("/spec/{f}"), &format!("spec.{f}"), &mut out);
             }
             if let Some(old) = old {
                 immutable(obj, old, "/spec/selector", "spec.selector", &mut out);
-                immutable(obj, old, "/spec/completionMode", "spec.completionMode", &mut out);
+                immutable(
+                    obj,
+                    old,
+                    "/spec/completionMode",
+                    "spec.completionMode",
+                    &mut out,
+                );
             }
         }
         ("batch", "cronjobs") => {
@@ -388,18 +572,28 @@ pub fn validate(res: &Resource, obj: &Value, old: Option<&Value>) -> Vec<Cause> 
             }
             let restart: &[&str] = &["OnFailure", "Never"];
             pod_spec(
-                obj.pointer("/spec/jobTemplate/spec/template/spec").unwrap_or(&Value::Null),
+                obj.pointer("/spec/jobTemplate/spec/template/spec")
+                    .unwrap_or(&Value::Null),
                 "spec.jobTemplate.spec.template.spec",
                 Some(restart),
                 &mut out,
             );
-            if let Some(p) = s(obj, "/spec/concurrencyPolicy") {
-                if !["Allow", "Forbid", "Replace"].contains(&p) {
-                    out.push(Cause::unsupported("spec.concurrencyPolicy", &json!(p), &["Allow", "Forbid", "Replace"]));
-                }
+            if let Some(p) = s(obj, "/spec/concurrencyPolicy")
+                && !["Allow", "Forbid", "Replace"].contains(&p)
+            {
+                out.push(Cause::unsupported(
+                    "spec.concurrencyPolicy",
+                    &json!(p),
+                    &["Allow", "Forbid", "Replace"],
+                ));
             }
         }
-        ("coordination.k8s.io", "leases") => non_negative(obj, "/spec/leaseDurationSeconds", "spec.leaseDurationSeconds", &mut out),
+        ("coordination.k8s.io", "leases") => non_negative(
+            obj,
+            "/spec/leaseDurationSeconds",
+            "spec.leaseDurationSeconds",
+            &mut out,
+        ),
         ("scheduling.k8s.io", "priorityclasses") => {
             if obj.get("value").is_none() {
                 out.push(Cause::required("value"));
@@ -435,11 +629,21 @@ fn pod_update(obj: &Value, old: &Value, out: &mut Vec<Cause>) {
             }
         }
         if let Some(m) = spec.as_object_mut() {
-            for f in ["activeDeadlineSeconds", "tolerations", "terminationGracePeriodSeconds", "schedulingGates"] {
+            for f in [
+                "activeDeadlineSeconds",
+                "tolerations",
+                "terminationGracePeriodSeconds",
+                "schedulingGates",
+            ] {
                 m.remove(f);
             }
             // nodeName may be set once (binding).
-            if old.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("").is_empty() {
+            if old
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .is_empty()
+            {
                 m.remove("nodeName");
             }
         }

@@ -1,0 +1,294 @@
+//! API server benchmark: drives a running `kinglet server` (this build) over HTTPS with
+//! concurrent kube-rs clients and prints creates/s, gets/s, list and watch latencies and RSS.
+//!
+//! Run: `cargo bench --bench apiserver` (env BENCH_CREATES, BENCH_CLIENTS, BENCH_WATCHES).
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+fn report(name: &str, mut lat: Vec<Duration>, wall: Duration) {
+    lat.sort();
+    println!(
+        "{name:<28} n={:<6} rate={:>8.0}/s  p50={:>7.2} ms  p99={:>7.2} ms",
+        lat.len(),
+        lat.len() as f64 / wall.as_secs_f64(),
+        pct(&lat, 0.5),
+        pct(&lat, 0.99)
+    );
+}
+
+fn cm(name: &str, stamp: Option<u128>) -> ConfigMap {
+    let mut v =
+        serde_json::json!({"metadata": {"name": name}, "data": {"payload": "x".repeat(256)}});
+    if let Some(t) = stamp {
+        v["metadata"]["annotations"] = serde_json::json!({"bench/sent-us": t.to_string()});
+    }
+    serde_json::from_value(v).expect("configmap")
+}
+
+fn now_us() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros()
+}
+
+async fn client(kubeconfig: &std::path::Path) -> kube::Client {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).expect("kubeconfig");
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("config");
+    kube::Client::try_from(cfg).expect("client")
+}
+
+async fn make_ns(c: &kube::Client, name: &str) {
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+    Api::<Namespace>::all(c.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("namespace");
+}
+
+fn main() {
+    let creates = env_or("BENCH_CREATES", 10_000);
+    let clients = env_or("BENCH_CLIENTS", 16);
+    let watches = env_or("BENCH_WATCHES", 100);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(dir.path().join("config.yaml"), "").unwrap();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_kinglet"))
+        .args([
+            "server",
+            "--disable-agent",
+            "--bind-address",
+            "127.0.0.1",
+            "--advertise-address",
+            "127.0.0.1",
+            "--https-listen-port",
+            &port.to_string(),
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--write-kubeconfig")
+        .arg(&kubeconfig)
+        .arg("--config")
+        .arg(dir.path().join("config.yaml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start kinglet");
+    let pid = server.id();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let start = Instant::now();
+        let c = loop {
+            if kubeconfig.exists() {
+                let c = client(&kubeconfig).await;
+                if c.apiserver_version().await.is_ok() {
+                    break c;
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        println!(
+            "machine: {} cores, {}",
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0),
+            std::env::consts::ARCH
+        );
+        println!(
+            "startup to first answer: {:.0} ms",
+            start.elapsed().as_secs_f64() * 1000.0
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        println!("idle RSS: {:.1} MiB", rss_kib(pid) as f64 / 1024.0);
+
+        // Creates: `clients` concurrent clients, each with its own connection.
+        make_ns(&c, "bench").await;
+        let per = creates / clients;
+        let t0 = Instant::now();
+        let mut tasks = Vec::new();
+        for w in 0..clients {
+            let kc = kubeconfig.clone();
+            tasks.push(tokio::spawn(async move {
+                let api: Api<ConfigMap> = Api::namespaced(client(&kc).await, "bench");
+                let mut lat = Vec::with_capacity(per);
+                for i in 0..per {
+                    let t = Instant::now();
+                    api.create(&PostParams::default(), &cm(&format!("c-{w}-{i}"), None))
+                        .await
+                        .expect("create");
+                    lat.push(t.elapsed());
+                }
+                lat
+            }));
+        }
+        let mut lat = Vec::new();
+        for t in tasks {
+            lat.extend(t.await.unwrap());
+        }
+        report(&format!("create ({clients} clients)"), lat, t0.elapsed());
+
+        // Gets of existing objects.
+        let t0 = Instant::now();
+        let mut tasks = Vec::new();
+        for w in 0..clients {
+            let kc = kubeconfig.clone();
+            tasks.push(tokio::spawn(async move {
+                let api: Api<ConfigMap> = Api::namespaced(client(&kc).await, "bench");
+                let mut lat = Vec::with_capacity(per);
+                for i in 0..per {
+                    let t = Instant::now();
+                    api.get(&format!("c-{w}-{i}")).await.expect("get");
+                    lat.push(t.elapsed());
+                }
+                lat
+            }));
+        }
+        let mut lat = Vec::new();
+        for t in tasks {
+            lat.extend(t.await.unwrap());
+        }
+        report(&format!("get ({clients} clients)"), lat, t0.elapsed());
+
+        // Lists of 1,000 objects.
+        make_ns(&c, "list1k").await;
+        let api: Api<ConfigMap> = Api::namespaced(c.clone(), "list1k");
+        let fill: Vec<_> = (0..1000)
+            .map(|i| {
+                let api = api.clone();
+                async move {
+                    api.create(&PostParams::default(), &cm(&format!("l-{i}"), None))
+                        .await
+                        .expect("create")
+                }
+            })
+            .collect();
+        futures::stream::iter(fill)
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await;
+        let t0 = Instant::now();
+        let mut lat = Vec::new();
+        for _ in 0..50 {
+            let t = Instant::now();
+            let l = api.list(&ListParams::default()).await.expect("list");
+            assert_eq!(l.items.len(), 1000);
+            lat.push(t.elapsed());
+        }
+        report("list 1000 objects", lat, t0.elapsed());
+
+        // Watch delivery latency with `watches` open watches.
+        make_ns(&c, "watched").await;
+        let wapi: Api<ConfigMap> = Api::namespaced(c.clone(), "watched");
+        let rv = wapi
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .metadata
+            .resource_version
+            .unwrap_or_default();
+        let events = 200usize;
+        let lat = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut watchers = Vec::new();
+        for _ in 0..watches {
+            let kc = kubeconfig.clone();
+            let rv = rv.clone();
+            let lat = lat.clone();
+            watchers.push(tokio::spawn(async move {
+                let api: Api<ConfigMap> = Api::namespaced(client(&kc).await, "watched");
+                let mut s = api
+                    .watch(&WatchParams::default().timeout(120), &rv)
+                    .await
+                    .expect("watch")
+                    .boxed();
+                let mut got = 0;
+                while got < events {
+                    match s.next().await {
+                        Some(Ok(WatchEvent::Added(o))) => {
+                            let sent: u128 = o
+                                .metadata
+                                .annotations
+                                .and_then(|a| a.get("bench/sent-us")?.parse().ok())
+                                .unwrap_or(0);
+                            lat.lock()
+                                .unwrap()
+                                .push(Duration::from_micros(now_us().saturating_sub(sent) as u64));
+                            got += 1;
+                        }
+                        Some(Ok(_)) => {}
+                        _ => break,
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let t0 = Instant::now();
+        for i in 0..events {
+            wapi.create(
+                &PostParams::default(),
+                &cm(&format!("e-{i}"), Some(now_us())),
+            )
+            .await
+            .expect("create");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for w in watchers {
+            let _ = tokio::time::timeout(Duration::from_secs(30), w).await;
+        }
+        let lat = lat.lock().unwrap().clone();
+        report(
+            &format!("watch delivery ({watches} watches)"),
+            lat,
+            t0.elapsed(),
+        );
+        println!("RSS after load: {:.1} MiB", rss_kib(pid) as f64 / 1024.0);
+    });
+    let _ = server.kill();
+    let _ = server.wait();
+}
