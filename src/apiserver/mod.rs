@@ -12,6 +12,7 @@ mod discovery;
 pub mod handlers;
 mod hooks;
 mod kinds;
+#[rustfmt::skip]
 mod list_types;
 mod managed;
 mod merge;
@@ -21,6 +22,7 @@ mod openapi;
 mod openapi_v2;
 mod patch;
 mod protobuf;
+#[rustfmt::skip]
 mod protobuf_tables;
 pub mod registry;
 pub mod request;

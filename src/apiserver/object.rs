@@ -63,6 +63,16 @@ pub fn is_deleting(obj: &Value) -> bool {
         .is_some_and(|v| !v.is_null())
 }
 
+/// The strings of the array at a JSON pointer (empty if absent).
+pub fn str_list(v: &Value, ptr: &str) -> Vec<String> {
+    v.pointer(ptr)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x.as_str().map(String::from))
+        .collect()
+}
+
 /// Reads a dotted path (`spec.nodeName`) as a string, the way field selectors compare values.
 pub fn field_string(obj: &Value, path: &str) -> Option<String> {
     let mut cur = obj;
@@ -122,6 +132,38 @@ pub fn check_dns1035_label(s: &str) -> Option<String> {
             "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')".into()
         })
     })
+}
+
+/// A label (or annotation) key: optional DNS-subdomain prefix, then a qualified name.
+pub fn check_label_key(k: &str) -> Option<String> {
+    let (prefix, name) = match k.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, k),
+    };
+    if let Some(p) = prefix
+        && let Some(e) = check_dns_subdomain(p)
+    {
+        return Some(format!("prefix part {e}"));
+    }
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    (!ok).then(|| "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')".into())
+}
+
+/// A label value: empty, or a qualified name of at most 63 characters.
+pub fn check_label_value(v: &str) -> Option<String> {
+    let ok = v.is_empty()
+        || (v.len() <= 63
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && v.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && v.ends_with(|c: char| c.is_ascii_alphanumeric()));
+    (!ok).then(|| "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')".into())
 }
 
 /// Random suffix for `generateName`, from upstream's alphabet (no vowels, no confusables).

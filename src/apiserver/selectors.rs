@@ -24,33 +24,11 @@ pub struct LabelSelector {
 }
 
 fn valid_key(k: &str) -> bool {
-    let (prefix, name) = match k.rsplit_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, k),
-    };
-    let ok_name = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
-    ok_name
-        && prefix.is_none_or(|p| {
-            !p.is_empty()
-                && p.len() <= 253
-                && p.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-.".contains(c))
-        })
+    super::object::check_label_key(k).is_none()
 }
 
 fn valid_value(v: &str) -> bool {
-    v.is_empty()
-        || (v.len() <= 63
-            && v.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            && v.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && v.ends_with(|c: char| c.is_ascii_alphanumeric()))
+    super::object::check_label_value(v).is_none()
 }
 
 /// Splits on commas that are not inside parentheses.

@@ -32,18 +32,7 @@ pub async fn create_review(
                 .pointer("/spec/token")
                 .and_then(Value::as_str)
                 .unwrap_or("");
-            let auds: Vec<String> = obj
-                .pointer("/spec/audiences")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(|a| a.as_str().map(String::from))
-                .collect();
-            let want = if auds.is_empty() {
-                api.auth.api_audiences.clone()
-            } else {
-                auds
-            };
+            let want = audiences(api, &obj);
             match api.authenticate_token(token, &want).await {
                 Some((user, claims)) => {
                     let matched: Vec<&String> =
@@ -184,18 +173,7 @@ pub async fn token_request(
         ));
     }
     let exp_secs = exp_secs.min(48 * 3600);
-    let auds: Vec<String> = req
-        .pointer("/spec/audiences")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|a| a.as_str().map(String::from))
-        .collect();
-    let auds = if auds.is_empty() {
-        api.auth.api_audiences.clone()
-    } else {
-        auds
-    };
+    let auds = audiences(api, &req);
     let mut k8s = K8sClaims {
         namespace: ns.clone(),
         serviceaccount: Ref {
@@ -364,6 +342,16 @@ pub async fn evict(
     };
     delete_object(api, res, ctx, name, &opts).await?;
     Ok(json_response(ctx, 201, &success_status(json!({}))))
+}
+
+/// The audiences a request names, or the API's own.
+fn audiences(api: &Api, obj: &Value) -> Vec<String> {
+    let auds = object::str_list(obj, "/spec/audiences");
+    if auds.is_empty() {
+        api.auth.api_audiences.clone()
+    } else {
+        auds
+    }
 }
 
 impl Api {

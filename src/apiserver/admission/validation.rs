@@ -4,7 +4,9 @@ use std::collections::HashSet;
 
 use serde_json::{Value, json};
 
-use crate::apiserver::object::{check_dns_label, check_dns_subdomain, check_dns1035_label};
+use crate::apiserver::object::{
+    check_dns_label, check_dns_subdomain, check_dns1035_label, check_label_key, check_label_value,
+};
 use crate::apiserver::registry::Resource;
 use crate::apiserver::selectors::LabelSelector;
 use crate::apiserver::status::Cause;
@@ -18,36 +20,6 @@ fn arr<'a>(v: &'a Value, ptr: &str) -> &'a [Value] {
         .and_then(Value::as_array)
         .map(Vec::as_slice)
         .unwrap_or(&[])
-}
-
-fn check_label_key(k: &str) -> Option<String> {
-    let (prefix, name) = match k.rsplit_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, k),
-    };
-    if let Some(p) = prefix
-        && let Some(e) = check_dns_subdomain(p)
-    {
-        return Some(format!("prefix part {e}"));
-    }
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
-    (!ok).then(|| "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')".into())
-}
-
-fn check_label_value(v: &str) -> Option<String> {
-    let ok = v.is_empty()
-        || (v.len() <= 63
-            && v.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            && v.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && v.ends_with(|c: char| c.is_ascii_alphanumeric()));
-    (!ok).then(|| "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')".into())
 }
 
 /// Validates `metadata` of any object.
