@@ -6,6 +6,7 @@ mod apiserver;
 mod cli;
 mod controllers;
 mod pki;
+mod scheduler;
 mod server;
 mod store;
 

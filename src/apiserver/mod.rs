@@ -421,3 +421,18 @@ async fn route(
 pub fn service_network(cidr: &str) -> anyhow::Result<IpAddr> {
     Ok(IpAddr::V4(alloc::Allocator::new(cidr, (1, 1))?.first_ip()))
 }
+
+impl Api {
+    /// A kube-rs client that calls this API server in-process (no TCP, no TLS), with the
+    /// server's own identity. Controllers and the embedded node use it.
+    pub fn local_client(self: &Arc<Self>) -> kube::Client {
+        let router = self.router();
+        let internal = PeerUser(Some(Arc::new(UserInfo::internal())));
+        let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+            let mut req = req.map(Body::new);
+            req.extensions_mut().insert(internal.clone());
+            tower::ServiceExt::oneshot(router.clone(), req)
+        });
+        kube::Client::new(service, "default")
+    }
+}

@@ -134,19 +134,17 @@ pub struct GarbageCollector {
 }
 
 impl GarbageCollector {
-    pub fn spawn(api: Arc<Api>) {
-        tokio::spawn(async move {
-            loop {
-                let mut gc = GarbageCollector {
-                    api: api.clone(),
-                    graph: Graph::default(),
-                };
-                if let Err(e) = gc.run().await {
-                    tracing::warn!("garbage collector restarting: {e}");
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
+    pub async fn run_forever(api: Arc<Api>) {
+        loop {
+            let mut gc = GarbageCollector {
+                api: api.clone(),
+                graph: Graph::default(),
+            };
+            if let Err(e) = gc.run().await {
+                tracing::warn!("garbage collector restarting: {e}");
             }
-        });
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 
     async fn run(&mut self) -> anyhow::Result<()> {

@@ -1,14 +1,50 @@
-//! Control loops that run inside `kinglet server`.
+//! Control loops that run inside `kinglet server`, started while this server holds the
+//! controller lease.
 
+mod deployment;
 mod gc;
+mod leader;
 mod namespace;
+mod replicaset;
+mod serviceaccounts;
+pub mod util;
 
 use std::sync::Arc;
 
 use crate::apiserver::Api;
 
-/// Starts every controller.
-pub fn start(api: Arc<Api>) {
-    gc::GarbageCollector::spawn(api.clone());
-    namespace::spawn(api);
+/// Starts leader election; the controllers run while this process leads.
+pub fn start(api: Arc<Api>, ca_pem: String) {
+    let client = api.local_client();
+    let identity = format!(
+        "{}_{}",
+        hostname::get()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_default(),
+        uuid::Uuid::new_v4()
+    );
+    tokio::spawn(async move {
+        leader::run(client.clone(), "kinglet-controllers", identity, move || {
+            let api = api.clone();
+            vec![
+                tokio::spawn(gc::GarbageCollector::run_forever(api.clone())),
+                tokio::spawn(namespace::run_forever(api)),
+                tokio::spawn(serviceaccounts::run(client.clone(), ca_pem.clone())),
+                tokio::spawn(replicaset::run(util::Context::new(
+                    client.clone(),
+                    "replicaset-controller",
+                ))),
+                tokio::spawn(deployment::run(util::Context::new(
+                    client.clone(),
+                    "deployment-controller",
+                ))),
+                tokio::spawn(crate::scheduler::run(util::Context::new(
+                    client.clone(),
+                    crate::scheduler::SCHEDULER_NAME,
+                ))),
+            ]
+        })
+        .await
+    });
 }

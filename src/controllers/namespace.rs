@@ -11,15 +11,13 @@ use crate::apiserver::context::Ctx;
 use crate::apiserver::handlers::{DeleteOptions, commit_update, delete_object, get_current};
 use crate::apiserver::object::{self, is_deleting};
 
-pub fn spawn(api: Arc<Api>) {
-    tokio::spawn(async move {
-        loop {
-            if let Err(e) = run(&api).await {
-                tracing::warn!("namespace controller restarting: {e}");
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+pub async fn run_forever(api: Arc<Api>) {
+    loop {
+        if let Err(e) = run(&api).await {
+            tracing::warn!("namespace controller restarting: {e}");
         }
-    });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 async fn run(api: &Arc<Api>) -> anyhow::Result<()> {

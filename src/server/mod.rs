@@ -111,7 +111,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     if !args.disable_agent {
         tracing::warn!("the embedded node is not available yet; running the control plane only");
     }
-    crate::controllers::start(api.clone());
+    crate::controllers::start(api.clone(), pki.ca.cert_pem.clone());
     let router = api.router();
     tokio::select! {
         r = tls::serve(listener, Arc::new(tls_config), router) => r,
