@@ -1,0 +1,375 @@
+//! Controllers and scheduler with Node objects created by the test; a test loop plays the
+//! kubelet's part of marking bound pods running and ready.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::{Server, eventually};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use serde_json::{Value, json};
+
+const SEED: &str = include_str!("fixtures/httpbin-deployment.yaml");
+
+fn node(s: &Server, name: &str, cpu: &str, extra_labels: &str, extra: &str) {
+    let manifest = format!(
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels: {{kubernetes.io/hostname: {name}{extra_labels}}}\n{extra}status:\n  allocatable: {{cpu: \"{cpu}\", memory: 8Gi, pods: \"110\"}}\n  capacity: {{cpu: \"{cpu}\", memory: 8Gi, pods: \"110\"}}\n"
+    );
+    s.ok_stdin(&["apply", "-f", "-"], &manifest);
+}
+
+/// Marks every bound, not-yet-ready pod Running and Ready, as a kubelet would.
+struct FakeKubelet {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeKubelet {
+    fn start(s: &Server) -> FakeKubelet {
+        let stop = Arc::new(AtomicBool::new(false));
+        let kubeconfig = s.kubeconfig.clone();
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async move {
+                let kc = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
+                let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+                let client = kube::Client::try_from(cfg).unwrap();
+                let all: Api<Pod> = Api::all(client.clone());
+                while !flag.load(Ordering::Relaxed) {
+                    if let Ok(list) = all.list(&ListParams::default()).await {
+                        for p in list.items {
+                            let bound = p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some();
+                            let ready = p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                            let ns = p.metadata.namespace.clone().unwrap_or_default();
+                            let name = p.metadata.name.clone().unwrap_or_default();
+                            let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+                            if p.metadata.deletion_timestamp.is_some() {
+                                let _ = api.delete(&name, &kube::api::DeleteParams::default().grace_period(0)).await;
+                            } else if bound && !ready {
+                                let now = k8s_openapi::jiff::Timestamp::now().to_string();
+                                let patch = json!({"status": {"phase": "Running", "conditions": [
+                                    {"type": "Ready", "status": "True", "lastTransitionTime": now},
+                                    {"type": "ContainersReady", "status": "True", "lastTransitionTime": now}]}});
+                                let _ = api.patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch)).await;
+                            }
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            });
+        });
+        FakeKubelet {
+            stop,
+            handle: Some(handle),
+        }
+    }
+}
+
+impl Drop for FakeKubelet {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn json_of(s: &Server, args: &[&str]) -> Value {
+    serde_json::from_str(&s.ok(args)).unwrap()
+}
+
+fn pods_of(s: &Server, selector: &str) -> Vec<Value> {
+    json_of(s, &["get", "pods", "-l", selector, "-o", "json"])["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[test]
+fn seed_flow_rollout_undo_scale_and_cascading_deletes() {
+    let s = Server::start();
+    for n in ["n1", "n2", "n3"] {
+        node(&s, n, "4", "", "");
+    }
+    let _kubelet = FakeKubelet::start(&s);
+    s.ok_stdin(&["apply", "-f", "-"], SEED);
+    // Deployment -> ReplicaSet httpbin-<hash> -> 2 pods httpbin-<hash>-<5> with the hash label, bound.
+    let pods = eventually(30, "two bound pods", || {
+        let pods = pods_of(&s, "app=httpbin");
+        (pods.len() == 2 && pods.iter().all(|p| p["spec"]["nodeName"].is_string())).then_some(pods)
+    });
+    let rs = json_of(&s, &["get", "rs", "-l", "app=httpbin", "-o", "json"])["items"][0].clone();
+    let rs_name = rs["metadata"]["name"].as_str().unwrap().to_string();
+    let hash = rs["metadata"]["labels"]["pod-template-hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(rs_name, format!("httpbin-{hash}"));
+    for p in &pods {
+        let name = p["metadata"]["name"].as_str().unwrap();
+        assert!(
+            name.starts_with(&format!("{rs_name}-")) && name.len() == rs_name.len() + 6,
+            "{name}"
+        );
+        assert_eq!(p["metadata"]["labels"]["pod-template-hash"], hash.as_str());
+    }
+    s.ok(&["rollout", "status", "deployment/httpbin", "--timeout=60s"]);
+    // set image: a new ReplicaSet, rolled within maxSurge 1 / maxUnavailable 0 (25% of 2),
+    // observed through a watch on the pods; rollout completes; undo goes back.
+    let mut watch = std::process::Command::new(common::kubectl_default())
+        .args(["get", "pods", "-l", "app=httpbin", "-w", "-o", "jsonpath={.metadata.name} {.metadata.deletionTimestamp} {.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}"])
+        .env("KUBECONFIG", &s.kubeconfig)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = watch.stdout.take().unwrap();
+    let seen = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut state = std::collections::BTreeMap::new();
+        let (mut max_live, mut min_ready) = (0usize, usize::MAX);
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let parts: Vec<&str> = line.split(' ').collect();
+            let deleting = parts.get(1).is_some_and(|d| !d.is_empty());
+            let ready = parts.get(2).is_some_and(|r| *r == "True");
+            state.insert(parts[0].to_string(), (deleting, ready));
+            let live = state.values().filter(|(d, _)| !d).count();
+            let ready_now = state.values().filter(|(d, r)| !d && *r).count();
+            max_live = max_live.max(live);
+            if state.len() > 2 {
+                min_ready = min_ready.min(ready_now);
+            }
+        }
+        (max_live, min_ready)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    s.ok(&["set", "image", "deployment/httpbin", "httpbin=busybox:1.36"]);
+    s.ok(&["rollout", "status", "deployment/httpbin", "--timeout=60s"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let (max_live, min_ready) = seen.join().unwrap();
+    eprintln!("rollout observed: max live {max_live}, min ready {min_ready}");
+    assert_eq!(max_live, 3, "the rollout surges by exactly maxSurge (1)");
+    assert!(
+        min_ready >= 2 && min_ready != usize::MAX,
+        "maxUnavailable exceeded: {min_ready} ready pods"
+    );
+    let rss = json_of(&s, &["get", "rs", "-l", "app=httpbin", "-o", "json"])["items"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(rss.len(), 2);
+    let replicas: Vec<i64> = rss
+        .iter()
+        .map(|r| r["spec"]["replicas"].as_i64().unwrap())
+        .collect();
+    assert!(
+        replicas.contains(&0) && replicas.contains(&2),
+        "{replicas:?}"
+    );
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "deploy",
+            "httpbin",
+            "-o",
+            "jsonpath={.metadata.annotations.deployment\\.kubernetes\\.io/revision}"
+        ]),
+        "2"
+    );
+    s.ok(&["rollout", "undo", "deployment/httpbin"]);
+    s.ok(&["rollout", "status", "deployment/httpbin", "--timeout=60s"]);
+    let image = s.ok(&[
+        "get",
+        "deploy",
+        "httpbin",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].image}",
+    ]);
+    assert_eq!(image, "kennethreitz/httpbin");
+    let first = json_of(&s, &["get", "rs", &rs_name, "-o", "json"]);
+    assert_eq!(
+        first["spec"]["replicas"], 2,
+        "undo reuses the first ReplicaSet"
+    );
+    assert_eq!(
+        first["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
+        "3"
+    );
+    // scale
+    s.ok(&["scale", "deployment/httpbin", "--replicas=4"]);
+    s.ok(&["rollout", "status", "deployment/httpbin", "--timeout=60s"]);
+    assert_eq!(pods_of(&s, "app=httpbin").len(), 4);
+    let status = json_of(&s, &["get", "deploy", "httpbin", "-o", "json"])["status"].clone();
+    assert_eq!(
+        (
+            status["replicas"].as_i64(),
+            status["availableReplicas"].as_i64(),
+            status["updatedReplicas"].as_i64()
+        ),
+        (Some(4), Some(4), Some(4))
+    );
+    // Orphan keeps ReplicaSets and pods; background deletes them.
+    s.ok(&["delete", "deployment", "httpbin", "--cascade=orphan"]);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        json_of(&s, &["get", "rs", "-l", "app=httpbin", "-o", "json"])["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(pods_of(&s, "app=httpbin").len(), 4);
+    s.ok(&["delete", "rs", "-l", "app=httpbin"]);
+    eventually(30, "pods gone after background deletion", || {
+        pods_of(&s, "app=httpbin").is_empty().then_some(())
+    });
+    // Background cascade from a Deployment.
+    s.ok_stdin(&["apply", "-f", "-"], SEED);
+    eventually(30, "pods again", || {
+        (pods_of(&s, "app=httpbin").len() == 2).then_some(())
+    });
+    s.ok(&["delete", "deployment", "httpbin"]);
+    eventually(30, "everything gone", || {
+        let rs = json_of(&s, &["get", "rs", "-o", "json"])["items"]
+            .as_array()
+            .unwrap()
+            .len();
+        (rs == 0 && pods_of(&s, "app=httpbin").is_empty()).then_some(())
+    });
+}
+
+fn pod_manifest(name: &str, spec_extra: &str, cpu: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{app: {name}}}}}\nspec:\n  terminationGracePeriodSeconds: 0\n{spec_extra}  containers:\n  - name: c\n    image: busybox:1.36\n    resources: {{requests: {{cpu: \"{cpu}\"}}}}\n"
+    )
+}
+
+fn node_of(s: &Server, pod: &str) -> Option<String> {
+    let n = s.ok(&["get", "pod", pod, "-o", "jsonpath={.spec.nodeName}"]);
+    (!n.is_empty()).then_some(n)
+}
+
+fn scheduling_message(s: &Server, pod: &str) -> String {
+    eventually(20, "FailedScheduling event", || {
+        let ev = s.ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            &format!("involvedObject.name={pod},reason=FailedScheduling"),
+            "-o",
+            "jsonpath={.items[*].message}",
+        ]);
+        (!ev.is_empty()).then_some(ev)
+    })
+}
+
+#[test]
+fn scheduling_rules() {
+    let s = Server::start();
+    node(
+        &s,
+        "cp",
+        "4",
+        ", node-role.kubernetes.io/control-plane: \"\"",
+        "spec:\n  taints: [{key: node-role.kubernetes.io/control-plane, effect: NoSchedule}]\n",
+    );
+    node(&s, "w1", "2", ", disk: ssd", "");
+    node(&s, "gpu", "2", "", "");
+    // The GPU node advertises an extended resource.
+    let patch = r#"{"status":{"allocatable":{"cpu":"2","memory":"8Gi","pods":"110","nvidia.com/gpu":"1"},"capacity":{"cpu":"2","memory":"8Gi","pods":"110","nvidia.com/gpu":"1"}}}"#;
+    s.ok(&[
+        "patch",
+        "node",
+        "gpu",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        patch,
+    ]);
+    // Insufficient CPU: Pending with FailedScheduling.
+    s.ok_stdin(&["apply", "-f", "-"], &pod_manifest("huge", "", "16"));
+    let msg = scheduling_message(&s, "huge");
+    assert!(
+        msg.contains("0/3 nodes are available")
+            && msg.contains("Insufficient cpu")
+            && msg.contains("untolerated taint"),
+        "{msg}"
+    );
+    assert_eq!(
+        s.ok(&["get", "pod", "huge", "-o", "jsonpath={.status.phase}"]),
+        "Pending"
+    );
+    // nodeSelector
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        &pod_manifest("ssd", "  nodeSelector: {disk: ssd}\n", "100m"),
+    );
+    assert_eq!(eventually(20, "ssd bound", || node_of(&s, "ssd")), "w1");
+    // GPU request lands only on the node that has one.
+    let gpu = "apiVersion: v1\nkind: Pod\nmetadata: {name: cuda}\nspec:\n  containers:\n  - name: c\n    image: busybox:1.36\n    resources: {limits: {nvidia.com/gpu: 1}}\n";
+    s.ok_stdin(&["apply", "-f", "-"], gpu);
+    assert_eq!(eventually(20, "gpu bound", || node_of(&s, "cuda")), "gpu");
+    // The tainted control-plane node gets only tolerating pods.
+    let tolerating = "  tolerations: [{key: node-role.kubernetes.io/control-plane, operator: Exists, effect: NoSchedule}]\n  nodeSelector: {node-role.kubernetes.io/control-plane: \"\"}\n";
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        &pod_manifest("ops", tolerating, "100m"),
+    );
+    assert_eq!(eventually(20, "ops bound", || node_of(&s, "ops")), "cp");
+    let intolerant = "  nodeSelector: {node-role.kubernetes.io/control-plane: \"\"}\n";
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        &pod_manifest("nope", intolerant, "100m"),
+    );
+    let msg = scheduling_message(&s, "nope");
+    assert!(
+        msg.contains("1 node(s) had untolerated taint {node-role.kubernetes.io/control-plane: }"),
+        "{msg}"
+    );
+    // Required anti-affinity spreads replicas over nodes.
+    let deploy = r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"spread"},"spec":{"replicas":2,"selector":{"matchLabels":{"app":"spread"}},
+      "template":{"metadata":{"labels":{"app":"spread"}},"spec":{"affinity":{"podAntiAffinity":{"requiredDuringSchedulingIgnoredDuringExecution":[
+      {"labelSelector":{"matchLabels":{"app":"spread"}},"topologyKey":"kubernetes.io/hostname"}]}},
+      "containers":[{"name":"c","image":"busybox:1.36","resources":{"requests":{"cpu":"100m"}}}]}}}}"#;
+    s.ok_stdin(&["apply", "-f", "-"], deploy);
+    let nodes = eventually(30, "spread pods bound", || {
+        let pods = pods_of(&s, "app=spread");
+        let nodes: Vec<String> = pods
+            .iter()
+            .filter_map(|p| p["spec"]["nodeName"].as_str().map(String::from))
+            .collect();
+        (nodes.len() == 2).then_some(nodes)
+    });
+    assert_ne!(nodes[0], nodes[1]);
+    // A high-priority pod preempts a lower-priority one.
+    s.ok_stdin(&["apply", "-f", "-"], "apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: high}\nvalue: 1000\n");
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        &pod_manifest("filler", "  nodeSelector: {disk: ssd}\n", "1500m"),
+    );
+    assert_eq!(
+        eventually(20, "filler bound", || node_of(&s, "filler")),
+        "w1"
+    );
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        &pod_manifest(
+            "vip",
+            "  priorityClassName: high\n  nodeSelector: {disk: ssd}\n",
+            "1500m",
+        ),
+    );
+    assert_eq!(
+        eventually(30, "vip bound after preemption", || node_of(&s, "vip")),
+        "w1"
+    );
+    assert!(
+        !s.kubectl(&["get", "pod", "filler"]).status.success(),
+        "filler was preempted"
+    );
+}
