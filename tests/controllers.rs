@@ -49,9 +49,10 @@ impl FakeKubelet {
                             let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
                             if p.metadata.deletion_timestamp.is_some() {
                                 let _ = api.delete(&name, &kube::api::DeleteParams::default().grace_period(0)).await;
-                            } else if bound && !ready {
+                            } else if bound && !ready && !p.metadata.labels.as_ref().is_some_and(|l| l.contains_key("never-ready")) {
                                 let now = k8s_openapi::jiff::Timestamp::now().to_string();
-                                let patch = json!({"status": {"phase": "Running", "conditions": [
+                                let octet = name.bytes().fold(0u32, |a, b| a.wrapping_mul(31).wrapping_add(b as u32)) % 250 + 2;
+                                let patch = json!({"status": {"phase": "Running", "podIP": format!("10.42.0.{octet}"), "conditions": [
                                     {"type": "Ready", "status": "True", "lastTransitionTime": now},
                                     {"type": "ContainersReady", "status": "True", "lastTransitionTime": now}]}});
                                 let _ = api.patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch)).await;
@@ -372,4 +373,124 @@ fn scheduling_rules() {
         !s.kubectl(&["get", "pod", "filler"]).status.success(),
         "filler was preempted"
     );
+}
+
+#[test]
+fn endpoints_and_slices_follow_ready_pods() {
+    let s = Server::start();
+    node(&s, "n1", "4", "", "");
+    let _kubelet = FakeKubelet::start(&s);
+    s.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=busybox:1.36",
+        "--replicas=2",
+        "--port=8080",
+    ]);
+    s.ok(&[
+        "expose",
+        "deployment",
+        "web",
+        "--port=80",
+        "--target-port=8080",
+    ]);
+    let ips = eventually(30, "two ready endpoints", || {
+        let ips = s.ok(&[
+            "get",
+            "endpoints",
+            "web",
+            "-o",
+            "jsonpath={.subsets[*].addresses[*].ip}",
+        ]);
+        (ips.split_whitespace().count() == 2).then_some(ips)
+    });
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "endpoints",
+            "web",
+            "-o",
+            "jsonpath={.subsets[0].ports[0].port}"
+        ]),
+        "8080"
+    );
+    let slice = json_of(
+        &s,
+        &[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=web",
+            "-o",
+            "json",
+        ],
+    )["items"][0]
+        .clone();
+    assert_eq!(slice["addressType"], "IPv4");
+    assert_eq!(slice["ports"][0]["port"], 8080);
+    let mut slice_ips: Vec<&str> = slice["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["addresses"][0].as_str())
+        .collect();
+    slice_ips.sort();
+    let mut ep_ips: Vec<&str> = ips.split_whitespace().collect();
+    ep_ips.sort();
+    assert_eq!(slice_ips, ep_ips);
+    assert_eq!(slice["metadata"]["ownerReferences"][0]["kind"], "Service");
+    // A pod that is not ready is listed as not ready.
+    s.ok_stdin(&["apply", "-f", "-"], "apiVersion: v1\nkind: Pod\nmetadata: {name: slow, labels: {app: web, never-ready: \"1\"}}\nspec:\n  containers: [{name: c, image: busybox:1.36}]\n");
+    let pod_patch = r#"{"status":{"phase":"Running","podIP":"10.42.0.250"}}"#;
+    eventually(20, "slow pod bound", || {
+        s.ok(&["get", "pod", "slow", "-o", "jsonpath={.spec.nodeName}"])
+            .eq("n1")
+            .then_some(())
+    });
+    s.ok(&[
+        "patch",
+        "pod",
+        "slow",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        pod_patch,
+    ]);
+    eventually(20, "not-ready address", || {
+        s.ok(&[
+            "get",
+            "endpoints",
+            "web",
+            "-o",
+            "jsonpath={.subsets[*].notReadyAddresses[*].ip}",
+        ])
+        .contains("10.42.0.250")
+        .then_some(())
+    });
+    // Scaling to zero empties them; deleting the Service deletes them.
+    s.ok(&["scale", "deployment", "web", "--replicas=0"]);
+    s.ok(&["delete", "pod", "slow"]);
+    eventually(30, "no addresses", || {
+        s.ok(&["get", "endpoints", "web", "-o", "jsonpath={.subsets}"])
+            .is_empty()
+            .then_some(())
+    });
+    s.ok(&["delete", "service", "web"]);
+    eventually(30, "endpoints gone", || {
+        (!s.kubectl(&["get", "endpoints", "web"]).status.success()).then_some(())
+    });
+    eventually(30, "slices gone", || {
+        s.ok(&[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=web",
+            "-o",
+            "name",
+        ])
+        .trim()
+        .is_empty()
+        .then_some(())
+    });
 }

@@ -2,6 +2,7 @@
 //! controller lease.
 
 mod deployment;
+mod endpoints;
 mod gc;
 mod leader;
 mod namespace;
@@ -39,6 +40,7 @@ pub fn start(api: Arc<Api>, ca_pem: String) {
                     client.clone(),
                     "deployment-controller",
                 ))),
+                tokio::spawn(endpoints::run(client.clone())),
                 tokio::spawn(crate::scheduler::run(util::Context::new(
                     client.clone(),
                     crate::scheduler::SCHEDULER_NAME,

@@ -1,0 +1,127 @@
+//! Scheduler and controller throughput: a Deployment of 1,000 replicas against 100 Node
+//! objects; reports the time until every pod is bound (pods bound per second) and the server's
+//! RSS while holding them.
+//!
+//! Run: `cargo bench --bench scheduler` (env BENCH_REPLICAS, BENCH_NODES).
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, ListParams, PostParams};
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+fn main() {
+    let replicas = env_or("BENCH_REPLICAS", 1000);
+    let nodes = env_or("BENCH_NODES", 100);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(dir.path().join("config.yaml"), "").unwrap();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_kinglet"))
+        .args([
+            "server",
+            "--disable-agent",
+            "--bind-address",
+            "127.0.0.1",
+            "--advertise-address",
+            "127.0.0.1",
+            "--https-listen-port",
+            &port.to_string(),
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--write-kubeconfig")
+        .arg(&kubeconfig)
+        .arg("--config")
+        .arg(dir.path().join("config.yaml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start kinglet");
+    let pid = server.id();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let start = Instant::now();
+        let client = loop {
+            if kubeconfig.exists() {
+                let kc = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
+                let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+                let c = kube::Client::try_from(cfg).unwrap();
+                if c.apiserver_version().await.is_ok() {
+                    break c;
+                }
+            }
+            assert!(start.elapsed() < Duration::from_secs(30), "server did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let node_api: Api<Node> = Api::all(client.clone());
+        for i in 0..nodes {
+            let n: Node = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": format!("node-{i:03}"), "labels": {"kubernetes.io/hostname": format!("node-{i:03}")}},
+                "status": {"allocatable": {"cpu": "32", "memory": "64Gi", "pods": "110"}, "capacity": {"cpu": "32", "memory": "64Gi", "pods": "110"}}
+            }))
+            .unwrap();
+            node_api.create(&PostParams::default(), &n).await.expect("node");
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let rss_before = rss_mib(pid);
+        let d: Deployment = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "load"},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "load"}},
+                "template": {"metadata": {"labels": {"app": "load"}}, "spec": {"containers": [{"name": "c", "image": "busybox:1.36", "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}}}
+        }))
+        .unwrap();
+        let t0 = Instant::now();
+        Api::<Deployment>::namespaced(client.clone(), "default").create(&PostParams::default(), &d).await.expect("deployment");
+        let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+        let (mut created_at, bound_at);
+        created_at = None;
+        loop {
+            let list = pods.list(&ListParams::default().labels("app=load")).await.expect("list");
+            let bound = list.items.iter().filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()).count();
+            if list.items.len() >= replicas && created_at.is_none() {
+                created_at = Some(t0.elapsed());
+            }
+            if bound >= replicas {
+                bound_at = t0.elapsed();
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(600), "only {bound} of {replicas} bound");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        println!("machine: {} cores, {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), std::env::consts::ARCH);
+        println!("deployment of {replicas} replicas over {nodes} nodes");
+        println!("all pods created after {:.2} s", created_at.unwrap_or(bound_at).as_secs_f64());
+        println!("all pods bound after   {:.2} s  ({:.0} pods bound/s)", bound_at.as_secs_f64(), replicas as f64 / bound_at.as_secs_f64());
+        println!("RSS with {nodes} nodes: {rss_before:.1} MiB; holding {replicas} pods: {:.1} MiB", rss_mib(pid));
+    });
+    let _ = server.kill();
+    let _ = server.wait();
+}
