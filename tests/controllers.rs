@@ -39,7 +39,23 @@ impl FakeKubelet {
                 let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
                 let client = kube::Client::try_from(cfg).unwrap();
                 let all: Api<Pod> = Api::all(client.clone());
+                let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+                let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
                 while !flag.load(Ordering::Relaxed) {
+                    // Heartbeats: a Lease per node (except nodes labelled dead), and Ready=True.
+                    if let Ok(list) = nodes.list(&ListParams::default()).await {
+                        for n in list.items.iter().filter(|n| !n.metadata.labels.as_ref().is_some_and(|l| l.contains_key("dead"))) {
+                            let name = n.metadata.name.clone().unwrap_or_default();
+                            let now = k8s_openapi::jiff::Timestamp::now().to_string();
+                            let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": name, "namespace": "kube-node-lease"},
+                                "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": now}});
+                            let _ = leases.patch(&name, &PatchParams::apply("fake-kubelet").force(), &Patch::Apply(&lease)).await;
+                            if n.status.as_ref().and_then(|s| s.conditions.as_ref()).is_none() {
+                                let patch = json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "lastHeartbeatTime": now, "lastTransitionTime": now}]}});
+                                let _ = nodes.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await;
+                            }
+                        }
+                    }
                     if let Ok(list) = all.list(&ListParams::default()).await {
                         for p in list.items {
                             let bound = p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some();
@@ -49,6 +65,13 @@ impl FakeKubelet {
                             let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
                             if p.metadata.deletion_timestamp.is_some() {
                                 let _ = api.delete(&name, &kube::api::DeleteParams::default().grace_period(0)).await;
+                            } else if let Some(code) = p.metadata.labels.as_ref().and_then(|l| l.get("fake-exit")).filter(|_| bound) {
+                                // Pods labelled fake-exit "run to completion" with that exit code.
+                                let phase = if code == "0" { "Succeeded" } else { "Failed" };
+                                if p.status.as_ref().and_then(|s| s.phase.as_deref()) != Some(phase) {
+                                    let patch = json!({"status": {"phase": phase}});
+                                    let _ = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await;
+                                }
                             } else if bound && !ready && !p.metadata.labels.as_ref().is_some_and(|l| l.contains_key("never-ready")) {
                                 let now = k8s_openapi::jiff::Timestamp::now().to_string();
                                 let octet = name.bytes().fold(0u32, |a, b| a.wrapping_mul(31).wrapping_add(b as u32)) % 250 + 2;
@@ -492,5 +515,199 @@ fn endpoints_and_slices_follow_ready_pods() {
         .trim()
         .is_empty()
         .then_some(())
+    });
+}
+
+#[test]
+fn jobs_complete_fail_and_cronjobs_schedule() {
+    let s = Server::start();
+    node(&s, "n1", "8", "", "");
+    let _kubelet = FakeKubelet::start(&s);
+    let job = |name: &str, exit: &str, extra: &str| {
+        format!(
+            "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: {name}}}\nspec:\n{extra}  template:\n    metadata: {{labels: {{fake-exit: \"{exit}\"}}}}\n    spec:\n      restartPolicy: Never\n      containers: [{{name: c, image: busybox:1.36}}]\n"
+        )
+    };
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        &job("ok", "0", "  completions: 3\n  parallelism: 2\n"),
+    );
+    s.ok(&[
+        "wait",
+        "--for=condition=complete",
+        "job/ok",
+        "--timeout=60s",
+    ]);
+    let st = json_of(&s, &["get", "job", "ok", "-o", "json"])["status"].clone();
+    assert_eq!(st["succeeded"], 3);
+    assert!(st["completionTime"].is_string());
+    assert_eq!(pods_of(&s, "job-name=ok").len(), 3);
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        &job("bad", "1", "  backoffLimit: 1\n"),
+    );
+    s.ok(&["wait", "--for=condition=failed", "job/bad", "--timeout=60s"]);
+    let st = json_of(&s, &["get", "job", "bad", "-o", "json"])["status"].clone();
+    assert_eq!(st["failed"], 2, "backoffLimit 1 allows one retry");
+    let reason = st["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Failed")
+        .unwrap()["reason"]
+        .clone();
+    assert_eq!(reason, "BackoffLimitExceeded");
+    // ttlSecondsAfterFinished deletes the finished Job and, through the GC, its pods.
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        &job("short", "0", "  ttlSecondsAfterFinished: 1\n"),
+    );
+    eventually(30, "ttl deletion", || {
+        (!s.kubectl(&["get", "job", "short"]).status.success()).then_some(())
+    });
+    // A CronJob due every minute creates a Job (created late enough that a minute boundary passes).
+    let cron = "apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: tick}\nspec:\n  schedule: \"* * * * *\"\n  jobTemplate:\n    spec:\n      template:\n        metadata: {labels: {fake-exit: \"0\"}}\n        spec:\n          restartPolicy: OnFailure\n          containers: [{name: c, image: busybox:1.36}]\n";
+    s.ok_stdin(&["apply", "-f", "-"], cron);
+    let jobs = eventually(75, "a job from the cronjob", || {
+        let items = json_of(&s, &["get", "jobs", "-o", "json"])["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let mine: Vec<Value> = items
+            .into_iter()
+            .filter(|j| j["metadata"]["ownerReferences"][0]["kind"] == "CronJob")
+            .collect();
+        (!mine.is_empty()).then_some(mine)
+    });
+    assert!(
+        jobs[0]["metadata"]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("tick-")
+    );
+    eventually(20, "lastScheduleTime", || {
+        (!s.ok(&[
+            "get",
+            "cronjob",
+            "tick",
+            "-o",
+            "jsonpath={.status.lastScheduleTime}",
+        ])
+        .is_empty())
+        .then_some(())
+    });
+}
+
+#[test]
+fn unreachable_nodes_are_tainted_and_their_pods_evicted() {
+    let s = Server::start();
+    node(&s, "alive", "4", "", "");
+    node(&s, "gone", "4", ", dead: \"1\"", "");
+    let _kubelet = FakeKubelet::start(&s);
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: stranded}\nspec:\n  nodeName: gone\n  terminationGracePeriodSeconds: 0\n  tolerations: [{key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 3}]\n  containers: [{name: c, image: busybox:1.36}]\n";
+    s.ok_stdin(&["apply", "-f", "-"], pod);
+    // After the 40 s grace period the silent node is Unknown and tainted; the healthy one is not.
+    let taints = eventually(70, "unreachable taints", || {
+        let t = s.ok(&[
+            "get",
+            "node",
+            "gone",
+            "-o",
+            "jsonpath={.spec.taints[*].key}",
+        ]);
+        t.contains("node.kubernetes.io/unreachable").then_some(t)
+    });
+    assert!(taints.contains("unreachable"), "{taints}");
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "node",
+            "gone",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"
+        ]),
+        "Unknown"
+    );
+    assert_eq!(
+        s.ok(&["get", "node", "alive", "-o", "jsonpath={.spec.taints}"]),
+        ""
+    );
+    eventually(30, "stranded pod evicted after its toleration", || {
+        (!s.kubectl(&["get", "pod", "stranded"]).status.success()).then_some(())
+    });
+}
+
+#[test]
+fn daemonsets_and_statefulsets() {
+    let s = Server::start();
+    node(&s, "a", "4", ", role: edge", "");
+    node(&s, "b", "4", ", role: edge", "");
+    node(&s, "c", "4", ", role: core", "");
+    let _kubelet = FakeKubelet::start(&s);
+    // DaemonSet: one pod per matching node.
+    let ds = "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: agent}\nspec:\n  selector: {matchLabels: {app: agent}}\n  template:\n    metadata: {labels: {app: agent}}\n    spec:\n      nodeSelector: {role: edge}\n      containers: [{name: c, image: busybox:1.36}]\n";
+    s.ok_stdin(&["apply", "-f", "-"], ds);
+    let nodes = eventually(30, "daemon pods on a and b", || {
+        let mut n: Vec<String> = pods_of(&s, "app=agent")
+            .iter()
+            .filter_map(|p| p["spec"]["nodeName"].as_str().map(String::from))
+            .collect();
+        n.sort();
+        (n == ["a", "b"]).then_some(n)
+    });
+    assert_eq!(nodes, ["a", "b"]);
+    s.ok(&["rollout", "status", "daemonset/agent", "--timeout=60s"]);
+    // A node joining the selection gets a pod.
+    s.ok(&["label", "node", "c", "role=edge", "--overwrite"]);
+    eventually(30, "third daemon pod", || {
+        (pods_of(&s, "app=agent")
+            .iter()
+            .filter(|p| p["spec"]["nodeName"].is_string())
+            .count()
+            == 3)
+            .then_some(())
+    });
+    // Rolling update of the template replaces every pod.
+    s.ok(&["set", "image", "daemonset/agent", "c=busybox:1.37"]);
+    s.ok(&["rollout", "status", "daemonset/agent", "--timeout=90s"]);
+    let images: Vec<String> = pods_of(&s, "app=agent")
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| {
+            p["spec"]["containers"][0]["image"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    assert!(images.iter().all(|i| i == "busybox:1.37"), "{images:?}");
+    // StatefulSet: ordered names, claims per replica, stable hostnames, scale down from the top.
+    let sts = "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: db}\nspec:\n  serviceName: db\n  replicas: 3\n  selector: {matchLabels: {app: db}}\n  template:\n    metadata: {labels: {app: db}}\n    spec:\n      containers: [{name: c, image: busybox:1.36, volumeMounts: [{name: data, mountPath: /data}]}]\n  volumeClaimTemplates:\n  - metadata: {name: data}\n    spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}\n";
+    s.ok_stdin(&["apply", "-f", "-"], sts);
+    s.ok(&["rollout", "status", "statefulset/db", "--timeout=90s"]);
+    let mut names: Vec<String> = pods_of(&s, "app=db")
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["db-0", "db-1", "db-2"]);
+    let p0 = json_of(&s, &["get", "pod", "db-0", "-o", "json"]);
+    assert_eq!(p0["spec"]["hostname"], "db-0");
+    assert_eq!(p0["spec"]["subdomain"], "db");
+    assert_eq!(
+        p0["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"],
+        "data-db-0"
+    );
+    let pvcs = s.ok(&["get", "pvc", "-o", "name"]);
+    for i in 0..3 {
+        assert!(pvcs.contains(&format!("data-db-{i}")), "{pvcs}");
+    }
+    s.ok(&["scale", "statefulset/db", "--replicas=1"]);
+    eventually(30, "scaled down to db-0", || {
+        let live: Vec<String> = pods_of(&s, "app=db")
+            .iter()
+            .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+            .collect();
+        (live == ["db-0"]).then_some(())
     });
 }

@@ -277,28 +277,30 @@ async fn reconcile(d: Arc<Deployment>, dc: Arc<DCtx>) -> Result<Action, kube::Er
         }
     }
     // A rollback to an old template makes that ReplicaSet the newest revision again.
-    if let Some(n) = new_rs.as_mut() {
-        if revision(n) < max_rev && !paused {
-            let patch = serde_json::json!({"metadata": {"annotations": {REVISION: (max_rev + 1).to_string()}}});
-            *n = rs_api
-                .patch(
-                    &n.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
-                .await?;
-            ctx.event(
-                d.as_ref(),
-                false,
-                "DeploymentRollback",
-                format!(
-                    "Rolled back deployment {} to revision {}",
-                    d.name_any(),
-                    max_rev + 1
-                ),
+    if let Some(n) = new_rs.as_mut()
+        && revision(n) < max_rev
+        && !paused
+    {
+        let patch =
+            serde_json::json!({"metadata": {"annotations": {REVISION: (max_rev + 1).to_string()}}});
+        *n = rs_api
+            .patch(
+                &n.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
             )
-            .await;
-        }
+            .await?;
+        ctx.event(
+            d.as_ref(),
+            false,
+            "DeploymentRollback",
+            format!(
+                "Rolled back deployment {} to revision {}",
+                d.name_any(),
+                max_rev + 1
+            ),
+        )
+        .await;
     }
     let new_name = new_rs.as_ref().map(|r| r.name_any());
     let olds: Vec<&ReplicaSet> = owned

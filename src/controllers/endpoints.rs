@@ -74,7 +74,9 @@ fn desired_endpoints(svc: &Service, pods: &[Arc<Pod>]) -> Value {
         .as_ref()
         .and_then(|s| s.ports.clone())
         .unwrap_or_default();
-    let mut subsets: BTreeMap<String, (Vec<Value>, Vec<Value>, Vec<Value>)> = BTreeMap::new();
+    // port set -> (ready addresses, not-ready addresses, ports)
+    type Subset = (Vec<Value>, Vec<Value>, Vec<Value>);
+    let mut subsets: BTreeMap<String, Subset> = BTreeMap::new();
     for p in pods
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
@@ -317,10 +319,10 @@ async fn sync(client: &kube::Client, st: &Stores) {
                 }
             }
             None => {
-                if let Ok(obj) = serde_json::from_value::<EndpointSlice>(want.clone()) {
-                    if let Err(e) = api.create(&PostParams::default(), &obj).await {
-                        tracing::debug!("endpointslice {ns}/{name}: {e}");
-                    }
+                if let Ok(obj) = serde_json::from_value::<EndpointSlice>(want.clone())
+                    && let Err(e) = api.create(&PostParams::default(), &obj).await
+                {
+                    tracing::debug!("endpointslice {ns}/{name}: {e}");
                 }
             }
         }

@@ -1,13 +1,18 @@
 //! Control loops that run inside `kinglet server`, started while this server holds the
 //! controller lease.
 
-mod deployment;
+mod cronjob;
+pub mod daemonset;
+pub mod deployment;
 mod endpoints;
 mod gc;
+mod job;
 mod leader;
 mod namespace;
+mod nodelifecycle;
 mod replicaset;
 mod serviceaccounts;
+mod statefulset;
 pub mod util;
 
 use std::sync::Arc;
@@ -41,6 +46,26 @@ pub fn start(api: Arc<Api>, ca_pem: String) {
                     "deployment-controller",
                 ))),
                 tokio::spawn(endpoints::run(client.clone())),
+                tokio::spawn(daemonset::run(util::Context::new(
+                    client.clone(),
+                    "daemonset-controller",
+                ))),
+                tokio::spawn(statefulset::run(util::Context::new(
+                    client.clone(),
+                    "statefulset-controller",
+                ))),
+                tokio::spawn(job::run(util::Context::new(
+                    client.clone(),
+                    "job-controller",
+                ))),
+                tokio::spawn(cronjob::run(util::Context::new(
+                    client.clone(),
+                    "cronjob-controller",
+                ))),
+                tokio::spawn(nodelifecycle::run(util::Context::new(
+                    client.clone(),
+                    "node-controller",
+                ))),
                 tokio::spawn(crate::scheduler::run(util::Context::new(
                     client.clone(),
                     crate::scheduler::SCHEDULER_NAME,

@@ -2,9 +2,9 @@
 //! orphans, and reports status. "Expectations" (pods created or deleted but not yet seen in the
 //! cache) stop it from acting twice on a stale view, as upstream's controller does.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
@@ -17,54 +17,23 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 
 use super::util::{
-    Context, controller_ref, controller_uid, is_available, is_ready, is_terminal, selects,
+    Context, Expectations, controller_ref, controller_uid, is_available, is_ready, is_terminal,
+    selects,
 };
 
 /// Most pods created in one reconcile (upstream's burst).
 const MAX_BATCH: usize = 500;
-/// Expectations that are not met within this time are dropped.
-const EXPECTATION_TTL: Duration = Duration::from_secs(30);
-
-#[derive(Default)]
-struct Expectation {
-    adds: HashSet<String>,
-    dels: HashSet<String>,
-    since: Option<Instant>,
-}
 
 struct RsCtx {
     ctx: Arc<Context>,
     pods: Store<Pod>,
-    expectations: Mutex<HashMap<String, Expectation>>,
+    expectations: Expectations,
 }
 
 #[derive(Debug, thiserror::Error)]
 enum Error {
     #[error(transparent)]
     Kube(#[from] kube::Error),
-}
-
-/// Whether the cache has caught up with what this controller did for `uid`.
-fn satisfied(rc: &RsCtx, uid: &str, ns: &str) -> bool {
-    let mut all = rc.expectations.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(exp) = all.get_mut(uid) else {
-        return true;
-    };
-    let present: HashSet<String> = rc
-        .pods
-        .state()
-        .iter()
-        .filter(|p| p.namespace().as_deref() == Some(ns))
-        .map(|p| p.name_any())
-        .collect();
-    exp.adds.retain(|n| !present.contains(n));
-    exp.dels.retain(|n| present.contains(n));
-    let done = exp.adds.is_empty() && exp.dels.is_empty();
-    if done || exp.since.is_some_and(|s| s.elapsed() > EXPECTATION_TTL) {
-        all.remove(uid);
-        return true;
-    }
-    false
 }
 
 fn pod_from_template(rs: &ReplicaSet) -> Pod {
@@ -148,7 +117,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, rc: Arc<RsCtx>) -> Result<Action, Error>
         .collect();
     let desired = spec.replicas.unwrap_or(1).max(0) as usize;
     let mut requeue = None;
-    if satisfied(&rc, &uid, &ns) {
+    if rc.expectations.satisfied(&uid, &rc.pods, &ns) {
         if active.len() < desired {
             let want = (desired - active.len()).min(MAX_BATCH);
             let mut created = HashSet::new();
@@ -181,17 +150,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, rc: Arc<RsCtx>) -> Result<Action, Error>
                     )
                     .await;
             }
-            rc.expectations
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(
-                    uid.clone(),
-                    Expectation {
-                        adds: created,
-                        dels: HashSet::new(),
-                        since: Some(Instant::now()),
-                    },
-                );
+            rc.expectations.expect(&uid, created, HashSet::new());
             if let Some(e) = failure {
                 rc.ctx
                     .event(
@@ -224,16 +183,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, rc: Arc<RsCtx>) -> Result<Action, Error>
                 )
                 .await;
             rc.expectations
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(
-                    uid.clone(),
-                    Expectation {
-                        adds: HashSet::new(),
-                        dels: victims.into_iter().collect(),
-                        since: Some(Instant::now()),
-                    },
-                );
+                .expect(&uid, HashSet::new(), victims.into_iter().collect());
         }
     } else {
         requeue = Some(Duration::from_millis(500));
@@ -305,7 +255,7 @@ pub async fn run(ctx: Arc<Context>) {
     let rc = Arc::new(RsCtx {
         ctx,
         pods: reader,
-        expectations: Mutex::new(HashMap::new()),
+        expectations: Expectations::default(),
     });
     Controller::new(Api::<ReplicaSet>::all(client), watcher::Config::default())
         .owns_stream(pods)

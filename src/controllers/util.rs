@@ -1,6 +1,8 @@
 //! Helpers shared by the controllers: owner references, selectors, pod state, events.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -116,4 +118,53 @@ pub fn is_available(p: &Pod, min_ready: i32, now: k8s_openapi::jiff::Timestamp) 
     cond.last_transition_time
         .as_ref()
         .is_some_and(|t| t.0.as_second() + i64::from(min_ready) <= now.as_second())
+}
+
+/// Pods a controller created or deleted that its cache has not shown yet, per owner uid, so a
+/// stale cache never makes it act twice (upstream's "expectations").
+#[derive(Default)]
+pub struct Expectations {
+    pending: Mutex<HashMap<String, Pending>>,
+}
+
+/// (names to see created, names to see gone, since)
+type Pending = (HashSet<String>, HashSet<String>, Instant);
+
+/// Expectations not met within this time are dropped.
+const EXPECTATION_TTL: Duration = Duration::from_secs(30);
+
+impl Expectations {
+    pub fn expect(&self, owner: &str, adds: HashSet<String>, dels: HashSet<String>) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(owner.to_string(), (adds, dels, Instant::now()));
+    }
+
+    /// Whether the cache (`pods`, namespace `ns`) has caught up with `owner`'s last actions.
+    pub fn satisfied(
+        &self,
+        owner: &str,
+        pods: &kube::runtime::reflector::Store<Pod>,
+        ns: &str,
+    ) -> bool {
+        use kube::ResourceExt;
+        let mut all = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((adds, dels, since)) = all.get_mut(owner) else {
+            return true;
+        };
+        let present: HashSet<String> = pods
+            .state()
+            .iter()
+            .filter(|p| p.namespace().as_deref() == Some(ns))
+            .map(|p| p.name_any())
+            .collect();
+        adds.retain(|n| !present.contains(n));
+        dels.retain(|n| present.contains(n));
+        if (adds.is_empty() && dels.is_empty()) || since.elapsed() > EXPECTATION_TTL {
+            all.remove(owner);
+            return true;
+        }
+        false
+    }
 }

@@ -504,3 +504,10 @@ pub fn preemption_plan(pod: &Pod, all: &[NodeInfo]) -> Option<(String, Vec<Arc<P
     }
     best.map(|(_, _, n, v)| (n, v))
 }
+
+/// Whether `node` accepts `pod` by its scheduling rules alone (unschedulable, node affinity and
+/// selector, taints), without resources: what DaemonSets use to pick their nodes.
+pub fn node_accepts(pod: &Pod, node: Arc<Node>) -> bool {
+    let ni = NodeInfo::new(node, Vec::new());
+    !unschedulable(pod, &ni) && node_affinity_ok(pod, &ni) && untolerated_taint(pod, &ni).is_none()
+}

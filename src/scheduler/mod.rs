@@ -8,7 +8,7 @@
 //! pods this scheduler has bound but the watch has not shown yet ("assumed" pods); the binding
 //! calls for a batch of decisions run concurrently.
 
-mod filters;
+pub mod filters;
 pub mod resources;
 
 use std::collections::HashMap;

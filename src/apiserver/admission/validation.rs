@@ -480,12 +480,20 @@ pub fn validate(res: &Resource, obj: &Value, old: Option<&Value>) -> Vec<Cause> 
             selector_matches_template(obj, &mut out, true);
             non_negative(obj, "/spec/replicas", "spec.replicas", &mut out);
             let restart: &[&str] = &["Always"];
-            pod_spec(
-                obj.pointer("/spec/template/spec").unwrap_or(&Value::Null),
-                "spec.template.spec",
-                Some(restart),
-                &mut out,
-            );
+            // A StatefulSet's claim templates are volumes its containers may mount.
+            let mut template = obj
+                .pointer("/spec/template/spec")
+                .cloned()
+                .unwrap_or(Value::Null);
+            for t in arr(obj, "/spec/volumeClaimTemplates") {
+                if let (Some(name), Some(m)) = (s(t, "/metadata/name"), template.as_object_mut()) {
+                    let vols = m.entry("volumes").or_insert_with(|| json!([]));
+                    if let Some(v) = vols.as_array_mut() {
+                        v.push(json!({"name": name, "persistentVolumeClaim": {"claimName": name}}));
+                    }
+                }
+            }
+            pod_spec(&template, "spec.template.spec", Some(restart), &mut out);
             if res.storage.1 == "deployments"
                 && let Some(t) = s(obj, "/spec/strategy/type")
             {
