@@ -711,3 +711,59 @@ fn daemonsets_and_statefulsets() {
         (live == ["db-0"]).then_some(())
     });
 }
+
+#[test]
+fn rollout_finishes_after_the_server_is_killed_midway() {
+    let mut s = Server::start();
+    node(&s, "n1", "8", "", "");
+    let _kubelet = FakeKubelet::start(&s);
+    let deploy = r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"web"},"spec":{"replicas":4,"minReadySeconds":2,
+      "selector":{"matchLabels":{"app":"web"}},"template":{"metadata":{"labels":{"app":"web"}},"spec":{"containers":[{"name":"c","image":"busybox:1.36"}]}}}}"#;
+    s.ok_stdin(&["apply", "-f", "-"], deploy);
+    s.ok(&["rollout", "status", "deployment/web", "--timeout=90s"]);
+    s.ok(&["set", "image", "deployment/web", "c=busybox:1.37"]);
+    // Mid-rollout (minReadySeconds keeps each step slow): SIGKILL, then start again.
+    eventually(20, "rollout under way", || {
+        (json_of(&s, &["get", "rs", "-l", "app=web", "-o", "json"])["items"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 2)
+            .then_some(())
+    });
+    s.restart(true);
+    s.ok(&["rollout", "status", "deployment/web", "--timeout=120s"]);
+    let rss = json_of(&s, &["get", "rs", "-l", "app=web", "-o", "json"])["items"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let mut replicas: Vec<(String, i64)> = rss
+        .iter()
+        .map(|r| {
+            (
+                r["spec"]["template"]["spec"]["containers"][0]["image"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+                r["spec"]["replicas"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    replicas.sort();
+    assert_eq!(
+        replicas,
+        [
+            ("busybox:1.36".to_string(), 0),
+            ("busybox:1.37".to_string(), 4)
+        ]
+    );
+    let live: Vec<Value> = pods_of(&s, "app=web")
+        .into_iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .collect();
+    assert_eq!(live.len(), 4);
+    assert!(
+        live.iter()
+            .all(|p| p["spec"]["containers"][0]["image"] == "busybox:1.37")
+    );
+}

@@ -93,3 +93,48 @@ pub async fn run(
         tokio::time::sleep(RENEW_EVERY).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_holder_at_a_time_and_takeover_after_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("db")).unwrap();
+        let config = crate::apiserver::ApiConfig {
+            advertise_address: "127.0.0.1".parse().unwrap(),
+            port: 6443,
+            service_cidr: "10.43.0.0/16".into(),
+            cluster_domain: "cluster.local".into(),
+            node_port_range: (30000, 32767),
+        };
+        let key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+        let api = crate::apiserver::Api::new(store, config, &key)
+            .await
+            .unwrap();
+        let leases: Api<Lease> = Api::namespaced(api.local_client(), "kube-system");
+        assert!(try_lead(&leases, "ctl", "a").await.unwrap());
+        assert!(
+            try_lead(&leases, "ctl", "a").await.unwrap(),
+            "the holder renews"
+        );
+        assert!(
+            !try_lead(&leases, "ctl", "b").await.unwrap(),
+            "a second server must not lead"
+        );
+        // Let the lease expire: b takes over and a loses it.
+        let mut l = leases.get("ctl").await.unwrap();
+        l.spec.as_mut().unwrap().renew_time = Some(MicroTime(
+            Timestamp::from_second(Timestamp::now().as_second() - 60).unwrap(),
+        ));
+        leases
+            .replace("ctl", &PostParams::default(), &l)
+            .await
+            .unwrap();
+        assert!(try_lead(&leases, "ctl", "b").await.unwrap());
+        assert!(!try_lead(&leases, "ctl", "a").await.unwrap());
+        let l = leases.get("ctl").await.unwrap();
+        assert_eq!(l.spec.as_ref().unwrap().lease_transitions, Some(1));
+    }
+}

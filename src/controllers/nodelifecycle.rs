@@ -4,7 +4,7 @@
 //!   taints go when the node is Ready again.
 //! - Pods on a node with a NoExecute taint are evicted at once unless they tolerate it, or after
 //!   their `tolerationSeconds` (300 s by default admission).
-//! - Pods bound to nodes that no longer exist are deleted.
+//! - Pods bound to nodes that no longer exist are deleted, and terminated pods beyond 12,500.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -155,6 +155,7 @@ async fn sync(ctx: &Context) -> kube::Result<()> {
         .await?
         .items;
     let by_name: HashMap<String, &Node> = nodes.iter().map(|n| (n.name_any(), n)).collect();
+    collect_terminated(ctx, &pods).await;
     for p in pods {
         let Some(node) = p
             .spec
@@ -214,6 +215,33 @@ async fn sync(ctx: &Context) -> kube::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Terminated pods beyond this many are deleted, oldest first (upstream's default).
+const TERMINATED_POD_THRESHOLD: usize = 12_500;
+
+/// Pod GC of terminated pods over the threshold.
+async fn collect_terminated(ctx: &Context, pods: &[Pod]) {
+    let mut done: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| super::util::is_terminal(p) && p.metadata.deletion_timestamp.is_none())
+        .collect();
+    if done.len() <= TERMINATED_POD_THRESHOLD {
+        return;
+    }
+    done.sort_by_key(|p| {
+        p.metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_second())
+            .unwrap_or(0)
+    });
+    for p in &done[..done.len() - TERMINATED_POD_THRESHOLD] {
+        let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &p.namespace().unwrap_or_default());
+        let _ = api
+            .delete(&p.name_any(), &DeleteParams::default().grace_period(0))
+            .await;
+    }
 }
 
 pub async fn run(ctx: std::sync::Arc<Context>) {
