@@ -767,3 +767,64 @@ fn rollout_finishes_after_the_server_is_killed_midway() {
             .all(|p| p["spec"]["containers"][0]["image"] == "busybox:1.37")
     );
 }
+
+/// Stands in for the metrics API the kubelet issue brings: a CRD named like metrics.k8s.io's
+/// PodMetrics, whose objects the test writes.
+const POD_METRICS_CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: pods.metrics.k8s.io}
+spec:
+  group: metrics.k8s.io
+  scope: Namespaced
+  names: {plural: pods, singular: pod, kind: PodMetrics}
+  versions:
+  - name: v1beta1
+    served: true
+    storage: true
+    schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
+"#;
+
+#[test]
+fn hpa_scales_on_cpu_utilisation() {
+    let s = Server::start();
+    node(&s, "n1", "8", "", "");
+    let _kubelet = FakeKubelet::start(&s);
+    s.ok_stdin(&["apply", "-f", "-"], POD_METRICS_CRD);
+    s.ok(&[
+        "wait",
+        "--for=condition=established",
+        "crd/pods.metrics.k8s.io",
+        "--timeout=20s",
+    ]);
+    let deploy = r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"busy"},"spec":{"replicas":1,"selector":{"matchLabels":{"app":"busy"}},
+      "template":{"metadata":{"labels":{"app":"busy"}},"spec":{"containers":[{"name":"c","image":"busybox:1.36","resources":{"requests":{"cpu":"100m"}}}]}}}}"#;
+    s.ok_stdin(&["apply", "-f", "-"], deploy);
+    s.ok(&["rollout", "status", "deployment/busy", "--timeout=60s"]);
+    let pod = pods_of(&s, "app=busy")[0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The pod uses 300% of its request: 1 replica at 50% target -> 6.
+    let metrics = format!(
+        "apiVersion: metrics.k8s.io/v1beta1\nkind: PodMetrics\nmetadata: {{name: {pod}, labels: {{app: busy}}}}\ncontainers: [{{name: c, usage: {{cpu: 300m, memory: 10Mi}}}}]\n"
+    );
+    s.ok_stdin(&["apply", "-f", "-"], &metrics);
+    s.ok(&[
+        "autoscale",
+        "deployment",
+        "busy",
+        "--cpu-percent=50",
+        "--min=1",
+        "--max=6",
+    ]);
+    eventually(60, "scaled to 6", || {
+        (s.ok(&["get", "deploy", "busy", "-o", "jsonpath={.spec.replicas}"]) == "6").then_some(())
+    });
+    let hpa = json_of(&s, &["get", "hpa", "busy", "-o", "json"]);
+    assert_eq!(hpa["status"]["desiredReplicas"], 6);
+    assert_eq!(
+        hpa["status"]["currentMetrics"][0]["resource"]["current"]["averageUtilization"],
+        300
+    );
+}

@@ -6,6 +6,7 @@ pub mod daemonset;
 pub mod deployment;
 mod endpoints;
 mod gc;
+mod hpa;
 mod job;
 mod leader;
 mod namespace;
@@ -61,6 +62,10 @@ pub fn start(api: Arc<Api>, ca_pem: String) {
                 tokio::spawn(cronjob::run(util::Context::new(
                     client.clone(),
                     "cronjob-controller",
+                ))),
+                tokio::spawn(hpa::run(util::Context::new(
+                    client.clone(),
+                    "horizontal-pod-autoscaler",
                 ))),
                 tokio::spawn(nodelifecycle::run(util::Context::new(
                     client.clone(),
