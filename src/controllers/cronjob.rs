@@ -12,10 +12,10 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 
-use super::util::{Context, controller_ref, controller_uid};
+use super::util::{Context, controller_ref, controller_uid, informer};
 
 struct CronCtx {
     ctx: Arc<Context>,
@@ -200,11 +200,7 @@ async fn reconcile(cj: Arc<CronJob>, cc: Arc<CronCtx>) -> Result<Action, kube::E
 
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
-    let (reader, writer) = reflector::store::<Job>();
-    let jobs = watcher(Api::<Job>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .touched_objects();
+    let (reader, jobs) = informer::<Job>(&client);
     let cc = Arc::new(CronCtx { ctx, jobs: reader });
     Controller::new(Api::<CronJob>::all(client), watcher::Config::default())
         .owns_stream(jobs)

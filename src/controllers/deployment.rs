@@ -16,10 +16,10 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 
-use super::util::{Context, controller_ref, controller_uid};
+use super::util::{Context, controller_ref, controller_uid, informer};
 
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
 const HASH_LABEL: &str = "pod-template-hash";
@@ -529,14 +529,7 @@ async fn reconcile(d: Arc<Deployment>, dc: Arc<DCtx>) -> Result<Action, kube::Er
 
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
-    let (reader, writer) = reflector::store::<ReplicaSet>();
-    let rs_stream = watcher(
-        Api::<ReplicaSet>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(writer)
-    .touched_objects();
+    let (reader, rs_stream) = informer::<ReplicaSet>(&client);
     let dc = Arc::new(DCtx {
         ctx,
         replicasets: reader,

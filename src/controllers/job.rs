@@ -15,10 +15,10 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 
-use super::util::{Context, Expectations, controller_ref, controller_uid, is_ready};
+use super::util::{Context, Expectations, controller_ref, controller_uid, informer, is_ready};
 
 struct JobCtx {
     ctx: Arc<Context>,
@@ -269,11 +269,7 @@ async fn reconcile(job: Arc<Job>, jc: Arc<JobCtx>) -> Result<Action, kube::Error
 
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
-    let (reader, writer) = reflector::store::<Pod>();
-    let pods = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .touched_objects();
+    let (reader, pods) = informer::<Pod>(&client);
     let jc = Arc::new(JobCtx {
         ctx,
         pods: reader,

@@ -13,12 +13,12 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 
 use super::util::{
-    Context, Expectations, controller_ref, controller_uid, is_available, is_ready, is_terminal,
-    selects,
+    Context, Expectations, controller_ref, controller_uid, informer, is_available, is_ready,
+    is_terminal, selects,
 };
 
 /// Most pods created in one reconcile (upstream's burst).
@@ -247,11 +247,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, rc: Arc<RsCtx>) -> Result<Action, Error>
 
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
-    let (reader, writer) = reflector::store::<Pod>();
-    let pods = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .touched_objects();
+    let (reader, pods) = informer::<Pod>(&client);
     let rc = Arc::new(RsCtx {
         ctx,
         pods: reader,

@@ -14,12 +14,14 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 
 use super::daemonset::REVISION_HASH;
 use super::deployment::template_hash;
-use super::util::{Context, controller_ref, controller_uid, is_available, is_ready, is_terminal};
+use super::util::{
+    Context, controller_ref, controller_uid, informer, is_available, is_ready, is_terminal,
+};
 
 struct StsCtx {
     ctx: Arc<Context>,
@@ -298,11 +300,7 @@ async fn reconcile(sts: Arc<StatefulSet>, sc: Arc<StsCtx>) -> Result<Action, kub
 
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
-    let (pods, writer) = reflector::store::<Pod>();
-    let stream = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .touched_objects();
+    let (pods, stream) = informer::<Pod>(&client);
     let sc = Arc::new(StsCtx { ctx, pods });
     Controller::new(Api::<StatefulSet>::all(client), watcher::Config::default())
         .owns_stream(stream)
