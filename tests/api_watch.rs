@@ -59,7 +59,7 @@ fn watch_semantics() {
         assert!(!rv.is_empty());
 
         // sendInitialEvents: ADDED for current state, then a bookmark marking the end.
-        let mut w = watch_lines(&c, "/api/v1/namespaces/default/configmaps?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true").await;
+        let mut w = watch_lines(&c, "/api/v1/namespaces/default/configmaps?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&labelSelector=app%3Dweb").await;
         let e = next(&mut w).await;
         assert_eq!((e["type"].as_str(), e["object"]["metadata"]["name"].as_str()), (Some("ADDED"), Some("a")));
         let e = next(&mut w).await;
@@ -79,14 +79,17 @@ fn watch_semantics() {
         assert_eq!((e["type"].as_str(), e["object"]["metadata"]["name"].as_str()), (Some("DELETED"), Some("b")));
 
         // List at an exact older revision still shows the old state.
-        let old = get_json(&c, &format!("/api/v1/namespaces/default/configmaps?resourceVersion={rv}&resourceVersionMatch=Exact")).await.unwrap();
+        let old = get_json(&c, &format!("/api/v1/namespaces/default/configmaps?resourceVersion={rv}&resourceVersionMatch=Exact&labelSelector=app%3Dweb")).await.unwrap();
         assert_eq!(old["items"].as_array().unwrap().len(), 1);
-        // Pagination with limit + continue.
+        // Pagination with limit + continue (the root CA ConfigMap is in every namespace too).
+        let all = get_json(&c, "/api/v1/namespaces/default/configmaps").await.unwrap();
+        let names: Vec<String> = all["items"].as_array().unwrap().iter().map(|i| i["metadata"]["name"].as_str().unwrap().to_string()).collect();
         let p1 = get_json(&c, "/api/v1/namespaces/default/configmaps?limit=1").await.unwrap();
         let token = p1["metadata"]["continue"].as_str().expect("continue token").to_string();
-        assert_eq!(p1["metadata"]["remainingItemCount"], 1);
+        assert_eq!(p1["items"][0]["metadata"]["name"], names[0].as_str());
+        assert_eq!(p1["metadata"]["remainingItemCount"], names.len() as i64 - 1);
         let p2 = get_json(&c, &format!("/api/v1/namespaces/default/configmaps?limit=1&continue={token}")).await.unwrap();
-        assert_eq!(p2["items"][0]["metadata"]["name"], "b");
+        assert_eq!(p2["items"][0]["metadata"]["name"], names[1].as_str());
         // A bad continue token is a 400.
         let err = get_json(&c, "/api/v1/namespaces/default/configmaps?limit=1&continue=garbage").await.unwrap_err();
         assert!(matches!(err, kube::Error::Api(ref st) if st.code == 400), "{err:?}");
