@@ -49,8 +49,7 @@ fn report(name: &str, mut lat: Vec<Duration>, wall: Duration) {
 }
 
 fn cm(name: &str, stamp: Option<u128>) -> ConfigMap {
-    let mut v =
-        serde_json::json!({"metadata": {"name": name}, "data": {"payload": "x".repeat(256)}});
+    let mut v = serde_json::json!({"metadata": {"name": name, "labels": {"bench": "1"}}, "data": {"payload": "x".repeat(256)}});
     if let Some(t) = stamp {
         v["metadata"]["annotations"] = serde_json::json!({"bench/sent-us": t.to_string()});
     }
