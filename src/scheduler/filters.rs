@@ -19,6 +19,8 @@ pub struct NodeInfo {
     alloc: Resources,
     requested: Resources,
     pods: Vec<Arc<Pod>>,
+    /// The pods here with required anti-affinity terms (checked against every incoming pod).
+    anti: Vec<Arc<Pod>>,
     ports: HashSet<(String, i32)>,
 }
 
@@ -48,6 +50,7 @@ impl NodeInfo {
             node,
             requested: Resources::new(),
             pods: Vec::new(),
+            anti: Vec::new(),
             ports: HashSet::new(),
         };
         for p in pods {
@@ -61,6 +64,18 @@ impl NodeInfo {
             *self.requested.entry(k).or_insert(0) += v;
         }
         self.ports.extend(host_ports(&pod));
+        let has_anti = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.affinity.as_ref())
+            .and_then(|a| a.pod_anti_affinity.as_ref())
+            .is_some_and(|a| {
+                a.required_during_scheduling_ignored_during_execution
+                    .is_some()
+            });
+        if has_anti {
+            self.anti.push(pod.clone());
+        }
         self.pods.push(pod);
     }
 
@@ -267,7 +282,7 @@ fn affinity_reasons(pod: &Pod, ni: &NodeInfo, all: &[NodeInfo]) -> Option<String
         }
     }
     // Existing pods' anti-affinity against the incoming pod.
-    for other in all.iter().flat_map(|n| n.pods.iter().map(move |p| (n, p))) {
+    for other in all.iter().flat_map(|n| n.anti.iter().map(move |p| (n, p))) {
         let (on, p) = other;
         let terms = p
             .spec

@@ -60,14 +60,13 @@ impl Scheduler {
     /// The nodes with every pod the cache and this scheduler know to be on them.
     fn node_infos(&mut self) -> Vec<NodeInfo> {
         let pods = self.pods.state();
-        self.assumed.retain(|uid, _| {
-            !pods
-                .iter()
-                .any(|p| p.uid().as_deref() == Some(uid.as_str()) && !is_pending(p))
-                && pods
-                    .iter()
-                    .any(|p| p.uid().as_deref() == Some(uid.as_str()))
-        });
+        // An assumed pod is settled once the cache shows it bound (or gone).
+        let still_pending: std::collections::HashSet<String> = pods
+            .iter()
+            .filter(|p| is_pending(p))
+            .filter_map(|p| p.uid())
+            .collect();
+        self.assumed.retain(|uid, _| still_pending.contains(uid));
         let mut by_node: HashMap<String, Vec<Arc<Pod>>> = HashMap::new();
         for p in pods
             .iter()
