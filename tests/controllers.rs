@@ -702,6 +702,36 @@ fn daemonsets_and_statefulsets() {
     for i in 0..3 {
         assert!(pvcs.contains(&format!("data-db-{i}")), "{pvcs}");
     }
+    // ControllerRevisions back `rollout history` and `rollout undo`.
+    s.ok(&["set", "image", "statefulset/db", "c=busybox:1.37"]);
+    s.ok(&["rollout", "status", "statefulset/db", "--timeout=90s"]);
+    let history = s.ok(&["rollout", "history", "statefulset/db"]);
+    assert!(history.contains('1') && history.contains('2'), "{history}");
+    s.ok(&["rollout", "undo", "statefulset/db"]);
+    s.ok(&["rollout", "status", "statefulset/db", "--timeout=90s"]);
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "statefulset",
+            "db",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}"
+        ]),
+        "busybox:1.36"
+    );
+    eventually(60, "pods back on the old image", || {
+        let imgs: Vec<String> = pods_of(&s, "app=db")
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .map(|p| {
+                p["spec"]["containers"][0]["image"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect();
+        (imgs.len() == 3 && imgs.iter().all(|i| i == "busybox:1.36")).then_some(())
+    });
     s.ok(&["scale", "statefulset/db", "--replicas=1"]);
     eventually(30, "scaled down to db-0", || {
         let live: Vec<String> = pods_of(&s, "app=db")

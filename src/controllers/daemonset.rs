@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, DaemonSetStatus};
+use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{Node, Pod, Toleration};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
@@ -18,7 +18,9 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 
 use super::deployment::template_hash;
-use super::util::{Context, controller_ref, controller_uid, is_available, is_ready};
+use super::util::{
+    Context, controller_ref, controller_uid, ensure_revision, is_available, is_ready,
+};
 use crate::scheduler::filters::node_accepts;
 
 pub const REVISION_HASH: &str = "controller-revision-hash";
@@ -106,35 +108,6 @@ fn target_node(p: &Pod) -> Option<String> {
         })
 }
 
-async fn ensure_revision(ctx: &Context, ds: &DaemonSet, hash: &str) -> kube::Result<()> {
-    let ns = ds.namespace().unwrap_or_default();
-    let api: Api<ControllerRevision> = Api::namespaced(ctx.client.clone(), &ns);
-    let name = format!("{}-{hash}", ds.name_any());
-    if api.get_opt(&name).await?.is_some() {
-        return Ok(());
-    }
-    let existing = api
-        .list(&Default::default())
-        .await?
-        .items
-        .into_iter()
-        .filter(|r| controller_uid(&r.metadata) == ds.uid().as_deref())
-        .map(|r| r.revision)
-        .max()
-        .unwrap_or(0);
-    let cr: ControllerRevision = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name, "namespace": ns, "labels": {REVISION_HASH: hash}, "ownerReferences": [controller_ref(ds)]},
-        "data": {"spec": {"template": ds.spec.as_ref().map(|s| s.template.clone()), "$patch": "replace"}},
-        "revision": existing + 1,
-    }))
-    .expect("controllerrevision");
-    match api.create(&PostParams::default(), &cr).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
 async fn reconcile(ds: Arc<DaemonSet>, dc: Arc<DsCtx>) -> Result<Action, kube::Error> {
     let ctx = &dc.ctx;
     if ds.metadata.deletion_timestamp.is_some() {
@@ -147,7 +120,7 @@ async fn reconcile(ds: Arc<DaemonSet>, dc: Arc<DsCtx>) -> Result<Action, kube::E
         &spec.template,
         ds.status.as_ref().and_then(|s| s.collision_count),
     );
-    ensure_revision(ctx, &ds, &hash).await?;
+    ensure_revision(ctx, ds.as_ref(), &spec.template, &hash).await?;
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let mut by_node: HashMap<String, Vec<Arc<Pod>>> = HashMap::new();
     for p in dc.pods.state().into_iter().filter(|p| {

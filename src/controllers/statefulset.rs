@@ -20,7 +20,8 @@ use kube::runtime::watcher;
 use super::daemonset::REVISION_HASH;
 use super::deployment::template_hash;
 use super::util::{
-    Context, controller_ref, controller_uid, informer, is_available, is_ready, is_terminal,
+    Context, controller_ref, controller_uid, ensure_revision, informer, is_available, is_ready,
+    is_terminal,
 };
 
 struct StsCtx {
@@ -143,6 +144,7 @@ async fn reconcile(sts: Arc<StatefulSet>, sc: Arc<StsCtx>) -> Result<Action, kub
         &spec.template,
         sts.status.as_ref().and_then(|s| s.collision_count),
     );
+    ensure_revision(ctx, sts.as_ref(), &spec.template, &hash).await?;
     let parallel = spec.pod_management_policy.as_deref() == Some("Parallel");
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let pods: HashMap<i32, Arc<Pod>> = sc

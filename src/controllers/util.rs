@@ -197,3 +197,53 @@ where
     .touched_objects();
     (reader, stream)
 }
+
+/// Records `template` as a ControllerRevision of `owner` (named `<owner>-<hash>`, labelled like the
+/// pods so `kubectl rollout history/undo` find it), as DaemonSets and StatefulSets keep them.
+pub async fn ensure_revision<K>(
+    ctx: &Context,
+    owner: &K,
+    template: &k8s_openapi::api::core::v1::PodTemplateSpec,
+    hash: &str,
+) -> kube::Result<()>
+where
+    K: Resource<DynamicType = ()>,
+{
+    use k8s_openapi::api::apps::v1::ControllerRevision;
+    let ns = owner.meta().namespace.clone().unwrap_or_default();
+    let api: kube::Api<ControllerRevision> = kube::Api::namespaced(ctx.client.clone(), &ns);
+    let name = format!("{}-{hash}", owner.meta().name.clone().unwrap_or_default());
+    if api.get_opt(&name).await?.is_some() {
+        return Ok(());
+    }
+    let uid = owner.meta().uid.clone();
+    let existing = api
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|r| controller_uid(&r.metadata) == uid.as_deref())
+        .map(|r| r.revision)
+        .max()
+        .unwrap_or(0);
+    let mut labels = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    labels.insert("controller-revision-hash".into(), hash.into());
+    // Upstream's revision data: a strategic patch that replaces the whole template.
+    let mut data_template = serde_json::to_value(template).map_err(kube::Error::SerdeError)?;
+    data_template["$patch"] = serde_json::json!("replace");
+    let cr: ControllerRevision = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": ns, "labels": labels, "ownerReferences": [controller_ref(owner)]},
+        "data": {"spec": {"template": data_template}},
+        "revision": existing + 1,
+    }))
+    .map_err(kube::Error::SerdeError)?;
+    match api.create(&kube::api::PostParams::default(), &cr).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
