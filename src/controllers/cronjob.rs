@@ -10,12 +10,12 @@ use futures::StreamExt;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 
-use super::util::{Context, controller_ref, controller_uid, informer};
+use super::util::{Context, controller_ref, controller_uid, informer, merge_status};
 
 struct CronCtx {
     ctx: Arc<Context>,
@@ -185,13 +185,7 @@ async fn reconcile(cj: Arc<CronJob>, cc: Arc<CronCtx>) -> Result<Action, kube::E
             .unwrap_or(0)
             != active.len()
     {
-        let api: Api<CronJob> = Api::namespaced(ctx.client.clone(), &ns);
-        api.patch_status(
-            &cj.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&serde_json::json!({"status": status})),
-        )
-        .await?;
+        merge_status(&ctx.client, cj.as_ref(), &status).await?;
     }
     // Wake up at the next minute boundary.
     let secs = 60 - (now.timestamp() % 60) as u64;

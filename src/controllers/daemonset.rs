@@ -12,14 +12,14 @@ use k8s_openapi::api::core::v1::{Node, Pod, Toleration};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 
 use super::deployment::template_hash;
 use super::util::{
-    Context, controller_ref, controller_uid, ensure_revision, is_available, is_ready,
+    Context, controller_ref, controller_uid, ensure_revision, is_available, is_ready, merge_status,
 };
 use crate::scheduler::filters::node_accepts;
 
@@ -251,13 +251,7 @@ async fn reconcile(ds: Arc<DaemonSet>, dc: Arc<DsCtx>) -> Result<Action, kube::E
         conditions: None,
     };
     if ds.status.as_ref() != Some(&status) {
-        let api: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &ns);
-        api.patch_status(
-            &ds.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&serde_json::json!({"status": status})),
-        )
-        .await?;
+        merge_status(&ctx.client, ds.as_ref(), &status).await?;
     }
     Ok(if unavailable > 0 {
         Action::requeue(Duration::from_secs(2))

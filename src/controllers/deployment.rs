@@ -19,7 +19,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 
-use super::util::{Context, controller_ref, controller_uid, informer};
+use super::util::{Context, controller_ref, controller_uid, informer, merge_status};
 
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
 const HASH_LABEL: &str = "pod-template-hash";
@@ -261,16 +261,8 @@ async fn reconcile(d: Arc<Deployment>, dc: Arc<DCtx>) -> Result<Action, kube::Er
             }
             Err(kube::Error::Api(e)) if e.code == 409 => {
                 // Hash collision with a ReplicaSet we do not own or with another template.
-                let d_api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-                let patch =
-                    serde_json::json!({"status": {"collisionCount": collision.unwrap_or(0) + 1}});
-                d_api
-                    .patch_status(
-                        &d.name_any(),
-                        &PatchParams::default(),
-                        &Patch::Merge(&patch),
-                    )
-                    .await?;
+                let bump = serde_json::json!({"collisionCount": collision.unwrap_or(0) + 1});
+                merge_status(&ctx.client, d.as_ref(), &bump).await?;
                 return Ok(Action::requeue(Duration::from_millis(200)));
             }
             Err(e) => return Err(e),
@@ -511,14 +503,7 @@ async fn reconcile(d: Arc<Deployment>, dc: Arc<DCtx>) -> Result<Action, kube::Er
         s
     };
     if strip_times(&prev) != strip_times(&status) || d.status.is_none() {
-        let patch = serde_json::json!({"status": status});
-        d_api
-            .patch_status(
-                &d.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await?;
+        merge_status(&ctx.client, d.as_ref(), &status).await?;
     }
     Ok(if complete || paused {
         Action::await_change()

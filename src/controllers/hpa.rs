@@ -12,12 +12,12 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use serde_json::{Value, json};
 
-use super::util::{Context, is_ready};
+use super::util::{Context, is_ready, merge_status};
 use crate::scheduler::resources::parse_milli;
 
 const TOLERANCE: f64 = 0.1;
@@ -267,15 +267,9 @@ async fn reconcile(
         .await;
         last_scale = Some(Timestamp::now().to_string());
     }
-    let status = json!({"status": {"currentReplicas": current, "desiredReplicas": desired, "currentMetrics": current_metrics,
-        "lastScaleTime": last_scale, "observedGeneration": hpa.metadata.generation, "conditions": conditions}});
-    let api: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), &ns);
-    api.patch_status(
-        &hpa.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&status),
-    )
-    .await?;
+    let status = json!({"currentReplicas": current, "desiredReplicas": desired, "currentMetrics": current_metrics,
+        "lastScaleTime": last_scale, "observedGeneration": hpa.metadata.generation, "conditions": conditions});
+    merge_status(&ctx.client, hpa.as_ref(), &status).await?;
     Ok(Action::requeue(SYNC))
 }
 

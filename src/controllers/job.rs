@@ -13,12 +13,14 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 
-use super::util::{Context, Expectations, controller_ref, controller_uid, informer, is_ready};
+use super::util::{
+    Context, Expectations, controller_ref, controller_uid, informer, is_ready, merge_status,
+};
 
 struct JobCtx {
     ctx: Arc<Context>,
@@ -254,13 +256,7 @@ async fn reconcile(job: Arc<Job>, jc: Arc<JobCtx>) -> Result<Action, kube::Error
         ..prev.clone()
     };
     if Some(&status) != job.status.as_ref() {
-        let patch = serde_json::json!({"status": status});
-        api.patch_status(
-            &job.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await?;
+        merge_status(&ctx.client, job.as_ref(), &status).await?;
     }
     Ok(requeue
         .map(Action::requeue)

@@ -18,7 +18,7 @@ use kube::runtime::watcher;
 
 use super::util::{
     Context, Expectations, controller_ref, controller_uid, informer, is_available, is_ready,
-    is_terminal, selects,
+    is_terminal, merge_status, selects,
 };
 
 /// Most pods created in one reconcile (upstream's burst).
@@ -230,15 +230,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, rc: Arc<RsCtx>) -> Result<Action, Error>
         requeue = Some(Duration::from_secs(min_ready.max(1) as u64));
     }
     if rs.status.as_ref() != Some(&status) {
-        let rs_api: Api<ReplicaSet> = Api::namespaced(rc.ctx.client.clone(), &ns);
-        let patch = serde_json::json!({"status": status});
-        rs_api
-            .patch_status(
-                &rs.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await?;
+        merge_status(&rc.ctx.client, rs.as_ref(), &status).await?;
     }
     Ok(requeue
         .map(Action::requeue)

@@ -12,7 +12,7 @@ use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetStatus};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
@@ -21,7 +21,7 @@ use super::daemonset::REVISION_HASH;
 use super::deployment::template_hash;
 use super::util::{
     Context, controller_ref, controller_uid, ensure_revision, informer, is_available, is_ready,
-    is_terminal,
+    is_terminal, merge_status,
 };
 
 struct StsCtx {
@@ -283,13 +283,7 @@ async fn reconcile(sts: Arc<StatefulSet>, sc: Arc<StsCtx>) -> Result<Action, kub
         conditions: None,
     };
     if sts.status.as_ref() != Some(&status) {
-        let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
-        api.patch_status(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(&serde_json::json!({"status": status})),
-        )
-        .await?;
+        merge_status(&ctx.client, sts.as_ref(), &status).await?;
     }
     Ok(Action::requeue(Duration::from_secs(
         if all_healthy && live.len() as i32 == replicas {

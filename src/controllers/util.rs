@@ -247,3 +247,30 @@ where
         Err(e) => Err(e),
     }
 }
+
+/// Merge-patches `status` into `obj`'s status subresource.
+pub async fn merge_status<K>(
+    client: &kube::Client,
+    obj: &K,
+    status: &impl serde::Serialize,
+) -> kube::Result<()>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+{
+    let meta = obj.meta();
+    let api: kube::Api<K> = kube::Api::namespaced(
+        client.clone(),
+        meta.namespace.as_deref().unwrap_or_default(),
+    );
+    let patch = serde_json::json!({ "status": status });
+    api.patch_status(
+        meta.name.as_deref().unwrap_or_default(),
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .map(|_| ())
+}
