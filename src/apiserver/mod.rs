@@ -436,3 +436,18 @@ impl Api {
         kube::Client::new(service, "default")
     }
 }
+
+/// An API server over a fresh store in `dir`, for unit tests of its clients.
+#[cfg(test)]
+pub async fn test_api(dir: &std::path::Path) -> Arc<Api> {
+    let store = Store::open(&dir.join("db")).unwrap();
+    let config = ApiConfig {
+        advertise_address: "127.0.0.1".parse().unwrap(),
+        port: 6443,
+        service_cidr: "10.43.0.0/16".into(),
+        cluster_domain: "cluster.local".into(),
+        node_port_range: (30000, 32767),
+    };
+    let key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+    Api::new(store, config, &key).await.unwrap()
+}

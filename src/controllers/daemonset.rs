@@ -14,10 +14,11 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 
 use super::deployment::template_hash;
+use super::informers::Informers;
 use super::util::{
     Context, controller_ref, controller_uid, ensure_revision, is_available, is_ready, merge_status,
 };
@@ -260,24 +261,20 @@ async fn reconcile(ds: Arc<DaemonSet>, dc: Arc<DsCtx>) -> Result<Action, kube::E
     })
 }
 
-pub async fn run(ctx: Arc<Context>) {
+pub async fn run(ctx: Arc<Context>, informers: Arc<Informers>) {
     let client = ctx.client.clone();
-    let (pods, pod_writer) = reflector::store::<Pod>();
-    let (nodes, node_writer) = reflector::store::<Node>();
-    let pod_stream = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(pod_writer)
-        .touched_objects();
-    let node_stream = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(node_writer)
-        .touched_objects();
-    let dc = Arc::new(DsCtx { ctx, pods, nodes });
+    informers.pods.synced().await;
+    informers.nodes.synced().await;
+    let dc = Arc::new(DsCtx {
+        ctx,
+        pods: informers.pods.store(),
+        nodes: informers.nodes.store(),
+    });
     let controller = Controller::new(Api::<DaemonSet>::all(client), watcher::Config::default());
     let daemonsets = controller.store();
     controller
-        .owns_stream(pod_stream)
-        .watches_stream(node_stream, move |_node| {
+        .owns_shared_stream(informers.pods.subscribe())
+        .watches_shared_stream(informers.nodes.subscribe(), move |_node| {
             daemonsets
                 .state()
                 .iter()

@@ -3,6 +3,7 @@
 //! terminating pods so proxies can drain them). One debounced sync over all Services handles
 //! creates, changes and deletions alike.
 
+use super::informers::Informers;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -329,7 +330,7 @@ async fn sync(client: &kube::Client, st: &Stores) {
     }
 }
 
-pub async fn run(client: kube::Client) {
+pub async fn run(client: kube::Client, informers: Arc<Informers>) {
     let wake = Arc::new(Notify::new());
     macro_rules! reflect {
         ($t:ty) => {{
@@ -348,12 +349,19 @@ pub async fn run(client: kube::Client) {
     }
     let st = Stores {
         services: reflect!(Service),
-        pods: reflect!(Pod),
+        pods: informers.pods.store(),
         endpoints: reflect!(Endpoints),
         slices: reflect!(EndpointSlice),
     };
     let _ = st.services.wait_until_ready().await;
-    let _ = st.pods.wait_until_ready().await;
+    {
+        let wake = wake.clone();
+        tokio::spawn(informers.pods.subscribe().for_each(move |_| {
+            wake.notify_one();
+            async {}
+        }));
+    }
+    informers.pods.synced().await;
     let _ = st.endpoints.wait_until_ready().await;
     let _ = st.slices.wait_until_ready().await;
     loop {

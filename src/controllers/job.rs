@@ -18,9 +18,8 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 
-use super::util::{
-    Context, Expectations, controller_ref, controller_uid, informer, is_ready, merge_status,
-};
+use super::informers::Informers;
+use super::util::{Context, Expectations, controller_ref, controller_uid, is_ready, merge_status};
 
 struct JobCtx {
     ctx: Arc<Context>,
@@ -263,16 +262,16 @@ async fn reconcile(job: Arc<Job>, jc: Arc<JobCtx>) -> Result<Action, kube::Error
         .unwrap_or_else(Action::await_change))
 }
 
-pub async fn run(ctx: Arc<Context>) {
+pub async fn run(ctx: Arc<Context>, informers: Arc<Informers>) {
     let client = ctx.client.clone();
-    let (reader, pods) = informer::<Pod>(&client);
+    informers.pods.synced().await;
     let jc = Arc::new(JobCtx {
         ctx,
-        pods: reader,
+        pods: informers.pods.store(),
         expectations: Expectations::default(),
     });
     Controller::new(Api::<Job>::all(client), watcher::Config::default())
-        .owns_stream(pods)
+        .owns_shared_stream(informers.pods.subscribe())
         .run(
             reconcile,
             |_, e, _| {

@@ -101,18 +101,7 @@ mod tests {
     #[tokio::test]
     async fn one_holder_at_a_time_and_takeover_after_expiry() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::Store::open(&dir.path().join("db")).unwrap();
-        let config = crate::apiserver::ApiConfig {
-            advertise_address: "127.0.0.1".parse().unwrap(),
-            port: 6443,
-            service_cidr: "10.43.0.0/16".into(),
-            cluster_domain: "cluster.local".into(),
-            node_port_range: (30000, 32767),
-        };
-        let key = rcgen::KeyPair::generate().unwrap().serialize_pem();
-        let api = crate::apiserver::Api::new(store, config, &key)
-            .await
-            .unwrap();
+        let api = crate::apiserver::test_api(dir.path()).await;
         let leases: Api<Lease> = Api::namespaced(api.local_client(), "kube-system");
         assert!(try_lead(&leases, "ctl", "a").await.unwrap());
         assert!(

@@ -7,6 +7,7 @@ pub mod deployment;
 mod endpoints;
 mod gc;
 mod hpa;
+pub mod informers;
 mod job;
 mod leader;
 mod namespace;
@@ -34,31 +35,32 @@ pub fn start(api: Arc<Api>, ca_pem: String) {
     tokio::spawn(async move {
         leader::run(client.clone(), "kinglet-controllers", identity, move || {
             let api = api.clone();
-            vec![
+            let (informers, mut tasks) = informers::Informers::start(&client);
+            tasks.extend([
                 tokio::spawn(gc::GarbageCollector::run_forever(api.clone())),
                 tokio::spawn(namespace::run_forever(api)),
                 tokio::spawn(serviceaccounts::run(client.clone(), ca_pem.clone())),
-                tokio::spawn(replicaset::run(util::Context::new(
-                    client.clone(),
-                    "replicaset-controller",
-                ))),
+                tokio::spawn(replicaset::run(
+                    util::Context::new(client.clone(), "replicaset-controller"),
+                    informers.clone(),
+                )),
                 tokio::spawn(deployment::run(util::Context::new(
                     client.clone(),
                     "deployment-controller",
                 ))),
-                tokio::spawn(endpoints::run(client.clone())),
-                tokio::spawn(daemonset::run(util::Context::new(
-                    client.clone(),
-                    "daemonset-controller",
-                ))),
-                tokio::spawn(statefulset::run(util::Context::new(
-                    client.clone(),
-                    "statefulset-controller",
-                ))),
-                tokio::spawn(job::run(util::Context::new(
-                    client.clone(),
-                    "job-controller",
-                ))),
+                tokio::spawn(endpoints::run(client.clone(), informers.clone())),
+                tokio::spawn(daemonset::run(
+                    util::Context::new(client.clone(), "daemonset-controller"),
+                    informers.clone(),
+                )),
+                tokio::spawn(statefulset::run(
+                    util::Context::new(client.clone(), "statefulset-controller"),
+                    informers.clone(),
+                )),
+                tokio::spawn(job::run(
+                    util::Context::new(client.clone(), "job-controller"),
+                    informers.clone(),
+                )),
                 tokio::spawn(cronjob::run(util::Context::new(
                     client.clone(),
                     "cronjob-controller",
@@ -67,15 +69,16 @@ pub fn start(api: Arc<Api>, ca_pem: String) {
                     client.clone(),
                     "horizontal-pod-autoscaler",
                 ))),
-                tokio::spawn(nodelifecycle::run(util::Context::new(
-                    client.clone(),
-                    "node-controller",
-                ))),
-                tokio::spawn(crate::scheduler::run(util::Context::new(
-                    client.clone(),
-                    crate::scheduler::SCHEDULER_NAME,
-                ))),
-            ]
+                tokio::spawn(nodelifecycle::run(
+                    util::Context::new(client.clone(), "node-controller"),
+                    informers.clone(),
+                )),
+                tokio::spawn(crate::scheduler::run(
+                    util::Context::new(client.clone(), crate::scheduler::SCHEDULER_NAME),
+                    informers.clone(),
+                )),
+            ]);
+            tasks
         })
         .await
     });

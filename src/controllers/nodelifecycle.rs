@@ -7,6 +7,7 @@
 //! - Pods bound to nodes that no longer exist are deleted, and terminated pods beyond 12,500.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
@@ -15,6 +16,9 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 
+use kube::runtime::reflector::Store;
+
+use super::informers::Informers;
 use super::util::Context;
 
 const GRACE_SECS: i64 = 40;
@@ -75,7 +79,10 @@ fn tolerates(tols: &[Toleration], t: &Taint) -> Option<Option<i64>> {
         .map(|tol| tol.toleration_seconds)
 }
 
-async fn sync(ctx: &Context) -> kube::Result<()> {
+async fn sync(ctx: &Context, pod_cache: &Store<Pod>) -> kube::Result<()> {
+    // Pods are read before the nodes are listed, so a pod bound to a node made since is not
+    // taken for an orphan.
+    let pods = pod_cache.state();
     let now = Timestamp::now().as_second();
     let nodes_api: Api<Node> = Api::all(ctx.client.clone());
     let nodes = nodes_api.list(&ListParams::default()).await?.items;
@@ -150,13 +157,9 @@ async fn sync(ctx: &Context) -> kube::Result<()> {
         }
     }
     // Taint-based eviction and orphaned pods.
-    let pods = Api::<Pod>::all(ctx.client.clone())
-        .list(&ListParams::default())
-        .await?
-        .items;
     let by_name: HashMap<String, &Node> = nodes.iter().map(|n| (n.name_any(), n)).collect();
     collect_terminated(ctx, &pods).await;
-    for p in pods {
+    for p in pods.iter().map(|p| p.as_ref()) {
         let Some(node) = p
             .spec
             .as_ref()
@@ -201,7 +204,7 @@ async fn sync(ctx: &Context) -> kube::Result<()> {
             });
         if evict {
             ctx.event(
-                &p,
+                p,
                 false,
                 "TaintManagerEviction",
                 format!(
@@ -221,9 +224,10 @@ async fn sync(ctx: &Context) -> kube::Result<()> {
 const TERMINATED_POD_THRESHOLD: usize = 12_500;
 
 /// Pod GC of terminated pods over the threshold.
-async fn collect_terminated(ctx: &Context, pods: &[Pod]) {
+async fn collect_terminated(ctx: &Context, pods: &[Arc<Pod>]) {
     let mut done: Vec<&Pod> = pods
         .iter()
+        .map(|p| p.as_ref())
         .filter(|p| super::util::is_terminal(p) && p.metadata.deletion_timestamp.is_none())
         .collect();
     if done.len() <= TERMINATED_POD_THRESHOLD {
@@ -244,9 +248,11 @@ async fn collect_terminated(ctx: &Context, pods: &[Pod]) {
     }
 }
 
-pub async fn run(ctx: std::sync::Arc<Context>) {
+pub async fn run(ctx: Arc<Context>, informers: Arc<Informers>) {
+    informers.pods.synced().await;
+    let pods = informers.pods.store();
     loop {
-        if let Err(e) = sync(&ctx).await {
+        if let Err(e) = sync(&ctx, &pods).await {
             tracing::debug!("node lifecycle: {e}");
         }
         tokio::time::sleep(Duration::from_secs(5)).await;

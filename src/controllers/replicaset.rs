@@ -16,9 +16,10 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 
+use super::informers::Informers;
 use super::util::{
-    Context, Expectations, controller_ref, controller_uid, informer, is_available, is_ready,
-    is_terminal, merge_status, selects,
+    Context, Expectations, controller_ref, controller_uid, is_available, is_ready, is_terminal,
+    merge_status, selects,
 };
 
 /// Most pods created in one reconcile (upstream's burst).
@@ -237,16 +238,16 @@ async fn reconcile(rs: Arc<ReplicaSet>, rc: Arc<RsCtx>) -> Result<Action, Error>
         .unwrap_or_else(Action::await_change))
 }
 
-pub async fn run(ctx: Arc<Context>) {
+pub async fn run(ctx: Arc<Context>, informers: Arc<Informers>) {
     let client = ctx.client.clone();
-    let (reader, pods) = informer::<Pod>(&client);
+    informers.pods.synced().await;
     let rc = Arc::new(RsCtx {
         ctx,
-        pods: reader,
+        pods: informers.pods.store(),
         expectations: Expectations::default(),
     });
     Controller::new(Api::<ReplicaSet>::all(client), watcher::Config::default())
-        .owns_stream(pods)
+        .owns_shared_stream(informers.pods.subscribe())
         .run(
             reconcile,
             |_, e, _| {

@@ -19,9 +19,10 @@ use kube::runtime::watcher;
 
 use super::daemonset::REVISION_HASH;
 use super::deployment::template_hash;
+use super::informers::Informers;
 use super::util::{
-    Context, controller_ref, controller_uid, ensure_revision, informer, is_available, is_ready,
-    is_terminal, merge_status,
+    Context, controller_ref, controller_uid, ensure_revision, is_available, is_ready, is_terminal,
+    merge_status,
 };
 
 struct StsCtx {
@@ -294,12 +295,15 @@ async fn reconcile(sts: Arc<StatefulSet>, sc: Arc<StsCtx>) -> Result<Action, kub
     )))
 }
 
-pub async fn run(ctx: Arc<Context>) {
+pub async fn run(ctx: Arc<Context>, informers: Arc<Informers>) {
     let client = ctx.client.clone();
-    let (pods, stream) = informer::<Pod>(&client);
-    let sc = Arc::new(StsCtx { ctx, pods });
+    informers.pods.synced().await;
+    let sc = Arc::new(StsCtx {
+        ctx,
+        pods: informers.pods.store(),
+    });
     Controller::new(Api::<StatefulSet>::all(client), watcher::Config::default())
-        .owns_stream(stream)
+        .owns_shared_stream(informers.pods.subscribe())
         .run(
             reconcile,
             |_, e, _| {

@@ -148,19 +148,16 @@ impl Expectations {
         pods: &kube::runtime::reflector::Store<Pod>,
         ns: &str,
     ) -> bool {
-        use kube::ResourceExt;
         let mut all = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let Some((adds, dels, since)) = all.get_mut(owner) else {
             return true;
         };
-        let present: HashSet<String> = pods
-            .state()
-            .iter()
-            .filter(|p| p.namespace().as_deref() == Some(ns))
-            .map(|p| p.name_any())
-            .collect();
-        adds.retain(|n| !present.contains(n));
-        dels.retain(|n| present.contains(n));
+        let present = |name: &String| {
+            pods.get(&kube::runtime::reflector::ObjectRef::new(name).within(ns))
+                .is_some()
+        };
+        adds.retain(|n| !present(n));
+        dels.retain(present);
         if (adds.is_empty() && dels.is_empty()) || since.elapsed() > EXPECTATION_TTL {
             all.remove(owner);
             return true;

@@ -19,10 +19,10 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Binding, Node, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
 use tokio::sync::Notify;
 
+use crate::controllers::informers::Informers;
 use crate::controllers::util::Context;
 use filters::NodeInfo;
 
@@ -267,22 +267,11 @@ async fn bind(client: &kube::Client, pod: &Pod, node: &str) -> kube::Result<()> 
     client.request_text(req).await.map(|_| ())
 }
 
-pub async fn run(ctx: Arc<Context>) {
-    let client = ctx.client.clone();
-    let (pods, pod_writer) = reflector::store::<Pod>();
-    let (nodes, node_writer) = reflector::store::<Node>();
+pub async fn run(ctx: Arc<Context>, informers: Arc<Informers>) {
     let wake = Arc::new(Notify::new());
-    let pod_events = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(pod_writer)
-        .touched_objects();
-    let node_events = watcher(Api::<Node>::all(client), watcher::Config::default())
-        .default_backoff()
-        .reflect(node_writer)
-        .touched_objects();
     for stream in [
-        pod_events.map(|_| ()).boxed(),
-        node_events.map(|_| ()).boxed(),
+        informers.pods.subscribe().map(|_| ()).boxed(),
+        informers.nodes.subscribe().map(|_| ()).boxed(),
     ] {
         let wake = wake.clone();
         tokio::spawn(stream.for_each(move |_| {
@@ -290,12 +279,12 @@ pub async fn run(ctx: Arc<Context>) {
             async {}
         }));
     }
-    let _ = pods.wait_until_ready().await;
-    let _ = nodes.wait_until_ready().await;
+    informers.pods.synced().await;
+    informers.nodes.synced().await;
     let mut s = Scheduler {
         ctx,
-        pods,
-        nodes,
+        pods: informers.pods.store(),
+        nodes: informers.nodes.store(),
         assumed: HashMap::new(),
         backoff: HashMap::new(),
     };
