@@ -565,8 +565,25 @@ fn jobs_complete_fail_and_cronjobs_schedule() {
     eventually(30, "ttl deletion", || {
         (!s.kubectl(&["get", "job", "short"]).status.success()).then_some(())
     });
-    // A CronJob due every minute creates a Job (created late enough that a minute boundary passes).
-    let cron = "apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: tick}\nspec:\n  schedule: \"* * * * *\"\n  jobTemplate:\n    spec:\n      template:\n        metadata: {labels: {fake-exit: \"0\"}}\n        spec:\n          restartPolicy: OnFailure\n          containers: [{name: c, image: busybox:1.36}]\n";
+    // A CronJob due every minute (read in its time zone) creates a Job (created late enough that
+    // a minute boundary passes).
+    let cron = "apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: tick}\nspec:\n  schedule: \"* * * * *\"\n  timeZone: Asia/Kolkata\n  jobTemplate:\n    spec:\n      template:\n        metadata: {labels: {fake-exit: \"0\"}}\n        spec:\n          restartPolicy: OnFailure\n          containers: [{name: c, image: busybox:1.36}]\n";
+    // Unknown zones and the legacy TZ= prefix are refused as upstream refuses them.
+    for (from, to, message) in [
+        (
+            "Asia/Kolkata",
+            "Mars/Olympus",
+            "spec.timeZone: Invalid value: \"Mars/Olympus\": unknown time zone Mars/Olympus",
+        ),
+        (
+            "\"* * * * *\"",
+            "\"TZ=UTC * * * * *\"",
+            "cannot use TZ or CRON_TZ in schedule",
+        ),
+    ] {
+        let err = s.fails(&["apply", "-f", "-"], Some(&cron.replace(from, to)));
+        assert!(err.contains(message), "{err}");
+    }
     s.ok_stdin(&["apply", "-f", "-"], cron);
     let jobs = eventually(75, "a job from the cronjob", || {
         let items = json_of(&s, &["get", "jobs", "-o", "json"])["items"]

@@ -136,22 +136,6 @@ impl Api {
 }
 
 /// Validates a cron schedule (CronJob `spec.schedule`).
-pub fn cron_check(expr: &str) -> Result<(), String> {
-    let e = expr.trim();
-    let e = e
-        .strip_prefix("TZ=")
-        .or_else(|| e.strip_prefix("CRON_TZ="))
-        .map(|rest| rest.split_once(' ').map(|(_, s)| s).unwrap_or(""))
-        .unwrap_or(e);
-    let fields = e.split_whitespace().count();
-    if !e.starts_with('@') && fields != 5 {
-        return Err(format!("expected exactly 5 fields, found {fields}: {expr}"));
-    }
-    <croner::Cron as std::str::FromStr>::from_str(e)
-        .map(|_| ())
-        .map_err(|err| err.to_string())
-}
-
 fn plain(code: StatusCode, body: &'static str) -> Response {
     (
         code,

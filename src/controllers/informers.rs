@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 /// Changes a subscriber may fall behind by before it is resynced from the cache.
 const BUFFER: usize = 16 * 1024;
 
+/// What a cached kind must be: a typed, cluster-listable API object.
 pub trait Kind:
     Resource<DynamicType = ()>
     + Clone

@@ -1,7 +1,7 @@
 //! Control loops that run inside `kinglet server`, started while this server holds the
 //! controller lease.
 
-mod cronjob;
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 mod endpoints;

@@ -168,21 +168,12 @@ impl Expectations {
 
 /// A cache of every `K` in the cluster and the stream of changes that keeps it current (the
 /// stream must be driven, e.g. by a Controller's `owns_stream`).
-pub fn informer<K>(
+pub fn informer<K: super::informers::Kind>(
     client: &kube::Client,
 ) -> (
     kube::runtime::reflector::Store<K>,
     impl futures::Stream<Item = Result<K, kube::runtime::watcher::Error>> + Send + 'static,
-)
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
+) {
     use kube::runtime::WatchStreamExt;
     let (reader, writer) = kube::runtime::reflector::store::<K>();
     let stream = kube::runtime::watcher(

@@ -1,5 +1,6 @@
 //! Validation of built-in kinds with field-level causes, after upstream's `validation.go`.
 
+use crate::controllers::cronjob::{Schedule, zone};
 use std::collections::HashSet;
 
 use serde_json::{Value, json};
@@ -547,8 +548,44 @@ pub fn validate(res: &Resource, obj: &Value, old: Option<&Value>) -> Vec<Cause> 
             let sched = s(obj, "/spec/schedule").unwrap_or("");
             if sched.is_empty() {
                 out.push(Cause::required("spec.schedule"));
-            } else if let Err(e) = crate::apiserver::cron_check(sched) {
+            } else if let Err(e) = Schedule::parse(sched, None) {
                 out.push(Cause::invalid("spec.schedule", &json!(sched), e));
+            }
+            // As upstream: a `TZ=` prefix only survives on objects that already had one, and
+            // never together with `timeZone`.
+            let tz = obj.pointer("/spec/timeZone");
+            let had_tz = old
+                .and_then(|o| s(o, "/spec/schedule"))
+                .is_some_and(|o| o.contains("TZ"));
+            if sched.contains("TZ") {
+                let msg = if !had_tz {
+                    Some("cannot use TZ or CRON_TZ in schedule, use timeZone field instead")
+                } else if tz.is_some_and(|t| !t.is_null()) {
+                    Some("cannot use both timeZone field and TZ or CRON_TZ in schedule")
+                } else {
+                    None
+                };
+                if let Some(msg) = msg {
+                    out.push(Cause::invalid("spec.schedule", &json!(sched), msg));
+                }
+            }
+            match tz.and_then(Value::as_str) {
+                Some("") => out.push(Cause::invalid(
+                    "spec.timeZone",
+                    &json!(""),
+                    "timeZone must be nil or non-empty string",
+                )),
+                Some(t) if t.eq_ignore_ascii_case("Local") => out.push(Cause::invalid(
+                    "spec.timeZone",
+                    &json!(t),
+                    "timeZone must be an explicit time zone as defined in https://www.iana.org/time-zones",
+                )),
+                Some(t) => {
+                    if let Err(e) = zone(t) {
+                        out.push(Cause::invalid("spec.timeZone", &json!(t), e));
+                    }
+                }
+                None => {}
             }
             let restart: &[&str] = &["OnFailure", "Never"];
             pod_spec(
