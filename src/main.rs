@@ -5,6 +5,7 @@
 mod apiserver;
 mod cli;
 mod controllers;
+mod image;
 mod pki;
 mod scheduler;
 mod server;
@@ -48,6 +49,7 @@ fn main() {
     };
     let result = match cli.command {
         cli::Command::Server(args) => server::run(args),
+        cli::Command::Images(args) => image::cli::run(args),
     };
     if let Err(e) = result {
         eprintln!("kinglet: {e:#}");

@@ -18,6 +18,49 @@ pub struct Cli {
 pub enum Command {
     /// Run the control plane (API server, controllers, scheduler) and, unless disabled, a node.
     Server(ServerArgs),
+    /// Manage the node's image store (for air-gapped devices: import tarballs).
+    Images(ImagesArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ImagesArgs {
+    /// Where kinglet keeps its state.
+    #[arg(long, env = "KINGLET_DATA_DIR", default_value = "/var/lib/kinglet", global = true)]
+    pub data_dir: PathBuf,
+    #[command(subcommand)]
+    pub command: ImagesCommand,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum ImagesCommand {
+    /// Import OCI-layout or `docker save` tarballs (plain, .gz or .zst).
+    Import {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// List images.
+    #[command(alias = "list")]
+    Ls {
+        /// Print only image names (or IDs of unnamed images).
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Pull images from their registries.
+    Pull {
+        #[arg(required = true)]
+        images: Vec<String>,
+        /// Registry user name (the password is read from KINGLET_REGISTRY_PASSWORD).
+        #[arg(long)]
+        username: Option<String>,
+        #[arg(long, env = "KINGLET_REGISTRY_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+    },
+    /// Remove images by name or ID.
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -166,7 +209,9 @@ fn config_args(path: &std::path::Path, explicit: bool) -> anyhow::Result<Vec<Str
 pub fn parse() -> anyhow::Result<Cli> {
     let argv: Vec<String> = std::env::args().collect();
     let first = Cli::try_parse_from(&argv).unwrap_or_else(|e| e.exit());
-    let Command::Server(args) = &first.command;
+    let Command::Server(args) = &first.command else {
+        return Ok(first);
+    };
     let explicit = argv
         .iter()
         .any(|a| a == "--config" || a.starts_with("--config="))
@@ -196,7 +241,9 @@ mod tests {
         argv.extend(extra);
         argv.push("--cluster-domain=cli.local".into());
         let cli = Cli::try_parse_from(&argv).unwrap();
-        let Command::Server(a) = cli.command;
+        let Command::Server(a) = cli.command else {
+            panic!("not the server command")
+        };
         assert_eq!(a.https_listen_port, 7443);
         assert_eq!(a.tls_san, vec!["a.example", "10.0.0.9"]);
         assert!(a.disable_agent);
