@@ -6,7 +6,9 @@ mod apiserver;
 mod cli;
 mod controllers;
 mod image;
+mod kubelet;
 mod pki;
+mod runtime;
 mod scheduler;
 mod server;
 mod store;
@@ -50,6 +52,9 @@ fn main() {
     let result = match cli.command {
         cli::Command::Server(args) => server::run(args),
         cli::Command::Images(args) => image::cli::run(args),
+        cli::Command::Supervise { dir } => runtime::supervisor::main(&dir),
+        cli::Command::Sandbox { dir, hostname } => runtime::sandbox::main(&dir, &hostname),
+        cli::Command::Exec { dir, args } => runtime::exec::main(&dir, args),
     };
     if let Err(e) = result {
         eprintln!("kinglet: {e:#}");

@@ -104,12 +104,26 @@ impl Ctx {
             .next()
             .unwrap_or_default()
             .trim();
-        match ct {
+        let v = match ct {
             "" | "application/json" | "*/*" => decode_json(body),
             "application/yaml" | "application/x-yaml" | "text/yaml" => decode_yaml(body),
             "application/vnd.kubernetes.protobuf" => super::protobuf::decode(body),
             other => Err(ApiError::unsupported_media_type(other)),
+        }?;
+        // Every body decoded here is an object; handlers may index it as one.
+        if !v.is_object() {
+            return Err(ApiError::bad_request(format!(
+                "the object provided is unrecognized or invalid: expected an object, not {}",
+                match v {
+                    Value::Array(_) => "an array",
+                    Value::String(_) => "a string",
+                    Value::Number(_) => "a number",
+                    Value::Bool(_) => "a boolean",
+                    _ => "null",
+                }
+            )));
         }
+        Ok(v)
     }
 }
 

@@ -202,6 +202,7 @@ pub async fn serve(
                 ("eviction", Method::POST) => {
                     super::special::evict(&api, &res, &ctx, &name, &body).await
                 }
+                ("log", Method::GET) => super::node_proxy::pod_log(&api, &res, &ctx, &name).await,
                 _ => Err(ApiError::method_not_allowed(format!(
                     "the server does not allow this method on the requested resource ({sub})"
                 ))),

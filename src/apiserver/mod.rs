@@ -17,6 +17,7 @@ mod list_types;
 mod managed;
 mod merge;
 mod metrics;
+pub mod node_proxy;
 pub mod object;
 mod openapi;
 mod openapi_v2;
@@ -79,6 +80,8 @@ pub struct Api {
     openapi: openapi::Cache,
     openapi_v2: openapi_v2::Cache,
     allocator: Mutex<alloc::Allocator>,
+    /// How to reach kubelets (set once the PKI is loaded).
+    pub kubelet_client: std::sync::OnceLock<node_proxy::KubeletClient>,
 }
 
 /// The identity a connection authenticated with its client certificate.
@@ -114,6 +117,7 @@ impl Api {
             openapi: openapi::Cache::default(),
             openapi_v2: openapi_v2::Cache::default(),
             allocator: Mutex::new(allocator),
+            kubelet_client: std::sync::OnceLock::new(),
         });
         crd::sync(&api).await?;
         bootstrap::run(&api).await?;
@@ -135,7 +139,6 @@ impl Api {
     }
 }
 
-/// Validates a cron schedule (CronJob `spec.schedule`).
 fn plain(code: StatusCode, body: &'static str) -> Response {
     (
         code,

@@ -20,12 +20,30 @@ pub enum Command {
     Server(ServerArgs),
     /// Manage the node's image store (for air-gapped devices: import tarballs).
     Images(ImagesArgs),
+    /// Internal: supervise one container (started by the node).
+    #[command(hide = true)]
+    Supervise { dir: PathBuf },
+    /// Internal: make and pin a pod's namespaces.
+    #[command(hide = true)]
+    Sandbox { dir: PathBuf, hostname: String },
+    /// Internal: run a command in a running container.
+    #[command(hide = true)]
+    Exec {
+        dir: PathBuf,
+        #[arg(last = true, required = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct ImagesArgs {
     /// Where kinglet keeps its state.
-    #[arg(long, env = "KINGLET_DATA_DIR", default_value = "/var/lib/kinglet", global = true)]
+    #[arg(
+        long,
+        env = "KINGLET_DATA_DIR",
+        default_value = "/var/lib/kinglet",
+        global = true
+    )]
     pub data_dir: PathBuf,
     #[command(subcommand)]
     pub command: ImagesCommand,
@@ -119,6 +137,36 @@ pub struct ServerArgs {
     /// Seconds between compactions of the datastore's history.
     #[arg(long, env = "KINGLET_COMPACTION_INTERVAL", default_value_t = 300)]
     pub compaction_interval: u64,
+    /// This node's name (default: the host name).
+    #[arg(long, env = "KINGLET_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// This node's address (default: the advertised address).
+    #[arg(long, env = "KINGLET_NODE_IP")]
+    pub node_ip: Option<IpAddr>,
+    /// Labels for this node, key=value (repeatable).
+    #[arg(long = "node-label", env = "KINGLET_NODE_LABEL", value_delimiter = ',')]
+    pub node_label: Vec<String>,
+    /// Taints for this node, key[=value]:Effect (repeatable).
+    #[arg(long = "node-taint", env = "KINGLET_NODE_TAINT", value_delimiter = ',')]
+    pub node_taint: Vec<String>,
+    /// Parent cgroup of the node's `kubepods` tree.
+    #[arg(long, env = "KINGLET_CGROUP_ROOT", default_value = "/")]
+    pub cgroup_root: String,
+    /// Where container logs are written.
+    #[arg(long, env = "KINGLET_POD_LOG_DIR", default_value = "/var/log/pods")]
+    pub pod_log_dir: PathBuf,
+    /// Most pods this node runs.
+    #[arg(long, env = "KINGLET_MAX_PODS", default_value_t = 110)]
+    pub max_pods: u32,
+    /// Port of the kubelet API.
+    #[arg(long, env = "KINGLET_KUBELET_PORT", default_value_t = 10250)]
+    pub kubelet_port: u16,
+    /// A container's log is rotated above this many bytes.
+    #[arg(long, env = "KINGLET_CONTAINER_LOG_MAX_SIZE", default_value_t = 10 * 1024 * 1024)]
+    pub container_log_max_size: u64,
+    /// Log files kept per container, the live one included.
+    #[arg(long, env = "KINGLET_CONTAINER_LOG_MAX_FILES", default_value_t = 5)]
+    pub container_log_max_files: usize,
     /// Run only the API server and control plane, no node.
     #[arg(long, env = "KINGLET_DISABLE_AGENT")]
     pub disable_agent: bool,
@@ -128,6 +176,39 @@ pub struct ServerArgs {
 }
 
 impl ServerArgs {
+    /// The embedded node's settings.
+    pub fn node_config(&self, advertise: IpAddr) -> anyhow::Result<crate::kubelet::NodeConfig> {
+        let node_name = match &self.node_name {
+            Some(n) => n.clone(),
+            None => hostname::get()?.to_string_lossy().to_lowercase(),
+        };
+        let mut labels = std::collections::BTreeMap::new();
+        for l in &self.node_label {
+            let (k, v) = l
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("--node-label {l:?}: expected key=value"))?;
+            labels.insert(k.to_string(), v.to_string());
+        }
+        Ok(crate::kubelet::NodeConfig {
+            node_name,
+            node_ip: self.node_ip.unwrap_or(advertise),
+            labels,
+            taints: self
+                .node_taint
+                .iter()
+                .map(|t| crate::kubelet::parse_taint(t))
+                .collect::<anyhow::Result<_>>()?,
+            data_dir: self.data_dir.clone(),
+            pod_log_dir: self.pod_log_dir.clone(),
+            cgroup_root: self.cgroup_root.trim_end_matches('/').to_string(),
+            max_pods: self.max_pods,
+            kubelet_port: self.kubelet_port,
+            container_log_max_size: self.container_log_max_size,
+            container_log_max_files: self.container_log_max_files,
+            serving: None,
+        })
+    }
+
     pub fn node_port_range(&self) -> anyhow::Result<(u16, u16)> {
         let (lo, hi) = self
             .service_node_port_range

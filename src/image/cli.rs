@@ -52,9 +52,9 @@ pub fn run(args: ImagesArgs) -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             for name in images {
-                let img = rt.block_on(store.pull(&name, credentials.as_ref(), &|line| {
-                    eprintln!("{line}")
-                }))?;
+                let img = rt.block_on(
+                    store.pull(&name, credentials.as_ref(), &|line| eprintln!("{line}")),
+                )?;
                 println!("pulled {} {}", short_id(&img.id), names(&img));
             }
         }

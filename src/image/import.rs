@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use oci_spec::image::{Descriptor, ImageIndex, MediaType};
 use serde::Deserialize;
 
-use super::{Image, ImageStore, layer, normalize, node_platform};
+use super::{Image, ImageStore, layer, node_platform, normalize};
 
 /// Annotations that name an image in an OCI layout (containerd's, then the standard one).
 const NAME_ANNOTATIONS: [&str; 2] = [
@@ -63,10 +63,7 @@ impl ImageStore {
             let manifest: oci_spec::image::ImageManifest =
                 serde_json::from_slice(&manifest_bytes).context("parsing a manifest")?;
             for blob in std::iter::once(manifest.config()).chain(manifest.layers()) {
-                self.put_blob_file(
-                    &layout_path(dir, blob),
-                    Some(&blob.digest().to_string()),
-                )?;
+                self.put_blob_file(&layout_path(dir, blob), Some(&blob.digest().to_string()))?;
             }
             let digest =
                 self.put_blob(&manifest_bytes, Some(&manifest_desc.digest().to_string()))?;

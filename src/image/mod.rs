@@ -445,19 +445,28 @@ mod tests {
         .unwrap();
         let mut mdesc = desc("application/vnd.oci.image.manifest.v1+json", &manifest);
         mdesc["annotations"] = serde_json::json!({"io.containerd.image.name": name});
-        let index = serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [mdesc]})).unwrap();
+        let index =
+            serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [mdesc]}))
+                .unwrap();
         let blob = |d: &[u8]| format!("blobs/sha256/{}", sha256_hex(d));
         let mut b = tar::Builder::new(Vec::new());
         for (path, data) in [
-            ("oci-layout".to_string(), br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec()),
+            (
+                "oci-layout".to_string(),
+                br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
+            ),
             ("index.json".to_string(), index),
             (blob(&manifest), manifest.clone()),
             (blob(&config), config.clone()),
             (blob(&l1), l1.clone()),
             (blob(&l2z), l2z.clone()),
         ] {
-            b.append_data(&mut header(tar::EntryType::Regular, data.len()), path, &data[..])
-                .unwrap();
+            b.append_data(
+                &mut header(tar::EntryType::Regular, data.len()),
+                path,
+                &data[..],
+            )
+            .unwrap();
         }
         zstd::encode_all(&b.into_inner().unwrap()[..], 3).unwrap()
     }
@@ -470,18 +479,29 @@ mod tests {
         fs::write(&archive, layout_archive("example.com/app:v1", false)).unwrap();
         let imported = store.import(&archive).unwrap();
         assert_eq!(imported.len(), 1);
-        let img = store.find("example.com/app:v1").unwrap().expect("found by name");
+        let img = store
+            .find("example.com/app:v1")
+            .unwrap()
+            .expect("found by name");
         assert_eq!(img, imported[0]);
         assert_eq!(store.find(&img.id[7..19]).unwrap().as_ref(), Some(&img));
-        assert_eq!(store.run_config(&img).unwrap().working_dir.as_deref(), Some("/data"));
+        assert_eq!(
+            store.run_config(&img).unwrap().working_dir.as_deref(),
+            Some("/data")
+        );
         let dirs = store.layer_dirs(&img);
         assert_eq!(dirs.len(), 2);
         let (top, base) = (&dirs[0], &dirs[1]);
         assert_eq!(fs::read_to_string(base.join("etc/keep")).unwrap(), "k");
         let gone = fs::symlink_metadata(top.join("etc/gone")).unwrap();
-        assert!(gone.file_type().is_char_device(), "whiteout is a 0/0 char device");
+        assert!(
+            gone.file_type().is_char_device(),
+            "whiteout is a 0/0 char device"
+        );
         assert_eq!(
-            xattr::get(top.join("data"), "trusted.overlay.opaque").unwrap().as_deref(),
+            xattr::get(top.join("data"), "trusted.overlay.opaque")
+                .unwrap()
+                .as_deref(),
             Some(&b"y"[..])
         );
         assert!(!top.join("data/.wh..wh..opq").exists());
@@ -490,8 +510,18 @@ mod tests {
         assert_eq!(store.list().unwrap().len(), 1);
         store.remove("example.com/app:v1").unwrap();
         assert!(store.list().unwrap().is_empty());
-        assert_eq!(fs::read_dir(dir.path().join("agent/store/layers")).unwrap().count(), 0);
-        assert_eq!(fs::read_dir(dir.path().join("agent/store/blobs/sha256")).unwrap().count(), 0);
+        assert_eq!(
+            fs::read_dir(dir.path().join("agent/store/layers"))
+                .unwrap()
+                .count(),
+            0
+        );
+        assert_eq!(
+            fs::read_dir(dir.path().join("agent/store/blobs/sha256"))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 
     #[test]
@@ -503,7 +533,12 @@ mod tests {
         let err = format!("{:#}", store.import(&bad).unwrap_err());
         assert!(err.contains("does not match its diff ID"), "{err}");
         assert!(store.list().unwrap().is_empty());
-        assert_eq!(fs::read_dir(dir.path().join("agent/store/layers")).unwrap().count(), 0);
+        assert_eq!(
+            fs::read_dir(dir.path().join("agent/store/layers"))
+                .unwrap()
+                .count(),
+            0
+        );
         let junk = dir.path().join("junk.tar");
         fs::write(&junk, tar_of(&[("hello", Some("x"))])).unwrap();
         let err = format!("{:#}", store.import(&junk).unwrap_err());
@@ -524,19 +559,33 @@ mod tests {
         .unwrap();
         let manifest = serde_json::to_vec(&serde_json::json!([{"Config": "cfg.json", "RepoTags": ["app:v2"], "Layers": ["abc/layer.tar"]}])).unwrap();
         let mut b = tar::Builder::new(Vec::new());
-        for (path, data) in [("manifest.json", &manifest), ("cfg.json", &config), ("abc/layer.tar", &layer)] {
-            b.append_data(&mut header(tar::EntryType::Regular, data.len()), path, &data[..])
-                .unwrap();
+        for (path, data) in [
+            ("manifest.json", &manifest),
+            ("cfg.json", &config),
+            ("abc/layer.tar", &layer),
+        ] {
+            b.append_data(
+                &mut header(tar::EntryType::Regular, data.len()),
+                path,
+                &data[..],
+            )
+            .unwrap();
         }
         let archive = dir.path().join("app.tar.gz");
         fs::write(&archive, gzip(&b.into_inner().unwrap())).unwrap();
         store.import(&archive).unwrap();
-        let img = store.find("app:v2").unwrap().expect("docker.io/library/app:v2");
+        let img = store
+            .find("app:v2")
+            .unwrap()
+            .expect("docker.io/library/app:v2");
         assert_eq!(img.names, vec!["docker.io/library/app:v2".to_string()]);
         assert_eq!(
             store.run_config(&img).unwrap().entrypoint,
             Some(vec!["/hello".to_string()])
         );
-        assert_eq!(fs::read_to_string(store.layer_dirs(&img)[0].join("hello")).unwrap(), "world");
+        assert_eq!(
+            fs::read_to_string(store.layer_dirs(&img)[0].join("hello")).unwrap(),
+            "world"
+        );
     }
 }

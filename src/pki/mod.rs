@@ -25,6 +25,8 @@ pub struct Pki {
     pub ca: CertKey,
     pub serving: CertKey,
     pub admin: CertKey,
+    /// The API server's identity towards kubelets.
+    pub kubelet_client: CertKey,
     /// PEM (PKCS#8, P-256) key that signs service-account tokens.
     pub sa_key_pem: String,
 }
@@ -235,6 +237,21 @@ impl Pki {
                 a
             }
         };
+        let kubelet_client = match load_pair(&dir, "client-kubelet") {
+            Some(a) => a,
+            None => {
+                let a = issue(
+                    &ca,
+                    "kube-apiserver-kubelet-client",
+                    &["system:masters"],
+                    &[],
+                    false,
+                    true,
+                )?;
+                save_pair(&dir, "client-kubelet", &a)?;
+                a
+            }
+        };
         let sa_path = dir.join("service-account.key");
         let sa_key_pem = match std::fs::read_to_string(&sa_path) {
             Ok(k) => k,
@@ -248,6 +265,7 @@ impl Pki {
             ca,
             serving,
             admin,
+            kubelet_client,
             sa_key_pem,
         })
     }

@@ -1,6 +1,6 @@
 //! `kinglet server`: wires the PKI, the store and the API server together and serves HTTPS.
 
-mod tls;
+pub mod tls;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -108,8 +108,26 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     pki.write_kubeconfig(&args.write_kubeconfig, &url, mode)
         .with_context(|| format!("writing {}", args.write_kubeconfig.display()))?;
     tracing::info!(%bind, kubeconfig = %args.write_kubeconfig.display(), "kinglet API server ready");
+    let kubelet_tls = tls::client_config(&pki.ca.cert_pem, &pki.kubelet_client)?;
+    let _ = api
+        .kubelet_client
+        .set(crate::apiserver::node_proxy::KubeletClient {
+            tls: Arc::new(kubelet_tls),
+        });
     if !args.disable_agent {
-        tracing::warn!("the embedded node is not available yet; running the control plane only");
+        let mut cfg = args.node_config(advertise)?;
+        let mut sans = vec![rcgen::SanType::DnsName(cfg.node_name.clone().try_into()?)];
+        sans.push(rcgen::SanType::IpAddress(cfg.node_ip));
+        cfg.serving = Some(crate::kubelet::Serving {
+            cert: crate::pki::issue(&pki.ca, &cfg.node_name, &[], &sans, true, false)?,
+            ca_pem: pki.ca.cert_pem.clone(),
+        });
+        let client = api.local_client();
+        tokio::spawn(async move {
+            if let Err(e) = crate::kubelet::run(client, cfg).await {
+                tracing::error!("node: {e:#}");
+            }
+        });
     }
     crate::controllers::start(api.clone(), pki.ca.cert_pem.clone());
     let router = api.router();

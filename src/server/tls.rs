@@ -25,23 +25,56 @@ fn key(pem: &str) -> anyhow::Result<PrivateKeyDer<'static>> {
         .ok_or_else(|| anyhow::anyhow!("no private key in PEM"))
 }
 
+/// The API server's TLS: client certificates from the cluster CA identify users, but are not
+/// required (tokens work too).
 pub fn server_config(pki: &Pki) -> anyhow::Result<rustls::ServerConfig> {
+    let mut config = server_config_for(&pki.ca.cert_pem, &pki.serving, false)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// TLS serving `serving`'s certificate; with `require_client_cert`, only peers with a
+/// certificate from the cluster CA get in (the kubelet API).
+pub fn server_config_for(
+    ca_pem: &str,
+    serving: &crate::pki::CertKey,
+    require_client_cert: bool,
+) -> anyhow::Result<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
-    for c in certs(&pki.ca.cert_pem)? {
+    for c in certs(ca_pem)? {
         roots.add(c)?;
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()?;
-    let mut chain = certs(&pki.serving.cert_pem)?;
-    chain.extend(certs(&pki.ca.cert_pem)?);
+    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    let verifier = if require_client_cert {
+        builder.build()?
+    } else {
+        builder.allow_unauthenticated().build()?
+    };
+    let mut chain = certs(&serving.cert_pem)?;
+    chain.extend(certs(ca_pem)?);
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key(&pki.serving.key_pem)?)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        .with_single_cert(chain, key(&serving.key_pem)?)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// Client TLS towards kubelets: trusts the cluster CA, presents `client`.
+pub fn client_config(
+    ca_pem: &str,
+    client: &crate::pki::CertKey,
+) -> anyhow::Result<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs(ca_pem)? {
+        roots.add(c)?;
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs(&client.cert_pem)?, key(&client.key_pem)?)?)
 }
 
 pub async fn serve(

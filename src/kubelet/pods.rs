@@ -1,0 +1,299 @@
+//! Pod workers: bring what runs on this node in line with the pods bound to it. One sync of a pod:
+//! sandbox, volumes, init containers in order, then containers (restart policy with back-off),
+//! and the pod's status; for a deleted pod, graceful stop (SIGTERM, grace period, SIGKILL),
+//! clean-up, and the final removal from the API.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+
+use super::Kubelet;
+use super::containers::{self, Record};
+
+/// Restart back-off: first restart at once, then 10 s doubling up to 5 min.
+fn backoff(restarts: u32) -> Duration {
+    if restarts <= 1 {
+        return Duration::ZERO;
+    }
+    Duration::from_secs((10u64 << (restarts - 2).min(5)).min(300))
+}
+
+fn seconds_since(rfc3339: &str) -> f64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .map(|t| {
+            (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_milliseconds() as f64 / 1000.0
+        })
+        .unwrap_or(f64::MAX)
+}
+
+/// What the kubelet could not do for a container, shown as its waiting state.
+#[derive(Clone, Debug)]
+pub struct Waiting {
+    pub reason: String,
+    pub message: String,
+}
+
+impl Kubelet {
+    pub fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.cfg.data_dir.join("agent/pods").join(uid)
+    }
+
+    /// One sync of one pod.
+    pub async fn sync_pod(self: &Arc<Self>, pod: &Pod) -> anyhow::Result<()> {
+        let uid = pod.uid().unwrap_or_default();
+        let records = self.records_of(&uid);
+        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+        if pod.metadata.deletion_timestamp.is_some() {
+            return self.terminate(pod, &records).await;
+        }
+        if matches!(phase, Some("Succeeded") | Some("Failed")) {
+            self.stop_all(pod, &records, Duration::ZERO).await;
+            return Ok(());
+        }
+        let spec = pod.spec.clone().unwrap_or_default();
+        let mut waiting: HashMap<String, Waiting> = HashMap::new();
+        if let Err(e) = self.prepare(pod).await {
+            tracing::warn!(pod = %pod.name_any(), "preparing the pod: {e:#}");
+            let w = Waiting {
+                reason: "CreateContainerConfigError".into(),
+                message: format!("{e:#}"),
+            };
+            for c in spec
+                .init_containers
+                .iter()
+                .flatten()
+                .chain(&spec.containers)
+            {
+                waiting.insert(c.name.clone(), w.clone());
+            }
+            return self.report(pod, &waiting).await;
+        }
+        let policy = spec.restart_policy.as_deref().unwrap_or("Always");
+        // Init containers, one at a time, each to success.
+        let mut initialized = true;
+        for c in spec.init_containers.iter().flatten() {
+            let latest = records.get(&c.name).and_then(|r| r.last());
+            match latest.map(|r| &r.status.exit) {
+                Some(Some(exit)) if exit.code == 0 => continue,
+                Some(None) if latest.is_some_and(|r| r.running()) => {
+                    initialized = false;
+                    break;
+                }
+                Some(Some(_)) if policy == "Never" => {
+                    initialized = false;
+                    break;
+                }
+                _ => {
+                    initialized = false;
+                    self.ensure_started(pod, c, records.get(&c.name), &mut waiting)
+                        .await;
+                    break;
+                }
+            }
+        }
+        if initialized {
+            for c in &spec.containers {
+                let history = records.get(&c.name);
+                let latest = history.and_then(|r| r.last());
+                let start = match latest {
+                    None => true,
+                    Some(r) if r.running() => false,
+                    Some(r) => match &r.status.exit {
+                        Some(exit) => match policy {
+                            "Never" => false,
+                            "OnFailure" => exit.code != 0,
+                            _ => true,
+                        },
+                        // Lost its supervisor without recording an exit (node reboot).
+                        None => policy != "Never",
+                    },
+                };
+                if start {
+                    self.ensure_started(pod, c, history, &mut waiting).await;
+                }
+            }
+        }
+        self.report(pod, &waiting).await
+    }
+
+    /// Starts the next attempt of `c` unless its back-off or image says to wait.
+    async fn ensure_started(
+        self: &Arc<Self>,
+        pod: &Pod,
+        c: &Container,
+        history: Option<&Vec<Record>>,
+        waiting: &mut HashMap<String, Waiting>,
+    ) {
+        let attempt = history
+            .and_then(|h| h.last())
+            .map(|r| r.meta.attempt + 1)
+            .unwrap_or(0);
+        if let Some(last) = history.and_then(|h| h.last()) {
+            let finished = last
+                .status
+                .exit
+                .as_ref()
+                .map(|e| seconds_since(&e.finished_at))
+                .unwrap_or(f64::MAX);
+            let wait = backoff(attempt);
+            if finished < wait.as_secs_f64() {
+                waiting.insert(
+                    c.name.clone(),
+                    Waiting {
+                        reason: "CrashLoopBackOff".into(),
+                        message: format!(
+                            "back-off {}s restarting failed container={} pod={}_{}({})",
+                            wait.as_secs(),
+                            c.name,
+                            pod.name_any(),
+                            pod.namespace().unwrap_or_default(),
+                            pod.uid().unwrap_or_default()
+                        ),
+                    },
+                );
+                return;
+            }
+        }
+        match self.start_container(pod, c, attempt).await {
+            Ok(()) => {}
+            Err(w) => {
+                tracing::info!(pod = %pod.name_any(), container = %c.name, "{}: {}", w.reason, w.message);
+                waiting.insert(c.name.clone(), w);
+            }
+        }
+    }
+
+    /// Graceful stop of everything, clean-up, then the pod's removal from the API.
+    async fn terminate(
+        self: &Arc<Self>,
+        pod: &Pod,
+        records: &HashMap<String, Vec<Record>>,
+    ) -> anyhow::Result<()> {
+        let grace = pod
+            .metadata
+            .deletion_grace_period_seconds
+            .or(pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds))
+            .unwrap_or(30)
+            .max(0) as u64;
+        self.stop_all(pod, records, Duration::from_secs(grace))
+            .await;
+        let uid = pod.uid().unwrap_or_default();
+        self.cleanup(&uid).await;
+        let api: Api<Pod> =
+            Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
+        let dp = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match api.delete(&pod.name_any(), &dp).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// SIGTERM to every running container, SIGKILL to those still running after `grace`.
+    async fn stop_all(&self, pod: &Pod, records: &HashMap<String, Vec<Record>>, grace: Duration) {
+        let running: Vec<String> = records
+            .values()
+            .flatten()
+            .filter(|r| r.running())
+            .map(|r| r.meta.id.clone())
+            .collect();
+        if running.is_empty() {
+            return;
+        }
+        tracing::info!(pod = %pod.name_any(), "stopping {} container(s)", running.len());
+        let sig = if grace.is_zero() {
+            Signal::SIGKILL
+        } else {
+            Signal::SIGTERM
+        };
+        for id in &running {
+            let _ = self.runtime.signal(id, sig);
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let left: Vec<&String> = running
+                .iter()
+                .filter(|id| containers::is_running(&self.runtime.dir(id)))
+                .collect();
+            if left.is_empty() {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                for id in left {
+                    let _ = self.runtime.signal(id, Signal::SIGKILL);
+                }
+                // Give the kernel a moment to finish them.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if running
+                    .iter()
+                    .all(|id| !containers::is_running(&self.runtime.dir(id)))
+                {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Removes the containers, sandbox and volumes of a pod that is gone.
+    pub async fn cleanup(&self, uid: &str) {
+        for r in self.records_of(uid).into_values().flatten() {
+            if !r.running() {
+                let _ = self.runtime.remove(&r.meta.id);
+            }
+        }
+        let dir = self.pod_dir(uid);
+        super::volumes::unmount_all(&dir);
+        crate::runtime::sandbox::destroy(&dir.join("sandbox"));
+        let _ = std::fs::remove_dir_all(&dir);
+        self.reported
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(uid);
+    }
+
+    /// Patches the pod's status if it changed since the last report.
+    async fn report(&self, pod: &Pod, waiting: &HashMap<String, Waiting>) -> anyhow::Result<()> {
+        let uid = pod.uid().unwrap_or_default();
+        let records = self.records_of(&uid);
+        let status = super::status::compute(self, pod, &records, waiting);
+        {
+            let reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
+            if reported.get(&uid) == Some(&status) {
+                return Ok(());
+            }
+        }
+        let api: Api<Pod> =
+            Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
+        let mut body: Value = json!({"status": status});
+        body["metadata"] = json!({"uid": uid});
+        api.patch_status(
+            &pod.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&body),
+        )
+        .await?;
+        self.reported
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(uid, status);
+        Ok(())
+    }
+}

@@ -1,0 +1,391 @@
+//! Pod volumes and the files the kubelet gives every container (`/etc/hosts`, `/etc/hostname`,
+//! `/etc/resolv.conf`, the termination log). Volumes live in `<pod dir>/volumes/<name>`:
+//! emptyDir (tmpfs for `medium: Memory`), hostPath, and configMap/secret/downwardAPI/projected
+//! contents written as files (refreshed on every sync).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use k8s_openapi::api::core::v1::{ConfigMap, Container, KeyToPath, Pod, Secret, Volume};
+use kube::ResourceExt;
+use kube::api::Api;
+use nix::mount::{MntFlags, MsFlags};
+
+use super::Kubelet;
+use crate::runtime::spec::Mount;
+
+fn volume_dir(pod_dir: &Path, name: &str) -> PathBuf {
+    pod_dir.join("volumes").join(name)
+}
+
+impl Kubelet {
+    /// Sandbox, volumes and per-pod files, before any container starts (idempotent).
+    pub async fn prepare(self: &Arc<Self>, pod: &Pod) -> anyhow::Result<()> {
+        let uid = pod.uid().unwrap_or_default();
+        let dir = self.pod_dir(&uid);
+        fs::create_dir_all(dir.join("volumes"))?;
+        let exe = self.runtime.exe().to_path_buf();
+        let sandbox = dir.join("sandbox");
+        let host = super::hostname(pod);
+        tokio::task::spawn_blocking(move || crate::runtime::sandbox::create(&exe, &sandbox, &host))
+            .await??;
+        fs::write(dir.join("hostname"), format!("{}\n", super::hostname(pod)))?;
+        fs::write(
+            dir.join("hosts"),
+            format!(
+                "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{}\n",
+                pod.status
+                    .as_ref()
+                    .and_then(|s| s.pod_ip.clone())
+                    .unwrap_or_else(|| "127.0.1.1".into()),
+                super::hostname(pod)
+            ),
+        )?;
+        let resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        fs::write(dir.join("resolv.conf"), resolv)?;
+        let spec = pod.spec.clone().unwrap_or_default();
+        for c in spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(&spec.containers)
+        {
+            let log = dir.join(format!("termination-log-{}", c.name));
+            if !log.exists() {
+                fs::write(&log, "")?;
+                fs::set_permissions(&log, fs::Permissions::from_mode(0o666))?;
+            }
+        }
+        for v in spec.volumes.iter().flatten() {
+            self.prepare_volume(pod, &dir, v)
+                .await
+                .with_context(|| format!("volume {:?}", v.name))?;
+        }
+        Ok(())
+    }
+
+    async fn prepare_volume(&self, pod: &Pod, pod_dir: &Path, v: &Volume) -> anyhow::Result<()> {
+        let dir = volume_dir(pod_dir, &v.name);
+        let ns = pod.namespace().unwrap_or_default();
+        if let Some(e) = &v.empty_dir {
+            if !dir.exists() {
+                fs::create_dir_all(&dir)?;
+                fs::set_permissions(&dir, fs::Permissions::from_mode(0o777))?;
+                if e.medium.as_deref() == Some("Memory") {
+                    let size = e
+                        .size_limit
+                        .as_ref()
+                        .and_then(|q| crate::scheduler::resources::parse_milli(&q.0))
+                        .map(|m| format!(",size={}", m / 1000))
+                        .unwrap_or_default();
+                    nix::mount::mount(
+                        Some("tmpfs"),
+                        &dir,
+                        Some("tmpfs"),
+                        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                        Some(format!("mode=1777{size}").as_str()),
+                    )?;
+                }
+            }
+        } else if let Some(h) = &v.host_path {
+            let p = Path::new(&h.path);
+            match h.type_.as_deref().unwrap_or("") {
+                "DirectoryOrCreate" if !p.exists() => fs::create_dir_all(p)?,
+                "FileOrCreate" if !p.exists() => {
+                    fs::write(p, "")?;
+                }
+                "Directory" if !p.is_dir() => {
+                    anyhow::bail!("hostPath {} is not a directory", h.path)
+                }
+                "File" if !p.is_file() => anyhow::bail!("hostPath {} is not a file", h.path),
+                _ => {}
+            }
+        } else if let Some(cm) = &v.config_map {
+            let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
+            let files = match api.get_opt(&cm.name).await? {
+                Some(c) => {
+                    let mut f: BTreeMap<String, Vec<u8>> = c
+                        .data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.into_bytes()))
+                        .collect();
+                    f.extend(
+                        c.binary_data
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|(k, v)| (k, v.0)),
+                    );
+                    f
+                }
+                None if cm.optional == Some(true) => BTreeMap::new(),
+                None => anyhow::bail!("configmap \"{}\" not found", cm.name),
+            };
+            write_files(
+                &dir,
+                &select(files, cm.items.as_deref())?,
+                cm.default_mode.unwrap_or(0o644),
+            )?;
+        } else if let Some(s) = &v.secret {
+            let name = s.secret_name.clone().unwrap_or_default();
+            let api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
+            let files = match api.get_opt(&name).await? {
+                Some(sec) => sec
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0))
+                    .collect(),
+                None if s.optional == Some(true) => BTreeMap::new(),
+                None => anyhow::bail!("secret \"{name}\" not found"),
+            };
+            write_files(
+                &dir,
+                &select(files, s.items.as_deref())?,
+                s.default_mode.unwrap_or(0o644),
+            )?;
+        } else if let Some(d) = &v.downward_api {
+            let mut files = Vec::new();
+            for item in d.items.iter().flatten() {
+                if let Some(f) = &item.field_ref {
+                    let value = super::env::field(pod, &f.field_path, &self.cfg.node_name)?;
+                    files.push((item.path.clone(), value.into_bytes(), item.mode));
+                }
+            }
+            write_files(&dir, &files, d.default_mode.unwrap_or(0o644))?;
+        } else if let Some(p) = &v.projected {
+            self.prepare_projected(pod, &dir, p).await?;
+        } else {
+            anyhow::bail!("unsupported volume type");
+        }
+        Ok(())
+    }
+
+    /// A projected volume: service-account token (renewed at 80% of its life), ConfigMap and
+    /// Secret keys, downward API fields.
+    async fn prepare_projected(
+        &self,
+        pod: &Pod,
+        dir: &Path,
+        p: &k8s_openapi::api::core::v1::ProjectedVolumeSource,
+    ) -> anyhow::Result<()> {
+        let ns = pod.namespace().unwrap_or_default();
+        let mut files: Vec<(String, Vec<u8>, Option<i32>)> = Vec::new();
+        for src in p.sources.iter().flatten() {
+            if let Some(t) = &src.service_account_token {
+                let old = dir.join(&t.path);
+                let ttl = t.expiration_seconds.unwrap_or(3607).max(600) as u64;
+                let fresh = fs::metadata(&old)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|m| m.elapsed().ok())
+                    .is_some_and(|age| age.as_secs() < ttl * 8 / 10);
+                let token = if fresh {
+                    fs::read(&old)?
+                } else {
+                    self.request_token(pod, t.audience.as_deref(), ttl)
+                        .await?
+                        .into_bytes()
+                };
+                files.push((t.path.clone(), token, None));
+            }
+            if let Some(cm) = &src.config_map {
+                let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
+                let data: BTreeMap<String, Vec<u8>> = match api.get_opt(&cm.name).await? {
+                    Some(c) => c
+                        .data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.into_bytes()))
+                        .collect(),
+                    None if cm.optional == Some(true) => BTreeMap::new(),
+                    None => anyhow::bail!("configmap \"{}\" not found", cm.name),
+                };
+                files.extend(select(data, cm.items.as_deref())?);
+            }
+            if let Some(s) = &src.secret {
+                let api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
+                let data: BTreeMap<String, Vec<u8>> = match api.get_opt(&s.name).await? {
+                    Some(sec) => sec
+                        .data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.0))
+                        .collect(),
+                    None if s.optional == Some(true) => BTreeMap::new(),
+                    None => anyhow::bail!("secret \"{}\" not found", s.name),
+                };
+                files.extend(select(data, s.items.as_deref())?);
+            }
+            if let Some(d) = &src.downward_api {
+                for item in d.items.iter().flatten() {
+                    if let Some(f) = &item.field_ref {
+                        let value = super::env::field(pod, &f.field_path, &self.cfg.node_name)?;
+                        files.push((item.path.clone(), value.into_bytes(), item.mode));
+                    }
+                }
+            }
+        }
+        write_files(dir, &files, p.default_mode.unwrap_or(0o644))
+    }
+
+    /// A token for the pod's service account, bound to the pod (TokenRequest).
+    async fn request_token(
+        &self,
+        pod: &Pod,
+        audience: Option<&str>,
+        ttl: u64,
+    ) -> anyhow::Result<String> {
+        let sa = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_else(|| "default".into());
+        let api: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
+        let body = serde_json::json!({
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {
+                "audiences": audience.map(|a| vec![a]).unwrap_or_default(),
+                "expirationSeconds": ttl,
+                "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": pod.name_any(), "uid": pod.uid()},
+            },
+        });
+        let tr: k8s_openapi::api::authentication::v1::TokenRequest = api
+            .create_subresource("token", &sa, &Default::default(), &body)
+            .await
+            .context("requesting the service account token")?;
+        Ok(tr.status.map(|s| s.token).unwrap_or_default())
+    }
+}
+
+/// `items` picks and renames keys; without it every key is a file.
+fn select(
+    all: BTreeMap<String, Vec<u8>>,
+    items: Option<&[KeyToPath]>,
+) -> anyhow::Result<Vec<(String, Vec<u8>, Option<i32>)>> {
+    match items {
+        None => Ok(all.into_iter().map(|(k, v)| (k, v, None)).collect()),
+        Some(items) => items
+            .iter()
+            .map(|i| match all.get(&i.key) {
+                Some(v) => Ok((i.path.clone(), v.clone(), i.mode)),
+                None => anyhow::bail!("key {:?} not found", i.key),
+            })
+            .collect(),
+    }
+}
+
+/// Writes the files under `dir`, replacing its previous contents.
+fn write_files(
+    dir: &Path,
+    files: &[(String, Vec<u8>, Option<i32>)],
+    mode: i32,
+) -> anyhow::Result<()> {
+    let tmp = dir.with_extension("new");
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(&tmp)?;
+    for (path, data, item_mode) in files {
+        if Path::new(path)
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            anyhow::bail!("invalid file path {path:?}");
+        }
+        let p = tmp.join(path);
+        if let Some(parent) = p.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        fs::write(&p, data)?;
+        fs::set_permissions(
+            &p,
+            fs::Permissions::from_mode(item_mode.unwrap_or(mode) as u32 & 0o777),
+        )?;
+    }
+    let _ = fs::remove_dir_all(dir);
+    fs::rename(&tmp, dir)?;
+    Ok(())
+}
+
+/// The bind mounts of one container: its volumeMounts and the kubelet's files.
+pub fn container_mounts(k: &Kubelet, pod: &Pod, c: &Container) -> anyhow::Result<Vec<Mount>> {
+    let dir = k.pod_dir(&pod.uid().unwrap_or_default());
+    let spec = pod.spec.clone().unwrap_or_default();
+    let mut mounts = Vec::new();
+    for m in c.volume_mounts.iter().flatten() {
+        let v = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == m.name)
+            .with_context(|| format!("volumeMount {:?} names no volume", m.name))?;
+        let base = match &v.host_path {
+            Some(h) => PathBuf::from(&h.path),
+            None => volume_dir(&dir, &v.name),
+        };
+        let source = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
+            Some(sub) => {
+                let p = base.join(sub);
+                if !p.exists() {
+                    fs::create_dir_all(&p)?;
+                }
+                p
+            }
+            None => base,
+        };
+        let readonly = m.read_only == Some(true)
+            || v.config_map.is_some()
+            || v.secret.is_some()
+            || v.projected.is_some()
+            || v.downward_api.is_some();
+        mounts.push(Mount {
+            source,
+            destination: m.mount_path.clone(),
+            readonly,
+        });
+    }
+    let has = |p: &str| mounts.iter().any(|m| m.destination == p);
+    let mut extra = Vec::new();
+    if !has("/etc/hosts") {
+        extra.push(("hosts", "/etc/hosts".to_string()));
+    }
+    if !has("/etc/hostname") {
+        extra.push(("hostname", "/etc/hostname".to_string()));
+    }
+    if !has("/etc/resolv.conf") {
+        extra.push(("resolv.conf", "/etc/resolv.conf".to_string()));
+    }
+    for (file, dest) in extra {
+        mounts.push(Mount {
+            source: dir.join(file),
+            destination: dest,
+            readonly: false,
+        });
+    }
+    let term = c
+        .termination_message_path
+        .clone()
+        .unwrap_or_else(|| "/dev/termination-log".into());
+    mounts.push(Mount {
+        source: dir.join(format!("termination-log-{}", c.name)),
+        destination: term,
+        readonly: false,
+    });
+    Ok(mounts)
+}
+
+/// Unmounts memory-backed emptyDirs of a pod (idempotent).
+pub fn unmount_all(pod_dir: &Path) {
+    for e in fs::read_dir(pod_dir.join("volumes"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let _ = nix::mount::umount2(&e.path(), MntFlags::MNT_DETACH);
+    }
+}

@@ -1,0 +1,171 @@
+//! `kinglet supervise <dir>`: the per-container supervisor. It runs as its own session, so it
+//! outlives kinglet; it is single-threaded until the container has started (libcontainer
+//! clones and changes process-wide state, which is only safe here); it owns the container's
+//! stdout/stderr and writes them to the CRI log file; it reaps the container and records how it
+//! ended in `status.json`, which the kubelet reads.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::sys::wait::{WaitStatus, waitpid};
+
+use super::logs::LogWriter;
+use super::{ContainerDir, ExitState, Meta, Status};
+
+/// Entry point of the hidden subcommand; never returns.
+pub fn main(dir: &Path) -> ! {
+    let cdir = ContainerDir(dir.to_path_buf());
+    // libcontainer's own diagnostics go to `<dir>/supervisor.log`.
+    if let Ok(file) = fs::File::create(dir.join("supervisor.log")) {
+        let level = if std::env::var_os("KINGLET_SUPERVISOR_DEBUG").is_some() {
+            "debug"
+        } else {
+            "warn"
+        };
+        let _ = tracing_subscriber::fmt()
+            .with_writer(Mutex::new(file))
+            .with_ansi(false)
+            .with_env_filter(tracing_subscriber::EnvFilter::new(level))
+            .try_init();
+    }
+    let code = match run(&cdir) {
+        Ok(()) => 0,
+        Err(e) => {
+            // Tell the kubelet why the container could not start.
+            let _ = cdir.write_status(&Status {
+                pid: None,
+                started_at: None,
+                exit: Some(ExitState {
+                    code: 128,
+                    reason: "StartError".into(),
+                    message: format!("{e:#}"),
+                    finished_at: super::now_rfc3339(),
+                }),
+            });
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+fn run(cdir: &ContainerDir) -> anyhow::Result<()> {
+    // Hold the lock for life: the kubelet knows a supervisor is alive while it cannot take it.
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(cdir.lock_path())?;
+    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| anyhow::anyhow!("another supervisor holds {}: {e}", cdir.0.display()))?;
+    // Orphaned grandchildren (the container's init is our child) are reaped here.
+    nix::sys::prctl::set_child_subreaper(true)?;
+    let meta: Meta = serde_json::from_slice(&fs::read(cdir.meta_path())?)?;
+    super::rootfs::mount(cdir, &meta)?;
+
+    let (out_r, out_w) = nix::unistd::pipe()?;
+    let (err_r, err_w) = nix::unistd::pipe()?;
+    let devnull: OwnedFd = fs::File::open("/dev/null")?.into();
+    let built = ContainerBuilder::new(meta.id.clone(), SyscallType::default())
+        .with_root_path(cdir.state_root())
+        .and_then(|b| {
+            b.with_stdin(devnull)
+                .with_stdout(out_w)
+                .with_stderr(err_w)
+                .as_init(cdir.bundle())
+                .with_systemd(false)
+                .with_detach(true)
+                .build()
+        });
+    let mut container = match built {
+        Ok(c) => c,
+        Err(e) => {
+            super::rootfs::unmount(cdir);
+            anyhow::bail!("creating the container: {e}");
+        }
+    };
+    if let Err(e) = container.start() {
+        let _ = container.delete(true);
+        super::rootfs::unmount(cdir);
+        anyhow::bail!("starting the container: {e}");
+    }
+    let pid = container
+        .pid()
+        .ok_or_else(|| anyhow::anyhow!("container has no pid"))?;
+    let started_at = super::now_rfc3339();
+    cdir.write_status(&Status {
+        pid: Some(pid.as_raw()),
+        started_at: Some(started_at.clone()),
+        exit: None,
+    })?;
+
+    // From here on threads are fine: copy both streams into the log while waiting.
+    let log = Arc::new(Mutex::new(LogWriter::open(
+        &meta.log_path,
+        meta.log_max_bytes,
+        meta.log_max_files,
+    )?));
+    let copiers: Vec<_> = [(out_r, "stdout"), (err_r, "stderr")]
+        .into_iter()
+        .map(|(fd, stream)| {
+            let log = log.clone();
+            std::thread::spawn(move || copy_lines(fs::File::from(fd), stream, &log))
+        })
+        .collect();
+    let exit = loop {
+        match waitpid(nix::unistd::Pid::from_raw(pid.as_raw()), None) {
+            Ok(WaitStatus::Exited(_, code)) => break (code, None),
+            Ok(WaitStatus::Signaled(_, sig, _)) => break (128 + sig as i32, Some(sig)),
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => anyhow::bail!("waiting for the container: {e}"),
+        }
+    };
+    for c in copiers {
+        let _ = c.join();
+    }
+    let oom = super::cgroups::oom_killed(&meta.cgroup_path);
+    let (code, signal) = exit;
+    let reason = if oom && signal == Some(nix::sys::signal::Signal::SIGKILL) {
+        "OOMKilled"
+    } else if code == 0 {
+        "Completed"
+    } else {
+        "Error"
+    };
+    let _ = container.delete(true);
+    super::rootfs::unmount(cdir);
+    cdir.write_status(&Status {
+        pid: Some(pid.as_raw()),
+        started_at: Some(started_at),
+        exit: Some(ExitState {
+            code,
+            reason: reason.into(),
+            message: String::new(),
+            finished_at: super::now_rfc3339(),
+        }),
+    })?;
+    Ok(())
+}
+
+/// Copies one stream into the log, a CRI line per line read (long lines split as partial).
+fn copy_lines(from: fs::File, stream: &str, log: &Mutex<LogWriter>) {
+    let mut r = BufReader::with_capacity(super::logs::MAX_LINE, from);
+    loop {
+        let mut line = Vec::new();
+        match (&mut r)
+            .take(super::logs::MAX_LINE as u64)
+            .read_until(b'\n', &mut line)
+        {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                let _ = log.write_line(stream, &line);
+            }
+        }
+    }
+}
