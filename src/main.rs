@@ -50,7 +50,7 @@ fn main() {
         }
     };
     let result = match cli.command {
-        cli::Command::Server(args) => server::run(args),
+        cli::Command::Server(args) => server::run(*args),
         cli::Command::Images(args) => image::cli::run(args),
         cli::Command::Supervise { dir } => runtime::supervisor::main(&dir),
         cli::Command::Sandbox { dir, hostname } => runtime::sandbox::main(&dir, &hostname),

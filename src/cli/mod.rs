@@ -17,7 +17,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the control plane (API server, controllers, scheduler) and, unless disabled, a node.
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Manage the node's image store (for air-gapped devices: import tarballs).
     Images(ImagesArgs),
     /// Internal: supervise one container (started by the node).

@@ -53,7 +53,7 @@ impl ImageStore {
         let mut images = Vec::new();
         for desc in index.manifests() {
             let names = layout_names(desc);
-            let manifest_desc = if is_index(&desc.media_type().to_string()) {
+            let manifest_desc = if is_index(desc.media_type().as_ref()) {
                 let nested: ImageIndex = serde_json::from_slice(&layout_blob(dir, desc)?)?;
                 pick_platform(nested.manifests())?.clone()
             } else {
@@ -63,10 +63,9 @@ impl ImageStore {
             let manifest: oci_spec::image::ImageManifest =
                 serde_json::from_slice(&manifest_bytes).context("parsing a manifest")?;
             for blob in std::iter::once(manifest.config()).chain(manifest.layers()) {
-                self.put_blob_file(&layout_path(dir, blob), Some(&blob.digest().to_string()))?;
+                self.put_blob_file(&layout_path(dir, blob), Some(blob.digest().as_ref()))?;
             }
-            let digest =
-                self.put_blob(&manifest_bytes, Some(&manifest_desc.digest().to_string()))?;
+            let digest = self.put_blob(&manifest_bytes, Some(manifest_desc.digest().as_ref()))?;
             images.push(self.commit(&digest, &names)?);
         }
         if images.is_empty() {

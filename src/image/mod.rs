@@ -327,7 +327,7 @@ impl ImageStore {
             if !dir.exists() {
                 let tmp = self.tmp_dir()?;
                 let into = tmp.path().join("layer");
-                layer::unpack(&self.blob_path(&desc.digest().to_string()), &into, diff_id)
+                layer::unpack(&self.blob_path(desc.digest().as_ref()), &into, diff_id)
                     .with_context(|| format!("unpacking layer {}", desc.digest()))?;
                 fs::rename(&into, &dir)?;
             }

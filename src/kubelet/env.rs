@@ -83,7 +83,7 @@ pub async fn container_env(
                 .map(|(k, v)| (k.to_string(), v.to_string()))
         })
         .collect();
-    let mut set = |env: &mut Vec<(String, String)>, key: String, value: String| {
+    let set = |env: &mut Vec<(String, String)>, key: String, value: String| {
         env.retain(|(k, _)| *k != key);
         env.push((key, value));
     };

@@ -18,6 +18,9 @@ use nix::mount::{MntFlags, MsFlags};
 use super::Kubelet;
 use crate::runtime::spec::Mount;
 
+/// A file of a volume: path inside it, content, and its own mode if the item set one.
+type VolumeFile = (String, Vec<u8>, Option<i32>);
+
 fn volume_dir(pod_dir: &Path, name: &str) -> PathBuf {
     pod_dir.join("volumes").join(name)
 }
@@ -174,7 +177,7 @@ impl Kubelet {
         p: &k8s_openapi::api::core::v1::ProjectedVolumeSource,
     ) -> anyhow::Result<()> {
         let ns = pod.namespace().unwrap_or_default();
-        let mut files: Vec<(String, Vec<u8>, Option<i32>)> = Vec::new();
+        let mut files: Vec<VolumeFile> = Vec::new();
         for src in p.sources.iter().flatten() {
             if let Some(t) = &src.service_account_token {
                 let old = dir.join(&t.path);
@@ -268,7 +271,7 @@ impl Kubelet {
 fn select(
     all: BTreeMap<String, Vec<u8>>,
     items: Option<&[KeyToPath]>,
-) -> anyhow::Result<Vec<(String, Vec<u8>, Option<i32>)>> {
+) -> anyhow::Result<Vec<VolumeFile>> {
     match items {
         None => Ok(all.into_iter().map(|(k, v)| (k, v, None)).collect()),
         Some(items) => items

@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod host;
+pub mod images;
+
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -15,7 +18,12 @@ pub struct Server {
     pub port: u16,
     pub kubeconfig: PathBuf,
     extra: Vec<String>,
+    /// With a node: the test host it runs in (dropped after the server).
+    pub host: Option<host::TestHost>,
 }
+
+/// The node name test nodes register as.
+pub const NODE: &str = "test-node";
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -39,6 +47,39 @@ impl Server {
             kubeconfig,
             dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            host: None,
+        };
+        s.spawn();
+        s
+    }
+
+    /// Starts a server with its embedded node, in a test host of its own, with the busybox
+    /// image (`busybox:1.36`) in its air-gap image directory.
+    pub fn start_node(extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let images = dir.path().join("data/agent/images");
+        std::fs::create_dir_all(&images).expect("image dir");
+        images::write_busybox_image(
+            &images.join("busybox.tar"),
+            "docker.io/library/busybox:1.36",
+        );
+        let host = host::TestHost::new();
+        let mut args: Vec<String> = vec![
+            "--node-name".into(),
+            NODE.into(),
+            "--cgroup-root".into(),
+            host.cgroup_root.clone(),
+            "--pod-log-dir".into(),
+            dir.path().join("pod-logs").display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut s = Server {
+            child: None,
+            port: 6443,
+            kubeconfig: dir.path().join("kubeconfig.yaml"),
+            dir,
+            extra: args,
+            host: Some(host),
         };
         s.spawn();
         s
@@ -54,10 +95,16 @@ impl Server {
             .append(true)
             .open(self.dir.path().join("server.log"))
             .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_kinglet"))
+        let mut cmd = match &self.host {
+            Some(h) => h.command(env!("CARGO_BIN_EXE_kinglet")),
+            None => Command::new(env!("CARGO_BIN_EXE_kinglet")),
+        };
+        cmd.arg("server");
+        if self.host.is_none() {
+            cmd.arg("--disable-agent");
+        }
+        let child = cmd
             .args([
-                "server",
-                "--disable-agent",
                 "--bind-address",
                 "127.0.0.1",
                 "--advertise-address",
@@ -135,7 +182,10 @@ impl Server {
     }
 
     pub fn kubectl_with(&self, bin: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut cmd = Command::new(bin);
+        let mut cmd = match &self.host {
+            Some(h) => h.command(bin),
+            None => Command::new(bin),
+        };
         cmd.args(args)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("HOME", self.dir.path())

@@ -1,0 +1,144 @@
+//! A test host: a network and mount namespace of its own (held open by a `sleep` process) with
+//! its own cgroup parent, so a node under test changes nothing on the machine. Dropping it kills
+//! everything that ran inside and removes its cgroups.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct TestHost {
+    holder: Child,
+    /// The node's `--cgroup-root`.
+    pub cgroup_root: String,
+}
+
+fn ns_link(pid: &str, ns: &str) -> Option<PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).ok()
+}
+
+impl TestHost {
+    pub fn new() -> TestHost {
+        let holder = Command::new("unshare")
+            .args([
+                "--mount",
+                "--net",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+            ])
+            .arg("ip link set lo up 2>/dev/null || busybox ip link set lo up; exec sleep 1000000")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("unshare (util-linux) is needed for test hosts");
+        let pid = holder.id().to_string();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ns_link(&pid, "net") == ns_link("self", "net") {
+            assert!(
+                Instant::now() < deadline,
+                "test host namespaces not created"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Loopback must be up before anything binds to it.
+        std::thread::sleep(Duration::from_millis(50));
+        TestHost {
+            cgroup_root: format!("/kinglet-test-{pid}"),
+            holder,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.holder.id()
+    }
+
+    /// `program` run inside the test host's namespaces.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg("-t")
+            .arg(self.pid().to_string())
+            .args(["-m", "-n", "--"])
+            .arg(program);
+        c
+    }
+
+    /// Every process that ran in the host's mount namespace, except the holder.
+    fn processes(&self) -> Vec<i32> {
+        let mine = ns_link(&self.pid().to_string(), "mnt");
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|p| *p as u32 != self.pid() && ns_link(&p.to_string(), "mnt") == mine)
+            .collect()
+    }
+
+    /// cgroup directories of this host, deepest first, across controllers.
+    fn cgroups(&self) -> Vec<PathBuf> {
+        fn walk(dir: PathBuf, out: &mut Vec<PathBuf>) {
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if e.path().is_dir() {
+                    walk(e.path(), out);
+                }
+            }
+            out.push(dir);
+        }
+        let rel = self.cgroup_root.trim_start_matches('/');
+        let mut roots = vec![PathBuf::from("/sys/fs/cgroup").join(rel)];
+        for e in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            roots.push(e.path().join(rel));
+        }
+        let mut out = Vec::new();
+        for r in roots.into_iter().filter(|r| r.is_dir()) {
+            walk(r, &mut out);
+        }
+        out
+    }
+}
+
+fn kill(pid: i32) {
+    let _ = Command::new("kill")
+        .arg("-KILL")
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status();
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        // Containers first (they live in the host's cgroups), then kinglet and supervisors.
+        for _ in 0..50 {
+            let mut any = false;
+            for cg in self.cgroups() {
+                for pid in std::fs::read_to_string(cg.join("cgroup.procs"))
+                    .unwrap_or_default()
+                    .lines()
+                {
+                    if let Ok(p) = pid.trim().parse() {
+                        kill(p);
+                        any = true;
+                    }
+                }
+            }
+            for p in self.processes() {
+                kill(p);
+                any = true;
+            }
+            if !any {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for cg in self.cgroups() {
+            let _ = std::fs::remove_dir(cg);
+        }
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}

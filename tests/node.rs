@@ -1,0 +1,259 @@
+//! The embedded node (kubelet + libcontainer runtime) with the real kubectl. Each server runs in
+//! a test host of its own (network and mount namespaces, cgroup parent), with busybox imported
+//! from a tarball the harness builds.
+
+mod common;
+
+use common::{NODE, Server, eventually};
+use serde_json::Value;
+
+fn json_of(s: &Server, args: &[&str]) -> Value {
+    serde_json::from_str(&s.ok(args)).expect("kubectl json")
+}
+
+fn pod_json(s: &Server, name: &str) -> Value {
+    json_of(s, &["get", "pod", name, "-o", "json"])
+}
+
+fn wait_running(s: &Server, name: &str) -> Value {
+    eventually(60, &format!("pod {name} running"), || {
+        let p = pod_json(s, name);
+        (p["status"]["phase"] == "Running"
+            && p["status"]["containerStatuses"][0]["state"]["running"].is_object())
+        .then_some(p)
+    })
+}
+
+#[test]
+fn node_registers_and_runs_a_pod_with_logs_and_graceful_delete() {
+    let s = Server::start_node(&[]);
+    let node = eventually(30, "node ready", || {
+        let out = s.kubectl(&["get", "node", NODE, "-o", "json"]);
+        let n: Value = serde_json::from_slice(&out.stdout).ok()?;
+        n["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            .then_some(n)
+    });
+    assert!(
+        node["status"]["nodeInfo"]["containerRuntimeVersion"]
+            .as_str()
+            .unwrap()
+            .starts_with("kinglet://")
+    );
+    assert!(node["status"]["capacity"]["cpu"].is_string());
+    s.ok(&["get", "lease", "-n", "kube-node-lease", NODE]);
+
+    s.ok(&[
+        "run",
+        "bb",
+        "--image=busybox:1.36",
+        "--image-pull-policy=IfNotPresent",
+        "--",
+        "sh",
+        "-c",
+        "echo hello from $(hostname); trap 'echo bye; exit 0' TERM; while true; do sleep 1; done",
+    ]);
+    let pod = wait_running(&s, "bb");
+    let cs = &pod["status"]["containerStatuses"][0];
+    assert_eq!(cs["restartCount"], 0);
+    assert!(
+        cs["containerID"]
+            .as_str()
+            .unwrap()
+            .starts_with("kinglet://")
+    );
+    assert!(
+        cs["imageID"].as_str().unwrap().contains("busybox@sha256:"),
+        "{cs}"
+    );
+    let logs = eventually(20, "logs", || {
+        let l = s.ok(&["logs", "bb"]);
+        l.contains("hello from bb").then_some(l)
+    });
+    assert_eq!(logs.trim(), "hello from bb");
+    // Graceful deletion: SIGTERM reaches the container, which exits; the pod is gone well
+    // within the 30 s grace period.
+    let start = std::time::Instant::now();
+    s.ok(&["delete", "pod", "bb", "--timeout=40s"]);
+    assert!(
+        start.elapsed().as_secs() < 30,
+        "delete took {:?}",
+        start.elapsed()
+    );
+    s.fails(&["get", "pod", "bb"], None);
+}
+
+#[test]
+fn crashing_containers_back_off_and_keep_previous_logs() {
+    let s = Server::start_node(&[]);
+    s.ok(&[
+        "run",
+        "crash",
+        "--image=busybox:1.36",
+        "--",
+        "sh",
+        "-c",
+        "echo run at $(date +%s%N); exit 3",
+    ]);
+    let pod = eventually(90, "CrashLoopBackOff with restarts", || {
+        let p = pod_json(&s, "crash");
+        let cs = &p["status"]["containerStatuses"][0];
+        (cs["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+            && cs["restartCount"].as_u64().unwrap_or(0) >= 2)
+            .then_some(p)
+    });
+    let cs = &pod["status"]["containerStatuses"][0];
+    assert_eq!(cs["lastState"]["terminated"]["exitCode"], 3);
+    assert_eq!(cs["lastState"]["terminated"]["reason"], "Error");
+    let message = cs["state"]["waiting"]["message"].as_str().unwrap();
+    assert!(message.starts_with("back-off "), "{message}");
+    let previous = s.ok(&["logs", "crash", "--previous"]);
+    assert!(previous.starts_with("run at "), "{previous}");
+    let get = s.ok(&["get", "pod", "crash"]);
+    assert!(get.contains("CrashLoopBackOff"), "{get}");
+}
+
+#[test]
+fn volumes_env_and_the_service_account_token() {
+    let s = Server::start_node(&[]);
+    s.ok(&["create", "configmap", "cfg", "--from-literal=greeting=hi"]);
+    s.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "sec",
+        "--from-literal=password=s3cret",
+    ]);
+    let hostdir = s.dir.path().join("hostdir");
+    std::fs::create_dir_all(&hostdir).unwrap();
+    std::fs::write(hostdir.join("file"), "from the host").unwrap();
+    let pod = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: vols, labels: {{app: vols}}}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: busybox:1.36
+    command: [sh, -c]
+    args:
+    - |
+      echo cm=$(cat /cfg/greeting)
+      echo secret=$(cat /sec/password)
+      echo host=$(cat /host/file)
+      echo scratch > /scratch/x && echo empty=$(cat /scratch/x)
+      echo env=$GREETING/$MY_POD/$MY_NS
+      echo ns=$(cat /var/run/secrets/kubernetes.io/serviceaccount/namespace)
+      echo token=$(cat /var/run/secrets/kubernetes.io/serviceaccount/token)
+      test -s /var/run/secrets/kubernetes.io/serviceaccount/ca.crt && echo ca=ok
+    env:
+    - {{name: GREETING, valueFrom: {{configMapKeyRef: {{name: cfg, key: greeting}}}}}}
+    - {{name: MY_POD, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}
+    - {{name: MY_NS, valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}}}
+    volumeMounts:
+    - {{name: cfg, mountPath: /cfg}}
+    - {{name: sec, mountPath: /sec}}
+    - {{name: host, mountPath: /host}}
+    - {{name: scratch, mountPath: /scratch}}
+  volumes:
+  - {{name: cfg, configMap: {{name: cfg}}}}
+  - {{name: sec, secret: {{secretName: sec}}}}
+  - {{name: host, hostPath: {{path: {}}}}}
+  - {{name: scratch, emptyDir: {{}}}}
+"#,
+        hostdir.display()
+    );
+    s.ok_stdin(&["apply", "-f", "-"], &pod);
+    eventually(60, "pod succeeded", || {
+        (pod_json(&s, "vols")["status"]["phase"] == "Succeeded").then_some(())
+    });
+    let logs = s.ok(&["logs", "vols"]);
+    for want in [
+        "cm=hi",
+        "secret=s3cret",
+        "host=from the host",
+        "empty=scratch",
+        "env=hi/vols/default",
+        "ns=default",
+        "ca=ok",
+    ] {
+        assert!(logs.contains(want), "missing {want:?} in:\n{logs}");
+    }
+    // The projected token authenticates as the pod's service account.
+    let token = logs
+        .lines()
+        .find_map(|l| l.strip_prefix("token="))
+        .expect("token line")
+        .trim()
+        .to_string();
+    let who = s.ok(&[
+        "auth",
+        "whoami",
+        "--token",
+        &token,
+        "-o",
+        "jsonpath={.status.userInfo.username}",
+    ]);
+    assert_eq!(who, "system:serviceaccount:default:default");
+}
+
+#[test]
+fn deployments_roll_out_on_the_node_and_pods_survive_a_kinglet_kill() {
+    let mut s = Server::start_node(&[]);
+    s.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=busybox:1.36",
+        "--replicas=3",
+        "--",
+        "sh",
+        "-c",
+        "echo started; exec sleep 100000",
+    ]);
+    s.ok(&["rollout", "status", "deployment/web", "--timeout=90s"]);
+    let before = json_of(&s, &["get", "pods", "-l", "app=web", "-o", "json"]);
+    let ids = |v: &Value| -> Vec<(String, String, u64)> {
+        let mut out: Vec<(String, String, u64)> = v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let cs = &p["status"]["containerStatuses"][0];
+                (
+                    p["metadata"]["name"].as_str().unwrap().to_string(),
+                    cs["containerID"].as_str().unwrap_or_default().to_string(),
+                    cs["restartCount"].as_u64().unwrap_or(99),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    };
+    let first = ids(&before);
+    assert_eq!(first.len(), 3);
+    // kill -9 of kinglet: the containers keep running under their supervisors.
+    s.restart(true);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    s.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    let after = json_of(&s, &["get", "pods", "-l", "app=web", "-o", "json"]);
+    assert_eq!(ids(&after), first, "same containers, same restart counts");
+    for (name, _, _) in &first {
+        assert!(s.ok(&["logs", name]).contains("started"));
+    }
+    // A new template rolls.
+    s.ok(&["set", "env", "deployment/web", "VERSION=2"]);
+    s.ok(&["rollout", "status", "deployment/web", "--timeout=120s"]);
+    // The old pods may still be terminating (their `sleep` ignores SIGTERM as PID 1).
+    let mut rolled = json_of(&s, &["get", "pods", "-l", "app=web", "-o", "json"]);
+    rolled["items"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|p| p["metadata"]["deletionTimestamp"].is_null());
+    let names: Vec<String> = ids(&rolled).into_iter().map(|(n, _, _)| n).collect();
+    assert_eq!(names.len(), 3);
+    assert!(names.iter().all(|n| !first.iter().any(|(f, _, _)| f == n)));
+}
