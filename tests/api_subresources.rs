@@ -108,3 +108,29 @@ fn version_flag_names_kinglet_and_api_level() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid value"));
 }
+
+#[test]
+fn bodies_that_are_not_objects_get_400_and_do_not_hurt_the_server() {
+    let s = Server::start();
+    let file = s.dir.path().join("body.json");
+    for body in ["[1, 2]", "\"text\"", "42", "null"] {
+        std::fs::write(&file, body).unwrap();
+        for path in [
+            "/api/v1/namespaces/default/serviceaccounts/default/token",
+            "/api/v1/namespaces/default/configmaps",
+            "/api/v1/namespaces/default/pods/x/binding",
+        ] {
+            let err = s.fails(
+                &["create", "--raw", path, "-f", file.to_str().unwrap()],
+                None,
+            );
+            assert!(
+                err.contains("BadRequest")
+                    || err.contains("400")
+                    || err.contains("expected an object"),
+                "{body} to {path}: {err}"
+            );
+        }
+    }
+    s.ok(&["get", "--raw", "/readyz"]);
+}
