@@ -73,6 +73,13 @@ fn node_registers_and_runs_a_pod_with_logs_and_graceful_delete() {
         l.contains("hello from bb").then_some(l)
     });
     assert_eq!(logs.trim(), "hello from bb");
+    // exec: output, stdin, exit codes.
+    assert_eq!(s.ok(&["exec", "bb", "--", "hostname"]).trim(), "bb");
+    let echoed = s.kubectl_stdin(&["exec", "-i", "bb", "--", "cat"], "through stdin\n");
+    assert_eq!(String::from_utf8_lossy(&echoed.stdout), "through stdin\n");
+    let failed = s.kubectl(&["exec", "bb", "--", "sh", "-c", "echo oops >&2; exit 3"]);
+    assert_eq!(failed.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&failed.stderr).contains("oops"));
     // Graceful deletion: SIGTERM reaches the container, which exits; the pod is gone well
     // within the 30 s grace period.
     let start = std::time::Instant::now();

@@ -250,6 +250,26 @@ async fn handle(State(api): State<Arc<Api>>, req: Request) -> Response {
         Some(ApiPath::Resource(r)) => r.resource.clone(),
         _ => String::new(),
     };
+    // Streams (exec, attach, port-forward) are spliced to the node, never buffered.
+    if let Some(ApiPath::Resource(r)) = &api_path
+        && r.group.is_empty()
+        && r.resource == "pods"
+        && let (Some(ns), Some(name), Some(sub)) = (&r.namespace, &r.name, &r.subresource)
+        && matches!(sub.as_str(), "exec" | "attach" | "portforward")
+    {
+        let mut ctx = Ctx::internal("", "v1", "pods", Some(ns));
+        ctx.query = query;
+        let resp = node_proxy::stream(&api, &ctx, req, name, sub)
+            .await
+            .unwrap_or_else(|e| e.into_response());
+        api.metrics.observe(
+            verb,
+            &resource_label,
+            resp.status().as_u16(),
+            started.elapsed().as_secs_f64(),
+        );
+        return resp;
+    }
     let body = match axum::body::to_bytes(body, MAX_BODY + 1).await {
         Ok(b) if b.len() > MAX_BODY => return ApiError::too_large().into_response(),
         Ok(b) => b,

@@ -120,8 +120,13 @@ async fn kubelet_address(api: &Arc<Api>, pod: &Value, name: &str) -> ApiResult<(
     Ok((ip, port))
 }
 
-/// Sends `GET path` to the pod's kubelet and streams its answer back.
-async fn forward(api: &Arc<Api>, pod: &Value, name: &str, path: &str) -> ApiResult<Response> {
+/// Sends `req` to the pod's kubelet (the connection allows upgrades).
+async fn send(
+    api: &Arc<Api>,
+    pod: &Value,
+    name: &str,
+    req: http::Request<Body>,
+) -> ApiResult<http::Response<hyper::body::Incoming>> {
     let (ip, port) = kubelet_address(api, pod, name).await?;
     let Some(client) = api.kubelet_client.get() else {
         return Err(ApiError::new(
@@ -130,11 +135,12 @@ async fn forward(api: &Arc<Api>, pod: &Value, name: &str, path: &str) -> ApiResu
             "the API server has no kubelet client credentials",
         ));
     };
+    let path = req.uri().to_string();
     let unavailable = |e: String| {
         ApiError::new(
             500,
             "InternalError",
-            format!("Get \"https://{ip}:{port}{path}\": {e}"),
+            format!("error dialing backend https://{ip}:{port}{path}: {e}"),
         )
     };
     let tcp = tokio::net::TcpStream::connect((ip.as_str(), port))
@@ -151,29 +157,44 @@ async fn forward(api: &Arc<Api>, pod: &Value, name: &str, path: &str) -> ApiResu
             .await
             .map_err(|e| unavailable(e.to_string()))?;
     tokio::spawn(async move {
-        let _ = conn.await;
+        let _ = conn.with_upgrades().await;
     });
-    let req = http::Request::get(path)
-        .header(http::header::HOST, format!("{ip}:{port}"))
-        .body(Body::empty())
-        .map_err(|e| unavailable(e.to_string()))?;
-    let resp = sender
+    let mut req = req;
+    req.headers_mut().insert(
+        http::header::HOST,
+        http::HeaderValue::from_str(&format!("{ip}:{port}"))
+            .map_err(|e| unavailable(e.to_string()))?,
+    );
+    sender
         .send_request(req)
         .await
-        .map_err(|e| unavailable(e.to_string()))?;
+        .map_err(|e| unavailable(e.to_string()))
+}
+
+/// A kubelet's error answer as a Status.
+async fn kubelet_error(resp: http::Response<hyper::body::Incoming>) -> ApiError {
     let status = resp.status();
-    if !status.is_success() {
-        let bytes = http_body_util::BodyExt::collect(resp.into_body())
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let message = String::from_utf8_lossy(&bytes).trim().to_string();
-        let reason = match status.as_u16() {
-            400 => "BadRequest",
-            404 => "NotFound",
-            _ => "InternalError",
-        };
-        return Err(ApiError::new(status.as_u16(), reason, message));
+    let bytes = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let message = String::from_utf8_lossy(&bytes).trim().to_string();
+    let reason = match status.as_u16() {
+        400 => "BadRequest",
+        404 => "NotFound",
+        _ => "InternalError",
+    };
+    ApiError::new(status.as_u16(), reason, message)
+}
+
+/// Sends `GET path` to the pod's kubelet and streams its answer back.
+async fn forward(api: &Arc<Api>, pod: &Value, name: &str, path: &str) -> ApiResult<Response> {
+    let req = http::Request::get(path)
+        .body(Body::empty())
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let resp = send(api, pod, name, req).await?;
+    if !resp.status().is_success() {
+        return Err(kubelet_error(resp).await);
     }
     let (parts, body) = resp.into_parts();
     let mut out = Response::new(Body::new(body));
@@ -182,5 +203,84 @@ async fn forward(api: &Arc<Api>, pod: &Value, name: &str, path: &str) -> ApiResu
         out.headers_mut()
             .insert(http::header::CONTENT_TYPE, ct.clone());
     }
+    Ok(out)
+}
+
+/// Headers that carry a connection upgrade and its protocol negotiation, both ways.
+const UPGRADE_HEADERS: [&str; 7] = [
+    "connection",
+    "upgrade",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-protocol",
+    "sec-websocket-accept",
+    "x-stream-protocol-version",
+];
+
+/// `pods/<name>/exec|attach|portforward`: the upgraded connection is spliced to the kubelet's.
+pub async fn stream(
+    api: &Arc<Api>,
+    ctx: &Ctx,
+    mut parts: http::request::Parts,
+    name: &str,
+    sub: &str,
+) -> ApiResult<Response> {
+    let res = api
+        .registry
+        .find("", "v1", "pods")
+        .ok_or_else(ApiError::path_not_found)?;
+    let (_, pod) = get_current(api, &res, ctx, name).await?;
+    let ns = ctx.path.namespace.clone().unwrap_or_default();
+    let query = parts.uri.query().unwrap_or_default().to_string();
+    let path = if sub == "portforward" {
+        format!("/portForward/{ns}/{name}?{query}")
+    } else {
+        let names = containers_of(&pod);
+        let container = match ctx.query.get("container") {
+            Some(c) => c.to_string(),
+            None if names.len() == 1 => names[0].clone(),
+            None => {
+                return Err(ApiError::bad_request(format!(
+                    "a container name must be specified for pod {name}, choose one of: [{}]",
+                    names.join(" ")
+                )));
+            }
+        };
+        format!("/{sub}/{ns}/{name}/{container}?{query}")
+    };
+    let Some(client_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
+        return Err(ApiError::bad_request("Upgrade request required"));
+    };
+    let mut req = http::Request::builder()
+        .method(parts.method.clone())
+        .uri(&path);
+    for h in UPGRADE_HEADERS {
+        for v in parts.headers.get_all(h) {
+            req = req.header(h, v);
+        }
+    }
+    let req = req
+        .body(Body::empty())
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut resp = send(api, &pod, name, req).await?;
+    if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        return Err(kubelet_error(resp).await);
+    }
+    let mut out = Response::new(Body::empty());
+    *out.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+    for h in UPGRADE_HEADERS {
+        for v in resp.headers().get_all(h) {
+            out.headers_mut().append(h, v.clone());
+        }
+    }
+    let backend_upgrade = hyper::upgrade::on(&mut resp);
+    tokio::spawn(async move {
+        let (Ok(client), Ok(backend)) = (client_upgrade.await, backend_upgrade.await) else {
+            return;
+        };
+        let mut client = hyper_util::rt::TokioIo::new(client);
+        let mut backend = hyper_util::rt::TokioIo::new(backend);
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
+    });
     Ok(out)
 }

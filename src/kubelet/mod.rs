@@ -5,6 +5,7 @@
 mod cgroups;
 mod containers;
 mod env;
+mod exec;
 mod logs;
 mod node;
 mod pods;

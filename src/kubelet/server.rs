@@ -27,6 +27,7 @@ pub async fn serve(kubelet: Arc<Kubelet>, serving: super::Serving) -> anyhow::Re
             "/containerLogs/{namespace}/{pod}/{container}",
             get(container_logs),
         )
+        .route("/exec/{namespace}/{pod}/{container}", get(exec).post(exec))
         .with_state(kubelet);
     crate::server::tls::serve(listener, Arc::new(tls), router).await
 }
@@ -111,6 +112,29 @@ async fn container_logs(
     }));
     let stream = tokio_stream_from(rx);
     (headers, Body::from_stream(stream)).into_response()
+}
+
+async fn exec(
+    State(k): State<Arc<Kubelet>>,
+    Path((ns, pod, container)): Path<(String, String, String)>,
+    Query(q): Query<Vec<(String, String)>>,
+    ws: axum::extract::WebSocketUpgrade,
+) -> Response {
+    let req = super::exec::Request::from_query(&q);
+    if req.command.is_empty() {
+        return bad_request("you must specify at least one command for the container".into());
+    }
+    let Some(running) = attempts(&k, &ns, &pod, &container)
+        .into_iter()
+        .rev()
+        .find(|r| r.running())
+    else {
+        return bad_request(format!("container {container} is not running in pod {pod}"));
+    };
+    let dir = k.runtime.dir(&running.meta.id);
+    let exe = k.runtime.exe().to_path_buf();
+    ws.protocols(super::exec::PROTOCOLS)
+        .on_upgrade(move |socket| super::exec::run(socket, exe, dir, req))
 }
 
 fn tokio_stream_from<T: Send + 'static>(
