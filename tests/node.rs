@@ -264,3 +264,74 @@ fn deployments_roll_out_on_the_node_and_pods_survive_a_kinglet_kill() {
     assert_eq!(names.len(), 3);
     assert!(names.iter().all(|n| !first.iter().any(|(f, _, _)| f == n)));
 }
+
+#[test]
+fn memory_limits_are_enforced_and_oom_kills_reported() {
+    let s = Server::start_node(&[]);
+    let pods = r#"apiVersion: v1
+kind: Pod
+metadata: {name: limited}
+spec:
+  containers:
+  - name: c
+    image: busybox:1.36
+    command: [sleep, "100000"]
+    resources:
+      requests: {cpu: 100m, memory: 16Mi}
+      limits: {cpu: 250m, memory: 32Mi}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: hog}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: busybox:1.36
+    command: [sh, -c, 'x=$(head -c 200000000 /dev/zero | tr "\0" a); echo survived']
+    resources:
+      limits: {memory: 24Mi}
+"#;
+    s.ok_stdin(&["apply", "-f", "-"], pods);
+    let pod = wait_running(&s, "limited");
+    assert_eq!(pod["status"]["qosClass"], "Burstable");
+    // The container's cgroup carries the limits (cgroup v1 or v2 file names).
+    let id = pod["status"]["containerStatuses"][0]["containerID"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("kinglet://")
+        .to_string();
+    let host = s.host.as_ref().unwrap();
+    let uid = pod["metadata"]["uid"].as_str().unwrap();
+    let rel = format!(
+        "{}/kubepods/burstable/pod{uid}/{id}",
+        host.cgroup_root.trim_start_matches('/')
+    );
+    let read = |ctrl: &str, file: &str| {
+        let v1 = std::path::Path::new("/sys/fs/cgroup")
+            .join(ctrl)
+            .join(&rel)
+            .join(file);
+        let v2 = std::path::Path::new("/sys/fs/cgroup").join(&rel).join(file);
+        std::fs::read_to_string(&v1)
+            .or_else(|_| std::fs::read_to_string(&v2))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        assert_eq!(read("", "memory.max"), "33554432");
+        assert_eq!(read("", "cpu.max"), "25000 100000");
+    } else {
+        assert_eq!(read("memory", "memory.limit_in_bytes"), "33554432");
+        assert_eq!(read("cpu", "cpu.cfs_quota_us"), "25000");
+        assert_eq!(read("cpu", "cpu.shares"), "102");
+    }
+    let hog = eventually(60, "hog OOM-killed", || {
+        let p = pod_json(&s, "hog");
+        (p["status"]["phase"] == "Failed").then_some(p)
+    });
+    let term = &hog["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(term["reason"], "OOMKilled", "{term}");
+    assert_eq!(term["exitCode"], 137);
+}

@@ -254,10 +254,19 @@ impl Kubelet {
 
     /// Removes the containers, sandbox and volumes of a pod that is gone.
     pub async fn cleanup(&self, uid: &str) {
-        for r in self.records_of(uid).into_values().flatten() {
+        let records: Vec<Record> = self.records_of(uid).into_values().flatten().collect();
+        for r in &records {
             if !r.running() {
                 let _ = self.runtime.remove(&r.meta.id);
             }
+        }
+        // The pod's cgroup is the parent of its containers'.
+        if let Some(parent) = records
+            .first()
+            .and_then(|r| r.meta.cgroup_path.rsplit_once('/'))
+            .map(|(p, _)| p.to_string())
+        {
+            crate::runtime::cgroups::remove(&parent);
         }
         let dir = self.pod_dir(uid);
         super::volumes::unmount_all(&dir);

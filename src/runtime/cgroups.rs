@@ -37,3 +37,19 @@ pub fn oom_killed(path: &str) -> bool {
         })
         .is_some_and(|n| n > 0)
 }
+
+/// Removes the (empty) cgroup at `path` from every hierarchy; best effort.
+pub fn remove(path: &str) {
+    let rel = path.trim_start_matches('/');
+    if unified() {
+        let _ = fs::remove_dir(PathBuf::from("/sys/fs/cgroup").join(rel));
+        return;
+    }
+    for e in fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let _ = fs::remove_dir(e.path().join(rel));
+    }
+}
