@@ -335,3 +335,76 @@ spec:
     assert_eq!(term["reason"], "OOMKilled", "{term}");
     assert_eq!(term["exitCode"], 137);
 }
+
+#[test]
+fn probes_restart_unhealthy_containers_and_gate_readiness() {
+    let s = Server::start_node(&[]);
+    let pods = r#"apiVersion: v1
+kind: Pod
+metadata: {name: live}
+spec:
+  containers:
+  - name: c
+    image: busybox:1.36
+    command: [sh, -c, 'touch /tmp/healthy; sleep 3; rm /tmp/healthy; exec sleep 100000']
+    livenessProbe:
+      exec: {command: [test, -f, /tmp/healthy]}
+      periodSeconds: 1
+      failureThreshold: 2
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web}
+spec:
+  containers:
+  - name: c
+    image: busybox:1.36
+    command: [sh, -c, 'mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 8080 -h /www']
+    ports: [{name: http, containerPort: 8080}]
+    readinessProbe:
+      httpGet: {path: /, port: http}
+      periodSeconds: 1
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: closed}
+spec:
+  containers:
+  - name: c
+    image: busybox:1.36
+    command: [sleep, "100000"]
+    readinessProbe:
+      tcpSocket: {port: 9999}
+      periodSeconds: 1
+"#;
+    s.ok_stdin(&["apply", "-f", "-"], pods);
+    eventually(60, "web ready through its httpGet probe", || {
+        (pod_json(&s, "web")["status"]["containerStatuses"][0]["ready"] == true).then_some(())
+    });
+    let restarted = eventually(60, "liveness restart", || {
+        let p = pod_json(&s, "live");
+        (p["status"]["containerStatuses"][0]["restartCount"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1)
+            .then_some(p)
+    });
+    assert_eq!(
+        restarted["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"],
+        137
+    );
+    let closed = wait_running(&s, "closed");
+    assert_eq!(closed["status"]["containerStatuses"][0]["ready"], false);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let closed = pod_json(&s, "closed");
+    assert_eq!(closed["status"]["containerStatuses"][0]["ready"], false);
+    let ready = closed["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap()
+        .clone();
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], "ContainersNotReady");
+}

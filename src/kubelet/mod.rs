@@ -9,6 +9,7 @@ mod exec;
 mod logs;
 mod node;
 mod pods;
+mod probes;
 mod secrets;
 mod server;
 mod status;
@@ -73,6 +74,8 @@ pub struct Kubelet {
     reported: Mutex<HashMap<String, serde_json::Value>>,
     /// Pods with a sync in flight.
     busy: Mutex<HashSet<String>>,
+    /// Probe state per running container ID.
+    probes: Mutex<HashMap<String, probes::State>>,
 }
 
 /// The pod's hostname: `spec.hostname` or the pod name (at most 63 characters).
@@ -111,6 +114,7 @@ pub async fn run(client: kube::Client, cfg: NodeConfig) -> anyhow::Result<()> {
         cfg: cfg.clone(),
         reported: Mutex::new(HashMap::new()),
         busy: Mutex::new(HashSet::new()),
+        probes: Mutex::new(HashMap::new()),
     });
     loop {
         match node::register(&client, &cfg).await {

@@ -117,10 +117,72 @@ impl Kubelet {
                 };
                 if start {
                     self.ensure_started(pod, c, history, &mut waiting).await;
+                } else if let Some(r) = latest.filter(|r| r.running()) {
+                    self.probe(pod, c, r).await;
                 }
             }
         }
         self.report(pod, &waiting).await
+    }
+
+    /// Runs the container's due probes; a failed liveness or startup probe kills it (the
+    /// restart policy then starts it again).
+    async fn probe(&self, pod: &Pod, c: &Container, r: &Record) {
+        let id = r.meta.id.clone();
+        let mut state = self
+            .probes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned()
+            .unwrap_or_default();
+        let running_for = r
+            .status
+            .started_at
+            .as_deref()
+            .map(seconds_since)
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(Duration::from_secs_f64)
+            .unwrap_or_default();
+        let dir = self.runtime.dir(&id).0;
+        let netns = crate::runtime::sandbox::pin(
+            &self.pod_dir(&pod.uid().unwrap_or_default()).join("sandbox"),
+            "net",
+        );
+        let verdict = super::probes::check(
+            &mut state,
+            c,
+            running_for,
+            &self.runtime.exe().to_path_buf(),
+            &dir,
+            &netns,
+        )
+        .await;
+        self.probes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), state);
+        if let super::probes::Verdict::Restart(msg) = verdict {
+            tracing::info!(pod = %pod.name_any(), "{msg}");
+            let _ = self.runtime.signal(&id, Signal::SIGKILL);
+            self.probes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+        }
+    }
+
+    /// Whether a running container passes its readiness (and startup) probes.
+    pub fn probed_ready(&self, c: &Container, id: &str) -> bool {
+        match self
+            .probes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+        {
+            Some(s) => s.ready,
+            None => c.readiness_probe.is_none() && c.startup_probe.is_none(),
+        }
     }
 
     /// Starts the next attempt of `c` unless its back-off or image says to wait.
@@ -255,6 +317,12 @@ impl Kubelet {
     /// Removes the containers, sandbox and volumes of a pod that is gone.
     pub async fn cleanup(&self, uid: &str) {
         let records: Vec<Record> = self.records_of(uid).into_values().flatten().collect();
+        {
+            let mut probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());
+            for r in &records {
+                probes.remove(&r.meta.id);
+            }
+        }
         for r in &records {
             if !r.running() {
                 let _ = self.runtime.remove(&r.meta.id);

@@ -33,6 +33,7 @@ fn state_of(r: &Record) -> Value {
 }
 
 fn container_status(
+    k: &Kubelet,
     c: &Container,
     history: Option<&Vec<Record>>,
     waiting: Option<&Waiting>,
@@ -53,7 +54,7 @@ fn container_status(
         _ => json!({}),
     };
     let running = state.get("running").is_some();
-    let ready = running && !init && c.readiness_probe.is_none();
+    let ready = running && !init && latest.is_some_and(|r| k.probed_ready(c, &r.meta.id));
     let mut s = json!({
         "name": c.name,
         "image": c.image,
@@ -94,6 +95,7 @@ pub fn compute(
         .flatten()
         .map(|c| {
             container_status(
+                k,
                 c,
                 records.get(&c.name),
                 waiting.get(&c.name),
@@ -119,6 +121,7 @@ pub fn compute(
         .iter()
         .map(|c| {
             container_status(
+                k,
                 c,
                 records.get(&c.name),
                 waiting.get(&c.name),

@@ -1,0 +1,196 @@
+//! Startup, liveness and readiness probes (exec, httpGet, tcpSocket), with upstream's defaults
+//! (period 10 s, timeout 1 s, success 1, failure 3). Network probes run from inside the pod's
+//! network namespace, on a thread of their own that enters it and ends with the probe, so they
+//! reach the pod's ports whether or not it has a pod network.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Container, Probe};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+/// What the kubelet remembers about one running container's probes.
+#[derive(Debug, Default, Clone)]
+pub struct State {
+    pub started: bool,
+    pub ready: bool,
+    last: HashMap<&'static str, Instant>,
+    successes: HashMap<&'static str, i32>,
+    failures: HashMap<&'static str, i32>,
+}
+
+/// What a sync should do about a container after probing it.
+#[derive(Debug, PartialEq)]
+pub enum Verdict {
+    Healthy,
+    /// Liveness (or startup) failed past its threshold: restart it, with this message.
+    Restart(String),
+}
+
+fn port_of(port: &IntOrString, c: &Container) -> Option<u16> {
+    match port {
+        IntOrString::Int(p) => u16::try_from(*p).ok(),
+        IntOrString::String(name) => c
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some(name))
+            .and_then(|p| u16::try_from(p.container_port).ok()),
+    }
+}
+
+/// Runs `f` on a thread inside the network namespace pinned at `netns`.
+fn in_netns<T: Send + 'static>(
+    netns: PathBuf,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&netns).ok()?;
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
+        Some(f())
+    })
+    .join()
+    .ok()
+    .flatten()
+}
+
+fn tcp_ok(addr: SocketAddr, timeout: Duration) -> bool {
+    TcpStream::connect_timeout(&addr, timeout).is_ok()
+}
+
+fn http_ok(addr: SocketAddr, path: &str, host: &str, timeout: Duration) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, timeout) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(timeout));
+    let _ = s.set_write_timeout(Some(timeout));
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+    );
+    if s.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 64];
+    let n = s.read(&mut head).unwrap_or(0);
+    let line = String::from_utf8_lossy(&head[..n]);
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse::<u16>().ok())
+        .is_some_and(|code| (200..400).contains(&code))
+}
+
+/// One probe attempt.
+async fn attempt(p: &Probe, c: &Container, exe: &PathBuf, dir: &PathBuf, netns: &PathBuf) -> bool {
+    let timeout = Duration::from_secs(p.timeout_seconds.unwrap_or(1).max(1) as u64);
+    if let Some(e) = &p.exec {
+        let cmd = e.command.clone().unwrap_or_default();
+        let child = tokio::process::Command::new(exe)
+            .arg("exec")
+            .arg(dir)
+            .arg("--")
+            .args(&cmd)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .status();
+        return matches!(tokio::time::timeout(timeout, child).await, Ok(Ok(s)) if s.success());
+    }
+    let (port, host_path) = if let Some(t) = &p.tcp_socket {
+        (port_of(&t.port, c), None)
+    } else if let Some(h) = &p.http_get {
+        (
+            port_of(&h.port, c),
+            Some(h.path.clone().unwrap_or_else(|| "/".into())),
+        )
+    } else {
+        // gRPC probes are not supported yet: never fail a container for them.
+        return true;
+    };
+    let Some(port) = port else { return false };
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let netns = netns.clone();
+    tokio::task::spawn_blocking(move || {
+        in_netns(netns, move || match host_path {
+            Some(path) => http_ok(addr, &path, &format!("127.0.0.1:{port}"), timeout),
+            None => tcp_ok(addr, timeout),
+        })
+        .unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// Probes one running container as due; updates `state` and says whether to restart it.
+pub async fn check(
+    state: &mut State,
+    c: &Container,
+    running_for: Duration,
+    exe: &PathBuf,
+    dir: &PathBuf,
+    netns: &PathBuf,
+) -> Verdict {
+    let probes: [(&'static str, Option<&Probe>); 3] = [
+        ("startup", c.startup_probe.as_ref()),
+        ("liveness", c.liveness_probe.as_ref()),
+        ("readiness", c.readiness_probe.as_ref()),
+    ];
+    if c.startup_probe.is_none() {
+        state.started = true;
+    }
+    if c.readiness_probe.is_none() {
+        state.ready = state.started;
+    }
+    for (kind, probe) in probes {
+        let Some(p) = probe else { continue };
+        if kind != "startup" && !state.started || kind == "startup" && state.started {
+            continue;
+        }
+        if running_for < Duration::from_secs(p.initial_delay_seconds.unwrap_or(0).max(0) as u64) {
+            continue;
+        }
+        let period = Duration::from_secs(p.period_seconds.unwrap_or(10).max(1) as u64);
+        if state.last.get(kind).is_some_and(|t| t.elapsed() < period) {
+            continue;
+        }
+        state.last.insert(kind, Instant::now());
+        let ok = attempt(p, c, exe, dir, netns).await;
+        if ok {
+            state.failures.insert(kind, 0);
+            let n = state.successes.entry(kind).or_insert(0);
+            *n += 1;
+            if *n >= p.success_threshold.unwrap_or(1).max(1) {
+                match kind {
+                    "startup" => state.started = true,
+                    "readiness" => state.ready = true,
+                    _ => {}
+                }
+            }
+        } else {
+            state.successes.insert(kind, 0);
+            let n = state.failures.entry(kind).or_insert(0);
+            *n += 1;
+            let failed = *n >= p.failure_threshold.unwrap_or(3).max(1);
+            match kind {
+                "readiness" => state.ready = false,
+                _ if failed => {
+                    let label = if kind == "startup" {
+                        "Startup"
+                    } else {
+                        "Liveness"
+                    };
+                    return Verdict::Restart(format!(
+                        "Container {} failed {} probe, will be restarted",
+                        c.name,
+                        label.to_lowercase()
+                    ));
+                }
+                _ => {}
+            }
+        }
+    }
+    Verdict::Healthy
+}
