@@ -124,7 +124,12 @@ pub async fn run(socket: WebSocket, exe: std::path::PathBuf, dir: ContainerDir, 
         })
     };
     let out_task = pump(Box::new(stdout), STDOUT, req.stdout);
-    let err_task = pump(Box::new(stderr), STDERR, req.stderr);
+    // A terminal has one output stream: stderr goes where stdout goes.
+    let err_task = if req.tty {
+        pump(Box::new(stderr), STDOUT, req.stdout)
+    } else {
+        pump(Box::new(stderr), STDERR, req.stderr)
+    };
     drop(out_tx);
     // Client -> stdin, until the client closes stdin or goes away.
     let input = tokio::spawn(async move {

@@ -153,7 +153,7 @@ impl Kubelet {
             &mut state,
             c,
             running_for,
-            &self.runtime.exe().to_path_buf(),
+            self.runtime.exe(),
             &dir,
             &netns,
         )

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Container, Probe};
@@ -83,7 +83,7 @@ fn http_ok(addr: SocketAddr, path: &str, host: &str, timeout: Duration) -> bool 
 }
 
 /// One probe attempt.
-async fn attempt(p: &Probe, c: &Container, exe: &PathBuf, dir: &PathBuf, netns: &PathBuf) -> bool {
+async fn attempt(p: &Probe, c: &Container, exe: &Path, dir: &Path, netns: &Path) -> bool {
     let timeout = Duration::from_secs(p.timeout_seconds.unwrap_or(1).max(1) as u64);
     if let Some(e) = &p.exec {
         let cmd = e.command.clone().unwrap_or_default();
@@ -112,7 +112,7 @@ async fn attempt(p: &Probe, c: &Container, exe: &PathBuf, dir: &PathBuf, netns: 
     };
     let Some(port) = port else { return false };
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let netns = netns.clone();
+    let netns = netns.to_path_buf();
     tokio::task::spawn_blocking(move || {
         in_netns(netns, move || match host_path {
             Some(path) => http_ok(addr, &path, &format!("127.0.0.1:{port}"), timeout),
@@ -129,9 +129,9 @@ pub async fn check(
     state: &mut State,
     c: &Container,
     running_for: Duration,
-    exe: &PathBuf,
-    dir: &PathBuf,
-    netns: &PathBuf,
+    exe: &Path,
+    dir: &Path,
+    netns: &Path,
 ) -> Verdict {
     let probes: [(&'static str, Option<&Probe>); 3] = [
         ("startup", c.startup_probe.as_ref()),
