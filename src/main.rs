@@ -42,6 +42,8 @@ extern "C" fn tune_allocator() {
 static TUNE_ALLOCATOR: extern "C" fn() = tune_allocator;
 
 fn main() {
+    // One TLS provider for every client built without an explicit one (registry pulls).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = match cli::parse() {
         Ok(c) => c,
         Err(e) => {

@@ -408,3 +408,88 @@ spec:
     assert_eq!(ready["status"], "False");
     assert_eq!(ready["reason"], "ContainersNotReady");
 }
+
+#[test]
+fn images_are_pulled_from_a_registry_with_basic_auth_and_pull_secrets() {
+    let s = Server::start_node(&[]);
+    let host = s.host.as_ref().unwrap();
+    let dir = s.dir.path();
+    // Debian's docker-registry on the test host's loopback, with htpasswd (bcrypt) auth.
+    std::fs::write(
+        dir.join("htpasswd"),
+        format!("user:{}\n", bcrypt::hash("pass", 5).unwrap()),
+    )
+    .unwrap();
+    let config = format!(
+        "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:5000\nauth:\n  htpasswd:\n    realm: kinglet-test\n    path: {}\n",
+        dir.join("registry").display(),
+        dir.join("htpasswd").display()
+    );
+    std::fs::write(dir.join("registry.yml"), config).unwrap();
+    let log = std::fs::File::create(dir.join("registry.log")).unwrap();
+    let _registry = host
+        .command("docker-registry")
+        .arg("serve")
+        .arg(dir.join("registry.yml"))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("docker-registry (tests/run installs it)");
+    let archive = dir.join("bb.tar");
+    common::images::write_busybox_image(&archive, "docker.io/library/busybox:1.36");
+    eventually(30, "skopeo push to the registry", || {
+        host.command("skopeo")
+            .args([
+                "copy",
+                "--insecure-policy",
+                "--dest-tls-verify=false",
+                "--dest-creds",
+                "user:pass",
+            ])
+            .arg(format!("oci-archive:{}", archive.display()))
+            .arg("docker://127.0.0.1:5000/test/bb:v1")
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|_| ())
+    });
+    let pod = |name: &str, secret: bool| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  {}containers:\n  - name: c\n    image: 127.0.0.1:5000/test/bb:v1\n    command: [sh, -c, 'echo pulled ok; exec sleep 100000']\n",
+            if secret {
+                "imagePullSecrets: [{name: regcred}]\n  "
+            } else {
+                ""
+            }
+        )
+    };
+    // Without credentials the registry refuses: ErrImagePull, then ImagePullBackOff.
+    s.ok_stdin(&["apply", "-f", "-"], &pod("anon", false));
+    eventually(60, "pull refused", || {
+        let p = pod_json(&s, "anon");
+        let reason = p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"].clone();
+        (reason == "ErrImagePull" || reason == "ImagePullBackOff").then_some(())
+    });
+    s.ok(&[
+        "create",
+        "secret",
+        "docker-registry",
+        "regcred",
+        "--docker-server=127.0.0.1:5000",
+        "--docker-username=user",
+        "--docker-password=pass",
+    ]);
+    s.ok_stdin(&["apply", "-f", "-"], &pod("authed", true));
+    let running = wait_running(&s, "authed");
+    assert!(
+        running["status"]["containerStatuses"][0]["imageID"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:5000/test/bb@sha256:")
+    );
+    eventually(20, "logs", || {
+        s.ok(&["logs", "authed"])
+            .contains("pulled ok")
+            .then_some(())
+    });
+}

@@ -79,28 +79,60 @@ impl Kubelet {
                 format!("Container image \"{name}\" is not present with pull policy of Never"),
             )),
             _ => {
-                let creds = super::secrets::pull_credentials(self, pod, &normalized).await;
-                let mut last = None;
-                for cred in creds.iter().map(Some).chain(std::iter::once(None)) {
-                    match self
-                        .images
-                        .pull(&normalized, cred, &|line| tracing::info!("{line}"))
-                        .await
-                    {
-                        Ok(img) => return Ok(img),
-                        Err(e) => last = Some(e),
+                let key = (pod.uid().unwrap_or_default(), normalized.clone());
+                if let Some((n, at)) = self
+                    .pull_failures
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&key)
+                    && at.elapsed() < super::pods::backoff(n + 1)
+                {
+                    return Err(waiting(
+                        "ImagePullBackOff",
+                        format!("Back-off pulling image \"{name}\""),
+                    ));
+                }
+                let result = self.pull(pod, &normalized, &name).await;
+                let mut failures = self.pull_failures.lock().unwrap_or_else(|e| e.into_inner());
+                match &result {
+                    Ok(_) => {
+                        failures.remove(&key);
                     }
-                    if creds.is_empty() {
-                        break;
+                    Err(_) => {
+                        let n = failures.get(&key).map(|(n, _)| *n).unwrap_or(0);
+                        failures.insert(key, (n + 1, std::time::Instant::now()));
                     }
                 }
-                let e = last.map(|e| format!("{e:#}")).unwrap_or_default();
-                Err(waiting(
-                    "ErrImagePull",
-                    format!("failed to pull image \"{name}\": {e}"),
-                ))
+                result
             }
         }
+    }
+
+    /// Pulls with the pod's pull secrets for the registry, then anonymously.
+    async fn pull(
+        &self,
+        pod: &Pod,
+        normalized: &str,
+        name: &str,
+    ) -> Result<crate::image::Image, Waiting> {
+        let creds = super::secrets::pull_credentials(self, pod, normalized).await;
+        let attempts = creds.iter().map(Some).chain(std::iter::once(None));
+        let mut last = None;
+        for cred in attempts {
+            match self
+                .images
+                .pull(normalized, cred, &|line| tracing::info!("{line}"))
+                .await
+            {
+                Ok(img) => return Ok(img),
+                Err(e) => last = Some(e),
+            }
+        }
+        let e = last.map(|e| format!("{e:#}")).unwrap_or_default();
+        Err(waiting(
+            "ErrImagePull",
+            format!("failed to pull image \"{name}\": {e}"),
+        ))
     }
 
     /// Creates and starts attempt `attempt` of `c`.
@@ -191,15 +223,7 @@ impl Kubelet {
             container_name: c.name.clone(),
             attempt,
             image: c.image.clone().unwrap_or_default(),
-            image_id: format!(
-                "{}@{}",
-                image
-                    .names
-                    .first()
-                    .map(|n| n.rsplit_once(':').map(|(r, _)| r).unwrap_or(n).to_string())
-                    .unwrap_or_default(),
-                image.manifest
-            ),
+            image_id: repo_digest(c.image.as_deref().unwrap_or_default(), &image.manifest),
             lower_dirs: self.images.layer_dirs(&image),
             log_path: self.log_path(pod, &c.name, attempt),
             log_max_bytes: self.cfg.container_log_max_size,
@@ -231,6 +255,18 @@ impl Kubelet {
             .join(container)
             .join(format!("{attempt}.log"))
     }
+}
+
+/// `docker.io/library/busybox@sha256:...`: the repository the container named, at the digest.
+fn repo_digest(image: &str, manifest: &str) -> String {
+    let name = crate::image::normalize(image).unwrap_or_else(|_| image.to_string());
+    let repo = name.split('@').next().unwrap_or(&name);
+    // The tag is after the last ':' that follows the last '/' (a registry port is not a tag).
+    let repo = match repo.rsplit_once(':') {
+        Some((r, tag)) if !tag.contains('/') => r,
+        _ => repo,
+    };
+    format!("{repo}@{manifest}")
 }
 
 /// Kubernetes' rule: `command` replaces the entrypoint, `args` the image's cmd.
@@ -281,6 +317,14 @@ mod tests {
             ["sh", "-c"]
         );
         assert_eq!(parse_user("1000:2000"), (1000, 2000));
+        assert_eq!(
+            repo_digest("127.0.0.1:5000/test/bb:v1", "sha256:ab"),
+            "127.0.0.1:5000/test/bb@sha256:ab"
+        );
+        assert_eq!(
+            repo_digest("busybox", "sha256:ab"),
+            "docker.io/library/busybox@sha256:ab"
+        );
         assert_eq!(parse_user(""), (0, 0));
     }
 }

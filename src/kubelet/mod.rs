@@ -76,6 +76,8 @@ pub struct Kubelet {
     busy: Mutex<HashSet<String>>,
     /// Probe state per running container ID.
     probes: Mutex<HashMap<String, probes::State>>,
+    /// Failed pulls per (pod UID, image): how many, and when the last one ended.
+    pull_failures: Mutex<HashMap<(String, String), (u32, std::time::Instant)>>,
 }
 
 /// The pod's hostname: `spec.hostname` or the pod name (at most 63 characters).
@@ -115,6 +117,7 @@ pub async fn run(client: kube::Client, cfg: NodeConfig) -> anyhow::Result<()> {
         reported: Mutex::new(HashMap::new()),
         busy: Mutex::new(HashSet::new()),
         probes: Mutex::new(HashMap::new()),
+        pull_failures: Mutex::new(HashMap::new()),
     });
     loop {
         match node::register(&client, &cfg).await {

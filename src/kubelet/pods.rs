@@ -18,7 +18,7 @@ use super::Kubelet;
 use super::containers::{self, Record};
 
 /// Restart back-off: first restart at once, then 10 s doubling up to 5 min.
-fn backoff(restarts: u32) -> Duration {
+pub fn backoff(restarts: u32) -> Duration {
     if restarts <= 1 {
         return Duration::ZERO;
     }
@@ -149,15 +149,9 @@ impl Kubelet {
             &self.pod_dir(&pod.uid().unwrap_or_default()).join("sandbox"),
             "net",
         );
-        let verdict = super::probes::check(
-            &mut state,
-            c,
-            running_for,
-            self.runtime.exe(),
-            &dir,
-            &netns,
-        )
-        .await;
+        let verdict =
+            super::probes::check(&mut state, c, running_for, self.runtime.exe(), &dir, &netns)
+                .await;
         self.probes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
