@@ -427,7 +427,7 @@ fn images_are_pulled_from_a_registry_with_basic_auth_and_pull_secrets() {
     );
     std::fs::write(dir.join("registry.yml"), config).unwrap();
     let log = std::fs::File::create(dir.join("registry.log")).unwrap();
-    let _registry = host
+    let mut registry = host
         .command("docker-registry")
         .arg("serve")
         .arg(dir.join("registry.yml"))
@@ -492,4 +492,6 @@ fn images_are_pulled_from_a_registry_with_basic_auth_and_pull_secrets() {
             .contains("pulled ok")
             .then_some(())
     });
+    let _ = registry.kill();
+    let _ = registry.wait();
 }

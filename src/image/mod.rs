@@ -262,18 +262,7 @@ impl ImageStore {
     /// Stores `data` as a blob, checking it against `expected` when given; returns its digest.
     fn put_blob(&self, data: &[u8], expected: Option<&str>) -> anyhow::Result<String> {
         let digest = format!("sha256:{}", sha256_hex(data));
-        if let Some(want) = expected
-            && want != digest
-        {
-            bail!("content digest {digest} does not match {want}");
-        }
-        let path = self.blob_path(&digest);
-        if !path.exists() {
-            let tmp = path.with_extension("tmp");
-            fs::write(&tmp, data)?;
-            fs::rename(tmp, &path)?;
-        }
-        Ok(digest)
+        self.place_blob(digest, expected, |tmp| fs::write(tmp, data))
     }
 
     /// Copies a file into the blob store under its digest (checked against `expected`).
@@ -289,6 +278,17 @@ impl ImageStore {
             hasher.update(&buf[..n]);
         }
         let digest = format!("sha256:{}", hex::encode(hasher.finalize()));
+        self.place_blob(digest, expected, |tmp| fs::copy(file, tmp).map(|_| ()))
+    }
+
+    /// Checks `digest` against `expected`, then writes the blob (through a temporary file renamed
+    /// into place) unless it is already stored.
+    fn place_blob(
+        &self,
+        digest: String,
+        expected: Option<&str>,
+        write: impl FnOnce(&Path) -> std::io::Result<()>,
+    ) -> anyhow::Result<String> {
         if let Some(want) = expected
             && want != digest
         {
@@ -297,7 +297,7 @@ impl ImageStore {
         let path = self.blob_path(&digest);
         if !path.exists() {
             let tmp = path.with_extension("tmp");
-            fs::copy(file, &tmp)?;
+            write(&tmp)?;
             fs::rename(tmp, &path)?;
         }
         Ok(digest)

@@ -9,13 +9,58 @@ use kube::api::Api;
 
 use super::Kubelet;
 
+/// Where container data comes from: a ConfigMap's or a Secret's keys.
+#[derive(Clone, Copy)]
+pub enum Source {
+    ConfigMap,
+    Secret,
+}
+
+/// The keys of a ConfigMap (`binaryData` included) or Secret; `None` if it does not exist.
+pub async fn source_data(
+    k: &Kubelet,
+    ns: &str,
+    kind: Source,
+    name: &str,
+) -> anyhow::Result<Option<BTreeMap<String, Vec<u8>>>> {
+    Ok(match kind {
+        Source::ConfigMap => {
+            let api: Api<ConfigMap> = Api::namespaced(k.client.clone(), ns);
+            api.get_opt(name).await?.map(|c| {
+                let mut data: BTreeMap<String, Vec<u8>> = c
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_bytes()))
+                    .collect();
+                data.extend(
+                    c.binary_data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.0)),
+                );
+                data
+            })
+        }
+        Source::Secret => {
+            let api: Api<Secret> = Api::namespaced(k.client.clone(), ns);
+            api.get_opt(name).await?.map(|s| {
+                s.data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0))
+                    .collect()
+            })
+        }
+    })
+}
+
 async fn config_map(
     k: &Kubelet,
     ns: &str,
     name: &str,
 ) -> anyhow::Result<Option<BTreeMap<String, String>>> {
-    let api: Api<ConfigMap> = Api::namespaced(k.client.clone(), ns);
-    Ok(api.get_opt(name).await?.map(|c| c.data.unwrap_or_default()))
+    as_text(source_data(k, ns, Source::ConfigMap, name).await?)
 }
 
 async fn secret(
@@ -23,12 +68,15 @@ async fn secret(
     ns: &str,
     name: &str,
 ) -> anyhow::Result<Option<BTreeMap<String, String>>> {
-    let api: Api<Secret> = Api::namespaced(k.client.clone(), ns);
-    Ok(api.get_opt(name).await?.map(|s| {
-        s.data
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+    as_text(source_data(k, ns, Source::Secret, name).await?)
+}
+
+fn as_text(
+    data: Option<BTreeMap<String, Vec<u8>>>,
+) -> anyhow::Result<Option<BTreeMap<String, String>>> {
+    Ok(data.map(|d| {
+        d.into_iter()
+            .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
             .collect()
     }))
 }

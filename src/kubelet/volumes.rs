@@ -10,12 +10,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, KeyToPath, Pod, Secret, Volume};
+use k8s_openapi::api::core::v1::{Container, KeyToPath, Pod, Volume};
 use kube::ResourceExt;
 use kube::api::Api;
 use nix::mount::{MntFlags, MsFlags};
 
 use super::Kubelet;
+use super::env::Source;
 use crate::runtime::spec::Mount;
 
 /// A file of a volume: path inside it, content, and its own mode if the item set one.
@@ -108,47 +109,22 @@ impl Kubelet {
                 _ => {}
             }
         } else if let Some(cm) = &v.config_map {
-            let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
-            let files = match api.get_opt(&cm.name).await? {
-                Some(c) => {
-                    let mut f: BTreeMap<String, Vec<u8>> = c
-                        .data
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k, v.into_bytes()))
-                        .collect();
-                    f.extend(
-                        c.binary_data
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(|(k, v)| (k, v.0)),
-                    );
-                    f
-                }
-                None if cm.optional == Some(true) => BTreeMap::new(),
-                None => anyhow::bail!("configmap \"{}\" not found", cm.name),
-            };
+            let data = self
+                .source_files(&ns, Source::ConfigMap, &cm.name, cm.optional)
+                .await?;
             write_files(
                 &dir,
-                &select(files, cm.items.as_deref())?,
+                &select(data, cm.items.as_deref())?,
                 cm.default_mode.unwrap_or(0o644),
             )?;
         } else if let Some(s) = &v.secret {
             let name = s.secret_name.clone().unwrap_or_default();
-            let api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
-            let files = match api.get_opt(&name).await? {
-                Some(sec) => sec
-                    .data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, v.0))
-                    .collect(),
-                None if s.optional == Some(true) => BTreeMap::new(),
-                None => anyhow::bail!("secret \"{name}\" not found"),
-            };
+            let data = self
+                .source_files(&ns, Source::Secret, &name, s.optional)
+                .await?;
             write_files(
                 &dir,
-                &select(files, s.items.as_deref())?,
+                &select(data, s.items.as_deref())?,
                 s.default_mode.unwrap_or(0o644),
             )?;
         } else if let Some(d) = &v.downward_api {
@@ -197,31 +173,15 @@ impl Kubelet {
                 files.push((t.path.clone(), token, None));
             }
             if let Some(cm) = &src.config_map {
-                let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
-                let data: BTreeMap<String, Vec<u8>> = match api.get_opt(&cm.name).await? {
-                    Some(c) => c
-                        .data
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k, v.into_bytes()))
-                        .collect(),
-                    None if cm.optional == Some(true) => BTreeMap::new(),
-                    None => anyhow::bail!("configmap \"{}\" not found", cm.name),
-                };
+                let data = self
+                    .source_files(&ns, Source::ConfigMap, &cm.name, cm.optional)
+                    .await?;
                 files.extend(select(data, cm.items.as_deref())?);
             }
             if let Some(s) = &src.secret {
-                let api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
-                let data: BTreeMap<String, Vec<u8>> = match api.get_opt(&s.name).await? {
-                    Some(sec) => sec
-                        .data
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k, v.0))
-                        .collect(),
-                    None if s.optional == Some(true) => BTreeMap::new(),
-                    None => anyhow::bail!("secret \"{}\" not found", s.name),
-                };
+                let data = self
+                    .source_files(&ns, Source::Secret, &s.name, s.optional)
+                    .await?;
                 files.extend(select(data, s.items.as_deref())?);
             }
             if let Some(d) = &src.downward_api {
@@ -234,6 +194,27 @@ impl Kubelet {
             }
         }
         write_files(dir, &files, p.default_mode.unwrap_or(0o644))
+    }
+
+    /// A ConfigMap's or Secret's keys for a volume; nothing if it is missing and optional.
+    async fn source_files(
+        &self,
+        ns: &str,
+        kind: Source,
+        name: &str,
+        optional: Option<bool>,
+    ) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
+        match super::env::source_data(self, ns, kind, name).await? {
+            Some(data) => Ok(data),
+            None if optional == Some(true) => Ok(BTreeMap::new()),
+            None => {
+                let what = match kind {
+                    Source::ConfigMap => "configmap",
+                    Source::Secret => "secret",
+                };
+                anyhow::bail!("{what} \"{name}\" not found")
+            }
+        }
     }
 
     /// A token for the pod's service account, bound to the pod (TokenRequest).
