@@ -73,6 +73,20 @@ fn node_registers_and_runs_a_pod_with_logs_and_graceful_delete() {
         l.contains("hello from bb").then_some(l)
     });
     assert_eq!(logs.trim(), "hello from bb");
+    let reasons = eventually(20, "kubelet events", || {
+        let r = s.ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=bb",
+            "-o",
+            "jsonpath={.items[*].reason}",
+        ]);
+        r.contains("Started").then_some(r)
+    });
+    for want in ["Scheduled", "Pulled", "Created", "Started"] {
+        assert!(reasons.contains(want), "{want} missing from {reasons}");
+    }
     // exec: output, stdin, exit codes.
     assert_eq!(s.ok(&["exec", "bb", "--", "hostname"]).trim(), "bb");
     let echoed = s.kubectl_stdin(&["exec", "-i", "bb", "--", "cat"], "through stdin\n");
@@ -120,6 +134,8 @@ fn crashing_containers_back_off_and_keep_previous_logs() {
     assert!(previous.starts_with("run at "), "{previous}");
     let get = s.ok(&["get", "pod", "crash"]);
     assert!(get.contains("CrashLoopBackOff"), "{get}");
+    let described = s.ok(&["describe", "pod", "crash"]);
+    assert!(described.contains("BackOff"), "{described}");
 }
 
 #[test]

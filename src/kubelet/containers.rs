@@ -73,7 +73,16 @@ impl Kubelet {
         let policy = PullPolicy::for_container(c.image_pull_policy.as_deref(), &name);
         let present = self.images.find(&normalized).ok().flatten();
         match (policy, present) {
-            (PullPolicy::Never, Some(img)) | (PullPolicy::IfNotPresent, Some(img)) => Ok(img),
+            (PullPolicy::Never, Some(img)) | (PullPolicy::IfNotPresent, Some(img)) => {
+                self.event(
+                    pod,
+                    false,
+                    "Pulled",
+                    format!("Container image \"{name}\" already present on machine"),
+                )
+                .await;
+                Ok(img)
+            }
             (PullPolicy::Never, None) => Err(waiting(
                 "ErrImageNeverPull",
                 format!("Container image \"{name}\" is not present with pull policy of Never"),
@@ -92,7 +101,25 @@ impl Kubelet {
                         format!("Back-off pulling image \"{name}\""),
                     ));
                 }
+                self.event(pod, false, "Pulling", format!("Pulling image \"{name}\""))
+                    .await;
+                let started = std::time::Instant::now();
                 let result = self.pull(pod, &normalized, &name).await;
+                match &result {
+                    Ok(_) => {
+                        self.event(
+                            pod,
+                            false,
+                            "Pulled",
+                            format!(
+                                "Successfully pulled image \"{name}\" in {:.3}s",
+                                started.elapsed().as_secs_f64()
+                            ),
+                        )
+                        .await
+                    }
+                    Err(w) => self.event(pod, true, "Failed", w.message.clone()).await,
+                }
                 let mut failures = self.pull_failures.lock().unwrap_or_else(|e| e.into_inner());
                 match &result {
                     Ok(_) => {
@@ -239,6 +266,20 @@ impl Kubelet {
         if let Some(exit) = status.exit.filter(|e| e.reason == "StartError") {
             return Err(waiting("RunContainerError", exit.message));
         }
+        self.event(
+            pod,
+            false,
+            "Created",
+            format!("Created container: {}", c.name),
+        )
+        .await;
+        self.event(
+            pod,
+            false,
+            "Started",
+            format!("Started container {}", c.name),
+        )
+        .await;
         Ok(())
     }
 

@@ -76,6 +76,10 @@ pub struct Kubelet {
     busy: Mutex<HashSet<String>>,
     /// Probe state per running container ID.
     probes: Mutex<HashMap<String, probes::State>>,
+    /// Events about pods, as `kubectl describe` shows them.
+    events: Arc<crate::controllers::util::Context>,
+    /// Containers whose back-off has been announced with an event already.
+    backoff_reported: Mutex<HashSet<String>>,
     /// Failed pulls per (pod UID, image): how many, and when the last one ended.
     pull_failures: Mutex<HashMap<(String, String), (u32, std::time::Instant)>>,
 }
@@ -118,6 +122,8 @@ pub async fn run(client: kube::Client, cfg: NodeConfig) -> anyhow::Result<()> {
         busy: Mutex::new(HashSet::new()),
         probes: Mutex::new(HashMap::new()),
         pull_failures: Mutex::new(HashMap::new()),
+        events: crate::controllers::util::Context::new(client.clone(), "kubelet"),
+        backoff_reported: Mutex::new(HashSet::new()),
     });
     loop {
         match node::register(&client, &cfg).await {
@@ -167,6 +173,11 @@ pub async fn run(client: kube::Client, cfg: NodeConfig) -> anyhow::Result<()> {
 }
 
 impl Kubelet {
+    /// Records an event about `pod`.
+    async fn event(&self, pod: &Pod, warning: bool, reason: &str, note: String) {
+        self.events.event(pod, warning, reason, note).await;
+    }
+
     /// Syncs `pod` in the background unless a sync of it is already running.
     fn spawn_sync(self: Arc<Self>, pod: Arc<Pod>) {
         let uid = pod.uid().unwrap_or_default();

@@ -158,6 +158,7 @@ impl Kubelet {
             .insert(id.clone(), state);
         if let super::probes::Verdict::Restart(msg) = verdict {
             tracing::info!(pod = %pod.name_any(), "{msg}");
+            self.event(pod, false, "Killing", msg).await;
             let _ = self.runtime.signal(&id, Signal::SIGKILL);
             self.probes
                 .lock()
@@ -200,6 +201,26 @@ impl Kubelet {
                 .unwrap_or(f64::MAX);
             let wait = backoff(attempt);
             if finished < wait.as_secs_f64() {
+                let first = self
+                    .backoff_reported
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(last.meta.id.clone());
+                if first {
+                    self.event(
+                        pod,
+                        true,
+                        "BackOff",
+                        format!(
+                            "Back-off restarting failed container {} in pod {}_{}({})",
+                            c.name,
+                            pod.name_any(),
+                            pod.namespace().unwrap_or_default(),
+                            pod.uid().unwrap_or_default()
+                        ),
+                    )
+                    .await;
+                }
                 waiting.insert(
                     c.name.clone(),
                     Waiting {
@@ -221,6 +242,8 @@ impl Kubelet {
             Ok(()) => {}
             Err(w) => {
                 tracing::info!(pod = %pod.name_any(), container = %c.name, "{}: {}", w.reason, w.message);
+                self.event(pod, true, "Failed", format!("Error: {}", w.reason))
+                    .await;
                 waiting.insert(c.name.clone(), w);
             }
         }
@@ -274,6 +297,15 @@ impl Kubelet {
             return;
         }
         tracing::info!(pod = %pod.name_any(), "stopping {} container(s)", running.len());
+        for r in records.values().flatten().filter(|r| r.running()) {
+            self.event(
+                pod,
+                false,
+                "Killing",
+                format!("Stopping container {}", r.meta.container_name),
+            )
+            .await;
+        }
         let sig = if grace.is_zero() {
             Signal::SIGKILL
         } else {
@@ -313,8 +345,13 @@ impl Kubelet {
         let records: Vec<Record> = self.records_of(uid).into_values().flatten().collect();
         {
             let mut probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());
+            let mut announced = self
+                .backoff_reported
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             for r in &records {
                 probes.remove(&r.meta.id);
+                announced.remove(&r.meta.id);
             }
         }
         for r in &records {

@@ -134,12 +134,20 @@ impl Scheduler {
                 Err(summary) => self.unschedulable(&pod, &infos, summary).await,
             }
         }
-        let client = self.ctx.client.clone();
+        let ctx = self.ctx.clone();
         let results: Vec<(Arc<Pod>, kube::Result<()>)> = futures::stream::iter(binds)
             .map(|(pod, node)| {
-                let client = client.clone();
+                let ctx = ctx.clone();
                 async move {
-                    let r = bind(&client, &pod, &node).await;
+                    let r = bind(&ctx.client, &pod, &node).await;
+                    if r.is_ok() {
+                        let note = format!(
+                            "Successfully assigned {}/{} to {node}",
+                            pod.namespace().unwrap_or_default(),
+                            pod.name_any()
+                        );
+                        ctx.event(pod.as_ref(), false, "Scheduled", note).await;
+                    }
                     (pod, r)
                 }
             })
