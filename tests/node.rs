@@ -91,6 +91,17 @@ fn node_registers_and_runs_a_pod_with_logs_and_graceful_delete() {
     assert_eq!(s.ok(&["exec", "bb", "--", "hostname"]).trim(), "bb");
     let echoed = s.kubectl_stdin(&["exec", "-i", "bb", "--", "cat"], "through stdin\n");
     assert_eq!(String::from_utf8_lossy(&echoed.stdout), "through stdin\n");
+    // kubectl cp rides on exec (tar through stdin/stdout), both ways.
+    let local = s.dir.path().join("copied-passwd");
+    s.ok(&["cp", "bb:/etc/passwd", local.to_str().unwrap()]);
+    assert!(
+        std::fs::read_to_string(&local)
+            .unwrap()
+            .starts_with("root:x:0:0")
+    );
+    std::fs::write(&local, "uploaded\n").unwrap();
+    s.ok(&["cp", local.to_str().unwrap(), "bb:/tmp/up"]);
+    assert_eq!(s.ok(&["exec", "bb", "--", "cat", "/tmp/up"]), "uploaded\n");
     let failed = s.kubectl(&["exec", "bb", "--", "sh", "-c", "echo oops >&2; exit 3"]);
     assert_eq!(failed.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&failed.stderr).contains("oops"));
@@ -510,4 +521,42 @@ fn images_are_pulled_from_a_registry_with_basic_auth_and_pull_secrets() {
     });
     let _ = registry.kill();
     let _ = registry.wait();
+}
+
+#[test]
+fn lifecycle_hooks_run_after_start_and_before_stop() {
+    let s = Server::start_node(&[]);
+    let hostdir = s.dir.path().join("hooks");
+    std::fs::create_dir_all(&hostdir).unwrap();
+    let pod = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: hooked}}
+spec:
+  terminationGracePeriodSeconds: 3
+  containers:
+  - name: c
+    image: busybox:1.36
+    command: [sleep, "100000"]
+    volumeMounts: [{{name: host, mountPath: /host}}]
+    lifecycle:
+      postStart: {{exec: {{command: [sh, -c, 'echo poststart > /host/poststart']}}}}
+      preStop: {{exec: {{command: [sh, -c, 'echo prestop > /host/prestop']}}}}
+  volumes:
+  - {{name: host, hostPath: {{path: {}}}}}
+"#,
+        hostdir.display()
+    );
+    s.ok_stdin(&["apply", "-f", "-"], &pod);
+    wait_running(&s, "hooked");
+    eventually(20, "postStart ran", || {
+        hostdir.join("poststart").exists().then_some(())
+    });
+    assert!(!hostdir.join("prestop").exists());
+    // `sleep` ignores SIGTERM as PID 1: preStop runs, then SIGKILL after the grace period.
+    s.ok(&["delete", "pod", "hooked", "--timeout=30s"]);
+    assert_eq!(
+        std::fs::read_to_string(hostdir.join("prestop")).unwrap(),
+        "prestop\n"
+    );
 }

@@ -280,6 +280,23 @@ impl Kubelet {
             format!("Started container {}", c.name),
         )
         .await;
+        if let Some(h) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
+            let dir = self.runtime.dir(&id).0;
+            let netns = crate::runtime::sandbox::pin(&pod_dir.join("sandbox"), "net");
+            let target = super::probes::Target {
+                c,
+                exe: self.runtime.exe(),
+                dir: &dir,
+                netns: &netns,
+            };
+            if !super::probes::hook(&target, h, std::time::Duration::from_secs(30)).await {
+                let _ = self.runtime.signal(&id, nix::sys::signal::Signal::SIGKILL);
+                let msg = format!("PostStartHook failed for container {}", c.name);
+                self.event(pod, true, "FailedPostStartHook", msg.clone())
+                    .await;
+                return Err(waiting("PostStartHookError", msg));
+            }
+        }
         Ok(())
     }
 

@@ -306,6 +306,18 @@ impl Kubelet {
             )
             .await;
         }
+        let started = tokio::time::Instant::now();
+        if !grace.is_zero() {
+            self.pre_stop(pod, records, grace).await;
+        }
+        // At least 2 s between SIGTERM and SIGKILL, however long preStop took (as upstream).
+        let grace = if grace.is_zero() {
+            grace
+        } else {
+            grace
+                .saturating_sub(started.elapsed())
+                .max(Duration::from_secs(2))
+        };
         let sig = if grace.is_zero() {
             Signal::SIGKILL
         } else {
@@ -338,6 +350,48 @@ impl Kubelet {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Runs the preStop hooks of the running containers, together, within `grace`.
+    async fn pre_stop(&self, pod: &Pod, records: &HashMap<String, Vec<Record>>, grace: Duration) {
+        let spec = pod.spec.clone().unwrap_or_default();
+        let netns = crate::runtime::sandbox::pin(
+            &self.pod_dir(&pod.uid().unwrap_or_default()).join("sandbox"),
+            "net",
+        );
+        let hooks = records
+            .values()
+            .flatten()
+            .filter(|r| r.running())
+            .filter_map(|r| {
+                let c = spec
+                    .containers
+                    .iter()
+                    .find(|c| c.name == r.meta.container_name)?;
+                let h = c.lifecycle.as_ref()?.pre_stop.as_ref()?;
+                Some((c, h, self.runtime.dir(&r.meta.id).0))
+            });
+        let runs = hooks.map(|(c, h, dir)| {
+            let netns = netns.clone();
+            async move {
+                let target = super::probes::Target {
+                    c,
+                    exe: self.runtime.exe(),
+                    dir: &dir,
+                    netns: &netns,
+                };
+                if !super::probes::hook(&target, h, grace).await {
+                    self.event(
+                        pod,
+                        true,
+                        "FailedPreStopHook",
+                        format!("PreStopHook failed for container {}", c.name),
+                    )
+                    .await;
+                }
+            }
+        });
+        futures::future::join_all(runs).await;
     }
 
     /// Removes the containers, sandbox and volumes of a pod that is gone.

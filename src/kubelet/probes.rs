@@ -9,7 +9,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Container, Probe};
+use k8s_openapi::api::core::v1::{
+    Container, ExecAction, HTTPGetAction, LifecycleHandler, Probe, TCPSocketAction,
+};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 /// What the kubelet remembers about one running container's probes.
@@ -85,11 +87,42 @@ fn http_ok(addr: SocketAddr, path: &str, host: &str, timeout: Duration) -> bool 
 /// One probe attempt.
 async fn attempt(p: &Probe, c: &Container, exe: &Path, dir: &Path, netns: &Path) -> bool {
     let timeout = Duration::from_secs(p.timeout_seconds.unwrap_or(1).max(1) as u64);
-    if let Some(e) = &p.exec {
+    if p.grpc.is_some() {
+        // gRPC probes are not supported yet: never fail a container for them.
+        return true;
+    }
+    let target = Target { c, exe, dir, netns };
+    run(
+        &target,
+        p.exec.as_ref(),
+        p.http_get.as_ref(),
+        p.tcp_socket.as_ref(),
+        timeout,
+    )
+    .await
+}
+
+/// Where a probe or hook runs: the container, its exec helper, and its pod's network.
+pub struct Target<'a> {
+    pub c: &'a Container,
+    pub exe: &'a Path,
+    pub dir: &'a Path,
+    pub netns: &'a Path,
+}
+
+/// Runs one handler (exec, httpGet or tcpSocket) within `timeout`; true on success.
+async fn run(
+    t: &Target<'_>,
+    exec: Option<&ExecAction>,
+    http_get: Option<&HTTPGetAction>,
+    tcp: Option<&TCPSocketAction>,
+    timeout: Duration,
+) -> bool {
+    if let Some(e) = exec {
         let cmd = e.command.clone().unwrap_or_default();
-        let child = tokio::process::Command::new(exe)
+        let child = tokio::process::Command::new(t.exe)
             .arg("exec")
-            .arg(dir)
+            .arg(t.dir)
             .arg("--")
             .args(&cmd)
             .stdin(std::process::Stdio::null())
@@ -99,20 +132,19 @@ async fn attempt(p: &Probe, c: &Container, exe: &Path, dir: &Path, netns: &Path)
             .status();
         return matches!(tokio::time::timeout(timeout, child).await, Ok(Ok(s)) if s.success());
     }
-    let (port, host_path) = if let Some(t) = &p.tcp_socket {
-        (port_of(&t.port, c), None)
-    } else if let Some(h) = &p.http_get {
+    let (port, host_path) = if let Some(tcp) = tcp {
+        (port_of(&tcp.port, t.c), None)
+    } else if let Some(h) = http_get {
         (
-            port_of(&h.port, c),
+            port_of(&h.port, t.c),
             Some(h.path.clone().unwrap_or_else(|| "/".into())),
         )
     } else {
-        // gRPC probes are not supported yet: never fail a container for them.
         return true;
     };
     let Some(port) = port else { return false };
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let netns = netns.to_path_buf();
+    let netns = t.netns.to_path_buf();
     tokio::task::spawn_blocking(move || {
         in_netns(netns, move || match host_path {
             Some(path) => http_ok(addr, &path, &format!("127.0.0.1:{port}"), timeout),
@@ -122,6 +154,22 @@ async fn attempt(p: &Probe, c: &Container, exe: &Path, dir: &Path, netns: &Path)
     })
     .await
     .unwrap_or(false)
+}
+
+/// A postStart or preStop hook, given at most `limit`; true if it succeeded.
+pub async fn hook(t: &Target<'_>, h: &LifecycleHandler, limit: Duration) -> bool {
+    if let Some(sleep) = &h.sleep {
+        tokio::time::sleep(Duration::from_secs(sleep.seconds.max(0) as u64).min(limit)).await;
+        return true;
+    }
+    run(
+        t,
+        h.exec.as_ref(),
+        h.http_get.as_ref(),
+        h.tcp_socket.as_ref(),
+        limit,
+    )
+    .await
 }
 
 /// Probes one running container as due; updates `state` and says whether to restart it.

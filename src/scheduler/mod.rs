@@ -146,7 +146,11 @@ impl Scheduler {
                             pod.namespace().unwrap_or_default(),
                             pod.name_any()
                         );
-                        ctx.event(pod.as_ref(), false, "Scheduled", note).await;
+                        // Off the binding path: events must not slow scheduling down.
+                        let (ctx, pod) = (ctx.clone(), pod.clone());
+                        tokio::spawn(async move {
+                            ctx.event(pod.as_ref(), false, "Scheduled", note).await;
+                        });
                     }
                     (pod, r)
                 }
