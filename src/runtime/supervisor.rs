@@ -22,15 +22,16 @@ pub fn main(dir: &Path) -> ! {
     let cdir = ContainerDir(dir.to_path_buf());
     // libcontainer's own diagnostics go to `<dir>/supervisor.log`.
     if let Ok(file) = fs::File::create(dir.join("supervisor.log")) {
+        // A fixed level rather than an env filter: no directive parsing on every start.
         let level = if std::env::var_os("KINGLET_SUPERVISOR_DEBUG").is_some() {
-            "debug"
+            tracing::Level::DEBUG
         } else {
-            "warn"
+            tracing::Level::WARN
         };
         let _ = tracing_subscriber::fmt()
             .with_writer(Mutex::new(file))
             .with_ansi(false)
-            .with_env_filter(tracing_subscriber::EnvFilter::new(level))
+            .with_max_level(level)
             .try_init();
     }
     let code = match run(&cdir) {
