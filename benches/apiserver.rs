@@ -3,6 +3,9 @@
 //!
 //! Run: `cargo bench --bench apiserver` (env BENCH_CREATES, BENCH_CLIENTS, BENCH_WATCHES).
 
+mod common;
+use common::{env_or, rss_mib};
+
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,24 +13,6 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 fn pct(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -145,7 +130,7 @@ fn main() {
             start.elapsed().as_secs_f64() * 1000.0
         );
         tokio::time::sleep(Duration::from_secs(2)).await;
-        println!("idle RSS: {:.1} MiB", rss_kib(pid) as f64 / 1024.0);
+        println!("idle RSS: {:.1} MiB", rss_mib(pid));
 
         // Creates: `clients` concurrent clients, each with its own connection.
         make_ns(&c, "bench").await;
@@ -289,7 +274,7 @@ fn main() {
             lat,
             t0.elapsed(),
         );
-        println!("RSS after load: {:.1} MiB", rss_kib(pid) as f64 / 1024.0);
+        println!("RSS after load: {:.1} MiB", rss_mib(pid));
     });
     let _ = server.kill();
     let _ = server.wait();

@@ -5,6 +5,9 @@
 //!
 //! Run: `cargo bench --bench pod_startup` (env BENCH_SINGLE, BENCH_BATCH).
 
+mod common;
+use common::{env_or, rss_mib};
+
 #[path = "../tests/common/host.rs"]
 mod host;
 #[path = "../tests/common/images.rs"]
@@ -18,25 +21,6 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::watcher;
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .unwrap_or(0.0)
-        / 1024.0
-}
 
 fn pod(name: &str) -> Pod {
     serde_json::from_value(serde_json::json!({
