@@ -4,7 +4,7 @@
 //! Run: `cargo bench --bench apiserver` (env BENCH_CREATES, BENCH_CLIENTS, BENCH_WATCHES).
 
 mod common;
-use common::{env_or, rss_mib};
+use common::{env_or, rss_mib, wait_for_client};
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -105,19 +105,7 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         let start = Instant::now();
-        let c = loop {
-            if kubeconfig.exists() {
-                let c = client(&kubeconfig).await;
-                if c.apiserver_version().await.is_ok() {
-                    break c;
-                }
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "server did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let c = wait_for_client(&kubeconfig, 30).await;
         println!(
             "machine: {} cores, {}",
             std::thread::available_parallelism()

@@ -6,7 +6,7 @@
 //! Run: `cargo bench --bench pod_startup` (env BENCH_SINGLE, BENCH_BATCH).
 
 mod common;
-use common::{env_or, rss_mib};
+use common::{env_or, rss_mib, wait_for_client};
 
 #[path = "../tests/common/host.rs"]
 mod host;
@@ -128,25 +128,16 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
+        let client = wait_for_client(&kubeconfig, 30).await;
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
         let t0 = Instant::now();
-        let client = loop {
-            if kubeconfig.exists() {
-                let kc = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
-                let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                    .await
-                    .unwrap();
-                let c = kube::Client::try_from(cfg).unwrap();
-                let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(c.clone());
-                if nodes.get_opt("bench").await.ok().flatten().is_some() {
-                    break c;
-                }
-            }
+        while nodes.get_opt("bench").await.ok().flatten().is_none() {
             assert!(
                 t0.elapsed() < Duration::from_secs(30),
                 "node did not register"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        }
         // Let the server settle (leader election, default ServiceAccount) before measuring.
         tokio::time::sleep(Duration::from_secs(5)).await;
         let idle = rss_mib(server.id());

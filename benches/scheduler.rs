@@ -5,7 +5,7 @@
 //! Run: `cargo bench --bench scheduler` (env BENCH_REPLICAS, BENCH_NODES).
 
 mod common;
-use common::{env_or, rss_mib};
+use common::{env_or, rss_mib, wait_for_client};
 
 use std::collections::HashSet;
 use std::process::{Command, Stdio};
@@ -55,19 +55,7 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let start = Instant::now();
-        let client = loop {
-            if kubeconfig.exists() {
-                let kc = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
-                let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
-                let c = kube::Client::try_from(cfg).unwrap();
-                if c.apiserver_version().await.is_ok() {
-                    break c;
-                }
-            }
-            assert!(start.elapsed() < Duration::from_secs(30), "server did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let client = wait_for_client(&kubeconfig, 30).await;
         let node_api: Api<Node> = Api::all(client.clone());
         for i in 0..nodes {
             let n: Node = serde_json::from_value(serde_json::json!({

@@ -22,3 +22,23 @@ pub fn rss_mib(pid: u32) -> f64 {
         .unwrap_or(0.0)
         / 1024.0
 }
+
+/// A client for the server whose kubeconfig is (or will be) at `kubeconfig`, once it answers;
+/// panics after `secs`.
+pub async fn wait_for_client(kubeconfig: &std::path::Path, secs: u64) -> kube::Client {
+    let start = std::time::Instant::now();
+    loop {
+        if kubeconfig.exists() {
+            let kc = kube::config::Kubeconfig::read_from(kubeconfig).expect("kubeconfig");
+            let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .expect("config");
+            let c = kube::Client::try_from(cfg).expect("client");
+            if c.apiserver_version().await.is_ok() {
+                return c;
+            }
+        }
+        assert!(start.elapsed().as_secs() < secs, "server did not start");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
