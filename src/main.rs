@@ -56,7 +56,11 @@ fn main() {
         cli::Command::Images(args) => image::cli::run(args),
         cli::Command::Supervise { dir } => runtime::supervisor::main(&dir),
         cli::Command::Sandbox { dir, hostname } => runtime::sandbox::main(&dir, &hostname),
-        cli::Command::Exec { dir, args } => runtime::exec::main(&dir, args),
+        cli::Command::Exec {
+            dir,
+            console_socket,
+            args,
+        } => runtime::exec::main(&dir, console_socket.as_deref(), args),
     };
     if let Err(e) = result {
         eprintln!("kinglet: {e:#}");

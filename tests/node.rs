@@ -16,8 +16,19 @@ fn pod_json(s: &Server, name: &str) -> Value {
 }
 
 fn wait_running(s: &Server, name: &str) -> Value {
+    let mut last = Value::Null;
     eventually(60, &format!("pod {name} running"), || {
         let p = pod_json(s, name);
+        if p != last {
+            eprintln!("pod {name}: {}", p["status"]);
+            if p["status"]["containerStatuses"][0]["restartCount"].as_u64() > Some(0) {
+                eprintln!(
+                    "previous logs: {}",
+                    s.kubectl(&["logs", "-p", name]).stdout.escape_ascii()
+                );
+            }
+            last = p.clone();
+        }
         (p["status"]["phase"] == "Running"
             && p["status"]["containerStatuses"][0]["state"]["running"].is_object())
         .then_some(p)
@@ -559,4 +570,194 @@ spec:
         std::fs::read_to_string(hostdir.join("prestop")).unwrap(),
         "prestop\n"
     );
+}
+
+/// Output of a background command, collected by a thread so the test can wait for a line.
+struct Background {
+    child: std::process::Child,
+    out: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Background {
+    fn spawn(mut cmd: std::process::Command) -> Background {
+        use std::io::Read;
+        let mut child = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        for mut pipe in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let out = out.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    out.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+        }
+        Background { child, out }
+    }
+    fn wait_for(&self, secs: u64, text: &str) -> String {
+        eventually(secs, text, || {
+            let o = self.out.lock().unwrap().clone();
+            o.contains(text).then_some(o)
+        })
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn exec_attach_and_port_forward_with_kubectl_1_28_and_1_33() {
+    let s = Server::start_node(&[]);
+    s.ok(&[
+        "run",
+        "web",
+        "--image=busybox:1.36",
+        "--",
+        "sh",
+        "-c",
+        "mkdir -p /www; echo served-by-web > /www/index.html; \
+         (while true; do echo tick $(date +%s%N); sleep 0.3; done) & exec httpd -f -p 8080 -h /www",
+    ]);
+    wait_running(&s, "web");
+    for (version, kubectl) in common::kubectl_versions() {
+        let v = version.as_str();
+        // 1.33 tries WebSockets first (exec) and the SPDY tunnel (port-forward); the variables
+        // make it speak plain SPDY as 1.28 does.
+        for spdy_only in [false, true] {
+            let run = |args: &[&str], stdin: Option<&str>| {
+                let mut cmd = s.command(&kubectl);
+                cmd.args(args);
+                if spdy_only {
+                    cmd.env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")
+                        .env("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false");
+                }
+                let mut child = cmd
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                let input = stdin.unwrap_or_default().to_string();
+                let mut pipe = child.stdin.take().unwrap();
+                std::thread::spawn(move || {
+                    use std::io::Write;
+                    let _ = pipe.write_all(input.as_bytes());
+                });
+                child.wait_with_output().unwrap()
+            };
+            let what = format!("kubectl {v} (SPDY only: {spdy_only})");
+            let out = run(&["exec", "web", "--", "hostname"], None);
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                "web",
+                "{what}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let out = run(&["exec", "-i", "web", "--", "wc", "-c"], Some("12345\n"));
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "6", "{what}");
+            let out = run(
+                &["exec", "web", "--", "sh", "-c", "echo err >&2; exit 7"],
+                None,
+            );
+            assert_eq!(out.status.code(), Some(7), "{what}");
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("err"),
+                "{what}"
+            );
+            // kubectl cp is tar through exec.
+            let local = s.dir.path().join(format!("index-{v}-{spdy_only}"));
+            let out = run(
+                &["cp", "web:/www/index.html", local.to_str().unwrap()],
+                None,
+            );
+            assert!(out.status.success(), "{what}: {out:?}");
+            assert_eq!(std::fs::read_to_string(&local).unwrap(), "served-by-web\n");
+            assert!(
+                String::from_utf8_lossy(&run(&["logs", "--tail=1", "web"], None).stdout)
+                    .starts_with("tick"),
+                "{what}"
+            );
+
+            // port-forward to the pod's httpd, fetched from the test host.
+            let tunnels = |s: &Server| {
+                s.log()
+                    .matches("port-forward through a WebSocket tunnel")
+                    .count()
+            };
+            let tunnels_before = tunnels(&s);
+            let port = common::free_port();
+            let mut cmd = s.command(&kubectl);
+            cmd.args(["port-forward", "pod/web", &format!("{port}:8080")]);
+            if spdy_only {
+                cmd.env("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false");
+            }
+            let pf = Background::spawn(cmd);
+            pf.wait_for(30, "Forwarding from");
+            for _ in 0..2 {
+                let got = s
+                    .command(common::images::busybox())
+                    .args([
+                        "wget",
+                        "-qO-",
+                        &format!("http://127.0.0.1:{port}/index.html"),
+                    ])
+                    .output()
+                    .unwrap();
+                assert_eq!(
+                    String::from_utf8_lossy(&got.stdout),
+                    "served-by-web\n",
+                    "{what}: {}\n{}",
+                    String::from_utf8_lossy(&got.stderr),
+                    pf.out.lock().unwrap()
+                );
+            }
+            drop(pf);
+            let tunnels_now = tunnels(&s);
+            let expected = usize::from(v == "1.33" && !spdy_only);
+            assert_eq!(
+                tunnels_now - tunnels_before,
+                expected,
+                "{what}: tunnels used"
+            );
+
+            // attach: the main process's output as it comes.
+            let mut cmd = s.command(&kubectl);
+            cmd.args(["attach", "web"]);
+            if spdy_only {
+                cmd.env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false");
+            }
+            Background::spawn(cmd).wait_for(30, "tick");
+
+            // A terminal: kubectl needs one itself, which `script` provides.
+            let line = format!(
+                "{} exec -it web -- sh -c 'tty; stty size'",
+                kubectl.display()
+            );
+            let mut cmd = s.command("script");
+            cmd.args(["-qec", &line, "/dev/null"]);
+            if spdy_only {
+                cmd.env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false");
+            }
+            let out = cmd.output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(text.contains("/dev/pts/"), "{what}: {text}");
+        }
+    }
 }

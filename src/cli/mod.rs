@@ -30,6 +30,9 @@ pub enum Command {
     #[command(hide = true)]
     Exec {
         dir: PathBuf,
+        /// Run on a terminal whose controlling end is sent to this Unix socket.
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
         #[arg(last = true, required = true)]
         args: Vec<String>,
     },

@@ -5,7 +5,6 @@
 mod cgroups;
 mod containers;
 mod env;
-mod exec;
 mod logs;
 mod node;
 mod pods;
@@ -13,6 +12,7 @@ mod probes;
 mod secrets;
 mod server;
 mod status;
+mod streaming;
 mod volumes;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -45,7 +45,7 @@ fn port_of(port: &IntOrString, c: &Container) -> Option<u16> {
 }
 
 /// Runs `f` on a thread inside the network namespace pinned at `netns`.
-fn in_netns<T: Send + 'static>(
+pub fn in_netns<T: Send + 'static>(
     netns: PathBuf,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Option<T> {

@@ -1,5 +1,6 @@
 //! The kubelet API (HTTPS, port 10250): only peers with a certificate from the cluster CA (the
-//! API server) get in. Serves `/healthz` and `/containerLogs/<ns>/<pod>/<container>`.
+//! API server) get in. Serves `/healthz`, `/containerLogs/<ns>/<pod>/<container>`, and the
+//! streaming `/exec`, `/attach` and `/portForward` sessions.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use axum::routing::get;
 
 use super::Kubelet;
 use super::containers::Record;
+use super::streaming;
 
 pub async fn serve(kubelet: Arc<Kubelet>, serving: super::Serving) -> anyhow::Result<()> {
     let tls = crate::server::tls::server_config_for(&serving.ca_pem, &serving.cert, true)?;
@@ -28,6 +30,14 @@ pub async fn serve(kubelet: Arc<Kubelet>, serving: super::Serving) -> anyhow::Re
             get(container_logs),
         )
         .route("/exec/{namespace}/{pod}/{container}", get(exec).post(exec))
+        .route(
+            "/attach/{namespace}/{pod}/{container}",
+            get(attach).post(attach),
+        )
+        .route(
+            "/portForward/{namespace}/{pod}",
+            get(port_forward).post(port_forward),
+        )
         .with_state(kubelet);
     crate::server::tls::serve(listener, Arc::new(tls), router).await
 }
@@ -114,27 +124,68 @@ async fn container_logs(
     (headers, Body::from_stream(stream)).into_response()
 }
 
+/// The running attempt of a container, or the answer to give when there is none.
+fn running(k: &Kubelet, ns: &str, pod: &str, container: &str) -> Result<Record, Response> {
+    attempts(k, ns, pod, container)
+        .into_iter()
+        .rev()
+        .find(|r| r.running())
+        .ok_or_else(|| bad_request(format!("container {container} is not running in pod {pod}")))
+}
+
 async fn exec(
     State(k): State<Arc<Kubelet>>,
     Path((ns, pod, container)): Path<(String, String, String)>,
     Query(q): Query<Vec<(String, String)>>,
-    ws: axum::extract::WebSocketUpgrade,
+    http: axum::extract::Request,
 ) -> Response {
-    let req = super::exec::Request::from_query(&q);
+    let req = streaming::Request::from_query(&q);
     if req.command.is_empty() {
         return bad_request("you must specify at least one command for the container".into());
     }
-    let Some(running) = attempts(&k, &ns, &pod, &container)
-        .into_iter()
-        .rev()
-        .find(|r| r.running())
-    else {
-        return bad_request(format!("container {container} is not running in pod {pod}"));
+    let record = match running(&k, &ns, &pod, &container) {
+        Ok(r) => r,
+        Err(resp) => return resp,
     };
-    let dir = k.runtime.dir(&running.meta.id);
+    let dir = k.runtime.dir(&record.meta.id);
     let exe = k.runtime.exe().to_path_buf();
-    ws.protocols(super::exec::PROTOCOLS)
-        .on_upgrade(move |socket| super::exec::run(socket, exe, dir, req))
+    let (command, tty) = (req.command.clone(), req.tty);
+    streaming::serve(http, req, move |io| {
+        streaming::exec::run(io, exe, dir, command, tty)
+    })
+    .await
+}
+
+async fn attach(
+    State(k): State<Arc<Kubelet>>,
+    Path((ns, pod, container)): Path<(String, String, String)>,
+    Query(q): Query<Vec<(String, String)>>,
+    http: axum::extract::Request,
+) -> Response {
+    let req = streaming::Request::from_query(&q);
+    let record = match running(&k, &ns, &pod, &container) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let dir = k.runtime.dir(&record.meta.id);
+    let log = record.meta.log_path.clone();
+    streaming::serve(http, req, move |io| streaming::exec::attach(io, log, dir)).await
+}
+
+async fn port_forward(
+    State(k): State<Arc<Kubelet>>,
+    Path((ns, pod)): Path<(String, String)>,
+    http: axum::extract::Request,
+) -> Response {
+    let uid = k.runtime.list().into_iter().find_map(|dir| {
+        let m = dir.meta().ok()?;
+        (m.pod_namespace == ns && m.pod_name == pod).then_some(m.pod_uid)
+    });
+    let Some(uid) = uid else {
+        return bad_request(format!("pod {ns}/{pod} is not running on this node"));
+    };
+    let netns = crate::runtime::sandbox::pin(&k.pod_dir(&uid).join("sandbox"), "net");
+    streaming::serve_port_forward(http, netns, pod).await
 }
 
 fn tokio_stream_from<T: Send + 'static>(

@@ -29,6 +29,7 @@ use filters::NodeInfo;
 pub const SCHEDULER_NAME: &str = "default-scheduler";
 /// Binding calls in flight at once.
 const BIND_CONCURRENCY: usize = 64;
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 struct Scheduler {
     ctx: Arc<Context>,
@@ -38,6 +39,9 @@ struct Scheduler {
     assumed: HashMap<String, (String, Arc<Pod>)>,
     /// Unschedulable pods wait before the next attempt: uid -> (next attempt, attempts).
     backoff: HashMap<String, (Instant, u32)>,
+    /// Set on every node event: a node that joins or changes may fit waiting pods, so they
+    /// are retried at once (upstream moves them back to its active queue likewise).
+    nodes_changed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn is_pending(p: &Pod) -> bool {
@@ -95,6 +99,14 @@ impl Scheduler {
     }
 
     async fn cycle(&mut self) {
+        if self
+            .nodes_changed
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            for (next, _) in self.backoff.values_mut() {
+                *next = Instant::now();
+            }
+        }
         let now = Instant::now();
         let mut pending: Vec<Arc<Pod>> = self
             .pods
@@ -176,7 +188,8 @@ impl Scheduler {
     async fn unschedulable(&mut self, pod: &Arc<Pod>, infos: &[NodeInfo], summary: String) {
         let uid = pod.uid().unwrap_or_default();
         let attempts = self.backoff.get(&uid).map(|(_, a)| a + 1).unwrap_or(1);
-        let wait = Duration::from_secs(1u64 << attempts.min(5)).min(Duration::from_secs(30));
+        // Upstream's pod backoff: 1 s doubling to 10 s.
+        let wait = Duration::from_secs(1u64 << attempts.saturating_sub(1).min(4)).min(MAX_BACKOFF);
         self.backoff.insert(uid, (Instant::now() + wait, attempts));
         let preemption = match filters::preemption_plan(pod, infos) {
             Some((node, victims)) => {
@@ -281,9 +294,15 @@ async fn bind(client: &kube::Client, pod: &Pod, node: &str) -> kube::Result<()> 
 
 pub async fn run(ctx: Arc<Context>, informers: Arc<Informers>) {
     let wake = Arc::new(Notify::new());
+    let nodes_changed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = nodes_changed.clone();
     for stream in [
         informers.pods.subscribe().map(|_| ()).boxed(),
-        informers.nodes.subscribe().map(|_| ()).boxed(),
+        informers
+            .nodes
+            .subscribe()
+            .map(move |_| flag.store(true, std::sync::atomic::Ordering::Relaxed))
+            .boxed(),
     ] {
         let wake = wake.clone();
         tokio::spawn(stream.for_each(move |_| {
@@ -299,6 +318,7 @@ pub async fn run(ctx: Arc<Context>, informers: Arc<Informers>) {
         nodes: informers.nodes.store(),
         assumed: HashMap::new(),
         backoff: HashMap::new(),
+        nodes_changed,
     };
     loop {
         let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;

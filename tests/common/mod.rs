@@ -25,7 +25,7 @@ pub struct Server {
 /// The node name test nodes register as.
 pub const NODE: &str = "test-node";
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -181,19 +181,24 @@ impl Server {
         self.kubectl_with(&kubectl_default(), args, Some(stdin))
     }
 
-    pub fn kubectl_with(&self, bin: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    /// `program` set up to talk to this server (kubeconfig, and the test host if any).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = match &self.host {
-            Some(h) => h.command(bin),
-            None => Command::new(bin),
+            Some(h) => h.command(program),
+            None => Command::new(program),
         };
-        cmd.args(args)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .env("HOME", self.dir.path())
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            });
+        cmd.env("KUBECONFIG", &self.kubeconfig)
+            .env("HOME", self.dir.path());
+        cmd
+    }
+
+    pub fn kubectl_with(&self, bin: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut cmd = self.command(bin);
+        cmd.args(args).stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd
             .spawn()

@@ -1,0 +1,109 @@
+//! `kubectl port-forward` over SPDY: for each local connection the client opens an `error` and a
+//! `data` stream with the same `requestid` and the pod `port`; we connect to that port inside the
+//! pod's network namespace and copy bytes both ways. Failures are written as text on the error
+//! stream, as upstream's kubelet does.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::spdy::{Session, Stream};
+
+#[derive(Default)]
+struct Pair {
+    error: Option<Stream>,
+    data: Option<Stream>,
+}
+
+/// Serves one port-forward connection until the client closes it.
+pub async fn serve(mut session: Session, netns: PathBuf, pod: String) {
+    let mut pairs: HashMap<String, Pair> = HashMap::new();
+    while let Some(stream) = session.streams.recv().await {
+        let port = stream.header("port").and_then(|p| p.parse::<u16>().ok());
+        let Some(port) = port.filter(|p| *p > 0) else {
+            stream.out.reset().await;
+            continue;
+        };
+        // Old clients send no request ID: the error stream's ID pairs with the data stream's.
+        let request = match stream.header("requestid") {
+            Some(id) => id.to_string(),
+            None if stream.header("streamtype") == Some("data") => {
+                stream.id.saturating_sub(2).to_string()
+            }
+            None => stream.id.to_string(),
+        };
+        let pair = pairs.entry(request.clone()).or_default();
+        match stream.header("streamtype") {
+            Some("error") => pair.error = Some(stream),
+            Some("data") => pair.data = Some(stream),
+            _ => {
+                stream.out.reset().await;
+                continue;
+            }
+        }
+        if pair.error.is_some()
+            && pair.data.is_some()
+            && let Some(Pair {
+                error: Some(error),
+                data: Some(data),
+            }) = pairs.remove(&request)
+        {
+            tokio::spawn(forward(error, data, port, netns.clone(), pod.clone()));
+        }
+    }
+    session.close().await;
+}
+
+/// A TCP connection to `port` on the pod's loopback, made from inside its network namespace.
+async fn connect(netns: PathBuf, port: u16) -> std::io::Result<tokio::net::TcpStream> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let std_stream = tokio::task::spawn_blocking(move || {
+        crate::kubelet::probes::in_netns(netns, move || {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        })
+        .unwrap_or_else(|| {
+            Err(std::io::Error::other(
+                "cannot enter the pod's network namespace",
+            ))
+        })
+    })
+    .await
+    .map_err(std::io::Error::other)??;
+    std_stream.set_nonblocking(true)?;
+    tokio::net::TcpStream::from_std(std_stream)
+}
+
+async fn forward(error: Stream, data: Stream, port: u16, netns: PathBuf, pod: String) {
+    let conn = match connect(netns, port).await {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = format!("error forwarding port {port} to pod {pod}: {e}");
+            error.out.write(msg.into_bytes()).await;
+            error.out.reset().await;
+            data.out.reset().await;
+            return;
+        }
+    };
+    let (mut r, mut w) = conn.into_split();
+    let mut from_client = data.data;
+    let to_pod = tokio::spawn(async move {
+        while let Some(chunk) = from_client.recv().await {
+            if w.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        let _ = w.shutdown().await;
+    });
+    // The request ends when the pod's side of the connection does.
+    let mut buf = vec![0u8; 32 * 1024];
+    while let Ok(n) = r.read(&mut buf).await {
+        if n == 0 || !data.out.write(buf[..n].to_vec()).await {
+            break;
+        }
+    }
+    data.out.finish().await;
+    error.out.finish().await;
+    to_pod.abort();
+}
