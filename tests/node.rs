@@ -761,3 +761,74 @@ fn exec_attach_and_port_forward_with_kubectl_1_28_and_1_33() {
         }
     }
 }
+
+#[test]
+fn kubectl_top_and_the_hpa_use_the_nodes_metrics() {
+    let s = Server::start_node(&[]);
+    let deploy = r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"burn"},"spec":{"replicas":1,"selector":{"matchLabels":{"app":"burn"}},
+      "template":{"metadata":{"labels":{"app":"burn"}},"spec":{"containers":[{"name":"c","image":"busybox:1.36",
+        "command":["sh","-c","while :; do :; done"],
+        "resources":{"requests":{"cpu":"100m","memory":"16Mi"},"limits":{"cpu":"300m","memory":"64Mi"}}}]}}}}"#;
+    s.ok_stdin(&["apply", "-f", "-"], deploy);
+    s.ok(&["rollout", "status", "deployment/burn", "--timeout=60s"]);
+    for (version, kubectl) in common::kubectl_versions() {
+        let top = |args: &[&str]| {
+            let out = s.kubectl_in(&kubectl, args);
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).to_string())
+        };
+        let nodes = eventually(60, &format!("kubectl {version} top node"), || {
+            top(&["top", "node"])
+        });
+        let row = nodes.lines().find(|l| l.starts_with(NODE)).expect(&nodes);
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert!(cols[1].ends_with('m') && cols[3].ends_with("Mi"), "{nodes}");
+        let pods = eventually(60, &format!("kubectl {version} top pod"), || {
+            top(&["top", "pod", "-l", "app=burn"])
+        });
+        let row = pods.lines().find(|l| l.starts_with("burn-")).expect(&pods);
+        let cpu: u64 = row
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .trim_end_matches('m')
+            .parse()
+            .unwrap();
+        // The loop is held to its 300m limit.
+        assert!((150..=400).contains(&cpu), "{pods}");
+    }
+    let raw = serde_json::from_str::<Value>(&s.ok(&[
+        "get",
+        "--raw",
+        "/apis/metrics.k8s.io/v1beta1/nodes",
+    ]))
+    .unwrap();
+    assert_eq!(raw["kind"], "NodeMetricsList");
+    assert!(
+        raw["items"][0]["usage"]["cpu"]
+            .as_str()
+            .unwrap()
+            .ends_with('n')
+    );
+    assert!(s.fails(&["top", "pod", "nope"], None).contains("not found"));
+
+    // 300m used of 100m requested is 300 %: at a 50 % target the HPA goes to its maximum.
+    s.ok(&[
+        "autoscale",
+        "deployment",
+        "burn",
+        "--cpu-percent=50",
+        "--min=1",
+        "--max=3",
+    ]);
+    eventually(90, "scaled to 3", || {
+        (s.ok(&["get", "deploy", "burn", "-o", "jsonpath={.spec.replicas}"]) == "3").then_some(())
+    });
+    let hpa = json_of(&s, &["get", "hpa", "burn", "-o", "json"]);
+    let utilisation =
+        hpa["status"]["currentMetrics"][0]["resource"]["current"]["averageUtilization"]
+            .as_i64()
+            .unwrap();
+    assert!(utilisation > 150, "{hpa}");
+}

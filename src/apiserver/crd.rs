@@ -204,6 +204,7 @@ pub fn resources_of(crd: &Value) -> Vec<Resource> {
             subresources,
             storage: (group.clone(), plural.clone()),
             create_only: false,
+            computed: false,
             schema: None,
             schema_name: None,
             decode_check: None,

@@ -23,6 +23,7 @@ mod openapi;
 mod openapi_v2;
 mod patch;
 mod protobuf;
+mod resource_metrics;
 #[rustfmt::skip]
 mod protobuf_tables;
 pub mod registry;
@@ -324,7 +325,7 @@ async fn route(
                     .registry
                     .all()
                     .iter()
-                    .filter(|r| !r.create_only && r.storage.0 == r.group)
+                    .filter(|r| !r.create_only && !r.computed && r.storage.0 == r.group)
                 {
                     if let Ok(n) = api.store.count(&r.prefix()).await {
                         objects.push((r.plural.clone(), n));
@@ -407,6 +408,11 @@ async fn route(
             let Some(res) = api.registry.find(&rp.group, &rp.version, &rp.resource) else {
                 return ApiError::path_not_found().into_response();
             };
+            if res.computed {
+                return resource_metrics::serve(api, &res, &rp, &query, method)
+                    .await
+                    .unwrap_or_else(|e| e.into_response());
+            }
             let ctx = Ctx {
                 user,
                 query,

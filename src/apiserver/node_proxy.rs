@@ -98,7 +98,12 @@ async fn kubelet_address(api: &Arc<Api>, pod: &Value, name: &str) -> ApiResult<(
         .ok_or_else(ApiError::path_not_found)?;
     let ctx = Ctx::internal("", "v1", "nodes", None);
     let (_, node_obj) = get_current(api, &nodes, &ctx, node).await?;
-    let ip = node_obj
+    node_address(&node_obj)
+}
+
+/// The kubelet endpoint a Node object advertises (InternalIP and kubelet port).
+pub fn node_address(node: &Value) -> ApiResult<(String, u16)> {
+    let ip = node
         .pointer("/status/addresses")
         .and_then(Value::as_array)
         .into_iter()
@@ -109,11 +114,16 @@ async fn kubelet_address(api: &Arc<Api>, pod: &Value, name: &str) -> ApiResult<(
             ApiError::new(
                 503,
                 "ServiceUnavailable",
-                format!("node {node} has no InternalIP"),
+                format!(
+                    "node {} has no InternalIP",
+                    node.pointer("/metadata/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                ),
             )
         })?
         .to_string();
-    let port = node_obj
+    let port = node
         .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
         .and_then(Value::as_u64)
         .unwrap_or(10250) as u16;
@@ -128,6 +138,16 @@ async fn send(
     req: http::Request<Body>,
 ) -> ApiResult<http::Response<hyper::body::Incoming>> {
     let (ip, port) = kubelet_address(api, pod, name).await?;
+    send_to(api, &ip, port, req).await
+}
+
+/// Sends `req` to the kubelet at `ip:port`.
+async fn send_to(
+    api: &Arc<Api>,
+    ip: &str,
+    port: u16,
+    req: http::Request<Body>,
+) -> ApiResult<http::Response<hyper::body::Incoming>> {
     let Some(client) = api.kubelet_client.get() else {
         return Err(ApiError::new(
             503,
@@ -143,10 +163,10 @@ async fn send(
             format!("error dialing backend https://{ip}:{port}{path}: {e}"),
         )
     };
-    let tcp = tokio::net::TcpStream::connect((ip.as_str(), port))
+    let tcp = tokio::net::TcpStream::connect((ip, port))
         .await
         .map_err(|e| unavailable(e.to_string()))?;
-    let server_name = rustls::pki_types::ServerName::try_from(ip.clone())
+    let server_name = rustls::pki_types::ServerName::try_from(ip.to_string())
         .map_err(|e| unavailable(e.to_string()))?;
     let tls = tokio_rustls::TlsConnector::from(client.tls.clone())
         .connect(server_name, tcp)
@@ -169,6 +189,23 @@ async fn send(
         .send_request(req)
         .await
         .map_err(|e| unavailable(e.to_string()))
+}
+
+/// `GET path` of the kubelet of `node`, as JSON.
+pub async fn node_get_json(api: &Arc<Api>, node: &Value, path: &str) -> ApiResult<Value> {
+    let (ip, port) = node_address(node)?;
+    let req = http::Request::get(path)
+        .body(Body::empty())
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let resp = send_to(api, &ip, port, req).await?;
+    if !resp.status().is_success() {
+        return Err(kubelet_error(resp).await);
+    }
+    let bytes = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::internal(format!("kubelet answer: {e}")))
 }
 
 /// A kubelet's error answer as a Status.

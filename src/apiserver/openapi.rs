@@ -70,7 +70,8 @@ pub fn document(api: &Api, gv: &str) -> Option<Doc> {
         .registry
         .all()
         .into_iter()
-        .filter(|r| r.group == group && r.version == version)
+        // Computed resources (metrics.k8s.io) publish no schema, as aggregated APIs may not.
+        .filter(|r| r.group == group && r.version == version && !r.computed)
         .collect();
     if resources.is_empty() {
         return None;
@@ -312,7 +313,7 @@ fn build(resources: &[Arc<Resource>], gv: &str) -> Value {
         }
     }
     // Upstream marks subresource responses and list kinds too; lists are simple wrappers here.
-    for r in resources.iter().filter(|r| !r.create_only) {
+    for r in resources.iter().filter(|r| !r.create_only && !r.computed) {
         let def = r.definition_name();
         schemas.insert(
             format!("{def}List"),

@@ -182,7 +182,12 @@ fn all_definitions(api: &Api) -> Vec<(String, Value)> {
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    for r in api.registry.all().iter().filter(|r| !r.create_only) {
+    for r in api
+        .registry
+        .all()
+        .iter()
+        .filter(|r| !r.create_only && !r.computed)
+    {
         let name = r.definition_name();
         let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind});
         let entry = match (&r.custom, defs.get_mut(&name)) {

@@ -50,6 +50,9 @@ pub struct Resource {
     pub storage: (String, String),
     /// Resources that only accept `create` (reviews, bindings).
     pub create_only: bool,
+    /// Objects computed on request from the nodes' kubelets (metrics.k8s.io): `get` and `list`
+    /// only, nothing stored.
+    pub computed: bool,
     /// OpenAPI schema of the object, for built-in kinds.
     pub schema: Option<SchemaFn>,
     /// The schema's definition name, for built-in kinds.
@@ -77,6 +80,7 @@ pub const ALL_VERBS: &[&str] = &[
     "watch",
 ];
 pub const CREATE_ONLY_VERBS: &[&str] = &["create"];
+pub const GET_LIST_VERBS: &[&str] = &["get", "list"];
 const GET_UPDATE: &[&str] = &["get", "patch", "update"];
 const CREATE_VERB: &[&str] = &["create"];
 const GET_VERB: &[&str] = &["get"];
@@ -98,6 +102,8 @@ impl Resource {
     pub fn verbs(&self) -> &'static [&'static str] {
         if self.create_only {
             CREATE_ONLY_VERBS
+        } else if self.computed {
+            GET_LIST_VERBS
         } else {
             ALL_VERBS
         }
@@ -221,6 +227,7 @@ fn builtin<T: schemars::JsonSchema + serde::de::DeserializeOwned>(
         subresources,
         storage: (group.into(), plural.into()),
         create_only: false,
+        computed: false,
         schema: Some(|g: &mut SchemaGenerator| g.subschema_for::<T>()),
         schema_name: Some(|| T::schema_name().into_owned()),
         decode_check: Some(|v: &Value| T::deserialize(v).map(|_| ()).map_err(|e| e.to_string())),
@@ -672,7 +679,32 @@ pub fn builtins() -> Vec<Resource> {
             "localsubjectaccessreviews",
             N,
         ),
+        resource_metrics("NodeMetrics", "nodes", C),
+        resource_metrics("PodMetrics", "pods", N),
     ]
+}
+
+/// A `metrics.k8s.io/v1beta1` resource, served from the kubelets' resource usage.
+fn resource_metrics(kind: &str, plural: &str, namespaced: bool) -> Resource {
+    Resource {
+        group: "metrics.k8s.io".into(),
+        version: "v1beta1".into(),
+        kind: kind.into(),
+        plural: plural.into(),
+        // As metrics-server registers them.
+        singular: String::new(),
+        namespaced,
+        short_names: Vec::new(),
+        categories: Vec::new(),
+        subresources: Vec::new(),
+        storage: ("metrics.k8s.io".into(), plural.into()),
+        create_only: false,
+        computed: true,
+        schema: None,
+        schema_name: None,
+        decode_check: None,
+        custom: None,
+    }
 }
 
 /// The live resource table: built-ins plus whatever CRDs currently define.

@@ -11,6 +11,7 @@ mod pods;
 mod probes;
 mod secrets;
 mod server;
+mod stats;
 mod status;
 mod streaming;
 mod volumes;
@@ -82,6 +83,8 @@ pub struct Kubelet {
     backoff_reported: Mutex<HashSet<String>>,
     /// Failed pulls per (pod UID, image): how many, and when the last one ended.
     pull_failures: Mutex<HashMap<(String, String), (u32, std::time::Instant)>>,
+    /// CPU samples for resource metrics.
+    stats: stats::Sampler,
 }
 
 /// The pod's hostname: `spec.hostname` or the pod name (at most 63 characters).
@@ -124,6 +127,7 @@ pub async fn run(client: kube::Client, cfg: NodeConfig) -> anyhow::Result<()> {
         pull_failures: Mutex::new(HashMap::new()),
         events: crate::controllers::util::Context::new(client.clone(), "kubelet"),
         backoff_reported: Mutex::new(HashSet::new()),
+        stats: stats::Sampler::default(),
     });
     loop {
         match node::register(&client, &cfg).await {
@@ -136,6 +140,7 @@ pub async fn run(client: kube::Client, cfg: NodeConfig) -> anyhow::Result<()> {
     }
     tracing::info!(node = %cfg.node_name, "node registered");
     tokio::spawn(node::heartbeat(client.clone(), cfg.clone()));
+    tokio::spawn(stats::sample_forever(kubelet.clone()));
     if let Some(serving) = cfg.serving.clone() {
         let k = kubelet.clone();
         tokio::spawn(async move {

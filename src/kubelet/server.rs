@@ -25,6 +25,7 @@ pub async fn serve(kubelet: Arc<Kubelet>, serving: super::Serving) -> anyhow::Re
     tracing::info!(%addr, "kubelet API listening");
     let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/stats/summary", get(summary).post(summary))
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
             get(container_logs),
@@ -122,6 +123,17 @@ async fn container_logs(
     }));
     let stream = tokio_stream_from(rx);
     (headers, Body::from_stream(stream)).into_response()
+}
+
+async fn summary(State(k): State<Arc<Kubelet>>) -> Response {
+    match tokio::task::spawn_blocking(move || k.summary()).await {
+        Ok(v) => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            v.to_string(),
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
 }
 
 /// The running attempt of a container, or the answer to give when there is none.

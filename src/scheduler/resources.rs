@@ -22,6 +22,8 @@ pub fn parse_milli(q: &str) -> Option<i128> {
     };
     let factor: f64 = match suffix {
         "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
         "m" => 1e-3,
         "k" => 1e3,
         "M" => 1e6,
@@ -103,6 +105,9 @@ mod tests {
         assert_eq!(parse_milli("1Ki"), Some(1_024_000));
         assert_eq!(parse_milli("1G"), Some(1_000_000_000_000));
         assert_eq!(parse_milli("1e3"), Some(1_000_000));
+        // metrics.k8s.io writes CPU in nanocores.
+        assert_eq!(parse_milli("250000000n"), Some(250));
+        assert_eq!(parse_milli("1500u"), Some(2));
         assert_eq!(parse_milli("12Qi"), None);
         assert_eq!(parse_milli("abc"), None);
     }
