@@ -832,3 +832,72 @@ fn kubectl_top_and_the_hpa_use_the_nodes_metrics() {
             .unwrap();
     assert!(utilisation > 150, "{hpa}");
 }
+
+#[test]
+fn kubelet_args_drive_image_gc_and_eviction() {
+    // Image GC at any disk usage, for images unused at all: an unused image goes, the one a
+    // pod uses stays.
+    let s = Server::start_node(&[
+        "--kubelet-arg=image-gc-high-threshold=1",
+        "--kubelet-arg=image-gc-low-threshold=0",
+        "--kubelet-arg=image-minimum-gc-age=0s",
+    ]);
+    s.ok(&["run", "bb", "--image=busybox:1.36", "--", "sleep", "3600"]);
+    wait_running(&s, "bb");
+    let archive = s.dir.path().join("extra.tar");
+    common::images::write_busybox_image_with_cmd(&archive, "example.com/extra:1", &["true"]);
+    let data_dir = s.dir.path().join("data");
+    let images = |args: &[&str]| {
+        let out = s
+            .command(env!("CARGO_BIN_EXE_kinglet"))
+            .arg("images")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    images(&["import", archive.to_str().unwrap()]);
+    assert!(images(&["ls"]).contains("example.com/extra"));
+    let left = eventually(90, "unused image collected", || {
+        let ls = images(&["ls"]);
+        (!ls.contains("example.com/extra")).then_some(ls)
+    });
+    assert!(left.contains("busybox"), "{left}");
+    drop(s);
+
+    // A hard eviction threshold that is always crossed: memory pressure, the NoSchedule
+    // taint, and pods on the node evicted as upstream reports it.
+    let s = Server::start_node(&["--kubelet-arg=eviction-hard=memory.available<1Ei"]);
+    eventually(60, "MemoryPressure and its taint", || {
+        let out = s.kubectl(&["get", "node", NODE, "-o", "json"]);
+        let n: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let pressure = n["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "MemoryPressure" && c["status"] == "True");
+        let tainted = n["spec"]["taints"].as_array().is_some_and(|t| {
+            t.iter()
+                .any(|t| t["key"] == "node.kubernetes.io/memory-pressure")
+        });
+        (pressure && tainted).then_some(())
+    });
+    let pod = format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"victim"}},"spec":{{"nodeName":"{NODE}","containers":[{{"name":"c","image":"busybox:1.36","command":["sleep","3600"]}}]}}}}"#
+    );
+    s.ok_stdin(&["apply", "-f", "-"], &pod);
+    let p = eventually(60, "pod evicted", || {
+        let p = pod_json(&s, "victim");
+        (p["status"]["reason"] == "Evicted").then_some(p)
+    });
+    assert_eq!(p["status"]["phase"], "Failed");
+    assert!(
+        p["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("low on resource: memory"),
+        "{p}"
+    );
+}

@@ -170,6 +170,11 @@ pub struct ServerArgs {
     /// Log files kept per container, the live one included.
     #[arg(long, env = "KINGLET_CONTAINER_LOG_MAX_FILES", default_value_t = 5)]
     pub container_log_max_files: usize,
+    /// Kubelet settings by upstream's flag names, name=value (repeatable): max-pods,
+    /// eviction-hard, image-gc-high-threshold, image-gc-low-threshold, image-minimum-gc-age,
+    /// container-log-max-size, container-log-max-files. They win over the flags above.
+    #[arg(long = "kubelet-arg", env = "KINGLET_KUBELET_ARG")]
+    pub kubelet_arg: Vec<String>,
     /// Run only the API server and control plane, no node.
     #[arg(long, env = "KINGLET_DISABLE_AGENT")]
     pub disable_agent: bool,
@@ -192,7 +197,7 @@ impl ServerArgs {
                 .ok_or_else(|| anyhow::anyhow!("--node-label {l:?}: expected key=value"))?;
             labels.insert(k.to_string(), v.to_string());
         }
-        Ok(crate::kubelet::NodeConfig {
+        let mut cfg = crate::kubelet::NodeConfig {
             node_name,
             node_ip: self.node_ip.unwrap_or(advertise),
             labels,
@@ -208,8 +213,20 @@ impl ServerArgs {
             kubelet_port: self.kubelet_port,
             container_log_max_size: self.container_log_max_size,
             container_log_max_files: self.container_log_max_files,
+            eviction_hard: crate::kubelet::default_thresholds(),
+            image_gc: crate::kubelet::ImageGcPolicy::default(),
             serving: None,
-        })
+        };
+        for arg in &self.kubelet_arg {
+            apply_kubelet_arg(&mut cfg, arg)?;
+        }
+        anyhow::ensure!(
+            cfg.image_gc.low_percent < cfg.image_gc.high_percent,
+            "--kubelet-arg: image-gc-low-threshold ({}) must be less than image-gc-high-threshold ({})",
+            cfg.image_gc.low_percent,
+            cfg.image_gc.high_percent
+        );
+        Ok(cfg)
     }
 
     pub fn node_port_range(&self) -> anyhow::Result<(u16, u16)> {
@@ -235,6 +252,78 @@ impl ServerArgs {
             )
         })
     }
+}
+
+/// Applies one `--kubelet-arg name=value`.
+fn apply_kubelet_arg(cfg: &mut crate::kubelet::NodeConfig, arg: &str) -> anyhow::Result<()> {
+    let (name, value) = arg
+        .trim_start_matches("--")
+        .split_once('=')
+        .ok_or_else(|| anyhow::anyhow!("--kubelet-arg {arg:?}: expected name=value"))?;
+    let bad = |what: &str| anyhow::anyhow!("--kubelet-arg {arg:?}: {what}");
+    let percent = || {
+        value
+            .parse::<u8>()
+            .ok()
+            .filter(|p| *p <= 100)
+            .ok_or_else(|| bad("expected a percentage 0-100"))
+    };
+    match name {
+        "max-pods" => cfg.max_pods = value.parse().map_err(|_| bad("expected a number"))?,
+        "eviction-hard" => cfg.eviction_hard = crate::kubelet::parse_thresholds(value)?,
+        "image-gc-high-threshold" => cfg.image_gc.high_percent = percent()?,
+        "image-gc-low-threshold" => cfg.image_gc.low_percent = percent()?,
+        "image-minimum-gc-age" => {
+            cfg.image_gc.min_age =
+                parse_duration(value).ok_or_else(|| bad("expected a duration such as 2m"))?
+        }
+        "container-log-max-size" => {
+            cfg.container_log_max_size = crate::scheduler::resources::parse_milli(value)
+                .filter(|m| *m > 0)
+                .map(|m| (m / 1000) as u64)
+                .ok_or_else(|| bad("expected a size such as 10Mi"))?
+        }
+        "container-log-max-files" => {
+            cfg.container_log_max_files = value
+                .parse()
+                .ok()
+                .filter(|n| *n >= 2)
+                .ok_or_else(|| bad("expected a number of at least 2"))?
+        }
+        _ => anyhow::bail!(
+            "--kubelet-arg {arg:?}: unsupported; supported are max-pods, eviction-hard, \
+             image-gc-high-threshold, image-gc-low-threshold, image-minimum-gc-age, \
+             container-log-max-size, container-log-max-files"
+        ),
+    }
+    Ok(())
+}
+
+/// A Go-style duration: `90s`, `2m`, `1h30m`, `500ms`, `0`.
+fn parse_duration(s: &str) -> Option<std::time::Duration> {
+    if s == "0" {
+        return Some(std::time::Duration::ZERO);
+    }
+    let mut total = 0f64;
+    let mut rest = s.trim();
+    while !rest.is_empty() {
+        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let value: f64 = rest[..num_end].parse().ok()?;
+        rest = &rest[num_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let factor = match &rest[..unit_end] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            _ => return None,
+        };
+        total += value * factor;
+        rest = &rest[unit_end..];
+    }
+    Some(std::time::Duration::from_secs_f64(total))
 }
 
 /// Turns a config file into `--flag=value` arguments (lists become repeated flags), skipping
@@ -340,5 +429,44 @@ mod tests {
                 .is_empty()
         );
         assert!(config_args(&dir.path().join("missing.yaml"), true).is_err());
+    }
+
+    #[test]
+    fn kubelet_args_from_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(
+            &path,
+            "kubelet-arg:\n- max-pods=20\n- eviction-hard=memory.available<200Mi,nodefs.available<5%\n- image-gc-high-threshold=70\n- image-gc-low-threshold=60\n- image-minimum-gc-age=1m30s\n- container-log-max-size=5Mi\n",
+        )
+        .unwrap();
+        let mut argv = vec!["kinglet".to_string(), "server".to_string()];
+        argv.extend(config_args(&path, true).unwrap());
+        let Command::Server(a) = Cli::try_parse_from(&argv).unwrap().command else {
+            panic!("not the server command")
+        };
+        let cfg = a.node_config("127.0.0.1".parse().unwrap()).unwrap();
+        assert_eq!(cfg.max_pods, 20);
+        assert_eq!(cfg.eviction_hard.len(), 2);
+        assert_eq!(cfg.image_gc.high_percent, 70);
+        assert_eq!(cfg.image_gc.min_age, std::time::Duration::from_secs(90));
+        assert_eq!(cfg.container_log_max_size, 5 * 1024 * 1024);
+        for bad in [
+            "nope=1",
+            "max-pods",
+            "image-gc-high-threshold=101",
+            "image-minimum-gc-age=5 minutes",
+            "container-log-max-files=1",
+        ] {
+            let mut b = a.clone();
+            b.kubelet_arg = vec![bad.to_string()];
+            assert!(
+                b.node_config("127.0.0.1".parse().unwrap()).is_err(),
+                "{bad}"
+            );
+        }
+        let mut b = a.clone();
+        b.kubelet_arg = vec!["image-gc-low-threshold=90".into()];
+        assert!(b.node_config("127.0.0.1".parse().unwrap()).is_err());
     }
 }

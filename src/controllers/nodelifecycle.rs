@@ -59,6 +59,13 @@ fn heartbeat_age(n: &Node, lease: Option<&Lease>, now: i64) -> i64 {
         .unwrap_or(now)
 }
 
+/// Node conditions and the NoSchedule taints they bring.
+const PRESSURE_TAINTS: [(&str, &str); 3] = [
+    ("MemoryPressure", "node.kubernetes.io/memory-pressure"),
+    ("DiskPressure", "node.kubernetes.io/disk-pressure"),
+    ("PIDPressure", "node.kubernetes.io/pid-pressure"),
+];
+
 fn tolerates(tols: &[Toleration], t: &Taint) -> Option<Option<i64>> {
     tols.iter()
         .find(|tol| {
@@ -147,6 +154,28 @@ async fn sync(ctx: &Context, pod_cache: &Store<Pod>) -> kube::Result<()> {
                         }),
                     });
                 }
+            }
+        }
+        // TaintNodesByCondition: pressure conditions keep new pods away.
+        for (condition, key) in PRESSURE_TAINTS {
+            let under = n
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c.type_ == condition && c.status == "True")
+                });
+            let has = taints.iter().any(|t| t.key == key);
+            if under && !has {
+                taints.push(Taint {
+                    key: key.into(),
+                    effect: "NoSchedule".into(),
+                    value: None,
+                    time_added: None,
+                });
+            } else if !under && has {
+                taints.retain(|t| t.key != key);
             }
         }
         if taints != before {

@@ -5,6 +5,8 @@
 mod cgroups;
 mod containers;
 mod env;
+mod eviction;
+mod image_gc;
 mod logs;
 mod node;
 mod pods;
@@ -31,6 +33,8 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use crate::image::ImageStore;
 use crate::runtime::Runtime;
 
+pub use eviction::{default_thresholds, parse_thresholds};
+pub use image_gc::Policy as ImageGcPolicy;
 pub use node::parse_taint;
 
 #[derive(Clone, Debug)]
@@ -47,6 +51,9 @@ pub struct NodeConfig {
     pub kubelet_port: u16,
     pub container_log_max_size: u64,
     pub container_log_max_files: usize,
+    /// Hard eviction thresholds (`eviction-hard`).
+    pub eviction_hard: Vec<eviction::Threshold>,
+    pub image_gc: image_gc::Policy,
     /// Certificate of the kubelet API; without one the API is not served.
     pub serving: Option<Serving>,
 }
@@ -85,6 +92,10 @@ pub struct Kubelet {
     pull_failures: Mutex<HashMap<(String, String), (u32, std::time::Instant)>>,
     /// CPU samples for resource metrics.
     stats: stats::Sampler,
+    /// Node conditions under pressure, from the eviction manager.
+    pressure: eviction::Pressure,
+    /// Since when each unused image has been unused (image GC).
+    unused_since: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 /// The pod's hostname: `spec.hostname` or the pod name (at most 63 characters).
@@ -128,6 +139,8 @@ pub async fn run(client: kube::Client, cfg: NodeConfig) -> anyhow::Result<()> {
         events: crate::controllers::util::Context::new(client.clone(), "kubelet"),
         backoff_reported: Mutex::new(HashSet::new()),
         stats: stats::Sampler::default(),
+        pressure: eviction::Pressure::default(),
+        unused_since: Mutex::new(HashMap::new()),
     });
     loop {
         match node::register(&client, &cfg).await {
@@ -139,7 +152,8 @@ pub async fn run(client: kube::Client, cfg: NodeConfig) -> anyhow::Result<()> {
         }
     }
     tracing::info!(node = %cfg.node_name, "node registered");
-    tokio::spawn(node::heartbeat(client.clone(), cfg.clone()));
+    tokio::spawn(node::heartbeat(kubelet.clone()));
+    tokio::spawn(image_gc::run(kubelet.clone()));
     tokio::spawn(stats::sample_forever(kubelet.clone()));
     if let Some(serving) = cfg.serving.clone() {
         let k = kubelet.clone();
@@ -166,6 +180,7 @@ pub async fn run(client: kube::Client, cfg: NodeConfig) -> anyhow::Result<()> {
         }));
     }
     let _ = pods.wait_until_ready().await;
+    tokio::spawn(eviction::run(kubelet.clone(), pods.clone()));
     loop {
         let current = pods.state();
         let known: HashSet<String> = current.iter().filter_map(|p| p.uid()).collect();

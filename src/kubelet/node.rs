@@ -68,7 +68,7 @@ fn capacity(cfg: &NodeConfig) -> BTreeMap<String, Quantity> {
     ])
 }
 
-fn conditions(now: &Time) -> Vec<NodeCondition> {
+fn conditions(now: &Time, pressure: &[&str]) -> Vec<NodeCondition> {
     let c = |type_: &str, status: &str, reason: &str, message: &str| NodeCondition {
         type_: type_.into(),
         status: status.into(),
@@ -77,25 +77,53 @@ fn conditions(now: &Time) -> Vec<NodeCondition> {
         last_heartbeat_time: Some(now.clone()),
         last_transition_time: Some(now.clone()),
     };
+    let under = |condition: &str| pressure.contains(&condition);
     vec![
-        c(
-            "MemoryPressure",
-            "False",
-            "KubeletHasSufficientMemory",
-            "kubelet has sufficient memory available",
-        ),
-        c(
-            "DiskPressure",
-            "False",
-            "KubeletHasNoDiskPressure",
-            "kubelet has no disk pressure",
-        ),
-        c(
-            "PIDPressure",
-            "False",
-            "KubeletHasSufficientPID",
-            "kubelet has sufficient PID available",
-        ),
+        if under("MemoryPressure") {
+            c(
+                "MemoryPressure",
+                "True",
+                "KubeletHasInsufficientMemory",
+                "kubelet has insufficient memory available",
+            )
+        } else {
+            c(
+                "MemoryPressure",
+                "False",
+                "KubeletHasSufficientMemory",
+                "kubelet has sufficient memory available",
+            )
+        },
+        if under("DiskPressure") {
+            c(
+                "DiskPressure",
+                "True",
+                "KubeletHasDiskPressure",
+                "kubelet has disk pressure",
+            )
+        } else {
+            c(
+                "DiskPressure",
+                "False",
+                "KubeletHasNoDiskPressure",
+                "kubelet has no disk pressure",
+            )
+        },
+        if under("PIDPressure") {
+            c(
+                "PIDPressure",
+                "True",
+                "KubeletHasInsufficientPID",
+                "kubelet has insufficient PID available",
+            )
+        } else {
+            c(
+                "PIDPressure",
+                "False",
+                "KubeletHasSufficientPID",
+                "kubelet has sufficient PID available",
+            )
+        },
         c(
             "Ready",
             "True",
@@ -106,14 +134,14 @@ fn conditions(now: &Time) -> Vec<NodeCondition> {
 }
 
 /// The node's status as this kubelet sees it now.
-fn status(cfg: &NodeConfig) -> serde_json::Value {
+fn status(cfg: &NodeConfig, pressure: &[&str]) -> serde_json::Value {
     let now = Time(Timestamp::now());
     let cap = capacity(cfg);
     let (_, arch) = crate::image::node_platform();
     json!({
         "capacity": cap,
         "allocatable": cap,
-        "conditions": conditions(&now),
+        "conditions": conditions(&now, pressure),
         "addresses": [
             {"type": "InternalIP", "address": cfg.node_ip.to_string()},
             {"type": "Hostname", "address": cfg.node_name},
@@ -165,16 +193,20 @@ pub async fn register(client: &kube::Client, cfg: &NodeConfig) -> anyhow::Result
             )
             .await?;
     }
-    report_status(client, cfg).await
+    report_status(client, cfg, &[]).await
 }
 
-async fn report_status(client: &kube::Client, cfg: &NodeConfig) -> anyhow::Result<()> {
+async fn report_status(
+    client: &kube::Client,
+    cfg: &NodeConfig,
+    pressure: &[&str],
+) -> anyhow::Result<()> {
     let nodes: Api<Node> = Api::all(client.clone());
     nodes
         .patch_status(
             &cfg.node_name,
             &PatchParams::default(),
-            &Patch::Strategic(json!({"status": status(cfg)})),
+            &Patch::Strategic(json!({"status": status(cfg, pressure)})),
         )
         .await?;
     Ok(())
@@ -204,12 +236,13 @@ async fn renew_lease(client: &kube::Client, cfg: &NodeConfig) -> anyhow::Result<
 }
 
 /// Heartbeats forever: the Lease and the status conditions every 10 s.
-pub async fn heartbeat(client: kube::Client, cfg: NodeConfig) {
+pub async fn heartbeat(k: std::sync::Arc<super::Kubelet>) {
+    let (client, cfg) = (&k.client, &k.cfg);
     loop {
-        if let Err(e) = renew_lease(&client, &cfg).await {
+        if let Err(e) = renew_lease(client, cfg).await {
             tracing::warn!("node lease: {e:#}");
         }
-        if let Err(e) = report_status(&client, &cfg).await {
+        if let Err(e) = report_status(client, cfg, &k.pressure.conditions()).await {
             tracing::warn!("node status: {e:#}");
         }
         tokio::time::sleep(Duration::from_secs(10)).await;

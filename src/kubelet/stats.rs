@@ -142,6 +142,42 @@ fn meminfo(key: &str) -> Option<u64> {
     })
 }
 
+/// The machine's memory capacity and what is available of it (capacity minus the working set),
+/// in bytes: the kubelet's `memory.available`.
+pub fn memory_available() -> (u64, u64) {
+    let (total, _, working_set) = node_memory();
+    (total, total.saturating_sub(working_set))
+}
+
+/// (total, usage, working set) of the machine's memory, in bytes.
+fn node_memory() -> (u64, u64, u64) {
+    let total = meminfo("MemTotal").unwrap_or(0);
+    let usage = total.saturating_sub(meminfo("MemFree").unwrap_or(0));
+    let working_set = usage.saturating_sub(meminfo("Inactive(file)").unwrap_or(0));
+    (total, usage, working_set)
+}
+
+/// The most processes the kernel allows and how many there are.
+pub fn pids() -> (u64, u64) {
+    let max = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(32768);
+    let current = std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .bytes()
+                        .all(|b| b.is_ascii_digit())
+                })
+                .count()
+        })
+        .unwrap_or(0);
+    (max, current as u64)
+}
+
 fn time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
@@ -202,12 +238,25 @@ impl Kubelet {
         self.stats.retain(&|k| live.contains(k));
     }
 
+    /// Working-set bytes of each pod with running containers, by pod UID.
+    pub fn memory_by_pod(&self) -> HashMap<String, u64> {
+        let mut out: HashMap<String, u64> = HashMap::new();
+        for dir in self.runtime.list() {
+            if let Ok(meta) = dir.meta()
+                && super::containers::is_running(&dir)
+                && let Some((_, ws, _)) = cgroup_memory(&meta.cgroup_path)
+            {
+                *out.entry(meta.pod_uid).or_default() += ws;
+            }
+        }
+        out
+    }
+
     /// The stats v1alpha1 `Summary` of this node and its running pods.
     pub fn summary(&self) -> Value {
         let now = Utc::now();
-        let total = meminfo("MemTotal").unwrap_or(0);
-        let usage = total.saturating_sub(meminfo("MemFree").unwrap_or(0));
-        let working_set = usage.saturating_sub(meminfo("Inactive(file)").unwrap_or(0));
+        let (total, usage, working_set) = node_memory();
+        let (maxpid, curproc) = pids();
         let mut node = json!({
             "nodeName": self.cfg.node_name,
             "memory": {
@@ -219,11 +268,7 @@ impl Kubelet {
             },
             "fs": fs_json(&self.cfg.data_dir),
             "runtime": {"imageFs": fs_json(&self.cfg.data_dir.join("agent"))},
-            "rlimit": {
-                "time": time(now),
-                "maxpid": std::fs::read_to_string("/proc/sys/kernel/pid_max").ok().and_then(|s| s.trim().parse::<u64>().ok()),
-                "curproc": std::fs::read_dir("/proc").map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit())).count()).unwrap_or(0),
-            },
+            "rlimit": {"time": time(now), "maxpid": maxpid, "curproc": curproc},
         });
         if let Some(b) = boot_time() {
             node["startTime"] = json!(time(b));

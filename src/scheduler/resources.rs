@@ -15,11 +15,9 @@ pub fn parse_milli(q: &str) -> Option<i128> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+'))
         .unwrap_or(q.len());
     let (num, suffix) = q.split_at(split);
-    let (mantissa, exp10): (&str, i32) = match suffix {
-        "" => (num, 0),
-        s if s.starts_with(['e', 'E']) => (num, s[1..].parse().ok()?),
-        _ => (num, 0),
-    };
+    // `1e3` is an exponent; `1E` (exa) and `1Ei` (exbi) are suffixes.
+    let exp10: Option<i32> = suffix.strip_prefix(['e', 'E']).and_then(|e| e.parse().ok());
+    let mantissa = num;
     let factor: f64 = match suffix {
         "" => 1.0,
         "n" => 1e-9,
@@ -37,8 +35,7 @@ pub fn parse_milli(q: &str) -> Option<i128> {
         "Ti" => 1024f64.powi(4),
         "Pi" => 1024f64.powi(5),
         "Ei" => 1024f64.powi(6),
-        s if s.starts_with(['e', 'E']) => 10f64.powi(exp10),
-        _ => return None,
+        _ => 10f64.powi(exp10?),
     };
     let value: f64 = mantissa.parse().ok()?;
     let milli = value * factor * 1000.0;
@@ -108,6 +105,8 @@ mod tests {
         // metrics.k8s.io writes CPU in nanocores.
         assert_eq!(parse_milli("250000000n"), Some(250));
         assert_eq!(parse_milli("1500u"), Some(2));
+        assert_eq!(parse_milli("1Ei"), Some(1_152_921_504_606_846_976_000));
+        assert_eq!(parse_milli("2E"), Some(2_000_000_000_000_000_000_000));
         assert_eq!(parse_milli("12Qi"), None);
         assert_eq!(parse_milli("abc"), None);
     }

@@ -87,6 +87,11 @@ pub fn busybox_layer() -> Vec<u8> {
 /// Writes an OCI image layout tarball of busybox named `name` (e.g.
 /// `docker.io/library/busybox:1.36`) to `out`.
 pub fn write_busybox_image(out: &Path, name: &str) {
+    write_busybox_image_with_cmd(out, name, &["sh"]);
+}
+
+/// Like [`write_busybox_image`], with its own default command (so a different image ID).
+pub fn write_busybox_image_with_cmd(out: &Path, name: &str, cmd: &[&str]) {
     let layer = busybox_layer();
     let arch = match std::env::consts::ARCH {
         "x86_64" => "amd64",
@@ -95,7 +100,7 @@ pub fn write_busybox_image(out: &Path, name: &str) {
     };
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": arch, "os": "linux",
-        "config": {"Cmd": ["sh"], "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},
+        "config": {"Cmd": cmd, "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},
         "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", sha(&layer))]},
     }))
     .unwrap();
