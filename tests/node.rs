@@ -901,3 +901,63 @@ fn kubelet_args_drive_image_gc_and_eviction() {
         "{p}"
     );
 }
+
+#[test]
+fn seccomp_profiles_filter_system_calls() {
+    let s = Server::start_node(&[]);
+    let profiles = s.dir.path().join("data/agent/seccomp");
+    std::fs::create_dir_all(&profiles).unwrap();
+    std::fs::write(
+        profiles.join("no-mkdir.json"),
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":1}]}"#,
+    )
+    .unwrap();
+    let script = "grep Seccomp: /proc/self/status; \
+        unshare -U true 2>/dev/null && echo unshare-allowed || echo unshare-denied; \
+        mkdir /tmp/d 2>/dev/null && echo mkdir-allowed || echo mkdir-denied; sleep 3600";
+    for (name, profile) in [
+        ("default", r#"{"type":"RuntimeDefault"}"#),
+        (
+            "local",
+            r#"{"type":"Localhost","localhostProfile":"no-mkdir.json"}"#,
+        ),
+        ("open", r#"{"type":"Unconfined"}"#),
+    ] {
+        let pod = format!(
+            r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}"}},"spec":{{"securityContext":{{"seccompProfile":{profile}}},
+              "containers":[{{"name":"c","image":"busybox:1.36","command":["sh","-c","{script}"]}}]}}}}"#
+        );
+        s.ok_stdin(&["apply", "-f", "-"], &pod);
+    }
+    let logs = |name: &str| {
+        wait_running(&s, name);
+        eventually(30, &format!("{name} logs"), || {
+            let l = s.ok(&["logs", name]);
+            l.contains("mkdir-").then_some(l)
+        })
+    };
+    let default = logs("default");
+    assert!(default.contains("Seccomp:\t2"), "{default}");
+    assert!(default.contains("unshare-denied"), "{default}");
+    assert!(default.contains("mkdir-allowed"), "{default}");
+    let local = logs("local");
+    assert!(
+        local.contains("Seccomp:\t2") && local.contains("mkdir-denied"),
+        "{local}"
+    );
+    let open = logs("open");
+    assert!(
+        open.contains("Seccomp:\t0") && open.contains("mkdir-allowed"),
+        "{open}"
+    );
+    // A missing profile is a configuration error of the container, as upstream reports it.
+    let pod = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"missing"},"spec":{"securityContext":{"seccompProfile":{"type":"Localhost","localhostProfile":"nope.json"}},
+      "containers":[{"name":"c","image":"busybox:1.36","command":["true"]}]}}"#;
+    s.ok_stdin(&["apply", "-f", "-"], pod);
+    eventually(30, "CreateContainerConfigError", || {
+        let p = pod_json(&s, "missing");
+        (p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+            == "CreateContainerConfigError")
+            .then_some(())
+    });
+}

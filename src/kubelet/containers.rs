@@ -214,6 +214,15 @@ impl Kubelet {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let cgroup_path = format!("{}/{}", self.pod_cgroup(pod), id);
         let caps = sc.capabilities.clone().unwrap_or_default();
+        let seccomp = sc.seccomp_profile.clone().or(psc.seccomp_profile.clone());
+        let seccomp = crate::runtime::seccomp::profile(
+            seccomp.as_ref().map(|p| p.type_.as_str()),
+            seccomp
+                .as_ref()
+                .and_then(|p| p.localhost_profile.as_deref()),
+            &self.cfg.data_dir.join("agent/seccomp"),
+        )
+        .map_err(|e| waiting("CreateContainerConfigError", format!("{e:#}")))?;
         let config = ContainerConfig {
             args,
             env,
@@ -239,6 +248,7 @@ impl Kubelet {
             drop_caps: caps.drop.unwrap_or_default(),
             readonly_rootfs: sc.read_only_root_filesystem == Some(true),
             no_new_privileges: sc.allow_privilege_escalation == Some(false),
+            seccomp,
         };
         let oci = crate::runtime::spec::build(&config)
             .map_err(|e| waiting("CreateContainerError", format!("{e:#}")))?;

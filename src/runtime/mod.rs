@@ -15,6 +15,7 @@ pub mod exec;
 pub mod logs;
 mod rootfs;
 pub mod sandbox;
+pub mod seccomp;
 pub mod spec;
 pub mod supervisor;
 

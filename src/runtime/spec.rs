@@ -77,6 +77,8 @@ pub struct ContainerConfig {
     pub drop_caps: Vec<String>,
     pub readonly_rootfs: bool,
     pub no_new_privileges: bool,
+    /// The OCI `linux.seccomp` section, if any (see `seccomp`).
+    pub seccomp: Option<Value>,
 }
 
 fn cap_name(c: &str) -> String {
@@ -149,7 +151,7 @@ pub fn build(c: &ContainerConfig) -> anyhow::Result<oci_spec::runtime::Spec> {
     if let Some(limit) = c.memory_limit {
         resources["memory"]["limit"] = json!(limit);
     }
-    let spec = json!({
+    let mut spec = json!({
         "ociVersion": "1.0.2",
         "process": {
             "terminal": false,
@@ -159,7 +161,6 @@ pub fn build(c: &ContainerConfig) -> anyhow::Result<oci_spec::runtime::Spec> {
             "cwd": if c.cwd.is_empty() { "/" } else { &c.cwd },
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile(), "soft": nofile()}],
-            "noNewPrivileges": c.no_new_privileges,
             "oomScoreAdj": c.oom_score_adj,
         },
         "root": {"path": "../rootfs", "readonly": c.readonly_rootfs},
@@ -173,6 +174,14 @@ pub fn build(c: &ContainerConfig) -> anyhow::Result<oci_spec::runtime::Spec> {
             "readonlyPaths": if c.privileged { vec![] } else { READONLY_PATHS.to_vec() },
         },
     });
+    // Only when set: libcontainer loads seccomp before dropping capabilities only if the
+    // field is absent (with `false` it would try after, and fail without CAP_SYS_ADMIN).
+    if c.no_new_privileges {
+        spec["process"]["noNewPrivileges"] = json!(true);
+    }
+    if let Some(profile) = c.seccomp.as_ref().filter(|_| !c.privileged) {
+        spec["linux"]["seccomp"] = profile.clone();
+    }
     Ok(serde_json::from_value(spec)?)
 }
 
