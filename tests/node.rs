@@ -961,3 +961,47 @@ fn seccomp_profiles_filter_system_calls() {
             .then_some(())
     });
 }
+
+#[test]
+fn after_a_power_cut_pods_restart_per_policy() {
+    let mut s = Server::start_node(&[]);
+    s.ok(&[
+        "run",
+        "always",
+        "--image=busybox:1.36",
+        "--",
+        "sh",
+        "-c",
+        "echo up; exec sleep 100000",
+    ]);
+    s.ok(&[
+        "run",
+        "never",
+        "--restart=Never",
+        "--image=busybox:1.36",
+        "--",
+        "sleep",
+        "100000",
+    ]);
+    let before =
+        wait_running(&s, "always")["status"]["containerStatuses"][0]["containerID"].clone();
+    wait_running(&s, "never");
+    s.power_cycle();
+    let p = eventually(90, "always restarted", || {
+        let p = pod_json(&s, "always");
+        let cs = &p["status"]["containerStatuses"][0];
+        (cs["restartCount"] == 1
+            && cs["state"]["running"].is_object()
+            && cs["containerID"] != before)
+            .then_some(p)
+    });
+    assert_eq!(p["status"]["phase"], "Running");
+    assert!(s.ok(&["logs", "always"]).contains("up"));
+    let p = eventually(60, "never failed", || {
+        let p = pod_json(&s, "never");
+        (p["status"]["phase"] == "Failed").then_some(p)
+    });
+    let cs = &p["status"]["containerStatuses"][0];
+    assert_eq!(cs["restartCount"], 0, "{p}");
+    assert!(cs["state"]["terminated"].is_object(), "{p}");
+}

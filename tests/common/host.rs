@@ -110,9 +110,10 @@ fn kill(pid: i32) {
         .status();
 }
 
-impl Drop for TestHost {
-    fn drop(&mut self) {
-        // Containers first (they live in the host's cgroups), then kinglet and supervisors.
+impl TestHost {
+    /// Kills every process of the host but its holder: containers first (they live in the
+    /// host's cgroups), then kinglet and supervisors.
+    pub fn kill_all(&self) {
         for _ in 0..50 {
             let mut any = false;
             for cg in self.cgroups() {
@@ -135,6 +136,29 @@ impl Drop for TestHost {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// What a power cut leaves: no processes, and none of the mounts below `dir` (container
+    /// root file systems, pinned namespaces).
+    pub fn power_cut(&self, dir: &std::path::Path) {
+        self.kill_all();
+        let mounts =
+            std::fs::read_to_string(format!("/proc/{}/mounts", self.pid())).unwrap_or_default();
+        let mut points: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter(|p| p.starts_with(dir.to_str().unwrap_or("/nonexistent")))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            let _ = self.command("umount").args(["-l", p]).status();
+        }
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        self.kill_all();
         for cg in self.cgroups() {
             let _ = std::fs::remove_dir(cg);
         }

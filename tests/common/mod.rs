@@ -160,6 +160,16 @@ impl Server {
         }
     }
 
+    /// A node reboot: kinglet, supervisors and containers all gone, mounts too; then kinglet
+    /// starts again.
+    pub fn power_cycle(&mut self) {
+        self.stop(true);
+        if let Some(h) = &self.host {
+            h.power_cut(self.dir.path());
+        }
+        self.spawn();
+    }
+
     pub fn restart(&mut self, kill: bool) {
         self.stop(kill);
         self.spawn();
