@@ -1005,3 +1005,66 @@ fn after_a_power_cut_pods_restart_per_policy() {
     assert_eq!(cs["restartCount"], 0, "{p}");
     assert!(cs["state"]["terminated"].is_object(), "{p}");
 }
+
+/// The bytes of a gRPC server's HTTP/2 answer to one health check on stream 1 (a canned
+/// answer `nc` can play back): SETTINGS, response headers, the `HealthCheckResponse` with
+/// `status`, and the `grpc-status: 0` trailer.
+fn grpc_health_answer(status: u8) -> Vec<u8> {
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        f.extend_from_slice(&[kind, flags]);
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+    // HPACK: `:status: 200` is static entry 8; content-type (entry 31) with a literal value.
+    let mut headers = vec![0x88, 0x0f, 0x10, 16];
+    headers.extend_from_slice(b"application/grpc");
+    let mut trailers = vec![0x00, 11];
+    trailers.extend_from_slice(b"grpc-status");
+    trailers.extend_from_slice(&[1, b'0']);
+    let mut out = frame(4, 0, 0, &[]);
+    out.extend(frame(1, 0x4, 1, &headers));
+    out.extend(frame(0, 0, 1, &[0, 0, 0, 0, 2, 0x08, status]));
+    out.extend(frame(1, 0x5, 1, &trailers));
+    out
+}
+
+#[test]
+fn grpc_probes_check_the_health_service() {
+    let s = Server::start_node(&[]);
+    let srv = s.dir.path().join("grpc");
+    std::fs::create_dir_all(&srv).unwrap();
+    for (name, status) in [("serving", 1), ("not-serving", 2)] {
+        std::fs::write(srv.join(format!("{name}.bin")), grpc_health_answer(status)).unwrap();
+        let script = format!("#!/bin/sh\nsleep 0.3\ncat /srv/{name}.bin\nsleep 0.3\n");
+        let path = srv.join(format!("{name}.sh"));
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+    }
+    let pod = format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"grpc"}},"spec":{{
+          "volumes":[{{"name":"srv","hostPath":{{"path":"{}"}}}}],
+          "containers":[
+            {{"name":"ok","image":"busybox:1.36","command":["nc","-ll","-p","9000","-e","/srv/serving.sh"],
+              "volumeMounts":[{{"name":"srv","mountPath":"/srv"}}],
+              "readinessProbe":{{"grpc":{{"port":9000}},"periodSeconds":1}}}},
+            {{"name":"sick","image":"busybox:1.36","command":["nc","-ll","-p","9001","-e","/srv/not-serving.sh"],
+              "volumeMounts":[{{"name":"srv","mountPath":"/srv"}}],
+              "livenessProbe":{{"grpc":{{"port":9001,"service":"db"}},"periodSeconds":1,"failureThreshold":1}}}}]}}}}"#,
+        srv.display()
+    );
+    s.ok_stdin(&["apply", "-f", "-"], &pod);
+    eventually(60, "SERVING makes ready, NOT_SERVING restarts", || {
+        let p = pod_json(&s, "grpc");
+        let statuses = p["status"]["containerStatuses"].as_array()?.clone();
+        let by_name = |n: &str| statuses.iter().find(|c| c["name"] == n).cloned();
+        let ok = by_name("ok")?;
+        let sick = by_name("sick")?;
+        (ok["ready"] == true
+            && ok["restartCount"] == 0
+            && sick["restartCount"].as_u64().unwrap_or(0) >= 1)
+            .then_some(())
+    });
+}

@@ -6,6 +6,7 @@ mod cgroups;
 mod containers;
 mod env;
 mod eviction;
+mod grpc_probe;
 mod image_gc;
 mod logs;
 mod node;

@@ -59,6 +59,26 @@ pub fn in_netns<T: Send + 'static>(
     .flatten()
 }
 
+/// A TCP connection to `addr` made from inside the network namespace pinned at `netns` (a
+/// socket keeps the namespace it was made in).
+pub async fn connect_in_netns(
+    netns: PathBuf,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let stream = tokio::task::spawn_blocking(move || {
+        in_netns(netns, move || TcpStream::connect_timeout(&addr, timeout)).unwrap_or_else(|| {
+            Err(std::io::Error::other(
+                "cannot enter the pod's network namespace",
+            ))
+        })
+    })
+    .await
+    .map_err(std::io::Error::other)??;
+    stream.set_nonblocking(true)?;
+    tokio::net::TcpStream::from_std(stream)
+}
+
 fn tcp_ok(addr: SocketAddr, timeout: Duration) -> bool {
     TcpStream::connect_timeout(&addr, timeout).is_ok()
 }
@@ -87,9 +107,12 @@ fn http_ok(addr: SocketAddr, path: &str, host: &str, timeout: Duration) -> bool 
 /// One probe attempt.
 async fn attempt(p: &Probe, c: &Container, exe: &Path, dir: &Path, netns: &Path) -> bool {
     let timeout = Duration::from_secs(p.timeout_seconds.unwrap_or(1).max(1) as u64);
-    if p.grpc.is_some() {
-        // gRPC probes are not supported yet: never fail a container for them.
-        return true;
+    if let Some(g) = &p.grpc {
+        let Ok(port) = u16::try_from(g.port) else {
+            return false;
+        };
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        return super::grpc_probe::serving(netns, addr, g.service.as_deref(), timeout).await;
     }
     let target = Target { c, exe, dir, netns };
     run(

@@ -140,6 +140,7 @@ impl TestHost {
 
     /// What a power cut leaves: no processes, and none of the mounts below `dir` (container
     /// root file systems, pinned namespaces).
+    #[allow(dead_code)]
     pub fn power_cut(&self, dir: &std::path::Path) {
         self.kill_all();
         let mounts =

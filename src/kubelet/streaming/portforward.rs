@@ -56,36 +56,19 @@ pub async fn serve(mut session: Session, netns: PathBuf, pod: String) {
     session.close().await;
 }
 
-/// A TCP connection to `port` on the pod's loopback, made from inside its network namespace.
-async fn connect(netns: PathBuf, port: u16) -> std::io::Result<tokio::net::TcpStream> {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let std_stream = tokio::task::spawn_blocking(move || {
-        crate::kubelet::probes::in_netns(netns, move || {
-            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        })
-        .unwrap_or_else(|| {
-            Err(std::io::Error::other(
-                "cannot enter the pod's network namespace",
-            ))
-        })
-    })
-    .await
-    .map_err(std::io::Error::other)??;
-    std_stream.set_nonblocking(true)?;
-    tokio::net::TcpStream::from_std(std_stream)
-}
-
 async fn forward(error: Stream, data: Stream, port: u16, netns: PathBuf, pod: String) {
-    let conn = match connect(netns, port).await {
-        Ok(c) => c,
-        Err(e) => {
-            let msg = format!("error forwarding port {port} to pod {pod}: {e}");
-            error.out.write(msg.into_bytes()).await;
-            error.out.reset().await;
-            data.out.reset().await;
-            return;
-        }
-    };
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let conn =
+        match crate::kubelet::probes::connect_in_netns(netns, addr, Duration::from_secs(5)).await {
+            Ok(c) => c,
+            Err(e) => {
+                let msg = format!("error forwarding port {port} to pod {pod}: {e}");
+                error.out.write(msg.into_bytes()).await;
+                error.out.reset().await;
+                data.out.reset().await;
+                return;
+            }
+        };
     let (mut r, mut w) = conn.into_split();
     let mut from_client = data.data;
     let to_pod = tokio::spawn(async move {
