@@ -745,6 +745,21 @@ fn exec_attach_and_port_forward_with_kubectl_1_28_and_1_33() {
             }
             Background::spawn(cmd).wait_for(30, "tick");
 
+            // `kubectl run -i --rm`: the pod's stdin comes from kubectl through attach.
+            let name = format!("talk-{}-{}", v.replace('.', ""), spdy_only);
+            let out = run(
+                &[
+                    "run", &name, "-i", "--rm", "--restart=Never", "--image=busybox:1.36",
+                    "--", "sh", "-c", "read x; echo got $x",
+                ],
+                Some("hello\n"),
+            );
+            assert!(
+                String::from_utf8_lossy(&out.stdout).contains("got hello"),
+                "{what}: {out:?}"
+            );
+            eventually(60, "pod removed", || s.kubectl(&["get", "pod", &name]).status.code().filter(|c| *c != 0));
+
             // A terminal: kubectl needs one itself, which `script` provides.
             let line = format!(
                 "{} exec -it web -- sh -c 'tty; stty size'",

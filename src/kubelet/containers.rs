@@ -267,6 +267,8 @@ impl Kubelet {
             log_max_files: self.cfg.container_log_max_files,
             cgroup_path,
             created_at: crate::runtime::now_rfc3339(),
+            stdin: c.stdin == Some(true),
+            stdin_once: c.stdin_once == Some(true),
         };
         let runtime = self.runtime.clone();
         let status = tokio::task::spawn_blocking(move || runtime.start(&meta, &oci))

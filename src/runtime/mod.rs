@@ -47,6 +47,12 @@ pub struct Meta {
     /// cgroup path (below every controller's mount), as in the spec.
     pub cgroup_path: String,
     pub created_at: String,
+    /// The container keeps a stdin that `kubectl attach` writes to (`stdin: true`); with
+    /// `stdin_once`, it is closed when the first attach session ends.
+    #[serde(default)]
+    pub stdin: bool,
+    #[serde(default)]
+    pub stdin_once: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -84,6 +90,10 @@ impl ContainerDir {
     }
     pub fn state_root(&self) -> PathBuf {
         self.0.join("state")
+    }
+    /// The supervisor's socket for attaching to the container's stdin.
+    pub fn attach_socket(&self) -> PathBuf {
+        self.0.join("attach.sock")
     }
     fn lock_path(&self) -> PathBuf {
         self.0.join("supervisor.lock")

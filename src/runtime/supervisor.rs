@@ -7,6 +7,7 @@
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
 use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -70,11 +71,18 @@ fn run(cdir: &ContainerDir) -> anyhow::Result<()> {
 
     let (out_r, out_w) = nix::unistd::pipe()?;
     let (err_r, err_w) = nix::unistd::pipe()?;
-    let devnull: OwnedFd = fs::File::open("/dev/null")?.into();
+    // With `stdin: true` the container reads a pipe that attach sessions write to.
+    let (stdin, attach): (OwnedFd, Option<(OwnedFd, UnixListener)>) = if meta.stdin {
+        let (in_r, in_w) = nix::unistd::pipe()?;
+        let _ = fs::remove_file(cdir.attach_socket());
+        (in_r, Some((in_w, UnixListener::bind(cdir.attach_socket())?)))
+    } else {
+        (fs::File::open("/dev/null")?.into(), None)
+    };
     let built = ContainerBuilder::new(meta.id.clone(), SyscallType::default())
         .with_root_path(cdir.state_root())
         .and_then(|b| {
-            b.with_stdin(devnull)
+            b.with_stdin(stdin)
                 .with_stdout(out_w)
                 .with_stderr(err_w)
                 .as_init(cdir.bundle())
@@ -117,6 +125,10 @@ fn run(cdir: &ContainerDir) -> anyhow::Result<()> {
             std::thread::spawn(move || copy_lines(fs::File::from(fd), stream, &log))
         })
         .collect();
+    if let Some((input, listener)) = attach {
+        let once = meta.stdin_once;
+        std::thread::spawn(move || serve_stdin(fs::File::from(input), listener, once));
+    }
     let exit = loop {
         match waitpid(nix::unistd::Pid::from_raw(pid.as_raw()), None) {
             Ok(WaitStatus::Exited(_, code)) => break (code, None),
@@ -151,6 +163,18 @@ fn run(cdir: &ContainerDir) -> anyhow::Result<()> {
         }),
     })?;
     Ok(())
+}
+
+/// Feeds attach sessions into the container's stdin, one at a time; with `once`, stdin is
+/// closed when the first session ends.
+fn serve_stdin(mut input: fs::File, listener: UnixListener, once: bool) {
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        let _ = std::io::copy(&mut conn, &mut input);
+        if once {
+            return;
+        }
+    }
 }
 
 /// Copies one stream into the log, a CRI line per line read (long lines split as partial).

@@ -215,8 +215,12 @@ async fn run_on_terminal(io: Io, exe: PathBuf, dir: ContainerDir, command: Vec<S
 }
 
 /// Attaches to a container's main process: its output from now on (stderr merged into
-/// stdout), until it exits.
+/// stdout), until it exits, and the client's input to its stdin when it keeps one open.
 pub async fn attach(io: Io, log: PathBuf, dir: ContainerDir) -> Outcome {
+    let input = match (io.stdin, tokio::net::UnixStream::connect(dir.attach_socket()).await) {
+        (Some(rx), Ok(socket)) => Some(tokio::spawn(feed(socket, rx))),
+        _ => None,
+    };
     let (tx, mut rx) = mpsc::channel(16);
     let opts = crate::kubelet::logs::Options {
         follow: true,
@@ -234,6 +238,9 @@ pub async fn attach(io: Io, log: PathBuf, dir: ContainerDir) -> Outcome {
         {
             break;
         }
+    }
+    if let Some(i) = input {
+        i.abort();
     }
     Outcome::Exited(0)
 }
