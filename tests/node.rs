@@ -749,8 +749,16 @@ fn exec_attach_and_port_forward_with_kubectl_1_28_and_1_33() {
             let name = format!("talk-{}-{}", v.replace('.', ""), spdy_only);
             let out = run(
                 &[
-                    "run", &name, "-i", "--rm", "--restart=Never", "--image=busybox:1.36",
-                    "--", "sh", "-c", "read x; echo got $x",
+                    "run",
+                    &name,
+                    "-i",
+                    "--rm",
+                    "--restart=Never",
+                    "--image=busybox:1.36",
+                    "--",
+                    "sh",
+                    "-c",
+                    "read x; echo got $x",
                 ],
                 Some("hello\n"),
             );
@@ -758,7 +766,12 @@ fn exec_attach_and_port_forward_with_kubectl_1_28_and_1_33() {
                 String::from_utf8_lossy(&out.stdout).contains("got hello"),
                 "{what}: {out:?}"
             );
-            eventually(60, "pod removed", || s.kubectl(&["get", "pod", &name]).status.code().filter(|c| *c != 0));
+            eventually(60, "pod removed", || {
+                s.kubectl(&["get", "pod", &name])
+                    .status
+                    .code()
+                    .filter(|c| *c != 0)
+            });
 
             // A terminal: kubectl needs one itself, which `script` provides.
             let line = format!(
@@ -773,6 +786,27 @@ fn exec_attach_and_port_forward_with_kubectl_1_28_and_1_33() {
             let out = cmd.output().unwrap();
             let text = String::from_utf8_lossy(&out.stdout);
             assert!(text.contains("/dev/pts/"), "{what}: {text}");
+
+            // `kubectl run -it --rm`: a container on a terminal, typed into through attach.
+            let name = format!("tty-{}-{}", v.replace('.', ""), spdy_only);
+            let line = format!(
+                "{} run -it --rm {name} --restart=Never --image=busybox:1.36 -- sh -c 'read x; tty; echo got \\$x'",
+                kubectl.display()
+            );
+            let mut cmd = s.command("sh");
+            cmd.args([
+                "-c",
+                &format!("(sleep 3; echo hello; sleep 2) | script -qec \"{line}\" /dev/null"),
+            ]);
+            if spdy_only {
+                cmd.env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false");
+            }
+            let out = cmd.output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                text.contains("got hello") && text.contains("/dev/pts/0"),
+                "{what}: {text}"
+            );
         }
     }
 }

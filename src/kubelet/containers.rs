@@ -249,6 +249,7 @@ impl Kubelet {
             readonly_rootfs: sc.read_only_root_filesystem == Some(true),
             no_new_privileges: sc.allow_privilege_escalation == Some(false),
             seccomp,
+            tty: c.tty == Some(true),
         };
         let oci = crate::runtime::spec::build(&config)
             .map_err(|e| waiting("CreateContainerError", format!("{e:#}")))?;
@@ -269,6 +270,7 @@ impl Kubelet {
             created_at: crate::runtime::now_rfc3339(),
             stdin: c.stdin == Some(true),
             stdin_once: c.stdin_once == Some(true),
+            tty: c.tty == Some(true),
         };
         let runtime = self.runtime.clone();
         let status = tokio::task::spawn_blocking(move || runtime.start(&meta, &oci))

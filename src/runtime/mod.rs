@@ -18,6 +18,7 @@ pub mod sandbox;
 pub mod seccomp;
 pub mod spec;
 pub mod supervisor;
+pub mod tty;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -53,6 +54,9 @@ pub struct Meta {
     pub stdin: bool,
     #[serde(default)]
     pub stdin_once: bool,
+    /// The container runs on a terminal (`tty: true`).
+    #[serde(default)]
+    pub tty: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -94,6 +98,14 @@ impl ContainerDir {
     /// The supervisor's socket for attaching to the container's stdin.
     pub fn attach_socket(&self) -> PathBuf {
         self.0.join("attach.sock")
+    }
+    /// The supervisor's socket for terminal size changes ("<width> <height>" lines).
+    pub fn resize_socket(&self) -> PathBuf {
+        self.0.join("resize.sock")
+    }
+    /// Where libcontainer sends the container's terminal to the supervisor.
+    pub fn console_socket(&self) -> PathBuf {
+        self.0.join("console.sock")
     }
     fn lock_path(&self) -> PathBuf {
         self.0.join("supervisor.lock")

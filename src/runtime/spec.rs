@@ -79,6 +79,8 @@ pub struct ContainerConfig {
     pub no_new_privileges: bool,
     /// The OCI `linux.seccomp` section, if any (see `seccomp`).
     pub seccomp: Option<Value>,
+    /// Run on a terminal (the supervisor holds its controlling end).
+    pub tty: bool,
 }
 
 fn cap_name(c: &str) -> String {
@@ -154,7 +156,7 @@ pub fn build(c: &ContainerConfig) -> anyhow::Result<oci_spec::runtime::Spec> {
     let mut spec = json!({
         "ociVersion": "1.0.2",
         "process": {
-            "terminal": false,
+            "terminal": c.tty,
             "user": {"uid": c.uid, "gid": c.gid, "additionalGids": c.additional_gids},
             "args": c.args,
             "env": c.env,

@@ -75,13 +75,28 @@ fn run(cdir: &ContainerDir) -> anyhow::Result<()> {
     let (stdin, attach): (OwnedFd, Option<(OwnedFd, UnixListener)>) = if meta.stdin {
         let (in_r, in_w) = nix::unistd::pipe()?;
         let _ = fs::remove_file(cdir.attach_socket());
-        (in_r, Some((in_w, UnixListener::bind(cdir.attach_socket())?)))
+        (
+            in_r,
+            Some((in_w, UnixListener::bind(cdir.attach_socket())?)),
+        )
     } else {
         (fs::File::open("/dev/null")?.into(), None)
+    };
+    // With `tty: true`, libcontainer sends the terminal's controlling end here.
+    let console = if meta.tty {
+        let _ = fs::remove_file(cdir.console_socket());
+        Some(UnixListener::bind(cdir.console_socket())?)
+    } else {
+        None
     };
     let built = ContainerBuilder::new(meta.id.clone(), SyscallType::default())
         .with_root_path(cdir.state_root())
         .and_then(|b| {
+            let b = if console.is_some() {
+                b.with_console_socket(Some(cdir.console_socket()))
+            } else {
+                b
+            };
             b.with_stdin(stdin)
                 .with_stdout(out_w)
                 .with_stderr(err_w)
@@ -118,16 +133,31 @@ fn run(cdir: &ContainerDir) -> anyhow::Result<()> {
         meta.log_max_bytes,
         meta.log_max_files,
     )?));
-    let copiers: Vec<_> = [(out_r, "stdout"), (err_r, "stderr")]
+    let mut pipes: Vec<_> = [(out_r, "stdout"), (err_r, "stderr")]
         .into_iter()
         .map(|(fd, stream)| {
             let log = log.clone();
             std::thread::spawn(move || copy_lines(fs::File::from(fd), stream, &log))
         })
         .collect();
-    if let Some((input, listener)) = attach {
+    let terminal = match &console {
+        Some(listener) => Some(terminal(cdir, listener)?),
+        None => None,
+    };
+    let mut copiers = Vec::new();
+    if let Some(master) = &terminal {
+        let (log, out) = (log.clone(), fs::File::from(master.try_clone()?));
+        copiers.push(std::thread::spawn(move || copy_lines(out, "stdout", &log)));
+    }
+    if let Some((pipe, listener)) = attach {
         let once = meta.stdin_once;
-        std::thread::spawn(move || serve_stdin(fs::File::from(input), listener, once));
+        // On a terminal, input goes to its controlling end and "closing" it is an EOF (^D).
+        let input = match &terminal {
+            Some(master) => fs::File::from(master.try_clone()?),
+            None => fs::File::from(pipe),
+        };
+        let tty = terminal.is_some();
+        std::thread::spawn(move || serve_stdin(input, listener, once, tty));
     }
     let exit = loop {
         match waitpid(nix::unistd::Pid::from_raw(pid.as_raw()), None) {
@@ -138,6 +168,7 @@ fn run(cdir: &ContainerDir) -> anyhow::Result<()> {
             Err(e) => anyhow::bail!("waiting for the container: {e}"),
         }
     };
+    copiers.append(&mut pipes);
     for c in copiers {
         let _ = c.join();
     }
@@ -167,14 +198,38 @@ fn run(cdir: &ContainerDir) -> anyhow::Result<()> {
 
 /// Feeds attach sessions into the container's stdin, one at a time; with `once`, stdin is
 /// closed when the first session ends.
-fn serve_stdin(mut input: fs::File, listener: UnixListener, once: bool) {
+fn serve_stdin(mut input: fs::File, listener: UnixListener, once: bool, tty: bool) {
     for conn in listener.incoming() {
         let Ok(mut conn) = conn else { continue };
         let _ = std::io::copy(&mut conn, &mut input);
         if once {
+            if tty {
+                let _ = std::io::Write::write_all(&mut input, &[4]);
+            }
             return;
         }
     }
+}
+
+/// Takes the container's terminal from libcontainer and serves size changes for it.
+fn terminal(cdir: &ContainerDir, console: &UnixListener) -> anyhow::Result<OwnedFd> {
+    let (conn, _) = console.accept()?;
+    let master = super::tty::receive_fd(&conn)?;
+    let _ = fs::remove_file(cdir.console_socket());
+    let _ = fs::remove_file(cdir.resize_socket());
+    let sizes = UnixListener::bind(cdir.resize_socket())?;
+    let target = master.try_clone()?;
+    std::thread::spawn(move || {
+        for conn in sizes.incoming().flatten() {
+            for line in BufReader::new(conn).lines().map_while(Result::ok) {
+                let mut wh = line.split_whitespace().map(|n| n.parse::<u16>());
+                if let (Some(Ok(w)), Some(Ok(h))) = (wh.next(), wh.next()) {
+                    super::tty::set_size(&target, w, h);
+                }
+            }
+        }
+    });
+    Ok(master)
 }
 
 /// Copies one stream into the log, a CRI line per line read (long lines split as partial).

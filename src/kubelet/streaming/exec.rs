@@ -2,14 +2,13 @@
 //! libcontainer never runs in this multi-threaded process; with a terminal, libcontainer hands
 //! the terminal's controlling end to a socket we listen on, and we pump it here.
 
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::Stdio;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-use super::{Io, Outcome, Output, Size};
+use super::{Io, Outcome, Output};
 use crate::runtime::ContainerDir;
 
 /// Copies `r` to `out` (or drains it when nobody wants it) until it ends.
@@ -107,42 +106,6 @@ fn console_socket_path() -> PathBuf {
     ))
 }
 
-/// Receives the one file descriptor libcontainer sends over the console socket.
-fn receive_fd(stream: std::os::unix::net::UnixStream) -> anyhow::Result<OwnedFd> {
-    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
-    use std::os::fd::FromRawFd;
-    stream.set_nonblocking(false)?;
-    let mut name = [0u8; 256];
-    let mut iov = [std::io::IoSliceMut::new(&mut name)];
-    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let msg = recvmsg::<()>(
-        stream.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )?;
-    for cmsg in msg.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(fds) = cmsg
-            && let Some(fd) = fds.first()
-        {
-            // SAFETY: the kernel just gave us this descriptor; nothing else owns it.
-            return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
-        }
-    }
-    anyhow::bail!("no terminal received")
-}
-
-fn set_size(fd: &OwnedFd, size: Size) {
-    let ws = libc::winsize {
-        ws_row: size.height,
-        ws_col: size.width,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which lives across the call.
-    unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
-}
-
 async fn run_on_terminal(io: Io, exe: PathBuf, dir: ContainerDir, command: Vec<String>) -> Outcome {
     let path = console_socket_path();
     let _ = std::fs::remove_file(&path);
@@ -185,7 +148,7 @@ async fn run_on_terminal(io: Io, exe: PathBuf, dir: ContainerDir, command: Vec<S
     let master = match stream
         .into_std()
         .map_err(anyhow::Error::from)
-        .and_then(receive_fd)
+        .and_then(|s| crate::runtime::tty::receive_fd(&s))
     {
         Ok(fd) => fd,
         Err(e) => return Outcome::Failed(format!("terminal: {e:#}")),
@@ -201,7 +164,7 @@ async fn run_on_terminal(io: Io, exe: PathBuf, dir: ContainerDir, command: Vec<S
     let resize = io.resize.map(|mut rx| {
         tokio::spawn(async move {
             while let Some(size) = rx.recv().await {
-                set_size(&master, size);
+                crate::runtime::tty::set_size(&master, size.width, size.height);
             }
         })
     });
@@ -217,8 +180,26 @@ async fn run_on_terminal(io: Io, exe: PathBuf, dir: ContainerDir, command: Vec<S
 /// Attaches to a container's main process: its output from now on (stderr merged into
 /// stdout), until it exits, and the client's input to its stdin when it keeps one open.
 pub async fn attach(io: Io, log: PathBuf, dir: ContainerDir) -> Outcome {
-    let input = match (io.stdin, tokio::net::UnixStream::connect(dir.attach_socket()).await) {
+    let input = match (
+        io.stdin,
+        tokio::net::UnixStream::connect(dir.attach_socket()).await,
+    ) {
         (Some(rx), Ok(socket)) => Some(tokio::spawn(feed(socket, rx))),
+        _ => None,
+    };
+    // A container on a terminal takes size changes as "<width> <height>" lines.
+    let resize = match (
+        io.resize,
+        tokio::net::UnixStream::connect(dir.resize_socket()).await,
+    ) {
+        (Some(mut sizes), Ok(mut socket)) => Some(tokio::spawn(async move {
+            while let Some(size) = sizes.recv().await {
+                let line = format!("{} {}\n", size.width, size.height);
+                if socket.write_all(line.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        })),
         _ => None,
     };
     let (tx, mut rx) = mpsc::channel(16);
@@ -239,8 +220,8 @@ pub async fn attach(io: Io, log: PathBuf, dir: ContainerDir) -> Outcome {
             break;
         }
     }
-    if let Some(i) = input {
-        i.abort();
+    for task in [input, resize].into_iter().flatten() {
+        task.abort();
     }
     Outcome::Exited(0)
 }
