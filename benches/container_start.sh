@@ -5,6 +5,7 @@
 # network namespace; containers go to a cgroup of their own that is removed afterwards.
 #
 # Usage: benches/container_start.sh [runs]   (default 50; needs root, crun, runc, busybox)
+# KINGLET_BENCH_WRAP="strace -f -tt -o FILE" runs kinglet under a profiler.
 set -euo pipefail
 if [ -z "${KINGLET_BENCH_INNER:-}" ]; then
   cd "$(dirname "$0")/.."
@@ -51,7 +52,7 @@ for i in $(seq "$runs"); do
   for rt in kinglet crun runc; do
     t0=$(now)
     case $rt in
-      kinglet) rm -f "$work/c/status.json"; "$kinglet" supervise "$work/c" ;;
+      kinglet) rm -f "$work/c/status.json"; ${KINGLET_BENCH_WRAP:-} "$kinglet" supervise "$work/c" ;;
       crun) crun --root "$work/crun" run -b "$bundle" "b$i" >/dev/null ;;
       runc) runc --root "$work/runc" run -b "$bundle" "b$i" >/dev/null ;;
     esac

@@ -50,11 +50,26 @@ fn os_image() -> String {
         .unwrap_or_else(|| "Linux".into())
 }
 
+/// NVIDIA GPUs present (`/dev/nvidia0`, `/dev/nvidia1`, ...), advertised as `nvidia.com/gpu`.
+fn nvidia_gpus(dev: &std::path::Path) -> usize {
+    std::fs::read_dir(dev)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix("nvidia"))
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .count()
+}
+
 fn capacity(cfg: &NodeConfig) -> BTreeMap<String, Quantity> {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    BTreeMap::from([
+    let mut cap = BTreeMap::from([
         ("cpu".to_string(), Quantity(cpus.to_string())),
         (
             "memory".to_string(),
@@ -65,7 +80,12 @@ fn capacity(cfg: &NodeConfig) -> BTreeMap<String, Quantity> {
             "ephemeral-storage".to_string(),
             Quantity(format!("{}Ki", disk_bytes(&cfg.data_dir) / 1024)),
         ),
-    ])
+    ]);
+    let gpus = nvidia_gpus(std::path::Path::new("/dev"));
+    if gpus > 0 {
+        cap.insert("nvidia.com/gpu".into(), Quantity(gpus.to_string()));
+    }
+    cap
 }
 
 fn conditions(now: &Time, pressure: &[&str]) -> Vec<NodeCondition> {
@@ -269,4 +289,18 @@ pub fn parse_taint(s: &str) -> anyhow::Result<Taint> {
         effect: effect.into(),
         time_added: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpus_are_counted_from_device_nodes() {
+        let dev = tempfile::tempdir().unwrap();
+        for f in ["nvidia0", "nvidia1", "nvidiactl", "nvidia-uvm", "null"] {
+            std::fs::write(dev.path().join(f), "").unwrap();
+        }
+        assert_eq!(nvidia_gpus(dev.path()), 2);
+    }
 }

@@ -147,12 +147,32 @@ fn running(k: &Kubelet, ns: &str, pod: &str, container: &str) -> Result<Record, 
 
 async fn exec(
     State(k): State<Arc<Kubelet>>,
-    Path((ns, pod, container)): Path<(String, String, String)>,
+    Path(target): Path<(String, String, String)>,
     Query(q): Query<Vec<(String, String)>>,
     http: axum::extract::Request,
 ) -> Response {
+    session(k, target, q, http, false).await
+}
+
+async fn attach(
+    State(k): State<Arc<Kubelet>>,
+    Path(target): Path<(String, String, String)>,
+    Query(q): Query<Vec<(String, String)>>,
+    http: axum::extract::Request,
+) -> Response {
+    session(k, target, q, http, true).await
+}
+
+/// An exec or attach session with a running container.
+async fn session(
+    k: Arc<Kubelet>,
+    (ns, pod, container): (String, String, String),
+    q: Vec<(String, String)>,
+    http: axum::extract::Request,
+    attach: bool,
+) -> Response {
     let req = streaming::Request::from_query(&q);
-    if req.command.is_empty() {
+    if !attach && req.command.is_empty() {
         return bad_request("you must specify at least one command for the container".into());
     }
     let record = match running(&k, &ns, &pod, &container) {
@@ -160,28 +180,16 @@ async fn exec(
         Err(resp) => return resp,
     };
     let dir = k.runtime.dir(&record.meta.id);
+    if attach {
+        let log = record.meta.log_path.clone();
+        return streaming::serve(http, req, move |io| streaming::exec::attach(io, log, dir)).await;
+    }
     let exe = k.runtime.exe().to_path_buf();
     let (command, tty) = (req.command.clone(), req.tty);
     streaming::serve(http, req, move |io| {
         streaming::exec::run(io, exe, dir, command, tty)
     })
     .await
-}
-
-async fn attach(
-    State(k): State<Arc<Kubelet>>,
-    Path((ns, pod, container)): Path<(String, String, String)>,
-    Query(q): Query<Vec<(String, String)>>,
-    http: axum::extract::Request,
-) -> Response {
-    let req = streaming::Request::from_query(&q);
-    let record = match running(&k, &ns, &pod, &container) {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
-    let dir = k.runtime.dir(&record.meta.id);
-    let log = record.meta.log_path.clone();
-    streaming::serve(http, req, move |io| streaming::exec::attach(io, log, dir)).await
 }
 
 async fn port_forward(
