@@ -575,7 +575,10 @@ spec:
 /// Output of a background command, collected by a thread so the test can wait for a line.
 struct Background {
     child: std::process::Child,
+    /// Both streams, as they came.
     out: std::sync::Arc<std::sync::Mutex<String>>,
+    /// Standard error alone.
+    err: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Background {
@@ -588,9 +591,13 @@ impl Background {
             .spawn()
             .expect("spawn");
         let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        for mut pipe in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
+        let err = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        for (mut pipe, only) in [
+            (
+                Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+                None,
+            ),
+            (Box::new(child.stderr.take().unwrap()), Some(err.clone())),
         ] {
             let out = out.clone();
             std::thread::spawn(move || {
@@ -599,13 +606,15 @@ impl Background {
                     if n == 0 {
                         break;
                     }
-                    out.lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                    let text = String::from_utf8_lossy(&buf[..n]);
+                    out.lock().unwrap().push_str(&text);
+                    if let Some(only) = &only {
+                        only.lock().unwrap().push_str(&text);
+                    }
                 }
             });
         }
-        Background { child, out }
+        Background { child, out, err }
     }
     fn wait_for(&self, secs: u64, text: &str) -> String {
         eventually(secs, text, || {
@@ -633,7 +642,8 @@ fn exec_attach_and_port_forward_with_kubectl_1_28_and_1_33() {
         "sh",
         "-c",
         "mkdir -p /www; echo served-by-web > /www/index.html; \
-         (while true; do echo tick $(date +%s%N); sleep 0.3; done) & exec httpd -f -p 8080 -h /www",
+         (while true; do echo tick $(date +%s%N); echo tock >&2; sleep 0.3; done) & \
+         exec httpd -f -p 8080 -h /www",
     ]);
     wait_running(&s, "web");
     for (version, kubectl) in common::kubectl_versions() {
@@ -690,8 +700,8 @@ fn exec_attach_and_port_forward_with_kubectl_1_28_and_1_33() {
             assert!(out.status.success(), "{what}: {out:?}");
             assert_eq!(std::fs::read_to_string(&local).unwrap(), "served-by-web\n");
             assert!(
-                String::from_utf8_lossy(&run(&["logs", "--tail=1", "web"], None).stdout)
-                    .starts_with("tick"),
+                String::from_utf8_lossy(&run(&["logs", "--tail=2", "web"], None).stdout)
+                    .contains("tick"),
                 "{what}"
             );
 
@@ -743,7 +753,13 @@ fn exec_attach_and_port_forward_with_kubectl_1_28_and_1_33() {
             if spdy_only {
                 cmd.env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false");
             }
-            Background::spawn(cmd).wait_for(30, "tick");
+            let attached = Background::spawn(cmd);
+            attached.wait_for(30, "tock");
+            let err = attached.err.lock().unwrap().clone();
+            assert!(
+                err.contains("tock") && !err.contains("tick"),
+                "{what}: {err}"
+            );
 
             // `kubectl run -i --rm`: the pod's stdin comes from kubectl through attach.
             let name = format!("talk-{}-{}", v.replace('.', ""), spdy_only);

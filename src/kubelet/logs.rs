@@ -17,10 +17,13 @@ pub struct Options {
     pub tail: Option<usize>,
     pub timestamps: bool,
     pub limit_bytes: Option<usize>,
+    /// Only this stream ("stdout" or "stderr"), as CRI's log options allow.
+    pub stream: Option<&'static str>,
 }
 
 struct Entry {
     time: DateTime<Utc>,
+    stream: Vec<u8>,
     content: Vec<u8>,
     partial: bool,
 }
@@ -29,11 +32,12 @@ struct Entry {
 fn parse(line: &[u8]) -> Option<Entry> {
     let mut parts = line.splitn(4, |b| *b == b' ');
     let time = std::str::from_utf8(parts.next()?).ok()?;
-    let _stream = parts.next()?;
+    let stream = parts.next()?;
     let tag = parts.next()?;
     let content = parts.next().unwrap_or_default();
     Some(Entry {
         time: DateTime::parse_from_rfc3339(time).ok()?.with_timezone(&Utc),
+        stream: stream.to_vec(),
         content: content.to_vec(),
         partial: tag == b"P",
     })
@@ -62,6 +66,12 @@ fn lines(data: &[u8], pending: &mut Option<Entry>) -> Vec<Entry> {
 }
 
 fn render(e: &Entry, opts: &Options) -> Vec<u8> {
+    if opts
+        .stream
+        .is_some_and(|s| s.as_bytes() != e.stream.as_slice())
+    {
+        return Vec::new();
+    }
     let mut out = Vec::with_capacity(e.content.len() + 40);
     if opts.timestamps {
         out.extend_from_slice(
@@ -94,6 +104,9 @@ pub fn read_all(log: &Path, opts: &Options) -> Vec<u8> {
     if let Some(n) = opts.tail {
         let skip = entries.len().saturating_sub(n);
         entries.drain(..skip);
+    }
+    if let Some(stream) = opts.stream {
+        entries.retain(|e| e.stream == stream.as_bytes());
     }
     let mut out: Vec<u8> = entries.iter().flat_map(|e| render(e, opts)).collect();
     if let Some(limit) = opts.limit_bytes {
@@ -214,6 +227,11 @@ mod tests {
             },
         );
         assert_eq!(limited, b"one\nt");
+        let errors = Options {
+            stream: Some("stderr"),
+            ..Default::default()
+        };
+        assert_eq!(read_all(&log, &errors), b"three\n");
         // Malformed lines are skipped rather than failing the read.
         std::fs::write(&log, b"garbage\n").unwrap();
         assert!(read_all(&log, &Options::default()).is_empty());

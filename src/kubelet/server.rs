@@ -110,6 +110,7 @@ async fn container_logs(
         tail: q.get("tailLines").and_then(|t| t.parse().ok()),
         timestamps: flag("timestamps"),
         limit_bytes: q.get("limitBytes").and_then(|t| t.parse().ok()),
+        stream: None,
     };
     let log = record.meta.log_path.clone();
     let headers = [(axum::http::header::CONTENT_TYPE, "text/plain")];

@@ -177,8 +177,8 @@ async fn run_on_terminal(io: Io, exe: PathBuf, dir: ContainerDir, command: Vec<S
     outcome
 }
 
-/// Attaches to a container's main process: its output from now on (stderr merged into
-/// stdout), until it exits, and the client's input to its stdin when it keeps one open.
+/// Attaches to a container's main process: its output from now on, until it exits, and the
+/// client's input to its stdin when it keeps one open.
 pub async fn attach(io: Io, log: PathBuf, dir: ContainerDir) -> Outcome {
     let input = match (
         io.stdin,
@@ -202,24 +202,33 @@ pub async fn attach(io: Io, log: PathBuf, dir: ContainerDir) -> Outcome {
         })),
         _ => None,
     };
-    let (tx, mut rx) = mpsc::channel(16);
-    let opts = crate::kubelet::logs::Options {
-        follow: true,
-        since: Some(chrono::Utc::now()),
-        ..Default::default()
-    };
-    tokio::spawn(crate::kubelet::logs::follow(log, opts, tx, move || {
-        !crate::kubelet::containers::is_running(&dir)
-    }));
-    let out = io.stdout.or(io.stderr);
-    while let Some(Ok(data)) = rx.recv().await {
-        if let Some(o) = &out
-            && !data.is_empty()
-            && !o.write(data.to_vec()).await
-        {
-            break;
-        }
+    // One follower per stream the client wants (a terminal has only stdout).
+    let mut followers = Vec::new();
+    for (out, stream) in [(io.stdout, "stdout"), (io.stderr, "stderr")] {
+        let Some(out) = out else { continue };
+        let (tx, mut rx) = mpsc::channel(16);
+        let opts = crate::kubelet::logs::Options {
+            follow: true,
+            since: Some(chrono::Utc::now()),
+            stream: Some(stream),
+            ..Default::default()
+        };
+        let dir = dir.clone();
+        tokio::spawn(crate::kubelet::logs::follow(
+            log.clone(),
+            opts,
+            tx,
+            move || !crate::kubelet::containers::is_running(&dir),
+        ));
+        followers.push(async move {
+            while let Some(Ok(data)) = rx.recv().await {
+                if !data.is_empty() && !out.write(data.to_vec()).await {
+                    break;
+                }
+            }
+        });
     }
+    futures::future::join_all(followers).await;
     for task in [input, resize].into_iter().flatten() {
         task.abort();
     }
