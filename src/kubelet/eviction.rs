@@ -3,7 +3,8 @@
 //! `pid.available` (upstream's defaults unless `eviction-hard` says otherwise). A crossed
 //! threshold sets the node's MemoryPressure / DiskPressure / PIDPressure condition; disk
 //! pressure first frees unused images, then, as for the others, one pod at a time is evicted
-//! (phase Failed, reason Evicted), BestEffort and pods furthest over their requests first.
+//! (phase Failed, reason Evicted) in upstream's order: pods using more memory than they
+//! request first, then lower priority, then the furthest over their request.
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -197,12 +198,13 @@ impl Pressure {
     }
 }
 
-fn qos_rank(pod: &Pod) -> u8 {
-    match super::cgroups::qos_class(pod) {
-        "BestEffort" => 0,
-        "Burstable" => 1,
-        _ => 2,
-    }
+/// Memory a pod requests, in bytes.
+fn memory_request(pod: &Pod) -> i128 {
+    crate::scheduler::resources::pod_requests(pod)
+        .get("memory")
+        .copied()
+        .unwrap_or(0)
+        / 1000
 }
 
 impl Kubelet {
@@ -223,8 +225,29 @@ impl Kubelet {
         let Some((threshold, observed)) = crossed.first().cloned() else {
             return;
         };
-        if threshold.signal.condition() == "DiskPressure" && self.collect_images(true) > 0 {
-            // Reclaimed space: look again next time before evicting anyone.
+        if threshold.signal.condition() == "DiskPressure" {
+            let k = self.clone();
+            let freed = tokio::task::spawn_blocking(move || k.collect_images(true))
+                .await
+                .unwrap_or(0);
+            if freed > 0 {
+                // Reclaimed space: look again next time before evicting anyone.
+                return;
+            }
+        }
+        // The last pod evicted must be gone before another one is chosen.
+        let last = self
+            .last_evicted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(uid) = last
+            && self
+                .records_of(&uid)
+                .values()
+                .flatten()
+                .any(|r| r.running())
+        {
             return;
         }
         self.evict_one(pods, &threshold, &observed).await;
@@ -253,8 +276,9 @@ impl Kubelet {
             let used = usage
                 .get(&p.uid().unwrap_or_default())
                 .copied()
-                .unwrap_or(0);
-            (qos_rank(p), prio, std::cmp::Reverse(used))
+                .unwrap_or(0) as i128;
+            let over = used - memory_request(p);
+            (over <= 0, prio, std::cmp::Reverse(over))
         });
         let Some(victim) = candidates.first() else {
             return;
@@ -278,6 +302,7 @@ impl Kubelet {
             .await
         {
             Ok(_) => {
+                *self.last_evicted.lock().unwrap_or_else(|e| e.into_inner()) = victim.uid();
                 self.event(victim, true, "Evicted", message).await;
                 self.reported
                     .lock()

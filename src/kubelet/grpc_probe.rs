@@ -66,13 +66,22 @@ fn response_status(body: &[u8]) -> Option<u64> {
                 varint(msg, &mut pos)?;
             }
             (_, 2) => {
-                let n = varint(msg, &mut pos)? as usize;
-                pos = pos.checked_add(n)?;
+                let n = usize::try_from(varint(msg, &mut pos)?).ok()?;
+                pos = pos.checked_add(n).filter(|p| *p <= msg.len())?;
             }
             _ => return None,
         }
     }
     Some(status)
+}
+
+/// Stops the HTTP/2 connection task however the probe ends.
+struct AbortOnDrop(tokio::task::JoinHandle<Result<(), hyper::Error>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Whether the gRPC server at `addr` in the pod's network reports `service` as SERVING.
@@ -92,7 +101,7 @@ pub async fn serving(
         )
         .await
         .ok()?;
-        let driver = tokio::spawn(conn);
+        let _driver = AbortOnDrop(tokio::spawn(conn));
         let req = http::Request::post(format!("http://{addr}/grpc.health.v1.Health/Check"))
             .header("content-type", "application/grpc")
             .header("te", "trailers")
@@ -102,12 +111,15 @@ pub async fn serving(
         let resp = sender.send_request(req).await.ok()?;
         let ok_status = resp.status() == http::StatusCode::OK
             && resp.headers().get("grpc-status").is_none_or(|s| s == "0");
-        let body = resp.into_body().collect().await.ok()?;
+        // A health answer is a few bytes; never buffer more than this of whatever comes.
+        let body = http_body_util::Limited::new(resp.into_body(), 64 * 1024)
+            .collect()
+            .await
+            .ok()?;
         let trailer_ok = body
             .trailers()
             .and_then(|t| t.get("grpc-status"))
             .is_none_or(|s| s == "0");
-        driver.abort();
         Some(ok_status && trailer_ok && response_status(&body.to_bytes()) == Some(SERVING))
     };
     matches!(tokio::time::timeout(timeout, check).await, Ok(Some(true)))
@@ -131,5 +143,7 @@ mod tests {
         assert_eq!(response_status(&[0, 0, 0, 0, 9, 0x08]), None);
         assert_eq!(response_status(&[1, 0, 0, 0, 2, 0x08, 1]), None);
         assert_eq!(response_status(&[0, 0, 0, 0, 2, 0x08, 0xff]), None);
+        // A length-delimited field running past the message.
+        assert_eq!(response_status(&[0, 0, 0, 0, 4, 0x08, 1, 0x12, 9]), None);
     }
 }

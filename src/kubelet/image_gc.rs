@@ -64,7 +64,7 @@ impl Kubelet {
             .map(|i| (i.id.clone(), *unused_since.get(&i.id).unwrap_or(&now)))
             .collect();
         *unused_since = unused.clone();
-        if !forced && used <= policy.high_percent as f64 {
+        if !forced && used < policy.high_percent as f64 {
             return 0;
         }
         let mut candidates: Vec<(&String, &Instant)> = unused

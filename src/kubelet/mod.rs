@@ -95,6 +95,8 @@ pub struct Kubelet {
     stats: stats::Sampler,
     /// Node conditions under pressure, from the eviction manager.
     pressure: eviction::Pressure,
+    /// The pod evicted last (eviction waits for its containers to stop).
+    last_evicted: Mutex<Option<String>>,
     /// Since when each unused image has been unused (image GC).
     unused_since: Mutex<HashMap<String, std::time::Instant>>,
 }
@@ -141,6 +143,7 @@ pub async fn run(client: kube::Client, cfg: NodeConfig) -> anyhow::Result<()> {
         backoff_reported: Mutex::new(HashSet::new()),
         stats: stats::Sampler::default(),
         pressure: eviction::Pressure::default(),
+        last_evicted: Mutex::new(None),
         unused_since: Mutex::new(HashMap::new()),
     });
     loop {

@@ -127,7 +127,7 @@ fn node_cpu_ns() -> Option<u64> {
         .sum();
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Some(busy * (1_000_000_000 / hz))
+    Some(busy.saturating_mul(1_000_000_000 / hz))
 }
 
 fn meminfo(key: &str) -> Option<u64> {
@@ -198,10 +198,10 @@ fn fs_json(path: &std::path::Path) -> Value {
                 "time": time(Utc::now()),
                 "availableBytes": s.blocks_available() * block,
                 "capacityBytes": s.blocks() * block,
-                "usedBytes": (s.blocks() - s.blocks_free()) * block,
+                "usedBytes": s.blocks().saturating_sub(s.blocks_free()) * block,
                 "inodesFree": s.files_free(),
                 "inodes": s.files(),
-                "inodesUsed": s.files() - s.files_free(),
+                "inodesUsed": s.files().saturating_sub(s.files_free()),
             })
         }
         Err(_) => json!({"time": time(Utc::now())}),
@@ -283,11 +283,15 @@ impl Kubelet {
             if !super::containers::is_running(&dir) {
                 continue;
             }
-            let (Some(cpu), Some((usage, ws, rss))) =
-                (self.stats.cpu(&meta.id), cgroup_memory(&meta.cgroup_path))
-            else {
+            let Some((usage, ws, rss)) = cgroup_memory(&meta.cgroup_path) else {
                 continue;
             };
+            // Not sampled yet: reported without a rate (metrics.k8s.io then leaves the pod out).
+            let cpu = self.stats.cpu(&meta.id).unwrap_or(Cpu {
+                time: now,
+                total_ns: cgroup_cpu_ns(&meta.cgroup_path).unwrap_or(0),
+                nano_cores: None,
+            });
             let started = dir.status().started_at.unwrap_or_else(|| time(now));
             let container = json!({
                 "name": meta.container_name,

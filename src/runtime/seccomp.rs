@@ -1,8 +1,8 @@
 //! Seccomp profiles for containers (`securityContext.seccompProfile`), in the OCI runtime spec's
 //! form; libcontainer (with libseccomp) loads them. `RuntimeDefault` denies what containerd's
 //! default profile keeps from unprivileged containers: kernel modules, keyrings, clocks, mounts
-//! and namespaces, tracing other processes, BPF, perf, reboot and swap, and the old or NUMA
-//! calls it leaves out. kinglet writes it as a deny list (everything else allowed), so a new
+//! and namespaces, tracing other processes, BPF, perf, io_uring, reboot and swap, and the old
+//! or NUMA calls it leaves out. kinglet writes it as a deny list (everything else allowed), so a new
 //! kernel's new system calls work in containers; containerd lists what is allowed instead.
 
 use std::path::Path;
@@ -29,6 +29,9 @@ const DENIED: &[&str] = &[
     "get_kernel_syms",
     "get_mempolicy",
     "init_module",
+    "io_uring_enter",
+    "io_uring_register",
+    "io_uring_setup",
     "ioperm",
     "iopl",
     "kcmp",
@@ -100,7 +103,7 @@ pub fn runtime_default() -> Value {
         "action": "SCMP_ACT_ERRNO",
         "errnoRet": EPERM,
     })];
-    // clone's flags are its first argument on most architectures, its second on s390x only.
+    // clone's flags are its first argument on every architecture listed above.
     for flag in NAMESPACE_FLAGS {
         rules.push(json!({
             "names": ["clone"],

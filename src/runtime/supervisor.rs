@@ -140,24 +140,36 @@ fn run(cdir: &ContainerDir) -> anyhow::Result<()> {
             std::thread::spawn(move || copy_lines(fs::File::from(fd), stream, &log))
         })
         .collect();
-    let terminal = match &console {
-        Some(listener) => Some(terminal(cdir, listener)?),
+    // The container runs from here on: a failure to serve its terminal stops it rather than
+    // leaving it unsupervised.
+    let terminal = match console.as_ref().map(|l| terminal(cdir, l)) {
+        Some(Ok(master)) => Some(master),
+        Some(Err(e)) => {
+            tracing::error!("container terminal: {e:#}");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid.as_raw()),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            None
+        }
         None => None,
     };
     let mut copiers = Vec::new();
-    if let Some(master) = &terminal {
-        let (log, out) = (log.clone(), fs::File::from(master.try_clone()?));
+    if let Some(out) = terminal.as_ref().and_then(|m| m.try_clone().ok()) {
+        let (log, out) = (log.clone(), fs::File::from(out));
         copiers.push(std::thread::spawn(move || copy_lines(out, "stdout", &log)));
     }
     if let Some((pipe, listener)) = attach {
         let once = meta.stdin_once;
         // On a terminal, input goes to its controlling end and "closing" it is an EOF (^D).
         let input = match &terminal {
-            Some(master) => fs::File::from(master.try_clone()?),
-            None => fs::File::from(pipe),
+            Some(master) => master.try_clone().ok().map(fs::File::from),
+            None => Some(fs::File::from(pipe)),
         };
         let tty = terminal.is_some();
-        std::thread::spawn(move || serve_stdin(input, listener, once, tty));
+        if let Some(input) = input {
+            std::thread::spawn(move || serve_stdin(input, listener, once, tty));
+        }
     }
     let exit = loop {
         match waitpid(nix::unistd::Pid::from_raw(pid.as_raw()), None) {
@@ -213,7 +225,22 @@ fn serve_stdin(mut input: fs::File, listener: UnixListener, once: bool, tty: boo
 
 /// Takes the container's terminal from libcontainer and serves size changes for it.
 fn terminal(cdir: &ContainerDir, console: &UnixListener) -> anyhow::Result<OwnedFd> {
-    let (conn, _) = console.accept()?;
+    // libcontainer has connected by now; never wait long for it.
+    console.set_nonblocking(true)?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let conn = loop {
+        match console.accept() {
+            Ok((conn, _)) => break conn,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                anyhow::ensure!(
+                    std::time::Instant::now() < deadline,
+                    "libcontainer sent no terminal"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     let master = super::tty::receive_fd(&conn)?;
     let _ = fs::remove_file(cdir.console_socket());
     let _ = fs::remove_file(cdir.resize_socket());

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -131,6 +132,7 @@ async fn run_on_terminal(io: Io, exe: PathBuf, dir: ContainerDir, command: Vec<S
     };
     // Either libcontainer connects with the terminal, or the helper fails first.
     let accepted = tokio::select! {
+        biased;
         a = listener.accept() => a.ok(),
         _ = child.wait() => None,
     };
@@ -160,7 +162,7 @@ async fn run_on_terminal(io: Io, exe: PathBuf, dir: ContainerDir, command: Vec<S
         ),
         _ => return Outcome::Failed("terminal: cannot duplicate".into()),
     };
-    let input = io.stdin.map(|rx| tokio::spawn(feed(writer, rx)));
+    let mut input = io.stdin.map(|rx| tokio::spawn(feed(writer, rx)));
     let resize = io.resize.map(|mut rx| {
         tokio::spawn(async move {
             while let Some(size) = rx.recv().await {
@@ -169,9 +171,28 @@ async fn run_on_terminal(io: Io, exe: PathBuf, dir: ContainerDir, command: Vec<S
         })
     });
     // The terminal reads end (EIO) once the command and everything it started have exited.
-    pump(reader, io.stdout).await;
-    let outcome = outcome_of(child.wait().await);
-    for task in [input, resize].into_iter().flatten() {
+    // When the client's input ends first (it went away), the terminal is closed as upstream
+    // does: the command gets SIGHUP.
+    let input_closed = async {
+        match input.as_mut() {
+            Some(task) => {
+                let _ = task.await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = pump(reader, io.stdout) => {}
+        _ = input_closed => {}
+    }
+    if let Some(task) = resize {
+        task.abort();
+    }
+    let outcome = match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
+        Ok(status) => outcome_of(status),
+        Err(_) => Outcome::Failed("the command did not end after its terminal closed".into()),
+    };
+    if let Some(task) = input {
         task.abort();
     }
     outcome

@@ -338,6 +338,7 @@ where
         session.close().await;
         return;
     }
+    session.refuse_more_streams();
     let mut take = |name: &str| streams.remove(name);
     let error = take("error");
     let stdin = take("stdin");

@@ -64,14 +64,15 @@ async fn forward(error: Stream, data: Stream, port: u16, netns: PathBuf, pod: St
             Err(e) => {
                 let msg = format!("error forwarding port {port} to pod {pod}: {e}");
                 error.out.write(msg.into_bytes()).await;
-                error.out.reset().await;
+                // Closed rather than reset, so the client does not drop the message.
+                error.out.finish().await;
                 data.out.reset().await;
                 return;
             }
         };
     let (mut r, mut w) = conn.into_split();
     let mut from_client = data.data;
-    let to_pod = tokio::spawn(async move {
+    let mut to_pod = tokio::spawn(async move {
         while let Some(chunk) = from_client.recv().await {
             if w.write_all(&chunk).await.is_err() {
                 break;
@@ -79,12 +80,23 @@ async fn forward(error: Stream, data: Stream, port: u16, netns: PathBuf, pod: St
         }
         let _ = w.shutdown().await;
     });
-    // The request ends when the pod's side of the connection does.
-    let mut buf = vec![0u8; 32 * 1024];
-    while let Ok(n) = r.read(&mut buf).await {
-        if n == 0 || !data.out.write(buf[..n].to_vec()).await {
-            break;
+    // The request ends when the pod's side of the connection does, or a while after the
+    // client's side did (a pod server that ignores half-closed connections is not waited for).
+    let from_pod = async {
+        let mut buf = vec![0u8; 32 * 1024];
+        while let Ok(n) = r.read(&mut buf).await {
+            if n == 0 || !data.out.write(buf[..n].to_vec()).await {
+                break;
+            }
         }
+    };
+    let client_gone = async {
+        let _ = (&mut to_pod).await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    };
+    tokio::select! {
+        _ = from_pod => {}
+        _ = client_gone => {}
     }
     data.out.finish().await;
     error.out.finish().await;

@@ -23,6 +23,8 @@ const FLAG_FIN: u8 = 1;
 const RST_CANCEL: u32 = 5;
 /// Largest header block we inflate (stream headers here are a few short pairs).
 const MAX_HEADER_BLOCK: usize = 64 * 1024;
+/// Largest frame we accept (clients write at most 32 KiB per frame).
+const MAX_FRAME: usize = 1 << 20;
 
 /// SPDY/3's zlib dictionary (draft-mbelshe-httpbis-spdy-00, section 2.6.10.1).
 #[rustfmt::skip]
@@ -133,6 +135,17 @@ impl Session {
             tx,
             writer,
         }
+    }
+
+    /// Resets every stream the peer opens from now on (the session has all it needs).
+    pub fn refuse_more_streams(&mut self) {
+        let (_, closed) = mpsc::channel(1);
+        let mut rest = std::mem::replace(&mut self.streams, closed);
+        tokio::spawn(async move {
+            while let Some(s) = rest.recv().await {
+                s.out.reset().await;
+            }
+        });
     }
 
     /// Ends the connection after everything queued so far has been written.
@@ -335,6 +348,9 @@ async fn read_loop<R: AsyncRead>(
         }
         let flags = head[4];
         let len = u32::from_be_bytes([0, head[5], head[6], head[7]]) as usize;
+        if len > MAX_FRAME {
+            return Err(std::io::Error::other(format!("frame of {len} bytes")));
+        }
         let mut payload = vec![0u8; len];
         r.read_exact(&mut payload).await?;
         let word = |i: usize| -> std::io::Result<u32> {

@@ -61,6 +61,10 @@ pub fn decode_sizes(mut data: mpsc::Receiver<Vec<u8>>) -> mpsc::Receiver<Size> {
                 }
             }
             buf.drain(..used);
+            // Sizes are tiny objects: anything this long is not one.
+            if buf.len() > 4096 {
+                buf.clear();
+            }
         }
     });
     rx
