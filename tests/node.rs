@@ -862,6 +862,9 @@ fn kubectl_top_and_the_hpa_use_the_nodes_metrics() {
             .unwrap();
         // The loop is held to its 300m limit.
         assert!((150..=400).contains(&cpu), "{pods}");
+        let name = row.split_whitespace().next().unwrap();
+        let one = top(&["top", "pod", name]).expect("top pod NAME");
+        assert!(one.contains(name), "{one}");
     }
     let raw = serde_json::from_str::<Value>(&s.ok(&[
         "get",

@@ -157,13 +157,34 @@ pub async fn serve(
             .collect();
         ("NodeMetricsList", items)
     } else {
-        let pods = objects(api, "pods").await?;
-        let find = |ns: &str, name: &str| {
-            pods.iter().find(|p| {
-                p.pointer("/metadata/namespace") == Some(&json!(ns))
-                    && p.pointer("/metadata/name") == Some(&json!(name))
+        let pods: std::collections::HashMap<(String, String), Value> = objects(api, "pods")
+            .await?
+            .into_iter()
+            .filter_map(|p| {
+                let key = (
+                    p.pointer("/metadata/namespace")?.as_str()?.to_string(),
+                    p.pointer("/metadata/name")?.as_str()?.to_string(),
+                );
+                Some((key, p))
             })
+            .collect();
+        let find = |ns: &str, name: &str| pods.get(&(ns.to_string(), name.to_string()));
+        // One pod by name: only its node has its metrics.
+        let wanted_node = match (&path.namespace, &path.name) {
+            (Some(ns), Some(name)) => find(ns, name)
+                .and_then(|p| p.pointer("/spec/nodeName"))
+                .and_then(Value::as_str)
+                .map(String::from),
+            _ => None,
         };
+        let nodes: Vec<Value> = nodes
+            .into_iter()
+            .filter(|n| {
+                wanted_node
+                    .as_deref()
+                    .is_none_or(|w| n.pointer("/metadata/name").and_then(Value::as_str) == Some(w))
+            })
+            .collect();
         let mut items = Vec::new();
         for (_, summary) in summaries(api, &nodes).await {
             for stats in summary["pods"].as_array().into_iter().flatten() {

@@ -5,22 +5,43 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::spdy::{Session, Stream};
 
-#[derive(Default)]
+/// How long the second stream of a request may take (upstream's stream creation timeout).
+const PAIR_TIMEOUT: Duration = Duration::from_secs(30);
+
 struct Pair {
     error: Option<Stream>,
     data: Option<Stream>,
+    since: Instant,
 }
 
 /// Serves one port-forward connection until the client closes it.
 pub async fn serve(mut session: Session, netns: PathBuf, pod: String) {
     let mut pairs: HashMap<String, Pair> = HashMap::new();
     while let Some(stream) = session.streams.recv().await {
+        // Requests whose other stream never came are answered and dropped.
+        let stale: Vec<String> = pairs
+            .iter()
+            .filter(|(_, p)| p.since.elapsed() > PAIR_TIMEOUT)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stale {
+            if let Some(p) = pairs.remove(&id) {
+                if let Some(e) = p.error {
+                    let msg = format!("timed out waiting for streams of request {id}");
+                    e.out.write(msg.into_bytes()).await;
+                    e.out.finish().await;
+                }
+                if let Some(d) = p.data {
+                    d.out.reset().await;
+                }
+            }
+        }
         let port = stream.header("port").and_then(|p| p.parse::<u16>().ok());
         let Some(port) = port.filter(|p| *p > 0) else {
             stream.out.reset().await;
@@ -34,7 +55,11 @@ pub async fn serve(mut session: Session, netns: PathBuf, pod: String) {
             }
             None => stream.id.to_string(),
         };
-        let pair = pairs.entry(request.clone()).or_default();
+        let pair = pairs.entry(request.clone()).or_insert_with(|| Pair {
+            error: None,
+            data: None,
+            since: Instant::now(),
+        });
         match stream.header("streamtype") {
             Some("error") => pair.error = Some(stream),
             Some("data") => pair.data = Some(stream),
@@ -48,6 +73,7 @@ pub async fn serve(mut session: Session, netns: PathBuf, pod: String) {
             && let Some(Pair {
                 error: Some(error),
                 data: Some(data),
+                ..
             }) = pairs.remove(&request)
         {
             tokio::spawn(forward(error, data, port, netns.clone(), pod.clone()));
