@@ -4,9 +4,9 @@
 //! Run: `cargo bench --bench apiserver` (env BENCH_CREATES, BENCH_CLIENTS, BENCH_WATCHES).
 
 mod common;
-use common::{env_or, rss_mib, wait_for_client};
+use common::{env_or, rss_mib, server_command, wait_for_client};
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -76,26 +76,8 @@ fn main() {
         .unwrap()
         .port();
     let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(dir.path().join("config.yaml"), "").unwrap();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_kinglet"))
-        .args([
-            "server",
-            "--disable-agent",
-            "--bind-address",
-            "127.0.0.1",
-            "--advertise-address",
-            "127.0.0.1",
-            "--https-listen-port",
-            &port.to_string(),
-        ])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("--write-kubeconfig")
-        .arg(&kubeconfig)
-        .arg("--config")
-        .arg(dir.path().join("config.yaml"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+    let mut server = server_command(Command::new(env!("CARGO_BIN_EXE_kinglet")), dir.path())
+        .args(["--disable-agent", "--https-listen-port", &port.to_string()])
         .spawn()
         .expect("start kinglet");
     let pid = server.id();

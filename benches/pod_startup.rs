@@ -6,7 +6,7 @@
 //! Run: `cargo bench --bench pod_startup` (env BENCH_SINGLE, BENCH_BATCH).
 
 mod common;
-use common::{env_or, rss_mib, wait_for_client};
+use common::{env_or, rss_mib, server_command, wait_for_client};
 
 #[path = "../tests/common/host.rs"]
 mod host;
@@ -14,7 +14,6 @@ mod host;
 mod images;
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -94,30 +93,10 @@ fn main() {
     );
     let host = host::TestHost::new();
     let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(dir.path().join("config.yaml"), "").unwrap();
-    let mut server = host
-        .command(env!("CARGO_BIN_EXE_kinglet"))
-        .args([
-            "server",
-            "--bind-address",
-            "127.0.0.1",
-            "--advertise-address",
-            "127.0.0.1",
-            "--node-name",
-            "bench",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("--write-kubeconfig")
-        .arg(&kubeconfig)
-        .arg("--config")
-        .arg(dir.path().join("config.yaml"))
-        .arg("--cgroup-root")
-        .arg(&host.cgroup_root)
+    let mut server = server_command(host.command(env!("CARGO_BIN_EXE_kinglet")), dir.path())
+        .args(["--node-name", "bench", "--cgroup-root", &host.cgroup_root])
         .arg("--pod-log-dir")
         .arg(dir.path().join("logs"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .expect("start kinglet");
     // Join the test host's network namespace before any thread exists.

@@ -42,3 +42,28 @@ pub async fn wait_for_client(kubeconfig: &std::path::Path, secs: u64) -> kube::C
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// `kinglet server` on loopback with its state under `dir` (kubeconfig at `dir/kubeconfig`, an
+/// empty config file), output discarded; the bench adds its own flags.
+pub fn server_command(
+    mut cmd: std::process::Command,
+    dir: &std::path::Path,
+) -> std::process::Command {
+    std::fs::write(dir.join("config.yaml"), "").expect("config file");
+    cmd.args([
+        "server",
+        "--bind-address",
+        "127.0.0.1",
+        "--advertise-address",
+        "127.0.0.1",
+    ])
+    .arg("--data-dir")
+    .arg(dir.join("data"))
+    .arg("--write-kubeconfig")
+    .arg(dir.join("kubeconfig"))
+    .arg("--config")
+    .arg(dir.join("config.yaml"))
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    cmd
+}
