@@ -81,20 +81,11 @@ fn main() {
         .spawn()
         .expect("start kinglet");
     let pid = server.id();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     rt.block_on(async {
         let start = Instant::now();
         let c = wait_for_client(&kubeconfig, 30).await;
-        println!(
-            "machine: {} cores, {}",
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(0),
-            std::env::consts::ARCH
-        );
+        common::print_machine();
         println!(
             "startup to first answer: {:.0} ms",
             start.elapsed().as_secs_f64() * 1000.0

@@ -102,10 +102,7 @@ fn main() {
     // Join the test host's network namespace before any thread exists.
     let netns = std::fs::File::open(format!("/proc/{}/ns/net", host.pid())).unwrap();
     nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     rt.block_on(async {
         let client = wait_for_client(&kubeconfig, 30).await;
         let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
@@ -130,13 +127,7 @@ fn main() {
         let names: Vec<String> = (0..batch).map(|i| format!("batch-{i}")).collect();
         let mut many = start_pods(&api, &names).await;
         many.sort_by(f64::total_cmp);
-        println!(
-            "machine: {} cores, {}",
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(0),
-            std::env::consts::ARCH
-        );
+        common::print_machine();
         println!("idle RSS of kinglet server with its node: {idle:.1} MiB");
         println!(
             "one pod at a time ({single} runs): p50 {:.0} ms, p99 {:.0} ms",

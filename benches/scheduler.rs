@@ -32,10 +32,7 @@ fn main() {
         .spawn()
         .expect("start kinglet");
     let pid = server.id();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     rt.block_on(async {
         let client = wait_for_client(&kubeconfig, 30).await;
         let node_api: Api<Node> = Api::all(client.clone());
@@ -88,7 +85,7 @@ fn main() {
                 break t0.elapsed();
             }
         };
-        println!("machine: {} cores, {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), std::env::consts::ARCH);
+        common::print_machine();
         println!("deployment of {replicas} replicas over {nodes} nodes");
         println!("all pods created after {:.2} s", created_at.unwrap_or(bound_at).as_secs_f64());
         println!("all pods bound after   {:.2} s  ({:.0} pods bound/s)", bound_at.as_secs_f64(), replicas as f64 / bound_at.as_secs_f64());

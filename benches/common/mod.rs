@@ -67,3 +67,22 @@ pub fn server_command(
     .stderr(std::process::Stdio::null());
     cmd
 }
+
+/// The multi-threaded runtime every bench drives its clients on.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Prints the machine line every bench result starts with.
+pub fn print_machine() {
+    println!(
+        "machine: {} cores, {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        std::env::consts::ARCH
+    );
+}
