@@ -16,7 +16,7 @@ runs=${1:-50}
 kinglet=$(pwd)/target/release/kinglet
 work=$(mktemp -d)
 cg="/kinglet-bench-$$"
-trap 'rm -rf "$work"; for c in /sys/fs/cgroup/*/${cg#/} /sys/fs/cgroup/${cg#/}; do [ -d "$c" ] && find "$c" -depth -type d -exec rmdir {} \; 2>/dev/null; done; true' EXIT
+trap 'umount "$work/run" 2>/dev/null; rm -rf "$work"; for c in /sys/fs/cgroup/*/${cg#/} /sys/fs/cgroup/${cg#/}; do [ -d "$c" ] && find "$c" -depth -type d -exec rmdir {} \; 2>/dev/null; done; true' EXIT
 
 # One bundle: rootfs with busybox, the OCI spec `runc spec` writes, running /bin/true.
 bundle="$work/c/bundle"
@@ -33,10 +33,14 @@ s["process"]["terminal"] = False
 s["linux"]["cgroupsPath"] = cg + "/c"
 json.dump(s, open(p, "w"))
 PY
+# Runtime state on a tmpfs for all three, as their defaults have it (/run/runc, /run/crun,
+# /run/kinglet).
+mkdir -p "$work/run" && mount -t tmpfs tmpfs "$work/run"
 cat > "$work/c/meta.json" <<JSON
 {"id": "bench", "podUid": "", "podNamespace": "", "podName": "", "containerName": "bench",
  "attempt": 0, "image": "", "imageId": "", "lowerDirs": [], "logPath": "$work/c/0.log",
- "logMaxBytes": 10485760, "logMaxFiles": 2, "cgroupPath": "$cg/c", "createdAt": ""}
+ "logMaxBytes": 10485760, "logMaxFiles": 2, "cgroupPath": "$cg/c", "createdAt": "",
+ "stateRoot": "$work/run/kinglet"}
 JSON
 
 # crun refuses hybrid hosts (cgroup v1 plus a v2 mount holding a controller). In this
@@ -48,23 +52,32 @@ fi
 
 now() { date +%s%N; }
 declare -A total=([kinglet]=0 [crun]=0 [runc]=0)
+declare -A times=([kinglet]="" [crun]="" [runc]="")
 for i in $(seq "$runs"); do
   for rt in kinglet crun runc; do
     t0=$(now)
     case $rt in
-      kinglet) rm -f "$work/c/status.json"; ${KINGLET_BENCH_WRAP:-} "$kinglet" supervise "$work/c" ;;
-      crun) crun --root "$work/crun" run -b "$bundle" "b$i" >/dev/null ;;
-      runc) runc --root "$work/runc" run -b "$bundle" "b$i" >/dev/null ;;
+      kinglet) rm -f "$work/c/status.json" "$work/c/exit.json"; ${KINGLET_BENCH_WRAP:-} "$kinglet" supervise "$work/c" ;;
+      crun) crun --root "$work/run/crun" run -b "$bundle" "b$i" >/dev/null ;;
+      runc) runc --root "$work/run/runc" run -b "$bundle" "b$i" >/dev/null ;;
     esac
     t1=$(now)
     total[$rt]=$(( ${total[$rt]} + t1 - t0 ))
+    times[$rt]+="$(( t1 - t0 )) "
   done
 done
-grep -q '"code":0' "$work/c/status.json" || { echo "kinglet container failed: $(cat "$work/c/status.json")" >&2; exit 1; }
+grep -q '"code":0' "$work/c/exit.json" || { echo "kinglet container failed: $(cat "$work/c/exit.json")" >&2; exit 1; }
 echo "machine: $(nproc) cores, $(uname -m), $(uname -r)"
 echo "runs: $runs each, interleaved"
+# The median resists this machine's noise better than the mean; both are printed.
+median() { tr ' ' '\n' <<<"$1" | grep . | sort -n | awk '{v[NR]=$1} END{print v[int((NR+1)/2)]}'; }
+declare -A med
 for rt in kinglet crun runc; do
-  printf '%-8s %6.1f ms per container\n' "$rt" "$(echo "${total[$rt]} / $runs / 1000000" | bc -l)"
+  med[$rt]=$(median "${times[$rt]}")
+  printf '%-8s mean %6.1f ms   median %6.1f ms per container\n' "$rt" \
+    "$(echo "${total[$rt]} / $runs / 1000000" | bc -l)" "$(echo "${med[$rt]} / 1000000" | bc -l)"
 done
-printf 'kinglet/crun %.2f   kinglet/runc %.2f\n' \
+printf 'mean:   kinglet/crun %.2f   kinglet/runc %.2f\n' \
   "$(echo "${total[kinglet]} / ${total[crun]}" | bc -l)" "$(echo "${total[kinglet]} / ${total[runc]}" | bc -l)"
+printf 'median: kinglet/crun %.2f   kinglet/runc %.2f\n' \
+  "$(echo "${med[kinglet]} / ${med[crun]}" | bc -l)" "$(echo "${med[kinglet]} / ${med[runc]}" | bc -l)"

@@ -97,6 +97,8 @@ fn main() {
         .args(["--node-name", "bench", "--cgroup-root", &host.cgroup_root])
         .arg("--pod-log-dir")
         .arg(dir.path().join("logs"))
+        .arg("--run-dir")
+        .arg(dir.path().join("run"))
         .spawn()
         .expect("start kinglet");
     // Join the test host's network namespace before any thread exists.

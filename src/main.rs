@@ -2,6 +2,7 @@
 // API errors are large (they carry Status details) but only travel on the error path.
 #![allow(clippy::result_large_err)]
 
+mod allocator;
 mod apiserver;
 mod cli;
 mod controllers;
@@ -14,9 +15,10 @@ mod server;
 mod store;
 
 // JSON-heavy request handling allocates a lot; mimalloc is faster than glibc malloc here and
-// fragments less across threads (docs/BENCHMARKS.md).
+// fragments less across threads (docs/BENCHMARKS.md). Container supervisors, short-lived and
+// forked twice by libcontainer, start faster on glibc's malloc (`allocator`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: allocator::Switch = allocator::Switch;
 
 /// The Kubernetes API level kinglet serves.
 pub const K8S_GIT_VERSION: &str = "v1.33.0+kinglet";
@@ -27,7 +29,12 @@ pub const VERSION_LINE: &str = concat!("v", env!("CARGO_PKG_VERSION"), " (Kubern
 /// small device we would rather use memory as it is touched and give it back at once (idle
 /// RSS of the server: 54 MB -> 30 MB). The options must be set before the first allocation
 /// creates an arena, so this runs as an ELF constructor, before Rust's runtime starts.
-extern "C" fn tune_allocator() {
+extern "C" fn tune_allocator(
+    argc: std::ffi::c_int,
+    argv: *const *const std::ffi::c_char,
+    _envp: *const *const std::ffi::c_char,
+) {
+    allocator::choose(argc, argv);
     const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
     const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
     // SAFETY: plain option setters of the C allocator, called once before any thread exists.
@@ -39,9 +46,21 @@ extern "C" fn tune_allocator() {
 
 #[used]
 #[unsafe(link_section = ".init_array")]
-static TUNE_ALLOCATOR: extern "C" fn() = tune_allocator;
+static TUNE_ALLOCATOR: extern "C" fn(
+    std::ffi::c_int,
+    *const *const std::ffi::c_char,
+    *const *const std::ffi::c_char,
+) = tune_allocator;
 
 fn main() {
+    // Every container start runs `kinglet supervise <dir>`: that hot path skips building the
+    // whole command line interface (and the TLS set-up below).
+    let mut args = std::env::args_os().skip(1);
+    if let (Some(cmd), Some(dir), None) = (args.next(), args.next(), args.next())
+        && cmd == "supervise"
+    {
+        runtime::supervisor::main(std::path::Path::new(&dir));
+    }
     // One TLS provider for every client built without an explicit one (registry pulls).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = match cli::parse() {

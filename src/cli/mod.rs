@@ -158,6 +158,9 @@ pub struct ServerArgs {
     /// Where container logs are written.
     #[arg(long, env = "KINGLET_POD_LOG_DIR", default_value = "/var/log/pods")]
     pub pod_log_dir: PathBuf,
+    /// Runtime state that a reboot must clear (best on a tmpfs, as `/run` is).
+    #[arg(long, env = "KINGLET_RUN_DIR", default_value = "/run/kinglet")]
+    pub run_dir: PathBuf,
     /// Most pods this node runs.
     #[arg(long, env = "KINGLET_MAX_PODS", default_value_t = 110)]
     pub max_pods: u32,
@@ -208,6 +211,7 @@ impl ServerArgs {
                 .collect::<anyhow::Result<_>>()?,
             data_dir: self.data_dir.clone(),
             pod_log_dir: self.pod_log_dir.clone(),
+            run_dir: self.run_dir.clone(),
             cgroup_root: self.cgroup_root.trim_end_matches('/').to_string(),
             max_pods: self.max_pods,
             kubelet_port: self.kubelet_port,

@@ -271,6 +271,7 @@ impl Kubelet {
             stdin: c.stdin == Some(true),
             stdin_once: c.stdin_once == Some(true),
             tty: c.tty == Some(true),
+            state_root: None, // the runtime's
         };
         let runtime = self.runtime.clone();
         let status = tokio::task::spawn_blocking(move || runtime.start(&meta, &oci))

@@ -46,6 +46,7 @@ pub struct NodeConfig {
     pub taints: Vec<Taint>,
     pub data_dir: PathBuf,
     pub pod_log_dir: PathBuf,
+    pub run_dir: PathBuf,
     /// Parent of the `kubepods` cgroup tree.
     pub cgroup_root: String,
     pub max_pods: u32,
@@ -119,7 +120,7 @@ pub async fn run(client: kube::Client, cfg: NodeConfig) -> anyhow::Result<()> {
     let images = ImageStore::open(&cfg.data_dir)?;
     import_airgap(&images, &cfg.data_dir.join("agent/images"));
     let kubelet = Arc::new(Kubelet {
-        runtime: Runtime::new(&cfg.data_dir)?,
+        runtime: Runtime::new(&cfg.data_dir, &cfg.run_dir)?,
         images,
         capacity_memory: std::fs::read_to_string("/proc/meminfo")
             .ok()

@@ -38,18 +38,45 @@ pub fn oom_killed(path: &str) -> bool {
         .is_some_and(|n| n > 0)
 }
 
-/// Removes the (empty) cgroup at `path` from every hierarchy; best effort.
+/// Removes the cgroup at `path` from every hierarchy, killing what still runs in it (the
+/// processes a container's init left behind die with its PID namespace, but not at once);
+/// best effort.
 pub fn remove(path: &str) {
     let rel = path.trim_start_matches('/');
-    if unified() {
-        let _ = fs::remove_dir(PathBuf::from("/sys/fs/cgroup").join(rel));
-        return;
+    let dirs: Vec<PathBuf> = if unified() {
+        vec![PathBuf::from("/sys/fs/cgroup").join(rel)]
+    } else {
+        fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join(rel))
+            .collect()
+    };
+    for dir in dirs {
+        remove_dir(&dir);
     }
-    for e in fs::read_dir("/sys/fs/cgroup")
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let _ = fs::remove_dir(e.path().join(rel));
+}
+
+fn remove_dir(dir: &std::path::Path) {
+    let mut delay = std::time::Duration::from_millis(5);
+    for _ in 0..6 {
+        match fs::remove_dir(dir) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+            _ => return,
+        }
+        for pid in fs::read_to_string(dir.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse::<i32>().ok())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        std::thread::sleep(delay);
+        delay *= 2;
     }
+    tracing::warn!("cgroup {} still busy; left in place", dir.display());
 }

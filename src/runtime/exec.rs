@@ -50,7 +50,7 @@ fn run(
 ) -> anyhow::Result<i32> {
     let meta = dir.meta()?;
     let builder = ContainerBuilder::new(meta.id.clone(), SyscallType::default())
-        .with_root_path(dir.state_root())?;
+        .with_root_path(dir.state_root(&meta))?;
     let (tenant, process_file) = match console_socket {
         Some(socket) => {
             let file = terminal_process(dir, args)?;

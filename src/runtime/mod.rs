@@ -8,7 +8,9 @@
 //!
 //! A container lives in `<data-dir>/agent/containers/<id>/`: `meta.json` (what the kubelet
 //! asked for), `bundle/config.json` (the OCI spec), `rootfs`/`upper`/`work` (its overlay),
-//! `state/` (libcontainer's), `status.json` (pid, start, exit; written by the supervisor).
+//! `status.json` (pid and start) and `exit.json` (how it ended), written once each by the
+//! supervisor. libcontainer's own state is in `<run-dir>/containers/<id>/`, on a tmpfs like
+//! runc's `/run/runc`: it means nothing after a reboot, and rewriting it on disk costs a flush.
 
 pub mod cgroups;
 pub mod exec;
@@ -57,6 +59,10 @@ pub struct Meta {
     /// The container runs on a terminal (`tty: true`).
     #[serde(default)]
     pub tty: bool,
+    /// libcontainer's root directory; it keeps this container's state in `<root>/<id>`
+    /// (containers made by older versions: `<dir>/state`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_root: Option<PathBuf>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -92,8 +98,11 @@ impl ContainerDir {
     pub fn bundle(&self) -> PathBuf {
         self.0.join("bundle")
     }
-    pub fn state_root(&self) -> PathBuf {
-        self.0.join("state")
+    /// libcontainer's root directory for this container.
+    pub fn state_root(&self, meta: &Meta) -> PathBuf {
+        meta.state_root
+            .clone()
+            .unwrap_or_else(|| self.0.join("state"))
     }
     /// The supervisor's socket for attaching to the container's stdin.
     pub fn attach_socket(&self) -> PathBuf {
@@ -113,23 +122,37 @@ impl ContainerDir {
     fn status_path(&self) -> PathBuf {
         self.0.join("status.json")
     }
+    fn exit_path(&self) -> PathBuf {
+        self.0.join("exit.json")
+    }
 
     pub fn meta(&self) -> anyhow::Result<Meta> {
         Ok(serde_json::from_slice(&fs::read(self.meta_path())?)?)
     }
 
     pub fn status(&self) -> Status {
-        fs::read(self.status_path())
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
+        let mut status: Status = read_json(&self.status_path()).unwrap_or_default();
+        // Supervisors of older versions wrote the exit into `status.json`.
+        if let Some(exit) = read_json(&self.exit_path()) {
+            status.exit = Some(exit);
+        }
+        status
     }
 
-    fn write_status(&self, s: &Status) -> anyhow::Result<()> {
-        let tmp = self.0.join("status.json.tmp");
-        fs::write(&tmp, serde_json::to_vec(s)?)?;
-        fs::rename(tmp, self.status_path())?;
-        Ok(())
+    /// Records that the container runs. Each file is written once and never replaced: on
+    /// ext4, renaming over an existing file forces its data to disk first.
+    fn write_started(&self, pid: i32, started_at: &str) -> anyhow::Result<()> {
+        let status = Status {
+            pid: Some(pid),
+            started_at: Some(started_at.to_string()),
+            exit: None,
+        };
+        write_json(&self.status_path(), &status)
+    }
+
+    /// Records how the container ended (or why it could not start).
+    fn write_exit(&self, exit: &ExitState) -> anyhow::Result<()> {
+        write_json(&self.exit_path(), exit)
     }
 
     /// Whether a supervisor still runs for this container (it holds the lock for life).
@@ -141,19 +164,37 @@ impl ContainerDir {
     }
 }
 
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
+    serde_json::from_slice(&fs::read(path).ok()?).ok()
+}
+
+/// Writes `path` whole or not at all: readers never see half a file.
+fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, serde_json::to_vec(value)?)?;
+    fs::rename(tmp, path)?;
+    Ok(())
+}
+
 /// The runtime of one node: where containers live and how to start their supervisors.
 #[derive(Clone)]
 pub struct Runtime {
     root: PathBuf,
+    /// libcontainer's root directory (`<run-dir>/containers`).
+    state_root: PathBuf,
     exe: PathBuf,
 }
 
 impl Runtime {
-    pub fn new(data_dir: &Path) -> anyhow::Result<Runtime> {
+    pub fn new(data_dir: &Path, run_dir: &Path) -> anyhow::Result<Runtime> {
         let root = data_dir.join("agent/containers");
         fs::create_dir_all(&root)?;
+        let state_root = run_dir.join("containers");
+        fs::create_dir_all(&state_root)
+            .with_context(|| format!("creating {}", state_root.display()))?;
         Ok(Runtime {
             root,
+            state_root,
             exe: std::env::current_exe().context("finding the kinglet binary")?,
         })
     }
@@ -176,9 +217,13 @@ impl Runtime {
     /// Creates and starts a container; returns once it runs or has failed to start.
     pub fn start(&self, meta: &Meta, spec: &oci_spec::runtime::Spec) -> anyhow::Result<Status> {
         let dir = self.dir(&meta.id);
+        let meta = Meta {
+            state_root: Some(self.state_root.clone()),
+            ..meta.clone()
+        };
         fs::create_dir_all(dir.bundle())?;
-        fs::create_dir_all(dir.state_root())?;
-        fs::write(dir.meta_path(), serde_json::to_vec_pretty(meta)?)?;
+        fs::create_dir_all(dir.state_root(&meta))?;
+        fs::write(dir.meta_path(), serde_json::to_vec_pretty(&meta)?)?;
         fs::write(
             dir.bundle().join("config.json"),
             serde_json::to_vec_pretty(spec)?,
@@ -237,17 +282,83 @@ impl Runtime {
             anyhow::bail!("container {id} is still running");
         }
         rootfs::unmount(&dir);
-        fs::remove_dir_all(&dir.0).or_else(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Ok(())
-            } else {
-                Err(e)
-            }
-        })?;
-        Ok(())
+        // libcontainer removes its state when the container ends; this catches a power cut.
+        if let Ok(meta) = dir.meta() {
+            remove_dir_if_any(&dir.state_root(&meta).join(&meta.id))?;
+        }
+        remove_dir_if_any(&dir.0)
     }
 
     pub fn exe(&self) -> &Path {
         &self.exe
+    }
+}
+
+fn remove_dir_if_any(dir: &Path) -> anyhow::Result<()> {
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_reads_the_start_and_exit_files_and_the_older_single_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = ContainerDir(tmp.path().to_path_buf());
+        assert_eq!(dir.status(), Status::default());
+
+        dir.write_started(42, "2026-11-28T10:00:00Z").unwrap();
+        let running = dir.status();
+        assert_eq!(running.pid, Some(42));
+        assert!(running.exit.is_none());
+
+        let exit = ExitState {
+            code: 137,
+            reason: "OOMKilled".into(),
+            message: String::new(),
+            finished_at: "2026-11-28T10:00:05Z".into(),
+        };
+        dir.write_exit(&exit).unwrap();
+        let ended = dir.status();
+        assert_eq!(ended.pid, Some(42));
+        assert_eq!(ended.exit, Some(exit.clone()));
+
+        // A container started by an older supervisor: one status.json with the exit inside.
+        let old = tempfile::tempdir().unwrap();
+        let legacy = Status {
+            pid: Some(7),
+            started_at: Some("2026-11-28T09:00:00Z".into()),
+            exit: Some(exit),
+        };
+        fs::write(
+            old.path().join("status.json"),
+            serde_json::to_vec(&legacy).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(ContainerDir(old.path().to_path_buf()).status(), legacy);
+    }
+
+    #[test]
+    fn containers_of_older_versions_keep_their_state_beside_them() {
+        let meta: Meta = serde_json::from_str(
+            r#"{"id":"c1","podUid":"","podNamespace":"","podName":"","containerName":"c",
+                "attempt":0,"image":"","imageId":"","lowerDirs":[],"logPath":"/l",
+                "logMaxBytes":1,"logMaxFiles":1,"cgroupPath":"/k/c1","createdAt":""}"#,
+        )
+        .unwrap();
+        let dir = ContainerDir(PathBuf::from("/data/c1"));
+        assert_eq!(dir.state_root(&meta), PathBuf::from("/data/c1/state"));
+        let meta = Meta {
+            state_root: Some("/run/kinglet/containers".into()),
+            ..meta
+        };
+        assert_eq!(
+            dir.state_root(&meta),
+            PathBuf::from("/run/kinglet/containers")
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! outlives kinglet; it is single-threaded until the container has started (libcontainer
 //! clones and changes process-wide state, which is only safe here); it owns the container's
 //! stdout/stderr and writes them to the CRI log file; it reaps the container and records how it
-//! ended in `status.json`, which the kubelet reads.
+//! ended in `exit.json`, which the kubelet reads.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
@@ -16,18 +16,24 @@ use libcontainer::syscall::syscall::SyscallType;
 use nix::sys::wait::{WaitStatus, waitpid};
 
 use super::logs::LogWriter;
-use super::{ContainerDir, ExitState, Meta, Status};
+use super::{ContainerDir, ExitState, Meta};
 
 /// Entry point of the hidden subcommand; never returns.
 pub fn main(dir: &Path) -> ! {
     let cdir = ContainerDir(dir.to_path_buf());
     // libcontainer's own diagnostics go to `<dir>/supervisor.log`.
-    if let Ok(file) = fs::File::create(dir.join("supervisor.log")) {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("supervisor.log"));
+    if let Ok(file) = log {
         // A fixed level rather than an env filter: no directive parsing on every start.
+        // Errors only by default: libcontainer warns on every start of a cgroup v1 host about
+        // controllers the kernel lacks, which costs time and says nothing.
         let level = if std::env::var_os("KINGLET_SUPERVISOR_DEBUG").is_some() {
             tracing::Level::DEBUG
         } else {
-            tracing::Level::WARN
+            tracing::Level::ERROR
         };
         let _ = tracing_subscriber::fmt()
             .with_writer(Mutex::new(file))
@@ -39,20 +45,19 @@ pub fn main(dir: &Path) -> ! {
         Ok(()) => 0,
         Err(e) => {
             // Tell the kubelet why the container could not start.
-            let _ = cdir.write_status(&Status {
-                pid: None,
-                started_at: None,
-                exit: Some(ExitState {
-                    code: 128,
-                    reason: "StartError".into(),
-                    message: format!("{e:#}"),
-                    finished_at: super::now_rfc3339(),
-                }),
+            let _ = cdir.write_exit(&ExitState {
+                code: 128,
+                reason: "StartError".into(),
+                message: format!("{e:#}"),
+                finished_at: super::now_rfc3339(),
             });
             1
         }
     };
-    std::process::exit(code)
+    // Everything is written and closed by now: skip the exit handlers (the allocator's
+    // teardown), as a short-lived helper process may.
+    // SAFETY: _exit ends the process at once; no destructor is needed past this point.
+    unsafe { libc::_exit(code) }
 }
 
 fn run(cdir: &ContainerDir) -> anyhow::Result<()> {
@@ -90,7 +95,7 @@ fn run(cdir: &ContainerDir) -> anyhow::Result<()> {
         None
     };
     let built = ContainerBuilder::new(meta.id.clone(), SyscallType::default())
-        .with_root_path(cdir.state_root())
+        .with_root_path(cdir.state_root(&meta))
         .and_then(|b| {
             let b = if console.is_some() {
                 b.with_console_socket(Some(cdir.console_socket()))
@@ -120,12 +125,7 @@ fn run(cdir: &ContainerDir) -> anyhow::Result<()> {
     let pid = container
         .pid()
         .ok_or_else(|| anyhow::anyhow!("container has no pid"))?;
-    let started_at = super::now_rfc3339();
-    cdir.write_status(&Status {
-        pid: Some(pid.as_raw()),
-        started_at: Some(started_at.clone()),
-        exit: None,
-    })?;
+    cdir.write_started(pid.as_raw(), &super::now_rfc3339())?;
 
     // From here on threads are fine: copy both streams into the log while waiting.
     let log = Arc::new(Mutex::new(LogWriter::open(
@@ -193,17 +193,16 @@ fn run(cdir: &ContainerDir) -> anyhow::Result<()> {
     } else {
         "Error"
     };
-    let _ = container.delete(true);
+    // What libcontainer's delete does for a stopped container (our specs have no hooks), without
+    // its cgroup manager start-up, a third of the supervisor's own work.
+    super::cgroups::remove(&meta.cgroup_path);
+    let _ = fs::remove_dir_all(cdir.state_root(&meta).join(&meta.id));
     super::rootfs::unmount(cdir);
-    cdir.write_status(&Status {
-        pid: Some(pid.as_raw()),
-        started_at: Some(started_at),
-        exit: Some(ExitState {
-            code,
-            reason: reason.into(),
-            message: String::new(),
-            finished_at: super::now_rfc3339(),
-        }),
+    cdir.write_exit(&ExitState {
+        code,
+        reason: reason.into(),
+        message: String::new(),
+        finished_at: super::now_rfc3339(),
     })?;
     Ok(())
 }

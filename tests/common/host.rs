@@ -63,6 +63,19 @@ impl TestHost {
         c
     }
 
+    /// Mounts a fresh tmpfs at `dir` (created if missing) in the host's mount namespace.
+    #[allow(dead_code)]
+    pub fn mount_tmpfs(&self, dir: &std::path::Path) {
+        std::fs::create_dir_all(dir).expect("tmpfs mount point");
+        let ok = self
+            .command("mount")
+            .args(["-t", "tmpfs", "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "mounting a tmpfs at {}", dir.display());
+    }
+
     /// Every process that ran in the host's mount namespace, except the holder.
     fn processes(&self) -> Vec<i32> {
         let mine = ns_link(&self.pid().to_string(), "mnt");

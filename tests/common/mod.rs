@@ -64,6 +64,9 @@ impl Server {
             "docker.io/library/busybox:1.36",
         );
         let host = host::TestHost::new();
+        // The run directory is a tmpfs, as /run is: a power cut clears it.
+        let run_dir = dir.path().join("run");
+        host.mount_tmpfs(&run_dir);
         let mut args: Vec<String> = vec![
             "--node-name".into(),
             NODE.into(),
@@ -71,6 +74,8 @@ impl Server {
             host.cgroup_root.clone(),
             "--pod-log-dir".into(),
             dir.path().join("pod-logs").display().to_string(),
+            "--run-dir".into(),
+            run_dir.display().to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut s = Server {
@@ -166,6 +171,8 @@ impl Server {
         self.stop(true);
         if let Some(h) = &self.host {
             h.power_cut(self.dir.path());
+            // Boot: /run is an empty tmpfs again.
+            h.mount_tmpfs(&self.dir.path().join("run"));
         }
         self.spawn();
     }
