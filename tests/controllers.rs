@@ -616,6 +616,38 @@ fn jobs_complete_fail_and_cronjobs_schedule() {
 }
 
 #[test]
+fn nodes_get_distinct_pod_ranges_from_the_cluster_cidr() {
+    let s = Server::start();
+    // A node that comes with its range (set by hand) first: the others must not get it.
+    node(
+        &s,
+        "manual",
+        "4",
+        "",
+        "spec:\n  podCIDR: 10.42.0.0/24\n  podCIDRs: [10.42.0.0/24]\n",
+    );
+    node(&s, "n1", "4", "", "");
+    node(&s, "n2", "4", "", "");
+    let cidr_of = |n: &str| {
+        eventually(30, "a pod range for the node", || {
+            let c = s.ok(&["get", "node", n, "-o", "jsonpath={.spec.podCIDR}"]);
+            (!c.is_empty()).then_some(c)
+        })
+    };
+    let (a, b) = (cidr_of("n1"), cidr_of("n2"));
+    assert_ne!(a, b);
+    for c in [&a, &b] {
+        assert!(c.starts_with("10.42.") && c.ends_with(".0/24"), "{c}");
+        assert_ne!(c, "10.42.0.0/24", "the range set by hand is taken");
+    }
+    assert_eq!(
+        s.ok(&["get", "node", "n1", "-o", "jsonpath={.spec.podCIDRs[0]}"]),
+        a
+    );
+    assert_eq!(cidr_of("manual"), "10.42.0.0/24");
+}
+
+#[test]
 fn unreachable_nodes_are_tainted_and_their_pods_evicted() {
     let s = Server::start();
     node(&s, "alive", "4", "", "");

@@ -11,6 +11,7 @@ pub mod informers;
 mod job;
 mod leader;
 mod namespace;
+mod node_ipam;
 mod nodelifecycle;
 mod replicaset;
 mod serviceaccounts;
@@ -22,7 +23,7 @@ use std::sync::Arc;
 use crate::apiserver::Api;
 
 /// Starts leader election; the controllers run while this process leads.
-pub fn start(api: Arc<Api>, ca_pem: String) {
+pub fn start(api: Arc<Api>, ca_pem: String, cluster_cidr: ipnet::Ipv4Net) {
     let client = api.local_client();
     let identity = format!(
         "{}_{}",
@@ -69,6 +70,11 @@ pub fn start(api: Arc<Api>, ca_pem: String) {
                     client.clone(),
                     "horizontal-pod-autoscaler",
                 ))),
+                tokio::spawn(node_ipam::run(
+                    client.clone(),
+                    informers.clone(),
+                    cluster_cidr,
+                )),
                 tokio::spawn(nodelifecycle::run(
                     util::Context::new(client.clone(), "node-controller"),
                     informers.clone(),

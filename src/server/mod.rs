@@ -68,6 +68,12 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "localhost".into());
     let service_net = crate::apiserver::service_network(&args.service_cidr)?;
+    let cluster_cidr: ipnet::Ipv4Net = args.cluster_cidr.parse().map_err(|_| {
+        anyhow::anyhow!(
+            "--cluster-cidr {:?}: expected an IPv4 network such as 10.42.0.0/16",
+            args.cluster_cidr
+        )
+    })?;
     let mut all_addrs = addresses.clone();
     all_addrs.push(advertise);
     if !args.bind_address.is_unspecified() {
@@ -129,7 +135,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             }
         });
     }
-    crate::controllers::start(api.clone(), pki.ca.cert_pem.clone());
+    crate::controllers::start(api.clone(), pki.ca.cert_pem.clone(), cluster_cidr);
     let router = api.router();
     tokio::select! {
         r = tls::serve(listener, Arc::new(tls_config), router) => r,
