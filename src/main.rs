@@ -8,6 +8,7 @@ mod cli;
 mod controllers;
 mod image;
 mod kubelet;
+mod lockfile;
 mod network;
 mod pki;
 mod runtime;

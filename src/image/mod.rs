@@ -107,13 +107,7 @@ impl ImageStore {
     }
 
     fn lock(&self) -> anyhow::Result<nix::fcntl::Flock<fs::File>> {
-        let f = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(self.root.join("lock"))?;
-        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| anyhow::anyhow!("locking the image store: {e}"))
+        crate::lockfile::lock(&self.root.join("lock"), "image store")
     }
 
     /// Runs `f` (which stores blobs and commits images) holding the lock; if it fails, whatever

@@ -109,13 +109,7 @@ impl Ipam {
 
     /// Allocations from several threads (and a restarted kinglet) are serialised.
     fn lock(&self) -> anyhow::Result<nix::fcntl::Flock<fs::File>> {
-        let f = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(self.dir.join("lock"))?;
-        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| anyhow::anyhow!("locking the address store: {e}"))
+        crate::lockfile::lock(&self.dir.join("lock"), "address store")
     }
 }
 
