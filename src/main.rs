@@ -76,7 +76,11 @@ fn main() {
         cli::Command::Server(args) => server::run(*args),
         cli::Command::Images(args) => image::cli::run(args),
         cli::Command::Supervise { dir } => runtime::supervisor::main(&dir),
-        cli::Command::Sandbox { dir, hostname } => runtime::sandbox::main(&dir, &hostname),
+        cli::Command::Sandbox {
+            dir,
+            hostname,
+            network,
+        } => runtime::sandbox::main(&dir, &hostname, network.as_deref()),
         cli::Command::Exec {
             dir,
             console_socket,

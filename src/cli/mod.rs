@@ -25,7 +25,13 @@ pub enum Command {
     Supervise { dir: PathBuf },
     /// Internal: make and pin a pod's namespaces.
     #[command(hide = true)]
-    Sandbox { dir: PathBuf, hostname: String },
+    Sandbox {
+        dir: PathBuf,
+        hostname: String,
+        /// The pod's interface (JSON); without it the pod has loopback only.
+        #[arg(long)]
+        network: Option<String>,
+    },
     /// Internal: run a command in a running container.
     #[command(hide = true)]
     Exec {
@@ -212,6 +218,8 @@ impl ServerArgs {
             data_dir: self.data_dir.clone(),
             pod_log_dir: self.pod_log_dir.clone(),
             run_dir: self.run_dir.clone(),
+            cluster_cidr: ipv4_net("--cluster-cidr", &self.cluster_cidr)?,
+            service_cidr: ipv4_net("--service-cidr", &self.service_cidr)?,
             cgroup_root: self.cgroup_root.trim_end_matches('/').to_string(),
             max_pods: self.max_pods,
             kubelet_port: self.kubelet_port,
@@ -402,6 +410,16 @@ pub fn parse() -> anyhow::Result<Cli> {
     merged.extend(extra);
     merged.extend(argv[2..].iter().cloned());
     Ok(Cli::try_parse_from(&merged).unwrap_or_else(|e| e.exit()))
+}
+
+/// An IPv4 network flag (`10.42.0.0/16`).
+pub fn ipv4_net(flag: &str, value: &str) -> anyhow::Result<ipnet::Ipv4Net> {
+    value
+        .parse::<ipnet::Ipv4Net>()
+        .map(|n| n.trunc())
+        .map_err(|_| {
+            anyhow::anyhow!("{flag} {value:?}: expected an IPv4 network such as 10.42.0.0/16")
+        })
 }
 
 #[cfg(test)]

@@ -237,6 +237,7 @@ impl Kubelet {
             additional_gids,
             hostname: super::hostname(pod),
             sandbox_dir: pod_dir.join("sandbox"),
+            host_network: pod.spec.as_ref().and_then(|s| s.host_network) == Some(true),
             mounts,
             cgroup_path: cgroup_path.clone(),
             cpu_shares: Some(resources.cpu_shares),

@@ -47,6 +47,9 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     pub pod_log_dir: PathBuf,
     pub run_dir: PathBuf,
+    /// The pod network's range (nodes get a block of it) and the Service range.
+    pub cluster_cidr: ipnet::Ipv4Net,
+    pub service_cidr: ipnet::Ipv4Net,
     /// Parent of the `kubepods` cgroup tree.
     pub cgroup_root: String,
     pub max_pods: u32,
@@ -79,6 +82,8 @@ pub struct Kubelet {
     cfg: NodeConfig,
     runtime: Runtime,
     images: ImageStore,
+    /// Addresses of this node's pods, from its podCIDR.
+    ipam: crate::network::ipam::Ipam,
     capacity_memory: u64,
     /// Last status reported per pod UID, so unchanged statuses are not patched again.
     reported: Mutex<HashMap<String, serde_json::Value>>,
@@ -119,9 +124,26 @@ pub fn hostname(pod: &Pod) -> String {
 pub async fn run(client: kube::Client, cfg: NodeConfig) -> anyhow::Result<()> {
     let images = ImageStore::open(&cfg.data_dir)?;
     import_airgap(&images, &cfg.data_dir.join("agent/images"));
+    loop {
+        match node::register(&client, &cfg).await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!("registering node {}: {e:#}", cfg.node_name);
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
+    tracing::info!(node = %cfg.node_name, "node registered");
+    let pod_subnet = node::pod_cidr(&client, &cfg.node_name).await;
+    crate::network::setup_node(pod_subnet, cfg.cluster_cidr, cfg.service_cidr)
+        .await
+        .map_err(|e| e.context("setting up the pod network"))?;
+    let ipam = crate::network::ipam::Ipam::open(&cfg.data_dir.join("agent/ipam"), pod_subnet)?;
+    tracing::info!(%pod_subnet, "pod network ready");
     let kubelet = Arc::new(Kubelet {
         runtime: Runtime::new(&cfg.data_dir, &cfg.run_dir)?,
         images,
+        ipam,
         capacity_memory: std::fs::read_to_string("/proc/meminfo")
             .ok()
             .and_then(|t| {
@@ -147,16 +169,6 @@ pub async fn run(client: kube::Client, cfg: NodeConfig) -> anyhow::Result<()> {
         last_evicted: Mutex::new(None),
         unused_since: Mutex::new(HashMap::new()),
     });
-    loop {
-        match node::register(&client, &cfg).await {
-            Ok(()) => break,
-            Err(e) => {
-                tracing::warn!("registering node {}: {e:#}", cfg.node_name);
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            }
-        }
-    }
-    tracing::info!(node = %cfg.node_name, "node registered");
     tokio::spawn(node::heartbeat(kubelet.clone()));
     tokio::spawn(image_gc::run(kubelet.clone()));
     tokio::spawn(stats::sample_forever(kubelet.clone()));

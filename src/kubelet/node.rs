@@ -216,6 +216,30 @@ pub async fn register(client: &kube::Client, cfg: &NodeConfig) -> anyhow::Result
     report_status(client, cfg, &[]).await
 }
 
+/// The node's pod range, once the node IPAM controller has given it one (waits until then;
+/// pods are not started before the node has a network).
+pub async fn pod_cidr(client: &kube::Client, node: &str) -> ipnet::Ipv4Net {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let mut waited = 0u32;
+    loop {
+        let cidr = nodes.get_opt(node).await.ok().flatten().and_then(|n| {
+            n.spec?
+                .pod_cidrs
+                .into_iter()
+                .flatten()
+                .find_map(|c| c.parse::<ipnet::Ipv4Net>().ok())
+        });
+        if let Some(c) = cidr {
+            return c;
+        }
+        waited += 1;
+        if waited.is_multiple_of(60) {
+            tracing::warn!("node {node} has no podCIDR yet; waiting for the node IPAM controller");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 async fn report_status(
     client: &kube::Client,
     cfg: &NodeConfig,

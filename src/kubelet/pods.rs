@@ -45,6 +45,25 @@ impl Kubelet {
         self.cfg.data_dir.join("agent/pods").join(uid)
     }
 
+    /// The pod's network interface; none for `hostNetwork` pods, which use the node's.
+    pub fn pod_interface(&self, pod: &Pod) -> anyhow::Result<Option<crate::network::PodInterface>> {
+        if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+            return Ok(None);
+        }
+        let uid = pod.uid().unwrap_or_default();
+        Ok(Some(crate::network::PodInterface {
+            ip: self.ipam.allocate(&uid)?,
+            prefix: self.ipam.subnet().prefix_len(),
+            gateway: self.ipam.gateway(),
+            host_veth: crate::network::host_veth_name(&uid),
+        }))
+    }
+
+    /// The pod's address, if it has one of its own.
+    pub fn pod_ip(&self, uid: &str) -> Option<std::net::Ipv4Addr> {
+        self.ipam.address_of(uid)
+    }
+
     /// One sync of one pod.
     pub async fn sync_pod(self: &Arc<Self>, pod: &Pod) -> anyhow::Result<()> {
         let uid = pod.uid().unwrap_or_default();
@@ -424,6 +443,10 @@ impl Kubelet {
         let dir = self.pod_dir(uid);
         super::volumes::unmount_all(&dir);
         crate::runtime::sandbox::destroy(&dir.join("sandbox"));
+        // The veth pair went with the namespace; the address is free once the pod is gone.
+        if let Err(e) = self.ipam.release(uid) {
+            tracing::warn!("releasing the address of pod {uid}: {e:#}");
+        }
         let _ = std::fs::remove_dir_all(&dir);
         self.reported
             .lock()

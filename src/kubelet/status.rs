@@ -211,9 +211,15 @@ pub fn compute(
     if !inits.is_empty() {
         status["initContainerStatuses"] = json!(inits);
     }
-    if spec.host_network == Some(true) {
-        status["podIP"] = json!(k.cfg.node_ip.to_string());
-        status["podIPs"] = json!([{"ip": k.cfg.node_ip.to_string()}]);
+    let own_ip = k.pod_ip(&kube::ResourceExt::uid(pod).unwrap_or_default());
+    let pod_ip = if spec.host_network == Some(true) {
+        Some(k.cfg.node_ip.to_string())
+    } else {
+        own_ip.map(|ip| ip.to_string())
+    };
+    if let Some(ip) = pod_ip {
+        status["podIP"] = json!(ip);
+        status["podIPs"] = json!([{ "ip": ip }]);
     }
     status
 }

@@ -35,17 +35,20 @@ impl Kubelet {
         let exe = self.runtime.exe().to_path_buf();
         let sandbox = dir.join("sandbox");
         let host = super::hostname(pod);
-        tokio::task::spawn_blocking(move || crate::runtime::sandbox::create(&exe, &sandbox, &host))
-            .await??;
+        let iface = self.pod_interface(pod)?;
+        let pod_ip = iface
+            .as_ref()
+            .map_or(self.cfg.node_ip.to_string(), |i| i.ip.to_string());
+        tokio::task::spawn_blocking(move || {
+            crate::runtime::sandbox::create(&exe, &sandbox, &host, iface.as_ref())
+        })
+        .await??;
         fs::write(dir.join("hostname"), format!("{}\n", super::hostname(pod)))?;
         fs::write(
             dir.join("hosts"),
             format!(
                 "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{}\n",
-                pod.status
-                    .as_ref()
-                    .and_then(|s| s.pod_ip.clone())
-                    .unwrap_or_else(|| "127.0.1.1".into()),
+                pod_ip,
                 super::hostname(pod)
             ),
         )?;

@@ -95,6 +95,11 @@ impl Ipam {
             .collect()
     }
 
+    /// The address of `owner`, if it has one.
+    pub fn address_of(&self, owner: &str) -> Option<Ipv4Addr> {
+        self.find(owner)
+    }
+
     fn find(&self, owner: &str) -> Option<Ipv4Addr> {
         self.allocations()
             .into_iter()

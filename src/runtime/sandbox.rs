@@ -10,6 +10,8 @@ use anyhow::Context;
 use nix::mount::{MntFlags, MsFlags};
 use nix::sched::CloneFlags;
 
+use crate::network::PodInterface;
+
 /// The namespaces a sandbox holds, by their /proc/self/ns names.
 pub const NAMESPACES: [&str; 3] = ["net", "ipc", "uts"];
 
@@ -32,19 +34,24 @@ fn is_pinned(path: &Path) -> bool {
     fs::metadata(parent).is_ok_and(|p| p.dev() != m.dev())
 }
 
-/// Makes the sandbox (idempotent).
-pub fn create(exe: &Path, dir: &Path, hostname: &str) -> anyhow::Result<()> {
+/// Makes the sandbox (idempotent), with `iface` as its `eth0` if given.
+pub fn create(
+    exe: &Path,
+    dir: &Path,
+    hostname: &str,
+    iface: Option<&PodInterface>,
+) -> anyhow::Result<()> {
     if exists(dir) {
         return Ok(());
     }
     destroy(dir);
     fs::create_dir_all(dir)?;
-    let out = Command::new(exe)
-        .arg("sandbox")
-        .arg(dir)
-        .arg(hostname)
-        .output()
-        .context("running the sandbox helper")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("sandbox").arg(dir).arg(hostname);
+    if let Some(iface) = iface {
+        cmd.arg("--network").arg(serde_json::to_string(iface)?);
+    }
+    let out = cmd.output().context("running the sandbox helper")?;
     if !out.status.success() {
         anyhow::bail!(
             "creating the pod sandbox: {}",
@@ -62,9 +69,16 @@ pub fn destroy(dir: &Path) {
     let _ = fs::remove_dir_all(dir);
 }
 
-/// The helper: enters new namespaces, names the host, brings up loopback, pins, exits.
-pub fn main(dir: &Path, hostname: &str) -> ! {
-    match make(dir, hostname) {
+/// The helper: enters new namespaces, names the host, brings up loopback and the pod's
+/// interface, pins, exits.
+pub fn main(dir: &Path, hostname: &str, network: Option<&str>) -> ! {
+    let iface = network
+        .map(serde_json::from_str::<PodInterface>)
+        .transpose();
+    let made = iface
+        .map_err(|e| anyhow::anyhow!("--network: {e}"))
+        .and_then(|iface| make(dir, hostname, iface.as_ref()));
+    match made {
         Ok(()) => std::process::exit(0),
         Err(e) => {
             eprintln!("{e:#}");
@@ -73,13 +87,27 @@ pub fn main(dir: &Path, hostname: &str) -> ! {
     }
 }
 
-fn make(dir: &Path, hostname: &str) -> anyhow::Result<()> {
+fn make(dir: &Path, hostname: &str, iface: Option<&PodInterface>) -> anyhow::Result<()> {
+    // Netlink to the node's namespace is opened before leaving it; one thread throughout.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let node = match iface {
+        Some(_) => Some((
+            crate::network::handle_on(&rt)?,
+            fs::File::open("/proc/self/ns/net")?,
+        )),
+        None => None,
+    };
     nix::sched::unshare(
         CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS,
     )
     .context("unsharing namespaces")?;
     nix::unistd::sethostname(hostname).context("setting the pod's hostname")?;
     loopback_up().context("bringing up loopback")?;
+    if let (Some(iface), Some((handle, node_ns))) = (iface, &node) {
+        rt.block_on(crate::network::attach_pod(handle, node_ns, iface))?;
+    }
     for ns in NAMESPACES {
         let target = pin(dir, ns);
         fs::File::create(&target)?;

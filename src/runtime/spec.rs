@@ -66,6 +66,8 @@ pub struct ContainerConfig {
     pub additional_gids: Vec<u32>,
     pub hostname: String,
     pub sandbox_dir: PathBuf,
+    /// `hostNetwork: true`: the container stays in the node's network namespace.
+    pub host_network: bool,
     pub mounts: Vec<Mount>,
     pub cgroup_path: String,
     pub cpu_shares: Option<u64>,
@@ -131,6 +133,7 @@ pub fn build(c: &ContainerConfig) -> anyhow::Result<oci_spec::runtime::Spec> {
     }
     let mut namespaces: Vec<Value> = sandbox::NAMESPACES
         .iter()
+        .filter(|ns| !(c.host_network && **ns == "net"))
         .map(|ns| {
             let kind = match *ns {
                 "net" => "network",

@@ -68,12 +68,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "localhost".into());
     let service_net = crate::apiserver::service_network(&args.service_cidr)?;
-    let cluster_cidr: ipnet::Ipv4Net = args.cluster_cidr.parse().map_err(|_| {
-        anyhow::anyhow!(
-            "--cluster-cidr {:?}: expected an IPv4 network such as 10.42.0.0/16",
-            args.cluster_cidr
-        )
-    })?;
+    let cluster_cidr = crate::cli::ipv4_net("--cluster-cidr", &args.cluster_cidr)?;
     let mut all_addrs = addresses.clone();
     all_addrs.push(advertise);
     if !args.bind_address.is_unspecified() {

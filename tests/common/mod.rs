@@ -186,6 +186,12 @@ impl Server {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
+    /// The test host a node runs in.
+    #[allow(dead_code)]
+    pub fn host(&self) -> Option<&host::TestHost> {
+        self.host.as_ref()
+    }
+
     pub fn kubectl(&self, args: &[&str]) -> Output {
         self.kubectl_with(&kubectl_default(), args, None)
     }
