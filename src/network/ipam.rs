@@ -4,10 +4,12 @@
 //! goes round-robin from the last address given, so a freed address is not reused at once
 //! (connections to a deleted pod do not reach its successor).
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use anyhow::Context;
 use ipnet::Ipv4Net;
@@ -15,6 +17,8 @@ use ipnet::Ipv4Net;
 pub struct Ipam {
     dir: PathBuf,
     subnet: Ipv4Net,
+    /// The files' content by owner, so status reports never read the directory.
+    owners: Mutex<HashMap<String, Ipv4Addr>>,
 }
 
 const LAST: &str = "last_reserved_ip";
@@ -29,7 +33,18 @@ impl Ipam {
         let subnet = subnet.trunc();
         let dir = root.join(subnet.to_string().replace('/', "_"));
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Ipam { dir, subnet })
+        let ipam = Ipam {
+            dir,
+            subnet,
+            owners: Mutex::default(),
+        };
+        let found = ipam.allocations().into_iter().map(|(ip, o)| (o, ip));
+        ipam.owners().extend(found);
+        Ok(ipam)
+    }
+
+    fn owners(&self) -> std::sync::MutexGuard<'_, HashMap<String, Ipv4Addr>> {
+        self.owners.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn subnet(&self) -> Ipv4Net {
@@ -64,6 +79,7 @@ impl Ipam {
                 Ok(mut f) => {
                     f.write_all(owner.as_bytes())?;
                     fs::write(self.dir.join(LAST), ip.to_string())?;
+                    self.owners().insert(owner.to_string(), ip);
                     return Ok(ip);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
@@ -78,6 +94,7 @@ impl Ipam {
         let _lock = self.lock()?;
         if let Some(ip) = self.find(owner) {
             fs::remove_file(self.dir.join(ip.to_string()))?;
+            self.owners().remove(owner);
         }
         Ok(())
     }
@@ -101,10 +118,7 @@ impl Ipam {
     }
 
     fn find(&self, owner: &str) -> Option<Ipv4Addr> {
-        self.allocations()
-            .into_iter()
-            .find(|(_, o)| o == owner)
-            .map(|(ip, _)| ip)
+        self.owners().get(owner).copied()
     }
 
     fn last_reserved(&self) -> Option<u32> {
