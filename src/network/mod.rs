@@ -61,6 +61,23 @@ fn exists_ok(r: Result<(), rtnetlink::Error>) -> Result<(), rtnetlink::Error> {
     }
 }
 
+/// Gives link `index` the address `ip/prefix` (kept if it has it) and brings it up.
+async fn address_and_up(h: &Handle, index: u32, ip: Ipv4Addr, prefix: u8) -> anyhow::Result<()> {
+    exists_ok(
+        h.address()
+            .add(index, IpAddr::V4(ip), prefix)
+            .execute()
+            .await,
+    )
+    .context("adding the address")?;
+    h.link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .context("bringing the link up")?;
+    Ok(())
+}
+
 /// Sets up the node side (idempotent): the bridge with the gateway address, blackhole routes
 /// for `cluster` and `services`, and IP forwarding. Runs on a tokio runtime in the node's
 /// network namespace.
@@ -83,18 +100,9 @@ pub async fn setup_node(
         .await?
         .context("the pod bridge vanished")?;
     let gateway = Ipv4Addr::from(u32::from(pod_subnet.network()) + 1);
-    exists_ok(
-        h.address()
-            .add(bridge, IpAddr::V4(gateway), pod_subnet.prefix_len())
-            .execute()
-            .await,
-    )
-    .context("addressing the pod bridge")?;
-    h.link()
-        .set(LinkUnspec::new_with_index(bridge).up().build())
-        .execute()
+    address_and_up(&h, bridge, gateway, pod_subnet.prefix_len())
         .await
-        .context("bringing the pod bridge up")?;
+        .context("the pod bridge")?;
     for net in [cluster, services] {
         let route = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(net.network(), net.prefix_len())
@@ -134,16 +142,9 @@ pub async fn attach_pod(
         .await
         .context("moving the veth peer to the node")?;
     let eth0 = link_index(&pod, "eth0").await?.context("eth0 vanished")?;
-    pod.address()
-        .add(eth0, IpAddr::V4(iface.ip), iface.prefix)
-        .execute()
+    address_and_up(&pod, eth0, iface.ip, iface.prefix)
         .await
-        .context("addressing eth0")?;
-    pod.link()
-        .set(LinkUnspec::new_with_index(eth0).up().build())
-        .execute()
-        .await
-        .context("bringing eth0 up")?;
+        .context("eth0")?;
     let default = RouteMessageBuilder::<Ipv4Addr>::new()
         .gateway(iface.gateway)
         .build();
