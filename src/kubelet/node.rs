@@ -213,7 +213,9 @@ pub async fn register(client: &kube::Client, cfg: &NodeConfig) -> anyhow::Result
             )
             .await?;
     }
-    report_status(client, cfg, &[]).await
+    report_status(client, cfg, &[]).await?;
+    // The Lease at once, as upstream: the node may wait a while for its pod range.
+    renew_lease(client, cfg).await
 }
 
 /// The node's pod range, once the node IPAM controller has given it one (waits until then;
