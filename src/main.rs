@@ -6,11 +6,13 @@ mod allocator;
 mod apiserver;
 mod cli;
 mod controllers;
+mod dns;
 mod image;
 mod kubelet;
 mod lockfile;
 mod network;
 mod pki;
+mod proxy;
 mod runtime;
 mod scheduler;
 mod server;
@@ -75,6 +77,7 @@ fn main() {
     let result = match cli.command {
         cli::Command::Server(args) => server::run(*args),
         cli::Command::Images(args) => image::cli::run(args),
+        cli::Command::Cleanup(args) => server::cleanup(&args),
         cli::Command::Supervise { dir } => runtime::supervisor::main(&dir),
         cli::Command::Sandbox {
             dir,

@@ -114,6 +114,15 @@ pub async fn run(api: &Api) -> anyhow::Result<()> {
         "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
         "spec": {"type": "ClusterIP", "clusterIP": ip, "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}], "sessionAffinity": "None"}});
     ensure(api, "", "v1", "services", Some("default"), svc, false).await?;
+    // Every node answers DNS at this address itself (`crate::dns`); the Service reserves it and
+    // shows clients where cluster DNS is, as kube-dns does upstream.
+    let dns = json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "kube-dns", "namespace": "kube-system",
+            "labels": {"k8s-app": "kube-dns", "kubernetes.io/cluster-service": "true", "kubernetes.io/name": "kinglet-dns"}},
+        "spec": {"type": "ClusterIP", "clusterIP": api.config.cluster_dns.to_string(), "ports": [
+            {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+            {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]}});
+    ensure(api, "", "v1", "services", Some("kube-system"), dns, false).await?;
     let addr = api.config.advertise_address.to_string();
     let eps = json!({"apiVersion": "v1", "kind": "Endpoints",
         "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},

@@ -63,6 +63,8 @@ pub struct ApiConfig {
     pub port: u16,
     pub service_cidr: String,
     pub cluster_domain: String,
+    /// The cluster DNS service address (`kube-system/kube-dns`).
+    pub cluster_dns: std::net::IpAddr,
     pub node_port_range: (u16, u16),
 }
 
@@ -459,6 +461,7 @@ pub async fn test_api(dir: &std::path::Path) -> Arc<Api> {
         port: 6443,
         service_cidr: "10.43.0.0/16".into(),
         cluster_domain: "cluster.local".into(),
+        cluster_dns: "10.43.0.10".parse().unwrap(),
         node_port_range: (30000, 32767),
     };
     let key = rcgen::KeyPair::generate().unwrap().serialize_pem();

@@ -20,6 +20,9 @@ pub enum Command {
     Server(Box<ServerArgs>),
     /// Manage the node's image store (for air-gapped devices: import tarballs).
     Images(ImagesArgs),
+    /// Remove the node's network set-up (iptables chains and jumps, pod bridge, cluster DNS
+    /// address, blackhole routes): for uninstalling. Stop kinglet first.
+    Cleanup(CleanupArgs),
     /// Internal: supervise one container (started by the node).
     #[command(hide = true)]
     Supervise { dir: PathBuf },
@@ -42,6 +45,19 @@ pub enum Command {
         #[arg(last = true, required = true)]
         args: Vec<String>,
     },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CleanupArgs {
+    /// Pod network range the node used.
+    #[arg(long, env = "KINGLET_CLUSTER_CIDR", default_value = "10.42.0.0/16")]
+    pub cluster_cidr: String,
+    /// Service range the node used.
+    #[arg(long, env = "KINGLET_SERVICE_CIDR", default_value = "10.43.0.0/16")]
+    pub service_cidr: String,
+    /// Cluster DNS address the node held.
+    #[arg(long, env = "KINGLET_CLUSTER_DNS", default_value = "10.43.0.10")]
+    pub cluster_dns: std::net::Ipv4Addr,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -133,6 +149,10 @@ pub struct ServerArgs {
     /// Cluster DNS domain.
     #[arg(long, env = "KINGLET_CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,
+    /// The node's resolver configuration: upstream servers of the cluster DNS, and what pods
+    /// with `dnsPolicy: Default` get.
+    #[arg(long, env = "KINGLET_RESOLV_CONF", default_value = "/etc/resolv.conf")]
+    pub resolv_conf: PathBuf,
     /// Where to write the admin kubeconfig.
     #[arg(
         long,
@@ -220,6 +240,12 @@ impl ServerArgs {
             run_dir: self.run_dir.clone(),
             cluster_cidr: ipv4_net("--cluster-cidr", &self.cluster_cidr)?,
             service_cidr: ipv4_net("--service-cidr", &self.service_cidr)?,
+            cluster_dns: match self.cluster_dns {
+                IpAddr::V4(ip) => ip,
+                IpAddr::V6(ip) => anyhow::bail!("--cluster-dns {ip}: only IPv4 is supported yet"),
+            },
+            cluster_domain: self.cluster_domain.clone(),
+            resolv_conf: self.resolv_conf.clone(),
             cgroup_root: self.cgroup_root.trim_end_matches('/').to_string(),
             max_pods: self.max_pods,
             kubelet_port: self.kubelet_port,

@@ -128,6 +128,11 @@ fn desired_slice(svc: &Service, pods: &[Arc<Pod>]) -> Value {
         .and_then(|s| s.ports.clone())
         .unwrap_or_default();
     let first = pods.first();
+    let publish_not_ready = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.publish_not_ready_addresses)
+        .unwrap_or(false);
     let slice_ports: Vec<Value> = ports
         .iter()
         .map(|sp| {
@@ -144,13 +149,21 @@ fn desired_slice(svc: &Service, pods: &[Arc<Pod>]) -> Value {
         .filter_map(|p| {
             let ip = pod_ip(p)?;
             let terminating = p.metadata.deletion_timestamp.is_some();
-            let ready = is_ready(p);
-            Some(json!({
+            let ready = is_ready(p) || publish_not_ready;
+            let mut e = json!({
                 "addresses": [ip],
                 "conditions": {"ready": ready && !terminating, "serving": ready, "terminating": terminating},
                 "nodeName": p.spec.as_ref().and_then(|s| s.node_name.clone()),
                 "targetRef": target_ref(p),
-            }))
+            });
+            // A pod named by the service (StatefulSet pods: subdomain = service) gets a DNS name.
+            if let Some(spec) = &p.spec
+                && spec.subdomain.as_deref() == Some(svc.name_any().as_str())
+                && let Some(h) = spec.hostname.as_deref().filter(|h| !h.is_empty())
+            {
+                e["hostname"] = json!(h);
+            }
+            Some(e)
         })
         .collect();
     let mut labels = svc.labels().clone();

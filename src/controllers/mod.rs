@@ -15,6 +15,7 @@ mod node_ipam;
 mod nodelifecycle;
 mod replicaset;
 mod serviceaccounts;
+mod servicelb;
 mod statefulset;
 pub mod util;
 
@@ -70,6 +71,7 @@ pub fn start(api: Arc<Api>, ca_pem: String, cluster_cidr: ipnet::Ipv4Net) {
                     client.clone(),
                     "horizontal-pod-autoscaler",
                 ))),
+                tokio::spawn(servicelb::run(client.clone(), informers.clone())),
                 tokio::spawn(node_ipam::run(
                     client.clone(),
                     informers.clone(),

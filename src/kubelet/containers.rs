@@ -298,7 +298,7 @@ impl Kubelet {
         .await;
         if let Some(h) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
             let dir = self.runtime.dir(&id).0;
-            let netns = crate::runtime::sandbox::pin(&pod_dir.join("sandbox"), "net");
+            let netns = self.pod_netns(pod);
             let target = super::probes::Target {
                 c,
                 exe: self.runtime.exe(),

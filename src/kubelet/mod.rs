@@ -4,6 +4,7 @@
 
 mod cgroups;
 mod containers;
+mod dns_config;
 mod env;
 mod eviction;
 mod grpc_probe;
@@ -50,6 +51,10 @@ pub struct NodeConfig {
     /// The pod network's range (nodes get a block of it) and the Service range.
     pub cluster_cidr: ipnet::Ipv4Net,
     pub service_cidr: ipnet::Ipv4Net,
+    /// The cluster DNS address and domain, and the node's own resolver configuration.
+    pub cluster_dns: std::net::Ipv4Addr,
+    pub cluster_domain: String,
+    pub resolv_conf: PathBuf,
     /// Parent of the `kubepods` cgroup tree.
     pub cgroup_root: String,
     pub max_pods: u32,

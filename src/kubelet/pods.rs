@@ -46,6 +46,16 @@ impl Kubelet {
     }
 
     /// The pod's network interface; none for `hostNetwork` pods, which use the node's.
+    /// The network namespace the pod's containers are in (probes and hooks connect from there):
+    /// the sandbox's, or the node's own for host-network pods.
+    pub fn pod_netns(&self, pod: &Pod) -> std::path::PathBuf {
+        if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+            return "/proc/self/ns/net".into();
+        }
+        let uid = pod.uid().unwrap_or_default();
+        crate::runtime::sandbox::pin(&self.pod_dir(&uid).join("sandbox"), "net")
+    }
+
     pub fn pod_interface(&self, pod: &Pod) -> anyhow::Result<Option<crate::network::PodInterface>> {
         if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
             return Ok(None);
@@ -164,10 +174,7 @@ impl Kubelet {
             .map(Duration::from_secs_f64)
             .unwrap_or_default();
         let dir = self.runtime.dir(&id).0;
-        let netns = crate::runtime::sandbox::pin(
-            &self.pod_dir(&pod.uid().unwrap_or_default()).join("sandbox"),
-            "net",
-        );
+        let netns = self.pod_netns(pod);
         let verdict =
             super::probes::check(&mut state, c, running_for, self.runtime.exe(), &dir, &netns)
                 .await;
@@ -374,10 +381,7 @@ impl Kubelet {
     /// Runs the preStop hooks of the running containers, together, within `grace`.
     async fn pre_stop(&self, pod: &Pod, records: &HashMap<String, Vec<Record>>, grace: Duration) {
         let spec = pod.spec.clone().unwrap_or_default();
-        let netns = crate::runtime::sandbox::pin(
-            &self.pod_dir(&pod.uid().unwrap_or_default()).join("sandbox"),
-            "net",
-        );
+        let netns = self.pod_netns(pod);
         let hooks = records
             .values()
             .flatten()

@@ -26,6 +26,8 @@ fn volume_dir(pod_dir: &Path, name: &str) -> PathBuf {
     pod_dir.join("volumes").join(name)
 }
 
+use super::dns_config;
+
 impl Kubelet {
     /// Sandbox, volumes and per-pod files, before any container starts (idempotent).
     pub async fn prepare(self: &Arc<Self>, pod: &Pod) -> anyhow::Result<()> {
@@ -44,15 +46,13 @@ impl Kubelet {
         })
         .await??;
         fs::write(dir.join("hostname"), format!("{}\n", super::hostname(pod)))?;
-        fs::write(
-            dir.join("hosts"),
-            format!(
-                "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{}\n",
-                pod_ip,
-                super::hostname(pod)
-            ),
-        )?;
-        let resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let domain = &self.cfg.cluster_domain;
+        let node_hosts = fs::read_to_string("/etc/hosts").unwrap_or_default();
+        let hosts = dns_config::hosts(pod, &pod_ip, &super::hostname(pod), domain, &node_hosts);
+        fs::write(dir.join("hosts"), hosts)?;
+        let node_resolv = fs::read_to_string(&self.cfg.resolv_conf).unwrap_or_default();
+        let dns = self.cfg.cluster_dns.to_string();
+        let resolv = dns_config::resolv_conf(pod, &dns, domain, &node_resolv);
         fs::write(dir.join("resolv.conf"), resolv)?;
         let spec = pod.spec.clone().unwrap_or_default();
         for c in spec

@@ -1,9 +1,11 @@
 //! The pod network of a node, with netlink (no CNI binaries): a bridge whose address is the
 //! first of the node's podCIDR, one veth pair per pod (`eth0` inside, its peer on the bridge),
 //! addresses from the host-local store (`ipam`), a default route via the bridge, and blackhole
-//! routes for the cluster and service ranges so stray packets die on the node.
+//! routes for the cluster and service ranges so stray packets die on the node (service
+//! addresses route to the bridge above their blackhole, see `setup_node`).
 
 pub mod ipam;
+pub mod iptables;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
@@ -12,7 +14,7 @@ use anyhow::Context;
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::packet_route::route::RouteType;
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkBridge, LinkDummy, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use serde::{Deserialize, Serialize};
 
 pub const BRIDGE: &str = "cni0";
@@ -104,14 +106,174 @@ pub async fn setup_node(
         .await
         .context("the pod bridge")?;
     for net in [cluster, services] {
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(net.network(), net.prefix_len())
-            .kind(RouteType::BlackHole)
-            .build();
-        exists_ok(h.route().add(route).execute().await)
+        exists_ok(h.route().add(blackhole(net)).execute().await)
             .with_context(|| format!("adding a blackhole route for {net}"))?;
     }
+    // Service addresses must be routable for the proxy's NAT (a blackhole makes even the
+    // node's own connect() fail before the OUTPUT rules run) and for its REJECT of services
+    // without endpoints. They route to the bridge, which only reaches this node's pods; the
+    // blackhole above stays under it, for when the bridge is gone.
+    let to_bridge = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(services.network(), services.prefix_len())
+        .output_interface(bridge)
+        .scope(rtnetlink::packet_route::route::RouteScope::Link)
+        .build();
+    exists_ok(h.route().add(to_bridge).execute().await)
+        .with_context(|| format!("routing {services} to the pod bridge"))?;
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling IP forwarding")?;
+    bridge_netfilter()?;
+    tokio::task::spawn_blocking(move || pod_traffic_rules(cluster)).await??;
+    Ok(())
+}
+
+/// Where stray packets for `net` die: a blackhole, under every other route for it (metric).
+fn blackhole(net: Ipv4Net) -> rtnetlink::packet_route::route::RouteMessage {
+    RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(net.network(), net.prefix_len())
+        .kind(RouteType::BlackHole)
+        .priority(BLACKHOLE_METRIC)
+        .build()
+}
+
+/// Metric of the blackhole routes: above any route that really leads somewhere.
+const BLACKHOLE_METRIC: u32 = 4096;
+
+/// Service traffic between pods on one bridge must pass iptables, or replies skip the
+/// un-DNAT and the client drops them: the kernel's bridge netfilter switch, checked and set.
+fn bridge_netfilter() -> anyhow::Result<()> {
+    let path = std::path::Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables");
+    if !path.exists() {
+        // Loaded on demand, as kubeadm's preflight asks for.
+        let _ = std::process::Command::new("modprobe")
+            .arg("br_netfilter")
+            .status();
+    }
+    let on = std::fs::read_to_string(path)
+        .context("bridge netfilter is unavailable (kernel module br_netfilter)")?;
+    if on.trim() != "1" {
+        std::fs::write(path, "1").context("enabling bridge-nf-call-iptables")?;
+    }
+    Ok(())
+}
+
+/// Our chains for pod traffic (flannel's rules): pods' traffic to outside the cluster range
+/// is masqueraded (pod-to-pod keeps its addresses), and forwarding of pod traffic is
+/// accepted even where the host's FORWARD policy drops.
+const MASQ_CHAIN: &str = "KINGLET-POSTRTG";
+const FORWARD_CHAIN: &str = "KINGLET-FWD";
+const JUMPS: &[iptables::Jump] = &[
+    iptables::Jump {
+        table: "nat",
+        from: "POSTROUTING",
+        rule: &[
+            "-m",
+            "comment",
+            "--comment",
+            "kinglet pod masquerade",
+            "-j",
+            MASQ_CHAIN,
+        ],
+        first: false,
+    },
+    iptables::Jump {
+        table: "filter",
+        from: "FORWARD",
+        rule: &[
+            "-m",
+            "comment",
+            "--comment",
+            "kinglet pod forwarding",
+            "-j",
+            FORWARD_CHAIN,
+        ],
+        first: false,
+    },
+];
+
+fn pod_traffic_rules(cluster: Ipv4Net) -> anyhow::Result<()> {
+    let input = format!(
+        "*nat\n:{MASQ_CHAIN} - [0:0]\n\
+         -A {MASQ_CHAIN} -m mark --mark 0x4000/0x4000 -m comment --comment \"service traffic, masqueraded by the proxy\" -j RETURN\n\
+         -A {MASQ_CHAIN} -s {cluster} -d {cluster} -m comment --comment \"pod to pod\" -j RETURN\n\
+         -A {MASQ_CHAIN} -s {cluster} ! -d 224.0.0.0/4 -m comment --comment \"pods to outside the cluster\" -j MASQUERADE --random-fully\n\
+         COMMIT\n\
+         *filter\n:{FORWARD_CHAIN} - [0:0]\n\
+         -A {FORWARD_CHAIN} -s {cluster} -j ACCEPT\n\
+         -A {FORWARD_CHAIN} -d {cluster} -j ACCEPT\n\
+         COMMIT\n"
+    );
+    iptables::restore(&input).context("programming the pod masquerade rules")?;
+    iptables::ensure_jumps(JUMPS)
+}
+
+/// Holds `ip` on the node as a /32, so local services can listen on it (the cluster DNS at its
+/// service address): on the dummy interface `link` (made if missing), or on loopback where the
+/// kernel has no dummy links.
+pub async fn hold_address(link: &str, ip: Ipv4Addr) -> anyhow::Result<()> {
+    let h = connect()?;
+    if link_index(&h, link).await?.is_none() {
+        match h.link().add(LinkDummy::new(link).build()).execute().await {
+            Ok(()) => {}
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EOPNOTSUPP => {
+                tracing::info!("the kernel has no dummy links; {ip} is held on loopback");
+                let lo = link_index(&h, "lo")
+                    .await?
+                    .context("no loopback interface")?;
+                return address_and_up(&h, lo, ip, 32).await;
+            }
+            r => exists_ok(r).with_context(|| format!("creating the interface {link}"))?,
+        }
+    }
+    let index = link_index(&h, link)
+        .await?
+        .with_context(|| format!("the interface {link} vanished"))?;
+    address_and_up(&h, index, ip, 32).await
+}
+
+/// Undoes `hold_address` (uninstall).
+pub async fn release_address(link: &str, ip: Ipv4Addr) -> anyhow::Result<()> {
+    let h = connect()?;
+    if let Some(index) = link_index(&h, link).await? {
+        h.link()
+            .del(index)
+            .execute()
+            .await
+            .with_context(|| format!("deleting {link}"))?;
+    }
+    let mut addrs = h
+        .address()
+        .get()
+        .set_address_filter(IpAddr::V4(ip))
+        .execute();
+    while let Some(a) = addrs.try_next().await? {
+        if a.header.prefix_len == 32 {
+            h.address()
+                .del(a)
+                .execute()
+                .await
+                .with_context(|| format!("removing {ip}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Undoes `setup_node` (uninstall): our chains and jumps, the bridge, the blackhole routes.
+pub async fn cleanup(cluster: Ipv4Net, services: Ipv4Net) -> anyhow::Result<()> {
+    for table in ["nat", "filter"] {
+        iptables::remove(JUMPS, table, |c| c.starts_with("KINGLET-"))?;
+    }
+    let h = connect()?;
+    if let Some(bridge) = link_index(&h, BRIDGE).await? {
+        h.link()
+            .del(bridge)
+            .execute()
+            .await
+            .context("deleting the pod bridge")?;
+    }
+    for net in [cluster, services] {
+        // Already gone is fine.
+        let _ = h.route().del(blackhole(net)).execute().await;
+    }
     Ok(())
 }
 

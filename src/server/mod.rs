@@ -90,6 +90,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         port: args.https_listen_port,
         service_cidr: args.service_cidr.clone(),
         cluster_domain: args.cluster_domain.clone(),
+        cluster_dns: args.cluster_dns,
         node_port_range: node_ports,
     };
     let api = Api::new(store, config, &pki.sa_key_pem)
@@ -123,12 +124,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             cert: crate::pki::issue(&pki.ca, &cfg.node_name, &[], &sans, true, false)?,
             ca_pem: pki.ca.cert_pem.clone(),
         });
-        let client = api.local_client();
-        tokio::spawn(async move {
-            if let Err(e) = crate::kubelet::run(client, cfg).await {
-                tracing::error!("node: {e:#}");
-            }
-        });
+        start_node(api.local_client(), cfg);
     }
     crate::controllers::start(api.clone(), pki.ca.cert_pem.clone(), cluster_cidr);
     let router = api.router();
@@ -139,6 +135,52 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `kinglet cleanup`: undoes the node's network set-up.
+pub fn cleanup(args: &crate::cli::CleanupArgs) -> anyhow::Result<()> {
+    let cluster = crate::cli::ipv4_net("--cluster-cidr", &args.cluster_cidr)?;
+    let services = crate::cli::ipv4_net("--service-cidr", &args.service_cidr)?;
+    crate::proxy::cleanup()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        crate::network::cleanup(cluster, services).await?;
+        crate::network::release_address(crate::dns::LINK, args.cluster_dns).await
+    })
+}
+
+/// The node's parts: kubelet, service proxy and cluster DNS.
+fn start_node(client: kube::Client, cfg: crate::kubelet::NodeConfig) {
+    let proxy = crate::proxy::Config {
+        node_name: cfg.node_name.clone(),
+        cluster_cidr: cfg.cluster_cidr,
+        local_service_ips: vec![cfg.cluster_dns],
+    };
+    let dns = crate::dns::Config {
+        address: cfg.cluster_dns,
+        domain: cfg.cluster_domain.clone(),
+        resolv_conf: cfg.resolv_conf.clone(),
+        ranges: vec![cfg.service_cidr, cfg.cluster_cidr],
+    };
+    let c = client.clone();
+    tokio::spawn(async move {
+        if let Err(e) = crate::proxy::run(c, proxy).await {
+            tracing::error!("service proxy: {e:#}");
+        }
+    });
+    let c = client.clone();
+    tokio::spawn(async move {
+        if let Err(e) = crate::dns::run(c, dns).await {
+            tracing::error!("cluster DNS: {e:#}");
+        }
+    });
+    tokio::spawn(async move {
+        if let Err(e) = crate::kubelet::run(client, cfg).await {
+            tracing::error!("node: {e:#}");
+        }
+    });
 }
 
 async fn shutdown_signal() {

@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The node's address inside a test host (a documentation range: reachable only there).
+pub const NODE_IP: &str = "192.0.2.10";
+
 pub struct TestHost {
     holder: Child,
     /// The node's `--cgroup-root`.
@@ -28,7 +31,11 @@ impl TestHost {
                 "sh",
                 "-c",
             ])
-            .arg("ip link set lo up 2>/dev/null || busybox ip link set lo up; exec sleep 1000000")
+            // Loopback, which also holds the node's own address (nothing leaves the host; this
+            // machine's kernel has no dummy links).
+            .arg(format!(
+                "ip link set lo up && ip addr add {NODE_IP}/32 dev lo; exec sleep 1000000"
+            ))
             .stdin(Stdio::null())
             .spawn()
             .expect("unshare (util-linux) is needed for test hosts");

@@ -67,6 +67,10 @@ impl Server {
         // The run directory is a tmpfs, as /run is: a power cut clears it.
         let run_dir = dir.path().join("run");
         host.mount_tmpfs(&run_dir);
+        // Upstream DNS of the node: loopback of the test host only.
+        let resolv = dir.path().join("resolv.conf");
+        std::fs::write(&resolv, "nameserver 127.0.0.1\nsearch test.invalid\n")
+            .expect("resolv.conf");
         let mut args: Vec<String> = vec![
             "--node-name".into(),
             NODE.into(),
@@ -76,6 +80,10 @@ impl Server {
             dir.path().join("pod-logs").display().to_string(),
             "--run-dir".into(),
             run_dir.display().to_string(),
+            "--node-ip".into(),
+            host::NODE_IP.into(),
+            "--resolv-conf".into(),
+            resolv.display().to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut s = Server {

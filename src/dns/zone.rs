@@ -1,0 +1,395 @@
+//! The cluster's DNS records (kubernetes/dns specification 1.1.0), rebuilt from the Service and
+//! EndpointSlice caches on every change so that answering is a map lookup.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use hickory_server::proto::rr::rdata::{A, CNAME, PTR, SOA, SRV, TXT};
+use hickory_server::proto::rr::{Name, RData, Record, RecordType};
+use ipnet::Ipv4Net;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::ResourceExt;
+
+/// CoreDNS's default TTL for cluster records.
+pub const TTL: u32 = 5;
+
+pub enum Answer {
+    Records(Vec<Record>),
+    /// The name exists, without records of the type asked for.
+    NoData,
+    NxDomain,
+    /// Not a name this server is authoritative for: forward it.
+    NotOurs,
+}
+
+pub struct Zone {
+    domain: Name,
+    /// Reverse lookups in these ranges are ours too.
+    ranges: Vec<Ipv4Net>,
+    records: HashMap<(Name, RecordType), Vec<Record>>,
+    /// Every name with records and all their ancestors inside the zone.
+    names: HashSet<Name>,
+    soa: Record,
+}
+
+fn name(s: &str) -> Option<Name> {
+    let mut n = Name::from_str(s).ok()?.to_lowercase();
+    n.set_fqdn(true);
+    Some(n)
+}
+
+/// `10-42-0-5` for `10.42.0.5`.
+fn dashed(ip: Ipv4Addr) -> String {
+    ip.to_string().replace('.', "-")
+}
+
+fn reverse_name(ip: Ipv4Addr) -> Option<Name> {
+    let o = ip.octets();
+    name(&format!(
+        "{}.{}.{}.{}.in-addr.arpa.",
+        o[3], o[2], o[1], o[0]
+    ))
+}
+
+fn reverse_ip(n: &Name) -> Option<Ipv4Addr> {
+    let s = n.to_ascii().to_ascii_lowercase();
+    let rest = s.trim_end_matches('.').strip_suffix(".in-addr.arpa")?;
+    let mut octets: Vec<u8> = rest
+        .split('.')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    if octets.len() != 4 {
+        return None;
+    }
+    octets.reverse();
+    Some(Ipv4Addr::new(octets[0], octets[1], octets[2], octets[3]))
+}
+
+impl Zone {
+    pub fn empty(domain: &str, ranges: Vec<Ipv4Net>) -> anyhow::Result<Zone> {
+        let domain =
+            name(domain).ok_or_else(|| anyhow::anyhow!("bad cluster domain {domain:?}"))?;
+        let soa = Record::from_rdata(
+            domain.clone(),
+            TTL,
+            RData::SOA(SOA::new(
+                Name::from_str("ns.dns")?.append_domain(&domain)?,
+                Name::from_str("hostmaster")?.append_domain(&domain)?,
+                1,
+                7200,
+                1800,
+                86400,
+                TTL,
+            )),
+        );
+        let mut z = Zone {
+            domain,
+            ranges,
+            records: HashMap::new(),
+            names: HashSet::new(),
+            soa,
+        };
+        let version = z.domain.prepend_label("dns-version")?;
+        z.add(&version, RData::TXT(TXT::new(vec!["1.1.0".into()])));
+        Ok(z)
+    }
+
+    pub fn soa(&self) -> &Record {
+        &self.soa
+    }
+
+    fn add(&mut self, n: &Name, data: RData) {
+        let rtype = data.record_type();
+        let list = self.records.entry((n.clone(), rtype)).or_default();
+        let rec = Record::from_rdata(n.clone(), TTL, data);
+        if !list.contains(&rec) {
+            list.push(rec);
+        }
+        let mut cur = n.clone();
+        while self.domain.zone_of(&cur) && self.names.insert(cur.clone()) {
+            cur = cur.base_name();
+        }
+    }
+
+    /// The records for `services` and their `slices`.
+    pub fn build(
+        domain: &str,
+        ranges: Vec<Ipv4Net>,
+        services: &[Arc<Service>],
+        slices: &[Arc<EndpointSlice>],
+    ) -> anyhow::Result<Zone> {
+        let mut z = Zone::empty(domain, ranges)?;
+        let mut by_service: HashMap<(String, String), Vec<&EndpointSlice>> = HashMap::new();
+        for s in slices {
+            if let Some(svc) = s.labels().get("kubernetes.io/service-name") {
+                by_service
+                    .entry((s.namespace().unwrap_or_default(), svc.clone()))
+                    .or_default()
+                    .push(s);
+            }
+        }
+        for svc in services {
+            let ns = svc.namespace().unwrap_or_default();
+            let Some(spec) = &svc.spec else { continue };
+            let Some(base) = name(&format!("{}.{}.svc.{}", svc.name_any(), ns, z.domain)) else {
+                continue;
+            };
+            if spec.type_.as_deref() == Some("ExternalName") {
+                if let Some(target) = spec.external_name.as_deref().and_then(name) {
+                    z.add(&base, RData::CNAME(CNAME(target)));
+                }
+                continue;
+            }
+            let cluster_ip = spec.cluster_ip.as_deref().unwrap_or("");
+            let named_ports = || {
+                spec.ports
+                    .iter()
+                    .flatten()
+                    .filter(|p| p.name.as_deref().is_some_and(|n| !n.is_empty()))
+            };
+            if let Ok(ip) = cluster_ip.parse::<Ipv4Addr>() {
+                z.add(&base, RData::A(A(ip)));
+                if let Some(r) = reverse_name(ip) {
+                    z.add(&r, RData::PTR(PTR(base.clone())));
+                }
+                for p in named_ports() {
+                    let proto = p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase();
+                    if let Some(srv) = name(&format!(
+                        "_{}._{proto}.{base}",
+                        p.name.as_deref().unwrap_or_default()
+                    )) && let Ok(port) = u16::try_from(p.port)
+                    {
+                        z.add(&srv, RData::SRV(SRV::new(0, 100, port, base.clone())));
+                    }
+                }
+                continue;
+            }
+            if cluster_ip != "None" {
+                continue; // not allocated yet, or IPv6 only
+            }
+            // Headless: one A record per endpoint, and a name per endpoint.
+            let publish_all = spec.publish_not_ready_addresses == Some(true);
+            let key = (ns.clone(), svc.name_any());
+            for slice in by_service.get(&key).into_iter().flatten() {
+                if slice.address_type != "IPv4" {
+                    continue;
+                }
+                for e in &slice.endpoints {
+                    let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+                    if !(ready || publish_all) {
+                        continue;
+                    }
+                    for ip in e
+                        .addresses
+                        .iter()
+                        .filter_map(|a| a.parse::<Ipv4Addr>().ok())
+                    {
+                        z.add(&base, RData::A(A(ip)));
+                        let label = e.hostname.clone().unwrap_or_else(|| dashed(ip));
+                        let Ok(host) = base.prepend_label(label.as_str()) else {
+                            continue;
+                        };
+                        z.add(&host, RData::A(A(ip)));
+                        if e.hostname.is_some()
+                            && let Some(r) = reverse_name(ip)
+                        {
+                            z.add(&r, RData::PTR(PTR(host.clone())));
+                        }
+                        for p in slice.ports.iter().flatten() {
+                            let (Some(pname), Some(port)) = (
+                                p.name.as_deref().filter(|n| !n.is_empty()),
+                                p.port.and_then(|n| u16::try_from(n).ok()),
+                            ) else {
+                                continue;
+                            };
+                            let proto = p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase();
+                            if let Some(srv) = name(&format!("_{pname}._{proto}.{base}")) {
+                                z.add(&srv, RData::SRV(SRV::new(0, 100, port, host.clone())));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(z)
+    }
+
+    /// The answer for `n` (lower case, fully qualified) and `rtype`.
+    pub fn answer(&self, n: &Name, rtype: RecordType) -> Answer {
+        if let Some(ip) = reverse_ip(n) {
+            return match self.records.get(&(n.clone(), RecordType::PTR)) {
+                Some(r) if rtype == RecordType::PTR => Answer::Records(r.clone()),
+                Some(_) => Answer::NoData,
+                None if self.ranges.iter().any(|r| r.contains(&ip)) => Answer::NxDomain,
+                None => Answer::NotOurs,
+            };
+        }
+        if !self.domain.zone_of(n) {
+            return Answer::NotOurs;
+        }
+        if let Some(ip) = self.pod_record(n) {
+            return if matches!(rtype, RecordType::A | RecordType::ANY) {
+                Answer::Records(vec![Record::from_rdata(n.clone(), TTL, RData::A(A(ip)))])
+            } else {
+                Answer::NoData
+            };
+        }
+        if rtype == RecordType::SOA && n == &self.domain {
+            return Answer::Records(vec![self.soa.clone()]);
+        }
+        if let Some(r) = self.records.get(&(n.clone(), rtype)) {
+            return Answer::Records(r.clone());
+        }
+        // A name with a CNAME answers every type with it.
+        if let Some(r) = self.records.get(&(n.clone(), RecordType::CNAME)) {
+            return Answer::Records(r.clone());
+        }
+        if self.names.contains(n) || n == &self.domain {
+            Answer::NoData
+        } else {
+            Answer::NxDomain
+        }
+    }
+
+    /// `a-b-c-d.<ns>.pod.<domain>` (CoreDNS `pods insecure`: any well-formed name answers).
+    fn pod_record(&self, n: &Name) -> Option<Ipv4Addr> {
+        if n.num_labels() != self.domain.num_labels() + 3 {
+            return None;
+        }
+        let labels: Vec<String> = n
+            .iter()
+            .map(|l| String::from_utf8_lossy(l).into_owned())
+            .collect();
+        if labels[2] != "pod" {
+            return None;
+        }
+        match labels[0].replace('-', ".").parse::<IpAddr>() {
+            Ok(IpAddr::V4(ip)) => Some(ip),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn zone() -> Zone {
+        let services: Vec<Arc<Service>> = [
+            json!({"metadata": {"name": "web", "namespace": "default"}, "spec": {"clusterIP": "10.43.0.20", "ports": [{"name": "http", "port": 80}]}}),
+            json!({"metadata": {"name": "db", "namespace": "default"}, "spec": {"clusterIP": "None", "ports": [{"name": "pg", "port": 5432}]}}),
+            json!({"metadata": {"name": "ext", "namespace": "default"}, "spec": {"type": "ExternalName", "externalName": "example.org"}}),
+        ]
+        .into_iter()
+        .map(|v| Arc::new(serde_json::from_value(v).unwrap()))
+        .collect();
+        let slices: Vec<Arc<EndpointSlice>> = [json!({
+            "metadata": {"name": "db-x", "namespace": "default", "labels": {"kubernetes.io/service-name": "db"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "pg", "port": 5432, "protocol": "TCP"}],
+            "endpoints": [
+                {"addresses": ["10.42.0.7"], "hostname": "db-0", "conditions": {"ready": true}},
+                {"addresses": ["10.42.0.8"], "conditions": {"ready": true}},
+                {"addresses": ["10.42.0.9"], "hostname": "db-2", "conditions": {"ready": false}},
+            ]
+        })]
+        .into_iter()
+        .map(|v| Arc::new(serde_json::from_value(v).unwrap()))
+        .collect();
+        let ranges = vec![
+            "10.43.0.0/16".parse().unwrap(),
+            "10.42.0.0/16".parse().unwrap(),
+        ];
+        Zone::build("cluster.local", ranges, &services, &slices).unwrap()
+    }
+
+    fn ask(z: &Zone, n: &str, t: RecordType) -> Answer {
+        z.answer(&name(n).unwrap(), t)
+    }
+
+    fn rdata(a: Answer) -> Vec<String> {
+        match a {
+            Answer::Records(r) => {
+                let mut v: Vec<String> = r.iter().map(|r| r.data().to_string()).collect();
+                v.sort();
+                v
+            }
+            Answer::NoData => vec!["NODATA".into()],
+            Answer::NxDomain => vec!["NXDOMAIN".into()],
+            Answer::NotOurs => vec!["FORWARD".into()],
+        }
+    }
+
+    #[test]
+    fn answers_follow_the_specification() {
+        let z = zone();
+        use RecordType::*;
+        assert_eq!(
+            rdata(ask(&z, "web.default.svc.cluster.local.", A)),
+            ["10.43.0.20"]
+        );
+        assert_eq!(
+            rdata(ask(&z, "WEB.default.svc.cluster.local", A)),
+            ["10.43.0.20"]
+        );
+        assert_eq!(
+            rdata(ask(&z, "web.default.svc.cluster.local", AAAA)),
+            ["NODATA"]
+        );
+        assert_eq!(
+            rdata(ask(&z, "_http._tcp.web.default.svc.cluster.local", SRV)),
+            ["0 100 80 web.default.svc.cluster.local."]
+        );
+        assert_eq!(
+            rdata(ask(&z, "20.0.43.10.in-addr.arpa", PTR)),
+            ["web.default.svc.cluster.local."]
+        );
+        // Headless: ready endpoints only, with per-endpoint names.
+        assert_eq!(
+            rdata(ask(&z, "db.default.svc.cluster.local", A)),
+            ["10.42.0.7", "10.42.0.8"]
+        );
+        assert_eq!(
+            rdata(ask(&z, "db-0.db.default.svc.cluster.local", A)),
+            ["10.42.0.7"]
+        );
+        assert_eq!(
+            rdata(ask(&z, "10-42-0-8.db.default.svc.cluster.local", A)),
+            ["10.42.0.8"]
+        );
+        assert_eq!(
+            rdata(ask(&z, "db-2.db.default.svc.cluster.local", A)),
+            ["NXDOMAIN"]
+        );
+        assert_eq!(
+            rdata(ask(&z, "_pg._tcp.db.default.svc.cluster.local", SRV)),
+            [
+                "0 100 5432 10-42-0-8.db.default.svc.cluster.local.",
+                "0 100 5432 db-0.db.default.svc.cluster.local."
+            ]
+        );
+        assert_eq!(
+            rdata(ask(&z, "ext.default.svc.cluster.local", A)),
+            ["example.org."]
+        );
+        assert_eq!(
+            rdata(ask(&z, "10-42-0-5.default.pod.cluster.local", A)),
+            ["10.42.0.5"]
+        );
+        assert_eq!(rdata(ask(&z, "dns-version.cluster.local", TXT)), ["1.1.0"]);
+        // Unknown names in the zone do not exist; their parents do.
+        assert_eq!(
+            rdata(ask(&z, "nope.default.svc.cluster.local", A)),
+            ["NXDOMAIN"]
+        );
+        assert_eq!(rdata(ask(&z, "default.svc.cluster.local", A)), ["NODATA"]);
+        assert_eq!(rdata(ask(&z, "1.0.43.10.in-addr.arpa", PTR)), ["NXDOMAIN"]);
+        // Everything else goes upstream.
+        assert_eq!(rdata(ask(&z, "example.org", A)), ["FORWARD"]);
+        assert_eq!(rdata(ask(&z, "1.2.0.192.in-addr.arpa", PTR)), ["FORWARD"]);
+    }
+}

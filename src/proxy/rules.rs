@@ -1,0 +1,740 @@
+//! The rule set, as kube-proxy's iptables mode lays it out (chain names, jumps, marks), computed
+//! from plain service ports so it can be tested without a kernel. `crate::proxy` turns API
+//! objects into `ServicePort`s and applies what this module computes.
+
+use std::fmt::Write;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+use crate::network::iptables::{Chains, Jump};
+
+pub const SERVICES: &str = "KUBE-SERVICES";
+pub const EXTERNAL_SERVICES: &str = "KUBE-EXTERNAL-SERVICES";
+pub const NODEPORTS: &str = "KUBE-NODEPORTS";
+pub const FORWARD: &str = "KUBE-FORWARD";
+pub const MARK_MASQ: &str = "KUBE-MARK-MASQ";
+pub const POSTROUTING: &str = "KUBE-POSTROUTING";
+pub const HOSTPORTS: &str = "KUBE-HOSTPORTS";
+/// An empty chain whose disappearance means someone flushed the tables: time for a full sync.
+pub const CANARY: &str = "KUBE-PROXY-CANARY";
+const MASQ_MARK: &str = "0x4000/0x4000";
+/// Above this many endpoints, per-endpoint comments are left out (as upstream does) to keep
+/// restores fast.
+const LARGE_CLUSTER_ENDPOINTS: usize = 1000;
+
+/// Whether a chain of `table` is one the proxy owns (and may flush or delete).
+pub fn owned(chain: &str) -> bool {
+    chain.starts_with("KUBE-")
+}
+
+/// The jumps from built-in chains into ours, as upstream installs them.
+pub const JUMPS: &[Jump] = &[
+    Jump {
+        table: "filter",
+        from: "INPUT",
+        rule: &[
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "NEW",
+            "-m",
+            "comment",
+            "--comment",
+            "kubernetes externally-visible service portals",
+            "-j",
+            EXTERNAL_SERVICES,
+        ],
+        first: true,
+    },
+    Jump {
+        table: "filter",
+        from: "FORWARD",
+        rule: &[
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "NEW",
+            "-m",
+            "comment",
+            "--comment",
+            "kubernetes externally-visible service portals",
+            "-j",
+            EXTERNAL_SERVICES,
+        ],
+        first: true,
+    },
+    Jump {
+        table: "filter",
+        from: "FORWARD",
+        rule: &[
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "NEW",
+            "-m",
+            "comment",
+            "--comment",
+            "kubernetes service portals",
+            "-j",
+            SERVICES,
+        ],
+        first: true,
+    },
+    Jump {
+        table: "filter",
+        from: "OUTPUT",
+        rule: &[
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "NEW",
+            "-m",
+            "comment",
+            "--comment",
+            "kubernetes service portals",
+            "-j",
+            SERVICES,
+        ],
+        first: true,
+    },
+    Jump {
+        table: "filter",
+        from: "FORWARD",
+        rule: &[
+            "-m",
+            "comment",
+            "--comment",
+            "kubernetes forwarding rules",
+            "-j",
+            FORWARD,
+        ],
+        first: true,
+    },
+    Jump {
+        table: "nat",
+        from: "PREROUTING",
+        rule: &[
+            "-m",
+            "comment",
+            "--comment",
+            "kubernetes service portals",
+            "-j",
+            SERVICES,
+        ],
+        first: true,
+    },
+    Jump {
+        table: "nat",
+        from: "OUTPUT",
+        rule: &[
+            "-m",
+            "comment",
+            "--comment",
+            "kubernetes service portals",
+            "-j",
+            SERVICES,
+        ],
+        first: true,
+    },
+    Jump {
+        table: "nat",
+        from: "POSTROUTING",
+        rule: &[
+            "-m",
+            "comment",
+            "--comment",
+            "kubernetes postrouting rules",
+            "-j",
+            POSTROUTING,
+        ],
+        first: true,
+    },
+    Jump {
+        table: "nat",
+        from: "PREROUTING",
+        rule: &[
+            "-m",
+            "comment",
+            "--comment",
+            "kube hostport portals",
+            "-m",
+            "addrtype",
+            "--dst-type",
+            "LOCAL",
+            "-j",
+            HOSTPORTS,
+        ],
+        first: true,
+    },
+    Jump {
+        table: "nat",
+        from: "OUTPUT",
+        rule: &[
+            "-m",
+            "comment",
+            "--comment",
+            "kube hostport portals",
+            "-m",
+            "addrtype",
+            "--dst-type",
+            "LOCAL",
+            "-j",
+            HOSTPORTS,
+        ],
+        first: true,
+    },
+];
+
+/// What the rules depend on besides the services.
+#[derive(Clone, Debug)]
+pub struct NodeView {
+    pub cluster_cidr: Ipv4Net,
+}
+
+/// One port of one Service, with its endpoints: the unit kube-proxy programs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServicePort {
+    pub namespace: String,
+    pub name: String,
+    pub port_name: String,
+    /// `tcp`, `udp` or `sctp`.
+    pub protocol: String,
+    pub cluster_ip: Ipv4Addr,
+    pub port: u16,
+    pub node_port: Option<u16>,
+    /// `spec.externalIPs` and `status.loadBalancer.ingress` addresses.
+    pub external_ips: Vec<Ipv4Addr>,
+    /// `sessionAffinity: ClientIP` with this timeout in seconds.
+    pub affinity_seconds: Option<u32>,
+    pub external_local: bool,
+    pub internal_local: bool,
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Endpoint {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    /// On this node.
+    pub local: bool,
+}
+
+/// A `hostPort` of a pod on this node.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostPort {
+    pub protocol: String,
+    pub host_ip: Option<Ipv4Addr>,
+    pub host_port: u16,
+    pub pod_ip: Ipv4Addr,
+    pub container_port: u16,
+}
+
+impl ServicePort {
+    /// `ns/name:port` (`ns/name` for an unnamed port), upstream's ServicePortName.
+    pub fn id(&self) -> String {
+        if self.port_name.is_empty() {
+            format!("{}/{}", self.namespace, self.name)
+        } else {
+            format!("{}/{}:{}", self.namespace, self.name, self.port_name)
+        }
+    }
+
+    fn chain(&self, prefix: &str) -> String {
+        chain_name(prefix, &format!("{}{}", self.id(), self.protocol))
+    }
+
+    fn endpoint_chain(&self, e: &Endpoint) -> String {
+        chain_name(
+            "KUBE-SEP-",
+            &format!("{}{}{}:{}", self.id(), self.protocol, e.ip, e.port),
+        )
+    }
+
+    /// Endpoints new connections may go to: the ready ones, or, when none is ready, the ones
+    /// still serving while terminating (so a rollout drains instead of dropping).
+    fn usable(&self, only_local: bool) -> Vec<&Endpoint> {
+        let mine = || {
+            self.endpoints
+                .iter()
+                .filter(move |e| !only_local || e.local)
+        };
+        let ready: Vec<&Endpoint> = mine().filter(|e| e.ready).collect();
+        if !ready.is_empty() {
+            return ready;
+        }
+        mine().filter(|e| e.serving && e.terminating).collect()
+    }
+
+    fn has_external(&self) -> bool {
+        self.node_port.is_some() || !self.external_ips.is_empty()
+    }
+
+    /// `-p tcp -m tcp --dport N` for `port`.
+    fn match_port(&self, port: u16) -> String {
+        format!("-p {p} -m {p} --dport {port}", p = self.protocol)
+    }
+}
+
+/// Upstream's chain name: prefix + the first 16 characters of base32(sha256(input)).
+fn chain_name(prefix: &str, input: &str) -> String {
+    use sha2::Digest;
+    let sum = sha2::Sha256::digest(input.as_bytes());
+    let enc = data_encoding::BASE32.encode(&sum);
+    format!("{prefix}{}", &enc[..16])
+}
+
+fn rules<'a>(t: &'a mut Chains, chain: &str) -> &'a mut Vec<String> {
+    t.entry(chain.to_string()).or_default()
+}
+
+/// The whole rule set: (filter chains, nat chains). Every chain named is owned by the proxy.
+pub fn compute(
+    node: &NodeView,
+    ports: &[ServicePort],
+    host_ports: &[HostPort],
+) -> (Chains, Chains) {
+    let mut filter = Chains::new();
+    let mut nat = Chains::new();
+    let comments =
+        ports.iter().map(|p| p.endpoints.len()).sum::<usize>() <= LARGE_CLUSTER_ENDPOINTS;
+    for c in [SERVICES, EXTERNAL_SERVICES, FORWARD, NODEPORTS] {
+        filter.insert(c.into(), Vec::new());
+    }
+    for c in [
+        SERVICES,
+        NODEPORTS,
+        MARK_MASQ,
+        POSTROUTING,
+        HOSTPORTS,
+        CANARY,
+    ] {
+        nat.insert(c.into(), Vec::new());
+    }
+    rules(&mut filter, FORWARD).extend([
+        "-m conntrack --ctstate INVALID -j DROP".to_string(),
+        format!("-m comment --comment \"kubernetes forwarding rules\" -m mark --mark {MASQ_MARK} -j ACCEPT"),
+        "-m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT".to_string(),
+    ]);
+    rules(&mut nat, MARK_MASQ).push("-j MARK --or-mark 0x4000".into());
+    rules(&mut nat, POSTROUTING).extend([
+        format!("-m mark ! --mark {MASQ_MARK} -j RETURN"),
+        "-j MARK --xor-mark 0x4000".to_string(),
+        "-m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully".to_string(),
+    ]);
+
+    for sp in ports {
+        let id = sp.id();
+        let cluster = sp.usable(false);
+        let local = sp.usable(true);
+        let internal = if sp.internal_local { &local } else { &cluster };
+        let external = if sp.external_local { &local } else { &cluster };
+        let svc = sp.chain("KUBE-SVC-");
+        let svl = sp.chain("KUBE-SVL-");
+        let ext = sp.chain("KUBE-EXT-");
+        let int_chain = if sp.internal_local { &svl } else { &svc };
+        let dport = sp.match_port(sp.port);
+        let cip = sp.cluster_ip;
+
+        // Endpoint chains, shared by the cluster-wide and local chains.
+        for e in cluster.iter().chain(local.iter()) {
+            let sep = sp.endpoint_chain(e);
+            if nat.contains_key(&sep) {
+                continue;
+            }
+            let c = if comments {
+                format!("-m comment --comment {id} ")
+            } else {
+                String::new()
+            };
+            let affinity = match sp.affinity_seconds {
+                Some(_) => {
+                    format!("-m recent --set --name {sep} --mask 255.255.255.255 --rsource ")
+                }
+                None => String::new(),
+            };
+            nat.insert(
+                sep,
+                vec![
+                    format!("{c}-s {}/32 -j {MARK_MASQ}", e.ip),
+                    format!(
+                        "{c}-p {p} -m {p} {affinity}-j DNAT --to-destination {}:{}",
+                        e.ip,
+                        e.port,
+                        p = sp.protocol
+                    ),
+                ],
+            );
+        }
+        let endpoint_rules = |chain: &str, eps: &[&Endpoint], nat: &mut Chains| {
+            let mut out = Vec::new();
+            if let Some(secs) = sp.affinity_seconds {
+                for e in eps {
+                    let sep = sp.endpoint_chain(e);
+                    out.push(format!(
+                        "-m comment --comment \"{id} -> {}:{}\" -m recent --name {sep} --rcheck --seconds {secs} --reap -j {sep}",
+                        e.ip, e.port
+                    ));
+                }
+            }
+            let n = eps.len();
+            for (i, e) in eps.iter().enumerate() {
+                let sep = sp.endpoint_chain(e);
+                let c = if comments {
+                    format!("-m comment --comment \"{id} -> {}:{}\" ", e.ip, e.port)
+                } else {
+                    String::new()
+                };
+                if i + 1 < n {
+                    out.push(format!(
+                        "{c}-m statistic --mode random --probability {:.10} -j {sep}",
+                        1.0 / (n - i) as f64
+                    ));
+                } else {
+                    out.push(format!("{c}-j {sep}"));
+                }
+            }
+            rules(nat, chain).extend(out);
+        };
+        if !cluster.is_empty() {
+            rules(&mut nat, &svc).push(format!(
+                "! -s {} -d {cip}/32 {dport} -m comment --comment \"{id} cluster IP\" -j {MARK_MASQ}",
+                node.cluster_cidr
+            ));
+            endpoint_rules(&svc, &cluster, &mut nat);
+        }
+        if (sp.internal_local || (sp.external_local && sp.has_external())) && !local.is_empty() {
+            endpoint_rules(&svl, &local, &mut nat);
+        }
+
+        // Cluster IP.
+        if internal.is_empty() {
+            rules(&mut filter, SERVICES).push(format!(
+                "-d {cip}/32 {dport} -m comment --comment \"{id} has no endpoints\" -j REJECT --reject-with icmp-port-unreachable"
+            ));
+        } else {
+            rules(&mut nat, SERVICES).push(format!(
+                "-d {cip}/32 {dport} -m comment --comment \"{id} cluster IP\" -j {int_chain}"
+            ));
+        }
+
+        // NodePort, external and load-balancer addresses.
+        if !sp.has_external() {
+            continue;
+        }
+        if external.is_empty() {
+            // Nothing can serve: refuse at once (or drop, when endpoints exist but none here).
+            let (target, why) = if cluster.is_empty() {
+                (
+                    "REJECT --reject-with icmp-port-unreachable",
+                    "has no endpoints",
+                )
+            } else {
+                ("DROP", "has no local endpoints")
+            };
+            for ip in &sp.external_ips {
+                rules(&mut filter, EXTERNAL_SERVICES).push(format!(
+                    "-d {ip}/32 {dport} -m comment --comment \"{id} {why}\" -j {target}"
+                ));
+            }
+            if let Some(np) = sp.node_port {
+                rules(&mut filter, EXTERNAL_SERVICES).push(format!(
+                    "-m addrtype --dst-type LOCAL {} -m comment --comment \"{id} {why}\" -j {target}",
+                    sp.match_port(np)
+                ));
+            }
+            continue;
+        }
+        let ext_rules = rules(&mut nat, &ext);
+        if sp.external_local {
+            ext_rules.push(format!(
+                "-s {} -m comment --comment \"pod traffic for {id} external destinations\" -j {svc}",
+                node.cluster_cidr
+            ));
+            ext_rules.push(format!(
+                "-m comment --comment \"masquerade LOCAL traffic for {id} external destinations\" -m addrtype --src-type LOCAL -j {MARK_MASQ}"
+            ));
+            ext_rules.push(format!(
+                "-m comment --comment \"route LOCAL traffic for {id} external destinations\" -m addrtype --src-type LOCAL -j {svc}"
+            ));
+            ext_rules.push(format!("-j {svl}"));
+        } else {
+            ext_rules.push(format!(
+                "-m comment --comment \"masquerade traffic for {id} external destinations\" -j {MARK_MASQ}"
+            ));
+            ext_rules.push(format!("-j {svc}"));
+        }
+        for ip in &sp.external_ips {
+            rules(&mut nat, SERVICES).push(format!(
+                "-d {ip}/32 {dport} -m comment --comment \"{id} external IP\" -j {ext}"
+            ));
+        }
+        if let Some(np) = sp.node_port {
+            rules(&mut nat, NODEPORTS).push(format!(
+                "{} -m comment --comment {id} -j {ext}",
+                sp.match_port(np)
+            ));
+        }
+    }
+    rules(&mut nat, SERVICES).push(format!(
+        "-m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j {NODEPORTS}"
+    ));
+
+    for hp in host_ports {
+        let dst = hp
+            .host_ip
+            .map(|ip| format!("-d {ip}/32 "))
+            .unwrap_or_default();
+        let m = format!(
+            "{dst}-p {p} -m {p} --dport {}",
+            hp.host_port,
+            p = hp.protocol
+        );
+        let hostports = rules(&mut nat, HOSTPORTS);
+        // Hairpin (a pod reaching itself through its host port) and node-local clients need
+        // their source rewritten for the reply to come back through the node.
+        hostports.push(format!("{m} -s {}/32 -j {MARK_MASQ}", hp.pod_ip));
+        hostports.push(format!("{m} -s 127.0.0.0/8 -j {MARK_MASQ}"));
+        hostports.push(format!(
+            "{m} -j DNAT --to-destination {}:{}",
+            hp.pod_ip, hp.container_port
+        ));
+    }
+    (filter, nat)
+}
+
+/// The `iptables-restore` input that turns `old` (what is in the kernel) into `new`: chains
+/// whose rules changed are redeclared (which flushes them) and refilled, chains no longer
+/// wanted are deleted, untouched chains are not mentioned. `old = None` rewrites everything.
+pub fn restore_input(table: &str, old: Option<&Chains>, new: &Chains, stale: &[String]) -> String {
+    let mut out = String::with_capacity(new.values().map(|r| r.len() * 96).sum::<usize>() + 64);
+    let _ = writeln!(out, "*{table}");
+    let changed: Vec<(&String, &Vec<String>)> = new
+        .iter()
+        .filter(|(c, r)| old.and_then(|o| o.get(*c)) != Some(*r))
+        .collect();
+    let gone: Vec<&String> = old
+        .map(|o| o.keys().filter(|c| !new.contains_key(*c)).collect())
+        .unwrap_or_default();
+    let stale: Vec<&String> = stale.iter().filter(|c| !new.contains_key(*c)).collect();
+    for (c, _) in &changed {
+        let _ = writeln!(out, ":{c} - [0:0]");
+    }
+    for c in gone.iter().chain(stale.iter()) {
+        let _ = writeln!(out, ":{c} - [0:0]");
+    }
+    for (c, rules) in &changed {
+        for r in rules.iter() {
+            let _ = writeln!(out, "-A {c} {r}");
+        }
+    }
+    for c in gone.iter().chain(stale.iter()) {
+        let _ = writeln!(out, "-X {c}");
+    }
+    out.push_str("COMMIT\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node() -> NodeView {
+        NodeView {
+            cluster_cidr: "10.42.0.0/16".parse().unwrap(),
+        }
+    }
+
+    fn ep(ip: &str, local: bool) -> Endpoint {
+        Endpoint {
+            ip: ip.parse().unwrap(),
+            port: 8080,
+            ready: true,
+            serving: true,
+            terminating: false,
+            local,
+        }
+    }
+
+    fn web(endpoints: Vec<Endpoint>) -> ServicePort {
+        ServicePort {
+            namespace: "default".into(),
+            name: "web".into(),
+            port_name: "http".into(),
+            protocol: "tcp".into(),
+            cluster_ip: "10.43.0.20".parse().unwrap(),
+            port: 80,
+            node_port: Some(30080),
+            external_ips: vec![],
+            affinity_seconds: None,
+            external_local: false,
+            internal_local: false,
+            endpoints,
+        }
+    }
+
+    fn dump(t: &Chains) -> String {
+        t.iter()
+            .flat_map(|(c, rs)| rs.iter().map(move |r| format!("-A {c} {r}")))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn chain_names_match_upstream() {
+        // Upstream's servicePortChainNameBase for "ns1/svc1:p80" + "tcp".
+        let sp = ServicePort {
+            namespace: "ns1".into(),
+            name: "svc1".into(),
+            port_name: "p80".into(),
+            ..web(vec![])
+        };
+        assert_eq!(sp.chain("KUBE-SVC-"), "KUBE-SVC-XPGD46QRK7WJZT7O");
+        let e = Endpoint {
+            ip: "10.180.0.1".parse().unwrap(),
+            port: 80,
+            ..ep("10.180.0.1", true)
+        };
+        assert_eq!(sp.endpoint_chain(&e), "KUBE-SEP-SXIVWICOYRO3J4NJ");
+    }
+
+    #[test]
+    fn a_service_with_two_endpoints_load_balances_and_masquerades() {
+        let sp = web(vec![ep("10.42.0.5", true), ep("10.42.0.6", true)]);
+        let (filter, nat) = compute(&node(), std::slice::from_ref(&sp), &[]);
+        let svc = sp.chain("KUBE-SVC-");
+        let text = dump(&nat);
+        assert!(text.contains(&format!(
+            "-A KUBE-SERVICES -d 10.43.0.20/32 -p tcp -m tcp --dport 80 -m comment --comment \"default/web:http cluster IP\" -j {svc}"
+        )));
+        let rules = &nat[&svc];
+        assert_eq!(rules.len(), 3);
+        assert!(rules[0].starts_with("! -s 10.42.0.0/16 -d 10.43.0.20/32"));
+        assert!(rules[1].contains("--probability 0.5000000000 -j KUBE-SEP-"));
+        assert!(!rules[2].contains("probability"));
+        let sep = sp.endpoint_chain(&sp.endpoints[0]);
+        assert_eq!(
+            nat[&sep][0],
+            "-m comment --comment default/web:http -s 10.42.0.5/32 -j KUBE-MARK-MASQ"
+        );
+        assert!(nat[&sep][1].ends_with("-j DNAT --to-destination 10.42.0.5:8080"));
+        // NodePort through the external chain, which masquerades.
+        let ext = sp.chain("KUBE-EXT-");
+        assert!(text.contains(&format!("-A KUBE-NODEPORTS -p tcp -m tcp --dport 30080 -m comment --comment default/web:http -j {ext}")));
+        assert_eq!(nat[&ext].last().unwrap(), &format!("-j {svc}"));
+        assert!(nat[SERVICES].last().unwrap().ends_with("-j KUBE-NODEPORTS"));
+        assert!(filter[SERVICES].is_empty());
+    }
+
+    #[test]
+    fn no_endpoints_means_reject() {
+        let sp = web(vec![]);
+        let (filter, nat) = compute(&node(), std::slice::from_ref(&sp), &[]);
+        assert!(
+            filter[SERVICES][0].contains("-d 10.43.0.20/32")
+                && filter[SERVICES][0].contains("-j REJECT")
+        );
+        assert!(
+            filter[EXTERNAL_SERVICES][0].contains("--dport 30080")
+                && filter[EXTERNAL_SERVICES][0].contains("REJECT")
+        );
+        assert!(
+            !nat.keys()
+                .any(|c| c.starts_with("KUBE-SVC-") || c.starts_with("KUBE-SEP-"))
+        );
+        assert_eq!(nat[SERVICES].len(), 1, "only the nodeports jump");
+    }
+
+    #[test]
+    fn terminating_endpoints_serve_only_when_nothing_is_ready() {
+        let mut draining = ep("10.42.0.7", true);
+        draining.ready = false;
+        draining.terminating = true;
+        let sp = web(vec![ep("10.42.0.5", true), draining.clone()]);
+        assert_eq!(sp.usable(false).len(), 1);
+        let sp = web(vec![draining]);
+        assert_eq!(sp.usable(false).len(), 1);
+        let mut gone = ep("10.42.0.8", true);
+        gone.ready = false;
+        gone.serving = false;
+        gone.terminating = true;
+        assert!(web(vec![gone]).usable(false).is_empty());
+    }
+
+    #[test]
+    fn local_traffic_policies_use_local_endpoints() {
+        let mut sp = web(vec![ep("10.42.0.5", true), ep("10.42.1.5", false)]);
+        sp.external_local = true;
+        let (filter, nat) = compute(&node(), std::slice::from_ref(&sp), &[]);
+        let svl = sp.chain("KUBE-SVL-");
+        assert_eq!(nat[&svl].len(), 1, "one local endpoint: {:?}", nat[&svl]);
+        assert_eq!(
+            nat[&sp.chain("KUBE-EXT-")].last().unwrap(),
+            &format!("-j {svl}")
+        );
+        // Only remote endpoints: external traffic is dropped, cluster traffic still served.
+        let mut sp = web(vec![ep("10.42.1.5", false)]);
+        sp.external_local = true;
+        let (filter2, nat2) = compute(&node(), std::slice::from_ref(&sp), &[]);
+        assert!(filter2[EXTERNAL_SERVICES][0].ends_with("-j DROP"));
+        assert!(nat2.contains_key(&sp.chain("KUBE-SVC-")));
+        assert!(filter[EXTERNAL_SERVICES].is_empty());
+        // internalTrafficPolicy: Local with no local endpoint rejects cluster-IP traffic.
+        sp.internal_local = true;
+        let (filter3, _) = compute(&node(), std::slice::from_ref(&sp), &[]);
+        assert!(filter3[SERVICES][0].contains("REJECT"));
+    }
+
+    #[test]
+    fn client_ip_affinity_checks_recent_first() {
+        let mut sp = web(vec![ep("10.42.0.5", true), ep("10.42.0.6", true)]);
+        sp.affinity_seconds = Some(10800);
+        let (_, nat) = compute(&node(), std::slice::from_ref(&sp), &[]);
+        let rules = &nat[&sp.chain("KUBE-SVC-")];
+        assert!(rules[1].contains("--rcheck --seconds 10800 --reap"));
+        assert!(rules[2].contains("--rcheck"));
+        let sep = &nat[&sp.endpoint_chain(&sp.endpoints[0])];
+        assert!(sep[1].contains("-m recent --set --name KUBE-SEP-"));
+    }
+
+    #[test]
+    fn restore_input_names_only_changes() {
+        let a = web(vec![ep("10.42.0.5", true)]);
+        let b = web(vec![ep("10.42.0.6", true)]);
+        let (_, old) = compute(&node(), std::slice::from_ref(&a), &[]);
+        let (_, new) = compute(&node(), std::slice::from_ref(&b), &[]);
+        let input = restore_input("nat", Some(&old), &new, &[]);
+        let old_sep = a.endpoint_chain(&a.endpoints[0]);
+        let new_sep = b.endpoint_chain(&b.endpoints[0]);
+        assert!(input.contains(&format!("-X {old_sep}")));
+        assert!(input.contains(&format!(":{new_sep} - [0:0]")));
+        assert!(input.contains(&format!("-A {}", a.chain("KUBE-SVC-"))));
+        assert!(!input.contains(":KUBE-SERVICES"), "unchanged: {input}");
+        assert!(!input.contains(":KUBE-POSTROUTING"));
+        assert_eq!(
+            restore_input("nat", Some(&new), &new, &[]),
+            "*nat\nCOMMIT\n"
+        );
+        let full = restore_input("nat", None, &new, &["KUBE-SVC-OLD".into()]);
+        assert!(full.contains(":KUBE-POSTROUTING - [0:0]") && full.contains("-X KUBE-SVC-OLD"));
+    }
+
+    #[test]
+    fn host_ports_dnat_to_the_pod() {
+        let hp = HostPort {
+            protocol: "tcp".into(),
+            host_ip: None,
+            host_port: 8081,
+            pod_ip: "10.42.0.9".parse().unwrap(),
+            container_port: 80,
+        };
+        let (_, nat) = compute(&node(), &[], &[hp]);
+        assert_eq!(
+            nat[HOSTPORTS].last().unwrap(),
+            "-p tcp -m tcp --dport 8081 -j DNAT --to-destination 10.42.0.9:80"
+        );
+    }
+}
