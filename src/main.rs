@@ -10,6 +10,7 @@ mod dns;
 mod image;
 mod kubelet;
 mod lockfile;
+mod netpol;
 mod network;
 mod pki;
 mod proxy;

@@ -552,3 +552,189 @@ fn cleanup_removes_only_kinglet_network_state() {
         "{addrs}"
     );
 }
+
+/// `iptables-save` of the node without counters and comments lines: the rules themselves.
+fn saved_rules(host: &common::host::TestHost) -> String {
+    let out = host.command("iptables-save").output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| match l.strip_prefix(':') {
+            // Chain declarations carry packet counters.
+            Some(decl) => decl.split(' ').take(2).collect::<Vec<_>>().join(" "),
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn network_policy_and_restart() {
+    let mut s = Server::start_node(&[]);
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web, labels: {app: web}}
+spec:
+  containers:
+  - name: web
+    image: busybox:1.36
+    imagePullPolicy: IfNotPresent
+    command: [sh, -c, 'mkdir /www && echo hello > /www/index.html && (sleep 100000 | nc -l -p 9000 > /tmp/got &) && exec httpd -f -p 8080 -h /www']
+    ports: [{containerPort: 8080, name: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{name: stream, port: 9000}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: friend, labels: {role: friend}}
+spec:
+  containers: [{name: c, image: busybox:1.36, imagePullPolicy: IfNotPresent, command: [sleep, '3600']}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: stranger}
+spec:
+  containers: [{name: c, image: busybox:1.36, imagePullPolicy: IfNotPresent, command: [sleep, '3600']}]
+"#,
+    );
+    let web = pod_ip(&s, "web");
+    pod_ip(&s, "friend");
+    pod_ip(&s, "stranger");
+    let fetch = |s: &Server, from: &str| {
+        let out = s.kubectl(&[
+            "exec",
+            from,
+            "--",
+            "sh",
+            "-c",
+            &format!("timeout 5 wget -qO- http://{web}:8080/ 2>&1; echo rc=$?"),
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    eventually(30, "both clients reach web before any policy", || {
+        (fetch(&s, "friend").contains("hello") && fetch(&s, "stranger").contains("hello"))
+            .then_some(())
+    });
+
+    // A long-lived connection through the service (by name), to check it survives a restart.
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: streamer, labels: {role: friend}}
+spec:
+  containers:
+  - name: c
+    image: busybox:1.36
+    imagePullPolicy: IfNotPresent
+    command: [sh, -c, 'i=0; while true; do echo $i; i=$((i+1)); sleep 0.2; done | nc web 9000']
+"#,
+    );
+    let received = |s: &Server| -> usize {
+        let out = s.kubectl(&["exec", "web", "--", "sh", "-c", "wc -l < /tmp/got"]);
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    };
+    // (busybox nc hangs up when its stdin ends: the listener reads from a sleep.)
+    eventually(30, "the stream flows", || (received(&s) > 5).then_some(()));
+
+    // Ingress to web only from role=friend on the named port.
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-friends}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Ingress]
+  ingress:
+  - from: [{podSelector: {matchLabels: {role: friend}}}]
+    ports: [{port: http}, {port: 9000}]
+"#,
+    );
+    let blocked = eventually(30, "the stranger is blocked", || {
+        let out = fetch(&s, "stranger");
+        (!out.contains("hello")).then_some(out)
+    });
+    assert!(
+        blocked.contains("rc=1"),
+        "refused, not timed out: {blocked}"
+    );
+    assert!(fetch(&s, "friend").contains("hello"));
+    let filter = s
+        .host()
+        .unwrap()
+        .command("iptables")
+        .args(["-S"])
+        .output()
+        .unwrap();
+    let filter = String::from_utf8_lossy(&filter.stdout).into_owned();
+    assert!(
+        filter.contains(&format!("-A KINGLET-NP-FWD -d {web}/32 -j KINGLET-NPI-")),
+        "{filter}"
+    );
+
+    // kill -9 and restart: rules come back unchanged, the connection keeps flowing.
+    eventually(30, "rules settled", || {
+        let a = saved_rules(s.host().unwrap());
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        (a == saved_rules(s.host().unwrap())).then_some(())
+    });
+    let before = saved_rules(s.host().unwrap());
+    let count = received(&s);
+    s.restart(true);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while received(&s) <= count + 5 {
+        if std::time::Instant::now() > deadline {
+            let host = s.host().unwrap();
+            let ct = host.command("conntrack").args(["-L"]).output().unwrap();
+            panic!(
+                "the stream stopped after the restart ({count} -> {}):\n{}\nconntrack:\n{}\nrules diff: {}\nlog:\n{}",
+                received(&s),
+                s.ok(&["get", "pods", "-o", "wide"]),
+                String::from_utf8_lossy(&ct.stdout),
+                saved_rules(host) != before,
+                s.log()
+                    .lines()
+                    .rev()
+                    .take(40)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let now = saved_rules(s.host().unwrap());
+        if now == before {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let gone: Vec<&str> = before
+                .lines()
+                .filter(|l| !now.lines().any(|n| n == *l))
+                .collect();
+            let new: Vec<&str> = now
+                .lines()
+                .filter(|l| !before.lines().any(|b| b == *l))
+                .collect();
+            panic!("rules changed by the restart: gone {gone:#?}\nnew {new:#?}\n{now}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert!(fetch(&s, "stranger").contains("rc=1"));
+    assert!(fetch(&s, "friend").contains("hello"));
+}

@@ -3,16 +3,59 @@
 //! replaced), and the few jumps from the built-in chains are checked and inserted one by one so
 //! nobody else's rules are touched.
 
+use std::fmt::Write as _;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
 use anyhow::Context;
 
+/// One iptables program at a time from this process: the proxy, the network policies and the
+/// pod network all program the same tables, and iptables-nft fails a check (`-C`) that races
+/// a restore.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A chain of the rule set with its rules (each the arguments after `-A <chain>`).
 pub type Chains = std::collections::BTreeMap<String, Vec<String>>;
 
+/// The `iptables-restore` input that turns `old` (what is in the kernel) into `new`: chains
+/// whose rules changed are redeclared (which flushes them) and refilled, chains no longer
+/// wanted are deleted, untouched chains are not mentioned. `old = None` rewrites everything.
+pub fn restore_input(table: &str, old: Option<&Chains>, new: &Chains, stale: &[String]) -> String {
+    let mut out = String::with_capacity(new.values().map(|r| r.len() * 96).sum::<usize>() + 64);
+    let _ = writeln!(out, "*{table}");
+    let changed: Vec<(&String, &Vec<String>)> = new
+        .iter()
+        .filter(|(c, r)| old.and_then(|o| o.get(*c)) != Some(*r))
+        .collect();
+    let gone: Vec<&String> = old
+        .map(|o| o.keys().filter(|c| !new.contains_key(*c)).collect())
+        .unwrap_or_default();
+    let stale: Vec<&String> = stale.iter().filter(|c| !new.contains_key(*c)).collect();
+    for (c, _) in &changed {
+        let _ = writeln!(out, ":{c} - [0:0]");
+    }
+    for c in gone.iter().chain(stale.iter()) {
+        let _ = writeln!(out, ":{c} - [0:0]");
+    }
+    for (c, rules) in &changed {
+        for r in rules.iter() {
+            let _ = writeln!(out, "-A {c} {r}");
+        }
+    }
+    for c in gone.iter().chain(stale.iter()) {
+        let _ = writeln!(out, "-X {c}");
+    }
+    out.push_str("COMMIT\n");
+    out
+}
+
 /// Feeds `input` to `iptables-restore --noflush` (waiting for the xtables lock like upstream).
 pub fn restore(input: &str) -> anyhow::Result<()> {
+    let _one = serial();
     let mut child = Command::new("iptables-restore")
         .args(["--noflush", "--wait"])
         .stdin(Stdio::piped())
@@ -44,6 +87,7 @@ pub fn chains(table: &str) -> anyhow::Result<Vec<String>> {
 
 /// `iptables-save -t table`.
 pub fn save(table: &str) -> anyhow::Result<String> {
+    let _one = serial();
     let out = Command::new("iptables-save")
         .args(["-t", table])
         .output()
@@ -61,7 +105,10 @@ pub fn chain_exists(table: &str, chain: &str) -> bool {
     iptables(&["-t", table, "-S", chain]).unwrap_or(false)
 }
 
+/// Runs `iptables args`: Ok(true) on success, Ok(false) when the rule or chain does not exist
+/// (exit code 1), an error otherwise.
 fn iptables(args: &[&str]) -> anyhow::Result<bool> {
+    let _one = serial();
     let out = Command::new("iptables")
         .arg("--wait")
         .args(args)
@@ -69,7 +116,15 @@ fn iptables(args: &[&str]) -> anyhow::Result<bool> {
         .stderr(Stdio::piped())
         .output()
         .context("running iptables (is it installed?)")?;
-    Ok(out.status.success())
+    match out.status.code() {
+        Some(0) => Ok(true),
+        Some(1) => Ok(false),
+        _ => anyhow::bail!(
+            "iptables {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+    }
 }
 
 /// A jump from a built-in chain into one of ours.

@@ -196,7 +196,7 @@ impl Proxier {
             } else {
                 (old.as_ref(), Vec::new())
             };
-            let t = rules::restore_input(table, old, new, &stale);
+            let t = iptables::restore_input(table, old, new, &stale);
             if t.lines().count() > 2 {
                 input.push_str(&t);
             }

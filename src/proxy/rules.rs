@@ -2,7 +2,6 @@
 //! from plain service ports so it can be tested without a kernel. `crate::proxy` turns API
 //! objects into `ServicePort`s and applies what this module computes.
 
-use std::fmt::Write;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
@@ -506,38 +505,6 @@ pub fn compute(
     (filter, nat)
 }
 
-/// The `iptables-restore` input that turns `old` (what is in the kernel) into `new`: chains
-/// whose rules changed are redeclared (which flushes them) and refilled, chains no longer
-/// wanted are deleted, untouched chains are not mentioned. `old = None` rewrites everything.
-pub fn restore_input(table: &str, old: Option<&Chains>, new: &Chains, stale: &[String]) -> String {
-    let mut out = String::with_capacity(new.values().map(|r| r.len() * 96).sum::<usize>() + 64);
-    let _ = writeln!(out, "*{table}");
-    let changed: Vec<(&String, &Vec<String>)> = new
-        .iter()
-        .filter(|(c, r)| old.and_then(|o| o.get(*c)) != Some(*r))
-        .collect();
-    let gone: Vec<&String> = old
-        .map(|o| o.keys().filter(|c| !new.contains_key(*c)).collect())
-        .unwrap_or_default();
-    let stale: Vec<&String> = stale.iter().filter(|c| !new.contains_key(*c)).collect();
-    for (c, _) in &changed {
-        let _ = writeln!(out, ":{c} - [0:0]");
-    }
-    for c in gone.iter().chain(stale.iter()) {
-        let _ = writeln!(out, ":{c} - [0:0]");
-    }
-    for (c, rules) in &changed {
-        for r in rules.iter() {
-            let _ = writeln!(out, "-A {c} {r}");
-        }
-    }
-    for c in gone.iter().chain(stale.iter()) {
-        let _ = writeln!(out, "-X {c}");
-    }
-    out.push_str("COMMIT\n");
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -706,7 +673,7 @@ mod tests {
         let b = web(vec![ep("10.42.0.6", true)]);
         let (_, old) = compute(&node(), std::slice::from_ref(&a), &[]);
         let (_, new) = compute(&node(), std::slice::from_ref(&b), &[]);
-        let input = restore_input("nat", Some(&old), &new, &[]);
+        let input = crate::network::iptables::restore_input("nat", Some(&old), &new, &[]);
         let old_sep = a.endpoint_chain(&a.endpoints[0]);
         let new_sep = b.endpoint_chain(&b.endpoints[0]);
         assert!(input.contains(&format!("-X {old_sep}")));
@@ -715,10 +682,11 @@ mod tests {
         assert!(!input.contains(":KUBE-SERVICES"), "unchanged: {input}");
         assert!(!input.contains(":KUBE-POSTROUTING"));
         assert_eq!(
-            restore_input("nat", Some(&new), &new, &[]),
+            crate::network::iptables::restore_input("nat", Some(&new), &new, &[]),
             "*nat\nCOMMIT\n"
         );
-        let full = restore_input("nat", None, &new, &["KUBE-SVC-OLD".into()]);
+        let full =
+            crate::network::iptables::restore_input("nat", None, &new, &["KUBE-SVC-OLD".into()]);
         assert!(full.contains(":KUBE-POSTROUTING - [0:0]") && full.contains("-X KUBE-SVC-OLD"));
     }
 

@@ -142,6 +142,7 @@ pub fn cleanup(args: &crate::cli::CleanupArgs) -> anyhow::Result<()> {
     let cluster = crate::cli::ipv4_net("--cluster-cidr", &args.cluster_cidr)?;
     let services = crate::cli::ipv4_net("--service-cidr", &args.service_cidr)?;
     crate::proxy::cleanup()?;
+    crate::netpol::cleanup()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -151,7 +152,7 @@ pub fn cleanup(args: &crate::cli::CleanupArgs) -> anyhow::Result<()> {
     })
 }
 
-/// The node's parts: kubelet, service proxy and cluster DNS.
+/// The node's parts: kubelet, service proxy, network policies and cluster DNS.
 fn start_node(client: kube::Client, cfg: crate::kubelet::NodeConfig) {
     let proxy = crate::proxy::Config {
         node_name: cfg.node_name.clone(),
@@ -168,6 +169,12 @@ fn start_node(client: kube::Client, cfg: crate::kubelet::NodeConfig) {
     tokio::spawn(async move {
         if let Err(e) = crate::proxy::run(c, proxy).await {
             tracing::error!("service proxy: {e:#}");
+        }
+    });
+    let (c, node) = (client.clone(), cfg.node_name.clone());
+    tokio::spawn(async move {
+        if let Err(e) = crate::netpol::run(c, node).await {
+            tracing::error!("network policies: {e:#}");
         }
     });
     let c = client.clone();
