@@ -68,6 +68,42 @@ pub fn server_command(
     cmd
 }
 
+/// `kinglet server` with its node for a bench whose server runs in a test host (`cmd` runs
+/// kinglet there): node address `node_ip`, the host's cgroup parent, upstream DNS on the
+/// host's loopback only, log (no colours) at `dir/server.log`.
+pub fn node_server(
+    cmd: std::process::Command,
+    dir: &std::path::Path,
+    cgroup_root: &str,
+    node_ip: &str,
+) -> std::process::Command {
+    let resolv = dir.join("resolv.conf");
+    std::fs::write(&resolv, "nameserver 127.0.0.1\n").expect("resolv.conf");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))
+        .expect("server log");
+    let mut cmd = server_command(cmd, dir);
+    cmd.args([
+        "--node-name",
+        "bench",
+        "--cgroup-root",
+        cgroup_root,
+        "--node-ip",
+        node_ip,
+    ])
+    .arg("--pod-log-dir")
+    .arg(dir.join("logs"))
+    .arg("--run-dir")
+    .arg(dir.join("run"))
+    .arg("--resolv-conf")
+    .arg(&resolv)
+    .env("NO_COLOR", "1")
+    .stderr(log);
+    cmd
+}
+
 /// The multi-threaded runtime every bench drives its clients on.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()

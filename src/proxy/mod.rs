@@ -123,7 +123,7 @@ struct Proxier {
     filter: Option<Chains>,
     nat: Option<Chains>,
     /// UDP service ports and the endpoints they sent to, for conntrack clean-up.
-    udp: HashMap<String, UdpState>,
+    udp: Option<UdpStates>,
     warned_conntrack: bool,
 }
 
@@ -140,7 +140,7 @@ impl Proxier {
             cfg,
             filter: None,
             nat: None,
-            udp: HashMap::new(),
+            udp: None,
             warned_conntrack: false,
         }
     }
@@ -213,12 +213,29 @@ impl Proxier {
         self.filter = Some(filter);
         self.nat = Some(nat);
         if !input.is_empty() {
-            tracing::debug!(
-                services = ports.len(),
-                full,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "service rules synced"
-            );
+            let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+            let rules: usize = self
+                .nat
+                .iter()
+                .chain(&self.filter)
+                .flat_map(|t| t.values())
+                .map(Vec::len)
+                .sum();
+            if full {
+                tracing::info!(
+                    services = ports.len(),
+                    rules,
+                    elapsed_ms,
+                    "service rules written (full sync)"
+                );
+            } else {
+                tracing::debug!(
+                    services = ports.len(),
+                    rules,
+                    elapsed_ms,
+                    "service rules synced"
+                );
+            }
         }
         self.flush_stale_udp(&ports);
         Ok(())
@@ -226,68 +243,14 @@ impl Proxier {
 
     /// Deletes conntrack entries of UDP flows that would keep going to endpoints that are gone
     /// (UDP has no connection to reset), and of flows to services that just got endpoints.
+    /// The first sync only records the state: a restart must not disturb running flows.
     fn flush_stale_udp(&mut self, ports: &[ServicePort]) {
-        let mut now = HashMap::new();
-        for sp in ports.iter().filter(|p| p.protocol == "udp") {
-            let mut destinations = vec![sp.cluster_ip];
-            destinations.extend(&sp.external_ips);
-            let state = UdpState {
-                destinations,
-                node_port: sp.node_port,
-                endpoints: sp.endpoints.iter().map(|e| e.ip).collect(),
-            };
-            now.insert(format!("{}/{}", sp.id(), sp.protocol), state);
-        }
-        let mut deletions: Vec<Vec<String>> = Vec::new();
-        for (id, new) in &now {
-            match self.udp.get(id) {
-                Some(old) if old == new => {}
-                Some(old) => {
-                    for gone in old.endpoints.difference(&new.endpoints) {
-                        for d in &old.destinations {
-                            deletions.push(vec![
-                                "--orig-dst".into(),
-                                d.to_string(),
-                                "--dst-nat".into(),
-                                gone.to_string(),
-                            ]);
-                        }
-                        if let Some(np) = old.node_port {
-                            deletions.push(vec![
-                                "--dport".into(),
-                                np.to_string(),
-                                "--dst-nat".into(),
-                                gone.to_string(),
-                            ]);
-                        }
-                    }
-                    if old.endpoints.is_empty() && !new.endpoints.is_empty() {
-                        for d in &new.destinations {
-                            deletions.push(vec!["--orig-dst".into(), d.to_string()]);
-                        }
-                    }
-                }
-                None if !new.endpoints.is_empty() => {
-                    for d in &new.destinations {
-                        deletions.push(vec!["--orig-dst".into(), d.to_string()]);
-                    }
-                }
-                None => {}
-            }
-        }
-        for (id, old) in &self.udp {
-            if !now.contains_key(id) {
-                for gone in &old.endpoints {
-                    deletions.push(vec![
-                        "--dst-nat".into(),
-                        gone.to_string(),
-                        "--orig-dst".into(),
-                        old.destinations[0].to_string(),
-                    ]);
-                }
-            }
-        }
-        self.udp = now;
+        let now = udp_state(ports);
+        let deletions = match self.udp.take() {
+            Some(old) => stale_udp_flows(&old, &now),
+            None => Vec::new(),
+        };
+        self.udp = Some(now);
         for args in deletions {
             let r = std::process::Command::new("conntrack")
                 .args(["-D", "-p", "udp"])
@@ -302,6 +265,65 @@ impl Proxier {
             }
         }
     }
+}
+
+type UdpStates = HashMap<String, UdpState>;
+
+/// Per UDP service port: where clients send, and the endpoints new flows may go to.
+fn udp_state(ports: &[ServicePort]) -> UdpStates {
+    let mut out = HashMap::new();
+    for sp in ports.iter().filter(|p| p.protocol == "udp") {
+        let mut destinations = vec![sp.cluster_ip];
+        destinations.extend(&sp.external_ips);
+        let endpoints = sp
+            .usable(false)
+            .into_iter()
+            .chain(sp.usable(true))
+            .map(|e| e.ip)
+            .collect();
+        out.insert(
+            sp.id(),
+            UdpState {
+                destinations,
+                node_port: sp.node_port,
+                endpoints,
+            },
+        );
+    }
+    out
+}
+
+/// `conntrack -D -p udp` arguments for the flows made stale between `old` and `new`.
+fn stale_udp_flows(old: &UdpStates, new: &UdpStates) -> Vec<Vec<String>> {
+    let mut out: Vec<Vec<String>> = Vec::new();
+    let mut to = |dst: &[&str]| out.push(dst.iter().map(|s| s.to_string()).collect());
+    for (id, was) in old {
+        let kept = new.get(id).map(|n| &n.endpoints);
+        for gone in was
+            .endpoints
+            .iter()
+            .filter(|e| kept.is_none_or(|k| !k.contains(e)))
+        {
+            let gone = gone.to_string();
+            for d in &was.destinations {
+                to(&["--orig-dst", &d.to_string(), "--dst-nat", &gone]);
+            }
+            if let Some(np) = was.node_port {
+                to(&["--dport", &np.to_string(), "--dst-nat", &gone]);
+            }
+        }
+    }
+    for (id, is) in new {
+        let had = old.get(id).is_some_and(|o| !o.endpoints.is_empty());
+        if !had && !is.endpoints.is_empty() {
+            // Flows seen while nothing served (rejected or unDNATed) must not linger.
+            for d in &is.destinations {
+                to(&["--orig-dst", &d.to_string()]);
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 /// The service ports of `svc` with their endpoints from `slices` (the service's own).
@@ -452,4 +474,39 @@ fn host_ports(pods: &[Arc<Pod>]) -> Vec<HostPort> {
         }
     }
     out.into_values().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(eps: &[&str]) -> UdpState {
+        UdpState {
+            destinations: vec!["10.43.0.53".parse().unwrap()],
+            node_port: Some(30053),
+            endpoints: eps.iter().map(|e| e.parse().unwrap()).collect(),
+        }
+    }
+
+    #[test]
+    fn udp_flows_to_removed_endpoints_are_flushed() {
+        let old = UdpStates::from([("ns/dns".to_string(), state(&["10.42.0.5", "10.42.0.6"]))]);
+        let new = UdpStates::from([("ns/dns".to_string(), state(&["10.42.0.6"]))]);
+        assert_eq!(
+            stale_udp_flows(&old, &new),
+            vec![
+                vec!["--dport", "30053", "--dst-nat", "10.42.0.5"],
+                vec!["--orig-dst", "10.43.0.53", "--dst-nat", "10.42.0.5"],
+            ]
+        );
+        assert!(stale_udp_flows(&new, &new).is_empty());
+        // A service that gets its first endpoint: everything to its address goes.
+        let empty = UdpStates::from([("ns/dns".to_string(), state(&[]))]);
+        assert_eq!(
+            stale_udp_flows(&empty, &new),
+            vec![vec!["--orig-dst", "10.43.0.53"]]
+        );
+        // A deleted service: its endpoints' flows go.
+        assert_eq!(stale_udp_flows(&new, &UdpStates::new()).len(), 2);
+    }
 }

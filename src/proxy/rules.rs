@@ -255,7 +255,7 @@ impl ServicePort {
 
     /// Endpoints new connections may go to: the ready ones, or, when none is ready, the ones
     /// still serving while terminating (so a rollout drains instead of dropping).
-    fn usable(&self, only_local: bool) -> Vec<&Endpoint> {
+    pub fn usable(&self, only_local: bool) -> Vec<&Endpoint> {
         let mine = || {
             self.endpoints
                 .iter()

@@ -1,0 +1,227 @@
+//! Service rule programming (upstream's network programming latency SLI): for N Services with
+//! two endpoints each, the time of the proxy's full sync from a cold start (no rules in the
+//! kernel, kinglet just started), and the latency from an API change (an EndpointSlice gaining
+//! an endpoint; a new Service, which gets its REJECT rule) to the rules being in place, read from the proxy's own log of
+//! each applied sync. The server runs in a test host (own network and mount namespaces).
+//!
+//! Run: `cargo bench --bench service_proxy` (env BENCH_SERVICES="1000,10000", BENCH_CHANGES=20).
+
+mod common;
+use common::{env_or, node_server, wait_for_client};
+
+#[path = "../tests/common/host.rs"]
+mod host;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+fn service(i: usize) -> Service {
+    serde_json::from_value(json!({
+        "metadata": {"name": format!("svc-{i}")},
+        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+    }))
+    .unwrap()
+}
+
+fn endpoint_ip(i: usize, j: usize) -> String {
+    let n = i * 4 + j;
+    format!("10.42.{}.{}", 1 + n / 250, 2 + n % 250)
+}
+
+fn slice(i: usize, endpoints: usize) -> EndpointSlice {
+    let eps: Vec<_> = (0..endpoints)
+        .map(|j| json!({"addresses": [endpoint_ip(i, j)], "conditions": {"ready": true}, "nodeName": "bench"}))
+        .collect();
+    serde_json::from_value(json!({
+        "metadata": {"name": format!("svc-{i}-x"), "labels": {"kubernetes.io/service-name": format!("svc-{i}")}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": eps
+    }))
+    .unwrap()
+}
+
+/// (time, fields) of the proxy's sync lines in the server log.
+fn syncs(log: &Path) -> Vec<(chrono::DateTime<chrono::Utc>, String)> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("service rules"))
+        .filter_map(|l| {
+            let (ts, rest) = l.split_once(' ')?;
+            Some((ts.parse().ok()?, rest.to_string()))
+        })
+        .collect()
+}
+
+fn field(line: &str, name: &str) -> Option<f64> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Waits for a sync line after `since` for which `pred` holds; returns it.
+fn wait_sync(
+    log: &Path,
+    since: chrono::DateTime<chrono::Utc>,
+    secs: u64,
+    pred: impl Fn(&str) -> bool,
+) -> (chrono::DateTime<chrono::Utc>, String) {
+    let t0 = Instant::now();
+    loop {
+        if let Some(s) = syncs(log).into_iter().find(|(t, l)| *t >= since && pred(l)) {
+            return s;
+        }
+        if t0.elapsed() > Duration::from_secs(secs) {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            panic!(
+                "no sync seen in {secs} s since {since}; log ends:\n{}",
+                tail.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn start(host: &host::TestHost, dir: &Path) -> std::process::Child {
+    let kinglet = host.command(env!("CARGO_BIN_EXE_kinglet"));
+    node_server(kinglet, dir, &host.cgroup_root, host::NODE_IP)
+        .env("RUST_LOG", "info,kinglet::proxy=debug")
+        .spawn()
+        .expect("start kinglet")
+}
+
+fn main() {
+    let sizes: Vec<usize> = std::env::var("BENCH_SERVICES")
+        .unwrap_or_else(|_| "1000,10000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let changes = env_or("BENCH_CHANGES", 20);
+    common::print_machine();
+    for n in sizes {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("server.log");
+        let host = host::TestHost::new();
+        let mut server = start(&host, dir.path());
+        let kubeconfig = dir.path().join("kubeconfig");
+        let netns = std::fs::File::open(format!("/proc/{}/ns/net", host.pid())).unwrap();
+        // Runtime threads inherit the namespace of the thread that makes them, and `block_on`
+        // polls on this one: join the test host's network namespace here.
+        nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let rt = common::runtime();
+        let client = rt.block_on(wait_for_client(&kubeconfig, 30));
+        let services: Api<Service> = Api::namespaced(client.clone(), "default");
+        let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+        let t = Instant::now();
+        rt.block_on(async {
+            futures::stream::iter(0..n)
+                .map(|i| {
+                    let (services, slices) = (services.clone(), slices.clone());
+                    async move {
+                        services
+                            .create(&PostParams::default(), &service(i))
+                            .await
+                            .expect("service");
+                        slices
+                            .create(&PostParams::default(), &slice(i, 2))
+                            .await
+                            .expect("slice");
+                    }
+                })
+                .buffer_unordered(16)
+                .collect::<Vec<()>>()
+                .await;
+        });
+        let created = t.elapsed();
+        // The `kubernetes` Service is programmed too (kube-dns is answered locally).
+        let total = n + 1;
+        wait_sync(&log, chrono::DateTime::<chrono::Utc>::MIN_UTC, 600, |l| {
+            field(l, "services") == Some(total as f64)
+        });
+
+        // Cold start: no rules in the kernel, kinglet starting.
+        let _ = server.kill();
+        let _ = server.wait();
+        let cleanup = host
+            .command(env!("CARGO_BIN_EXE_kinglet"))
+            .arg("cleanup")
+            .status()
+            .unwrap();
+        assert!(cleanup.success(), "kinglet cleanup failed");
+        let restarted = chrono::Utc::now();
+        server = start(&host, dir.path());
+        let (at, full) = wait_sync(&log, restarted, 600, |l| {
+            l.contains("full sync") && field(l, "services") == Some(total as f64)
+        });
+        let wall = (at - restarted).num_milliseconds();
+        let sync_ms = field(&full, "elapsed_ms").unwrap_or(f64::NAN);
+        let rules = field(&full, "rules").unwrap_or(f64::NAN);
+        std::thread::sleep(Duration::from_secs(2));
+
+        // Changes: an endpoint added to one Service's slice, and a new Service with endpoints.
+        let mut endpoint_change = Vec::new();
+        let mut new_service = Vec::new();
+        for k in 0..changes {
+            let i = (k * 7919) % n;
+            let since = chrono::Utc::now();
+            // A different Service each time (7919 is prime), going from two endpoints to three.
+            let patch =
+                json!({"endpoints": serde_json::to_value(slice(i, 3)).unwrap()["endpoints"]});
+            rt.block_on(slices.patch(
+                &format!("svc-{i}-x"),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            ))
+            .expect("patch slice");
+            let (at, _) = wait_sync(&log, since, 60, |_| true);
+            endpoint_change.push((at - since).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+            std::thread::sleep(Duration::from_millis(200));
+
+            let j = n + k;
+            let since = chrono::Utc::now();
+            rt.block_on(services.create(&PostParams::default(), &service(j)))
+                .expect("service");
+            let want = (total + k + 1) as f64;
+            let (at, _) = wait_sync(&log, since, 60, |l| field(l, "services") == Some(want));
+            new_service.push((at - since).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        endpoint_change.sort_by(f64::total_cmp);
+        new_service.sort_by(f64::total_cmp);
+        println!(
+            "{n} services x 2 endpoints ({rules} rules; created through the API in {:.1} s):",
+            created.as_secs_f64()
+        );
+        println!(
+            "  cold start: full sync {sync_ms:.0} ms (compute + iptables-restore); kinglet start to rules in place {wall} ms"
+        );
+        println!(
+            "  endpoint change to rules in place ({changes} runs): p50 {:.1} ms, p99 {:.1} ms",
+            percentile(&endpoint_change, 0.5),
+            percentile(&endpoint_change, 0.99)
+        );
+        println!(
+            "  new service (its REJECT rule) in place ({changes} runs): p50 {:.1} ms, p99 {:.1} ms",
+            percentile(&new_service, 0.5),
+            percentile(&new_service, 0.99)
+        );
+        let _ = server.kill();
+        let _ = server.wait();
+        let _ = host
+            .command(env!("CARGO_BIN_EXE_kinglet"))
+            .arg("cleanup")
+            .status();
+    }
+}
