@@ -475,25 +475,6 @@ spec:
     );
     // The host-network pod reports the node's address and passes its probe on the node's port.
     assert_eq!(pod_ip(&s, "hn"), node_ip);
-    // port-forward reaches it in the node's namespace too.
-    let port = common::free_port();
-    let mut pf = s
-        .command(common::kubectl_default())
-        .args(["port-forward", "pod/hn", &format!("{port}:8099")])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(pf.stdout.take().unwrap()),
-        &mut first,
-    )
-    .unwrap();
-    assert!(first.contains("Forwarding from"), "{first}");
-    let forwarded = get(format!("http://127.0.0.1:{port}/"))();
-    let _ = pf.kill();
-    let _ = pf.wait();
-    assert_eq!(forwarded.as_deref(), Some("via host network"));
     eventually(60, "host-network pod ready", || {
         let out = s.ok(&[
             "get",

@@ -205,13 +205,7 @@ async fn port_forward(
     let Some(uid) = uid else {
         return bad_request(format!("pod {ns}/{pod} is not running on this node"));
     };
-    // Host-network pods listen in the node's namespace, not their sandbox's.
-    let api: kube::Api<k8s_openapi::api::core::v1::Pod> =
-        kube::Api::namespaced(k.client.clone(), &ns);
-    let netns = match api.get(&pod).await {
-        Ok(p) if p.metadata.uid.as_deref() == Some(uid.as_str()) => k.pod_netns(&p),
-        _ => crate::runtime::sandbox::pin(&k.pod_dir(&uid).join("sandbox"), "net"),
-    };
+    let netns = crate::runtime::sandbox::pin(&k.pod_dir(&uid).join("sandbox"), "net");
     streaming::serve_port_forward(http, netns, pod).await
 }
 
