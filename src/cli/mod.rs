@@ -55,9 +55,9 @@ pub struct CleanupArgs {
     /// Service range the node used.
     #[arg(long, env = "KINGLET_SERVICE_CIDR", default_value = "10.43.0.0/16")]
     pub service_cidr: String,
-    /// Cluster DNS address the node held.
-    #[arg(long, env = "KINGLET_CLUSTER_DNS", default_value = "10.43.0.10")]
-    pub cluster_dns: std::net::Ipv4Addr,
+    /// Cluster DNS address the node held (default: the tenth address of the service range).
+    #[arg(long, env = "KINGLET_CLUSTER_DNS")]
+    pub cluster_dns: Option<std::net::Ipv4Addr>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -143,9 +143,9 @@ pub struct ServerArgs {
         default_value = "30000-32767"
     )]
     pub service_node_port_range: String,
-    /// Cluster DNS service address.
-    #[arg(long, env = "KINGLET_CLUSTER_DNS", default_value = "10.43.0.10")]
-    pub cluster_dns: IpAddr,
+    /// Cluster DNS service address (default: the tenth address of the service range, as k3s).
+    #[arg(long, env = "KINGLET_CLUSTER_DNS")]
+    pub cluster_dns: Option<IpAddr>,
     /// Cluster DNS domain.
     #[arg(long, env = "KINGLET_CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,
@@ -240,7 +240,7 @@ impl ServerArgs {
             run_dir: self.run_dir.clone(),
             cluster_cidr: ipv4_net("--cluster-cidr", &self.cluster_cidr)?,
             service_cidr: ipv4_net("--service-cidr", &self.service_cidr)?,
-            cluster_dns: match self.cluster_dns {
+            cluster_dns: match self.cluster_dns()? {
                 IpAddr::V4(ip) => ip,
                 IpAddr::V6(ip) => anyhow::bail!("--cluster-dns {ip}: only IPv4 is supported yet"),
             },
@@ -265,6 +265,17 @@ impl ServerArgs {
             cfg.image_gc.high_percent
         );
         Ok(cfg)
+    }
+
+    /// `--cluster-dns`, or the tenth address of the service range.
+    pub fn cluster_dns(&self) -> anyhow::Result<IpAddr> {
+        match self.cluster_dns {
+            Some(ip) => Ok(ip),
+            None => Ok(IpAddr::V4(default_cluster_dns(ipv4_net(
+                "--service-cidr",
+                &self.service_cidr,
+            )?))),
+        }
     }
 
     pub fn node_port_range(&self) -> anyhow::Result<(u16, u16)> {
@@ -439,6 +450,11 @@ pub fn parse() -> anyhow::Result<Cli> {
 }
 
 /// An IPv4 network flag (`10.42.0.0/16`).
+/// The cluster DNS address when none is given: the range's tenth address (10.43.0.10).
+pub fn default_cluster_dns(services: ipnet::Ipv4Net) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::from(u32::from(services.network()) + 10)
+}
+
 pub fn ipv4_net(flag: &str, value: &str) -> anyhow::Result<ipnet::Ipv4Net> {
     value
         .parse::<ipnet::Ipv4Net>()

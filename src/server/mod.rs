@@ -90,7 +90,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         port: args.https_listen_port,
         service_cidr: args.service_cidr.clone(),
         cluster_domain: args.cluster_domain.clone(),
-        cluster_dns: args.cluster_dns,
+        cluster_dns: args.cluster_dns()?,
         node_port_range: node_ports,
     };
     let api = Api::new(store, config, &pki.sa_key_pem)
@@ -148,7 +148,10 @@ pub fn cleanup(args: &crate::cli::CleanupArgs) -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async {
         crate::network::cleanup(cluster, services).await?;
-        crate::network::release_address(crate::dns::LINK, args.cluster_dns).await
+        let dns = args
+            .cluster_dns
+            .unwrap_or_else(|| crate::cli::default_cluster_dns(services));
+        crate::network::release_address(crate::dns::LINK, dns).await
     })
 }
 
