@@ -11,7 +11,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use futures::StreamExt;
 use hickory_server::ServerFuture;
 use hickory_server::authority::MessageResponseBuilder;
 use hickory_server::proto::op::{Header, MessageType, OpCode, ResponseCode};
@@ -23,8 +22,6 @@ use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
 
 use zone::Answer;
 pub use zone::Zone;
@@ -53,8 +50,16 @@ pub async fn run(client: kube::Client, cfg: Config) -> anyhow::Result<()> {
         cfg.ranges.clone(),
     )?)));
     let wake = Arc::new(tokio::sync::Notify::new());
-    let services = reflect(Api::<Service>::all(client.clone()), wake.clone());
-    let slices = reflect(Api::<EndpointSlice>::all(client), wake.clone());
+    let services = crate::network::watch_store(
+        Api::<Service>::all(client.clone()),
+        Default::default(),
+        wake.clone(),
+    );
+    let slices = crate::network::watch_store(
+        Api::<EndpointSlice>::all(client),
+        Default::default(),
+        wake.clone(),
+    );
     {
         let (zone, cfg) = (zone.clone(), cfg.clone());
         tokio::spawn(async move {
@@ -93,23 +98,6 @@ pub async fn run(client: kube::Client, cfg: Config) -> anyhow::Result<()> {
     tracing::info!(%addr, domain = %cfg.domain, "cluster DNS ready");
     server.block_until_done().await?;
     Ok(())
-}
-
-fn reflect<K>(api: Api<K>, wake: Arc<tokio::sync::Notify>) -> Store<K>
-where
-    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
-    K: serde::de::DeserializeOwned,
-{
-    let (store, writer) = reflector::store::<K>();
-    let events = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .touched_objects();
-    tokio::spawn(events.for_each(move |_| {
-        wake.notify_one();
-        async {}
-    }));
-    store
 }
 
 /// A caching resolver for the node's upstream servers, or none if it has none usable.

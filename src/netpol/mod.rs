@@ -9,7 +9,6 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
@@ -17,8 +16,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use kube::api::Api;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
 
 use crate::network::iptables::{self, Chains, Jump};
 
@@ -63,36 +60,20 @@ pub fn cleanup() -> anyhow::Result<()> {
     iptables::remove(JUMPS, "filter", owned)
 }
 
-fn reflect<K>(api: Api<K>, cfg: watcher::Config, wake: Arc<tokio::sync::Notify>) -> Store<K>
-where
-    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
-    K: serde::de::DeserializeOwned,
-{
-    let (store, writer) = reflector::store::<K>();
-    let events = watcher(api, cfg)
-        .default_backoff()
-        .reflect(writer)
-        .touched_objects();
-    tokio::spawn(events.for_each(move |_| {
-        wake.notify_one();
-        async {}
-    }));
-    store
-}
-
 pub async fn run(client: kube::Client, node_name: String) -> anyhow::Result<()> {
     let wake = Arc::new(tokio::sync::Notify::new());
-    let policies = reflect(
+    let policies = crate::network::watch_store(
         Api::<NetworkPolicy>::all(client.clone()),
         Default::default(),
         wake.clone(),
     );
-    let namespaces = reflect(
+    let namespaces = crate::network::watch_store(
         Api::<Namespace>::all(client.clone()),
         Default::default(),
         wake.clone(),
     );
-    let pods = reflect(Api::<Pod>::all(client), Default::default(), wake.clone());
+    let pods =
+        crate::network::watch_store(Api::<Pod>::all(client), Default::default(), wake.clone());
     for ok in [
         policies.wait_until_ready().await.is_ok(),
         namespaces.wait_until_ready().await.is_ok(),

@@ -10,14 +10,12 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use kube::api::Api;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 
 use crate::network::iptables::{self, Chains};
 use rules::{Endpoint, HostPort, NodeView, ServicePort};
@@ -35,36 +33,19 @@ pub struct Config {
     pub local_service_ips: Vec<Ipv4Addr>,
 }
 
-fn watch<K>(api: Api<K>, cfg: watcher::Config, wake: Arc<tokio::sync::Notify>) -> Store<K>
-where
-    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
-    K: serde::de::DeserializeOwned,
-{
-    let (store, writer) = reflector::store::<K>();
-    let events = watcher(api, cfg)
-        .default_backoff()
-        .reflect(writer)
-        .touched_objects();
-    tokio::spawn(events.for_each(move |_| {
-        wake.notify_one();
-        async {}
-    }));
-    store
-}
-
 pub async fn run(client: kube::Client, cfg: Config) -> anyhow::Result<()> {
     let wake = Arc::new(tokio::sync::Notify::new());
-    let services = watch(
+    let services = crate::network::watch_store(
         Api::<Service>::all(client.clone()),
         Default::default(),
         wake.clone(),
     );
-    let slices = watch(
+    let slices = crate::network::watch_store(
         Api::<EndpointSlice>::all(client.clone()),
         Default::default(),
         wake.clone(),
     );
-    let pods = watch(
+    let pods = crate::network::watch_store(
         Api::<Pod>::all(client),
         watcher::Config::default().fields(&format!("spec.nodeName={}", cfg.node_name)),
         wake.clone(),
