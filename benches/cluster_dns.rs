@@ -7,7 +7,7 @@
 //! BENCH_WINDOW=32).
 
 mod common;
-use common::{env_or, node_server, wait_for_client};
+use common::{env_or, node_server, percentile, wait_for_client};
 
 #[path = "../tests/common/host.rs"]
 mod host;
@@ -24,10 +24,6 @@ use hickory_server::proto::rr::{Name, RecordType};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, PostParams};
 use serde_json::json;
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
 
 /// A process of the pod with UID `uid`, found through its cgroup under the test host's root.
 fn pod_pid(cgroup_root: &str, uid: &str) -> Option<u32> {

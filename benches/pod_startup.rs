@@ -6,7 +6,7 @@
 //! Run: `cargo bench --bench pod_startup` (env BENCH_SINGLE, BENCH_BATCH).
 
 mod common;
-use common::{env_or, rss_mib, server_command, wait_for_client};
+use common::{env_or, percentile, rss_mib, server_command, wait_for_client};
 
 #[path = "../tests/common/host.rs"]
 mod host;
@@ -36,10 +36,6 @@ fn ready(p: &Pod) -> bool {
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 /// Creates `names` at once and returns each one's create-to-Ready latency in ms.

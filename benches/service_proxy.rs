@@ -7,7 +7,7 @@
 //! Run: `cargo bench --bench service_proxy` (env BENCH_SERVICES="1000,10000", BENCH_CHANGES=20).
 
 mod common;
-use common::{env_or, node_server, wait_for_client};
+use common::{env_or, node_server, percentile, wait_for_client};
 
 #[path = "../tests/common/host.rs"]
 mod host;
@@ -88,10 +88,6 @@ fn wait_sync(
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 fn start(host: &host::TestHost, dir: &Path) -> std::process::Child {

@@ -118,9 +118,7 @@ fn apply(want: &Chains) -> anyhow::Result<()> {
 }
 
 fn chain(prefix: &str, pod: &Pod) -> String {
-    use sha2::Digest;
-    let sum = sha2::Sha256::digest(pod.uid().unwrap_or_default().as_bytes());
-    format!("{prefix}{}", &data_encoding::BASE32.encode(&sum)[..16])
+    iptables::chain_name(prefix, &pod.uid().unwrap_or_default())
 }
 
 /// NetworkPolicy selectors: empty matches everything.

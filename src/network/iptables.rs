@@ -18,6 +18,13 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Upstream's chain name: prefix + the first 16 characters of base32(sha256(input)).
+pub fn chain_name(prefix: &str, input: &str) -> String {
+    use sha2::Digest;
+    let sum = sha2::Sha256::digest(input.as_bytes());
+    format!("{prefix}{}", &data_encoding::BASE32.encode(&sum)[..16])
+}
+
 /// A chain of the rule set with its rules (each the arguments after `-A <chain>`).
 pub type Chains = std::collections::BTreeMap<String, Vec<String>>;
 

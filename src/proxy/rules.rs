@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
-use crate::network::iptables::{Chains, Jump};
+use crate::network::iptables::{Chains, Jump, chain_name};
 
 pub const SERVICES: &str = "KUBE-SERVICES";
 pub const EXTERNAL_SERVICES: &str = "KUBE-EXTERNAL-SERVICES";
@@ -276,14 +276,6 @@ impl ServicePort {
     fn match_port(&self, port: u16) -> String {
         format!("-p {p} -m {p} --dport {port}", p = self.protocol)
     }
-}
-
-/// Upstream's chain name: prefix + the first 16 characters of base32(sha256(input)).
-fn chain_name(prefix: &str, input: &str) -> String {
-    use sha2::Digest;
-    let sum = sha2::Sha256::digest(input.as_bytes());
-    let enc = data_encoding::BASE32.encode(&sum);
-    format!("{prefix}{}", &enc[..16])
 }
 
 fn rules<'a>(t: &'a mut Chains, chain: &str) -> &'a mut Vec<String> {
