@@ -169,6 +169,8 @@ fn main() {
         // Changes: an endpoint added to one Service's slice, and a new Service with endpoints.
         let mut endpoint_change = Vec::new();
         let mut new_service = Vec::new();
+        // (computing, computing + restoring) of each endpoint change's sync, in ms.
+        let mut sync_parts = Vec::new();
         for k in 0..changes {
             let i = (k * 7919) % n;
             let since = chrono::Utc::now();
@@ -181,8 +183,12 @@ fn main() {
                 &Patch::Merge(&patch),
             ))
             .expect("patch slice");
-            let (at, _) = wait_sync(&log, since, 60, |_| true);
+            let (at, line) = wait_sync(&log, since, 60, |_| true);
             endpoint_change.push((at - since).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+            sync_parts.push((
+                field(&line, "computed_ms").unwrap_or(f64::NAN),
+                field(&line, "elapsed_ms").unwrap_or(f64::NAN),
+            ));
             std::thread::sleep(Duration::from_millis(200));
 
             let j = n + k;
@@ -195,6 +201,10 @@ fn main() {
             std::thread::sleep(Duration::from_millis(200));
         }
         endpoint_change.sort_by(f64::total_cmp);
+        let mut computed: Vec<f64> = sync_parts.iter().map(|p| p.0).collect();
+        let mut applied: Vec<f64> = sync_parts.iter().map(|p| p.1).collect();
+        computed.sort_by(f64::total_cmp);
+        applied.sort_by(f64::total_cmp);
         new_service.sort_by(f64::total_cmp);
         println!(
             "{n} services x 2 endpoints ({rules} rules; created through the API in {:.1} s):",
@@ -207,6 +217,11 @@ fn main() {
             "  endpoint change to rules in place ({changes} runs): p50 {:.1} ms, p99 {:.1} ms",
             percentile(&endpoint_change, 0.5),
             percentile(&endpoint_change, 0.99)
+        );
+        println!(
+            "    of which the proxy's sync: p50 {:.1} ms computing, {:.1} ms computing + restoring",
+            percentile(&computed, 0.5),
+            percentile(&applied, 0.5)
         );
         println!(
             "  new service (its REJECT rule) in place ({changes} runs): p50 {:.1} ms, p99 {:.1} ms",

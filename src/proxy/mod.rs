@@ -18,7 +18,7 @@ use kube::api::Api;
 use kube::runtime::watcher;
 
 use crate::network::iptables::{self, Chains};
-use rules::{Endpoint, HostPort, NodeView, ServicePort};
+use rules::{Endpoint, HostPort, NodeView, Rules, ServicePort};
 
 /// How often the canary chain is checked (someone flushing the tables triggers a full sync).
 const CANARY_CHECK: Duration = Duration::from_secs(30);
@@ -61,11 +61,12 @@ pub async fn run(client: kube::Client, cfg: Config) -> anyhow::Result<()> {
     let mut full = true;
     let mut last_canary = tokio::time::Instant::now();
     loop {
+        let started = std::time::Instant::now();
         let ports = proxier.service_ports(&services.state(), &slices.state());
         let host_ports = host_ports(&pods.state());
         let result = {
             let p = &mut proxier;
-            tokio::task::block_in_place(|| p.sync(ports, &host_ports, full))
+            tokio::task::block_in_place(|| p.sync(started, ports, &host_ports, full))
         };
         match result {
             Ok(()) => full = false,
@@ -100,12 +101,32 @@ pub fn cleanup() -> anyhow::Result<()> {
 
 struct Proxier {
     cfg: Config,
-    /// What is in the kernel, per table, after the last successful sync.
-    filter: Option<Chains>,
-    nat: Option<Chains>,
+    /// What is in the kernel after the last successful sync (None: unknown, sync fully).
+    programmed: Option<Programmed>,
     /// UDP service ports and the endpoints they sent to, for conntrack clean-up.
     udp: Option<UdpStates>,
     warned_conntrack: bool,
+}
+
+/// The rules in the kernel: each service port's (by `ns/name:port/protocol`) and the shared
+/// chains.
+struct Programmed {
+    /// Whether per-endpoint comments were written (the rules of every port depend on it).
+    comments: bool,
+    ports: HashMap<String, (ServicePort, Rules)>,
+    shared: Rules,
+}
+
+impl Programmed {
+    fn rule_count(&self) -> usize {
+        let own = |r: &Rules| {
+            rules::TABLES
+                .iter()
+                .flat_map(|t| r.own(t).map(|(_, l)| l.len()))
+                .sum::<usize>()
+        };
+        self.shared.rule_count() + self.ports.values().map(|(_, r)| own(r)).sum::<usize>()
+    }
 }
 
 #[derive(Clone, PartialEq)]
@@ -119,8 +140,7 @@ impl Proxier {
     fn new(cfg: Config) -> Proxier {
         Proxier {
             cfg,
-            filter: None,
-            nat: None,
+            programmed: None,
             udp: None,
             warned_conntrack: false,
         }
@@ -151,82 +171,79 @@ impl Proxier {
                 service_ports(svc, slices, &self.cfg)
             })
             .collect();
-        out.sort_by(|a, b| a.id().cmp(&b.id()).then(a.protocol.cmp(&b.protocol)));
+        out.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
         out
     }
 
+    /// Brings the kernel's rules to what `ports` and `host_ports` want (`started` is when the
+    /// sync began, for the log). Only the rules of service ports that changed are computed
+    /// again; a full sync rewrites every chain (and deletes leftovers of ours).
     fn sync(
         &mut self,
+        started: std::time::Instant,
         ports: Vec<ServicePort>,
         host_ports: &[HostPort],
         full: bool,
     ) -> anyhow::Result<()> {
-        let started = std::time::Instant::now();
         let node = NodeView {
             cluster_cidr: self.cfg.cluster_cidr,
         };
-        let (filter, nat) = rules::compute(&node, &ports, host_ports);
+        // Until the restore succeeds, the kernel's state is unknown: a failure forces a full sync.
+        let before = self.programmed.take().filter(|_| !full);
+        let (programmed, changes) = plan(&node, before, ports, host_ports);
+        let incremental = changes.iter().all(|(_, old, _)| old.is_some());
         let mut input = String::new();
-        for (table, old, new) in [("filter", &self.filter, &filter), ("nat", &self.nat, &nat)] {
-            let (old, stale) = if full {
-                let stale: Vec<String> = iptables::chains(table)?
+        for (table, old, new) in changes {
+            let stale: Vec<String> = match old {
+                Some(_) => Vec::new(),
+                None => iptables::chains(table)?
                     .into_iter()
                     .filter(|c| rules::owned(c))
-                    .collect();
-                (None, stale)
-            } else {
-                (old.as_ref(), Vec::new())
+                    .collect(),
             };
-            let t = iptables::restore_input(table, old, new, &stale);
+            let t = iptables::restore_input(table, old.as_ref(), &new, &stale);
             if t.lines().count() > 2 {
                 input.push_str(&t);
             }
         }
+        let computed_ms = started.elapsed().as_secs_f64() * 1000.0;
         if !input.is_empty() {
-            // Until it succeeds, the kernel's state is unknown: a failure forces a full sync.
-            self.filter = None;
-            self.nat = None;
             iptables::restore(&input)?;
         }
-        if full {
+        if !incremental {
             iptables::ensure_jumps(rules::JUMPS)?;
         }
-        self.filter = Some(filter);
-        self.nat = Some(nat);
+        let udp = udp_state(programmed.ports.values().map(|p| &p.0));
         if !input.is_empty() {
             let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-            let rules: usize = self
-                .nat
-                .iter()
-                .chain(&self.filter)
-                .flat_map(|t| t.values())
-                .map(Vec::len)
-                .sum();
-            if full {
+            let (services, rules) = (programmed.ports.len(), programmed.rule_count());
+            if !incremental {
                 tracing::info!(
-                    services = ports.len(),
+                    services,
                     rules,
+                    computed_ms,
                     elapsed_ms,
                     "service rules written (full sync)"
                 );
             } else {
                 tracing::debug!(
-                    services = ports.len(),
+                    services,
                     rules,
+                    computed_ms,
                     elapsed_ms,
                     "service rules synced"
                 );
             }
         }
-        self.flush_stale_udp(&ports);
+        self.programmed = Some(programmed);
+        self.flush_stale_udp(udp);
         Ok(())
     }
 
     /// Deletes conntrack entries of UDP flows that would keep going to endpoints that are gone
     /// (UDP has no connection to reset), and of flows to services that just got endpoints.
     /// The first sync only records the state: a restart must not disturb running flows.
-    fn flush_stale_udp(&mut self, ports: &[ServicePort]) {
-        let now = udp_state(ports);
+    fn flush_stale_udp(&mut self, now: UdpStates) {
         let deletions = match self.udp.take() {
             Some(old) => stale_udp_flows(&old, &now),
             None => Vec::new(),
@@ -248,12 +265,81 @@ impl Proxier {
     }
 }
 
+/// Per table, the chains to write: (table, what is in the kernel, what is wanted). With no
+/// rules `before` (a full sync) the kernel's state is unknown and every chain is wanted;
+/// otherwise only the shared chains and the own chains of ports that changed are compared.
+type Changes = Vec<(&'static str, Option<Chains>, Chains)>;
+
+/// The rules for `ports` and what to write to get there from `before`. The rules of a port
+/// that did not change are taken from `before`, not computed again.
+fn plan(
+    node: &NodeView,
+    mut before: Option<Programmed>,
+    ports: Vec<ServicePort>,
+    host_ports: &[HostPort],
+) -> (Programmed, Changes) {
+    let comments = rules::comments(&ports);
+    if before.as_ref().is_some_and(|b| b.comments != comments) {
+        before = None; // every port's rules change
+    }
+    // Own chains of the ports that changed: as programmed, and as wanted now.
+    let (mut old_own, mut new_own) = (Rules::default(), Rules::default());
+    let mut now = HashMap::with_capacity(ports.len());
+    let mut order = Vec::with_capacity(ports.len());
+    for sp in ports {
+        let key = format!("{}/{}", sp.id(), sp.protocol);
+        let was = before.as_mut().and_then(|b| b.ports.remove(&key));
+        let port_rules = match was {
+            Some((old_sp, r)) if old_sp == sp => r,
+            was => {
+                if let Some((_, r)) = was {
+                    old_own.add_own(&r);
+                }
+                let r = rules::port_rules(node, &sp, comments);
+                new_own.add_own(&r);
+                r
+            }
+        };
+        order.push(key.clone());
+        now.insert(key, (sp, port_rules));
+    }
+    for (_, (_, r)) in before.iter_mut().flat_map(|b| b.ports.drain()) {
+        old_own.add_own(&r); // ports that are gone
+    }
+    let shared = rules::shared(order.iter().map(|k| &now[k].1), host_ports);
+    let changes = rules::TABLES
+        .into_iter()
+        .map(|table| match &before {
+            Some(b) => {
+                let mut old = old_own.table(table).clone();
+                old.extend(b.shared.table(table).clone());
+                let mut new = new_own.table(table).clone();
+                new.extend(shared.table(table).clone());
+                (table, Some(old), new)
+            }
+            None => {
+                let mut all = shared.table(table).clone();
+                for (_, r) in now.values() {
+                    all.extend(r.own(table).map(|(c, l)| (c.clone(), l.clone())));
+                }
+                (table, None, all)
+            }
+        })
+        .collect();
+    let programmed = Programmed {
+        comments,
+        ports: now,
+        shared,
+    };
+    (programmed, changes)
+}
+
 type UdpStates = HashMap<String, UdpState>;
 
 /// Per UDP service port: where clients send, and the endpoints new flows may go to.
-fn udp_state(ports: &[ServicePort]) -> UdpStates {
+fn udp_state<'a>(ports: impl Iterator<Item = &'a ServicePort>) -> UdpStates {
     let mut out = HashMap::new();
-    for sp in ports.iter().filter(|p| p.protocol == "udp") {
+    for sp in ports.filter(|p| p.protocol == "udp") {
         let mut destinations = vec![sp.cluster_ip];
         destinations.extend(&sp.external_ips);
         let endpoints = sp
@@ -467,6 +553,87 @@ mod tests {
             node_port: Some(30053),
             endpoints: eps.iter().map(|e| e.parse().unwrap()).collect(),
         }
+    }
+
+    fn port(name: &str, endpoints: &[&str]) -> ServicePort {
+        ServicePort {
+            namespace: "default".into(),
+            name: name.into(),
+            port_name: String::new(),
+            protocol: "tcp".into(),
+            cluster_ip: "10.43.0.20".parse().unwrap(),
+            port: 80,
+            node_port: None,
+            external_ips: vec![],
+            affinity_seconds: None,
+            external_local: false,
+            internal_local: false,
+            endpoints: endpoints
+                .iter()
+                .map(|ip| Endpoint {
+                    ip: ip.parse().unwrap(),
+                    port: 8080,
+                    ready: true,
+                    serving: true,
+                    terminating: false,
+                    local: true,
+                })
+                .collect(),
+        }
+    }
+
+    fn restore_inputs(changes: &Changes) -> String {
+        changes
+            .iter()
+            .map(|(t, old, new)| iptables::restore_input(t, old.as_ref(), new, &[]))
+            .collect()
+    }
+
+    #[test]
+    fn a_sync_writes_only_the_ports_that_changed() {
+        let node = NodeView {
+            cluster_cidr: "10.42.0.0/16".parse().unwrap(),
+        };
+        let (a, b) = (port("a", &["10.42.0.5"]), port("b", &["10.42.0.6"]));
+        let (first, changes) = plan(&node, None, vec![a.clone(), b.clone()], &[]);
+        assert!(
+            changes.iter().all(|(_, old, _)| old.is_none()),
+            "a full sync"
+        );
+        let whole = rules::compute(&node, &[a.clone(), b.clone()], &[]);
+        assert_eq!(
+            changes[1].2, whole.nat,
+            "the same rules as computed at once"
+        );
+        let a_svc = first.ports["default/a/tcp"]
+            .1
+            .own("nat")
+            .next()
+            .unwrap()
+            .0
+            .clone();
+
+        // b gets another endpoint: a's chains are not written again.
+        let b2 = port("b", &["10.42.0.6", "10.42.0.7"]);
+        let (second, changes) = plan(&node, Some(first), vec![a.clone(), b2.clone()], &[]);
+        let input = restore_inputs(&changes);
+        assert!(!input.contains(&a_svc), "a is unchanged: {input}");
+        assert!(input.contains("10.42.0.7:8080"), "{input}");
+        assert!(
+            !input.contains(":KUBE-SERVICES"),
+            "same cluster IP jumps: {input}"
+        );
+        assert_eq!(
+            second.rule_count(),
+            rules::compute(&node, &[a.clone(), b2.clone()], &[]).rule_count()
+        );
+
+        // a goes away: its chains are deleted and the jump to them goes.
+        let (_, changes) = plan(&node, Some(second), vec![b2], &[]);
+        let input = restore_inputs(&changes);
+        assert!(input.contains(&format!("-X {a_svc}")), "{input}");
+        assert!(input.contains(":KUBE-SERVICES - [0:0]"), "{input}");
+        assert!(!input.contains("10.42.0.7"), "b is unchanged: {input}");
     }
 
     #[test]

@@ -242,6 +242,11 @@ impl ServicePort {
         }
     }
 
+    /// Orders ports like their ids, without building them.
+    pub fn sort_key(&self) -> (&str, &str, &str, &str) {
+        (&self.namespace, &self.name, &self.port_name, &self.protocol)
+    }
+
     fn chain(&self, prefix: &str) -> String {
         chain_name(prefix, &format!("{}{}", self.id(), self.protocol))
     }
@@ -282,29 +287,102 @@ fn rules<'a>(t: &'a mut Chains, chain: &str) -> &'a mut Vec<String> {
     t.entry(chain.to_string()).or_default()
 }
 
-/// The whole rule set: (filter chains, nat chains). Every chain named is owned by the proxy.
-pub fn compute(
-    node: &NodeView,
-    ports: &[ServicePort],
-    host_ports: &[HostPort],
-) -> (Chains, Chains) {
-    let mut filter = Chains::new();
-    let mut nat = Chains::new();
-    let comments =
-        ports.iter().map(|p| p.endpoints.len()).sum::<usize>() <= LARGE_CLUSTER_ENDPOINTS;
-    for c in [SERVICES, EXTERNAL_SERVICES, FORWARD, NODEPORTS] {
-        filter.insert(c.into(), Vec::new());
+/// The chains every node has, whatever its services: a port's lines in them are merged in
+/// port order; every other chain belongs to one service port.
+const SHARED_FILTER: [&str; 4] = [SERVICES, EXTERNAL_SERVICES, FORWARD, NODEPORTS];
+const SHARED_NAT: [&str; 6] = [
+    SERVICES,
+    NODEPORTS,
+    MARK_MASQ,
+    POSTROUTING,
+    HOSTPORTS,
+    CANARY,
+];
+
+/// Whether `chain` of `table` is one of the shared chains.
+pub fn is_shared(table: &str, chain: &str) -> bool {
+    match table {
+        "filter" => SHARED_FILTER.contains(&chain),
+        _ => SHARED_NAT.contains(&chain),
     }
-    for c in [
-        SERVICES,
-        NODEPORTS,
-        MARK_MASQ,
-        POSTROUTING,
-        HOSTPORTS,
-        CANARY,
-    ] {
-        nat.insert(c.into(), Vec::new());
+}
+
+/// Whether per-endpoint comments are written: not in large clusters (as upstream), to keep
+/// restores fast.
+pub fn comments(ports: &[ServicePort]) -> bool {
+    ports.iter().map(|p| p.endpoints.len()).sum::<usize>() <= LARGE_CLUSTER_ENDPOINTS
+}
+
+/// Rules of the two tables the proxy programs.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Rules {
+    pub filter: Chains,
+    pub nat: Chains,
+}
+
+pub const TABLES: [&str; 2] = ["filter", "nat"];
+
+impl Rules {
+    pub fn table(&self, table: &str) -> &Chains {
+        if table == "filter" {
+            &self.filter
+        } else {
+            &self.nat
+        }
     }
+
+    /// The chains of `table` in one port's rules that are its own (not shared).
+    pub fn own<'a>(
+        &'a self,
+        table: &'a str,
+    ) -> impl Iterator<Item = (&'a String, &'a Vec<String>)> {
+        self.table(table)
+            .iter()
+            .filter(move |(c, _)| !is_shared(table, c))
+    }
+
+    /// Adds copies of the own chains of `port` (one port's rules).
+    pub fn add_own(&mut self, port: &Rules) {
+        for (table, to) in [("filter", &mut self.filter), ("nat", &mut self.nat)] {
+            to.extend(port.own(table).map(|(c, l)| (c.clone(), l.clone())));
+        }
+    }
+
+    pub fn rule_count(&self) -> usize {
+        self.filter
+            .values()
+            .chain(self.nat.values())
+            .map(Vec::len)
+            .sum()
+    }
+}
+
+/// The whole rule set. Every chain named is owned by the proxy.
+#[cfg(test)]
+pub fn compute(node: &NodeView, ports: &[ServicePort], host_ports: &[HostPort]) -> Rules {
+    let comments = comments(ports);
+    let per_port: Vec<Rules> = ports
+        .iter()
+        .map(|sp| port_rules(node, sp, comments))
+        .collect();
+    let mut all = shared(per_port.iter(), host_ports);
+    for r in &per_port {
+        all.add_own(r);
+    }
+    all
+}
+
+/// The shared chains: their fixed rules, the lines of each port's rules (`per_port`, in port
+/// order) and the host ports.
+pub fn shared<'a>(per_port: impl Iterator<Item = &'a Rules>, host_ports: &[HostPort]) -> Rules {
+    let mut filter: Chains = SHARED_FILTER
+        .iter()
+        .map(|c| (c.to_string(), Vec::new()))
+        .collect();
+    let mut nat: Chains = SHARED_NAT
+        .iter()
+        .map(|c| (c.to_string(), Vec::new()))
+        .collect();
     rules(&mut filter, FORWARD).extend([
         "-m conntrack --ctstate INVALID -j DROP".to_string(),
         format!("-m comment --comment \"kubernetes forwarding rules\" -m mark --mark {MASQ_MARK} -j ACCEPT"),
@@ -316,158 +394,15 @@ pub fn compute(
         "-j MARK --xor-mark 0x4000".to_string(),
         "-m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully".to_string(),
     ]);
-
-    for sp in ports {
-        let id = sp.id();
-        let cluster = sp.usable(false);
-        let local = sp.usable(true);
-        let internal = if sp.internal_local { &local } else { &cluster };
-        let external = if sp.external_local { &local } else { &cluster };
-        let svc = sp.chain("KUBE-SVC-");
-        let svl = sp.chain("KUBE-SVL-");
-        let ext = sp.chain("KUBE-EXT-");
-        let int_chain = if sp.internal_local { &svl } else { &svc };
-        let dport = sp.match_port(sp.port);
-        let cip = sp.cluster_ip;
-
-        // Endpoint chains, shared by the cluster-wide and local chains.
-        for e in cluster.iter().chain(local.iter()) {
-            let sep = sp.endpoint_chain(e);
-            if nat.contains_key(&sep) {
-                continue;
+    for port in per_port {
+        for (table, to) in [("filter", &mut filter), ("nat", &mut nat)] {
+            for (chain, lines) in port
+                .table(table)
+                .iter()
+                .filter(|(c, _)| is_shared(table, c))
+            {
+                rules(to, chain).extend(lines.iter().cloned());
             }
-            let c = if comments {
-                format!("-m comment --comment {id} ")
-            } else {
-                String::new()
-            };
-            let affinity = match sp.affinity_seconds {
-                Some(_) => {
-                    format!("-m recent --set --name {sep} --mask 255.255.255.255 --rsource ")
-                }
-                None => String::new(),
-            };
-            nat.insert(
-                sep,
-                vec![
-                    format!("{c}-s {}/32 -j {MARK_MASQ}", e.ip),
-                    format!(
-                        "{c}-p {p} -m {p} {affinity}-j DNAT --to-destination {}:{}",
-                        e.ip,
-                        e.port,
-                        p = sp.protocol
-                    ),
-                ],
-            );
-        }
-        let endpoint_rules = |chain: &str, eps: &[&Endpoint], nat: &mut Chains| {
-            let mut out = Vec::new();
-            if let Some(secs) = sp.affinity_seconds {
-                for e in eps {
-                    let sep = sp.endpoint_chain(e);
-                    out.push(format!(
-                        "-m comment --comment \"{id} -> {}:{}\" -m recent --name {sep} --rcheck --seconds {secs} --reap -j {sep}",
-                        e.ip, e.port
-                    ));
-                }
-            }
-            let n = eps.len();
-            for (i, e) in eps.iter().enumerate() {
-                let sep = sp.endpoint_chain(e);
-                let c = if comments {
-                    format!("-m comment --comment \"{id} -> {}:{}\" ", e.ip, e.port)
-                } else {
-                    String::new()
-                };
-                if i + 1 < n {
-                    out.push(format!(
-                        "{c}-m statistic --mode random --probability {:.10} -j {sep}",
-                        1.0 / (n - i) as f64
-                    ));
-                } else {
-                    out.push(format!("{c}-j {sep}"));
-                }
-            }
-            rules(nat, chain).extend(out);
-        };
-        if !cluster.is_empty() {
-            rules(&mut nat, &svc).push(format!(
-                "! -s {} -d {cip}/32 {dport} -m comment --comment \"{id} cluster IP\" -j {MARK_MASQ}",
-                node.cluster_cidr
-            ));
-            endpoint_rules(&svc, &cluster, &mut nat);
-        }
-        if (sp.internal_local || (sp.external_local && sp.has_external())) && !local.is_empty() {
-            endpoint_rules(&svl, &local, &mut nat);
-        }
-
-        // Cluster IP.
-        if internal.is_empty() {
-            rules(&mut filter, SERVICES).push(format!(
-                "-d {cip}/32 {dport} -m comment --comment \"{id} has no endpoints\" -j REJECT --reject-with icmp-port-unreachable"
-            ));
-        } else {
-            rules(&mut nat, SERVICES).push(format!(
-                "-d {cip}/32 {dport} -m comment --comment \"{id} cluster IP\" -j {int_chain}"
-            ));
-        }
-
-        // NodePort, external and load-balancer addresses.
-        if !sp.has_external() {
-            continue;
-        }
-        if external.is_empty() {
-            // Nothing can serve: refuse at once (or drop, when endpoints exist but none here).
-            let (target, why) = if cluster.is_empty() {
-                (
-                    "REJECT --reject-with icmp-port-unreachable",
-                    "has no endpoints",
-                )
-            } else {
-                ("DROP", "has no local endpoints")
-            };
-            for ip in &sp.external_ips {
-                rules(&mut filter, EXTERNAL_SERVICES).push(format!(
-                    "-d {ip}/32 {dport} -m comment --comment \"{id} {why}\" -j {target}"
-                ));
-            }
-            if let Some(np) = sp.node_port {
-                rules(&mut filter, EXTERNAL_SERVICES).push(format!(
-                    "-m addrtype --dst-type LOCAL {} -m comment --comment \"{id} {why}\" -j {target}",
-                    sp.match_port(np)
-                ));
-            }
-            continue;
-        }
-        let ext_rules = rules(&mut nat, &ext);
-        if sp.external_local {
-            ext_rules.push(format!(
-                "-s {} -m comment --comment \"pod traffic for {id} external destinations\" -j {svc}",
-                node.cluster_cidr
-            ));
-            ext_rules.push(format!(
-                "-m comment --comment \"masquerade LOCAL traffic for {id} external destinations\" -m addrtype --src-type LOCAL -j {MARK_MASQ}"
-            ));
-            ext_rules.push(format!(
-                "-m comment --comment \"route LOCAL traffic for {id} external destinations\" -m addrtype --src-type LOCAL -j {svc}"
-            ));
-            ext_rules.push(format!("-j {svl}"));
-        } else {
-            ext_rules.push(format!(
-                "-m comment --comment \"masquerade traffic for {id} external destinations\" -j {MARK_MASQ}"
-            ));
-            ext_rules.push(format!("-j {svc}"));
-        }
-        for ip in &sp.external_ips {
-            rules(&mut nat, SERVICES).push(format!(
-                "-d {ip}/32 {dport} -m comment --comment \"{id} external IP\" -j {ext}"
-            ));
-        }
-        if let Some(np) = sp.node_port {
-            rules(&mut nat, NODEPORTS).push(format!(
-                "{} -m comment --comment {id} -j {ext}",
-                sp.match_port(np)
-            ));
         }
     }
     rules(&mut nat, SERVICES).push(format!(
@@ -494,7 +429,166 @@ pub fn compute(
             hp.pod_ip, hp.container_port
         ));
     }
-    (filter, nat)
+    Rules { filter, nat }
+}
+
+/// The rules of one service port: (filter, nat) chains, its own (`KUBE-SVC-`, `KUBE-SEP-`, ...)
+/// and its lines in the shared ones.
+pub fn port_rules(node: &NodeView, sp: &ServicePort, comments: bool) -> Rules {
+    let mut filter = Chains::new();
+    let mut nat = Chains::new();
+    let id = sp.id();
+    let cluster = sp.usable(false);
+    let local = sp.usable(true);
+    let internal = if sp.internal_local { &local } else { &cluster };
+    let external = if sp.external_local { &local } else { &cluster };
+    let svc = sp.chain("KUBE-SVC-");
+    let svl = sp.chain("KUBE-SVL-");
+    let ext = sp.chain("KUBE-EXT-");
+    let int_chain = if sp.internal_local { &svl } else { &svc };
+    let dport = sp.match_port(sp.port);
+    let cip = sp.cluster_ip;
+
+    // Endpoint chains, shared by the cluster-wide and local chains.
+    for e in cluster.iter().chain(local.iter()) {
+        let sep = sp.endpoint_chain(e);
+        if nat.contains_key(&sep) {
+            continue;
+        }
+        let c = if comments {
+            format!("-m comment --comment {id} ")
+        } else {
+            String::new()
+        };
+        let affinity = match sp.affinity_seconds {
+            Some(_) => {
+                format!("-m recent --set --name {sep} --mask 255.255.255.255 --rsource ")
+            }
+            None => String::new(),
+        };
+        nat.insert(
+            sep,
+            vec![
+                format!("{c}-s {}/32 -j {MARK_MASQ}", e.ip),
+                format!(
+                    "{c}-p {p} -m {p} {affinity}-j DNAT --to-destination {}:{}",
+                    e.ip,
+                    e.port,
+                    p = sp.protocol
+                ),
+            ],
+        );
+    }
+    let endpoint_rules = |chain: &str, eps: &[&Endpoint], nat: &mut Chains| {
+        let mut out = Vec::new();
+        if let Some(secs) = sp.affinity_seconds {
+            for e in eps {
+                let sep = sp.endpoint_chain(e);
+                out.push(format!(
+                    "-m comment --comment \"{id} -> {}:{}\" -m recent --name {sep} --rcheck --seconds {secs} --reap -j {sep}",
+                    e.ip, e.port
+                ));
+            }
+        }
+        let n = eps.len();
+        for (i, e) in eps.iter().enumerate() {
+            let sep = sp.endpoint_chain(e);
+            let c = if comments {
+                format!("-m comment --comment \"{id} -> {}:{}\" ", e.ip, e.port)
+            } else {
+                String::new()
+            };
+            if i + 1 < n {
+                out.push(format!(
+                    "{c}-m statistic --mode random --probability {:.10} -j {sep}",
+                    1.0 / (n - i) as f64
+                ));
+            } else {
+                out.push(format!("{c}-j {sep}"));
+            }
+        }
+        rules(nat, chain).extend(out);
+    };
+    if !cluster.is_empty() {
+        rules(&mut nat, &svc).push(format!(
+            "! -s {} -d {cip}/32 {dport} -m comment --comment \"{id} cluster IP\" -j {MARK_MASQ}",
+            node.cluster_cidr
+        ));
+        endpoint_rules(&svc, &cluster, &mut nat);
+    }
+    if (sp.internal_local || (sp.external_local && sp.has_external())) && !local.is_empty() {
+        endpoint_rules(&svl, &local, &mut nat);
+    }
+
+    // Cluster IP.
+    if internal.is_empty() {
+        rules(&mut filter, SERVICES).push(format!(
+            "-d {cip}/32 {dport} -m comment --comment \"{id} has no endpoints\" -j REJECT --reject-with icmp-port-unreachable"
+        ));
+    } else {
+        rules(&mut nat, SERVICES).push(format!(
+            "-d {cip}/32 {dport} -m comment --comment \"{id} cluster IP\" -j {int_chain}"
+        ));
+    }
+
+    // NodePort, external and load-balancer addresses.
+    if !sp.has_external() {
+        return Rules { filter, nat };
+    }
+    if external.is_empty() {
+        // Nothing can serve: refuse at once (or drop, when endpoints exist but none here).
+        let (target, why) = if cluster.is_empty() {
+            (
+                "REJECT --reject-with icmp-port-unreachable",
+                "has no endpoints",
+            )
+        } else {
+            ("DROP", "has no local endpoints")
+        };
+        for ip in &sp.external_ips {
+            rules(&mut filter, EXTERNAL_SERVICES).push(format!(
+                "-d {ip}/32 {dport} -m comment --comment \"{id} {why}\" -j {target}"
+            ));
+        }
+        if let Some(np) = sp.node_port {
+            rules(&mut filter, EXTERNAL_SERVICES).push(format!(
+                "-m addrtype --dst-type LOCAL {} -m comment --comment \"{id} {why}\" -j {target}",
+                sp.match_port(np)
+            ));
+        }
+        return Rules { filter, nat };
+    }
+    let ext_rules = rules(&mut nat, &ext);
+    if sp.external_local {
+        ext_rules.push(format!(
+            "-s {} -m comment --comment \"pod traffic for {id} external destinations\" -j {svc}",
+            node.cluster_cidr
+        ));
+        ext_rules.push(format!(
+            "-m comment --comment \"masquerade LOCAL traffic for {id} external destinations\" -m addrtype --src-type LOCAL -j {MARK_MASQ}"
+        ));
+        ext_rules.push(format!(
+            "-m comment --comment \"route LOCAL traffic for {id} external destinations\" -m addrtype --src-type LOCAL -j {svc}"
+        ));
+        ext_rules.push(format!("-j {svl}"));
+    } else {
+        ext_rules.push(format!(
+            "-m comment --comment \"masquerade traffic for {id} external destinations\" -j {MARK_MASQ}"
+        ));
+        ext_rules.push(format!("-j {svc}"));
+    }
+    for ip in &sp.external_ips {
+        rules(&mut nat, SERVICES).push(format!(
+            "-d {ip}/32 {dport} -m comment --comment \"{id} external IP\" -j {ext}"
+        ));
+    }
+    if let Some(np) = sp.node_port {
+        rules(&mut nat, NODEPORTS).push(format!(
+            "{} -m comment --comment {id} -j {ext}",
+            sp.match_port(np)
+        ));
+    }
+    Rules { filter, nat }
 }
 
 #[cfg(test)]
@@ -563,7 +657,7 @@ mod tests {
     #[test]
     fn a_service_with_two_endpoints_load_balances_and_masquerades() {
         let sp = web(vec![ep("10.42.0.5", true), ep("10.42.0.6", true)]);
-        let (filter, nat) = compute(&node(), std::slice::from_ref(&sp), &[]);
+        let Rules { filter, nat } = compute(&node(), std::slice::from_ref(&sp), &[]);
         let svc = sp.chain("KUBE-SVC-");
         let text = dump(&nat);
         assert!(text.contains(&format!(
@@ -591,7 +685,7 @@ mod tests {
     #[test]
     fn no_endpoints_means_reject() {
         let sp = web(vec![]);
-        let (filter, nat) = compute(&node(), std::slice::from_ref(&sp), &[]);
+        let Rules { filter, nat } = compute(&node(), std::slice::from_ref(&sp), &[]);
         assert!(
             filter[SERVICES][0].contains("-d 10.43.0.20/32")
                 && filter[SERVICES][0].contains("-j REJECT")
@@ -627,7 +721,7 @@ mod tests {
     fn local_traffic_policies_use_local_endpoints() {
         let mut sp = web(vec![ep("10.42.0.5", true), ep("10.42.1.5", false)]);
         sp.external_local = true;
-        let (filter, nat) = compute(&node(), std::slice::from_ref(&sp), &[]);
+        let Rules { filter, nat } = compute(&node(), std::slice::from_ref(&sp), &[]);
         let svl = sp.chain("KUBE-SVL-");
         assert_eq!(nat[&svl].len(), 1, "one local endpoint: {:?}", nat[&svl]);
         assert_eq!(
@@ -637,13 +731,18 @@ mod tests {
         // Only remote endpoints: external traffic is dropped, cluster traffic still served.
         let mut sp = web(vec![ep("10.42.1.5", false)]);
         sp.external_local = true;
-        let (filter2, nat2) = compute(&node(), std::slice::from_ref(&sp), &[]);
+        let Rules {
+            filter: filter2,
+            nat: nat2,
+        } = compute(&node(), std::slice::from_ref(&sp), &[]);
         assert!(filter2[EXTERNAL_SERVICES][0].ends_with("-j DROP"));
         assert!(nat2.contains_key(&sp.chain("KUBE-SVC-")));
         assert!(filter[EXTERNAL_SERVICES].is_empty());
         // internalTrafficPolicy: Local with no local endpoint rejects cluster-IP traffic.
         sp.internal_local = true;
-        let (filter3, _) = compute(&node(), std::slice::from_ref(&sp), &[]);
+        let Rules {
+            filter: filter3, ..
+        } = compute(&node(), std::slice::from_ref(&sp), &[]);
         assert!(filter3[SERVICES][0].contains("REJECT"));
     }
 
@@ -651,7 +750,7 @@ mod tests {
     fn client_ip_affinity_checks_recent_first() {
         let mut sp = web(vec![ep("10.42.0.5", true), ep("10.42.0.6", true)]);
         sp.affinity_seconds = Some(10800);
-        let (_, nat) = compute(&node(), std::slice::from_ref(&sp), &[]);
+        let Rules { nat, .. } = compute(&node(), std::slice::from_ref(&sp), &[]);
         let rules = &nat[&sp.chain("KUBE-SVC-")];
         assert!(rules[1].contains("--rcheck --seconds 10800 --reap"));
         assert!(rules[2].contains("--rcheck"));
@@ -663,8 +762,8 @@ mod tests {
     fn restore_input_names_only_changes() {
         let a = web(vec![ep("10.42.0.5", true)]);
         let b = web(vec![ep("10.42.0.6", true)]);
-        let (_, old) = compute(&node(), std::slice::from_ref(&a), &[]);
-        let (_, new) = compute(&node(), std::slice::from_ref(&b), &[]);
+        let Rules { nat: old, .. } = compute(&node(), std::slice::from_ref(&a), &[]);
+        let Rules { nat: new, .. } = compute(&node(), std::slice::from_ref(&b), &[]);
         let input = crate::network::iptables::restore_input("nat", Some(&old), &new, &[]);
         let old_sep = a.endpoint_chain(&a.endpoints[0]);
         let new_sep = b.endpoint_chain(&b.endpoints[0]);
@@ -680,6 +779,11 @@ mod tests {
         let full =
             crate::network::iptables::restore_input("nat", None, &new, &["KUBE-SVC-OLD".into()]);
         assert!(full.contains(":KUBE-POSTROUTING - [0:0]") && full.contains("-X KUBE-SVC-OLD"));
+        assert!(!full.contains("\n-S\n"), "a small restore names its chains");
+        // A large one starts with a listing, so iptables-nft caches the whole table.
+        let many: Chains = (0..600).map(|i| (format!("KUBE-SEP-{i}"), vec![])).collect();
+        let input = crate::network::iptables::restore_input("nat", None, &many, &[]);
+        assert!(input.starts_with("*nat\n-S\n:KUBE-SEP-0 - [0:0]\n"));
     }
 
     #[test]
@@ -691,7 +795,7 @@ mod tests {
             pod_ip: "10.42.0.9".parse().unwrap(),
             container_port: 80,
         };
-        let (_, nat) = compute(&node(), &[], &[hp]);
+        let Rules { nat, .. } = compute(&node(), &[], &[hp]);
         assert_eq!(
             nat[HOSTPORTS].last().unwrap(),
             "-p tcp -m tcp --dport 8081 -j DNAT --to-destination 10.42.0.9:80"
