@@ -45,10 +45,7 @@ pub async fn run(client: kube::Client, cfg: Config) -> anyhow::Result<()> {
     crate::network::hold_address(LINK, cfg.address)
         .await
         .context("adding the cluster DNS address")?;
-    let zone = Arc::new(RwLock::new(Arc::new(Zone::empty(
-        &cfg.domain,
-        cfg.ranges.clone(),
-    )?)));
+    let zone = Arc::new(RwLock::new(Zone::empty(&cfg.domain, cfg.ranges.clone())?));
     let wake = Arc::new(tokio::sync::Notify::new());
     let services = crate::network::watch_store(
         Api::<Service>::all(client.clone()),
@@ -61,18 +58,14 @@ pub async fn run(client: kube::Client, cfg: Config) -> anyhow::Result<()> {
         wake.clone(),
     );
     {
-        let (zone, cfg) = (zone.clone(), cfg.clone());
+        let zone = zone.clone();
         tokio::spawn(async move {
             loop {
-                match Zone::build(
-                    &cfg.domain,
-                    cfg.ranges.clone(),
-                    &services.state(),
-                    &slices.state(),
-                ) {
-                    Ok(z) => *zone.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(z),
-                    Err(e) => tracing::warn!("cluster DNS records: {e:#}"),
-                }
+                let (services, slices) = (services.state(), slices.state());
+                tokio::task::block_in_place(|| {
+                    let mut zone = zone.write().unwrap_or_else(|e| e.into_inner());
+                    zone.update(&services, &slices);
+                });
                 wake.notified().await;
                 tokio::time::sleep(BATCH).await;
             }
@@ -128,7 +121,7 @@ fn upstream(resolv_conf: &std::path::Path) -> Option<TokioResolver> {
 }
 
 struct Handler {
-    zone: Arc<RwLock<Arc<Zone>>>,
+    zone: Arc<RwLock<Zone>>,
     upstream: Option<TokioResolver>,
 }
 
@@ -139,21 +132,18 @@ impl Handler {
         name: Name,
         rtype: hickory_server::proto::rr::RecordType,
     ) -> (ResponseCode, bool, Vec<Record>, Vec<Record>) {
-        let zone = self.zone.read().unwrap_or_else(|e| e.into_inner()).clone();
-        match zone.answer(&name, rtype) {
+        let (answer, soa) = {
+            let zone = self.zone.read().unwrap_or_else(|e| e.into_inner());
+            let answer = zone.answer(&name, rtype);
+            // Negative answers carry the zone's SOA.
+            let soa =
+                matches!(answer, Answer::NoData | Answer::NxDomain).then(|| zone.soa().clone());
+            (answer, soa.into_iter().collect())
+        };
+        match answer {
             Answer::Records(r) => (ResponseCode::NoError, true, r, vec![]),
-            Answer::NoData => (
-                ResponseCode::NoError,
-                true,
-                vec![],
-                vec![zone.soa().clone()],
-            ),
-            Answer::NxDomain => (
-                ResponseCode::NXDomain,
-                true,
-                vec![],
-                vec![zone.soa().clone()],
-            ),
+            Answer::NoData => (ResponseCode::NoError, true, vec![], soa),
+            Answer::NxDomain => (ResponseCode::NXDomain, true, vec![], soa),
             Answer::NotOurs => {
                 let Some(up) = &self.upstream else {
                     return (ResponseCode::ServFail, false, vec![], vec![]);

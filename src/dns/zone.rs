@@ -1,5 +1,6 @@
-//! The cluster's DNS records (kubernetes/dns specification 1.1.0), rebuilt from the Service and
-//! EndpointSlice caches on every change so that answering is a map lookup.
+//! The cluster's DNS records (kubernetes/dns specification 1.1.0), kept up to date from the
+//! Service and EndpointSlice caches (only Services that changed are looked at again) so that
+//! answering is a map lookup.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -29,9 +30,13 @@ pub struct Zone {
     domain: Name,
     /// Reverse lookups in these ranges are ours too.
     ranges: Vec<Ipv4Net>,
-    records: HashMap<(Name, RecordType), Vec<Record>>,
-    /// Every name with records and all their ancestors inside the zone.
-    names: HashSet<Name>,
+    /// Records by name and type, each with the number of times it was added.
+    records: HashMap<(Name, RecordType), Vec<(Record, usize)>>,
+    /// Every name with records and all their ancestors inside the zone, with the number of
+    /// records at or below it.
+    names: HashMap<Name, usize>,
+    /// Per Service (`ns/name`): the version its records were made from, and the records.
+    services: HashMap<String, (String, Vec<(Name, RData)>)>,
     soa: Record,
 }
 
@@ -39,6 +44,10 @@ fn name(s: &str) -> Option<Name> {
     let mut n = Name::from_str(s).ok()?.to_lowercase();
     n.set_fqdn(true);
     Some(n)
+}
+
+fn records(counted: &[(Record, usize)]) -> Vec<Record> {
+    counted.iter().map(|(r, _)| r.clone()).collect()
 }
 
 /// `10-42-0-5` for `10.42.0.5`.
@@ -89,7 +98,8 @@ impl Zone {
             domain,
             ranges,
             records: HashMap::new(),
-            names: HashSet::new(),
+            names: HashMap::new(),
+            services: HashMap::new(),
             soa,
         };
         let version = z.domain.prepend_label("dns-version")?;
@@ -105,123 +115,170 @@ impl Zone {
         let rtype = data.record_type();
         let list = self.records.entry((n.clone(), rtype)).or_default();
         let rec = Record::from_rdata(n.clone(), TTL, data);
-        if !list.contains(&rec) {
-            list.push(rec);
+        match list.iter_mut().find(|(r, _)| *r == rec) {
+            Some((_, count)) => *count += 1,
+            None => list.push((rec, 1)),
         }
         let mut cur = n.clone();
-        while self.domain.zone_of(&cur) && self.names.insert(cur.clone()) {
+        while self.domain.zone_of(&cur) {
+            *self.names.entry(cur.clone()).or_default() += 1;
             cur = cur.base_name();
         }
     }
 
-    /// The records for `services` and their `slices`.
-    pub fn build(
-        domain: &str,
-        ranges: Vec<Ipv4Net>,
-        services: &[Arc<Service>],
-        slices: &[Arc<EndpointSlice>],
-    ) -> anyhow::Result<Zone> {
-        let mut z = Zone::empty(domain, ranges)?;
-        let mut by_service: HashMap<(String, String), Vec<&EndpointSlice>> = HashMap::new();
-        for s in slices {
-            if let Some(svc) = s.labels().get("kubernetes.io/service-name") {
-                by_service
-                    .entry((s.namespace().unwrap_or_default(), svc.clone()))
-                    .or_default()
-                    .push(s);
+    /// Takes back one `add(n, data)`.
+    fn remove(&mut self, n: &Name, data: RData) {
+        let key = (n.clone(), data.record_type());
+        let rec = Record::from_rdata(n.clone(), TTL, data);
+        if let Some(list) = self.records.get_mut(&key) {
+            if let Some(i) = list.iter().position(|(r, _)| *r == rec) {
+                list[i].1 -= 1;
+                if list[i].1 == 0 {
+                    list.swap_remove(i);
+                }
+            }
+            if list.is_empty() {
+                self.records.remove(&key);
             }
         }
-        for svc in services {
-            let ns = svc.namespace().unwrap_or_default();
-            let Some(spec) = &svc.spec else { continue };
-            let Some(base) = name(&format!("{}.{}.svc.{}", svc.name_any(), ns, z.domain)) else {
-                continue;
-            };
-            if spec.type_.as_deref() == Some("ExternalName") {
-                if let Some(target) = spec.external_name.as_deref().and_then(name) {
-                    z.add(&base, RData::CNAME(CNAME(target)));
+        let mut cur = n.clone();
+        while self.domain.zone_of(&cur) {
+            if let Some(count) = self.names.get_mut(&cur) {
+                *count -= 1;
+                if *count == 0 {
+                    self.names.remove(&cur);
                 }
-                continue;
             }
-            let cluster_ip = spec.cluster_ip.as_deref().unwrap_or("");
-            let named_ports = || {
-                spec.ports
-                    .iter()
-                    .flatten()
-                    .filter(|p| p.name.as_deref().is_some_and(|n| !n.is_empty()))
-            };
-            if let Ok(ip) = cluster_ip.parse::<Ipv4Addr>() {
-                z.add(&base, RData::A(A(ip)));
-                if let Some(r) = reverse_name(ip) {
-                    z.add(&r, RData::PTR(PTR(base.clone())));
+            cur = cur.base_name();
+        }
+    }
+
+    /// Brings the records up to `services` and their `slices`. Services whose version (their
+    /// own and their slices' resource versions) is unchanged are skipped.
+    pub fn update(&mut self, services: &[Arc<Service>], slices: &[Arc<EndpointSlice>]) {
+        let by_service = crate::network::slices_by_service(slices);
+        let mut seen = HashSet::with_capacity(services.len());
+        for svc in services {
+            let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
+            let name = svc.metadata.name.as_deref().unwrap_or_default();
+            let mine = by_service
+                .get(&(ns, name))
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            let key = format!("{ns}/{name}");
+            let version = crate::network::service_version(svc, mine);
+            if self.services.get(&key).is_none_or(|(v, _)| *v != version) {
+                let records = self.service_records(svc, mine);
+                for (n, d) in &records {
+                    self.add(n, d.clone());
                 }
-                for p in named_ports() {
-                    let proto = p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase();
-                    if let Some(srv) = name(&format!(
-                        "_{}._{proto}.{base}",
-                        p.name.as_deref().unwrap_or_default()
-                    )) && let Ok(port) = u16::try_from(p.port)
-                    {
-                        z.add(&srv, RData::SRV(SRV::new(0, 100, port, base.clone())));
+                if let Some((_, old)) = self.services.insert(key.clone(), (version, records)) {
+                    for (n, d) in old {
+                        self.remove(&n, d);
                     }
                 }
-                continue;
             }
-            if cluster_ip != "None" {
-                continue; // not allocated yet, or IPv6 only
+            seen.insert(key);
+        }
+        let gone: Vec<String> = (self.services.keys())
+            .filter(|k| !seen.contains(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            for (n, d) in self.services.remove(&key).map(|s| s.1).unwrap_or_default() {
+                self.remove(&n, d);
             }
-            // Headless: one A record per endpoint, and a name per endpoint.
-            let publish_all = spec.publish_not_ready_addresses == Some(true);
-            let key = (ns.clone(), svc.name_any());
-            for slice in by_service.get(&key).into_iter().flatten() {
-                if slice.address_type != "IPv4" {
+        }
+    }
+
+    /// The records of one Service, given its slices (each record once).
+    fn service_records(&self, svc: &Service, slices: &[&EndpointSlice]) -> Vec<(Name, RData)> {
+        let mut out: Vec<(Name, RData)> = Vec::new();
+        let mut add = |n: &Name, d: RData| {
+            if !out.iter().any(|(m, e)| m == n && *e == d) {
+                out.push((n.clone(), d));
+            }
+        };
+        let Some(spec) = &svc.spec else { return out };
+        let ns = svc.namespace().unwrap_or_default();
+        let Some(base) = name(&format!("{}.{}.svc.{}", svc.name_any(), ns, self.domain)) else {
+            return out;
+        };
+        if spec.type_.as_deref() == Some("ExternalName") {
+            if let Some(target) = spec.external_name.as_deref().and_then(name) {
+                add(&base, RData::CNAME(CNAME(target)));
+            }
+            return out;
+        }
+        let cluster_ip = spec.cluster_ip.as_deref().unwrap_or("");
+        if let Ok(ip) = cluster_ip.parse::<Ipv4Addr>() {
+            add(&base, RData::A(A(ip)));
+            if let Some(r) = reverse_name(ip) {
+                add(&r, RData::PTR(PTR(base.clone())));
+            }
+            for p in spec.ports.iter().flatten() {
+                let Some(pname) = p.name.as_deref().filter(|n| !n.is_empty()) else {
+                    continue;
+                };
+                let proto = p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase();
+                if let Some(srv) = name(&format!("_{pname}._{proto}.{base}"))
+                    && let Ok(port) = u16::try_from(p.port)
+                {
+                    add(&srv, RData::SRV(SRV::new(0, 100, port, base.clone())));
+                }
+            }
+            return out;
+        }
+        if cluster_ip != "None" {
+            return out; // not allocated yet, or IPv6 only
+        }
+        // Headless: one A record per endpoint, and a name per endpoint.
+        let publish_all = spec.publish_not_ready_addresses == Some(true);
+        for slice in slices.iter().filter(|s| s.address_type == "IPv4") {
+            for e in &slice.endpoints {
+                let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+                if !(ready || publish_all) {
                     continue;
                 }
-                for e in &slice.endpoints {
-                    let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-                    if !(ready || publish_all) {
+                for ip in e
+                    .addresses
+                    .iter()
+                    .filter_map(|a| a.parse::<Ipv4Addr>().ok())
+                {
+                    add(&base, RData::A(A(ip)));
+                    let label = e.hostname.clone().unwrap_or_else(|| dashed(ip));
+                    let Ok(host) = base.prepend_label(label.as_str()) else {
                         continue;
-                    }
-                    for ip in e
-                        .addresses
-                        .iter()
-                        .filter_map(|a| a.parse::<Ipv4Addr>().ok())
+                    };
+                    add(&host, RData::A(A(ip)));
+                    if e.hostname.is_some()
+                        && let Some(r) = reverse_name(ip)
                     {
-                        z.add(&base, RData::A(A(ip)));
-                        let label = e.hostname.clone().unwrap_or_else(|| dashed(ip));
-                        let Ok(host) = base.prepend_label(label.as_str()) else {
+                        add(&r, RData::PTR(PTR(host.clone())));
+                    }
+                    for p in slice.ports.iter().flatten() {
+                        let (Some(pname), Some(port)) = (
+                            p.name.as_deref().filter(|n| !n.is_empty()),
+                            p.port.and_then(|n| u16::try_from(n).ok()),
+                        ) else {
                             continue;
                         };
-                        z.add(&host, RData::A(A(ip)));
-                        if e.hostname.is_some()
-                            && let Some(r) = reverse_name(ip)
-                        {
-                            z.add(&r, RData::PTR(PTR(host.clone())));
-                        }
-                        for p in slice.ports.iter().flatten() {
-                            let (Some(pname), Some(port)) = (
-                                p.name.as_deref().filter(|n| !n.is_empty()),
-                                p.port.and_then(|n| u16::try_from(n).ok()),
-                            ) else {
-                                continue;
-                            };
-                            let proto = p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase();
-                            if let Some(srv) = name(&format!("_{pname}._{proto}.{base}")) {
-                                z.add(&srv, RData::SRV(SRV::new(0, 100, port, host.clone())));
-                            }
+                        let proto = p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase();
+                        if let Some(srv) = name(&format!("_{pname}._{proto}.{base}")) {
+                            add(&srv, RData::SRV(SRV::new(0, 100, port, host.clone())));
                         }
                     }
                 }
             }
         }
-        Ok(z)
+        out
     }
 
     /// The answer for `n` (lower case, fully qualified) and `rtype`.
     pub fn answer(&self, n: &Name, rtype: RecordType) -> Answer {
         if let Some(ip) = reverse_ip(n) {
             return match self.records.get(&(n.clone(), RecordType::PTR)) {
-                Some(r) if rtype == RecordType::PTR => Answer::Records(r.clone()),
+                Some(r) if rtype == RecordType::PTR => Answer::Records(records(r)),
                 Some(_) => Answer::NoData,
                 None if self.ranges.iter().any(|r| r.contains(&ip)) => Answer::NxDomain,
                 None => Answer::NotOurs,
@@ -241,13 +298,13 @@ impl Zone {
             return Answer::Records(vec![self.soa.clone()]);
         }
         if let Some(r) = self.records.get(&(n.clone(), rtype)) {
-            return Answer::Records(r.clone());
+            return Answer::Records(records(r));
         }
         // A name with a CNAME answers every type with it.
         if let Some(r) = self.records.get(&(n.clone(), RecordType::CNAME)) {
-            return Answer::Records(r.clone());
+            return Answer::Records(records(r));
         }
-        if self.names.contains(n) || n == &self.domain {
+        if self.names.contains_key(n) || n == &self.domain {
             Answer::NoData
         } else {
             Answer::NxDomain
@@ -278,33 +335,46 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn zone() -> Zone {
-        let services: Vec<Arc<Service>> = [
-            json!({"metadata": {"name": "web", "namespace": "default"}, "spec": {"clusterIP": "10.43.0.20", "ports": [{"name": "http", "port": 80}]}}),
-            json!({"metadata": {"name": "db", "namespace": "default"}, "spec": {"clusterIP": "None", "ports": [{"name": "pg", "port": 5432}]}}),
-            json!({"metadata": {"name": "ext", "namespace": "default"}, "spec": {"type": "ExternalName", "externalName": "example.org"}}),
+    fn db_slice(version: &str, endpoints: serde_json::Value) -> Arc<EndpointSlice> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": "db-x", "namespace": "default", "resourceVersion": version,
+                    "labels": {"kubernetes.io/service-name": "db"}},
+                "addressType": "IPv4",
+                "ports": [{"name": "pg", "port": 5432, "protocol": "TCP"}],
+                "endpoints": endpoints,
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn services() -> Vec<Arc<Service>> {
+        [
+            json!({"metadata": {"name": "web", "namespace": "default", "resourceVersion": "1"}, "spec": {"clusterIP": "10.43.0.20", "ports": [{"name": "http", "port": 80}]}}),
+            json!({"metadata": {"name": "db", "namespace": "default", "resourceVersion": "2"}, "spec": {"clusterIP": "None", "ports": [{"name": "pg", "port": 5432}]}}),
+            json!({"metadata": {"name": "ext", "namespace": "default", "resourceVersion": "3"}, "spec": {"type": "ExternalName", "externalName": "example.org"}}),
         ]
         .into_iter()
         .map(|v| Arc::new(serde_json::from_value(v).unwrap()))
-        .collect();
-        let slices: Vec<Arc<EndpointSlice>> = [json!({
-            "metadata": {"name": "db-x", "namespace": "default", "labels": {"kubernetes.io/service-name": "db"}},
-            "addressType": "IPv4",
-            "ports": [{"name": "pg", "port": 5432, "protocol": "TCP"}],
-            "endpoints": [
+        .collect()
+    }
+
+    fn zone() -> Zone {
+        let slices = vec![db_slice(
+            "4",
+            json!([
                 {"addresses": ["10.42.0.7"], "hostname": "db-0", "conditions": {"ready": true}},
                 {"addresses": ["10.42.0.8"], "conditions": {"ready": true}},
                 {"addresses": ["10.42.0.9"], "hostname": "db-2", "conditions": {"ready": false}},
-            ]
-        })]
-        .into_iter()
-        .map(|v| Arc::new(serde_json::from_value(v).unwrap()))
-        .collect();
+            ]),
+        )];
         let ranges = vec![
             "10.43.0.0/16".parse().unwrap(),
             "10.42.0.0/16".parse().unwrap(),
         ];
-        Zone::build("cluster.local", ranges, &services, &slices).unwrap()
+        let mut z = Zone::empty("cluster.local", ranges).unwrap();
+        z.update(&services(), &slices);
+        z
     }
 
     fn ask(z: &Zone, n: &str, t: RecordType) -> Answer {
@@ -391,5 +461,55 @@ mod tests {
         // Everything else goes upstream.
         assert_eq!(rdata(ask(&z, "example.org", A)), ["FORWARD"]);
         assert_eq!(rdata(ask(&z, "1.2.0.192.in-addr.arpa", PTR)), ["FORWARD"]);
+    }
+
+    #[test]
+    fn updates_replace_and_remove_records() {
+        use RecordType::*;
+        let mut z = zone();
+        // db's slice changes: db-0 goes, db-3 comes.
+        let slices = vec![db_slice(
+            "5",
+            json!([
+                {"addresses": ["10.42.0.8"], "conditions": {"ready": true}},
+                {"addresses": ["10.42.0.10"], "hostname": "db-3"},
+            ]),
+        )];
+        z.update(&services(), &slices);
+        assert_eq!(
+            rdata(ask(&z, "db.default.svc.cluster.local", A)),
+            ["10.42.0.10", "10.42.0.8"]
+        );
+        assert_eq!(
+            rdata(ask(&z, "db-0.db.default.svc.cluster.local", A)),
+            ["NXDOMAIN"]
+        );
+        assert_eq!(rdata(ask(&z, "7.0.42.10.in-addr.arpa", PTR)), ["NXDOMAIN"]);
+        assert_eq!(
+            rdata(ask(&z, "10.0.42.10.in-addr.arpa", PTR)),
+            ["db-3.db.default.svc.cluster.local."]
+        );
+        // web goes: its names go, the namespace stays while db is there.
+        let rest: Vec<Arc<Service>> = services().into_iter().skip(1).collect();
+        z.update(&rest, &slices);
+        for n in [
+            "web.default.svc.cluster.local",
+            "_http._tcp.web.default.svc.cluster.local",
+        ] {
+            assert_eq!(rdata(ask(&z, n, A)), ["NXDOMAIN"], "{n}");
+        }
+        assert_eq!(rdata(ask(&z, "20.0.43.10.in-addr.arpa", PTR)), ["NXDOMAIN"]);
+        assert_eq!(rdata(ask(&z, "default.svc.cluster.local", A)), ["NODATA"]);
+        // Everything goes but the zone's own record.
+        z.update(&[], &[]);
+        assert_eq!(rdata(ask(&z, "default.svc.cluster.local", A)), ["NXDOMAIN"]);
+        assert_eq!(rdata(ask(&z, "dns-version.cluster.local", TXT)), ["1.1.0"]);
+        assert_eq!(z.records.len(), 1);
+        assert_eq!(
+            z.names.len(),
+            2,
+            "dns-version and the domain: {:?}",
+            z.names
+        );
     }
 }

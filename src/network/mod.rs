@@ -56,6 +56,42 @@ where
     store
 }
 
+/// Each Service's EndpointSlices, by (namespace, service name), in name order.
+pub fn slices_by_service(
+    slices: &[std::sync::Arc<k8s_openapi::api::discovery::v1::EndpointSlice>],
+) -> std::collections::HashMap<(&str, &str), Vec<&k8s_openapi::api::discovery::v1::EndpointSlice>> {
+    let mut out: std::collections::HashMap<(&str, &str), Vec<_>> = Default::default();
+    for s in slices {
+        let ns = s.metadata.namespace.as_deref().unwrap_or_default();
+        if let Some(svc) = s
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("kubernetes.io/service-name"))
+        {
+            out.entry((ns, svc.as_str())).or_default().push(s.as_ref());
+        }
+    }
+    for list in out.values_mut() {
+        list.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    }
+    out
+}
+
+/// The resource versions of a Service and its slices: what the records derived from them were
+/// made from (unchanged versions, unchanged records).
+pub fn service_version(
+    svc: &k8s_openapi::api::core::v1::Service,
+    slices: &[&k8s_openapi::api::discovery::v1::EndpointSlice],
+) -> String {
+    let mut v = svc.metadata.resource_version.clone().unwrap_or_default();
+    for s in slices {
+        v.push('/');
+        v.push_str(s.metadata.resource_version.as_deref().unwrap_or_default());
+    }
+    v
+}
+
 /// Host end of a pod's veth pair: stable per pod, at most 15 characters.
 pub fn host_veth_name(pod_uid: &str) -> String {
     use sha2::Digest;

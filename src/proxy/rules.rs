@@ -242,12 +242,7 @@ impl ServicePort {
         }
     }
 
-    /// Orders ports like their ids, without building them.
-    pub fn sort_key(&self) -> (&str, &str, &str, &str) {
-        (&self.namespace, &self.name, &self.port_name, &self.protocol)
-    }
-
-    fn chain(&self, prefix: &str) -> String {
+    pub fn chain(&self, prefix: &str) -> String {
         chain_name(prefix, &format!("{}{}", self.id(), self.protocol))
     }
 
@@ -307,10 +302,10 @@ pub fn is_shared(table: &str, chain: &str) -> bool {
     }
 }
 
-/// Whether per-endpoint comments are written: not in large clusters (as upstream), to keep
-/// restores fast.
-pub fn comments(ports: &[ServicePort]) -> bool {
-    ports.iter().map(|p| p.endpoints.len()).sum::<usize>() <= LARGE_CLUSTER_ENDPOINTS
+/// Whether per-endpoint comments are written, given the number of endpoints of all ports:
+/// not in large clusters (as upstream), to keep restores fast.
+pub fn comments(endpoints: usize) -> bool {
+    endpoints <= LARGE_CLUSTER_ENDPOINTS
 }
 
 /// Rules of the two tables the proxy programs.
@@ -360,7 +355,7 @@ impl Rules {
 /// The whole rule set. Every chain named is owned by the proxy.
 #[cfg(test)]
 pub fn compute(node: &NodeView, ports: &[ServicePort], host_ports: &[HostPort]) -> Rules {
-    let comments = comments(ports);
+    let comments = comments(ports.iter().map(|p| p.endpoints.len()).sum());
     let per_port: Vec<Rules> = ports
         .iter()
         .map(|sp| port_rules(node, sp, comments))
@@ -781,7 +776,9 @@ mod tests {
         assert!(full.contains(":KUBE-POSTROUTING - [0:0]") && full.contains("-X KUBE-SVC-OLD"));
         assert!(!full.contains("\n-S\n"), "a small restore names its chains");
         // A large one starts with a listing, so iptables-nft caches the whole table.
-        let many: Chains = (0..600).map(|i| (format!("KUBE-SEP-{i}"), vec![])).collect();
+        let many: Chains = (0..600)
+            .map(|i| (format!("KUBE-SEP-{i}"), vec![]))
+            .collect();
         let input = crate::network::iptables::restore_input("nat", None, &many, &[]);
         assert!(input.starts_with("*nat\n-S\n:KUBE-SEP-0 - [0:0]\n"));
     }
