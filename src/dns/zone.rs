@@ -156,17 +156,8 @@ impl Zone {
     /// Brings the records up to `services` and their `slices`. Services whose version (their
     /// own and their slices' resource versions) is unchanged are skipped.
     pub fn update(&mut self, services: &[Arc<Service>], slices: &[Arc<EndpointSlice>]) {
-        let by_service = crate::network::slices_by_service(slices);
         let mut seen = HashSet::with_capacity(services.len());
-        for svc in services {
-            let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
-            let name = svc.metadata.name.as_deref().unwrap_or_default();
-            let mine = by_service
-                .get(&(ns, name))
-                .map(Vec::as_slice)
-                .unwrap_or(&[]);
-            let key = format!("{ns}/{name}");
-            let version = crate::network::service_version(svc, mine);
+        crate::network::each_service(services, slices, |key, version, svc, mine| {
             if self.services.get(&key).is_none_or(|(v, _)| *v != version) {
                 let records = self.service_records(svc, mine);
                 for (n, d) in &records {
@@ -179,7 +170,7 @@ impl Zone {
                 }
             }
             seen.insert(key);
-        }
+        });
         let gone: Vec<String> = (self.services.keys())
             .filter(|k| !seen.contains(*k))
             .cloned()

@@ -56,40 +56,48 @@ where
     store
 }
 
-/// Each Service's EndpointSlices, by (namespace, service name), in name order.
-pub fn slices_by_service(
+/// Calls `f(key, version, service, its slices)` for each of `services`: `key` is `ns/name`,
+/// the slices are those labelled with the Service's name (in name order), and `version` joins
+/// the resource versions of the Service and its slices: what is derived from a Service needs
+/// no work while its version stays the same.
+pub fn each_service(
+    services: &[std::sync::Arc<k8s_openapi::api::core::v1::Service>],
     slices: &[std::sync::Arc<k8s_openapi::api::discovery::v1::EndpointSlice>],
-) -> std::collections::HashMap<(&str, &str), Vec<&k8s_openapi::api::discovery::v1::EndpointSlice>> {
-    let mut out: std::collections::HashMap<(&str, &str), Vec<_>> = Default::default();
+    mut f: impl FnMut(
+        String,
+        String,
+        &k8s_openapi::api::core::v1::Service,
+        &[&k8s_openapi::api::discovery::v1::EndpointSlice],
+    ),
+) {
+    let mut by_service: std::collections::HashMap<(&str, &str), Vec<_>> = Default::default();
     for s in slices {
         let ns = s.metadata.namespace.as_deref().unwrap_or_default();
-        if let Some(svc) = s
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get("kubernetes.io/service-name"))
-        {
-            out.entry((ns, svc.as_str())).or_default().push(s.as_ref());
+        let labels = s.metadata.labels.as_ref();
+        if let Some(svc) = labels.and_then(|l| l.get("kubernetes.io/service-name")) {
+            by_service
+                .entry((ns, svc.as_str()))
+                .or_default()
+                .push(s.as_ref());
         }
     }
-    for list in out.values_mut() {
+    for list in by_service.values_mut() {
         list.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     }
-    out
-}
-
-/// The resource versions of a Service and its slices: what the records derived from them were
-/// made from (unchanged versions, unchanged records).
-pub fn service_version(
-    svc: &k8s_openapi::api::core::v1::Service,
-    slices: &[&k8s_openapi::api::discovery::v1::EndpointSlice],
-) -> String {
-    let mut v = svc.metadata.resource_version.clone().unwrap_or_default();
-    for s in slices {
-        v.push('/');
-        v.push_str(s.metadata.resource_version.as_deref().unwrap_or_default());
+    for svc in services {
+        let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
+        let name = svc.metadata.name.as_deref().unwrap_or_default();
+        let mine = by_service
+            .get(&(ns, name))
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let mut version = svc.metadata.resource_version.clone().unwrap_or_default();
+        for s in mine {
+            version.push('/');
+            version.push_str(s.metadata.resource_version.as_deref().unwrap_or_default());
+        }
+        f(format!("{ns}/{name}"), version, svc, mine);
     }
-    v
 }
 
 /// Host end of a pod's veth pair: stable per pod, at most 15 characters.

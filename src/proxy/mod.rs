@@ -262,7 +262,6 @@ fn plan(
     slices: &[Arc<EndpointSlice>],
     host_ports: &[HostPort],
 ) -> (Programmed, Changes) {
-    let by_service = crate::network::slices_by_service(slices);
     let (mut old, old_comments, old_shared) = match before {
         Some(b) => (b.services, Some(b.comments), b.shared),
         None => (BTreeMap::new(), None, Rules::default()),
@@ -270,22 +269,14 @@ fn plan(
     let mut now = BTreeMap::new();
     // Services that changed: key, version, ports, and what was programmed for them.
     let mut changed = Vec::new();
-    for svc in services {
-        let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
-        let name = svc.metadata.name.as_deref().unwrap_or_default();
-        let mine = by_service
-            .get(&(ns, name))
-            .map(Vec::as_slice)
-            .unwrap_or(&[]);
-        let key = format!("{ns}/{name}");
-        let version = crate::network::service_version(svc, mine);
+    crate::network::each_service(services, slices, |key, version, svc, mine| {
         match old.remove(&key) {
             Some(s) if s.version == version => {
                 now.insert(key, s);
             }
             was => changed.push((key, version, service_ports(svc, mine, cfg), was)),
         }
-    }
+    });
     let endpoints: usize = (now.values().flat_map(|s| s.ports.iter().map(|p| &p.0)))
         .chain(changed.iter().flat_map(|c| &c.2))
         .map(|p| p.endpoints.len())
