@@ -47,17 +47,52 @@ fn slice(i: usize, endpoints: usize) -> EndpointSlice {
     .unwrap()
 }
 
-/// (time, fields) of the proxy's sync lines in the server log.
-fn syncs(log: &Path) -> Vec<(chrono::DateTime<chrono::Utc>, String)> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains("service rules"))
-        .filter_map(|l| {
-            let (ts, rest) = l.split_once(' ')?;
-            Some((ts.parse().ok()?, rest.to_string()))
-        })
-        .collect()
+/// The proxy's sync lines of the server log, read incrementally: polling every few
+/// milliseconds must not re-read a log of megabytes (that would take a core from the server).
+struct SyncLog {
+    path: std::path::PathBuf,
+    read: u64,
+    /// Of a line not yet complete.
+    partial: String,
+    lines: Vec<(chrono::DateTime<chrono::Utc>, String)>,
+}
+
+impl SyncLog {
+    fn new(path: &Path) -> SyncLog {
+        SyncLog {
+            path: path.to_path_buf(),
+            read: 0,
+            partial: String::new(),
+            lines: Vec::new(),
+        }
+    }
+
+    fn refresh(&mut self) {
+        use std::io::{Read, Seek, SeekFrom};
+        let Ok(mut f) = std::fs::File::open(&self.path) else {
+            return;
+        };
+        if f.metadata().map(|m| m.len()).unwrap_or(0) < self.read {
+            self.read = 0; // a new file
+        }
+        let mut new = String::new();
+        if f.seek(SeekFrom::Start(self.read)).is_err() || f.read_to_string(&mut new).is_err() {
+            return;
+        }
+        self.read += new.len() as u64;
+        let text = std::mem::take(&mut self.partial) + &new;
+        let mut rest = text.as_str();
+        while let Some((line, after)) = rest.split_once('\n') {
+            if line.contains("service rules")
+                && let Some((ts, fields)) = line.split_once(' ')
+                && let Ok(ts) = ts.parse()
+            {
+                self.lines.push((ts, fields.to_string()));
+            }
+            rest = after;
+        }
+        self.partial = rest.to_string();
+    }
 }
 
 fn field(line: &str, name: &str) -> Option<f64> {
@@ -68,18 +103,19 @@ fn field(line: &str, name: &str) -> Option<f64> {
 
 /// Waits for a sync line after `since` for which `pred` holds; returns it.
 fn wait_sync(
-    log: &Path,
+    log: &mut SyncLog,
     since: chrono::DateTime<chrono::Utc>,
     secs: u64,
     pred: impl Fn(&str) -> bool,
 ) -> (chrono::DateTime<chrono::Utc>, String) {
     let t0 = Instant::now();
     loop {
-        if let Some(s) = syncs(log).into_iter().find(|(t, l)| *t >= since && pred(l)) {
-            return s;
+        log.refresh();
+        if let Some(s) = log.lines.iter().find(|(t, l)| *t >= since && pred(l)) {
+            return s.clone();
         }
         if t0.elapsed() > Duration::from_secs(secs) {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let text = std::fs::read_to_string(&log.path).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(15).collect();
             panic!(
                 "no sync seen in {secs} s since {since}; log ends:\n{}",
@@ -109,6 +145,7 @@ fn main() {
     for n in sizes {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("server.log");
+        let mut sync_log = SyncLog::new(&log);
         let host = host::TestHost::new();
         let mut server = start(&host, dir.path());
         let kubeconfig = dir.path().join("kubeconfig");
@@ -143,9 +180,12 @@ fn main() {
         let created = t.elapsed();
         // The `kubernetes` Service is programmed too (kube-dns is answered locally).
         let total = n + 1;
-        wait_sync(&log, chrono::DateTime::<chrono::Utc>::MIN_UTC, 600, |l| {
-            field(l, "services") == Some(total as f64)
-        });
+        wait_sync(
+            &mut sync_log,
+            chrono::DateTime::<chrono::Utc>::MIN_UTC,
+            600,
+            |l| field(l, "services") == Some(total as f64),
+        );
 
         // Cold start: no rules in the kernel, kinglet starting.
         let _ = server.kill();
@@ -158,7 +198,7 @@ fn main() {
         assert!(cleanup.success(), "kinglet cleanup failed");
         let restarted = chrono::Utc::now();
         server = start(&host, dir.path());
-        let (at, full) = wait_sync(&log, restarted, 600, |l| {
+        let (at, full) = wait_sync(&mut sync_log, restarted, 600, |l| {
             l.contains("full sync") && field(l, "services") == Some(total as f64)
         });
         let wall = (at - restarted).num_milliseconds();
@@ -183,7 +223,7 @@ fn main() {
                 &Patch::Merge(&patch),
             ))
             .expect("patch slice");
-            let (at, line) = wait_sync(&log, since, 60, |_| true);
+            let (at, line) = wait_sync(&mut sync_log, since, 60, |_| true);
             endpoint_change.push((at - since).num_microseconds().unwrap_or(0) as f64 / 1000.0);
             sync_parts.push((
                 field(&line, "computed_ms").unwrap_or(f64::NAN),
@@ -196,7 +236,9 @@ fn main() {
             rt.block_on(services.create(&PostParams::default(), &service(j)))
                 .expect("service");
             let want = (total + k + 1) as f64;
-            let (at, _) = wait_sync(&log, since, 60, |l| field(l, "services") == Some(want));
+            let (at, _) = wait_sync(&mut sync_log, since, 60, |l| {
+                field(l, "services") == Some(want)
+            });
             new_service.push((at - since).num_microseconds().unwrap_or(0) as f64 / 1000.0);
             std::thread::sleep(Duration::from_millis(200));
         }

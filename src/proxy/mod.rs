@@ -197,8 +197,9 @@ impl Proxier {
         let udp = udp_state(programmed.ports().map(|p| &p.0));
         if !input.is_empty() {
             let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-            let (services, rules) = (programmed.ports().count(), programmed.rule_count());
+            let services = programmed.ports().count();
             if !incremental {
+                let rules = programmed.rule_count();
                 tracing::info!(
                     services,
                     rules,
@@ -206,7 +207,8 @@ impl Proxier {
                     elapsed_ms,
                     "service rules written (full sync)"
                 );
-            } else {
+            } else if tracing::enabled!(tracing::Level::DEBUG) {
+                let rules = programmed.rule_count();
                 tracing::debug!(
                     services,
                     rules,

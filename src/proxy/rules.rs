@@ -390,13 +390,14 @@ pub fn shared<'a>(per_port: impl Iterator<Item = &'a Rules>, host_ports: &[HostP
         "-m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully".to_string(),
     ]);
     for port in per_port {
-        for (table, to) in [("filter", &mut filter), ("nat", &mut nat)] {
-            for (chain, lines) in port
-                .table(table)
-                .iter()
-                .filter(|(c, _)| is_shared(table, c))
-            {
-                rules(to, chain).extend(lines.iter().cloned());
+        for (to, mine, names) in [
+            (&mut filter, &port.filter, &SHARED_FILTER[..]),
+            (&mut nat, &port.nat, &SHARED_NAT[..]),
+        ] {
+            for name in names {
+                if let (Some(lines), Some(to)) = (mine.get(*name), to.get_mut(*name)) {
+                    to.extend(lines.iter().cloned());
+                }
             }
         }
     }
