@@ -2,7 +2,7 @@
 //! Service and EndpointSlice caches (only Services that changed are looked at again) so that
 //! answering is a map lookup.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -35,9 +35,18 @@ pub struct Zone {
     /// Every name with records and all their ancestors inside the zone, with the number of
     /// records at or below it.
     names: HashMap<Name, usize>,
-    /// Per Service (`ns/name`): the version its records were made from, and the records.
-    services: HashMap<String, (String, Vec<(Name, RData)>)>,
+    /// Per Service (`ns/name`): its records.
+    services: HashMap<String, ServiceRecords>,
+    /// Counts updates: a Service seen in the last one carries its number.
+    generation: u64,
     soa: Record,
+}
+
+/// The records of one Service and the version (of it and its slices) they were made from.
+struct ServiceRecords {
+    version: String,
+    records: Vec<(Name, RData)>,
+    generation: u64,
 }
 
 fn name(s: &str) -> Option<Name> {
@@ -100,6 +109,7 @@ impl Zone {
             records: HashMap::new(),
             names: HashMap::new(),
             services: HashMap::new(),
+            generation: 0,
             soa,
         };
         let version = z.domain.prepend_label("dns-version")?;
@@ -156,27 +166,41 @@ impl Zone {
     /// Brings the records up to `services` and their `slices`. Services whose version (their
     /// own and their slices' resource versions) is unchanged are skipped.
     pub fn update(&mut self, services: &[Arc<Service>], slices: &[Arc<EndpointSlice>]) {
-        let mut seen = HashSet::with_capacity(services.len());
+        self.generation += 1;
+        let generation = self.generation;
         crate::network::each_service(services, slices, |key, version, svc, mine| {
-            if self.services.get(&key).is_none_or(|(v, _)| *v != version) {
-                let records = self.service_records(svc, mine);
-                for (n, d) in &records {
-                    self.add(n, d.clone());
-                }
-                if let Some((_, old)) = self.services.insert(key.clone(), (version, records)) {
-                    for (n, d) in old {
-                        self.remove(&n, d);
-                    }
+            if let Some(s) = self.services.get_mut(key)
+                && s.version == version
+            {
+                s.generation = generation;
+                return;
+            }
+            let records = self.service_records(svc, mine);
+            for (n, d) in &records {
+                self.add(n, d.clone());
+            }
+            let now = ServiceRecords {
+                version: version.to_string(),
+                records,
+                generation,
+            };
+            if let Some(old) = self.services.insert(key.to_string(), now) {
+                for (n, d) in old.records {
+                    self.remove(&n, d);
                 }
             }
-            seen.insert(key);
         });
-        let gone: Vec<String> = (self.services.keys())
-            .filter(|k| !seen.contains(*k))
-            .cloned()
+        let gone: Vec<String> = (self.services.iter())
+            .filter(|(_, s)| s.generation != generation)
+            .map(|(k, _)| k.clone())
             .collect();
         for key in gone {
-            for (n, d) in self.services.remove(&key).map(|s| s.1).unwrap_or_default() {
+            for (n, d) in self
+                .services
+                .remove(&key)
+                .map(|s| s.records)
+                .unwrap_or_default()
+            {
                 self.remove(&n, d);
             }
         }

@@ -64,8 +64,8 @@ pub fn each_service(
     services: &[std::sync::Arc<k8s_openapi::api::core::v1::Service>],
     slices: &[std::sync::Arc<k8s_openapi::api::discovery::v1::EndpointSlice>],
     mut f: impl FnMut(
-        String,
-        String,
+        &str,
+        &str,
         &k8s_openapi::api::core::v1::Service,
         &[&k8s_openapi::api::discovery::v1::EndpointSlice],
     ),
@@ -84,6 +84,8 @@ pub fn each_service(
     for list in by_service.values_mut() {
         list.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     }
+    // Reused for every Service: a pass over 10,000 unchanged Services allocates nothing.
+    let (mut key, mut version) = (String::new(), String::new());
     for svc in services {
         let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
         let name = svc.metadata.name.as_deref().unwrap_or_default();
@@ -91,12 +93,15 @@ pub fn each_service(
             .get(&(ns, name))
             .map(Vec::as_slice)
             .unwrap_or(&[]);
-        let mut version = svc.metadata.resource_version.clone().unwrap_or_default();
+        key.clear();
+        key.extend([ns, "/", name]);
+        version.clear();
+        version.push_str(svc.metadata.resource_version.as_deref().unwrap_or_default());
         for s in mine {
             version.push('/');
             version.push_str(s.metadata.resource_version.as_deref().unwrap_or_default());
         }
-        f(format!("{ns}/{name}"), version, svc, mine);
+        f(&key, &version, svc, mine);
     }
 }
 

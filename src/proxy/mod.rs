@@ -114,12 +114,15 @@ struct Programmed {
     comments: bool,
     services: BTreeMap<String, ServiceRules>,
     shared: Rules,
+    /// Counts syncs: a Service seen in this one carries the same number.
+    generation: u64,
 }
 
 /// The rules of one Service's ports, and the versions of it and its slices they were made from.
 struct ServiceRules {
     version: String,
     ports: Vec<(ServicePort, Rules)>,
+    generation: u64,
 }
 
 impl Programmed {
@@ -264,44 +267,57 @@ fn plan(
     slices: &[Arc<EndpointSlice>],
     host_ports: &[HostPort],
 ) -> (Programmed, Changes) {
-    let (mut old, old_comments, old_shared) = match before {
-        Some(b) => (b.services, Some(b.comments), b.shared),
-        None => (BTreeMap::new(), None, Rules::default()),
+    let (mut map, old_comments, old_shared, generation) = match before {
+        Some(b) => (b.services, Some(b.comments), b.shared, b.generation + 1),
+        None => (BTreeMap::new(), None, Rules::default(), 0),
     };
-    let mut now = BTreeMap::new();
-    // Services that changed: key, version, ports, and what was programmed for them.
+    // Unchanged Services are only marked seen (no allocation: this pass is per Service).
+    // Changed ones: key, version, ports.
     let mut changed = Vec::new();
     crate::network::each_service(services, slices, |key, version, svc, mine| {
-        match old.remove(&key) {
-            Some(s) if s.version == version => {
-                now.insert(key, s);
-            }
-            was => changed.push((key, version, service_ports(svc, mine, cfg), was)),
+        match map.get_mut(key) {
+            Some(s) if s.version == version => s.generation = generation,
+            _ => changed.push((
+                key.to_string(),
+                version.to_string(),
+                service_ports(svc, mine, cfg),
+            )),
         }
     });
-    let endpoints: usize = (now.values().flat_map(|s| s.ports.iter().map(|p| &p.0)))
+    // What was programmed for the changed Services.
+    let mut was: HashMap<String, ServiceRules> = HashMap::new();
+    for (key, _, _) in &changed {
+        if let Some(s) = map.remove(key) {
+            was.insert(key.clone(), s);
+        }
+    }
+    let endpoints: usize = (map.values().flat_map(|s| s.ports.iter().map(|p| &p.0)))
         .chain(changed.iter().flat_map(|c| &c.2))
         .map(|p| p.endpoints.len())
         .sum();
     let comments = rules::comments(endpoints);
     // Without rules before, or when every port's rules change, everything is written.
     let full = old_comments != Some(comments);
-    if full {
-        for (key, s) in std::mem::take(&mut now) {
-            let ports = s.ports.into_iter().map(|(p, _)| p).collect();
-            changed.push((key, s.version, ports, None));
-        }
-        old.clear();
-    }
     // Own chains of the ports that changed: as programmed, and as wanted now.
     let (mut old_own, mut new_own) = (Rules::default(), Rules::default());
-    for s in old.values() {
-        for (_, r) in &s.ports {
-            old_own.add_own(r); // Services that are gone
+    map.retain(|key, s| {
+        if full && s.generation == generation {
+            let ports = std::mem::take(&mut s.ports)
+                .into_iter()
+                .map(|(p, _)| p)
+                .collect();
+            changed.push((key.clone(), std::mem::take(&mut s.version), ports));
+            return false;
         }
-    }
-    for (key, version, ports, was) in changed {
-        let mut was = was.map(|w| w.ports).unwrap_or_default();
+        if s.generation != generation {
+            for (_, r) in &s.ports {
+                old_own.add_own(r); // Services that are gone
+            }
+        }
+        s.generation == generation
+    });
+    for (key, version, ports) in changed {
+        let mut was = was.remove(&key).map(|w| w.ports).unwrap_or_default();
         let mut out = Vec::with_capacity(ports.len());
         for sp in ports {
             let r = match was.iter().position(|(p, _)| *p == sp && !full) {
@@ -317,35 +333,46 @@ fn plan(
         for (_, r) in &was {
             old_own.add_own(r);
         }
-        now.insert(
+        let ports = out;
+        map.insert(
             key,
             ServiceRules {
                 version,
-                ports: out,
+                ports,
+                generation,
             },
         );
     }
     let shared = rules::shared(
-        now.values().flat_map(|s| s.ports.iter().map(|(_, r)| r)),
+        map.values().flat_map(|s| s.ports.iter().map(|(_, r)| r)),
         host_ports,
     );
     let changes = rules::TABLES
         .into_iter()
         .map(|table| {
             let mut new = new_own.table(table).clone();
-            new.extend(shared.table(table).clone());
             if full {
+                new.extend(shared.table(table).clone());
                 return (table, None, new);
             }
+            // Only the shared chains that differ are copied (KUBE-SERVICES is one line per
+            // service port).
             let mut old = old_own.table(table).clone();
-            old.extend(old_shared.table(table).clone());
+            for (chain, lines) in shared.table(table) {
+                let before = old_shared.table(table).get(chain);
+                if before != Some(lines) {
+                    old.extend(before.map(|b| (chain.clone(), b.clone())));
+                    new.insert(chain.clone(), lines.clone());
+                }
+            }
             (table, Some(old), new)
         })
         .collect();
     let programmed = Programmed {
         comments,
-        services: now,
+        services: map,
         shared,
+        generation,
     };
     (programmed, changes)
 }
