@@ -1,5 +1,5 @@
 //! Cluster DNS, embedded (CoreDNS's job in k3s): every node answers at the `--cluster-dns`
-//! address, which it holds on a dummy interface, from its own watch of Services and
+//! address, which it holds on a dummy interface, from the node's watch of Services and
 //! EndpointSlices; names outside the cluster are forwarded to the node's upstream resolvers
 //! (with a cache).
 
@@ -19,9 +19,8 @@ use hickory_server::resolver::TokioResolver;
 use hickory_server::resolver::name_server::TokioConnectionProvider;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use ipnet::Ipv4Net;
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::Api;
+
+use crate::network::services::ServiceWatch;
 
 use zone::Answer;
 pub use zone::Zone;
@@ -41,31 +40,24 @@ pub struct Config {
     pub ranges: Vec<Ipv4Net>,
 }
 
-pub async fn run(client: kube::Client, cfg: Config) -> anyhow::Result<()> {
+pub async fn run(services: ServiceWatch, cfg: Config) -> anyhow::Result<()> {
     crate::network::hold_address(LINK, cfg.address)
         .await
         .context("adding the cluster DNS address")?;
     let zone = Arc::new(RwLock::new(Zone::empty(&cfg.domain, cfg.ranges.clone())?));
     let wake = Arc::new(tokio::sync::Notify::new());
-    let services = crate::network::watch_store(
-        Api::<Service>::all(client.clone()),
-        Default::default(),
-        wake.clone(),
-    );
-    let slices = crate::network::watch_store(
-        Api::<EndpointSlice>::all(client),
-        Default::default(),
-        wake.clone(),
-    );
+    let changes = services.subscribe(wake.clone());
     {
         let zone = zone.clone();
         tokio::spawn(async move {
             loop {
-                let (services, slices) = (services.state(), slices.state());
-                tokio::task::block_in_place(|| {
-                    let mut zone = zone.write().unwrap_or_else(|e| e.into_inner());
-                    zone.update(&services, &slices);
-                });
+                let changed = changes.changes();
+                if !changed.is_empty() {
+                    tokio::task::block_in_place(|| {
+                        let mut zone = zone.write().unwrap_or_else(|e| e.into_inner());
+                        zone.update(changed);
+                    });
+                }
                 wake.notified().await;
                 tokio::time::sleep(BATCH).await;
             }

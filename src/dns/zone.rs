@@ -1,11 +1,11 @@
 //! The cluster's DNS records (kubernetes/dns specification 1.1.0), kept up to date from the
-//! Service and EndpointSlice caches (only Services that changed are looked at again) so that
+//! node's Service watch (only Services that changed are looked at again) so that
 //! answering is a map lookup.
 
+use crate::network::services::Change;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
-use std::sync::Arc;
 
 use hickory_server::proto::rr::rdata::{A, CNAME, PTR, SOA, SRV, TXT};
 use hickory_server::proto::rr::{Name, RData, Record, RecordType};
@@ -36,17 +36,8 @@ pub struct Zone {
     /// records at or below it.
     names: HashMap<Name, usize>,
     /// Per Service (`ns/name`): its records.
-    services: HashMap<String, ServiceRecords>,
-    /// Counts updates: a Service seen in the last one carries its number.
-    generation: u64,
+    services: HashMap<String, Vec<(Name, RData)>>,
     soa: Record,
-}
-
-/// The records of one Service and the version (of it and its slices) they were made from.
-struct ServiceRecords {
-    version: String,
-    records: Vec<(Name, RData)>,
-    generation: u64,
 }
 
 fn name(s: &str) -> Option<Name> {
@@ -109,7 +100,6 @@ impl Zone {
             records: HashMap::new(),
             names: HashMap::new(),
             services: HashMap::new(),
-            generation: 0,
             soa,
         };
         let version = z.domain.prepend_label("dns-version")?;
@@ -163,44 +153,21 @@ impl Zone {
         }
     }
 
-    /// Brings the records up to `services` and their `slices`. Services whose version (their
-    /// own and their slices' resource versions) is unchanged are skipped.
-    pub fn update(&mut self, services: &[Arc<Service>], slices: &[Arc<EndpointSlice>]) {
-        self.generation += 1;
-        let generation = self.generation;
-        crate::network::each_service(services, slices, |key, version, svc, mine| {
-            if let Some(s) = self.services.get_mut(key)
-                && s.version == version
-            {
-                s.generation = generation;
-                return;
-            }
-            let records = self.service_records(svc, mine);
+    /// Brings the records of the `changed` Services up to date.
+    pub fn update(&mut self, changed: Vec<Change>) {
+        for c in changed {
+            let records = (c.now.as_ref())
+                .map(|s| self.service_records(&s.service, &s.slices()))
+                .unwrap_or_default();
             for (n, d) in &records {
                 self.add(n, d.clone());
             }
-            let now = ServiceRecords {
-                version: version.to_string(),
-                records,
-                generation,
+            let old = if records.is_empty() {
+                self.services.remove(&c.key)
+            } else {
+                self.services.insert(c.key, records)
             };
-            if let Some(old) = self.services.insert(key.to_string(), now) {
-                for (n, d) in old.records {
-                    self.remove(&n, d);
-                }
-            }
-        });
-        let gone: Vec<String> = (self.services.iter())
-            .filter(|(_, s)| s.generation != generation)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in gone {
-            for (n, d) in self
-                .services
-                .remove(&key)
-                .map(|s| s.records)
-                .unwrap_or_default()
-            {
+            for (n, d) in old.unwrap_or_default() {
                 self.remove(&n, d);
             }
         }
@@ -350,46 +317,52 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn db_slice(version: &str, endpoints: serde_json::Value) -> Arc<EndpointSlice> {
-        Arc::new(
-            serde_json::from_value(json!({
-                "metadata": {"name": "db-x", "namespace": "default", "resourceVersion": version,
-                    "labels": {"kubernetes.io/service-name": "db"}},
-                "addressType": "IPv4",
-                "ports": [{"name": "pg", "port": 5432, "protocol": "TCP"}],
-                "endpoints": endpoints,
-            }))
-            .unwrap(),
-        )
+    use crate::network::services::{ServiceWatch, Subscription, tests::fed};
+    use kube::runtime::watcher::Event;
+
+    fn db_slice(version: &str, endpoints: serde_json::Value) -> EndpointSlice {
+        serde_json::from_value(json!({
+            "metadata": {"name": "db-x", "namespace": "default", "resourceVersion": version,
+                "labels": {"kubernetes.io/service-name": "db"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "pg", "port": 5432, "protocol": "TCP"}],
+            "endpoints": endpoints,
+        }))
+        .unwrap()
     }
 
-    fn services() -> Vec<Arc<Service>> {
+    fn services() -> Vec<Service> {
         [
             json!({"metadata": {"name": "web", "namespace": "default", "resourceVersion": "1"}, "spec": {"clusterIP": "10.43.0.20", "ports": [{"name": "http", "port": 80}]}}),
             json!({"metadata": {"name": "db", "namespace": "default", "resourceVersion": "2"}, "spec": {"clusterIP": "None", "ports": [{"name": "pg", "port": 5432}]}}),
             json!({"metadata": {"name": "ext", "namespace": "default", "resourceVersion": "3"}, "spec": {"type": "ExternalName", "externalName": "example.org"}}),
         ]
         .into_iter()
-        .map(|v| Arc::new(serde_json::from_value(v).unwrap()))
+        .map(|v| serde_json::from_value(v).unwrap())
         .collect()
     }
 
-    fn zone() -> Zone {
-        let slices = vec![db_slice(
+    /// The zone of `services()` and the watch it follows.
+    fn zone() -> (Zone, ServiceWatch, Subscription) {
+        let (watch, sub) = fed();
+        for s in services() {
+            watch.service(Event::Apply(s));
+        }
+        watch.slice(Event::Apply(db_slice(
             "4",
             json!([
                 {"addresses": ["10.42.0.7"], "hostname": "db-0", "conditions": {"ready": true}},
                 {"addresses": ["10.42.0.8"], "conditions": {"ready": true}},
                 {"addresses": ["10.42.0.9"], "hostname": "db-2", "conditions": {"ready": false}},
             ]),
-        )];
+        )));
         let ranges = vec![
             "10.43.0.0/16".parse().unwrap(),
             "10.42.0.0/16".parse().unwrap(),
         ];
         let mut z = Zone::empty("cluster.local", ranges).unwrap();
-        z.update(&services(), &slices);
-        z
+        z.update(sub.changes());
+        (z, watch, sub)
     }
 
     fn ask(z: &Zone, n: &str, t: RecordType) -> Answer {
@@ -411,7 +384,7 @@ mod tests {
 
     #[test]
     fn answers_follow_the_specification() {
-        let z = zone();
+        let (z, _, _) = zone();
         use RecordType::*;
         assert_eq!(
             rdata(ask(&z, "web.default.svc.cluster.local.", A)),
@@ -481,16 +454,16 @@ mod tests {
     #[test]
     fn updates_replace_and_remove_records() {
         use RecordType::*;
-        let mut z = zone();
+        let (mut z, watch, sub) = zone();
         // db's slice changes: db-0 goes, db-3 comes.
-        let slices = vec![db_slice(
+        watch.slice(Event::Apply(db_slice(
             "5",
             json!([
                 {"addresses": ["10.42.0.8"], "conditions": {"ready": true}},
                 {"addresses": ["10.42.0.10"], "hostname": "db-3"},
             ]),
-        )];
-        z.update(&services(), &slices);
+        )));
+        z.update(sub.changes());
         assert_eq!(
             rdata(ask(&z, "db.default.svc.cluster.local", A)),
             ["10.42.0.10", "10.42.0.8"]
@@ -505,8 +478,8 @@ mod tests {
             ["db-3.db.default.svc.cluster.local."]
         );
         // web goes: its names go, the namespace stays while db is there.
-        let rest: Vec<Arc<Service>> = services().into_iter().skip(1).collect();
-        z.update(&rest, &slices);
+        watch.service(Event::Delete(services().remove(0)));
+        z.update(sub.changes());
         for n in [
             "web.default.svc.cluster.local",
             "_http._tcp.web.default.svc.cluster.local",
@@ -516,7 +489,10 @@ mod tests {
         assert_eq!(rdata(ask(&z, "20.0.43.10.in-addr.arpa", PTR)), ["NXDOMAIN"]);
         assert_eq!(rdata(ask(&z, "default.svc.cluster.local", A)), ["NODATA"]);
         // Everything goes but the zone's own record.
-        z.update(&[], &[]);
+        for s in services() {
+            watch.service(Event::Delete(s));
+        }
+        z.update(sub.changes());
         assert_eq!(rdata(ask(&z, "default.svc.cluster.local", A)), ["NXDOMAIN"]);
         assert_eq!(rdata(ask(&z, "dns-version.cluster.local", TXT)), ["1.1.0"]);
         assert_eq!(z.records.len(), 1);

@@ -6,6 +6,7 @@
 
 pub mod ipam;
 pub mod iptables;
+pub mod services;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
@@ -32,8 +33,8 @@ pub struct PodInterface {
     pub host_veth: String,
 }
 
-/// A cache of `api`'s objects kept by a watch, ringing `wake` on every change: what the node's
-/// network components (proxy, DNS, network policies) each rebuild their state from.
+/// A cache of `api`'s objects kept by a watch, ringing `wake` on every change (the network
+/// policies rebuild their state from these; Services go through `services::ServiceWatch`).
 pub fn watch_store<K>(
     api: kube::Api<K>,
     cfg: kube::runtime::watcher::Config,
@@ -54,55 +55,6 @@ where
         async {}
     }));
     store
-}
-
-/// Calls `f(key, version, service, its slices)` for each of `services`: `key` is `ns/name`,
-/// the slices are those labelled with the Service's name (in name order), and `version` joins
-/// the resource versions of the Service and its slices: what is derived from a Service needs
-/// no work while its version stays the same.
-pub fn each_service(
-    services: &[std::sync::Arc<k8s_openapi::api::core::v1::Service>],
-    slices: &[std::sync::Arc<k8s_openapi::api::discovery::v1::EndpointSlice>],
-    mut f: impl FnMut(
-        &str,
-        &str,
-        &k8s_openapi::api::core::v1::Service,
-        &[&k8s_openapi::api::discovery::v1::EndpointSlice],
-    ),
-) {
-    let mut by_service: std::collections::HashMap<(&str, &str), Vec<_>> = Default::default();
-    for s in slices {
-        let ns = s.metadata.namespace.as_deref().unwrap_or_default();
-        let labels = s.metadata.labels.as_ref();
-        if let Some(svc) = labels.and_then(|l| l.get("kubernetes.io/service-name")) {
-            by_service
-                .entry((ns, svc.as_str()))
-                .or_default()
-                .push(s.as_ref());
-        }
-    }
-    for list in by_service.values_mut() {
-        list.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    }
-    // Reused for every Service: a pass over 10,000 unchanged Services allocates nothing.
-    let (mut key, mut version) = (String::new(), String::new());
-    for svc in services {
-        let ns = svc.metadata.namespace.as_deref().unwrap_or_default();
-        let name = svc.metadata.name.as_deref().unwrap_or_default();
-        let mine = by_service
-            .get(&(ns, name))
-            .map(Vec::as_slice)
-            .unwrap_or(&[]);
-        key.clear();
-        key.extend([ns, "/", name]);
-        version.clear();
-        version.push_str(svc.metadata.resource_version.as_deref().unwrap_or_default());
-        for s in mine {
-            version.push('/');
-            version.push_str(s.metadata.resource_version.as_deref().unwrap_or_default());
-        }
-        f(&key, &version, svc, mine);
-    }
 }
 
 /// Host end of a pod's veth pair: stable per pod, at most 15 characters.

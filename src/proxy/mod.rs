@@ -1,7 +1,8 @@
-//! The service proxy of a node (kube-proxy's iptables mode, in-process): watches Services,
-//! EndpointSlices and this node's pods (for `hostPort`s), computes the rule set (`rules`) and
-//! applies it with `iptables-restore`: one full sync at start, then only the chains that
-//! changed. Stale UDP conntrack entries are flushed when endpoints go away.
+//! The service proxy of a node (kube-proxy's iptables mode, in-process): follows Services and
+//! EndpointSlices (the node's shared `ServiceWatch`) and this node's pods (for `hostPort`s),
+//! computes the rule set (`rules`) and applies it with `iptables-restore`: one full sync at
+//! start, then only the chains of the Services that changed. Stale UDP conntrack entries are
+//! flushed when endpoints go away.
 
 pub mod rules;
 
@@ -18,6 +19,7 @@ use kube::api::Api;
 use kube::runtime::watcher;
 
 use crate::network::iptables::{self, Chains};
+use crate::network::services::{Change, ServiceWatch};
 use rules::{Endpoint, HostPort, NodeView, Rules, ServicePort};
 
 /// How often the canary chain is checked (someone flushing the tables triggers a full sync).
@@ -33,40 +35,33 @@ pub struct Config {
     pub local_service_ips: Vec<Ipv4Addr>,
 }
 
-pub async fn run(client: kube::Client, cfg: Config) -> anyhow::Result<()> {
+pub async fn run(client: kube::Client, services: ServiceWatch, cfg: Config) -> anyhow::Result<()> {
     let wake = Arc::new(tokio::sync::Notify::new());
-    let services = crate::network::watch_store(
-        Api::<Service>::all(client.clone()),
-        Default::default(),
-        wake.clone(),
-    );
-    let slices = crate::network::watch_store(
-        Api::<EndpointSlice>::all(client.clone()),
-        Default::default(),
-        wake.clone(),
-    );
+    let changes = services.subscribe(wake.clone());
     let pods = crate::network::watch_store(
         Api::<Pod>::all(client),
         watcher::Config::default().fields(&format!("spec.nodeName={}", cfg.node_name)),
         wake.clone(),
     );
-    for ready in [
-        services.wait_until_ready().await.is_ok(),
-        slices.wait_until_ready().await.is_ok(),
+    services.synced().await;
+    anyhow::ensure!(
         pods.wait_until_ready().await.is_ok(),
-    ] {
-        anyhow::ensure!(ready, "the proxy's watches ended before they synced");
-    }
+        "the proxy's pod watch ended before it synced"
+    );
     let mut proxier = Proxier::new(cfg);
     let mut full = true;
     let mut last_canary = tokio::time::Instant::now();
     loop {
         let started = std::time::Instant::now();
-        let (services, slices) = (services.state(), slices.state());
+        let changed = if full {
+            changes.all()
+        } else {
+            changes.changes()
+        };
         let host_ports = host_ports(&pods.state());
         let result = {
             let p = &mut proxier;
-            tokio::task::block_in_place(|| p.sync(started, &services, &slices, &host_ports, full))
+            tokio::task::block_in_place(|| p.sync(started, changed, host_ports, full))
         };
         match result {
             Ok(()) => full = false,
@@ -103,31 +98,27 @@ struct Proxier {
     cfg: Config,
     /// What is in the kernel after the last successful sync (None: unknown, sync fully).
     programmed: Option<Programmed>,
-    /// UDP service ports and the endpoints they sent to, for conntrack clean-up.
-    udp: Option<UdpStates>,
+    /// Per Service, its UDP ports and the endpoints they sent to, for conntrack clean-up
+    /// (None until the first sync).
+    udp: Option<HashMap<String, UdpStates>>,
     warned_conntrack: bool,
 }
 
 /// The rules in the kernel: each Service's (by `ns/name`) and the shared chains.
+#[derive(Default)]
 struct Programmed {
     /// Whether per-endpoint comments were written (the rules of every port depend on it).
     comments: bool,
-    services: BTreeMap<String, ServiceRules>,
+    /// Endpoints of all ports (which decides `comments`).
+    endpoints: usize,
+    services: BTreeMap<String, Vec<(ServicePort, Rules)>>,
+    host_ports: Vec<HostPort>,
     shared: Rules,
-    /// Counts syncs: a Service seen in this one carries the same number.
-    generation: u64,
-}
-
-/// The rules of one Service's ports, and the versions of it and its slices they were made from.
-struct ServiceRules {
-    version: String,
-    ports: Vec<(ServicePort, Rules)>,
-    generation: u64,
 }
 
 impl Programmed {
     fn ports(&self) -> impl Iterator<Item = &(ServicePort, Rules)> {
-        self.services.values().flat_map(|s| &s.ports)
+        self.services.values().flatten()
     }
 
     fn rule_count(&self) -> usize {
@@ -158,15 +149,14 @@ impl Proxier {
         }
     }
 
-    /// Brings the kernel's rules to what `services`, their `slices` and `host_ports` want
-    /// (`started` is when the sync began, for the log). Only the rules of Services that changed
-    /// are computed again; a full sync rewrites every chain (and deletes leftovers of ours).
+    /// Brings the kernel's rules to what the `changed` Services and `host_ports` want
+    /// (`started` is when the sync began, for the log). With `full`, `changed` has every
+    /// Service and every chain is written again (and leftovers of ours deleted).
     fn sync(
         &mut self,
         started: std::time::Instant,
-        services: &[Arc<Service>],
-        slices: &[Arc<EndpointSlice>],
-        host_ports: &[HostPort],
+        changed: Vec<Change>,
+        host_ports: Vec<HostPort>,
         full: bool,
     ) -> anyhow::Result<()> {
         let node = NodeView {
@@ -174,10 +164,10 @@ impl Proxier {
         };
         // Until the restore succeeds, the kernel's state is unknown: a failure forces a full sync.
         let before = self.programmed.take().filter(|_| !full);
-        let (programmed, changes) = plan(&node, &self.cfg, before, services, slices, host_ports);
-        let incremental = changes.iter().all(|(_, old, _)| old.is_some());
+        let plan = plan(&node, &self.cfg, before, changed, host_ports);
+        let incremental = plan.writes.iter().all(|(_, old, _)| old.is_some());
         let mut input = String::new();
-        for (table, old, new) in changes {
+        for (table, old, new) in &plan.writes {
             let stale: Vec<String> = match old {
                 Some(_) => Vec::new(),
                 None => iptables::chains(table)?
@@ -185,7 +175,7 @@ impl Proxier {
                     .filter(|c| rules::owned(c))
                     .collect(),
             };
-            let t = iptables::restore_input(table, old.as_ref(), &new, &stale);
+            let t = iptables::restore_input(table, old.as_ref(), new, &stale);
             if t.lines().count() > 2 {
                 input.push_str(&t);
             }
@@ -197,10 +187,10 @@ impl Proxier {
         if !incremental {
             iptables::ensure_jumps(rules::JUMPS)?;
         }
-        let udp = udp_state(programmed.ports().map(|p| &p.0));
+        let programmed = plan.programmed;
         if !input.is_empty() {
             let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-            let services = programmed.ports().count();
+            let services = programmed.services.len();
             if !incremental {
                 let rules = programmed.rule_count();
                 tracing::info!(
@@ -221,20 +211,37 @@ impl Proxier {
                 );
             }
         }
+        self.flush_stale_udp(&programmed, plan.touched, full);
         self.programmed = Some(programmed);
-        self.flush_stale_udp(udp);
         Ok(())
     }
 
     /// Deletes conntrack entries of UDP flows that would keep going to endpoints that are gone
-    /// (UDP has no connection to reset), and of flows to services that just got endpoints.
-    /// The first sync only records the state: a restart must not disturb running flows.
-    fn flush_stale_udp(&mut self, now: UdpStates) {
-        let deletions = match self.udp.take() {
-            Some(old) => stale_udp_flows(&old, &now),
-            None => Vec::new(),
+    /// (UDP has no connection to reset), and of flows to services that just got endpoints,
+    /// looking at the `touched` Services (all of them when `full`). The first sync only records
+    /// the state: a restart must not disturb running flows.
+    fn flush_stale_udp(&mut self, programmed: &Programmed, touched: Vec<String>, full: bool) {
+        let first = self.udp.is_none();
+        let udp = self.udp.get_or_insert_default();
+        let touched: BTreeSet<String> = if full {
+            let was = udp.keys().cloned();
+            was.chain(programmed.services.keys().cloned()).collect()
+        } else {
+            touched.into_iter().collect()
         };
-        self.udp = Some(now);
+        let mut deletions = Vec::new();
+        for key in touched {
+            let now = (programmed.services.get(&key).into_iter().flatten()).map(|p| &p.0);
+            let now = udp_state(now);
+            let was = udp.remove(&key).unwrap_or_default();
+            deletions.extend(stale_udp_flows(&was, &now));
+            if !now.is_empty() {
+                udp.insert(key, now);
+            }
+        }
+        if first {
+            return;
+        }
         for args in deletions {
             let r = std::process::Command::new("conntrack")
                 .args(["-D", "-p", "udp"])
@@ -252,129 +259,142 @@ impl Proxier {
 }
 
 /// Per table, the chains to write: (table, what is in the kernel, what is wanted). With no
-/// rules `before` (a full sync) the kernel's state is unknown and every chain is wanted;
+/// rules before (a full sync) the kernel's state is unknown and every chain is wanted;
 /// otherwise only the shared chains and the own chains of ports that changed are compared.
-type Changes = Vec<(&'static str, Option<Chains>, Chains)>;
+type Writes = Vec<(&'static str, Option<Chains>, Chains)>;
 
-/// The rules for `services` and what to write to get there from `before`. A Service whose
-/// version (its own and its slices' resource versions) did not change keeps its rules, and so
-/// does every port that did not change: at 10,000 Services a change costs one Service's work.
+struct Plan {
+    programmed: Programmed,
+    writes: Writes,
+    /// The Services whose ports were looked at again.
+    touched: Vec<String>,
+}
+
+fn endpoints<'a>(ports: impl Iterator<Item = &'a ServicePort>) -> usize {
+    ports.map(|sp| sp.endpoints.len()).sum()
+}
+
+/// The shared-chain lines of a Service's ports (KUBE-SERVICES jumps, REJECTs, ...).
+fn shared_lines(ports: &[(ServicePort, Rules)]) -> Vec<(&String, &Vec<String>)> {
+    let mut out = Vec::new();
+    for (_, r) in ports {
+        for table in rules::TABLES {
+            let t = r.table(table);
+            out.extend(t.iter().filter(|(c, _)| rules::is_shared(table, c)));
+        }
+    }
+    out
+}
+
+/// The rules after the `changed` Services and what to write to get there from `before`.
+/// Only the changed Services are looked at, and of them only the ports that changed get new
+/// rules: at 10,000 Services a change costs one Service's work. The shared chains are rebuilt
+/// only when a Service's lines in them (or the host ports) changed.
 fn plan(
     node: &NodeView,
     cfg: &Config,
     before: Option<Programmed>,
-    services: &[Arc<Service>],
-    slices: &[Arc<EndpointSlice>],
-    host_ports: &[HostPort],
-) -> (Programmed, Changes) {
-    let (mut map, old_comments, old_shared, generation) = match before {
-        Some(b) => (b.services, Some(b.comments), b.shared, b.generation + 1),
-        None => (BTreeMap::new(), None, Rules::default(), 0),
-    };
-    // Unchanged Services are only marked seen (no allocation: this pass is per Service).
-    // Changed ones: key, version, ports.
-    let mut changed = Vec::new();
-    crate::network::each_service(services, slices, |key, version, svc, mine| {
-        match map.get_mut(key) {
-            Some(s) if s.version == version => s.generation = generation,
-            _ => changed.push((
-                key.to_string(),
-                version.to_string(),
-                service_ports(svc, mine, cfg),
-            )),
-        }
-    });
-    // What was programmed for the changed Services.
-    let mut was: HashMap<String, ServiceRules> = HashMap::new();
-    for (key, _, _) in &changed {
-        if let Some(s) = map.remove(key) {
-            was.insert(key.clone(), s);
-        }
+    changed: Vec<Change>,
+    host_ports: Vec<HostPort>,
+) -> Plan {
+    let mut full = before.is_none();
+    let mut p = before.unwrap_or_default();
+    let old_comments = p.comments;
+    let mut shared_changed = full || host_ports != p.host_ports;
+    p.host_ports = host_ports;
+    let mut updates: Vec<(String, Vec<ServicePort>)> = changed
+        .into_iter()
+        .map(|c| {
+            let ports = c
+                .now
+                .map_or_else(Vec::new, |s| service_ports(&s.service, &s.slices(), cfg));
+            (c.key, ports)
+        })
+        .collect();
+    for (key, ports) in &updates {
+        let was = p.services.get(key).into_iter().flatten().map(|(sp, _)| sp);
+        p.endpoints = p.endpoints.saturating_sub(endpoints(was)) + endpoints(ports.iter());
     }
-    let endpoints: usize = (map.values().flat_map(|s| s.ports.iter().map(|p| &p.0)))
-        .chain(changed.iter().flat_map(|c| &c.2))
-        .map(|p| p.endpoints.len())
-        .sum();
-    let comments = rules::comments(endpoints);
-    // Without rules before, or when every port's rules change, everything is written.
-    let full = old_comments != Some(comments);
-    // Own chains of the ports that changed: as programmed, and as wanted now.
-    let (mut old_own, mut new_own) = (Rules::default(), Rules::default());
-    map.retain(|key, s| {
-        if full && s.generation == generation {
-            let ports = std::mem::take(&mut s.ports)
-                .into_iter()
-                .map(|(p, _)| p)
-                .collect();
-            changed.push((key.clone(), std::mem::take(&mut s.version), ports));
-            return false;
-        }
-        if s.generation != generation {
-            for (_, r) in &s.ports {
-                old_own.add_own(r); // Services that are gone
+    p.comments = rules::comments(p.endpoints);
+    if !full && p.comments != old_comments {
+        // Every port's rules change: compute and write them all again.
+        let listed: BTreeSet<String> = updates.iter().map(|(k, _)| k.clone()).collect();
+        for (key, ports) in &p.services {
+            if !listed.contains(key) {
+                updates.push((
+                    key.clone(),
+                    ports.iter().map(|(sp, _)| sp.clone()).collect(),
+                ));
             }
         }
-        s.generation == generation
-    });
-    for (key, version, ports) in changed {
-        let mut was = was.remove(&key).map(|w| w.ports).unwrap_or_default();
-        let mut out = Vec::with_capacity(ports.len());
+        p.services.clear();
+        full = true;
+        shared_changed = true;
+    }
+    let (mut old_own, mut new_own) = (Rules::default(), Rules::default());
+    let mut touched = Vec::with_capacity(updates.len());
+    for (key, ports) in updates {
+        let mut was = p.services.remove(&key).unwrap_or_default();
+        let shared_before: Vec<(String, Vec<String>)> = (shared_lines(&was).into_iter())
+            .map(|(c, l)| (c.clone(), l.clone()))
+            .collect();
+        let mut now = Vec::with_capacity(ports.len());
         for sp in ports {
-            let r = match was.iter().position(|(p, _)| *p == sp && !full) {
+            let r = match was.iter().position(|(p, _)| *p == sp) {
                 Some(i) => was.swap_remove(i).1,
                 None => {
-                    let r = rules::port_rules(node, &sp, comments);
+                    let r = rules::port_rules(node, &sp, p.comments);
                     new_own.add_own(&r);
                     r
                 }
             };
-            out.push((sp, r));
+            now.push((sp, r));
         }
         for (_, r) in &was {
-            old_own.add_own(r);
+            old_own.add_own(r); // ports that are gone
         }
-        let ports = out;
-        map.insert(
-            key,
-            ServiceRules {
-                version,
-                ports,
-                generation,
-            },
-        );
+        let shared_now = shared_lines(&now);
+        shared_changed |= shared_now.len() != shared_before.len()
+            || (shared_now.iter().zip(&shared_before))
+                .any(|((c, l), (bc, bl))| *c != bc || *l != bl);
+        if !now.is_empty() {
+            p.services.insert(key.clone(), now);
+        }
+        touched.push(key);
     }
-    let shared = rules::shared(
-        map.values().flat_map(|s| s.ports.iter().map(|(_, r)| r)),
-        host_ports,
-    );
-    let changes = rules::TABLES
+    // What was in the shared chains, if they change.
+    let old_shared = shared_changed.then(|| {
+        let now = rules::shared(p.ports().map(|(_, r)| r), &p.host_ports);
+        std::mem::replace(&mut p.shared, now)
+    });
+    let writes = rules::TABLES
         .into_iter()
         .map(|table| {
             let mut new = new_own.table(table).clone();
             if full {
-                new.extend(shared.table(table).clone());
+                new.extend(p.shared.table(table).clone());
                 return (table, None, new);
             }
             // Only the shared chains that differ are copied (KUBE-SERVICES is one line per
             // service port).
             let mut old = old_own.table(table).clone();
-            for (chain, lines) in shared.table(table) {
-                let before = old_shared.table(table).get(chain);
-                if before != Some(lines) {
-                    old.extend(before.map(|b| (chain.clone(), b.clone())));
-                    new.insert(chain.clone(), lines.clone());
+            if let Some(old_shared) = &old_shared {
+                for (chain, lines) in p.shared.table(table) {
+                    let before = old_shared.table(table).get(chain);
+                    if before != Some(lines) {
+                        old.extend(before.map(|b| (chain.clone(), b.clone())));
+                        new.insert(chain.clone(), lines.clone());
+                    }
                 }
             }
             (table, Some(old), new)
         })
         .collect();
-    let programmed = Programmed {
-        comments,
-        services: map,
-        shared,
-        generation,
-    };
-    (programmed, changes)
+    Plan {
+        programmed: p,
+        writes,
+        touched,
+    }
 }
 
 type UdpStates = HashMap<String, UdpState>;
@@ -598,37 +618,8 @@ mod tests {
         }
     }
 
-    fn service(name: &str, ip: &str, rv: &str) -> Arc<Service> {
-        Arc::new(
-            serde_json::from_value(serde_json::json!({
-                "metadata": {"name": name, "namespace": "default", "resourceVersion": rv},
-                "spec": {"clusterIP": ip, "ports": [{"port": 80}]},
-            }))
-            .unwrap(),
-        )
-    }
-
-    fn slice(service: &str, endpoints: &[&str], rv: &str) -> Arc<EndpointSlice> {
-        let endpoints: Vec<_> = endpoints
-            .iter()
-            .map(|ip| serde_json::json!({"addresses": [ip]}))
-            .collect();
-        Arc::new(
-            serde_json::from_value(serde_json::json!({
-                "metadata": {
-                    "name": format!("{service}-x"), "namespace": "default", "resourceVersion": rv,
-                    "labels": {"kubernetes.io/service-name": service},
-                },
-                "addressType": "IPv4",
-                "endpoints": endpoints,
-                "ports": [{"port": 8080}],
-            }))
-            .unwrap(),
-        )
-    }
-
-    fn restore_inputs(changes: &Changes) -> String {
-        changes
+    fn restore_inputs(writes: &Writes) -> String {
+        writes
             .iter()
             .map(|(t, old, new)| iptables::restore_input(t, old.as_ref(), new, &[]))
             .collect()
@@ -636,6 +627,8 @@ mod tests {
 
     #[test]
     fn a_sync_writes_only_the_services_that_changed() {
+        use crate::network::services::tests::{fed, service, slice};
+        use kube::runtime::watcher::Event;
         let node = NodeView {
             cluster_cidr: "10.42.0.0/16".parse().unwrap(),
         };
@@ -644,54 +637,56 @@ mod tests {
             cluster_cidr: node.cluster_cidr,
             local_service_ips: vec![],
         };
-        let services = [
-            service("a", "10.43.0.10", "1"),
-            service("b", "10.43.0.11", "2"),
-        ];
-        let slices = vec![
-            slice("a", &["10.42.0.5"], "3"),
-            slice("b", &["10.42.0.6"], "4"),
-        ];
-        let (first, changes) = plan(&node, &cfg, None, &services, &slices, &[]);
+        let (watch, sub) = fed();
+        watch.service(Event::Apply(service("a", "10.43.0.10", "1")));
+        watch.service(Event::Apply(service("b", "10.43.0.11", "2")));
+        watch.slice(Event::Apply(slice("a", &["10.42.0.5"], "3")));
+        watch.slice(Event::Apply(slice("b", &["10.42.0.6"], "4")));
+        let first = plan(&node, &cfg, None, sub.all(), vec![]);
         assert!(
-            changes.iter().all(|(_, old, _)| old.is_none()),
+            first.writes.iter().all(|(_, old, _)| old.is_none()),
             "a full sync"
         );
-        let ports: Vec<ServicePort> = first.ports().map(|p| p.0.clone()).collect();
+        let ports: Vec<ServicePort> = first.programmed.ports().map(|p| p.0.clone()).collect();
         assert_eq!(ports.len(), 2);
-        assert_eq!(changes[1].2, rules::compute(&node, &ports, &[]).nat);
+        assert_eq!(first.writes[1].2, rules::compute(&node, &ports, &[]).nat);
         let a_svc = ports[0].chain("KUBE-SVC-");
 
         // b gets another endpoint: a's chains are not written again.
-        let slices = vec![
-            slices[0].clone(),
-            slice("b", &["10.42.0.6", "10.42.0.7"], "5"),
-        ];
-        let (second, changes) = plan(&node, &cfg, Some(first), &services, &slices, &[]);
-        let input = restore_inputs(&changes);
+        watch.slice(Event::Apply(slice("b", &["10.42.0.6", "10.42.0.7"], "5")));
+        let second = plan(&node, &cfg, Some(first.programmed), sub.changes(), vec![]);
+        assert_eq!(second.touched, ["default/b"]);
+        let input = restore_inputs(&second.writes);
         assert!(!input.contains(&a_svc), "a is unchanged: {input}");
         assert!(input.contains("10.42.0.7:8080"), "{input}");
         assert!(
             !input.contains(":KUBE-SERVICES"),
             "same cluster IP jumps: {input}"
         );
-        let ports: Vec<ServicePort> = second.ports().map(|p| p.0.clone()).collect();
+        let ports: Vec<ServicePort> = second.programmed.ports().map(|p| p.0.clone()).collect();
         assert_eq!(
-            second.rule_count(),
+            second.programmed.rule_count(),
             rules::compute(&node, &ports, &[]).rule_count()
         );
+        assert_eq!(second.programmed.endpoints, 3);
 
         // A new version of a with the same content changes nothing.
-        let services = [service("a", "10.43.0.10", "6"), services[1].clone()];
-        let (third, changes) = plan(&node, &cfg, Some(second), &services, &slices, &[]);
-        assert_eq!(restore_inputs(&changes), "*filter\nCOMMIT\n*nat\nCOMMIT\n");
+        watch.service(Event::Apply(service("a", "10.43.0.10", "6")));
+        let third = plan(&node, &cfg, Some(second.programmed), sub.changes(), vec![]);
+        assert_eq!(
+            restore_inputs(&third.writes),
+            "*filter\nCOMMIT\n*nat\nCOMMIT\n"
+        );
 
         // a goes away: its chains are deleted and the jump to them goes.
-        let (_, changes) = plan(&node, &cfg, Some(third), &services[1..], &slices, &[]);
-        let input = restore_inputs(&changes);
+        watch.service(Event::Delete(service("a", "10.43.0.10", "6")));
+        let fourth = plan(&node, &cfg, Some(third.programmed), sub.changes(), vec![]);
+        let input = restore_inputs(&fourth.writes);
         assert!(input.contains(&format!("-X {a_svc}")), "{input}");
         assert!(input.contains(":KUBE-SERVICES - [0:0]"), "{input}");
         assert!(!input.contains("10.42.0.7"), "b is unchanged: {input}");
+        assert_eq!(fourth.programmed.endpoints, 2);
+        assert_eq!(fourth.programmed.services.len(), 1);
     }
 
     #[test]

@@ -168,9 +168,11 @@ fn start_node(client: kube::Client, cfg: crate::kubelet::NodeConfig) {
         resolv_conf: cfg.resolv_conf.clone(),
         ranges: vec![cfg.service_cidr, cfg.cluster_cidr],
     };
-    let c = client.clone();
+    // One watch of Services and EndpointSlices for the proxy and the DNS.
+    let services = crate::network::services::ServiceWatch::start(client.clone());
+    let (c, s) = (client.clone(), services.clone());
     tokio::spawn(async move {
-        if let Err(e) = crate::proxy::run(c, proxy).await {
+        if let Err(e) = crate::proxy::run(c, s, proxy).await {
             tracing::error!("service proxy: {e:#}");
         }
     });
@@ -180,9 +182,8 @@ fn start_node(client: kube::Client, cfg: crate::kubelet::NodeConfig) {
             tracing::error!("network policies: {e:#}");
         }
     });
-    let c = client.clone();
     tokio::spawn(async move {
-        if let Err(e) = crate::dns::run(c, dns).await {
+        if let Err(e) = crate::dns::run(services, dns).await {
             tracing::error!("cluster DNS: {e:#}");
         }
     });
