@@ -83,7 +83,7 @@ impl SyncLog {
         let text = std::mem::take(&mut self.partial) + &new;
         let mut rest = text.as_str();
         while let Some((line, after)) = rest.split_once('\n') {
-            if line.contains("service rules")
+            if (line.contains("service rules") || line.contains("became leader"))
                 && let Some((ts, fields)) = line.split_once(' ')
                 && let Ok(ts) = ts.parse()
             {
@@ -205,7 +205,12 @@ fn main() {
         let sync_ms = field(&full, "elapsed_ms").unwrap_or(f64::NAN);
         let compute_ms = field(&full, "computed_ms").unwrap_or(f64::NAN);
         let rules = field(&full, "rules").unwrap_or(f64::NAN);
-        std::thread::sleep(Duration::from_secs(2));
+        // Changes are measured in the steady state: after a restart the controllers start only
+        // once the killed server's lease expires (15 s), and then list every object.
+        wait_sync(&mut sync_log, restarted, 60, |l| {
+            l.contains("became leader")
+        });
+        std::thread::sleep(Duration::from_secs(3));
 
         // Changes: an endpoint added to one Service's slice, and a new Service with endpoints.
         let mut endpoint_change = Vec::new();

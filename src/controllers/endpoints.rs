@@ -207,8 +207,29 @@ fn content(v: &Value, fields: &[&str]) -> Value {
 }
 
 async fn sync(client: &kube::Client, st: &Stores) {
-    let pods = st.pods.state();
     let services = st.services.state();
+    // Indexes for this pass: one lookup per Service instead of a scan of every object.
+    let mut pods_by_ns: HashMap<String, Vec<Arc<Pod>>> = HashMap::new();
+    for p in st.pods.state() {
+        pods_by_ns
+            .entry(p.namespace().unwrap_or_default())
+            .or_default()
+            .push(p);
+    }
+    let endpoints: HashMap<(String, String), Arc<Endpoints>> = (st.endpoints.state().into_iter())
+        .map(|e| ((e.namespace().unwrap_or_default(), e.name_any()), e))
+        .collect();
+    let mut slices: HashMap<(String, String), Vec<Arc<EndpointSlice>>> = HashMap::new();
+    for s in st.slices.state() {
+        let managed = s.labels().get("endpointslice.kubernetes.io/managed-by");
+        if let (Some(svc), Some(MANAGED_BY)) =
+            (s.labels().get(SERVICE_NAME), managed.map(String::as_str))
+        {
+            let key = (s.namespace().unwrap_or_default(), svc.clone());
+            slices.entry(key).or_default().push(s);
+        }
+    }
+    let (no_pods, no_slices) = (Vec::new(), Vec::new());
     let mut wanted_eps: HashMap<(String, String), Value> = HashMap::new();
     let mut wanted_slices: HashMap<(String, String), (Arc<Service>, Value)> = HashMap::new();
     for svc in &services {
@@ -222,11 +243,8 @@ async fn sync(client: &kube::Client, st: &Stores) {
             continue;
         }
         let ns = svc.namespace().unwrap_or_default();
-        let members: Vec<Arc<Pod>> = pods
-            .iter()
-            .filter(|p| {
-                p.namespace().as_deref() == Some(ns.as_str()) && !is_terminal(p) && selected(svc, p)
-            })
+        let members: Vec<Arc<Pod>> = (pods_by_ns.get(&ns).unwrap_or(&no_pods).iter())
+            .filter(|p| !is_terminal(p) && selected(svc, p))
             .cloned()
             .collect();
         wanted_eps.insert(
@@ -244,14 +262,8 @@ async fn sync(client: &kube::Client, st: &Stores) {
     // Endpoints: create or replace what differs; delete those of services that are gone.
     for ((ns, name), want) in &wanted_eps {
         let api: Api<Endpoints> = Api::namespaced(client.clone(), ns);
-        let have = st
-            .endpoints
-            .state()
-            .into_iter()
-            .find(|e| e.namespace().as_deref() == Some(ns.as_str()) && e.name_any() == *name);
-        let have_v = have
-            .as_ref()
-            .and_then(|h| serde_json::to_value(h.as_ref()).ok());
+        let have = endpoints.get(&(ns.clone(), name.clone()));
+        let have_v = have.and_then(|h| serde_json::to_value(h.as_ref()).ok());
         if have_v.as_ref().map(|h| content(h, &["subsets"])) == Some(content(want, &["subsets"])) {
             continue;
         }
@@ -272,41 +284,28 @@ async fn sync(client: &kube::Client, st: &Stores) {
             tracing::debug!("endpoints {ns}/{name}: {e}");
         }
     }
-    let service_exists = |ns: &str, name: &str| {
-        services
-            .iter()
-            .any(|s| s.namespace().as_deref() == Some(ns) && s.name_any() == name)
-    };
-    for e in st.endpoints.state() {
-        let (ns, name) = (e.namespace().unwrap_or_default(), e.name_any());
+    let existing: std::collections::HashSet<(String, String)> = (services.iter())
+        .map(|s| (s.namespace().unwrap_or_default(), s.name_any()))
+        .collect();
+    for ((ns, name), e) in &endpoints {
         // Endpoints of selector-less Services are the user's; only ours for deleted Services go.
         let ours = e
             .labels()
             .get("endpointslice.kubernetes.io/skip-mirror")
             .is_none()
             && name != "kubernetes";
-        if ours && !service_exists(&ns, &name) {
-            let _ = Api::<Endpoints>::namespaced(client.clone(), &ns)
-                .delete(&name, &DeleteParams::default())
+        if ours && !existing.contains(&(ns.clone(), name.clone())) {
+            let _ = Api::<Endpoints>::namespaced(client.clone(), ns)
+                .delete(name, &DeleteParams::default())
                 .await;
         }
     }
     // EndpointSlices: one managed slice per Service (the GC removes those of deleted Services).
     for ((ns, name), (_, want)) in &wanted_slices {
         let api: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
-        let mine: Vec<Arc<EndpointSlice>> = st
-            .slices
-            .state()
-            .into_iter()
-            .filter(|s| {
-                s.namespace().as_deref() == Some(ns.as_str())
-                    && s.labels().get(SERVICE_NAME) == Some(name)
-                    && s.labels()
-                        .get("endpointslice.kubernetes.io/managed-by")
-                        .map(String::as_str)
-                        == Some(MANAGED_BY)
-            })
-            .collect();
+        let mine = slices
+            .get(&(ns.clone(), name.clone()))
+            .unwrap_or(&no_slices);
         let fields = ["endpoints", "ports", "addressType"];
         match mine.first() {
             Some(have) => {
