@@ -202,9 +202,45 @@ pub struct Jump {
     pub first: bool,
 }
 
-/// Makes sure every jump is in place (the chains they target must exist already).
+/// The rules of one chain as `iptables -S` prints them (empty if it cannot be listed).
+fn list_chain(table: &str, chain: &str) -> Vec<String> {
+    let _one = serial();
+    let out = Command::new("iptables")
+        .args(["--wait", "-t", table, "-S", chain])
+        .stderr(Stdio::null())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(String::from)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `args` the way `iptables -S` prints them (arguments with spaces quoted).
+fn printed(args: &[&str]) -> String {
+    let quoted: Vec<String> = (args.iter())
+        .map(|a| match a.contains(' ') {
+            true => format!("\"{a}\""),
+            false => a.to_string(),
+        })
+        .collect();
+    quoted.join(" ")
+}
+
+/// Makes sure every jump is in place (the chains they target must exist already). Each
+/// built-in chain is listed once and the jumps found there are skipped: listing one chain is
+/// cheap, while every `-C` makes iptables-nft fetch the whole ruleset (~0.1 s each at 10,000
+/// Services). A jump not found in the listing is checked with `-C` before it is added.
 pub fn ensure_jumps(jumps: &[Jump]) -> anyhow::Result<()> {
+    let mut listed: std::collections::HashMap<(&str, &str), Vec<String>> = Default::default();
     for j in jumps {
+        let rules =
+            (listed.entry((j.table, j.from))).or_insert_with(|| list_chain(j.table, j.from));
+        if rules.contains(&format!("-A {} {}", j.from, printed(j.rule))) {
+            continue;
+        }
         let mut check = vec!["-t", j.table, "-C", j.from];
         check.extend(j.rule);
         if iptables(&check)? {
@@ -247,4 +283,56 @@ pub fn remove(jumps: &[Jump], table: &str, owned: impl Fn(&str) -> bool) -> anyh
     }
     input.push_str("COMMIT\n");
     restore(&input)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jumps_are_compared_as_iptables_prints_them() {
+        // As `iptables -t nat -S PREROUTING` printed it (iptables 1.8.9).
+        let line = "-A PREROUTING -m comment --comment \"kube hostport portals\" -m addrtype --dst-type LOCAL -j KUBE-HOSTPORTS";
+        let args = [
+            "-m",
+            "comment",
+            "--comment",
+            "kube hostport portals",
+            "-m",
+            "addrtype",
+            "--dst-type",
+            "LOCAL",
+            "-j",
+            "KUBE-HOSTPORTS",
+        ];
+        assert_eq!(format!("-A PREROUTING {}", printed(&args)), line);
+    }
+
+    #[test]
+    fn chains_are_written_in_walk_order() {
+        let chains: Chains = [
+            (
+                "A-SEP".to_string(),
+                vec!["-j DNAT --to-destination 10.42.0.5:80".to_string()],
+            ),
+            (
+                "B-MARK".to_string(),
+                vec!["-j MARK --or-mark 0x4000".to_string()],
+            ),
+            (
+                "C-SVC".to_string(),
+                vec!["-j B-MARK".to_string(), "-m statistic -j A-SEP".to_string()],
+            ),
+            (
+                "D-SERVICES".to_string(),
+                vec!["-d 10.43.0.1/32 -j C-SVC".to_string()],
+            ),
+        ]
+        .into();
+        let input = restore_input("nat", None, &chains, &[]);
+        let order: Vec<&str> = (input.lines())
+            .filter_map(|l| l.strip_prefix("-A ")?.split(' ').next())
+            .collect();
+        assert_eq!(order, ["D-SERVICES", "C-SVC", "C-SVC", "B-MARK", "A-SEP"]);
+    }
 }
