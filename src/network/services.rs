@@ -235,35 +235,30 @@ impl ServiceWatch {
     /// Starts watching all Services and EndpointSlices.
     pub fn start(client: kube::Client) -> ServiceWatch {
         let watch = ServiceWatch::detached();
-        let shared = watch.shared.clone();
-        let services =
-            watcher(Api::<Service>::all(client.clone()), Default::default()).default_backoff();
-        tokio::spawn(services.for_each(move |event| {
-            match event {
-                Ok(event) => {
-                    let mut state = shared.lock();
-                    state.on_service(event);
-                    shared.after(&state);
-                }
-                Err(e) => tracing::debug!("watching Services: {e}"),
-            }
-            async {}
-        }));
-        let shared = watch.shared.clone();
-        let slices =
-            watcher(Api::<EndpointSlice>::all(client), Default::default()).default_backoff();
-        tokio::spawn(slices.for_each(move |event| {
-            match event {
-                Ok(event) => {
-                    let mut state = shared.lock();
-                    state.on_slice(event);
-                    shared.after(&state);
-                }
-                Err(e) => tracing::debug!("watching EndpointSlices: {e}"),
-            }
-            async {}
-        }));
+        watch.follow(Api::<Service>::all(client.clone()), State::on_service);
+        watch.follow(Api::<EndpointSlice>::all(client), State::on_slice);
         watch
+    }
+
+    /// Feeds the events of a watch of `api` to `apply`.
+    fn follow<K>(&self, api: Api<K>, apply: fn(&mut State, Event<K>))
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + 'static,
+        K: serde::de::DeserializeOwned,
+    {
+        let shared = self.shared.clone();
+        let events = watcher(api, Default::default()).default_backoff();
+        tokio::spawn(events.for_each(move |event| {
+            match event {
+                Ok(event) => {
+                    let mut state = shared.lock();
+                    apply(&mut state, event);
+                    shared.after(&state);
+                }
+                Err(e) => tracing::debug!("watching {}: {e}", K::plural(&())),
+            }
+            async {}
+        }));
     }
 
     /// A watch fed by nobody (tests feed it by hand).
