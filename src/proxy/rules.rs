@@ -328,6 +328,14 @@ impl Rules {
         }
     }
 
+    pub fn table_mut(&mut self, table: &str) -> &mut Chains {
+        if table == "filter" {
+            &mut self.filter
+        } else {
+            &mut self.nat
+        }
+    }
+
     /// The chains of `table` in one port's rules that are its own (not shared).
     pub fn own<'a>(
         &'a self,
