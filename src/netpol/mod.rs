@@ -108,18 +108,23 @@ pub async fn run(client: kube::Client, node_name: String) -> anyhow::Result<()> 
 }
 
 /// Brings our chains from `before` (what the last apply wrote; `None`: unknown, at start and
-/// on the periodic resync) to `want` and makes sure the jumps exist. Only an unknown state
-/// lists the table for chains of ours to delete: `iptables-save` fetches every table (~0.7 s
-/// next to 10,000 Services' rules) and holds the iptables lock the service proxy needs.
+/// on the periodic resync) to `want`. Only an unknown state lists the tables, for chains of
+/// ours to delete and missing jumps: `iptables-save` fetches every table (~0.7 s next to
+/// 10,000 Services' rules) and holds the iptables lock the service proxy needs.
 fn apply(before: Option<&Chains>, want: &Chains) -> anyhow::Result<()> {
-    let stale: Vec<String> = match before {
-        Some(_) => Vec::new(),
-        None => (iptables::chains("filter")?.into_iter())
-            .filter(|c| owned(c))
-            .collect(),
+    let (stale, jumps) = match before {
+        Some(_) => Default::default(),
+        None => {
+            let saved = iptables::Saved::read()?;
+            (
+                saved.chains("filter", owned),
+                saved.missing_jumps("filter", JUMPS)?,
+            )
+        }
     };
-    iptables::restore(&iptables::restore_input("filter", before, want, &stale))?;
-    iptables::ensure_jumps(JUMPS)
+    iptables::restore(&iptables::restore_input(
+        "filter", before, want, &stale, &jumps,
+    ))
 }
 
 fn chain(prefix: &str, pod: &Pod) -> String {

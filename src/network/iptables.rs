@@ -1,7 +1,8 @@
 //! The iptables programs, driven the way kube-proxy drives them: whole tables of rules go in
 //! through one atomic `iptables-restore --noflush` (only the chains named in the input are
-//! replaced), and the few jumps from the built-in chains are checked and inserted one by one so
-//! nobody else's rules are touched.
+//! replaced). The few jumps from the built-in chains go into the input of a rewrite from an
+//! unknown state, as `-I`/`-A` lines, only when a listing shows them missing, so nobody else's
+//! rules are touched.
 
 use std::fmt::Write as _;
 use std::io::Write;
@@ -31,7 +32,14 @@ pub type Chains = std::collections::BTreeMap<String, Vec<String>>;
 /// The `iptables-restore` input that turns `old` (what is in the kernel) into `new`: chains
 /// whose rules changed are redeclared (which flushes them) and refilled, chains no longer
 /// wanted are deleted, untouched chains are not mentioned. `old = None` rewrites everything.
-pub fn restore_input(table: &str, old: Option<&Chains>, new: &Chains, stale: &[String]) -> String {
+/// `jumps` (from `Saved::missing_jumps`) are added after the rules.
+pub fn restore_input(
+    table: &str,
+    old: Option<&Chains>,
+    new: &Chains,
+    stale: &[String],
+    jumps: &[String],
+) -> String {
     let mut out = String::with_capacity(new.values().map(|r| r.len() * 96).sum::<usize>() + 64);
     let changed: Vec<(&String, &Vec<String>)> = new
         .iter()
@@ -53,6 +61,9 @@ pub fn restore_input(table: &str, old: Option<&Chains>, new: &Chains, stale: &[S
         for r in rules.iter() {
             let _ = writeln!(out, "-A {c} {r}");
         }
+    }
+    for j in jumps {
+        let _ = writeln!(out, "{j}");
     }
     for c in gone.iter().chain(stale.iter()) {
         let _ = writeln!(out, "-X {c}");
@@ -140,18 +151,65 @@ pub fn restore(input: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The names of the chains in `table` (from `iptables-save`).
-pub fn chains(table: &str) -> anyhow::Result<Vec<String>> {
-    Ok(chains_in(&save(&["-t", table])?)
-        .remove(table)
-        .unwrap_or_default())
+/// What `iptables-save` showed of every table, read when the kernel's state is unknown (a
+/// rewrite at start, at a resync or after a failure) to find the chains of ours to delete and
+/// the jumps to add. iptables-nft fetches every table even for `-t` (~0.7 s next to 10,000
+/// Services' rules), so one listing serves all tables.
+pub struct Saved {
+    text: String,
 }
 
-/// The names of the chains of every table, from one `iptables-save`: iptables-nft fetches
-/// every table even for `-t` (~0.7 s next to 10,000 Services' rules), so one listing serves
-/// all tables.
-pub fn chains_by_table() -> anyhow::Result<std::collections::HashMap<String, Vec<String>>> {
-    Ok(chains_in(&save(&[])?))
+impl Saved {
+    pub fn read() -> anyhow::Result<Saved> {
+        Ok(Saved { text: save(&[])? })
+    }
+
+    /// The lines of `table`'s part of the listing.
+    fn table<'a>(&'a self, table: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        let start = format!("*{table}");
+        (self.text.lines())
+            .skip_while(move |l| *l != start)
+            .skip(1)
+            .take_while(|l| *l != "COMMIT")
+    }
+
+    /// The chains of `table` that `owned` accepts.
+    pub fn chains(&self, table: &str, owned: impl Fn(&str) -> bool) -> Vec<String> {
+        (chains_in(&self.text)
+            .remove(table)
+            .unwrap_or_default()
+            .into_iter())
+        .filter(|c| owned(c))
+        .collect()
+    }
+
+    /// The restore lines (`-I`/`-A`) that add those of `jumps` in `table` not in place, in
+    /// order (so jumps inserted first end up in reverse order, as with `iptables -I` one by
+    /// one). A jump not in the listing whose target chain exists is also checked with `-C`,
+    /// in case this iptables prints it differently; checking costs little before a rewrite
+    /// from an empty table, and the listing finds the jumps that are there.
+    pub fn missing_jumps(&self, table: &str, jumps: &[Jump]) -> anyhow::Result<Vec<String>> {
+        let lines: std::collections::HashSet<&str> = self.table(table).collect();
+        let chains = chains_in(&self.text).remove(table).unwrap_or_default();
+        let mut out = Vec::new();
+        for j in jumps.iter().filter(|j| j.table == table) {
+            let rule = printed(j.rule);
+            if lines.contains(format!("-A {} {rule}", j.from).as_str()) {
+                continue;
+            }
+            let target = j.rule.last().copied().unwrap_or_default();
+            if chains.iter().any(|c| c == target) {
+                let mut check = vec!["-t", j.table, "-C", j.from];
+                check.extend(j.rule);
+                if iptables(&check)? {
+                    continue;
+                }
+            }
+            let op = if j.first { "-I" } else { "-A" };
+            out.push(format!("{op} {} {rule}", j.from));
+        }
+        Ok(out)
+    }
 }
 
 fn chains_in(saved: &str) -> std::collections::HashMap<String, Vec<String>> {
@@ -222,22 +280,6 @@ pub struct Jump {
     pub first: bool,
 }
 
-/// The rules of one chain as `iptables -S` prints them (empty if it cannot be listed).
-fn list_chain(table: &str, chain: &str) -> Vec<String> {
-    let _one = serial();
-    let out = Command::new("iptables")
-        .args(["--wait", "-t", table, "-S", chain])
-        .stderr(Stdio::null())
-        .output();
-    match out {
-        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .map(String::from)
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
 /// `args` the way `iptables -S` prints them (arguments with spaces quoted).
 fn printed(args: &[&str]) -> String {
     let quoted: Vec<String> = (args.iter())
@@ -249,36 +291,6 @@ fn printed(args: &[&str]) -> String {
     quoted.join(" ")
 }
 
-/// Makes sure every jump is in place (the chains they target must exist already). Each
-/// built-in chain is listed once and the jumps found there are skipped: listing one chain is
-/// cheap, while every `-C` makes iptables-nft fetch the whole ruleset (~0.1 s each at 10,000
-/// Services). A jump not found in the listing is checked with `-C` before it is added.
-pub fn ensure_jumps(jumps: &[Jump]) -> anyhow::Result<()> {
-    let mut listed: std::collections::HashMap<(&str, &str), Vec<String>> = Default::default();
-    for j in jumps {
-        let rules =
-            (listed.entry((j.table, j.from))).or_insert_with(|| list_chain(j.table, j.from));
-        if rules.contains(&format!("-A {} {}", j.from, printed(j.rule))) {
-            continue;
-        }
-        let mut check = vec!["-t", j.table, "-C", j.from];
-        check.extend(j.rule);
-        if iptables(&check)? {
-            continue;
-        }
-        let mut add = vec!["-t", j.table, if j.first { "-I" } else { "-A" }, j.from];
-        add.extend(j.rule);
-        anyhow::ensure!(
-            iptables(&add)?,
-            "iptables could not add the jump `{}` to {}/{}",
-            j.rule.join(" "),
-            j.table,
-            j.from
-        );
-    }
-    Ok(())
-}
-
 /// Removes the jumps (all copies) and then every chain of `table` that `owned` accepts: the
 /// uninstall path. Chains of other programs stay.
 pub fn remove(jumps: &[Jump], table: &str, owned: impl Fn(&str) -> bool) -> anyhow::Result<()> {
@@ -288,7 +300,7 @@ pub fn remove(jumps: &[Jump], table: &str, owned: impl Fn(&str) -> bool) -> anyh
         // Fails (exit 1, or 2 when the target chain is already gone) once no copy is left.
         while iptables(&del).unwrap_or(false) {}
     }
-    let mine: Vec<String> = chains(table)?.into_iter().filter(|c| owned(c)).collect();
+    let mine = Saved::read()?.chains(table, owned);
     if mine.is_empty() {
         return Ok(());
     }
@@ -328,6 +340,53 @@ mod tests {
     }
 
     #[test]
+    fn only_missing_jumps_are_added_in_order() {
+        let jump = |from, target, first| Jump {
+            table: "filter",
+            from,
+            rule: Box::leak(Box::new([
+                "-m",
+                "comment",
+                "--comment",
+                "a b",
+                "-j",
+                target,
+            ])),
+            first,
+        };
+        let jumps = [
+            jump("FORWARD", "K-ONE", true),
+            jump("FORWARD", "K-TWO", true),
+            jump("INPUT", "K-ONE", false),
+            jump("INPUT", "K-THREE", false),
+        ];
+        // K-THREE is in place; nothing else is (the target chains do not exist yet, so no
+        // `-C` is needed to know). The nat table has a look-alike line that must not count.
+        let saved = Saved {
+            text: "*nat\n:INPUT ACCEPT [0:0]\n-A INPUT -m comment --comment \"a b\" -j K-ONE\nCOMMIT\n\
+                   *filter\n:INPUT ACCEPT [0:0]\n:K-THREE - [0:0]\n\
+                   -A INPUT -m comment --comment \"a b\" -j K-THREE\nCOMMIT\n"
+                .into(),
+        };
+        assert_eq!(
+            saved.missing_jumps("filter", &jumps).unwrap(),
+            [
+                "-I FORWARD -m comment --comment \"a b\" -j K-ONE",
+                "-I FORWARD -m comment --comment \"a b\" -j K-TWO",
+                "-A INPUT -m comment --comment \"a b\" -j K-ONE",
+            ]
+        );
+        assert!(saved.missing_jumps("nat", &jumps).unwrap().is_empty());
+        assert_eq!(saved.chains("filter", |c| c.starts_with("K-")), ["K-THREE"]);
+        // The lines go in after the rules, so the chains they jump to exist by then.
+        let new: Chains = [("K-ONE".to_string(), vec!["-j ACCEPT".to_string()])].into();
+        let lines = saved.missing_jumps("filter", &jumps).unwrap();
+        let input = restore_input("filter", None, &new, &[], &lines);
+        let rule = input.find("-A K-ONE -j ACCEPT").unwrap();
+        assert!(input.find("-I FORWARD").unwrap() > rule);
+    }
+
+    #[test]
     fn chains_are_written_in_walk_order() {
         let chains: Chains = [
             (
@@ -348,7 +407,7 @@ mod tests {
             ),
         ]
         .into();
-        let input = restore_input("nat", None, &chains, &[]);
+        let input = restore_input("nat", None, &chains, &[], &[]);
         let order: Vec<&str> = (input.lines())
             .filter_map(|l| l.strip_prefix("-A ")?.split(' ').next())
             .collect();

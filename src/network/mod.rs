@@ -216,19 +216,30 @@ const JUMPS: &[iptables::Jump] = &[
 ];
 
 fn pod_traffic_rules(cluster: Ipv4Net) -> anyhow::Result<()> {
-    let input = format!(
-        "*nat\n:{MASQ_CHAIN} - [0:0]\n\
-         -A {MASQ_CHAIN} -m mark --mark 0x4000/0x4000 -m comment --comment \"service traffic, masqueraded by the proxy\" -j RETURN\n\
-         -A {MASQ_CHAIN} -s {cluster} -d {cluster} -m comment --comment \"pod to pod\" -j RETURN\n\
-         -A {MASQ_CHAIN} -s {cluster} ! -d 224.0.0.0/4 -m comment --comment \"pods to outside the cluster\" -j MASQUERADE --random-fully\n\
-         COMMIT\n\
-         *filter\n:{FORWARD_CHAIN} - [0:0]\n\
-         -A {FORWARD_CHAIN} -s {cluster} -j ACCEPT\n\
-         -A {FORWARD_CHAIN} -d {cluster} -j ACCEPT\n\
-         COMMIT\n"
+    let chain =
+        |name: &str, rules: Vec<String>| -> iptables::Chains { [(name.into(), rules)].into() };
+    let nat = chain(
+        MASQ_CHAIN,
+        vec![
+            "-m mark --mark 0x4000/0x4000 -m comment --comment \"service traffic, masqueraded by the proxy\" -j RETURN".into(),
+            format!("-s {cluster} -d {cluster} -m comment --comment \"pod to pod\" -j RETURN"),
+            format!("-s {cluster} ! -d 224.0.0.0/4 -m comment --comment \"pods to outside the cluster\" -j MASQUERADE --random-fully"),
+        ],
     );
-    iptables::restore(&input).context("programming the pod masquerade rules")?;
-    iptables::ensure_jumps(JUMPS)
+    let filter = chain(
+        FORWARD_CHAIN,
+        vec![
+            format!("-s {cluster} -j ACCEPT"),
+            format!("-d {cluster} -j ACCEPT"),
+        ],
+    );
+    let saved = iptables::Saved::read()?;
+    let mut input = String::new();
+    for (table, chains) in [("nat", &nat), ("filter", &filter)] {
+        let jumps = saved.missing_jumps(table, JUMPS)?;
+        input.push_str(&iptables::restore_input(table, None, chains, &[], &jumps));
+    }
+    iptables::restore(&input).context("programming the pod masquerade rules")
 }
 
 /// Holds `ip` on the node as a /32, so local services can listen on it (the cluster DNS at its

@@ -166,21 +166,22 @@ impl Proxier {
         let before = self.programmed.take().filter(|_| !full);
         let plan = plan(&node, &self.cfg, before, changed, host_ports);
         let incremental = plan.writes.iter().all(|(_, old, _)| old.is_some());
-        // Chains of ours in the kernel, to delete those no longer wanted (full syncs only).
-        let listed = match incremental {
-            true => Default::default(),
-            false => iptables::chains_by_table()?,
+        // The kernel's chains and jumps, for a full sync: the chains of ours no longer wanted
+        // are deleted and missing jumps added in the same restore.
+        let saved = match incremental {
+            true => None,
+            false => Some(iptables::Saved::read()?),
         };
         let mut input = String::new();
         for (table, old, new) in &plan.writes {
-            let stale: Vec<String> = match old {
-                Some(_) => Vec::new(),
-                None => (listed.get(*table).into_iter().flatten())
-                    .filter(|c| rules::owned(c))
-                    .cloned()
-                    .collect(),
+            let (stale, jumps) = match (old, &saved) {
+                (None, Some(saved)) => (
+                    saved.chains(table, rules::owned),
+                    saved.missing_jumps(table, rules::JUMPS)?,
+                ),
+                _ => Default::default(),
             };
-            let t = iptables::restore_input(table, old.as_ref(), new, &stale);
+            let t = iptables::restore_input(table, old.as_ref(), new, &stale, &jumps);
             if t.lines().count() > 2 {
                 input.push_str(&t);
             }
@@ -188,9 +189,6 @@ impl Proxier {
         let computed_ms = started.elapsed().as_secs_f64() * 1000.0;
         if !input.is_empty() {
             iptables::restore(&input)?;
-        }
-        if !incremental {
-            iptables::ensure_jumps(rules::JUMPS)?;
         }
         let programmed = plan.programmed;
         if !input.is_empty() {
@@ -627,7 +625,7 @@ mod tests {
     fn restore_inputs(writes: &Writes) -> String {
         writes
             .iter()
-            .map(|(t, old, new)| iptables::restore_input(t, old.as_ref(), new, &[]))
+            .map(|(t, old, new)| iptables::restore_input(t, old.as_ref(), new, &[], &[]))
             .collect()
     }
 
