@@ -455,7 +455,7 @@ pub fn port_rules(node: &NodeView, sp: &ServicePort, comments: bool) -> Rules {
     let dport = sp.match_port(sp.port);
     let cip = sp.cluster_ip;
     // `-m comment --comment "<text>" `, or nothing in large clusters.
-    let note = |text: &str| {
+    let note = |text: std::fmt::Arguments<'_>| {
         if comments {
             format!("-m comment --comment \"{text}\" ")
         } else {
@@ -469,12 +469,14 @@ pub fn port_rules(node: &NodeView, sp: &ServicePort, comments: bool) -> Rules {
         String::new()
     };
 
-    // Endpoint chains, shared by the cluster-wide and local chains.
+    // Endpoint chains, shared by the cluster-wide and local chains (their names are hashes:
+    // each is worked out once).
+    let mut seps: std::collections::HashMap<(Ipv4Addr, u16), String> = Default::default();
     for e in cluster.iter().chain(local.iter()) {
-        let sep = sp.endpoint_chain(e);
-        if nat.contains_key(&sep) {
+        let std::collections::hash_map::Entry::Vacant(v) = seps.entry((e.ip, e.port)) else {
             continue;
-        }
+        };
+        let sep = v.insert(sp.endpoint_chain(e)).clone();
         let c = &tag;
         let affinity = match sp.affinity_seconds {
             Some(_) => {
@@ -499,16 +501,16 @@ pub fn port_rules(node: &NodeView, sp: &ServicePort, comments: bool) -> Rules {
         let mut out = Vec::new();
         if let Some(secs) = sp.affinity_seconds {
             for e in eps {
-                let sep = sp.endpoint_chain(e);
+                let sep = &seps[&(e.ip, e.port)];
                 out.push(format!(
                     "{}-m recent --name {sep} --rcheck --seconds {secs} --reap -j {sep}",
-                    note(&format!("{id} -> {}:{}", e.ip, e.port))
+                    note(format_args!("{id} -> {}:{}", e.ip, e.port))
                 ));
             }
         }
         let n = eps.len();
         for (i, e) in eps.iter().enumerate() {
-            let sep = sp.endpoint_chain(e);
+            let sep = &seps[&(e.ip, e.port)];
             let c = if comments {
                 format!("-m comment --comment \"{id} -> {}:{}\" ", e.ip, e.port)
             } else {
@@ -529,7 +531,7 @@ pub fn port_rules(node: &NodeView, sp: &ServicePort, comments: bool) -> Rules {
         rules(&mut nat, &svc).push(format!(
             "! -s {} -d {cip}/32 {dport} {}-j {MARK_MASQ}",
             node.cluster_cidr,
-            note(&format!("{id} cluster IP"))
+            note(format_args!("{id} cluster IP"))
         ));
         endpoint_rules(&svc, &cluster, &mut nat);
     }
@@ -541,12 +543,12 @@ pub fn port_rules(node: &NodeView, sp: &ServicePort, comments: bool) -> Rules {
     if internal.is_empty() {
         rules(&mut filter, SERVICES).push(format!(
             "-d {cip}/32 {dport} {}-j REJECT --reject-with icmp-port-unreachable",
-            note(&format!("{id} has no endpoints"))
+            note(format_args!("{id} has no endpoints"))
         ));
     } else {
         rules(&mut nat, SERVICES).push(format!(
             "-d {cip}/32 {dport} {}-j {int_chain}",
-            note(&format!("{id} cluster IP"))
+            note(format_args!("{id} cluster IP"))
         ));
     }
 
@@ -567,14 +569,14 @@ pub fn port_rules(node: &NodeView, sp: &ServicePort, comments: bool) -> Rules {
         for ip in &sp.external_ips {
             rules(&mut filter, EXTERNAL_SERVICES).push(format!(
                 "-d {ip}/32 {dport} {}-j {target}",
-                note(&format!("{id} {why}"))
+                note(format_args!("{id} {why}"))
             ));
         }
         if let Some(np) = sp.node_port {
             rules(&mut filter, EXTERNAL_SERVICES).push(format!(
                 "-m addrtype --dst-type LOCAL {} {}-j {target}",
                 sp.match_port(np),
-                note(&format!("{id} {why}"))
+                note(format_args!("{id} {why}"))
             ));
         }
         return Rules { filter, nat };
@@ -584,17 +586,17 @@ pub fn port_rules(node: &NodeView, sp: &ServicePort, comments: bool) -> Rules {
         ext_rules.push(format!(
             "-s {} {}-j {svc}",
             node.cluster_cidr,
-            note(&format!("pod traffic for {id} external destinations"))
+            note(format_args!("pod traffic for {id} external destinations"))
         ));
         ext_rules.push(format!(
             "{}-m addrtype --src-type LOCAL -j {MARK_MASQ}",
-            note(&format!(
+            note(format_args!(
                 "masquerade LOCAL traffic for {id} external destinations"
             ))
         ));
         ext_rules.push(format!(
             "{}-m addrtype --src-type LOCAL -j {svc}",
-            note(&format!(
+            note(format_args!(
                 "route LOCAL traffic for {id} external destinations"
             ))
         ));
@@ -602,7 +604,7 @@ pub fn port_rules(node: &NodeView, sp: &ServicePort, comments: bool) -> Rules {
     } else {
         ext_rules.push(format!(
             "{}-j {MARK_MASQ}",
-            note(&format!(
+            note(format_args!(
                 "masquerade traffic for {id} external destinations"
             ))
         ));
@@ -611,7 +613,7 @@ pub fn port_rules(node: &NodeView, sp: &ServicePort, comments: bool) -> Rules {
     for ip in &sp.external_ips {
         rules(&mut nat, SERVICES).push(format!(
             "-d {ip}/32 {dport} {}-j {ext}",
-            note(&format!("{id} external IP"))
+            note(format_args!("{id} external IP"))
         ));
     }
     if let Some(np) = sp.node_port {
