@@ -112,19 +112,15 @@ pub async fn run(client: kube::Client, node_name: String) -> anyhow::Result<()> 
 /// ours to delete and missing jumps: `iptables-save` fetches every table (~0.7 s next to
 /// 10,000 Services' rules) and holds the iptables lock the service proxy needs.
 fn apply(before: Option<&Chains>, want: &Chains) -> anyhow::Result<()> {
-    let (stale, jumps) = match before {
-        Some(_) => Default::default(),
+    let stale = match before {
+        Some(_) => Vec::new(),
         None => {
             let saved = iptables::Saved::read()?;
-            (
-                saved.chains("filter", owned),
-                saved.missing_jumps("filter", JUMPS)?,
-            )
+            saved.add_missing_jumps(JUMPS)?;
+            saved.chains("filter", owned)
         }
     };
-    iptables::restore(&iptables::restore_input(
-        "filter", before, want, &stale, &jumps,
-    ))
+    iptables::restore(&iptables::restore_input("filter", before, want, &stale))
 }
 
 fn chain(prefix: &str, pod: &Pod) -> String {

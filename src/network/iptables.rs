@@ -32,14 +32,7 @@ pub type Chains = std::collections::BTreeMap<String, Vec<String>>;
 /// The `iptables-restore` input that turns `old` (what is in the kernel) into `new`: chains
 /// whose rules changed are redeclared (which flushes them) and refilled, chains no longer
 /// wanted are deleted, untouched chains are not mentioned. `old = None` rewrites everything.
-/// `jumps` (from `Saved::missing_jumps`) are added after the rules.
-pub fn restore_input(
-    table: &str,
-    old: Option<&Chains>,
-    new: &Chains,
-    stale: &[String],
-    jumps: &[String],
-) -> String {
+pub fn restore_input(table: &str, old: Option<&Chains>, new: &Chains, stale: &[String]) -> String {
     let mut out = String::with_capacity(new.values().map(|r| r.len() * 96).sum::<usize>() + 64);
     let changed: Vec<(&String, &Vec<String>)> = new
         .iter()
@@ -61,9 +54,6 @@ pub fn restore_input(
         for r in rules.iter() {
             let _ = writeln!(out, "-A {c} {r}");
         }
-    }
-    for j in jumps {
-        let _ = writeln!(out, "{j}");
     }
     for c in gone.iter().chain(stale.iter()) {
         let _ = writeln!(out, "-X {c}");
@@ -183,32 +173,66 @@ impl Saved {
         .collect()
     }
 
-    /// The restore lines (`-I`/`-A`) that add those of `jumps` in `table` not in place, in
-    /// order (so jumps inserted first end up in reverse order, as with `iptables -I` one by
-    /// one). A jump not in the listing whose target chain exists is also checked with `-C`,
-    /// in case this iptables prints it differently; checking costs little before a rewrite
-    /// from an empty table, and the listing finds the jumps that are there.
-    pub fn missing_jumps(&self, table: &str, jumps: &[Jump]) -> anyhow::Result<Vec<String>> {
-        let lines: std::collections::HashSet<&str> = self.table(table).collect();
-        let chains = chains_in(&self.text).remove(table).unwrap_or_default();
-        let mut out = Vec::new();
-        for j in jumps.iter().filter(|j| j.table == table) {
-            let rule = printed(j.rule);
-            if lines.contains(format!("-A {} {rule}", j.from).as_str()) {
-                continue;
-            }
-            let target = j.rule.last().copied().unwrap_or_default();
-            if chains.iter().any(|c| c == target) {
-                let mut check = vec!["-t", j.table, "-C", j.from];
-                check.extend(j.rule);
-                if iptables(&check)? {
+    /// Adds those of `jumps` that are not in place, with one small restore (`-I`/`-A` lines in
+    /// order, so jumps inserted first end up in reverse order, as with `iptables -I` one by
+    /// one), declaring the target chains that do not exist yet (empty). Call it before the
+    /// restore that fills the targets: a large restore starts with `-S` (see `begin_table`),
+    /// and with that iptables-nft does not create missing built-in chains, so jumps cannot go
+    /// there. A jump not in the listing whose target chain exists is also checked with `-C`,
+    /// in case this iptables prints it differently.
+    pub fn add_missing_jumps(&self, jumps: &[Jump]) -> anyhow::Result<()> {
+        let input = self.jumps_input(jumps)?;
+        if input.is_empty() {
+            return Ok(());
+        }
+        restore(&input)
+    }
+
+    /// The restore input of `add_missing_jumps` (empty when every jump is in place).
+    fn jumps_input(&self, jumps: &[Jump]) -> anyhow::Result<String> {
+        let mut input = String::new();
+        for table in jumps
+            .iter()
+            .map(|j| j.table)
+            .collect::<std::collections::BTreeSet<_>>()
+        {
+            let lines: std::collections::HashSet<&str> = self.table(table).collect();
+            let chains = chains_in(&self.text).remove(table).unwrap_or_default();
+            let (mut declare, mut add) = (std::collections::BTreeSet::new(), Vec::new());
+            for j in jumps.iter().filter(|j| j.table == table) {
+                let rule = printed(j.rule);
+                if lines.contains(format!("-A {} {rule}", j.from).as_str()) {
                     continue;
                 }
+                let target = j.rule.last().copied().unwrap_or_default();
+                if chains.iter().any(|c| c == target) {
+                    let mut check = vec!["-t", j.table, "-C", j.from];
+                    check.extend(j.rule);
+                    if iptables(&check)? {
+                        continue;
+                    }
+                } else {
+                    declare.insert(target);
+                }
+                add.push(format!(
+                    "{} {} {rule}",
+                    if j.first { "-I" } else { "-A" },
+                    j.from
+                ));
             }
-            let op = if j.first { "-I" } else { "-A" };
-            out.push(format!("{op} {} {rule}", j.from));
+            if add.is_empty() {
+                continue;
+            }
+            let _ = writeln!(input, "*{table}");
+            for c in declare {
+                let _ = writeln!(input, ":{c} - [0:0]");
+            }
+            for a in add {
+                let _ = writeln!(input, "{a}");
+            }
+            input.push_str("COMMIT\n");
         }
-        Ok(out)
+        Ok(input)
     }
 }
 
@@ -339,10 +363,9 @@ mod tests {
         assert_eq!(chains["nat"], ["KUBE-SERVICES"]);
     }
 
-    #[test]
-    fn only_missing_jumps_are_added_in_order() {
-        let jump = |from, target, first| Jump {
-            table: "filter",
+    fn jump(table: &'static str, from: &'static str, target: &'static str, first: bool) -> Jump {
+        Jump {
+            table,
             from,
             rule: Box::leak(Box::new([
                 "-m",
@@ -353,14 +376,18 @@ mod tests {
                 target,
             ])),
             first,
-        };
+        }
+    }
+
+    #[test]
+    fn only_missing_jumps_are_added_in_order() {
         let jumps = [
-            jump("FORWARD", "K-ONE", true),
-            jump("FORWARD", "K-TWO", true),
-            jump("INPUT", "K-ONE", false),
-            jump("INPUT", "K-THREE", false),
+            jump("filter", "FORWARD", "K-ONE", true),
+            jump("filter", "FORWARD", "K-TWO", true),
+            jump("filter", "INPUT", "K-ONE", false),
+            jump("filter", "INPUT", "K-THREE", false),
         ];
-        // K-THREE is in place; nothing else is (the target chains do not exist yet, so no
+        // K-THREE is in place; nothing else is (and the target chains do not exist, so no
         // `-C` is needed to know). The nat table has a look-alike line that must not count.
         let saved = Saved {
             text: "*nat\n:INPUT ACCEPT [0:0]\n-A INPUT -m comment --comment \"a b\" -j K-ONE\nCOMMIT\n\
@@ -369,21 +396,60 @@ mod tests {
                 .into(),
         };
         assert_eq!(
-            saved.missing_jumps("filter", &jumps).unwrap(),
-            [
-                "-I FORWARD -m comment --comment \"a b\" -j K-ONE",
-                "-I FORWARD -m comment --comment \"a b\" -j K-TWO",
-                "-A INPUT -m comment --comment \"a b\" -j K-ONE",
-            ]
+            saved.jumps_input(&jumps).unwrap(),
+            "*filter\n:K-ONE - [0:0]\n:K-TWO - [0:0]\n\
+             -I FORWARD -m comment --comment \"a b\" -j K-ONE\n\
+             -I FORWARD -m comment --comment \"a b\" -j K-TWO\n\
+             -A INPUT -m comment --comment \"a b\" -j K-ONE\nCOMMIT\n"
         );
-        assert!(saved.missing_jumps("nat", &jumps).unwrap().is_empty());
         assert_eq!(saved.chains("filter", |c| c.starts_with("K-")), ["K-THREE"]);
-        // The lines go in after the rules, so the chains they jump to exist by then.
-        let new: Chains = [("K-ONE".to_string(), vec!["-j ACCEPT".to_string()])].into();
-        let lines = saved.missing_jumps("filter", &jumps).unwrap();
-        let input = restore_input("filter", None, &new, &[], &lines);
-        let rule = input.find("-A K-ONE -j ACCEPT").unwrap();
-        assert!(input.find("-I FORWARD").unwrap() > rule);
+        let all_there = Saved {
+            text: saved.text.replace(":K-THREE", ":K-X"),
+        };
+        assert!(all_there.jumps_input(&jumps[3..]).unwrap().is_empty());
+    }
+
+    /// A fresh network namespace has no built-in chains, and a restore that starts with `-S`
+    /// (500+ chains) does not create them: the jumps must still go in, once, and a second
+    /// full rewrite must not add them again. Needs root and iptables (CI has both); runs in a
+    /// network namespace of its own, entered by this test's thread only.
+    #[test]
+    fn jumps_go_into_a_fresh_namespace_next_to_a_large_restore() {
+        let have_iptables = Command::new("iptables").arg("--version").output().is_ok();
+        if !nix::unistd::Uid::effective().is_root() || !have_iptables {
+            eprintln!("skipped: needs root and iptables");
+            return;
+        }
+        std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+            let jumps = [
+                jump("nat", "PREROUTING", "K-TEST-SVC", true),
+                jump("nat", "OUTPUT", "K-TEST-SVC", true),
+                jump("filter", "FORWARD", "K-TEST-FWD", false),
+            ];
+            let mut nat: Chains = (0..600)
+                .map(|i| (format!("K-TEST-{i}"), vec!["-j RETURN".to_string()]))
+                .collect();
+            nat.insert("K-TEST-SVC".into(), vec!["-j K-TEST-7".into()]);
+            let filter: Chains = [("K-TEST-FWD".to_string(), vec!["-j RETURN".to_string()])].into();
+            for _ in 0..2 {
+                let saved = Saved::read().unwrap();
+                saved.add_missing_jumps(&jumps).unwrap();
+                let owned = |c: &str| c.starts_with("K-TEST-");
+                let mut input = restore_input("nat", None, &nat, &saved.chains("nat", owned));
+                assert!(input.contains("\n-S\n"));
+                input.push_str(&restore_input("filter", None, &filter, &[]));
+                restore(&input).unwrap();
+                let now = save(&[]).unwrap();
+                for j in &jumps {
+                    let line = format!("-A {} {}", j.from, printed(j.rule));
+                    assert_eq!(now.lines().filter(|l| *l == line).count(), 1, "{line}");
+                }
+                assert!(now.contains("-A K-TEST-599 -j RETURN"));
+            }
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]
@@ -407,7 +473,7 @@ mod tests {
             ),
         ]
         .into();
-        let input = restore_input("nat", None, &chains, &[], &[]);
+        let input = restore_input("nat", None, &chains, &[]);
         let order: Vec<&str> = (input.lines())
             .filter_map(|l| l.strip_prefix("-A ")?.split(' ').next())
             .collect();

@@ -233,11 +233,10 @@ fn pod_traffic_rules(cluster: Ipv4Net) -> anyhow::Result<()> {
             format!("-d {cluster} -j ACCEPT"),
         ],
     );
-    let saved = iptables::Saved::read()?;
+    iptables::Saved::read()?.add_missing_jumps(JUMPS)?;
     let mut input = String::new();
     for (table, chains) in [("nat", &nat), ("filter", &filter)] {
-        let jumps = saved.missing_jumps(table, JUMPS)?;
-        input.push_str(&iptables::restore_input(table, None, chains, &[], &jumps));
+        input.push_str(&iptables::restore_input(table, None, chains, &[]));
     }
     iptables::restore(&input).context("programming the pod masquerade rules")
 }

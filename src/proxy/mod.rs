@@ -166,22 +166,22 @@ impl Proxier {
         let before = self.programmed.take().filter(|_| !full);
         let plan = plan(&node, &self.cfg, before, changed, host_ports);
         let incremental = plan.writes.iter().all(|(_, old, _)| old.is_some());
-        // The kernel's chains and jumps, for a full sync: the chains of ours no longer wanted
-        // are deleted and missing jumps added in the same restore.
+        // The kernel's chains and jumps, for a full sync: missing jumps are added first, and
+        // the chains of ours no longer wanted are deleted by the same restore that writes ours.
         let saved = match incremental {
             true => None,
             false => Some(iptables::Saved::read()?),
         };
+        if let Some(saved) = &saved {
+            saved.add_missing_jumps(rules::JUMPS)?;
+        }
         let mut input = String::new();
         for (table, old, new) in &plan.writes {
-            let (stale, jumps) = match (old, &saved) {
-                (None, Some(saved)) => (
-                    saved.chains(table, rules::owned),
-                    saved.missing_jumps(table, rules::JUMPS)?,
-                ),
-                _ => Default::default(),
+            let stale = match (old, &saved) {
+                (None, Some(saved)) => saved.chains(table, rules::owned),
+                _ => Vec::new(),
             };
-            let t = iptables::restore_input(table, old.as_ref(), new, &stale, &jumps);
+            let t = iptables::restore_input(table, old.as_ref(), new, &stale);
             if t.lines().count() > 2 {
                 input.push_str(&t);
             }
@@ -625,7 +625,7 @@ mod tests {
     fn restore_inputs(writes: &Writes) -> String {
         writes
             .iter()
-            .map(|(t, old, new)| iptables::restore_input(t, old.as_ref(), new, &[], &[]))
+            .map(|(t, old, new)| iptables::restore_input(t, old.as_ref(), new, &[]))
             .collect()
     }
 

@@ -795,7 +795,7 @@ mod tests {
         let b = web(vec![ep("10.42.0.6", true)]);
         let Rules { nat: old, .. } = compute(&node(), std::slice::from_ref(&a), &[]);
         let Rules { nat: new, .. } = compute(&node(), std::slice::from_ref(&b), &[]);
-        let input = crate::network::iptables::restore_input("nat", Some(&old), &new, &[], &[]);
+        let input = crate::network::iptables::restore_input("nat", Some(&old), &new, &[]);
         let old_sep = a.endpoint_chain(&a.endpoints[0]);
         let new_sep = b.endpoint_chain(&b.endpoints[0]);
         assert!(input.contains(&format!("-X {old_sep}")));
@@ -804,23 +804,18 @@ mod tests {
         assert!(!input.contains(":KUBE-SERVICES"), "unchanged: {input}");
         assert!(!input.contains(":KUBE-POSTROUTING"));
         assert_eq!(
-            crate::network::iptables::restore_input("nat", Some(&new), &new, &[], &[]),
+            crate::network::iptables::restore_input("nat", Some(&new), &new, &[]),
             "*nat\nCOMMIT\n"
         );
-        let full = crate::network::iptables::restore_input(
-            "nat",
-            None,
-            &new,
-            &["KUBE-SVC-OLD".into()],
-            &[],
-        );
+        let full =
+            crate::network::iptables::restore_input("nat", None, &new, &["KUBE-SVC-OLD".into()]);
         assert!(full.contains(":KUBE-POSTROUTING - [0:0]") && full.contains("-X KUBE-SVC-OLD"));
         assert!(!full.contains("\n-S\n"), "a small restore names its chains");
         // A large one starts with a listing, so iptables-nft caches the whole table.
         let many: Chains = (0..600)
             .map(|i| (format!("KUBE-SEP-{i}"), vec![]))
             .collect();
-        let input = crate::network::iptables::restore_input("nat", None, &many, &[], &[]);
+        let input = crate::network::iptables::restore_input("nat", None, &many, &[]);
         assert!(input.starts_with("*nat\n-S\n:KUBE-SEP-0 - [0:0]\n"));
     }
 
@@ -831,7 +826,7 @@ mod tests {
         let mut b = web(vec![ep("10.42.0.7", true)]);
         b.name = "api".into();
         let Rules { nat, .. } = compute(&node(), &[a.clone(), b.clone()], &[]);
-        let input = crate::network::iptables::restore_input("nat", None, &nat, &[], &[]);
+        let input = crate::network::iptables::restore_input("nat", None, &nat, &[]);
         let mut blocks: Vec<&str> = (input.lines())
             .filter_map(|l| l.strip_prefix("-A ")?.split(' ').next())
             .collect();
