@@ -43,13 +43,17 @@ pub fn restore_input(table: &str, old: Option<&Chains>, new: &Chains, stale: &[S
         .unwrap_or_default();
     let stale: Vec<&String> = stale.iter().filter(|c| !new.contains_key(*c)).collect();
     begin_table(&mut out, table, changed.len() + gone.len() + stale.len());
-    for (c, _) in &changed {
-        let _ = writeln!(out, ":{c} - [0:0]");
+    // Declared in walk order too, not name order: iptables-nft 1.8.9 lists a table whose
+    // chains the kernel holds in name order in quadratic time (`iptables -S`/`iptables-save`
+    // of 10,000 Services' chains: 15 s instead of 1 s), and the kernel keeps creation order.
+    let order = walk_order(&changed);
+    for &i in &order {
+        let _ = writeln!(out, ":{} - [0:0]", changed[i].0);
     }
     for c in gone.iter().chain(stale.iter()) {
         let _ = writeln!(out, ":{c} - [0:0]");
     }
-    for i in walk_order(&changed) {
+    for i in order {
         let (c, rules) = changed[i];
         for r in rules.iter() {
             let _ = writeln!(out, "-A {c} {r}");
@@ -478,5 +482,9 @@ mod tests {
             .filter_map(|l| l.strip_prefix("-A ")?.split(' ').next())
             .collect();
         assert_eq!(order, ["D-SERVICES", "C-SVC", "C-SVC", "B-MARK", "A-SEP"]);
+        let declared: Vec<&str> = (input.lines())
+            .filter_map(|l| l.strip_prefix(':')?.split(' ').next())
+            .collect();
+        assert_eq!(declared, ["D-SERVICES", "C-SVC", "B-MARK", "A-SEP"]);
     }
 }
