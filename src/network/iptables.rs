@@ -320,26 +320,41 @@ fn printed(args: &[&str]) -> String {
 }
 
 /// Removes the jumps (all copies) and then every chain of `table` that `owned` accepts: the
-/// uninstall path. Chains of other programs stay.
+/// uninstall path, one listing and one restore. Chains of other programs stay.
 pub fn remove(jumps: &[Jump], table: &str, owned: impl Fn(&str) -> bool) -> anyhow::Result<()> {
+    let saved = Saved::read()?;
+    let mine = saved.chains(table, owned);
+    let listed: Vec<&str> = saved.table(table).collect();
+    let mut deletes = Vec::new();
     for j in jumps.iter().filter(|j| j.table == table) {
-        let mut del = vec!["-t", j.table, "-D", j.from];
-        del.extend(j.rule);
-        // Fails (exit 1, or 2 when the target chain is already gone) once no copy is left.
-        while iptables(&del).unwrap_or(false) {}
+        let rule = printed(j.rule);
+        let line = format!("-A {} {rule}", j.from);
+        let copies = listed.iter().filter(|l| **l == line).count();
+        deletes.extend(std::iter::repeat_n(format!("-D {} {rule}", j.from), copies));
+        let target = j.rule.last().copied().unwrap_or_default();
+        if copies == 0 && mine.iter().any(|c| c == target) {
+            // Not listed as expected (this iptables may print it differently): one call per
+            // copy, which fails (exit 1) once none is left.
+            let mut del = vec!["-t", j.table, "-D", j.from];
+            del.extend(j.rule);
+            while iptables(&del).unwrap_or(false) {}
+        }
     }
-    let mine = Saved::read()?.chains(table, owned);
-    if mine.is_empty() {
+    if mine.is_empty() && deletes.is_empty() {
         return Ok(());
     }
-    // Flush all first, so chains that jump to each other can then be deleted in any order.
+    // Jumps out first, then flush all, so chains that jump to each other can be deleted in
+    // any order.
     let mut input = String::new();
     begin_table(&mut input, table, mine.len());
-    for c in &mine {
-        input.push_str(&format!(":{c} - [0:0]\n"));
+    for d in &deletes {
+        let _ = writeln!(input, "{d}");
     }
     for c in &mine {
-        input.push_str(&format!("-X {c}\n"));
+        let _ = writeln!(input, ":{c} - [0:0]");
+    }
+    for c in &mine {
+        let _ = writeln!(input, "-X {c}");
     }
     input.push_str("COMMIT\n");
     restore(&input)
@@ -415,7 +430,7 @@ mod tests {
 
     /// A fresh network namespace has no built-in chains, and a restore that starts with `-S`
     /// (500+ chains) does not create them: the jumps must still go in, once, and a second
-    /// full rewrite must not add them again. Needs root and iptables (CI has both); runs in a
+    /// full rewrite must not add them again; uninstalling removes ours and nothing else. Needs root and iptables (CI has both); runs in a
     /// network namespace of its own, entered by this test's thread only.
     #[test]
     fn jumps_go_into_a_fresh_namespace_next_to_a_large_restore() {
@@ -450,6 +465,18 @@ mod tests {
                     assert_eq!(now.lines().filter(|l| *l == line).count(), 1, "{line}");
                 }
                 assert!(now.contains("-A K-TEST-599 -j RETURN"));
+            }
+            // Uninstall: one listing and one restore per table; someone else's chain and jump
+            // stay, and removing again finds nothing to do.
+            let foreign = "*nat\n:OTHER - [0:0]\n-A PREROUTING -j OTHER\nCOMMIT\n";
+            restore(foreign).unwrap();
+            for _ in 0..2 {
+                for table in ["nat", "filter"] {
+                    remove(&jumps, table, |c| c.starts_with("K-TEST-")).unwrap();
+                }
+                let now = save(&[]).unwrap();
+                assert!(!now.contains("K-TEST-"), "{now}");
+                assert!(now.contains("-A PREROUTING -j OTHER"), "{now}");
             }
         })
         .join()
