@@ -1,8 +1,8 @@
 //! The iptables programs, driven the way kube-proxy drives them: whole tables of rules go in
 //! through one atomic `iptables-restore --noflush` (only the chains named in the input are
-//! replaced). The few jumps from the built-in chains go into the input of a rewrite from an
-//! unknown state, as `-I`/`-A` lines, only when a listing shows them missing, so nobody else's
-//! rules are touched.
+//! replaced). The few jumps from the built-in chains are added, when a listing shows them
+//! missing, by a small restore of their own (`-I`/`-A` lines), so nobody else's rules are
+//! touched.
 
 use std::fmt::Write as _;
 use std::io::Write;
@@ -151,11 +151,22 @@ pub fn restore(input: &str) -> anyhow::Result<()> {
 /// Services' rules), so one listing serves all tables.
 pub struct Saved {
     text: String,
+    /// Each table's chains, in the order listed.
+    chains: std::collections::HashMap<String, Vec<String>>,
 }
 
 impl Saved {
     pub fn read() -> anyhow::Result<Saved> {
-        Ok(Saved { text: save(&[])? })
+        Ok(Saved::parse(save(&[])?))
+    }
+
+    fn parse(text: String) -> Saved {
+        let chains = chains_in(&text);
+        Saved { text, chains }
+    }
+
+    fn has_chain(&self, table: &str, chain: &str) -> bool {
+        (self.chains.get(table).into_iter().flatten()).any(|c| c == chain)
     }
 
     /// The lines of `table`'s part of the listing.
@@ -169,12 +180,10 @@ impl Saved {
 
     /// The chains of `table` that `owned` accepts.
     pub fn chains(&self, table: &str, owned: impl Fn(&str) -> bool) -> Vec<String> {
-        (chains_in(&self.text)
-            .remove(table)
-            .unwrap_or_default()
-            .into_iter())
-        .filter(|c| owned(c))
-        .collect()
+        (self.chains.get(table).into_iter().flatten())
+            .filter(|c| owned(c))
+            .cloned()
+            .collect()
     }
 
     /// Adds those of `jumps` that are not in place, with one small restore (`-I`/`-A` lines in
@@ -201,15 +210,13 @@ impl Saved {
             .collect::<std::collections::BTreeSet<_>>()
         {
             let lines: std::collections::HashSet<&str> = self.table(table).collect();
-            let chains = chains_in(&self.text).remove(table).unwrap_or_default();
             let (mut declare, mut add) = (std::collections::BTreeSet::new(), Vec::new());
             for j in jumps.iter().filter(|j| j.table == table) {
-                let rule = printed(j.rule);
-                if lines.contains(format!("-A {} {rule}", j.from).as_str()) {
+                if lines.contains(j.listed().as_str()) {
                     continue;
                 }
-                let target = j.rule.last().copied().unwrap_or_default();
-                if chains.iter().any(|c| c == target) {
+                let target = j.target();
+                if self.has_chain(table, target) {
                     let mut check = vec!["-t", j.table, "-C", j.from];
                     check.extend(j.rule);
                     if iptables(&check)? {
@@ -218,11 +225,8 @@ impl Saved {
                 } else {
                     declare.insert(target);
                 }
-                add.push(format!(
-                    "{} {} {rule}",
-                    if j.first { "-I" } else { "-A" },
-                    j.from
-                ));
+                let op = if j.first { "-I" } else { "-A" };
+                add.push(format!("{op} {} {}", j.from, printed(j.rule)));
             }
             if add.is_empty() {
                 continue;
@@ -308,6 +312,18 @@ pub struct Jump {
     pub first: bool,
 }
 
+impl Jump {
+    /// The rule as `iptables -S`/`iptables-save` list it.
+    fn listed(&self) -> String {
+        format!("-A {} {}", self.from, printed(self.rule))
+    }
+
+    /// The chain it jumps to.
+    fn target(&self) -> &str {
+        self.rule.last().copied().unwrap_or_default()
+    }
+}
+
 /// `args` the way `iptables -S` prints them (arguments with spaces quoted).
 fn printed(args: &[&str]) -> String {
     let quoted: Vec<String> = (args.iter())
@@ -327,12 +343,13 @@ pub fn remove(jumps: &[Jump], table: &str, owned: impl Fn(&str) -> bool) -> anyh
     let listed: Vec<&str> = saved.table(table).collect();
     let mut deletes = Vec::new();
     for j in jumps.iter().filter(|j| j.table == table) {
-        let rule = printed(j.rule);
-        let line = format!("-A {} {rule}", j.from);
+        let line = j.listed();
         let copies = listed.iter().filter(|l| **l == line).count();
-        deletes.extend(std::iter::repeat_n(format!("-D {} {rule}", j.from), copies));
-        let target = j.rule.last().copied().unwrap_or_default();
-        if copies == 0 && mine.iter().any(|c| c == target) {
+        deletes.extend(std::iter::repeat_n(
+            format!("-D {} {}", j.from, printed(j.rule)),
+            copies,
+        ));
+        if copies == 0 && mine.iter().any(|c| c == j.target()) {
             // Not listed as expected (this iptables may print it differently): one call per
             // copy, which fails (exit 1) once none is left.
             let mut del = vec!["-t", j.table, "-D", j.from];
@@ -371,7 +388,7 @@ mod tests {
         let jump = (crate::proxy::rules::JUMPS.iter())
             .find(|j| j.from == "PREROUTING" && j.rule.ends_with(&["KUBE-HOSTPORTS"]))
             .expect("the host-port jump");
-        assert_eq!(format!("-A PREROUTING {}", printed(jump.rule)), line);
+        assert_eq!(jump.listed(), line);
     }
 
     #[test]
@@ -408,12 +425,12 @@ mod tests {
         ];
         // K-THREE is in place; nothing else is (and the target chains do not exist, so no
         // `-C` is needed to know). The nat table has a look-alike line that must not count.
-        let saved = Saved {
-            text: "*nat\n:INPUT ACCEPT [0:0]\n-A INPUT -m comment --comment \"a b\" -j K-ONE\nCOMMIT\n\
+        let saved = Saved::parse(
+            "*nat\n:INPUT ACCEPT [0:0]\n-A INPUT -m comment --comment \"a b\" -j K-ONE\nCOMMIT\n\
                    *filter\n:INPUT ACCEPT [0:0]\n:K-THREE - [0:0]\n\
                    -A INPUT -m comment --comment \"a b\" -j K-THREE\nCOMMIT\n"
                 .into(),
-        };
+        );
         assert_eq!(
             saved.jumps_input(&jumps).unwrap(),
             "*filter\n:K-ONE - [0:0]\n:K-TWO - [0:0]\n\
@@ -422,16 +439,15 @@ mod tests {
              -A INPUT -m comment --comment \"a b\" -j K-ONE\nCOMMIT\n"
         );
         assert_eq!(saved.chains("filter", |c| c.starts_with("K-")), ["K-THREE"]);
-        let all_there = Saved {
-            text: saved.text.replace(":K-THREE", ":K-X"),
-        };
+        let all_there = Saved::parse(saved.text.replace(":K-THREE", ":K-X"));
         assert!(all_there.jumps_input(&jumps[3..]).unwrap().is_empty());
     }
 
     /// A fresh network namespace has no built-in chains, and a restore that starts with `-S`
     /// (500+ chains) does not create them: the jumps must still go in, once, and a second
-    /// full rewrite must not add them again; uninstalling removes ours and nothing else. Needs root and iptables (CI has both); runs in a
-    /// network namespace of its own, entered by this test's thread only.
+    /// full rewrite must not add them again; uninstalling removes ours and nothing else.
+    /// Needs root and iptables (CI has both); runs in a network namespace of its own, entered
+    /// by this test's thread only.
     #[test]
     fn jumps_go_into_a_fresh_namespace_next_to_a_large_restore() {
         let have_iptables = Command::new("iptables").arg("--version").output().is_ok();
@@ -461,7 +477,7 @@ mod tests {
                 restore(&input).unwrap();
                 let now = save(&[]).unwrap();
                 for j in &jumps {
-                    let line = format!("-A {} {}", j.from, printed(j.rule));
+                    let line = j.listed();
                     assert_eq!(now.lines().filter(|l| *l == line).count(), 1, "{line}");
                 }
                 assert!(now.contains("-A K-TEST-599 -j RETURN"));
