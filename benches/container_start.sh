@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # Container start: create + start + wait + delete of a busybox `true` container, through
-# kinglet's runtime path (the per-container supervisor on libcontainer) and through Debian's
-# crun and runc, on the same bundle, interleaved in one run. Runs inside a private mount and
-# network namespace; containers go to a cgroup of their own that is removed afterwards.
+# kinglet's runtime path (the per-container supervisor on libcontainer), through libcontainer
+# alone (examples/libcontainer_floor.rs: the least any runtime built on it does) and through
+# Debian's crun and runc, on the same bundle, interleaved in one run. Runs inside a private
+# mount and network namespace; containers go to a cgroup of their own that is removed
+# afterwards.
 #
 # Usage: benches/container_start.sh [runs]   (default 50; needs root, crun, runc, busybox)
 # KINGLET_BENCH_WRAP="strace -f -tt -o FILE" runs kinglet under a profiler.
 set -euo pipefail
 if [ -z "${KINGLET_BENCH_INNER:-}" ]; then
   cd "$(dirname "$0")/.."
-  cargo build --release --quiet
+  cargo build --release --quiet --bin kinglet --example libcontainer_floor
   KINGLET_BENCH_INNER=1 exec unshare --mount --net --propagation private -- "$0" "$@"
 fi
 runs=${1:-50}
 kinglet=$(pwd)/target/release/kinglet
+floor=$(pwd)/target/release/examples/libcontainer_floor
 work=$(mktemp -d)
 cg="/kinglet-bench-$$"
 trap 'umount "$work/run" 2>/dev/null; rm -rf "$work"; for c in /sys/fs/cgroup/*/${cg#/} /sys/fs/cgroup/${cg#/}; do [ -d "$c" ] && find "$c" -depth -type d -exec rmdir {} \; 2>/dev/null; done; true' EXIT
@@ -51,13 +54,20 @@ if [ -d /sys/fs/cgroup/unified ] && [ ! -e /sys/fs/cgroup/cgroup.controllers ]; 
 fi
 
 now() { date +%s%N; }
-declare -A total=([kinglet]=0 [crun]=0 [runc]=0)
-declare -A times=([kinglet]="" [crun]="" [runc]="")
+runtimes=(kinglet libcontainer crun runc)
+declare -A total times
+for rt in "${runtimes[@]}"; do total[$rt]=0; times[$rt]=""; done
 for i in $(seq "$runs"); do
-  for rt in kinglet crun runc; do
+  # A new order each round: a runtime's time depends on what ran just before it (the kernel
+  # finishes removing the previous container's cgroups in the background).
+  for rt in $(printf '%s\n' "${runtimes[@]}" | shuf); do
+    # A fresh container directory each run, as the kubelet gives every attempt (clearing the
+    # last run's files is not timed).
+    [ $rt = kinglet ] && rm -f "$work/c/status.json" "$work/c/exit.json"
     t0=$(now)
     case $rt in
-      kinglet) rm -f "$work/c/status.json" "$work/c/exit.json"; ${KINGLET_BENCH_WRAP:-} "$kinglet" supervise "$work/c" ;;
+      kinglet) ${KINGLET_BENCH_WRAP:-} "$kinglet" supervise "$work/c" ;;
+      libcontainer) "$floor" "$bundle" "$work/run/floor" "f$i" "$cg/c" ;;
       crun) crun --root "$work/run/crun" run -b "$bundle" "b$i" >/dev/null ;;
       runc) runc --root "$work/run/runc" run -b "$bundle" "b$i" >/dev/null ;;
     esac
@@ -72,12 +82,14 @@ echo "runs: $runs each, interleaved"
 # The median resists this machine's noise better than the mean; both are printed.
 median() { tr ' ' '\n' <<<"$1" | grep . | sort -n | awk '{v[NR]=$1} END{print v[int((NR+1)/2)]}'; }
 declare -A med
-for rt in kinglet crun runc; do
+for rt in "${runtimes[@]}"; do
   med[$rt]=$(median "${times[$rt]}")
-  printf '%-8s mean %6.1f ms   median %6.1f ms per container\n' "$rt" \
+  printf '%-12s mean %6.1f ms   median %6.1f ms per container\n' "$rt" \
     "$(echo "${total[$rt]} / $runs / 1000000" | bc -l)" "$(echo "${med[$rt]} / 1000000" | bc -l)"
 done
-printf 'mean:   kinglet/crun %.2f   kinglet/runc %.2f\n' \
-  "$(echo "${total[kinglet]} / ${total[crun]}" | bc -l)" "$(echo "${total[kinglet]} / ${total[runc]}" | bc -l)"
-printf 'median: kinglet/crun %.2f   kinglet/runc %.2f\n' \
-  "$(echo "${med[kinglet]} / ${med[crun]}" | bc -l)" "$(echo "${med[kinglet]} / ${med[runc]}" | bc -l)"
+for of in kinglet libcontainer; do
+  printf 'mean:   %s/crun %.2f   %s/runc %.2f\n' \
+    $of "$(echo "${total[$of]} / ${total[crun]}" | bc -l)" $of "$(echo "${total[$of]} / ${total[runc]}" | bc -l)"
+  printf 'median: %s/crun %.2f   %s/runc %.2f\n' \
+    $of "$(echo "${med[$of]} / ${med[crun]}" | bc -l)" $of "$(echo "${med[$of]} / ${med[runc]}" | bc -l)"
+done

@@ -20,6 +20,8 @@ use super::{ContainerDir, ExitState, Meta};
 
 /// Entry point of the hidden subcommand; never returns.
 pub fn main(dir: &Path) -> ! {
+    // First, while this process has touched little memory (forking it is then cheapest).
+    let grace_period = super::cgroups::start_attach_grace_period();
     let cdir = ContainerDir(dir.to_path_buf());
     // libcontainer's own diagnostics go to `<dir>/supervisor.log`.
     let log = fs::OpenOptions::new()
@@ -41,7 +43,7 @@ pub fn main(dir: &Path) -> ! {
             .with_max_level(level)
             .try_init();
     }
-    let code = match run(&cdir) {
+    let code = match run(&cdir, grace_period) {
         Ok(()) => 0,
         Err(e) => {
             // Tell the kubelet why the container could not start.
@@ -60,7 +62,7 @@ pub fn main(dir: &Path) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-fn run(cdir: &ContainerDir) -> anyhow::Result<()> {
+fn run(cdir: &ContainerDir, grace_period: Option<nix::unistd::Pid>) -> anyhow::Result<()> {
     // Hold the lock for life: the kubelet knows a supervisor is alive while it cannot take it.
     let lock = fs::OpenOptions::new()
         .create(true)
@@ -121,6 +123,10 @@ fn run(cdir: &ContainerDir) -> anyhow::Result<()> {
         let _ = container.delete(true);
         super::rootfs::unmount(cdir);
         anyhow::bail!("starting the container: {e}");
+    }
+    // The grace-period helper has long exited; reap it.
+    if let Some(child) = grace_period {
+        let _ = waitpid(child, None);
     }
     let pid = container
         .pid()
