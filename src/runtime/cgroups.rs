@@ -85,7 +85,7 @@ fn remove_dir(dir: &std::path::Path) {
 /// child process, so that it runs while the supervisor prepares the container.
 ///
 /// The first write of a pid to any `cgroup.procs` takes the kernel's global threadgroup lock
-/// for writing, which waits for an RCU grace period (11-21 ms measured on an idle 2-vCPU host,
+/// for writing, which waits for an RCU grace period (11-22 ms measured on an idle 2-vCPU host,
 /// a few ms on a busy one); writes within a grace period of the previous one do not wait.
 /// The child moves itself into the cgroup it is already in (a no-op move that takes the same
 /// lock) and exits; the supervisor reaps it with the returned pid. Best effort: `None` when
@@ -116,17 +116,19 @@ pub fn start_attach_grace_period() -> Option<nix::unistd::Pid> {
 /// `cgroup.procs` of the cgroup this process is in (v2, or the pids hierarchy on v1).
 fn own_cgroup_procs() -> Option<PathBuf> {
     let text = fs::read_to_string("/proc/self/cgroup").ok()?;
+    // One look at the hierarchy kind, not one per line (this runs on every container start).
+    let v2 = unified();
     let path = text.lines().find_map(|line| {
         let mut parts = line.splitn(3, ':');
         let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-        let wanted = if unified() {
+        let wanted = if v2 {
             controllers.is_empty()
         } else {
             controllers.split(',').any(|c| c == "pids")
         };
-        wanted.then(|| path.to_string())
+        wanted.then_some(path)
     })?;
-    Some(dir("pids", &path).join("cgroup.procs"))
+    Some(dir("pids", path).join("cgroup.procs"))
 }
 
 /// Writes `pid` in decimal into `buf` without allocating (the forked child must not).
