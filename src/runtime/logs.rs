@@ -73,6 +73,47 @@ impl LogWriter {
     }
 }
 
+/// One output stream of a container on its way into the log: bytes come in as they are read
+/// and leave as entries, one per line, lines over `MAX_LINE` bytes in `MAX_LINE`-byte parts.
+pub struct Lines {
+    stream: &'static str,
+    pending: Vec<u8>,
+}
+
+impl Lines {
+    pub fn new(stream: &'static str) -> Lines {
+        Lines {
+            stream,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Takes bytes read from the stream and writes out every entry they complete.
+    pub fn push(&mut self, data: &[u8], log: &mut LogWriter) {
+        self.pending.extend_from_slice(data);
+        let mut start = 0;
+        loop {
+            let rest = &self.pending[start..];
+            let len = match rest.iter().position(|&b| b == b'\n') {
+                Some(end) if end < MAX_LINE => end + 1,
+                _ if rest.len() >= MAX_LINE => MAX_LINE,
+                _ => break,
+            };
+            let _ = log.write_line(self.stream, &rest[..len]);
+            start += len;
+        }
+        self.pending.drain(..start);
+    }
+
+    /// The stream has ended: what is left is written as a partial line.
+    pub fn finish(&mut self, log: &mut LogWriter) {
+        if !self.pending.is_empty() {
+            let _ = log.write_line(self.stream, &self.pending);
+            self.pending.clear();
+        }
+    }
+}
+
 /// Rotated files of `log`, oldest first.
 pub fn rotated_files(log: &Path) -> Vec<PathBuf> {
     let (Some(dir), Some(name)) = (log.parent(), log.file_name()) else {
@@ -117,5 +158,44 @@ mod tests {
         );
         assert!(fs::metadata(&log).unwrap().len() <= 1024);
         assert!(fs::read_to_string(&log).unwrap().contains("line 99"));
+    }
+
+    #[test]
+    fn reads_become_one_entry_per_line_and_long_lines_are_split() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("0.log");
+        let mut w = LogWriter::open(&log, 1 << 20, 1).unwrap();
+        let mut out = Lines::new("stdout");
+        // A line arriving in pieces, two lines in one read, a line of exactly MAX_LINE bytes
+        // with its newline, one longer than MAX_LINE, and an unterminated end.
+        out.push(b"hel", &mut w);
+        out.push(b"lo\nsecond\nthi", &mut w);
+        out.push(b"rd\n", &mut w);
+        let mut exact = vec![b'a'; MAX_LINE - 1];
+        exact.push(b'\n');
+        out.push(&exact, &mut w);
+        out.push(&vec![b'b'; MAX_LINE + 3], &mut w);
+        out.push(b"\ntail", &mut w);
+        out.finish(&mut w);
+        let text = fs::read_to_string(&log).unwrap();
+        let entries: Vec<(&str, &str, &str)> = text
+            .lines()
+            .map(|l| {
+                let mut f = l.splitn(4, ' ').skip(1);
+                (f.next().unwrap(), f.next().unwrap(), f.next().unwrap_or(""))
+            })
+            .collect();
+        let a = "a".repeat(MAX_LINE - 1);
+        let (b_part, b_rest) = ("b".repeat(MAX_LINE), "bbb");
+        let want = vec![
+            ("stdout", "F", "hello"),
+            ("stdout", "F", "second"),
+            ("stdout", "F", "third"),
+            ("stdout", "F", a.as_str()),
+            ("stdout", "P", b_part.as_str()),
+            ("stdout", "F", b_rest),
+            ("stdout", "P", "tail"),
+        ];
+        assert_eq!(entries, want);
     }
 }

@@ -6,16 +6,17 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::wait::{WaitStatus, waitpid};
 
-use super::logs::LogWriter;
+use super::logs::{Lines, LogWriter};
 use super::{ContainerDir, ExitState, Meta};
 
 /// Entry point of the hidden subcommand; never returns.
@@ -133,19 +134,11 @@ fn run(cdir: &ContainerDir, grace_period: Option<nix::unistd::Pid>) -> anyhow::R
         .ok_or_else(|| anyhow::anyhow!("container has no pid"))?;
     cdir.write_started(pid.as_raw(), &super::now_rfc3339())?;
 
-    // From here on threads are fine: copy both streams into the log while waiting.
-    let log = Arc::new(Mutex::new(LogWriter::open(
-        &meta.log_path,
-        meta.log_max_bytes,
-        meta.log_max_files,
-    )?));
-    let mut pipes: Vec<_> = [(out_r, "stdout"), (err_r, "stderr")]
-        .into_iter()
-        .map(|(fd, stream)| {
-            let log = log.clone();
-            std::thread::spawn(move || copy_lines(fs::File::from(fd), stream, &log))
-        })
-        .collect();
+    let mut log = LogWriter::open(&meta.log_path, meta.log_max_bytes, meta.log_max_files)?;
+    let mut outputs = vec![
+        (fs::File::from(out_r), "stdout"),
+        (fs::File::from(err_r), "stderr"),
+    ];
     // The container runs from here on: a failure to serve its terminal stops it rather than
     // leaving it unsupervised.
     let terminal = match console.as_ref().map(|l| terminal(cdir, l)) {
@@ -160,11 +153,10 @@ fn run(cdir: &ContainerDir, grace_period: Option<nix::unistd::Pid>) -> anyhow::R
         }
         None => None,
     };
-    let mut copiers = Vec::new();
     if let Some(out) = terminal.as_ref().and_then(|m| m.try_clone().ok()) {
-        let (log, out) = (log.clone(), fs::File::from(out));
-        copiers.push(std::thread::spawn(move || copy_lines(out, "stdout", &log)));
+        outputs.push((fs::File::from(out), "stdout"));
     }
+    // From here on threads are fine.
     if let Some((pipe, listener)) = attach {
         let once = meta.stdin_once;
         // On a terminal, input goes to its controlling end and "closing" it is an EOF (^D).
@@ -177,6 +169,8 @@ fn run(cdir: &ContainerDir, grace_period: Option<nix::unistd::Pid>) -> anyhow::R
             std::thread::spawn(move || serve_stdin(input, listener, once, tty));
         }
     }
+    // The output ends when the container and all it left behind have exited.
+    copy_output(outputs, &mut log);
     let exit = loop {
         match waitpid(nix::unistd::Pid::from_raw(pid.as_raw()), None) {
             Ok(WaitStatus::Exited(_, code)) => break (code, None),
@@ -186,10 +180,6 @@ fn run(cdir: &ContainerDir, grace_period: Option<nix::unistd::Pid>) -> anyhow::R
             Err(e) => anyhow::bail!("waiting for the container: {e}"),
         }
     };
-    copiers.append(&mut pipes);
-    for c in copiers {
-        let _ = c.join();
-    }
     let oom = super::cgroups::oom_killed(&meta.cgroup_path);
     let (code, signal) = exit;
     let reason = if oom && signal == Some(nix::sys::signal::Signal::SIGKILL) {
@@ -265,20 +255,48 @@ fn terminal(cdir: &ContainerDir, console: &UnixListener) -> anyhow::Result<Owned
     Ok(master)
 }
 
-/// Copies one stream into the log, a CRI line per line read (long lines split as partial).
-fn copy_lines(from: fs::File, stream: &str, log: &Mutex<LogWriter>) {
-    let mut r = BufReader::with_capacity(super::logs::MAX_LINE, from);
-    loop {
-        let mut line = Vec::new();
-        match (&mut r)
-            .take(super::logs::MAX_LINE as u64)
-            .read_until(b'\n', &mut line)
-        {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
-                let _ = log.write_line(stream, &line);
+/// Copies the container's output streams into the log until every one of them has ended.
+/// One loop in this thread serves them all: a thread per stream costs more to start than the
+/// whole copy of a short-lived container's output.
+fn copy_output(outputs: Vec<(fs::File, &'static str)>, log: &mut LogWriter) {
+    let mut open: Vec<(fs::File, Lines)> = outputs
+        .into_iter()
+        .map(|(file, stream)| (file, Lines::new(stream)))
+        .collect();
+    let mut buf = vec![0u8; 64 * 1024];
+    while !open.is_empty() {
+        let mut fds: Vec<PollFd> = open
+            .iter()
+            .map(|(file, _)| PollFd::new(file.as_fd(), PollFlags::POLLIN))
+            .collect();
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => {
+                tracing::error!("waiting for the container's output: {e}");
+                return;
             }
         }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|fd| fd.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        let mut ready = ready.into_iter();
+        open.retain_mut(|(file, lines)| {
+            if !ready.next().unwrap_or(false) {
+                return true;
+            }
+            match file.read(&mut buf) {
+                Ok(n) if n > 0 => {
+                    lines.push(&buf[..n], log);
+                    true
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => true,
+                // The end of a pipe, or a terminal hung up (EIO).
+                _ => {
+                    lines.finish(log);
+                    false
+                }
+            }
+        });
     }
 }
