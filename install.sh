@@ -2,9 +2,9 @@
 # kinglet installer. The one-command `curl | sh` install (download, systemd/openrc unit,
 # air-gap images) is its own issue; until then this installs a locally built binary.
 set -eu
-BIN=${KINGLET_BIN:-./target/release/kinglet}
+BIN=${KINGLET_BIN:-./target/kinglet}
 if [ ! -x "$BIN" ]; then
-  echo "install.sh: build first (cargo build --release) or set KINGLET_BIN" >&2
+  echo "install.sh: build first (scripts/build) or set KINGLET_BIN" >&2
   exit 1
 fi
 install -m 0755 "$BIN" /usr/local/bin/kinglet

@@ -11,12 +11,15 @@
 set -euo pipefail
 if [ -z "${KINGLET_BENCH_INNER:-}" ]; then
   cd "$(dirname "$0")/.."
-  cargo build --release --quiet --bin kinglet --example libcontainer_floor
+  # Both built as kinglet ships: static (scripts/static.sh).
+  . scripts/static.sh
+  cargo build --release --quiet --target "$KINGLET_TARGET" --bin kinglet --example libcontainer_floor
+  export KINGLET_TARGET
   KINGLET_BENCH_INNER=1 exec unshare --mount --net --propagation private -- "$0" "$@"
 fi
 runs=${1:-50}
-kinglet=$(pwd)/target/release/kinglet
-floor=$(pwd)/target/release/examples/libcontainer_floor
+kinglet=$(pwd)/target/$KINGLET_TARGET/release/kinglet
+floor=$(pwd)/target/$KINGLET_TARGET/release/examples/libcontainer_floor
 work=$(mktemp -d)
 cg="/kinglet-bench-$$"
 trap 'umount "$work/run" 2>/dev/null; rm -rf "$work"; for c in /sys/fs/cgroup/*/${cg#/} /sys/fs/cgroup/${cg#/}; do [ -d "$c" ] && find "$c" -depth -type d -exec rmdir {} \; 2>/dev/null; done; true' EXIT

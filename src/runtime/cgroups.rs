@@ -82,34 +82,89 @@ fn remove_dir(dir: &std::path::Path) {
 }
 
 /// Starts the grace period that libcontainer's cgroup join would otherwise wait for, in a
-/// child process, so that it runs while the supervisor prepares the container.
+/// thread, so that it runs while the supervisor prepares the container.
 ///
 /// The first write of a pid to any `cgroup.procs` takes the kernel's global threadgroup lock
 /// for writing, which waits for an RCU grace period (11-22 ms measured on an idle 2-vCPU host,
 /// a few ms on a busy one); writes within a grace period of the previous one do not wait.
-/// The child moves itself into the cgroup it is already in (a no-op move that takes the same
-/// lock) and exits; the supervisor reaps it with the returned pid. Best effort: `None` when
-/// the cgroup cannot be found or the fork fails.
-pub fn start_attach_grace_period() -> Option<nix::unistd::Pid> {
+/// The thread moves this process into the cgroup it is already in (a no-op move that takes the
+/// same lock). Best effort: `None` when the cgroup cannot be found or no thread can start.
+pub fn start_attach_grace_period() -> Option<GracePeriod> {
     let procs = own_cgroup_procs()?;
-    let path = std::ffi::CString::new(procs.into_os_string().into_encoded_bytes()).ok()?;
-    // SAFETY: the child only makes async-signal-safe system calls (no allocation, no locks)
-    // before `_exit`, which is sound after fork even in a multi-threaded process.
-    match unsafe { nix::unistd::fork() }.ok()? {
-        nix::unistd::ForkResult::Parent { child } => Some(child),
-        nix::unistd::ForkResult::Child => {
-            let pid = nix::unistd::getpid().as_raw();
-            let mut digits = [0u8; 12];
-            let text = format_pid(pid, &mut digits);
-            // SAFETY: plain system calls on a valid C string and buffer, then _exit.
-            // Exits with 0 when the move was made (the tests check that).
-            unsafe {
-                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                let moved = fd >= 0
-                    && libc::write(fd, text.as_ptr().cast(), text.len()) == text.len() as isize;
-                libc::_exit(if moved { 0 } else { 1 })
-            }
+    let job = Box::new(MoveInPlace {
+        procs: std::ffi::CString::new(procs.into_os_string().into_encoded_bytes()).ok()?,
+        pid: std::process::id().to_string(),
+    });
+    let mut thread: libc::pthread_t = 0;
+    let arg: *const MoveInPlace = &*job;
+    // SAFETY: `job` lives in the returned GracePeriod, which joins the thread before freeing it.
+    let started =
+        unsafe { libc::pthread_create(&mut thread, std::ptr::null(), move_in_place, arg as _) };
+    if started != 0 {
+        return None;
+    }
+    Some(GracePeriod {
+        thread,
+        _job: job,
+        joined: false,
+    })
+}
+
+/// The thread started by `start_attach_grace_period`.
+pub struct GracePeriod {
+    thread: libc::pthread_t,
+    /// What the thread reads: freed only after it is joined.
+    _job: Box<MoveInPlace>,
+    joined: bool,
+}
+
+impl GracePeriod {
+    /// Waits for the thread: whether it made its move.
+    pub fn finish(mut self) -> bool {
+        self.join()
+    }
+
+    fn join(&mut self) -> bool {
+        let mut moved: *mut libc::c_void = std::ptr::null_mut();
+        // SAFETY: a thread this value started and has not joined yet.
+        let joined = !self.joined && unsafe { libc::pthread_join(self.thread, &mut moved) } == 0;
+        self.joined = true;
+        joined && !moved.is_null()
+    }
+}
+
+impl Drop for GracePeriod {
+    fn drop(&mut self) {
+        self.join();
+    }
+}
+
+struct MoveInPlace {
+    procs: std::ffi::CString,
+    pid: String,
+}
+
+/// The grace-period thread: a plain C thread making three system calls. libcontainer clones
+/// this process while the thread may still wait in the kernel; a clone inherits the locks
+/// other threads hold (NODE-NOTES: not fork-safe in a threaded process), and this thread never
+/// holds one: no allocation, no Rust runtime, no logging.
+extern "C" fn move_in_place(arg: *mut libc::c_void) -> *mut libc::c_void {
+    // SAFETY: `arg` is the MoveInPlace that outlives this thread (see GracePeriod).
+    let job = unsafe { &*(arg as *const MoveInPlace) };
+    // SAFETY: plain system calls on a valid C string and buffer.
+    let moved = unsafe {
+        let fd = libc::open(job.procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        let moved = fd >= 0
+            && libc::write(fd, job.pid.as_ptr().cast(), job.pid.len()) == job.pid.len() as isize;
+        if fd >= 0 {
+            libc::close(fd);
         }
+        moved
+    };
+    if moved {
+        std::ptr::NonNull::<libc::c_void>::dangling().as_ptr()
+    } else {
+        std::ptr::null_mut()
     }
 }
 
@@ -131,47 +186,20 @@ fn own_cgroup_procs() -> Option<PathBuf> {
     Some(dir("pids", path).join("cgroup.procs"))
 }
 
-/// Writes `pid` in decimal into `buf` without allocating (the forked child must not).
-fn format_pid(pid: i32, buf: &mut [u8; 12]) -> &[u8] {
-    let mut n = pid.unsigned_abs();
-    let mut start = buf.len();
-    loop {
-        start -= 1;
-        buf[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[start..];
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The thread moves this process into the cgroup it is in, so nothing changes.
     #[test]
-    fn pids_are_written_in_decimal() {
-        let mut buf = [0u8; 12];
-        assert_eq!(format_pid(0, &mut buf), b"0");
-        assert_eq!(format_pid(7, &mut buf), b"7");
-        assert_eq!(format_pid(4_194_304, &mut buf), b"4194304");
-        assert_eq!(format_pid(i32::MAX, &mut buf), b"2147483647");
-    }
-
-    /// The helper moves itself into the cgroup it is in (it exits with 0 only when that
-    /// worked), leaving this process where it was.
-    #[test]
-    fn grace_period_helper_moves_itself_in_place() {
+    fn grace_period_thread_moves_the_process_in_place() {
         if !nix::unistd::Uid::effective().is_root() || own_cgroup_procs().is_none() {
             eprintln!("skipped: needs root and a cgroup file system");
             return;
         }
         let before = fs::read_to_string("/proc/self/cgroup").unwrap();
-        let child = start_attach_grace_period().expect("helper started");
-        assert_eq!(
-            nix::sys::wait::waitpid(child, None).unwrap(),
-            nix::sys::wait::WaitStatus::Exited(child, 0)
-        );
+        let grace_period = start_attach_grace_period().expect("thread started");
+        assert!(grace_period.finish(), "the move was made");
         assert_eq!(fs::read_to_string("/proc/self/cgroup").unwrap(), before);
         assert!(own_cgroup_procs().unwrap().exists());
     }

@@ -16,12 +16,13 @@ use libcontainer::syscall::syscall::SyscallType;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::wait::{WaitStatus, waitpid};
 
+use super::cgroups::GracePeriod;
 use super::logs::{Lines, LogWriter};
 use super::{ContainerDir, ExitState, Meta};
 
 /// Entry point of the hidden subcommand; never returns.
 pub fn main(dir: &Path) -> ! {
-    // First, while this process has touched little memory (forking it is then cheapest).
+    // First, so that it overlaps as much of the preparation as it can.
     let grace_period = super::cgroups::start_attach_grace_period();
     let cdir = ContainerDir(dir.to_path_buf());
     // libcontainer's own diagnostics go to `<dir>/supervisor.log`.
@@ -63,7 +64,7 @@ pub fn main(dir: &Path) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-fn run(cdir: &ContainerDir, grace_period: Option<nix::unistd::Pid>) -> anyhow::Result<()> {
+fn run(cdir: &ContainerDir, grace_period: Option<GracePeriod>) -> anyhow::Result<()> {
     // Hold the lock for life: the kubelet knows a supervisor is alive while it cannot take it.
     let lock = fs::OpenOptions::new()
         .create(true)
@@ -125,9 +126,9 @@ fn run(cdir: &ContainerDir, grace_period: Option<nix::unistd::Pid>) -> anyhow::R
         super::rootfs::unmount(cdir);
         anyhow::bail!("starting the container: {e}");
     }
-    // The grace-period helper has long exited; reap it.
-    if let Some(child) = grace_period {
-        let _ = waitpid(child, None);
+    // The grace period is over by now (the container has joined its cgroups).
+    if grace_period.is_some_and(|g| !g.finish()) {
+        tracing::debug!("the grace-period thread could not move this process in place");
     }
     let pid = container
         .pid()
