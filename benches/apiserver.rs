@@ -4,7 +4,7 @@
 //! Run: `cargo bench --bench apiserver` (env BENCH_CREATES, BENCH_CLIENTS, BENCH_WATCHES).
 
 mod common;
-use common::{env_or, rss_mib, server_command, wait_for_client};
+use common::{env_or, rss, server_command, wait_for_client};
 
 use std::process::Command;
 use std::sync::Arc;
@@ -91,7 +91,7 @@ fn main() {
             start.elapsed().as_secs_f64() * 1000.0
         );
         tokio::time::sleep(Duration::from_secs(2)).await;
-        println!("idle RSS: {:.1} MiB", rss_mib(pid));
+        println!("idle RSS: {}", rss(pid));
 
         // Creates: `clients` concurrent clients, each with its own connection.
         make_ns(&c, "bench").await;
@@ -235,7 +235,7 @@ fn main() {
             lat,
             t0.elapsed(),
         );
-        println!("RSS after load: {:.1} MiB", rss_mib(pid));
+        println!("RSS after load: {}", rss(pid));
     });
     let _ = server.kill();
     let _ = server.wait();

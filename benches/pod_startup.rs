@@ -6,7 +6,7 @@
 //! Run: `cargo bench --bench pod_startup` (env BENCH_SINGLE, BENCH_BATCH).
 
 mod common;
-use common::{env_or, percentile, rss_mib, server_command, wait_for_client};
+use common::{env_or, percentile, rss, server_command, wait_for_client};
 
 #[path = "../tests/common/host.rs"]
 mod host;
@@ -114,7 +114,7 @@ fn main() {
         }
         // Let the server settle (leader election, default ServiceAccount) before measuring.
         tokio::time::sleep(Duration::from_secs(5)).await;
-        let idle = rss_mib(server.id());
+        let idle = rss(server.id());
         let api: Api<Pod> = Api::namespaced(client.clone(), "default");
         let mut ones = Vec::new();
         for i in 0..single {
@@ -126,7 +126,7 @@ fn main() {
         let mut many = start_pods(&api, &names).await;
         many.sort_by(f64::total_cmp);
         common::print_machine();
-        println!("idle RSS of kinglet server with its node: {idle:.1} MiB");
+        println!("idle RSS of kinglet server with its node: {idle}");
         println!(
             "one pod at a time ({single} runs): p50 {:.0} ms, p99 {:.0} ms",
             percentile(&ones, 0.5),

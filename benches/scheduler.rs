@@ -5,7 +5,7 @@
 //! Run: `cargo bench --bench scheduler` (env BENCH_REPLICAS, BENCH_NODES).
 
 mod common;
-use common::{env_or, rss_mib, server_command, wait_for_client};
+use common::{env_or, rss, server_command, wait_for_client};
 
 use std::collections::HashSet;
 use std::process::Command;
@@ -45,7 +45,7 @@ fn main() {
             node_api.create(&PostParams::default(), &n).await.expect("node");
         }
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let rss_before = rss_mib(pid);
+        let rss_before = rss(pid);
         let d: Deployment = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "load"},
             "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "load"}},
@@ -89,7 +89,7 @@ fn main() {
         println!("deployment of {replicas} replicas over {nodes} nodes");
         println!("all pods created after {:.2} s", created_at.unwrap_or(bound_at).as_secs_f64());
         println!("all pods bound after   {:.2} s  ({:.0} pods bound/s)", bound_at.as_secs_f64(), replicas as f64 / bound_at.as_secs_f64());
-        println!("RSS with {nodes} nodes: {rss_before:.1} MiB; holding {replicas} pods: {:.1} MiB", rss_mib(pid));
+        println!("RSS with {nodes} nodes: {rss_before}; holding {replicas} pods: {}", rss(pid));
     });
     let _ = server.kill();
     let _ = server.wait();

@@ -15,17 +15,44 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-/// Resident memory of process `pid`, in MiB.
-pub fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .unwrap_or(0.0)
-        / 1024.0
+/// Resident memory of a process in MiB: all of it, and its anonymous and file-backed parts
+/// (pages of the binary, shared with every other kinglet process and reclaimable).
+pub struct Rss {
+    pub total: f64,
+    pub anon: f64,
+    pub file: f64,
+}
+
+impl std::fmt::Display for Rss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.1} MiB ({:.1} anonymous, {:.1} file-backed)",
+            self.total, self.anon, self.file
+        )
+    }
+}
+
+/// Resident memory of process `pid`.
+pub fn rss(pid: u32) -> Rss {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(key)?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    };
+    Rss {
+        total: kib("VmRSS:") / 1024.0,
+        anon: kib("RssAnon:") / 1024.0,
+        file: kib("RssFile:") / 1024.0,
+    }
 }
 
 /// A client for the server whose kubeconfig is (or will be) at `kubeconfig`, once it answers;
