@@ -14,7 +14,6 @@ if [ -z "${KINGLET_BENCH_INNER:-}" ]; then
   # Both built as kinglet ships: static (scripts/static.sh).
   . scripts/static.sh
   cargo build --release --quiet --target "$KINGLET_TARGET" --bin kinglet --example libcontainer_floor
-  export KINGLET_TARGET
   KINGLET_BENCH_INNER=1 exec unshare --mount --net --propagation private -- "$0" "$@"
 fi
 runs=${1:-50}

@@ -104,18 +104,17 @@ pub fn start_attach_grace_period() -> Option<GracePeriod> {
         return None;
     }
     Some(GracePeriod {
-        thread,
+        thread: Some(thread),
         _job: job,
-        joined: false,
     })
 }
 
 /// The thread started by `start_attach_grace_period`.
 pub struct GracePeriod {
-    thread: libc::pthread_t,
+    /// `None` once joined.
+    thread: Option<libc::pthread_t>,
     /// What the thread reads: freed only after it is joined.
     _job: Box<MoveInPlace>,
-    joined: bool,
 }
 
 impl GracePeriod {
@@ -125,11 +124,12 @@ impl GracePeriod {
     }
 
     fn join(&mut self) -> bool {
+        let Some(thread) = self.thread.take() else {
+            return false;
+        };
         let mut moved: *mut libc::c_void = std::ptr::null_mut();
         // SAFETY: a thread this value started and has not joined yet.
-        let joined = !self.joined && unsafe { libc::pthread_join(self.thread, &mut moved) } == 0;
-        self.joined = true;
-        joined && !moved.is_null()
+        unsafe { libc::pthread_join(thread, &mut moved) == 0 && !moved.is_null() }
     }
 }
 

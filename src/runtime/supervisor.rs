@@ -1,6 +1,7 @@
 //! `kinglet supervise <dir>`: the per-container supervisor. It runs as its own session, so it
-//! outlives kinglet; it is single-threaded until the container has started (libcontainer
-//! clones and changes process-wide state, which is only safe here); it owns the container's
+//! outlives kinglet; until the container has started it runs no thread but the grace-period
+//! one, which holds no lock (libcontainer clones and changes process-wide state, which is only
+//! safe here; `cgroups::start_attach_grace_period`); it owns the container's
 //! stdout/stderr and writes them to the CRI log file; it reaps the container and records how it
 //! ended in `exit.json`, which the kubelet reads.
 
@@ -135,6 +136,7 @@ fn run(cdir: &ContainerDir, grace_period: Option<GracePeriod>) -> anyhow::Result
         .ok_or_else(|| anyhow::anyhow!("container has no pid"))?;
     cdir.write_started(pid.as_raw(), &super::now_rfc3339())?;
 
+    // The container has started: from here on threads are fine.
     let mut log = LogWriter::open(&meta.log_path, meta.log_max_bytes, meta.log_max_files)?;
     let mut outputs = vec![
         (fs::File::from(out_r), "stdout"),
@@ -157,7 +159,6 @@ fn run(cdir: &ContainerDir, grace_period: Option<GracePeriod>) -> anyhow::Result
     if let Some(out) = terminal.as_ref().and_then(|m| m.try_clone().ok()) {
         outputs.push((fs::File::from(out), "stdout"));
     }
-    // From here on threads are fine.
     if let Some((pipe, listener)) = attach {
         let once = meta.stdin_once;
         // On a terminal, input goes to its controlling end and "closing" it is an EOF (^D).
@@ -277,11 +278,12 @@ fn copy_output(outputs: Vec<(fs::File, &'static str)>, log: &mut LogWriter) {
                 return;
             }
         }
-        let ready: Vec<bool> = fds
+        // Collected first: `fds` borrows the files that the reads below need mutably.
+        let mut ready = fds
             .iter()
             .map(|fd| fd.revents().is_some_and(|r| !r.is_empty()))
-            .collect();
-        let mut ready = ready.into_iter();
+            .collect::<Vec<_>>()
+            .into_iter();
         open.retain_mut(|(file, lines)| {
             if !ready.next().unwrap_or(false) {
                 return true;
