@@ -11,9 +11,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 static SYSTEM: AtomicBool = AtomicBool::new(false);
 
-/// Picks glibc's malloc for `kinglet supervise`. Called from an ELF constructor, which glibc
-/// gives the program's arguments.
+/// Picks glibc's malloc for `kinglet supervise`, or for any command when
+/// `KINGLET_SYSTEM_MALLOC` is set (so that heap profilers such as heaptrack see every
+/// allocation). Called from an ELF constructor, which glibc gives the program's arguments.
 pub fn choose(argc: c_int, argv: *const *const c_char) {
+    // SAFETY: getenv with a NUL-terminated name; nothing changes the environment this early.
+    if !unsafe { libc::getenv(c"KINGLET_SYSTEM_MALLOC".as_ptr()) }.is_null() {
+        SYSTEM.store(true, Ordering::Relaxed);
+        return;
+    }
     if argc < 2 || argv.is_null() {
         return;
     }

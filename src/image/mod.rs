@@ -10,6 +10,7 @@ pub mod cli;
 mod import;
 mod layer;
 mod pull;
+mod reference;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -66,10 +67,11 @@ pub struct ImageStore {
 
 /// `busybox` -> `docker.io/library/busybox:latest`, as Docker and the CRI name images.
 pub fn normalize(name: &str) -> anyhow::Result<String> {
-    let r: oci_client::Reference = name
-        .parse()
-        .map_err(|e| anyhow::anyhow!("invalid image name {name:?}: {e}"))?;
-    Ok(r.whole())
+    Ok(parse_reference(name)?.to_string())
+}
+
+fn parse_reference(name: &str) -> anyhow::Result<reference::ImageRef> {
+    reference::parse(name).map_err(|e| anyhow::anyhow!("invalid image name {name:?}: {e}"))
 }
 
 /// The platform this node runs images for, in OCI terms.

@@ -73,9 +73,7 @@ impl ImageStore {
         credentials: Option<&Credentials>,
         progress: &(dyn Fn(String) + Sync),
     ) -> anyhow::Result<Image> {
-        let reference: Reference = name
-            .parse()
-            .map_err(|e| anyhow::anyhow!("invalid image name {name:?}: {e}"))?;
+        let reference = super::parse_reference(name)?.to_oci();
         let registry = reference.resolve_registry().to_string();
         let config = oci_client::client::ClientConfig {
             protocol: if is_loopback(&registry) {

@@ -128,7 +128,9 @@ pub fn hostname(pod: &Pod) -> String {
 
 pub async fn run(client: kube::Client, cfg: NodeConfig) -> anyhow::Result<()> {
     let images = ImageStore::open(&cfg.data_dir)?;
-    import_airgap(&images, &cfg.data_dir.join("agent/images"));
+    // Off the async workers: an air-gap directory can hold gigabytes of archives.
+    let (store, dir) = (images.clone(), cfg.data_dir.join("agent/images"));
+    tokio::task::spawn_blocking(move || import_airgap(&store, &dir)).await?;
     loop {
         match node::register(&client, &cfg).await {
             Ok(()) => break,
