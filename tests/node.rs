@@ -1136,3 +1136,136 @@ fn grpc_probes_check_the_health_service() {
             .then_some(())
     });
 }
+
+#[test]
+fn bad_pod_specs_get_upstream_reasons_and_leave_the_node_working() {
+    let s = Server::start_node(&[]);
+    let waiting = |name: &str, want: &[&str]| {
+        eventually(60, &format!("{name} waiting in {want:?}"), || {
+            let p = pod_json(&s, name);
+            let cs = p["status"]["containerStatuses"][0].clone();
+            let reason = cs["state"]["waiting"]["reason"]
+                .as_str()
+                .unwrap_or_default();
+            want.contains(&reason).then_some(cs)
+        })
+    };
+    s.ok(&[
+        "run",
+        "badcmd",
+        "--image=busybox:1.36",
+        "--command",
+        "--",
+        "/no/such/binary",
+    ]);
+    // Nothing listens on port 1 of the test host's loopback.
+    s.ok(&["run", "noimage", "--image=localhost:1/missing:v1"]);
+    let pod = |name: &str, spec: &str| {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}"}},"spec":{spec}}}"#
+        )
+    };
+    let sleeper = r#""image":"busybox:1.36","command":["sleep","3600"]"#;
+    // kubectl run checks image names itself; through the API the kubelet has to.
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        &pod(
+            "badname",
+            r#"{"containers":[{"name":"c","image":"busybox:-x"}]}"#,
+        ),
+    );
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        &pod(
+            "noenv",
+            &format!(
+                r#"{{"containers":[{{"name":"c",{sleeper},"env":[{{"name":"X","valueFrom":{{"configMapKeyRef":{{"name":"late","key":"k"}}}}}}]}}]}}"#
+            ),
+        ),
+    );
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        &pod(
+            "novolume",
+            &format!(
+                r#"{{"volumes":[{{"name":"v","configMap":{{"name":"late"}}}}],"containers":[{{"name":"c",{sleeper},"volumeMounts":[{{"name":"v","mountPath":"/v"}}]}}]}}"#
+            ),
+        ),
+    );
+    // A mount of an undeclared volume never gets past the API.
+    let refused = s.fails(
+        &["apply", "-f", "-"],
+        Some(&pod(
+            "nomount",
+            &format!(
+                r#"{{"containers":[{{"name":"c",{sleeper},"volumeMounts":[{{"name":"nope","mountPath":"/x"}}]}}]}}"#
+            ),
+        )),
+    );
+    assert!(
+        refused.contains(r#"spec.containers[0].volumeMounts[0].name: Not found: "nope""#),
+        "{refused}"
+    );
+    // Nor does a subPath out of its volume.
+    let refused = s.fails(
+        &["apply", "-f", "-"],
+        Some(&pod(
+            "escape",
+            &format!(
+                r#"{{"volumes":[{{"name":"v","emptyDir":{{}}}}],"containers":[{{"name":"c",{sleeper},"volumeMounts":[{{"name":"v","mountPath":"/x","subPath":"a/../../../etc"}}]}}]}}"#
+            ),
+        )),
+    );
+    assert!(
+        refused.contains(
+            r#"volumeMounts[0].subPath: Invalid value: "a/../../../etc": must not contain '..'"#
+        ),
+        "{refused}"
+    );
+
+    let cs = waiting("badcmd", &["RunContainerError", "CrashLoopBackOff"]);
+    let last = &cs["lastState"]["terminated"];
+    assert_eq!(last["reason"], "StartError", "{cs}");
+    assert_eq!(last["exitCode"], 128, "{cs}");
+    let cs = waiting("badname", &["InvalidImageName"]);
+    let message = cs["state"]["waiting"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(message.contains("invalid reference format"), "{cs}");
+    waiting("noimage", &["ErrImagePull", "ImagePullBackOff"]);
+    let cs = waiting("noenv", &["CreateContainerConfigError"]);
+    assert_eq!(
+        cs["state"]["waiting"]["message"],
+        r#"configmap "late" not found"#
+    );
+    // A volume that cannot be set up: the pod waits in ContainerCreating, the cause an event.
+    waiting("novolume", &["ContainerCreating"]);
+    let events = eventually(30, "FailedMount event", || {
+        let e = s.ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=novolume,reason=FailedMount",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ]);
+        (!e.is_empty()).then_some(e)
+    });
+    assert!(
+        events.contains(r#"MountVolume.SetUp failed for volume "v" : configmap "late" not found"#),
+        "{events}"
+    );
+
+    // Once the ConfigMap exists both pods start; a good pod runs beside the bad ones.
+    s.ok(&["create", "configmap", "late", "--from-literal=k=v"]);
+    wait_running(&s, "noenv");
+    wait_running(&s, "novolume");
+    s.ok(&["run", "good", "--image=busybox:1.36", "--", "sleep", "3600"]);
+    wait_running(&s, "good");
+    assert_eq!(s.ok(&["exec", "novolume", "--", "cat", "/v/k"]), "v");
+    // The running container sees the ConfigMap change, in the directory it mounted.
+    s.ok(&["patch", "configmap", "late", "-p", r#"{"data":{"k":"w"}}"#]);
+    eventually(30, "updated volume", || {
+        (s.ok(&["exec", "novolume", "--", "cat", "/v/k"]) == "w").then_some(())
+    });
+}

@@ -171,28 +171,16 @@ pub async fn container_env(
                 } else if let Some(r) = &from.resource_field_ref {
                     resource_field(c, &r.resource)
                 } else if let Some(r) = &from.config_map_key_ref {
-                    match config_map(k, &ns, &r.name)
-                        .await?
-                        .and_then(|d| d.get(&r.key).cloned())
-                    {
+                    let data = config_map(k, &ns, &r.name).await?;
+                    match key_value(data, "ConfigMap", &ns, &r.name, &r.key, r.optional)? {
                         Some(v) => v,
-                        None if r.optional == Some(true) => continue,
-                        None => anyhow::bail!(
-                            "couldn't find key {} in ConfigMap {ns}/{}",
-                            r.key,
-                            r.name
-                        ),
+                        None => continue,
                     }
                 } else if let Some(r) = &from.secret_key_ref {
-                    match secret(k, &ns, &r.name)
-                        .await?
-                        .and_then(|d| d.get(&r.key).cloned())
-                    {
+                    let data = secret(k, &ns, &r.name).await?;
+                    match key_value(data, "Secret", &ns, &r.name, &r.key, r.optional)? {
                         Some(v) => v,
-                        None if r.optional == Some(true) => continue,
-                        None => {
-                            anyhow::bail!("couldn't find key {} in Secret {ns}/{}", r.key, r.name)
-                        }
+                        None => continue,
                     }
                 } else {
                     continue;
@@ -205,6 +193,28 @@ pub async fn container_env(
         env.push(("HOSTNAME".into(), super::hostname(pod)));
     }
     Ok(env.into_iter().map(|(k, v)| format!("{k}={v}")).collect())
+}
+
+/// `key` of a ConfigMap's or Secret's `data` (None: the source is missing), with upstream's
+/// messages when it is missing and not optional.
+fn key_value(
+    data: Option<BTreeMap<String, String>>,
+    kind: &str,
+    ns: &str,
+    name: &str,
+    key: &str,
+    optional: Option<bool>,
+) -> anyhow::Result<Option<String>> {
+    let optional = optional == Some(true);
+    match data {
+        None if optional => Ok(None),
+        None => anyhow::bail!("{} \"{name}\" not found", kind.to_lowercase()),
+        Some(mut d) => match d.remove(key) {
+            Some(v) => Ok(Some(v)),
+            None if optional => Ok(None),
+            None => anyhow::bail!("couldn't find key {key} in {kind} {ns}/{name}"),
+        },
+    }
 }
 
 /// `$(VAR)` references to earlier variables, `$$` as a literal `$`.

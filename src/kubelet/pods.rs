@@ -90,18 +90,16 @@ impl Kubelet {
         let mut waiting: HashMap<String, Waiting> = HashMap::new();
         if let Err(e) = self.prepare(pod).await {
             tracing::warn!(pod = %pod.name_any(), "preparing the pod: {e:#}");
-            let w = Waiting {
-                reason: "CreateContainerConfigError".into(),
-                message: format!("{e:#}"),
+            // As upstream: the containers wait (ContainerCreating, or PodInitializing behind
+            // init containers) and the cause is an event.
+            let (reason, note) = match e.downcast_ref::<super::volumes::MountFailed>() {
+                Some(m) => ("FailedMount", m.to_string()),
+                None => (
+                    "FailedCreatePodSandBox",
+                    format!("Failed to create pod sandbox: {e:#}"),
+                ),
             };
-            for c in spec
-                .init_containers
-                .iter()
-                .flatten()
-                .chain(&spec.containers)
-            {
-                waiting.insert(c.name.clone(), w.clone());
-            }
+            self.event(pod, true, reason, note).await;
             return self.report(pod, &waiting).await;
         }
         let policy = spec.restart_policy.as_deref().unwrap_or("Always");

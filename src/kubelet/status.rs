@@ -43,7 +43,9 @@ fn container_status(
     let latest = history.and_then(|h| h.last());
     let restarts = latest.map(|r| r.meta.attempt).unwrap_or(0);
     let state = match (waiting, latest) {
-        (Some(w), _) => json!({"waiting": {"reason": w.reason, "message": w.message}}),
+        (Some(w), _) => {
+            json!({"waiting": {"reason": w.reason, "message": (!w.message.is_empty()).then_some(&w.message)}})
+        }
         (None, Some(r)) => state_of(r),
         (None, None) => json!({"waiting": {"reason": default_reason}}),
     };

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -27,6 +27,15 @@ fn volume_dir(pod_dir: &Path, name: &str) -> PathBuf {
 }
 
 use super::dns_config;
+
+/// A volume that could not be set up. Upstream reports it as a `FailedMount` event while the
+/// pod waits in ContainerCreating; the kubelet retries on the next sync.
+#[derive(Debug, thiserror::Error)]
+#[error("MountVolume.SetUp failed for volume {volume:?} : {cause:#}")]
+pub struct MountFailed {
+    volume: String,
+    cause: anyhow::Error,
+}
 
 impl Kubelet {
     /// Sandbox, volumes and per-pod files, before any container starts (idempotent).
@@ -70,7 +79,10 @@ impl Kubelet {
         for v in spec.volumes.iter().flatten() {
             self.prepare_volume(pod, &dir, v)
                 .await
-                .with_context(|| format!("volume {:?}", v.name))?;
+                .map_err(|cause| MountFailed {
+                    volume: v.name.clone(),
+                    cause,
+                })?;
         }
         Ok(())
     }
@@ -268,35 +280,96 @@ fn select(
     }
 }
 
-/// Writes the files under `dir`, replacing its previous contents.
-fn write_files(
-    dir: &Path,
-    files: &[(String, Vec<u8>, Option<i32>)],
-    mode: i32,
-) -> anyhow::Result<()> {
-    let tmp = dir.with_extension("new");
-    let _ = fs::remove_dir_all(&tmp);
-    fs::create_dir_all(&tmp)?;
+/// Writes the files of a configMap, secret, downwardAPI or projected volume the way upstream's
+/// atomic writer does, so that running containers, which bind-mount `dir` itself, see each
+/// update whole: the files go to a fresh hidden directory, the `..data` link switches to it in
+/// one rename, and every top-level name is a link through `..data`. Unchanged contents are
+/// left alone.
+fn write_files(dir: &Path, files: &[VolumeFile], mode: i32) -> anyhow::Result<()> {
+    let mut wanted = BTreeMap::new();
     for (path, data, item_mode) in files {
-        if Path::new(path)
-            .components()
-            .any(|c| !matches!(c, std::path::Component::Normal(_)))
-        {
+        let parts: Vec<_> = Path::new(path).components().collect();
+        let plain = |c: &std::path::Component| match c {
+            Component::Normal(n) => !n.to_string_lossy().starts_with(".."),
+            _ => false,
+        };
+        if parts.is_empty() || !parts.iter().all(plain) {
             anyhow::bail!("invalid file path {path:?}");
         }
-        let p = tmp.join(path);
+        let mode = item_mode.unwrap_or(mode) as u32 & 0o777;
+        wanted.insert(path.as_str(), (data.as_slice(), mode));
+    }
+    fs::create_dir_all(dir)?;
+    let data_link = dir.join("..data");
+    if holds_exactly(&data_link, &wanted) {
+        return Ok(());
+    }
+    let stamp = chrono::Utc::now()
+        .format("..%Y_%m_%d_%H_%M_%S.%f")
+        .to_string();
+    let new = dir.join(&stamp);
+    fs::create_dir(&new)?;
+    for (path, (data, mode)) in &wanted {
+        let p = new.join(path);
         if let Some(parent) = p.parent() {
             fs::create_dir_all(parent)?;
         }
         fs::write(&p, data)?;
-        fs::set_permissions(
-            &p,
-            fs::Permissions::from_mode(item_mode.unwrap_or(mode) as u32 & 0o777),
-        )?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(*mode))?;
     }
-    let _ = fs::remove_dir_all(dir);
-    fs::rename(&tmp, dir)?;
+    let tmp_link = dir.join("..data_tmp");
+    let _ = fs::remove_file(&tmp_link);
+    std::os::unix::fs::symlink(&stamp, &tmp_link)?;
+    fs::rename(&tmp_link, &data_link)?;
+    let tops: std::collections::BTreeSet<&str> = wanted
+        .keys()
+        .map(|p| p.split('/').find(|c| !c.is_empty()).unwrap_or(p))
+        .collect();
+    // Old data directories, and names that are not (or no longer) links through `..data`
+    // (also the plain files of the layout before this one).
+    for entry in fs::read_dir(dir)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let through_data = Path::new("..data").join(&name);
+        let keep = name == "..data"
+            || name == stamp
+            || (tops.contains(name.as_str())
+                && fs::read_link(entry.path()).is_ok_and(|t| t == through_data));
+        if !keep {
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => fs::remove_dir_all(entry.path())?,
+                _ => fs::remove_file(entry.path())?,
+            }
+        }
+    }
+    for top in tops {
+        let link = dir.join(top);
+        if !link.is_symlink() {
+            std::os::unix::fs::symlink(Path::new("..data").join(top), link)?;
+        }
+    }
     Ok(())
+}
+
+/// Whether the directory behind `data` holds exactly `wanted` (path -> contents and mode).
+fn holds_exactly(data: &Path, wanted: &BTreeMap<&str, (&[u8], u32)>) -> bool {
+    fn count_files(dir: &Path) -> std::io::Result<usize> {
+        let mut n = 0;
+        for e in fs::read_dir(dir)? {
+            let e = e?;
+            n += if e.file_type()?.is_dir() {
+                count_files(&e.path())?
+            } else {
+                1
+            };
+        }
+        Ok(n)
+    }
+    count_files(data).is_ok_and(|n| n == wanted.len())
+        && wanted.iter().all(|(path, (contents, mode))| {
+            let p = data.join(path);
+            fs::read(&p).is_ok_and(|c| c == *contents)
+                && fs::metadata(&p).is_ok_and(|m| m.permissions().mode() & 0o777 == *mode)
+        })
 }
 
 /// The bind mounts of one container: its volumeMounts and the kubelet's files.
@@ -317,6 +390,13 @@ pub fn container_mounts(k: &Kubelet, pod: &Pod, c: &Container) -> anyhow::Result
         };
         let source = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
             Some(sub) => {
+                // The API refuses these too; a pod stored before that check must not escape.
+                if Path::new(sub)
+                    .components()
+                    .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+                {
+                    anyhow::bail!("subPath {sub:?} must be a relative path without '..'");
+                }
                 let p = base.join(sub);
                 if !p.exists() {
                     fs::create_dir_all(&p)?;
@@ -374,5 +454,68 @@ pub fn unmount_all(pod_dir: &Path) {
         .flatten()
     {
         let _ = nix::mount::umount2(&e.path(), MntFlags::MNT_DETACH);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn file(path: &str, data: &str) -> VolumeFile {
+        (path.into(), data.as_bytes().to_vec(), None)
+    }
+
+    fn data_dirs(dir: &Path) -> Vec<String> {
+        fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("..") && n != "..data")
+            .collect()
+    }
+
+    #[test]
+    fn volume_files_update_in_place_for_containers_that_mounted_the_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("v");
+        // The layout before: plain files, which become links.
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("a"), "old").unwrap();
+        write_files(&dir, &[file("a", "1"), file("d/b", "2")], 0o644).unwrap();
+        let inode = fs::metadata(&dir).unwrap().ino();
+        assert_eq!(fs::read_to_string(dir.join("a")).unwrap(), "1");
+        assert_eq!(fs::read_to_string(dir.join("d/b")).unwrap(), "2");
+        assert!(dir.join("a").is_symlink() && dir.join("d").is_symlink());
+        assert_eq!(
+            fs::metadata(dir.join("a")).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
+        let first = fs::read_link(dir.join("..data")).unwrap();
+
+        // Same contents: nothing is rewritten.
+        write_files(&dir, &[file("a", "1"), file("d/b", "2")], 0o644).unwrap();
+        assert_eq!(fs::read_link(dir.join("..data")).unwrap(), first);
+
+        // New contents, a key gone, another mode: the same directory shows them.
+        write_files(
+            &dir,
+            &[file("a", "3"), ("c".into(), b"4".to_vec(), Some(0o600))],
+            0o644,
+        )
+        .unwrap();
+        assert_eq!(fs::metadata(&dir).unwrap().ino(), inode);
+        assert_eq!(fs::read_to_string(dir.join("a")).unwrap(), "3");
+        assert!(!dir.join("d").exists() && !dir.join("d").is_symlink());
+        assert_eq!(
+            fs::metadata(dir.join("c")).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(data_dirs(&dir).len(), 1, "old data directories are removed");
+
+        for bad in ["../x", "/x", "..x", "a/../../x", ""] {
+            assert!(write_files(&dir, &[file(bad, "")], 0o644).is_err(), "{bad}");
+        }
+        assert_eq!(fs::read_to_string(dir.join("a")).unwrap(), "3");
     }
 }

@@ -201,6 +201,19 @@ pub fn pod_spec(spec: &Value, path: &str, template_restart: Option<&[&str]>, out
                 if s(m, "/mountPath").unwrap_or("").is_empty() {
                     out.push(Cause::required(format!("{cp}.volumeMounts[{j}].mountPath")));
                 }
+                // The kubelet joins subPath to the volume's directory on the host.
+                if let Some(sub) = s(m, "/subPath") {
+                    let field = format!("{cp}.volumeMounts[{j}].subPath");
+                    if sub.starts_with('/') {
+                        out.push(Cause::invalid(
+                            field,
+                            &json!(sub),
+                            "must be a relative path",
+                        ));
+                    } else if sub.split('/').any(|part| part == "..") {
+                        out.push(Cause::invalid(field, &json!(sub), "must not contain '..'"));
+                    }
+                }
             }
             for (j, e) in arr(c, "/env").iter().enumerate() {
                 if s(e, "/name").unwrap_or("").is_empty() {
