@@ -1227,6 +1227,13 @@ fn bad_pod_specs_get_upstream_reasons_and_leave_the_node_working() {
     let last = &cs["lastState"]["terminated"];
     assert_eq!(last["reason"], "StartError", "{cs}");
     assert_eq!(last["exitCode"], 128, "{cs}");
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("/no/such/binary"),
+        "{cs}"
+    );
     let cs = waiting("badname", &["InvalidImageName"]);
     let message = cs["state"]["waiting"]["message"]
         .as_str()
@@ -1254,6 +1261,37 @@ fn bad_pod_specs_get_upstream_reasons_and_leave_the_node_working() {
     assert!(
         events.contains(r#"MountVolume.SetUp failed for volume "v" : configmap "late" not found"#),
         "{events}"
+    );
+
+    // An image that sets no PATH gets containerd's default one.
+    let archive = s.dir.path().join("nopath.tar");
+    common::images::write_busybox_image_with(&archive, "example.com/nopath:1", &["sh"], &[]);
+    let import = s
+        .command(env!("CARGO_BIN_EXE_kinglet"))
+        .args(["images", "import", "--data-dir"])
+        .arg(s.dir.path().join("data"))
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(import.status.success(), "{import:?}");
+    s.ok(&[
+        "run",
+        "nopath",
+        "--image=example.com/nopath:1",
+        "--image-pull-policy=Never",
+        "--",
+        "sh",
+        "-c",
+        "echo $PATH; sleep 3600",
+    ]);
+    wait_running(&s, "nopath");
+    let logs = eventually(20, "nopath logs", || {
+        let l = s.ok(&["logs", "nopath"]);
+        (!l.is_empty()).then_some(l)
+    });
+    assert_eq!(
+        logs.trim(),
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     );
 
     // Once the ConfigMap exists both pods start; a good pod runs beside the bad ones.

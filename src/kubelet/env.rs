@@ -114,6 +114,8 @@ pub fn field(pod: &Pod, path: &str, node: &str) -> anyhow::Result<String> {
     })
 }
 
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 pub async fn container_env(
     k: &Kubelet,
     pod: &Pod,
@@ -131,6 +133,10 @@ pub async fn container_env(
                 .map(|(k, v)| (k.to_string(), v.to_string()))
         })
         .collect();
+    // As containerd does for images that set no PATH.
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        env.insert(0, ("PATH".into(), DEFAULT_PATH.into()));
+    }
     let set = |env: &mut Vec<(String, String)>, key: String, value: String| {
         env.retain(|(k, _)| *k != key);
         env.push((key, value));

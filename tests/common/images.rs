@@ -92,6 +92,12 @@ pub fn write_busybox_image(out: &Path, name: &str) {
 
 /// Like [`write_busybox_image`], with its own default command (so a different image ID).
 pub fn write_busybox_image_with_cmd(out: &Path, name: &str, cmd: &[&str]) {
+    let path = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    write_busybox_image_with(out, name, cmd, &[path]);
+}
+
+/// Like [`write_busybox_image`], with its own default command and environment.
+pub fn write_busybox_image_with(out: &Path, name: &str, cmd: &[&str], env: &[&str]) {
     let layer = busybox_layer();
     let arch = match std::env::consts::ARCH {
         "x86_64" => "amd64",
@@ -100,7 +106,7 @@ pub fn write_busybox_image_with_cmd(out: &Path, name: &str, cmd: &[&str]) {
     };
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": arch, "os": "linux",
-        "config": {"Cmd": cmd, "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},
+        "config": {"Cmd": cmd, "Env": env},
         "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", sha(&layer))]},
     }))
     .unwrap();
