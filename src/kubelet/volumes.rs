@@ -54,15 +54,18 @@ impl Kubelet {
             crate::runtime::sandbox::create(&exe, &sandbox, &host, iface.as_ref())
         })
         .await??;
-        fs::write(dir.join("hostname"), format!("{}\n", super::hostname(pod)))?;
+        write_if_changed(
+            &dir.join("hostname"),
+            &format!("{}\n", super::hostname(pod)),
+        )?;
         let domain = &self.cfg.cluster_domain;
         let node_hosts = fs::read_to_string("/etc/hosts").unwrap_or_default();
         let hosts = dns_config::hosts(pod, &pod_ip, &super::hostname(pod), domain, &node_hosts);
-        fs::write(dir.join("hosts"), hosts)?;
+        write_if_changed(&dir.join("hosts"), &hosts)?;
         let node_resolv = fs::read_to_string(&self.cfg.resolv_conf).unwrap_or_default();
         let dns = self.cfg.cluster_dns.to_string();
         let resolv = dns_config::resolv_conf(pod, &dns, domain, &node_resolv);
-        fs::write(dir.join("resolv.conf"), resolv)?;
+        write_if_changed(&dir.join("resolv.conf"), &resolv)?;
         let spec = pod.spec.clone().unwrap_or_default();
         for c in spec
             .init_containers
@@ -280,6 +283,15 @@ fn select(
     }
 }
 
+/// Writes a file that containers have bind-mounted (so it is rewritten in place), only when its
+/// contents change: a process reading it mid-write would see it empty or cut short.
+fn write_if_changed(path: &Path, contents: &str) -> std::io::Result<()> {
+    if fs::read(path).is_ok_and(|old| old == contents.as_bytes()) {
+        return Ok(());
+    }
+    fs::write(path, contents)
+}
+
 /// Writes the files of a configMap, secret, downwardAPI or projected volume the way upstream's
 /// atomic writer does, so that running containers, which bind-mount `dir` itself, see each
 /// update whole: the files go to a fresh hidden directory, the `..data` link switches to it in
@@ -473,6 +485,22 @@ mod tests {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|n| n.starts_with("..") && n != "..data")
             .collect()
+    }
+
+    #[test]
+    fn bind_mounted_files_are_rewritten_only_when_they_change() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("resolv.conf");
+        write_if_changed(&path, "nameserver 10.43.0.10\n").unwrap();
+        let written = fs::metadata(&path).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        write_if_changed(&path, "nameserver 10.43.0.10\n").unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().modified().unwrap(), written);
+        write_if_changed(&path, "nameserver 10.43.0.11\n").unwrap();
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            "nameserver 10.43.0.11\n"
+        );
     }
 
     #[test]
