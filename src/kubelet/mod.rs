@@ -110,6 +110,8 @@ pub struct Kubelet {
     last_evicted: Mutex<Option<String>>,
     /// Since when each unused image has been unused (image GC).
     unused_since: Mutex<HashMap<String, std::time::Instant>>,
+    /// When each pod's volumes were last set up in full, by pod UID.
+    volumes_refreshed: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 /// The pod's hostname: `spec.hostname` or the pod name (at most 63 characters).
@@ -175,6 +177,7 @@ pub async fn run(client: kube::Client, cfg: NodeConfig) -> anyhow::Result<()> {
         pressure: eviction::Pressure::default(),
         last_evicted: Mutex::new(None),
         unused_since: Mutex::new(HashMap::new()),
+        volumes_refreshed: Mutex::new(HashMap::new()),
     });
     tokio::spawn(node::heartbeat(kubelet.clone()));
     tokio::spawn(image_gc::run(kubelet.clone()));

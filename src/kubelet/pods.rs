@@ -417,6 +417,10 @@ impl Kubelet {
 
     /// Removes the containers, sandbox and volumes of a pod that is gone.
     pub async fn cleanup(&self, uid: &str) {
+        self.volumes_refreshed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(uid);
         let records: Vec<Record> = self.records_of(uid).into_values().flatten().collect();
         {
             let mut probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());

@@ -19,6 +19,10 @@ use super::Kubelet;
 use super::env::Source;
 use crate::runtime::spec::Mount;
 
+/// How often ConfigMap, Secret, downward API and projected volumes are brought up to date
+/// (upstream: the pod resync, about a minute).
+const VOLUME_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A file of a volume: path inside it, content, and its own mode if the item set one.
 type VolumeFile = (String, Vec<u8>, Option<i32>);
 
@@ -79,6 +83,16 @@ impl Kubelet {
                 fs::set_permissions(&log, fs::Permissions::from_mode(0o666))?;
             }
         }
+        // Every pod syncs each second; its volumes' sources (a GET each) are read less often.
+        let refreshed = self
+            .volumes_refreshed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&uid)
+            .copied();
+        if refreshed.is_some_and(|t| t.elapsed() < VOLUME_REFRESH) {
+            return Ok(());
+        }
         for v in spec.volumes.iter().flatten() {
             self.prepare_volume(pod, &dir, v)
                 .await
@@ -87,6 +101,10 @@ impl Kubelet {
                     cause,
                 })?;
         }
+        self.volumes_refreshed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(uid, std::time::Instant::now());
         Ok(())
     }
 
