@@ -319,7 +319,7 @@ fn write_files(dir: &Path, files: &[VolumeFile], mode: i32) -> anyhow::Result<()
     let mut wanted = BTreeMap::new();
     for (path, data, item_mode) in files {
         let parts: Vec<_> = Path::new(path).components().collect();
-        let plain = |c: &std::path::Component| match c {
+        let plain = |c: &Component| match c {
             Component::Normal(n) => !n.to_string_lossy().starts_with(".."),
             _ => false,
         };
