@@ -6,10 +6,7 @@
 # the target, not build scripts and proc macros (which rustc can only build as shared objects).
 KINGLET_TARGET=$(rustc -vV | sed -n 's/^host: //p')
 export KINGLET_TARGET
-# The container start path's code packed together (scripts/supervisor.ld); the scripts that
-# source this file run from the repository root.
-[ -f scripts/supervisor.ld ] || { echo "scripts/static.sh: source it from the repository root" >&2; return 1; }
-export RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static -C relocation-model=static -C link-arg=-Wl,-T,$(pwd)/scripts/supervisor.ld"
+export RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static -C relocation-model=static"
 export LIBSECCOMP_LINK_TYPE=static
 # rustc looks for static libraries only where it is told; ask the C compiler where it is.
 LIBSECCOMP_LIB_PATH=$(dirname "$(cc -print-file-name=libseccomp.a)")
