@@ -43,9 +43,7 @@ fn container_status(
     let latest = history.and_then(|h| h.last());
     let restarts = latest.map(|r| r.meta.attempt).unwrap_or(0);
     let state = match (waiting, latest) {
-        (Some(w), _) => {
-            json!({"waiting": {"reason": w.reason, "message": (!w.message.is_empty()).then_some(&w.message)}})
-        }
+        (Some(w), _) => json!({"waiting": {"reason": w.reason, "message": w.message}}),
         (None, Some(r)) => state_of(r),
         (None, None) => json!({"waiting": {"reason": default_reason}}),
     };
