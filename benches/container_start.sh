@@ -10,6 +10,8 @@
 # KINGLET_BENCH_WRAP="strace -f -tt -o FILE" runs kinglet under a profiler;
 # KINGLET_BENCH_BIN runs that kinglet binary instead of building one, and
 # KINGLET_BENCH_RUNTIMES="kinglet crun" runs only those (scripts/order-start-path uses these).
+# Every run must succeed (the runtime's exit status, and for kinglet the container's exit code
+# in exit.json): the first that fails stops the benchmark, saying which and why.
 set -euo pipefail
 if [ -z "${KINGLET_BENCH_INNER:-}" ]; then
   cd "$(dirname "$0")/.."
@@ -60,6 +62,12 @@ if [ -d /sys/fs/cgroup/unified ] && [ ! -e /sys/fs/cgroup/cgroup.controllers ]; 
   echo "note: hybrid cgroups: v2 mount hidden in the benchmark's mount namespace"
 fi
 
+# A failed start is no measurement: stop rather than time it.
+fail() {
+  echo "container_start: $1 run $2 of $runs failed: $3" >&2
+  exit 1
+}
+
 read -ra runtimes <<<"${KINGLET_BENCH_RUNTIMES:-kinglet libcontainer crun runc}"
 declare -A total times
 for rt in "${runtimes[@]}"; do total[$rt]=0; times[$rt]=""; done
@@ -70,20 +78,28 @@ for i in $(seq "$runs"); do
     # A fresh container directory each run, as the kubelet gives every attempt (clearing the
     # last run's files is not timed).
     [ $rt = kinglet ] && rm -f "$work/c/status.json" "$work/c/exit.json"
+    # Each run's exit status is kept (`|| rc=$?`: set -e would stop without saying why) and
+    # checked once the clock is read.
+    rc=0
     # Bash's own clock (microseconds): no process is started to read it.
     t0=${EPOCHREALTIME/./}000
     case $rt in
-      kinglet) ${KINGLET_BENCH_WRAP:-} "$kinglet" supervise "$work/c" ;;
-      libcontainer) "$floor" "$bundle" "$work/run/floor" "f$i" "$cg/c" ;;
-      crun) crun --root "$work/run/crun" run -b "$bundle" "b$i" >/dev/null ;;
-      runc) runc --root "$work/run/runc" run -b "$bundle" "b$i" >/dev/null ;;
+      kinglet) ${KINGLET_BENCH_WRAP:-} "$kinglet" supervise "$work/c" || rc=$? ;;
+      libcontainer) "$floor" "$bundle" "$work/run/floor" "f$i" "$cg/c" || rc=$? ;;
+      crun) crun --root "$work/run/crun" run -b "$bundle" "b$i" >/dev/null || rc=$? ;;
+      runc) runc --root "$work/run/runc" run -b "$bundle" "b$i" >/dev/null || rc=$? ;;
     esac
     t1=${EPOCHREALTIME/./}000
+    [ "$rc" -eq 0 ] || fail "$rt" "$i" "exit status $rc"
+    # kinglet's supervisor exits 0 once it has run the container, whatever the container did:
+    # its exit code is in exit.json (crun, runc and the floor exit with the container's code).
+    if [ "$rt" = kinglet ] && ! grep -q '^{"code":0,' "$work/c/exit.json" 2>/dev/null; then
+      fail kinglet "$i" "exit.json: $(cat "$work/c/exit.json" 2>/dev/null || echo missing)"
+    fi
     total[$rt]=$(( ${total[$rt]} + t1 - t0 ))
     times[$rt]+="$(( t1 - t0 )) "
   done
 done
-grep -q '"code":0' "$work/c/exit.json" || { echo "kinglet container failed: $(cat "$work/c/exit.json")" >&2; exit 1; }
 echo "machine: $(nproc) cores, $(uname -m), $(uname -r)"
 echo "runs: $runs each, interleaved"
 # The median resists this machine's noise better than the mean; both are printed.

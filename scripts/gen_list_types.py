@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Derives list merge metadata (x-kubernetes-list-type / list-map-keys) of the built-in API
 types from the k8s-openapi crate's generated `DeepMerge` impls, which k8s-openapi generates from
-upstream's published OpenAPI spec. Writes src/apiserver/list_types.rs.
+upstream's published OpenAPI spec. Writes crates/apiserver/src/list_types.rs.
 
 Usage: scripts/gen_list_types.py [path-to-k8s-openapi-crate]
 """
@@ -41,6 +41,6 @@ for d, f, k, keys in rows:
     ks = ", ".join('"%s"' % x for x in keys)
     out.append('    ("%s", "%s", "%s", &[%s]),' % (d, f, k, ks))
 out.append("];")
-dest = os.path.join(os.path.dirname(__file__), "..", "src", "apiserver", "list_types.rs")
+dest = os.path.join(os.path.dirname(__file__), "..", "crates", "apiserver", "src", "list_types.rs")
 open(dest, "w").write("\n".join(out) + "\n")
 print(f"{len(rows)} list fields written to {os.path.normpath(dest)}")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Derives the protobuf field tables of the Kubernetes API types from the k8s-pb crate's
 prost-generated code (itself generated from upstream's .proto files). Writes
-src/apiserver/protobuf_tables.rs, which the generic protobuf decoder walks.
+crates/apiserver/src/protobuf_tables.rs, which the generic protobuf decoder walks.
 
 Usage: scripts/gen_proto_tables.py [path-to-k8s-pb-crate]
 """
@@ -84,6 +84,6 @@ for name in sorted(messages):
     fs = ", ".join('(%d, "%s", "%s", "%s", %s)' % (t, n, k, m, "true" if r else "false") for t, n, k, m, r in messages[name])
     out.append('    ("%s", &[%s]),' % (name, fs))
 out.append("];")
-dest = os.path.join(os.path.dirname(__file__), "..", "src", "apiserver", "protobuf_tables.rs")
+dest = os.path.join(os.path.dirname(__file__), "..", "crates", "apiserver", "src", "protobuf_tables.rs")
 open(dest, "w").write("\n".join(out) + "\n")
 print(f"{len(messages)} messages written to {os.path.normpath(dest)}")

@@ -1,23 +1,9 @@
 //! kinglet: a whole Kubernetes distribution in one binary.
-// API errors are large (they carry Status details) but only travel on the error path.
-#![allow(clippy::result_large_err)]
 
 mod allocator;
-mod apiserver;
 mod cli;
-mod controllers;
-mod dns;
-mod image;
-mod kubelet;
-mod lockfile;
-mod netpol;
-mod network;
-mod pki;
-mod proxy;
-mod runtime;
-mod scheduler;
+mod images;
 mod server;
-mod store;
 
 // JSON-heavy request handling allocates a lot; mimalloc is faster than glibc malloc here and
 // fragments less across threads (docs/BENCHMARKS.md). Container supervisors, short-lived and
@@ -25,8 +11,6 @@ mod store;
 #[global_allocator]
 static ALLOCATOR: allocator::Switch = allocator::Switch;
 
-/// The Kubernetes API level kinglet serves.
-pub const K8S_GIT_VERSION: &str = "v1.33.0+kinglet";
 /// `kinglet --version`.
 pub const VERSION_LINE: &str = concat!("v", env!("CARGO_PKG_VERSION"), " (Kubernetes API v1.33.0)");
 
@@ -64,7 +48,7 @@ fn main() {
     if let (Some(cmd), Some(dir), None) = (args.next(), args.next(), args.next())
         && cmd == "supervise"
     {
-        runtime::supervisor::main(std::path::Path::new(&dir));
+        kinglet_runtime::supervisor::main(std::path::Path::new(&dir));
     }
     // One TLS provider for every client built without an explicit one (registry pulls).
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -77,19 +61,19 @@ fn main() {
     };
     let result = match cli.command {
         cli::Command::Server(args) => server::run(*args),
-        cli::Command::Images(args) => image::cli::run(args),
+        cli::Command::Images(args) => images::run(args),
         cli::Command::Cleanup(args) => server::cleanup(&args),
-        cli::Command::Supervise { dir } => runtime::supervisor::main(&dir),
+        cli::Command::Supervise { dir } => kinglet_runtime::supervisor::main(&dir),
         cli::Command::Sandbox {
             dir,
             hostname,
             network,
-        } => runtime::sandbox::main(&dir, &hostname, network.as_deref()),
+        } => kinglet_runtime::sandbox::main(&dir, &hostname, network.as_deref()),
         cli::Command::Exec {
             dir,
             console_socket,
             args,
-        } => runtime::exec::main(&dir, console_socket.as_deref(), args),
+        } => kinglet_runtime::exec::main(&dir, console_socket.as_deref(), args),
     };
     if let Err(e) = result {
         eprintln!("kinglet: {e:#}");

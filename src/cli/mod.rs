@@ -214,7 +214,7 @@ pub struct ServerArgs {
 
 impl ServerArgs {
     /// The embedded node's settings.
-    pub fn node_config(&self, advertise: IpAddr) -> anyhow::Result<crate::kubelet::NodeConfig> {
+    pub fn node_config(&self, advertise: IpAddr) -> anyhow::Result<kinglet_kubelet::NodeConfig> {
         let node_name = match &self.node_name {
             Some(n) => n.clone(),
             None => hostname::get()?.to_string_lossy().to_lowercase(),
@@ -226,14 +226,14 @@ impl ServerArgs {
                 .ok_or_else(|| anyhow::anyhow!("--node-label {l:?}: expected key=value"))?;
             labels.insert(k.to_string(), v.to_string());
         }
-        let mut cfg = crate::kubelet::NodeConfig {
+        let mut cfg = kinglet_kubelet::NodeConfig {
             node_name,
             node_ip: self.node_ip.unwrap_or(advertise),
             labels,
             taints: self
                 .node_taint
                 .iter()
-                .map(|t| crate::kubelet::parse_taint(t))
+                .map(|t| kinglet_kubelet::parse_taint(t))
                 .collect::<anyhow::Result<_>>()?,
             data_dir: self.data_dir.clone(),
             pod_log_dir: self.pod_log_dir.clone(),
@@ -251,8 +251,8 @@ impl ServerArgs {
             kubelet_port: self.kubelet_port,
             container_log_max_size: self.container_log_max_size,
             container_log_max_files: self.container_log_max_files,
-            eviction_hard: crate::kubelet::default_thresholds(),
-            image_gc: crate::kubelet::ImageGcPolicy::default(),
+            eviction_hard: kinglet_kubelet::default_thresholds(),
+            image_gc: kinglet_kubelet::ImageGcPolicy::default(),
             serving: None,
         };
         for arg in &self.kubelet_arg {
@@ -304,7 +304,7 @@ impl ServerArgs {
 }
 
 /// Applies one `--kubelet-arg name=value`.
-fn apply_kubelet_arg(cfg: &mut crate::kubelet::NodeConfig, arg: &str) -> anyhow::Result<()> {
+fn apply_kubelet_arg(cfg: &mut kinglet_kubelet::NodeConfig, arg: &str) -> anyhow::Result<()> {
     let (name, value) = arg
         .trim_start_matches("--")
         .split_once('=')
@@ -319,7 +319,7 @@ fn apply_kubelet_arg(cfg: &mut crate::kubelet::NodeConfig, arg: &str) -> anyhow:
     };
     match name {
         "max-pods" => cfg.max_pods = value.parse().map_err(|_| bad("expected a number"))?,
-        "eviction-hard" => cfg.eviction_hard = crate::kubelet::parse_thresholds(value)?,
+        "eviction-hard" => cfg.eviction_hard = kinglet_kubelet::parse_thresholds(value)?,
         "image-gc-high-threshold" => cfg.image_gc.high_percent = percent()?,
         "image-gc-low-threshold" => cfg.image_gc.low_percent = percent()?,
         "image-minimum-gc-age" => {
@@ -327,7 +327,7 @@ fn apply_kubelet_arg(cfg: &mut crate::kubelet::NodeConfig, arg: &str) -> anyhow:
                 parse_duration(value).ok_or_else(|| bad("expected a duration such as 2m"))?
         }
         "container-log-max-size" => {
-            cfg.container_log_max_size = crate::scheduler::resources::parse_milli(value)
+            cfg.container_log_max_size = kinglet_core::resources::parse_milli(value)
                 .filter(|m| *m > 0)
                 .map(|m| (m / 1000) as u64)
                 .ok_or_else(|| bad("expected a size such as 10Mi"))?

@@ -1,17 +1,15 @@
 //! `kinglet server`: wires the PKI, the store and the API server together and serves HTTPS.
 
-pub mod tls;
-
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::apiserver::{Api, ApiConfig};
 use crate::cli::ServerArgs;
-use crate::pki::{self, Pki};
-use crate::store::Store;
+use kinglet_apiserver::{Api, ApiConfig};
+use kinglet_pki::{Pki, tls};
+use kinglet_store::Store;
 
 /// The host's addresses (non-loopback first), for certificates and the advertised address.
 fn host_addresses() -> Vec<IpAddr> {
@@ -67,14 +65,14 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "localhost".into());
-    let service_net = crate::apiserver::service_network(&args.service_cidr)?;
+    let service_net = kinglet_apiserver::service_network(&args.service_cidr)?;
     let cluster_cidr = crate::cli::ipv4_net("--cluster-cidr", &args.cluster_cidr)?;
     let mut all_addrs = addresses.clone();
     all_addrs.push(advertise);
     if !args.bind_address.is_unspecified() {
         all_addrs.push(args.bind_address);
     }
-    let sans = pki::serving_sans(
+    let sans = kinglet_pki::serving_sans(
         &hostname,
         &all_addrs,
         &args.tls_san,
@@ -113,20 +111,20 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let kubelet_tls = tls::client_config(&pki.ca.cert_pem, &pki.kubelet_client)?;
     let _ = api
         .kubelet_client
-        .set(crate::apiserver::node_proxy::KubeletClient {
+        .set(kinglet_apiserver::node_proxy::KubeletClient {
             tls: Arc::new(kubelet_tls),
         });
     if !args.disable_agent {
         let mut cfg = args.node_config(advertise)?;
         let mut sans = vec![rcgen::SanType::DnsName(cfg.node_name.clone().try_into()?)];
         sans.push(rcgen::SanType::IpAddress(cfg.node_ip));
-        cfg.serving = Some(crate::kubelet::Serving {
-            cert: crate::pki::issue(&pki.ca, &cfg.node_name, &[], &sans, true, false)?,
+        cfg.serving = Some(kinglet_kubelet::Serving {
+            cert: kinglet_pki::issue(&pki.ca, &cfg.node_name, &[], &sans, true, false)?,
             ca_pem: pki.ca.cert_pem.clone(),
         });
         start_node(api.local_client(), cfg);
     }
-    crate::controllers::start(api.clone(), pki.ca.cert_pem.clone(), cluster_cidr);
+    kinglet_control::controllers::start(api.clone(), pki.ca.cert_pem.clone(), cluster_cidr);
     let router = api.router();
     tokio::select! {
         r = tls::serve(listener, Arc::new(tls_config), router) => r,
@@ -141,54 +139,54 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
 pub fn cleanup(args: &crate::cli::CleanupArgs) -> anyhow::Result<()> {
     let cluster = crate::cli::ipv4_net("--cluster-cidr", &args.cluster_cidr)?;
     let services = crate::cli::ipv4_net("--service-cidr", &args.service_cidr)?;
-    crate::proxy::cleanup()?;
-    crate::netpol::cleanup()?;
+    kinglet_network::proxy::cleanup()?;
+    kinglet_network::netpol::cleanup()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
-        crate::network::cleanup(cluster, services).await?;
+        kinglet_network::cleanup(cluster, services).await?;
         let dns = args
             .cluster_dns
             .unwrap_or_else(|| crate::cli::default_cluster_dns(services));
-        crate::network::release_address(crate::dns::LINK, dns).await
+        kinglet_network::release_address(kinglet_network::dns::LINK, dns).await
     })
 }
 
 /// The node's parts: kubelet, service proxy, network policies and cluster DNS.
-fn start_node(client: kube::Client, cfg: crate::kubelet::NodeConfig) {
-    let proxy = crate::proxy::Config {
+fn start_node(client: kube::Client, cfg: kinglet_kubelet::NodeConfig) {
+    let proxy = kinglet_network::proxy::Config {
         node_name: cfg.node_name.clone(),
         cluster_cidr: cfg.cluster_cidr,
         local_service_ips: vec![cfg.cluster_dns],
     };
-    let dns = crate::dns::Config {
+    let dns = kinglet_network::dns::Config {
         address: cfg.cluster_dns,
         domain: cfg.cluster_domain.clone(),
         resolv_conf: cfg.resolv_conf.clone(),
         ranges: vec![cfg.service_cidr, cfg.cluster_cidr],
     };
     // One watch of Services and EndpointSlices for the proxy and the DNS.
-    let services = crate::network::services::ServiceWatch::start(client.clone());
+    let services = kinglet_network::services::ServiceWatch::start(client.clone());
     let (c, s) = (client.clone(), services.clone());
     tokio::spawn(async move {
-        if let Err(e) = crate::proxy::run(c, s, proxy).await {
+        if let Err(e) = kinglet_network::proxy::run(c, s, proxy).await {
             tracing::error!("service proxy: {e:#}");
         }
     });
     let (c, node) = (client.clone(), cfg.node_name.clone());
     tokio::spawn(async move {
-        if let Err(e) = crate::netpol::run(c, node).await {
+        if let Err(e) = kinglet_network::netpol::run(c, node).await {
             tracing::error!("network policies: {e:#}");
         }
     });
     tokio::spawn(async move {
-        if let Err(e) = crate::dns::run(services, dns).await {
+        if let Err(e) = kinglet_network::dns::run(services, dns).await {
             tracing::error!("cluster DNS: {e:#}");
         }
     });
     tokio::spawn(async move {
-        if let Err(e) = crate::kubelet::run(client, cfg).await {
+        if let Err(e) = kinglet_kubelet::run(client, cfg).await {
             tracing::error!("node: {e:#}");
         }
     });

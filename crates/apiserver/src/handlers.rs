@@ -1,0 +1,1040 @@
+//! The REST verbs for every resource: get, list, create, update, delete, deletecollection,
+//! and the generic subresources (status, scale, finalize). Patch and watch have their own files.
+
+use std::sync::Arc;
+
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use super::Api;
+use super::context::Ctx;
+use super::kinds;
+use super::object::{self, meta_mut, meta_str};
+use super::registry::Resource;
+use super::selectors::{FieldSelector, LabelSelector};
+use super::status::{ApiError, ApiResult, success_status};
+use kinglet_store::{Record, StoreError};
+
+/// Answers `value` as JSON (or as a Table when asked and `table_ok`), with any warnings.
+pub fn respond(
+    api: &Api,
+    ctx: &Ctx,
+    res: &Resource,
+    code: u16,
+    value: Value,
+    table_ok: bool,
+) -> Response {
+    let body = if table_ok && ctx.wants_table() {
+        super::table::to_table(api, res, ctx, &value)
+    } else {
+        value
+    };
+    json_response(ctx, code, &body)
+}
+
+pub fn json_response(ctx: &Ctx, code: u16, body: &Value) -> Response {
+    let mut resp = (
+        StatusCode::from_u16(code).unwrap_or(StatusCode::OK),
+        [(http::header::CONTENT_TYPE, "application/json")],
+        serde_json::to_vec(body).unwrap_or_default(),
+    )
+        .into_response();
+    for w in ctx
+        .warnings
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+    {
+        let text = format!("299 - {}", serde_json::Value::String(w.clone()));
+        if let Ok(h) = http::HeaderValue::from_str(&text) {
+            resp.headers_mut().append(http::header::WARNING, h);
+        }
+    }
+    resp
+}
+
+/// Turns a stored record into the object clients see for `res`.
+pub fn decorate(res: &Resource, rec: &Record) -> ApiResult<Value> {
+    let mut obj: Value = serde_json::from_slice(&rec.value)
+        .map_err(|e| ApiError::internal(format!("decoding stored object: {e}")))?;
+    obj = super::convert::from_storage(res, obj);
+    set_type_meta(res, &mut obj);
+    meta_mut(&mut obj).insert("resourceVersion".into(), Value::String(rec.rev.to_string()));
+    Ok(obj)
+}
+
+pub fn set_type_meta(res: &Resource, obj: &mut Value) {
+    if let Some(m) = obj.as_object_mut() {
+        m.insert("apiVersion".into(), Value::String(res.api_version()));
+        m.insert("kind".into(), Value::String(res.kind.clone()));
+    }
+}
+
+/// Serialises an object for storage (no resourceVersion, stored form of the kind).
+pub fn encode(res: &Resource, obj: &Value) -> Bytes {
+    let mut v = super::convert::to_storage(res, obj.clone());
+    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.remove("resourceVersion");
+        m.remove("selfLink");
+    }
+    Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+}
+
+fn ns_of<'a>(res: &Resource, ctx: &'a Ctx) -> Option<&'a str> {
+    if res.namespaced {
+        ctx.path.namespace.as_deref()
+    } else {
+        None
+    }
+}
+
+pub fn key_for(res: &Resource, ctx: &Ctx, name: &str) -> String {
+    res.key(ns_of(res, ctx), name)
+}
+
+/// Reads the current object or answers 404.
+pub async fn get_current(
+    api: &Api,
+    res: &Resource,
+    ctx: &Ctx,
+    name: &str,
+) -> ApiResult<(Record, Value)> {
+    let rec = api
+        .store
+        .get(&key_for(res, ctx, name))
+        .await
+        .map_err(|e| ApiError::from_store(e, &res.group, &res.plural, name))?
+        .ok_or_else(|| ApiError::not_found(&res.group, &res.plural, name))?;
+    let obj = decorate(res, &rec)?;
+    Ok((rec, obj))
+}
+
+/// Entry point for `/api(s)/.../<resource>[/<name>[/<subresource>]]`.
+pub async fn serve(
+    api: Arc<Api>,
+    res: Arc<Resource>,
+    ctx: Ctx,
+    method: Method,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let name = ctx.path.name.clone();
+    let sub = ctx.path.subresource.clone();
+    if res.namespaced && ctx.path.namespace.is_none() && (name.is_some() || method != Method::GET) {
+        return Err(ApiError::path_not_found());
+    }
+    if !res.namespaced && ctx.path.namespace.is_some() && res.plural != "namespaces" {
+        return Err(ApiError::path_not_found());
+    }
+    if res.create_only {
+        return match (method, name) {
+            (Method::POST, None) => super::special::create_review(&api, &res, &ctx, &body).await,
+            _ => Err(ApiError::method_not_allowed(
+                "the server does not allow this method on the requested resource".to_string(),
+            )),
+        };
+    }
+    let watching =
+        ctx.path.legacy_watch || ctx.query.flag("watch") && ctx.query.get("watch") != Some("false");
+    match (name, sub.as_deref()) {
+        (None, _) => match method {
+            Method::GET if watching => super::watch::watch(api, res, ctx).await,
+            Method::GET => list(&api, &res, &ctx).await,
+            Method::POST => create(&api, &res, &ctx, &body).await,
+            Method::DELETE => delete_collection(&api, &res, &ctx, &body).await,
+            _ => Err(ApiError::method_not_allowed(
+                "the server does not allow this method on the requested resource",
+            )),
+        },
+        (Some(name), None) => match method {
+            Method::GET if watching => super::watch::watch(api, res, ctx).await,
+            Method::GET => {
+                let (_, obj) = get_current(&api, &res, &ctx, &name).await?;
+                Ok(respond(&api, &ctx, &res, 200, obj, true))
+            }
+            Method::PUT => update(&api, &res, &ctx, &name, &body, None).await,
+            Method::PATCH => super::patch::patch(&api, &res, &ctx, &name, &body, None).await,
+            Method::DELETE => delete(&api, &res, &ctx, &name, &body).await,
+            _ => Err(ApiError::method_not_allowed(
+                "the server does not allow this method on the requested resource",
+            )),
+        },
+        (Some(name), Some(sub)) => {
+            if !res.has_subresource(sub) {
+                return Err(ApiError::path_not_found());
+            }
+            match (sub, method) {
+                ("status", Method::GET)
+                | ("ephemeralcontainers", Method::GET)
+                | ("resize", Method::GET) => {
+                    let (_, obj) = get_current(&api, &res, &ctx, &name).await?;
+                    Ok(respond(&api, &ctx, &res, 200, obj, false))
+                }
+                (
+                    "status" | "finalize" | "approval" | "ephemeralcontainers" | "resize",
+                    Method::PUT,
+                ) => update(&api, &res, &ctx, &name, &body, Some(sub)).await,
+                ("status" | "approval" | "ephemeralcontainers" | "resize", Method::PATCH) => {
+                    super::patch::patch(&api, &res, &ctx, &name, &body, Some(sub)).await
+                }
+                ("scale", Method::GET) => {
+                    let (_, obj) = get_current(&api, &res, &ctx, &name).await?;
+                    Ok(json_response(
+                        &ctx,
+                        200,
+                        &super::scale::to_scale(&res, &obj),
+                    ))
+                }
+                ("scale", Method::PUT) => {
+                    super::scale::update_scale(&api, &res, &ctx, &name, &body).await
+                }
+                ("scale", Method::PATCH) => {
+                    super::patch::patch(&api, &res, &ctx, &name, &body, Some("scale")).await
+                }
+                ("binding", Method::POST) => {
+                    super::special::bind(&api, &res, &ctx, &name, &body).await
+                }
+                ("token", Method::POST) => {
+                    super::special::token_request(&api, &ctx, &name, &body).await
+                }
+                ("eviction", Method::POST) => {
+                    super::special::evict(&api, &res, &ctx, &name, &body).await
+                }
+                ("log", Method::GET) => super::node_proxy::pod_log(&api, &res, &ctx, &name).await,
+                _ => Err(ApiError::method_not_allowed(format!(
+                    "the server does not allow this method on the requested resource ({sub})"
+                ))),
+            }
+        }
+    }
+}
+
+/// A `continue` token: where the next page starts, and the list revision.
+fn encode_continue(rev: i64, start: &str) -> String {
+    let raw = json!({"v": "meta.k8s.io/v1", "rv": rev, "start": start}).to_string();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+}
+
+fn decode_continue(token: &str) -> ApiResult<(i64, String)> {
+    let bad = || ApiError::bad_request(format!("continue key is not valid: {token}"));
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.trim_end_matches('='))
+        .or_else(|_| base64::engine::general_purpose::STANDARD.decode(token))
+        .map_err(|_| bad())?;
+    let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    let rev = v.get("rv").and_then(Value::as_i64).ok_or_else(bad)?;
+    let start = v
+        .get("start")
+        .and_then(Value::as_str)
+        .ok_or_else(bad)?
+        .to_string();
+    if start.contains("..") || start.starts_with('/') {
+        return Err(bad());
+    }
+    Ok((rev, start))
+}
+
+/// Parsed list/watch selectors.
+pub struct Filter {
+    pub labels: LabelSelector,
+    pub fields: FieldSelector,
+}
+
+impl Filter {
+    pub fn from_ctx(res: &Resource, ctx: &Ctx) -> ApiResult<Filter> {
+        let labels = LabelSelector::parse(ctx.query.get("labelSelector").unwrap_or(""))
+            .map_err(ApiError::bad_request)?;
+        let fields = FieldSelector::parse(ctx.query.get("fieldSelector").unwrap_or(""))
+            .map_err(ApiError::bad_request)?;
+        kinds::check_field_selector(res, &fields).map_err(ApiError::bad_request)?;
+        let mut f = Filter { labels, fields };
+        // A named watch (`/pods/<name>?watch=true`) is a watch with a name selector.
+        if let Some(name) = &ctx.path.name {
+            f.fields
+                .terms
+                .push(("metadata.name".into(), true, name.clone()));
+        }
+        Ok(f)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.fields.is_empty()
+    }
+    /// Matches a stored-form object.
+    pub fn matches(&self, res: &Resource, stored: &Value) -> bool {
+        self.labels.matches_object(stored)
+            && self.fields.matches(|f| kinds::field_value(res, stored, f))
+    }
+}
+
+/// The revision a list reads at, from `resourceVersion` / `resourceVersionMatch`.
+fn list_revision(api: &Api, ctx: &Ctx) -> ApiResult<i64> {
+    let rv = ctx.query.get("resourceVersion").unwrap_or("");
+    let rvm = ctx.query.get("resourceVersionMatch").unwrap_or("");
+    let parsed = if rv.is_empty() {
+        None
+    } else {
+        Some(
+            rv.parse::<i64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?,
+        )
+    };
+    match (rvm, parsed) {
+        ("", _) | ("NotOlderThan", Some(_)) => {
+            if let Some(n) = parsed.filter(|n| *n > api.store.current_rev()) {
+                return Err(ApiError::timeout(format!(
+                    "Too large resource version: {n}, current: {}",
+                    api.store.current_rev()
+                )));
+            }
+            Ok(0)
+        }
+        ("Exact", Some(n)) if n > 0 => Ok(n),
+        ("Exact" | "NotOlderThan", _) => Err(ApiError::invalid(
+            "meta.k8s.io",
+            "ListOptions",
+            "",
+            vec![super::status::Cause::forbidden(
+                "resourceVersionMatch",
+                "resourceVersionMatch is forbidden unless resourceVersion is provided",
+            )],
+        )),
+        (other, _) => Err(ApiError::bad_request(format!(
+            "invalid resourceVersionMatch: {other}"
+        ))),
+    }
+}
+
+async fn list(api: &Api, res: &Resource, ctx: &Ctx) -> ApiResult<Response> {
+    let filter = Filter::from_ctx(res, ctx)?;
+    let limit = match ctx.query.get("limit") {
+        None | Some("") | Some("0") => None,
+        Some(l) => Some(
+            l.parse::<usize>()
+                .map_err(|_| ApiError::bad_request(format!("invalid limit: {l}")))?,
+        ),
+    };
+    let prefix = res.ns_prefix(ns_of(res, ctx));
+    let (mut rev, mut after) = (list_revision(api, ctx)?, None);
+    if let Some(token) = ctx.query.get("continue").filter(|t| !t.is_empty()) {
+        if ctx
+            .query
+            .get("resourceVersionMatch")
+            .is_some_and(|m| !m.is_empty())
+        {
+            return Err(ApiError::bad_request(
+                "specifying resource version match is not allowed when using continue",
+            ));
+        }
+        let (r, start) = decode_continue(token)?;
+        rev = r;
+        after = Some(format!("{prefix}{start}"));
+    }
+    let mut items = Vec::new();
+    let (list_rev, next, remaining) = loop {
+        let want = limit.map(|l| {
+            if filter.is_empty() {
+                l - items.len()
+            } else {
+                (l - items.len()).max(256)
+            }
+        });
+        let page = api.store.list(&prefix, rev, after.clone(), want).await.map_err(|e| match e {
+            StoreError::Compacted { .. } if ctx.query.get("continue").is_some() => ApiError::expired(
+                "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.",
+            ),
+            other => ApiError::from_store(other, &res.group, &res.plural, ""),
+        })?;
+        rev = page.rev;
+        let mut last_key = None;
+        let mut cut_short = false;
+        let n = page.items.len();
+        for (i, rec) in page.items.into_iter().enumerate() {
+            last_key = Some(rec.key.clone());
+            let stored: Value = serde_json::from_slice(&rec.value)
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            if filter.matches(res, &stored) {
+                items.push(decorate(res, &rec)?);
+                if limit.is_some_and(|l| items.len() >= l) {
+                    cut_short = i + 1 < n || page.more;
+                    break;
+                }
+            }
+        }
+        if cut_short {
+            let key = last_key.unwrap_or_default();
+            break (
+                rev,
+                Some(key),
+                if filter.is_empty() {
+                    Some(page.remaining)
+                } else {
+                    None
+                },
+            );
+        }
+        if !page.more {
+            break (rev, None, None);
+        }
+        after = last_key;
+    };
+    let mut meta = json!({"resourceVersion": list_rev.to_string()});
+    if let Some(key) = next {
+        let start = key.strip_prefix(&prefix).unwrap_or(&key);
+        meta["continue"] = json!(encode_continue(list_rev, start));
+        if let Some(r) = remaining {
+            meta["remainingItemCount"] = json!(r);
+        }
+    }
+    let list = json!({"kind": res.list_kind(), "apiVersion": res.api_version(), "metadata": meta, "items": items});
+    Ok(respond(api, ctx, res, 200, list, true))
+}
+
+/// Checks `apiVersion`/`kind` of a request body against the endpoint and fills them if absent.
+pub fn check_type_meta(res: &Resource, obj: &mut Value) -> ApiResult<()> {
+    if !obj.is_object() {
+        return Err(ApiError::bad_request(
+            "the object provided is unrecognized or invalid: expected a JSON object",
+        ));
+    }
+    let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
+    let av = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    if !kind.is_empty() && kind != res.kind || !av.is_empty() && av != res.api_version() {
+        return Err(ApiError::bad_request(format!(
+            "the API version in the data ({av}) does not match the expected API version ({})",
+            res.api_version()
+        ))
+        .with_kind_mismatch(kind, &res.kind));
+    }
+    set_type_meta(res, obj);
+    Ok(())
+}
+
+impl ApiError {
+    fn with_kind_mismatch(self, got: &str, want: &str) -> ApiError {
+        if !got.is_empty() && got != want {
+            return ApiError::bad_request(format!(
+                "the kind in the data ({got}) does not match the expected kind ({want})"
+            ));
+        }
+        self
+    }
+}
+
+/// Namespace lifecycle admission: no new objects in a missing or terminating namespace.
+pub async fn check_namespace(api: &Api, ns: &str) -> ApiResult<()> {
+    let nsres = api
+        .registry
+        .find("", "v1", "namespaces")
+        .ok_or_else(|| ApiError::internal("namespaces not registered"))?;
+    let rec = api
+        .store
+        .get(&nsres.key(None, ns))
+        .await
+        .map_err(|e| ApiError::from_store(e, "", "namespaces", ns))?
+        .ok_or_else(|| ApiError::not_found("", "namespaces", ns))?;
+    let obj: Value = serde_json::from_slice(&rec.value).unwrap_or_default();
+    if object::is_deleting(&obj) {
+        let mut e = ApiError::forbidden(format!(
+            "unable to create new content in namespace {ns} because it is being terminated"
+        ));
+        e.details = Some(
+            json!({"name": ns, "kind": "namespaces", "causes": [{"reason": "NamespaceTerminating", "message": format!("namespace {ns} is being terminated"), "field": "metadata.namespace"}]}),
+        );
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Admission and bookkeeping for a new object; returns it ready to store.
+pub async fn prepare_create(
+    api: &Api,
+    res: &Resource,
+    ctx: &Ctx,
+    mut obj: Value,
+) -> ApiResult<Value> {
+    check_type_meta(res, &mut obj)?;
+    let url_ns = ns_of(res, ctx).map(String::from);
+    {
+        let m = meta_mut(&mut obj);
+        if res.namespaced {
+            match (m.get("namespace").and_then(Value::as_str), &url_ns) {
+                (Some(body_ns), Some(url_ns)) if !body_ns.is_empty() && body_ns != url_ns => {
+                    return Err(ApiError::bad_request(
+                        "the namespace of the provided object does not match the namespace sent on the request",
+                    ));
+                }
+                _ => {}
+            }
+            m.insert(
+                "namespace".into(),
+                json!(url_ns.clone().unwrap_or_default()),
+            );
+        } else {
+            m.remove("namespace");
+        }
+        for k in [
+            "resourceVersion",
+            "uid",
+            "selfLink",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+        ] {
+            m.remove(k);
+        }
+        m.insert("creationTimestamp".into(), json!(object::now_time()));
+        m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+    }
+    if object::name(&obj).is_empty()
+        && let Some(base) = meta_str(&obj, "generateName").map(String::from)
+    {
+        let base: String = base.chars().take(58).collect();
+        meta_mut(&mut obj).insert(
+            "name".into(),
+            json!(format!("{base}{}", object::random_suffix(5))),
+        );
+    }
+    kinds::prepare_for_create(res, &mut obj);
+    super::admission::admit(api, res, ctx, &mut obj, None).await?;
+    if kinds::tracks_generation(res, &obj) {
+        meta_mut(&mut obj).insert("generation".into(), json!(1));
+    }
+    super::managed::record_update(ctx, res, &mut obj, None, None)?;
+    Ok(obj)
+}
+
+async fn create(api: &Api, res: &Resource, ctx: &Ctx, body: &Bytes) -> ApiResult<Response> {
+    let obj = ctx.decode_body(body)?;
+    let obj = super::convert::accept_version(res, obj);
+    let obj = create_object(api, res, ctx, obj).await?;
+    Ok(respond(api, ctx, res, 201, obj, true))
+}
+
+/// Creates an object through the full admission path; shared by POST and apply-creates.
+pub async fn create_object(api: &Api, res: &Resource, ctx: &Ctx, obj: Value) -> ApiResult<Value> {
+    let generated = object::name(&obj).is_empty()
+        && meta_str(&obj, "generateName").is_some_and(|g| !g.is_empty());
+    let dry_run = ctx.dry_run()?;
+    let mut attempt = 0;
+    loop {
+        let mut prepared = prepare_create(api, res, ctx, obj.clone()).await?;
+        if let Some(ns) = ns_of(res, ctx) {
+            check_namespace(api, ns).await?;
+        }
+        let name = object::name(&prepared).to_string();
+        if dry_run {
+            super::hooks::create_failed(api, res, &prepared);
+            return Ok(prepared);
+        }
+        let key = key_for(res, ctx, &name);
+        match api.store.create(&key, encode(res, &prepared)).await {
+            Ok(rev) => {
+                meta_mut(&mut prepared).insert("resourceVersion".into(), json!(rev.to_string()));
+                return Ok(prepared);
+            }
+            Err(StoreError::AlreadyExists) if generated && attempt < 8 => {
+                super::hooks::create_failed(api, res, &prepared);
+                attempt += 1
+            }
+            Err(e) => {
+                super::hooks::create_failed(api, res, &prepared);
+                return Err(ApiError::from_store(e, &res.group, &res.plural, &name));
+            }
+        }
+    }
+}
+
+async fn update(
+    api: &Api,
+    res: &Resource,
+    ctx: &Ctx,
+    name: &str,
+    body: &Bytes,
+    sub: Option<&str>,
+) -> ApiResult<Response> {
+    let new = ctx.decode_body(body)?;
+    let mut new = super::convert::accept_version(res, new);
+    check_type_meta(res, &mut new)?;
+    let body_name = object::name(&new);
+    if body_name.is_empty() {
+        meta_mut(&mut new).insert("name".into(), json!(name));
+    } else if body_name != name {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({body_name}) does not match the name on the URL ({name})"
+        )));
+    }
+    if let (true, Some(body_ns), Some(url_ns)) =
+        (res.namespaced, object::namespace(&new), ns_of(res, ctx))
+        && body_ns != url_ns
+    {
+        return Err(ApiError::bad_request(
+            "the namespace of the provided object does not match the namespace sent on the request",
+        ));
+    }
+    let precondition = meta_str(&new, "resourceVersion")
+        .filter(|s| !s.is_empty())
+        .map(String::from);
+    let (rec, old) = get_current(api, res, ctx, name).await?;
+    match &precondition {
+        Some(rv) if rv.parse::<i64>().ok() != Some(rec.rev) => {
+            if rv.parse::<i64>().is_err() {
+                return Err(ApiError::bad_request(format!(
+                    "invalid resource version: {rv}"
+                )));
+            }
+            return Err(ApiError::conflict(&res.group, &res.plural, name));
+        }
+        None if res.is_custom() => {
+            return Err(ApiError::invalid(
+                &res.group,
+                &res.kind,
+                name,
+                vec![super::status::Cause::invalid(
+                    "metadata.resourceVersion",
+                    &json!("0x0"),
+                    "must be specified for an update",
+                )],
+            ));
+        }
+        _ => {}
+    }
+    let merged = prepare_update(api, res, ctx, &old, new, sub).await?;
+    let out = commit_update(api, res, ctx, rec.rev, &old, merged, sub).await?;
+    Ok(respond(api, ctx, res, 200, out, sub.is_none()))
+}
+
+/// Builds the object an update (PUT or patch result) stores, from the old one and the new body.
+pub async fn prepare_update(
+    api: &Api,
+    res: &Resource,
+    ctx: &Ctx,
+    old: &Value,
+    mut new: Value,
+    sub: Option<&str>,
+) -> ApiResult<Value> {
+    let name = object::name(old).to_string();
+    match sub {
+        Some("status") => {
+            // Only status changes through the status subresource.
+            let mut out = old.clone();
+            out["status"] = new.get("status").cloned().unwrap_or(Value::Null);
+            if out["status"].is_null() {
+                out.as_object_mut().map(|m| m.remove("status"));
+            }
+            new = out;
+        }
+        Some("finalize") => {
+            let mut out = old.clone();
+            out["spec"]["finalizers"] = new
+                .pointer("/spec/finalizers")
+                .cloned()
+                .unwrap_or(json!([]));
+            new = out;
+        }
+        Some("approval") => {
+            let mut out = old.clone();
+            out["status"]["conditions"] = new
+                .pointer("/status/conditions")
+                .cloned()
+                .unwrap_or(json!([]));
+            new = out;
+        }
+        Some("ephemeralcontainers") => {
+            let mut out = old.clone();
+            out["spec"]["ephemeralContainers"] = new
+                .pointer("/spec/ephemeralContainers")
+                .cloned()
+                .unwrap_or(json!([]));
+            new = out;
+        }
+        Some("resize") => {
+            let mut out = old.clone();
+            if let (Some(cs), Some(ncs)) = (
+                out.pointer_mut("/spec/containers")
+                    .and_then(Value::as_array_mut),
+                new.pointer("/spec/containers").and_then(Value::as_array),
+            ) {
+                for (c, nc) in cs.iter_mut().zip(ncs) {
+                    c["resources"] = nc.get("resources").cloned().unwrap_or(json!({}));
+                }
+            }
+            new = out;
+        }
+        _ => {
+            if res.has_status() {
+                match old.get("status") {
+                    Some(s) => new["status"] = s.clone(),
+                    None => {
+                        new.as_object_mut().map(|m| m.remove("status"));
+                    }
+                }
+            }
+            let old_meta = object::meta(old).clone();
+            let m = meta_mut(&mut new);
+            for k in [
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "generation",
+                "namespace",
+                "selfLink",
+            ] {
+                match old_meta.get(k) {
+                    Some(v) => m.insert(k.into(), v.clone()),
+                    None => m.remove(k),
+                };
+            }
+            if object::is_deleting(old) {
+                let before = object::finalizers(old);
+                if object::finalizers(&new).iter().any(|f| !before.contains(f)) {
+                    return Err(ApiError::invalid(
+                        &res.group,
+                        &res.kind,
+                        &name,
+                        vec![super::status::Cause::forbidden(
+                            "metadata.finalizers",
+                            "no new finalizers can be added if the object is being deleted",
+                        )],
+                    ));
+                }
+            }
+        }
+    }
+    super::admission::admit(api, res, ctx, &mut new, Some(old)).await?;
+    if kinds::tracks_generation(res, &new) {
+        let mut generation = object::meta(old)
+            .get("generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        if sub.is_none()
+            && kinds::generation_relevant(res, &new) != kinds::generation_relevant(res, old)
+        {
+            generation += 1;
+        }
+        meta_mut(&mut new).insert("generation".into(), json!(generation.max(1)));
+    }
+    Ok(new)
+}
+
+/// Stores an update of `old` (at `old_rev`) to `new`, finishing deletion when the last finalizer
+/// goes and skipping no-op writes, as upstream does.
+pub async fn commit_update(
+    api: &Api,
+    res: &Resource,
+    ctx: &Ctx,
+    old_rev: i64,
+    old: &Value,
+    mut new: Value,
+    sub: Option<&str>,
+) -> ApiResult<Value> {
+    let name = object::name(old).to_string();
+    let key = key_for(res, ctx, &name);
+    if object::same_ignoring_bookkeeping(old, &new) {
+        return Ok(old.clone());
+    }
+    super::managed::record_update(ctx, res, &mut new, Some(old), sub)?;
+    if ctx.dry_run()? {
+        return Ok(new);
+    }
+    let blocking_spec_finalizers = res.plural == "namespaces"
+        && new
+            .pointer("/spec/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty());
+    if object::is_deleting(&new)
+        && object::finalizers(&new).is_empty()
+        && !blocking_spec_finalizers
+        && kinds::graceful_period(res, &new, None).is_none()
+    {
+        let (rev, _) = api
+            .store
+            .delete(&key, Some(old_rev))
+            .await
+            .map_err(|e| ApiError::from_store(e, &res.group, &res.plural, &name))?;
+        super::hooks::after_delete(api, res, &new);
+        meta_mut(&mut new).insert("resourceVersion".into(), json!(rev.to_string()));
+        return Ok(new);
+    }
+    let rev = api
+        .store
+        .update(&key, Some(old_rev), encode(res, &new))
+        .await
+        .map_err(|e| ApiError::from_store(e, &res.group, &res.plural, &name))?;
+    meta_mut(&mut new).insert("resourceVersion".into(), json!(rev.to_string()));
+    Ok(new)
+}
+
+/// DeleteOptions from the body and query.
+#[derive(Default, Debug)]
+pub struct DeleteOptions {
+    pub grace: Option<i64>,
+    pub propagation: Option<String>,
+    pub uid: Option<String>,
+    pub rv: Option<String>,
+}
+
+fn delete_options(ctx: &Ctx, body: &Bytes) -> ApiResult<DeleteOptions> {
+    let mut o = DeleteOptions::default();
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        let v = ctx.decode_body(body)?;
+        o.grace = v.get("gracePeriodSeconds").and_then(Value::as_i64);
+        o.propagation = v
+            .get("propagationPolicy")
+            .and_then(Value::as_str)
+            .map(String::from);
+        if v.get("orphanDependents").and_then(Value::as_bool) == Some(true)
+            && o.propagation.is_none()
+        {
+            o.propagation = Some("Orphan".into());
+        }
+        o.uid = v
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+            .map(String::from);
+        o.rv = v
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            .map(String::from);
+    }
+    if let Some(g) = ctx.query.get("gracePeriodSeconds") {
+        o.grace = Some(
+            g.parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid gracePeriodSeconds: {g}")))?,
+        );
+    }
+    if let Some(p) = ctx.query.get("propagationPolicy") {
+        o.propagation = Some(p.to_string());
+    }
+    match o.propagation.as_deref() {
+        None | Some("Orphan" | "Background" | "Foreground") => Ok(o),
+        Some(p) => Err(ApiError::invalid(
+            "meta.k8s.io",
+            "DeleteOptions",
+            "",
+            vec![super::status::Cause::unsupported(
+                "propagationPolicy",
+                &json!(p),
+                &["Foreground", "Background", "Orphan"],
+            )],
+        )),
+    }
+}
+
+async fn delete(
+    api: &Api,
+    res: &Resource,
+    ctx: &Ctx,
+    name: &str,
+    body: &Bytes,
+) -> ApiResult<Response> {
+    let opts = delete_options(ctx, body)?;
+    let (code, out) = delete_object(api, res, ctx, name, &opts).await?;
+    Ok(respond(api, ctx, res, code, out, false))
+}
+
+/// Deletes one object: immediately, or by marking it (finalizers, graceful pods). Returns the
+/// status code and body to answer.
+pub async fn delete_object(
+    api: &Api,
+    res: &Resource,
+    ctx: &Ctx,
+    name: &str,
+    opts: &DeleteOptions,
+) -> ApiResult<(u16, Value)> {
+    let dry_run = ctx.dry_run()?;
+    for _ in 0..5 {
+        let (rec, mut obj) = get_current(api, res, ctx, name).await?;
+        let uid = meta_str(&obj, "uid").unwrap_or_default().to_string();
+        if let Some(want) = &opts.uid
+            && *want != uid
+        {
+            return Err(ApiError::conflict_msg(
+                &res.group,
+                &res.plural,
+                name,
+                &format!(
+                    "Precondition failed: UID in precondition: {want}, UID in object meta: {uid}"
+                ),
+            ));
+        }
+        if let Some(want) = &opts.rv
+            && *want != rec.rev.to_string()
+        {
+            return Err(ApiError::conflict_msg(
+                &res.group,
+                &res.plural,
+                name,
+                &format!(
+                    "Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in object meta: {}",
+                    rec.rev
+                ),
+            ));
+        }
+        let mut finalizers = object::finalizers(&obj);
+        let had = finalizers.clone();
+        match opts.propagation.as_deref() {
+            Some("Orphan") if !finalizers.iter().any(|f| f == "orphan") => {
+                finalizers.push("orphan".into())
+            }
+            Some("Foreground") if !finalizers.iter().any(|f| f == "foregroundDeletion") => {
+                finalizers.push("foregroundDeletion".into())
+            }
+            Some("Background") => finalizers.retain(|f| f != "orphan" && f != "foregroundDeletion"),
+            _ => {}
+        }
+        let namespace_pending = res.plural == "namespaces"
+            && obj
+                .pointer("/spec/finalizers")
+                .and_then(Value::as_array)
+                .is_some_and(|a| !a.is_empty());
+        let grace = kinds::graceful_period(res, &obj, opts.grace);
+        let deleting = object::is_deleting(&obj);
+        if finalizers.is_empty() && !namespace_pending && grace.is_none() {
+            if dry_run {
+                return Ok((200, obj));
+            }
+            match api.store.delete(&rec.key, Some(rec.rev)).await {
+                Ok(_) => {
+                    super::hooks::after_delete(api, res, &obj);
+                    let details =
+                        json!({"name": name, "group": res.group, "kind": res.plural, "uid": uid});
+                    return Ok((
+                        200,
+                        if res.plural == "pods" || res.is_custom() {
+                            obj
+                        } else {
+                            success_status(details)
+                        },
+                    ));
+                }
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(ApiError::from_store(e, &res.group, &res.plural, name)),
+            }
+        }
+        if deleting && finalizers == had && grace.is_none() {
+            // Already being deleted; nothing new to record.
+            return Ok((202, obj));
+        }
+        {
+            let now = chrono::Utc::now();
+            let m = meta_mut(&mut obj);
+            if !deleting {
+                let at = now + chrono::Duration::seconds(grace.unwrap_or(0));
+                m.insert(
+                    "deletionTimestamp".into(),
+                    json!(at.format("%Y-%m-%dT%H:%M:%SZ").to_string()),
+                );
+                m.insert(
+                    "deletionGracePeriodSeconds".into(),
+                    json!(grace.unwrap_or(0)),
+                );
+                let generation = m.get("generation").and_then(Value::as_i64);
+                if let Some(g) = generation {
+                    m.insert("generation".into(), json!(g + 1));
+                }
+            } else if let Some(g) = grace {
+                // A shorter grace period may replace a longer one.
+                let cur = m
+                    .get("deletionGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(i64::MAX);
+                if g < cur {
+                    m.insert("deletionGracePeriodSeconds".into(), json!(g));
+                    m.insert(
+                        "deletionTimestamp".into(),
+                        json!(
+                            (now + chrono::Duration::seconds(g))
+                                .format("%Y-%m-%dT%H:%M:%SZ")
+                                .to_string()
+                        ),
+                    );
+                }
+            }
+        }
+        object::set_finalizers(&mut obj, finalizers);
+        if res.plural == "namespaces" {
+            obj["status"]["phase"] = json!("Terminating");
+        }
+        if dry_run {
+            return Ok((200, obj));
+        }
+        match api
+            .store
+            .update(&rec.key, Some(rec.rev), encode(res, &obj))
+            .await
+        {
+            Ok(rev) => {
+                meta_mut(&mut obj).insert("resourceVersion".into(), json!(rev.to_string()));
+                return Ok((
+                    if opts.propagation.as_deref() == Some("Foreground")
+                        || !object::finalizers(&obj).is_empty()
+                    {
+                        202
+                    } else {
+                        200
+                    },
+                    obj,
+                ));
+            }
+            Err(StoreError::Conflict(_)) => continue,
+            Err(e) => return Err(ApiError::from_store(e, &res.group, &res.plural, name)),
+        }
+    }
+    Err(ApiError::conflict(&res.group, &res.plural, name))
+}
+
+async fn delete_collection(
+    api: &Api,
+    res: &Resource,
+    ctx: &Ctx,
+    body: &Bytes,
+) -> ApiResult<Response> {
+    let opts = delete_options(ctx, body)?;
+    let filter = Filter::from_ctx(res, ctx)?;
+    let page = api
+        .store
+        .list(&res.ns_prefix(ns_of(res, ctx)), 0, None, None)
+        .await
+        .map_err(|e| ApiError::from_store(e, &res.group, &res.plural, ""))?;
+    let mut deleted = Vec::new();
+    for rec in page.items {
+        let stored: Value = serde_json::from_slice(&rec.value).unwrap_or_default();
+        if !filter.matches(res, &stored) {
+            continue;
+        }
+        let name = object::name(&stored).to_string();
+        let ns = object::namespace(&stored).map(String::from);
+        let sub_ctx = Ctx {
+            path: super::request::ResourcePath {
+                namespace: ns,
+                ..ctx.path.clone()
+            },
+            ..ctx.clone_shallow()
+        };
+        match delete_object(api, res, &sub_ctx, &name, &opts).await {
+            Ok((_, obj)) => deleted.push(obj),
+            Err(e) if e.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let list = json!({"kind": res.list_kind(), "apiVersion": res.api_version(), "metadata": {"resourceVersion": api.store.current_rev().to_string()}, "items": deleted});
+    Ok(json_response(ctx, 200, &list))
+}
+
+impl Ctx {
+    /// A copy of this context for a sub-operation (same user, query and headers).
+    pub fn clone_shallow(&self) -> Ctx {
+        Ctx {
+            user: self.user.clone(),
+            query: self.query.clone(),
+            accept: self.accept.clone(),
+            content_type: self.content_type.clone(),
+            user_agent: self.user_agent.clone(),
+            path: self.path.clone(),
+            warnings: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+}

@@ -1,0 +1,467 @@
+//! The API server: HTTPS (mutual TLS or bearer tokens), one router for every path, and the
+//! resource registry behind it. In-process components reach the same router without TCP.
+
+mod admission;
+mod alloc;
+pub mod auth;
+mod bootstrap;
+pub mod context;
+mod convert;
+pub mod crd;
+mod discovery;
+pub mod handlers;
+mod hooks;
+mod kinds;
+#[rustfmt::skip]
+mod list_types;
+mod managed;
+mod merge;
+mod metrics;
+pub mod node_proxy;
+mod openapi;
+mod openapi_v2;
+mod patch;
+mod protobuf;
+mod resource_metrics;
+#[rustfmt::skip]
+mod protobuf_tables;
+pub mod registry;
+pub mod request;
+mod scale;
+mod special;
+pub mod status;
+mod table;
+mod watch;
+
+#[cfg(test)]
+mod prop_tests;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use self::auth::{Authenticator, TokenSigner, UserInfo};
+use self::context::{Ctx, MAX_BODY};
+use self::request::{ApiPath, Query};
+use self::status::ApiError;
+use kinglet_store::Store;
+
+pub use kinglet_core::{object, selectors};
+
+/// Network settings the API server needs.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    pub advertise_address: IpAddr,
+    pub port: u16,
+    pub service_cidr: String,
+    pub cluster_domain: String,
+    /// The cluster DNS service address (`kube-system/kube-dns`).
+    pub cluster_dns: std::net::IpAddr,
+    pub node_port_range: (u16, u16),
+}
+
+impl ApiConfig {
+    pub fn advertise_endpoint(&self) -> String {
+        SocketAddr::new(self.advertise_address, self.port).to_string()
+    }
+}
+
+pub struct Api {
+    pub store: Store,
+    pub registry: registry::Registry,
+    pub config: ApiConfig,
+    pub auth: Authenticator,
+    metrics: metrics::Metrics,
+    openapi: openapi::Cache,
+    openapi_v2: openapi_v2::Cache,
+    allocator: Mutex<alloc::Allocator>,
+    /// How to reach kubelets (set once the PKI is loaded).
+    pub kubelet_client: std::sync::OnceLock<node_proxy::KubeletClient>,
+}
+
+pub use kinglet_pki::identity::PeerUser;
+
+impl Api {
+    pub async fn new(
+        store: Store,
+        config: ApiConfig,
+        sa_key_pem: &str,
+    ) -> anyhow::Result<Arc<Api>> {
+        let issuer = format!("https://kubernetes.default.svc.{}", config.cluster_domain);
+        let signer = Arc::new(TokenSigner::new(sa_key_pem, issuer.clone())?);
+        let mut allocator = alloc::Allocator::new(&config.service_cidr, config.node_port_range)?;
+        let registry = registry::Registry::new();
+        if let Some(svc) = registry.find("", "v1", "services") {
+            for rec in store.list(&svc.prefix(), 0, None, None).await?.items {
+                if let Ok(v) = serde_json::from_slice::<Value>(&rec.value) {
+                    allocator.adopt(&v);
+                }
+            }
+        }
+        let api = Arc::new(Api {
+            store,
+            registry,
+            config,
+            auth: Authenticator {
+                signer,
+                api_audiences: vec![issuer],
+            },
+            metrics: metrics::Metrics::new(),
+            openapi: openapi::Cache::default(),
+            openapi_v2: openapi_v2::Cache::default(),
+            allocator: Mutex::new(allocator),
+            kubelet_client: std::sync::OnceLock::new(),
+        });
+        crd::sync(&api).await?;
+        bootstrap::run(&api).await?;
+        crd::spawn_watcher(api.clone());
+        Ok(api)
+    }
+
+    pub(crate) fn alloc(&self) -> MutexGuard<'_, alloc::Allocator> {
+        self.allocator.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The first service IP (the `kubernetes` Service).
+    pub fn kubernetes_service_ip(&self) -> std::net::Ipv4Addr {
+        self.alloc().first_ip()
+    }
+
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new().fallback(handle).with_state(self.clone())
+    }
+}
+
+fn plain(code: StatusCode, body: &'static str) -> Response {
+    (
+        code,
+        [(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+fn json_body(code: u16, content_type: &str, body: &Value) -> Response {
+    (
+        StatusCode::from_u16(code).unwrap_or(StatusCode::OK),
+        [(http::header::CONTENT_TYPE, content_type.to_string())],
+        serde_json::to_vec(body).unwrap_or_default(),
+    )
+        .into_response()
+}
+
+pub fn version_info() -> Value {
+    json!({
+        "major": "1",
+        "minor": "33",
+        "gitVersion": kinglet_core::K8S_GIT_VERSION,
+        "gitCommit": option_env!("KINGLET_GIT_COMMIT").unwrap_or("unknown"),
+        "gitTreeState": "clean",
+        "buildDate": option_env!("KINGLET_BUILD_DATE").unwrap_or("1970-01-01T00:00:00Z"),
+        "goVersion": "go1.24.0",
+        "compiler": "gc",
+        "platform": format!("linux/{}", match std::env::consts::ARCH { "x86_64" => "amd64", "aarch64" => "arm64", other => other }),
+    })
+}
+
+async fn authenticate(api: &Api, req: &http::request::Parts) -> Result<Arc<UserInfo>, ApiError> {
+    if let Some(auth) = req
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        && let Some(token) = auth
+            .strip_prefix("Bearer ")
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+    {
+        return match api.authenticate_token(token, &api.auth.api_audiences).await {
+            Some((user, _)) => Ok(Arc::new(user)),
+            None => Err(ApiError::unauthorized()),
+        };
+    }
+    match req.extensions.get::<PeerUser>() {
+        Some(PeerUser(Some(u))) => Ok(u.clone()),
+        _ => Ok(Arc::new(UserInfo::anonymous())),
+    }
+}
+
+fn verb_of(method: &Method, path: &ApiPath, query: &Query) -> &'static str {
+    let named = matches!(path, ApiPath::Resource(r) if r.name.is_some());
+    match *method {
+        Method::GET if query.flag("watch") && query.get("watch") != Some("false") => "WATCH",
+        Method::GET if named => "GET",
+        Method::GET => "LIST",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE if named => "DELETE",
+        Method::DELETE => "DELETECOLLECTION",
+        _ => "OTHER",
+    }
+}
+
+fn header(req: &http::request::Parts, name: http::HeaderName) -> String {
+    req.headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// The one handler behind every path.
+async fn handle(State(api): State<Arc<Api>>, req: Request) -> Response {
+    let started = Instant::now();
+    let (req, body) = req.into_parts();
+    let path = req.uri.path().to_string();
+    let query = Query::parse(req.uri.query());
+    let method = req.method.clone();
+    match path.as_str() {
+        "/healthz" | "/livez" | "/readyz" | "/healthz/ping" | "/livez/ping" | "/readyz/ping" => {
+            return plain(StatusCode::OK, "ok");
+        }
+        "/version" | "/version/" => return json_body(200, "application/json", &version_info()),
+        _ => {}
+    }
+    let user = match authenticate(&api, &req).await {
+        Ok(u) => u,
+        Err(e) => return e.into_response(),
+    };
+    if user.is_anonymous() {
+        return ApiError::unauthorized().into_response();
+    }
+    let (accept, content_type, user_agent) = (
+        header(&req, http::header::ACCEPT),
+        header(&req, http::header::CONTENT_TYPE),
+        header(&req, http::header::USER_AGENT),
+    );
+    let api_path = request::parse_path(&path);
+    let verb = api_path
+        .as_ref()
+        .map(|p| verb_of(&method, p, &query))
+        .unwrap_or("GET");
+    let resource_label = match &api_path {
+        Some(ApiPath::Resource(r)) => r.resource.clone(),
+        _ => String::new(),
+    };
+    // Streams (exec, attach, port-forward) are spliced to the node, never buffered.
+    if let Some(ApiPath::Resource(r)) = &api_path
+        && r.group.is_empty()
+        && r.resource == "pods"
+        && let (Some(ns), Some(name), Some(sub)) = (&r.namespace, &r.name, &r.subresource)
+        && matches!(sub.as_str(), "exec" | "attach" | "portforward")
+    {
+        let mut ctx = Ctx::internal("", "v1", "pods", Some(ns));
+        ctx.query = query;
+        let resp = node_proxy::stream(&api, &ctx, req, name, sub)
+            .await
+            .unwrap_or_else(|e| e.into_response());
+        api.metrics.observe(
+            verb,
+            &resource_label,
+            resp.status().as_u16(),
+            started.elapsed().as_secs_f64(),
+        );
+        return resp;
+    }
+    let body = match axum::body::to_bytes(body, MAX_BODY + 1).await {
+        Ok(b) if b.len() > MAX_BODY => return ApiError::too_large().into_response(),
+        Ok(b) => b,
+        Err(_) => return ApiError::too_large().into_response(),
+    };
+    let resp = route(
+        &api,
+        &path,
+        api_path,
+        &method,
+        query,
+        user,
+        accept,
+        content_type,
+        user_agent,
+        body,
+    )
+    .await;
+    api.metrics.observe(
+        verb,
+        &resource_label,
+        resp.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    resp
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn route(
+    api: &Arc<Api>,
+    path: &str,
+    api_path: Option<ApiPath>,
+    method: &Method,
+    query: Query,
+    user: Arc<UserInfo>,
+    accept: String,
+    content_type: String,
+    user_agent: String,
+    body: Bytes,
+) -> Response {
+    if api_path.is_none() && *method != Method::GET {
+        return ApiError::method_not_allowed(
+            "the server does not allow this method on the requested resource",
+        )
+        .into_response();
+    }
+    match api_path {
+        None => match path {
+            "/metrics" => {
+                let mut objects = Vec::new();
+                for r in api
+                    .registry
+                    .all()
+                    .iter()
+                    .filter(|r| !r.create_only && !r.computed && r.storage.0 == r.group)
+                {
+                    if let Ok(n) = api.store.count(&r.prefix()).await {
+                        objects.push((r.plural.clone(), n));
+                    }
+                }
+                let text =
+                    api.metrics
+                        .render(api.store.db_size(), api.store.current_rev(), &objects);
+                (
+                    StatusCode::OK,
+                    [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    text,
+                )
+                    .into_response()
+            }
+            "/openapi/v3" | "/openapi/v3/" => {
+                json_body(200, "application/json", &openapi::index(api))
+            }
+            "/openapi/v2" => {
+                if accept.contains("protobuf") {
+                    let body = openapi_v2::document(api);
+                    Response::builder()
+                        .status(StatusCode::OK)
+                        .header(http::header::CONTENT_TYPE, "application/octet-stream")
+                        .body(Body::from(body.as_ref().clone()))
+                        .unwrap_or_default()
+                } else {
+                    json_body(200, "application/json", &openapi_v2::json_document(api))
+                }
+            }
+            p if p.starts_with("/openapi/v3/") => {
+                let gv = p.trim_start_matches("/openapi/v3/").trim_end_matches('/');
+                match openapi::document(api, gv) {
+                    None => ApiError::path_not_found().into_response(),
+                    Some(doc) => match query.get("hash") {
+                        Some(h) if h != doc.hash => Response::builder()
+                            .status(StatusCode::MOVED_PERMANENTLY)
+                            .header(
+                                http::header::LOCATION,
+                                format!("/openapi/v3/{gv}?hash={}", doc.hash),
+                            )
+                            .body(Body::empty())
+                            .unwrap_or_default(),
+                        h => {
+                            let cache = if h.is_some() {
+                                "public, immutable"
+                            } else {
+                                "no-cache, private"
+                            };
+                            Response::builder()
+                                .status(StatusCode::OK)
+                                .header(http::header::CONTENT_TYPE, "application/json")
+                                .header(http::header::CACHE_CONTROL, cache)
+                                .header(http::header::ETAG, format!("\"{}\"", doc.hash))
+                                .body(Body::from(doc.body.as_ref().clone()))
+                                .unwrap_or_default()
+                        }
+                    },
+                }
+            }
+            _ => ApiError::path_not_found().into_response(),
+        },
+        Some(ApiPath::CoreVersions) => match discovery::aggregated_accept(&accept) {
+            Some(ct) => json_body(200, ct, &discovery::aggregated(api, true, ct)),
+            None => json_body(200, "application/json", &discovery::api_versions(api)),
+        },
+        Some(ApiPath::Groups) => match discovery::aggregated_accept(&accept) {
+            Some(ct) => json_body(200, ct, &discovery::aggregated(api, false, ct)),
+            None => json_body(200, "application/json", &discovery::api_group_list(api)),
+        },
+        Some(ApiPath::Group(g)) => match discovery::api_group(api, &g) {
+            Some(v) => json_body(200, "application/json", &v),
+            None => ApiError::path_not_found().into_response(),
+        },
+        Some(ApiPath::GroupVersion(g, v)) => match discovery::resource_list(api, &g, &v) {
+            Some(doc) => json_body(200, "application/json", &doc),
+            None => ApiError::path_not_found().into_response(),
+        },
+        Some(ApiPath::Resource(rp)) => {
+            let Some(res) = api.registry.find(&rp.group, &rp.version, &rp.resource) else {
+                return ApiError::path_not_found().into_response();
+            };
+            if res.computed {
+                return resource_metrics::serve(api, &res, &rp, &query, method)
+                    .await
+                    .unwrap_or_else(|e| e.into_response());
+            }
+            let ctx = Ctx {
+                user,
+                query,
+                accept,
+                content_type,
+                user_agent,
+                path: rp,
+                warnings: Mutex::new(Vec::new()),
+            };
+            match handlers::serve(api.clone(), res, ctx, method.clone(), body).await {
+                Ok(r) => r,
+                Err(e) => e.into_response(),
+            }
+        }
+    }
+}
+
+/// The first address of the service range (the `kubernetes` Service's ClusterIP).
+pub fn service_network(cidr: &str) -> anyhow::Result<IpAddr> {
+    Ok(IpAddr::V4(alloc::Allocator::new(cidr, (1, 1))?.first_ip()))
+}
+
+impl Api {
+    /// A kube-rs client that calls this API server in-process (no TCP, no TLS), with the
+    /// server's own identity. Controllers and the embedded node use it.
+    pub fn local_client(self: &Arc<Self>) -> kube::Client {
+        let router = self.router();
+        let internal = PeerUser(Some(Arc::new(UserInfo::internal())));
+        let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+            let mut req = req.map(Body::new);
+            req.extensions_mut().insert(internal.clone());
+            tower::ServiceExt::oneshot(router.clone(), req)
+        });
+        kube::Client::new(service, "default")
+    }
+}
+
+/// An API server over a fresh store in `dir`, for unit tests of its clients.
+#[cfg(any(test, feature = "test-util"))]
+pub async fn test_api(dir: &std::path::Path) -> Arc<Api> {
+    let store = Store::open(&dir.join("db")).unwrap();
+    let config = ApiConfig {
+        advertise_address: "127.0.0.1".parse().unwrap(),
+        port: 6443,
+        service_cidr: "10.43.0.0/16".into(),
+        cluster_domain: "cluster.local".into(),
+        cluster_dns: "10.43.0.10".parse().unwrap(),
+        node_port_range: (30000, 32767),
+    };
+    let key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+    Api::new(store, config, &key).await.unwrap()
+}

@@ -1,0 +1,4 @@
+//! The control plane's loops: controllers and the scheduler, API clients under leader election.
+
+pub mod controllers;
+pub mod scheduler;

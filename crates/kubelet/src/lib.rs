@@ -1,0 +1,292 @@
+//! The node agent: registers the Node, keeps its Lease and status fresh, and runs the pods bound
+//! to it through the in-process runtime (`kinglet_runtime`). The same code runs inside
+//! `kinglet server` and, later, `kinglet agent`.
+
+mod cgroups;
+mod containers;
+mod dns_config;
+mod env;
+mod eviction;
+mod grpc_probe;
+mod image_gc;
+mod logs;
+mod node;
+mod pods;
+mod probes;
+mod secrets;
+mod server;
+mod stats;
+mod status;
+mod streaming;
+mod volumes;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, Taint};
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+
+use kinglet_image::ImageStore;
+use kinglet_runtime::Runtime;
+
+pub use eviction::{default_thresholds, parse_thresholds};
+pub use image_gc::Policy as ImageGcPolicy;
+pub use node::parse_taint;
+
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub node_name: String,
+    pub node_ip: IpAddr,
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<Taint>,
+    pub data_dir: PathBuf,
+    pub pod_log_dir: PathBuf,
+    pub run_dir: PathBuf,
+    /// The pod network's range (nodes get a block of it) and the Service range.
+    pub cluster_cidr: ipnet::Ipv4Net,
+    pub service_cidr: ipnet::Ipv4Net,
+    /// The cluster DNS address and domain, and the node's own resolver configuration.
+    pub cluster_dns: std::net::Ipv4Addr,
+    pub cluster_domain: String,
+    pub resolv_conf: PathBuf,
+    /// Parent of the `kubepods` cgroup tree.
+    pub cgroup_root: String,
+    pub max_pods: u32,
+    pub kubelet_port: u16,
+    pub container_log_max_size: u64,
+    pub container_log_max_files: usize,
+    /// Hard eviction thresholds (`eviction-hard`).
+    pub eviction_hard: Vec<eviction::Threshold>,
+    pub image_gc: image_gc::Policy,
+    /// Certificate of the kubelet API; without one the API is not served.
+    pub serving: Option<Serving>,
+}
+
+/// The kubelet API's certificate and the CA its clients must come from.
+#[derive(Clone)]
+pub struct Serving {
+    pub cert: kinglet_pki::CertKey,
+    pub ca_pem: String,
+}
+
+impl std::fmt::Debug for Serving {
+    // Never print the private key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Serving { .. }")
+    }
+}
+
+pub struct Kubelet {
+    client: kube::Client,
+    cfg: NodeConfig,
+    runtime: Runtime,
+    images: ImageStore,
+    /// Addresses of this node's pods, from its podCIDR.
+    ipam: kinglet_network::ipam::Ipam,
+    capacity_memory: u64,
+    /// Last status reported per pod UID, so unchanged statuses are not patched again.
+    reported: Mutex<HashMap<String, serde_json::Value>>,
+    /// Pods with a sync in flight.
+    busy: Mutex<HashSet<String>>,
+    /// Probe state per running container ID.
+    probes: Mutex<HashMap<String, probes::State>>,
+    /// Events about pods, as `kubectl describe` shows them.
+    events: Arc<kinglet_core::events::Context>,
+    /// Containers whose back-off has been announced with an event already.
+    backoff_reported: Mutex<HashSet<String>>,
+    /// Failed pulls per (pod UID, image): how many, and when the last one ended.
+    pull_failures: Mutex<HashMap<(String, String), (u32, std::time::Instant)>>,
+    /// CPU samples for resource metrics.
+    stats: stats::Sampler,
+    /// Node conditions under pressure, from the eviction manager.
+    pressure: eviction::Pressure,
+    /// The pod evicted last (eviction waits for its containers to stop).
+    last_evicted: Mutex<Option<String>>,
+    /// Since when each unused image has been unused (image GC).
+    unused_since: Mutex<HashMap<String, std::time::Instant>>,
+    /// When each pod's volumes were last set up in full, by pod UID.
+    volumes_refreshed: Mutex<HashMap<String, std::time::Instant>>,
+}
+
+/// The pod's hostname: `spec.hostname` or the pod name (at most 63 characters).
+pub fn hostname(pod: &Pod) -> String {
+    let h = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.hostname.clone())
+        .unwrap_or_else(|| pod.name_any());
+    h.chars()
+        .take(63)
+        .collect::<String>()
+        .trim_end_matches(['-', '.'])
+        .to_string()
+}
+
+pub async fn run(client: kube::Client, cfg: NodeConfig) -> anyhow::Result<()> {
+    let images = ImageStore::open(&cfg.data_dir)?;
+    // Off the async workers: an air-gap directory can hold gigabytes of archives.
+    let (store, dir) = (images.clone(), cfg.data_dir.join("agent/images"));
+    tokio::task::spawn_blocking(move || import_airgap(&store, &dir)).await?;
+    loop {
+        match node::register(&client, &cfg).await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!("registering node {}: {e:#}", cfg.node_name);
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
+    tracing::info!(node = %cfg.node_name, "node registered");
+    let pod_subnet = node::pod_cidr(&client, &cfg.node_name).await;
+    kinglet_network::setup_node(pod_subnet, cfg.cluster_cidr, cfg.service_cidr)
+        .await
+        .map_err(|e| e.context("setting up the pod network"))?;
+    let ipam = kinglet_network::ipam::Ipam::open(&cfg.data_dir.join("agent/ipam"), pod_subnet)?;
+    tracing::info!(%pod_subnet, "pod network ready");
+    let kubelet = Arc::new(Kubelet {
+        runtime: Runtime::new(&cfg.data_dir, &cfg.run_dir)?,
+        images,
+        ipam,
+        capacity_memory: std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .next()?
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or(1 << 20)
+            * 1024,
+        client: client.clone(),
+        cfg: cfg.clone(),
+        reported: Mutex::new(HashMap::new()),
+        busy: Mutex::new(HashSet::new()),
+        probes: Mutex::new(HashMap::new()),
+        pull_failures: Mutex::new(HashMap::new()),
+        events: kinglet_core::events::Context::new(client.clone(), "kubelet"),
+        backoff_reported: Mutex::new(HashSet::new()),
+        stats: stats::Sampler::default(),
+        pressure: eviction::Pressure::default(),
+        last_evicted: Mutex::new(None),
+        unused_since: Mutex::new(HashMap::new()),
+        volumes_refreshed: Mutex::new(HashMap::new()),
+    });
+    tokio::spawn(node::heartbeat(kubelet.clone()));
+    tokio::spawn(image_gc::run(kubelet.clone()));
+    tokio::spawn(stats::sample_forever(kubelet.clone()));
+    if let Some(serving) = cfg.serving.clone() {
+        let k = kubelet.clone();
+        tokio::spawn(async move {
+            if let Err(e) = server::serve(k, serving).await {
+                tracing::error!("{e:#}");
+            }
+        });
+    }
+    let (pods, writer) = reflector::store::<Pod>();
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let events = watcher(
+        Api::<Pod>::all(client),
+        watcher::Config::default().fields(&format!("spec.nodeName={}", cfg.node_name)),
+    )
+    .default_backoff()
+    .reflect(writer)
+    .touched_objects();
+    {
+        let wake = wake.clone();
+        tokio::spawn(events.for_each(move |_| {
+            wake.notify_one();
+            async {}
+        }));
+    }
+    let _ = pods.wait_until_ready().await;
+    tokio::spawn(eviction::run(kubelet.clone(), pods.clone()));
+    loop {
+        let current = pods.state();
+        let known: HashSet<String> = current.iter().filter_map(|p| p.uid()).collect();
+        for pod in current {
+            kubelet.clone().spawn_sync(pod);
+        }
+        kubelet.collect_orphans(&known).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
+    }
+}
+
+impl Kubelet {
+    /// Records an event about `pod`.
+    async fn event(&self, pod: &Pod, warning: bool, reason: &str, note: String) {
+        self.events.event(pod, warning, reason, note).await;
+    }
+
+    /// Syncs `pod` in the background unless a sync of it is already running.
+    fn spawn_sync(self: Arc<Self>, pod: Arc<Pod>) {
+        let uid = pod.uid().unwrap_or_default();
+        if !self
+            .busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(uid.clone())
+        {
+            return;
+        }
+        tokio::spawn(async move {
+            if let Err(e) = self.sync_pod(&pod).await {
+                tracing::warn!(pod = %pod.name_any(), "sync: {e:#}");
+            }
+            self.busy
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&uid);
+        });
+    }
+
+    /// Containers of pods this node no longer has are killed and removed.
+    async fn collect_orphans(&self, known: &HashSet<String>) {
+        let mut orphans = HashSet::new();
+        for dir in self.runtime.list() {
+            if let Ok(meta) = dir.meta()
+                && !known.contains(&meta.pod_uid)
+            {
+                if containers::is_running(&dir) {
+                    let _ = self
+                        .runtime
+                        .signal(&meta.id, nix::sys::signal::Signal::SIGKILL);
+                } else {
+                    orphans.insert(meta.pod_uid);
+                }
+            }
+        }
+        for uid in orphans {
+            if !self
+                .busy
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&uid)
+            {
+                self.cleanup(&uid).await;
+            }
+        }
+    }
+}
+
+/// Imports every archive in the air-gap directory (already present images are cheap).
+fn import_airgap(images: &ImageStore, dir: &std::path::Path) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_file() {
+            match images.import(&path) {
+                Ok(imgs) => {
+                    tracing::info!("imported {} image(s) from {}", imgs.len(), path.display())
+                }
+                Err(e) => tracing::warn!("importing {}: {e:#}", path.display()),
+            }
+        }
+    }
+}

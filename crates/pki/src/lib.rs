@@ -1,0 +1,339 @@
+//! The cluster PKI: a CA made on first start, the API server's serving certificate, client
+//! certificates, the service-account signing key, and the admin kubeconfig.
+//!
+//! Everything lives under `<data-dir>/server/tls` and is reused on restart; the serving
+//! certificate is re-issued (by the same CA) when the wanted SANs are not all in it.
+
+pub mod identity;
+pub mod tls;
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+
+/// PEM certificate and key.
+#[derive(Clone)]
+pub struct CertKey {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// The cluster's PKI material, loaded or created.
+pub struct Pki {
+    pub ca: CertKey,
+    pub serving: CertKey,
+    pub admin: CertKey,
+    /// The API server's identity towards kubelets.
+    pub kubelet_client: CertKey,
+    /// PEM (PKCS#8, P-256) key that signs service-account tokens.
+    pub sa_key_pem: String,
+}
+
+const VALID_DAYS: i64 = 3650;
+
+fn write_private(path: &Path, data: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(data.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+fn validity(params: &mut CertificateParams) {
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(VALID_DAYS);
+}
+
+fn load_pair(dir: &Path, name: &str) -> Option<CertKey> {
+    let cert_pem = std::fs::read_to_string(dir.join(format!("{name}.crt"))).ok()?;
+    let key_pem = std::fs::read_to_string(dir.join(format!("{name}.key"))).ok()?;
+    Some(CertKey { cert_pem, key_pem })
+}
+
+fn save_pair(dir: &Path, name: &str, pair: &CertKey) -> Result<()> {
+    write_private(&dir.join(format!("{name}.key")), &pair.key_pem)?;
+    write_private(&dir.join(format!("{name}.crt")), &pair.cert_pem)
+}
+
+fn new_ca() -> Result<CertKey> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(
+        DnType::CommonName,
+        format!("kinglet-ca@{}", chrono::Utc::now().timestamp()),
+    );
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    validity(&mut params);
+    let cert = params.self_signed(&key)?;
+    Ok(CertKey {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// Issues a leaf certificate signed by `ca`.
+pub fn issue(
+    ca: &CertKey,
+    cn: &str,
+    orgs: &[&str],
+    sans: &[SanType],
+    server: bool,
+    client: bool,
+) -> Result<CertKey> {
+    let ca_key = KeyPair::from_pem(&ca.key_pem)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    for o in orgs {
+        dn.push(DnType::OrganizationName, *o);
+    }
+    params.distinguished_name = dn;
+    params.subject_alt_names = sans.to_vec();
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    if server {
+        params
+            .extended_key_usages
+            .push(ExtendedKeyUsagePurpose::ServerAuth);
+    }
+    if client {
+        params
+            .extended_key_usages
+            .push(ExtendedKeyUsagePurpose::ClientAuth);
+    }
+    params.use_authority_key_identifier_extension = true;
+    validity(&mut params);
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok(CertKey {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// The SANs the serving certificate must carry.
+pub fn serving_sans(
+    hostname: &str,
+    addresses: &[IpAddr],
+    extra: &[String],
+    service_ip: IpAddr,
+    domain: &str,
+) -> Vec<SanType> {
+    let mut names: Vec<String> = vec![
+        "localhost".into(),
+        hostname.into(),
+        "kubernetes".into(),
+        "kubernetes.default".into(),
+        "kubernetes.default.svc".into(),
+        format!("kubernetes.default.svc.{domain}"),
+    ];
+    let mut ips: Vec<IpAddr> = vec![
+        "127.0.0.1".parse().unwrap_or(service_ip),
+        "::1".parse().unwrap_or(service_ip),
+        service_ip,
+    ];
+    ips.extend(addresses.iter().copied());
+    for e in extra {
+        match e.parse::<IpAddr>() {
+            Ok(ip) => ips.push(ip),
+            Err(_) => names.push(e.clone()),
+        }
+    }
+    names.sort();
+    names.dedup();
+    ips.sort();
+    ips.dedup();
+    let mut sans: Vec<SanType> = names
+        .into_iter()
+        .filter_map(|n| n.try_into().ok().map(SanType::DnsName))
+        .collect();
+    sans.extend(ips.into_iter().map(SanType::IpAddress));
+    sans
+}
+
+/// The SANs present in a PEM certificate, as strings.
+fn cert_sans(cert_pem: &str) -> Option<Vec<String>> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    let ext = cert.subject_alternative_name().ok()??;
+    Some(
+        ext.value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+                x509_parser::extensions::GeneralName::IPAddress(b) => match b.len() {
+                    4 => Some(IpAddr::from(<[u8; 4]>::try_from(*b).ok()?).to_string()),
+                    16 => Some(IpAddr::from(<[u8; 16]>::try_from(*b).ok()?).to_string()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect(),
+    )
+}
+
+fn san_string(s: &SanType) -> String {
+    match s {
+        SanType::DnsName(d) => d.as_str().to_string(),
+        SanType::IpAddress(ip) => ip.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+impl Pki {
+    /// Loads the PKI under `<data_dir>/server/tls`, creating what is missing.
+    pub fn load_or_create(data_dir: &Path, sans: &[SanType]) -> Result<Pki> {
+        let dir = data_dir.join("server").join("tls");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let ca = match load_pair(&dir, "ca") {
+            Some(ca) => ca,
+            None => {
+                let ca = new_ca()?;
+                save_pair(&dir, "ca", &ca)?;
+                ca
+            }
+        };
+        let wanted: Vec<String> = sans.iter().map(san_string).collect();
+        let serving = match load_pair(&dir, "serving") {
+            Some(s)
+                if cert_sans(&s.cert_pem)
+                    .is_some_and(|have| wanted.iter().all(|w| have.contains(w))) =>
+            {
+                s
+            }
+            _ => {
+                let s = issue(&ca, "kube-apiserver", &[], sans, true, false)?;
+                save_pair(&dir, "serving", &s)?;
+                s
+            }
+        };
+        let admin = match load_pair(&dir, "client-admin") {
+            Some(a) => a,
+            None => {
+                let a = issue(&ca, "system:admin", &["system:masters"], &[], false, true)?;
+                save_pair(&dir, "client-admin", &a)?;
+                a
+            }
+        };
+        let kubelet_client = match load_pair(&dir, "client-kubelet") {
+            Some(a) => a,
+            None => {
+                let a = issue(
+                    &ca,
+                    "kube-apiserver-kubelet-client",
+                    &["system:masters"],
+                    &[],
+                    false,
+                    true,
+                )?;
+                save_pair(&dir, "client-kubelet", &a)?;
+                a
+            }
+        };
+        let sa_path = dir.join("service-account.key");
+        let sa_key_pem = match std::fs::read_to_string(&sa_path) {
+            Ok(k) => k,
+            Err(_) => {
+                let k = KeyPair::generate()?.serialize_pem();
+                write_private(&sa_path, &k)?;
+                k
+            }
+        };
+        Ok(Pki {
+            ca,
+            serving,
+            admin,
+            kubelet_client,
+            sa_key_pem,
+        })
+    }
+
+    /// A kubeconfig for `server` (URL) authenticating with `client`.
+    pub fn kubeconfig(&self, server: &str, client: &CertKey) -> String {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    certificate-authority-data: {}\n    server: {}\n  name: default\n\
+             contexts:\n- context:\n    cluster: default\n    user: default\n  name: default\ncurrent-context: default\npreferences: {{}}\n\
+             users:\n- name: default\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n",
+            b64(&self.ca.cert_pem),
+            server,
+            b64(&client.cert_pem),
+            b64(&client.key_pem)
+        )
+    }
+
+    /// Writes the admin kubeconfig to `path` with file mode `mode`.
+    pub fn write_kubeconfig(&self, path: &Path, server: &str, mode: u32) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        write_private(path, &self.kubeconfig(server, &self.admin))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_then_reuse_and_reissue_on_new_san() {
+        let dir = tempfile::tempdir().unwrap();
+        let ip: IpAddr = "10.43.0.1".parse().unwrap();
+        let sans = serving_sans("host1", &[], &[], ip, "cluster.local");
+        let a = Pki::load_or_create(dir.path(), &sans).unwrap();
+        let b = Pki::load_or_create(dir.path(), &sans).unwrap();
+        assert_eq!(a.ca.cert_pem, b.ca.cert_pem);
+        assert_eq!(a.serving.cert_pem, b.serving.cert_pem);
+        assert_eq!(a.sa_key_pem, b.sa_key_pem);
+        let have = cert_sans(&a.serving.cert_pem).unwrap();
+        for want in [
+            "kubernetes.default.svc.cluster.local",
+            "10.43.0.1",
+            "host1",
+            "127.0.0.1",
+        ] {
+            assert!(
+                have.iter().any(|h| h == want),
+                "{want} missing from {have:?}"
+            );
+        }
+        let more = serving_sans("host1", &[], &["edge.example".into()], ip, "cluster.local");
+        let c = Pki::load_or_create(dir.path(), &more).unwrap();
+        assert_eq!(a.ca.cert_pem, c.ca.cert_pem);
+        assert_ne!(a.serving.cert_pem, c.serving.cert_pem);
+        assert!(
+            cert_sans(&c.serving.cert_pem)
+                .unwrap()
+                .contains(&"edge.example".to_string())
+        );
+    }
+}
