@@ -166,11 +166,13 @@ fn start_node(client: kube::Client, cfg: kinglet_kubelet::NodeConfig) {
         resolv_conf: cfg.resolv_conf.clone(),
         ranges: vec![cfg.service_cidr, cfg.cluster_cidr],
     };
-    // One watch of Services and EndpointSlices for the proxy and the DNS.
+    // One watch of Services and EndpointSlices for the proxy and the DNS, and one of the
+    // node's pods for the kubelet and the proxy.
     let services = kinglet_network::services::ServiceWatch::start(client.clone());
-    let (c, s) = (client.clone(), services.clone());
+    let node_pods = kinglet_core::informers::pods_on_node(&client, &cfg.node_name);
+    let (s, p) = (services.clone(), node_pods.clone());
     tokio::spawn(async move {
-        if let Err(e) = kinglet_network::proxy::run(c, s, proxy).await {
+        if let Err(e) = kinglet_network::proxy::run(s, p, proxy).await {
             tracing::error!("service proxy: {e:#}");
         }
     });
@@ -186,7 +188,7 @@ fn start_node(client: kube::Client, cfg: kinglet_kubelet::NodeConfig) {
         }
     });
     tokio::spawn(async move {
-        if let Err(e) = kinglet_kubelet::run(client, cfg).await {
+        if let Err(e) = kinglet_kubelet::run(client, cfg, node_pods).await {
             tracing::error!("node: {e:#}");
         }
     });

@@ -1,6 +1,8 @@
-//! One watch per kind, shared by every control loop that needs it (upstream's shared informer
-//! factory): each object is decoded and cached once however many controllers look at it, and
-//! every subscriber hears of every change, deletions included.
+//! The one watch cache every component uses (upstream's shared informer): kube-runtime's
+//! watcher feeding its reflector store, plus a fan-out of every change, deletions included.
+//! Each object is decoded and cached once however many loops look at it. The control plane
+//! shares one per kind (`Informers`); node-side components watch what their node needs (its
+//! pods, Services, policies), each through a `Shared` too.
 
 use std::sync::Arc;
 
@@ -11,8 +13,14 @@ use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
-/// Changes a subscriber may fall behind by before it is resynced from the cache.
+/// Changes a subscriber of the control plane's pod and node caches may fall behind by before it
+/// is resynced from the cache (the scheduler and workload controllers take bursts of
+/// thousands). The ring is allocated whole, ~40 bytes a slot, so other caches take less.
 const BUFFER: usize = 16 * 1024;
+/// The ring of the control plane's other caches.
+pub const MEDIUM_BUFFER: usize = 1024;
+/// The ring of a node-side cache: a subscriber that lags more is resynced, cheap on a node.
+pub const SMALL_BUFFER: usize = 256;
 
 /// What a cached kind must be: a typed, cluster-listable API object.
 pub trait Kind:
@@ -46,21 +54,36 @@ pub struct Shared<K: Kind> {
 }
 
 impl<K: Kind> Shared<K> {
-    /// Starts the watch; the task ends when the handle is aborted (leadership lost).
+    /// Starts the watch of every `K`; the task ends when the handle is aborted (leadership lost).
     pub fn start(client: &kube::Client) -> (Self, JoinHandle<()>) {
+        Self::start_with(client, BUFFER)
+    }
+
+    /// The same with a ring of `buffer` changes.
+    pub fn start_with(client: &kube::Client, buffer: usize) -> (Self, JoinHandle<()>) {
+        Self::watch(
+            kube::Api::all(client.clone()),
+            watcher::Config::default(),
+            buffer,
+        )
+    }
+
+    /// Starts a watch of `api` narrowed by `config` (a node's pods: `spec.nodeName=<node>`),
+    /// whose subscribers may lag `buffer` changes before they are resynced.
+    pub fn watch(
+        api: kube::Api<K>,
+        config: watcher::Config,
+        buffer: usize,
+    ) -> (Self, JoinHandle<()>) {
         let (reader, mut writer) = reflector::store::<K>();
-        let (changes, _) = broadcast::channel(BUFFER);
+        let (changes, _) = broadcast::channel(buffer);
         let (synced_tx, synced) = watch::channel(false);
         let shared = Shared {
             reader: reader.clone(),
             changes: changes.clone(),
             synced,
         };
-        let events = watcher(
-            kube::Api::<K>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff();
+        let events = watcher(api, config).default_backoff();
         let task = tokio::spawn(async move {
             futures::pin_mut!(events);
             while let Some(event) = events.next().await {
@@ -105,6 +128,19 @@ impl<K: Kind> Shared<K> {
         self.reader.clone()
     }
 
+    /// Every cached object.
+    pub fn state(&self) -> Vec<Arc<K>> {
+        self.reader.state()
+    }
+
+    /// Rings `wake` on every change, for loops that rebuild from the store when woken.
+    pub fn wake_on_change(&self, wake: Arc<tokio::sync::Notify>) -> JoinHandle<()> {
+        tokio::spawn(self.subscribe().for_each(move |_| {
+            wake.notify_one();
+            async {}
+        }))
+    }
+
     /// Waits for the first full list (upstream's WaitForCacheSync).
     pub async fn synced(&self) {
         let _ = self.synced.clone().wait_for(|s| *s).await;
@@ -134,16 +170,38 @@ impl<K: Kind> Shared<K> {
     }
 }
 
-/// The shared caches the control loops use.
+/// The pods bound to `node`: what its kubelet runs and its service proxy opens host ports for.
+pub fn pods_on_node(
+    client: &kube::Client,
+    node: &str,
+) -> Arc<Shared<k8s_openapi::api::core::v1::Pod>> {
+    let on_node = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+    Arc::new(Shared::watch(kube::Api::all(client.clone()), on_node, SMALL_BUFFER).0)
+}
+
+/// The shared caches the control loops use: one watch per kind, however many loops read it.
 pub struct Informers {
     pub pods: Shared<k8s_openapi::api::core::v1::Pod>,
     pub nodes: Shared<k8s_openapi::api::core::v1::Node>,
+    pub replicasets: Shared<k8s_openapi::api::apps::v1::ReplicaSet>,
+    pub jobs: Shared<k8s_openapi::api::batch::v1::Job>,
+    pub services: Shared<k8s_openapi::api::core::v1::Service>,
 }
 
 impl Informers {
     pub fn start(client: &kube::Client) -> (Arc<Self>, Vec<JoinHandle<()>>) {
         let (pods, p) = Shared::start(client);
         let (nodes, n) = Shared::start(client);
-        (Arc::new(Informers { pods, nodes }), vec![p, n])
+        let (replicasets, r) = Shared::start_with(client, MEDIUM_BUFFER);
+        let (jobs, j) = Shared::start_with(client, MEDIUM_BUFFER);
+        let (services, s) = Shared::start_with(client, MEDIUM_BUFFER);
+        let informers = Informers {
+            pods,
+            nodes,
+            replicasets,
+            jobs,
+            services,
+        };
+        (Arc::new(informers), vec![p, n, r, j, s])
     }
 }

@@ -26,12 +26,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Taint};
 use kube::ResourceExt;
-use kube::api::Api;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
 
+use kinglet_core::informers::Shared;
 use kinglet_image::ImageStore;
 use kinglet_runtime::Runtime;
 
@@ -128,7 +126,13 @@ pub fn hostname(pod: &Pod) -> String {
         .to_string()
 }
 
-pub async fn run(client: kube::Client, cfg: NodeConfig) -> anyhow::Result<()> {
+/// Runs the node: `node_pods` is the cache of the pods bound to it
+/// (`kinglet_core::informers::pods_on_node`), which the service proxy shares.
+pub async fn run(
+    client: kube::Client,
+    cfg: NodeConfig,
+    node_pods: Arc<Shared<Pod>>,
+) -> anyhow::Result<()> {
     let images = ImageStore::open(&cfg.data_dir)?;
     // Off the async workers: an air-gap directory can hold gigabytes of archives.
     let (store, dir) = (images.clone(), cfg.data_dir.join("agent/images"));
@@ -190,23 +194,10 @@ pub async fn run(client: kube::Client, cfg: NodeConfig) -> anyhow::Result<()> {
             }
         });
     }
-    let (pods, writer) = reflector::store::<Pod>();
     let wake = Arc::new(tokio::sync::Notify::new());
-    let events = watcher(
-        Api::<Pod>::all(client),
-        watcher::Config::default().fields(&format!("spec.nodeName={}", cfg.node_name)),
-    )
-    .default_backoff()
-    .reflect(writer)
-    .touched_objects();
-    {
-        let wake = wake.clone();
-        tokio::spawn(events.for_each(move |_| {
-            wake.notify_one();
-            async {}
-        }));
-    }
-    let _ = pods.wait_until_ready().await;
+    node_pods.wake_on_change(wake.clone());
+    node_pods.synced().await;
+    let pods = node_pods.store();
     tokio::spawn(eviction::run(kubelet.clone(), pods.clone()));
     loop {
         let current = pods.state();

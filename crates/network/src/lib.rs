@@ -15,7 +15,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 
 use anyhow::Context;
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::packet_route::route::RouteType;
 use rtnetlink::{Handle, LinkBridge, LinkDummy, LinkUnspec, LinkVeth, RouteMessageBuilder};
@@ -34,30 +34,6 @@ pub struct PodInterface {
     pub gateway: Ipv4Addr,
     /// Name of the host end of the veth pair.
     pub host_veth: String,
-}
-
-/// A cache of `api`'s objects kept by a watch, ringing `wake` on every change (the network
-/// policies rebuild their state from these; Services go through `services::ServiceWatch`).
-pub fn watch_store<K>(
-    api: kube::Api<K>,
-    cfg: kube::runtime::watcher::Config,
-    wake: std::sync::Arc<tokio::sync::Notify>,
-) -> kube::runtime::reflector::Store<K>
-where
-    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
-    K: serde::de::DeserializeOwned,
-{
-    use kube::runtime::WatchStreamExt;
-    let (store, writer) = kube::runtime::reflector::store::<K>();
-    let events = kube::runtime::watcher(api, cfg)
-        .default_backoff()
-        .reflect(writer)
-        .touched_objects();
-    tokio::spawn(events.for_each(move |_| {
-        wake.notify_one();
-        async {}
-    }));
-    store
 }
 
 /// Host end of a pod's veth pair: stable per pod, at most 15 characters.

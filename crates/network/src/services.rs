@@ -1,7 +1,8 @@
-//! The node's one watch of Services and EndpointSlices, shared by the service proxy and the
+//! The node's one view of Services and EndpointSlices, shared by the service proxy and the
 //! cluster DNS: per Service its object and its slices, and for each reader the Services that
 //! changed since it last looked. A change costs a reader one Service's work, however many
-//! Services the cluster has (kube-proxy's change trackers do the same).
+//! Services the cluster has (kube-proxy's change trackers do the same). The objects come from
+//! two watch caches (`kinglet_core::informers::Shared`) and are shared with them, not copied.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -9,9 +10,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kinglet_core::informers::{Kind, SMALL_BUFFER, Shared as Cache};
 use kube::api::Api;
-use kube::runtime::WatchStreamExt;
-use kube::runtime::watcher::{Event, watcher};
+use kube::runtime::reflector::ObjectRef;
 
 /// The label tying an EndpointSlice to its Service.
 const SERVICE_NAME: &str = "kubernetes.io/service-name";
@@ -64,9 +65,6 @@ struct State {
     entries: HashMap<String, Entry>,
     /// Each slice (`ns/name`) and the Service it is filed under.
     slice_owner: HashMap<String, String>,
-    /// Objects of a relist in progress (between `Init` and `InitDone`).
-    relisted_services: Option<Vec<Service>>,
-    relisted_slices: Option<Vec<EndpointSlice>>,
     /// Whether each watch (Services, slices) has listed once.
     listed: [bool; 2],
     /// Per reader: the Services changed since it last looked, and whom to wake.
@@ -109,7 +107,7 @@ impl State {
         }
     }
 
-    fn set_service(&mut self, key: String, svc: Option<Service>) {
+    fn set_service(&mut self, key: String, svc: Option<Arc<Service>>) {
         let entry = self.entries.entry(key.clone()).or_default();
         let unchanged = match (&entry.service, &svc) {
             (Some(a), Some(b)) => same_version(&a.metadata, &b.metadata),
@@ -119,7 +117,7 @@ impl State {
         if unchanged {
             return;
         }
-        entry.service = svc.map(Arc::new);
+        entry.service = svc;
         self.tidy(&key);
         self.touch(&key);
     }
@@ -135,7 +133,7 @@ impl State {
         self.touch(&owner);
     }
 
-    fn set_slice(&mut self, slice: EndpointSlice) {
+    fn set_slice(&mut self, slice: Arc<EndpointSlice>) {
         let id = key_of(&slice.metadata);
         let Some(owner) = owner_of(&slice) else {
             return self.remove_slice(&id);
@@ -149,54 +147,21 @@ impl State {
         {
             return;
         }
-        entry.slices.insert(id.clone(), Arc::new(slice));
+        entry.slices.insert(id.clone(), slice);
         self.slice_owner.insert(id, owner.clone());
         self.touch(&owner);
     }
 
-    fn on_service(&mut self, event: Event<Service>) {
-        match event {
-            Event::Apply(svc) => self.set_service(key_of(&svc.metadata), Some(svc)),
-            Event::Delete(svc) => self.set_service(key_of(&svc.metadata), None),
-            Event::Init => self.relisted_services = Some(Vec::new()),
-            Event::InitApply(svc) => self.relisted_services.get_or_insert_default().push(svc),
-            Event::InitDone => {
-                let listed = self.relisted_services.take().unwrap_or_default();
-                let mut gone: HashSet<String> = (self.entries.iter())
-                    .filter(|(_, e)| e.service.is_some())
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                for svc in listed {
-                    let key = key_of(&svc.metadata);
-                    gone.remove(&key);
-                    self.set_service(key, Some(svc));
-                }
-                for key in gone {
-                    self.set_service(key, None);
-                }
-                self.listed[0] = true;
-            }
-        }
+    /// A Service is now `svc` (`None`: gone).
+    fn on_service(&mut self, key: String, svc: Option<Arc<Service>>) {
+        self.set_service(key, svc)
     }
 
-    fn on_slice(&mut self, event: Event<EndpointSlice>) {
-        match event {
-            Event::Apply(slice) => self.set_slice(slice),
-            Event::Delete(slice) => self.remove_slice(&key_of(&slice.metadata)),
-            Event::Init => self.relisted_slices = Some(Vec::new()),
-            Event::InitApply(slice) => self.relisted_slices.get_or_insert_default().push(slice),
-            Event::InitDone => {
-                let listed = self.relisted_slices.take().unwrap_or_default();
-                let mut gone: HashSet<String> = self.slice_owner.keys().cloned().collect();
-                for slice in listed {
-                    gone.remove(&key_of(&slice.metadata));
-                    self.set_slice(slice);
-                }
-                for id in gone {
-                    self.remove_slice(&id);
-                }
-                self.listed[1] = true;
-            }
+    /// A slice is now `slice` (`None`: gone).
+    fn on_slice(&mut self, key: String, slice: Option<Arc<EndpointSlice>>) {
+        match slice {
+            Some(slice) => self.set_slice(slice),
+            None => self.remove_slice(&key),
         }
     }
 
@@ -235,30 +200,43 @@ impl ServiceWatch {
     /// Starts watching all Services and EndpointSlices.
     pub fn start(client: kube::Client) -> ServiceWatch {
         let watch = ServiceWatch::detached();
-        watch.follow(Api::<Service>::all(client.clone()), State::on_service);
-        watch.follow(Api::<EndpointSlice>::all(client), State::on_slice);
+        watch.follow(Api::<Service>::all(client.clone()), 0, State::on_service);
+        watch.follow(Api::<EndpointSlice>::all(client), 1, State::on_slice);
         watch
     }
 
-    /// Feeds the events of a watch of `api` to `apply`.
-    fn follow<K>(&self, api: Api<K>, apply: fn(&mut State, Event<K>))
-    where
-        K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + 'static,
-        K: serde::de::DeserializeOwned,
-    {
+    /// Keeps kind `index` of the state level with a watch cache of `api`: once it has listed,
+    /// everything in it; then each object it reports changed, as the cache holds it now
+    /// (absent: gone). Reading the cache rather than the event makes a relist's repeats and
+    /// a delete followed by a re-create come out right.
+    fn follow<K: Kind>(
+        &self,
+        api: Api<K>,
+        index: usize,
+        apply: fn(&mut State, String, Option<Arc<K>>),
+    ) {
         let shared = self.shared.clone();
-        let events = watcher(api, Default::default()).default_backoff();
-        tokio::spawn(events.for_each(move |event| {
-            match event {
-                Ok(event) => {
-                    let mut state = shared.lock();
-                    apply(&mut state, event);
-                    shared.after(&state);
+        let (cache, _) = Cache::watch(api, Default::default(), SMALL_BUFFER);
+        tokio::spawn(async move {
+            // Subscribe before the list completes, so no change falls between the two.
+            let mut changes = std::pin::pin!(cache.subscribe());
+            cache.synced().await;
+            {
+                let mut state = shared.lock();
+                for obj in cache.state() {
+                    apply(&mut state, key_of(obj.meta()), Some(obj));
                 }
-                Err(e) => tracing::debug!("watching {}: {e}", K::plural(&())),
+                state.listed[index] = true;
+                shared.after(&state);
             }
-            async {}
-        }));
+            let store = cache.store();
+            while let Some(obj) = changes.next().await {
+                let now = store.get(&ObjectRef::from_obj(obj.as_ref()));
+                let mut state = shared.lock();
+                apply(&mut state, key_of(obj.meta()), now);
+                shared.after(&state);
+            }
+        });
     }
 
     /// A watch fed by nobody (tests feed it by hand).
@@ -355,12 +333,29 @@ pub mod tests {
         (watch, sub)
     }
 
+    /// What a watch cache reports of an object: it is there now, or gone.
+    pub enum Event<K> {
+        Apply(K),
+        Delete(K),
+    }
+
+    impl<K: kube::Resource> Event<K> {
+        fn split(self) -> (String, Option<Arc<K>>) {
+            match self {
+                Event::Apply(obj) => (key_of(obj.meta()), Some(Arc::new(obj))),
+                Event::Delete(obj) => (key_of(obj.meta()), None),
+            }
+        }
+    }
+
     impl ServiceWatch {
         pub fn service(&self, e: Event<Service>) {
-            self.shared.lock().on_service(e);
+            let (key, now) = e.split();
+            self.shared.lock().on_service(key, now);
         }
         pub fn slice(&self, e: Event<EndpointSlice>) {
-            self.shared.lock().on_slice(e);
+            let (key, now) = e.split();
+            self.shared.lock().on_slice(key, now);
         }
     }
 
@@ -422,14 +417,13 @@ pub mod tests {
         watch.slice(Event::Apply(slice("a", &["10.42.0.5"], "3")));
         watch.slice(Event::Apply(slice("b", &["10.42.0.6"], "4")));
         sub.changes();
-        // The watch restarts: a is unchanged, b is gone, its slice changed, d is new.
-        watch.service(Event::Init);
-        watch.service(Event::InitApply(service("a", "10.43.0.10", "1")));
-        watch.service(Event::InitApply(service("d", "10.43.0.12", "7")));
-        watch.service(Event::InitDone);
-        watch.slice(Event::Init);
-        watch.slice(Event::InitApply(slice("a", &["10.42.0.5"], "3")));
-        watch.slice(Event::InitDone);
+        // The watch restarts and its cache reports everything again: a is unchanged, b and
+        // its slice are gone, d is new.
+        watch.service(Event::Apply(service("a", "10.43.0.10", "1")));
+        watch.service(Event::Delete(service("b", "10.43.0.11", "2")));
+        watch.service(Event::Apply(service("d", "10.43.0.12", "7")));
+        watch.slice(Event::Apply(slice("a", &["10.42.0.5"], "3")));
+        watch.slice(Event::Delete(slice("b", &["10.42.0.6"], "4")));
         assert_eq!(
             keys(&sub.changes()),
             [("default/b".into(), 0), ("default/d".into(), 1)]

@@ -16,7 +16,8 @@ use kube::runtime::watcher;
 
 use kinglet_core::cron::Schedule;
 
-use super::util::{Context, controller_ref, controller_uid, informer, merge_status};
+use super::informers::Informers;
+use super::util::{Context, controller_ref, controller_uid, merge_status};
 
 struct CronCtx {
     ctx: Arc<Context>,
@@ -169,12 +170,12 @@ async fn reconcile(cj: Arc<CronJob>, cc: Arc<CronCtx>) -> Result<Action, kube::E
     Ok(Action::requeue(Duration::from_secs(secs.max(1))))
 }
 
-pub async fn run(ctx: Arc<Context>) {
+pub async fn run(ctx: Arc<Context>, informers: Arc<Informers>) {
     let client = ctx.client.clone();
-    let (reader, jobs) = informer::<Job>(&client);
-    let cc = Arc::new(CronCtx { ctx, jobs: reader });
+    let jobs = informers.jobs.store();
+    let cc = Arc::new(CronCtx { ctx, jobs });
     Controller::new(Api::<CronJob>::all(client), watcher::Config::default())
-        .owns_stream(jobs)
+        .owns_shared_stream(informers.jobs.subscribe())
         .run(
             reconcile,
             |_, e, _| {

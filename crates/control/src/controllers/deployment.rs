@@ -19,7 +19,8 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 
-use super::util::{Context, controller_ref, controller_uid, informer, merge_status};
+use super::informers::Informers;
+use super::util::{Context, controller_ref, controller_uid, merge_status};
 
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
 const HASH_LABEL: &str = "pod-template-hash";
@@ -512,15 +513,14 @@ async fn reconcile(d: Arc<Deployment>, dc: Arc<DCtx>) -> Result<Action, kube::Er
     })
 }
 
-pub async fn run(ctx: Arc<Context>) {
+pub async fn run(ctx: Arc<Context>, informers: Arc<Informers>) {
     let client = ctx.client.clone();
-    let (reader, rs_stream) = informer::<ReplicaSet>(&client);
     let dc = Arc::new(DCtx {
         ctx,
-        replicasets: reader,
+        replicasets: informers.replicasets.store(),
     });
     Controller::new(Api::<Deployment>::all(client), watcher::Config::default())
-        .owns_stream(rs_stream)
+        .owns_shared_stream(informers.replicasets.subscribe())
         .run(
             reconcile,
             |_, e, _| {

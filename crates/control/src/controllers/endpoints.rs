@@ -3,19 +3,17 @@
 //! terminating pods so proxies can drain them). One debounced sync over all Services handles
 //! creates, changes and deletions alike.
 
-use super::informers::Informers;
+use super::informers::{Informers, MEDIUM_BUFFER, Shared};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
@@ -344,38 +342,23 @@ async fn sync(client: &kube::Client, st: &Stores) {
 
 pub async fn run(client: kube::Client, informers: Arc<Informers>) {
     let wake = Arc::new(Notify::new());
-    macro_rules! reflect {
-        ($t:ty) => {{
-            let (reader, writer) = reflector::store::<$t>();
-            let stream = watcher(Api::<$t>::all(client.clone()), watcher::Config::default())
-                .default_backoff()
-                .reflect(writer)
-                .touched_objects();
-            let wake = wake.clone();
-            tokio::spawn(stream.for_each(move |_| {
-                wake.notify_one();
-                async {}
-            }));
-            reader
-        }};
-    }
-    let st = Stores {
-        services: reflect!(Service),
-        pods: informers.pods.store(),
-        endpoints: reflect!(Endpoints),
-        slices: reflect!(EndpointSlice),
-    };
-    let _ = st.services.wait_until_ready().await;
-    {
-        let wake = wake.clone();
-        tokio::spawn(informers.pods.subscribe().for_each(move |_| {
-            wake.notify_one();
-            async {}
-        }));
-    }
+    // Endpoints and slices only this loop reads; Services and pods from the shared caches.
+    let (endpoints, _) = Shared::<Endpoints>::start_with(&client, MEDIUM_BUFFER);
+    let (slices, _) = Shared::<EndpointSlice>::start_with(&client, MEDIUM_BUFFER);
+    informers.services.wake_on_change(wake.clone());
+    endpoints.wake_on_change(wake.clone());
+    slices.wake_on_change(wake.clone());
+    informers.pods.wake_on_change(wake.clone());
+    informers.services.synced().await;
+    endpoints.synced().await;
+    slices.synced().await;
     informers.pods.synced().await;
-    let _ = st.endpoints.wait_until_ready().await;
-    let _ = st.slices.wait_until_ready().await;
+    let st = Stores {
+        services: informers.services.store(),
+        pods: informers.pods.store(),
+        endpoints: endpoints.store(),
+        slices: slices.store(),
+    };
     loop {
         let _ = tokio::time::timeout(Duration::from_secs(30), wake.notified()).await;
         // Let a burst of changes settle into one sync.

@@ -16,7 +16,6 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
 
 use super::informers::Informers;
 use super::util::{Context, Expectations, controller_ref, controller_uid, is_ready, merge_status};
@@ -263,14 +262,14 @@ async fn reconcile(job: Arc<Job>, jc: Arc<JobCtx>) -> Result<Action, kube::Error
 }
 
 pub async fn run(ctx: Arc<Context>, informers: Arc<Informers>) {
-    let client = ctx.client.clone();
     informers.pods.synced().await;
     let jc = Arc::new(JobCtx {
         ctx,
         pods: informers.pods.store(),
         expectations: Expectations::default(),
     });
-    Controller::new(Api::<Job>::all(client), watcher::Config::default())
+    let jobs = &informers.jobs;
+    Controller::for_shared_stream(jobs.subscribe(), jobs.store())
         .owns_shared_stream(informers.pods.subscribe())
         .run(
             reconcile,

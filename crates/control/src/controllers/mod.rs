@@ -48,10 +48,10 @@ pub fn start(api: Arc<Api>, ca_pem: String, cluster_cidr: ipnet::Ipv4Net) {
                     util::Context::new(client.clone(), "replicaset-controller"),
                     informers.clone(),
                 )),
-                tokio::spawn(deployment::run(util::Context::new(
-                    client.clone(),
-                    "deployment-controller",
-                ))),
+                tokio::spawn(deployment::run(
+                    util::Context::new(client.clone(), "deployment-controller"),
+                    informers.clone(),
+                )),
                 tokio::spawn(endpoints::run(client.clone(), informers.clone())),
                 tokio::spawn(daemonset::run(
                     util::Context::new(client.clone(), "daemonset-controller"),
@@ -65,10 +65,10 @@ pub fn start(api: Arc<Api>, ca_pem: String, cluster_cidr: ipnet::Ipv4Net) {
                     util::Context::new(client.clone(), "job-controller"),
                     informers.clone(),
                 )),
-                tokio::spawn(cronjob::run(util::Context::new(
-                    client.clone(),
-                    "cronjob-controller",
-                ))),
+                tokio::spawn(cronjob::run(
+                    util::Context::new(client.clone(), "cronjob-controller"),
+                    informers.clone(),
+                )),
                 tokio::spawn(hpa::run(util::Context::new(
                     client.clone(),
                     "horizontal-pod-autoscaler",

@@ -14,7 +14,6 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::Store;
-use kube::runtime::watcher;
 
 use super::informers::Informers;
 use super::util::{
@@ -239,14 +238,14 @@ async fn reconcile(rs: Arc<ReplicaSet>, rc: Arc<RsCtx>) -> Result<Action, Error>
 }
 
 pub async fn run(ctx: Arc<Context>, informers: Arc<Informers>) {
-    let client = ctx.client.clone();
     informers.pods.synced().await;
     let rc = Arc::new(RsCtx {
         ctx,
         pods: informers.pods.store(),
         expectations: Expectations::default(),
     });
-    Controller::new(Api::<ReplicaSet>::all(client), watcher::Config::default())
+    let replicasets = &informers.replicasets;
+    Controller::for_shared_stream(replicasets.subscribe(), replicasets.store())
         .owns_shared_stream(informers.pods.subscribe())
         .run(
             reconcile,

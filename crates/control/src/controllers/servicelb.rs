@@ -54,10 +54,10 @@ fn wanted(svc: &Service, ips: &[String]) -> Option<serde_json::Value> {
 }
 
 pub async fn run(client: kube::Client, informers: Arc<Informers>) {
-    let (services, changes) = super::util::informer::<Service>(&client);
-    let mut changes = std::pin::pin!(changes);
+    let mut changes = std::pin::pin!(informers.services.subscribe());
+    informers.services.synced().await;
     informers.nodes.synced().await;
-    let nodes = informers.nodes.store();
+    let (services, nodes) = (informers.services.store(), informers.nodes.store());
     let mut node_changes = std::pin::pin!(informers.nodes.subscribe());
     loop {
         sync(&client, &services, &nodes).await;

@@ -58,26 +58,6 @@ impl Expectations {
     }
 }
 
-/// A cache of every `K` in the cluster and the stream of changes that keeps it current (the
-/// stream must be driven, e.g. by a Controller's `owns_stream`).
-pub fn informer<K: super::informers::Kind>(
-    client: &kube::Client,
-) -> (
-    kube::runtime::reflector::Store<K>,
-    impl futures::Stream<Item = Result<K, kube::runtime::watcher::Error>> + Send + 'static,
-) {
-    use kube::runtime::WatchStreamExt;
-    let (reader, writer) = kube::runtime::reflector::store::<K>();
-    let stream = kube::runtime::watcher(
-        kube::Api::<K>::all(client.clone()),
-        kube::runtime::watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(writer)
-    .touched_objects();
-    (reader, stream)
-}
-
 /// Records `template` as a ControllerRevision of `owner` (named `<owner>-<hash>`, labelled like the
 /// pods so `kubectl rollout history/undo` find it), as DaemonSets and StatefulSets keep them.
 pub async fn ensure_revision<K>(

@@ -317,8 +317,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    use crate::services::tests::Event;
     use crate::services::{ServiceWatch, Subscription, tests::fed};
-    use kube::runtime::watcher::Event;
 
     fn db_slice(version: &str, endpoints: serde_json::Value) -> EndpointSlice {
         serde_json::from_value(json!({

@@ -17,6 +17,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use kube::api::Api;
 
+use kinglet_core::informers::{Kind, SMALL_BUFFER, Shared};
+
 use crate::iptables::{self, Chains, Jump};
 
 const FWD: &str = "KINGLET-NP-FWD";
@@ -60,26 +62,22 @@ pub fn cleanup() -> anyhow::Result<()> {
     iptables::remove(JUMPS, "filter", owned)
 }
 
+/// A cache of every `K` that rings `wake` on each change.
+fn watch<K: Kind>(client: &kube::Client, wake: &Arc<tokio::sync::Notify>) -> Shared<K> {
+    let (cache, _) = Shared::watch(Api::all(client.clone()), Default::default(), SMALL_BUFFER);
+    cache.wake_on_change(wake.clone());
+    cache
+}
+
 pub async fn run(client: kube::Client, node_name: String) -> anyhow::Result<()> {
     let wake = Arc::new(tokio::sync::Notify::new());
-    let policies = crate::watch_store(
-        Api::<NetworkPolicy>::all(client.clone()),
-        Default::default(),
-        wake.clone(),
-    );
-    let namespaces = crate::watch_store(
-        Api::<Namespace>::all(client.clone()),
-        Default::default(),
-        wake.clone(),
-    );
-    let pods = crate::watch_store(Api::<Pod>::all(client), Default::default(), wake.clone());
-    for ok in [
-        policies.wait_until_ready().await.is_ok(),
-        namespaces.wait_until_ready().await.is_ok(),
-        pods.wait_until_ready().await.is_ok(),
-    ] {
-        anyhow::ensure!(ok, "the network policy watches ended before they synced");
-    }
+    // Policies select pods anywhere in the cluster, by their namespaces' labels too.
+    let policies = watch::<NetworkPolicy>(&client, &wake);
+    let namespaces = watch::<Namespace>(&client, &wake);
+    let pods = watch::<Pod>(&client, &wake);
+    policies.synced().await;
+    namespaces.synced().await;
+    pods.synced().await;
     let mut applied: Option<Chains> = None;
     loop {
         let want = compute(

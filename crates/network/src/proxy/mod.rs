@@ -15,8 +15,8 @@ use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
-use kube::api::Api;
-use kube::runtime::watcher;
+
+use kinglet_core::informers::Shared;
 
 use crate::iptables::{self, Chains};
 use crate::services::{Change, ServiceWatch};
@@ -35,19 +35,18 @@ pub struct Config {
     pub local_service_ips: Vec<Ipv4Addr>,
 }
 
-pub async fn run(client: kube::Client, services: ServiceWatch, cfg: Config) -> anyhow::Result<()> {
+/// Runs the proxy from the node's Service watch and the cache of its pods (for host ports).
+pub async fn run(
+    services: ServiceWatch,
+    node_pods: Arc<Shared<Pod>>,
+    cfg: Config,
+) -> anyhow::Result<()> {
     let wake = Arc::new(tokio::sync::Notify::new());
     let changes = services.subscribe(wake.clone());
-    let pods = crate::watch_store(
-        Api::<Pod>::all(client),
-        watcher::Config::default().fields(&format!("spec.nodeName={}", cfg.node_name)),
-        wake.clone(),
-    );
+    node_pods.wake_on_change(wake.clone());
     services.synced().await;
-    anyhow::ensure!(
-        pods.wait_until_ready().await.is_ok(),
-        "the proxy's pod watch ended before it synced"
-    );
+    node_pods.synced().await;
+    let pods = node_pods.store();
     let mut proxier = Proxier::new(cfg);
     let mut full = true;
     let mut last_canary = tokio::time::Instant::now();
@@ -631,8 +630,8 @@ mod tests {
 
     #[test]
     fn a_sync_writes_only_the_services_that_changed() {
+        use crate::services::tests::Event;
         use crate::services::tests::{fed, service, slice};
-        use kube::runtime::watcher::Event;
         let node = NodeView {
             cluster_cidr: "10.42.0.0/16".parse().unwrap(),
         };
