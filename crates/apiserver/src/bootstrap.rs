@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use super::Api;
 use super::auth::UserInfo;
 use super::context::Ctx;
-use super::handlers::{commit_update, create_object, get_current};
+use super::lifecycle::{commit_update, create_object, get_current};
 use super::request::{Query, ResourcePath};
 
 impl Ctx {

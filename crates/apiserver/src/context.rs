@@ -146,3 +146,18 @@ pub fn decode_yaml(body: &[u8]) -> ApiResult<Value> {
     }
     Ok(v)
 }
+
+impl Ctx {
+    /// A copy of this context for a sub-operation (same user, query and headers).
+    pub fn clone_shallow(&self) -> Ctx {
+        Ctx {
+            user: self.user.clone(),
+            query: self.query.clone(),
+            accept: self.accept.clone(),
+            content_type: self.content_type.clone(),
+            user_agent: self.user_agent.clone(),
+            path: self.path.clone(),
+            warnings: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+}

@@ -567,7 +567,7 @@ pub async fn sync(api: &Api) -> anyhow::Result<()> {
                 .update(
                     &rec.key,
                     Some(rec.rev),
-                    super::handlers::encode(&crd_res, &new),
+                    super::lifecycle::encode(&crd_res, &new),
                 )
                 .await;
         }
@@ -604,7 +604,7 @@ async fn finish_delete(api: &Api, crd_res: &Resource, rev: i64, crd: &Value) -> 
         api.store.delete(&key, Some(rev)).await?;
     } else {
         api.store
-            .update(&key, Some(rev), super::handlers::encode(crd_res, &new))
+            .update(&key, Some(rev), super::lifecycle::encode(crd_res, &new))
             .await?;
     }
     Ok(())

@@ -12,6 +12,8 @@ mod discovery;
 pub mod handlers;
 mod hooks;
 mod kinds;
+pub mod lifecycle;
+mod list;
 #[rustfmt::skip]
 mod list_types;
 mod managed;
@@ -276,19 +278,26 @@ async fn handle(State(api): State<Arc<Api>>, req: Request) -> Response {
         Ok(b) => b,
         Err(_) => return ApiError::too_large().into_response(),
     };
-    let resp = route(
-        &api,
-        &path,
-        api_path,
-        &method,
-        query,
-        user,
-        accept,
-        content_type,
-        user_agent,
-        body,
-    )
-    .await;
+    let resp = match api_path {
+        Some(ApiPath::Resource(path)) => {
+            let ctx = Ctx {
+                user,
+                query,
+                accept,
+                content_type,
+                user_agent,
+                path,
+                warnings: Mutex::new(Vec::new()),
+            };
+            resource(&api, ctx, method, body).await
+        }
+        Some(discovery) => discovery_document(&api, discovery, &accept),
+        None if method != Method::GET => ApiError::method_not_allowed(
+            "the server does not allow this method on the requested resource",
+        )
+        .into_response(),
+        None => non_resource(&api, &path, &query, &accept).await,
+    };
     api.metrics.observe(
         verb,
         &resource_label,
@@ -298,135 +307,115 @@ async fn handle(State(api): State<Arc<Api>>, req: Request) -> Response {
     resp
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn route(
-    api: &Arc<Api>,
-    path: &str,
-    api_path: Option<ApiPath>,
-    method: &Method,
-    query: Query,
-    user: Arc<UserInfo>,
-    accept: String,
-    content_type: String,
-    user_agent: String,
-    body: Bytes,
-) -> Response {
-    if api_path.is_none() && *method != Method::GET {
-        return ApiError::method_not_allowed(
-            "the server does not allow this method on the requested resource",
-        )
-        .into_response();
-    }
-    match api_path {
-        None => match path {
-            "/metrics" => {
-                let mut objects = Vec::new();
-                for r in api
-                    .registry
-                    .all()
-                    .iter()
-                    .filter(|r| !r.create_only && !r.computed && r.storage.0 == r.group)
-                {
-                    if let Ok(n) = api.store.count(&r.prefix()).await {
-                        objects.push((r.plural.clone(), n));
+/// `/metrics` and the OpenAPI documents.
+async fn non_resource(api: &Api, path: &str, query: &Query, accept: &str) -> Response {
+    match path {
+        "/metrics" => {
+            let mut objects = Vec::new();
+            for r in api
+                .registry
+                .all()
+                .iter()
+                .filter(|r| !r.create_only && !r.computed && r.storage.0 == r.group)
+            {
+                if let Ok(n) = api.store.count(&r.prefix()).await {
+                    objects.push((r.plural.clone(), n));
+                }
+            }
+            let text = api
+                .metrics
+                .render(api.store.db_size(), api.store.current_rev(), &objects);
+            (
+                StatusCode::OK,
+                [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                text,
+            )
+                .into_response()
+        }
+        "/openapi/v3" | "/openapi/v3/" => json_body(200, "application/json", &openapi::index(api)),
+        "/openapi/v2" => {
+            if accept.contains("protobuf") {
+                let body = openapi_v2::document(api);
+                Response::builder()
+                    .status(StatusCode::OK)
+                    .header(http::header::CONTENT_TYPE, "application/octet-stream")
+                    .body(Body::from(body.as_ref().clone()))
+                    .unwrap_or_default()
+            } else {
+                json_body(200, "application/json", &openapi_v2::json_document(api))
+            }
+        }
+        p if p.starts_with("/openapi/v3/") => {
+            let gv = p.trim_start_matches("/openapi/v3/").trim_end_matches('/');
+            match openapi::document(api, gv) {
+                None => ApiError::path_not_found().into_response(),
+                Some(doc) => match query.get("hash") {
+                    Some(h) if h != doc.hash => Response::builder()
+                        .status(StatusCode::MOVED_PERMANENTLY)
+                        .header(
+                            http::header::LOCATION,
+                            format!("/openapi/v3/{gv}?hash={}", doc.hash),
+                        )
+                        .body(Body::empty())
+                        .unwrap_or_default(),
+                    h => {
+                        let cache = if h.is_some() {
+                            "public, immutable"
+                        } else {
+                            "no-cache, private"
+                        };
+                        Response::builder()
+                            .status(StatusCode::OK)
+                            .header(http::header::CONTENT_TYPE, "application/json")
+                            .header(http::header::CACHE_CONTROL, cache)
+                            .header(http::header::ETAG, format!("\"{}\"", doc.hash))
+                            .body(Body::from(doc.body.as_ref().clone()))
+                            .unwrap_or_default()
                     }
-                }
-                let text =
-                    api.metrics
-                        .render(api.store.db_size(), api.store.current_rev(), &objects);
-                (
-                    StatusCode::OK,
-                    [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                    text,
-                )
-                    .into_response()
+                },
             }
-            "/openapi/v3" | "/openapi/v3/" => {
-                json_body(200, "application/json", &openapi::index(api))
-            }
-            "/openapi/v2" => {
-                if accept.contains("protobuf") {
-                    let body = openapi_v2::document(api);
-                    Response::builder()
-                        .status(StatusCode::OK)
-                        .header(http::header::CONTENT_TYPE, "application/octet-stream")
-                        .body(Body::from(body.as_ref().clone()))
-                        .unwrap_or_default()
-                } else {
-                    json_body(200, "application/json", &openapi_v2::json_document(api))
-                }
-            }
-            p if p.starts_with("/openapi/v3/") => {
-                let gv = p.trim_start_matches("/openapi/v3/").trim_end_matches('/');
-                match openapi::document(api, gv) {
-                    None => ApiError::path_not_found().into_response(),
-                    Some(doc) => match query.get("hash") {
-                        Some(h) if h != doc.hash => Response::builder()
-                            .status(StatusCode::MOVED_PERMANENTLY)
-                            .header(
-                                http::header::LOCATION,
-                                format!("/openapi/v3/{gv}?hash={}", doc.hash),
-                            )
-                            .body(Body::empty())
-                            .unwrap_or_default(),
-                        h => {
-                            let cache = if h.is_some() {
-                                "public, immutable"
-                            } else {
-                                "no-cache, private"
-                            };
-                            Response::builder()
-                                .status(StatusCode::OK)
-                                .header(http::header::CONTENT_TYPE, "application/json")
-                                .header(http::header::CACHE_CONTROL, cache)
-                                .header(http::header::ETAG, format!("\"{}\"", doc.hash))
-                                .body(Body::from(doc.body.as_ref().clone()))
-                                .unwrap_or_default()
-                        }
-                    },
-                }
-            }
-            _ => ApiError::path_not_found().into_response(),
-        },
-        Some(ApiPath::CoreVersions) => match discovery::aggregated_accept(&accept) {
+        }
+        _ => ApiError::path_not_found().into_response(),
+    }
+}
+
+/// The discovery documents (`/api`, `/apis`, `/apis/<group>[/<version>]`, `/api/v1`).
+fn discovery_document(api: &Api, path: ApiPath, accept: &str) -> Response {
+    match path {
+        ApiPath::CoreVersions => match discovery::aggregated_accept(accept) {
             Some(ct) => json_body(200, ct, &discovery::aggregated(api, true, ct)),
             None => json_body(200, "application/json", &discovery::api_versions(api)),
         },
-        Some(ApiPath::Groups) => match discovery::aggregated_accept(&accept) {
+        ApiPath::Groups => match discovery::aggregated_accept(accept) {
             Some(ct) => json_body(200, ct, &discovery::aggregated(api, false, ct)),
             None => json_body(200, "application/json", &discovery::api_group_list(api)),
         },
-        Some(ApiPath::Group(g)) => match discovery::api_group(api, &g) {
+        ApiPath::Group(g) => match discovery::api_group(api, &g) {
             Some(v) => json_body(200, "application/json", &v),
             None => ApiError::path_not_found().into_response(),
         },
-        Some(ApiPath::GroupVersion(g, v)) => match discovery::resource_list(api, &g, &v) {
+        ApiPath::GroupVersion(g, v) => match discovery::resource_list(api, &g, &v) {
             Some(doc) => json_body(200, "application/json", &doc),
             None => ApiError::path_not_found().into_response(),
         },
-        Some(ApiPath::Resource(rp)) => {
-            let Some(res) = api.registry.find(&rp.group, &rp.version, &rp.resource) else {
-                return ApiError::path_not_found().into_response();
-            };
-            if res.computed {
-                return resource_metrics::serve(api, &res, &rp, &query, method)
-                    .await
-                    .unwrap_or_else(|e| e.into_response());
-            }
-            let ctx = Ctx {
-                user,
-                query,
-                accept,
-                content_type,
-                user_agent,
-                path: rp,
-                warnings: Mutex::new(Vec::new()),
-            };
-            match handlers::serve(api.clone(), res, ctx, method.clone(), body).await {
-                Ok(r) => r,
-                Err(e) => e.into_response(),
-            }
-        }
+        ApiPath::Resource(_) => ApiError::path_not_found().into_response(),
+    }
+}
+
+/// A resource path: its verbs through the handlers, or the metrics API's computed resources.
+async fn resource(api: &Arc<Api>, ctx: Ctx, method: Method, body: Bytes) -> Response {
+    let rp = &ctx.path;
+    let Some(res) = api.registry.find(&rp.group, &rp.version, &rp.resource) else {
+        return ApiError::path_not_found().into_response();
+    };
+    if res.computed {
+        return resource_metrics::serve(api, &res, rp, &ctx.query, &method)
+            .await
+            .unwrap_or_else(|e| e.into_response());
+    }
+    match handlers::serve(api.clone(), res, ctx, method, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
     }
 }
 

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::Api;
 use super::context::Ctx;
-use super::handlers::get_current;
+use super::lifecycle::get_current;
 use super::registry::Resource;
 use super::status::{ApiError, ApiResult};
 

@@ -7,9 +7,8 @@ use serde_json::Value;
 
 use super::Api;
 use super::context::{Ctx, MAX_BODY, decode_json, decode_yaml};
-use super::handlers::{
-    commit_update, create_object, get_current, json_response, prepare_update, respond,
-};
+use super::handlers::{json_response, respond};
+use super::lifecycle::{commit_update, create_object, get_current, prepare_update};
 use super::managed::{self, shape_of};
 use super::merge::strategic_merge;
 use super::object::{self, meta_str};
@@ -134,7 +133,7 @@ pub async fn patch(
             Ok(c) => c,
             Err(e) if e.code == 404 && typ == PatchType::Apply && sub.is_none() => {
                 let mut applied = doc.clone();
-                super::handlers::check_type_meta(res, &mut applied)?;
+                super::lifecycle::check_type_meta(res, &mut applied)?;
                 if object::name(&applied) != name {
                     return Err(ApiError::bad_request(format!(
                         "the name of the object ({}) does not match the name on the URL ({name})",
@@ -168,7 +167,7 @@ pub async fn patch(
             scale::set_replicas(res, &old, &patched)?
         } else if typ == PatchType::Apply {
             let mut applied = doc.clone();
-            super::handlers::check_type_meta(res, &mut applied)?;
+            super::lifecycle::check_type_meta(res, &mut applied)?;
             managed::apply(ctx, res, Some(&old), &applied, force)?
         } else {
             apply_patch(res, typ, &old, &doc)?

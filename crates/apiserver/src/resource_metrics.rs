@@ -10,7 +10,7 @@ use http::Method;
 use serde_json::{Value, json};
 
 use super::Api;
-use super::handlers::decorate;
+use super::lifecycle::decorate;
 use super::registry::Resource;
 use super::request::{Query, ResourcePath};
 use super::selectors::{FieldSelector, LabelSelector, labels_of};

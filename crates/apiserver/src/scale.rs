@@ -6,7 +6,8 @@ use serde_json::{Value, json};
 
 use super::Api;
 use super::context::Ctx;
-use super::handlers::{commit_update, get_current, json_response, prepare_update};
+use super::handlers::json_response;
+use super::lifecycle::{commit_update, get_current, prepare_update};
 use super::object::{self, meta_str};
 use super::registry::Resource;
 use super::status::{ApiError, ApiResult};

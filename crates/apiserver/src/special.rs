@@ -8,7 +8,8 @@ use serde_json::{Value, json};
 use super::Api;
 use super::auth::{Claims, K8sClaims, Ref, UserInfo};
 use super::context::Ctx;
-use super::handlers::{DeleteOptions, commit_update, delete_object, get_current, json_response};
+use super::handlers::json_response;
+use super::lifecycle::{DeleteOptions, commit_update, delete_object, get_current};
 use super::object::{self, meta_str};
 use super::registry::Resource;
 use super::selectors::LabelSelector;
@@ -25,7 +26,7 @@ pub async fn create_review(
         let name = object::name(&obj).to_string();
         return bind_pod(api, ctx, &name, &obj).await;
     }
-    super::handlers::check_type_meta(res, &mut obj)?;
+    super::lifecycle::check_type_meta(res, &mut obj)?;
     let status = match res.kind.as_str() {
         "TokenReview" => {
             let token = obj

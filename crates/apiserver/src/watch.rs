@@ -10,7 +10,8 @@ use tokio::sync::mpsc;
 
 use super::Api;
 use super::context::Ctx;
-use super::handlers::{Filter, decorate};
+use super::lifecycle::decorate;
+use super::list::Filter;
 use super::registry::Resource;
 use super::status::{ApiError, ApiResult};
 use kinglet_store::{Event, EventType, Record, StoreError};

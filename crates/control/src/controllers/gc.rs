@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use kinglet_apiserver::Api;
-use kinglet_apiserver::handlers::{DeleteOptions, commit_update, delete_object, get_current};
+use kinglet_apiserver::lifecycle::{DeleteOptions, commit_update, delete_object, get_current};
 use kinglet_apiserver::registry::Resource;
 use kinglet_core::object::{self, finalizers, is_deleting, meta_str};
 use kinglet_store::EventType;

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use kinglet_apiserver::Api;
 use kinglet_apiserver::context::Ctx;
-use kinglet_apiserver::handlers::{DeleteOptions, commit_update, delete_object, get_current};
+use kinglet_apiserver::lifecycle::{DeleteOptions, commit_update, delete_object, get_current};
 use kinglet_core::object::{self, is_deleting};
 
 pub async fn run_forever(api: Arc<Api>) {
