@@ -98,37 +98,55 @@ fn add_list(into: &mut Resources, list: Option<&BTreeMap<String, Quantity>>) {
     }
 }
 
-/// Effective requests of a pod: the larger of the sum over containers and the largest init
-/// container, plus overhead, as the scheduler accounts them.
+/// Effective requests of a pod, as upstream's `PodRequests` counts them: the containers plus
+/// the sidecars (init containers with `restartPolicy: Always`, which keep running), or, if
+/// larger, what an init container needs while it runs (its own requests plus the sidecars
+/// started before it); plus the pod's overhead.
 pub fn pod_requests(pod: &Pod) -> Resources {
     let Some(spec) = pod.spec.as_ref() else {
         return Resources::new();
     };
+    let requests = |c: &k8s_openapi::api::core::v1::Container| {
+        let mut r = Resources::new();
+        add_list(
+            &mut r,
+            c.resources.as_ref().and_then(|r| r.requests.as_ref()),
+        );
+        r
+    };
     let mut sum = Resources::new();
     for c in &spec.containers {
-        add_list(
-            &mut sum,
-            c.resources.as_ref().and_then(|r| r.requests.as_ref()),
-        );
+        add(&mut sum, &requests(c));
     }
+    let (mut sidecars, mut init_peak) = (Resources::new(), Resources::new());
     for c in spec.init_containers.iter().flatten() {
-        let mut one = Resources::new();
-        add_list(
-            &mut one,
-            c.resources.as_ref().and_then(|r| r.requests.as_ref()),
-        );
-        let sidecar = c.restart_policy.as_deref() == Some("Always");
-        for (k, v) in one {
-            let e = sum.entry(k).or_insert(0);
-            if sidecar {
-                *e += v;
-            } else {
-                *e = (*e).max(v);
-            }
+        let own = requests(c);
+        let running = if c.restart_policy.as_deref() == Some("Always") {
+            add(&mut sum, &own);
+            add(&mut sidecars, &own);
+            sidecars.clone()
+        } else {
+            let mut with_sidecars = own;
+            add(&mut with_sidecars, &sidecars);
+            with_sidecars
+        };
+        for (k, v) in running {
+            let peak = init_peak.entry(k).or_insert(0);
+            *peak = (*peak).max(v);
         }
+    }
+    for (k, v) in init_peak {
+        let e = sum.entry(k).or_insert(0);
+        *e = (*e).max(v);
     }
     add_list(&mut sum, spec.overhead.as_ref());
     sum
+}
+
+fn add(into: &mut Resources, more: &Resources) {
+    for (k, v) in more {
+        *into.entry(k.clone()).or_insert(0) += v;
+    }
 }
 
 /// Allocatable resources of a node, in milli-units.
@@ -158,6 +176,63 @@ mod tests {
         assert_eq!(parse_milli("2E"), Some(2_000_000_000_000_000_000_000));
         assert_eq!(parse_milli("12Qi"), None);
         assert_eq!(parse_milli("abc"), None);
+    }
+
+    #[test]
+    fn pod_requests_count_sidecars_as_upstream() {
+        let pod = |init: serde_json::Value, containers: serde_json::Value| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "spec": {"initContainers": init, "containers": containers}
+            }))
+            .unwrap()
+        };
+        let c =
+            |cpu: &str| serde_json::json!({"name": "c", "resources": {"requests": {"cpu": cpu}}});
+        let sidecar = |cpu: &str| serde_json::json!({"name": "s", "restartPolicy": "Always", "resources": {"requests": {"cpu": cpu}}});
+        let cases = [
+            (
+                "containers add up",
+                serde_json::json!([]),
+                serde_json::json!([c("1"), c("2")]),
+                3000,
+            ),
+            (
+                "init above the containers",
+                serde_json::json!([c("5")]),
+                serde_json::json!([c("1")]),
+                5000,
+            ),
+            (
+                "init below the containers",
+                serde_json::json!([c("2")]),
+                serde_json::json!([c("3")]),
+                3000,
+            ),
+            (
+                "a sidecar adds to the containers",
+                serde_json::json!([sidecar("1")]),
+                serde_json::json!([c("3")]),
+                4000,
+            ),
+            // The init container runs beside the sidecar started before it: 1 + 3.
+            (
+                "init after a sidecar",
+                serde_json::json!([sidecar("1"), c("3")]),
+                serde_json::json!([c("500m")]),
+                4000,
+            ),
+            // Started before the sidecar, it runs alone: max(3, 1 + 0.5).
+            (
+                "init before a sidecar",
+                serde_json::json!([c("3"), sidecar("1")]),
+                serde_json::json!([c("500m")]),
+                3000,
+            ),
+        ];
+        for (name, init, containers, want) in cases {
+            let got = pod_requests(&pod(init, containers)).get("cpu").copied();
+            assert_eq!(got, Some(want), "{name}");
+        }
     }
 
     /// Values that floating point got wrong (700m was 701, 9m was 10, 2.007 was 2008).

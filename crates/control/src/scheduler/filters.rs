@@ -789,11 +789,9 @@ mod tests {
             ("sidecar adds to the containers", json!({}), vec![], pod("p", json!({"spec": {"initContainers": [merged(cpu("1"), json!({"restartPolicy": "Always"}))], "containers": [cpu("3500m")]}})), vec!["Insufficient cpu"]),
             ("overhead counts", json!({}), vec![], pod("p", json!({"spec": {"containers": [cpu("3500m")], "overhead": {"cpu": "1"}}})), vec!["Insufficient cpu"]),
             ("existing pods' init containers", json!({}), vec![pod("a", json!({"spec": {"initContainers": [cpu("3")], "containers": [cpu("1")]}}))], asks("p", json!({"cpu": "2"})), vec!["Insufficient cpu"]),
-            // Today's behaviour, not upstream's: kinglet_core::resources::pod_requests charges an
-            // init container max(containers + earlier sidecars, init) = 3 CPUs here, where
-            // upstream charges it init + earlier sidecars = 4 (+ 500m on the node: Insufficient
-            // cpu). That function lives in kinglet-core; see the report.
-            ("init container after a sidecar (kinglet-core)", json!({}), vec![asks("a", json!({"cpu": "500m"}))], pod("p", json!({"spec": {"initContainers": [merged(cpu("1"), json!({"restartPolicy": "Always"})), cpu("3")], "containers": [cpu("500m")]}})), vec![]),
+            // The init container runs beside the sidecar started before it: 1 + 3 CPUs, and
+            // 500m are taken on a 4-CPU node.
+            ("init container after a sidecar", json!({}), vec![asks("a", json!({"cpu": "500m"}))], pod("p", json!({"spec": {"initContainers": [merged(cpu("1"), json!({"restartPolicy": "Always"})), cpu("3")], "containers": [cpu("500m")]}})), vec!["Insufficient cpu"]),
         ];
         let mut table = Table::default();
         for (case, patch, existing, incoming, want) in cases {

@@ -193,6 +193,8 @@ impl Scheduler {
                 self.preempt(pod, &node, &victims).await;
                 return;
             }
+            // Without nodes upstream does not try preemption, and says only that.
+            None if infos.is_empty() => String::new(),
             None if priority(pod) > 0 => format!(
                 " preemption: 0/{} nodes are available: {} No preemption victims found for incoming pod.",
                 infos.len(),
