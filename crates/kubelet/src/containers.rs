@@ -74,13 +74,14 @@ impl Kubelet {
         let present = self.images.find(&normalized).ok().flatten();
         match (policy, present) {
             (PullPolicy::Never, Some(img)) | (PullPolicy::IfNotPresent, Some(img)) => {
-                self.event(
-                    pod,
-                    false,
-                    "Pulled",
-                    format!("Container image \"{name}\" already present on machine"),
-                )
-                .await;
+                self.events
+                    .event(
+                        pod,
+                        false,
+                        "Pulled",
+                        format!("Container image \"{name}\" already present on machine"),
+                    )
+                    .await;
                 Ok(img)
             }
             (PullPolicy::Never, None) => Err(waiting(
@@ -88,48 +89,39 @@ impl Kubelet {
                 format!("Container image \"{name}\" is not present with pull policy of Never"),
             )),
             _ => {
-                let key = (pod.uid().unwrap_or_default(), normalized.clone());
-                if let Some((n, at)) = self
-                    .pull_failures
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(&key)
-                    && at.elapsed() < super::pods::backoff(n + 1)
-                {
+                let uid = pod.uid().unwrap_or_default();
+                if self.pull_backoff.backing_off(&uid, &normalized) {
                     return Err(waiting(
                         "ImagePullBackOff",
                         format!("Back-off pulling image \"{name}\""),
                     ));
                 }
-                self.event(pod, false, "Pulling", format!("Pulling image \"{name}\""))
+                self.events
+                    .event(pod, false, "Pulling", format!("Pulling image \"{name}\""))
                     .await;
                 let started = std::time::Instant::now();
                 let result = self.pull(pod, &normalized, &name).await;
                 match &result {
                     Ok(_) => {
-                        self.event(
-                            pod,
-                            false,
-                            "Pulled",
-                            format!(
-                                "Successfully pulled image \"{name}\" in {:.3}s",
-                                started.elapsed().as_secs_f64()
-                            ),
-                        )
-                        .await
+                        self.events
+                            .event(
+                                pod,
+                                false,
+                                "Pulled",
+                                format!(
+                                    "Successfully pulled image \"{name}\" in {:.3}s",
+                                    started.elapsed().as_secs_f64()
+                                ),
+                            )
+                            .await
                     }
-                    Err(w) => self.event(pod, true, "Failed", w.message.clone()).await,
-                }
-                let mut failures = self.pull_failures.lock().unwrap_or_else(|e| e.into_inner());
-                match &result {
-                    Ok(_) => {
-                        failures.remove(&key);
-                    }
-                    Err(_) => {
-                        let n = failures.get(&key).map(|(n, _)| *n).unwrap_or(0);
-                        failures.insert(key, (n + 1, std::time::Instant::now()));
+                    Err(w) => {
+                        self.events
+                            .event(pod, true, "Failed", w.message.clone())
+                            .await
                     }
                 }
+                self.pull_backoff.pulled(&uid, &normalized, result.is_ok());
                 result
             }
         }
@@ -282,20 +274,22 @@ impl Kubelet {
         if let Some(exit) = status.exit.filter(|e| e.reason == "StartError") {
             return Err(waiting("RunContainerError", exit.message));
         }
-        self.event(
-            pod,
-            false,
-            "Created",
-            format!("Created container: {}", c.name),
-        )
-        .await;
-        self.event(
-            pod,
-            false,
-            "Started",
-            format!("Started container {}", c.name),
-        )
-        .await;
+        self.events
+            .event(
+                pod,
+                false,
+                "Created",
+                format!("Created container: {}", c.name),
+            )
+            .await;
+        self.events
+            .event(
+                pod,
+                false,
+                "Started",
+                format!("Started container {}", c.name),
+            )
+            .await;
         if let Some(h) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
             let dir = self.runtime.dir(&id).0;
             let netns = self.pod_netns(pod);
@@ -308,7 +302,8 @@ impl Kubelet {
             if !super::probes::hook(&target, h, std::time::Duration::from_secs(30)).await {
                 let _ = self.runtime.signal(&id, nix::sys::signal::Signal::SIGKILL);
                 let msg = format!("PostStartHook failed for container {}", c.name);
-                self.event(pod, true, "FailedPostStartHook", msg.clone())
+                self.events
+                    .event(pod, true, "FailedPostStartHook", msg.clone())
                     .await;
                 return Err(waiting("PostStartHookError", msg));
             }

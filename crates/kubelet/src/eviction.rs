@@ -6,8 +6,8 @@
 //! (phase Failed, reason Evicted) in upstream's order: pods using more memory than they
 //! request first, then lower priority, then the furthest over their request.
 
-use std::sync::Arc;
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -15,7 +15,7 @@ use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
-use super::Kubelet;
+use super::{Kubelet, lock};
 
 pub const CHECK_EVERY: Duration = Duration::from_secs(10);
 
@@ -130,8 +130,8 @@ fn statvfs(path: &std::path::Path) -> Option<nix::sys::statvfs::Statvfs> {
     nix::sys::statvfs::statvfs(path).ok()
 }
 
-fn observe(signal: Signal, k: &Kubelet) -> Option<Observation> {
-    let data = &k.cfg.data_dir;
+/// Reads `signal`; the file system signals are of the one holding `data` (the data directory).
+fn observe(signal: Signal, data: &std::path::Path) -> Option<Observation> {
     Some(match signal {
         Signal::MemoryAvailable => {
             let (capacity, available) = super::stats::memory_available();
@@ -144,7 +144,7 @@ fn observe(signal: Signal, k: &Kubelet) -> Option<Observation> {
             let path = if signal == Signal::ImagefsAvailable {
                 data.join("agent")
             } else {
-                data.clone()
+                data.to_path_buf()
             };
             let s = statvfs(&path).or_else(|| statvfs(data))?;
             Observation {
@@ -185,16 +185,58 @@ impl Threshold {
     }
 }
 
-/// The node conditions under pressure right now (shared with the status heartbeat).
-#[derive(Default)]
-pub struct Pressure(Mutex<Vec<&'static str>>);
+/// The eviction manager: its thresholds, the node conditions under pressure, the pod evicted last.
+pub struct EvictionManager {
+    thresholds: Vec<Threshold>,
+    /// Node conditions under pressure right now (the node status heartbeat reports them).
+    pressure: Mutex<Vec<&'static str>>,
+    /// The pod evicted last, by UID (eviction waits for its containers to stop).
+    last_evicted: Mutex<Option<String>>,
+}
 
-impl Pressure {
-    pub fn conditions(&self) -> Vec<&'static str> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+impl EvictionManager {
+    pub fn new(thresholds: Vec<Threshold>) -> EvictionManager {
+        EvictionManager {
+            thresholds,
+            pressure: Mutex::default(),
+            last_evicted: Mutex::default(),
+        }
     }
-    fn set(&self, v: Vec<&'static str>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = v;
+
+    /// The node conditions under pressure.
+    pub fn conditions(&self) -> Vec<&'static str> {
+        lock(&self.pressure).clone()
+    }
+
+    /// Observes every signal that has a threshold and records the conditions under pressure;
+    /// returns the first threshold crossed, with what was observed.
+    pub fn update(
+        &self,
+        observe: impl Fn(Signal) -> Option<Observation>,
+    ) -> Option<(Threshold, Observation)> {
+        let mut crossed = Vec::new();
+        for t in &self.thresholds {
+            if let Some(o) = observe(t.signal)
+                && t.crossed(&o)
+            {
+                crossed.push((t.clone(), o));
+            }
+        }
+        let mut conditions: Vec<&'static str> =
+            crossed.iter().map(|(t, _)| t.signal.condition()).collect();
+        conditions.dedup();
+        *lock(&self.pressure) = conditions;
+        crossed.first().cloned()
+    }
+
+    /// The pod evicted last, by UID.
+    pub fn last_evicted(&self) -> Option<String> {
+        lock(&self.last_evicted).clone()
+    }
+
+    /// Notes that pod `uid` has been evicted.
+    pub fn evicted(&self, uid: Option<String>) {
+        *lock(&self.last_evicted) = uid;
     }
 }
 
@@ -207,22 +249,42 @@ fn memory_request(pod: &Pod) -> i128 {
         / 1000
 }
 
+/// The pods that may be evicted, in upstream's order: pods using more memory than they request
+/// first, then lower priority, then the furthest over their request. `usage` is the working set
+/// of each pod, by UID.
+fn eviction_order<'a>(pods: &'a [Arc<Pod>], usage: &HashMap<String, u64>) -> Vec<&'a Arc<Pod>> {
+    let mut candidates: Vec<&Arc<Pod>> = pods
+        .iter()
+        .filter(|p| {
+            p.metadata.deletion_timestamp.is_none()
+                && !matches!(
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Succeeded" | "Failed")
+                )
+                // Critical pods (system-node-critical and the like) are never evicted.
+                && p.spec
+                    .as_ref()
+                    .and_then(|s| s.priority)
+                    .is_none_or(|prio| prio < 2_000_000_000)
+        })
+        .collect();
+    candidates.sort_by_key(|p| {
+        let prio = p.spec.as_ref().and_then(|s| s.priority).unwrap_or(0);
+        let used = usage
+            .get(&p.uid().unwrap_or_default())
+            .copied()
+            .unwrap_or(0) as i128;
+        let over = used - memory_request(p);
+        (over <= 0, prio, std::cmp::Reverse(over))
+    });
+    candidates
+}
+
 impl Kubelet {
     /// One pass of the eviction manager.
     pub async fn check_pressure(self: &Arc<Self>, pods: &[Arc<Pod>]) {
-        let mut crossed = Vec::new();
-        for t in &self.cfg.eviction_hard {
-            if let Some(o) = observe(t.signal, self)
-                && t.crossed(&o)
-            {
-                crossed.push((t.clone(), o));
-            }
-        }
-        let mut conditions: Vec<&'static str> =
-            crossed.iter().map(|(t, _)| t.signal.condition()).collect();
-        conditions.dedup();
-        self.pressure.set(conditions);
-        let Some((threshold, observed)) = crossed.first().cloned() else {
+        let data = &self.cfg.data_dir;
+        let Some((threshold, observed)) = self.eviction_manager.update(|s| observe(s, data)) else {
             return;
         };
         if threshold.signal.condition() == "DiskPressure" {
@@ -236,12 +298,7 @@ impl Kubelet {
             }
         }
         // The last pod evicted must be gone before another one is chosen.
-        let last = self
-            .last_evicted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        if let Some(uid) = last
+        if let Some(uid) = self.eviction_manager.last_evicted()
             && self
                 .records_of(&uid)
                 .values()
@@ -256,31 +313,7 @@ impl Kubelet {
     /// Evicts the pod upstream would rank first for `threshold`.
     async fn evict_one(&self, pods: &[Arc<Pod>], threshold: &Threshold, observed: &Observation) {
         let usage = self.memory_by_pod();
-        let mut candidates: Vec<&Arc<Pod>> = pods
-            .iter()
-            .filter(|p| {
-                p.metadata.deletion_timestamp.is_none()
-                    && !matches!(
-                        p.status.as_ref().and_then(|s| s.phase.as_deref()),
-                        Some("Succeeded" | "Failed")
-                    )
-                    // Critical pods (system-node-critical and the like) are never evicted.
-                    && p.spec
-                        .as_ref()
-                        .and_then(|s| s.priority)
-                        .is_none_or(|prio| prio < 2_000_000_000)
-            })
-            .collect();
-        candidates.sort_by_key(|p| {
-            let prio = p.spec.as_ref().and_then(|s| s.priority).unwrap_or(0);
-            let used = usage
-                .get(&p.uid().unwrap_or_default())
-                .copied()
-                .unwrap_or(0) as i128;
-            let over = used - memory_request(p);
-            (over <= 0, prio, std::cmp::Reverse(over))
-        });
-        let Some(victim) = candidates.first() else {
+        let Some(victim) = eviction_order(pods, &usage).first().copied() else {
             return;
         };
         let resource = threshold.signal.resource();
@@ -302,12 +335,11 @@ impl Kubelet {
             .await
         {
             Ok(_) => {
-                *self.last_evicted.lock().unwrap_or_else(|e| e.into_inner()) = victim.uid();
-                self.event(victim, true, "Evicted", message).await;
-                self.reported
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&victim.uid().unwrap_or_default());
+                self.eviction_manager.evicted(victim.uid());
+                self.events.event(victim, true, "Evicted", message).await;
+                // The status in the API is no longer the one reported last.
+                self.status_manager
+                    .forget(&victim.uid().unwrap_or_default());
             }
             Err(e) => tracing::warn!(pod = %victim.name_any(), "evicting: {e}"),
         }
@@ -350,5 +382,77 @@ mod tests {
             available: 2e9,
             capacity: 4e9
         }));
+    }
+
+    #[test]
+    fn crossed_thresholds_set_the_node_conditions() {
+        let m = EvictionManager::new(default_thresholds());
+        let free = |available| Observation {
+            available,
+            capacity: 1e12,
+        };
+        // Memory short, disk fine.
+        let first = m.update(|s| match s {
+            Signal::MemoryAvailable => Some(free(1e6)),
+            _ => Some(free(9e11)),
+        });
+        let (t, o) = first.unwrap();
+        assert_eq!((t.signal, o.available), (Signal::MemoryAvailable, 1e6));
+        assert_eq!(m.conditions(), ["MemoryPressure"]);
+        // Both disk signals short: one condition. An unreadable signal counts as fine.
+        let first = m.update(|s| match s {
+            Signal::MemoryAvailable => None,
+            _ => Some(free(1.0)),
+        });
+        assert_eq!(first.unwrap().0.signal, Signal::NodefsAvailable);
+        assert_eq!(m.conditions(), ["DiskPressure"]);
+        assert!(m.update(|_| Some(free(9e11))).is_none());
+        assert!(m.conditions().is_empty());
+    }
+
+    #[test]
+    fn pods_over_their_request_go_first_then_by_priority_then_by_excess() {
+        let pod = |name: &str, priority: i32, request: &str| -> Pod {
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "uid": name},
+                "spec": {"priority": priority, "containers": [{
+                    "name": "c",
+                    "resources": {"requests": {"memory": request}},
+                }]},
+            }))
+            .unwrap()
+        };
+        let mut done = pod("done", 0, "0");
+        done.status = serde_json::from_value(json!({"phase": "Succeeded"})).unwrap();
+        let mut deleted = pod("deleted", 0, "0");
+        deleted.metadata.deletion_timestamp =
+            serde_json::from_value(json!("2024-01-01T00:00:00Z")).unwrap();
+        let pods = [
+            pod("within", 0, "100"),
+            pod("over-high", 10, "100"),
+            pod("over-little", 0, "100"),
+            pod("over-much", 0, "100"),
+            pod("critical", 2_000_000_000, "0"),
+            done,
+            deleted,
+        ]
+        .map(Arc::new);
+        let usage: HashMap<String, u64> = [
+            ("within", 50),
+            ("over-high", 1000),
+            ("over-little", 150),
+            ("over-much", 900),
+            ("critical", 1 << 30),
+            ("done", 1 << 30),
+            ("deleted", 1 << 30),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let order: Vec<String> = eviction_order(&pods, &usage)
+            .iter()
+            .map(|p| p.name_any())
+            .collect();
+        assert_eq!(order, ["over-much", "over-little", "over-high", "within"]);
     }
 }

@@ -6,24 +6,28 @@ mod cgroups;
 mod containers;
 mod dns_config;
 mod env;
+mod events;
 mod eviction;
 mod grpc_probe;
 mod image_gc;
 mod logs;
 mod node;
+mod pod_workers;
 mod pods;
 mod probes;
+mod pull_backoff;
 mod secrets;
 mod server;
 mod stats;
 mod status;
+mod status_manager;
 mod streaming;
 mod volumes;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Taint};
@@ -80,6 +84,8 @@ impl std::fmt::Debug for Serving {
     }
 }
 
+/// The node agent: the dependencies its parts share, and its managers, each with its own state
+/// (as upstream's kubelet splits them). Methods that need several managers are on `Kubelet`.
 pub struct Kubelet {
     client: kube::Client,
     cfg: NodeConfig,
@@ -88,28 +94,22 @@ pub struct Kubelet {
     /// Addresses of this node's pods, from its podCIDR.
     ipam: kinglet_network::ipam::Ipam,
     capacity_memory: u64,
-    /// Last status reported per pod UID, so unchanged statuses are not patched again.
-    reported: Mutex<HashMap<String, serde_json::Value>>,
-    /// Pods with a sync in flight.
-    busy: Mutex<HashSet<String>>,
-    /// Probe state per running container ID.
-    probes: Mutex<HashMap<String, probes::State>>,
-    /// Events about pods, as `kubectl describe` shows them.
-    events: Arc<kinglet_core::events::Context>,
-    /// Containers whose back-off has been announced with an event already.
-    backoff_reported: Mutex<HashSet<String>>,
-    /// Failed pulls per (pod UID, image): how many, and when the last one ended.
-    pull_failures: Mutex<HashMap<(String, String), (u32, std::time::Instant)>>,
+    events: events::EventRecorder,
+    pod_workers: pod_workers::PodWorkers,
+    status_manager: status_manager::StatusManager,
+    probe_manager: probes::ProbeManager,
+    volume_manager: volumes::VolumeManager,
+    eviction_manager: eviction::EvictionManager,
+    image_gc_manager: image_gc::ImageGcManager,
+    pull_backoff: pull_backoff::PullBackoff,
     /// CPU samples for resource metrics.
     stats: stats::Sampler,
-    /// Node conditions under pressure, from the eviction manager.
-    pressure: eviction::Pressure,
-    /// The pod evicted last (eviction waits for its containers to stop).
-    last_evicted: Mutex<Option<String>>,
-    /// Since when each unused image has been unused (image GC).
-    unused_since: Mutex<HashMap<String, std::time::Instant>>,
-    /// When each pod's volumes were last set up in full, by pod UID.
-    volumes_refreshed: Mutex<HashMap<String, std::time::Instant>>,
+}
+
+/// Locks `m`, also after a panic while it was held: every update made under these locks is one
+/// step, so what they guard is never left half-changed.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The pod's hostname: `spec.hostname` or the pod name (at most 63 characters).
@@ -171,17 +171,15 @@ pub async fn run(
             * 1024,
         client: client.clone(),
         cfg: cfg.clone(),
-        reported: Mutex::new(HashMap::new()),
-        busy: Mutex::new(HashSet::new()),
-        probes: Mutex::new(HashMap::new()),
-        pull_failures: Mutex::new(HashMap::new()),
-        events: kinglet_core::events::Context::new(client.clone(), "kubelet"),
-        backoff_reported: Mutex::new(HashSet::new()),
+        events: events::EventRecorder::new(client.clone()),
+        pod_workers: pod_workers::PodWorkers::default(),
+        status_manager: status_manager::StatusManager::default(),
+        probe_manager: probes::ProbeManager::default(),
+        volume_manager: volumes::VolumeManager::default(),
+        eviction_manager: eviction::EvictionManager::new(cfg.eviction_hard.clone()),
+        image_gc_manager: image_gc::ImageGcManager::new(cfg.image_gc.clone()),
+        pull_backoff: pull_backoff::PullBackoff::default(),
         stats: stats::Sampler::default(),
-        pressure: eviction::Pressure::default(),
-        last_evicted: Mutex::new(None),
-        unused_since: Mutex::new(HashMap::new()),
-        volumes_refreshed: Mutex::new(HashMap::new()),
     });
     tokio::spawn(node::heartbeat(kubelet.clone()));
     tokio::spawn(image_gc::run(kubelet.clone()));
@@ -203,7 +201,7 @@ pub async fn run(
         let current = pods.state();
         let known: HashSet<String> = current.iter().filter_map(|p| p.uid()).collect();
         for pod in current {
-            kubelet.clone().spawn_sync(pod);
+            kubelet.spawn_sync(pod);
         }
         kubelet.collect_orphans(&known).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
@@ -211,30 +209,14 @@ pub async fn run(
 }
 
 impl Kubelet {
-    /// Records an event about `pod`.
-    async fn event(&self, pod: &Pod, warning: bool, reason: &str, note: String) {
-        self.events.event(pod, warning, reason, note).await;
-    }
-
     /// Syncs `pod` in the background unless a sync of it is already running.
-    fn spawn_sync(self: Arc<Self>, pod: Arc<Pod>) {
+    fn spawn_sync(self: &Arc<Self>, pod: Arc<Pod>) {
         let uid = pod.uid().unwrap_or_default();
-        if !self
-            .busy
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(uid.clone())
-        {
-            return;
-        }
-        tokio::spawn(async move {
-            if let Err(e) = self.sync_pod(&pod).await {
+        let k = self.clone();
+        self.pod_workers.spawn(uid, async move {
+            if let Err(e) = k.sync_pod(&pod).await {
                 tracing::warn!(pod = %pod.name_any(), "sync: {e:#}");
             }
-            self.busy
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&uid);
         });
     }
 
@@ -255,12 +237,7 @@ impl Kubelet {
             }
         }
         for uid in orphans {
-            if !self
-                .busy
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains(&uid)
-            {
+            if !self.pod_workers.is_busy(&uid) {
                 self.cleanup(&uid).await;
             }
         }

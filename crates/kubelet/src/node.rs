@@ -288,7 +288,7 @@ pub async fn heartbeat(k: std::sync::Arc<super::Kubelet>) {
         if let Err(e) = renew_lease(client, cfg).await {
             tracing::warn!("node lease: {e:#}");
         }
-        if let Err(e) = report_status(client, cfg, &k.pressure.conditions()).await {
+        if let Err(e) = report_status(client, cfg, &k.eviction_manager.conditions()).await {
             tracing::warn!("node status: {e:#}");
         }
         tokio::time::sleep(Duration::from_secs(10)).await;

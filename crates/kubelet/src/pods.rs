@@ -1,4 +1,4 @@
-//! Pod workers: bring what runs on this node in line with the pods bound to it. One sync of a pod:
+//! Pod sync: bring what runs on this node in line with the pods bound to it. One sync of a pod:
 //! sandbox, volumes, init containers in order, then containers (restart policy with back-off),
 //! and the pod's status; for a deleted pod, graceful stop (SIGTERM, grace period, SIGKILL),
 //! clean-up, and the final removal from the API.
@@ -10,9 +10,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{Api, DeleteParams, Preconditions};
 use nix::sys::signal::Signal;
-use serde_json::{Value, json};
 
 use super::Kubelet;
 use super::containers::{self, Record};
@@ -102,7 +101,7 @@ impl Kubelet {
                     format!("Failed to create pod sandbox: {e:#}"),
                 ),
             };
-            self.event(pod, true, reason, note).await;
+            self.events.event(pod, true, reason, note).await;
             return self.report(pod, &waiting).await;
         }
         let policy = spec.restart_policy.as_deref().unwrap_or("Always");
@@ -159,13 +158,6 @@ impl Kubelet {
     /// restart policy then starts it again).
     async fn probe(&self, pod: &Pod, c: &Container, r: &Record) {
         let id = r.meta.id.clone();
-        let mut state = self
-            .probes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-            .cloned()
-            .unwrap_or_default();
         let running_for = r
             .status
             .started_at
@@ -176,34 +168,15 @@ impl Kubelet {
             .unwrap_or_default();
         let dir = self.runtime.dir(&id).0;
         let netns = self.pod_netns(pod);
-        let verdict =
-            super::probes::check(&mut state, c, running_for, self.runtime.exe(), &dir, &netns)
-                .await;
-        self.probes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id.clone(), state);
+        let verdict = self
+            .probe_manager
+            .probe(&id, c, running_for, self.runtime.exe(), &dir, &netns)
+            .await;
         if let super::probes::Verdict::Restart(msg) = verdict {
             tracing::info!(pod = %pod.name_any(), "{msg}");
-            self.event(pod, false, "Killing", msg).await;
+            self.events.event(pod, false, "Killing", msg).await;
             let _ = self.runtime.signal(&id, Signal::SIGKILL);
-            self.probes
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&id);
-        }
-    }
-
-    /// Whether a running container passes its readiness (and startup) probes.
-    pub fn probed_ready(&self, c: &Container, id: &str) -> bool {
-        match self
-            .probes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-        {
-            Some(s) => s.ready,
-            None => c.readiness_probe.is_none() && c.startup_probe.is_none(),
+            self.probe_manager.forget(&id);
         }
     }
 
@@ -228,25 +201,21 @@ impl Kubelet {
                 .unwrap_or(f64::MAX);
             let wait = backoff(attempt);
             if finished < wait.as_secs_f64() {
-                let first = self
-                    .backoff_reported
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(last.meta.id.clone());
-                if first {
-                    self.event(
-                        pod,
-                        true,
-                        "BackOff",
-                        format!(
-                            "Back-off restarting failed container {} in pod {}_{}({})",
-                            c.name,
-                            pod.name_any(),
-                            pod.namespace().unwrap_or_default(),
-                            pod.uid().unwrap_or_default()
-                        ),
-                    )
-                    .await;
+                if self.events.first_backoff(&last.meta.id) {
+                    self.events
+                        .event(
+                            pod,
+                            true,
+                            "BackOff",
+                            format!(
+                                "Back-off restarting failed container {} in pod {}_{}({})",
+                                c.name,
+                                pod.name_any(),
+                                pod.namespace().unwrap_or_default(),
+                                pod.uid().unwrap_or_default()
+                            ),
+                        )
+                        .await;
                 }
                 waiting.insert(
                     c.name.clone(),
@@ -269,7 +238,8 @@ impl Kubelet {
             Ok(()) => {}
             Err(w) => {
                 tracing::info!(pod = %pod.name_any(), container = %c.name, "{}: {}", w.reason, w.message);
-                self.event(pod, true, "Failed", format!("Error: {}", w.reason))
+                self.events
+                    .event(pod, true, "Failed", format!("Error: {}", w.reason))
                     .await;
                 waiting.insert(c.name.clone(), w);
             }
@@ -325,13 +295,14 @@ impl Kubelet {
         }
         tracing::info!(pod = %pod.name_any(), "stopping {} container(s)", running.len());
         for r in records.values().flatten().filter(|r| r.running()) {
-            self.event(
-                pod,
-                false,
-                "Killing",
-                format!("Stopping container {}", r.meta.container_name),
-            )
-            .await;
+            self.events
+                .event(
+                    pod,
+                    false,
+                    "Killing",
+                    format!("Stopping container {}", r.meta.container_name),
+                )
+                .await;
         }
         let started = tokio::time::Instant::now();
         if !grace.is_zero() {
@@ -405,13 +376,14 @@ impl Kubelet {
                     netns: &netns,
                 };
                 if !super::probes::hook(&target, h, grace).await {
-                    self.event(
-                        pod,
-                        true,
-                        "FailedPreStopHook",
-                        format!("PreStopHook failed for container {}", c.name),
-                    )
-                    .await;
+                    self.events
+                        .event(
+                            pod,
+                            true,
+                            "FailedPreStopHook",
+                            format!("PreStopHook failed for container {}", c.name),
+                        )
+                        .await;
                 }
             }
         });
@@ -420,21 +392,11 @@ impl Kubelet {
 
     /// Removes the containers, sandbox and volumes of a pod that is gone.
     pub async fn cleanup(&self, uid: &str) {
-        self.volumes_refreshed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(uid);
+        self.volume_manager.forget(uid);
         let records: Vec<Record> = self.records_of(uid).into_values().flatten().collect();
-        {
-            let mut probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());
-            let mut announced = self
-                .backoff_reported
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            for r in &records {
-                probes.remove(&r.meta.id);
-                announced.remove(&r.meta.id);
-            }
+        for r in &records {
+            self.probe_manager.forget(&r.meta.id);
+            self.events.forget(&r.meta.id);
         }
         for r in &records {
             if !r.running() {
@@ -457,37 +419,13 @@ impl Kubelet {
             tracing::warn!("releasing the address of pod {uid}: {e:#}");
         }
         let _ = std::fs::remove_dir_all(&dir);
-        self.reported
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(uid);
+        self.status_manager.forget(uid);
     }
 
-    /// Patches the pod's status if it changed since the last report.
+    /// Reports the pod's status (the status manager skips it if unchanged).
     async fn report(&self, pod: &Pod, waiting: &HashMap<String, Waiting>) -> anyhow::Result<()> {
-        let uid = pod.uid().unwrap_or_default();
-        let records = self.records_of(&uid);
+        let records = self.records_of(&pod.uid().unwrap_or_default());
         let status = super::status::compute(self, pod, &records, waiting);
-        {
-            let reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
-            if reported.get(&uid) == Some(&status) {
-                return Ok(());
-            }
-        }
-        let api: Api<Pod> =
-            Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
-        let mut body: Value = json!({"status": status});
-        body["metadata"] = json!({"uid": uid});
-        api.patch_status(
-            &pod.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&body),
-        )
-        .await?;
-        self.reported
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(uid, status);
-        Ok(())
+        self.status_manager.set(&self.client, pod, status).await
     }
 }

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{
@@ -14,14 +15,55 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::lock;
+
 /// What the kubelet remembers about one running container's probes.
 #[derive(Debug, Default, Clone)]
-pub struct State {
-    pub started: bool,
-    pub ready: bool,
+struct State {
+    started: bool,
+    ready: bool,
     last: HashMap<&'static str, Instant>,
     successes: HashMap<&'static str, i32>,
     failures: HashMap<&'static str, i32>,
+}
+
+/// The probe manager: the probe state of each running container, by container ID.
+#[derive(Default)]
+pub struct ProbeManager {
+    states: Mutex<HashMap<String, State>>,
+}
+
+impl ProbeManager {
+    /// Probes running container `id` as due and keeps what came of it.
+    pub async fn probe(
+        &self,
+        id: &str,
+        c: &Container,
+        running_for: Duration,
+        exe: &Path,
+        dir: &Path,
+        netns: &Path,
+    ) -> Verdict {
+        // Not locked while probing: probes take up to their timeout.
+        let mut state = lock(&self.states).get(id).cloned().unwrap_or_default();
+        let verdict = check(&mut state, c, running_for, exe, dir, netns).await;
+        lock(&self.states).insert(id.to_string(), state);
+        verdict
+    }
+
+    /// Whether running container `id` passes its readiness (and startup) probes; one not
+    /// probed yet is ready only if it has neither.
+    pub fn ready(&self, c: &Container, id: &str) -> bool {
+        match lock(&self.states).get(id) {
+            Some(s) => s.ready,
+            None => c.readiness_probe.is_none() && c.startup_probe.is_none(),
+        }
+    }
+
+    /// Forgets container `id`: restarted (a new attempt has a new ID) or removed.
+    pub fn forget(&self, id: &str) {
+        lock(&self.states).remove(id);
+    }
 }
 
 /// What a sync should do about a container after probing it.
@@ -196,7 +238,7 @@ pub async fn hook(t: &Target<'_>, h: &LifecycleHandler, limit: Duration) -> bool
 }
 
 /// Probes one running container as due; updates `state` and says whether to restart it.
-pub async fn check(
+async fn check(
     state: &mut State,
     c: &Container,
     running_for: Duration,
@@ -264,4 +306,47 @@ pub async fn check(
         }
     }
     Verdict::Healthy
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probed(kind: &str, probe: serde_json::Value) -> Container {
+        serde_json::from_value(serde_json::json!({"name": "c", kind: probe})).unwrap()
+    }
+
+    async fn probe(m: &ProbeManager, id: &str, c: &Container) -> Verdict {
+        let nowhere = Path::new("/nonexistent");
+        m.probe(id, c, Duration::from_secs(60), nowhere, nowhere, nowhere)
+            .await
+    }
+
+    #[tokio::test]
+    async fn readiness_is_kept_per_container_until_forgotten() {
+        let m = ProbeManager::default();
+        assert!(m.ready(&Container::default(), "plain"), "no probes: ready");
+        // A probe without a handler passes.
+        let c = probed("readinessProbe", serde_json::json!({}));
+        assert!(!m.ready(&c, "a"), "not probed yet");
+        assert_eq!(probe(&m, "a", &c).await, Verdict::Healthy);
+        assert!(m.ready(&c, "a"));
+        assert!(!m.ready(&c, "b"), "per container");
+        m.forget("a");
+        assert!(!m.ready(&c, "a"));
+    }
+
+    #[tokio::test]
+    async fn failed_liveness_restarts_after_its_threshold() {
+        let m = ProbeManager::default();
+        // A port name the container does not have: the probe fails without a connection.
+        let c = probed(
+            "livenessProbe",
+            serde_json::json!({"tcpSocket": {"port": "missing"}, "failureThreshold": 1}),
+        );
+        match probe(&m, "a", &c).await {
+            Verdict::Restart(msg) => assert!(msg.contains("failed liveness probe"), "{msg}"),
+            v => panic!("{v:?}"),
+        }
+    }
 }

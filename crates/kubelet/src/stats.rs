@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::Kubelet;
-use kinglet_runtime::cgroups;
+use super::{Kubelet, lock};
+use kinglet_runtime::{Runtime, cgroups};
 
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 
@@ -37,19 +37,37 @@ struct Cpu {
 }
 
 impl Sampler {
+    /// Takes a CPU sample of the node and of every running container of `runtime`.
+    pub fn sample(&self, runtime: &Runtime) {
+        if let Some(ns) = node_cpu_ns() {
+            self.record("", ns);
+        }
+        let mut live = std::collections::HashSet::new();
+        for dir in runtime.list() {
+            let Ok(meta) = dir.meta() else { continue };
+            if super::containers::is_running(&dir)
+                && let Some(ns) = cgroup_cpu_ns(&meta.cgroup_path)
+            {
+                self.record(&meta.id, ns);
+                live.insert(meta.id);
+            }
+        }
+        self.retain(&|k| live.contains(k));
+    }
+
     fn record(&self, key: &str, total_ns: u64) {
         let now = CpuSample {
             at: Instant::now(),
             time: Utc::now(),
             total_ns,
         };
-        let mut cpu = self.cpu.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cpu = lock(&self.cpu);
         let prev = cpu.get(key).map(|(_, last)| *last);
         cpu.insert(key.to_string(), (prev, now));
     }
 
     fn cpu(&self, key: &str) -> Option<Cpu> {
-        let cpu = self.cpu.lock().unwrap_or_else(|e| e.into_inner());
+        let cpu = lock(&self.cpu);
         let (prev, last) = cpu.get(key)?;
         let nano_cores = prev.and_then(|p| {
             let secs = last.at.duration_since(p.at).as_secs_f64();
@@ -65,10 +83,7 @@ impl Sampler {
 
     /// Forgets containers that are gone.
     fn retain(&self, keep: &dyn Fn(&str) -> bool) {
-        self.cpu
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|k, _| k.is_empty() || keep(k));
+        lock(&self.cpu).retain(|k, _| k.is_empty() || keep(k));
     }
 }
 
@@ -220,24 +235,6 @@ fn boot_time() -> Option<DateTime<Utc>> {
 }
 
 impl Kubelet {
-    /// Takes a CPU sample of the node and of every running container.
-    pub fn sample(&self) {
-        if let Some(ns) = node_cpu_ns() {
-            self.stats.record("", ns);
-        }
-        let mut live = std::collections::HashSet::new();
-        for dir in self.runtime.list() {
-            let Ok(meta) = dir.meta() else { continue };
-            if super::containers::is_running(&dir)
-                && let Some(ns) = cgroup_cpu_ns(&meta.cgroup_path)
-            {
-                self.stats.record(&meta.id, ns);
-                live.insert(meta.id);
-            }
-        }
-        self.stats.retain(&|k| live.contains(k));
-    }
-
     /// Working-set bytes of each pod with running containers, by pod UID.
     pub fn memory_by_pod(&self) -> HashMap<String, u64> {
         let mut out: HashMap<String, u64> = HashMap::new();
@@ -335,7 +332,7 @@ impl Kubelet {
 pub async fn sample_forever(k: std::sync::Arc<Kubelet>) {
     loop {
         let kubelet = k.clone();
-        let _ = tokio::task::spawn_blocking(move || kubelet.sample()).await;
+        let _ = tokio::task::spawn_blocking(move || kubelet.stats.sample(&kubelet.runtime)).await;
         tokio::time::sleep(SAMPLE_EVERY).await;
     }
 }

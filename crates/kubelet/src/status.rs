@@ -54,7 +54,7 @@ fn container_status(
         _ => json!({}),
     };
     let running = state.get("running").is_some();
-    let ready = running && !init && latest.is_some_and(|r| k.probed_ready(c, &r.meta.id));
+    let ready = running && !init && latest.is_some_and(|r| k.probe_manager.ready(c, &r.meta.id));
     let mut s = json!({
         "name": c.name,
         "image": c.image,

@@ -3,11 +3,12 @@
 //! emptyDir (tmpfs for `medium: Memory`), hostPath, and configMap/secret/downwardAPI/projected
 //! contents written as files (refreshed on every sync).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use k8s_openapi::api::core::v1::{Container, KeyToPath, Pod, Volume};
@@ -15,13 +16,13 @@ use kube::ResourceExt;
 use kube::api::Api;
 use nix::mount::{MntFlags, MsFlags};
 
-use super::Kubelet;
 use super::env::Source;
+use super::{Kubelet, lock};
 use kinglet_runtime::spec::Mount;
 
 /// How often ConfigMap, Secret, downward API and projected volumes are brought up to date
 /// (upstream: the pod resync, about a minute).
-const VOLUME_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
+const VOLUME_REFRESH: Duration = Duration::from_secs(10);
 
 /// A file of a volume: path inside it, content, and its own mode if the item set one.
 type VolumeFile = (String, Vec<u8>, Option<i32>);
@@ -39,6 +40,36 @@ use super::dns_config;
 pub struct MountFailed {
     volume: String,
     cause: anyhow::Error,
+}
+
+/// The volume manager's state: when each pod's volumes were last set up in full.
+#[derive(Default)]
+pub struct VolumeManager {
+    /// By pod UID.
+    refreshed: Mutex<HashMap<String, Instant>>,
+}
+
+impl VolumeManager {
+    /// Whether pod `uid`'s volumes are due to be set up again from their sources.
+    pub fn refresh_due(&self, uid: &str) -> bool {
+        self.refresh_due_at(uid, Instant::now())
+    }
+
+    /// Notes that pod `uid`'s volumes have just been set up in full.
+    pub fn refreshed(&self, uid: String) {
+        lock(&self.refreshed).insert(uid, Instant::now());
+    }
+
+    /// Forgets pod `uid`, which is gone.
+    pub fn forget(&self, uid: &str) {
+        lock(&self.refreshed).remove(uid);
+    }
+
+    fn refresh_due_at(&self, uid: &str, now: Instant) -> bool {
+        lock(&self.refreshed)
+            .get(uid)
+            .is_none_or(|t| now.saturating_duration_since(*t) >= VOLUME_REFRESH)
+    }
 }
 
 impl Kubelet {
@@ -84,13 +115,7 @@ impl Kubelet {
             }
         }
         // Every pod syncs each second; its volumes' sources (a GET each) are read less often.
-        let refreshed = self
-            .volumes_refreshed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&uid)
-            .copied();
-        if refreshed.is_some_and(|t| t.elapsed() < VOLUME_REFRESH) {
+        if !self.volume_manager.refresh_due(&uid) {
             return Ok(());
         }
         for v in spec.volumes.iter().flatten() {
@@ -101,10 +126,7 @@ impl Kubelet {
                     cause,
                 })?;
         }
-        self.volumes_refreshed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(uid, std::time::Instant::now());
+        self.volume_manager.refreshed(uid);
         Ok(())
     }
 
@@ -503,6 +525,19 @@ mod tests {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|n| n.starts_with("..") && n != "..data")
             .collect()
+    }
+
+    #[test]
+    fn volumes_are_set_up_again_once_their_refresh_is_due() {
+        let m = VolumeManager::default();
+        let now = Instant::now();
+        assert!(m.refresh_due_at("a", now), "never set up");
+        m.refreshed("a".into());
+        assert!(!m.refresh_due_at("a", now + VOLUME_REFRESH / 2));
+        assert!(m.refresh_due_at("a", now + VOLUME_REFRESH + Duration::from_millis(100)));
+        assert!(m.refresh_due_at("b", now), "per pod");
+        m.forget("a");
+        assert!(m.refresh_due_at("a", Instant::now()), "forgotten");
     }
 
     #[test]
