@@ -1,7 +1,8 @@
 //! Node lifecycle and pod garbage collection.
-//! - A node whose Lease (or Ready heartbeat) is older than 40 s becomes Ready=Unknown and gets
-//!   the `node.kubernetes.io/unreachable` taints; a NotReady node gets `not-ready` taints; the
-//!   taints go when the node is Ready again.
+//! - A node whose Lease (or Ready heartbeat) is older than 50 s (60 s for one that never
+//!   reported) becomes Ready=Unknown and gets the `node.kubernetes.io/unreachable` taints; a
+//!   NotReady node gets `not-ready` taints; the taints go when the node is Ready again. Pressure conditions, NetworkUnavailable and
+//!   `unschedulable` bring their NoSchedule taints.
 //! - Pods on a node with a NoExecute taint are evicted at once unless they tolerate it, or after
 //!   their `tolerationSeconds` (300 s by default admission).
 //! - Pods bound to nodes that no longer exist are deleted, and terminated pods beyond 12,500.
@@ -12,16 +13,21 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 
 use kube::runtime::reflector::Store;
+use serde_json::Value;
 
 use super::informers::Informers;
 use super::util::Context;
 
-const GRACE_SECS: i64 = 40;
+/// How long a node may stay silent before it is Unknown (upstream's node-monitor-grace-period,
+/// 50 s since 1.32), and how long a node that never reported may take (node-startup-grace-period).
+const GRACE_SECS: i64 = 50;
+const STARTUP_GRACE_SECS: i64 = 60;
 const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 const NOT_READY: &str = "node.kubernetes.io/not-ready";
 
@@ -59,40 +65,290 @@ fn heartbeat_age(n: &Node, lease: Option<&Lease>, now: i64) -> i64 {
         .unwrap_or(now)
 }
 
-/// Node conditions and the NoSchedule taints they bring.
-const PRESSURE_TAINTS: [(&str, &str); 3] = [
+/// Node conditions and the NoSchedule taints they bring when True (TaintNodesByCondition).
+const CONDITION_TAINTS: [(&str, &str); 4] = [
     ("MemoryPressure", "node.kubernetes.io/memory-pressure"),
     ("DiskPressure", "node.kubernetes.io/disk-pressure"),
     ("PIDPressure", "node.kubernetes.io/pid-pressure"),
+    (
+        "NetworkUnavailable",
+        "node.kubernetes.io/network-unavailable",
+    ),
 ];
+const UNSCHEDULABLE: &str = "node.kubernetes.io/unschedulable";
 
-fn tolerates(tols: &[Toleration], t: &Taint) -> Option<Option<i64>> {
+/// Upstream's `Toleration.ToleratesTaint`: an empty effect or key matches any, the operator is
+/// Equal (value must match) or Exists.
+fn tolerates(tol: &Toleration, t: &Taint) -> bool {
+    let effect_ok = tol
+        .effect
+        .as_deref()
+        .is_none_or(|e| e.is_empty() || e == t.effect);
+    let key_ok = tol
+        .key
+        .as_deref()
+        .is_none_or(|k| k.is_empty() || k == t.key);
+    let op_ok = match tol.operator.as_deref().unwrap_or("") {
+        "" | "Equal" => tol.value.as_deref().unwrap_or("") == t.value.as_deref().unwrap_or(""),
+        "Exists" => true,
+        _ => false,
+    };
+    effect_ok && key_ok && op_ok
+}
+
+/// The first toleration of `t` in `tols`, if any: its tolerationSeconds (None: forever).
+fn toleration_of(tols: &[Toleration], t: &Taint) -> Option<Option<i64>> {
     tols.iter()
-        .find(|tol| {
-            let effect_ok = tol
-                .effect
-                .as_deref()
-                .is_none_or(|e| e.is_empty() || e == t.effect);
-            let op = tol.operator.as_deref().unwrap_or("Equal");
-            let key_ok = tol
-                .key
-                .as_deref()
-                .map(|k| k == t.key)
-                .unwrap_or(op == "Exists");
-            let value_ok = op == "Exists"
-                || tol.value.as_deref().unwrap_or("") == t.value.as_deref().unwrap_or("");
-            effect_ok && key_ok && value_ok
-        })
+        .find(|tol| tolerates(tol, t))
         .map(|tol| tol.toleration_seconds)
+}
+
+/// One API action of a node lifecycle pass, in the order `apply` performs them.
+#[derive(Debug, Clone, PartialEq)]
+enum Step {
+    /// Mark the node's conditions Unknown: it stopped posting status.
+    MarkUnknown { node: String, conditions: Value },
+    /// Replace the node's taints.
+    Taint { node: String, taints: Vec<Taint> },
+    /// Delete a pod at once (no grace): its node is gone, or it is a terminated pod beyond the
+    /// garbage collection threshold.
+    ForceDelete { namespace: String, name: String },
+    /// Evict a pod from a node with a NoExecute taint it does not tolerate (any longer).
+    Evict { namespace: String, name: String },
+}
+
+/// The conditions a silent node gets (upstream's `tryUpdateNodeHealth`).
+fn unknown_conditions(now: Timestamp) -> Value {
+    let msg = "Kubelet stopped posting node status.";
+    let conds: Vec<Value> = ["Ready", "MemoryPressure", "DiskPressure", "PIDPressure"]
+        .iter()
+        .map(|t| serde_json::json!({"type": t, "status": "Unknown", "reason": "NodeStatusUnknown", "message": msg, "lastTransitionTime": now.to_string()}))
+        .collect();
+    Value::from(conds)
+}
+
+fn condition_true(n: &Node, type_: &str) -> bool {
+    (n.status.as_ref().and_then(|s| s.conditions.as_ref()))
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == type_ && c.status == "True"))
+}
+
+/// `taints` with the NoSchedule taint `key` present or not.
+fn set_no_schedule(taints: &mut Vec<Taint>, key: &str, present: bool) {
+    let has = taints.iter().any(|t| t.key == key);
+    if present && !has {
+        taints.push(Taint {
+            key: key.into(),
+            effect: "NoSchedule".into(),
+            value: None,
+            time_added: None,
+        });
+    } else if !present && has {
+        taints.retain(|t| t.key != key);
+    }
+}
+
+/// What a node's health calls for: marking it Unknown, and its taints.
+fn node_steps(n: &Node, lease: Option<&Lease>, now: Timestamp) -> Vec<Step> {
+    let name = n.name_any();
+    let ready = ready_status(n);
+    let age = heartbeat_age(n, lease, now.as_second());
+    let grace = if ready.is_some() {
+        GRACE_SECS
+    } else {
+        STARTUP_GRACE_SECS
+    };
+    let mut steps = Vec::new();
+    let want_key = if age > grace {
+        if ready.as_deref() != Some("Unknown") {
+            steps.push(Step::MarkUnknown {
+                node: name.clone(),
+                conditions: unknown_conditions(now),
+            });
+        }
+        Some(UNREACHABLE)
+    } else {
+        match ready.as_deref() {
+            Some("False") => Some(NOT_READY),
+            Some("True") => None,
+            // Never reported yet and still within the grace period: leave it be.
+            _ => return steps,
+        }
+    };
+    let before: Vec<Taint> = (n.spec.as_ref())
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default();
+    let mut taints = before.clone();
+    taints.retain(|t| {
+        !((t.key == UNREACHABLE || t.key == NOT_READY) && Some(t.key.as_str()) != want_key)
+    });
+    if let Some(key) = want_key {
+        for effect in ["NoSchedule", "NoExecute"] {
+            if !taints.iter().any(|t| t.key == key && t.effect == effect) {
+                taints.push(Taint {
+                    key: key.into(),
+                    effect: effect.into(),
+                    value: None,
+                    time_added: (effect == "NoExecute").then_some(Time(now)),
+                });
+            }
+        }
+    }
+    for (condition, key) in CONDITION_TAINTS {
+        set_no_schedule(&mut taints, key, condition_true(n, condition));
+    }
+    let unschedulable = n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
+    set_no_schedule(&mut taints, UNSCHEDULABLE, unschedulable);
+    if taints != before {
+        steps.push(Step::Taint { node: name, taints });
+    }
+    steps
+}
+
+/// Whether a NoExecute taint of `node` evicts `p` now: one it does not tolerate, or one whose
+/// tolerationSeconds have run out since the taint was added.
+fn evicts(p: &Pod, node: &Node, now: Timestamp) -> bool {
+    let tols = (p.spec.as_ref())
+        .and_then(|s| s.tolerations.clone())
+        .unwrap_or_default();
+    let now = now.as_second();
+    (node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .into_iter()
+        .flatten())
+    .filter(|t| t.effect == "NoExecute")
+    .any(|t| match toleration_of(&tols, t) {
+        None => true,
+        Some(None) => false,
+        Some(Some(secs)) => {
+            t.time_added
+                .as_ref()
+                .map(|a| a.0.as_second())
+                .unwrap_or(now)
+                + secs
+                <= now
+        }
+    })
+}
+
+fn pod_key(p: &Pod) -> (String, String) {
+    (p.namespace().unwrap_or_default(), p.name_any())
+}
+
+/// Terminated pods beyond `threshold`, oldest first (upstream's pod GC).
+fn terminated_gc(pods: &[&Pod], threshold: usize) -> Vec<Step> {
+    let mut done: Vec<&Pod> = pods
+        .iter()
+        .copied()
+        .filter(|p| super::util::is_terminal(p) && p.metadata.deletion_timestamp.is_none())
+        .collect();
+    if done.len() <= threshold {
+        return Vec::new();
+    }
+    done.sort_by_key(|p| {
+        (p.metadata.creation_timestamp.as_ref())
+            .map(|t| t.0.as_second())
+            .unwrap_or(0)
+    });
+    done[..done.len() - threshold]
+        .iter()
+        .map(|p| {
+            let (namespace, name) = pod_key(p);
+            Step::ForceDelete { namespace, name }
+        })
+        .collect()
+}
+
+/// Decides one pass over the nodes (as listed, with their leases) and the pods (read before
+/// the nodes, so a pod bound to a node made since is not taken for an orphan) at `now`.
+fn plan(
+    nodes: &[Node],
+    leases: &HashMap<String, Lease>,
+    pods: &[&Pod],
+    now: Timestamp,
+    gc_threshold: usize,
+) -> Vec<Step> {
+    let mut steps: Vec<Step> = (nodes.iter())
+        .flat_map(|n| node_steps(n, leases.get(&n.name_any()), now))
+        .collect();
+    steps.extend(terminated_gc(pods, gc_threshold));
+    // Eviction follows the taints as listed; new ones count from the next pass.
+    let by_name: HashMap<String, &Node> = nodes.iter().map(|n| (n.name_any(), n)).collect();
+    for p in pods {
+        let Some(node) = (p.spec.as_ref())
+            .and_then(|s| s.node_name.clone())
+            .filter(|n| !n.is_empty())
+        else {
+            continue;
+        };
+        let (namespace, name) = pod_key(p);
+        match by_name.get(&node) {
+            None => steps.push(Step::ForceDelete { namespace, name }),
+            Some(n) if p.metadata.deletion_timestamp.is_none() && evicts(p, n, now) => {
+                steps.push(Step::Evict { namespace, name })
+            }
+            Some(_) => {}
+        }
+    }
+    steps
+}
+
+/// Performs `steps`; `nodes` and `pods` are what they were planned from (for events).
+async fn apply(ctx: &Context, steps: Vec<Step>, nodes: &[Node], pods: &[&Pod]) {
+    let nodes_api: Api<Node> = Api::all(ctx.client.clone());
+    let node = |name: &str| nodes.iter().find(|n| n.name_any() == name);
+    let pod = |ns: &str, name: &str| {
+        pods.iter()
+            .find(|p| pod_key(p) == (ns.to_string(), name.to_string()))
+    };
+    for step in steps {
+        match step {
+            Step::MarkUnknown {
+                node: name,
+                conditions,
+            } => {
+                let patch = serde_json::json!({"status": {"conditions": conditions}});
+                let _ = nodes_api
+                    .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
+                    .await;
+                if let Some(n) = node(&name) {
+                    let message = format!("Node {name} status is now: NodeNotReady");
+                    ctx.event(n, false, "NodeNotReady", message).await;
+                }
+            }
+            Step::Taint { node: name, taints } => {
+                let patch = serde_json::json!({"spec": {"taints": taints}});
+                let _ = nodes_api
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await;
+            }
+            Step::ForceDelete { namespace, name } => {
+                let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+                let _ = api
+                    .delete(&name, &DeleteParams::default().grace_period(0))
+                    .await;
+            }
+            Step::Evict { namespace, name } => {
+                if let Some(p) = pod(&namespace, &name) {
+                    let message = format!("Marking for deletion Pod {namespace}/{name}");
+                    ctx.event(*p, false, "TaintManagerEviction", message).await;
+                }
+                let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+                let _ = api.delete(&name, &DeleteParams::default()).await;
+            }
+        }
+    }
 }
 
 async fn sync(ctx: &Context, pod_cache: &Store<Pod>) -> kube::Result<()> {
     // Pods are read before the nodes are listed, so a pod bound to a node made since is not
     // taken for an orphan.
     let pods = pod_cache.state();
-    let now = Timestamp::now().as_second();
-    let nodes_api: Api<Node> = Api::all(ctx.client.clone());
-    let nodes = nodes_api.list(&ListParams::default()).await?.items;
+    let nodes = Api::<Node>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items;
     let leases: HashMap<String, Lease> =
         Api::<Lease>::namespaced(ctx.client.clone(), "kube-node-lease")
             .list(&ListParams::default())
@@ -101,181 +357,20 @@ async fn sync(ctx: &Context, pod_cache: &Store<Pod>) -> kube::Result<()> {
             .into_iter()
             .map(|l| (l.name_any(), l))
             .collect();
-    for n in &nodes {
-        let name = n.name_any();
-        let age = heartbeat_age(n, leases.get(&name), now);
-        let ready = ready_status(n);
-        let mut taints: Vec<Taint> = n
-            .spec
-            .as_ref()
-            .and_then(|s| s.taints.clone())
-            .unwrap_or_default();
-        let before = taints.clone();
-        let want_key = if age > GRACE_SECS {
-            if ready.as_deref() != Some("Unknown") {
-                let msg = "Kubelet stopped posting node status.";
-                let conds: Vec<serde_json::Value> = ["Ready", "MemoryPressure", "DiskPressure", "PIDPressure"]
-                    .iter()
-                    .map(|t| serde_json::json!({"type": t, "status": "Unknown", "reason": "NodeStatusUnknown", "message": msg, "lastTransitionTime": Timestamp::now().to_string()}))
-                    .collect();
-                let patch = serde_json::json!({"status": {"conditions": conds}});
-                let _ = nodes_api
-                    .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
-                    .await;
-                ctx.event(
-                    n,
-                    false,
-                    "NodeNotReady",
-                    format!("Node {name} status is now: NodeNotReady"),
-                )
-                .await;
-            }
-            Some(UNREACHABLE)
-        } else if ready.as_deref() == Some("False") {
-            Some(NOT_READY)
-        } else if ready.as_deref() == Some("True") {
-            None
-        } else {
-            // Never reported yet and still within the grace period: leave it be.
-            continue;
-        };
-        taints.retain(|t| {
-            !((t.key == UNREACHABLE || t.key == NOT_READY) && Some(t.key.as_str()) != want_key)
-        });
-        if let Some(key) = want_key {
-            for effect in ["NoSchedule", "NoExecute"] {
-                if !taints.iter().any(|t| t.key == key && t.effect == effect) {
-                    taints.push(Taint {
-                        key: key.into(),
-                        effect: effect.into(),
-                        value: None,
-                        time_added: (effect == "NoExecute").then(|| {
-                            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now())
-                        }),
-                    });
-                }
-            }
-        }
-        // TaintNodesByCondition: pressure conditions keep new pods away.
-        for (condition, key) in PRESSURE_TAINTS {
-            let under = n
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| c.type_ == condition && c.status == "True")
-                });
-            let has = taints.iter().any(|t| t.key == key);
-            if under && !has {
-                taints.push(Taint {
-                    key: key.into(),
-                    effect: "NoSchedule".into(),
-                    value: None,
-                    time_added: None,
-                });
-            } else if !under && has {
-                taints.retain(|t| t.key != key);
-            }
-        }
-        if taints != before {
-            let patch = serde_json::json!({"spec": {"taints": taints}});
-            let _ = nodes_api
-                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await;
-        }
-    }
-    // Taint-based eviction and orphaned pods.
-    let by_name: HashMap<String, &Node> = nodes.iter().map(|n| (n.name_any(), n)).collect();
-    collect_terminated(ctx, &pods).await;
-    for p in pods.iter().map(|p| p.as_ref()) {
-        let Some(node) = p
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.clone())
-            .filter(|n| !n.is_empty())
-        else {
-            continue;
-        };
-        let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &p.namespace().unwrap_or_default());
-        let Some(n) = by_name.get(&node) else {
-            let _ = api
-                .delete(&p.name_any(), &DeleteParams::default().grace_period(0))
-                .await;
-            continue;
-        };
-        if p.metadata.deletion_timestamp.is_some() {
-            continue;
-        }
-        let tols = p
-            .spec
-            .as_ref()
-            .and_then(|s| s.tolerations.clone())
-            .unwrap_or_default();
-        let evict = n
-            .spec
-            .as_ref()
-            .and_then(|s| s.taints.as_ref())
-            .into_iter()
-            .flatten()
-            .filter(|t| t.effect == "NoExecute")
-            .any(|t| match tolerates(&tols, t) {
-                None => true,
-                Some(None) => false,
-                Some(Some(secs)) => {
-                    t.time_added
-                        .as_ref()
-                        .map(|a| a.0.as_second())
-                        .unwrap_or(now)
-                        + secs
-                        <= now
-                }
-            });
-        if evict {
-            ctx.event(
-                p,
-                false,
-                "TaintManagerEviction",
-                format!(
-                    "Marking for deletion Pod {}/{}",
-                    p.namespace().unwrap_or_default(),
-                    p.name_any()
-                ),
-            )
-            .await;
-            let _ = api.delete(&p.name_any(), &DeleteParams::default()).await;
-        }
-    }
+    let pods: Vec<&Pod> = pods.iter().map(|p| p.as_ref()).collect();
+    let steps = plan(
+        &nodes,
+        &leases,
+        &pods,
+        Timestamp::now(),
+        TERMINATED_POD_THRESHOLD,
+    );
+    apply(ctx, steps, &nodes, &pods).await;
     Ok(())
 }
 
 /// Terminated pods beyond this many are deleted, oldest first (upstream's default).
 const TERMINATED_POD_THRESHOLD: usize = 12_500;
-
-/// Pod GC of terminated pods over the threshold.
-async fn collect_terminated(ctx: &Context, pods: &[Arc<Pod>]) {
-    let mut done: Vec<&Pod> = pods
-        .iter()
-        .map(|p| p.as_ref())
-        .filter(|p| super::util::is_terminal(p) && p.metadata.deletion_timestamp.is_none())
-        .collect();
-    if done.len() <= TERMINATED_POD_THRESHOLD {
-        return;
-    }
-    done.sort_by_key(|p| {
-        p.metadata
-            .creation_timestamp
-            .as_ref()
-            .map(|t| t.0.as_second())
-            .unwrap_or(0)
-    });
-    for p in &done[..done.len() - TERMINATED_POD_THRESHOLD] {
-        let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &p.namespace().unwrap_or_default());
-        let _ = api
-            .delete(&p.name_any(), &DeleteParams::default().grace_period(0))
-            .await;
-    }
-}
 
 pub async fn run(ctx: Arc<Context>, informers: Arc<Informers>) {
     informers.pods.synced().await;
@@ -285,5 +380,206 @@ pub async fn run(ctx: Arc<Context>, informers: Arc<Informers>) {
             tracing::debug!("node lifecycle: {e}");
         }
         tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::type_complexity)] // the tables' rows
+mod tests {
+    use super::*;
+    use crate::controllers::util::testing::{Table, ago, merged, now, typed};
+    use serde_json::json;
+
+    /// Node `name`, created a day ago, Ready with a heartbeat 10 s ago, plus `patch`.
+    fn node(name: &str, patch: Value) -> Node {
+        let base = json!({
+            "metadata": {"name": name, "creationTimestamp": ago(86_400)},
+            "status": {"conditions": [{"type": "Ready", "status": "True", "lastHeartbeatTime": ago(10)}]},
+        });
+        typed(merged(base, patch))
+    }
+
+    /// Conditions: Ready is `ready` with a heartbeat `age` seconds ago, plus `others`.
+    fn conditions(ready: &str, age: i64, others: Value) -> Value {
+        let mut all =
+            vec![json!({"type": "Ready", "status": ready, "lastHeartbeatTime": ago(age)})];
+        all.extend(others.as_array().cloned().unwrap_or_default());
+        json!({"status": {"conditions": all}})
+    }
+
+    fn taints(t: Value) -> Value {
+        json!({"spec": {"taints": t}})
+    }
+
+    fn lease(age: i64) -> Lease {
+        typed(
+            json!({"metadata": {"name": "n1", "namespace": "kube-node-lease"}, "spec": {"renewTime": ago(age)}}),
+        )
+    }
+
+    /// Whether the node is marked Unknown, and its new taints as "key:effect" (None: unchanged).
+    fn node_changes(steps: &[Step]) -> (bool, Option<Vec<String>>) {
+        let marked = steps.iter().any(|s| matches!(s, Step::MarkUnknown { .. }));
+        let taints = steps.iter().find_map(|s| match s {
+            Step::Taint { taints, .. } => Some(
+                taints
+                    .iter()
+                    .map(|t| {
+                        format!(
+                            "{}:{}",
+                            t.key.trim_start_matches("node.kubernetes.io/"),
+                            t.effect
+                        )
+                    })
+                    .collect(),
+            ),
+            _ => None,
+        });
+        (marked, taints)
+    }
+
+    #[test]
+    fn node_health_and_taints() {
+        let unreachable = || vec!["unreachable:NoSchedule", "unreachable:NoExecute"];
+        let not_ready = || vec!["not-ready:NoSchedule", "not-ready:NoExecute"];
+        let pressure = |t: &str, s: &str| json!([{"type": t, "status": s}]);
+        let never_reported = |age: i64| json!({"metadata": {"creationTimestamp": ago(age)}, "status": {"conditions": null}});
+        // (case, node patch, lease renewed seconds ago, (marked Unknown, taints))
+        #[rustfmt::skip]
+        let cases: Vec<(&str, Value, Option<i64>, (bool, Option<Vec<&str>>))> = vec![
+            ("healthy", json!({}), None, (false, None)),
+            ("NotReady: not-ready taints", conditions("False", 5, json!([])), None, (false, Some(not_ready()))),
+            // The grace period is 50 s since 1.32; kinglet used 40 s.
+            ("silent for 45 s: still within the grace period", conditions("True", 45, json!([])), None, (false, None)),
+            ("silent for 60 s: Unknown and unreachable", conditions("True", 60, json!([])), None, (true, Some(unreachable()))),
+            ("a renewed lease is a heartbeat", conditions("True", 600, json!([])), Some(5), (false, None)),
+            ("an old lease and an old heartbeat", conditions("True", 600, json!([])), Some(300), (true, Some(unreachable()))),
+            ("already Unknown: not marked again", conditions("Unknown", 600, json!([])), None, (false, Some(unreachable()))),
+            ("already tainted: nothing to change", merged(conditions("Unknown", 600, json!([])), taints(json!([{"key": UNREACHABLE, "effect": "NoSchedule"}, {"key": UNREACHABLE, "effect": "NoExecute"}]))), None, (false, None)),
+            ("Ready again: the taints go", taints(json!([{"key": UNREACHABLE, "effect": "NoSchedule"}, {"key": UNREACHABLE, "effect": "NoExecute"}])), None, (false, Some(vec![]))),
+            ("NotReady, then silent: unreachable replaces not-ready",
+                merged(conditions("False", 600, json!([])), taints(json!([{"key": NOT_READY, "effect": "NoSchedule"}, {"key": NOT_READY, "effect": "NoExecute"}]))), None, (true, Some(unreachable()))),
+            ("never reported, 30 s old: left alone", never_reported(30), None, (false, None)),
+            // Upstream gives a new node node-startup-grace-period (60 s); kinglet gave it 40 s.
+            ("never reported, 55 s old: startup grace", never_reported(55), None, (false, None)),
+            ("never reported, 70 s old: Unknown", never_reported(70), None, (true, Some(unreachable()))),
+            ("memory pressure", conditions("True", 5, pressure("MemoryPressure", "True")), None, (false, Some(vec!["memory-pressure:NoSchedule"]))),
+            ("disk pressure", conditions("True", 5, pressure("DiskPressure", "True")), None, (false, Some(vec!["disk-pressure:NoSchedule"]))),
+            ("PID pressure", conditions("True", 5, pressure("PIDPressure", "True")), None, (false, Some(vec!["pid-pressure:NoSchedule"]))),
+            ("pressure gone: taint gone", merged(conditions("True", 5, pressure("MemoryPressure", "False")), taints(json!([{"key": "node.kubernetes.io/memory-pressure", "effect": "NoSchedule"}]))), None, (false, Some(vec![]))),
+            // Upstream's TaintNodesByCondition also covers these two; kinglet did not.
+            ("network unavailable", conditions("True", 5, pressure("NetworkUnavailable", "True")), None, (false, Some(vec!["network-unavailable:NoSchedule"]))),
+            ("cordoned", json!({"spec": {"unschedulable": true}}), None, (false, Some(vec!["unschedulable:NoSchedule"]))),
+            ("uncordoned", taints(json!([{"key": UNSCHEDULABLE, "effect": "NoSchedule"}])), None, (false, Some(vec![]))),
+            ("other taints stay", merged(conditions("False", 5, json!([])), taints(json!([{"key": "dedicated", "effect": "NoSchedule"}]))), None,
+                (false, Some(vec!["dedicated:NoSchedule", "not-ready:NoSchedule", "not-ready:NoExecute"]))),
+        ];
+        let mut table = Table::default();
+        for (case, patch, renewed, (marked, want)) in cases {
+            let n = node("n1", patch);
+            let l = renewed.map(lease);
+            let got = node_changes(&node_steps(&n, l.as_ref(), now()));
+            let want = want.map(|v| v.iter().map(|s| s.to_string()).collect());
+            table.check(case, got, (marked, want));
+        }
+        table.done();
+    }
+
+    /// Pod `name` on node n1 with `tolerations`, plus `patch`.
+    fn pod(name: &str, tolerations: Value, patch: Value) -> Pod {
+        let base = json!({
+            "metadata": {"name": name, "namespace": "default", "creationTimestamp": ago(3600)},
+            "spec": {"nodeName": "n1", "tolerations": tolerations, "containers": [{"name": "c", "image": "i"}]},
+            "status": {"phase": "Running"},
+        });
+        typed(merged(base, patch))
+    }
+
+    fn describe(steps: &[Step]) -> Vec<String> {
+        (steps.iter())
+            .filter_map(|s| match s {
+                Step::ForceDelete { name, .. } => Some(format!("force delete {name}")),
+                Step::Evict { name, .. } => Some(format!("evict {name}")),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn taint_eviction() {
+        let no_execute = |key: &str, added: i64| json!([{"key": key, "value": "v", "effect": "NoExecute", "timeAdded": ago(added)}]);
+        let tol = |t: Value| json!([t]);
+        // (case, taints of n1, tolerations, pod patch, evicted)
+        #[rustfmt::skip]
+        let cases: Vec<(&str, Value, Value, Value, bool)> = vec![
+            ("no taints", json!([]), json!([]), json!({}), false),
+            ("NoExecute not tolerated: at once", no_execute("k", 1), json!([]), json!({}), true),
+            ("NoSchedule does not evict", json!([{"key": "k", "effect": "NoSchedule"}]), json!([]), json!({}), false),
+            ("PreferNoSchedule does not evict", json!([{"key": "k", "effect": "PreferNoSchedule"}]), json!([]), json!({}), false),
+            ("tolerated forever", no_execute("k", 9999), tol(json!({"key": "k", "operator": "Exists"})), json!({}), false),
+            ("tolerated for 300 s, tainted 100 s ago", no_execute("k", 100), tol(json!({"key": "k", "operator": "Exists", "tolerationSeconds": 300})), json!({}), false),
+            ("tolerated for 300 s, tainted 400 s ago", no_execute("k", 400), tol(json!({"key": "k", "operator": "Exists", "tolerationSeconds": 300})), json!({}), true),
+            ("tolerationSeconds 0", no_execute("k", 1), tol(json!({"key": "k", "operator": "Exists", "tolerationSeconds": 0})), json!({}), true),
+            ("Equal with the value", no_execute("k", 1), tol(json!({"key": "k", "operator": "Equal", "value": "v"})), json!({}), false),
+            ("Equal by default", no_execute("k", 1), tol(json!({"key": "k", "value": "v"})), json!({}), false),
+            ("Equal with another value", no_execute("k", 1), tol(json!({"key": "k", "value": "w"})), json!({}), true),
+            // Upstream: an empty key with Exists tolerates every taint; kinglet matched none.
+            ("Exists with an empty key tolerates all", no_execute("k", 1), tol(json!({"key": "", "operator": "Exists"})), json!({}), false),
+            ("Exists without a key tolerates all", no_execute("k", 1), tol(json!({"operator": "Exists"})), json!({}), false),
+            ("a toleration for NoSchedule only", no_execute("k", 1), tol(json!({"key": "k", "operator": "Exists", "effect": "NoSchedule"})), json!({}), true),
+            ("an unknown operator tolerates nothing", no_execute("k", 1), tol(json!({"key": "k", "operator": "Gt", "value": "v"})), json!({}), true),
+            ("one of two taints not tolerated", json!([{"key": "a", "effect": "NoExecute"}, {"key": "b", "effect": "NoExecute"}]), tol(json!({"key": "a", "operator": "Exists"})), json!({}), true),
+            ("already terminating: left alone", no_execute("k", 1), json!([]), json!({"metadata": {"deletionTimestamp": ago(1)}}), false),
+            ("not bound: left alone", no_execute("k", 1), json!([]), json!({"spec": {"nodeName": null}}), false),
+        ];
+        let mut table = Table::default();
+        for (case, node_taints, tols, patch, want) in cases {
+            let nodes = [node("n1", taints(node_taints))];
+            let p = pod("p", tols, patch);
+            let got = describe(&plan(&nodes, &HashMap::new(), &[&p], now(), 100));
+            let want: Vec<String> = if want { vec!["evict p".into()] } else { vec![] };
+            table.check(case, got, want);
+        }
+        table.done();
+    }
+
+    #[test]
+    fn pod_garbage_collection() {
+        let nodes = [node("n1", json!({}))];
+        let done = |name: &str, age: i64| {
+            pod(
+                name,
+                json!([]),
+                json!({"metadata": {"creationTimestamp": ago(age)}, "status": {"phase": "Succeeded"}}),
+            )
+        };
+        let pods = [
+            pod("orphan", json!([]), json!({"spec": {"nodeName": "gone"}})),
+            pod(
+                "terminating-orphan",
+                json!([]),
+                json!({"spec": {"nodeName": "gone"}, "metadata": {"deletionTimestamp": ago(1)}}),
+            ),
+            done("old", 300),
+            done("older", 400),
+            done("new", 100),
+            pod("running", json!([]), json!({})),
+        ];
+        let refs: Vec<&Pod> = pods.iter().collect();
+        // Over a threshold of 1 terminated pod, the two oldest go; pods of vanished nodes go
+        // (terminating ones too), all without grace.
+        let got = describe(&plan(&nodes, &HashMap::new(), &refs, now(), 1));
+        let want = [
+            "force delete older",
+            "force delete old",
+            "force delete orphan",
+            "force delete terminating-orphan",
+        ];
+        assert_eq!(got, want);
+        assert!(
+            describe(&plan(&nodes, &HashMap::new(), &refs, now(), 3))
+                .iter()
+                .all(|s| s.contains("orphan"))
+        );
     }
 }
