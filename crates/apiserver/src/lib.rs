@@ -10,7 +10,6 @@ mod convert;
 pub mod crd;
 mod discovery;
 pub mod handlers;
-mod hooks;
 mod kinds;
 pub mod lifecycle;
 mod list;

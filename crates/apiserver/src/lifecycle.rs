@@ -171,9 +171,10 @@ async fn prepare_create(api: &Api, res: &Resource, ctx: &Ctx, mut obj: Value) ->
             json!(format!("{base}{}", object::random_suffix(5))),
         );
     }
-    kinds::prepare_for_create(res, &mut obj);
+    let kind = kinds::of(res);
+    kind.prepare_for_create(res, &mut obj);
     super::admission::admit(api, res, ctx, &mut obj, None).await?;
-    if kinds::tracks_generation(res, &obj) {
+    if kind.tracks_generation(res, &obj) {
         meta_mut(&mut obj).insert("generation".into(), json!(1));
     }
     super::managed::record_update(ctx, res, &mut obj, None, None)?;
@@ -190,6 +191,7 @@ pub(crate) async fn create_object(
     let generated = object::name(&obj).is_empty()
         && meta_str(&obj, "generateName").is_some_and(|g| !g.is_empty());
     let dry_run = ctx.dry_run()?;
+    let kind = kinds::of(res);
     let mut attempt = 0;
     loop {
         let mut prepared = prepare_create(api, res, ctx, obj.clone()).await?;
@@ -198,7 +200,7 @@ pub(crate) async fn create_object(
         }
         let name = object::name(&prepared).to_string();
         if dry_run {
-            super::hooks::create_failed(api, res, &prepared);
+            kind.create_failed(api, &prepared);
             return Ok(prepared);
         }
         let key = key_for(res, ctx, &name);
@@ -208,11 +210,11 @@ pub(crate) async fn create_object(
                 return Ok(prepared);
             }
             Err(StoreError::AlreadyExists) if generated && attempt < 8 => {
-                super::hooks::create_failed(api, res, &prepared);
+                kind.create_failed(api, &prepared);
                 attempt += 1
             }
             Err(e) => {
-                super::hooks::create_failed(api, res, &prepared);
+                kind.create_failed(api, &prepared);
                 return Err(ApiError::from_store(e, &res.group, &res.plural, &name));
             }
         }
@@ -376,13 +378,14 @@ pub(crate) async fn prepare_update(
         }
     }
     super::admission::admit(api, res, ctx, &mut new, Some(old)).await?;
-    if kinds::tracks_generation(res, &new) {
+    let kind = kinds::of(res);
+    if kind.tracks_generation(res, &new) {
         let mut generation = object::meta(old)
             .get("generation")
             .and_then(Value::as_i64)
             .unwrap_or(0);
         if sub.is_none()
-            && kinds::generation_relevant(res, &new) != kinds::generation_relevant(res, old)
+            && kind.generation_relevant(res, &new) != kind.generation_relevant(res, old)
         {
             generation += 1;
         }
@@ -411,22 +414,18 @@ pub async fn commit_update(
     if ctx.dry_run()? {
         return Ok(new);
     }
-    let blocking_spec_finalizers = res.plural == "namespaces"
-        && new
-            .pointer("/spec/finalizers")
-            .and_then(Value::as_array)
-            .is_some_and(|a| !a.is_empty());
+    let kind = kinds::of(res);
     if object::is_deleting(&new)
         && object::finalizers(&new).is_empty()
-        && !blocking_spec_finalizers
-        && kinds::graceful_period(res, &new, None).is_none()
+        && !kinds::by_plural(res).spec_finalizers_pending(&new)
+        && kind.graceful_period(&new, None).is_none()
     {
         let (rev, _) = api
             .store
             .delete(&key, Some(old_rev))
             .await
             .map_err(|e| ApiError::from_store(e, &res.group, &res.plural, &name))?;
-        super::hooks::after_delete(api, res, &new);
+        kind.after_delete(api, &new);
         meta_mut(&mut new).insert("resourceVersion".into(), json!(rev.to_string()));
         return Ok(new);
     }
@@ -458,6 +457,9 @@ pub async fn delete_object(
     opts: &DeleteOptions,
 ) -> ApiResult<(u16, Value)> {
     let dry_run = ctx.dry_run()?;
+    let kind = kinds::of(res);
+    // Namespace-style deletion follows the plural (see `kinds::by_plural`).
+    let plural_kind = kinds::by_plural(res);
     for _ in 0..5 {
         let (rec, mut obj) = get_current(api, res, ctx, name).await?;
         let uid = meta_str(&obj, "uid").unwrap_or_default().to_string();
@@ -498,12 +500,8 @@ pub async fn delete_object(
             Some("Background") => finalizers.retain(|f| f != "orphan" && f != "foregroundDeletion"),
             _ => {}
         }
-        let namespace_pending = res.plural == "namespaces"
-            && obj
-                .pointer("/spec/finalizers")
-                .and_then(Value::as_array)
-                .is_some_and(|a| !a.is_empty());
-        let grace = kinds::graceful_period(res, &obj, opts.grace);
+        let namespace_pending = plural_kind.spec_finalizers_pending(&obj);
+        let grace = kind.graceful_period(&obj, opts.grace);
         let deleting = object::is_deleting(&obj);
         if finalizers.is_empty() && !namespace_pending && grace.is_none() {
             if dry_run {
@@ -511,12 +509,12 @@ pub async fn delete_object(
             }
             match api.store.delete(&rec.key, Some(rec.rev)).await {
                 Ok(_) => {
-                    super::hooks::after_delete(api, res, &obj);
+                    kind.after_delete(api, &obj);
                     let details =
                         json!({"name": name, "group": res.group, "kind": res.plural, "uid": uid});
                     return Ok((
                         200,
-                        if res.plural == "pods" || res.is_custom() {
+                        if plural_kind.delete_returns_object() || res.is_custom() {
                             obj
                         } else {
                             success_status(details)
@@ -568,9 +566,7 @@ pub async fn delete_object(
             }
         }
         object::set_finalizers(&mut obj, finalizers);
-        if res.plural == "namespaces" {
-            obj["status"]["phase"] = json!("Terminating");
-        }
+        plural_kind.mark_deleting(&mut obj);
         if dry_run {
             return Ok((200, obj));
         }

@@ -67,7 +67,9 @@ impl Filter {
     /// Matches a stored-form object.
     pub fn matches(&self, res: &Resource, stored: &Value) -> bool {
         self.labels.matches_object(stored)
-            && self.fields.matches(|f| kinds::field_value(res, stored, f))
+            && self
+                .fields
+                .matches(|f| kinds::of(res).field_value(stored, f))
     }
 }
 
