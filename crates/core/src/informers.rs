@@ -75,7 +75,7 @@ impl<K: Kind> Shared<K> {
         config: watcher::Config,
         buffer: usize,
     ) -> (Self, JoinHandle<()>) {
-        let (reader, mut writer) = reflector::store::<K>();
+        let (reader, writer) = reflector::store::<K>();
         let (changes, _) = broadcast::channel(buffer);
         let (synced_tx, synced) = watch::channel(false);
         let shared = Shared {
@@ -84,40 +84,17 @@ impl<K: Kind> Shared<K> {
             synced,
         };
         let events = watcher(api, config).default_backoff();
+        let mut feed = Feed {
+            writer,
+            reader,
+            changes,
+            synced: synced_tx,
+        };
         let task = tokio::spawn(async move {
             futures::pin_mut!(events);
             while let Some(event) = events.next().await {
-                let Ok(event) = event else { continue };
-                match &event {
-                    watcher::Event::Apply(obj) => {
-                        writer.apply_watcher_event(&event);
-                        if let Some(cached) = reader.get(&ObjectRef::from_obj(obj)) {
-                            let _ = changes.send(cached);
-                        }
-                    }
-                    watcher::Event::Delete(obj) => {
-                        writer.apply_watcher_event(&event);
-                        let _ = changes.send(Arc::new(obj.clone()));
-                    }
-                    watcher::Event::InitDone => {
-                        // A (re)list: everything present is news, and whatever vanished while
-                        // the watch was down is reported in its last known state.
-                        let before = reader.state();
-                        writer.apply_watcher_event(&event);
-                        synced_tx.send_replace(true);
-                        for gone in before
-                            .into_iter()
-                            .filter(|o| reader.get(&ObjectRef::from_obj(o.as_ref())).is_none())
-                        {
-                            let _ = changes.send(gone);
-                        }
-                        for obj in reader.state() {
-                            let _ = changes.send(obj);
-                        }
-                    }
-                    watcher::Event::Init | watcher::Event::InitApply(_) => {
-                        writer.apply_watcher_event(&event)
-                    }
+                if let Ok(event) = event {
+                    feed.apply(event);
                 }
             }
         });
@@ -170,6 +147,50 @@ impl<K: Kind> Shared<K> {
     }
 }
 
+/// What a watch's events do to a cache: the store is updated and every change fanned out.
+struct Feed<K: Kind> {
+    writer: reflector::store::Writer<K>,
+    reader: Store<K>,
+    changes: broadcast::Sender<Arc<K>>,
+    synced: watch::Sender<bool>,
+}
+
+impl<K: Kind> Feed<K> {
+    fn apply(&mut self, event: watcher::Event<K>) {
+        match &event {
+            watcher::Event::Apply(obj) => {
+                self.writer.apply_watcher_event(&event);
+                if let Some(cached) = self.reader.get(&ObjectRef::from_obj(obj)) {
+                    let _ = self.changes.send(cached);
+                }
+            }
+            watcher::Event::Delete(obj) => {
+                self.writer.apply_watcher_event(&event);
+                let _ = self.changes.send(Arc::new(obj.clone()));
+            }
+            watcher::Event::InitDone => {
+                // A (re)list: everything present is news, and whatever vanished while the
+                // watch was down is reported in its last known state.
+                let before = self.reader.state();
+                self.writer.apply_watcher_event(&event);
+                self.synced.send_replace(true);
+                for gone in before
+                    .into_iter()
+                    .filter(|o| self.reader.get(&ObjectRef::from_obj(o.as_ref())).is_none())
+                {
+                    let _ = self.changes.send(gone);
+                }
+                for obj in self.reader.state() {
+                    let _ = self.changes.send(obj);
+                }
+            }
+            watcher::Event::Init | watcher::Event::InitApply(_) => {
+                self.writer.apply_watcher_event(&event)
+            }
+        }
+    }
+}
+
 /// The pods bound to `node`: what its kubelet runs and its service proxy opens host ports for.
 pub fn pods_on_node(
     client: &kube::Client,
@@ -203,5 +224,106 @@ impl Informers {
             services,
         };
         (Arc::new(informers), vec![p, n, r, j, s])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use watcher::Event;
+
+    fn cm(name: &str, rv: &str) -> ConfigMap {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "default", "resourceVersion": rv}
+        }))
+        .unwrap()
+    }
+
+    /// A cache fed by hand, and what one subscriber has been told so far (name@version).
+    fn fed() -> (Feed<ConfigMap>, Shared<ConfigMap>) {
+        let (reader, writer) = reflector::store::<ConfigMap>();
+        let (changes, _) = broadcast::channel(SMALL_BUFFER);
+        let (synced_tx, synced) = watch::channel(false);
+        let shared = Shared {
+            reader: reader.clone(),
+            changes: changes.clone(),
+            synced,
+        };
+        let feed = Feed {
+            writer,
+            reader,
+            changes,
+            synced: synced_tx,
+        };
+        (feed, shared)
+    }
+
+    async fn told(s: &mut (impl Stream<Item = Arc<ConfigMap>> + Unpin), n: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let cm = tokio::time::timeout(std::time::Duration::from_secs(1), s.next())
+                .await
+                .expect("a change")
+                .expect("open");
+            let m = &cm.metadata;
+            out.push(format!(
+                "{}@{}",
+                m.name.as_deref().unwrap_or_default(),
+                m.resource_version.as_deref().unwrap_or_default()
+            ));
+        }
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn a_relist_reports_what_vanished_and_everything_present() {
+        let (mut feed, shared) = fed();
+        let mut changes = Box::pin(shared.subscribe());
+        for e in [
+            Event::Init,
+            Event::InitApply(cm("a", "1")),
+            Event::InitApply(cm("b", "2")),
+            Event::InitDone,
+        ] {
+            feed.apply(e);
+        }
+        shared.synced().await;
+        assert_eq!(told(&mut changes, 2).await, ["a@1", "b@2"]);
+        feed.apply(Event::Apply(cm("a", "3")));
+        feed.apply(Event::Delete(cm("b", "2")));
+        assert_eq!(told(&mut changes, 2).await, ["a@3", "b@2"]);
+        assert!(
+            shared
+                .store()
+                .get(&ObjectRef::new("b").within("default"))
+                .is_none()
+        );
+
+        // The watch breaks; the relist finds c new and a gone (deleted while nobody watched).
+        feed.apply(Event::Apply(cm("d", "4")));
+        assert_eq!(told(&mut changes, 1).await, ["d@4"]);
+        for e in [
+            Event::Init,
+            Event::InitApply(cm("c", "5")),
+            Event::InitApply(cm("d", "4")),
+            Event::InitDone,
+        ] {
+            feed.apply(e);
+        }
+        // a in its last known state (gone from the store), then everything present.
+        assert_eq!(told(&mut changes, 3).await, ["a@3", "c@5", "d@4"]);
+        let mut names: Vec<_> = shared
+            .state()
+            .iter()
+            .map(|c| c.metadata.name.clone().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["c", "d"]);
+
+        // A subscriber that joins now starts from the whole cache.
+        let mut late = Box::pin(shared.subscribe());
+        assert_eq!(told(&mut late, 2).await, ["c@5", "d@4"]);
     }
 }

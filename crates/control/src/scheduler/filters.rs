@@ -592,6 +592,7 @@ pub fn node_accepts(pod: &Pod, node: Arc<Node>) -> bool {
 #[allow(clippy::type_complexity)]
 mod tests {
     use super::*;
+    use crate::controllers::util::testing::merged;
     use serde_json::{Value, json};
 
     // ---- builders -------------------------------------------------------------------------
@@ -614,23 +615,6 @@ mod tests {
                 self.0.len(),
                 self.0.join("\n")
             );
-        }
-    }
-
-    /// `patch` laid over `base`: objects merge key by key, `null` removes a key, anything else
-    /// replaces.
-    fn merged(base: Value, patch: Value) -> Value {
-        match (base, patch) {
-            (Value::Object(mut b), Value::Object(p)) => {
-                for (k, v) in p {
-                    let old = b.remove(&k).unwrap_or(Value::Null);
-                    if !v.is_null() {
-                        b.insert(k, merged(old, v));
-                    }
-                }
-                Value::Object(b)
-            }
-            (_, p) => p,
         }
     }
 
