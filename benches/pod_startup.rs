@@ -6,7 +6,7 @@
 //! Run: `cargo bench --bench pod_startup` (env BENCH_SINGLE, BENCH_BATCH).
 
 mod common;
-use common::{env_or, percentile, rss, server_command, wait_for_client};
+use common::{env_or, rss, server_command, spread, wait_for_client};
 
 #[path = "../tests/common/host.rs"]
 mod host;
@@ -127,16 +127,8 @@ fn main() {
         many.sort_by(f64::total_cmp);
         common::print_machine();
         println!("idle RSS of kinglet server with its node: {idle}");
-        println!(
-            "one pod at a time ({single} runs): p50 {:.0} ms, p99 {:.0} ms",
-            percentile(&ones, 0.5),
-            percentile(&ones, 0.99)
-        );
-        println!(
-            "batch of {batch}: p50 {:.0} ms, p99 {:.0} ms",
-            percentile(&many, 0.5),
-            percentile(&many, 0.99)
-        );
+        println!("one pod at a time ({single} runs): {}", spread(&ones));
+        println!("batch of {batch}: {}", spread(&many));
     });
     let _ = server.kill();
     let _ = server.wait();

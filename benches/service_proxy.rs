@@ -10,7 +10,7 @@
 //! p99 is printed only from 100 changes on).
 
 mod common;
-use common::{env_or, node_server, percentile, wait_for_client};
+use common::{env_or, node_server, percentile, spread, wait_for_client};
 
 #[path = "../tests/common/host.rs"]
 mod host;
@@ -195,25 +195,10 @@ fn kernel_has(host: &host::TestHost, pred: impl Fn(&str) -> bool) -> bool {
 
 /// p50, p99 and max of ascending latencies in ms. Below 100 samples a p99 would be the
 /// largest one or two of them: then only the max is shown.
-fn spread(ms: &[f64]) -> String {
-    let max = ms.last().copied().unwrap_or(f64::NAN);
-    let p50 = percentile(ms, 0.5);
-    if ms.len() >= 100 {
-        let p99 = percentile(ms, 0.99);
-        format!("p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms")
-    } else {
-        format!("p50 {p50:.1} ms, max {max:.1} ms")
-    }
-}
-
 fn start(host: &host::TestHost, dir: &Path) -> std::process::Child {
     let kinglet = host.command(env!("CARGO_BIN_EXE_kinglet"));
-    // The proxy's module, in the binary's crate or in the network crate (crates/network).
     node_server(kinglet, dir, &host.cgroup_root, host::NODE_IP)
-        .env(
-            "RUST_LOG",
-            "info,kinglet::proxy=debug,kinglet_network::proxy=debug",
-        )
+        .env("RUST_LOG", "info,kinglet_network::proxy=debug")
         .spawn()
         .expect("start kinglet")
 }

@@ -15,6 +15,20 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// Sorted samples in ms as "p50, p99, max", or "p50, max" when there are too few samples for
+/// a p99 to be more than the maximum.
+#[allow(dead_code)] // not every benchmark prints latencies
+pub fn spread(ms: &[f64]) -> String {
+    let max = ms.last().copied().unwrap_or(f64::NAN);
+    let p50 = percentile(ms, 0.5);
+    if ms.len() >= 100 {
+        let p99 = percentile(ms, 0.99);
+        format!("p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms")
+    } else {
+        format!("p50 {p50:.1} ms, max {max:.1} ms")
+    }
+}
+
 /// Resident memory of a process in MiB: all of it, and its anonymous and file-backed parts
 /// (pages of the binary, shared with every other kinglet process and reclaimable).
 pub struct Rss {
