@@ -46,6 +46,15 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // One server per data directory: two would interleave writes to one SQLite log and fight
+    // over the controllers' lease. Held until the process ends.
+    let server_dir = args.data_dir.join("server");
+    std::fs::create_dir_all(&server_dir)
+        .with_context(|| format!("creating {}", server_dir.display()))?;
+    let _alone = kinglet_core::lockfile::hold_alone(
+        &server_dir.join("lock"),
+        &format!("data directory {}", args.data_dir.display()),
+    )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .worker_threads(2)
