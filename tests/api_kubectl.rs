@@ -423,12 +423,12 @@ fn authentication_rules() {
     let s = Server::start();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        // Anonymous: health and version only.
+        // Anonymous: health and version only (system:public-info-viewer); the rest is forbidden.
         let anon = reqwest_like_anonymous(s.port).await;
         assert_eq!(anon("/healthz").await, 200);
         assert_eq!(anon("/version").await, 200);
-        assert_eq!(anon("/api").await, 401);
-        assert_eq!(anon("/api/v1/namespaces").await, 401);
+        assert_eq!(anon("/api").await, 403);
+        assert_eq!(anon("/api/v1/namespaces").await, 403);
     });
     // A service account token from TokenRequest authenticates as that account.
     s.ok(&["create", "serviceaccount", "robot"]);

@@ -131,7 +131,9 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             cert: kinglet_pki::issue(&pki.ca, &cfg.node_name, &[], &sans, true, false)?,
             ca_pem: pki.ca.cert_pem.clone(),
         });
-        start_node(api.local_client(), cfg);
+        // The node acts with its own node credentials, as an agent on another machine would.
+        let node_user = kinglet_apiserver::authz::node::node_user(&cfg.node_name);
+        start_node(api.local_client_as(node_user), cfg);
     }
     kinglet_control::controllers::start(api.clone(), pki.ca.cert_pem.clone(), cluster_cidr);
     let router = api.router();

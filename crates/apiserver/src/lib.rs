@@ -4,6 +4,7 @@
 mod admission;
 mod alloc;
 pub mod auth;
+pub mod authz;
 mod bootstrap;
 pub mod context;
 mod convert;
@@ -80,6 +81,7 @@ pub struct Api {
     pub registry: registry::Registry,
     pub config: ApiConfig,
     pub auth: Authenticator,
+    pub authz: authz::Authorizer,
     metrics: metrics::Metrics,
     openapi: openapi::Cache,
     openapi_v2: openapi_v2::Cache,
@@ -115,6 +117,7 @@ impl Api {
                 signer,
                 api_audiences: vec![issuer],
             },
+            authz: authz::Authorizer::default(),
             metrics: metrics::Metrics::new(),
             openapi: openapi::Cache::default(),
             openapi_v2: openapi_v2::Cache::default(),
@@ -123,6 +126,7 @@ impl Api {
         });
         crd::sync(&api).await?;
         bootstrap::run(&api).await?;
+        authz::start(&api).await?;
         crd::spawn_watcher(api.clone());
         Ok(api)
     }
@@ -235,15 +239,20 @@ async fn handle(State(api): State<Arc<Api>>, req: Request) -> Response {
         Ok(u) => u,
         Err(e) => return e.into_response(),
     };
-    if user.is_anonymous() {
-        return ApiError::unauthorized().into_response();
+    let user = match authz::impersonate(&api, user, &req.headers).await {
+        Ok(u) => u,
+        Err(e) => return e.into_response(),
+    };
+    let api_path = request::parse_path(&path);
+    let attrs = authz::attributes(&user, &method, &path, api_path.as_ref(), &query);
+    if let authz::Decision::Deny(reason) = api.authz.authorize(&api, &attrs).await {
+        return authz::forbidden(&attrs, &reason).into_response();
     }
     let (accept, content_type, user_agent) = (
         header(&req, http::header::ACCEPT),
         header(&req, http::header::CONTENT_TYPE),
         header(&req, http::header::USER_AGENT),
     );
-    let api_path = request::parse_path(&path);
     let verb = api_path
         .as_ref()
         .map(|p| verb_of(&method, p, &query))
@@ -427,8 +436,13 @@ impl Api {
     /// A kube-rs client that calls this API server in-process (no TCP, no TLS), with the
     /// server's own identity. Controllers and the embedded node use it.
     pub fn local_client(self: &Arc<Self>) -> kube::Client {
+        self.local_client_as(UserInfo::internal())
+    }
+
+    /// A kube-rs client that calls this API server in-process as `user` (a node, a component).
+    pub fn local_client_as(self: &Arc<Self>, user: UserInfo) -> kube::Client {
         let router = self.router();
-        let internal = PeerUser(Some(Arc::new(UserInfo::internal())));
+        let internal = PeerUser(Some(Arc::new(user)));
         let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
             let mut req = req.map(Body::new);
             req.extensions_mut().insert(internal.clone());

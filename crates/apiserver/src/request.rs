@@ -73,7 +73,7 @@ pub fn parse_path(path: &str) -> Option<ApiPath> {
     Some(ApiPath::Resource(rp))
 }
 
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -45,13 +45,24 @@ pub async fn create_review(
         }
         "SelfSubjectReview" => json!({"userInfo": ctx.user.to_json()}),
         "SelfSubjectAccessReview" | "SubjectAccessReview" | "LocalSubjectAccessReview" => {
-            json!({"allowed": true, "reason": "kinglet authorizes every authenticated user"})
+            access_review(api, res, ctx, &obj).await?
         }
-        "SelfSubjectRulesReview" => json!({
-            "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}],
-            "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}],
-            "incomplete": false,
-        }),
+        "SelfSubjectRulesReview" => {
+            let ns = obj
+                .pointer("/spec/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let (urls, resources): (Vec<_>, Vec<_>) = api
+                .authz
+                .rules_for(&ctx.user, ns)
+                .into_iter()
+                .partition(|r| !r.urls.is_empty());
+            json!({
+                "resourceRules": resources.iter().map(|r| r.to_json()).collect::<Vec<_>>(),
+                "nonResourceRules": urls.iter().map(|r| r.to_json()).collect::<Vec<_>>(),
+                "incomplete": false,
+            })
+        }
         other => {
             return Err(ApiError::method_not_allowed(format!(
                 "create is not supported for {other}"
@@ -61,6 +72,97 @@ pub async fn create_review(
     obj["status"] = status;
     obj["metadata"] = json!({"creationTimestamp": null});
     Ok(json_response(ctx, 201, &obj))
+}
+
+/// The status of a (Self|Local)SubjectAccessReview: whether the subject may do what it names.
+async fn access_review(api: &Api, res: &Resource, ctx: &Ctx, obj: &Value) -> ApiResult<Value> {
+    let spec = &obj["spec"];
+    let invalid = |field: &str, msg: &str| {
+        ApiError::invalid(
+            &res.group,
+            &res.kind,
+            "",
+            vec![Cause::new("FieldValueInvalid", field, msg)],
+        )
+    };
+    let user = if res.kind == "SelfSubjectAccessReview" {
+        ctx.user.clone()
+    } else {
+        let strings = |p: &str| -> Vec<String> {
+            spec.pointer(p)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        };
+        let name = spec.get("user").and_then(Value::as_str).unwrap_or("");
+        let groups = strings("/groups");
+        if name.is_empty() && groups.is_empty() {
+            return Err(invalid(
+                "spec.user",
+                "Invalid value: \"\": at least one of user or group must be specified",
+            ));
+        }
+        let extra = spec
+            .get("extra")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .map(|(k, _)| (k.clone(), strings(&format!("/extra/{k}"))))
+            .collect();
+        std::sync::Arc::new(UserInfo {
+            name: name.into(),
+            uid: spec.get("uid").and_then(Value::as_str).unwrap_or("").into(),
+            groups,
+            extra,
+        })
+    };
+    let field = |o: &Value, k: &str| o.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let attrs = match (
+        spec.get("resourceAttributes").filter(|v| !v.is_null()),
+        spec.get("nonResourceAttributes").filter(|v| !v.is_null()),
+    ) {
+        (Some(r), None) => {
+            let a = super::authz::Attributes {
+                user,
+                verb: field(r, "verb"),
+                resource_request: true,
+                namespace: field(r, "namespace"),
+                group: field(r, "group"),
+                resource: field(r, "resource"),
+                subresource: field(r, "subresource"),
+                name: field(r, "name"),
+                path: String::new(),
+            };
+            if res.kind == "LocalSubjectAccessReview"
+                && Some(a.namespace.as_str()) != ctx.path.namespace.as_deref()
+            {
+                return Err(invalid(
+                    "spec.resourceAttributes.namespace",
+                    "Invalid value: must match metadata.namespace",
+                ));
+            }
+            a
+        }
+        (None, Some(n)) => super::authz::Attributes {
+            user,
+            verb: field(n, "verb"),
+            path: field(n, "path"),
+            ..Default::default()
+        },
+        _ => {
+            return Err(invalid(
+                "spec.resourceAttributes",
+                "Invalid value: exactly one of nonResourceAttributes or resourceAttributes must be specified",
+            ));
+        }
+    };
+    Ok(match api.authz.authorize(api, &attrs).await {
+        super::authz::Decision::Allow(reason) => json!({"allowed": true, "reason": reason}),
+        super::authz::Decision::Deny(reason) if reason.is_empty() => json!({"allowed": false}),
+        super::authz::Decision::Deny(reason) => json!({"allowed": false, "reason": reason}),
+    })
 }
 
 pub async fn bind(

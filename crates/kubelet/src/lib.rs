@@ -2,6 +2,7 @@
 //! to it through the in-process runtime (`kinglet_runtime`). The same code runs inside
 //! `kinglet server` and, later, `kinglet agent`.
 
+mod authz;
 mod cgroups;
 mod containers;
 mod dns_config;

@@ -1,5 +1,5 @@
-//! The kubelet API (HTTPS, port 10250): only peers with a certificate from the cluster CA (the
-//! API server) get in. Serves `/healthz`, `/containerLogs/<ns>/<pod>/<container>`, and the
+//! The kubelet API (HTTPS, port 10250): only peers with a certificate from the cluster CA get
+//! in, and each request must pass the API server's SubjectAccessReview (`authz`). Serves `/healthz`, `/containerLogs/<ns>/<pod>/<container>`, and the
 //! streaming `/exec`, `/attach` and `/portForward` sessions.
 
 use std::collections::HashMap;
@@ -23,6 +23,7 @@ pub async fn serve(kubelet: Arc<Kubelet>, serving: super::Serving) -> anyhow::Re
         .await
         .map_err(|e| anyhow::anyhow!("kubelet API on {addr}: {e}"))?;
     tracing::info!(%addr, "kubelet API listening");
+    let authz = super::authz::Authorizer::new(kubelet.client.clone(), kubelet.cfg.node_name.clone());
     let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/stats/summary", get(summary).post(summary))
@@ -39,7 +40,11 @@ pub async fn serve(kubelet: Arc<Kubelet>, serving: super::Serving) -> anyhow::Re
             "/portForward/{namespace}/{pod}",
             get(port_forward).post(port_forward),
         )
-        .with_state(kubelet);
+        .with_state(kubelet)
+        .layer(axum::middleware::from_fn_with_state(
+            authz,
+            super::authz::check,
+        ));
     kinglet_pki::tls::serve(listener, Arc::new(tls), router).await
 }
 

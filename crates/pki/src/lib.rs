@@ -58,6 +58,16 @@ fn validity(params: &mut CertificateParams) {
     params.not_after = now + time::Duration::days(VALID_DAYS);
 }
 
+/// The user the API server's client certificate toward kubelets names.
+pub const KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
+
+fn names_masters(pair: &CertKey) -> bool {
+    x509_parser::pem::parse_x509_pem(pair.cert_pem.as_bytes())
+        .ok()
+        .and_then(|(_, pem)| crate::identity::user_from_cert(&pem.contents))
+        .is_none_or(|u| u.groups.iter().any(|g| g == "system:masters"))
+}
+
 fn load_pair(dir: &Path, name: &str) -> Option<CertKey> {
     let cert_pem = std::fs::read_to_string(dir.join(format!("{name}.crt"))).ok()?;
     let key_pem = std::fs::read_to_string(dir.join(format!("{name}.key"))).ok()?;
@@ -240,13 +250,15 @@ impl Pki {
                 a
             }
         };
-        let kubelet_client = match load_pair(&dir, "client-kubelet") {
+        // The API server's identity toward kubelets: bound to `system:kubelet-api-admin`, not
+        // an admin (certificates of older data directories named `system:masters`: reissued).
+        let kubelet_client = match load_pair(&dir, "client-kubelet").filter(|p| !names_masters(p)) {
             Some(a) => a,
             None => {
                 let a = issue(
                     &ca,
-                    "kube-apiserver-kubelet-client",
-                    &["system:masters"],
+                    KUBELET_CLIENT_USER,
+                    &[],
                     &[],
                     false,
                     true,

@@ -1,8 +1,10 @@
 //! Admission: decoding checks (types, unknown fields), defaulting, the kind's mutating plugins
 //! (ServiceAccount, DefaultTolerationSeconds, Priority, Service allocation, Job selectors, in
-//! their kinds' modules) and validation.
+//! their kinds' modules), NodeRestriction and RBAC escalation checks, validation, and Pod
+//! Security.
 
 pub mod defaults;
+mod pod_security;
 pub mod schema;
 pub mod validation;
 
@@ -38,6 +40,8 @@ pub async fn admit(
         }
         defaults::apply(res, obj);
     }
+    super::authz::node::admit(res, ctx, obj, old)?;
+    super::authz::escalation::admit(api, res, ctx, obj).await?;
     kinds::of(res).admit(api, res, obj, old).await?;
     let causes = validation::validate(res, obj, old);
     if !causes.is_empty() {
@@ -46,5 +50,6 @@ pub async fn admit(
         }
         return Err(ApiError::invalid(&res.group, &res.kind, &name, causes));
     }
+    pod_security::admit(api, res, ctx, obj, old).await?;
     Ok(())
 }
