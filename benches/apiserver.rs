@@ -96,28 +96,22 @@ fn main() {
         // Creates: `clients` concurrent clients, each with its own connection.
         make_ns(&c, "bench").await;
         let per = creates / clients;
-        let t0 = Instant::now();
-        let mut tasks = Vec::new();
-        for w in 0..clients {
-            let kc = kubeconfig.clone();
-            tasks.push(tokio::spawn(async move {
-                let api: Api<ConfigMap> = Api::namespaced(client(&kc).await, "bench");
-                let mut lat = Vec::with_capacity(per);
-                for i in 0..per {
-                    let t = Instant::now();
-                    api.create(&PostParams::default(), &cm(&format!("c-{w}-{i}"), None))
-                        .await
-                        .expect("create");
-                    lat.push(t.elapsed());
-                }
-                lat
-            }));
+        let mut admins = Vec::new();
+        for _ in 0..clients {
+            admins.push(client(&kubeconfig).await);
         }
-        let mut lat = Vec::new();
-        for t in tasks {
-            lat.extend(t.await.unwrap());
+        let (lat, wall) = create_all(admins, "bench", per).await;
+        report(&format!("create ({clients} clients)"), lat, wall);
+
+        // The same as a ServiceAccount that a RoleBinding grants `edit`: token authentication
+        // and RBAC on every request, as workloads in the cluster meet them.
+        let token = bound_service_account(&c, &kubeconfig, "bench-rbac").await;
+        let mut accounts = Vec::new();
+        for _ in 0..clients {
+            accounts.push(token_client(&kubeconfig, &token).await);
         }
-        report(&format!("create ({clients} clients)"), lat, t0.elapsed());
+        let (lat, wall) = create_all(accounts, "bench-rbac", per).await;
+        report(&format!("create as SA ({clients} clients)"), lat, wall);
 
         // Gets of existing objects.
         let t0 = Instant::now();
@@ -239,4 +233,97 @@ fn main() {
     });
     let _ = server.kill();
     let _ = server.wait();
+}
+
+/// Each client creates `per` ConfigMaps in `ns`, all at once; latencies and wall time.
+async fn create_all(clients: Vec<kube::Client>, ns: &str, per: usize) -> (Vec<Duration>, Duration) {
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for (w, c) in clients.into_iter().enumerate() {
+        let api: Api<ConfigMap> = Api::namespaced(c, ns);
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(per);
+            for i in 0..per {
+                let t = Instant::now();
+                api.create(&PostParams::default(), &cm(&format!("c-{w}-{i}"), None))
+                    .await
+                    .expect("create");
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    (lat, t0.elapsed())
+}
+
+/// A client of the server in `kubeconfig` that authenticates with a bearer token only.
+async fn token_client(kubeconfig: &std::path::Path, token: &str) -> kube::Client {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).expect("kubeconfig");
+    let mut cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("config");
+    cfg.auth_info = kube::config::AuthInfo {
+        token: Some(token.to_string().into()),
+        ..Default::default()
+    };
+    kube::Client::try_from(cfg).expect("client")
+}
+
+/// A namespace with a ServiceAccount bound to `edit` there; returns a token for it once the
+/// binding is in force.
+async fn bound_service_account(
+    admin: &kube::Client,
+    kubeconfig: &std::path::Path,
+    ns: &str,
+) -> String {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::RoleBinding;
+    make_ns(admin, ns).await;
+    let sa: ServiceAccount =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "bench"}})).unwrap();
+    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), ns);
+    sas.create(&PostParams::default(), &sa)
+        .await
+        .expect("service account");
+    let rb: RoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "bench-edit"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+        "subjects": [{"kind": "ServiceAccount", "name": "bench", "namespace": ns}]}))
+    .unwrap();
+    Api::<RoleBinding>::namespaced(admin.clone(), ns)
+        .create(&PostParams::default(), &rb)
+        .await
+        .expect("role binding");
+    let req: TokenRequest =
+        serde_json::from_value(serde_json::json!({"spec": {"expirationSeconds": 3600}}))
+            .unwrap();
+    let token = sas
+        .create_subresource::<TokenRequest, TokenRequest>(
+            "token",
+            "bench",
+            &PostParams::default(),
+            &req,
+        )
+        .await
+        .expect("token")
+        .status
+        .expect("token status")
+        .token;
+    let probe: Api<ConfigMap> = Api::namespaced(token_client(kubeconfig, &token).await, ns);
+    for _ in 0..100 {
+        if probe
+            .create(&PostParams::default(), &cm("probe", None))
+            .await
+            .is_ok()
+        {
+            return token;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the RoleBinding never applied to the ServiceAccount");
 }

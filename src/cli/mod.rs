@@ -207,6 +207,11 @@ pub struct ServerArgs {
     /// Run only the API server and control plane, no node.
     #[arg(long, env = "KINGLET_DISABLE_AGENT")]
     pub disable_agent: bool,
+    /// Start the node even where another Kubernetes network is on the host (kube-proxy, k3s or
+    /// flannel processes, their `cni0` or `flannel.1`, KUBE-* iptables chains kinglet did not
+    /// write), taking over its bridge and shared chains. Without it the server refuses to start.
+    #[arg(long, env = "KINGLET_TAKE_OVER_HOST_NETWORK")]
+    pub take_over_host_network: bool,
     /// Verbose logging.
     #[arg(long, env = "KINGLET_DEBUG")]
     pub debug: bool,
@@ -265,6 +270,19 @@ impl ServerArgs {
             cfg.image_gc.high_percent
         );
         Ok(cfg)
+    }
+
+    /// What the node's start-up check of the host's network needs.
+    pub fn host_check(&self) -> anyhow::Result<kinglet_network::host_check::Config> {
+        Ok(kinglet_network::host_check::Config {
+            cluster_cidr: ipv4_net("--cluster-cidr", &self.cluster_cidr)?,
+            service_cidr: ipv4_net("--service-cidr", &self.service_cidr)?,
+            cluster_dns: match self.cluster_dns()? {
+                IpAddr::V4(ip) => ip,
+                IpAddr::V6(ip) => anyhow::bail!("--cluster-dns {ip}: only IPv4 is supported yet"),
+            },
+            take_over: self.take_over_host_network,
+        })
     }
 
     /// `--cluster-dns`, or the tenth address of the service range.

@@ -76,6 +76,10 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| "localhost".into());
     let service_net = kinglet_apiserver::service_network(&args.service_cidr)?;
     let cluster_cidr = crate::cli::ipv4_net("--cluster-cidr", &args.cluster_cidr)?;
+    // The host is not ours: refuse another Kubernetes network, or ranges that overlap its own.
+    if !args.disable_agent {
+        kinglet_network::host_check::refuse_foreign(&args.host_check()?).await?;
+    }
     let mut all_addrs = addresses.clone();
     all_addrs.push(advertise);
     if !args.bind_address.is_unspecified() {

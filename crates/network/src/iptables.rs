@@ -3,6 +3,10 @@
 //! replaced). The few jumps from the built-in chains are added, when a listing shows them
 //! missing, by a small restore of their own (`-I`/`-A` lines), so nobody else's rules are
 //! touched.
+//!
+//! Chains under upstream's names (`KUBE-SERVICES`, ...) are kube-proxy's, k3s's and kubelets'
+//! too, so kinglet marks those it writes (see `Saved::written_by_kinglet`): start-up refuses a
+//! host with someone else's, and `kinglet cleanup` removes only ours.
 
 use std::fmt::Write as _;
 use std::io::Write;
@@ -55,6 +59,9 @@ pub fn restore_input(table: &str, old: Option<&Chains>, new: &Chains, stale: &[S
     }
     for i in order {
         let (c, rules) = changed[i];
+        if marked_name(c) {
+            let _ = writeln!(out, "{}", mark_rule(c));
+        }
         for r in rules.iter() {
             let _ = writeln!(out, "-A {c} {r}");
         }
@@ -152,7 +159,9 @@ pub fn restore(input: &str) -> anyhow::Result<()> {
 pub struct Saved {
     text: String,
     /// Each table's chains, in the order listed.
-    chains: std::collections::HashMap<String, Vec<String>>,
+    chains: PerTable<Vec<String>>,
+    /// Each table's chains that carry kinglet's mark.
+    marked: PerTable<Names>,
 }
 
 impl Saved {
@@ -161,8 +170,39 @@ impl Saved {
     }
 
     fn parse(text: String) -> Saved {
-        let chains = chains_in(&text);
-        Saved { text, chains }
+        let (chains, marked) = chains_in(&text);
+        Saved {
+            text,
+            chains,
+            marked,
+        }
+    }
+
+    /// Whether kinglet wrote `chain` of `table`. Upstream's names (`KUBE-*`) are shared with
+    /// kube-proxy, k3s and kubelets: a chain of a fixed name is ours when it carries the mark;
+    /// a per-service chain (a hashed name; a mark in each, 30,000 comment matches at 10,000
+    /// Services, would slow iptables-nft's full sync, docs/BENCHMARKS.md) when the table's
+    /// `KUBE-SERVICES` does, kinglet then being the table's service proxy. Other names are kinglet's own (`KINGLET-*`) or tests'.
+    pub fn written_by_kinglet(&self, table: &str, chain: &str) -> bool {
+        if !chain.starts_with("KUBE-") {
+            return true;
+        }
+        let carrier = match hashed_name(chain) {
+            true => crate::proxy::rules::SERVICES,
+            false => chain,
+        };
+        self.marked.get(table).is_some_and(|m| m.contains(carrier))
+    }
+
+    /// The `KUBE-*` chains that kinglet did not write, as (table, chain), sorted.
+    pub fn foreign(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = (self.chains.iter())
+            .flat_map(|(t, chains)| chains.iter().map(move |c| (t, c)))
+            .filter(|(t, c)| c.starts_with("KUBE-") && !self.written_by_kinglet(t, c))
+            .map(|(t, c)| (t.clone(), c.clone()))
+            .collect();
+        out.sort();
+        out
     }
 
     fn has_chain(&self, table: &str, chain: &str) -> bool {
@@ -178,10 +218,10 @@ impl Saved {
             .take_while(|l| *l != "COMMIT")
     }
 
-    /// The chains of `table` that `owned` accepts.
+    /// The chains of `table` that `owned` accepts and kinglet wrote.
     pub fn chains(&self, table: &str, owned: impl Fn(&str) -> bool) -> Vec<String> {
         (self.chains.get(table).into_iter().flatten())
-            .filter(|c| owned(c))
+            .filter(|c| owned(c) && self.written_by_kinglet(table, c))
             .cloned()
             .collect()
     }
@@ -232,8 +272,11 @@ impl Saved {
                 continue;
             }
             let _ = writeln!(input, "*{table}");
-            for c in declare {
+            for c in &declare {
                 let _ = writeln!(input, ":{c} - [0:0]");
+            }
+            for c in declare.into_iter().filter(|c| marked_name(c)) {
+                let _ = writeln!(input, "{}", mark_rule(c));
             }
             for a in add {
                 let _ = writeln!(input, "{a}");
@@ -244,8 +287,13 @@ impl Saved {
     }
 }
 
-fn chains_in(saved: &str) -> std::collections::HashMap<String, Vec<String>> {
-    let mut out: std::collections::HashMap<String, Vec<String>> = Default::default();
+type PerTable<T> = std::collections::HashMap<String, T>;
+type Names = std::collections::HashSet<String>;
+
+/// Each table's chains, and those of them that carry kinglet's mark.
+fn chains_in(saved: &str) -> (PerTable<Vec<String>>, PerTable<Names>) {
+    let (mut chains, mut marked): (PerTable<Vec<String>>, PerTable<Names>) = Default::default();
+    let mark = format!(" {MARK_MATCH}");
     let mut table = String::new();
     for line in saved.lines() {
         if let Some(t) = line.strip_prefix('*') {
@@ -254,10 +302,46 @@ fn chains_in(saved: &str) -> std::collections::HashMap<String, Vec<String>> {
             .strip_prefix(':')
             .and_then(|l| l.split_whitespace().next())
         {
-            out.entry(table.clone()).or_default().push(c.to_string());
+            chains.entry(table.clone()).or_default().push(c.to_string());
+        } else if let Some(c) = line
+            .strip_prefix("-A ")
+            .and_then(|l| l.strip_suffix(mark.as_str()))
+            .filter(|c| !c.contains(' '))
+        {
+            marked
+                .entry(table.clone())
+                .or_default()
+                .insert(c.to_string());
         }
     }
-    out
+    (chains, marked)
+}
+
+/// The rule that marks a chain as kinglet's: it matches everything and does nothing (a comment
+/// without spaces, so every iptables prints it alike).
+const MARK_MATCH: &str = "-m comment --comment kinglet";
+
+fn mark_rule(chain: &str) -> String {
+    format!("-A {chain} {MARK_MATCH}")
+}
+
+/// Whether kinglet marks its chain of this name: upstream's fixed names (see
+/// `Saved::written_by_kinglet`).
+fn marked_name(chain: &str) -> bool {
+    chain.starts_with("KUBE-") && !hashed_name(chain)
+}
+
+/// A per-service chain's name: `KUBE-<kind>-` and 16 characters of base32 (`chain_name`).
+fn hashed_name(chain: &str) -> bool {
+    chain
+        .strip_prefix("KUBE-")
+        .and_then(|c| c.rsplit_once('-'))
+        .is_some_and(|(_, hash)| {
+            hash.len() == 16
+                && hash
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
+        })
 }
 
 /// `iptables-save args`.
@@ -335,21 +419,24 @@ fn printed(args: &[&str]) -> String {
     quoted.join(" ")
 }
 
-/// Removes the jumps (all copies) and then every chain of `table` that `owned` accepts: the
-/// uninstall path, one listing and one restore. Chains of other programs stay.
+/// Removes every chain of `table` that `owned` accepts and kinglet wrote, and the jumps (all
+/// copies) into them: the uninstall path, one listing and one restore. Chains of other
+/// programs stay, with their jumps.
 pub fn remove(jumps: &[Jump], table: &str, owned: impl Fn(&str) -> bool) -> anyhow::Result<()> {
     let saved = Saved::read()?;
     let mine = saved.chains(table, owned);
     let listed: Vec<&str> = saved.table(table).collect();
     let mut deletes = Vec::new();
-    for j in jumps.iter().filter(|j| j.table == table) {
+    // Jumps to chains that are not ours are someone else's (upstream installs the same ones).
+    let to_ours = |j: &&Jump| j.table == table && mine.iter().any(|c| c == j.target());
+    for j in jumps.iter().filter(to_ours) {
         let line = j.listed();
         let copies = listed.iter().filter(|l| **l == line).count();
         deletes.extend(std::iter::repeat_n(
             format!("-D {} {}", j.from, printed(j.rule)),
             copies,
         ));
-        if copies == 0 && mine.iter().any(|c| c == j.target()) {
+        if copies == 0 {
             // Not listed as expected (this iptables may print it differently): one call per
             // copy, which fails (exit 1) once none is left.
             let mut del = vec!["-t", j.table, "-D", j.from];
@@ -394,9 +481,10 @@ mod tests {
     #[test]
     fn chains_are_read_per_table() {
         let saved = "# Generated\n*filter\n:INPUT ACCEPT [0:0]\n:KUBE-FORWARD - [0:0]\n-A INPUT -j KUBE-FORWARD\nCOMMIT\n*nat\n:KUBE-SERVICES - [0:0]\nCOMMIT\n";
-        let chains = chains_in(saved);
+        let (chains, marked) = chains_in(saved);
         assert_eq!(chains["filter"], ["INPUT", "KUBE-FORWARD"]);
         assert_eq!(chains["nat"], ["KUBE-SERVICES"]);
+        assert!(marked.is_empty());
     }
 
     fn jump(table: &'static str, from: &'static str, target: &'static str, first: bool) -> Jump {
@@ -494,6 +582,124 @@ mod tests {
                 assert!(!now.contains("K-TEST-"), "{now}");
                 assert!(now.contains("-A PREROUTING -j OTHER"), "{now}");
             }
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn kinglets_chains_are_told_by_the_mark() {
+        let svc = chain_name("KUBE-SVC-", "default/web:http");
+        let saved = Saved::parse(format!(
+            "*mangle\n:KUBE-KUBELET-CANARY - [0:0]\nCOMMIT\n\
+             *filter\n:KUBE-SERVICES - [0:0]\n:KUBE-FOO - [0:0]\n:KUBE-SEP-AAAAAAAAAAAAAAAA - [0:0]\n\
+             -A KUBE-FOO -m comment --comment kinglet -j RETURN\nCOMMIT\n\
+             *nat\n:KUBE-SERVICES - [0:0]\n:{svc} - [0:0]\n:KINGLET-POSTRTG - [0:0]\n\
+             -A KUBE-SERVICES -m comment --comment kinglet\nCOMMIT\n"
+        ));
+        // Marked, or per-service where KUBE-SERVICES is marked; a mark with more to the rule
+        // is not the mark; kinglet's own names are its own.
+        assert!(saved.written_by_kinglet("nat", "KUBE-SERVICES"));
+        assert!(saved.written_by_kinglet("nat", &svc));
+        assert!(saved.written_by_kinglet("nat", "KINGLET-POSTRTG"));
+        assert!(!saved.written_by_kinglet("filter", "KUBE-SERVICES"));
+        assert!(!saved.written_by_kinglet("filter", "KUBE-FOO"));
+        assert!(!saved.written_by_kinglet("filter", "KUBE-SEP-AAAAAAAAAAAAAAAA"));
+        let foreign: Vec<String> = (saved.foreign().into_iter())
+            .map(|(t, c)| format!("{t}/{c}"))
+            .collect();
+        assert_eq!(
+            foreign,
+            [
+                "filter/KUBE-FOO",
+                "filter/KUBE-SEP-AAAAAAAAAAAAAAAA",
+                "filter/KUBE-SERVICES",
+                "mangle/KUBE-KUBELET-CANARY"
+            ]
+        );
+        let owned = |c: &str| c.starts_with("KUBE-");
+        assert_eq!(saved.chains("nat", owned), ["KUBE-SERVICES", svc.as_str()]);
+        assert!(saved.chains("filter", owned).is_empty());
+    }
+
+    #[test]
+    fn fixed_names_are_marked_when_written_hashed_ones_are_not() {
+        let svc = chain_name("KUBE-SVC-", "default/web:http");
+        assert!(hashed_name(&svc) && !hashed_name("KUBE-PROXY-CANARY"));
+        assert!(!hashed_name("KUBE-SVC-ABC") && !hashed_name("KUBE-SVC-abcdefghijklmnop"));
+        let chains: Chains = [
+            ("KUBE-SERVICES".to_string(), vec![format!("-j {svc}")]),
+            (svc.clone(), vec!["-j RETURN".to_string()]),
+            ("KUBE-PROXY-CANARY".to_string(), vec![]),
+            ("KINGLET-FWD".to_string(), vec!["-j ACCEPT".to_string()]),
+        ]
+        .into();
+        let input = restore_input("nat", None, &chains, &[]);
+        let mut marks: Vec<&str> = (input.lines())
+            .filter_map(|l| l.strip_suffix(" -m comment --comment kinglet"))
+            .collect();
+        marks.sort();
+        assert_eq!(
+            marks,
+            ["-A KUBE-PROXY-CANARY", "-A KUBE-SERVICES"],
+            "{input}"
+        );
+        // Each mark comes before the chain's rules; declared chains of the jumps get one too.
+        assert!(
+            input.contains("-A KUBE-SERVICES -m comment --comment kinglet\n-A KUBE-SERVICES -j ")
+        );
+        let jumps = [jump("nat", "PREROUTING", "KUBE-SERVICES", true)];
+        let input = Saved::parse(String::new()).jumps_input(&jumps).unwrap();
+        assert!(
+            input.contains(
+                ":KUBE-SERVICES - [0:0]\n-A KUBE-SERVICES -m comment --comment kinglet\n"
+            ),
+            "{input}"
+        );
+        // And the listing of what was written reads them as kinglet's.
+        let saved = Saved::parse(restore_input("nat", None, &chains, &[]).replace("-S\n", ""));
+        assert!(saved.foreign().is_empty());
+    }
+
+    /// Someone else's chains under upstream's names, with the same jumps as ours, are left
+    /// alone by the uninstall; ours, once written, go. Needs root and iptables, as above.
+    #[test]
+    fn uninstall_leaves_foreign_kube_chains_and_their_jumps() {
+        let have_iptables = Command::new("iptables").arg("--version").output().is_ok();
+        if !nix::unistd::Uid::effective().is_root() || !have_iptables {
+            eprintln!("skipped: needs root and iptables");
+            return;
+        }
+        std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+            let jumps = [jump("filter", "OUTPUT", "KUBE-SERVICES", false)];
+            let kube = |c: &str| c.starts_with("KUBE-");
+            // Another kube-proxy's: the same jump into an unmarked KUBE-SERVICES, and a chain
+            // kinglet never writes.
+            restore(
+                "*filter\n:KUBE-SERVICES - [0:0]\n:KUBE-FOO - [0:0]\n-A KUBE-FOO -j RETURN\n\
+                 -A OUTPUT -m comment --comment \"a b\" -j KUBE-SERVICES\nCOMMIT\n",
+            )
+            .unwrap();
+            let foreign = Saved::read().unwrap().foreign();
+            assert_eq!(foreign.len(), 2, "{foreign:?}");
+            remove(&jumps, "filter", kube).unwrap();
+            let now = save(&[]).unwrap();
+            assert!(
+                now.contains(":KUBE-SERVICES") && now.contains("-j KUBE-SERVICES"),
+                "{now}"
+            );
+            // Taken over: written by kinglet, it is kinglet's, and goes with its jump.
+            let ours: Chains =
+                [("KUBE-SERVICES".to_string(), vec!["-j RETURN".to_string()])].into();
+            restore(&restore_input("filter", None, &ours, &[])).unwrap();
+            let saved = Saved::read().unwrap();
+            let left: Vec<String> = saved.foreign().into_iter().map(|(_, c)| c).collect();
+            assert_eq!(left, ["KUBE-FOO"], "{}", saved.text);
+            remove(&jumps, "filter", kube).unwrap();
+            let now = save(&[]).unwrap();
+            assert!(!now.contains("KUBE-SERVICES"), "{now}");
+            assert!(now.contains("-A KUBE-FOO -j RETURN"), "{now}");
         })
         .join()
         .unwrap();

@@ -5,6 +5,7 @@
 //! addresses route to the bridge above their blackhole, see `setup_node`).
 
 pub mod dns;
+pub mod host_check;
 pub mod ipam;
 pub mod iptables;
 pub mod netpol;
@@ -17,11 +18,15 @@ use std::os::fd::AsRawFd;
 use anyhow::Context;
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::route::RouteType;
 use rtnetlink::{Handle, LinkBridge, LinkDummy, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use serde::{Deserialize, Serialize};
 
 pub const BRIDGE: &str = "cni0";
+/// The alias (`ip link ... alias`) kinglet gives the links it makes, so that they are told from
+/// other stacks' of the same name (k3s and flannel make a `cni0` too).
+pub const MARK: &str = "kinglet";
 /// Pod MTU: what a 1500-byte underlay leaves under VXLAN (flannel's rule), so pods keep it when
 /// nodes join over the overlay.
 pub const POD_MTU: u32 = 1450;
@@ -50,13 +55,25 @@ fn connect() -> anyhow::Result<Handle> {
 }
 
 async fn link_index(h: &Handle, name: &str) -> anyhow::Result<Option<u32>> {
+    Ok(link_named(h, name).await?.map(|l| l.header.index))
+}
+
+async fn link_named(h: &Handle, name: &str) -> anyhow::Result<Option<LinkMessage>> {
     let mut links = h.link().get().match_name(name.to_string()).execute();
     match links.try_next().await {
-        Ok(link) => Ok(link.map(|l| l.header.index)),
+        Ok(link) => Ok(link),
         // The kernel answers "no such device" with an error.
         Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
         Err(e) => Err(e.into()),
     }
+}
+
+/// A link's alias (`ip link ... alias`).
+fn alias(link: &LinkMessage) -> Option<&str> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfAlias(s) => Some(s.as_str()),
+        _ => None,
+    })
 }
 
 /// Ignores "already exists" (every step here is idempotent).
@@ -105,6 +122,12 @@ pub async fn setup_node(
     let bridge = link_index(&h, BRIDGE)
         .await?
         .context("the pod bridge vanished")?;
+    // Ours from now on (the start-up check let it be, or was told to take it over).
+    h.link()
+        .set(LinkUnspec::new_with_index(bridge).alias(MARK).build())
+        .execute()
+        .await
+        .context("marking the pod bridge as kinglet's")?;
     let gateway = Ipv4Addr::from(u32::from(pod_subnet.network()) + 1);
     address_and_up(&h, bridge, gateway, pod_subnet.prefix_len())
         .await
@@ -271,15 +294,17 @@ pub async fn release_address(link: &str, ip: Ipv4Addr) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Undoes `setup_node` (uninstall): our chains and jumps, the bridge, the blackhole routes.
+/// Undoes `setup_node` (uninstall): our chains and jumps, the bridge if kinglet made it, the
+/// blackhole routes.
 pub async fn cleanup(cluster: Ipv4Net, services: Ipv4Net) -> anyhow::Result<()> {
     for table in ["nat", "filter"] {
         iptables::remove(JUMPS, table, |c| c.starts_with("KINGLET-"))?;
     }
     let h = connect()?;
-    if let Some(bridge) = link_index(&h, BRIDGE).await? {
+    let bridge = link_named(&h, BRIDGE).await?;
+    if let Some(bridge) = bridge.filter(|b| alias(b) == Some(MARK)) {
         h.link()
-            .del(bridge)
+            .del(bridge.header.index)
             .execute()
             .await
             .context("deleting the pod bridge")?;

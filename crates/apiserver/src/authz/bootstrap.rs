@@ -256,11 +256,13 @@ const ROLES: &[Role] = &[
             "get list patch update watch | - | persistentvolumeclaims",
         ],
     ),
-    // kinglet's own: what a node's service proxy, cluster DNS and network policies watch
-    // beyond `system:node` (k3s binds its agents a role of the same purpose).
+    // kinglet's own: what a node needs beyond `system:node` (k3s binds its agents a role of
+    // the same purpose): its event recorder writes events.k8s.io Events, and its service
+    // proxy, cluster DNS and network policies watch these.
     role(
-        "system:kinglet:node-network",
+        "system:kinglet:node",
         &[
+            "create patch update | events.k8s.io | events",
             "list watch | discovery.k8s.io | endpointslices",
             "list watch | - | namespaces endpoints",
             "list watch | networking.k8s.io | networkpolicies",
@@ -330,8 +332,8 @@ const BINDINGS: &[(&str, &str, &[&str])] = &[
         &["User:kube-apiserver-kubelet-client"],
     ),
     (
-        "system:kinglet:node-network",
-        "system:kinglet:node-network",
+        "system:kinglet:node",
+        "system:kinglet:node",
         &["Group:system:nodes"],
     ),
 ];
