@@ -285,3 +285,42 @@ fn pod_security_labels_refuse_and_warn_as_upstream() {
         stderr(&out)
     );
 }
+
+#[test]
+fn the_kubelet_api_asks_the_api_server_who_may_use_it() {
+    let s = Server::start_node(&[]);
+    let pki = kinglet_pki::Pki::load_or_create(&s.data_dir(), &[]).expect("cluster PKI");
+    let dir = s.dir.path();
+    std::fs::write(dir.join("ca.pem"), &pki.ca.cert_pem).expect("ca");
+    for user in ["alice", "bob"] {
+        let cert = kinglet_pki::issue(&pki.ca, user, &[], &[], false, true).expect("cert");
+        std::fs::write(dir.join(format!("{user}.crt")), &cert.cert_pem).expect("crt");
+        std::fs::write(dir.join(format!("{user}.key")), &cert.key_pem).expect("key");
+    }
+    s.ok(&["create", "clusterrolebinding", "bob-kubelet", "--clusterrole=system:kubelet-api-admin", "--user=bob"]);
+    // Straight to the kubelet (inside the test host), with a certificate or without.
+    let get = |user: Option<&str>, path: &str| {
+        let mut cmd = s.command("curl");
+        cmd.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"]).arg(dir.join("ca.pem"));
+        if let Some(u) = user {
+            cmd.arg("--cert").arg(dir.join(format!("{u}.crt")));
+            cmd.arg("--key").arg(dir.join(format!("{u}.key")));
+        }
+        let out = cmd.arg(format!("https://{}:10250{path}", common::host::NODE_IP)).output().expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    eventually(10, "bob's binding to reach the kubelet", || (get(Some("bob"), "/stats/summary") == "200").then_some(()));
+    assert_eq!(get(Some("alice"), "/stats/summary"), "403");
+    assert_eq!(get(Some("alice"), "/containerLogs/default/x/c"), "403");
+    // Without a client certificate the TLS handshake itself is refused.
+    assert_ne!(get(None, "/stats/summary"), "200");
+    // Through the API server, which the kubelet lets in as kube-apiserver-kubelet-client.
+    s.ok(&["run", "logger", "--image=busybox:1.36", "--restart=Never", "--", "echo", "hello"]);
+    eventually(60, "the pod's log through the API server", || {
+        let o = s.kubectl(&["logs", "logger"]);
+        String::from_utf8_lossy(&o.stdout).contains("hello").then_some(())
+    });
+    // ...and only for callers the API server itself allows pods/log.
+    let out = s.kubectl(&["logs", "logger", "--as=alice"]);
+    assert!(stderr(&out).contains("forbidden"), "{}", stderr(&out));
+}
