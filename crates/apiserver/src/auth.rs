@@ -1,8 +1,12 @@
 //! Authentication: client certificates (CN = user, O = groups) and bearer tokens
 //! (service-account JWTs signed by the cluster's key, as TokenRequest issues them).
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -121,4 +125,69 @@ pub struct Authenticator {
     pub signer: Arc<TokenSigner>,
     /// The API audience tokens must name (the issuer, as upstream defaults).
     pub api_audiences: Vec<String>,
+    cache: Mutex<HashMap<[u8; 32], Cached>>,
+    /// Bumped whenever an object a token can be bound to (ServiceAccount, Pod, Secret) is
+    /// deleted: every cached answer from before is asked again.
+    generation: AtomicU64,
+}
+
+struct Cached {
+    user: Arc<UserInfo>,
+    until: Instant,
+    generation: u64,
+}
+
+/// How long a verified token's identity is reused, as upstream's token cache (10 s).
+const CACHE_TTL: Duration = Duration::from_secs(10);
+const CACHE_MAX: usize = 4096;
+
+impl Authenticator {
+    pub fn new(signer: Arc<TokenSigner>, api_audiences: Vec<String>) -> Authenticator {
+        Authenticator {
+            signer,
+            api_audiences,
+            cache: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    fn key(token: &str) -> [u8; 32] {
+        Sha256::digest(token.as_bytes()).into()
+    }
+
+    /// The identity a token verified as within the last 10 s, unless a binding object went since.
+    pub fn cached(&self, token: &str) -> Option<Arc<UserInfo>> {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let c = cache.get(&Self::key(token))?;
+        (c.until > Instant::now() && c.generation == self.generation.load(Ordering::Acquire))
+            .then(|| c.user.clone())
+    }
+
+    /// Remembers a verified token's identity, no longer than the token is valid (`exp`).
+    pub fn remember(&self, token: &str, user: Arc<UserInfo>, exp: i64) {
+        let left = exp - chrono::Utc::now().timestamp();
+        if left <= 0 {
+            return;
+        }
+        let ttl = CACHE_TTL.min(Duration::from_secs(left as u64));
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(
+            Self::key(token),
+            Cached {
+                user,
+                until: Instant::now() + ttl,
+                generation: self.generation.load(Ordering::Acquire),
+            },
+        );
+    }
+
+    /// Called after a delete: tokens bound to a ServiceAccount, Pod or Secret die with it.
+    pub fn object_deleted(&self, group: &str, plural: &str) {
+        if group.is_empty() && matches!(plural, "serviceaccounts" | "pods" | "secrets") {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+    }
 }

@@ -113,10 +113,7 @@ impl Api {
             store,
             registry,
             config,
-            auth: Authenticator {
-                signer,
-                api_audiences: vec![issuer],
-            },
+            auth: Authenticator::new(signer, vec![issuer]),
             authz: authz::Authorizer::default(),
             metrics: metrics::Metrics::new(),
             openapi: openapi::Cache::default(),
@@ -187,8 +184,15 @@ async fn authenticate(api: &Api, req: &http::request::Parts) -> Result<Arc<UserI
             .map(str::trim)
             .filter(|t| !t.is_empty())
     {
+        if let Some(user) = api.auth.cached(token) {
+            return Ok(user);
+        }
         return match api.authenticate_token(token, &api.auth.api_audiences).await {
-            Some((user, _)) => Ok(Arc::new(user)),
+            Some((user, claims)) => {
+                let user = Arc::new(user);
+                api.auth.remember(token, user.clone(), claims.exp);
+                Ok(user)
+            }
             None => Err(ApiError::unauthorized()),
         };
     }

@@ -509,6 +509,7 @@ pub async fn delete_object(
             }
             match api.store.delete(&rec.key, Some(rec.rev)).await {
                 Ok(_) => {
+                    api.auth.object_deleted(&res.group, &res.plural);
                     kind.after_delete(api, &obj);
                     let details =
                         json!({"name": name, "group": res.group, "kind": res.plural, "uid": uid});
