@@ -300,8 +300,7 @@ async fn bound_service_account(
         .await
         .expect("role binding");
     let req: TokenRequest =
-        serde_json::from_value(serde_json::json!({"spec": {"expirationSeconds": 3600}}))
-            .unwrap();
+        serde_json::from_value(serde_json::json!({"spec": {"expirationSeconds": 3600}})).unwrap();
     let token = sas
         .create_subresource::<TokenRequest, TokenRequest>(
             "token",

@@ -68,14 +68,22 @@ fn service_account_tokens_get_exactly_what_their_bindings_grant() {
         with_token(&["get", "pods"]).status.success().then_some(())
     });
     assert!(!with_token(&["get", "secrets"]).status.success());
-    assert!(!with_token(&["get", "pods", "-n", "kube-system"]).status.success());
+    assert!(
+        !with_token(&["get", "pods", "-n", "kube-system"])
+            .status
+            .success()
+    );
     let out = with_token(&["create", "configmap", "c1"]);
     assert!(
         stderr(&out).contains("configmaps is forbidden"),
         "{}",
         stderr(&out)
     );
-    assert!(!with_token(&["create", "deployment", "d", "--image=x"]).status.success());
+    assert!(
+        !with_token(&["create", "deployment", "d", "--image=x"])
+            .status
+            .success()
+    );
     // kubectl auth can-i, as the account itself and as seen by an admin with --as.
     let can = |args: &[&str]| {
         let o = s.kubectl(&[&["auth", "can-i"], args].concat());
@@ -86,9 +94,16 @@ fn service_account_tokens_get_exactly_what_their_bindings_grant() {
     assert_eq!(can(&["create", "pods", sa]), "no");
     assert_eq!(can(&["get", "secrets", sa]), "no");
     assert_eq!(can(&["list", "pods", sa, "-n", "kube-system"]), "no");
-    let listed = String::from_utf8_lossy(&with_token(&["auth", "can-i", "--list"]).stdout).into_owned();
-    assert!(listed.contains("pods") && listed.contains("[get list watch]"), "{listed}");
-    assert!(listed.contains("selfsubjectaccessreviews.authorization.k8s.io"), "{listed}");
+    let listed =
+        String::from_utf8_lossy(&with_token(&["auth", "can-i", "--list"]).stdout).into_owned();
+    assert!(
+        listed.contains("pods") && listed.contains("[get list watch]"),
+        "{listed}"
+    );
+    assert!(
+        listed.contains("selfsubjectaccessreviews.authorization.k8s.io"),
+        "{listed}"
+    );
 }
 
 #[test]
@@ -97,7 +112,9 @@ fn users_groups_whoami_impersonation_and_escalation() {
     s.ok(&["create", "namespace", "team"]);
     let alice = kubeconfig_for(&s, "alice", &["devs"]);
     // whoami shows the certificate's user and groups.
-    let who = String::from_utf8_lossy(&as_file(&s, &alice, &["auth", "whoami", "-o", "json"]).stdout).into_owned();
+    let who =
+        String::from_utf8_lossy(&as_file(&s, &alice, &["auth", "whoami", "-o", "json"]).stdout)
+            .into_owned();
     let who: serde_json::Value = serde_json::from_str(&who).expect("whoami json");
     assert_eq!(who["status"]["userInfo"]["username"], "alice");
     assert_eq!(
@@ -105,17 +122,44 @@ fn users_groups_whoami_impersonation_and_escalation() {
         serde_json::json!(["devs", "system:authenticated"])
     );
     // A group binding grants to every member; --as-group checks another group's view.
-    s.ok(&["create", "rolebinding", "devs-edit", "--clusterrole=edit", "--group=devs", "-n", "team"]);
+    s.ok(&[
+        "create",
+        "rolebinding",
+        "devs-edit",
+        "--clusterrole=edit",
+        "--group=devs",
+        "-n",
+        "team",
+    ]);
     let can = |args: &[&str]| {
         let o = as_file(&s, &alice, &[&["auth", "can-i"], args].concat());
         String::from_utf8_lossy(&o.stdout).trim().to_string()
     };
-    eventually(10, "the group binding", || (can(&["create", "deployments", "-n", "team"]) == "yes").then_some(()));
+    eventually(10, "the group binding", || {
+        (can(&["create", "deployments", "-n", "team"]) == "yes").then_some(())
+    });
     assert_eq!(can(&["create", "deployments", "-n", "default"]), "no");
     assert_eq!(can(&["create", "rolebindings", "-n", "team"]), "no");
-    let admin_can = |args: &[&str]| String::from_utf8_lossy(&s.kubectl(&[&["auth", "can-i"], args].concat()).stdout).trim().to_string();
-    assert_eq!(admin_can(&["get", "secrets", "-n", "team", "--as=bob", "--as-group=devs"]), "yes");
-    assert_eq!(admin_can(&["get", "secrets", "-n", "team", "--as=bob"]), "no");
+    let admin_can = |args: &[&str]| {
+        String::from_utf8_lossy(&s.kubectl(&[&["auth", "can-i"], args].concat()).stdout)
+            .trim()
+            .to_string()
+    };
+    assert_eq!(
+        admin_can(&[
+            "get",
+            "secrets",
+            "-n",
+            "team",
+            "--as=bob",
+            "--as-group=devs"
+        ]),
+        "yes"
+    );
+    assert_eq!(
+        admin_can(&["get", "secrets", "-n", "team", "--as=bob"]),
+        "no"
+    );
     // Impersonation needs the impersonate verb.
     let out = as_file(&s, &alice, &["get", "pods", "-n", "team", "--as=bob"]);
     assert!(
@@ -124,33 +168,123 @@ fn users_groups_whoami_impersonation_and_escalation() {
         stderr(&out)
     );
     // `edit` cannot create bindings at all, so cannot bind cluster-admin.
-    let out = as_file(&s, &alice, &["create", "rolebinding", "root", "--clusterrole=cluster-admin", "--user=alice", "-n", "team"]);
+    let out = as_file(
+        &s,
+        &alice,
+        &[
+            "create",
+            "rolebinding",
+            "root",
+            "--clusterrole=cluster-admin",
+            "--user=alice",
+            "-n",
+            "team",
+        ],
+    );
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("rolebindings.rbac.authorization.k8s.io is forbidden"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("rolebindings.rbac.authorization.k8s.io is forbidden"),
+        "{}",
+        stderr(&out)
+    );
     // `admin` may create bindings, but only of what it holds itself.
-    s.ok(&["create", "rolebinding", "alice-admin", "--clusterrole=admin", "--user=alice", "-n", "team"]);
-    eventually(10, "the admin binding", || (can(&["create", "rolebindings", "-n", "team"]) == "yes").then_some(()));
-    let out = as_file(&s, &alice, &["create", "rolebinding", "root", "--clusterrole=cluster-admin", "--user=alice", "-n", "team"]);
+    s.ok(&[
+        "create",
+        "rolebinding",
+        "alice-admin",
+        "--clusterrole=admin",
+        "--user=alice",
+        "-n",
+        "team",
+    ]);
+    eventually(10, "the admin binding", || {
+        (can(&["create", "rolebindings", "-n", "team"]) == "yes").then_some(())
+    });
+    let out = as_file(
+        &s,
+        &alice,
+        &[
+            "create",
+            "rolebinding",
+            "root",
+            "--clusterrole=cluster-admin",
+            "--user=alice",
+            "-n",
+            "team",
+        ],
+    );
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("rolebindings.rbac.authorization.k8s.io \"root\" is forbidden: user \"alice\" (groups=[\"devs\" \"system:authenticated\"]) is attempting to grant RBAC permissions not currently held:"),
         "{}",
         stderr(&out)
     );
-    assert!(stderr(&out).contains("{APIGroups:[\"*\"], Resources:[\"*\"], Verbs:[\"*\"]}"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("{APIGroups:[\"*\"], Resources:[\"*\"], Verbs:[\"*\"]}"),
+        "{}",
+        stderr(&out)
+    );
     // Granting what it holds works; so does a role with only rules it has.
-    let ok = as_file(&s, &alice, &["create", "rolebinding", "carol-view", "--clusterrole=view", "--user=carol", "-n", "team"]);
+    let ok = as_file(
+        &s,
+        &alice,
+        &[
+            "create",
+            "rolebinding",
+            "carol-view",
+            "--clusterrole=view",
+            "--user=carol",
+            "-n",
+            "team",
+        ],
+    );
     assert!(ok.status.success(), "{}", stderr(&ok));
-    let ok = as_file(&s, &alice, &["create", "role", "pod-reader", "--verb=get", "--resource=pods", "-n", "team"]);
+    let ok = as_file(
+        &s,
+        &alice,
+        &[
+            "create",
+            "role",
+            "pod-reader",
+            "--verb=get",
+            "--resource=pods",
+            "-n",
+            "team",
+        ],
+    );
     assert!(ok.status.success(), "{}", stderr(&ok));
-    let out = as_file(&s, &alice, &["create", "role", "node-reader", "--verb=get", "--resource=nodes", "-n", "team"]);
-    assert!(stderr(&out).contains("is attempting to grant RBAC permissions not currently held"), "{}", stderr(&out));
+    let out = as_file(
+        &s,
+        &alice,
+        &[
+            "create",
+            "role",
+            "node-reader",
+            "--verb=get",
+            "--resource=nodes",
+            "-n",
+            "team",
+        ],
+    );
+    assert!(
+        stderr(&out).contains("is attempting to grant RBAC permissions not currently held"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
 fn a_cluster_role_labelled_aggregate_to_view_extends_view() {
     let s = Server::start();
-    let rules = |role: &str| s.ok(&["get", "clusterrole", role, "-o", "jsonpath={.rules[*].resources}"]);
+    let rules = |role: &str| {
+        s.ok(&[
+            "get",
+            "clusterrole",
+            role,
+            "-o",
+            "jsonpath={.rules[*].resources}",
+        ])
+    };
     // The bootstrap aggregation filled admin, edit and view.
     assert!(rules("view").contains("pods"), "{}", rules("view"));
     assert!(rules("admin").contains("rolebindings"));
@@ -161,17 +295,43 @@ fn a_cluster_role_labelled_aggregate_to_view_extends_view() {
             "metadata": {"name": "secret-peek", "labels": {"rbac.authorization.k8s.io/aggregate-to-view": "true"}},
             "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]}"#,
     );
-    eventually(10, "view to aggregate the new role", || rules("view").contains("secrets").then_some(()));
+    eventually(10, "view to aggregate the new role", || {
+        rules("view").contains("secrets").then_some(())
+    });
     // ...and through view, edit and admin.
-    eventually(10, "admin to aggregate it too", || rules("admin").contains("secrets").then_some(()));
-    let can = |who: &str| String::from_utf8_lossy(&s.kubectl(&["auth", "can-i", "get", "secrets", &format!("--as={who}")]).stdout).trim().to_string();
+    eventually(10, "admin to aggregate it too", || {
+        rules("admin").contains("secrets").then_some(())
+    });
+    let can = |who: &str| {
+        String::from_utf8_lossy(
+            &s.kubectl(&["auth", "can-i", "get", "secrets", &format!("--as={who}")])
+                .stdout,
+        )
+        .trim()
+        .to_string()
+    };
     assert_eq!(can("viewer"), "no");
-    s.ok(&["create", "clusterrolebinding", "viewer", "--clusterrole=view", "--user=viewer"]);
+    s.ok(&[
+        "create",
+        "clusterrolebinding",
+        "viewer",
+        "--clusterrole=view",
+        "--user=viewer",
+    ]);
     eventually(10, "the binding", || (can("viewer") == "yes").then_some(()));
     // Removing the label takes the rule away again.
-    s.ok(&["label", "clusterrole", "secret-peek", "rbac.authorization.k8s.io/aggregate-to-view-"]);
-    eventually(10, "view to drop the rule", || (!rules("view").contains("secrets")).then_some(()));
-    eventually(10, "the permission to go", || (can("viewer") == "no").then_some(()));
+    s.ok(&[
+        "label",
+        "clusterrole",
+        "secret-peek",
+        "rbac.authorization.k8s.io/aggregate-to-view-",
+    ]);
+    eventually(10, "view to drop the rule", || {
+        (!rules("view").contains("secrets")).then_some(())
+    });
+    eventually(10, "the permission to go", || {
+        (can("viewer") == "no").then_some(())
+    });
 }
 
 #[test]
@@ -197,10 +357,19 @@ fn anonymous_requests_reach_only_public_information() {
 fn node_credentials_read_only_what_their_pods_use_and_change_only_their_node() {
     let s = Server::start();
     for n in ["n1", "n2"] {
-        s.ok_stdin(&["apply", "-f", "-"], &format!(r#"{{"apiVersion": "v1", "kind": "Node", "metadata": {{"name": "{n}"}}}}"#));
+        s.ok_stdin(
+            &["apply", "-f", "-"],
+            &format!(r#"{{"apiVersion": "v1", "kind": "Node", "metadata": {{"name": "{n}"}}}}"#),
+        );
     }
     s.ok(&["create", "secret", "generic", "used", "--from-literal=k=v"]);
-    s.ok(&["create", "secret", "generic", "unused", "--from-literal=k=v"]);
+    s.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "unused",
+        "--from-literal=k=v",
+    ]);
     s.ok(&["create", "configmap", "settings", "--from-literal=k=v"]);
     s.ok_stdin(
         &["apply", "-f", "-"],
@@ -212,7 +381,11 @@ fn node_credentials_read_only_what_their_pods_use_and_change_only_their_node() {
     let n1 = kubeconfig_for(&s, "system:node:n1", &["system:nodes"]);
     let n2 = kubeconfig_for(&s, "system:node:n2", &["system:nodes"]);
     let run = |kc: &PathBuf, args: &[&str]| as_file(&s, kc, args);
-    assert!(run(&n1, &["get", "secret", "used"]).status.success(), "{}", stderr(&run(&n1, &["get", "secret", "used"])));
+    assert!(
+        run(&n1, &["get", "secret", "used"]).status.success(),
+        "{}",
+        stderr(&run(&n1, &["get", "secret", "used"]))
+    );
     assert!(run(&n1, &["get", "configmap", "settings"]).status.success());
     let out = run(&n1, &["get", "secret", "unused"]);
     assert!(
@@ -224,14 +397,35 @@ fn node_credentials_read_only_what_their_pods_use_and_change_only_their_node() {
     assert!(!run(&n2, &["get", "secret", "used"]).status.success());
     assert!(!run(&n1, &["get", "secrets"]).status.success());
     // Its own Node: yes; another: no.
-    assert!(run(&n1, &["label", "node", "n1", "mine=yes"]).status.success());
+    assert!(
+        run(&n1, &["label", "node", "n1", "mine=yes"])
+            .status
+            .success()
+    );
     let out = run(&n1, &["label", "node", "n2", "mine=yes"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("node \"n1\" is not allowed to modify node \"n2\""), "{}", stderr(&out));
-    assert_eq!(s.ok(&["get", "node", "n2", "-o", "jsonpath={.metadata.labels.mine}"]), "");
+    assert!(
+        stderr(&out).contains("node \"n1\" is not allowed to modify node \"n2\""),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "node",
+            "n2",
+            "-o",
+            "jsonpath={.metadata.labels.mine}"
+        ]),
+        ""
+    );
     // Pods: read all, delete only its own.
     assert!(run(&n1, &["get", "pods"]).status.success());
-    assert!(!run(&n2, &["delete", "pod", "p", "--wait=false"]).status.success());
+    assert!(
+        !run(&n2, &["delete", "pod", "p", "--wait=false"])
+            .status
+            .success()
+    );
     // And nothing outside what a node needs.
     assert!(!run(&n1, &["create", "namespace", "x"]).status.success());
     assert!(!run(&n1, &["get", "clusterroles"]).status.success());
@@ -241,8 +435,20 @@ fn node_credentials_read_only_what_their_pods_use_and_change_only_their_node() {
 fn pod_security_labels_refuse_and_warn_as_upstream() {
     let s = Server::start();
     s.ok(&["create", "namespace", "locked"]);
-    s.ok(&["label", "namespace", "locked", "pod-security.kubernetes.io/enforce=restricted"]);
-    let out = s.kubectl(&["run", "root", "--image=busybox", "--privileged", "-n", "locked"]);
+    s.ok(&[
+        "label",
+        "namespace",
+        "locked",
+        "pod-security.kubernetes.io/enforce=restricted",
+    ]);
+    let out = s.kubectl(&[
+        "run",
+        "root",
+        "--image=busybox",
+        "--privileged",
+        "-n",
+        "locked",
+    ]);
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains(
@@ -261,23 +467,60 @@ fn pod_security_labels_refuse_and_warn_as_upstream() {
     );
     // warn: admitted, with upstream's warning; workloads are only ever warned about.
     s.ok(&["create", "namespace", "watched"]);
-    s.ok(&["label", "namespace", "watched", "pod-security.kubernetes.io/warn=baseline"]);
-    let out = s.kubectl(&["run", "loud", "--image=busybox", "--privileged", "-n", "watched"]);
+    s.ok(&[
+        "label",
+        "namespace",
+        "watched",
+        "pod-security.kubernetes.io/warn=baseline",
+    ]);
+    let out = s.kubectl(&[
+        "run",
+        "loud",
+        "--image=busybox",
+        "--privileged",
+        "-n",
+        "watched",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("Warning: would violate PodSecurity \"baseline:latest\": privileged"),
         "{}",
         stderr(&out)
     );
-    let out = s.kubectl(&["create", "deployment", "d", "--image=busybox", "-n", "locked"]);
+    let out = s.kubectl(&[
+        "create",
+        "deployment",
+        "d",
+        "--image=busybox",
+        "-n",
+        "locked",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("would violate PodSecurity \"restricted:latest\""), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("would violate PodSecurity \"restricted:latest\""),
+        "{}",
+        stderr(&out)
+    );
     // Invalid label values are refused on the namespace.
-    let out = s.kubectl(&["label", "namespace", "watched", "pod-security.kubernetes.io/enforce=strict"]);
+    let out = s.kubectl(&[
+        "label",
+        "namespace",
+        "watched",
+        "pod-security.kubernetes.io/enforce=strict",
+    ]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("must be one of privileged, baseline, restricted"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("must be one of privileged, baseline, restricted"),
+        "{}",
+        stderr(&out)
+    );
     // Raising enforce over existing pods warns about them.
-    let out = s.kubectl(&["label", "namespace", "watched", "pod-security.kubernetes.io/enforce=baseline"]);
+    let out = s.kubectl(&[
+        "label",
+        "namespace",
+        "watched",
+        "pod-security.kubernetes.io/enforce=baseline",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("existing pods in namespace \"watched\" violate the new PodSecurity enforce level \"baseline:latest\""),
@@ -297,28 +540,50 @@ fn the_kubelet_api_asks_the_api_server_who_may_use_it() {
         std::fs::write(dir.join(format!("{user}.crt")), &cert.cert_pem).expect("crt");
         std::fs::write(dir.join(format!("{user}.key")), &cert.key_pem).expect("key");
     }
-    s.ok(&["create", "clusterrolebinding", "bob-kubelet", "--clusterrole=system:kubelet-api-admin", "--user=bob"]);
+    s.ok(&[
+        "create",
+        "clusterrolebinding",
+        "bob-kubelet",
+        "--clusterrole=system:kubelet-api-admin",
+        "--user=bob",
+    ]);
     // Straight to the kubelet (inside the test host), with a certificate or without.
     let get = |user: Option<&str>, path: &str| {
         let mut cmd = s.command("curl");
-        cmd.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"]).arg(dir.join("ca.pem"));
+        cmd.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(dir.join("ca.pem"));
         if let Some(u) = user {
             cmd.arg("--cert").arg(dir.join(format!("{u}.crt")));
             cmd.arg("--key").arg(dir.join(format!("{u}.key")));
         }
-        let out = cmd.arg(format!("https://{}:10250{path}", common::host::NODE_IP)).output().expect("curl");
+        let out = cmd
+            .arg(format!("https://{}:10250{path}", common::host::NODE_IP))
+            .output()
+            .expect("curl");
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    eventually(10, "bob's binding to reach the kubelet", || (get(Some("bob"), "/stats/summary") == "200").then_some(()));
+    eventually(10, "bob's binding to reach the kubelet", || {
+        (get(Some("bob"), "/stats/summary") == "200").then_some(())
+    });
     assert_eq!(get(Some("alice"), "/stats/summary"), "403");
     assert_eq!(get(Some("alice"), "/containerLogs/default/x/c"), "403");
     // Without a client certificate the TLS handshake itself is refused.
     assert_ne!(get(None, "/stats/summary"), "200");
     // Through the API server, which the kubelet lets in as kube-apiserver-kubelet-client.
-    s.ok(&["run", "logger", "--image=busybox:1.36", "--restart=Never", "--", "echo", "hello"]);
+    s.ok(&[
+        "run",
+        "logger",
+        "--image=busybox:1.36",
+        "--restart=Never",
+        "--",
+        "echo",
+        "hello",
+    ]);
     eventually(60, "the pod's log through the API server", || {
         let o = s.kubectl(&["logs", "logger"]);
-        String::from_utf8_lossy(&o.stdout).contains("hello").then_some(())
+        String::from_utf8_lossy(&o.stdout)
+            .contains("hello")
+            .then_some(())
     });
     // ...and only for callers the API server itself allows pods/log.
     let out = s.kubectl(&["logs", "logger", "--as=alice"]);

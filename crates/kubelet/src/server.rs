@@ -23,7 +23,8 @@ pub async fn serve(kubelet: Arc<Kubelet>, serving: super::Serving) -> anyhow::Re
         .await
         .map_err(|e| anyhow::anyhow!("kubelet API on {addr}: {e}"))?;
     tracing::info!(%addr, "kubelet API listening");
-    let authz = super::authz::Authorizer::new(kubelet.client.clone(), kubelet.cfg.node_name.clone());
+    let authz =
+        super::authz::Authorizer::new(kubelet.client.clone(), kubelet.cfg.node_name.clone());
     let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/stats/summary", get(summary).post(summary))

@@ -255,14 +255,7 @@ impl Pki {
         let kubelet_client = match load_pair(&dir, "client-kubelet").filter(|p| !names_masters(p)) {
             Some(a) => a,
             None => {
-                let a = issue(
-                    &ca,
-                    KUBELET_CLIENT_USER,
-                    &[],
-                    &[],
-                    false,
-                    true,
-                )?;
+                let a = issue(&ca, KUBELET_CLIENT_USER, &[], &[], false, true)?;
                 save_pair(&dir, "client-kubelet", &a)?;
                 a
             }

@@ -17,7 +17,10 @@ pub async fn admit(
     old: Option<&Value>,
 ) -> ApiResult<()> {
     let sub = ctx.path.subresource.as_deref().unwrap_or("");
-    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     if res.group.is_empty() && res.plural == "namespaces" {
         let pods = match old {
             Some(old) if enforce_label(old) != enforce_label(obj) => pods_in(api, name).await,
@@ -56,8 +59,8 @@ pub async fn admit(
         return Err(e);
     }
     for w in d.warnings {
-            ctx.warn(w);
-        }
+        ctx.warn(w);
+    }
     Ok(())
 }
 
@@ -67,7 +70,10 @@ fn enforce_label(ns: &Value) -> Option<&Value> {
 
 async fn namespace(api: &Api, ns: &str) -> ApiResult<Value> {
     let failed = || ApiError::internal(format!("failed to lookup namespace {ns:?}"));
-    let res = api.registry.find("", "v1", "namespaces").ok_or_else(failed)?;
+    let res = api
+        .registry
+        .find("", "v1", "namespaces")
+        .ok_or_else(failed)?;
     match api.store.get(&res.key(None, ns)).await {
         Ok(Some(rec)) => serde_json::from_slice(&rec.value).map_err(|_| failed()),
         // A missing namespace is the namespace lifecycle's error to give.

@@ -152,10 +152,7 @@ const ROLES: &[Role] = &[
             "{RO} | extensions | deployments",
         ],
     ),
-    role(
-        "system:kube-aggregator",
-        &["{RO} | - | endpoints services"],
-    ),
+    role("system:kube-aggregator", &["{RO} | - | endpoints services"]),
     role(
         "system:kube-controller-manager",
         &[
@@ -375,8 +372,7 @@ fn cluster_role(r: &Role) -> Value {
         "metadata": meta(r.name, r.labels),
         "rules": r.rules.iter().map(|t| rule(t)).collect::<Vec<_>>()});
     if let Some(label) = r.aggregate_from {
-        v["aggregationRule"] =
-            json!({"clusterRoleSelectors": [{"matchLabels": {label: "true"}}]});
+        v["aggregationRule"] = json!({"clusterRoleSelectors": [{"matchLabels": {label: "true"}}]});
     }
     v
 }
@@ -421,11 +417,13 @@ pub async fn reconcile(api: &Api) -> anyhow::Result<()> {
     let objects = ROLES
         .iter()
         .map(|r| ("clusterroles", cluster_role(r), "rules"))
-        .chain(
-            BINDINGS
-                .iter()
-                .map(|(n, r, s)| ("clusterrolebindings", cluster_role_binding(n, r, s), "subjects")),
-        );
+        .chain(BINDINGS.iter().map(|(n, r, s)| {
+            (
+                "clusterrolebindings",
+                cluster_role_binding(n, r, s),
+                "subjects",
+            )
+        }));
     for (resource, wanted, field) in objects {
         let res = api
             .registry
@@ -443,8 +441,8 @@ pub async fn reconcile(api: &Api) -> anyhow::Result<()> {
                 }
                 let mut new = old.clone();
                 // Aggregated roles get their rules from the aggregation, not from here.
-                let mut changed = wanted.get("aggregationRule").is_none()
-                    && union_into(&mut new, field, &wanted);
+                let mut changed =
+                    wanted.get("aggregationRule").is_none() && union_into(&mut new, field, &wanted);
                 if resource == "clusterrolebindings" && new["roleRef"] != wanted["roleRef"] {
                     // A binding's roleRef cannot change; leave one the user re-pointed.
                     changed = false;

@@ -35,7 +35,11 @@ pub async fn admit(api: &Api, res: &Resource, ctx: &Ctx, obj: &Value) -> ApiResu
     };
     let wanted: Vec<Rule> = match res.plural.as_str() {
         "roles" | "clusterroles" => {
-            if api.authz.allows(api, &may("escalate", &res.plural, &name)).await {
+            if api
+                .authz
+                .allows(api, &may("escalate", &res.plural, &name))
+                .await
+            {
                 return Ok(());
             }
             if obj.get("aggregationRule").is_some_and(|a| !a.is_null()) {
@@ -63,11 +67,19 @@ pub async fn admit(api: &Api, res: &Resource, ctx: &Ctx, obj: &Value) -> ApiResu
                 Some("ClusterRole") => (true, "clusterroles"),
                 _ => (false, "roles"),
             };
-            if api.authz.allows(api, &may("bind", role_resource, role)).await {
+            if api
+                .authz
+                .allows(api, &may("bind", role_resource, role))
+                .await
+            {
                 return Ok(());
             }
             let scope = (!namespace.is_empty()).then_some(namespace.as_str());
-            match api.authz.policy().referenced_rules(cluster_role, role, scope) {
+            match api
+                .authz
+                .policy()
+                .referenced_rules(cluster_role, role, scope)
+            {
                 Some(rules) => rules,
                 None => {
                     return Err(forbidden(

@@ -359,7 +359,8 @@ async fn reload(api: &Api) -> anyhow::Result<()> {
     }
     *api.authz.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(p);
     for (name, rules) in aggregate(&cluster_roles) {
-        let ctx = super::context::Ctx::internal("rbac.authorization.k8s.io", "v1", "clusterroles", None);
+        let ctx =
+            super::context::Ctx::internal("rbac.authorization.k8s.io", "v1", "clusterroles", None);
         let (rec, old) = get_current(api, &cr_res, &ctx, &name)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -376,7 +377,11 @@ async fn reload(api: &Api) -> anyhow::Result<()> {
 /// every other ClusterRole its selectors match, in name order, without repeats.
 pub fn aggregate(cluster_roles: &[Value]) -> Vec<(String, Vec<Value>)> {
     let mut sorted: Vec<&Value> = cluster_roles.iter().collect();
-    sorted.sort_by_key(|v| v.pointer("/metadata/name").and_then(Value::as_str).unwrap_or(""));
+    sorted.sort_by_key(|v| {
+        v.pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+    });
     let mut out = Vec::new();
     for role in &sorted {
         let Some(selectors) = role
@@ -389,7 +394,10 @@ pub fn aggregate(cluster_roles: &[Value]) -> Vec<(String, Vec<Value>)> {
             .iter()
             .filter_map(|s| LabelSelector::from_object(s).ok())
             .collect();
-        let name = role.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+        let name = role
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         let mut rules: Vec<Value> = Vec::new();
         for other in &sorted {
             let other_name = other.pointer("/metadata/name").and_then(Value::as_str);
@@ -399,13 +407,22 @@ pub fn aggregate(cluster_roles: &[Value]) -> Vec<(String, Vec<Value>)> {
             if !selectors.iter().any(|s| s.matches_object(other)) {
                 continue;
             }
-            for r in other.get("rules").and_then(Value::as_array).into_iter().flatten() {
+            for r in other
+                .get("rules")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 if !rules.contains(r) {
                     rules.push(r.clone());
                 }
             }
         }
-        let current = role.get("rules").and_then(Value::as_array).cloned().unwrap_or_default();
+        let current = role
+            .get("rules")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         if current != rules {
             out.push((name.to_string(), rules));
         }

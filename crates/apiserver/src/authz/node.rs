@@ -105,7 +105,9 @@ pub async fn authorize(api: &Api, node: &str, a: &Attributes) -> Decision {
         ("pods", "") if a.verb == "delete" => own_pod(api, node, a).await,
         ("pods", "eviction") => own_pod(api, node, a).await,
         ("leases", "") if !a.name.is_empty() && (a.name != node || a.namespace != LEASE_NS) => {
-            Decision::Deny(format!("can only access node lease with the same name as the requesting node '{node}'"))
+            Decision::Deny(format!(
+                "can only access node lease with the same name as the requesting node '{node}'"
+            ))
         }
         _ => by_rules(a),
     }
@@ -155,7 +157,9 @@ async fn pods_on(api: &Api, node: &str, namespace: &str) -> Vec<Value> {
 /// The `(resource, name)` of every Secret, ConfigMap and PVC a pod uses.
 pub fn references(pod: &Value) -> Vec<(&'static str, &str)> {
     fn list<'a>(v: &'a Value, k: &str) -> &'a [Value] {
-        v.get(k).and_then(Value::as_array).map_or(&[], Vec::as_slice)
+        v.get(k)
+            .and_then(Value::as_array)
+            .map_or(&[], Vec::as_slice)
     }
     fn at<'a>(v: &'a Value, p: &str) -> Option<&'a str> {
         v.pointer(p).and_then(Value::as_str)
@@ -168,7 +172,10 @@ pub fn references(pod: &Value) -> Vec<(&'static str, &str)> {
     for v in list(spec, "volumes") {
         out.push(("secrets", at(v, "/secret/secretName")));
         out.push(("configmaps", at(v, "/configMap/name")));
-        out.push(("persistentvolumeclaims", at(v, "/persistentVolumeClaim/claimName")));
+        out.push((
+            "persistentvolumeclaims",
+            at(v, "/persistentVolumeClaim/claimName"),
+        ));
         for src in list(&v["projected"], "sources") {
             out.push(("secrets", at(src, "/secret/name")));
             out.push(("configmaps", at(src, "/configMap/name")));
@@ -197,29 +204,39 @@ pub fn admit(res: &Resource, ctx: &Ctx, obj: &Value, old: Option<&Value>) -> Api
     let Some(node) = node_of(&ctx.user) else {
         return Ok(());
     };
-    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let deny = |msg: String| Err(ApiError::forbidden(msg));
     match (res.group.as_str(), res.plural.as_str()) {
-        ("", "nodes") if name != node => {
-            deny(format!("node \"{node}\" is not allowed to modify node \"{name}\""))
-        }
+        ("", "nodes") if name != node => deny(format!(
+            "node \"{node}\" is not allowed to modify node \"{name}\""
+        )),
         ("coordination.k8s.io", "leases")
             if name != node || ctx.path.namespace.as_deref() != Some(LEASE_NS) =>
         {
-            deny(format!("node \"{node}\" is not allowed to modify lease \"{name}\""))
+            deny(format!(
+                "node \"{node}\" is not allowed to modify lease \"{name}\""
+            ))
         }
         ("", "pods") => {
-            let bound = |p: &Value| p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node);
+            let bound =
+                |p: &Value| p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node);
             match old {
                 None => {
                     let mirror = obj
                         .pointer("/metadata/annotations/kubernetes.io~1config.mirror")
                         .is_some();
                     if !mirror {
-                        return deny(format!("pod does not have \"kubernetes.io/config.mirror\" annotation, node \"{node}\" can only create mirror pods"));
+                        return deny(format!(
+                            "pod does not have \"kubernetes.io/config.mirror\" annotation, node \"{node}\" can only create mirror pods"
+                        ));
                     }
                     if !bound(obj) {
-                        return deny(format!("node \"{node}\" can only create pods with spec.nodeName set to itself"));
+                        return deny(format!(
+                            "node \"{node}\" can only create pods with spec.nodeName set to itself"
+                        ));
                     }
                     Ok(())
                 }

@@ -211,7 +211,11 @@ pub struct Source<'a> {
 impl Source<'_> {
     pub fn describe(&self) -> String {
         let b = self.binding;
-        let role_kind = if b.cluster_role { "ClusterRole" } else { "Role" };
+        let role_kind = if b.cluster_role {
+            "ClusterRole"
+        } else {
+            "Role"
+        };
         match self.namespace {
             Some(ns) => format!(
                 "RoleBinding \"{}/{ns}\" of {role_kind} {:?} to {}",
@@ -271,11 +275,11 @@ impl Policy {
         let scoped = (!namespace.is_empty())
             .then(|| self.bindings.get(namespace).map(|b| (namespace, b)))
             .flatten();
-        let all = self
-            .cluster_bindings
-            .iter()
-            .map(|b| (None, b))
-            .chain(scoped.into_iter().flat_map(|(ns, bs)| bs.iter().map(move |b| (Some(ns), b))));
+        let all = self.cluster_bindings.iter().map(|b| (None, b)).chain(
+            scoped
+                .into_iter()
+                .flat_map(|(ns, bs)| bs.iter().map(move |b| (Some(ns), b))),
+        );
         for (ns, b) in all {
             let Some(subject) = b.subjects.iter().find(|s| s.applies_to(user)) else {
                 continue;
@@ -471,8 +475,10 @@ mod tests {
             {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["s1"], "verbs": ["get"]}]}));
         p.add_cluster_role(&json!({"metadata": {"name": "health"}, "rules": [
             {"nonResourceURLs": ["/healthz", "/apis/*"], "verbs": ["get"]}]}));
-        p.add_role(&json!({"metadata": {"name": "cm", "namespace": "a"}, "rules": [
-            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["*"]}]}));
+        p.add_role(
+            &json!({"metadata": {"name": "cm", "namespace": "a"}, "rules": [
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["*"]}]}),
+        );
         p.add_binding(&json!({"metadata": {"name": "b1", "namespace": "a"},
             "roleRef": {"kind": "ClusterRole", "name": "view"},
             "subjects": [{"kind": "ServiceAccount", "name": "robot"}]}));
@@ -497,10 +503,22 @@ mod tests {
         let alice = user("alice", &["system:authenticated"]);
         assert!(p.allows(&attrs(&robot, "list", "a", "", "pods")).is_some());
         assert!(p.allows(&attrs(&robot, "list", "b", "", "pods")).is_none());
-        assert!(p.allows(&attrs(&robot, "create", "a", "", "pods")).is_none());
-        assert!(p.allows(&attrs(&other_ns_robot, "list", "a", "", "pods")).is_none());
-        assert!(p.allows(&attrs(&dev, "delete", "a", "", "configmaps")).is_some());
-        assert!(p.allows(&attrs(&dev, "delete", "b", "", "configmaps")).is_none());
+        assert!(
+            p.allows(&attrs(&robot, "create", "a", "", "pods"))
+                .is_none()
+        );
+        assert!(
+            p.allows(&attrs(&other_ns_robot, "list", "a", "", "pods"))
+                .is_none()
+        );
+        assert!(
+            p.allows(&attrs(&dev, "delete", "a", "", "configmaps"))
+                .is_some()
+        );
+        assert!(
+            p.allows(&attrs(&dev, "delete", "b", "", "configmaps"))
+                .is_none()
+        );
         // Subresources must be named; `*/scale` names every resource's scale.
         let mut log = attrs(&robot, "get", "a", "", "pods");
         log.subresource = "log".into();
@@ -516,7 +534,10 @@ mod tests {
         assert!(p.allows(&get).is_some());
         get.name = "s2".into();
         assert!(p.allows(&get).is_none());
-        assert!(p.allows(&attrs(&alice, "get", "x", "", "secrets")).is_none());
+        assert!(
+            p.allows(&attrs(&alice, "get", "x", "", "secrets"))
+                .is_none()
+        );
         let reason = p.allows(&attrs(&robot, "get", "a", "", "pods")).unwrap();
         assert_eq!(
             reason,
@@ -544,15 +565,23 @@ mod tests {
     fn escalation_check_finds_what_is_not_held() {
         let r = |v: Value| Rule::from_json(&v);
         let held = vec![
-            r(json!({"apiGroups": [""], "resources": ["pods", "pods/*"], "verbs": ["get", "list"]})),
+            r(
+                json!({"apiGroups": [""], "resources": ["pods", "pods/*"], "verbs": ["get", "list"]}),
+            ),
             r(json!({"apiGroups": ["*"], "resources": ["*/scale"], "verbs": ["*"]})),
-            r(json!({"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["a"], "verbs": ["get"]})),
+            r(
+                json!({"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["a"], "verbs": ["get"]}),
+            ),
             r(json!({"nonResourceURLs": ["/api/*"], "verbs": ["get"]})),
         ];
         let wanted = vec![
             r(json!({"apiGroups": [""], "resources": ["pods", "pods/log"], "verbs": ["get"]})),
-            r(json!({"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["update"]})),
-            r(json!({"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["a"], "verbs": ["get"]})),
+            r(
+                json!({"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["update"]}),
+            ),
+            r(
+                json!({"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["a"], "verbs": ["get"]}),
+            ),
             r(json!({"nonResourceURLs": ["/api/v1"], "verbs": ["get"]})),
         ];
         assert!(uncovered(&held, &wanted).is_empty());
