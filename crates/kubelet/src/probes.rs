@@ -1,11 +1,13 @@
-//! Startup, liveness and readiness probes (exec, httpGet, tcpSocket), with upstream's defaults
-//! (period 10 s, timeout 1 s, success 1, failure 3). Network probes run from inside the pod's
-//! network namespace, on a thread of their own that enters it and ends with the probe, so they
-//! reach the pod's ports whether or not it has a pod network.
+//! Startup, liveness and readiness probes (exec, httpGet, tcpSocket, gRPC), with upstream's
+//! defaults (period 10 s, timeout 1 s, success 1, failure 3). Network probes and hooks go to the
+//! handler's `host`, else to the pod's IP, as upstream's; they connect from inside the pod's
+//! network namespace (a thread enters it for the connection), so they reach the pod whether or
+//! not it has a pod network.
+
+mod http;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -121,29 +123,47 @@ pub async fn connect_in_netns(
     tokio::net::TcpStream::from_std(stream)
 }
 
-fn tcp_ok(addr: SocketAddr, timeout: Duration) -> bool {
-    TcpStream::connect_timeout(&addr, timeout).is_ok()
+/// The pod's IP as seen inside its network namespace `netns`: the address of its `eth0`; for
+/// a host-network pod the node's first non-loopback address (how the node's address is chosen
+/// when not given); loopback if there is nothing else.
+async fn pod_ip(netns: &Path) -> IpAddr {
+    let netns = netns.to_path_buf();
+    let found = tokio::task::spawn_blocking(move || in_netns(netns, first_address).flatten())
+        .await
+        .ok()
+        .flatten();
+    found.map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), IpAddr::V4)
 }
 
-fn http_ok(addr: SocketAddr, path: &str, host: &str, timeout: Duration) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, timeout) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(timeout));
-    let _ = s.set_write_timeout(Some(timeout));
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-    );
-    if s.write_all(req.as_bytes()).is_err() {
-        return false;
+/// The first IPv4 address of `eth0`, else of any interface, that is not loopback.
+fn first_address() -> Option<Ipv4Addr> {
+    let addrs: Vec<(String, Ipv4Addr)> = nix::ifaddrs::getifaddrs()
+        .ok()?
+        .filter_map(|a| {
+            let ip = a.address?.as_sockaddr_in()?.ip();
+            (!ip.is_loopback()).then_some((a.interface_name, ip))
+        })
+        .collect();
+    addrs
+        .iter()
+        .find(|(name, _)| name == "eth0")
+        .or(addrs.first())
+        .map(|(_, ip)| *ip)
+}
+
+/// Where a network handler connects: its `host` (a name resolved on the node, as upstream)
+/// or the pod's IP, and the host name its request carries.
+async fn target(netns: &Path, host: Option<&str>, port: u16) -> Option<(SocketAddr, String)> {
+    match host.filter(|h| !h.is_empty()) {
+        Some(h) => {
+            let addr = tokio::net::lookup_host((h, port)).await.ok()?.next()?;
+            Some((addr, h.to_string()))
+        }
+        None => {
+            let ip = pod_ip(netns).await;
+            Some((SocketAddr::new(ip, port), ip.to_string()))
+        }
     }
-    let mut head = [0u8; 64];
-    let n = s.read(&mut head).unwrap_or(0);
-    let line = String::from_utf8_lossy(&head[..n]);
-    line.split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse::<u16>().ok())
-        .is_some_and(|code| (200..400).contains(&code))
 }
 
 /// One probe attempt.
@@ -153,7 +173,7 @@ async fn attempt(p: &Probe, c: &Container, exe: &Path, dir: &Path, netns: &Path)
         let Ok(port) = u16::try_from(g.port) else {
             return false;
         };
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let addr = SocketAddr::new(pod_ip(netns).await, port);
         return super::grpc_probe::serving(netns, addr, g.service.as_deref(), timeout).await;
     }
     let target = Target { c, exe, dir, netns };
@@ -197,28 +217,42 @@ async fn run(
             .status();
         return matches!(tokio::time::timeout(timeout, child).await, Ok(Ok(s)) if s.success());
     }
-    let (port, host_path) = if let Some(tcp) = tcp {
-        (port_of(&tcp.port, t.c), None)
-    } else if let Some(h) = http_get {
-        (
-            port_of(&h.port, t.c),
-            Some(h.path.clone().unwrap_or_else(|| "/".into())),
-        )
-    } else {
-        return true;
+    let (port, host) = match (tcp, http_get) {
+        (Some(tcp), _) => (port_of(&tcp.port, t.c), tcp.host.as_deref()),
+        (None, Some(h)) => (port_of(&h.port, t.c), h.host.as_deref()),
+        (None, None) => return true,
     };
     let Some(port) = port else { return false };
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let netns = t.netns.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        in_netns(netns, move || match host_path {
-            Some(path) => http_ok(addr, &path, &format!("127.0.0.1:{port}"), timeout),
-            None => tcp_ok(addr, timeout),
-        })
-        .unwrap_or(false)
-    })
-    .await
-    .unwrap_or(false)
+    let attempt = async {
+        let (addr, host) = target(t.netns, host, port).await?;
+        let stream = connect_in_netns(t.netns.to_path_buf(), addr, timeout)
+            .await
+            .ok()?;
+        let Some(h) = http_get.filter(|_| tcp.is_none()) else {
+            return Some(true);
+        };
+        let get = http::Get {
+            https: h
+                .scheme
+                .as_deref()
+                .is_some_and(|s| s.eq_ignore_ascii_case("https")),
+            host,
+            port,
+            path: h.path.clone().unwrap_or_default(),
+            headers: h
+                .http_headers
+                .iter()
+                .flatten()
+                .map(|x| (x.name.clone(), x.value.clone()))
+                .collect(),
+        };
+        Some(
+            http::status(stream, &get, timeout)
+                .await
+                .is_some_and(http::passes),
+        )
+    };
+    matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(true)))
 }
 
 /// A postStart or preStop hook, given at most `limit`; true if it succeeded.

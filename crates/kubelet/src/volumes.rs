@@ -33,6 +33,8 @@ fn volume_dir(pod_dir: &Path, name: &str) -> PathBuf {
 
 use super::dns_config;
 
+mod subpath;
+
 /// A volume that could not be set up. Upstream reports it as a `FailedMount` event while the
 /// pod waits in ContainerCreating; the kubelet retries on the next sync.
 #[derive(Debug, thiserror::Error)]
@@ -429,7 +431,7 @@ pub fn container_mounts(k: &Kubelet, pod: &Pod, c: &Container) -> anyhow::Result
     let dir = k.pod_dir(&pod.uid().unwrap_or_default());
     let spec = pod.spec.clone().unwrap_or_default();
     let mut mounts = Vec::new();
-    for m in c.volume_mounts.iter().flatten() {
+    for (index, m) in c.volume_mounts.iter().flatten().enumerate() {
         let v = spec
             .volumes
             .iter()
@@ -442,18 +444,23 @@ pub fn container_mounts(k: &Kubelet, pod: &Pod, c: &Container) -> anyhow::Result
         };
         let source = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
             Some(sub) => {
-                // The API refuses these too; a pod stored before that check must not escape.
-                if Path::new(sub)
-                    .components()
-                    .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
-                {
-                    anyhow::bail!("subPath {sub:?} must be a relative path without '..'");
-                }
-                let p = base.join(sub);
-                if !p.exists() {
-                    fs::create_dir_all(&p)?;
-                }
-                p
+                let target = dir
+                    .join("volume-subpaths")
+                    .join(&v.name)
+                    .join(&c.name)
+                    .join(index.to_string());
+                // As upstream, the cause stays in the node's log: it may describe the node's
+                // file system to whoever wrote the pod.
+                sub_path_mount(&base, sub, &target).map_err(|e| {
+                    let (pod, volume) = (pod.name_any(), &v.name);
+                    tracing::warn!(%pod, container = %c.name, "subPath {sub:?} of {volume:?}: {e:#}");
+                    anyhow::anyhow!(
+                        "failed to prepare subPath for volumeMount {:?} of container {:?}",
+                        m.name,
+                        c.name
+                    )
+                })?;
+                target
             }
             None => base,
         };
@@ -498,8 +505,24 @@ pub fn container_mounts(k: &Kubelet, pod: &Pod, c: &Container) -> anyhow::Result
     Ok(mounts)
 }
 
-/// Unmounts memory-backed emptyDirs of a pod (idempotent).
+/// Mounts `sub` of the volume at `base` on `target`, in the kubelet's own directory, where the
+/// container runtime bind-mounts it from: the container can change what is in its volume, not
+/// what is mounted there.
+fn sub_path_mount(base: &Path, sub: &str, target: &Path) -> anyhow::Result<()> {
+    // The API refuses these too; a pod stored before that check must not escape.
+    anyhow::ensure!(
+        subpath::is_relative_without_dotdot(sub),
+        "subPath {sub:?} must be a relative path without '..'"
+    );
+    let fd = subpath::open_beneath(base, sub, true)?;
+    subpath::bind(&fd, target)?;
+    Ok(())
+}
+
+/// Unmounts a pod's subPath mounts and memory-backed emptyDirs (idempotent). It must run
+/// before the pod's directory is removed: a subPath of a hostPath volume is mounted in it.
 pub fn unmount_all(pod_dir: &Path) {
+    subpath::unmount_all(&pod_dir.join("volume-subpaths"));
     for e in fs::read_dir(pod_dir.join("volumes"))
         .into_iter()
         .flatten()
