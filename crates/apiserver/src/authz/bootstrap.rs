@@ -265,7 +265,190 @@ const ROLES: &[Role] = &[
             "list watch | networking.k8s.io | networkpolicies",
         ],
     ),
+    // Upstream's controller roles (controller_policy.go), one per controller kinglet runs; each
+    // controller acts as the ServiceAccount kube-system/<name> bound to system:controller:<name>.
+    role(
+        "system:controller:cronjob-controller",
+        &[
+            "get list update watch | batch | cronjobs",
+            "create delete get list patch update watch | batch | jobs",
+            "update | batch | cronjobs/status",
+            "update | batch | cronjobs/finalizers",
+            "delete list watch | - | pods",
+            EVENTS,
+        ],
+    ),
+    role(
+        "system:controller:daemon-set-controller",
+        &[
+            "{RO} | apps extensions | daemonsets",
+            "update | apps extensions | daemonsets/status",
+            "update | apps extensions | daemonsets/finalizers",
+            "list watch | - | nodes",
+            "create delete list patch watch | - | pods",
+            "create | - | pods/binding",
+            "create delete get list patch update watch | apps | controllerrevisions",
+            EVENTS,
+        ],
+    ),
+    role(
+        "system:controller:deployment-controller",
+        &[
+            "get list update watch | apps extensions | deployments",
+            "update | apps extensions | deployments/status",
+            "update | apps extensions | deployments/finalizers",
+            "create delete get list patch update watch | apps extensions | replicasets",
+            "get list update watch | - | pods",
+            EVENTS,
+        ],
+    ),
+    role(
+        "system:controller:endpoint-controller",
+        &[
+            "{RO} | - | pods services",
+            "create delete get list update watch | - | endpoints",
+            "create | - | endpoints/restricted",
+            EVENTS,
+        ],
+    ),
+    role(
+        "system:controller:endpointslice-controller",
+        &[
+            "{RO} | - | nodes pods services",
+            "update | - | services/finalizers",
+            "create delete get list update watch | discovery.k8s.io | endpointslices",
+            EVENTS,
+        ],
+    ),
+    role(
+        "system:controller:generic-garbage-collector",
+        &["delete get list patch update watch | * | *", EVENTS],
+    ),
+    role(
+        "system:controller:horizontal-pod-autoscaler",
+        &[
+            "{RO} | autoscaling | horizontalpodautoscalers",
+            "update | autoscaling | horizontalpodautoscalers/status",
+            "get update | * | */scale",
+            "list watch | - | pods",
+            "list watch | metrics.k8s.io | pods",
+            "{RO} | custom.metrics.k8s.io | *",
+            "{RO} | external.metrics.k8s.io | *",
+            EVENTS,
+        ],
+    ),
+    role(
+        "system:controller:job-controller",
+        &[
+            "get list patch update watch | batch | jobs",
+            "update | batch | jobs/status",
+            "update | batch | jobs/finalizers",
+            "create delete list patch watch | - | pods",
+            EVENTS,
+        ],
+    ),
+    role(
+        "system:controller:namespace-controller",
+        &[
+            "delete get list watch | - | namespaces",
+            "update | - | namespaces/finalize namespaces/status",
+            "delete deletecollection get list watch | * | *",
+        ],
+    ),
+    role(
+        "system:controller:node-controller",
+        &[
+            "delete get list patch update watch | - | nodes",
+            "patch update | - | nodes/status",
+            "patch update | - | pods/status",
+            "delete get list watch | - | pods",
+            EVENTS,
+        ],
+    ),
+    role(
+        "system:controller:replicaset-controller",
+        &[
+            "get list update watch | apps extensions | replicasets",
+            "update | apps extensions | replicasets/status",
+            "update | apps extensions | replicasets/finalizers",
+            "create delete list patch watch | - | pods",
+            EVENTS,
+        ],
+    ),
+    role(
+        "system:controller:root-ca-cert-publisher",
+        &["create update | - | configmaps", EVENTS],
+    ),
+    role(
+        "system:controller:service-account-controller",
+        &["create | - | serviceaccounts", EVENTS],
+    ),
+    role(
+        "system:controller:statefulset-controller",
+        &[
+            "list watch | - | pods",
+            "{RO} | apps | statefulsets",
+            "update | apps | statefulsets/status",
+            "update | apps | statefulsets/finalizers",
+            "create delete get patch update | - | pods",
+            "create delete get list patch update watch | apps | controllerrevisions",
+            "create get list watch | - | persistentvolumeclaims",
+            "delete update | - | persistentvolumeclaims",
+            "update | - | pods/finalizers",
+            EVENTS,
+        ],
+    ),
+    role(
+        "system:controller:ttl-after-finished-controller",
+        &["delete get list watch | batch | jobs", EVENTS],
+    ),
+    // kinglet's own, next to upstream's roles of the same subjects. The controller manager's
+    // user holds kinglet's controller lease (upstream's role names only its own lease).
+    role(
+        "system:kinglet:controller-manager",
+        &["get update | coordination.k8s.io | leases | kinglet-controllers"],
+    ),
+    // kinglet's controllers write status with a merge patch (no read-modify-write conflicts)
+    // where upstream's update it; the deployment controller patches its revision annotation
+    // and the HPA controller the target's scale likewise.
+    role(
+        "system:kinglet:controller:cronjob-controller",
+        &["patch | batch | cronjobs/status"],
+    ),
+    role(
+        "system:kinglet:controller:daemon-set-controller",
+        &["patch | apps extensions | daemonsets/status"],
+    ),
+    role(
+        "system:kinglet:controller:deployment-controller",
+        &["patch | apps extensions | deployments deployments/status"],
+    ),
+    role(
+        "system:kinglet:controller:horizontal-pod-autoscaler",
+        &[
+            "patch | autoscaling | horizontalpodautoscalers/status",
+            "patch | * | */scale",
+        ],
+    ),
+    role(
+        "system:kinglet:controller:job-controller",
+        &["patch | batch | jobs/status"],
+    ),
+    role(
+        "system:kinglet:controller:replicaset-controller",
+        &["patch | apps extensions | replicasets/status"],
+    ),
+    role(
+        "system:kinglet:controller:statefulset-controller",
+        &["patch | apps | statefulsets/status"],
+    ),
+    // k3s's ServiceLB controller: it reads Services and Nodes from the controller manager's
+    // shared informers and writes only the load balancer status.
+    role("system:kinglet:servicelb", &["patch | - | services/status"]),
 ];
+
+/// The events rule every upstream controller role carries.
+const EVENTS: &str = "create patch update | - events.k8s.io | events";
 
 /// `(binding name, role, subjects as "Kind:name" or "ServiceAccount:ns/name")`.
 const BINDINGS: &[(&str, &str, &[&str])] = &[
@@ -332,6 +515,127 @@ const BINDINGS: &[(&str, &str, &[&str])] = &[
         "system:kinglet:node",
         "system:kinglet:node",
         &["Group:system:nodes"],
+    ),
+    // Upstream's controller bindings: each controller's ServiceAccount to its role.
+    (
+        "system:controller:cronjob-controller",
+        "system:controller:cronjob-controller",
+        &["ServiceAccount:kube-system/cronjob-controller"],
+    ),
+    (
+        "system:controller:daemon-set-controller",
+        "system:controller:daemon-set-controller",
+        &["ServiceAccount:kube-system/daemon-set-controller"],
+    ),
+    (
+        "system:controller:deployment-controller",
+        "system:controller:deployment-controller",
+        &["ServiceAccount:kube-system/deployment-controller"],
+    ),
+    (
+        "system:controller:endpoint-controller",
+        "system:controller:endpoint-controller",
+        &["ServiceAccount:kube-system/endpoint-controller"],
+    ),
+    (
+        "system:controller:endpointslice-controller",
+        "system:controller:endpointslice-controller",
+        &["ServiceAccount:kube-system/endpointslice-controller"],
+    ),
+    (
+        "system:controller:generic-garbage-collector",
+        "system:controller:generic-garbage-collector",
+        &["ServiceAccount:kube-system/generic-garbage-collector"],
+    ),
+    (
+        "system:controller:horizontal-pod-autoscaler",
+        "system:controller:horizontal-pod-autoscaler",
+        &["ServiceAccount:kube-system/horizontal-pod-autoscaler"],
+    ),
+    (
+        "system:controller:job-controller",
+        "system:controller:job-controller",
+        &["ServiceAccount:kube-system/job-controller"],
+    ),
+    (
+        "system:controller:namespace-controller",
+        "system:controller:namespace-controller",
+        &["ServiceAccount:kube-system/namespace-controller"],
+    ),
+    (
+        "system:controller:node-controller",
+        "system:controller:node-controller",
+        &["ServiceAccount:kube-system/node-controller"],
+    ),
+    (
+        "system:controller:replicaset-controller",
+        "system:controller:replicaset-controller",
+        &["ServiceAccount:kube-system/replicaset-controller"],
+    ),
+    (
+        "system:controller:root-ca-cert-publisher",
+        "system:controller:root-ca-cert-publisher",
+        &["ServiceAccount:kube-system/root-ca-cert-publisher"],
+    ),
+    (
+        "system:controller:service-account-controller",
+        "system:controller:service-account-controller",
+        &["ServiceAccount:kube-system/service-account-controller"],
+    ),
+    (
+        "system:controller:statefulset-controller",
+        "system:controller:statefulset-controller",
+        &["ServiceAccount:kube-system/statefulset-controller"],
+    ),
+    (
+        "system:controller:ttl-after-finished-controller",
+        "system:controller:ttl-after-finished-controller",
+        &["ServiceAccount:kube-system/ttl-after-finished-controller"],
+    ),
+    (
+        "system:kinglet:controller-manager",
+        "system:kinglet:controller-manager",
+        &["User:system:kube-controller-manager"],
+    ),
+    (
+        "system:kinglet:controller:cronjob-controller",
+        "system:kinglet:controller:cronjob-controller",
+        &["ServiceAccount:kube-system/cronjob-controller"],
+    ),
+    (
+        "system:kinglet:controller:daemon-set-controller",
+        "system:kinglet:controller:daemon-set-controller",
+        &["ServiceAccount:kube-system/daemon-set-controller"],
+    ),
+    (
+        "system:kinglet:controller:deployment-controller",
+        "system:kinglet:controller:deployment-controller",
+        &["ServiceAccount:kube-system/deployment-controller"],
+    ),
+    (
+        "system:kinglet:controller:horizontal-pod-autoscaler",
+        "system:kinglet:controller:horizontal-pod-autoscaler",
+        &["ServiceAccount:kube-system/horizontal-pod-autoscaler"],
+    ),
+    (
+        "system:kinglet:controller:job-controller",
+        "system:kinglet:controller:job-controller",
+        &["ServiceAccount:kube-system/job-controller"],
+    ),
+    (
+        "system:kinglet:controller:replicaset-controller",
+        "system:kinglet:controller:replicaset-controller",
+        &["ServiceAccount:kube-system/replicaset-controller"],
+    ),
+    (
+        "system:kinglet:controller:statefulset-controller",
+        "system:kinglet:controller:statefulset-controller",
+        &["ServiceAccount:kube-system/statefulset-controller"],
+    ),
+    (
+        "system:kinglet:servicelb",
+        "system:kinglet:servicelb",
+        &["ServiceAccount:kube-system/servicelb"],
     ),
 ];
 
@@ -487,6 +791,40 @@ mod tests {
             rule("get | /api /api/*"),
             json!({"verbs": ["get"], "nonResourceURLs": ["/api", "/api/*"]})
         );
+    }
+
+    #[test]
+    fn every_controller_role_is_bound_to_its_service_account() {
+        let controllers: Vec<&str> = ROLES
+            .iter()
+            .filter_map(|r| r.name.strip_prefix("system:controller:"))
+            .collect();
+        assert!(controllers.contains(&"replicaset-controller"));
+        for c in controllers {
+            let name = format!("system:controller:{c}");
+            let binding = BINDINGS.iter().find(|(n, _, _)| *n == name);
+            let Some((_, role, subjects)) = binding else {
+                panic!("no binding {name}");
+            };
+            assert_eq!(*role, name);
+            assert_eq!(
+                subjects.iter().map(|s| subject(s)).collect::<Vec<_>>(),
+                [json!({"kind": "ServiceAccount", "name": c, "namespace": "kube-system"})],
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn role_and_binding_names_are_unique() {
+        let mut roles: Vec<&str> = ROLES.iter().map(|r| r.name).collect();
+        let mut bindings: Vec<&str> = BINDINGS.iter().map(|b| b.0).collect();
+        for names in [&mut roles, &mut bindings] {
+            let n = names.len();
+            names.sort();
+            names.dedup();
+            assert_eq!(names.len(), n, "a name is listed twice");
+        }
     }
 
     #[test]

@@ -373,33 +373,34 @@ fn plan(
 }
 
 /// Performs `steps`; failures are logged and left for the next sync.
-async fn apply(client: &kube::Client, steps: Vec<Step>) {
+async fn apply(clients: &Clients, steps: Vec<Step>) {
+    let (endpoints, slices) = (&clients.endpoints, &clients.slices);
     for step in steps {
         let result = match &step {
-            Step::CreateEndpoints(o) => endpoints_api(client, o.as_ref())
+            Step::CreateEndpoints(o) => endpoints_api(endpoints, o.as_ref())
                 .create(&PostParams::default(), o)
                 .await
                 .map(|_| ()),
-            Step::ReplaceEndpoints(o) => endpoints_api(client, o.as_ref())
+            Step::ReplaceEndpoints(o) => endpoints_api(endpoints, o.as_ref())
                 .replace(&o.name_any(), &PostParams::default(), o)
                 .await
                 .map(|_| ()),
             Step::DeleteEndpoints { namespace, name } => {
-                Api::<Endpoints>::namespaced(client.clone(), namespace)
+                Api::<Endpoints>::namespaced(endpoints.clone(), namespace)
                     .delete(name, &DeleteParams::default())
                     .await
                     .map(|_| ())
             }
-            Step::CreateSlice(o) => slices_api(client, o.as_ref())
+            Step::CreateSlice(o) => slices_api(slices, o.as_ref())
                 .create(&PostParams::default(), o)
                 .await
                 .map(|_| ()),
-            Step::ReplaceSlice(o) => slices_api(client, o.as_ref())
+            Step::ReplaceSlice(o) => slices_api(slices, o.as_ref())
                 .replace(&o.name_any(), &PostParams::default(), o)
                 .await
                 .map(|_| ()),
             Step::DeleteSlice { namespace, name } => {
-                Api::<EndpointSlice>::namespaced(client.clone(), namespace)
+                Api::<EndpointSlice>::namespaced(slices.clone(), namespace)
                     .delete(name, &DeleteParams::default())
                     .await
                     .map(|_| ())
@@ -419,7 +420,7 @@ fn slices_api(client: &kube::Client, o: &EndpointSlice) -> Api<EndpointSlice> {
     Api::namespaced(client.clone(), &o.namespace().unwrap_or_default())
 }
 
-async fn sync(client: &kube::Client, st: &Stores) {
+async fn sync(clients: &Clients, st: &Stores) {
     let (services, pods) = (st.services.state(), st.pods.state());
     let (endpoints, slices) = (st.endpoints.state(), st.slices.state());
     let steps = plan(
@@ -428,14 +429,33 @@ async fn sync(client: &kube::Client, st: &Stores) {
         &endpoints.iter().map(|e| e.as_ref()).collect::<Vec<_>>(),
         &slices.iter().map(|s| s.as_ref()).collect::<Vec<_>>(),
     );
-    apply(client, steps).await;
+    apply(clients, steps).await;
 }
 
-pub async fn run(client: kube::Client, informers: Arc<Informers>) {
+/// The clients of the two controllers this loop is: the caches watch as the controller
+/// manager (upstream's shared informers); Endpoints are written as `endpoint-controller`,
+/// EndpointSlices as `endpointslice-controller`.
+pub struct Clients {
+    pub reader: kube::Client,
+    pub endpoints: kube::Client,
+    pub slices: kube::Client,
+}
+
+/// Stops a cache's watch when this loop stops (leadership lost), as a bare handle would not.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+pub async fn run(clients: Clients, informers: Arc<Informers>) {
     let wake = Arc::new(Notify::new());
     // Endpoints and slices only this loop reads; Services and pods from the shared caches.
-    let (endpoints, _) = Shared::<Endpoints>::start_with(&client, MEDIUM_BUFFER);
-    let (slices, _) = Shared::<EndpointSlice>::start_with(&client, MEDIUM_BUFFER);
+    let (endpoints, e) = Shared::<Endpoints>::start_with(&clients.reader, MEDIUM_BUFFER);
+    let (slices, s) = Shared::<EndpointSlice>::start_with(&clients.reader, MEDIUM_BUFFER);
+    let _watches = (AbortOnDrop(e), AbortOnDrop(s));
     informers.services.wake_on_change(wake.clone());
     endpoints.wake_on_change(wake.clone());
     slices.wake_on_change(wake.clone());
@@ -454,7 +474,7 @@ pub async fn run(client: kube::Client, informers: Arc<Informers>) {
         let _ = tokio::time::timeout(Duration::from_secs(30), wake.notified()).await;
         // Let a burst of changes settle into one sync.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        sync(&client, &st).await;
+        sync(&clients, &st).await;
     }
 }
 

@@ -25,6 +25,9 @@ use super::util::{
 
 struct JobCtx {
     ctx: Arc<Context>,
+    /// Deletes finished Jobs past `ttlSecondsAfterFinished`, as upstream's
+    /// ttl-after-finished-controller (its own identity: the job controller may not delete Jobs).
+    ttl: kube::Client,
     pods: Store<Pod>,
     expectations: Expectations,
 }
@@ -357,7 +360,7 @@ async fn apply(jc: &JobCtx, job: &Job, plan: Plan) -> Result<Action, kube::Error
     for step in plan.steps {
         match step {
             Step::DeleteJob => {
-                let api: Api<Job> = Api::namespaced(jc.ctx.client.clone(), &ns);
+                let api: Api<Job> = Api::namespaced(jc.ttl.clone(), &ns);
                 api.delete(&job.name_any(), &DeleteParams::background())
                     .await?;
             }
@@ -408,10 +411,11 @@ async fn reconcile(job: Arc<Job>, jc: Arc<JobCtx>) -> Result<Action, kube::Error
     apply(&jc, &job, plan).await
 }
 
-pub async fn run(ctx: Arc<Context>, informers: Arc<Informers>) {
+pub async fn run(ctx: Arc<Context>, ttl: kube::Client, informers: Arc<Informers>) {
     informers.pods.synced().await;
     let jc = Arc::new(JobCtx {
         ctx,
+        ttl,
         pods: informers.pods.store(),
         expectations: Expectations::default(),
     });

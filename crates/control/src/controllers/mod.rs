@@ -25,10 +25,21 @@ use std::sync::Arc;
 
 use kinglet_apiserver::Api;
 
-/// Starts leader election; the controllers run while this process leads.
+use crate::identity;
+
+/// The controllers' lease in kube-system (system:kinglet:controller-manager lets the controller
+/// manager's user hold it; upstream's role names only `kube-controller-manager`).
+const LEASE: &str = "kinglet-controllers";
+
+/// The ServiceAccount k3s's ServiceLB controller acts as here (role system:kinglet:servicelb).
+const SERVICELB: &str = "servicelb";
+
+/// Starts leader election; the controllers run while this process leads. Each loop acts as its
+/// own identity (`crate::identity`), with only the rights the bootstrap policy grants it; the
+/// garbage collector and the namespace controller work on the store directly.
 pub fn start(api: Arc<Api>, ca_pem: String, cluster_cidr: ipnet::Ipv4Net) {
-    let client = api.local_client();
-    let identity = format!(
+    let manager = api.local_client_as(identity::controller_manager());
+    let holder = format!(
         "{}_{}",
         hostname::get()
             .ok()
@@ -37,56 +48,81 @@ pub fn start(api: Arc<Api>, ca_pem: String, cluster_cidr: ipnet::Ipv4Net) {
         uuid::Uuid::new_v4()
     );
     tokio::spawn(async move {
-        leader::run(client.clone(), "kinglet-controllers", identity, move || {
+        leader::run(manager.clone(), LEASE, holder, move || {
             let api = api.clone();
-            let (informers, mut tasks) = informers::Informers::start(&client);
+            // A client acting as controller `sa` (upstream's ServiceAccount name), and one with
+            // an event recorder reporting as `component`.
+            let client = |sa: &str| api.local_client_as(identity::controller(sa));
+            let ctx = |sa: &str, component: &str| util::Context::new(client(sa), component);
+            // Shared informers list and watch as the controller manager, as upstream's do.
+            let (informers, mut tasks) = informers::Informers::start(&manager);
             tasks.extend([
                 tokio::spawn(gc::GarbageCollector::run_forever(api.clone())),
-                tokio::spawn(namespace::run_forever(api)),
-                tokio::spawn(serviceaccounts::run(client.clone(), ca_pem.clone())),
+                tokio::spawn(serviceaccounts::run(
+                    serviceaccounts::Clients {
+                        reader: manager.clone(),
+                        accounts: client("service-account-controller"),
+                        root_ca: client("root-ca-cert-publisher"),
+                    },
+                    ca_pem.clone(),
+                )),
                 tokio::spawn(replicaset::run(
-                    util::Context::new(client.clone(), "replicaset-controller"),
+                    ctx("replicaset-controller", "replicaset-controller"),
                     informers.clone(),
                 )),
                 tokio::spawn(deployment::run(
-                    util::Context::new(client.clone(), "deployment-controller"),
+                    ctx("deployment-controller", "deployment-controller"),
                     informers.clone(),
                 )),
-                tokio::spawn(endpoints::run(client.clone(), informers.clone())),
+                tokio::spawn(endpoints::run(
+                    endpoints::Clients {
+                        reader: manager.clone(),
+                        endpoints: client("endpoint-controller"),
+                        slices: client("endpointslice-controller"),
+                    },
+                    informers.clone(),
+                )),
                 tokio::spawn(daemonset::run(
-                    util::Context::new(client.clone(), "daemonset-controller"),
+                    ctx("daemon-set-controller", "daemonset-controller"),
                     informers.clone(),
                 )),
                 tokio::spawn(statefulset::run(
-                    util::Context::new(client.clone(), "statefulset-controller"),
+                    ctx("statefulset-controller", "statefulset-controller"),
                     informers.clone(),
                 )),
                 tokio::spawn(job::run(
-                    util::Context::new(client.clone(), "job-controller"),
+                    ctx("job-controller", "job-controller"),
+                    client("ttl-after-finished-controller"),
                     informers.clone(),
                 )),
                 tokio::spawn(cronjob::run(
-                    util::Context::new(client.clone(), "cronjob-controller"),
+                    ctx("cronjob-controller", "cronjob-controller"),
                     informers.clone(),
                 )),
-                tokio::spawn(hpa::run(util::Context::new(
-                    client.clone(),
+                tokio::spawn(hpa::run(ctx(
+                    "horizontal-pod-autoscaler",
                     "horizontal-pod-autoscaler",
                 ))),
-                tokio::spawn(servicelb::run(client.clone(), informers.clone())),
+                tokio::spawn(servicelb::run(client(SERVICELB), informers.clone())),
+                // Upstream's node IPAM and node lifecycle controllers both act as node-controller.
                 tokio::spawn(node_ipam::run(
-                    client.clone(),
+                    client("node-controller"),
                     informers.clone(),
                     cluster_cidr,
                 )),
                 tokio::spawn(nodelifecycle::run(
-                    util::Context::new(client.clone(), "node-controller"),
+                    ctx("node-controller", "node-controller"),
+                    manager.clone(),
                     informers.clone(),
                 )),
                 tokio::spawn(crate::scheduler::run(
-                    util::Context::new(client.clone(), crate::scheduler::SCHEDULER_NAME),
+                    util::Context::new(
+                        api.local_client_as(identity::scheduler()),
+                        crate::scheduler::SCHEDULER_NAME,
+                    ),
                     informers.clone(),
                 )),
+                tokio::spawn(namespace::run_forever(api)),
             ]);
             tasks
         })

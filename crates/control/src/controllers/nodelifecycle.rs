@@ -341,7 +341,9 @@ async fn apply(ctx: &Context, steps: Vec<Step>, nodes: &[Node], pods: &[&Pod]) {
     }
 }
 
-async fn sync(ctx: &Context, pod_cache: &Store<Pod>) -> kube::Result<()> {
+/// `reader` lists the node leases: upstream reads them from the controller manager's shared
+/// informer, and node-controller's own role has no rule for them.
+async fn sync(ctx: &Context, reader: &kube::Client, pod_cache: &Store<Pod>) -> kube::Result<()> {
     // Pods are read before the nodes are listed, so a pod bound to a node made since is not
     // taken for an orphan.
     let pods = pod_cache.state();
@@ -350,7 +352,7 @@ async fn sync(ctx: &Context, pod_cache: &Store<Pod>) -> kube::Result<()> {
         .await?
         .items;
     let leases: HashMap<String, Lease> =
-        Api::<Lease>::namespaced(ctx.client.clone(), "kube-node-lease")
+        Api::<Lease>::namespaced(reader.clone(), "kube-node-lease")
             .list(&ListParams::default())
             .await?
             .items
@@ -372,11 +374,11 @@ async fn sync(ctx: &Context, pod_cache: &Store<Pod>) -> kube::Result<()> {
 /// Terminated pods beyond this many are deleted, oldest first (upstream's default).
 const TERMINATED_POD_THRESHOLD: usize = 12_500;
 
-pub async fn run(ctx: Arc<Context>, informers: Arc<Informers>) {
+pub async fn run(ctx: Arc<Context>, reader: kube::Client, informers: Arc<Informers>) {
     informers.pods.synced().await;
     let pods = informers.pods.store();
     loop {
-        if let Err(e) = sync(&ctx, &pods).await {
+        if let Err(e) = sync(&ctx, &reader, &pods).await {
             tracing::debug!("node lifecycle: {e}");
         }
         tokio::time::sleep(Duration::from_secs(5)).await;

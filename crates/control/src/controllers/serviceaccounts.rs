@@ -13,8 +13,18 @@ use kube::runtime::watcher;
 
 const ROOT_CA: &str = "kube-root-ca.crt";
 
+/// The clients of the two controllers this loop is: reads go through the controller manager
+/// (upstream's shared informers), writes through each controller's own identity.
+pub struct Clients {
+    pub reader: kube::Client,
+    /// `service-account-controller`: creates the `default` ServiceAccounts.
+    pub accounts: kube::Client,
+    /// `root-ca-cert-publisher`: creates and updates the CA ConfigMaps.
+    pub root_ca: kube::Client,
+}
+
 struct Ctx {
-    client: kube::Client,
+    clients: Clients,
     ca_pem: String,
 }
 
@@ -34,16 +44,20 @@ async fn reconcile(ns: Arc<Namespace>, ctx: Arc<Ctx>) -> kube::Result<Action> {
     if ns.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let sas: Api<ServiceAccount> = Api::namespaced(ctx.client.clone(), &name);
+    let c = &ctx.clients;
+    let sas: Api<ServiceAccount> = Api::namespaced(c.reader.clone(), &name);
     if sas.get_opt("default").await?.is_none() {
         let sa: ServiceAccount =
             serde_json::from_value(serde_json::json!({"metadata": {"name": "default"}}))
                 .expect("sa");
-        create_ignoring_exists(&sas, &sa).await?;
+        create_ignoring_exists(&Api::namespaced(c.accounts.clone(), &name), &sa).await?;
     }
-    let cms: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &name);
+    let cms: Api<ConfigMap> = Api::namespaced(c.root_ca.clone(), &name);
     let want = serde_json::json!({"ca.crt": ctx.ca_pem});
-    match cms.get_opt(ROOT_CA).await? {
+    let current = Api::<ConfigMap>::namespaced(c.reader.clone(), &name)
+        .get_opt(ROOT_CA)
+        .await?;
+    match current {
         Some(cm) if serde_json::to_value(&cm.data).ok().as_ref() == Some(&want) => {}
         Some(mut cm) => {
             cm.data = serde_json::from_value(want).ok();
@@ -65,11 +79,9 @@ fn ns_of<K: kube::Resource>(obj: K) -> Option<ObjectRef<Namespace>> {
     obj.meta().namespace.clone().map(|ns| ObjectRef::new(&ns))
 }
 
-pub async fn run(client: kube::Client, ca_pem: String) {
-    let ctx = Arc::new(Ctx {
-        client: client.clone(),
-        ca_pem,
-    });
+pub async fn run(clients: Clients, ca_pem: String) {
+    let client = clients.reader.clone();
+    let ctx = Arc::new(Ctx { clients, ca_pem });
     let sa_cfg = watcher::Config::default().fields("metadata.name=default");
     let cm_cfg = watcher::Config::default().fields(&format!("metadata.name={ROOT_CA}"));
     Controller::new(
