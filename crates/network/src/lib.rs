@@ -129,6 +129,7 @@ pub async fn setup_node(
         .await
         .context("marking the pod bridge as kinglet's")?;
     let gateway = Ipv4Addr::from(u32::from(pod_subnet.network()) + 1);
+    pin_mac(&h, bridge, gateway).await?;
     address_and_up(&h, bridge, gateway, pod_subnet.prefix_len())
         .await
         .context("the pod bridge")?;
@@ -148,8 +149,53 @@ pub async fn setup_node(
     exists_ok(h.route().add(to_bridge).execute().await)
         .with_context(|| format!("routing {services} to the pod bridge"))?;
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling IP forwarding")?;
+    no_redirects(BRIDGE)?;
     bridge_netfilter()?;
     tokio::task::spawn_blocking(move || pod_traffic_rules(cluster)).await??;
+    Ok(())
+}
+
+/// Gives the bridge a MAC address of its own (CNI's bridge plugin does the same). Left unset, a
+/// bridge takes the lowest MAC of its ports: when that pod goes, the gateway's MAC changes
+/// under the other pods, whose ARP caches keep the old one, and their traffic to the node
+/// (DNS, services) is flooded into the void until their neighbour entries fail, seconds later.
+/// The address it has now is kept (running pods know it); a bridge that lost all its ports has
+/// none, and gets one made from the gateway address.
+async fn pin_mac(h: &Handle, bridge: u32, gateway: Ipv4Addr) -> anyhow::Result<()> {
+    let link = link_named(h, BRIDGE)
+        .await?
+        .context("the pod bridge vanished")?;
+    let current = link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Address(mac) => Some(mac.clone()),
+        _ => None,
+    });
+    let usable = |mac: &[u8]| mac.len() == 6 && mac.iter().any(|b| *b != 0) && mac[0] & 1 == 0;
+    let mac = match current {
+        Some(mac) if usable(&mac) => mac,
+        // Locally administered, unicast: 0a:58 and the gateway address, as kubenet made them.
+        _ => [&[0x0a, 0x58][..], &gateway.octets()].concat(),
+    };
+    // Setting an address, even the one it has, marks it as set: the kernel keeps it from then on.
+    h.link()
+        .set(LinkUnspec::new_with_index(bridge).address(mac).build())
+        .execute()
+        .await
+        .context("fixing the pod bridge's MAC address")
+}
+
+/// Turns off ICMP redirects from the pod bridge. Pods reach services through the node, which
+/// routes that traffic back out of the bridge it came in on, so the kernel sends the pod a
+/// redirect for every such packet, before the filter rules see it. Its redirect bookkeeping
+/// reuses the per-destination state of the ICMP error rate limit (it zeroes the tokens), so the
+/// port-unreachable that the proxy's REJECT of a service without endpoints then owes the pod
+/// is suppressed (`OutRateLimitHost`): the connection hangs instead of being refused. (The
+/// kernel sends redirects from a link when its own setting or `all` says so: `all` is turned
+/// off too, which leaves every other link as its own setting says.)
+fn no_redirects(link: &str) -> anyhow::Result<()> {
+    for conf in ["all", link] {
+        let path = format!("/proc/sys/net/ipv4/conf/{conf}/send_redirects");
+        std::fs::write(&path, "0").with_context(|| format!("writing {path}"))?;
+    }
     Ok(())
 }
 
