@@ -589,3 +589,38 @@ fn the_kubelet_api_asks_the_api_server_who_may_use_it() {
     let out = s.kubectl(&["logs", "logger", "--as=alice"]);
     assert!(stderr(&out).contains("forbidden"), "{}", stderr(&out));
 }
+
+#[test]
+fn the_bootstrap_policy_is_restored_at_start_unless_autoupdate_is_off() {
+    let mut s = Server::start();
+    let rules =
+        |s: &Server, role: &str| s.ok(&["get", "clusterrole", role, "-o", "jsonpath={.rules}"]);
+    let strip = r#"[{"op": "replace", "path": "/rules", "value": []}]"#;
+    for role in ["system:basic-user", "system:discovery"] {
+        s.ok(&["patch", "clusterrole", role, "--type=json", "-p", strip]);
+        assert_eq!(rules(&s, role), "[]");
+    }
+    s.ok(&[
+        "annotate",
+        "--overwrite",
+        "clusterrole",
+        "system:discovery",
+        "rbac.authorization.kubernetes.io/autoupdate=false",
+    ]);
+    s.ok(&["delete", "clusterrolebinding", "system:public-info-viewer"]);
+    s.restart(false);
+    assert!(
+        rules(&s, "system:basic-user").contains("selfsubjectaccessreviews"),
+        "{}",
+        rules(&s, "system:basic-user")
+    );
+    assert_eq!(rules(&s, "system:discovery"), "[]");
+    let subjects = s.ok(&[
+        "get",
+        "clusterrolebinding",
+        "system:public-info-viewer",
+        "-o",
+        "jsonpath={.subjects[*].name}",
+    ]);
+    assert_eq!(subjects, "system:authenticated system:unauthenticated");
+}
