@@ -411,6 +411,29 @@ fn errors_are_upstream_statuses_and_the_server_keeps_serving() {
         assert!(matches!(&err, kube::Error::Api(s) if s.code == 413), "{err:?}");
         let err = client.request_text(post(b"{}".to_vec(), "text/csv")).await.unwrap_err();
         assert!(matches!(&err, kube::Error::Api(s) if s.code == 415), "{err:?}");
+        // Nesting far past the decoders' limit, YAML alias bombs (billion laughs; one long
+        // string referenced 32k times) and a JSON patch copying the object into itself 40
+        // times: a 4xx, quickly, and nothing written.
+        let nested = |open: &str, close: &str| format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"deep"}},"x":{}1{}}}"#, open.repeat(5000), close.repeat(5000));
+        let deep_yaml = format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: deep}}\nx: {}{}\n", "[".repeat(5000), "]".repeat(5000));
+        let mut laughs = String::from("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: bomb}\na0: &a0 [lol]\n");
+        for i in 1..10 {
+            laughs += &format!("a{i}: &a{i} [{}]\n", vec![format!("*a{}", i - 1); 9].join(","));
+        }
+        let wide = format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: wide}}\nx: &x \"{}\"\ny: [{}]\n", "z".repeat(64 * 1024), vec!["*x"; 32 * 1024].join(","));
+        for (body, ct) in [(nested("[", "]"), "application/json"), (nested("{\"a\":", "}"), "application/json"), (deep_yaml, "application/yaml"), (laughs, "application/yaml"), (wide, "application/yaml")] {
+            let started = std::time::Instant::now();
+            let err = client.request_text(post(body.into_bytes(), ct)).await.unwrap_err();
+            assert!(matches!(&err, kube::Error::Api(s) if s.code == 400), "{err:?}");
+            assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
+        }
+        let copies: Vec<String> = (0..40).map(|i| format!(r#"{{"op":"copy","from":"","path":"/c{i}"}}"#)).collect();
+        let patch = http::Request::patch("/api/v1/namespaces/default/configmaps/c").header("Content-Type", "application/json-patch+json").body(format!("[{}]", copies.join(",")).into_bytes()).unwrap();
+        let err = client.request_text(patch).await.unwrap_err();
+        assert!(matches!(&err, kube::Error::Api(s) if s.code == 422), "{err:?}");
+        // A limit past what the store can count is no limit (it was a 500).
+        let list = http::Request::get("/api/v1/namespaces/default/configmaps?limit=9223372036854775807").body(Vec::new()).unwrap();
+        assert!(client.request_text(list).await.unwrap().contains(r#""name":"c""#));
     });
     assert_eq!(
         s.ok(&["get", "cm", "c", "-o", "jsonpath={.metadata.labels.x}"]),

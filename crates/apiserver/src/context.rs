@@ -9,6 +9,8 @@ use super::auth::UserInfo;
 use super::request::{Query, ResourcePath};
 use super::status::{ApiError, ApiResult};
 
+mod yaml;
+
 pub struct Ctx {
     pub user: Arc<UserInfo>,
     pub query: Query,
@@ -138,8 +140,17 @@ pub fn decode_json(body: &[u8]) -> ApiResult<Value> {
     })
 }
 
+/// What a YAML body may decode to, in bytes of memory per byte of body (and at least
+/// `YAML_MIN_BUDGET`): plain YAML stays well under it, aliases repeated past it are refused.
+const YAML_BUDGET_PER_BYTE: usize = 64;
+const YAML_MIN_BUDGET: usize = 4 << 20;
+
 pub fn decode_yaml(body: &[u8]) -> ApiResult<Value> {
-    let v: Value = serde_yaml::from_slice(body)
+    let budget = body
+        .len()
+        .saturating_mul(YAML_BUDGET_PER_BYTE)
+        .max(YAML_MIN_BUDGET);
+    let v: Value = yaml::from_slice(body, budget)
         .map_err(|e| ApiError::bad_request(format!("error converting YAML to JSON: {e}")))?;
     if v.is_null() {
         return Err(ApiError::bad_request("the body of the request was empty"));

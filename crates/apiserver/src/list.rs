@@ -117,7 +117,10 @@ pub async fn list(api: &Api, res: &Resource, ctx: &Ctx) -> ApiResult<Response> {
         None | Some("") | Some("0") => None,
         Some(l) => Some(
             l.parse::<usize>()
-                .map_err(|_| ApiError::bad_request(format!("invalid limit: {l}")))?,
+                .map_err(|_| ApiError::bad_request(format!("invalid limit: {l}")))?
+                // The store asks SQLite for one more than this, as an i64: 2^63-1 overflowed
+                // (a panic in debug builds, an empty list in release). No list is this long.
+                .min(i64::MAX as usize - 1),
         ),
     };
     let prefix = res.ns_prefix(ns_of(res, ctx));

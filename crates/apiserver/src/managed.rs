@@ -1,6 +1,8 @@
 //! `metadata.managedFields`: which manager owns which fields, updated on every write, and
 //! server-side apply with conflict detection on top of it.
 
+use std::collections::HashSet;
+
 use serde_json::{Value, json};
 
 use super::context::Ctx;
@@ -144,24 +146,32 @@ pub fn record_update(
     let new_paths = owned_paths(res, obj, sub);
     let changed: Vec<Path> = match old {
         None => new_paths.clone(),
-        Some(old) => new_paths
-            .iter()
-            .filter(|p| merge::get_path(obj, p, shape) != merge::get_path(old, p, shape))
-            .cloned()
-            .collect(),
+        Some(old) => {
+            let (now, before) = (
+                merge::leaf_values(obj, shape),
+                merge::leaf_values(old, shape),
+            );
+            new_paths
+                .iter()
+                .filter(|p| now.get(*p) != before.get(*p))
+                .cloned()
+                .collect()
+        }
     };
     let mut entries = old.map(entries_of).unwrap_or_default();
     if changed.is_empty() && old.is_some() {
         write_entries(obj, entries);
         return Ok(());
     }
-    let all_now = owned_paths(res, obj, None)
+    // Sets, not scans: an object may have tens of thousands of paths.
+    let all_now: HashSet<Path> = owned_paths(res, obj, None)
         .into_iter()
         .chain(owned_paths(res, obj, Some("status")))
-        .collect::<Vec<_>>();
+        .collect();
+    let changed_set: HashSet<&Path> = changed.iter().collect();
     for e in entries.iter_mut() {
         e.paths
-            .retain(|p| all_now.contains(p) && !changed.contains(p));
+            .retain(|p| all_now.contains(p) && !changed_set.contains(p));
     }
     let sub_s = sub.map(String::from);
     match entries
@@ -169,8 +179,9 @@ pub fn record_update(
         .find(|e| e.manager == manager && e.operation == "Update" && e.subresource == sub_s)
     {
         Some(e) => {
+            let mut have: HashSet<Path> = e.paths.iter().cloned().collect();
             for p in changed {
-                if !e.paths.contains(&p) {
+                if have.insert(p.clone()) {
                     e.paths.push(p);
                 }
             }
@@ -226,17 +237,23 @@ pub fn apply(
     let cur = current.unwrap_or(&empty);
     let mut entries = entries_of(cur);
     let mut conflicts = Vec::new();
+    // Sets, not scans: an object may have tens of thousands of paths.
+    let applied_set: HashSet<&Path> = applied_paths.iter().collect();
+    let (applied_values, cur_values) = (
+        merge::leaf_values(applied, shape),
+        merge::leaf_values(cur, shape),
+    );
     for e in entries.iter_mut().filter(|e| e.manager != manager) {
-        let mut lost = Vec::new();
-        for p in e.paths.iter().filter(|p| applied_paths.contains(p)) {
-            let applied_value = merge::get_path(applied, p, shape);
+        let mut lost = HashSet::new();
+        for p in e.paths.iter().filter(|p| applied_set.contains(p)) {
+            let applied_value = applied_values.get(p).copied();
             // Only leaf values conflict; "." nodes of maps and list items are containers.
             if applied_value.is_some_and(|v| v.is_object()) {
                 continue;
             }
-            if merge::get_path(cur, p, shape) != applied_value {
+            if cur_values.get(p).copied() != applied_value {
                 if force {
-                    lost.push(p.clone());
+                    lost.insert(p.clone());
                 } else {
                     conflicts.push((e.manager.clone(), e.api_version.clone(), p.clone()));
                 }
@@ -287,14 +304,17 @@ pub fn apply(
         .iter()
         .find(|e| e.manager == manager && e.operation == "Apply")
     {
-        for p in prev.paths.iter().filter(|p| !applied_paths.contains(p)) {
-            let shared = entries
-                .iter()
-                .any(|e| !(e.manager == manager && e.operation == "Apply") && e.paths.contains(p));
-            if !shared {
-                merge::remove_path(&mut merged, p);
-            }
-        }
+        let others: HashSet<&Path> = entries
+            .iter()
+            .filter(|e| !(e.manager == manager && e.operation == "Apply"))
+            .flat_map(|e| &e.paths)
+            .collect();
+        let gone: Vec<&Path> = prev
+            .paths
+            .iter()
+            .filter(|p| !applied_set.contains(p) && !others.contains(p))
+            .collect();
+        merge::remove_paths(&mut merged, shape, &gone);
     }
     entries.retain(|e| !(e.manager == manager && e.operation == "Apply"));
     entries.push(Entry {

@@ -30,17 +30,7 @@ fn invalid_patch(msg: impl Into<String>) -> ApiError {
 
 fn apply_patch(res: &Resource, typ: PatchType, target: &Value, patch: &Value) -> ApiResult<Value> {
     match typ {
-        PatchType::Json => {
-            let ops: json_patch::Patch = serde_json::from_value(patch.clone())
-                .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
-            let mut doc = target.clone();
-            json_patch::patch(&mut doc, &ops).map_err(|e| {
-                invalid_patch(format!(
-                    "the server rejected our request due to an error in our request: {e}"
-                ))
-            })?;
-            Ok(doc)
-        }
+        PatchType::Json => apply_json_patch(target, patch),
         PatchType::Merge => {
             if !patch.is_object() {
                 return Err(ApiError::bad_request(
@@ -63,6 +53,52 @@ fn apply_patch(res: &Resource, typ: PatchType, target: &Value, patch: &Value) ->
         }
         PatchType::Apply => unreachable!("apply is handled by managed::apply"),
     }
+}
+
+/// Upstream's limits on a JSON patch: its operations, and what its copies may add to the
+/// object (each `copy` of the root into itself doubles it: 30 would make gigabytes).
+const MAX_JSON_PATCH_OPERATIONS: usize = 10_000;
+const MAX_JSON_PATCH_COPY_BYTES: usize = MAX_BODY;
+
+/// Applies a JSON patch (RFC 6902) to a copy of `target`.
+pub(crate) fn apply_json_patch(target: &Value, patch: &Value) -> ApiResult<Value> {
+    let ops: json_patch::Patch = serde_json::from_value(patch.clone())
+        .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+    if ops.len() > MAX_JSON_PATCH_OPERATIONS {
+        let mut e = ApiError::too_large();
+        e.message = format!(
+            "Request entity too large: The allowed maximum operations in a JSON patch is {MAX_JSON_PATCH_OPERATIONS}, got {}",
+            ops.len()
+        );
+        return Err(e);
+    }
+    let rejected = |e: String| {
+        invalid_patch(format!(
+            "the server rejected our request due to an error in our request: {e}"
+        ))
+    };
+    let mut doc = target.clone();
+    let mut copied = 0;
+    // One operation at a time, to count copies as they happen; `doc` is a copy, so a failure
+    // part-way leaves the object as it was.
+    for (i, op) in ops.iter().enumerate() {
+        if let json_patch::PatchOperation::Copy(c) = op {
+            copied += doc
+                .pointer(c.from.as_str())
+                .and_then(|v| serde_json::to_vec(v).ok())
+                .map_or(0, |b| b.len());
+            if copied > MAX_JSON_PATCH_COPY_BYTES {
+                return Err(rejected(format!(
+                    "Unable to copy, the accumulated size increase of copy is {copied}, exceeding the limit {MAX_JSON_PATCH_COPY_BYTES}"
+                )));
+            }
+        }
+        json_patch::patch(&mut doc, std::slice::from_ref(op)).map_err(|mut e| {
+            e.operation = i;
+            rejected(e.to_string())
+        })?;
+    }
+    Ok(doc)
 }
 
 pub async fn patch(

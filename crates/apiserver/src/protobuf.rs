@@ -3,6 +3,9 @@
 //! the same JSON the API uses, driven by the field tables generated from upstream's .proto
 //! files (`protobuf_tables.rs`); JSON field names come from the OpenAPI definitions.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
 use base64::Engine;
 use serde_json::{Map, Value, json};
 
@@ -20,8 +23,29 @@ fn fields_of(name: &str) -> Option<&'static [Field]> {
         .map(|i| MESSAGES[i].1)
 }
 
-/// The JSON name of a field: the OpenAPI property that matches the prost (snake_case) name.
-fn json_name(message: &str, rust: &str) -> String {
+/// The JSON name of a field, resolved once per message and field: resolving scans the
+/// definition's properties, and a body may repeat a field hundreds of thousands of times.
+fn json_name(message: &str, rust: &'static str) -> String {
+    type Names = HashMap<String, HashMap<&'static str, String>>;
+    static NAMES: OnceLock<Mutex<Names>> = OnceLock::new();
+    let mut names = NAMES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(n) = names.get(message).and_then(|m| m.get(rust)) {
+        return n.clone();
+    }
+    // Bounded: only names from the generated tables get here.
+    let n = resolve_json_name(message, rust);
+    names
+        .entry(message.to_string())
+        .or_default()
+        .insert(rust, n.clone());
+    n
+}
+
+/// The OpenAPI property that matches the prost (snake_case) name.
+fn resolve_json_name(message: &str, rust: &str) -> String {
     let norm = |s: &str| s.replace('_', "").to_lowercase();
     let want = norm(rust);
     if let Some(props) = definitions()

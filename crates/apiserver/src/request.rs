@@ -74,15 +74,18 @@ pub fn parse_path(path: &str) -> Option<ApiPath> {
 }
 
 pub(crate) fn percent_decode(s: &str) -> String {
+    // Hex digits are read as bytes: slicing the str could split a multi-byte character
+    // (a URI may carry raw UTF-8), and `from_str_radix` would take `%+1` for an escape.
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%'
             && i + 2 < bytes.len()
-            && let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+            && let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
         {
-            out.push(b);
+            out.push(hi << 4 | lo);
             i += 3;
             continue;
         }
