@@ -365,7 +365,10 @@ fn list_at(
         Some(a) if a >= lo.as_str() => format!("{a}\u{0}"),
         _ => lo,
     };
-    let fetch = limit.map(|l| l as i64 + 1).unwrap_or(-1);
+    // One more than asked, to know whether there is more; SQLite counts in i64.
+    let fetch = limit
+        .map(|l| i64::try_from(l).unwrap_or(i64::MAX).saturating_add(1))
+        .unwrap_or(-1);
     let mut stmt = c.prepare_cached(
         "SELECT l.key, l.rev, l.create_rev, l.value FROM log l
          JOIN (SELECT MAX(rev) AS rev FROM log WHERE key >= ?1 AND key < ?2 AND rev <= ?3 GROUP BY key) m ON l.rev = m.rev
