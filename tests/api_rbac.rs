@@ -168,19 +168,22 @@ fn users_groups_whoami_impersonation_and_escalation() {
         stderr(&out)
     );
     // `edit` cannot create bindings at all, so cannot bind cluster-admin.
-    let out = as_file(
-        &s,
-        &alice,
-        &[
-            "create",
-            "rolebinding",
-            "root",
-            "--clusterrole=cluster-admin",
-            "--user=alice",
-            "-n",
-            "team",
-        ],
-    );
+    let bind_cluster_admin = || {
+        as_file(
+            &s,
+            &alice,
+            &[
+                "create",
+                "rolebinding",
+                "root",
+                "--clusterrole=cluster-admin",
+                "--user=alice",
+                "-n",
+                "team",
+            ],
+        )
+    };
+    let out = bind_cluster_admin();
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("rolebindings.rbac.authorization.k8s.io is forbidden"),
@@ -200,19 +203,7 @@ fn users_groups_whoami_impersonation_and_escalation() {
     eventually(10, "the admin binding", || {
         (can(&["create", "rolebindings", "-n", "team"]) == "yes").then_some(())
     });
-    let out = as_file(
-        &s,
-        &alice,
-        &[
-            "create",
-            "rolebinding",
-            "root",
-            "--clusterrole=cluster-admin",
-            "--user=alice",
-            "-n",
-            "team",
-        ],
-    );
+    let out = bind_cluster_admin();
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("rolebindings.rbac.authorization.k8s.io \"root\" is forbidden: user \"alice\" (groups=[\"devs\" \"system:authenticated\"]) is attempting to grant RBAC permissions not currently held:"),

@@ -531,13 +531,9 @@ mod tests {
         assert!(all_there.jumps_input(&jumps[3..]).unwrap().is_empty());
     }
 
-    /// A fresh network namespace has no built-in chains, and a restore that starts with `-S`
-    /// (500+ chains) does not create them: the jumps must still go in, once, and a second
-    /// full rewrite must not add them again; uninstalling removes ours and nothing else.
-    /// Needs root and iptables (CI has both); runs in a network namespace of its own, entered
-    /// by this test's thread only.
-    #[test]
-    fn jumps_go_into_a_fresh_namespace_next_to_a_large_restore() {
+    /// Runs `f` on a thread of its own in a new network namespace (root and iptables needed;
+    /// skipped without them), so the test's rules never touch the host's.
+    fn in_own_network_namespace(f: impl FnOnce() + Send + 'static) {
         let have_iptables = Command::new("iptables").arg("--version").output().is_ok();
         if !nix::unistd::Uid::effective().is_root() || !have_iptables {
             eprintln!("skipped: needs root and iptables");
@@ -545,6 +541,20 @@ mod tests {
         }
         std::thread::spawn(|| {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+            f()
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// A fresh network namespace has no built-in chains, and a restore that starts with `-S`
+    /// (500+ chains) does not create them: the jumps must still go in, once, and a second
+    /// full rewrite must not add them again; uninstalling removes ours and nothing else.
+    /// Needs root and iptables (CI has both); runs in a network namespace of its own, entered
+    /// by this test's thread only.
+    #[test]
+    fn jumps_go_into_a_fresh_namespace_next_to_a_large_restore() {
+        in_own_network_namespace(|| {
             let jumps = [
                 jump("nat", "PREROUTING", "K-TEST-SVC", true),
                 jump("nat", "OUTPUT", "K-TEST-SVC", true),
@@ -582,9 +592,7 @@ mod tests {
                 assert!(!now.contains("K-TEST-"), "{now}");
                 assert!(now.contains("-A PREROUTING -j OTHER"), "{now}");
             }
-        })
-        .join()
-        .unwrap();
+        });
     }
 
     #[test]
@@ -665,13 +673,7 @@ mod tests {
     /// alone by the uninstall; ours, once written, go. Needs root and iptables, as above.
     #[test]
     fn uninstall_leaves_foreign_kube_chains_and_their_jumps() {
-        let have_iptables = Command::new("iptables").arg("--version").output().is_ok();
-        if !nix::unistd::Uid::effective().is_root() || !have_iptables {
-            eprintln!("skipped: needs root and iptables");
-            return;
-        }
-        std::thread::spawn(|| {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+        in_own_network_namespace(|| {
             let jumps = [jump("filter", "OUTPUT", "KUBE-SERVICES", false)];
             let kube = |c: &str| c.starts_with("KUBE-");
             // Another kube-proxy's: the same jump into an unmarked KUBE-SERVICES, and a chain
@@ -700,9 +702,7 @@ mod tests {
             let now = save(&[]).unwrap();
             assert!(!now.contains("KUBE-SERVICES"), "{now}");
             assert!(now.contains("-A KUBE-FOO -j RETURN"), "{now}");
-        })
-        .join()
-        .unwrap();
+        });
     }
 
     #[test]
