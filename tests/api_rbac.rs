@@ -265,6 +265,41 @@ fn users_groups_whoami_impersonation_and_escalation() {
 }
 
 #[test]
+fn server_side_apply_creates_only_with_the_create_verb() {
+    let s = Server::start();
+    s.ok(&[
+        "create",
+        "role",
+        "patcher",
+        "--verb=patch,get",
+        "--resource=configmaps",
+    ]);
+    s.ok(&[
+        "create",
+        "rolebinding",
+        "dave-patcher",
+        "--role=patcher",
+        "--user=dave",
+    ]);
+    let cm = r#"{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "new"}, "data": {"a": "b"}}"#;
+    let apply = || s.kubectl_stdin(&["apply", "--server-side", "-f", "-", "--as=dave"], cm);
+    eventually(10, "the binding", || {
+        let o = s.kubectl(&["auth", "can-i", "patch", "configmaps", "--as=dave"]);
+        (String::from_utf8_lossy(&o.stdout).trim() == "yes").then_some(())
+    });
+    let out = apply();
+    assert!(
+        stderr(&out).contains("User \"dave\" cannot create resource \"configmaps\""),
+        "{}",
+        stderr(&out)
+    );
+    // Once it exists, patching is all apply needs.
+    s.ok(&["create", "configmap", "new"]);
+    let out = apply();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
 fn a_cluster_role_labelled_aggregate_to_view_extends_view() {
     let s = Server::start();
     let rules = |role: &str| {
@@ -420,6 +455,91 @@ fn node_credentials_read_only_what_their_pods_use_and_change_only_their_node() {
     // And nothing outside what a node needs.
     assert!(!run(&n1, &["create", "namespace", "x"]).status.success());
     assert!(!run(&n1, &["get", "clusterroles"]).status.success());
+    // A node cannot reach a credential by creating a pod that names it: only mirror pods,
+    // and those may use no Secret, ConfigMap, PVC or ServiceAccount.
+    s.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "crown-jewels",
+        "--from-literal=k=v",
+    ]);
+    let mirror = |volumes: &str, sa: &str| {
+        format!(
+            r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "static-web",
+                "annotations": {{"kubernetes.io/config.mirror": "x"}}}},
+                "spec": {{"nodeName": "n1", {sa} "containers": [{{"name": "c", "image": "busybox"}}],
+                "volumes": [{volumes}]}}}}"#
+        )
+    };
+    let create = |manifest: String| {
+        s.kubectl_stdin(
+            &["--kubeconfig", n1.to_str().unwrap(), "create", "-f", "-"],
+            &manifest,
+        )
+    };
+    let out = create(mirror(
+        r#"{"name": "s", "secret": {"secretName": "crown-jewels"}}"#,
+        "",
+    ));
+    assert!(
+        stderr(&out).contains("node \"n1\" can not create pods that reference secrets"),
+        "{}",
+        stderr(&out)
+    );
+    let out = create(mirror("", r#""serviceAccountName": "default","#));
+    assert!(
+        stderr(&out).contains("can not create pods that use service accounts"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !run(&n1, &["get", "secret", "crown-jewels"])
+            .status
+            .success()
+    );
+    let out = create(mirror("", ""));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "pod",
+            "static-web",
+            "-o",
+            "jsonpath={.spec.serviceAccountName}"
+        ]),
+        ""
+    );
+    // Tokens only bound to a pod of its own, by uid.
+    let out = run(&n1, &["create", "token", "default"]);
+    assert!(
+        stderr(&out).contains("node requested token not bound to a pod"),
+        "{}",
+        stderr(&out)
+    );
+    // Its own Node, but not its taints or the cluster's labels.
+    s.ok(&["taint", "node", "n1", "dedicated=ops:NoSchedule"]);
+    let out = run(&n1, &["taint", "node", "n1", "dedicated-"]);
+    assert!(
+        stderr(&out).contains("is not allowed to modify taints"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(
+        &n1,
+        &[
+            "label",
+            "node",
+            "n1",
+            "node-role.kubernetes.io/control-plane=",
+        ],
+    );
+    assert!(
+        stderr(&out)
+            .contains("is not allowed to modify labels: node-role.kubernetes.io/control-plane"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

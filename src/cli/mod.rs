@@ -58,6 +58,9 @@ pub struct CleanupArgs {
     /// Cluster DNS address the node held (default: the tenth address of the service range).
     #[arg(long, env = "KINGLET_CLUSTER_DNS")]
     pub cluster_dns: Option<std::net::Ipv4Addr>,
+    /// The node's run directory, where it kept the host settings it changed, to put back.
+    #[arg(long, env = "KINGLET_RUN_DIR", default_value = "/run/kinglet")]
+    pub run_dir: PathBuf,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -229,6 +232,11 @@ impl ServerArgs {
             let (k, v) = l
                 .split_once('=')
                 .ok_or_else(|| anyhow::anyhow!("--node-label {l:?}: expected key=value"))?;
+            if !kinglet_core::node_labels::node_may_set(k) {
+                anyhow::bail!(
+                    "--node-label {k:?}: a node may not set labels in the kubernetes.io or k8s.io domains other than its own kubelet labels (set {k:?} with kubectl label node)"
+                );
+            }
             labels.insert(k.to_string(), v.to_string());
         }
         let mut cfg = kinglet_kubelet::NodeConfig {

@@ -163,8 +163,14 @@ impl Authenticator {
             .then(|| c.user.clone())
     }
 
+    /// The generation to pass to `remember`, read before the token is verified: a delete
+    /// during the verification then voids the answer.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     /// Remembers a verified token's identity, no longer than the token is valid (`exp`).
-    pub fn remember(&self, token: &str, user: Arc<UserInfo>, exp: i64) {
+    pub fn remember(&self, token: &str, user: Arc<UserInfo>, exp: i64, generation: u64) {
         let left = exp - chrono::Utc::now().timestamp();
         if left <= 0 {
             return;
@@ -179,7 +185,7 @@ impl Authenticator {
             Cached {
                 user,
                 until: Instant::now() + ttl,
-                generation: self.generation.load(Ordering::Acquire),
+                generation,
             },
         );
     }

@@ -187,10 +187,12 @@ async fn authenticate(api: &Api, req: &http::request::Parts) -> Result<Arc<UserI
         if let Some(user) = api.auth.cached(token) {
             return Ok(user);
         }
+        let generation = api.auth.generation();
         return match api.authenticate_token(token, &api.auth.api_audiences).await {
             Some((user, claims)) => {
                 let user = Arc::new(user);
-                api.auth.remember(token, user.clone(), claims.exp);
+                api.auth
+                    .remember(token, user.clone(), claims.exp, generation);
                 Ok(user)
             }
             None => Err(ApiError::unauthorized()),

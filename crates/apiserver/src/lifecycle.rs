@@ -425,7 +425,7 @@ pub async fn commit_update(
             .delete(&key, Some(old_rev))
             .await
             .map_err(|e| ApiError::from_store(e, &res.group, &res.plural, &name))?;
-        kind.after_delete(api, &new);
+        after_delete(api, res, &new);
         meta_mut(&mut new).insert("resourceVersion".into(), json!(rev.to_string()));
         return Ok(new);
     }
@@ -449,6 +449,12 @@ pub struct DeleteOptions {
 
 /// Deletes one object: immediately, or by marking it (finalizers, graceful pods). Returns the
 /// status code and body to answer.
+/// What follows every delete: tokens bound to the object die with it, and the kind's hook.
+fn after_delete(api: &Api, res: &Resource, obj: &Value) {
+    api.auth.object_deleted(&res.group, &res.plural);
+    kinds::of(res).after_delete(api, obj);
+}
+
 pub async fn delete_object(
     api: &Api,
     res: &Resource,
@@ -509,8 +515,7 @@ pub async fn delete_object(
             }
             match api.store.delete(&rec.key, Some(rec.rev)).await {
                 Ok(_) => {
-                    api.auth.object_deleted(&res.group, &res.plural);
-                    kind.after_delete(api, &obj);
+                    after_delete(api, res, &obj);
                     let details =
                         json!({"name": name, "group": res.group, "kind": res.plural, "uid": uid});
                     return Ok((

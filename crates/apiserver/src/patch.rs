@@ -168,6 +168,21 @@ pub async fn patch(
         let current = match get_current(api, res, ctx, name).await {
             Ok(c) => c,
             Err(e) if e.code == 404 && typ == PatchType::Apply && sub.is_none() => {
+                // Apply that creates needs `create` too, as upstream authorizes it.
+                let attrs = super::authz::Attributes {
+                    user: ctx.user.clone(),
+                    verb: "create".into(),
+                    resource_request: true,
+                    namespace: ctx.path.namespace.clone().unwrap_or_default(),
+                    group: res.group.clone(),
+                    resource: res.plural.clone(),
+                    name: name.to_string(),
+                    ..Default::default()
+                };
+                if let super::authz::Decision::Deny(reason) = api.authz.authorize(api, &attrs).await
+                {
+                    return Err(super::authz::forbidden(&attrs, &reason));
+                }
                 let mut applied = doc.clone();
                 super::lifecycle::check_type_meta(res, &mut applied)?;
                 if object::name(&applied) != name {

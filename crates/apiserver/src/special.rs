@@ -285,10 +285,27 @@ pub async fn token_request(
         },
         ..Default::default()
     };
-    if let Some(bound) = req
+    let bound_ref = req
         .pointer("/spec/boundObjectRef")
-        .filter(|b| b.is_object())
-    {
+        .filter(|b| b.is_object());
+    // NodeRestriction: a node's tokens are bound to a pod of its own, by uid.
+    if super::authz::node::node_of(&ctx.user).is_some() {
+        let kind = bound_ref
+            .and_then(|b| b.get("kind"))
+            .and_then(Value::as_str);
+        let uid = bound_ref.and_then(|b| b.get("uid")).and_then(Value::as_str);
+        let problem = match (kind, uid) {
+            (Some("Pod"), Some(u)) if !u.is_empty() => None,
+            (Some("Pod"), _) => Some("node requested token bound to a pod without a uid"),
+            _ => Some("node requested token not bound to a pod"),
+        };
+        if let Some(p) = problem {
+            return Err(ApiError::forbidden(format!(
+                "serviceaccounts \"{sa_name}\" is forbidden: {p}"
+            )));
+        }
+    }
+    if let Some(bound) = bound_ref {
         let kind = bound.get("kind").and_then(Value::as_str).unwrap_or("");
         let bname = bound
             .get("name")
@@ -336,6 +353,22 @@ pub async fn token_request(
         let r = Ref { name: bname, uid };
         match label {
             "pod" => {
+                let pod_sa = obj
+                    .pointer("/spec/serviceAccountName")
+                    .and_then(Value::as_str)
+                    .unwrap_or("default");
+                if pod_sa != sa_name {
+                    return Err(ApiError::bad_request(format!(
+                        "cannot bind token for serviceaccount \"{sa_name}\" to pod running with different serviceaccount name."
+                    )));
+                }
+                if let Some(node) = super::authz::node::node_of(&ctx.user)
+                    && obj.pointer("/spec/nodeName").and_then(Value::as_str) != Some(node)
+                {
+                    return Err(ApiError::forbidden(format!(
+                        "serviceaccounts \"{sa_name}\" is forbidden: node requested token bound to a pod scheduled on a different node"
+                    )));
+                }
                 if let Some(node) = obj
                     .pointer("/spec/nodeName")
                     .and_then(Value::as_str)

@@ -8,6 +8,7 @@ pub mod cron;
 pub mod events;
 pub mod informers;
 pub mod lockfile;
+pub mod node_labels;
 pub mod object;
 pub mod pods;
 pub mod resources;

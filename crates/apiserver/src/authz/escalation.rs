@@ -44,18 +44,26 @@ pub async fn admit(api: &Api, res: &Resource, ctx: &Ctx, obj: &Value) -> ApiResu
             }
             if obj.get("aggregationRule").is_some_and(|a| !a.is_null()) {
                 // Aggregation can pull in any rule: only full authority may set it.
-                vec![
+                let full = [
                     Rule::from_json(&table_rule("* | * | *")),
                     Rule::from_json(&table_rule("* | *")),
-                ]
-            } else {
-                obj.get("rules")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .map(Rule::from_json)
-                    .collect()
+                ];
+                let held = api.authz.rules_for(&ctx.user, &namespace);
+                if !uncovered(&held, &full).is_empty() {
+                    return Err(forbidden(
+                        res,
+                        &name,
+                        "must have cluster-admin privileges to use the aggregationRule".into(),
+                    ));
+                }
+                return Ok(());
             }
+            obj.get("rules")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(Rule::from_json)
+                .collect()
         }
         "rolebindings" | "clusterrolebindings" => {
             let kind = obj.pointer("/roleRef/kind").and_then(Value::as_str);
@@ -82,11 +90,7 @@ pub async fn admit(api: &Api, res: &Resource, ctx: &Ctx, obj: &Value) -> ApiResu
             {
                 Some(rules) => rules,
                 None => {
-                    return Err(forbidden(
-                        res,
-                        &name,
-                        format!("{role_resource}.{GROUP} {role:?} not found"),
-                    ));
+                    return Err(ApiError::not_found(GROUP, role_resource, role));
                 }
             }
         }

@@ -221,7 +221,10 @@ pub async fn impersonate(
             .map(String::from)
             .collect()
     };
-    let user = values("impersonate-user").into_iter().next();
+    let user = values("impersonate-user")
+        .into_iter()
+        .next()
+        .filter(|u| !u.is_empty());
     let groups = values("impersonate-group");
     let uid = values("impersonate-uid").into_iter().next();
     let extras: Vec<(String, Vec<String>)> = headers
@@ -253,7 +256,8 @@ pub async fn impersonate(
     let mut wanted = Vec::new();
     let sa = name
         .strip_prefix("system:serviceaccount:")
-        .and_then(|r| r.split_once(':'));
+        .and_then(|r| r.split_once(':'))
+        .filter(|(ns, n)| !ns.is_empty() && !n.is_empty() && !n.contains(':'));
     let mut out = UserInfo {
         name: name.clone(),
         ..Default::default()
@@ -291,8 +295,13 @@ pub async fn impersonate(
             return Err(forbidden(a, &reason));
         }
     }
-    if name != "system:anonymous" && !out.groups.iter().any(|g| g == "system:authenticated") {
-        out.groups.push("system:authenticated".into());
+    let implied = if name == "system:anonymous" {
+        "system:unauthenticated"
+    } else {
+        "system:authenticated"
+    };
+    if !out.groups.iter().any(|g| g == implied) {
+        out.groups.push(implied.into());
     }
     Ok(Arc::new(out))
 }

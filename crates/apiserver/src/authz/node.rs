@@ -10,7 +10,7 @@ use super::super::Api;
 use super::super::auth::UserInfo;
 use super::super::context::Ctx;
 use super::super::registry::Resource;
-use super::super::status::{ApiError, ApiResult};
+use super::super::status::{ApiError, ApiResult, qualified};
 use super::rbac::Rule;
 use super::{Attributes, Decision};
 
@@ -67,7 +67,8 @@ pub fn node_user(node: &str) -> UserInfo {
 }
 
 pub async fn authorize(api: &Api, node: &str, a: &Attributes) -> Decision {
-    if !a.resource_request || !a.group.is_empty() && a.group != "coordination.k8s.io" {
+    let graph_groups = ["", "coordination.k8s.io", "storage.k8s.io"];
+    if !a.resource_request || !graph_groups.contains(&a.group.as_str()) {
         return by_rules(a);
     }
     let no_relation = || {
@@ -76,6 +77,39 @@ pub async fn authorize(api: &Api, node: &str, a: &Attributes) -> Decision {
         ))
     };
     match (a.resource.as_str(), a.subresource.as_str()) {
+        ("persistentvolumeclaims", "status") => {
+            let wanted = ("persistentvolumeclaims", a.name.as_str());
+            match pods_on(api, node, Some(&a.namespace)).await {
+                pods if pods.iter().any(|p| references(p).contains(&wanted)) => by_rules(a),
+                _ => no_relation(),
+            }
+        }
+        ("persistentvolumes", "") => {
+            if a.verb != "get" || a.name.is_empty() {
+                return no_relation();
+            }
+            if volume_of_claims_used(api, node).await.contains(&a.name) {
+                by_rules(a)
+            } else {
+                no_relation()
+            }
+        }
+        ("volumeattachments", "") => {
+            let attached_here = a.verb == "get"
+                && object(api, "storage.k8s.io", "volumeattachments", None, &a.name)
+                    .await
+                    .is_some_and(|v| {
+                        v.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node)
+                    });
+            if attached_here {
+                by_rules(a)
+            } else {
+                no_relation()
+            }
+        }
+        ("csinodes", "") if !a.name.is_empty() && a.name != node => Decision::Deny(format!(
+            "can only access CSINode with the same name as the requesting node '{node}'"
+        )),
         ("secrets" | "configmaps" | "persistentvolumeclaims", "") => {
             if !matches!(a.verb.as_str(), "get" | "list" | "watch") || a.name.is_empty() {
                 return Decision::Deny(format!(
@@ -84,7 +118,7 @@ pub async fn authorize(api: &Api, node: &str, a: &Attributes) -> Decision {
                 ));
             }
             let wanted = (a.resource.as_str(), a.name.as_str());
-            match pods_on(api, node, &a.namespace).await {
+            match pods_on(api, node, Some(&a.namespace)).await {
                 pods if pods.iter().any(|p| references(p).contains(&wanted)) => by_rules(a),
                 _ => no_relation(),
             }
@@ -96,7 +130,11 @@ pub async fn authorize(api: &Api, node: &str, a: &Attributes) -> Decision {
                     .unwrap_or("default")
                     == a.name
             };
-            if pods_on(api, node, &a.namespace).await.iter().any(uses) {
+            if pods_on(api, node, Some(&a.namespace))
+                .await
+                .iter()
+                .any(uses)
+            {
                 by_rules(a)
             } else {
                 no_relation()
@@ -124,7 +162,7 @@ fn by_rules(a: &Attributes) -> Decision {
 }
 
 async fn own_pod(api: &Api, node: &str, a: &Attributes) -> Decision {
-    let on_node = pods_on(api, node, &a.namespace)
+    let on_node = pods_on(api, node, Some(&a.namespace))
         .await
         .iter()
         .any(|p| p.pointer("/metadata/name").and_then(Value::as_str) == Some(&a.name));
@@ -135,14 +173,49 @@ async fn own_pod(api: &Api, node: &str, a: &Attributes) -> Decision {
     }
 }
 
-/// The pods of `namespace` bound to `node`.
-async fn pods_on(api: &Api, node: &str, namespace: &str) -> Vec<Value> {
+/// One stored object, if it exists and parses.
+async fn object(
+    api: &Api,
+    group: &str,
+    plural: &str,
+    ns: Option<&str>,
+    name: &str,
+) -> Option<Value> {
+    let res = api.registry.find(group, "v1", plural)?;
+    let rec = api.store.get(&res.key(ns, name)).await.ok()??;
+    serde_json::from_slice(&rec.value).ok()
+}
+
+/// The PersistentVolumes bound to the claims of the node's pods.
+async fn volume_of_claims_used(api: &Api, node: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for pod in pods_on(api, node, None).await {
+        let ns = pod
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        for (kind, claim) in references(&pod) {
+            if kind != "persistentvolumeclaims" {
+                continue;
+            }
+            if let Some(pvc) = object(api, "", "persistentvolumeclaims", Some(ns), claim).await
+                && let Some(v) = pvc.pointer("/spec/volumeName").and_then(Value::as_str)
+            {
+                out.push(v.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// The pods of `namespace` (or of all) bound to `node`.
+async fn pods_on(api: &Api, node: &str, namespace: Option<&str>) -> Vec<Value> {
     let Some(res) = api.registry.find("", "v1", "pods") else {
         return Vec::new();
     };
     let Ok(list) = api
         .store
-        .list(&res.ns_prefix(Some(namespace)), 0, None, None)
+        .list(&res.ns_prefix(namespace), 0, None, None)
         .await
     else {
         return Vec::new();
@@ -199,7 +272,8 @@ pub fn references(pod: &Value) -> Vec<(&'static str, &str)> {
 }
 
 /// NodeRestriction on writes with an object: a node creates or changes only its own Node and
-/// Lease, creates only mirror pods bound to itself, and updates only its own pods' status.
+/// Lease (not its taints, nor labels reserved to the cluster), creates only mirror pods bound
+/// to itself that use no credentials, and updates only its own pods' status.
 pub fn admit(res: &Resource, ctx: &Ctx, obj: &Value, old: Option<&Value>) -> ApiResult<()> {
     let Some(node) = node_of(&ctx.user) else {
         return Ok(());
@@ -208,11 +282,22 @@ pub fn admit(res: &Resource, ctx: &Ctx, obj: &Value, old: Option<&Value>) -> Api
         .pointer("/metadata/name")
         .and_then(Value::as_str)
         .unwrap_or("");
-    let deny = |msg: String| Err(ApiError::forbidden(msg));
+    let deny = |msg: String| {
+        let mut e = ApiError::forbidden(format!(
+            "{} \"{name}\" is forbidden: {msg}",
+            qualified(&res.group, &res.plural)
+        ));
+        e.details = Some(serde_json::json!({"name": name, "group": res.group, "kind": res.plural}));
+        Err(e)
+    };
     match (res.group.as_str(), res.plural.as_str()) {
         ("", "nodes") if name != node => deny(format!(
             "node \"{node}\" is not allowed to modify node \"{name}\""
         )),
+        ("", "nodes") => match own_node_change(obj, old) {
+            Some(what) => deny(format!("node \"{node}\" is not allowed to {what}")),
+            None => Ok(()),
+        },
         ("coordination.k8s.io", "leases")
             if name != node || ctx.path.namespace.as_deref() != Some(LEASE_NS) =>
         {
@@ -224,22 +309,13 @@ pub fn admit(res: &Resource, ctx: &Ctx, obj: &Value, old: Option<&Value>) -> Api
             let bound =
                 |p: &Value| p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node);
             match old {
-                None => {
-                    let mirror = obj
-                        .pointer("/metadata/annotations/kubernetes.io~1config.mirror")
-                        .is_some();
-                    if !mirror {
-                        return deny(format!(
-                            "pod does not have \"kubernetes.io/config.mirror\" annotation, node \"{node}\" can only create mirror pods"
-                        ));
-                    }
-                    if !bound(obj) {
-                        return deny(format!(
-                            "node \"{node}\" can only create pods with spec.nodeName set to itself"
-                        ));
-                    }
-                    Ok(())
-                }
+                None => match mirror_pod_problem(node, obj) {
+                    Some(msg) => deny(msg),
+                    None if !bound(obj) => deny(format!(
+                        "node \"{node}\" can only create pods with spec.nodeName set to itself"
+                    )),
+                    None => Ok(()),
+                },
                 Some(old) if !bound(old) => deny(format!(
                     "node \"{node}\" can only update pod status for pods with spec.nodeName set to itself"
                 )),
@@ -248,6 +324,92 @@ pub fn admit(res: &Resource, ctx: &Ctx, obj: &Value, old: Option<&Value>) -> Api
         }
         _ => Ok(()),
     }
+}
+
+/// Whether a pod is a mirror pod (the node's view of a static pod).
+pub fn is_mirror_pod(pod: &Value) -> bool {
+    pod.pointer("/metadata/annotations/kubernetes.io~1config.mirror")
+        .is_some()
+}
+
+/// Why a node may not create this pod: only mirror pods, owned by nothing but the node, that
+/// reach no credential (a node could otherwise read any Secret by naming it in a pod).
+fn mirror_pod_problem(node: &str, pod: &Value) -> Option<String> {
+    if !is_mirror_pod(pod) {
+        return Some(format!(
+            "pod does not have \"kubernetes.io/config.mirror\" annotation, node \"{node}\" can only create mirror pods"
+        ));
+    }
+    let spec = &pod["spec"];
+    let set = |k: &str| {
+        spec.get(k)
+            .and_then(Value::as_str)
+            .is_some_and(|v| !v.is_empty())
+    };
+    if set("serviceAccountName") || set("serviceAccount") {
+        return Some(format!(
+            "node \"{node}\" can not create pods that use service accounts"
+        ));
+    }
+    if let Some((kind, _)) = references(pod).first() {
+        return Some(format!(
+            "node \"{node}\" can not create pods that reference {kind}"
+        ));
+    }
+    let volumes = spec.get("volumes").and_then(Value::as_array);
+    for v in volumes.into_iter().flatten() {
+        for kind in ["projected", "ephemeral", "csi"] {
+            if v.get(kind).is_some() {
+                return Some(format!(
+                    "node \"{node}\" can not create pods that use {kind} volumes"
+                ));
+            }
+        }
+    }
+    let owners = pod
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array);
+    let foreign_owner = owners.into_iter().flatten().any(|o| {
+        o.get("kind").and_then(Value::as_str) != Some("Node")
+            || o.get("name").and_then(Value::as_str) != Some(node)
+    });
+    if foreign_owner {
+        return Some(format!(
+            "node \"{node}\" can only create pods with an owner reference set to itself"
+        ));
+    }
+    None
+}
+
+/// What a node may not change on its own Node: taints after registration, and labels in the
+/// cluster's domains other than its own kubelet labels.
+fn own_node_change(obj: &Value, old: Option<&Value>) -> Option<String> {
+    let labels = |v: &Value| {
+        v.pointer("/metadata/labels")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let new_labels = labels(obj);
+    let old_labels = old.map(labels).unwrap_or_default();
+    let mut changed: Vec<&String> = new_labels
+        .iter()
+        .filter(|(k, v)| old_labels.get(*k) != Some(v))
+        .map(|(k, _)| k)
+        .chain(old_labels.keys().filter(|k| !new_labels.contains_key(*k)))
+        .filter(|k| !kinglet_core::node_labels::node_may_set(k))
+        .collect();
+    changed.sort();
+    if !changed.is_empty() {
+        let keys: Vec<&str> = changed.iter().map(|k| k.as_str()).collect();
+        return Some(format!("modify labels: {}", keys.join(", ")));
+    }
+    if let Some(old) = old
+        && obj.pointer("/spec/taints") != old.pointer("/spec/taints")
+    {
+        return Some("modify taints".into());
+    }
+    None
 }
 
 #[cfg(test)]
@@ -280,6 +442,66 @@ mod tests {
                 ("secrets", "vol"),
             ]
         );
+    }
+
+    #[test]
+    fn nodes_create_only_mirror_pods_that_reach_no_credentials() {
+        let mirror = |spec: serde_json::Value| {
+            json!({"metadata": {"name": "m", "annotations": {"kubernetes.io/config.mirror": "x"}},
+                "spec": spec})
+        };
+        let plain = mirror(json!({"nodeName": "n1", "containers": [{"name": "c"}]}));
+        assert_eq!(mirror_pod_problem("n1", &plain), None);
+        let mut not_mirror = plain.clone();
+        not_mirror["metadata"]["annotations"] = json!({});
+        let refused = [
+            not_mirror,
+            mirror(json!({"serviceAccountName": "admin"})),
+            mirror(json!({"volumes": [{"name": "s", "secret": {"secretName": "x"}}]})),
+            mirror(
+                json!({"containers": [{"name": "c", "envFrom": [{"configMapRef": {"name": "x"}}]}]}),
+            ),
+            mirror(json!({"volumes": [{"name": "p", "projected": {"sources": []}}]})),
+            json!({"metadata": {"annotations": {"kubernetes.io/config.mirror": "x"},
+                "ownerReferences": [{"kind": "ReplicaSet", "name": "r"}]}, "spec": {}}),
+        ];
+        for pod in refused {
+            assert!(mirror_pod_problem("n1", &pod).is_some(), "{pod}");
+        }
+    }
+
+    #[test]
+    fn a_node_keeps_its_taints_and_the_clusters_labels() {
+        let node = |labels: serde_json::Value, taints: serde_json::Value| json!({"metadata": {"name": "n1", "labels": labels}, "spec": {"taints": taints}});
+        let old = node(
+            json!({"kubernetes.io/hostname": "n1"}),
+            json!([{"key": "a", "effect": "NoSchedule"}]),
+        );
+        let ok = node(
+            json!({"kubernetes.io/hostname": "n1", "mine": "x", "topology.kubernetes.io/zone": "z", "kubelet.kubernetes.io/x": "1"}),
+            json!([{"key": "a", "effect": "NoSchedule"}]),
+        );
+        assert_eq!(own_node_change(&ok, Some(&old)), None);
+        let role = node(
+            json!({"node-role.kubernetes.io/control-plane": ""}),
+            json!([{"key": "a", "effect": "NoSchedule"}]),
+        );
+        assert_eq!(
+            own_node_change(&role, Some(&old)).as_deref(),
+            Some("modify labels: node-role.kubernetes.io/control-plane")
+        );
+        let restricted = node(
+            json!({"kubernetes.io/hostname": "n1", "node-restriction.kubernetes.io/x": "y"}),
+            json!([]),
+        );
+        assert!(own_node_change(&restricted, None).is_some());
+        let untainted = node(json!({"kubernetes.io/hostname": "n1"}), json!([]));
+        assert_eq!(
+            own_node_change(&untainted, Some(&old)).as_deref(),
+            Some("modify taints")
+        );
+        // At registration the node brings its own taints.
+        assert_eq!(own_node_change(&old, None), None);
     }
 
     #[test]

@@ -136,7 +136,7 @@ impl Subject {
                 .name
                 .strip_prefix("system:serviceaccount:")
                 .and_then(|rest| rest.split_once(':'))
-                .is_some_and(|(ns, n)| ns == namespace && n == name),
+                .is_some_and(|(ns, n)| !namespace.is_empty() && ns == namespace && n == name),
         }
     }
 
@@ -343,17 +343,48 @@ impl Policy {
     }
 }
 
-/// The parts of `wanted` that `held` does not cover, each broken down to one verb, group,
-/// resource and name (or URL) as upstream's escalation check does.
+/// The parts of `wanted` that `held` does not cover, as upstream's escalation check reports
+/// them: broken down to one verb, group, resource and name (or URL), then the verbs of the
+/// same group/resource/name merged again, sorted as upstream sorts them (by verbs first).
 pub fn uncovered(held: &[Rule], wanted: &[Rule]) -> Vec<Rule> {
-    let mut missing = Vec::new();
+    let mut missing: Vec<Rule> = Vec::new();
     for w in wanted {
         for atom in atoms(w) {
-            if !held.iter().any(|h| covers(h, &atom)) && !missing.contains(&atom) {
-                missing.push(atom);
+            if held.iter().any(|h| covers(h, &atom)) {
+                continue;
+            }
+            let same_target = missing.iter().position(|m| {
+                m.urls.is_empty()
+                    && atom.urls.is_empty()
+                    && (
+                        m.groups.as_slice(),
+                        m.resources.as_slice(),
+                        m.names.as_slice(),
+                    ) == (
+                        atom.groups.as_slice(),
+                        atom.resources.as_slice(),
+                        atom.names.as_slice(),
+                    )
+            });
+            match same_target {
+                Some(i) if !missing[i].verbs.contains(&atom.verbs[0]) => {
+                    missing[i].verbs.push(atom.verbs[0].clone())
+                }
+                Some(_) => {}
+                None if !missing.contains(&atom) => missing.push(atom),
+                None => {}
             }
         }
     }
+    missing.sort_by_key(|r| {
+        (
+            r.verbs.join(" "),
+            r.groups.clone(),
+            r.resources.clone(),
+            r.names.clone(),
+            r.urls.clone(),
+        )
+    });
     missing
 }
 
@@ -406,12 +437,9 @@ fn covers(held: &Rule, atom: &Rule) -> bool {
         && held.resources.iter().any(|h| {
             h == "*"
                 || h == resource
-                // `*/scale` covers `deployments/scale`; `pods/*` covers `pods/log`.
+                // `*/scale` covers `deployments/scale` (as the authorizer reads it).
                 || h.strip_prefix("*/").is_some_and(|sub| {
                     resource.split_once('/').is_some_and(|(_, s)| s == sub)
-                })
-                || h.strip_suffix("/*").is_some_and(|base| {
-                    resource.split_once('/').is_some_and(|(b, _)| b == base)
                 })
         })
         && (held.names.is_empty() || atom.names.first().is_some_and(|n| has(&held.names, n)))
@@ -566,7 +594,7 @@ mod tests {
         let r = |v: Value| Rule::from_json(&v);
         let held = vec![
             r(
-                json!({"apiGroups": [""], "resources": ["pods", "pods/*"], "verbs": ["get", "list"]}),
+                json!({"apiGroups": [""], "resources": ["pods", "pods/log", "pods/*"], "verbs": ["get", "list"]}),
             ),
             r(json!({"apiGroups": ["*"], "resources": ["*/scale"], "verbs": ["*"]})),
             r(
@@ -586,7 +614,11 @@ mod tests {
         ];
         assert!(uncovered(&held, &wanted).is_empty());
         let too_much = vec![
-            r(json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "delete"]})),
+            r(
+                json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "delete", "patch"]}),
+            ),
+            // `pods/*` names no subresource, for the authorizer and so here.
+            r(json!({"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["get"]})),
             r(json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]})),
             r(json!({"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]})),
         ];
@@ -597,9 +629,10 @@ mod tests {
         assert_eq!(
             missing,
             vec![
-                r#"{APIGroups:[""], Resources:["pods"], Verbs:["delete"]}"#,
-                r#"{APIGroups:[""], Resources:["secrets"], Verbs:["get"]}"#,
                 r#"{APIGroups:["*"], Resources:["*"], Verbs:["*"]}"#,
+                r#"{APIGroups:[""], Resources:["pods"], Verbs:["delete" "patch"]}"#,
+                r#"{APIGroups:[""], Resources:["pods/exec"], Verbs:["get"]}"#,
+                r#"{APIGroups:[""], Resources:["secrets"], Verbs:["get"]}"#,
             ]
         );
     }

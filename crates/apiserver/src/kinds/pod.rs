@@ -57,8 +57,11 @@ impl KindBehaviour for Pods {
         old: Option<&'a Value>,
     ) -> BoxFuture<'a, ApiResult<()>> {
         Box::pin(async move {
-            if old.is_none() {
+            // A mirror pod (a node's static pod) gets no ServiceAccount, as upstream.
+            if old.is_none() && !crate::authz::node::is_mirror_pod(obj) {
                 service_account(obj);
+            }
+            if old.is_none() {
                 default_tolerations(obj);
                 priority(api, obj).await?;
             }
