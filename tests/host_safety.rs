@@ -352,3 +352,66 @@ fn images_rm_refuses_an_image_a_container_uses() {
         "{removed:?}"
     );
 }
+
+#[test]
+fn cleanup_restores_the_hosts_send_redirects() {
+    // The host's own setting, from before kinglet: redirects on.
+    let all = "/proc/sys/net/ipv4/conf/all/send_redirects";
+    let host = TestHost::new();
+    sh(&host, &format!("echo 1 > {all}"));
+    let read = || sh(&host, &format!("cat {all}")).trim().to_string();
+    assert_eq!(read(), "1");
+    let dir = tempfile::tempdir().unwrap();
+    // Twice: the second start finds kinglet's 0, which must not replace the host's value.
+    for round in 0..2 {
+        let log = dir.path().join(format!("server-{round}.log"));
+        let mut child = server(&host, dir.path(), &[])
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let started = loop {
+            if rules_in_place(&host) && read() == "0" {
+                break true;
+            }
+            if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            started,
+            "round {round}: send_redirects is {}; log:\n{text}",
+            read()
+        );
+    }
+    assert_eq!(read(), "0");
+    let out = host
+        .command(env!("CARGO_BIN_EXE_kinglet"))
+        .arg("cleanup")
+        .arg("--run-dir")
+        .arg(dir.path().join("run"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(read(), "1");
+    // Put back once: a second cleanup leaves the host's setting as it finds it.
+    sh(&host, &format!("echo 0 > {all}"));
+    let again = host
+        .command(env!("CARGO_BIN_EXE_kinglet"))
+        .args(["cleanup", "--run-dir"])
+        .arg(dir.path().join("run"))
+        .status()
+        .unwrap();
+    assert!(again.success());
+    assert_eq!(read(), "0");
+}

@@ -160,7 +160,7 @@ pub fn cleanup(args: &crate::cli::CleanupArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        kinglet_network::cleanup(cluster, services).await?;
+        kinglet_network::cleanup(cluster, services, &args.run_dir).await?;
         let dns = args
             .cluster_dns
             .unwrap_or_else(|| crate::cli::default_cluster_dns(services));

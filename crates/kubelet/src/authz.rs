@@ -2,8 +2,13 @@
 //! SubjectAccessReview for `nodes/<subresource>` of this node, as upstream's kubelet does in
 //! webhook authorization mode; answers are cached briefly (allowed 5 min, denied 30 s, as
 //! upstream's defaults) so a stream of exec sessions does not ask each time.
+//!
+//! Paths with a fine-grained subresource of their own (`/pods`, `/healthz`, `/configz`) are
+//! asked first as that, then as `nodes/proxy`: upstream's KubeletFineGrainedAuthz (beta and on
+//! by default since 1.33), which lets a monitor read `/pods` without the power to exec.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,19 +33,33 @@ pub struct Authorizer {
 const ALLOWED_TTL: Duration = Duration::from_secs(300);
 const DENIED_TTL: Duration = Duration::from_secs(30);
 
-/// The subresource of `nodes` a kubelet path is checked as (upstream's kubelet auth mapping).
-pub fn subresource(path: &str) -> &'static str {
-    let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
-    match first {
-        "stats" => "stats",
-        "metrics" => "metrics",
-        "logs" => "log",
-        "spec" => "spec",
-        "configz" => "configz",
-        "healthz" => "healthz",
-        "pods" => "pods",
-        _ => "proxy",
-    }
+/// Whether `path` is `prefix` or below it (upstream's `isSubpath`: `/statsfoo` is not under
+/// `/stats`).
+fn is_subpath(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// The subresources of `nodes` a kubelet path is checked as, in the order asked; the request
+/// passes if any is allowed (upstream 1.33's `GetRequestAttributes` with
+/// KubeletFineGrainedAuthz on). Everything without a subresource of its own, exec and logs of
+/// containers included, is `proxy`.
+pub fn subresources(path: &str) -> &'static [&'static str] {
+    const PATHS: &[(&str, &[&str])] = &[
+        ("/stats", &["stats"]),
+        ("/metrics", &["metrics"]),
+        // "log" as the API's other log subresources (pods/log).
+        ("/logs", &["log"]),
+        ("/checkpoint", &["checkpoint"]),
+        ("/pods", &["pods", "proxy"]),
+        ("/runningpods", &["pods", "proxy"]),
+        ("/healthz", &["healthz", "proxy"]),
+        ("/configz", &["configz", "proxy"]),
+    ];
+    PATHS
+        .iter()
+        .find(|(prefix, _)| is_subpath(path, prefix))
+        .map_or(&["proxy"], |(_, subs)| subs)
 }
 
 /// The verb of an HTTP method, as upstream's kubelet maps it.
@@ -54,6 +73,22 @@ pub fn verb(method: &http::Method) -> &'static str {
     }
 }
 
+/// Asks `ask` about each of `subresources` in turn: allowed at the first yes, denied when all
+/// say no. An error ends the asking (upstream answers it with a 500, not with the next
+/// subresource).
+pub async fn decide<E, F, Fut>(subresources: &[&'static str], mut ask: F) -> Result<bool, E>
+where
+    F: FnMut(&'static str) -> Fut,
+    Fut: Future<Output = Result<bool, E>>,
+{
+    for sub in subresources {
+        if ask(sub).await? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 impl Authorizer {
     pub fn new(client: kube::Client, node: String) -> Arc<Authorizer> {
         Arc::new(Authorizer {
@@ -63,12 +98,18 @@ impl Authorizer {
         })
     }
 
-    async fn allowed(&self, user: &UserInfo, verb: &'static str, sub: &'static str) -> bool {
+    /// One SubjectAccessReview for `verb` on `nodes/<sub>` of this node, cached.
+    async fn allowed(
+        &self,
+        user: &UserInfo,
+        verb: &'static str,
+        sub: &'static str,
+    ) -> Result<bool, kube::Error> {
         let key = (user.name.clone(), user.groups.clone(), verb, sub);
         if let Some((ok, at)) = super::lock(&self.cache).get(&key).copied() {
             let ttl = if ok { ALLOWED_TTL } else { DENIED_TTL };
             if at.elapsed() < ttl {
-                return ok;
+                return Ok(ok);
             }
         }
         let review = SubjectAccessReview {
@@ -88,37 +129,42 @@ impl Authorizer {
             ..Default::default()
         };
         let api: Api<SubjectAccessReview> = Api::all(self.client.clone());
-        let ok = match api.create(&PostParams::default(), &review).await {
-            Ok(r) => r.status.is_some_and(|s| s.allowed),
-            Err(e) => {
-                // Not cached: the next request asks again.
-                tracing::warn!("kubelet API: access review failed: {e}");
-                return false;
-            }
-        };
+        // An error is not cached: the next request asks again.
+        let review = api.create(&PostParams::default(), &review).await?;
+        let ok = review.status.is_some_and(|s| s.allowed);
         let mut cache = super::lock(&self.cache);
         if cache.len() > 1024 {
             cache.clear();
         }
         cache.insert(key, (ok, Instant::now()));
-        ok
+        Ok(ok)
     }
 }
 
-/// Middleware: 401 without a client certificate, 403 when the API server says no.
+/// Middleware: 401 without a client certificate, 403 when the API server says no to every
+/// subresource of the path, 500 when it cannot be asked.
 pub async fn check(State(authz): State<Arc<Authorizer>>, req: Request, next: Next) -> Response {
     let Some(PeerUser(Some(user))) = req.extensions().get::<PeerUser>().cloned() else {
         return (StatusCode::UNAUTHORIZED, "Unauthorized").into_response();
     };
-    let (verb, sub) = (verb(req.method()), subresource(req.uri().path()));
-    if !authz.allowed(&user, verb, sub).await {
-        let msg = format!(
-            "Forbidden (user={}, verb={verb}, resource=nodes, subresource={sub})",
-            user.name
-        );
-        return (StatusCode::FORBIDDEN, msg).into_response();
+    let (verb, subs) = (verb(req.method()), subresources(req.uri().path()));
+    let (authz, asker) = (&*authz, &user);
+    let attrs = || {
+        format!(
+            "user={}, verb={verb}, resource=nodes, subresource(s)=[{}]",
+            user.name,
+            subs.join(" ")
+        )
+    };
+    match decide(subs, |sub| authz.allowed(asker, verb, sub)).await {
+        Ok(true) => next.run(req).await,
+        Ok(false) => (StatusCode::FORBIDDEN, format!("Forbidden ({})", attrs())).into_response(),
+        Err(e) => {
+            tracing::warn!("kubelet API: access review failed: {e}");
+            let msg = format!("Authorization error ({})", attrs());
+            (StatusCode::INTERNAL_SERVER_ERROR, msg).into_response()
+        }
     }
-    next.run(req).await
 }
 
 #[cfg(test)]
@@ -127,12 +173,79 @@ mod tests {
 
     #[test]
     fn paths_map_to_node_subresources_as_upstream() {
-        assert_eq!(subresource("/stats/summary"), "stats");
-        assert_eq!(subresource("/metrics/cadvisor"), "metrics");
-        assert_eq!(subresource("/logs/syslog"), "log");
-        assert_eq!(subresource("/containerLogs/ns/p/c"), "proxy");
-        assert_eq!(subresource("/exec/ns/p/c"), "proxy");
+        let cases: &[(&str, &[&str])] = &[
+            ("/stats/summary", &["stats"]),
+            ("/stats", &["stats"]),
+            ("/metrics/cadvisor", &["metrics"]),
+            ("/metrics", &["metrics"]),
+            ("/logs/syslog", &["log"]),
+            ("/checkpoint/ns/p/c", &["checkpoint"]),
+            ("/pods", &["pods", "proxy"]),
+            ("/runningpods/", &["pods", "proxy"]),
+            ("/healthz", &["healthz", "proxy"]),
+            ("/healthz/syncloop", &["healthz", "proxy"]),
+            ("/configz", &["configz", "proxy"]),
+            // Upstream's code has no `spec` case (its docs' table does): proxy.
+            ("/spec/", &["proxy"]),
+            ("/containerLogs/ns/p/c", &["proxy"]),
+            ("/exec/ns/p/c", &["proxy"]),
+            ("/attach/ns/p/c", &["proxy"]),
+            ("/portForward/ns/p", &["proxy"]),
+            ("/run/ns/p/c", &["proxy"]),
+            // A prefix of a name is not its path.
+            ("/statsx", &["proxy"]),
+            ("/podsx", &["proxy"]),
+            ("/healthzx", &["proxy"]),
+            ("/", &["proxy"]),
+        ];
+        for (path, want) in cases {
+            assert_eq!(subresources(path), *want, "{path}");
+        }
         assert_eq!(verb(&http::Method::POST), "create");
         assert_eq!(verb(&http::Method::GET), "get");
+        assert_eq!(verb(&http::Method::DELETE), "delete");
+    }
+
+    /// `decide` with an API server that allows `granted`, failing on `broken`; returns the
+    /// answer and the subresources asked, in order.
+    async fn ask_with(
+        path: &str,
+        granted: &[&str],
+        broken: Option<&str>,
+    ) -> (Result<bool, String>, Vec<&'static str>) {
+        let asked = Mutex::new(Vec::new());
+        let answer = decide(subresources(path), |sub| {
+            asked.lock().unwrap().push(sub);
+            let r = match broken {
+                Some(b) if b == sub => Err(format!("{sub}: unreachable")),
+                _ => Ok(granted.contains(&sub)),
+            };
+            async move { r }
+        })
+        .await;
+        (answer, asked.into_inner().unwrap())
+    }
+
+    #[tokio::test]
+    async fn fine_grained_paths_fall_back_to_proxy() {
+        // Allowed as itself: proxy is never asked.
+        let (r, asked) = ask_with("/healthz", &["healthz"], None).await;
+        assert_eq!((r, asked), (Ok(true), vec!["healthz"]));
+        // Denied as itself, allowed through proxy (kube-apiserver-kubelet-client's case).
+        let (r, asked) = ask_with("/pods", &["proxy"], None).await;
+        assert_eq!((r, asked), (Ok(true), vec!["pods", "proxy"]));
+        let (r, asked) = ask_with("/configz", &[], None).await;
+        assert_eq!((r, asked), (Ok(false), vec!["configz", "proxy"]));
+        // Paths with a subresource of their own have no fallback.
+        let (r, asked) = ask_with("/stats/summary", &["proxy"], None).await;
+        assert_eq!((r, asked), (Ok(false), vec!["stats"]));
+        let (r, asked) = ask_with("/exec/ns/p/c", &["pods", "healthz"], None).await;
+        assert_eq!((r, asked), (Ok(false), vec!["proxy"]));
+        // An error is the answer: proxy is not asked after it.
+        let (r, asked) = ask_with("/pods", &["proxy"], Some("pods")).await;
+        assert_eq!(
+            (r, asked),
+            (Err("pods: unreachable".to_string()), vec!["pods"])
+        );
     }
 }

@@ -149,7 +149,7 @@ pub async fn run(
     }
     tracing::info!(node = %cfg.node_name, "node registered");
     let pod_subnet = node::pod_cidr(&client, &cfg.node_name).await;
-    kinglet_network::setup_node(pod_subnet, cfg.cluster_cidr, cfg.service_cidr)
+    kinglet_network::setup_node(pod_subnet, cfg.cluster_cidr, cfg.service_cidr, &cfg.run_dir)
         .await
         .map_err(|e| e.context("setting up the pod network"))?;
     let ipam = kinglet_network::ipam::Ipam::open(&cfg.data_dir.join("agent/ipam"), pod_subnet)?;

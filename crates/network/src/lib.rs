@@ -14,6 +14,7 @@ pub mod services;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
+use std::path::Path;
 
 use anyhow::Context;
 use futures::TryStreamExt;
@@ -103,11 +104,13 @@ async fn address_and_up(h: &Handle, index: u32, ip: Ipv4Addr, prefix: u8) -> any
 
 /// Sets up the node side (idempotent): the bridge with the gateway address, blackhole routes
 /// for `cluster` and `services`, and IP forwarding. Runs on a tokio runtime in the node's
-/// network namespace.
+/// network namespace. `run_dir` (the node's `--run-dir`) keeps the host settings that
+/// `cleanup` puts back.
 pub async fn setup_node(
     pod_subnet: Ipv4Net,
     cluster: Ipv4Net,
     services: Ipv4Net,
+    run_dir: &Path,
 ) -> anyhow::Result<()> {
     let h = connect()?;
     if link_index(&h, BRIDGE).await?.is_none() {
@@ -149,7 +152,7 @@ pub async fn setup_node(
     exists_ok(h.route().add(to_bridge).execute().await)
         .with_context(|| format!("routing {services} to the pod bridge"))?;
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling IP forwarding")?;
-    no_redirects(BRIDGE)?;
+    no_redirects(BRIDGE, run_dir)?;
     bridge_netfilter()?;
     tokio::task::spawn_blocking(move || pod_traffic_rules(cluster)).await??;
     Ok(())
@@ -190,13 +193,57 @@ async fn pin_mac(h: &Handle, bridge: u32, gateway: Ipv4Addr) -> anyhow::Result<(
 /// port-unreachable that the proxy's REJECT of a service without endpoints then owes the pod
 /// is suppressed (`OutRateLimitHost`): the connection hangs instead of being refused. (The
 /// kernel sends redirects from a link when its own setting or `all` says so: `all` is turned
-/// off too, which leaves every other link as its own setting says.)
-fn no_redirects(link: &str) -> anyhow::Result<()> {
+/// off too, which leaves every other link as its own setting says.) `all` is the host's, not
+/// ours: its value from before kinglet first changed it is kept in `run_dir` for `cleanup`.
+fn no_redirects(link: &str, run_dir: &Path) -> anyhow::Result<()> {
+    let all = redirects_setting("all");
+    let before = std::fs::read_to_string(&all).with_context(|| format!("reading {all}"))?;
+    let saved = run_dir.join(SAVED_REDIRECTS);
+    // Only the first change is the host's value; later starts find ours. Saved before the
+    // change, so a crash between the two cannot lose it.
+    if before.trim() != "0" && !saved.exists() {
+        std::fs::create_dir_all(run_dir)
+            .with_context(|| format!("creating {}", run_dir.display()))?;
+        let tmp = saved.with_extension("tmp");
+        std::fs::write(&tmp, before.trim())
+            .and_then(|()| std::fs::rename(&tmp, &saved))
+            .with_context(|| format!("saving {all} in {}", saved.display()))?;
+    }
     for conf in ["all", link] {
-        let path = format!("/proc/sys/net/ipv4/conf/{conf}/send_redirects");
+        let path = redirects_setting(conf);
         std::fs::write(&path, "0").with_context(|| format!("writing {path}"))?;
     }
     Ok(())
+}
+
+/// Puts back the host's `all/send_redirects` that `no_redirects` saved, unless someone changed
+/// it since (then theirs stays).
+fn restore_redirects(run_dir: &Path) -> anyhow::Result<()> {
+    let saved = run_dir.join(SAVED_REDIRECTS);
+    let value = match std::fs::read_to_string(&saved) {
+        Ok(v) => v.trim().to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", saved.display())),
+    };
+    anyhow::ensure!(
+        value.parse::<i32>().is_ok(),
+        "{}: {value:?} is not a value of send_redirects; remove the file",
+        saved.display()
+    );
+    let all = redirects_setting("all");
+    let now = std::fs::read_to_string(&all).with_context(|| format!("reading {all}"))?;
+    if now.trim() == "0" {
+        std::fs::write(&all, &value).with_context(|| format!("writing {value} to {all}"))?;
+    }
+    std::fs::remove_file(&saved).with_context(|| format!("removing {}", saved.display()))
+}
+
+/// Where `no_redirects` keeps the host's `all/send_redirects`, under the run directory: a
+/// reboot resets the setting and clears the file alike.
+const SAVED_REDIRECTS: &str = "host-send-redirects";
+
+fn redirects_setting(conf: &str) -> String {
+    format!("/proc/sys/net/ipv4/conf/{conf}/send_redirects")
 }
 
 /// Where stray packets for `net` die: a blackhole, under every other route for it (metric).
@@ -341,8 +388,8 @@ pub async fn release_address(link: &str, ip: Ipv4Addr) -> anyhow::Result<()> {
 }
 
 /// Undoes `setup_node` (uninstall): our chains and jumps, the bridge if kinglet made it, the
-/// blackhole routes.
-pub async fn cleanup(cluster: Ipv4Net, services: Ipv4Net) -> anyhow::Result<()> {
+/// blackhole routes, and the host's `all/send_redirects` as saved in `run_dir`.
+pub async fn cleanup(cluster: Ipv4Net, services: Ipv4Net, run_dir: &Path) -> anyhow::Result<()> {
     for table in ["nat", "filter"] {
         iptables::remove(JUMPS, table, |c| c.starts_with("KINGLET-"))?;
     }
@@ -359,7 +406,7 @@ pub async fn cleanup(cluster: Ipv4Net, services: Ipv4Net) -> anyhow::Result<()> 
         // Already gone is fine.
         let _ = h.route().del(blackhole(net)).execute().await;
     }
-    Ok(())
+    restore_redirects(run_dir)
 }
 
 /// Gives the calling process's new network namespace its `eth0`, paired with `iface.host_veth`
