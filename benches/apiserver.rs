@@ -93,25 +93,36 @@ fn main() {
         tokio::time::sleep(Duration::from_secs(2)).await;
         println!("idle RSS: {}", rss(pid));
 
-        // Creates: `clients` concurrent clients, each with its own connection.
+        // Creates: `clients` concurrent clients, each with its own connection; first as the
+        // admin (system:masters), then as a ServiceAccount that a RoleBinding grants `edit`
+        // (token authentication and RBAC on every request, as workloads meet them). Each in two
+        // halves, in the order admin, SA, SA, admin, so the store's growth weighs on both alike.
         make_ns(&c, "bench").await;
-        let per = creates / clients;
-        let mut admins = Vec::new();
-        for _ in 0..clients {
-            admins.push(client(&kubeconfig).await);
-        }
-        let (lat, wall) = create_all(admins, "bench", per).await;
-        report(&format!("create ({clients} clients)"), lat, wall);
-
-        // The same as a ServiceAccount that a RoleBinding grants `edit`: token authentication
-        // and RBAC on every request, as workloads in the cluster meet them.
         let token = bound_service_account(&c, &kubeconfig, "bench-rbac").await;
-        let mut accounts = Vec::new();
-        for _ in 0..clients {
-            accounts.push(token_client(&kubeconfig, &token).await);
+        let per = creates / clients;
+        let mut admin = (Vec::new(), Duration::ZERO);
+        let mut account = (Vec::new(), Duration::ZERO);
+        for (round, as_admin) in [true, false, false, true].into_iter().enumerate() {
+            let mut cs = Vec::new();
+            for _ in 0..clients {
+                cs.push(if as_admin {
+                    client(&kubeconfig).await
+                } else {
+                    token_client(&kubeconfig, &token).await
+                });
+            }
+            let ns = if as_admin { "bench" } else { "bench-rbac" };
+            let (lat, wall) = create_all(cs, ns, per / 2, round).await;
+            let total = if as_admin { &mut admin } else { &mut account };
+            total.0.extend(lat);
+            total.1 += wall;
         }
-        let (lat, wall) = create_all(accounts, "bench-rbac", per).await;
-        report(&format!("create as SA ({clients} clients)"), lat, wall);
+        report(&format!("create ({clients} clients)"), admin.0, admin.1);
+        report(
+            &format!("create as SA ({clients} clients)"),
+            account.0,
+            account.1,
+        );
 
         // Gets of existing objects.
         let t0 = Instant::now();
@@ -121,9 +132,14 @@ fn main() {
             tasks.push(tokio::spawn(async move {
                 let api: Api<ConfigMap> = Api::namespaced(client(&kc).await, "bench");
                 let mut lat = Vec::with_capacity(per);
-                for i in 0..per {
+                // The admin's objects: rounds 0 and 3, `per / 2` each.
+                let half = per / 2;
+                for i in 0..2 * half {
+                    let round = if i < half { 0 } else { 3 };
                     let t = Instant::now();
-                    api.get(&format!("c-{w}-{i}")).await.expect("get");
+                    api.get(&format!("c-{round}-{w}-{}", i % half))
+                        .await
+                        .expect("get");
                     lat.push(t.elapsed());
                 }
                 lat
@@ -236,7 +252,12 @@ fn main() {
 }
 
 /// Each client creates `per` ConfigMaps in `ns`, all at once; latencies and wall time.
-async fn create_all(clients: Vec<kube::Client>, ns: &str, per: usize) -> (Vec<Duration>, Duration) {
+async fn create_all(
+    clients: Vec<kube::Client>,
+    ns: &str,
+    per: usize,
+    round: usize,
+) -> (Vec<Duration>, Duration) {
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for (w, c) in clients.into_iter().enumerate() {
@@ -245,9 +266,12 @@ async fn create_all(clients: Vec<kube::Client>, ns: &str, per: usize) -> (Vec<Du
             let mut lat = Vec::with_capacity(per);
             for i in 0..per {
                 let t = Instant::now();
-                api.create(&PostParams::default(), &cm(&format!("c-{w}-{i}"), None))
-                    .await
-                    .expect("create");
+                api.create(
+                    &PostParams::default(),
+                    &cm(&format!("c-{round}-{w}-{i}"), None),
+                )
+                .await
+                .expect("create");
                 lat.push(t.elapsed());
             }
             lat
