@@ -121,6 +121,30 @@ fn cleanup(host: &TestHost) {
 }
 
 /// Whether the node's service proxy and pod network have written their rules.
+/// Starts `cmd` (stderr to `log`) and waits up to 90 s for `ready`, then stops it: whether
+/// it got ready, and its log.
+fn run_until(mut cmd: Command, log: &Path, ready: impl Fn() -> bool) -> (bool, String) {
+    let mut child = cmd
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let started = loop {
+        if ready() {
+            break true;
+        }
+        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    (started, std::fs::read_to_string(log).unwrap_or_default())
+}
+
 fn rules_in_place(host: &TestHost) -> bool {
     let t = saved(host);
     t.contains("-A KUBE-SERVICES -m comment --comment kinglet") && t.contains("KINGLET-POSTRTG")
@@ -196,25 +220,9 @@ fn refuses_foreign_kube_chains_unless_told_to_take_over() {
     // Told to take over, it starts and programs the host, leaving the foreign chain be.
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("server.log");
-    let mut child = server(&host, dir.path(), &[TAKE_OVER])
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let started = loop {
-        if rules_in_place(&host) {
-            break true;
-        }
-        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
-            break false;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let (started, text) = run_until(server(&host, dir.path(), &[TAKE_OVER]), &log, || {
+        rules_in_place(&host)
+    });
     assert!(started, "kinglet did not take over; log:\n{text}");
     assert!(
         text.contains(
@@ -365,25 +373,9 @@ fn cleanup_restores_the_hosts_send_redirects() {
     // Twice: the second start finds kinglet's 0, which must not replace the host's value.
     for round in 0..2 {
         let log = dir.path().join(format!("server-{round}.log"));
-        let mut child = server(&host, dir.path(), &[])
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(90);
-        let started = loop {
-            if rules_in_place(&host) && read() == "0" {
-                break true;
-            }
-            if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
-                break false;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        };
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        let _ = child.wait();
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let (started, text) = run_until(server(&host, dir.path(), &[]), &log, || {
+            rules_in_place(&host) && read() == "0"
+        });
         assert!(
             started,
             "round {round}: send_redirects is {}; log:\n{text}",

@@ -235,19 +235,25 @@ async fn send(api: &Arc<Api>, r: &Req) -> Option<u16> {
     Some(resp.status().as_u16())
 }
 
-/// Hostile requests get 2xx or 4xx (504 is upstream's answer to a too new resourceVersion),
-/// never a 500, within the time limit, and the server answers a plain list afterwards.
-#[test]
-fn hostile_requests_get_client_errors_and_the_server_keeps_serving() {
-    let dir = std::env::temp_dir().join(format!("kinglet-prop-server-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+/// A runtime and an API server over a fresh store in `dir`.
+fn fresh_api(dir: &std::path::Path) -> (tokio::runtime::Runtime, std::sync::Arc<crate::Api>) {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let api = rt.block_on(crate::test_api(&dir));
+    let api = rt.block_on(crate::test_api(dir));
+    (rt, api)
+}
+
+/// Hostile requests get 2xx or 4xx (504 is upstream's answer to a too new resourceVersion),
+/// never a 500, within the time limit, and the server answers a plain list afterwards.
+#[test]
+fn hostile_requests_get_client_errors_and_the_server_keeps_serving() {
+    let dir = std::env::temp_dir().join(format!("kinglet-prop-server-{}", std::process::id()));
+    let (rt, api) = fresh_api(&dir);
     let seed = |r: Req| rt.block_on(send(&api, &r));
     let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": "1"}});
     let list = Req {
@@ -306,14 +312,7 @@ fn hostile_requests_get_client_errors_and_the_server_keeps_serving() {
 #[test]
 fn list_parameters_through_the_router() {
     let dir = std::env::temp_dir().join(format!("kinglet-prop-continue-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let api = rt.block_on(crate::test_api(&dir));
+    let (rt, api) = fresh_api(&dir);
     let get = |query: Vec<(&str, String)>| {
         let r = Req {
             method: "GET",
