@@ -145,9 +145,7 @@ fn rejected_by_rules(s: &Server) -> bool {
 
 #[test]
 fn service_serves_at_once_after_scale_to_zero_and_back() {
-    // Only a threshold that is never crossed: the test machine's disk, shared with builds,
-    // hovers around the default image-fs threshold, and an evicted client ends the test.
-    let s = Server::start_node(&["--kubelet-arg=eviction-hard=memory.available<1Ki"]);
+    let s = Server::start_node(&[]);
     s.ok_stdin(&["apply", "-f", "-"], WEB);
     s.ok(&["rollout", "status", "deployment/web", "--timeout=120s"]);
     s.ok(&[

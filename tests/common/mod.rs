@@ -84,6 +84,9 @@ impl Server {
             host::NODE_IP.into(),
             "--resolv-conf".into(),
             resolv.display().to_string(),
+            // The disk is shared with the builds and may sit near upstream's 15% imagefs
+            // threshold: test nodes evict on memory only, unless a test sets its own.
+            "--kubelet-arg=eviction-hard=memory.available<1Ki".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut s = Server {
