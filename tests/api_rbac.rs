@@ -542,6 +542,12 @@ fn node_credentials_read_only_what_their_pods_use_and_change_only_their_node() {
     );
 }
 
+/// Asserts that a kubectl run succeeded (or failed) and said `text` on stderr.
+fn says(out: &std::process::Output, success: bool, text: &str) {
+    assert_eq!(out.status.success(), success, "{}", stderr(out));
+    assert!(stderr(out).contains(text), "{}", stderr(out));
+}
+
 #[test]
 fn pod_security_labels_refuse_and_warn_as_upstream() {
     let s = Server::start();
@@ -560,13 +566,10 @@ fn pod_security_labels_refuse_and_warn_as_upstream() {
         "-n",
         "locked",
     ]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains(
-            "pods \"root\" is forbidden: violates PodSecurity \"restricted:latest\": privileged (container \"root\" must not set securityContext.privileged=true)"
-        ),
-        "{}",
-        stderr(&out)
+    says(
+        &out,
+        false,
+        "pods \"root\" is forbidden: violates PodSecurity \"restricted:latest\": privileged (container \"root\" must not set securityContext.privileged=true)",
     );
     // A pod that meets the restricted profile is admitted.
     s.ok_stdin(
@@ -592,11 +595,10 @@ fn pod_security_labels_refuse_and_warn_as_upstream() {
         "-n",
         "watched",
     ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("Warning: would violate PodSecurity \"baseline:latest\": privileged"),
-        "{}",
-        stderr(&out)
+    says(
+        &out,
+        true,
+        "Warning: would violate PodSecurity \"baseline:latest\": privileged",
     );
     let out = s.kubectl(&[
         "create",
@@ -606,11 +608,10 @@ fn pod_security_labels_refuse_and_warn_as_upstream() {
         "-n",
         "locked",
     ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("would violate PodSecurity \"restricted:latest\""),
-        "{}",
-        stderr(&out)
+    says(
+        &out,
+        true,
+        "would violate PodSecurity \"restricted:latest\"",
     );
     // Invalid label values are refused on the namespace.
     let out = s.kubectl(&[
@@ -619,11 +620,10 @@ fn pod_security_labels_refuse_and_warn_as_upstream() {
         "watched",
         "pod-security.kubernetes.io/enforce=strict",
     ]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("must be one of privileged, baseline, restricted"),
-        "{}",
-        stderr(&out)
+    says(
+        &out,
+        false,
+        "must be one of privileged, baseline, restricted",
     );
     // Raising enforce over existing pods warns about them.
     let out = s.kubectl(&[
