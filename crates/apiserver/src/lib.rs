@@ -2,6 +2,7 @@
 //! resource registry behind it. In-process components reach the same router without TCP.
 
 mod admission;
+mod aggregator;
 mod alloc;
 pub mod auth;
 pub mod authz;
@@ -267,16 +268,22 @@ async fn handle(State(api): State<Arc<Api>>, req: Request) -> Response {
         Some(ApiPath::Resource(r)) => r.resource.clone(),
         _ => String::new(),
     };
-    // Streams (exec, attach, port-forward) are spliced to the node, never buffered.
+    // Requests for a group/version that an APIService delegates go to its server, unbuffered.
+    if let Some(target) = aggregator::target(&api, api_path.as_ref()) {
+        let resp = aggregator::proxy(&api, target, &user, req, body).await;
+        api.metrics.observe(
+            verb,
+            &resource_label,
+            resp.status().as_u16(),
+            started.elapsed().as_secs_f64(),
+        );
+        return resp;
+    }
+    // Streams (exec, attach, port-forward, proxy) are spliced to the node, never buffered.
     if let Some(ApiPath::Resource(r)) = &api_path
-        && r.group.is_empty()
-        && r.resource == "pods"
-        && let (Some(ns), Some(name), Some(sub)) = (&r.namespace, &r.name, &r.subresource)
-        && matches!(sub.as_str(), "exec" | "attach" | "portforward")
+        && node_proxy::is_spliced(r)
     {
-        let mut ctx = Ctx::internal("", "v1", "pods", Some(ns));
-        ctx.query = query;
-        let resp = node_proxy::stream(&api, &ctx, req, name, sub)
+        let resp = node_proxy::splice(&api, r, query, req, body)
             .await
             .unwrap_or_else(|e| e.into_response());
         api.metrics.observe(

@@ -254,8 +254,36 @@ const UPGRADE_HEADERS: [&str; 7] = [
     "x-stream-protocol-version",
 ];
 
+/// Whether a request is spliced to a node rather than buffered and handled as a resource.
+pub fn is_spliced(r: &crate::request::ResourcePath) -> bool {
+    r.group.is_empty()
+        && r.resource == "pods"
+        && r.namespace.is_some()
+        && r.name.is_some()
+        && matches!(
+            r.subresource.as_deref(),
+            Some("exec" | "attach" | "portforward")
+        )
+}
+
+/// Serves a request that [`is_spliced`] chose.
+pub async fn splice(
+    api: &Arc<Api>,
+    r: &crate::request::ResourcePath,
+    query: crate::request::Query,
+    parts: http::request::Parts,
+    _body: Body,
+) -> ApiResult<Response> {
+    let (Some(name), Some(sub)) = (&r.name, &r.subresource) else {
+        return Err(ApiError::path_not_found());
+    };
+    let mut ctx = Ctx::internal("", "v1", "pods", r.namespace.as_deref());
+    ctx.query = query;
+    stream(api, &ctx, parts, name, sub).await
+}
+
 /// `pods/<name>/exec|attach|portforward`: the upgraded connection is spliced to the kubelet's.
-pub async fn stream(
+async fn stream(
     api: &Arc<Api>,
     ctx: &Ctx,
     mut parts: http::request::Parts,
