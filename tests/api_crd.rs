@@ -164,3 +164,99 @@ fn custom_resources_are_served_validated_pruned_and_watched() {
         (!s.ok(&["api-resources"]).contains("widgets")).then_some(())
     });
 }
+
+/// Runs kubectl expecting success and no warnings; returns stdout.
+fn quietly(s: &Server, args: &[&str], stdin: &str) -> String {
+    let out = s.kubectl_stdin(args, stdin);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "kubectl {args:?} failed: {stderr}");
+    assert!(
+        !stderr.contains("Warning"),
+        "kubectl {args:?} warned: {stderr}"
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// controller-gen declares `metadata: {type: object}`: the object's metadata is still
+/// ObjectMeta (kept, never reported as unknown), while unknown fields elsewhere are refused.
+#[test]
+fn controller_gen_crds_take_every_write_without_warnings() {
+    let s = Server::start();
+    let crd = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/controller-gen-crd.yaml"),
+    )
+    .unwrap();
+    s.ok_stdin(&["apply", "-f", "-"], &crd);
+    s.ok(&[
+        "wait",
+        "--for=condition=established",
+        "crd/backups.ops.example.io",
+        "--timeout=20s",
+    ]);
+    eventually(20, "backups in discovery", || {
+        s.ok(&["api-resources"]).contains("backups").then_some(())
+    });
+    let backup = |name: &str, schedule: &str| {
+        format!(
+            "apiVersion: ops.example.io/v1alpha1\nkind: Backup\nmetadata:\n  name: {name}\n  labels: {{app: db}}\n  annotations: {{team: storage}}\nspec:\n  schedule: \"{schedule}\"\n  retention: {{keepLast: 3, maxAge: 7d}}\n  targets:\n  - name: main\n    selector: {{matchLabels: {{app: db}}}}\n"
+        )
+    };
+    quietly(&s, &["create", "-f", "-"], &backup("created", "0 1 * * *"));
+    quietly(&s, &["apply", "-f", "-"], &backup("applied", "0 2 * * *"));
+    quietly(&s, &["apply", "-f", "-"], &backup("applied", "0 3 * * *"));
+    quietly(
+        &s,
+        &["apply", "--server-side", "--field-manager=op", "-f", "-"],
+        &backup("ssa", "0 4 * * *"),
+    );
+    quietly(
+        &s,
+        &["apply", "--server-side", "--field-manager=op", "-f", "-"],
+        &backup("ssa", "0 5 * * *"),
+    );
+    let status = r#"{"status":{"lastBackupTime":"2026-01-01T00:00:00Z","conditions":[{"type":"Ready","status":"True","reason":"Done","message":"ok","lastTransitionTime":"2026-01-01T00:00:00Z"}]}}"#;
+    quietly(
+        &s,
+        &[
+            "patch",
+            "backup",
+            "ssa",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            status,
+        ],
+        "",
+    );
+    for name in ["created", "applied", "ssa"] {
+        let b: serde_json::Value =
+            serde_json::from_str(&s.ok(&["get", "backup", name, "-o", "json"])).unwrap();
+        assert_eq!(b["metadata"]["labels"]["app"], "db", "{b}");
+        assert_eq!(b["metadata"]["annotations"]["team"], "storage", "{b}");
+        assert_eq!(
+            b["spec"]["targets"][0]["selector"]["matchLabels"]["app"],
+            "db"
+        );
+    }
+    let b: serde_json::Value =
+        serde_json::from_str(&s.ok(&["get", "backup", "ssa", "-o", "json"])).unwrap();
+    assert_eq!(b["spec"]["schedule"], "0 5 * * *");
+    assert_eq!(b["status"]["conditions"][0]["reason"], "Done");
+    let table = s.ok(&["get", "backup", "ssa"]);
+    assert!(
+        table.contains("0 5 * * *") && table.contains("True"),
+        "{table}"
+    );
+    // Unknown fields, in the spec or in metadata, are still refused under Strict.
+    let err = s.fails(
+        &["apply", "-f", "-"],
+        Some(&backup("bad", "0 1 * * *").replace("  schedule:", "  color: red\n  schedule:")),
+    );
+    assert!(err.contains(r#"unknown field "spec.color""#), "{err}");
+    let err = s.fails(
+        &["create", "-f", "-"],
+        Some(&backup("bad", "0 1 * * *").replace("  name: bad", "  name: bad\n  owner: me")),
+    );
+    assert!(err.contains(r#"unknown field "metadata.owner""#), "{err}");
+}

@@ -259,6 +259,25 @@ pub fn validate_custom(
     }
 }
 
+/// The fields of ObjectMeta (`metav1.ObjectMeta`'s JSON names).
+const OBJECT_META_FIELDS: &[&str] = &[
+    "name",
+    "generateName",
+    "namespace",
+    "selfLink",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "labels",
+    "annotations",
+    "ownerReferences",
+    "finalizers",
+    "managedFields",
+];
+
 struct Validator<'a> {
     causes: &'a mut Vec<Cause>,
     unknown: &'a mut Vec<String>,
@@ -284,6 +303,28 @@ fn shown(v: &Value) -> String {
 }
 
 impl Validator<'_> {
+    /// Checks `metadata.name` and `metadata.generateName` against the schema's rules for them.
+    /// Fields that ObjectMeta does not have are unknown, as decoding into it makes them.
+    fn check_metadata(&mut self, schema: &Value, metadata: &mut Value, path: &str) {
+        if let Some(m) = metadata.as_object_mut() {
+            m.retain(|k, _| {
+                let known = OBJECT_META_FIELDS.contains(&k.as_str());
+                if !known {
+                    self.unknown.push(format!("{path}.{k}"));
+                }
+                known
+            });
+        }
+        let Some(props) = schema.get("properties").and_then(Value::as_object) else {
+            return;
+        };
+        for field in ["name", "generateName"] {
+            if let (Some(ps), Some(v)) = (props.get(field), metadata.get_mut(field)) {
+                self.check(ps, v, &format!("{path}.{field}"), false);
+            }
+        }
+    }
+
     fn invalid(&mut self, path: &str, v: &Value, msg: String) {
         self.causes.push(Cause::new(
             "FieldValueInvalid",
@@ -390,6 +431,14 @@ impl Validator<'_> {
                     let known = (root || embedded)
                         && matches!(k.as_str(), "apiVersion" | "kind" | "metadata");
                     match (props.and_then(|p| p.get(&k)), additional) {
+                        // The object's metadata is ObjectMeta whatever the schema says
+                        // (controller-gen writes `metadata: {type: object}`); only the
+                        // schema's rules for name and generateName apply, as upstream.
+                        (ps, _) if known && k == "metadata" => {
+                            if let Some(cv) = m.get_mut(&k) {
+                                self.check_metadata(ps.unwrap_or(&Value::Null), cv, &child);
+                            }
+                        }
                         (Some(ps), _) => {
                             if let Some(cv) = m.get_mut(&k) {
                                 self.check(ps, cv, &child, false);

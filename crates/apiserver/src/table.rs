@@ -171,31 +171,33 @@ pub(crate) fn map_string(obj: &Value, ptr: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Evaluates a simple CRD printer-column JSONPath (`.spec.replicas`, `.status.conditions[0].type`).
+/// Evaluates a CRD printer column's JSONPath (`.spec.replicas`,
+/// `.status.conditions[?(@.type=="Ready")].status`): Null when nothing matches, the value when
+/// one does, and the values joined by spaces when several do, as upstream prints them.
 fn eval_json_path(obj: &Value, path: &str) -> Value {
-    let mut cur = obj;
+    use jsonpath_rust::JsonPath;
+    let path = path.trim();
     let path = path
-        .trim()
-        .trim_start_matches('{')
-        .trim_end_matches('}')
-        .trim_start_matches('$');
-    for part in path.split('.').filter(|p| !p.is_empty()) {
-        let (field, index) = match part.split_once('[') {
-            Some((f, rest)) => (f, rest.trim_end_matches(']').parse::<usize>().ok()),
-            None => (part, None),
-        };
-        cur = match cur.get(field) {
-            Some(v) => v,
-            None => return Value::Null,
-        };
-        if let Some(n) = index {
-            cur = match cur.get(n) {
-                Some(v) => v,
-                None => return Value::Null,
-            };
-        }
+        .strip_prefix('{')
+        .and_then(|p| p.strip_suffix('}'))
+        .unwrap_or(path);
+    let path = path.strip_prefix('$').unwrap_or(path);
+    let Ok(found) = obj.query(&format!("${path}")) else {
+        return Value::Null;
+    };
+    match found.as_slice() {
+        [] => Value::Null,
+        [one] => (*one).clone(),
+        many => Value::String(
+            many.iter()
+                .map(|v| match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
     }
-    cur.clone()
 }
 
 /// (name, type, priority, jsonPath, description)
@@ -328,5 +330,15 @@ mod tests {
         assert_eq!(eval_json_path(&o, ".spec.replicas"), json!(3));
         assert_eq!(eval_json_path(&o, ".spec.list[0].a"), json!("x"));
         assert_eq!(eval_json_path(&o, ".spec.missing"), Value::Null);
+        let o = json!({"status": {"conditions": [
+            {"type": "Synced", "status": "False"},
+            {"type": "Ready", "status": "True"}
+        ]}});
+        let ready = r#".status.conditions[?(@.type=="Ready")].status"#;
+        assert_eq!(eval_json_path(&o, ready), json!("True"));
+        assert_eq!(
+            eval_json_path(&o, "{.status.conditions[*].type}"),
+            json!("Synced Ready")
+        );
     }
 }
