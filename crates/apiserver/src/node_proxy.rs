@@ -254,16 +254,18 @@ const UPGRADE_HEADERS: [&str; 7] = [
     "x-stream-protocol-version",
 ];
 
-/// Whether a request is spliced to a node rather than buffered and handled as a resource.
+/// Whether a request is spliced to a node or a proxied backend rather than buffered and
+/// handled as a resource.
 pub fn is_spliced(r: &crate::request::ResourcePath) -> bool {
-    r.group.is_empty()
-        && r.resource == "pods"
-        && r.namespace.is_some()
-        && r.name.is_some()
-        && matches!(
-            r.subresource.as_deref(),
-            Some("exec" | "attach" | "portforward")
-        )
+    super::proxy::is_proxy(r)
+        || r.group.is_empty()
+            && r.resource == "pods"
+            && r.namespace.is_some()
+            && r.name.is_some()
+            && matches!(
+                r.subresource.as_deref(),
+                Some("exec" | "attach" | "portforward")
+            )
 }
 
 /// Serves a request that [`is_spliced`] chose.
@@ -272,8 +274,11 @@ pub async fn splice(
     r: &crate::request::ResourcePath,
     query: crate::request::Query,
     parts: http::request::Parts,
-    _body: Body,
+    body: Body,
 ) -> ApiResult<Response> {
+    if super::proxy::is_proxy(r) {
+        return super::proxy::serve(api, r, parts, body).await;
+    }
     let (Some(name), Some(sub)) = (&r.name, &r.subresource) else {
         return Err(ApiError::path_not_found());
     };

@@ -127,17 +127,17 @@ pub fn attributes(
     let watching = r.legacy_watch || query.flag("watch") && query.get("watch") != Some("false");
     let named = !a.name.is_empty();
     a.verb = match *method {
-        Method::GET | Method::HEAD if watching => "watch",
-        Method::GET | Method::HEAD if named => "get",
-        Method::GET | Method::HEAD => "list",
-        Method::POST => "create",
-        Method::PUT => "update",
-        Method::PATCH => "patch",
-        Method::DELETE if named => "delete",
-        Method::DELETE => "deletecollection",
-        _ => "",
-    }
-    .to_string();
+        Method::GET | Method::HEAD if watching => "watch".into(),
+        Method::GET | Method::HEAD if named => "get".into(),
+        Method::GET | Method::HEAD => "list".into(),
+        Method::POST => "create".into(),
+        Method::PUT => "update".into(),
+        Method::PATCH => "patch".into(),
+        Method::DELETE if named => "delete".into(),
+        Method::DELETE => "deletecollection".into(),
+        // Other methods (OPTIONS through a proxy) are their own verb, as upstream.
+        ref other => other.as_str().to_ascii_lowercase(),
+    };
     // A list or watch of one object by `metadata.name` is a request for that name.
     if !named
         && matches!(a.verb.as_str(), "list" | "watch")
