@@ -137,9 +137,16 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         });
         // The node acts with its own node credentials, as an agent on another machine would.
         let node_user = kinglet_apiserver::authz::node::node_user(&cfg.node_name);
-        start_node(api.local_client_as(node_user), cfg);
+        start_node(api.local_client_as(node_user, "kubelet"), cfg);
     }
-    kinglet_control::controllers::start(api.clone(), pki.ca.cert_pem.clone(), cluster_cidr);
+    // One CA signs both the client certificates the API server trusts and the kubelets'
+    // serving certificates, so it is every signer's CA.
+    kinglet_control::controllers::start(
+        api.clone(),
+        pki.ca.cert_pem.clone(),
+        cluster_cidr,
+        pki.ca.clone(),
+    );
     let router = api.router();
     tokio::select! {
         r = tls::serve(listener, Arc::new(tls_config), router) => r,

@@ -4,6 +4,7 @@
 //! Everything lives under `<data-dir>/server/tls` and is reused on restart; the serving
 //! certificate is re-issued (by the same CA) when the wanted SANs are not all in it.
 
+pub mod csr;
 pub mod identity;
 pub mod tls;
 

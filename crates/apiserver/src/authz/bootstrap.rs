@@ -268,6 +268,17 @@ const ROLES: &[Role] = &[
     // Upstream's controller roles (controller_policy.go), one per controller kinglet runs; each
     // controller acts as the ServiceAccount kube-system/<name> bound to system:controller:<name>.
     role(
+        "system:controller:certificate-controller",
+        &[
+            "delete get list watch | certificates.k8s.io | certificatesigningrequests",
+            "update | certificates.k8s.io | certificatesigningrequests/approval certificatesigningrequests/status",
+            "approve | certificates.k8s.io | signers | kubernetes.io/kube-apiserver-client-kubelet",
+            "sign | certificates.k8s.io | signers | kubernetes.io/legacy-unknown kubernetes.io/kube-apiserver-client kubernetes.io/kube-apiserver-client-kubelet kubernetes.io/kubelet-serving",
+            "create | authorization.k8s.io | subjectaccessreviews",
+            EVENTS,
+        ],
+    ),
+    role(
         "system:controller:cronjob-controller",
         &[
             "get list update watch | batch | cronjobs",
@@ -517,6 +528,11 @@ const BINDINGS: &[(&str, &str, &[&str])] = &[
         &["Group:system:nodes"],
     ),
     // Upstream's controller bindings: each controller's ServiceAccount to its role.
+    (
+        "system:controller:certificate-controller",
+        "system:controller:certificate-controller",
+        &["ServiceAccount:kube-system/certificate-controller"],
+    ),
     (
         "system:controller:cronjob-controller",
         "system:controller:cronjob-controller",
