@@ -846,3 +846,83 @@ fn rollout_finishes_after_the_server_is_killed_midway() {
             .all(|p| p["spec"]["containers"][0]["image"] == "busybox:1.37")
     );
 }
+
+/// Every write of kinglet's own components carries upstream's field manager name.
+#[test]
+fn components_write_under_upstream_field_manager_names() {
+    let s = Server::start();
+    s.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=busybox",
+        "--replicas=1",
+    ]);
+    let managers_of = |args: &[&str]| -> Vec<String> {
+        json_of(&s, args)["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|o| {
+                o["metadata"]["managedFields"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .filter_map(|e| e["manager"].as_str().map(String::from))
+            .collect()
+    };
+    eventually(30, "the deployment's status and pod", || {
+        let deploy = managers_of(&[
+            "get",
+            "deploy",
+            "-l",
+            "app=web",
+            "-o",
+            "json",
+            "--show-managed-fields",
+        ]);
+        let pods = managers_of(&[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-o",
+            "json",
+            "--show-managed-fields",
+        ]);
+        (deploy.contains(&"kube-controller-manager".to_string())
+            && pods.contains(&"kube-controller-manager".to_string()))
+        .then_some(())
+    });
+    let rs = managers_of(&[
+        "get",
+        "rs",
+        "-l",
+        "app=web",
+        "-o",
+        "json",
+        "--show-managed-fields",
+    ]);
+    assert!(rs.iter().all(|m| m == "kube-controller-manager"), "{rs:?}");
+    let ns = managers_of(&["get", "ns", "-o", "json", "--show-managed-fields"]);
+    assert!(ns.contains(&"kube-apiserver".to_string()), "{ns:?}");
+    let everything = managers_of(&[
+        "get",
+        "all,ns,cm,sa,leases,clusterroles,clusterrolebindings,priorityclasses,endpointslices",
+        "-A",
+        "-o",
+        "json",
+        "--show-managed-fields",
+    ]);
+    let odd: Vec<&String> = everything
+        .iter()
+        .filter(|m| {
+            !matches!(
+                m.as_str(),
+                "kube-apiserver" | "kube-controller-manager" | "kube-scheduler" | "kubectl-create"
+            )
+        })
+        .collect();
+    assert!(odd.is_empty(), "unexpected managers: {odd:?}");
+}

@@ -67,6 +67,25 @@ fn node_registers_and_runs_a_pod_with_logs_and_graceful_delete() {
         "echo hello from $(hostname); trap 'echo bye; exit 0' TERM; while true; do sleep 1; done",
     ]);
     let pod = wait_running(&s, "bb");
+    // The kubelet and the scheduler write under upstream's field manager names.
+    let managers = |o: &Value| -> Vec<String> {
+        o["metadata"]["managedFields"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["manager"].as_str().map(String::from))
+            .collect()
+    };
+    let pod_managers = managers(&pod);
+    assert!(
+        pod_managers.iter().any(|m| m == "kubelet"),
+        "{pod_managers:?}"
+    );
+    assert!(
+        managers(&node).iter().any(|m| m == "kubelet"),
+        "{:?}",
+        managers(&node)
+    );
     let cs = &pod["status"]["containerStatuses"][0];
     assert_eq!(cs["restartCount"], 0);
     assert!(

@@ -9,6 +9,25 @@ use kinglet_apiserver::auth::UserInfo;
 /// The namespace of the controllers' ServiceAccounts.
 pub const NAMESPACE: &str = "kube-system";
 
+/// The program names the control loops introduce themselves with (their User-Agent, and so
+/// the field manager of their writes), as upstream's binaries.
+pub const CONTROLLER_MANAGER: &str = "kube-controller-manager";
+pub const SCHEDULER: &str = "kube-scheduler";
+
+/// The request context of the loops that write through the API server's lifecycle directly
+/// (the garbage collector, the namespace controller): the server's rights, with the controller
+/// manager's name on what they write.
+pub fn store_writer(
+    group: &str,
+    version: &str,
+    resource: &str,
+    ns: Option<&str>,
+) -> kinglet_apiserver::context::Ctx {
+    let mut ctx = kinglet_apiserver::context::Ctx::internal(group, version, resource, ns);
+    ctx.user_agent = kinglet_apiserver::user_agent(CONTROLLER_MANAGER);
+    ctx
+}
+
 /// The controller manager's own user: leader election and the shared informers (its bootstrap
 /// role may list and watch everything), and what upstream does without a per-controller client.
 pub fn controller_manager() -> UserInfo {
@@ -225,7 +244,7 @@ mod tests {
             .await
             .unwrap();
 
-        let rsc = api.local_client_as(controller("replicaset-controller"));
+        let rsc = api.local_client_as(controller("replicaset-controller"), CONTROLLER_MANAGER);
         let secrets = Api::<Secret>::namespaced(rsc.clone(), "default");
         assert!(forbidden(secrets.get("s").await));
         assert!(forbidden(secrets.list(&ListParams::default()).await));

@@ -125,7 +125,7 @@ fn resource_for_key(api: &Api, key: &str) -> Option<Arc<Resource>> {
 }
 
 fn ctx_for(res: &Resource, ns: Option<&str>) -> kinglet_apiserver::context::Ctx {
-    kinglet_apiserver::context::Ctx::internal(&res.group, &res.version, &res.plural, ns)
+    crate::identity::store_writer(&res.group, &res.version, &res.plural, ns)
 }
 
 pub struct GarbageCollector {

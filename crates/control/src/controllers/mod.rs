@@ -2,6 +2,7 @@
 //! controller lease.
 
 pub mod cronjob;
+mod csr_signing;
 pub mod daemonset;
 pub mod deployment;
 mod endpoints;
@@ -37,8 +38,14 @@ const SERVICELB: &str = "servicelb";
 /// Starts leader election; the controllers run while this process leads. Each loop acts as its
 /// own identity (`crate::identity`), with only the rights the bootstrap policy grants it; the
 /// garbage collector and the namespace controller work on the store directly.
-pub fn start(api: Arc<Api>, ca_pem: String, cluster_cidr: ipnet::Ipv4Net) {
-    let manager = api.local_client_as(identity::controller_manager());
+/// `signing_ca` signs approved CertificateSigningRequests (`csr_signing`).
+pub fn start(
+    api: Arc<Api>,
+    ca_pem: String,
+    cluster_cidr: ipnet::Ipv4Net,
+    signing_ca: kinglet_pki::CertKey,
+) {
+    let manager = api.local_client_as(identity::controller_manager(), identity::CONTROLLER_MANAGER);
     let holder = format!(
         "{}_{}",
         hostname::get()
@@ -52,7 +59,7 @@ pub fn start(api: Arc<Api>, ca_pem: String, cluster_cidr: ipnet::Ipv4Net) {
             let api = api.clone();
             // A client acting as controller `sa` (upstream's ServiceAccount name), and one with
             // an event recorder reporting as `component`.
-            let client = |sa: &str| api.local_client_as(identity::controller(sa));
+            let client = |sa: &str| api.local_client_as(identity::controller(sa), identity::CONTROLLER_MANAGER);
             let ctx = |sa: &str, component: &str| util::Context::new(client(sa), component);
             // Shared informers list and watch as the controller manager, as upstream's do.
             let (informers, mut tasks) = informers::Informers::start(&manager);
@@ -117,10 +124,14 @@ pub fn start(api: Arc<Api>, ca_pem: String, cluster_cidr: ipnet::Ipv4Net) {
                 )),
                 tokio::spawn(crate::scheduler::run(
                     util::Context::new(
-                        api.local_client_as(identity::scheduler()),
+                        api.local_client_as(identity::scheduler(), identity::SCHEDULER),
                         crate::scheduler::SCHEDULER_NAME,
                     ),
                     informers.clone(),
+                )),
+                tokio::spawn(csr_signing::run(
+                    client(csr_signing::SERVICE_ACCOUNT),
+                    signing_ca.clone(),
                 )),
                 tokio::spawn(namespace::run_forever(api)),
             ]);

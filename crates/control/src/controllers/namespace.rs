@@ -7,7 +7,6 @@ use std::time::Duration;
 use serde_json::Value;
 
 use kinglet_apiserver::Api;
-use kinglet_apiserver::context::Ctx;
 use kinglet_apiserver::lifecycle::{DeleteOptions, commit_update, delete_object, get_current};
 use kinglet_core::object::{self, is_deleting};
 
@@ -64,7 +63,7 @@ async fn finalize(api: &Api, ns: &str) -> anyhow::Result<()> {
             .store
             .list(&res.ns_prefix(Some(ns)), 0, None, None)
             .await?;
-        let ctx = Ctx::internal(&res.group, &res.version, &res.plural, Some(ns));
+        let ctx = crate::identity::store_writer(&res.group, &res.version, &res.plural, Some(ns));
         for rec in page.items {
             remaining += 1;
             let obj: Value = serde_json::from_slice(&rec.value)?;
@@ -84,7 +83,7 @@ async fn finalize(api: &Api, ns: &str) -> anyhow::Result<()> {
         .registry
         .find("", "v1", "namespaces")
         .ok_or_else(|| anyhow::anyhow!("namespaces not registered"))?;
-    let ctx = Ctx::internal("", "v1", "namespaces", None);
+    let ctx = crate::identity::store_writer("", "v1", "namespaces", None);
     let (rec, obj) = get_current(api, &ns_res, &ctx, ns)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -100,3 +99,4 @@ async fn finalize(api: &Api, ns: &str) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
 }
+
