@@ -36,11 +36,12 @@ pub fn respond(
     json_response(ctx, code, &body)
 }
 
+/// Answers `body` as JSON, encoded as upstream's encoder writes it (see `status::go_json`).
 pub fn json_response(ctx: &Ctx, code: u16, body: &Value) -> Response {
     let mut resp = (
         StatusCode::from_u16(code).unwrap_or(StatusCode::OK),
         [(http::header::CONTENT_TYPE, "application/json")],
-        serde_json::to_vec(body).unwrap_or_default(),
+        super::status::go_json(body),
     )
         .into_response();
     for w in ctx
@@ -177,10 +178,13 @@ async fn create(api: &Api, res: &Resource, ctx: &Ctx, body: &Bytes) -> ApiResult
     Ok(respond(api, ctx, res, 201, obj, true))
 }
 
-fn delete_options(ctx: &Ctx, body: &Bytes) -> ApiResult<DeleteOptions> {
+/// DeleteOptions from the body and query, and whether they ask `orphanDependents: false`.
+fn delete_options(ctx: &Ctx, body: &Bytes) -> ApiResult<(DeleteOptions, bool)> {
     let mut o = DeleteOptions::default();
+    let mut no_orphans = ctx.query.get("orphanDependents") == Some("false");
     if !body.iter().all(u8::is_ascii_whitespace) {
         let v = ctx.decode_body(body)?;
+        no_orphans |= v.get("orphanDependents").and_then(Value::as_bool) == Some(false);
         o.grace = v.get("gracePeriodSeconds").and_then(Value::as_i64);
         o.propagation = v
             .get("propagationPolicy")
@@ -210,7 +214,7 @@ fn delete_options(ctx: &Ctx, body: &Bytes) -> ApiResult<DeleteOptions> {
         o.propagation = Some(p.to_string());
     }
     match o.propagation.as_deref() {
-        None | Some("Orphan" | "Background" | "Foreground") => Ok(o),
+        None | Some("Orphan" | "Background" | "Foreground") => Ok((o, no_orphans)),
         Some(p) => Err(ApiError::invalid(
             "meta.k8s.io",
             "DeleteOptions",
@@ -231,8 +235,11 @@ async fn delete(
     name: &str,
     body: &Bytes,
 ) -> ApiResult<Response> {
-    let opts = delete_options(ctx, body)?;
-    let (code, out) = delete_object(api, res, ctx, name, &opts).await?;
+    let (opts, no_orphans) = delete_options(ctx, body)?;
+    let (gone, out) = delete_object(api, res, ctx, name, &opts).await?;
+    // Upstream answers 202 only for an object that stays while `orphanDependents: false` was
+    // asked; 200 otherwise, even while finalizers or a grace period hold it (old clients).
+    let code = if !gone && no_orphans { 202 } else { 200 };
     Ok(respond(api, ctx, res, code, out, false))
 }
 
@@ -242,7 +249,7 @@ async fn delete_collection(
     ctx: &Ctx,
     body: &Bytes,
 ) -> ApiResult<Response> {
-    let opts = delete_options(ctx, body)?;
+    let (opts, _) = delete_options(ctx, body)?;
     let filter = Filter::from_ctx(res, ctx)?;
     let page = api
         .store
@@ -265,11 +272,13 @@ async fn delete_collection(
             ..ctx.clone_shallow()
         };
         match delete_object(api, res, &sub_ctx, &name, &opts).await {
-            Ok((_, obj)) => deleted.push(obj),
+            Ok(_) => {}
             Err(e) if e.code == 404 => {}
             Err(e) => return Err(e),
         }
+        // Upstream answers with the list it deleted from: the items as listed.
+        deleted.push(super::lifecycle::decorate(res, &rec)?);
     }
-    let list = json!({"kind": res.list_kind(), "apiVersion": res.api_version(), "metadata": {"resourceVersion": api.store.current_rev().to_string()}, "items": deleted});
+    let list = json!({"kind": res.list_kind(), "apiVersion": res.api_version(), "metadata": {"resourceVersion": page.rev.to_string()}, "items": deleted});
     Ok(json_response(ctx, 200, &list))
 }

@@ -195,6 +195,7 @@ pub(crate) async fn create_object(
     let mut attempt = 0;
     loop {
         let mut prepared = prepare_create(api, res, ctx, obj.clone()).await?;
+        super::omit::normalize(res, &mut prepared);
         if let Some(ns) = ns_of(res, ctx) {
             check_namespace(api, ns).await?;
         }
@@ -407,6 +408,8 @@ pub async fn commit_update(
 ) -> ApiResult<Value> {
     let name = object::name(old).to_string();
     let key = key_for(res, ctx, &name);
+    // Every update is stored as upstream's types encode it (controllers come here directly).
+    super::omit::normalize(res, &mut new);
     if object::same_ignoring_bookkeeping(old, &new) {
         return Ok(old.clone());
     }
@@ -447,21 +450,38 @@ pub struct DeleteOptions {
     pub rv: Option<String>,
 }
 
-/// Deletes one object: immediately, or by marking it (finalizers, graceful pods). Returns the
-/// status code and body to answer.
 /// What follows every delete: tokens bound to the object die with it, and the kind's hook.
 fn after_delete(api: &Api, res: &Resource, obj: &Value) {
     api.auth.object_deleted(&res.group, &res.plural);
     kinds::of(res).after_delete(api, obj);
 }
 
+/// The answer to a delete that removed `obj`, as upstream's `finalizeDelete` gives it: the
+/// object for the resources whose registry returns it, else a success Status naming it (with the
+/// plural as `kind`, as upstream sets it).
+fn deleted_answer(res: &Resource, obj: Value) -> Value {
+    if kinds::delete_returns_object(res) {
+        return obj;
+    }
+    let details = json!({
+        "name": object::name(&obj),
+        "group": res.group,
+        "kind": res.plural,
+        "uid": meta_str(&obj, "uid").unwrap_or_default(),
+    });
+    success_status(details)
+}
+
+/// Deletes one object: immediately, or by marking it (finalizers, graceful pods). Returns
+/// whether it is gone from storage, and the body to answer: the object while it stays (being
+/// deleted), [`deleted_answer`] once it is gone.
 pub async fn delete_object(
     api: &Api,
     res: &Resource,
     ctx: &Ctx,
     name: &str,
     opts: &DeleteOptions,
-) -> ApiResult<(u16, Value)> {
+) -> ApiResult<(bool, Value)> {
     let dry_run = ctx.dry_run()?;
     let kind = kinds::of(res);
     // Namespace-style deletion follows the plural (see `kinds::by_plural`).
@@ -494,6 +514,8 @@ pub async fn delete_object(
                 ),
             ));
         }
+        // Admission webhooks see the object being deleted as `oldObject`.
+        super::admission::webhook::admit_delete(api, res, ctx, &obj).await?;
         let mut finalizers = object::finalizers(&obj);
         let had = finalizers.clone();
         match opts.propagation.as_deref() {
@@ -511,21 +533,12 @@ pub async fn delete_object(
         let deleting = object::is_deleting(&obj);
         if finalizers.is_empty() && !namespace_pending && grace.is_none() {
             if dry_run {
-                return Ok((200, obj));
+                return Ok((true, deleted_answer(res, obj)));
             }
             match api.store.delete(&rec.key, Some(rec.rev)).await {
                 Ok(_) => {
                     after_delete(api, res, &obj);
-                    let details =
-                        json!({"name": name, "group": res.group, "kind": res.plural, "uid": uid});
-                    return Ok((
-                        200,
-                        if plural_kind.delete_returns_object() || res.is_custom() {
-                            obj
-                        } else {
-                            success_status(details)
-                        },
-                    ));
+                    return Ok((true, deleted_answer(res, obj)));
                 }
                 Err(StoreError::Conflict(_)) => continue,
                 Err(e) => return Err(ApiError::from_store(e, &res.group, &res.plural, name)),
@@ -533,7 +546,7 @@ pub async fn delete_object(
         }
         if deleting && finalizers == had && grace.is_none() {
             // Already being deleted; nothing new to record.
-            return Ok((202, obj));
+            return Ok((false, obj));
         }
         {
             let now = chrono::Utc::now();
@@ -574,7 +587,7 @@ pub async fn delete_object(
         object::set_finalizers(&mut obj, finalizers);
         plural_kind.mark_deleting(&mut obj);
         if dry_run {
-            return Ok((200, obj));
+            return Ok((false, obj));
         }
         match api
             .store
@@ -583,16 +596,7 @@ pub async fn delete_object(
         {
             Ok(rev) => {
                 meta_mut(&mut obj).insert("resourceVersion".into(), json!(rev.to_string()));
-                return Ok((
-                    if opts.propagation.as_deref() == Some("Foreground")
-                        || !object::finalizers(&obj).is_empty()
-                    {
-                        202
-                    } else {
-                        200
-                    },
-                    obj,
-                ));
+                return Ok((false, obj));
             }
             Err(StoreError::Conflict(_)) => continue,
             Err(e) => return Err(ApiError::from_store(e, &res.group, &res.plural, name)),

@@ -2,7 +2,7 @@
 
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use kinglet_store::StoreError;
 
@@ -249,20 +249,15 @@ impl ApiError {
         }
     }
 
+    /// The `Status` upstream answers for this error (see [`status_object`]).
     pub fn to_status(&self) -> Value {
-        let mut s = json!({
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": self.message,
-            "reason": self.reason,
-            "code": self.code,
-        });
-        if let Some(d) = &self.details {
-            s["details"] = d.clone();
-        }
-        s
+        status_object(
+            "Failure",
+            &self.message,
+            self.reason,
+            self.details.as_ref(),
+            self.code,
+        )
     }
 }
 
@@ -278,7 +273,7 @@ impl IntoResponse for ApiError {
         let mut resp = (
             code,
             [(http::header::CONTENT_TYPE, "application/json")],
-            self.to_status().to_string(),
+            go_json(&self.to_status()),
         )
             .into_response();
         for (k, v) in &self.headers {
@@ -290,7 +285,176 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A success `Status` (e.g. for deletes that removed the object at once).
+/// A success `Status` (e.g. for deletes that removed the object at once); an empty `details`
+/// is left out, as Go leaves out a nil `*StatusDetails`.
 pub fn success_status(details: Value) -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details})
+    let details = Some(&details).filter(|d| d.as_object().is_some_and(|m| !m.is_empty()));
+    status_object("Success", "", "", details, 0)
+}
+
+/// A `metav1.Status` as Go's encoder writes it: fields in the order the Go type declares them
+/// (`kind, apiVersion, metadata, status, message, reason, details, code`), `omitempty` fields
+/// left out when empty. `details` may come from anywhere (other modules, webhooks), so its
+/// fields are put in `StatusDetails` order here too.
+pub fn status_object(
+    status: &str,
+    message: &str,
+    reason: &str,
+    details: Option<&Value>,
+    code: u16,
+) -> Value {
+    let mut s = Map::new();
+    s.insert("kind".into(), json!("Status"));
+    s.insert("apiVersion".into(), json!("v1"));
+    s.insert("metadata".into(), json!({}));
+    put_str(&mut s, "status", status);
+    put_str(&mut s, "message", message);
+    put_str(&mut s, "reason", reason);
+    if let Some(d) = details.and_then(Value::as_object) {
+        s.insert("details".into(), Value::Object(go_details(d)));
+    }
+    if code != 0 {
+        s.insert("code".into(), json!(code));
+    }
+    Value::Object(s)
+}
+
+/// `StatusDetails` fields in Go's order: name, group, kind, uid, causes, retryAfterSeconds.
+fn go_details(d: &Map<String, Value>) -> Map<String, Value> {
+    let mut out = Map::new();
+    for k in ["name", "group", "kind", "uid"] {
+        put_str(&mut out, k, d.get(k).and_then(Value::as_str).unwrap_or(""));
+    }
+    let causes: Vec<Value> = d
+        .get("causes")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_object)
+                .map(|c| {
+                    // `StatusCause`: reason, message, field.
+                    let mut o = Map::new();
+                    for k in ["reason", "message", "field"] {
+                        put_str(&mut o, k, c.get(k).and_then(Value::as_str).unwrap_or(""));
+                    }
+                    Value::Object(o)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if !causes.is_empty() {
+        out.insert("causes".into(), Value::Array(causes));
+    }
+    if let Some(n) = d
+        .get("retryAfterSeconds")
+        .and_then(Value::as_i64)
+        .filter(|n| *n != 0)
+    {
+        out.insert("retryAfterSeconds".into(), json!(n));
+    }
+    out
+}
+
+/// Inserts a string field unless it is empty (Go's `omitempty`).
+fn put_str(m: &mut Map<String, Value>, key: &str, v: &str) {
+    if !v.is_empty() {
+        m.insert(key.into(), json!(v));
+    }
+}
+
+/// Serialises `v` as upstream's JSON encoder (`json.NewEncoder(w).Encode`) does: compact, with
+/// `<`, `>`, `&`, U+2028 and U+2029 escaped as `\u003c` etc., and a trailing newline. Key order is
+/// the map's (serde_json keeps insertion order in this workspace).
+pub fn go_json<T: serde::Serialize + ?Sized>(v: &T) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, GoFormatter);
+    if v.serialize(&mut ser).is_err() {
+        out.clear();
+        out.extend_from_slice(b"null");
+    }
+    out.push(b'\n');
+    out
+}
+
+/// serde_json's compact formatter plus the HTML-safe escapes Go's encoder adds by default.
+struct GoFormatter;
+
+impl serde_json::ser::Formatter for GoFormatter {
+    fn write_string_fragment<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        let mut start = 0;
+        for (i, c) in fragment.char_indices() {
+            let escaped = match c {
+                '<' => "\\u003c",
+                '>' => "\\u003e",
+                '&' => "\\u0026",
+                '\u{2028}' => "\\u2028",
+                '\u{2029}' => "\\u2029",
+                _ => continue,
+            };
+            w.write_all(&fragment.as_bytes()[start..i])?;
+            w.write_all(escaped.as_bytes())?;
+            start = i + c.len_utf8();
+        }
+        w.write_all(&fragment.as_bytes()[start..])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(e: ApiError) -> String {
+        String::from_utf8(go_json(&e.to_status())).unwrap()
+    }
+
+    #[test]
+    fn error_bodies_are_upstreams_bytes() {
+        assert_eq!(
+            body(ApiError::not_found("", "configmaps", "x")),
+            "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\",\"message\":\"configmaps \\\"x\\\" not found\",\"reason\":\"NotFound\",\"details\":{\"name\":\"x\",\"kind\":\"configmaps\"},\"code\":404}\n"
+        );
+        let e = ApiError::invalid(
+            "apps",
+            "Deployment",
+            "d",
+            vec![Cause::required("spec.selector")],
+        );
+        assert_eq!(
+            body(e),
+            "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\",\"message\":\"Deployment.apps \\\"d\\\" is invalid: spec.selector: Required value\",\"reason\":\"Invalid\",\"details\":{\"name\":\"d\",\"group\":\"apps\",\"kind\":\"Deployment\",\"causes\":[{\"reason\":\"FieldValueRequired\",\"message\":\"Required value\",\"field\":\"spec.selector\"}]},\"code\":422}\n"
+        );
+    }
+
+    #[test]
+    fn details_from_elsewhere_are_put_in_go_order() {
+        let mut e = ApiError::forbidden("no");
+        e.details = Some(
+            json!({"causes": [{"field": "f", "message": "m", "reason": "R"}], "kind": "pods", "group": "", "name": "p"}),
+        );
+        assert_eq!(
+            body(e),
+            "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\",\"message\":\"no\",\"reason\":\"Forbidden\",\"details\":{\"name\":\"p\",\"kind\":\"pods\",\"causes\":[{\"reason\":\"R\",\"message\":\"m\",\"field\":\"f\"}]},\"code\":403}\n"
+        );
+    }
+
+    #[test]
+    fn strings_are_escaped_as_go_does() {
+        let out = go_json(&json!({"m": "a<b>&c\u{2028}\n\"é"}));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"m\":\"a\\u003cb\\u003e\\u0026c\\u2028\\n\\\"é\"}\n"
+        );
+    }
+
+    #[test]
+    fn success_status_leaves_out_empty_details() {
+        assert_eq!(
+            String::from_utf8(go_json(&success_status(json!({})))).unwrap(),
+            "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Success\"}\n"
+        );
+    }
 }

@@ -6,7 +6,9 @@
 //! (`admission`, `table`, `lifecycle`, `list`) asks that one implementation and never matches
 //! on kinds itself.
 
+mod admissionregistration;
 mod apiextensions;
+mod apiregistration;
 mod autoscaling;
 mod certificates;
 mod config;
@@ -62,6 +64,10 @@ pub trait KindBehaviour: Sync {
     ) -> BoxFuture<'a, ApiResult<()>> {
         Box::pin(std::future::ready(Ok(())))
     }
+
+    /// Records who creates an object, for kinds whose strategy reads the request's user
+    /// (upstream's CertificateSigningRequest PrepareForCreate).
+    fn set_requester(&self, _obj: &mut Value, _user: &crate::auth::UserInfo) {}
 
     /// Kind-specific validation, after the metadata checks every object gets.
     fn validate(&self, _res: &Resource, _obj: &Value, _old: Option<&Value>, _out: &mut Vec<Cause>) {
@@ -122,11 +128,33 @@ pub trait KindBehaviour: Sync {
 
     /// Marks an object whose deletion has begun (beyond `deletionTimestamp`).
     fn mark_deleting(&self, _obj: &mut Value) {}
+}
 
-    /// Whether a completed delete answers with the object rather than a Status.
-    fn delete_returns_object(&self) -> bool {
-        false
-    }
+/// The built-in resources (by stored group and plural) whose upstream registry sets
+/// `ReturnDeletedObject`: a delete that removes one answers with the object, others with a
+/// success Status. Read from each `pkg/registry/*/*/storage/storage.go`; custom resources never
+/// set it (`apiextensions-apiserver/pkg/registry/customresource`).
+const RETURN_DELETED_OBJECT: &[(&str, &str)] = &[
+    ("", "namespaces"),
+    ("", "persistentvolumeclaims"),
+    ("", "persistentvolumes"),
+    ("", "pods"),
+    ("", "podtemplates"),
+    ("", "resourcequotas"),
+    ("", "serviceaccounts"),
+    ("", "services"),
+    ("storage.k8s.io", "csidrivers"),
+    ("storage.k8s.io", "csinodes"),
+    ("storage.k8s.io", "storageclasses"),
+    ("storage.k8s.io", "volumeattachments"),
+];
+
+/// Whether a completed delete of `res` answers with the object rather than a Status.
+pub fn delete_returns_object(res: &Resource) -> bool {
+    !res.is_custom()
+        && RETURN_DELETED_OBJECT
+            .iter()
+            .any(|(g, p)| *g == res.storage.0 && *p == res.storage.1)
 }
 
 /// Status is set by the status subresource only: a create drops what the client sent.
@@ -200,6 +228,11 @@ fn lookup(group: &str, plural: &str) -> &'static dyn KindBehaviour {
             &apiextensions::CustomResourceDefinitions
         }
         ("apiextensions.k8s.io", _) => &apiextensions::ApiExtensionsObjects,
+        (
+            "admissionregistration.k8s.io",
+            "mutatingwebhookconfigurations" | "validatingwebhookconfigurations",
+        ) => &admissionregistration::WebhookConfigurations,
+        ("apiregistration.k8s.io", "apiservices") => &apiregistration::ApiServices,
         _ => &Plain,
     }
 }

@@ -150,10 +150,6 @@ impl KindBehaviour for Pods {
         let grace = requested.unwrap_or(default).max(0);
         (grace > 0).then_some(grace)
     }
-
-    fn delete_returns_object(&self) -> bool {
-        true
-    }
 }
 
 pub struct PodTemplates;
