@@ -5,6 +5,7 @@
 
 pub mod host;
 pub mod images;
+pub mod tls_backend;
 
 use std::io::Write;
 use std::net::TcpListener;

@@ -1,12 +1,14 @@
 //! Admission: decoding checks (types, unknown fields), defaulting, the kind's mutating plugins
 //! (ServiceAccount, DefaultTolerationSeconds, Priority, Service allocation, Job selectors, in
-//! their kinds' modules), NodeRestriction and RBAC escalation checks, validation, and Pod
-//! Security.
+//! their kinds' modules), NodeRestriction and RBAC escalation checks, mutating admission
+//! webhooks, validation, Pod Security, and validating admission webhooks (upstream's order:
+//! webhooks after the built-in plugins of their phase).
 
 pub mod defaults;
 mod pod_security;
 pub mod schema;
 pub mod validation;
+pub mod webhook;
 
 use serde_json::Value;
 
@@ -25,7 +27,6 @@ pub async fn admit(
     obj: &mut Value,
     old: Option<&Value>,
 ) -> ApiResult<()> {
-    let name = object::name(obj).to_string();
     if let Some(custom) = &res.custom {
         super::crd::validate_custom(res, custom, ctx, obj)?;
     } else {
@@ -42,14 +43,42 @@ pub async fn admit(
     }
     super::authz::node::admit(res, ctx, obj, old)?;
     super::authz::escalation::admit(api, res, ctx, obj).await?;
+    if old.is_none() {
+        kinds::of(res).set_requester(obj, &ctx.user);
+    }
     kinds::of(res).admit(api, res, obj, old).await?;
+    // What the kind's plugins reserved (a Service's addresses) is given back on any refusal.
+    let result = checks(api, res, ctx, obj, old).await;
+    if result.is_err() && old.is_none() {
+        kinds::of(res).create_failed(api, obj);
+    }
+    result
+}
+
+/// Admission after the kind's mutating plugins: webhooks, validation, Pod Security.
+async fn checks(
+    api: &Api,
+    res: &Resource,
+    ctx: &Ctx,
+    obj: &mut Value,
+    old: Option<&Value>,
+) -> ApiResult<()> {
+    let hooks = webhook::Attrs {
+        res,
+        ctx,
+        operation: if old.is_some() { "UPDATE" } else { "CREATE" },
+        old,
+    };
+    webhook::mutate(api, &hooks, Some(obj)).await?;
     let causes = validation::validate(res, obj, old);
     if !causes.is_empty() {
-        if old.is_none() {
-            kinds::of(res).create_failed(api, obj);
-        }
-        return Err(ApiError::invalid(&res.group, &res.kind, &name, causes));
+        return Err(ApiError::invalid(
+            &res.group,
+            &res.kind,
+            object::name(obj),
+            causes,
+        ));
     }
     pod_security::admit(api, res, ctx, obj, old).await?;
-    Ok(())
+    webhook::validate(api, &hooks, Some(obj)).await
 }
