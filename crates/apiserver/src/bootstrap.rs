@@ -1,5 +1,7 @@
 //! Objects every cluster has from its first start: the system namespaces, the built-in
-//! priority classes, and the `default/kubernetes` Service with endpoints at this server.
+//! priority classes, the `default/kubernetes` Service with endpoints at this server, and API
+//! Priority and Fairness' mandatory configuration (stored for the tools that read it; kinglet
+//! does not enforce it).
 
 use std::sync::{Arc, Mutex};
 
@@ -19,7 +21,8 @@ impl Ctx {
             query: Query::default(),
             accept: "application/json".into(),
             content_type: "application/json".into(),
-            user_agent: "kinglet".into(),
+            // The field manager of the server's own writes, as upstream's.
+            user_agent: "kube-apiserver".into(),
             path: ResourcePath {
                 group: group.into(),
                 version: version.into(),
@@ -33,7 +36,7 @@ impl Ctx {
 }
 
 /// Creates the object unless it exists; with `replace`, brings an existing one to `obj`'s content.
-async fn ensure(
+pub(crate) async fn ensure(
     api: &Api,
     group: &str,
     version: &str,
@@ -143,5 +146,55 @@ pub async fn run(api: &Api) -> anyhow::Result<()> {
         true,
     )
     .await?;
+    flowcontrol(api).await
+}
+
+/// Upstream's mandatory flowcontrol objects (`exempt` and `catch-all`), kept at upstream's
+/// content as its configuration controller does for objects marked `autoupdate-spec`.
+async fn flowcontrol(api: &Api) -> anyhow::Result<()> {
+    const GROUP: &str = "flowcontrol.apiserver.k8s.io";
+    let meta = |name: &str| json!({"name": name, "annotations": {"apf.kubernetes.io/autoupdate-spec": "true"}});
+    let levels = [
+        json!({"metadata": meta("exempt"), "spec": {"type": "Exempt",
+            "exempt": {"nominalConcurrencyShares": 0, "lendablePercent": 0}}}),
+        json!({"metadata": meta("catch-all"), "spec": {"type": "Limited",
+            "limited": {"nominalConcurrencyShares": 5, "lendablePercent": 0, "limitResponse": {"type": "Reject"}}}}),
+    ];
+    for mut level in levels {
+        level["apiVersion"] = json!(format!("{GROUP}/v1"));
+        level["kind"] = json!("PriorityLevelConfiguration");
+        ensure(
+            api,
+            GROUP,
+            "v1",
+            "prioritylevelconfigurations",
+            None,
+            level,
+            true,
+        )
+        .await?;
+    }
+    let everything = json!({
+        "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"], "clusterScope": true, "namespaces": ["*"]}],
+        "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}]});
+    let group = |name: &str| json!({"kind": "Group", "group": {"name": name}});
+    let mut exempt_rule = everything.clone();
+    exempt_rule["subjects"] = json!([group("system:masters")]);
+    let mut catch_all_rule = everything;
+    catch_all_rule["subjects"] = json!([
+        group("system:unauthenticated"),
+        group("system:authenticated")
+    ]);
+    let schemas = [
+        json!({"metadata": meta("exempt"), "spec": {"priorityLevelConfiguration": {"name": "exempt"},
+            "matchingPrecedence": 1, "rules": [exempt_rule]}}),
+        json!({"metadata": meta("catch-all"), "spec": {"priorityLevelConfiguration": {"name": "catch-all"},
+            "matchingPrecedence": 10000, "distinguisherMethod": {"type": "ByUser"}, "rules": [catch_all_rule]}}),
+    ];
+    for mut schema in schemas {
+        schema["apiVersion"] = json!(format!("{GROUP}/v1"));
+        schema["kind"] = json!("FlowSchema");
+        ensure(api, GROUP, "v1", "flowschemas", None, schema, true).await?;
+    }
     Ok(())
 }

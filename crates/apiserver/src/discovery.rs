@@ -1,9 +1,12 @@
 //! Discovery: legacy (`/api`, `/apis`, per group/version) and aggregated (apidiscovery v2 and
-//! v2beta1) documents, generated from the registry.
+//! v2beta1) documents, generated from the registry and merged with the group/versions that
+//! APIServices delegate (`/apis/<group>/<version>` of those is proxied; the aggregated document
+//! carries the backend's resources as last fetched by the aggregator).
 
 use serde_json::{Value, json};
 
 use super::Api;
+use super::aggregator;
 use super::registry::Resource;
 
 const AGGREGATED_V2: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
@@ -40,20 +43,35 @@ fn group_entry(group: &str, versions: &[String]) -> Value {
     json!({"name": group, "versions": vs, "preferredVersion": vs.first().cloned().unwrap_or(Value::Null)})
 }
 
-pub fn api_group_list(api: &Api) -> Value {
-    let groups: Vec<Value> = api
+/// The named groups and their versions (preferred first): the registry's, then the versions and
+/// groups that APIServices delegate, by their priorities.
+fn named_groups(api: &Api) -> Vec<(String, Vec<String>)> {
+    let mut groups: Vec<(String, Vec<String>)> = api
         .registry
         .groups()
         .into_iter()
         .filter(|(g, _)| !g.is_empty())
+        .collect();
+    for d in aggregator::delegated(api) {
+        match groups.iter_mut().find(|(g, _)| *g == d.group) {
+            Some((_, vs)) if !vs.contains(&d.version) => vs.push(d.version),
+            Some(_) => {}
+            None => groups.push((d.group, vec![d.version])),
+        }
+    }
+    groups
+}
+
+pub fn api_group_list(api: &Api) -> Value {
+    let groups: Vec<Value> = named_groups(api)
+        .into_iter()
         .map(|(g, vs)| group_entry(&g, &vs))
         .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
 pub fn api_group(api: &Api, group: &str) -> Option<Value> {
-    api.registry
-        .groups()
+    named_groups(api)
         .into_iter()
         .find(|(g, _)| g == group)
         .map(|(g, vs)| {
@@ -106,11 +124,61 @@ pub fn resource_list(api: &Api, group: &str, version: &str) -> Option<Value> {
     )
 }
 
+/// A backend's APIResourceList in the aggregated form (subresources under their resource).
+fn from_resource_list(group: &str, version: &str, list: &Value) -> Vec<Value> {
+    let items = list["resources"].as_array().cloned().unwrap_or_default();
+    let kind_of = |r: &Value| {
+        json!({"group": r["group"].as_str().unwrap_or(group),
+            "version": r["version"].as_str().unwrap_or(version), "kind": r["kind"]})
+    };
+    let mut out: Vec<Value> = items
+        .iter()
+        .filter(|r| r["name"].as_str().is_some_and(|n| !n.contains('/')))
+        .map(|r| {
+            let mut e = json!({
+                "resource": r["name"],
+                "responseKind": kind_of(r),
+                "scope": if r["namespaced"].as_bool().unwrap_or(false) { "Namespaced" } else { "Cluster" },
+                "singularResource": r["singularName"].as_str().unwrap_or_default(),
+                "verbs": r.get("verbs").cloned().unwrap_or(json!([])),
+            });
+            for k in ["shortNames", "categories"] {
+                if r[k].as_array().is_some_and(|a| !a.is_empty()) {
+                    e[k] = r[k].clone();
+                }
+            }
+            e
+        })
+        .collect();
+    for r in &items {
+        let Some((parent, sub)) = r["name"].as_str().and_then(|n| n.split_once('/')) else {
+            continue;
+        };
+        if let Some(p) = out.iter_mut().find(|e| e["resource"] == parent) {
+            let entry = json!({"subresource": sub, "responseKind": kind_of(r),
+                "verbs": r.get("verbs").cloned().unwrap_or(json!([]))});
+            match p["subresources"].as_array_mut() {
+                Some(a) => a.push(entry),
+                None => p["subresources"] = json!([entry]),
+            }
+        }
+    }
+    out
+}
+
 fn aggregated_group(api: &Api, group: &str, versions: &[String]) -> Value {
     let vs: Vec<Value> = versions
         .iter()
         .map(|v| {
-            let resources: Vec<Value> = resources_in(api, group, v)
+            let local = resources_in(api, group, v);
+            if local.is_empty() {
+                // Delegated: the backend's resources, stale until it has answered.
+                return match aggregator::discovery_of(api, group, v) {
+                    Some(list) => json!({"version": v, "resources": from_resource_list(group, v, &list), "freshness": "Current"}),
+                    None => json!({"version": v, "resources": [], "freshness": "Stale"}),
+                };
+            }
+            let resources: Vec<Value> = local
                 .iter()
                 .map(|r| {
                     let subs: Vec<Value> = r
@@ -145,11 +213,17 @@ fn aggregated_group(api: &Api, group: &str, versions: &[String]) -> Value {
 
 /// The aggregated document for `/api` (core only) or `/apis` (named groups).
 pub fn aggregated(api: &Api, core: bool, content_type: &str) -> Value {
-    let items: Vec<Value> = api
-        .registry
-        .groups()
+    let groups = if core {
+        api.registry
+            .groups()
+            .into_iter()
+            .filter(|(g, _)| g.is_empty())
+            .collect()
+    } else {
+        named_groups(api)
+    };
+    let items: Vec<Value> = groups
         .into_iter()
-        .filter(|(g, _)| g.is_empty() == core)
         .map(|(g, vs)| aggregated_group(api, &g, &vs))
         .collect();
     let version = if content_type == AGGREGATED_V2 {
@@ -171,5 +245,25 @@ mod tests {
         let kubectl_128 = "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
         assert_eq!(aggregated_accept(kubectl_128), Some(AGGREGATED_V2BETA1));
         assert_eq!(aggregated_accept("application/json, */*"), None);
+    }
+
+    #[test]
+    fn backend_resource_lists_convert_to_aggregated_entries() {
+        let list = json!({"kind": "APIResourceList", "groupVersion": "example.com/v1alpha1", "resources": [
+            {"name": "widgets", "singularName": "widget", "namespaced": true, "kind": "Widget", "verbs": ["get", "list"], "shortNames": ["wd"]},
+            {"name": "widgets/status", "singularName": "", "namespaced": true, "kind": "Widget", "verbs": ["get"]},
+            {"name": "gadgets", "singularName": "gadget", "namespaced": false, "kind": "Gadget", "verbs": ["get"]}]});
+        let out = from_resource_list("example.com", "v1alpha1", &list);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0]["resource"], "widgets");
+        assert_eq!(out[0]["scope"], "Namespaced");
+        assert_eq!(out[0]["shortNames"], json!(["wd"]));
+        assert_eq!(
+            out[0]["responseKind"],
+            json!({"group": "example.com", "version": "v1alpha1", "kind": "Widget"})
+        );
+        assert_eq!(out[0]["subresources"][0]["subresource"], "status");
+        assert_eq!(out[1]["scope"], "Cluster");
+        assert!(out[1].get("subresources").is_none());
     }
 }

@@ -21,10 +21,12 @@ mod managed;
 mod merge;
 mod metrics;
 pub mod node_proxy;
+mod omit;
 mod openapi;
 mod openapi_v2;
 mod patch;
 mod protobuf;
+mod proxy;
 mod resource_metrics;
 #[rustfmt::skip]
 mod protobuf_tables;
@@ -89,6 +91,10 @@ pub struct Api {
     allocator: Mutex<alloc::Allocator>,
     /// How to reach kubelets (set once the PKI is loaded).
     pub kubelet_client: std::sync::OnceLock<node_proxy::KubeletClient>,
+    /// The admission webhooks configured, cached.
+    webhooks: admission::webhook::CacheSlot,
+    /// The group/versions APIServices delegate, and their backends' discovery.
+    aggregation: aggregator::State,
 }
 
 pub use kinglet_pki::identity::PeerUser;
@@ -121,11 +127,14 @@ impl Api {
             openapi_v2: openapi_v2::Cache::default(),
             allocator: Mutex::new(allocator),
             kubelet_client: std::sync::OnceLock::new(),
+            webhooks: Default::default(),
+            aggregation: Default::default(),
         });
         crd::sync(&api).await?;
         bootstrap::run(&api).await?;
         authz::start(&api).await?;
         crd::spawn_watcher(api.clone());
+        aggregator::spawn(api.clone());
         Ok(api)
     }
 
@@ -447,22 +456,39 @@ pub fn service_network(cidr: &str) -> anyhow::Result<IpAddr> {
 
 impl Api {
     /// A kube-rs client that calls this API server in-process (no TCP, no TLS), with the
-    /// server's own identity. Controllers and the embedded node use it.
+    /// server's own identity.
     pub fn local_client(self: &Arc<Self>) -> kube::Client {
-        self.local_client_as(UserInfo::internal())
+        self.local_client_as(UserInfo::internal(), "kube-apiserver")
     }
 
-    /// A kube-rs client that calls this API server in-process as `user` (a node, a component).
-    pub fn local_client_as(self: &Arc<Self>, user: UserInfo) -> kube::Client {
+    /// A kube-rs client that calls this API server in-process as `user` (a node, a component),
+    /// introducing itself as `program` (upstream's component name, `kube-scheduler`): its
+    /// User-Agent, from which writes take their field manager as upstream's components' do.
+    pub fn local_client_as(self: &Arc<Self>, user: UserInfo, program: &str) -> kube::Client {
         let router = self.router();
         let internal = PeerUser(Some(Arc::new(user)));
+        let agent = http::HeaderValue::from_str(&user_agent(program))
+            .unwrap_or_else(|_| http::HeaderValue::from_static("kinglet"));
         let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
             let mut req = req.map(Body::new);
             req.extensions_mut().insert(internal.clone());
+            req.headers_mut()
+                .insert(http::header::USER_AGENT, agent.clone());
             tower::ServiceExt::oneshot(router.clone(), req)
         });
         kube::Client::new(service, "default")
     }
+}
+
+/// A User-Agent in upstream's form: `kube-scheduler/v1.33.0+kinglet (linux/amd64) kubernetes/<commit>`.
+pub fn user_agent(program: &str) -> String {
+    let info = version_info();
+    format!(
+        "{program}/{} ({}) kubernetes/{}",
+        kinglet_core::K8S_GIT_VERSION,
+        info["platform"].as_str().unwrap_or("linux"),
+        option_env!("KINGLET_GIT_COMMIT").unwrap_or("unknown"),
+    )
 }
 
 /// An API server over a fresh store in `dir`, for unit tests of its clients.
