@@ -564,3 +564,28 @@ fn namespace_lifecycle_and_metrics() {
     assert!(metrics.contains("apiserver_request_total{"), "{metrics}");
     assert!(metrics.contains("kinglet_store_db_size_bytes"));
 }
+
+/// Both Event versions print the regarding object and the note, whichever version wrote them.
+#[test]
+fn events_print_their_object_and_note_in_both_versions() {
+    let s = Server::start();
+    s.ok_stdin(
+        &["create", "-f", "-"],
+        "apiVersion: v1\nkind: Event\nmetadata: {name: core-ev}\ninvolvedObject: {kind: Pod, name: web-1, namespace: default}\nreason: Pulled\nmessage: image pulled from core\ntype: Normal\n",
+    );
+    s.ok_stdin(
+        &["create", "-f", "-"],
+        "apiVersion: events.k8s.io/v1\nkind: Event\nmetadata: {name: new-ev}\neventTime: \"2026-01-01T00:00:00.000000Z\"\nreportingController: example.io/ctl\nreportingInstance: ctl-1\naction: Pull\nregarding: {kind: Pod, name: web-2, namespace: default}\nreason: Pulled\nnote: image pulled from events\ntype: Normal\n",
+    );
+    for resource in ["events", "events.v1.events.k8s.io"] {
+        let table = s.ok(&["get", resource]);
+        for want in [
+            "pod/web-1",
+            "image pulled from core",
+            "pod/web-2",
+            "image pulled from events",
+        ] {
+            assert!(table.contains(want), "{resource}: {want} missing:\n{table}");
+        }
+    }
+}

@@ -58,6 +58,14 @@ impl KindBehaviour for Events {
 }
 
 fn event_row(e: &Value) -> Vec<Value> {
+    // The same columns for both versions, as upstream prints them from its one internal type.
+    let core;
+    let e = if e.get("apiVersion").and_then(Value::as_str) == Some("events.k8s.io/v1") {
+        core = to_core_event(e.clone());
+        &core
+    } else {
+        e
+    };
     let last = [
         s(e, "/lastTimestamp"),
         s(e, "/eventTime"),
