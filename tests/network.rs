@@ -4,17 +4,6 @@
 mod common;
 
 use common::{Server, eventually};
-use serde_json::Value;
-
-fn pod_ip(s: &Server, name: &str) -> String {
-    eventually(90, "pod running with an IP", || {
-        let out = s.kubectl(&["get", "pod", name, "-o", "json"]);
-        let p: Value = serde_json::from_slice(&out.stdout).ok()?;
-        (p["status"]["phase"] == "Running")
-            .then(|| p["status"]["podIP"].as_str().map(String::from))
-            .flatten()
-    })
-}
 
 #[test]
 fn pods_reach_each_other_by_pod_ip() {
@@ -55,7 +44,7 @@ fn pods_reach_each_other_by_pod_ip() {
         "sleep",
         "3600",
     ]);
-    let (web, client) = (pod_ip(&s, "web"), pod_ip(&s, "client"));
+    let (web, client) = (s.running_pod_ip("web"), s.running_pod_ip("client"));
     assert_ne!(web, client);
     for ip in [&web, &client] {
         assert!(ip.starts_with(prefix), "{ip} outside {cidr}");
@@ -99,7 +88,7 @@ fn pods_reach_each_other_by_pod_ip() {
         "sleep",
         "3600",
     ]);
-    let next = pod_ip(&s, "next");
+    let next = s.running_pod_ip("next");
     assert_ne!(next, web);
     assert_ne!(next, client);
 }
@@ -235,7 +224,7 @@ fn services_balance_reject_and_resolve_by_name() {
         "sleep",
         "3600",
     ]);
-    pod_ip(&s, "client");
+    s.running_pod_ip("client");
     let pods = eventually(120, "two ready httpbin pods", || {
         let p = ready_pods(&s, "app=httpbin");
         (p.len() == 2).then_some(p)
@@ -351,7 +340,7 @@ fn services_balance_reject_and_resolve_by_name() {
         ok && out.contains(&format!("Address: {cluster_ip}")),
         "{out}"
     );
-    let sts_ip = pod_ip(&s, "web-0");
+    let sts_ip = s.running_pod_ip("web-0");
     let (ok, out) = eventually(60, "headless service name", || {
         let r = lookup("web-hl.default.svc.cluster.local");
         r.1.contains(&sts_ip).then_some(r)
@@ -474,7 +463,7 @@ spec:
         "via host network"
     );
     // The host-network pod reports the node's address and passes its probe on the node's port.
-    assert_eq!(pod_ip(&s, "hn"), node_ip);
+    assert_eq!(s.running_pod_ip("hn"), node_ip);
     eventually(60, "host-network pod ready", || {
         let out = s.ok(&[
             "get",
@@ -605,9 +594,9 @@ spec:
   containers: [{name: c, image: busybox:1.36, imagePullPolicy: IfNotPresent, command: [sleep, '3600']}]
 "#,
     );
-    let web = pod_ip(&s, "web");
-    pod_ip(&s, "friend");
-    pod_ip(&s, "stranger");
+    let web = s.running_pod_ip("web");
+    s.running_pod_ip("friend");
+    s.running_pod_ip("stranger");
     let fetch = |s: &Server, from: &str| {
         let out = s.kubectl(&[
             "exec",

@@ -144,21 +144,11 @@ fn raw_fails(s: &Server, path: &str) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn pod_ip(s: &Server, name: &str) -> String {
-    eventually(90, &format!("pod {name} running with an IP"), || {
-        let out = s.kubectl(&["get", "pod", name, "-o", "json"]);
-        let p: Value = serde_json::from_slice(&out.stdout).ok()?;
-        (p["status"]["phase"] == "Running")
-            .then(|| p["status"]["podIP"].as_str().map(String::from))
-            .flatten()
-    })
-}
-
 #[test]
 fn proxy_subresources_reach_pods_services_and_the_kubelet() {
     let s = Server::start_node(&[]);
     s.ok_stdin(&["apply", "-f", "-"], WEB);
-    let web_ip = pod_ip(&s, "web");
+    let web_ip = s.running_pod_ip("web");
     const PAGE: &str = "hello through the proxy";
 
     // services/proxy, by port name (the acceptance's `kubectl get --raw`) and by number.
@@ -317,7 +307,7 @@ fn proxy_subresources_reach_pods_services_and_the_kubelet() {
     }
 
     // An upgrade is spliced: the backend's 101 comes back and bytes flow both ways.
-    pod_ip(&s, "echo");
+    s.running_pod_ip("echo");
     let upgrade = format!(
         "GET {pods}/echo:9000/proxy/chat HTTP/1.1\r\nHost: 127.0.0.1\r\n\
          Connection: Upgrade\r\nUpgrade: echo\r\n\r\n"

@@ -282,6 +282,17 @@ impl Server {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Waits for pod `name` to run and returns its IP.
+    pub fn running_pod_ip(&self, name: &str) -> String {
+        eventually(90, &format!("pod {name} running with an IP"), || {
+            let out = self.kubectl(&["get", "pod", name, "-o", "json"]);
+            let p: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            (p["status"]["phase"] == "Running")
+                .then(|| p["status"]["podIP"].as_str().map(String::from))
+                .flatten()
+        })
+    }
+
     /// Runs kubectl expecting failure; returns stderr.
     pub fn fails(&self, args: &[&str], stdin: Option<&str>) -> String {
         let out = self.kubectl_with(&kubectl_default(), args, stdin);

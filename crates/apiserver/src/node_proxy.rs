@@ -343,14 +343,20 @@ async fn stream(
             out.headers_mut().append(h, v.clone());
         }
     }
-    let backend_upgrade = hyper::upgrade::on(&mut resp);
+    join_upgraded(client_upgrade, &mut resp);
+    Ok(out)
+}
+
+/// Joins the client's upgraded connection to the backend's once both have switched protocols:
+/// from then on bytes flow both ways untouched.
+pub(crate) fn join_upgraded<B>(client: hyper::upgrade::OnUpgrade, backend: &mut http::Response<B>) {
+    let backend = hyper::upgrade::on(backend);
     tokio::spawn(async move {
-        let (Ok(client), Ok(backend)) = (client_upgrade.await, backend_upgrade.await) else {
+        let (Ok(client), Ok(backend)) = (client.await, backend.await) else {
             return;
         };
         let mut client = hyper_util::rt::TokioIo::new(client);
         let mut backend = hyper_util::rt::TokioIo::new(backend);
         let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
     });
-    Ok(out)
 }

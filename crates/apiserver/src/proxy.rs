@@ -109,15 +109,7 @@ pub async fn serve(
         let mut out = Response::new(Body::empty());
         *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         *out.headers_mut() = resp.headers().clone();
-        let backend_upgrade = hyper::upgrade::on(&mut resp);
-        tokio::spawn(async move {
-            let (Ok(client), Ok(backend)) = (client_upgrade.await, backend_upgrade.await) else {
-                return;
-            };
-            let mut client = hyper_util::rt::TokioIo::new(client);
-            let mut backend = hyper_util::rt::TokioIo::new(backend);
-            let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
-        });
+        super::node_proxy::join_upgraded(client_upgrade, &mut resp);
         return Ok(out);
     }
 
@@ -167,7 +159,7 @@ fn raw_tail(path: &str, n: usize) -> &str {
 }
 
 /// Whether the client asks to switch protocols (`Connection: Upgrade`).
-fn is_upgrade(headers: &HeaderMap) -> bool {
+pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
         && headers
             .get_all(header::CONNECTION)
@@ -191,7 +183,7 @@ const HOP_BY_HOP: [&str; 9] = [
 
 /// Removes hop-by-hop headers and those the `Connection` header names; an upgrade keeps
 /// `Connection` and `Upgrade`, which the backend needs to switch protocols.
-fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     let named: Vec<String> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -214,7 +206,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 
 /// The client's headers as sent on: without hop-by-hop ones, nor the credentials and
 /// impersonation the API server consumed (upstream's filters delete them too).
-fn request_headers(parts: &http::request::Parts, upgrade: bool) -> HeaderMap {
+pub(crate) fn request_headers(parts: &http::request::Parts, upgrade: bool) -> HeaderMap {
     let mut headers = parts.headers.clone();
     strip_hop_by_hop(&mut headers, upgrade);
     headers.remove(header::AUTHORIZATION);
@@ -342,16 +334,12 @@ fn insecure_tls() -> Arc<rustls::ClientConfig> {
     static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
     CONFIG
         .get_or_init(|| {
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let verifier = Arc::new(AnyCertificate(provider.clone()));
-            let mut config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .unwrap_or_else(|_| {
-                    rustls::ClientConfig::builder_with_protocol_versions(rustls::DEFAULT_VERSIONS)
-                })
-                .dangerous()
-                .with_custom_certificate_verifier(verifier)
-                .with_no_client_auth();
+            let mut config = kinglet_pki::tls::unverified_client_config().unwrap_or_else(|_| {
+                rustls::ClientConfig::builder_with_protocol_versions(rustls::DEFAULT_VERSIONS)
+                    .dangerous()
+                    .with_custom_certificate_verifier(kinglet_pki::tls::AnyServerCertificate::new())
+                    .with_no_client_auth()
+            });
             config.alpn_protocols = vec![b"http/1.1".to_vec()];
             Arc::new(config)
         })
@@ -517,54 +505,6 @@ where
         let _ = conn.with_upgrades().await;
     });
     sender.send_request(req).await.map_err(|e| e.to_string())
-}
-
-#[derive(Debug)]
-struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 #[cfg(test)]

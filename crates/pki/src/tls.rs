@@ -121,3 +121,73 @@ pub async fn serve(
         });
     }
 }
+
+/// Client TLS that verifies no server certificate and presents none, for the peers upstream
+/// does not verify either (HTTPS probes, proxied `https:` pods and services). The server must
+/// still prove it holds the key of the certificate it shows.
+pub fn unverified_client_config() -> anyhow::Result<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(AnyServerCertificate::new())
+        .with_no_client_auth())
+}
+
+/// Accepts any server certificate while checking the handshake's signatures against it (see
+/// [`unverified_client_config`]; also `insecureSkipTLSVerify`).
+#[derive(Debug)]
+pub struct AnyServerCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl AnyServerCertificate {
+    pub fn new() -> Arc<AnyServerCertificate> {
+        Arc::new(AnyServerCertificate(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        )))
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for AnyServerCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

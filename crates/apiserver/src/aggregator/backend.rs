@@ -8,9 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
 
 use crate::Api;
@@ -182,56 +181,6 @@ fn named_port(ports: Option<&Value>, name: &str) -> Option<u16> {
         .and_then(|p| u16::try_from(p).ok())
 }
 
-/// Accepts any server certificate (`insecureSkipTLSVerify`, and the availability probe, which
-/// upstream also makes without verification); signatures are still checked.
-#[derive(Debug)]
-struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for NoVerify {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// The client TLS settings for an APIService: the API server's client certificate, and the
 /// server checked against `spec.caBundle` (the cluster CA when empty), or not at all with
 /// `insecureSkipTLSVerify` (`insecure` forces the latter).
@@ -258,7 +207,7 @@ pub fn tls_config(
     if skip {
         config
             .dangerous()
-            .set_certificate_verifier(Arc::new(NoVerify(provider)));
+            .set_certificate_verifier(kinglet_pki::tls::AnyServerCertificate::new());
     } else if let Some(b64) = bundle {
         use base64::Engine;
         let pem = base64::engine::general_purpose::STANDARD

@@ -112,18 +112,6 @@ fn plain_error(code: StatusCode, message: &str) -> Response {
         .into_response()
 }
 
-/// Headers that only concern one hop, never forwarded (upgrade headers are, on upgrades).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
 /// Sets the authenticated user as upstream's front proxy does (`X-Remote-User`,
 /// `X-Remote-Group`, `X-Remote-Extra-<key>`), replacing whatever the client sent.
 fn set_identity(headers: &mut http::HeaderMap, user: &UserInfo) {
@@ -222,22 +210,14 @@ pub async fn proxy(
             );
         }
     };
-    let upgrade = parts
-        .headers
-        .get(http::header::UPGRADE)
-        .is_some_and(|u| !u.is_empty());
+    let upgrade = super::proxy::is_upgrade(&parts.headers);
     let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
     let path_and_query = parts
         .uri
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
-    let mut headers = parts.headers.clone();
-    if !upgrade {
-        for h in HOP_BY_HOP {
-            headers.remove(h);
-        }
-    }
+    let mut headers = super::proxy::request_headers(&parts, upgrade);
     set_identity(&mut headers, user);
     if let Ok(host) = http::HeaderValue::from_str(&addr.to_string()) {
         headers.insert(http::header::HOST, host);
@@ -262,15 +242,7 @@ pub async fn proxy(
         let Some(client_upgrade) = client_upgrade else {
             return plain_error(StatusCode::BAD_GATEWAY, "backend upgraded a plain request");
         };
-        let backend_upgrade = hyper::upgrade::on(&mut resp);
-        tokio::spawn(async move {
-            let (Ok(client), Ok(backend)) = (client_upgrade.await, backend_upgrade.await) else {
-                return;
-            };
-            let mut client = hyper_util::rt::TokioIo::new(client);
-            let mut backend = hyper_util::rt::TokioIo::new(backend);
-            let _ = tokio::io::copy_bidirectional(&mut client, &mut backend).await;
-        });
+        super::node_proxy::join_upgraded(client_upgrade, &mut resp);
         let mut out = Response::new(Body::empty());
         *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         *out.headers_mut() = resp.headers().clone();
@@ -280,9 +252,7 @@ pub async fn proxy(
     let mut out = Response::new(Body::new(rbody));
     *out.status_mut() = rparts.status;
     *out.headers_mut() = rparts.headers;
-    for h in HOP_BY_HOP {
-        out.headers_mut().remove(h);
-    }
+    super::proxy::strip_hop_by_hop(out.headers_mut(), false);
     out
 }
 
