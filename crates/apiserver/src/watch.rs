@@ -19,18 +19,16 @@ use kinglet_store::{Event, EventType, Record, StoreError};
 /// How often a bookmark is sent to watchers that asked for them.
 const BOOKMARK_INTERVAL: Duration = Duration::from_secs(30);
 
+/// One watch event, as upstream's encoder writes it (one JSON document per line).
 fn event_line(typ: &str, object: Value) -> Vec<u8> {
-    let mut line = serde_json::to_vec(&json!({"type": typ, "object": object})).unwrap_or_default();
-    line.push(b'\n');
-    line
+    super::status::go_json(&json!({"type": typ, "object": object}))
 }
 
 fn expired_event(requested: i64, compacted: i64) -> Vec<u8> {
-    event_line(
-        "ERROR",
-        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-               "message": format!("too old resource version: {requested} ({compacted})"), "reason": "Expired", "code": 410}),
-    )
+    let status = ApiError::expired(format!(
+        "too old resource version: {requested} ({compacted})"
+    ));
+    event_line("ERROR", status.to_status())
 }
 
 struct Watcher {
