@@ -589,3 +589,58 @@ fn events_print_their_object_and_note_in_both_versions() {
         }
     }
 }
+
+/// ValidatingAdmissionPolicies and their bindings are stored and served as upstream's types
+/// (kinglet does not enforce them: no CEL for Kubernetes' libraries).
+#[test]
+fn validating_admission_policies_are_stored_and_served() {
+    let s = Server::start();
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        r#"apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {name: replicas-limit}
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+    - apiGroups: [apps]
+      apiVersions: [v1]
+      operations: [CREATE, UPDATE]
+      resources: [deployments]
+  validations:
+  - expression: "object.spec.replicas <= 5"
+    message: too many replicas
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {name: replicas-limit}
+spec:
+  policyName: replicas-limit
+  validationActions: [Deny]
+"#,
+    );
+    let policy: serde_json::Value = serde_json::from_str(&s.ok(&[
+        "get",
+        "validatingadmissionpolicy",
+        "replicas-limit",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(
+        policy["spec"]["validations"][0]["expression"],
+        "object.spec.replicas <= 5"
+    );
+    let bindings = s.ok(&["get", "validatingadmissionpolicybindings"]);
+    assert!(bindings.contains("replicas-limit"), "{bindings}");
+    // A spec field of the wrong type is refused as upstream's decoder refuses it.
+    let err = s.fails(
+        &["apply", "-f", "-"],
+        Some("apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicyBinding\nmetadata: {name: bad}\nspec: {policyName: [x]}\n"),
+    );
+    assert!(
+        err.contains("cannot be handled as a ValidatingAdmissionPolicyBinding"),
+        "{err}"
+    );
+}
