@@ -35,9 +35,28 @@ impl Seen {
     }
 }
 
+/// `kube-system/extension-apiserver-authentication`, once published.
+fn authentication_config(s: &Server) -> Value {
+    eventually(60, "extension-apiserver-authentication", || {
+        let out = s.kubectl(&[
+            "get",
+            "configmap",
+            "-n",
+            "kube-system",
+            "extension-apiserver-authentication",
+            "-o",
+            "json",
+        ]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice::<Value>(&out.stdout).unwrap())
+    })
+}
+
 /// A minimal aggregated API server for `example.com/v1alpha1` (a `widgets` resource holding
 /// `w1`): HTTPS with its own CA for `<service>.default.svc`, and it requires a client
-/// certificate from the cluster CA (the front proxy's identity), as a real one would.
+/// certificate from the request-header CA that `extension-apiserver-authentication` publishes
+/// (the front proxy's), as a real one would.
 struct Backend {
     port: u16,
     ca_bundle: String,
@@ -79,12 +98,14 @@ fn answer(path: &str) -> (u16, Value) {
     }
 }
 
-fn start_backend(listener: TcpListener, service: &str, cluster_ca: &str) -> Backend {
+fn start_backend(listener: TcpListener, service: &str, front_proxy_ca: &str) -> Backend {
     let (ca_pem, cert_pem, key_pem) = make_certs(&[&format!("{service}.default.svc")]);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(cluster_ca.as_bytes()) {
-        roots.add(c.expect("cluster CA PEM")).expect("cluster CA");
+    for c in CertificateDer::pem_slice_iter(front_proxy_ca.as_bytes()) {
+        roots
+            .add(c.expect("front proxy CA PEM"))
+            .expect("front proxy CA");
     }
     let client_verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
@@ -316,20 +337,7 @@ fn local_apiservices_and_flowcontrol_bootstrap() {
     assert!(levels.contains("catch-all=Limited"), "{levels}");
 
     // Backends learn how to trust the identity headers.
-    let auth = eventually(60, "extension-apiserver-authentication", || {
-        let out = s.kubectl(&[
-            "get",
-            "configmap",
-            "-n",
-            "kube-system",
-            "extension-apiserver-authentication",
-            "-o",
-            "json",
-        ]);
-        out.status
-            .success()
-            .then(|| serde_json::from_slice::<Value>(&out.stdout).unwrap())
-    });
+    let auth = authentication_config(&s);
     assert_eq!(
         auth["data"]["requestheader-username-headers"],
         "[\"X-Remote-User\"]"
@@ -375,9 +383,21 @@ fn apiservice_proxies_its_group_and_tracks_availability() {
     let s = Server::start_node(&[]);
     let host = s.host().expect("test host");
     let listener = bind_in_netns(host.pid(), &format!("{NODE_IP}:0")).expect("bind in test host");
+    let auth = authentication_config(&s);
     let cluster_ca =
         std::fs::read_to_string(s.data_dir().join("server/tls/ca.crt")).expect("cluster CA");
-    let backend = start_backend(listener, "agg-api", &cluster_ca);
+    assert_eq!(auth["data"]["client-ca-file"], cluster_ca.as_str());
+    // The front proxy has a CA of its own: no client certificate the cluster CA issues (an
+    // approved CSR's) can assert identities to aggregated servers.
+    let front_proxy_ca = auth["data"]["requestheader-client-ca-file"]
+        .as_str()
+        .expect("request-header CA");
+    assert_ne!(front_proxy_ca, cluster_ca);
+    assert_eq!(
+        auth["data"]["requestheader-allowed-names"],
+        r#"["front-proxy-client"]"#
+    );
+    let backend = start_backend(listener, "agg-api", front_proxy_ca);
 
     let service = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "agg-api", "namespace": "default"},
         "spec": {"ports": [{"name": "https", "port": 443, "targetPort": backend.port}]}});

@@ -91,12 +91,15 @@ pub struct Api {
     allocator: Mutex<alloc::Allocator>,
     /// How to reach kubelets (set once the PKI is loaded).
     pub kubelet_client: std::sync::OnceLock<node_proxy::KubeletClient>,
+    /// The aggregation layer's client identity (set once the PKI is loaded).
+    pub front_proxy: std::sync::OnceLock<FrontProxy>,
     /// The admission webhooks configured, cached.
     webhooks: admission::webhook::CacheSlot,
     /// The group/versions APIServices delegate, and their backends' discovery.
     aggregation: aggregator::State,
 }
 
+pub use aggregator::FrontProxy;
 pub use kinglet_pki::identity::PeerUser;
 
 impl Api {
@@ -127,6 +130,7 @@ impl Api {
             openapi_v2: openapi_v2::Cache::default(),
             allocator: Mutex::new(allocator),
             kubelet_client: std::sync::OnceLock::new(),
+            front_proxy: std::sync::OnceLock::new(),
             webhooks: Default::default(),
             aggregation: Default::default(),
         });

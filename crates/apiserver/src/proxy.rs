@@ -205,14 +205,18 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 }
 
 /// The client's headers as sent on: without hop-by-hop ones, nor the credentials and
-/// impersonation the API server consumed (upstream's filters delete them too).
+/// impersonation the API server consumed (upstream's filters delete them too), nor identity
+/// headers a backend trusting the API server's certificate could read as asserted by it.
 pub(crate) fn request_headers(parts: &http::request::Parts, upgrade: bool) -> HeaderMap {
     let mut headers = parts.headers.clone();
     strip_hop_by_hop(&mut headers, upgrade);
     headers.remove(header::AUTHORIZATION);
     let impersonation: Vec<HeaderName> = headers
         .keys()
-        .filter(|k| k.as_str().starts_with("impersonate-"))
+        .filter(|k| {
+            let k = k.as_str();
+            k.starts_with("impersonate-") || k.starts_with("x-remote-")
+        })
         .cloned()
         .collect();
     for k in impersonation {
@@ -556,6 +560,7 @@ mod tests {
             .header("keep-alive", "timeout=5")
             .header("authorization", "Bearer secret")
             .header("impersonate-user", "admin")
+            .header("x-remote-group", "system:masters")
             .header("accept", "text/plain")
             .header("host", "127.0.0.1:6443")
             .body(())

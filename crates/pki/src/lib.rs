@@ -31,6 +31,13 @@ pub struct Pki {
     pub admin: CertKey,
     /// The API server's identity towards kubelets.
     pub kubelet_client: CertKey,
+    /// A CA of its own for the aggregation layer's front proxy, so that no client certificate
+    /// of the cluster CA (which approved CSRs can yield) can assert identities to aggregated
+    /// servers, as upstream's `--requestheader-client-ca-file`.
+    pub front_proxy_ca: CertKey,
+    /// The front proxy's identity (`front-proxy-client`), signed by `front_proxy_ca`; it has no
+    /// rights on the API server, whose client CA is the cluster CA.
+    pub front_proxy_client: CertKey,
     /// PEM (PKCS#8, P-256) key that signs service-account tokens.
     pub sa_key_pem: String,
 }
@@ -62,6 +69,9 @@ fn validity(params: &mut CertificateParams) {
 /// The user the API server's client certificate toward kubelets names.
 pub const KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
 
+/// The name in the front proxy's certificate, which aggregated servers allow.
+pub const FRONT_PROXY_CLIENT_USER: &str = "front-proxy-client";
+
 fn names_masters(pair: &CertKey) -> bool {
     x509_parser::pem::parse_x509_pem(pair.cert_pem.as_bytes())
         .ok()
@@ -80,13 +90,13 @@ fn save_pair(dir: &Path, name: &str, pair: &CertKey) -> Result<()> {
     write_private(&dir.join(format!("{name}.crt")), &pair.cert_pem)
 }
 
-fn new_ca() -> Result<CertKey> {
+fn new_ca(name: &str) -> Result<CertKey> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(
         DnType::CommonName,
-        format!("kinglet-ca@{}", chrono::Utc::now().timestamp()),
+        format!("{name}@{}", chrono::Utc::now().timestamp()),
     );
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -216,19 +226,23 @@ fn san_string(s: &SanType) -> String {
     }
 }
 
+fn load_or_new_ca(dir: &Path, file: &str, name: &str) -> Result<CertKey> {
+    match load_pair(dir, file) {
+        Some(ca) => Ok(ca),
+        None => {
+            let ca = new_ca(name)?;
+            save_pair(dir, file, &ca)?;
+            Ok(ca)
+        }
+    }
+}
+
 impl Pki {
     /// Loads the PKI under `<data_dir>/server/tls`, creating what is missing.
     pub fn load_or_create(data_dir: &Path, sans: &[SanType]) -> Result<Pki> {
         let dir = data_dir.join("server").join("tls");
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let ca = match load_pair(&dir, "ca") {
-            Some(ca) => ca,
-            None => {
-                let ca = new_ca()?;
-                save_pair(&dir, "ca", &ca)?;
-                ca
-            }
-        };
+        let ca = load_or_new_ca(&dir, "ca", "kinglet-ca")?;
         let wanted: Vec<String> = sans.iter().map(san_string).collect();
         let serving = match load_pair(&dir, "serving") {
             Some(s)
@@ -261,6 +275,15 @@ impl Pki {
                 a
             }
         };
+        let front_proxy_ca = load_or_new_ca(&dir, "front-proxy-ca", "kinglet-front-proxy-ca")?;
+        let front_proxy_client = match load_pair(&dir, "front-proxy-client") {
+            Some(c) => c,
+            None => {
+                let c = issue(&front_proxy_ca, FRONT_PROXY_CLIENT_USER, &[], &[], false, true)?;
+                save_pair(&dir, "front-proxy-client", &c)?;
+                c
+            }
+        };
         let sa_path = dir.join("service-account.key");
         let sa_key_pem = match std::fs::read_to_string(&sa_path) {
             Ok(k) => k,
@@ -275,6 +298,8 @@ impl Pki {
             serving,
             admin,
             kubelet_client,
+            front_proxy_ca,
+            front_proxy_client,
             sa_key_pem,
         })
     }

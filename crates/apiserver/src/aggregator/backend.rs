@@ -1,7 +1,7 @@
 //! Reaching an APIService's server: its Service resolved to a ready endpoint (the API server
 //! connects to endpoints directly, as upstream's `--enable-aggregator-routing`), TLS towards
-//! `<service>.<namespace>.svc` checked against the APIService's `caBundle`, and the API server's
-//! client certificate (the one it presents to kubelets) as the proxy's identity.
+//! `<service>.<namespace>.svc` checked against the APIService's `caBundle`, and the front proxy's
+//! certificate (its own CA, see `kinglet_pki::Pki::front_proxy_ca`) as the proxy's identity.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -181,7 +181,7 @@ fn named_port(ports: Option<&Value>, name: &str) -> Option<u16> {
         .and_then(|p| u16::try_from(p).ok())
 }
 
-/// The client TLS settings for an APIService: the API server's client certificate, and the
+/// The client TLS settings for an APIService: the front proxy's client certificate, and the
 /// server checked against `spec.caBundle` (the cluster CA when empty), or not at all with
 /// `insecureSkipTLSVerify` (`insecure` forces the latter).
 pub fn tls_config(
@@ -190,9 +190,9 @@ pub fn tls_config(
     insecure: bool,
 ) -> Result<Arc<rustls::ClientConfig>, String> {
     let base = api
-        .kubelet_client
+        .front_proxy
         .get()
-        .ok_or("the API server has no client credentials yet")?;
+        .ok_or("the API server has no front proxy credentials yet")?;
     let mut config = (*base.tls).clone();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let skip = insecure

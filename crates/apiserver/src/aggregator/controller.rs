@@ -53,7 +53,7 @@ pub fn spawn(api: Arc<Api>) {
         let mut last: Option<Instant> = None;
         let mut notified = true;
         loop {
-            let now_ready = api.kubelet_client.get().is_some();
+            let now_ready = api.front_proxy.get().is_some();
             if notified
                 || now_ready != ready
                 || generation != api.registry.generation()
@@ -393,11 +393,14 @@ async fn check(
     }
 }
 
-/// `kube-system/extension-apiserver-authentication`: the CA that signs this server's client
-/// certificate (kinglet has one CA, so it is also the request-header CA) and the names and
-/// headers of the identity it forwards. Written once the CA is published in `kube-root-ca.crt`.
+/// `kube-system/extension-apiserver-authentication`: the CA of client certificates (the cluster
+/// CA), the front proxy's CA and name, and the headers of the identity it forwards. Written
+/// once the cluster CA is published in `kube-root-ca.crt`.
 async fn publish_authentication(api: &Api) -> anyhow::Result<()> {
     let Some(res) = api.registry.find("", "v1", "configmaps") else {
+        return Ok(());
+    };
+    let Some(front_proxy) = api.front_proxy.get() else {
         return Ok(());
     };
     let ctx = Ctx::internal("", "v1", "configmaps", Some("kube-system"));
@@ -411,8 +414,8 @@ async fn publish_authentication(api: &Api) -> anyhow::Result<()> {
     "metadata": {"name": "extension-apiserver-authentication", "namespace": "kube-system"},
     "data": {
         "client-ca-file": ca,
-        "requestheader-client-ca-file": ca,
-        "requestheader-allowed-names": json!([kinglet_pki::KUBELET_CLIENT_USER]).to_string(),
+        "requestheader-client-ca-file": front_proxy.ca_pem,
+        "requestheader-allowed-names": json!([kinglet_pki::FRONT_PROXY_CLIENT_USER]).to_string(),
         "requestheader-username-headers": r#"["X-Remote-User"]"#,
         "requestheader-group-headers": r#"["X-Remote-Group"]"#,
         "requestheader-extra-headers-prefix": r#"["X-Remote-Extra-"]"#,
@@ -535,7 +538,8 @@ mod tests {
     async fn delegated_apiservice_without_service_is_unavailable() {
         let dir = scratch("delegated");
         let api = crate::test_api(&dir).await;
-        let _ = api.kubelet_client.set(crate::node_proxy::KubeletClient {
+        let _ = api.front_proxy.set(crate::FrontProxy {
+            ca_pem: String::new(),
             tls: Arc::new(
                 rustls::ClientConfig::builder_with_provider(Arc::new(
                     rustls::crypto::ring::default_provider(),

@@ -22,6 +22,13 @@ use backend::ServiceRef;
 
 pub use controller::spawn;
 
+/// The front proxy's credentials: TLS presenting its certificate, and the CA aggregated
+/// servers are told to trust for it (set once the PKI is loaded).
+pub struct FrontProxy {
+    pub tls: Arc<rustls::ClientConfig>,
+    pub ca_pem: String,
+}
+
 /// A group/version an APIService delegates to a Service.
 #[derive(Clone)]
 pub struct Delegated {
