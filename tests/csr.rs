@@ -1,6 +1,7 @@
 //! CertificateSigningRequests through the real kubectl: the requester recorded by the server,
 //! validation, `kubectl get csr` columns, approval and denial, and the signing controller
-//! issuing certificates (or failing requests) per signer as upstream's does.
+//! issuing certificates (or failing requests) per signer as upstream's does; approving and
+//! issuing need `approve` and `sign` on the signer (CertificateApproval, CertificateSigning).
 
 mod common;
 
@@ -372,4 +373,200 @@ fn invalid_csrs_are_refused_and_the_spec_cannot_change() {
     ]);
     assert_eq!(field(&s, "carol", ".spec.signerName"), signer);
     assert_eq!(field(&s, "carol", ".spec.usages"), r#"["client auth"]"#);
+}
+
+/// A ClusterRole named `name` with `rules` (YAML list items) bound to user `user`.
+fn grant(s: &Server, name: &str, user: &str, rules: &str) {
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        &format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: {name}\nrules:\n{rules}---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata:\n  name: {name}\nroleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  name: {name}\nsubjects:\n- apiGroup: rbac.authorization.k8s.io\n  kind: User\n  name: {user}\n"
+        ),
+    );
+}
+
+/// Whether `user` may `args` (`kubectl auth can-i`).
+fn can(s: &Server, user: &str, args: &[&str]) -> bool {
+    let mut all = vec!["auth", "can-i", "--as", user];
+    all.extend_from_slice(args);
+    String::from_utf8_lossy(&s.kubectl(&all).stdout).trim() == "yes"
+}
+
+/// PUTs `csr` (as JSON) to its `status` subresource, as `user` when given.
+fn put_status(s: &Server, csr: &serde_json::Value, user: Option<&str>) -> std::process::Output {
+    let path = format!(
+        "/apis/certificates.k8s.io/v1/certificatesigningrequests/{}/status",
+        csr["metadata"]["name"].as_str().expect("name")
+    );
+    let mut args = vec!["replace", "--raw", &path, "-f", "-"];
+    let as_user = user.map(|u| format!("--as={u}"));
+    if let Some(u) = &as_user {
+        args.push(u);
+    }
+    s.kubectl_stdin(&args, &csr.to_string())
+}
+
+/// kubectl's error output, with the quotes of a raw JSON Status unescaped.
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).replace('\\', "")
+}
+
+fn csr_json(s: &Server, name: &str) -> serde_json::Value {
+    serde_json::from_str(&s.ok(&["get", "csr", name, "-o", "json"])).expect("json")
+}
+
+#[test]
+fn approving_needs_approve_on_the_signer_or_its_domain() {
+    let s = Server::start();
+    let (_, csr) = key_and_csr("dave", None, vec![]);
+    let signer = "kubernetes.io/kube-apiserver-client";
+    s.ok_stdin(
+        &["create", "-f", "-"],
+        &manifest("dave", signer, &csr, &["client auth"], ""),
+    );
+    // bob may use the approval subresource, but approve only another signer's requests.
+    grant(
+        &s,
+        "csr-approval",
+        "bob",
+        "- apiGroups: [certificates.k8s.io]\n  resources: [certificatesigningrequests]\n  verbs: [get, list, watch]\n- apiGroups: [certificates.k8s.io]\n  resources: [certificatesigningrequests/approval]\n  verbs: [update]\n- apiGroups: [certificates.k8s.io]\n  resources: [signers]\n  resourceNames: [kubernetes.io/kubelet-serving]\n  verbs: [approve]\n",
+    );
+    eventually(10, "bob's binding", || {
+        can(
+            &s,
+            "bob",
+            &[
+                "update",
+                "certificatesigningrequests.certificates.k8s.io",
+                "--subresource=approval",
+            ],
+        )
+        .then_some(())
+    });
+    let err = s.fails(&["certificate", "approve", "dave", "--as=bob"], None);
+    assert!(
+        err.contains(&format!(
+            "certificatesigningrequests.certificates.k8s.io \"dave\" is forbidden: user not permitted to approve requests with signerName \"{signer}\""
+        )),
+        "{err}"
+    );
+    // Denying is approval too.
+    let err = s.fails(&["certificate", "deny", "dave", "--as=bob"], None);
+    assert!(
+        err.contains("user not permitted to approve requests"),
+        "{err}"
+    );
+    assert_eq!(row(&s, "dave").last().map(String::as_str), Some("Pending"));
+
+    // `approve` on every signer of the domain is enough; the controller then signs as usual.
+    grant(
+        &s,
+        "csr-approve-kubernetes-io",
+        "bob",
+        "- apiGroups: [certificates.k8s.io]\n  resources: [signers]\n  resourceNames: [\"kubernetes.io/*\"]\n  verbs: [approve]\n",
+    );
+    eventually(10, "bob's right to approve", || {
+        s.kubectl(&["certificate", "approve", "dave", "--as=bob"])
+            .status
+            .success()
+            .then_some(())
+    });
+    assert_eq!(field(&s, "dave", ".status.conditions[0].type"), "Approved");
+    let cert = wait_certificate(&s, "dave");
+    assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"), "{cert}");
+}
+
+#[test]
+fn issuing_needs_sign_on_the_signer_and_status_cannot_approve() {
+    let s = Server::start();
+    // A signer no built-in controller serves, so only this test writes certificates.
+    let signer = "example.com/test";
+    let (_, csr) = key_and_csr("erin", None, vec![]);
+    s.ok_stdin(
+        &["create", "-f", "-"],
+        &manifest("erin", signer, &csr, &["client auth"], ""),
+    );
+    let key = KeyPair::generate().expect("key");
+    let issued = CertificateParams::new(vec!["erin".to_string()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("certificate")
+        .pem();
+
+    // The status subresource cannot approve, even for cluster admins...
+    let mut obj = csr_json(&s, "erin");
+    obj["status"] = serde_json::json!({"conditions": [
+        {"type": "Approved", "status": "True", "reason": "ThroughStatus"}
+    ]});
+    let out = put_status(&s, &obj, None);
+    let err = stderr(&out);
+    assert!(
+        !out.status.success()
+            && err.contains("updates may not add a condition of type \"Approved\""),
+        "{err}"
+    );
+    // ...nor change an approval: the old Approved condition is kept.
+    s.ok(&["certificate", "approve", "erin"]);
+    let mut obj = csr_json(&s, "erin");
+    obj["status"]["conditions"][0]["reason"] = serde_json::json!("Forged");
+    obj["status"]["conditions"][0]["message"] = serde_json::json!("forged");
+    assert!(put_status(&s, &obj, None).status.success());
+    assert_eq!(
+        field(&s, "erin", ".status.conditions[0].reason"),
+        "KubectlApprove"
+    );
+
+    // bob may update the status subresource, but not sign for this signer.
+    grant(
+        &s,
+        "csr-status",
+        "bob",
+        "- apiGroups: [certificates.k8s.io]\n  resources: [certificatesigningrequests]\n  verbs: [get]\n- apiGroups: [certificates.k8s.io]\n  resources: [certificatesigningrequests/status]\n  verbs: [update]\n- apiGroups: [certificates.k8s.io]\n  resources: [signers]\n  resourceNames: [\"example.com/other\", \"kubernetes.io/*\"]\n  verbs: [sign]\n",
+    );
+    eventually(10, "bob's binding", || {
+        can(
+            &s,
+            "bob",
+            &[
+                "update",
+                "certificatesigningrequests.certificates.k8s.io",
+                "--subresource=status",
+            ],
+        )
+        .then_some(())
+    });
+    let mut obj = csr_json(&s, "erin");
+    obj["status"]["certificate"] = serde_json::json!(b64(issued.as_bytes()));
+    let out = put_status(&s, &obj, Some("bob"));
+    let err = stderr(&out);
+    assert!(
+        !out.status.success()
+            && err.contains(&format!(
+                "user not permitted to sign requests with signerName \"{signer}\""
+            )),
+        "{err}"
+    );
+    assert_eq!(field(&s, "erin", ".status.certificate"), "");
+
+    // With `sign` on the signer it goes through.
+    grant(
+        &s,
+        "csr-sign-example",
+        "bob",
+        "- apiGroups: [certificates.k8s.io]\n  resources: [signers]\n  resourceNames: [example.com/test]\n  verbs: [sign]\n",
+    );
+    eventually(10, "bob's right to sign", || {
+        put_status(&s, &obj, Some("bob"))
+            .status
+            .success()
+            .then_some(())
+    });
+    assert_eq!(
+        unb64(&field(&s, "erin", ".status.certificate")),
+        issued.as_bytes()
+    );
+    assert_eq!(
+        row(&s, "erin").last().map(String::as_str),
+        Some("Approved,Issued")
+    );
 }

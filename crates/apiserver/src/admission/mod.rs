@@ -1,9 +1,11 @@
 //! Admission: decoding checks (types, unknown fields), defaulting, the kind's mutating plugins
 //! (ServiceAccount, DefaultTolerationSeconds, Priority, Service allocation, Job selectors, in
 //! their kinds' modules), NodeRestriction and RBAC escalation checks, mutating admission
-//! webhooks, validation, Pod Security, and validating admission webhooks (upstream's order:
-//! webhooks after the built-in plugins of their phase).
+//! webhooks, CertificateApproval and CertificateSigning, validation, Pod Security, and
+//! validating admission webhooks (upstream's order: webhooks after the built-in plugins of
+//! their phase).
 
+mod certificates;
 pub mod defaults;
 mod pod_security;
 pub mod schema;
@@ -70,6 +72,7 @@ async fn checks(
         old,
     };
     webhook::mutate(api, &hooks, Some(obj)).await?;
+    certificates::admit(api, res, ctx, obj, old).await?;
     let causes = validation::validate(res, obj, old);
     if !causes.is_empty() {
         return Err(ApiError::invalid(

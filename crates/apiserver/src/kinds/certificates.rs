@@ -2,7 +2,9 @@
 //! recorded from the request's user, status cleared on create and spec fixed after it, the
 //! request a PEM CSR whose signature verifies, signer names, usages, durations and conditions
 //! checked, the CertificateSubjectRestriction admission plugin, condition timestamps, the
-//! `spec.signerName` field selector and `kubectl get csr` columns.
+//! `spec.signerName` field selector and `kubectl get csr` columns. What depends on the update's
+//! subresource (who may approve or sign, status updates keeping approvals) is in
+//! `admission/certificates.rs`.
 
 use base64::Engine;
 use futures::future::BoxFuture;
