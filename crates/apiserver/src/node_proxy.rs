@@ -126,7 +126,8 @@ pub fn node_address(node: &Value) -> ApiResult<(String, u16)> {
     let port = node
         .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
         .and_then(Value::as_u64)
-        .unwrap_or(10250) as u16;
+        .and_then(|p| u16::try_from(p).ok())
+        .unwrap_or(10250);
     Ok((ip, port))
 }
 

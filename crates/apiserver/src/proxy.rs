@@ -28,6 +28,7 @@ use super::status::{ApiError, ApiResult};
 
 /// How long dialling a backend may take (upstream's proxy transport uses 30s).
 const DIAL_TIMEOUT: Duration = Duration::from_secs(30);
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Whether `r` is a proxy subresource request.
 pub fn is_proxy(r: &ResourcePath) -> bool {
@@ -74,7 +75,11 @@ pub async fn serve(
     if tail.is_empty() && !upgrade && matches!(parts.method, Method::GET | Method::HEAD) {
         return Response::builder()
             .status(StatusCode::MOVED_PERMANENTLY)
-            .header(header::LOCATION, format!("{path}/{query}"))
+            // From the normalised path: a raw `//api/...` would make it protocol-relative.
+            .header(
+                header::LOCATION,
+                format!("/{}/{query}", path.trim_start_matches('/')),
+            )
             .body(Body::empty())
             .map_err(|e| ApiError::internal(e.to_string()));
     }
@@ -487,9 +492,11 @@ async fn send(
         return exchange(tcp, req).await.map_err(fail);
     };
     let server_name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-    let stream = tokio_rustls::TlsConnector::from(tls.clone())
-        .connect(server_name, tcp)
+    // A backend that accepts and then stalls must not hold the request (upstream: 10 s).
+    let handshake = tokio_rustls::TlsConnector::from(tls.clone()).connect(server_name, tcp);
+    let stream = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake)
         .await
+        .map_err(|_| fail(format!("tls handshake with {addr}: timeout")))?
         .map_err(|e| fail(format!("tls handshake with {addr}: {e}")))?;
     exchange(stream, req).await.map_err(fail)
 }

@@ -38,6 +38,7 @@ const MAX_DISCOVERY: usize = 8 << 20;
 pub fn spawn(api: Arc<Api>) {
     tokio::spawn(async move {
         let changed = Arc::new(Notify::new());
+        let backends = Backends::default();
         for (group, plural) in [
             (GROUP, "apiservices"),
             ("", "services"),
@@ -45,7 +46,9 @@ pub fn spawn(api: Arc<Api>) {
             ("", "endpoints"),
         ] {
             if let Some(res) = api.registry.find(group, "v1", plural) {
-                tokio::spawn(watch(api.clone(), res.prefix(), changed.clone()));
+                // Any APIService change counts; of the others, those of backends' Services.
+                let only = (plural != "apiservices").then(|| backends.clone());
+                tokio::spawn(watch(api.clone(), res.prefix(), changed.clone(), only));
             }
         }
         let mut generation = 0;
@@ -62,7 +65,8 @@ pub fn spawn(api: Arc<Api>) {
                 generation = api.registry.generation();
                 ready = now_ready;
                 last = Some(Instant::now());
-                sync(&api, ready).await;
+                let services = sync(&api, ready).await;
+                *backends.write().unwrap_or_else(|e| e.into_inner()) = services;
             }
             notified = tokio::select! {
                 _ = changed.notified() => true,
@@ -76,18 +80,40 @@ pub fn spawn(api: Arc<Api>) {
     });
 }
 
-/// Signals `changed` on every change under `prefix`.
-async fn watch(api: Arc<Api>, prefix: String, changed: Arc<Notify>) {
+/// The Services that remote APIServices name (namespace, name): changes to other Services and
+/// endpoints (every pod's churn) do not call for a pass.
+type Backends = Arc<std::sync::RwLock<HashSet<(String, String)>>>;
+
+/// Signals `changed` on every change under `prefix`, or with `only`, on changes of the objects
+/// of those Services (a Service, its Endpoints, its EndpointSlices).
+async fn watch(api: Arc<Api>, prefix: String, changed: Arc<Notify>, only: Option<Backends>) {
     loop {
         let from = api.store.current_rev();
         if let Ok(mut w) = api.store.watch(&prefix, from).await {
             changed.notify_one();
-            while w.next().await.is_ok() {
-                changed.notify_one();
+            while let Ok(event) = w.next().await {
+                let concerned = only.as_ref().is_none_or(|backends| {
+                    let backends = backends.read().unwrap_or_else(|e| e.into_inner());
+                    service_of(&event.record.value).is_some_and(|s| backends.contains(&s))
+                });
+                if concerned {
+                    changed.notify_one();
+                }
             }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// The Service a stored Service, Endpoints or EndpointSlice belongs to.
+fn service_of(stored: &[u8]) -> Option<(String, String)> {
+    let obj: Value = serde_json::from_slice(stored).ok()?;
+    let ns = obj.pointer("/metadata/namespace")?.as_str()?;
+    let name = obj
+        .pointer("/metadata/labels/kubernetes.io~1service-name")
+        .or_else(|| obj.pointer("/metadata/name"))?
+        .as_str()?;
+    Some((ns.to_string(), name.to_string()))
 }
 
 fn apiservice_name(group: &str, version: &str) -> String {
@@ -158,28 +184,47 @@ fn spec_str<'a>(obj: &'a Value, field: &str) -> &'a str {
 }
 
 /// One pass of every controller; `ready` says whether the client credentials to reach backends
-/// are loaded (until then delegated APIServices keep their condition).
-async fn sync(api: &Arc<Api>, ready: bool) {
+/// are loaded (until then delegated APIServices keep their condition). Returns the Services
+/// that remote APIServices name.
+async fn sync(api: &Arc<Api>, ready: bool) -> HashSet<(String, String)> {
     let existing = list_apiservices(api).await;
     autoregister(api, &existing).await;
     let mut delegated = Vec::new();
     let mut discovery = HashMap::new();
+    let mut remote = Vec::new();
     for obj in list_apiservices(api).await {
+        match ServiceRef::of(&obj) {
+            Some(service) => remote.push((obj, service)),
+            None => {
+                set_available(
+                    api,
+                    &obj,
+                    true,
+                    "Local",
+                    "Local APIServices are always available",
+                )
+                .await
+            }
+        }
+    }
+    // Backends are checked at once, so that one that does not answer delays no other.
+    let checks = futures::future::join_all(remote.iter().map(|(obj, service)| async move {
+        if !ready {
+            return None;
+        }
+        let (group, version) = (spec_str(obj, "group"), spec_str(obj, "version"));
+        Some(check(api, obj, service, group, version).await)
+    }))
+    .await;
+    let services = remote
+        .iter()
+        .map(|(_, s)| (s.namespace.clone(), s.name.clone()))
+        .collect();
+    for ((obj, service), checked) in remote.into_iter().zip(checks) {
         let group = spec_str(&obj, "group").to_string();
         let version = spec_str(&obj, "version").to_string();
-        let Some(service) = ServiceRef::of(&obj) else {
-            set_available(
-                api,
-                &obj,
-                true,
-                "Local",
-                "Local APIServices are always available",
-            )
-            .await;
-            continue;
-        };
-        let available = if ready {
-            match check(api, &obj, &service, &group, &version).await {
+        let available = if let Some(checked) = checked {
+            match checked {
                 Ok(doc) => {
                     if doc.is_object() {
                         discovery.insert((group.clone(), version.clone()), doc);
@@ -228,6 +273,7 @@ async fn sync(api: &Arc<Api>, ready: bool) {
     if let Err(e) = publish_authentication(api).await {
         tracing::debug!("extension-apiserver-authentication: {e}");
     }
+    services
 }
 
 /// Local APIServices for every served group/version; the CRD ones go when their group/version
@@ -340,6 +386,10 @@ async fn check(
     version: &str,
 ) -> Result<Value, Unresolved> {
     let addrs = backend::resolve(api, svc).await?;
+    let first = addrs
+        .first()
+        .map(ToString::to_string)
+        .unwrap_or_default();
     let failed = |message: String| Unresolved {
         reason: "FailedDiscoveryCheck",
         message,
@@ -354,10 +404,7 @@ async fn check(
         let (addr, mut sender) = backend::connect(&tls, &svc.server_name(), &addrs)
             .await
             .map_err(|e| {
-                format!(
-                    "failing or missing response from https://{}{path}: {e}",
-                    addrs[0]
-                )
+                format!("failing or missing response from https://{first}{path}: {e}")
             })?;
         let url = format!("https://{addr}{path}");
         let req = http::Request::get(path.as_str())
@@ -387,8 +434,7 @@ async fn check(
     match tokio::time::timeout(Duration::from_secs(6), attempt).await {
         Ok(r) => r.map_err(failed),
         Err(_) => Err(failed(format!(
-            "timed out waiting for https://{}{path}",
-            addrs[0]
+            "timed out waiting for https://{first}{path}"
         ))),
     }
 }
