@@ -347,6 +347,89 @@ fn selectors_that_do_not_match_skip_the_webhook() {
     );
 }
 
+/// matchConditions (CEL) decide whether a matching webhook is called: all true calls it, any
+/// false skips it; an evaluation error refuses the request under `Fail`, skips under `Ignore`.
+#[test]
+fn match_conditions_decide_whether_the_webhook_is_called() {
+    let s = Server::start();
+    let (b, seen) = webhook(
+        "127.0.0.1:0",
+        &["127.0.0.1"],
+        |_| json!({"allowed": false, "status": {"message": "conditions matched"}}),
+    );
+    // `kubectl apply` merges matchConditions by name: each set is its own configuration.
+    let apply = |name: &str, conditions: Value, policy: &str| {
+        s.ok_stdin(
+            &["apply", "-f", "-"],
+            &config(
+                "ValidatingWebhookConfiguration",
+                name,
+                &format!("{name}.kinglet.test"),
+                url_client(&b, "/"),
+                json!({"matchConditions": conditions, "failurePolicy": policy}),
+            ),
+        );
+    };
+    apply(
+        "cond",
+        json!([
+            {"name": "team-a", "expression":
+                "has(object.metadata.labels) && object.metadata.labels.exists(k, k == 'team') \
+                 && object.metadata.labels['team'] == 'a'"},
+            {"name": "creates", "expression": "request.operation == 'CREATE'"},
+        ]),
+        "Fail",
+    );
+    let team = |name: &str, t: &str| configmap(name, "default", json!({"team": t}), json!({}));
+    until_called(&s, &seen, &team("probe", "a"));
+    // Both true: called, and it denies.
+    let err = s.fails(&["create", "-f", "-"], Some(&team("a", "a")));
+    assert!(
+        err.contains(
+            "admission webhook \"cond.kinglet.test\" denied the request: conditions matched"
+        ),
+        "{err}"
+    );
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    // The label condition is false: not called.
+    s.ok_stdin(&["create", "-f", "-"], &team("b", "b"));
+    s.ok_stdin(
+        &["create", "-f", "-"],
+        &configmap("none", "default", Value::Null, json!({})),
+    );
+    // An update to team a: the operation condition is false.
+    s.ok(&["label", "--overwrite", "configmap", "b", "team=a"]);
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "skipped webhooks are not called"
+    );
+    seen.lock().unwrap().clear();
+
+    // A condition failing at runtime (no such key): Fail refuses without calling the webhook.
+    let failing = json!([{"name": "needs-key", "expression": "object.data['missing'] == 'x'"}]);
+    apply("fails", failing.clone(), "Fail");
+    eventually(10, "the failing condition to refuse", || {
+        let out = s.kubectl_stdin(&["create", "--dry-run=server", "-f", "-"], &team("e", "z"));
+        (!out.status.success()).then_some(())
+    });
+    let err = s.fails(&["create", "-f", "-"], Some(&team("e", "z")));
+    assert!(
+        err.contains(
+            "configmaps \"e\" is forbidden: expression 'object.data['missing'] == 'x'' resulted in error"
+        ),
+        "{err}"
+    );
+    // Under Ignore the webhook is skipped.
+    apply("fails", failing, "Ignore");
+    eventually(10, "the ignored condition to let requests pass", || {
+        let out = s.kubectl_stdin(&["create", "-f", "-"], &team("e", "z"));
+        out.status.success().then_some(())
+    });
+    s.ok(&["get", "configmap", "e"]);
+    assert!(seen.lock().unwrap().is_empty(), "the webhook was called");
+}
+
 /// Configurations are validated as upstream's v1 API does; sideEffects `Some` (refused for
 /// dry runs by the admission plugin: see its unit test) cannot be declared any more.
 #[test]
@@ -390,6 +473,18 @@ fn webhook_configurations_are_validated() {
         json!({}),
         json!({"url": "https://127.0.0.1:1/", "service": {"namespace": "a", "name": "b"}}),
         "exactly one of url or service is required",
+    );
+    // matchConditions must compile, and `authorizer` is not offered.
+    refused(
+        json!({"matchConditions": [{"name": "broken", "expression": "object.metadata.name =="}]}),
+        client.clone(),
+        "webhooks[0].matchConditions[0].expression: Invalid value: \"object.metadata.name ==\": compilation failed: ERROR: <input>:1:",
+    );
+    refused(
+        json!({"matchConditions": [{"name": "authz",
+            "expression": "authorizer.requestResource.check('create').allowed()"}]}),
+        client.clone(),
+        "kinglet does not support `authorizer` in matchConditions",
     );
     let mut two: Value = serde_json::from_str(&config(
         "MutatingWebhookConfiguration",

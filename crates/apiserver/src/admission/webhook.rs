@@ -10,9 +10,11 @@
 //! skipped under `Ignore`. Dry-run requests refuse webhooks with side effects. Webhook
 //! configurations themselves are never sent to webhooks, so a broken webhook can be removed.
 //!
-//! Not evaluated: `matchConditions` (CEL; no CEL interpreter is built in). A webhook with match
-//! conditions is called for every request its rules and selectors match, the superset of what
-//! upstream sends it: a validating policy is never skipped where upstream would apply it.
+//! `matchConditions` are CEL expressions evaluated with the `cel` crate (see `conditions`) after
+//! the rules and selectors matched: any false skips the webhook; an evaluation error fails the
+//! request under `failurePolicy: Fail` and skips the webhook under `Ignore`. Not supported:
+//! `authorizer` in conditions (refused when the configuration is written), Kubernetes' own CEL
+//! libraries (calls to them are evaluation errors) and a cost budget.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,6 +37,8 @@ use crate::selectors::LabelSelector;
 use crate::status::{ApiError, ApiResult};
 use kinglet_store::Store;
 
+pub(crate) mod conditions;
+
 const GROUP: &str = "admissionregistration.k8s.io";
 
 /// Largest AdmissionReview answer read from a webhook.
@@ -49,6 +53,9 @@ struct Hook {
     spec: Value,
     /// TLS settings from its caBundle (an error is reported when it is called).
     tls: Result<Arc<rustls::ClientConfig>, String>,
+    /// Its matchConditions, compiled once per configuration (an error is reported, under the
+    /// failure policy, when they are evaluated).
+    conditions: Result<Vec<conditions::Condition>, String>,
 }
 
 impl Hook {
@@ -169,6 +176,7 @@ async fn load(store: &Store, resources: &[(bool, Arc<Resource>)]) -> Hooks {
                     name,
                     mutating: *mutating,
                     tls: tls_config(w),
+                    conditions: conditions::from_spec(w),
                     spec: w.clone(),
                 }));
             }
@@ -432,6 +440,9 @@ async fn call_if_matching(
     if !namespace_matches(api, &hook.spec, a, obj.as_deref(), &namespace).await? {
         return Ok(false);
     }
+    if !conditions_match(hook, a, as_res.as_deref(), &namespace, obj.as_deref())? {
+        return Ok(false);
+    }
     if a.ctx.dry_run().unwrap_or(false)
         && !matches!(hook.str("sideEffects"), Some("None" | "NoneOnDryRun"))
     {
@@ -451,6 +462,52 @@ async fn call_if_matching(
             } else {
                 Err(ApiError::internal(msg))
             }
+        }
+    }
+}
+
+/// Whether the webhook's matchConditions let it be called, as upstream's matcher: an error
+/// refuses the request (Forbidden, as upstream) unless the failure policy is Ignore.
+fn conditions_match(
+    hook: &Hook,
+    a: &Attrs,
+    as_res: Option<&Resource>,
+    namespace: &str,
+    obj: Option<&Value>,
+) -> ApiResult<bool> {
+    let outcome = match &hook.conditions {
+        Ok(c) if c.is_empty() => return Ok(true),
+        Ok(c) => {
+            // The request as the webhook would get it (its version of the objects).
+            let review = review("", a, as_res.unwrap_or(a.res), namespace, obj);
+            conditions::evaluate(c, &review["request"])
+        }
+        Err(e) => conditions::Outcome::Error(e.clone()),
+    };
+    match outcome {
+        conditions::Outcome::Call => Ok(true),
+        conditions::Outcome::Skip(_) => Ok(false),
+        conditions::Outcome::Error(_) if hook.fails_open() => Ok(false),
+        conditions::Outcome::Error(e) => {
+            tracing::warn!(
+                "failed evaluating match conditions of webhook {:?}, failing closed: {e}",
+                hook.name
+            );
+            // upstream's NewForbidden: message and details name the request's resource.
+            let (group, plural) = (&a.res.group, &a.res.plural);
+            let what = crate::status::qualified(group, plural);
+            let name = obj.or(a.old).map(object::name).unwrap_or_default();
+            let mut err = ApiError::forbidden(if name.is_empty() {
+                format!("{what} is forbidden: {e}")
+            } else {
+                format!("{what} {name:?} is forbidden: {e}")
+            });
+            let mut details = json!({"name": name, "group": group, "kind": plural});
+            if let Some(d) = details.as_object_mut() {
+                d.retain(|_, v| v.as_str() != Some(""));
+            }
+            err.details = Some(details);
+            Err(err)
         }
     }
 }
@@ -1047,6 +1104,41 @@ mod tests {
             Some(&without),
             None
         ));
+    }
+
+    #[test]
+    fn match_conditions_skip_or_fail_as_the_failure_policy_says() {
+        let pods = pods();
+        let ctx = Ctx::internal("", "v1", "pods", Some("default"));
+        let a = attrs(&pods, &ctx, "CREATE");
+        let hook = |policy: &str, expr: &str| {
+            let spec = json!({"failurePolicy": policy,
+                "matchConditions": [{"name": "c", "expression": expr}]});
+            Hook {
+                id: "c/h".into(),
+                name: "h.example.com".into(),
+                mutating: false,
+                conditions: conditions::from_spec(&spec),
+                tls: Err("unused".into()),
+                spec,
+            }
+        };
+        let pod = json!({"metadata": {"name": "p", "namespace": "default",
+            "labels": {"team": "a"}}});
+        let check = |h: &Hook| conditions_match(h, &a, None, "default", Some(&pod));
+        let team_a = "object.metadata.labels.team == 'a' && request.namespace == 'default'";
+        assert!(check(&hook("Fail", team_a)).unwrap());
+        assert!(!check(&hook("Fail", "request.operation == 'UPDATE'")).unwrap());
+        let broken = "object.spec.missing == 1";
+        assert!(!check(&hook("Ignore", broken)).unwrap());
+        let e = check(&hook("Fail", broken)).unwrap_err();
+        assert_eq!((e.code, e.reason), (403, "Forbidden"));
+        assert_eq!(e.details, Some(json!({"name": "p", "kind": "pods"})));
+        assert_eq!(
+            e.message,
+            "pods \"p\" is forbidden: expression 'object.spec.missing == 1' resulted in error: \
+             No such key: spec"
+        );
     }
 
     /// A configuration stored as an older API server may have left it (sideEffects `Some` is

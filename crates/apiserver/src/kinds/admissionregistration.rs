@@ -5,11 +5,15 @@ use serde_json::{Value, json};
 
 use super::KindBehaviour;
 use crate::admission::defaults::default;
-use crate::object::check_dns_subdomain;
+use crate::admission::webhook;
+use crate::object::{check_dns_subdomain, check_label_key};
 use crate::registry::Resource;
 use crate::status::Cause;
 
 pub struct WebhookConfigurations;
+
+/// upstream's limit on a webhook's matchConditions.
+const MAX_MATCH_CONDITIONS: usize = 64;
 
 fn is_mutating(obj: &Value) -> bool {
     obj["kind"].as_str() == Some("MutatingWebhookConfiguration")
@@ -114,24 +118,50 @@ impl KindBehaviour for WebhookConfigurations {
             for (j, r) in w["rules"].as_array().into_iter().flatten().enumerate() {
                 rule(r, &f(&format!("rules[{j}]")), out);
             }
-            let mut conditions: Vec<&str> = Vec::new();
-            for (j, c) in w["matchConditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .enumerate()
-            {
-                let cf = f(&format!("matchConditions[{j}]"));
-                match c["name"].as_str().filter(|n| !n.is_empty()) {
-                    None => out.push(Cause::required(format!("{cf}.name"))),
-                    Some(n) if conditions.contains(&n) => {
-                        out.push(Cause::duplicate(format!("{cf}.name"), &json!(n)))
-                    }
-                    Some(n) => conditions.push(n),
+            match_conditions(&w["matchConditions"], &f("matchConditions"), out);
+        }
+    }
+}
+
+/// upstream's validateMatchConditions: at most 64, named with unique qualified names, each
+/// expression compiling (with the variables webhooks offer).
+fn match_conditions(list: &Value, field: &str, out: &mut Vec<Cause>) {
+    let list = list.as_array().map(Vec::as_slice).unwrap_or_default();
+    if list.len() > MAX_MATCH_CONDITIONS {
+        out.push(Cause::new(
+            "FieldValueTooMany",
+            field,
+            format!(
+                "Too many: {}: must have at most {MAX_MATCH_CONDITIONS} items",
+                list.len()
+            ),
+        ));
+    }
+    let mut names: Vec<&str> = Vec::new();
+    for (j, c) in list.iter().enumerate() {
+        let cf = format!("{field}[{j}]");
+        match c["expression"].as_str().map(str::trim).unwrap_or_default() {
+            "" => out.push(Cause::required(format!("{cf}.expression"))),
+            e => {
+                if let Err(detail) = webhook::conditions::compile(e) {
+                    out.push(Cause::invalid(
+                        format!("{cf}.expression"),
+                        &json!(e),
+                        detail,
+                    ));
                 }
-                if c["expression"].as_str().is_none_or(str::is_empty) {
-                    out.push(Cause::required(format!("{cf}.expression")));
+            }
+        }
+        match c["name"].as_str().filter(|n| !n.is_empty()) {
+            None => out.push(Cause::required(format!("{cf}.name"))),
+            Some(n) => {
+                if let Some(problem) = check_label_key(n) {
+                    out.push(Cause::invalid(format!("{cf}.name"), &json!(n), problem));
                 }
+                if names.contains(&n) {
+                    out.push(Cause::duplicate(format!("{cf}.name"), &json!(n)));
+                }
+                names.push(n);
             }
         }
     }
@@ -316,6 +346,56 @@ mod tests {
         assert_eq!(
             causes(&config(vec![hook(json!({})), hook(json!({}))])),
             ["webhooks[1].name: Duplicate value: \"a.kinglet.test\""]
+        );
+    }
+
+    #[test]
+    fn match_conditions_are_validated_as_upstream() {
+        let with = |conds: Value| causes(&config(vec![hook(json!({"matchConditions": conds}))]));
+        assert!(
+            with(
+                json!([{"name": "is-create", "expression": "request.operation == 'CREATE'"},
+            {"name": "team", "expression": "object.metadata.labels.exists(k, k == 'team')"}])
+            )
+            .is_empty()
+        );
+        let got = with(json!([{"name": "bad", "expression": "object.metadata.name =="}]));
+        assert_eq!(got.len(), 1);
+        assert!(
+            got[0].starts_with(
+                "webhooks[0].matchConditions[0].expression: Invalid value: \"object.metadata.name ==\": compilation failed: ERROR: <input>:1:"
+            ),
+            "{got:?}"
+        );
+        let got = with(json!([{"name": "authz",
+            "expression": "authorizer.requestResource.check('get').allowed()"}]));
+        assert_eq!(got.len(), 1);
+        assert!(
+            got[0].starts_with("webhooks[0].matchConditions[0].expression: Invalid value: ")
+                && got[0].contains("kinglet does not support `authorizer` in matchConditions"),
+            "{got:?}"
+        );
+        assert_eq!(
+            with(
+                json!([{"name": "a", "expression": "true"}, {"name": "a", "expression": "true"},
+                {"name": "-x", "expression": " "}, {"expression": "true"}])
+            ),
+            [
+                "webhooks[0].matchConditions[1].name: Duplicate value: \"a\"",
+                "webhooks[0].matchConditions[2].expression: Required value",
+                &format!(
+                    "webhooks[0].matchConditions[2].name: Invalid value: \"-x\": {}",
+                    check_label_key("-x").unwrap()
+                ),
+                "webhooks[0].matchConditions[3].name: Required value",
+            ]
+        );
+        let many: Vec<Value> = (0..65)
+            .map(|i| json!({"name": format!("c{i}"), "expression": "true"}))
+            .collect();
+        assert_eq!(
+            with(json!(many)),
+            ["webhooks[0].matchConditions: Too many: 65: must have at most 64 items"]
         );
     }
 
