@@ -75,15 +75,6 @@ fn response_status(body: &[u8]) -> Option<u64> {
     Some(status)
 }
 
-/// Stops the HTTP/2 connection task however the probe ends.
-struct AbortOnDrop(tokio::task::JoinHandle<Result<(), hyper::Error>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Whether the gRPC server at `addr` in the pod's network reports `service` as SERVING.
 pub async fn serving(
     netns: &Path,
@@ -101,7 +92,8 @@ pub async fn serving(
         )
         .await
         .ok()?;
-        let _driver = AbortOnDrop(tokio::spawn(conn));
+        // The HTTP/2 connection task stops however the probe ends.
+        let _driver = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(conn));
         let req = http::Request::post(format!("http://{addr}/grpc.health.v1.Health/Check"))
             .header("content-type", "application/grpc")
             .header("te", "trailers")

@@ -36,7 +36,7 @@ const RESYNC: Duration = Duration::from_secs(60);
 pub async fn run(client: kube::Client, ca: CertKey) {
     let (informer, watch) = Shared::<CertificateSigningRequest>::start(&client);
     // The watch ends with this loop (which is aborted when leadership is lost).
-    let _watch = AbortOnDrop(watch);
+    let _watch = tokio_util::task::AbortOnDropHandle::new(watch);
     let api: Api<CertificateSigningRequest> = Api::all(client);
     let mut changes = std::pin::pin!(informer.subscribe());
     informer.synced().await;
@@ -50,14 +50,6 @@ pub async fn run(client: kube::Client, ca: CertKey) {
                 }
             }
         }
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

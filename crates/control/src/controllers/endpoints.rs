@@ -7,6 +7,7 @@ use super::informers::{Informers, MEDIUM_BUFFER, Shared};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::task::AbortOnDropHandle;
 
 use k8s_openapi::api::core::v1::{Endpoints, Pod, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -441,21 +442,13 @@ pub struct Clients {
     pub slices: kube::Client,
 }
 
-/// Stops a cache's watch when this loop stops (leadership lost), as a bare handle would not.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 pub async fn run(clients: Clients, informers: Arc<Informers>) {
     let wake = Arc::new(Notify::new());
     // Endpoints and slices only this loop reads; Services and pods from the shared caches.
     let (endpoints, e) = Shared::<Endpoints>::start_with(&clients.reader, MEDIUM_BUFFER);
     let (slices, s) = Shared::<EndpointSlice>::start_with(&clients.reader, MEDIUM_BUFFER);
-    let _watches = (AbortOnDrop(e), AbortOnDrop(s));
+    // The caches' watches stop when this loop stops (leadership lost), as bare handles would not.
+    let _watches = (AbortOnDropHandle::new(e), AbortOnDropHandle::new(s));
     informers.services.wake_on_change(wake.clone());
     endpoints.wake_on_change(wake.clone());
     slices.wake_on_change(wake.clone());
