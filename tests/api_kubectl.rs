@@ -595,7 +595,7 @@ fn events_print_their_object_and_note_in_both_versions() {
 #[test]
 fn validating_admission_policies_are_stored_and_served() {
     let s = Server::start();
-    s.ok_stdin(
+    let out = s.kubectl_stdin(
         &["apply", "-f", "-"],
         r#"apiVersion: admissionregistration.k8s.io/v1
 kind: ValidatingAdmissionPolicy
@@ -619,6 +619,13 @@ spec:
   policyName: replicas-limit
   validationActions: [Deny]
 "#,
+    );
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("ValidatingAdmissionPolicy: stored but not enforced by kinglet")
+            && stderr.contains("ValidatingAdmissionPolicyBinding: stored but not enforced"),
+        "{stderr}"
     );
     let policy: serde_json::Value = serde_json::from_str(&s.ok(&[
         "get",

@@ -43,6 +43,18 @@ pub async fn admit(
         }
         defaults::apply(res, obj);
     }
+    if res.group == "admissionregistration.k8s.io"
+        && matches!(
+            res.plural.as_str(),
+            "validatingadmissionpolicies" | "validatingadmissionpolicybindings"
+        )
+    {
+        // Said on every write, so that no one counts on a policy that does nothing here.
+        ctx.warn(format!(
+            "{}: stored but not enforced by kinglet (no CEL evaluation of admission policies)",
+            res.kind
+        ));
+    }
     super::authz::node::admit(res, ctx, obj, old)?;
     super::authz::escalation::admit(api, res, ctx, obj).await?;
     if old.is_none() {
