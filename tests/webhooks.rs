@@ -742,3 +742,78 @@ fn slow_webhook_times_out() {
     );
     assert!(started.elapsed() < std::time::Duration::from_millis(2900));
 }
+
+/// What the server owns is set again over what a mutating webhook wrote (upstream applies its
+/// strategies after mutating admission): a forged uid or creation time does not stick, a move to
+/// another namespace or name is refused, and the rest of the patch applies.
+#[test]
+fn mutating_webhooks_cannot_rewrite_what_the_server_owns() {
+    let s = Server::start();
+    let (b, seen) = webhook("127.0.0.1:0", &["127.0.0.1"], |req| {
+        let name = req["name"].as_str().unwrap_or_default();
+        let mut patch = vec![
+            json!({"op": "add", "path": "/metadata/uid", "value": "forged-uid"}),
+            json!({"op": "add", "path": "/metadata/creationTimestamp", "value": "2000-01-01T00:00:00Z"}),
+            json!({"op": "add", "path": "/data", "value": {"added": "yes"}}),
+        ];
+        match name {
+            "move" => patch
+                .push(json!({"op": "add", "path": "/metadata/namespace", "value": "kube-system"})),
+            "rename" if req["operation"] == "UPDATE" => {
+                patch.push(json!({"op": "add", "path": "/metadata/name", "value": "renamed"}))
+            }
+            _ => {}
+        }
+        json!({"allowed": true, "patchType": "JSONPatch",
+            "patch": tls_backend::base64(Value::Array(patch).to_string().as_bytes())})
+    });
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        &config(
+            "MutatingWebhookConfiguration",
+            "forge",
+            "forge.kinglet.test",
+            url_client(&b, "/mutate"),
+            json!({}),
+        ),
+    );
+    until_called(
+        &s,
+        &seen,
+        &configmap("probe", "default", json!({}), json!({})),
+    );
+    s.ok_stdin(
+        &["create", "-f", "-"],
+        &configmap("forge", "default", Value::Null, json!({})),
+    );
+    let cm: Value =
+        serde_json::from_str(&s.ok(&["get", "configmap", "forge", "-o", "json"])).unwrap();
+    assert_eq!(cm["data"]["added"], "yes", "{cm}");
+    assert_ne!(cm["metadata"]["uid"], "forged-uid", "{cm}");
+    assert_ne!(
+        cm["metadata"]["creationTimestamp"], "2000-01-01T00:00:00Z",
+        "{cm}"
+    );
+    let uid = cm["metadata"]["uid"].clone();
+    s.ok(&["label", "configmap", "forge", "touched=yes"]);
+    let cm: Value =
+        serde_json::from_str(&s.ok(&["get", "configmap", "forge", "-o", "json"])).unwrap();
+    assert_eq!(cm["metadata"]["uid"], uid, "an update keeps the uid: {cm}");
+    let err = s.fails(
+        &["create", "-f", "-"],
+        Some(&configmap("move", "default", Value::Null, json!({}))),
+    );
+    assert!(err.contains("does not match the namespace"), "{err}");
+    s.fails(&["get", "configmap", "move", "-n", "kube-system"], None);
+    s.ok_stdin(
+        &["create", "-f", "-"],
+        &configmap("rename", "default", Value::Null, json!({})),
+    );
+    let err = s.fails(&["label", "configmap", "rename", "touched=yes"], None);
+    assert!(
+        err.contains(
+            "the name of the object (renamed) does not match the name on the URL (rename)"
+        ),
+        "{err}"
+    );
+}

@@ -130,9 +130,32 @@ async fn check_namespace(api: &Api, ns: &str) -> ApiResult<()> {
 /// Admission and bookkeeping for a new object; returns it ready to store.
 async fn prepare_create(api: &Api, res: &Resource, ctx: &Ctx, mut obj: Value) -> ApiResult<Value> {
     check_type_meta(res, &mut obj)?;
+    create_strategy(res, ctx, &mut obj)?;
+    if object::name(&obj).is_empty()
+        && let Some(base) = meta_str(&obj, "generateName").map(String::from)
+    {
+        let base: String = base.chars().take(58).collect();
+        meta_mut(&mut obj).insert(
+            "name".into(),
+            json!(format!("{base}{}", object::random_suffix(5))),
+        );
+    }
+    let kind = kinds::of(res);
+    super::admission::admit(api, res, ctx, &mut obj, None).await?;
+    if kind.tracks_generation(res, &obj) {
+        meta_mut(&mut obj).insert("generation".into(), json!(1));
+    }
+    super::managed::record_update(ctx, res, &mut obj, None, None)?;
+    Ok(obj)
+}
+
+/// What a create may set, as upstream's strategies decide (`PrepareForCreate` and the
+/// namespace check): the request's namespace, the fields the server owns, no status. Applied
+/// again after mutating admission webhooks, as upstream applies it after all mutating admission.
+pub(crate) fn create_strategy(res: &Resource, ctx: &Ctx, obj: &mut Value) -> ApiResult<()> {
     let url_ns = ns_of(res, ctx).map(String::from);
     {
-        let m = meta_mut(&mut obj);
+        let m = meta_mut(obj);
         if res.namespaced {
             match (m.get("namespace").and_then(Value::as_str), &url_ns) {
                 (Some(body_ns), Some(url_ns)) if !body_ns.is_empty() && body_ns != url_ns => {
@@ -162,23 +185,8 @@ async fn prepare_create(api: &Api, res: &Resource, ctx: &Ctx, mut obj: Value) ->
         m.insert("creationTimestamp".into(), json!(object::now_time()));
         m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
     }
-    if object::name(&obj).is_empty()
-        && let Some(base) = meta_str(&obj, "generateName").map(String::from)
-    {
-        let base: String = base.chars().take(58).collect();
-        meta_mut(&mut obj).insert(
-            "name".into(),
-            json!(format!("{base}{}", object::random_suffix(5))),
-        );
-    }
-    let kind = kinds::of(res);
-    kind.prepare_for_create(res, &mut obj);
-    super::admission::admit(api, res, ctx, &mut obj, None).await?;
-    if kind.tracks_generation(res, &obj) {
-        meta_mut(&mut obj).insert("generation".into(), json!(1));
-    }
-    super::managed::record_update(ctx, res, &mut obj, None, None)?;
-    Ok(obj)
+    kinds::of(res).prepare_for_create(res, obj);
+    Ok(())
 }
 
 /// Creates an object through the full admission path; shared by POST and apply-creates.
@@ -233,14 +241,10 @@ pub(crate) async fn update_object(
     sub: Option<&str>,
 ) -> ApiResult<Value> {
     check_type_meta(res, &mut new)?;
-    let body_name = object::name(&new);
-    if body_name.is_empty() {
+    if object::name(&new).is_empty() {
         meta_mut(&mut new).insert("name".into(), json!(name));
-    } else if body_name != name {
-        return Err(ApiError::bad_request(format!(
-            "the name of the object ({body_name}) does not match the name on the URL ({name})"
-        )));
     }
+    name_matches_url(&new, name)?;
     if let (true, Some(body_ns), Some(url_ns)) =
         (res.namespaced, object::namespace(&new), ns_of(res, ctx))
         && body_ns != url_ns
@@ -286,10 +290,49 @@ pub(crate) async fn prepare_update(
     res: &Resource,
     ctx: &Ctx,
     old: &Value,
+    new: Value,
+    sub: Option<&str>,
+) -> ApiResult<Value> {
+    let mut new = update_strategy(res, old, new, sub)?;
+    super::admission::admit(api, res, ctx, &mut new, Some(old)).await?;
+    let kind = kinds::of(res);
+    if kind.tracks_generation(res, &new) {
+        let mut generation = object::meta(old)
+            .get("generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        if sub.is_none()
+            && kind.generation_relevant(res, &new) != kind.generation_relevant(res, old)
+        {
+            generation += 1;
+        }
+        meta_mut(&mut new).insert("generation".into(), json!(generation.max(1)));
+    }
+    Ok(new)
+}
+
+/// An update's object must keep the name it is stored under.
+pub(crate) fn name_matches_url(obj: &Value, name: &str) -> ApiResult<()> {
+    match object::name(obj) {
+        n if n == name => Ok(()),
+        n => Err(ApiError::bad_request(format!(
+            "the name of the object ({n}) does not match the name on the URL ({name})"
+        ))),
+    }
+}
+
+/// What an update may change, as upstream's strategies decide (`PrepareForUpdate`): a
+/// subresource only its part, the main resource everything but status and the fields the
+/// server owns. Applied again after mutating admission webhooks, as upstream applies it after
+/// all mutating admission.
+pub(crate) fn update_strategy(
+    res: &Resource,
+    old: &Value,
     mut new: Value,
     sub: Option<&str>,
 ) -> ApiResult<Value> {
     let name = object::name(old).to_string();
+    name_matches_url(&new, &name)?;
     match sub {
         Some("status") => {
             // Only status changes through the status subresource.
@@ -377,20 +420,6 @@ pub(crate) async fn prepare_update(
                 }
             }
         }
-    }
-    super::admission::admit(api, res, ctx, &mut new, Some(old)).await?;
-    let kind = kinds::of(res);
-    if kind.tracks_generation(res, &new) {
-        let mut generation = object::meta(old)
-            .get("generation")
-            .and_then(Value::as_i64)
-            .unwrap_or(0);
-        if sub.is_none()
-            && kind.generation_relevant(res, &new) != kind.generation_relevant(res, old)
-        {
-            generation += 1;
-        }
-        meta_mut(&mut new).insert("generation".into(), json!(generation.max(1)));
     }
     Ok(new)
 }

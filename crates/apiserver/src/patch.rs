@@ -11,7 +11,7 @@ use super::handlers::{json_response, respond};
 use super::lifecycle::{commit_update, create_object, get_current, prepare_update};
 use super::managed::{self, shape_of};
 use super::merge::strategic_merge;
-use super::object::{self, meta_str};
+use super::object::meta_str;
 use super::registry::Resource;
 use super::scale;
 use super::status::{ApiError, ApiResult, Cause};
@@ -185,12 +185,7 @@ pub async fn patch(
                 }
                 let mut applied = doc.clone();
                 super::lifecycle::check_type_meta(res, &mut applied)?;
-                if object::name(&applied) != name {
-                    return Err(ApiError::bad_request(format!(
-                        "the name of the object ({}) does not match the name on the URL ({name})",
-                        object::name(&applied)
-                    )));
-                }
+                super::lifecycle::name_matches_url(&applied, name)?;
                 let merged = managed::apply(ctx, res, None, &applied, force)?;
                 let created = create_object(api, res, ctx, merged).await?;
                 return Ok(respond(api, ctx, res, 201, created, true));
@@ -223,12 +218,7 @@ pub async fn patch(
         } else {
             apply_patch(res, typ, &old, &doc)?
         };
-        if object::name(&new) != name {
-            return Err(ApiError::bad_request(format!(
-                "the name of the object ({}) does not match the name on the URL ({name})",
-                object::name(&new)
-            )));
-        }
+        super::lifecycle::name_matches_url(&new, name)?;
         if meta_str(&new, "uid").is_some_and(|u| Some(u) != meta_str(&old, "uid")) {
             return Err(ApiError::conflict_msg(
                 &res.group,

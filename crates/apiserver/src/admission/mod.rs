@@ -83,7 +83,23 @@ async fn checks(
         operation: if old.is_some() { "UPDATE" } else { "CREATE" },
         old,
     };
-    webhook::mutate(api, &hooks, Some(obj)).await?;
+    if webhook::mutate(api, &hooks, Some(obj)).await? {
+        // Upstream applies its strategies after all mutating admission: what the server owns,
+        // and what a subresource may not change, is set again over what webhooks wrote, and
+        // the checks that ran before them see the result.
+        match old {
+            None => super::lifecycle::create_strategy(res, ctx, obj)?,
+            Some(old) => {
+                let sub = ctx.path.subresource.as_deref();
+                *obj = super::lifecycle::update_strategy(res, old, obj.take(), sub)?;
+            }
+        }
+        super::authz::node::admit(res, ctx, obj, old)?;
+        super::authz::escalation::admit(api, res, ctx, obj).await?;
+        if old.is_none() {
+            kinds::of(res).set_requester(obj, &ctx.user);
+        }
+    }
     certificates::admit(api, res, ctx, obj, old).await?;
     let causes = validation::validate(res, obj, old);
     if !causes.is_empty() {

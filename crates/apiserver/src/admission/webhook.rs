@@ -364,15 +364,17 @@ fn object_matches(hook: &Value, obj: Option<&Value>, old: Option<&Value>) -> boo
     obj.is_some_and(|o| sel.matches_object(o)) || old.is_some_and(|o| sel.matches_object(o))
 }
 
-/// Runs the mutating webhooks on `obj` (None for DELETE), reinvoking as upstream.
-pub async fn mutate(api: &Api, a: &Attrs<'_>, mut obj: Option<&mut Value>) -> ApiResult<()> {
+/// Runs the mutating webhooks on `obj` (None for DELETE), reinvoking as upstream; whether any
+/// changed it.
+pub async fn mutate(api: &Api, a: &Attrs<'_>, mut obj: Option<&mut Value>) -> ApiResult<bool> {
     if exempt(a.res) {
-        return Ok(());
+        return Ok(false);
     }
     let all = hooks(api).await;
     if !all.iter().any(|h| h.mutating) {
-        return Ok(());
+        return Ok(false);
     }
+    let mut any_changed = false;
     // Webhooks with `IfNeeded` called so far, and those to call again.
     let mut invoked: Vec<String> = Vec::new();
     let mut reinvoke: Vec<String> = Vec::new();
@@ -383,6 +385,7 @@ pub async fn mutate(api: &Api, a: &Attrs<'_>, mut obj: Option<&mut Value>) -> Ap
             }
             let changed = call_if_matching(api, hook, a, obj.as_deref_mut()).await?;
             if changed {
+                any_changed = true;
                 reinvoke.append(&mut invoked);
             }
             if hook.str("reinvocationPolicy") == Some("IfNeeded") && !invoked.contains(&hook.id) {
@@ -393,7 +396,7 @@ pub async fn mutate(api: &Api, a: &Attrs<'_>, mut obj: Option<&mut Value>) -> Ap
             break;
         }
     }
-    Ok(())
+    Ok(any_changed)
 }
 
 /// Runs the validating webhooks (`obj` is None for DELETE).
