@@ -33,6 +33,7 @@ mod protobuf_tables;
 pub mod registry;
 pub mod request;
 mod scale;
+mod service_backend;
 mod special;
 pub mod status;
 mod table;

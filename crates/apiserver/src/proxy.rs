@@ -286,7 +286,7 @@ fn split_id<'a>(kind: &str, id: &'a str) -> ApiResult<(&'a str, &'a str, &'a str
 }
 
 /// An address the proxy may dial (upstream's `IsProxyableIP`: a global unicast address).
-fn proxyable(ip: &str) -> Option<IpAddr> {
+pub(crate) fn proxyable(ip: &str) -> Option<IpAddr> {
     let ip: IpAddr = ip.parse().ok()?;
     let ok = match ip {
         IpAddr::V4(v4) => {

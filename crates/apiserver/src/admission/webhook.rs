@@ -23,8 +23,6 @@ use std::time::Duration;
 
 use base64::Engine;
 use http_body_util::BodyExt;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
 
 use crate::Api;
@@ -34,6 +32,7 @@ use crate::lifecycle::get_current;
 use crate::object;
 use crate::registry::Resource;
 use crate::selectors::LabelSelector;
+use crate::service_backend::{self, ServiceRef};
 use crate::status::{ApiError, ApiResult};
 use kinglet_store::Store;
 
@@ -188,24 +187,19 @@ async fn load(store: &Store, resources: &[(bool, Arc<Resource>)]) -> Hooks {
 /// Client TLS settings verifying the server with `clientConfig.caBundle`, or with the system's
 /// trusted roots when there is none.
 fn tls_config(w: &Value) -> Result<Arc<rustls::ClientConfig>, String> {
-    let mut roots = rustls::RootCertStore::empty();
     let bundle = w
         .pointer("/clientConfig/caBundle")
         .and_then(Value::as_str)
         .filter(|b| !b.is_empty());
-    let pem = match bundle {
-        Some(b64) => base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .map_err(|e| format!("clientConfig.caBundle: {e}"))?,
-        None => std::fs::read("/etc/ssl/certs/ca-certificates.crt").unwrap_or_default(),
+    let roots = match bundle {
+        Some(b64) => Arc::new(service_backend::ca_bundle_roots(
+            b64,
+            "clientConfig.caBundle",
+        )?),
+        None => service_backend::system_roots(),
     };
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| format!("clientConfig.caBundle: {e}"))?;
-        // A system bundle may hold certificates webpki refuses; the rest still count.
-        let _ = roots.add(cert);
-    }
     if roots.is_empty() {
-        return Err("clientConfig.caBundle holds no usable certificate".into());
+        return Err("no clientConfig.caBundle and no trusted roots on this host".into());
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
@@ -793,19 +787,14 @@ async fn target(hook: &Hook) -> Result<Target, String> {
             shown: url.to_string(),
         });
     }
-    let svc = &cc["service"];
-    let (Some(namespace), Some(name)) = (svc["namespace"].as_str(), svc["name"].as_str()) else {
-        return Err("webhook has neither clientConfig.url nor clientConfig.service".into());
-    };
-    let port = svc["port"]
-        .as_u64()
-        .and_then(|p| u16::try_from(p).ok())
-        .unwrap_or(443);
-    let path = svc["path"]
+    let svc = ServiceRef::of(&cc["service"])
+        .ok_or("webhook has neither clientConfig.url nor clientConfig.service")?;
+    let path = cc["service"]["path"]
         .as_str()
         .filter(|p| !p.is_empty())
         .unwrap_or("/");
-    let server_name = format!("{name}.{namespace}.svc");
+    let server_name = svc.server_name();
+    let port = svc.port;
     Ok(Target {
         addrs: Vec::new(),
         host: format!("{server_name}:{port}"),
@@ -815,107 +804,13 @@ async fn target(hook: &Hook) -> Result<Target, String> {
     })
 }
 
-/// The ready endpoint addresses behind a Service port. The API server dials endpoints
-/// directly, as upstream's endpoint routing for webhooks does: the service proxy's rules may
-/// not be in the API server's network namespace.
+/// The ready endpoint addresses behind the webhook's Service port.
 async fn resolve_service(api: &Api, hook: &Hook) -> Result<Vec<SocketAddr>, String> {
-    let svc = &hook.spec["clientConfig"]["service"];
-    let namespace = svc["namespace"].as_str().unwrap_or_default();
-    let name = svc["name"].as_str().unwrap_or_default();
-    let port = svc["port"].as_u64().unwrap_or(443);
-    let get = |plural: &'static str| async move {
-        let res = api.registry.find("", "v1", plural)?;
-        let ctx = Ctx::internal("", "v1", plural, Some(namespace));
-        get_current(api, &res, &ctx, name)
-            .await
-            .ok()
-            .map(|(_, v)| v)
-    };
-    let service = get("services")
+    let svc = ServiceRef::of(&hook.spec["clientConfig"]["service"])
+        .ok_or("webhook has neither clientConfig.url nor clientConfig.service")?;
+    service_backend::resolve(api, &svc)
         .await
-        .ok_or_else(|| format!("service \"{name}\" not found"))?;
-    if service.pointer("/spec/type").and_then(Value::as_str) == Some("ExternalName") {
-        let host = service
-            .pointer("/spec/externalName")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        return tokio::net::lookup_host((host, port as u16))
-            .await
-            .map(|a| a.collect())
-            .map_err(|e| format!("dial tcp: lookup {host}: {e}"));
-    }
-    let svc_port = service
-        .pointer("/spec/ports")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .find(|p| p["port"].as_u64() == Some(port))
-        .ok_or_else(|| format!("service \"{name}\" has no port {port}"))?;
-    let port_name = svc_port["name"].as_str().unwrap_or_default();
-    let mut addrs = Vec::new();
-    if let Some(slices) = api
-        .registry
-        .find("discovery.k8s.io", "v1", "endpointslices")
-        && let Ok(page) = api
-            .store
-            .list(&slices.ns_prefix(Some(namespace)), 0, None, None)
-            .await
-    {
-        for slice in page
-            .items
-            .iter()
-            .filter_map(|r| serde_json::from_slice::<Value>(&r.value).ok())
-            .filter(|s| {
-                s.pointer("/metadata/labels/kubernetes.io~1service-name")
-                    .and_then(Value::as_str)
-                    == Some(name)
-            })
-        {
-            let Some(number) = named_port(&slice["ports"], port_name) else {
-                continue;
-            };
-            for ep in slice["endpoints"].as_array().into_iter().flatten() {
-                if ep.pointer("/conditions/ready").and_then(Value::as_bool) == Some(false) {
-                    continue;
-                }
-                for ip in ep["addresses"].as_array().into_iter().flatten() {
-                    if let Some(ip) = ip.as_str().and_then(|s| s.parse().ok()) {
-                        addrs.push(SocketAddr::new(ip, number));
-                    }
-                }
-            }
-        }
-    }
-    if addrs.is_empty()
-        && let Some(eps) = get("endpoints").await
-    {
-        for subset in eps["subsets"].as_array().into_iter().flatten() {
-            let Some(number) = named_port(&subset["ports"], port_name) else {
-                continue;
-            };
-            for a in subset["addresses"].as_array().into_iter().flatten() {
-                if let Some(ip) = a["ip"].as_str().and_then(|s| s.parse().ok()) {
-                    addrs.push(SocketAddr::new(ip, number));
-                }
-            }
-        }
-    }
-    if addrs.is_empty() {
-        return Err(format!(
-            "service \"{name}\" in namespace \"{namespace}\" has no ready endpoints"
-        ));
-    }
-    Ok(addrs)
-}
-
-/// The port number of the endpoint port named `name` (an unnamed port matches "").
-fn named_port(ports: &Value, name: &str) -> Option<u16> {
-    ports
-        .as_array()?
-        .iter()
-        .find(|p| p["name"].as_str().unwrap_or_default() == name)
-        .and_then(|p| p["port"].as_u64())
-        .and_then(|p| u16::try_from(p).ok())
+        .map_err(|u| u.message)
 }
 
 /// POSTs the review to the webhook within its timeout; the decoded answer.
@@ -953,33 +848,12 @@ async fn send(
     path: &str,
     body: Vec<u8>,
 ) -> Result<Value, String> {
-    let name = ServerName::try_from(t.server_name.clone()).map_err(|e| e.to_string())?;
-    let mut last = "no addresses".to_string();
-    let mut tcp = None;
-    for addr in addrs {
-        match tokio::net::TcpStream::connect(addr).await {
-            Ok(s) => {
-                tcp = Some(s);
-                break;
-            }
-            Err(e) => last = format!("dial tcp {addr}: connect: {e}"),
-        }
-    }
-    let tcp = tcp.ok_or(last)?;
-    let stream = tokio_rustls::TlsConnector::from(tls)
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("tls: {e}"))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
+    let (_, mut sender) = service_backend::connect(&tls, &t.server_name, addrs).await?;
     let req = http::Request::post(path)
         .header(http::header::HOST, &t.host)
         .header(http::header::CONTENT_TYPE, "application/json")
         .header(http::header::ACCEPT, "application/json")
-        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .body(axum::body::Body::from(body))
         .map_err(|e| e.to_string())?;
     let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
     let status = resp.status();

@@ -20,7 +20,8 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
-use super::backend::{self, ServiceRef, Unresolved};
+use super::backend;
+use crate::service_backend::{self, ServiceRef, Unresolved};
 use super::{Delegated, state};
 use crate::Api;
 use crate::bootstrap::ensure;
@@ -94,7 +95,7 @@ async fn watch(api: Arc<Api>, prefix: String, changed: Arc<Notify>, only: Option
             while let Ok(event) = w.next().await {
                 let concerned = only.as_ref().is_none_or(|backends| {
                     let backends = backends.read().unwrap_or_else(|e| e.into_inner());
-                    service_of(&event.record.value).is_some_and(|s| backends.contains(&s))
+                    owning_service(&event.record.value).is_some_and(|s| backends.contains(&s))
                 });
                 if concerned {
                     changed.notify_one();
@@ -106,7 +107,7 @@ async fn watch(api: Arc<Api>, prefix: String, changed: Arc<Notify>, only: Option
 }
 
 /// The Service a stored Service, Endpoints or EndpointSlice belongs to.
-fn service_of(stored: &[u8]) -> Option<(String, String)> {
+fn owning_service(stored: &[u8]) -> Option<(String, String)> {
     let obj: Value = serde_json::from_slice(stored).ok()?;
     let ns = obj.pointer("/metadata/namespace")?.as_str()?;
     let name = obj
@@ -193,7 +194,7 @@ async fn sync(api: &Arc<Api>, ready: bool) -> HashSet<(String, String)> {
     let mut discovery = HashMap::new();
     let mut remote = Vec::new();
     for obj in list_apiservices(api).await {
-        match ServiceRef::of(&obj) {
+        match super::service_ref(&obj) {
             Some(service) => remote.push((obj, service)),
             None => {
                 set_available(
@@ -316,7 +317,7 @@ async fn autoregister(api: &Arc<Api>, existing: &[Value]) {
                 AUTOMANAGED.replace('/', "~1")
             ))
             .and_then(Value::as_str);
-        if automanaged == Some("true") && ServiceRef::of(obj).is_none() && !wanted.contains(name) {
+        if automanaged == Some("true") && super::service_ref(obj).is_none() && !wanted.contains(name) {
             let ctx = Ctx::internal(GROUP, "v1", "apiservices", None);
             if let Err(e) = delete_object(api, &res, &ctx, name, &Default::default()).await {
                 tracing::warn!("removing APIService {name}: {e}");
@@ -385,7 +386,7 @@ async fn check(
     group: &str,
     version: &str,
 ) -> Result<Value, Unresolved> {
-    let addrs = backend::resolve(api, svc).await?;
+    let addrs = service_backend::resolve(api, svc).await?;
     let first = addrs
         .first()
         .map(ToString::to_string)
@@ -401,7 +402,7 @@ async fn check(
         format!("/apis/{group}/{version}")
     };
     let attempt = async {
-        let (addr, mut sender) = backend::connect(&tls, &svc.server_name(), &addrs)
+        let (addr, mut sender) = service_backend::connect(&tls, &svc.server_name(), &addrs)
             .await
             .map_err(|e| {
                 format!("failing or missing response from https://{first}{path}: {e}")

@@ -18,7 +18,7 @@ use serde_json::Value;
 use super::Api;
 use super::auth::UserInfo;
 use super::request::ApiPath;
-use backend::ServiceRef;
+use crate::service_backend::{self, ServiceRef};
 
 pub use controller::spawn;
 
@@ -49,6 +49,11 @@ pub(crate) struct State {
     delegated: RwLock<Vec<Delegated>>,
     /// `(group, version)` -> the backend's APIResourceList, from the last successful check.
     discovery: RwLock<HashMap<(String, String), Value>>,
+}
+
+/// `spec.service` of an APIService: None for a local one.
+fn service_ref(apiservice: &Value) -> Option<ServiceRef> {
+    ServiceRef::of(apiservice.pointer("/spec/service")?)
 }
 
 fn state(api: &Api) -> &State {
@@ -195,7 +200,7 @@ pub async fn proxy(
         Ok(t) => t.clone(),
         Err(e) => return plain_error(StatusCode::INTERNAL_SERVER_ERROR, e),
     };
-    let addrs = match backend::resolve(api, &d.service).await {
+    let addrs = match service_backend::resolve(api, &d.service).await {
         Ok(a) => a,
         Err(e) => {
             tracing::warn!(
@@ -208,7 +213,7 @@ pub async fn proxy(
             return plain_error(StatusCode::SERVICE_UNAVAILABLE, "service unavailable");
         }
     };
-    let (addr, mut sender) = match backend::connect(&tls, &d.service.server_name(), &addrs).await {
+    let (addr, mut sender) = match service_backend::connect(&tls, &d.service.server_name(), &addrs).await {
         Ok(c) => c,
         Err(e) => {
             return plain_error(
