@@ -93,6 +93,16 @@ fn configmap(name: &str, ns: &str, labels: Value, data: Value) -> String {
     .to_string()
 }
 
+/// Applies a webhook configuration and waits until the server calls it.
+fn install(s: &Server, seen: &Seen, config: &str) {
+    s.ok_stdin(&["apply", "-f", "-"], config);
+    until_called(
+        s,
+        seen,
+        &configmap("probe", "default", json!({}), json!({})),
+    );
+}
+
 /// Waits until the server calls the webhook (configurations reach admission through a watch):
 /// dry-run creates of `probe` until `seen` grows.
 fn until_called(s: &Server, seen: &Seen, probe: &str) {
@@ -115,8 +125,9 @@ fn deny_forbidden_key(req: &Value) -> Value {
 fn validating_webhook_denies_a_create_with_its_message() {
     let s = Server::start();
     let (b, seen) = webhook("127.0.0.1:0", &["127.0.0.1"], deny_forbidden_key);
-    s.ok_stdin(
-        &["apply", "-f", "-"],
+    install(
+        &s,
+        &seen,
         &config(
             "ValidatingWebhookConfiguration",
             "deny",
@@ -124,11 +135,6 @@ fn validating_webhook_denies_a_create_with_its_message() {
             url_client(&b, "/validate"),
             json!({}),
         ),
-    );
-    until_called(
-        &s,
-        &seen,
-        &configmap("probe", "default", json!({}), json!({})),
     );
     let err = s.fails(
         &["create", "-f", "-"],
@@ -215,8 +221,9 @@ fn mutating_webhook_adds_a_label_with_a_json_patch() {
         json!({"allowed": true, "patchType": "JSONPatch",
             "patch": tls_backend::base64(patch.to_string().as_bytes())})
     });
-    s.ok_stdin(
-        &["apply", "-f", "-"],
+    install(
+        &s,
+        &seen,
         &config(
             "MutatingWebhookConfiguration",
             "label",
@@ -224,11 +231,6 @@ fn mutating_webhook_adds_a_label_with_a_json_patch() {
             url_client(&b, "/mutate"),
             json!({}),
         ),
-    );
-    until_called(
-        &s,
-        &seen,
-        &configmap("probe", "default", json!({}), json!({})),
     );
     s.ok_stdin(
         &["create", "-f", "-"],
@@ -523,8 +525,9 @@ fn webhook_configurations_are_validated() {
 fn dry_run_requests_reach_webhooks_without_side_effects() {
     let s = Server::start();
     let (b, seen) = webhook("127.0.0.1:0", &["127.0.0.1"], deny_forbidden_key);
-    s.ok_stdin(
-        &["apply", "-f", "-"],
+    install(
+        &s,
+        &seen,
         &config(
             "ValidatingWebhookConfiguration",
             "side",
@@ -532,11 +535,6 @@ fn dry_run_requests_reach_webhooks_without_side_effects() {
             url_client(&b, "/"),
             json!({"sideEffects": "NoneOnDryRun"}),
         ),
-    );
-    until_called(
-        &s,
-        &seen,
-        &configmap("probe", "default", json!({}), json!({})),
     );
     let err = s.fails(
         &["create", "--dry-run=server", "-f", "-"],
@@ -586,8 +584,9 @@ fn service_webhook_reached_through_its_endpoints() {
             "ports": [{"name": "https", "port": port, "protocol": "TCP"}]})
         .to_string(),
     );
-    s.ok_stdin(
-        &["apply", "-f", "-"],
+    install(
+        &s,
+        &seen,
         &config(
             "ValidatingWebhookConfiguration",
             "svc",
@@ -596,11 +595,6 @@ fn service_webhook_reached_through_its_endpoints() {
                 "caBundle": b.ca_bundle()}),
             json!({}),
         ),
-    );
-    until_called(
-        &s,
-        &seen,
-        &configmap("probe", "default", json!({}), json!({})),
     );
     let err = s.fails(
         &["create", "-f", "-"],
@@ -715,8 +709,9 @@ fn slow_webhook_times_out() {
         }
         json!({"allowed": true})
     });
-    s.ok_stdin(
-        &["apply", "-f", "-"],
+    install(
+        &s,
+        &seen,
         &config(
             "ValidatingWebhookConfiguration",
             "slow",
@@ -724,11 +719,6 @@ fn slow_webhook_times_out() {
             url_client(&b, "/"),
             json!({"timeoutSeconds": 1}),
         ),
-    );
-    until_called(
-        &s,
-        &seen,
-        &configmap("probe", "default", json!({}), json!({})),
     );
     let started = std::time::Instant::now();
     let err = s.fails(
@@ -767,8 +757,9 @@ fn mutating_webhooks_cannot_rewrite_what_the_server_owns() {
         json!({"allowed": true, "patchType": "JSONPatch",
             "patch": tls_backend::base64(Value::Array(patch).to_string().as_bytes())})
     });
-    s.ok_stdin(
-        &["apply", "-f", "-"],
+    install(
+        &s,
+        &seen,
         &config(
             "MutatingWebhookConfiguration",
             "forge",
@@ -776,11 +767,6 @@ fn mutating_webhooks_cannot_rewrite_what_the_server_owns() {
             url_client(&b, "/mutate"),
             json!({}),
         ),
-    );
-    until_called(
-        &s,
-        &seen,
-        &configmap("probe", "default", json!({}), json!({})),
     );
     s.ok_stdin(
         &["create", "-f", "-"],

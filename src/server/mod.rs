@@ -128,12 +128,10 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             tls: Arc::new(kubelet_tls),
         });
     let front_proxy_tls = tls::client_config(&pki.ca.cert_pem, &pki.front_proxy_client)?;
-    let _ = api
-        .front_proxy
-        .set(kinglet_apiserver::FrontProxy {
-            tls: Arc::new(front_proxy_tls),
-            ca_pem: pki.front_proxy_ca.cert_pem.clone(),
-        });
+    let _ = api.front_proxy.set(kinglet_apiserver::FrontProxy {
+        tls: Arc::new(front_proxy_tls),
+        ca_pem: pki.front_proxy_ca.cert_pem.clone(),
+    });
     if !args.disable_agent {
         let mut cfg = args.node_config(advertise)?;
         let mut sans = vec![rcgen::SanType::DnsName(cfg.node_name.clone().try_into()?)];

@@ -32,7 +32,12 @@ impl ServiceRef {
     /// Reads `{namespace, name, port}`, the port defaulting to 443 as upstream.
     pub fn of(service: &Value) -> Option<ServiceRef> {
         let s = service.as_object()?;
-        let text = |k: &str| s.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+        let text = |k: &str| {
+            s.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
         Some(ServiceRef {
             namespace: text("namespace"),
             name: text("name"),
@@ -266,7 +271,8 @@ pub fn system_roots() -> Arc<rustls::RootCertStore> {
         .get_or_init(|| {
             let mut roots = rustls::RootCertStore::empty();
             // Certificates webpki refuses are skipped; the rest still count.
-            let (_, _) = roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            let (_, _) =
+                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
             Arc::new(roots)
         })
         .clone()

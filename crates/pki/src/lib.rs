@@ -279,7 +279,14 @@ impl Pki {
         let front_proxy_client = match load_pair(&dir, "front-proxy-client") {
             Some(c) => c,
             None => {
-                let c = issue(&front_proxy_ca, FRONT_PROXY_CLIENT_USER, &[], &[], false, true)?;
+                let c = issue(
+                    &front_proxy_ca,
+                    FRONT_PROXY_CLIENT_USER,
+                    &[],
+                    &[],
+                    false,
+                    true,
+                )?;
                 save_pair(&dir, "front-proxy-client", &c)?;
                 c
             }

@@ -21,12 +21,12 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 
 use super::backend;
-use crate::service_backend::{self, ServiceRef, Unresolved};
 use super::{Delegated, state};
 use crate::Api;
 use crate::bootstrap::ensure;
 use crate::context::Ctx;
 use crate::lifecycle::{commit_update, decorate, delete_object, get_current};
+use crate::service_backend::{self, ServiceRef, Unresolved};
 
 const GROUP: &str = "apiregistration.k8s.io";
 const AUTOMANAGED: &str = "kube-aggregator.kubernetes.io/automanaged";
@@ -317,7 +317,10 @@ async fn autoregister(api: &Arc<Api>, existing: &[Value]) {
                 AUTOMANAGED.replace('/', "~1")
             ))
             .and_then(Value::as_str);
-        if automanaged == Some("true") && super::service_ref(obj).is_none() && !wanted.contains(name) {
+        if automanaged == Some("true")
+            && super::service_ref(obj).is_none()
+            && !wanted.contains(name)
+        {
             let ctx = Ctx::internal(GROUP, "v1", "apiservices", None);
             if let Err(e) = delete_object(api, &res, &ctx, name, &Default::default()).await {
                 tracing::warn!("removing APIService {name}: {e}");
@@ -387,10 +390,7 @@ async fn check(
     version: &str,
 ) -> Result<Value, Unresolved> {
     let addrs = service_backend::resolve(api, svc).await?;
-    let first = addrs
-        .first()
-        .map(ToString::to_string)
-        .unwrap_or_default();
+    let first = addrs.first().map(ToString::to_string).unwrap_or_default();
     let failed = |message: String| Unresolved {
         reason: "FailedDiscoveryCheck",
         message,
@@ -404,9 +404,7 @@ async fn check(
     let attempt = async {
         let (addr, mut sender) = service_backend::connect(&tls, &svc.server_name(), &addrs)
             .await
-            .map_err(|e| {
-                format!("failing or missing response from https://{first}{path}: {e}")
-            })?;
+            .map_err(|e| format!("failing or missing response from https://{first}{path}: {e}"))?;
         let url = format!("https://{addr}{path}");
         let req = http::Request::get(path.as_str())
             .header(http::header::HOST, addr.to_string())

@@ -213,15 +213,16 @@ pub async fn proxy(
             return plain_error(StatusCode::SERVICE_UNAVAILABLE, "service unavailable");
         }
     };
-    let (addr, mut sender) = match service_backend::connect(&tls, &d.service.server_name(), &addrs).await {
-        Ok(c) => c,
-        Err(e) => {
-            return plain_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!("error trying to reach service: {e}"),
-            );
-        }
-    };
+    let (addr, mut sender) =
+        match service_backend::connect(&tls, &d.service.server_name(), &addrs).await {
+            Ok(c) => c,
+            Err(e) => {
+                return plain_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("error trying to reach service: {e}"),
+                );
+            }
+        };
     let upgrade = super::proxy::is_upgrade(&parts.headers);
     let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
     let path_and_query = parts

@@ -59,7 +59,9 @@ pub fn start(
             let api = api.clone();
             // A client acting as controller `sa` (upstream's ServiceAccount name), and one with
             // an event recorder reporting as `component`.
-            let client = |sa: &str| api.local_client_as(identity::controller(sa), identity::CONTROLLER_MANAGER);
+            let client = |sa: &str| {
+                api.local_client_as(identity::controller(sa), identity::CONTROLLER_MANAGER)
+            };
             let ctx = |sa: &str, component: &str| util::Context::new(client(sa), component);
             // Shared informers list and watch as the controller manager, as upstream's do.
             let (informers, mut tasks) = informers::Informers::start(&manager);

@@ -99,4 +99,3 @@ async fn finalize(api: &Api, ns: &str) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(())
 }
-
