@@ -1,7 +1,9 @@
 //! API server benchmark: drives a running `kinglet server` (this build) over HTTPS with
 //! concurrent kube-rs clients and prints creates/s, gets/s, list and watch latencies and RSS.
 //!
-//! Run: `cargo bench --bench apiserver` (env BENCH_CREATES, BENCH_CLIENTS, BENCH_WATCHES).
+//! Run: `cargo bench --bench apiserver` (env BENCH_CREATES, BENCH_CLIENTS, BENCH_WATCHES;
+//! BENCH_KINGLET=<path> drives that kinglet binary instead, to compare two builds in one
+//! session).
 
 mod common;
 use common::{env_or, rss, server_command, wait_for_client};
@@ -31,6 +33,11 @@ fn report(name: &str, mut lat: Vec<Duration>, wall: Duration) {
         pct(&lat, 0.5),
         pct(&lat, 0.99)
     );
+}
+
+/// The binary under test: this build's, or BENCH_KINGLET's.
+fn kinglet_binary() -> String {
+    std::env::var("BENCH_KINGLET").unwrap_or_else(|_| env!("CARGO_BIN_EXE_kinglet").to_string())
 }
 
 fn cm(name: &str, stamp: Option<u128>) -> ConfigMap {
@@ -76,7 +83,7 @@ fn main() {
         .unwrap()
         .port();
     let kubeconfig = dir.path().join("kubeconfig");
-    let mut server = server_command(Command::new(env!("CARGO_BIN_EXE_kinglet")), dir.path())
+    let mut server = server_command(Command::new(kinglet_binary()), dir.path())
         .args(["--disable-agent", "--https-listen-port", &port.to_string()])
         .spawn()
         .expect("start kinglet");
