@@ -803,3 +803,59 @@ fn mutating_webhooks_cannot_rewrite_what_the_server_owns() {
         "{err}"
     );
 }
+
+/// A mutating webhook may choose a Service's ClusterIP: the address it wrote is the one
+/// reserved (the kind's allocation runs again after webhooks), so no other Service gets it.
+#[test]
+fn addresses_a_webhook_writes_into_a_service_are_reserved() {
+    let s = Server::start();
+    let (b, seen) = webhook("127.0.0.1:0", &["127.0.0.1"], |req| {
+        if req["name"] != "pinned" {
+            return json!({"allowed": true});
+        }
+        let patch = json!([
+            {"op": "replace", "path": "/spec/clusterIP", "value": "10.43.200.200"},
+            {"op": "replace", "path": "/spec/clusterIPs", "value": ["10.43.200.200"]}
+        ]);
+        json!({"allowed": true, "patchType": "JSONPatch",
+            "patch": tls_backend::base64(patch.to_string().as_bytes())})
+    });
+    let config = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": "pin"},
+        "webhooks": [{
+            "name": "pin.kinglet.test",
+            "clientConfig": url_client(&b, "/mutate"),
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                "resources": ["services"]}],
+            "sideEffects": "None",
+            "admissionReviewVersions": ["v1"],
+        }],
+    });
+    s.ok_stdin(&["apply", "-f", "-"], &config.to_string());
+    eventually(10, "the webhook to be called", || {
+        let _ = s.kubectl(&[
+            "create",
+            "service",
+            "clusterip",
+            "probe",
+            "--tcp=80",
+            "--dry-run=server",
+        ]);
+        (!seen.lock().unwrap().is_empty()).then_some(())
+    });
+    s.ok(&["create", "service", "clusterip", "pinned", "--tcp=80"]);
+    let ip = s.ok(&[
+        "get",
+        "service",
+        "pinned",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    assert_eq!(ip, "10.43.200.200");
+    let taken = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "second"},
+        "spec": {"clusterIP": "10.43.200.200", "ports": [{"port": 80}]}});
+    let err = s.fails(&["create", "-f", "-"], Some(&taken.to_string()));
+    assert!(err.contains("already allocated"), "{err}");
+}

@@ -351,6 +351,11 @@ pub(crate) fn update_strategy(
                 .unwrap_or(json!([]));
             new = out;
         }
+        Some("scale") => {
+            // Only the replicas change through the scale subresource.
+            let scale = super::scale::to_scale(res, &new);
+            new = super::scale::set_replicas(res, old, &scale)?;
+        }
         Some("approval") => {
             let mut out = old.clone();
             out["status"]["conditions"] = new

@@ -105,13 +105,25 @@ pub async fn resolve(api: &Api, svc: &ServiceRef) -> Result<Vec<SocketAddr>, Unr
             .pointer("/spec/externalName")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        return tokio::net::lookup_host((host, svc.port))
-            .await
-            .map(|found| found.collect())
-            .map_err(|e| Unresolved {
-                reason: "EndpointsNotFound",
-                message: format!("dial tcp: lookup {host}: {e}"),
-            });
+        let unresolved = |message: String| Unresolved {
+            reason: "EndpointsNotFound",
+            message,
+        };
+        let found =
+            tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::lookup_host((host, svc.port)))
+                .await
+                .map_err(|_| unresolved(format!("dial tcp: lookup {host}: i/o timeout")))?
+                .map_err(|e| unresolved(format!("dial tcp: lookup {host}: {e}")))?;
+        // The same addresses are refused as for endpoints.
+        let addrs: Vec<SocketAddr> = found
+            .filter(|a| crate::proxy::proxyable(&a.ip().to_string()).is_some())
+            .collect();
+        if addrs.is_empty() {
+            return Err(unresolved(format!(
+                "{host} has no address that may be dialled"
+            )));
+        }
+        return Ok(addrs);
     }
     let Some(port) = service
         .pointer("/spec/ports")

@@ -226,13 +226,15 @@ fn san_string(s: &SanType) -> String {
     }
 }
 
-fn load_or_new_ca(dir: &Path, file: &str, name: &str) -> Result<CertKey> {
+/// A CA from `dir`, made if missing; whether it was just made (what it signed before is then
+/// void).
+fn load_or_new_ca(dir: &Path, file: &str, name: &str) -> Result<(CertKey, bool)> {
     match load_pair(dir, file) {
-        Some(ca) => Ok(ca),
+        Some(ca) => Ok((ca, false)),
         None => {
             let ca = new_ca(name)?;
             save_pair(dir, file, &ca)?;
-            Ok(ca)
+            Ok((ca, true))
         }
     }
 }
@@ -242,7 +244,7 @@ impl Pki {
     pub fn load_or_create(data_dir: &Path, sans: &[SanType]) -> Result<Pki> {
         let dir = data_dir.join("server").join("tls");
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let ca = load_or_new_ca(&dir, "ca", "kinglet-ca")?;
+        let (ca, _) = load_or_new_ca(&dir, "ca", "kinglet-ca")?;
         let wanted: Vec<String> = sans.iter().map(san_string).collect();
         let serving = match load_pair(&dir, "serving") {
             Some(s)
@@ -275,10 +277,11 @@ impl Pki {
                 a
             }
         };
-        let front_proxy_ca = load_or_new_ca(&dir, "front-proxy-ca", "kinglet-front-proxy-ca")?;
+        let (front_proxy_ca, new_front_proxy_ca) =
+            load_or_new_ca(&dir, "front-proxy-ca", "kinglet-front-proxy-ca")?;
         let front_proxy_client = match load_pair(&dir, "front-proxy-client") {
-            Some(c) => c,
-            None => {
+            Some(c) if !new_front_proxy_ca => c,
+            _ => {
                 let c = issue(
                     &front_proxy_ca,
                     FRONT_PROXY_CLIENT_USER,

@@ -83,12 +83,16 @@ async fn checks(
         operation: if old.is_some() { "UPDATE" } else { "CREATE" },
         old,
     };
-    if webhook::mutate(api, &hooks, Some(obj)).await? {
+    if let Some(before) = webhook::mutate(api, &hooks, Some(obj)).await? {
         // Upstream applies its strategies after all mutating admission: what the server owns,
-        // and what a subresource may not change, is set again over what webhooks wrote, and
-        // the checks that ran before them see the result.
+        // and what a subresource may not change, is set again over what webhooks wrote; the
+        // checks and the kind's plugins that ran before them run again on the result (what
+        // those reserved for the object before the webhooks is given back first).
         match old {
-            None => super::lifecycle::create_strategy(res, ctx, obj)?,
+            None => {
+                super::lifecycle::create_strategy(res, ctx, obj)?;
+                kinds::of(res).create_failed(api, &before);
+            }
             Some(old) => {
                 let sub = ctx.path.subresource.as_deref();
                 *obj = super::lifecycle::update_strategy(res, old, obj.take(), sub)?;
@@ -99,6 +103,7 @@ async fn checks(
         if old.is_none() {
             kinds::of(res).set_requester(obj, &ctx.user);
         }
+        kinds::of(res).admit(api, res, obj, old).await?;
     }
     certificates::admit(api, res, ctx, obj, old).await?;
     let causes = validation::validate(res, obj, old);

@@ -358,16 +358,21 @@ fn object_matches(hook: &Value, obj: Option<&Value>, old: Option<&Value>) -> boo
     obj.is_some_and(|o| sel.matches_object(o)) || old.is_some_and(|o| sel.matches_object(o))
 }
 
-/// Runs the mutating webhooks on `obj` (None for DELETE), reinvoking as upstream; whether any
-/// changed it.
-pub async fn mutate(api: &Api, a: &Attrs<'_>, mut obj: Option<&mut Value>) -> ApiResult<bool> {
+/// Runs the mutating webhooks on `obj` (None for DELETE), reinvoking as upstream; the object
+/// as it was before them if any changed it.
+pub async fn mutate(
+    api: &Api,
+    a: &Attrs<'_>,
+    mut obj: Option<&mut Value>,
+) -> ApiResult<Option<Value>> {
     if exempt(a.res) {
-        return Ok(false);
+        return Ok(None);
     }
     let all = hooks(api).await;
     if !all.iter().any(|h| h.mutating) {
-        return Ok(false);
+        return Ok(None);
     }
+    let before = obj.as_deref().cloned();
     let mut any_changed = false;
     // Webhooks with `IfNeeded` called so far, and those to call again.
     let mut invoked: Vec<String> = Vec::new();
@@ -390,7 +395,7 @@ pub async fn mutate(api: &Api, a: &Attrs<'_>, mut obj: Option<&mut Value>) -> Ap
             break;
         }
     }
-    Ok(any_changed)
+    Ok(before.filter(|_| any_changed))
 }
 
 /// Runs the validating webhooks (`obj` is None for DELETE).
@@ -815,8 +820,11 @@ async fn resolve_service(api: &Api, hook: &Hook) -> Result<Vec<SocketAddr>, Stri
 
 /// POSTs the review to the webhook within its timeout; the decoded answer.
 async fn post(api: &Api, hook: &Hook, body: &Value) -> Result<Value, String> {
-    let t = target(hook).await?;
     let timeout = hook.timeout();
+    // A URL's name lookup counts against the webhook's timeout too.
+    let t = tokio::time::timeout(timeout, target(hook))
+        .await
+        .map_err(|_| "failed to call webhook: lookup: context deadline exceeded".to_string())??;
     let secs = timeout.as_secs();
     let sep = if t.path.contains('?') { '&' } else { '?' };
     let path = format!("{}{sep}timeout={secs}s", t.path);

@@ -48,7 +48,10 @@ pub fn spawn(api: Arc<Api>) {
         ] {
             if let Some(res) = api.registry.find(group, "v1", plural) {
                 // Any APIService change counts; of the others, those of backends' Services.
-                let only = (plural != "apiservices").then(|| backends.clone());
+                let only = (plural != "apiservices").then(|| Owners {
+                    backends: backends.clone(),
+                    by_label: plural == "endpointslices",
+                });
                 tokio::spawn(watch(api.clone(), res.prefix(), changed.clone(), only));
             }
         }
@@ -66,8 +69,7 @@ pub fn spawn(api: Arc<Api>) {
                 generation = api.registry.generation();
                 ready = now_ready;
                 last = Some(Instant::now());
-                let services = sync(&api, ready).await;
-                *backends.write().unwrap_or_else(|e| e.into_inner()) = services;
+                sync(&api, ready, &backends).await;
             }
             notified = tokio::select! {
                 _ = changed.notified() => true,
@@ -85,17 +87,29 @@ pub fn spawn(api: Arc<Api>) {
 /// endpoints (every pod's churn) do not call for a pass.
 type Backends = Arc<std::sync::RwLock<HashSet<(String, String)>>>;
 
+/// Which objects under a prefix concern the aggregator: those of the backends' Services, named
+/// as the Service (Services, Endpoints) or labelled with it (EndpointSlices).
+struct Owners {
+    backends: Backends,
+    by_label: bool,
+}
+
 /// Signals `changed` on every change under `prefix`, or with `only`, on changes of the objects
-/// of those Services (a Service, its Endpoints, its EndpointSlices).
-async fn watch(api: Arc<Api>, prefix: String, changed: Arc<Notify>, only: Option<Backends>) {
+/// of the backends' Services.
+async fn watch(api: Arc<Api>, prefix: String, changed: Arc<Notify>, only: Option<Owners>) {
     loop {
         let from = api.store.current_rev();
         if let Ok(mut w) = api.store.watch(&prefix, from).await {
             changed.notify_one();
             while let Ok(event) = w.next().await {
-                let concerned = only.as_ref().is_none_or(|backends| {
-                    let backends = backends.read().unwrap_or_else(|e| e.into_inner());
-                    owning_service(&event.record.value).is_some_and(|s| backends.contains(&s))
+                let concerned = only.as_ref().is_none_or(|o| {
+                    let backends = o.backends.read().unwrap_or_else(|e| e.into_inner());
+                    // A slice moved from one Service to another concerns both.
+                    [Some(&event.record.value), event.prev.as_ref()]
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|v| owning_service(v, o.by_label))
+                        .any(|s| backends.contains(&s))
                 });
                 if concerned {
                     changed.notify_one();
@@ -106,14 +120,16 @@ async fn watch(api: Arc<Api>, prefix: String, changed: Arc<Notify>, only: Option
     }
 }
 
-/// The Service a stored Service, Endpoints or EndpointSlice belongs to.
-fn owning_service(stored: &[u8]) -> Option<(String, String)> {
+/// The Service a stored object belongs to: by its name, or `by_label`.
+fn owning_service(stored: &[u8], by_label: bool) -> Option<(String, String)> {
     let obj: Value = serde_json::from_slice(stored).ok()?;
     let ns = obj.pointer("/metadata/namespace")?.as_str()?;
-    let name = obj
-        .pointer("/metadata/labels/kubernetes.io~1service-name")
-        .or_else(|| obj.pointer("/metadata/name"))?
-        .as_str()?;
+    let name = if by_label {
+        obj.pointer("/metadata/labels/kubernetes.io~1service-name")
+    } else {
+        obj.pointer("/metadata/name")
+    }?
+    .as_str()?;
     Some((ns.to_string(), name.to_string()))
 }
 
@@ -185,9 +201,10 @@ fn spec_str<'a>(obj: &'a Value, field: &str) -> &'a str {
 }
 
 /// One pass of every controller; `ready` says whether the client credentials to reach backends
-/// are loaded (until then delegated APIServices keep their condition). Returns the Services
-/// that remote APIServices name.
-async fn sync(api: &Arc<Api>, ready: bool) -> HashSet<(String, String)> {
+/// are loaded (until then delegated APIServices keep their condition). The Services remote
+/// APIServices name go to `backends` before the checks, so that changes to them while the
+/// checks run call for another pass.
+async fn sync(api: &Arc<Api>, ready: bool, backends: &Backends) {
     let existing = list_apiservices(api).await;
     autoregister(api, &existing).await;
     let mut delegated = Vec::new();
@@ -208,6 +225,10 @@ async fn sync(api: &Arc<Api>, ready: bool) -> HashSet<(String, String)> {
             }
         }
     }
+    *backends.write().unwrap_or_else(|e| e.into_inner()) = remote
+        .iter()
+        .map(|(_, s)| (s.namespace.clone(), s.name.clone()))
+        .collect();
     // Backends are checked at once, so that one that does not answer delays no other.
     let checks = futures::future::join_all(remote.iter().map(|(obj, service)| async move {
         if !ready {
@@ -217,10 +238,6 @@ async fn sync(api: &Arc<Api>, ready: bool) -> HashSet<(String, String)> {
         Some(check(api, obj, service, group, version).await)
     }))
     .await;
-    let services = remote
-        .iter()
-        .map(|(_, s)| (s.namespace.clone(), s.name.clone()))
-        .collect();
     for ((obj, service), checked) in remote.into_iter().zip(checks) {
         let group = spec_str(&obj, "group").to_string();
         let version = spec_str(&obj, "version").to_string();
@@ -274,7 +291,6 @@ async fn sync(api: &Arc<Api>, ready: bool) -> HashSet<(String, String)> {
     if let Err(e) = publish_authentication(api).await {
         tracing::debug!("extension-apiserver-authentication: {e}");
     }
-    services
 }
 
 /// Local APIServices for every served group/version; the CRD ones go when their group/version
@@ -486,8 +502,8 @@ mod tests {
     async fn builtins_are_local_apiservices_and_crd_ones_follow_crds() {
         let dir = scratch("local");
         let api = crate::test_api(&dir).await;
-        sync(&api, false).await;
-        sync(&api, false).await;
+        sync(&api, false, &Backends::default()).await;
+        sync(&api, false, &Backends::default()).await;
         let all = list_apiservices(&api).await;
         let find = |n: &str| all.iter().find(|o| name_of(o) == n).cloned();
         let metrics = find("v1beta1.metrics.k8s.io").expect("metrics APIService");
@@ -505,7 +521,7 @@ mod tests {
         ensure(&api, GROUP, "v1", "apiservices", None, stale, false)
             .await
             .unwrap();
-        sync(&api, false).await;
+        sync(&api, false, &Backends::default()).await;
         let all = list_apiservices(&api).await;
         assert!(!all.iter().any(|o| name_of(o) == "v1.gone.example.com"));
         // The core group's is named `v1.`, which only the APIService name rule accepts.
@@ -534,7 +550,7 @@ mod tests {
         .await
         .unwrap();
         crate::crd::sync(&api).await.unwrap();
-        sync(&api, false).await;
+        sync(&api, false, &Backends::default()).await;
         let all = list_apiservices(&api).await;
         let gizmos = all
             .iter()
@@ -574,7 +590,7 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        sync(&api, false).await;
+        sync(&api, false, &Backends::default()).await;
         let all = list_apiservices(&api).await;
         assert!(!all.iter().any(|o| name_of(o) == "v1.stable.example.com"));
     }
@@ -602,7 +618,7 @@ mod tests {
         ensure(&api, GROUP, "v1", "apiservices", None, remote, false)
             .await
             .unwrap();
-        sync(&api, true).await;
+        sync(&api, true, &Backends::default()).await;
         let obj = list_apiservices(&api)
             .await
             .into_iter()
