@@ -76,15 +76,21 @@ fn node_registers_and_runs_a_pod_with_logs_and_graceful_delete() {
             .filter_map(|e| e["manager"].as_str().map(String::from))
             .collect()
     };
-    let pod_managers = managers(&pod);
+    let with_fields = |kind: &str, name: &str| {
+        json_of(
+            &s,
+            &["get", kind, name, "-o", "json", "--show-managed-fields"],
+        )
+    };
+    let pod_managers = managers(&with_fields("pod", "bb"));
     assert!(
         pod_managers.iter().any(|m| m == "kubelet"),
         "{pod_managers:?}"
     );
+    let node_managers = managers(&with_fields("node", NODE));
     assert!(
-        managers(&node).iter().any(|m| m == "kubelet"),
-        "{:?}",
-        managers(&node)
+        node_managers.iter().any(|m| m == "kubelet"),
+        "{node_managers:?}"
     );
     let cs = &pod["status"]["containerStatuses"][0];
     assert_eq!(cs["restartCount"], 0);
