@@ -374,6 +374,20 @@ pub fn decode(body: &[u8]) -> ApiResult<Value> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn every_message_field_names_a_message_of_the_tables() {
+        for (name, fields) in MESSAGES {
+            for (tag, field, kind, message, _) in fields.iter() {
+                if *kind == "message" || *kind == "map_message" {
+                    assert!(
+                        fields_of(message).is_some(),
+                        "{name} field {field} ({tag}) names {message:?}, not in the tables"
+                    );
+                }
+            }
+        }
+    }
+
     fn varint(mut v: u64, out: &mut Vec<u8>) {
         loop {
             let b = (v & 0x7f) as u8;

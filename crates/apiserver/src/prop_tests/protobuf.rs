@@ -133,7 +133,8 @@ impl Builder<'_> {
             varint(self.c.below(4_000_000_000) as u64, &mut out);
             return out;
         }
-        let Some(fields) = fields_of(name) else {
+        // Empty messages (`CustomResourceSubresourceStatus`) have nothing to generate.
+        let Some(fields) = fields_of(name).filter(|f| !f.is_empty()) else {
             return out;
         };
         for _ in 0..self.c.below(6) {
