@@ -645,6 +645,10 @@ fn nodes_get_distinct_pod_ranges_from_the_cluster_cidr() {
         a
     );
     assert_eq!(cidr_of("manual"), "10.42.0.0/24");
+    // A deleted node's range is free again: the next node gets it.
+    s.ok(&["delete", "node", "n1"]);
+    node(&s, "n3", "4", "", "");
+    assert_eq!(cidr_of("n3"), a, "n1's range is handed out again");
 }
 
 #[test]

@@ -55,6 +55,15 @@ fn node_registers_and_runs_a_pod_with_logs_and_graceful_delete() {
     );
     assert!(node["status"]["capacity"]["cpu"].is_string());
     s.ok(&["get", "lease", "-n", "kube-node-lease", NODE]);
+    // The server's own node is the control plane (kubectl's ROLES column), as k3s shows it.
+    eventually(30, "the control-plane role", || {
+        let nodes = s.ok(&["get", "nodes"]);
+        nodes
+            .lines()
+            .find(|l| l.starts_with(&format!("{NODE} ")))
+            .filter(|l| l.contains("control-plane"))
+            .map(|_| ())
+    });
 
     s.ok(&[
         "run",

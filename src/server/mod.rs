@@ -142,6 +142,10 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         });
         // The node acts with its own node credentials, as an agent on another machine would.
         let node_user = kinglet_apiserver::authz::node::node_user(&cfg.node_name);
+        tokio::spawn(kinglet_control::roles::mark_control_plane(
+            api.local_client(),
+            cfg.node_name.clone(),
+        ));
         start_node(api.local_client_as(node_user, "kubelet"), cfg);
     }
     // One CA signs both the client certificates the API server trusts and the kubelets'

@@ -2,4 +2,5 @@
 
 pub mod controllers;
 pub mod identity;
+pub mod roles;
 pub mod scheduler;
