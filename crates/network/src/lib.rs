@@ -9,6 +9,7 @@ pub mod host_check;
 pub mod ipam;
 pub mod iptables;
 pub mod netpol;
+pub mod overlay;
 pub mod proxy;
 pub mod services;
 
