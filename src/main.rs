@@ -4,6 +4,7 @@ mod allocator;
 mod cli;
 mod images;
 mod server;
+mod token;
 
 // JSON-heavy request handling allocates a lot; mimalloc is faster than glibc malloc here and
 // fragments less across threads (docs/BENCHMARKS.md). Container supervisors, short-lived and
@@ -63,6 +64,7 @@ fn main() {
         cli::Command::Server(args) => server::run(*args),
         cli::Command::Images(args) => images::run(args),
         cli::Command::Cleanup(args) => server::cleanup(&args),
+        cli::Command::Token(args) => token::run(&args),
         cli::Command::Supervise { dir } => kinglet_runtime::supervisor::main(&dir),
         cli::Command::Sandbox {
             dir,

@@ -23,6 +23,9 @@ pub enum Command {
     /// Remove the node's network set-up (iptables chains and jumps, pod bridge, cluster DNS
     /// address, blackhole routes): for uninstalling. Stop kinglet first.
     Cleanup(CleanupArgs),
+    /// Print the join token agents use; `rotate` replaces it, `create`/`list`/`delete` manage
+    /// extra, expiring ones.
+    Token(TokenArgs),
     /// Internal: supervise one container (started by the node).
     #[command(hide = true)]
     Supervise { dir: PathBuf },
@@ -44,6 +47,52 @@ pub enum Command {
         console_socket: Option<PathBuf>,
         #[arg(last = true, required = true)]
         args: Vec<String>,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TokenArgs {
+    /// Where the server keeps its state.
+    #[arg(
+        long,
+        env = "KINGLET_DATA_DIR",
+        default_value = "/var/lib/kinglet",
+        global = true
+    )]
+    pub data_dir: PathBuf,
+    /// The admin kubeconfig (for `create`, `list` and `delete`, which go through the API).
+    #[arg(
+        long,
+        env = "KUBECONFIG",
+        default_value = "/etc/kinglet/kinglet.yaml",
+        global = true
+    )]
+    pub kubeconfig: PathBuf,
+    #[command(subcommand)]
+    pub command: Option<TokenCommand>,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum TokenCommand {
+    /// Replace the server token with a new secret and print it; the old one stops working.
+    Rotate,
+    /// Make an extra join token (a bootstrap token) and print it.
+    Create {
+        /// How long the token stays valid (`30m`, `24h`, `7d`; `0`: forever).
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        /// What the token is for, shown by `list`.
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// List the extra join tokens.
+    #[command(alias = "ls")]
+    List,
+    /// Delete extra join tokens (by id, `<id>.<secret>` or whole token).
+    #[command(alias = "rm")]
+    Delete {
+        #[arg(required = true)]
+        tokens: Vec<String>,
     },
 }
 

@@ -93,6 +93,8 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         &args.cluster_domain,
     );
     let pki = Pki::load_or_create(&args.data_dir, &sans).context("setting up the cluster PKI")?;
+    let token_path = kinglet_apiserver::join::token_path(&args.data_dir);
+    kinglet_apiserver::join::ensure_secret(&token_path).context("setting up the server token")?;
     let store = Store::open(&args.data_dir.join("server").join("db").join("state.db"))
         .context("opening the datastore")?;
     store.spawn_compactor(Duration::from_secs(args.compaction_interval.max(1)));
@@ -131,6 +133,10 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let _ = api.front_proxy.set(kinglet_apiserver::FrontProxy {
         tls: Arc::new(front_proxy_tls),
         ca_pem: pki.front_proxy_ca.cert_pem.clone(),
+    });
+    let _ = api.join.set(kinglet_apiserver::join::JoinConfig {
+        ca: pki.ca.clone(),
+        token_path,
     });
     if !args.disable_agent {
         let mut cfg = args.node_config(advertise)?;

@@ -12,6 +12,7 @@ mod convert;
 pub mod crd;
 mod discovery;
 pub mod handlers;
+pub mod join;
 mod kinds;
 pub mod lifecycle;
 mod list;
@@ -94,6 +95,8 @@ pub struct Api {
     pub kubelet_client: std::sync::OnceLock<node_proxy::KubeletClient>,
     /// The aggregation layer's client identity (set once the PKI is loaded).
     pub front_proxy: std::sync::OnceLock<FrontProxy>,
+    /// The join endpoints' CA and token (set once the PKI is loaded).
+    pub join: std::sync::OnceLock<join::JoinConfig>,
     /// The admission webhooks configured, cached.
     webhooks: admission::webhook::CacheSlot,
     /// The group/versions APIServices delegate, and their backends' discovery.
@@ -132,6 +135,7 @@ impl Api {
             allocator: Mutex::new(allocator),
             kubelet_client: std::sync::OnceLock::new(),
             front_proxy: std::sync::OnceLock::new(),
+            join: std::sync::OnceLock::new(),
             webhooks: Default::default(),
             aggregation: Default::default(),
         });
@@ -254,6 +258,8 @@ async fn handle(State(api): State<Arc<Api>>, req: Request) -> Response {
             return plain(StatusCode::OK, "ok");
         }
         "/version" | "/version/" => return json_body(200, "application/json", &version_info()),
+        // Joining nodes authenticate with the join token, not as API users.
+        p if join::is_join_path(p) => return join::serve(&api, p, &req).await,
         _ => {}
     }
     let user = match authenticate(&api, &req).await {

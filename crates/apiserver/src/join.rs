@@ -1,0 +1,433 @@
+//! Joining nodes by token, as k3s does: `/cacerts` serves the cluster CA to anyone (the agent
+//! checks it against the hash in its token), and `/v1-kinglet/{client,serving}-kubelet.crt`
+//! hand a node its certificates when it presents the server token's secret (HTTP basic auth)
+//! and its node password. The first password seen for a node name is kept (hashed) in the
+//! Secret `<node>.node-password.kinglet` in kube-system; later requests for that name must
+//! present it, so a second machine cannot take over a node name. Extra join tokens are
+//! upstream's bootstrap tokens (`<id>.<secret>`, Secret `bootstrap-token-<id>`), accepted as the
+//! password of user `node` until their `expiration`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use k8s_openapi::api::core::v1::Secret;
+use kinglet_pki::CertKey;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::Api;
+use crate::status::ApiError;
+
+/// What the join endpoints need from the server's PKI and data directory.
+pub struct JoinConfig {
+    /// The cluster CA, which signs node certificates.
+    pub ca: CertKey,
+    /// `<data-dir>/server/token`, read on every request so that a rotation takes effect.
+    pub token_path: PathBuf,
+}
+
+pub const CLIENT_CERT_PATH: &str = "/v1-kinglet/client-kubelet.crt";
+pub const SERVING_CERT_PATH: &str = "/v1-kinglet/serving-kubelet.crt";
+pub const NODE_NAME_HEADER: &str = "kinglet-node-name";
+pub const NODE_PASSWORD_HEADER: &str = "kinglet-node-password";
+pub const NODE_IP_HEADER: &str = "kinglet-node-ip";
+pub const NODE_PASSWORD_TYPE: &str = "kinglet.io/node-password";
+/// Extra join tokens are upstream's bootstrap tokens: Secrets of this type and name prefix.
+pub const BOOTSTRAP_TOKEN_TYPE: &str = "bootstrap.kubernetes.io/token";
+pub const BOOTSTRAP_TOKEN_PREFIX: &str = "bootstrap-token-";
+const NODE_PASSWORD_SUFFIX: &str = ".node-password.kinglet";
+/// bcrypt's work factor: a node password is checked once per join, not per request.
+const BCRYPT_COST: u32 = 10;
+
+/// The server token file under a data directory.
+pub fn token_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("server").join("token")
+}
+
+/// The secret in a token file: the file holds the bare secret, or a whole `K10…::server:<secret>`
+/// token (as k3s's does).
+fn secret_of(contents: &str) -> Option<String> {
+    let t = contents.trim();
+    let s = match t.split_once("::") {
+        Some((_, cred)) => cred.split_once(':').map_or(cred, |(_, s)| s),
+        None => t,
+    };
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+/// Reads the server token's secret.
+pub fn read_secret(path: &Path) -> anyhow::Result<String> {
+    let contents =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    secret_of(&contents).with_context(|| format!("{} holds no token", path.display()))
+}
+
+/// Writes a new random secret to `path` (mode 0600), replacing any, and returns it.
+pub fn write_new_secret(path: &Path) -> anyhow::Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let secret: String = rand::random::<[u8; 16]>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(format!("{secret}\n").as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(secret)
+}
+
+/// The server token's secret, made on first start.
+pub fn ensure_secret(path: &Path) -> anyhow::Result<String> {
+    match read_secret(path) {
+        Ok(s) => Ok(s),
+        Err(_) if !path.exists() => write_new_secret(path),
+        Err(e) => Err(e),
+    }
+}
+
+/// The join token for a CA bundle and secret: `K10<sha256 hex of the CA PEM>::server:<secret>`.
+pub fn token(ca_pem: &str, secret: &str) -> String {
+    format!("K10{}::server:{secret}", ca_hash(ca_pem))
+}
+
+/// The sha256 hex of a CA bundle, as join tokens carry it.
+pub fn ca_hash(ca_pem: &str) -> String {
+    hex(&Sha256::digest(ca_pem.as_bytes()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether `path` is served here, before authentication.
+pub fn is_join_path(path: &str) -> bool {
+    matches!(path, "/cacerts" | CLIENT_CERT_PATH | SERVING_CERT_PATH)
+}
+
+/// Serves a join path (see `is_join_path`).
+pub async fn serve(api: &Arc<Api>, path: &str, req: &http::request::Parts) -> Response {
+    let Some(cfg) = api.join.get() else {
+        return ApiError::path_not_found().into_response();
+    };
+    if req.method != http::Method::GET {
+        return ApiError::method_not_allowed("only GET is allowed here").into_response();
+    }
+    if path == "/cacerts" {
+        return pem_response(cfg.ca.cert_pem.clone());
+    }
+    match node_cert(api, cfg, path == SERVING_CERT_PATH, req).await {
+        Ok(body) => pem_response(body),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn pem_response(body: String) -> Response {
+    (
+        http::StatusCode::OK,
+        [(http::header::CONTENT_TYPE, "application/x-pem-file")],
+        body,
+    )
+        .into_response()
+}
+
+fn header<'a>(req: &'a http::request::Parts, name: &str) -> Option<&'a str> {
+    req.headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+/// The request's basic credentials.
+fn basic_credentials(req: &http::request::Parts) -> Option<(String, String)> {
+    let cred = header(req, "authorization")?.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(cred.trim())
+        .ok()?;
+    let (user, password) = String::from_utf8(decoded)
+        .ok()?
+        .split_once(':')
+        .map(|(u, p)| (u.to_string(), p.to_string()))?;
+    Some((user, password))
+}
+
+/// Equality of secrets in constant time, over digests of equal length so that a secret's
+/// length leaks nothing.
+fn same_secret(given: &str, want: &str) -> bool {
+    let (g, w) = (
+        Sha256::digest(given.as_bytes()),
+        Sha256::digest(want.as_bytes()),
+    );
+    g.as_slice().ct_eq(w.as_slice()).into()
+}
+
+/// Whether the password is the server token's secret (user `node` or `server`).
+fn server_token_matches(user: &str, password: &str, secret: &str) -> bool {
+    same_secret(password, secret) && matches!(user, "node" | "server")
+}
+
+/// A bootstrap token's id and secret (`[a-z0-9]{6}.[a-z0-9]{16}`, upstream's format).
+pub fn bootstrap_parts(token: &str) -> Option<(&str, &str)> {
+    let (id, secret) = token.split_once('.')?;
+    let ok = |p: &str, n: usize| {
+        p.len() == n
+            && p.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    };
+    (ok(id, 6) && ok(secret, 16)).then_some((id, secret))
+}
+
+/// A new random bootstrap token, `<id>.<secret>`.
+pub fn new_bootstrap_token() -> String {
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let pick = |n: usize| -> String {
+        (0..n)
+            .map(|_| CHARS[rand::random_range(0..CHARS.len())] as char)
+            .collect()
+    };
+    let id = pick(6);
+    format!("{id}.{}", pick(16))
+}
+
+/// Whether `token` is a bootstrap token (Secret `bootstrap-token-<id>` in kube-system) that
+/// allows authentication and has not expired.
+async fn bootstrap_token_valid(api: &Arc<Api>, token: &str) -> bool {
+    let Some((id, secret)) = bootstrap_parts(token) else {
+        return false;
+    };
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(api.local_client(), "kube-system");
+    let Ok(Some(s)) = secrets
+        .get_opt(&format!("{BOOTSTRAP_TOKEN_PREFIX}{id}"))
+        .await
+    else {
+        return false;
+    };
+    let field = |k: &str| {
+        s.data
+            .as_ref()
+            .and_then(|d| d.get(k))
+            .and_then(|b| String::from_utf8(b.0.clone()).ok())
+            .unwrap_or_default()
+    };
+    let unexpired = match field("expiration").as_str() {
+        "" => true,
+        exp => chrono::DateTime::parse_from_rfc3339(exp).is_ok_and(|t| t > chrono::Utc::now()),
+    };
+    s.type_.as_deref() == Some(BOOTSTRAP_TOKEN_TYPE)
+        && field("token-id") == id
+        && field("usage-bootstrap-authentication") == "true"
+        && unexpired
+        && same_secret(secret, &field("token-secret"))
+}
+
+/// The certificate chain and key for a node (client or serving), after checking the token and
+/// the node password.
+async fn node_cert(
+    api: &Arc<Api>,
+    cfg: &JoinConfig,
+    serving: bool,
+    req: &http::request::Parts,
+) -> Result<String, ApiError> {
+    let secret = read_secret(&cfg.token_path).map_err(|e| {
+        tracing::error!("join: {e:#}");
+        ApiError::internal("the server token is unavailable")
+    })?;
+    // The server token, or an extra (bootstrap) token `<id>.<secret>` as user `node`.
+    let authenticated = match basic_credentials(req) {
+        Some((user, password)) => {
+            server_token_matches(&user, &password, &secret)
+                || (user == "node" && bootstrap_token_valid(api, &password).await)
+        }
+        None => false,
+    };
+    if !authenticated {
+        return Err(ApiError::unauthorized());
+    }
+    let node = header(req, NODE_NAME_HEADER)
+        .ok_or_else(|| ApiError::bad_request("the Kinglet-Node-Name header is required"))?;
+    // The name also names the node password Secret, so that must be valid too.
+    if let Some(why) =
+        kinglet_core::object::check_dns_subdomain(&format!("{node}{NODE_PASSWORD_SUFFIX}"))
+    {
+        return Err(ApiError::bad_request(format!(
+            "invalid node name {node:?}: {why}"
+        )));
+    }
+    let password = header(req, NODE_PASSWORD_HEADER)
+        .ok_or_else(|| ApiError::bad_request("the Kinglet-Node-Password header is required"))?;
+    check_node_password(api, node, password).await?;
+    let issued = if serving {
+        let mut sans = vec![rcgen::SanType::DnsName(
+            node.to_string()
+                .try_into()
+                .map_err(|_| ApiError::bad_request("invalid node name"))?,
+        )];
+        for ip in header(req, NODE_IP_HEADER).unwrap_or("").split(',') {
+            match ip.trim().parse::<std::net::IpAddr>() {
+                Ok(ip) => sans.push(rcgen::SanType::IpAddress(ip)),
+                Err(_) if ip.trim().is_empty() => {}
+                Err(_) => return Err(ApiError::bad_request(format!("invalid node IP {ip:?}"))),
+            }
+        }
+        kinglet_pki::issue(&cfg.ca, node, &[], &sans, true, false)
+    } else {
+        let user = format!("system:node:{node}");
+        kinglet_pki::issue(&cfg.ca, &user, &["system:nodes"], &[], false, true)
+    }
+    .map_err(|e| ApiError::internal(format!("issuing the node certificate: {e:#}")))?;
+    // The leaf, the CA that signed it, then the key (k3s's layout).
+    Ok(format!(
+        "{}{}{}",
+        issued.cert_pem, cfg.ca.cert_pem, issued.key_pem
+    ))
+}
+
+/// bcrypt reads 72 bytes at most: it hashes the password's digest, so all of it counts.
+fn prehash(password: &str) -> String {
+    hex(&Sha256::digest(password.as_bytes()))
+}
+
+/// Records the node's password the first time its name is seen; afterwards, refuses any other.
+async fn check_node_password(api: &Arc<Api>, node: &str, password: &str) -> Result<(), ApiError> {
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(api.local_client(), "kube-system");
+    let name = format!("{node}{NODE_PASSWORD_SUFFIX}");
+    let internal = |e: kube::Error| ApiError::internal(format!("node password {name}: {e}"));
+    let existing = match secrets.get_opt(&name).await.map_err(internal)? {
+        Some(s) => s,
+        None => {
+            let pre = prehash(password);
+            let hash = tokio::task::spawn_blocking(move || bcrypt::hash(pre, BCRYPT_COST))
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            let secret = Secret {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(name.clone()),
+                    namespace: Some("kube-system".into()),
+                    ..Default::default()
+                },
+                type_: Some(NODE_PASSWORD_TYPE.into()),
+                data: Some(
+                    [(
+                        "hash".to_string(),
+                        k8s_openapi::ByteString(hash.into_bytes()),
+                    )]
+                    .into(),
+                ),
+                ..Default::default()
+            };
+            match secrets.create(&Default::default(), &secret).await {
+                Ok(_) => return Ok(()),
+                // Another request for this name won the race: check against its password.
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    secrets.get(&name).await.map_err(internal)?
+                }
+                Err(e) => return Err(internal(e)),
+            }
+        }
+    };
+    let stored = existing
+        .data
+        .as_ref()
+        .and_then(|d| d.get("hash"))
+        .and_then(|h| String::from_utf8(h.0.clone()).ok())
+        .unwrap_or_default();
+    let pre = prehash(password);
+    let ok = tokio::task::spawn_blocking(move || bcrypt::verify(pre, &stored).unwrap_or(false))
+        .await
+        .unwrap_or(false);
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!(
+            "node {node:?} is registered with another node password"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_format_and_secret_parsing() {
+        let t = token("PEM", "abc");
+        let hash = hex(&Sha256::digest(b"PEM"));
+        assert_eq!(t, format!("K10{hash}::server:abc"));
+        assert_eq!(secret_of(&t).as_deref(), Some("abc"));
+        assert_eq!(secret_of("  s3cret\n").as_deref(), Some("s3cret"));
+        assert_eq!(secret_of("\n"), None);
+    }
+
+    #[test]
+    fn secret_file_is_private_and_stable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile_dir();
+        let path = token_path(&dir);
+        let a = ensure_secret(&path).unwrap();
+        let b = ensure_secret(&path).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 32);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let c = write_new_secret(&path).unwrap();
+        assert_ne!(a, c);
+        assert_eq!(read_secret(&path).unwrap(), c);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("kinglet-join-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn basic(user: &str, pass: &str) -> http::request::Parts {
+        let v = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+        http::Request::builder()
+            .header("authorization", format!("Basic {v}"))
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0
+    }
+
+    #[test]
+    fn basic_credentials_and_server_token() {
+        let (u, p) = basic_credentials(&basic("node", "a:b")).unwrap();
+        assert_eq!((u.as_str(), p.as_str()), ("node", "a:b"));
+        assert!(server_token_matches("node", "s", "s"));
+        assert!(server_token_matches("server", "s", "s"));
+        assert!(!server_token_matches("node", "t", "s"));
+        assert!(!server_token_matches("admin", "s", "s"));
+        assert!(!server_token_matches("node", "s:", "s"));
+    }
+
+    #[test]
+    fn bootstrap_token_format() {
+        assert_eq!(
+            bootstrap_parts("abcdef.0123456789abcdef"),
+            Some(("abcdef", "0123456789abcdef"))
+        );
+        assert_eq!(bootstrap_parts("abcdef.0123456789ABCDEF"), None);
+        assert_eq!(bootstrap_parts("abcde.0123456789abcdef"), None);
+        assert_eq!(bootstrap_parts("abcdef0123456789abcdef"), None);
+        let t = new_bootstrap_token();
+        assert!(bootstrap_parts(&t).is_some(), "{t}");
+        assert_ne!(t, new_bootstrap_token());
+    }
+}

@@ -1,0 +1,368 @@
+//! Joining by token, as k3s does: `kinglet token` prints `K10<CA hash>::server:<secret>`,
+//! `/cacerts` serves the CA that hash names, and `/v1-kinglet/{client,serving}-kubelet.crt`
+//! issue node certificates for the right secret and node password only; extra tokens
+//! (`kinglet token create`) join until they expire or are deleted. Requests go through
+//! curl, as an agent's raw HTTPS client would.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::Server;
+use sha2::{Digest, Sha256};
+
+/// `kinglet token [args] --data-dir <dir>`'s output.
+fn kinglet_token(s: &Server, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_kinglet"))
+        .arg("token")
+        .args(args)
+        .arg("--data-dir")
+        .arg(s.data_dir())
+        .env_remove("KINGLET_DATA_DIR")
+        .output()
+        .expect("run kinglet token");
+    assert!(
+        out.status.success(),
+        "kinglet token {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string()
+}
+
+/// A token's CA hash and secret.
+fn parse_token(token: &str) -> (String, String) {
+    let rest = token.strip_prefix("K10").expect("K10 prefix");
+    let (hash, cred) = rest.split_once("::").expect("`::` in the token");
+    let secret = cred.strip_prefix("server:").expect("server: credentials");
+    assert_eq!(hash.len(), 64, "sha256 hex in {token}");
+    assert!(hash.chars().all(|c| c.is_ascii_hexdigit()));
+    assert!(!secret.is_empty());
+    (hash.to_string(), secret.to_string())
+}
+
+/// curl's status code and body for `path`, with optional basic credentials and headers.
+fn curl(
+    s: &Server,
+    ca: Option<&Path>,
+    path: &str,
+    user: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    let out_file = s.dir.path().join(format!("curl-{}.out", rand_suffix()));
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-o"])
+        .arg(&out_file)
+        .args(["-w", "%{http_code}"]);
+    match ca {
+        Some(ca) => cmd.arg("--cacert").arg(ca),
+        None => cmd.arg("-k"),
+    };
+    if let Some(u) = user {
+        cmd.args(["-u", u]);
+    }
+    for (k, v) in headers {
+        cmd.args(["-H", &format!("{k}: {v}")]);
+    }
+    let out = cmd
+        .arg(format!("https://127.0.0.1:{}{path}", s.port))
+        .output()
+        .expect("run curl");
+    let code = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    let body = std::fs::read_to_string(&out_file).unwrap_or_default();
+    (code, body)
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// The CA, fetched without trust and checked against the token's hash (as an agent does).
+fn fetch_ca(s: &Server, token: &str) -> PathBuf {
+    let (hash, _) = parse_token(token);
+    let (code, ca) = curl(s, None, "/cacerts", None, &[]);
+    assert_eq!(code, 200, "/cacerts: {ca}");
+    assert!(ca.contains("BEGIN CERTIFICATE"), "{ca}");
+    let got: String = Sha256::digest(ca.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(got, hash, "the token's hash names the CA /cacerts serves");
+    let path = s.dir.path().join("fetched-ca.crt");
+    std::fs::write(&path, &ca).expect("write ca");
+    path
+}
+
+fn node_headers<'a>(node: &'a str, password: &'a str) -> Vec<(&'static str, &'a str)> {
+    vec![
+        ("Kinglet-Node-Name", node),
+        ("Kinglet-Node-Password", password),
+    ]
+}
+
+/// Splits a `cert, CA, key` PEM bundle into the leaf certificate and the key.
+fn split_bundle(bundle: &str) -> (String, String) {
+    let end = "-----END CERTIFICATE-----";
+    let leaf_end = bundle.find(end).expect("a certificate") + end.len();
+    let key_start = bundle.find("-----BEGIN PRIVATE KEY-----").expect("a key");
+    (
+        format!("{}\n", bundle[..leaf_end].trim()),
+        bundle[key_start..].to_string(),
+    )
+}
+
+#[test]
+fn token_names_the_ca_and_node_certificates_need_secret_and_password() {
+    let s = Server::start();
+    let token_file = s.data_dir().join("server/token");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&token_file)
+            .expect("server token")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "the token file is private");
+    let token = kinglet_token(&s, &[]);
+    let (_, secret) = parse_token(&token);
+    let ca = fetch_ca(&s, &token);
+
+    // A new node name with the right secret: a client certificate the API accepts as the node.
+    let node_cred = format!("node:{secret}");
+    let (code, bundle) = curl(
+        &s,
+        Some(&ca),
+        "/v1-kinglet/client-kubelet.crt",
+        Some(&node_cred),
+        &node_headers("edge-1", "pw-of-edge-1"),
+    );
+    assert_eq!(code, 200, "client cert: {bundle}");
+    let (cert, key) = split_bundle(&bundle);
+    let (cert_file, key_file) = (s.dir.path().join("n.crt"), s.dir.path().join("n.key"));
+    std::fs::write(&cert_file, cert).expect("cert");
+    std::fs::write(&key_file, key).expect("key");
+    let kubeconfig = s.dir.path().join("node.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    certificate-authority: {}\n    server: https://127.0.0.1:{}\n  name: c\n\
+             contexts:\n- context:\n    cluster: c\n    user: u\n  name: c\ncurrent-context: c\n\
+             users:\n- name: u\n  user:\n    client-certificate: {}\n    client-key: {}\n",
+            ca.display(),
+            s.port,
+            cert_file.display(),
+            key_file.display()
+        ),
+    )
+    .expect("kubeconfig");
+    let out = s
+        .command(common::kubectl_default())
+        .env("KUBECONFIG", &kubeconfig)
+        .args(["auth", "whoami", "-o", "json"])
+        .output()
+        .expect("kubectl");
+    assert!(
+        out.status.success(),
+        "whoami: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let who: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(who["status"]["userInfo"]["username"], "system:node:edge-1");
+    assert!(
+        who["status"]["userInfo"]["groups"]
+            .as_array()
+            .is_some_and(|g| g.iter().any(|g| g == "system:nodes")),
+        "{who}"
+    );
+
+    // The serving certificate names the node and the address it gave.
+    let mut headers = node_headers("edge-1", "pw-of-edge-1");
+    headers.push(("Kinglet-Node-IP", "192.0.2.7"));
+    let (code, bundle) = curl(
+        &s,
+        Some(&ca),
+        "/v1-kinglet/serving-kubelet.crt",
+        Some(&node_cred),
+        &headers,
+    );
+    assert_eq!(code, 200, "serving cert: {bundle}");
+    let (cert, _) = split_bundle(&bundle);
+    let cert_file = s.dir.path().join("serving.crt");
+    std::fs::write(&cert_file, cert).expect("serving cert");
+    let out = Command::new("openssl")
+        .args([
+            "x509",
+            "-noout",
+            "-ext",
+            "subjectAltName,extendedKeyUsage",
+            "-in",
+        ])
+        .arg(&cert_file)
+        .output()
+        .expect("openssl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("DNS:edge-1"), "{text}");
+    assert!(text.contains("IP Address:192.0.2.7"), "{text}");
+    assert!(text.contains("TLS Web Server Authentication"), "{text}");
+
+    // A wrong secret: 401 with a Status.
+    let (code, body) = curl(
+        &s,
+        Some(&ca),
+        "/v1-kinglet/client-kubelet.crt",
+        Some("node:not-the-secret"),
+        &node_headers("edge-2", "pw"),
+    );
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("\"kind\":\"Status\""), "{body}");
+    // No credentials at all: 401 too.
+    let (code, _) = curl(
+        &s,
+        Some(&ca),
+        "/v1-kinglet/client-kubelet.crt",
+        None,
+        &node_headers("edge-2", "pw"),
+    );
+    assert_eq!(code, 401);
+
+    // Another machine taking the name edge-1: refused, for both certificates.
+    for path in [
+        "/v1-kinglet/client-kubelet.crt",
+        "/v1-kinglet/serving-kubelet.crt",
+    ] {
+        let (code, body) = curl(
+            &s,
+            Some(&ca),
+            path,
+            Some(&node_cred),
+            &node_headers("edge-1", "another-password"),
+        );
+        assert_eq!(code, 403, "{path}: {body}");
+    }
+
+    // The node password is kept hashed only.
+    let secret_json = s.ok(&[
+        "get",
+        "secret",
+        "-n",
+        "kube-system",
+        "edge-1.node-password.kinglet",
+        "-o",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&secret_json).expect("json");
+    assert_eq!(v["type"], "kinglet.io/node-password");
+    let hash = s.ok(&[
+        "get",
+        "secret",
+        "-n",
+        "kube-system",
+        "edge-1.node-password.kinglet",
+        "-o",
+        "go-template={{.data.hash | base64decode}}",
+    ]);
+    assert!(hash.starts_with("$2"), "a bcrypt hash: {hash}");
+    assert!(!hash.contains("pw-of-edge-1"), "{hash}");
+    assert!(!secret_json.contains("pw-of-edge-1"), "{secret_json}");
+}
+
+#[test]
+fn token_rotate_replaces_the_secret() {
+    let s = Server::start();
+    let old = kinglet_token(&s, &[]);
+    let (old_hash, old_secret) = parse_token(&old);
+    let new = kinglet_token(&s, &["rotate"]);
+    let (new_hash, new_secret) = parse_token(&new);
+    assert_eq!(old_hash, new_hash, "the CA stays");
+    assert_ne!(old_secret, new_secret);
+    assert_eq!(kinglet_token(&s, &[]), new, "the rotated token is kept");
+    let ca = fetch_ca(&s, &new);
+    let path = "/v1-kinglet/client-kubelet.crt";
+    let (code, _) = curl(
+        &s,
+        Some(&ca),
+        path,
+        Some(&format!("server:{old_secret}")),
+        &node_headers("edge-3", "pw"),
+    );
+    assert_eq!(code, 401, "the old secret no longer joins");
+    let (code, body) = curl(
+        &s,
+        Some(&ca),
+        path,
+        Some(&format!("server:{new_secret}")),
+        &node_headers("edge-3", "pw"),
+    );
+    assert_eq!(code, 200, "{body}");
+}
+
+/// `kinglet token <args>` with the server's admin kubeconfig.
+fn kinglet_token_api(s: &Server, args: &[&str]) -> String {
+    let kubeconfig = s.kubeconfig.display().to_string();
+    let mut all = args.to_vec();
+    all.extend(["--kubeconfig", &kubeconfig]);
+    kinglet_token(s, &all)
+}
+
+#[test]
+fn extra_tokens_join_until_expired_or_deleted() {
+    let s = Server::start();
+    let server_token = kinglet_token(&s, &[]);
+    let (ca_hash, _) = parse_token(&server_token);
+    let ca = fetch_ca(&s, &server_token);
+    let extra = kinglet_token_api(
+        &s,
+        &["create", "--ttl", "1h", "--description", "edge fleet"],
+    );
+    let (hash, creds) = extra
+        .strip_prefix("K10")
+        .and_then(|t| t.split_once("::"))
+        .expect("K10 token");
+    assert_eq!(hash, ca_hash);
+    let (id, _) = creds.split_once('.').expect("<id>.<secret>");
+    let join = |creds: &str, node: &str| {
+        curl(
+            &s,
+            Some(&ca),
+            "/v1-kinglet/client-kubelet.crt",
+            Some(&format!("node:{creds}")),
+            &node_headers(node, "pw"),
+        )
+    };
+    let (code, body) = join(creds, "edge-4");
+    assert_eq!(code, 200, "{body}");
+    // The right id with another secret: refused.
+    let (code, _) = join(&format!("{id}.0000000000000000"), "edge-5");
+    assert_eq!(code, 401);
+    let listed = kinglet_token_api(&s, &["list"]);
+    let row = listed
+        .lines()
+        .find(|l| l.starts_with(creds))
+        .unwrap_or_else(|| panic!("{creds} not listed:\n{listed}"));
+    assert!(row.ends_with("edge fleet"), "{row}");
+
+    // An expired token is refused.
+    let short = kinglet_token_api(&s, &["create", "--ttl", "1s"]);
+    let short_creds = short.split_once("::").expect("token").1.to_string();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let (code, _) = join(&short_creds, "edge-6");
+    assert_eq!(code, 401, "expired token");
+    assert!(
+        kinglet_token_api(&s, &["list"])
+            .lines()
+            .any(|l| l.starts_with(&short_creds) && l.contains("expired"))
+    );
+
+    // A deleted token is refused.
+    kinglet_token_api(&s, &["delete", &extra]);
+    let (code, _) = join(creds, "edge-7");
+    assert_eq!(code, 401, "deleted token");
+    assert!(!kinglet_token_api(&s, &["list"]).contains(creds));
+}
