@@ -303,3 +303,23 @@ fn always_written_structs_are_present() {
     let c = &by_kind("Job")["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(c["resources"], serde_json::json!({}), "{c}");
 }
+
+/// A Secret's `stringData` goes into `data` (winning over the same key) and is never stored
+/// or answered, as upstream's conversion does.
+#[test]
+fn secret_string_data_is_merged_into_data() {
+    let s = Server::start();
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: creds}\nstringData: {user: admin, pass: s3cret}\ndata: {pass: b2xk, other: eA==}\n",
+    );
+    let secret: serde_json::Value =
+        serde_json::from_str(&s.ok(&["get", "secret", "creds", "-o", "json"])).unwrap();
+    assert_eq!(secret["data"]["user"], "YWRtaW4=", "{secret}");
+    assert_eq!(
+        secret["data"]["pass"], "czNjcmV0",
+        "stringData wins: {secret}"
+    );
+    assert_eq!(secret["data"]["other"], "eA==", "{secret}");
+    assert!(secret.get("stringData").is_none(), "{secret}");
+}

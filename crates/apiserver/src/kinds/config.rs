@@ -35,7 +35,8 @@ pub struct Secrets;
 
 impl KindBehaviour for Secrets {
     fn defaults(&self, obj: &mut Value) {
-        default(obj, "type", json!("Opaque"))
+        default(obj, "type", json!("Opaque"));
+        merge_string_data(obj);
     }
 
     fn validate(&self, _res: &Resource, obj: &Value, old: Option<&Value>, out: &mut Vec<Cause>) {
@@ -107,6 +108,33 @@ fn keyed_data(obj: &Value, out: &mut Vec<Cause>) {
                     out.push(Cause::invalid(format!("{field}[{k}]"), &json!(k), "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"));
                 }
             }
+        }
+    }
+}
+
+/// `stringData` is write-only: its entries go into `data` (base64), over any of the same key,
+/// and it is never stored or answered, as upstream's conversion of a Secret does.
+fn merge_string_data(obj: &mut Value) {
+    use base64::Engine;
+    let Some(m) = obj.as_object_mut() else {
+        return;
+    };
+    let Some(Value::Object(string_data)) = m.remove("stringData") else {
+        return;
+    };
+    if string_data.is_empty() {
+        return;
+    }
+    if !m.get("data").is_some_and(Value::is_object) {
+        m.insert("data".into(), json!({}));
+    }
+    if let Some(Value::Object(data)) = m.get_mut("data") {
+        for (k, v) in string_data {
+            let text = v.as_str().unwrap_or_default();
+            data.insert(
+                k,
+                json!(base64::engine::general_purpose::STANDARD.encode(text)),
+            );
         }
     }
 }
