@@ -211,6 +211,23 @@ fn token_names_the_ca_and_node_certificates_need_secret_and_password() {
     assert!(text.contains("DNS:edge-1"), "{text}");
     assert!(text.contains("IP Address:192.0.2.7"), "{text}");
     assert!(text.contains("TLS Web Server Authentication"), "{text}");
+    // A serving certificate never names the API server (its address, loopback, its names).
+    for (node, ip) in [
+        ("edge-1", "127.0.0.1"),
+        ("kubernetes.default.svc", "192.0.2.8"),
+    ] {
+        let password = format!("pw-of-{node}");
+        let mut headers = node_headers(node, &password);
+        headers.push(("Kinglet-Node-IP", ip));
+        let (code, body) = curl(
+            &s,
+            Some(&ca),
+            "/v1-kinglet/serving-kubelet.crt",
+            Some(&node_cred),
+            &headers,
+        );
+        assert_eq!(code, 400, "{node} {ip}: {body}");
+    }
 
     // A wrong secret: 401 with a Status.
     let (code, body) = curl(

@@ -271,6 +271,13 @@ async fn node_cert(
         .ok_or_else(|| ApiError::bad_request("the Kinglet-Node-Password header is required"))?;
     check_node_password(api, node, password).await?;
     let issued = if serving {
+        // A serving certificate must not name the API server: pods and clients trust the
+        // same CA for it.
+        if node == "localhost" || node.starts_with("kubernetes") {
+            return Err(ApiError::bad_request(format!(
+                "a node may not be named {node:?}: the name belongs to the API server"
+            )));
+        }
         let mut sans = vec![rcgen::SanType::DnsName(
             node.to_string()
                 .try_into()
@@ -278,6 +285,16 @@ async fn node_cert(
         )];
         for ip in header(req, NODE_IP_HEADER).unwrap_or("").split(',') {
             match ip.trim().parse::<std::net::IpAddr>() {
+                Ok(ip)
+                    if ip.is_loopback()
+                        || ip.is_unspecified()
+                        || ip == api.config.advertise_address
+                        || ip == std::net::IpAddr::V4(api.kubernetes_service_ip()) =>
+                {
+                    return Err(ApiError::bad_request(format!(
+                        "a node's serving certificate may not name {ip}: it belongs to the API server or to no one"
+                    )));
+                }
                 Ok(ip) => sans.push(rcgen::SanType::IpAddress(ip)),
                 Err(_) if ip.trim().is_empty() => {}
                 Err(_) => return Err(ApiError::bad_request(format!("invalid node IP {ip:?}"))),
