@@ -1,5 +1,6 @@
 //! kinglet: a whole Kubernetes distribution in one binary.
 
+mod agent;
 mod allocator;
 mod cli;
 mod images;
@@ -62,6 +63,7 @@ fn main() {
     };
     let result = match cli.command {
         cli::Command::Server(args) => server::run(*args),
+        cli::Command::Agent(args) => agent::run(*args),
         cli::Command::Images(args) => images::run(args),
         cli::Command::Cleanup(args) => server::cleanup(&args),
         cli::Command::Token(args) => token::run(&args),

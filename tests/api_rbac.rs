@@ -673,7 +673,8 @@ fn the_kubelet_api_asks_the_api_server_who_may_use_it() {
             .expect("curl");
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    eventually(10, "bob's binding to reach the kubelet", || {
+    // The kubelet's API comes up with the node; a loaded machine takes a while.
+    eventually(30, "bob's binding to reach the kubelet", || {
         (get(Some("bob"), "/stats/summary") == "200").then_some(())
     });
     assert_eq!(get(Some("alice"), "/stats/summary"), "403");

@@ -18,6 +18,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the control plane (API server, controllers, scheduler) and, unless disabled, a node.
     Server(Box<ServerArgs>),
+    /// Run only a node, joined to a remote server with a join token.
+    Agent(Box<AgentArgs>),
     /// Manage the node's image store (for air-gapped devices: import tarballs).
     Images(ImagesArgs),
     /// Remove the node's network set-up (iptables chains and jumps, pod bridge, cluster DNS
@@ -159,42 +161,35 @@ pub enum ImagesCommand {
 }
 
 #[derive(Args, Debug, Clone)]
-pub struct ServerArgs {
-    /// YAML file whose keys are flag names (flags given on the command line win).
-    #[arg(
-        long,
-        env = "KINGLET_CONFIG",
-        default_value = "/etc/kinglet/config.yaml"
-    )]
-    pub config: PathBuf,
-    /// Where kinglet keeps its state.
+pub struct AgentArgs {
+    /// The server to join (`https://<host>:6443`).
+    #[arg(long, env = "KINGLET_URL")]
+    pub server: String,
+    /// The join token (`K10<CA hash>::<user>:<secret>`, as `kinglet token` prints it).
+    #[arg(long, env = "KINGLET_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A file holding the join token.
+    #[arg(long, env = "KINGLET_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+    /// Where kinglet keeps its state (the agent's certificates under `agent/`).
     #[arg(long, env = "KINGLET_DATA_DIR", default_value = "/var/lib/kinglet")]
     pub data_dir: PathBuf,
-    /// Address the API server listens on.
-    #[arg(long, env = "KINGLET_BIND_ADDRESS", default_value = "0.0.0.0")]
-    pub bind_address: IpAddr,
-    /// HTTPS port of the API server.
-    #[arg(long, env = "KINGLET_HTTPS_LISTEN_PORT", default_value_t = 6443)]
-    pub https_listen_port: u16,
-    /// Address advertised to clients and nodes (default: the host's first non-loopback address).
-    #[arg(long, env = "KINGLET_ADVERTISE_ADDRESS")]
-    pub advertise_address: Option<IpAddr>,
-    /// Extra names or addresses for the serving certificate (repeatable).
-    #[arg(long = "tls-san", env = "KINGLET_TLS_SAN", value_delimiter = ',')]
-    pub tls_san: Vec<String>,
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// Verbose logging.
+    #[arg(long, env = "KINGLET_DEBUG")]
+    pub debug: bool,
+}
+
+/// The node's flags, shared by `kinglet server` (its embedded node) and `kinglet agent`.
+#[derive(Args, Debug, Clone)]
+pub struct NodeArgs {
     /// Pod network range.
     #[arg(long, env = "KINGLET_CLUSTER_CIDR", default_value = "10.42.0.0/16")]
     pub cluster_cidr: String,
     /// Service ClusterIP range.
     #[arg(long, env = "KINGLET_SERVICE_CIDR", default_value = "10.43.0.0/16")]
     pub service_cidr: String,
-    /// NodePort range.
-    #[arg(
-        long,
-        env = "KINGLET_SERVICE_NODE_PORT_RANGE",
-        default_value = "30000-32767"
-    )]
-    pub service_node_port_range: String,
     /// Cluster DNS service address (default: the tenth address of the service range, as k3s).
     #[arg(long, env = "KINGLET_CLUSTER_DNS")]
     pub cluster_dns: Option<IpAddr>,
@@ -205,23 +200,11 @@ pub struct ServerArgs {
     /// with `dnsPolicy: Default` get.
     #[arg(long, env = "KINGLET_RESOLV_CONF", default_value = "/etc/resolv.conf")]
     pub resolv_conf: PathBuf,
-    /// Where to write the admin kubeconfig.
-    #[arg(
-        long,
-        env = "KINGLET_WRITE_KUBECONFIG",
-        default_value = "/etc/kinglet/kinglet.yaml"
-    )]
-    pub write_kubeconfig: PathBuf,
-    /// File mode of the kubeconfig (octal).
-    #[arg(long, env = "KINGLET_WRITE_KUBECONFIG_MODE", default_value = "0600")]
-    pub write_kubeconfig_mode: String,
-    /// Seconds between compactions of the datastore's history.
-    #[arg(long, env = "KINGLET_COMPACTION_INTERVAL", default_value_t = 300)]
-    pub compaction_interval: u64,
     /// This node's name (default: the host name).
     #[arg(long, env = "KINGLET_NODE_NAME")]
     pub node_name: Option<String>,
-    /// This node's address (default: the advertised address).
+    /// This node's address (default: the advertised address; an agent's: its address towards
+    /// the server).
     #[arg(long, env = "KINGLET_NODE_IP")]
     pub node_ip: Option<IpAddr>,
     /// Labels for this node, key=value (repeatable).
@@ -256,14 +239,62 @@ pub struct ServerArgs {
     /// container-log-max-size, container-log-max-files. They win over the flags above.
     #[arg(long = "kubelet-arg", env = "KINGLET_KUBELET_ARG")]
     pub kubelet_arg: Vec<String>,
-    /// Run only the API server and control plane, no node.
-    #[arg(long, env = "KINGLET_DISABLE_AGENT")]
-    pub disable_agent: bool,
     /// Start the node even where another Kubernetes network is on the host (kube-proxy, k3s or
     /// flannel processes, their `cni0` or `flannel.1`, KUBE-* iptables chains kinglet did not
     /// write), taking over its bridge and shared chains. Without it the server refuses to start.
     #[arg(long, env = "KINGLET_TAKE_OVER_HOST_NETWORK")]
     pub take_over_host_network: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// YAML file whose keys are flag names (flags given on the command line win).
+    #[arg(
+        long,
+        env = "KINGLET_CONFIG",
+        default_value = "/etc/kinglet/config.yaml"
+    )]
+    pub config: PathBuf,
+    /// Where kinglet keeps its state.
+    #[arg(long, env = "KINGLET_DATA_DIR", default_value = "/var/lib/kinglet")]
+    pub data_dir: PathBuf,
+    /// Address the API server listens on.
+    #[arg(long, env = "KINGLET_BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub bind_address: IpAddr,
+    /// HTTPS port of the API server.
+    #[arg(long, env = "KINGLET_HTTPS_LISTEN_PORT", default_value_t = 6443)]
+    pub https_listen_port: u16,
+    /// Address advertised to clients and nodes (default: the host's first non-loopback address).
+    #[arg(long, env = "KINGLET_ADVERTISE_ADDRESS")]
+    pub advertise_address: Option<IpAddr>,
+    /// Extra names or addresses for the serving certificate (repeatable).
+    #[arg(long = "tls-san", env = "KINGLET_TLS_SAN", value_delimiter = ',')]
+    pub tls_san: Vec<String>,
+    /// NodePort range.
+    #[arg(
+        long,
+        env = "KINGLET_SERVICE_NODE_PORT_RANGE",
+        default_value = "30000-32767"
+    )]
+    pub service_node_port_range: String,
+    /// Where to write the admin kubeconfig.
+    #[arg(
+        long,
+        env = "KINGLET_WRITE_KUBECONFIG",
+        default_value = "/etc/kinglet/kinglet.yaml"
+    )]
+    pub write_kubeconfig: PathBuf,
+    /// File mode of the kubeconfig (octal).
+    #[arg(long, env = "KINGLET_WRITE_KUBECONFIG_MODE", default_value = "0600")]
+    pub write_kubeconfig_mode: String,
+    /// Seconds between compactions of the datastore's history.
+    #[arg(long, env = "KINGLET_COMPACTION_INTERVAL", default_value_t = 300)]
+    pub compaction_interval: u64,
+    /// Run only the API server and control plane, no node.
+    #[arg(long, env = "KINGLET_DISABLE_AGENT")]
+    pub disable_agent: bool,
+    #[command(flatten)]
+    pub node: NodeArgs,
     /// Verbose logging.
     #[arg(long, env = "KINGLET_DEBUG")]
     pub debug: bool,
@@ -272,6 +303,51 @@ pub struct ServerArgs {
 impl ServerArgs {
     /// The embedded node's settings.
     pub fn node_config(&self, advertise: IpAddr) -> anyhow::Result<kinglet_kubelet::NodeConfig> {
+        self.node.node_config(&self.data_dir, advertise)
+    }
+
+    /// What the node's start-up check of the host's network needs.
+    pub fn host_check(&self) -> anyhow::Result<kinglet_network::host_check::Config> {
+        self.node.host_check()
+    }
+
+    /// `--cluster-dns`, or the tenth address of the service range.
+    pub fn cluster_dns(&self) -> anyhow::Result<IpAddr> {
+        self.node.cluster_dns()
+    }
+
+    pub fn node_port_range(&self) -> anyhow::Result<(u16, u16)> {
+        let (lo, hi) = self
+            .service_node_port_range
+            .split_once('-')
+            .ok_or_else(|| {
+                anyhow::anyhow!("--service-node-port-range must look like 30000-32767")
+            })?;
+        let (lo, hi): (u16, u16) = (lo.trim().parse()?, hi.trim().parse()?);
+        anyhow::ensure!(
+            lo <= hi && lo > 0,
+            "--service-node-port-range: {lo} is above {hi}"
+        );
+        Ok((lo, hi))
+    }
+
+    pub fn kubeconfig_mode(&self) -> anyhow::Result<u32> {
+        u32::from_str_radix(self.write_kubeconfig_mode.trim_start_matches("0o"), 8).map_err(|_| {
+            anyhow::anyhow!(
+                "--write-kubeconfig-mode must be an octal mode such as 0644, not {:?}",
+                self.write_kubeconfig_mode
+            )
+        })
+    }
+}
+
+impl NodeArgs {
+    /// The node's settings; `default_ip` is its address unless `--node-ip` names one.
+    pub fn node_config(
+        &self,
+        data_dir: &std::path::Path,
+        default_ip: IpAddr,
+    ) -> anyhow::Result<kinglet_kubelet::NodeConfig> {
         let node_name = match &self.node_name {
             Some(n) => n.clone(),
             None => hostname::get()?.to_string_lossy().to_lowercase(),
@@ -290,14 +366,14 @@ impl ServerArgs {
         }
         let mut cfg = kinglet_kubelet::NodeConfig {
             node_name,
-            node_ip: self.node_ip.unwrap_or(advertise),
+            node_ip: self.node_ip.unwrap_or(default_ip),
             labels,
             taints: self
                 .node_taint
                 .iter()
                 .map(|t| kinglet_kubelet::parse_taint(t))
                 .collect::<anyhow::Result<_>>()?,
-            data_dir: self.data_dir.clone(),
+            data_dir: data_dir.to_path_buf(),
             pod_log_dir: self.pod_log_dir.clone(),
             run_dir: self.run_dir.clone(),
             cluster_cidr: ipv4_net("--cluster-cidr", &self.cluster_cidr)?,
@@ -351,30 +427,6 @@ impl ServerArgs {
                 &self.service_cidr,
             )?))),
         }
-    }
-
-    pub fn node_port_range(&self) -> anyhow::Result<(u16, u16)> {
-        let (lo, hi) = self
-            .service_node_port_range
-            .split_once('-')
-            .ok_or_else(|| {
-                anyhow::anyhow!("--service-node-port-range must look like 30000-32767")
-            })?;
-        let (lo, hi): (u16, u16) = (lo.trim().parse()?, hi.trim().parse()?);
-        anyhow::ensure!(
-            lo <= hi && lo > 0,
-            "--service-node-port-range: {lo} is above {hi}"
-        );
-        Ok((lo, hi))
-    }
-
-    pub fn kubeconfig_mode(&self) -> anyhow::Result<u32> {
-        u32::from_str_radix(self.write_kubeconfig_mode.trim_start_matches("0o"), 8).map_err(|_| {
-            anyhow::anyhow!(
-                "--write-kubeconfig-mode must be an octal mode such as 0644, not {:?}",
-                self.write_kubeconfig_mode
-            )
-        })
     }
 }
 
@@ -559,7 +611,7 @@ mod tests {
         assert_eq!(a.https_listen_port, 7443);
         assert_eq!(a.tls_san, vec!["a.example", "10.0.0.9"]);
         assert!(a.disable_agent);
-        assert_eq!(a.cluster_domain, "cli.local");
+        assert_eq!(a.node.cluster_domain, "cli.local");
         std::fs::write(&path, "- not a map").unwrap();
         assert!(config_args(&path, true).is_err());
         assert!(
@@ -598,14 +650,14 @@ mod tests {
             "container-log-max-files=1",
         ] {
             let mut b = a.clone();
-            b.kubelet_arg = vec![bad.to_string()];
+            b.node.kubelet_arg = vec![bad.to_string()];
             assert!(
                 b.node_config("127.0.0.1".parse().unwrap()).is_err(),
                 "{bad}"
             );
         }
         let mut b = a.clone();
-        b.kubelet_arg = vec!["image-gc-low-threshold=90".into()];
+        b.node.kubelet_arg = vec!["image-gc-low-threshold=90".into()];
         assert!(b.node_config("127.0.0.1".parse().unwrap()).is_err());
     }
 }

@@ -74,8 +74,8 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "localhost".into());
-    let service_net = kinglet_apiserver::service_network(&args.service_cidr)?;
-    let cluster_cidr = crate::cli::ipv4_net("--cluster-cidr", &args.cluster_cidr)?;
+    let service_net = kinglet_apiserver::service_network(&args.node.service_cidr)?;
+    let cluster_cidr = crate::cli::ipv4_net("--cluster-cidr", &args.node.cluster_cidr)?;
     // The host is not ours: refuse another Kubernetes network, or ranges that overlap its own.
     if !args.disable_agent {
         kinglet_network::host_check::refuse_foreign(&args.host_check()?).await?;
@@ -90,7 +90,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         &all_addrs,
         &args.tls_san,
         service_net,
-        &args.cluster_domain,
+        &args.node.cluster_domain,
     );
     let pki = Pki::load_or_create(&args.data_dir, &sans).context("setting up the cluster PKI")?;
     let token_path = kinglet_apiserver::join::token_path(&args.data_dir);
@@ -101,8 +101,8 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let config = ApiConfig {
         advertise_address: advertise,
         port: args.https_listen_port,
-        service_cidr: args.service_cidr.clone(),
-        cluster_domain: args.cluster_domain.clone(),
+        service_cidr: args.node.service_cidr.clone(),
+        cluster_domain: args.node.cluster_domain.clone(),
         cluster_dns: args.cluster_dns()?,
         node_port_range: node_ports,
     };
@@ -191,7 +191,7 @@ pub fn cleanup(args: &crate::cli::CleanupArgs) -> anyhow::Result<()> {
 }
 
 /// The node's parts: kubelet, service proxy, network policies and cluster DNS.
-fn start_node(client: kube::Client, cfg: kinglet_kubelet::NodeConfig) {
+pub(crate) fn start_node(client: kube::Client, cfg: kinglet_kubelet::NodeConfig) {
     let proxy = kinglet_network::proxy::Config {
         node_name: cfg.node_name.clone(),
         cluster_cidr: cfg.cluster_cidr,
@@ -231,7 +231,7 @@ fn start_node(client: kube::Client, cfg: kinglet_kubelet::NodeConfig) {
     });
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),

@@ -102,6 +102,24 @@ impl Server {
         s
     }
 
+    /// Starts a server without its own node (`--disable-agent`) in a test host of its own, on
+    /// port 6443 there, for agents run in the same host (`command`) to join.
+    pub fn start_in_host(extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut args = vec!["--disable-agent".to_string()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut s = Server {
+            child: None,
+            port: 6443,
+            kubeconfig: dir.path().join("kubeconfig.yaml"),
+            dir,
+            extra: args,
+            host: Some(host::TestHost::new()),
+        };
+        s.spawn();
+        s
+    }
+
     fn spawn(&mut self) {
         let config = self.dir.path().join("config.yaml");
         if !config.exists() {

@@ -189,7 +189,7 @@ pub fn version_info() -> Value {
         "buildDate": option_env!("KINGLET_BUILD_DATE").unwrap_or("1970-01-01T00:00:00Z"),
         "goVersion": "go1.24.0",
         "compiler": "gc",
-        "platform": format!("linux/{}", match std::env::consts::ARCH { "x86_64" => "amd64", "aarch64" => "arm64", other => other }),
+        "platform": format!("linux/{}", kinglet_core::go_arch()),
     })
 }
 
@@ -491,16 +491,7 @@ impl Api {
     }
 }
 
-/// A User-Agent in upstream's form: `kube-scheduler/v1.33.0+kinglet (linux/amd64) kubernetes/<commit>`.
-pub fn user_agent(program: &str) -> String {
-    let info = version_info();
-    format!(
-        "{program}/{} ({}) kubernetes/{}",
-        kinglet_core::K8S_GIT_VERSION,
-        info["platform"].as_str().unwrap_or("linux"),
-        option_env!("KINGLET_GIT_COMMIT").unwrap_or("unknown"),
-    )
-}
+pub use kinglet_core::user_agent;
 
 /// An API server over a fresh store in `dir`, for unit tests of its clients.
 #[cfg(any(test, feature = "test-util"))]

@@ -16,3 +16,22 @@ pub mod selectors;
 
 /// The Kubernetes API level kinglet serves (and its kubelet reports).
 pub const K8S_GIT_VERSION: &str = "v1.33.0+kinglet";
+
+/// This machine's architecture as Go names it (`amd64`, `arm64`).
+pub fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// A User-Agent in upstream's form: `kubelet/v1.33.0+kinglet (linux/amd64) kubernetes/<commit>`.
+/// Upstream's components send it, and writes take their field manager from it.
+pub fn user_agent(program: &str) -> String {
+    format!(
+        "{program}/{K8S_GIT_VERSION} (linux/{}) kubernetes/{}",
+        go_arch(),
+        option_env!("KINGLET_GIT_COMMIT").unwrap_or("unknown"),
+    )
+}

@@ -44,7 +44,8 @@ pub struct Pki {
 
 const VALID_DAYS: i64 = 3650;
 
-fn write_private(path: &Path, data: &str) -> Result<()> {
+/// Writes a file only its owner may read, atomically (keys, tokens).
+pub fn write_private(path: &Path, data: &str) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
