@@ -26,17 +26,7 @@ const SERVING_CERT_PATH: &str = "/v1-kinglet/serving-kubelet.crt";
 const RENEW_BEFORE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
-    let filter = if args.debug {
-        "debug,hyper=info,rustls=info,h2=info"
-    } else {
-        "info"
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| filter.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    crate::server::init_logging(args.debug);
     let token = match (&args.token, &args.token_file) {
         (Some(t), _) => t.clone(),
         (None, Some(f)) => {

@@ -14,24 +14,6 @@ use common::{Server, eventually, host};
 
 const AGENT: &str = "agent-1";
 
-fn kinglet_token(s: &Server) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_kinglet"))
-        .args(["token", "--data-dir"])
-        .arg(s.data_dir())
-        .env_remove("KINGLET_DATA_DIR")
-        .output()
-        .expect("run kinglet token");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_string()
-}
-
 /// `kinglet agent` for node `name` with data under `dir`, in the server's test host.
 fn agent_command(s: &Server, dir: &Path, name: &str, token: &str) -> Command {
     let host = s.host().expect("test host");
@@ -88,7 +70,7 @@ fn mode(path: PathBuf) -> u32 {
 #[test]
 fn agent_joins_runs_pods_keeps_its_name_and_restarts_offline() {
     let mut s = Server::start_in_host(&[]);
-    let token = kinglet_token(&s);
+    let token = s.kinglet_token(&[]);
     let dir = s.dir.path().join("agent1");
     let mut agent = spawn_agent(&s, &dir, AGENT, &token);
     let log = || std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();

@@ -12,27 +12,6 @@ use std::process::Command;
 use common::Server;
 use sha2::{Digest, Sha256};
 
-/// `kinglet token [args] --data-dir <dir>`'s output.
-fn kinglet_token(s: &Server, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_kinglet"))
-        .arg("token")
-        .args(args)
-        .arg("--data-dir")
-        .arg(s.data_dir())
-        .env_remove("KINGLET_DATA_DIR")
-        .output()
-        .expect("run kinglet token");
-    assert!(
-        out.status.success(),
-        "kinglet token {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_string()
-}
-
 /// A token's CA hash and secret.
 fn parse_token(token: &str) -> (String, String) {
     let rest = token.strip_prefix("K10").expect("K10 prefix");
@@ -130,7 +109,7 @@ fn token_names_the_ca_and_node_certificates_need_secret_and_password() {
             .permissions(),
     );
     assert_eq!(mode & 0o777, 0o600, "the token file is private");
-    let token = kinglet_token(&s, &[]);
+    let token = s.kinglet_token(&[]);
     let (_, secret) = parse_token(&token);
     let ca = fetch_ca(&s, &token);
 
@@ -293,13 +272,13 @@ fn token_names_the_ca_and_node_certificates_need_secret_and_password() {
 #[test]
 fn token_rotate_replaces_the_secret() {
     let s = Server::start();
-    let old = kinglet_token(&s, &[]);
+    let old = s.kinglet_token(&[]);
     let (old_hash, old_secret) = parse_token(&old);
-    let new = kinglet_token(&s, &["rotate"]);
+    let new = s.kinglet_token(&["rotate"]);
     let (new_hash, new_secret) = parse_token(&new);
     assert_eq!(old_hash, new_hash, "the CA stays");
     assert_ne!(old_secret, new_secret);
-    assert_eq!(kinglet_token(&s, &[]), new, "the rotated token is kept");
+    assert_eq!(s.kinglet_token(&[]), new, "the rotated token is kept");
     let ca = fetch_ca(&s, &new);
     let path = "/v1-kinglet/client-kubelet.crt";
     let (code, _) = curl(
@@ -325,13 +304,13 @@ fn kinglet_token_api(s: &Server, args: &[&str]) -> String {
     let kubeconfig = s.kubeconfig.display().to_string();
     let mut all = args.to_vec();
     all.extend(["--kubeconfig", &kubeconfig]);
-    kinglet_token(s, &all)
+    s.kinglet_token(&all)
 }
 
 #[test]
 fn extra_tokens_join_until_expired_or_deleted() {
     let s = Server::start();
-    let server_token = kinglet_token(&s, &[]);
+    let server_token = s.kinglet_token(&[]);
     let (ca_hash, _) = parse_token(&server_token);
     let ca = fetch_ca(&s, &server_token);
     let extra = kinglet_token_api(

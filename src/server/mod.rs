@@ -34,8 +34,10 @@ fn host_addresses() -> Vec<IpAddr> {
     out
 }
 
-pub fn run(args: ServerArgs) -> anyhow::Result<()> {
-    let filter = if args.debug {
+/// Logs to stderr: `RUST_LOG` if set, else info (debug with `--debug`, the HTTP and TLS
+/// libraries kept at info).
+pub(crate) fn init_logging(debug: bool) {
+    let filter = if debug {
         "debug,hyper=info,rustls=info,h2=info"
     } else {
         "info"
@@ -46,6 +48,10 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+}
+
+pub fn run(args: ServerArgs) -> anyhow::Result<()> {
+    init_logging(args.debug);
     // One server per data directory: two would interleave writes to one SQLite log and fight
     // over the controllers' lease. Held until the process ends.
     let server_dir = args.data_dir.join("server");

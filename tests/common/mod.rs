@@ -300,6 +300,27 @@ impl Server {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `kinglet token [args] --data-dir <this server's>`'s output.
+    pub fn kinglet_token(&self, args: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_kinglet"))
+            .arg("token")
+            .args(args)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .env_remove("KINGLET_DATA_DIR")
+            .output()
+            .expect("run kinglet token");
+        assert!(
+            out.status.success(),
+            "kinglet token {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_string()
+    }
+
     /// Waits for pod `name` to run and returns its IP.
     pub fn running_pod_ip(&self, name: &str) -> String {
         eventually(90, &format!("pod {name} running with an IP"), || {

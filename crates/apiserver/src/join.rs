@@ -67,8 +67,6 @@ pub fn read_secret(path: &Path) -> anyhow::Result<String> {
 
 /// Writes a new random secret to `path` (mode 0600), replacing any, and returns it.
 pub fn write_new_secret(path: &Path) -> anyhow::Result<String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let secret: String = rand::random::<[u8; 16]>()
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -76,17 +74,8 @@ pub fn write_new_secret(path: &Path) -> anyhow::Result<String> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(format!("{secret}\n").as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    kinglet_pki::write_private(path, &format!("{secret}\n"))
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(secret)
 }
 
