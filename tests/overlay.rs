@@ -252,8 +252,18 @@ fn pods_reach_each_other_over_vxlan_and_peers_come_and_go() {
     assert!(link.contains("inet 10.42.5.0/32"), "{link}");
     assert!(!link.contains("10.42.1.0"), "{link}");
 
-    // Teardown removes the device; one kinglet did not make is refused and left alone.
-    in_host(&a, overlay::teardown).unwrap();
+    // `kinglet cleanup` tears the device down; one kinglet did not make is refused and left
+    // alone.
+    let out = a
+        .command(env!("CARGO_BIN_EXE_kinglet"))
+        .arg("cleanup")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let links = run(&a, "ip", &["link", "show"]);
     assert!(!links.contains(overlay::DEVICE), "{links}");
     run(

@@ -189,6 +189,7 @@ pub fn cleanup(args: &crate::cli::CleanupArgs) -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async {
         kinglet_network::cleanup(cluster, services, &args.run_dir).await?;
+        kinglet_network::overlay::teardown().await?;
         let dns = args
             .cluster_dns
             .unwrap_or_else(|| crate::cli::default_cluster_dns(services));
