@@ -106,20 +106,6 @@ fn kube_chains(saved: &str) -> Vec<&str> {
         .collect()
 }
 
-/// `kinglet cleanup` in `host`, which must succeed.
-fn cleanup(host: &TestHost) {
-    let out = host
-        .command(env!("CARGO_BIN_EXE_kinglet"))
-        .arg("cleanup")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Whether the node's service proxy and pod network have written their rules.
 /// Starts `cmd` (stderr to `log`) and waits up to 90 s for `ready`, then stops it: whether
 /// it got ready, and its log.
@@ -233,7 +219,7 @@ fn refuses_foreign_kube_chains_unless_told_to_take_over() {
     );
 
     // Cleanup removes kinglet's chains, bridge and routes; the foreign chain stays.
-    cleanup(&host);
+    host.kinglet_cleanup(&[]);
     let after = saved(&host);
     assert_eq!(kube_chains(&after), ["KUBE-FOO"], "{after}");
     assert!(after.contains("-A KUBE-FOO -j RETURN"), "{after}");
@@ -266,7 +252,7 @@ fn cleanup_leaves_foreign_kube_chains_alone() {
     assert!(kube_chains(&before).len() > 5, "{before}");
     s.stop(false);
     let host = s.host().expect("test host");
-    cleanup(host);
+    host.kinglet_cleanup(&[]);
     let after = saved(host);
     let mut left = kube_chains(&after);
     left.sort();
@@ -383,27 +369,11 @@ fn cleanup_restores_the_hosts_send_redirects() {
         );
     }
     assert_eq!(read(), "0");
-    let out = host
-        .command(env!("CARGO_BIN_EXE_kinglet"))
-        .arg("cleanup")
-        .arg("--run-dir")
-        .arg(dir.path().join("run"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let run_dir = dir.path().join("run");
+    host.kinglet_cleanup(&["--run-dir".as_ref(), run_dir.as_os_str()]);
     assert_eq!(read(), "1");
     // Put back once: a second cleanup leaves the host's setting as it finds it.
     sh(&host, &format!("echo 0 > {all}"));
-    let again = host
-        .command(env!("CARGO_BIN_EXE_kinglet"))
-        .args(["cleanup", "--run-dir"])
-        .arg(dir.path().join("run"))
-        .status()
-        .unwrap();
-    assert!(again.success());
+    host.kinglet_cleanup(&["--run-dir".as_ref(), run_dir.as_os_str()]);
     assert_eq!(read(), "0");
 }

@@ -494,16 +494,7 @@ fn cleanup_removes_only_kinglet_network_state() {
     });
     s.stop(false);
     let host = s.host().expect("test host");
-    let out = host
-        .command(env!("CARGO_BIN_EXE_kinglet"))
-        .arg("cleanup")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    host.kinglet_cleanup(&[]);
     let saved = String::from_utf8_lossy(&host.command("iptables-save").output().unwrap().stdout)
         .into_owned();
     assert!(

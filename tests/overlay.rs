@@ -254,16 +254,7 @@ fn pods_reach_each_other_over_vxlan_and_peers_come_and_go() {
 
     // `kinglet cleanup` tears the device down; one kinglet did not make is refused and left
     // alone.
-    let out = a
-        .command(env!("CARGO_BIN_EXE_kinglet"))
-        .arg("cleanup")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    a.kinglet_cleanup(&[]);
     let links = run(&a, "ip", &["link", "show"]);
     assert!(!links.contains(overlay::DEVICE), "{links}");
     run(

@@ -56,6 +56,21 @@ impl TestHost {
         }
     }
 
+    /// `kinglet cleanup [args]` in this host, which must succeed.
+    pub fn kinglet_cleanup(&self, args: &[&std::ffi::OsStr]) {
+        let out = self
+            .command(env!("CARGO_BIN_EXE_kinglet"))
+            .arg("cleanup")
+            .args(args)
+            .output()
+            .expect("run kinglet cleanup");
+        assert!(
+            out.status.success(),
+            "kinglet cleanup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub fn pid(&self) -> u32 {
         self.holder.id()
     }
