@@ -1,5 +1,5 @@
 //! Node lifecycle and pod garbage collection.
-//! - A node whose Lease (or Ready heartbeat) is older than 50 s (60 s for one that never
+//! - A node whose Lease (or Ready heartbeat) is older than 40 s (60 s for one that never
 //!   reported) becomes Ready=Unknown and gets the `node.kubernetes.io/unreachable` taints; a
 //!   NotReady node gets `not-ready` taints; the taints go when the node is Ready again. Pressure conditions, NetworkUnavailable and
 //!   `unschedulable` bring their NoSchedule taints.
@@ -24,9 +24,10 @@ use serde_json::Value;
 use super::informers::Informers;
 use super::util::Context;
 
-/// How long a node may stay silent before it is Unknown (upstream's node-monitor-grace-period,
-/// 50 s since 1.32), and how long a node that never reported may take (node-startup-grace-period).
-const GRACE_SECS: i64 = 50;
+/// How long a node may stay silent before it is Unknown (upstream's node-monitor-grace-period:
+/// 40 s in 1.28, the release kinglet follows; 1.32 raised it to 50 s), and how long a node that
+/// never reported may take (node-startup-grace-period).
+const GRACE_SECS: i64 = 40;
 const STARTUP_GRACE_SECS: i64 = 60;
 const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 const NOT_READY: &str = "node.kubernetes.io/not-ready";
@@ -451,8 +452,9 @@ mod tests {
         let cases: Vec<(&str, Value, Option<i64>, (bool, Option<Vec<&str>>))> = vec![
             ("healthy", json!({}), None, (false, None)),
             ("NotReady: not-ready taints", conditions("False", 5, json!([])), None, (false, Some(not_ready()))),
-            // The grace period is 50 s since 1.32; kinglet used 40 s.
-            ("silent for 45 s: still within the grace period", conditions("True", 45, json!([])), None, (false, None)),
+            // The grace period is 40 s (1.28's node-monitor-grace-period).
+            ("silent for 35 s: still within the grace period", conditions("True", 35, json!([])), None, (false, None)),
+            ("silent for 45 s: Unknown and unreachable", conditions("True", 45, json!([])), None, (true, Some(unreachable()))),
             ("silent for 60 s: Unknown and unreachable", conditions("True", 60, json!([])), None, (true, Some(unreachable()))),
             ("a renewed lease is a heartbeat", conditions("True", 600, json!([])), Some(5), (false, None)),
             ("an old lease and an old heartbeat", conditions("True", 600, json!([])), Some(300), (true, Some(unreachable()))),
