@@ -3,7 +3,8 @@
 //! (no trust on first use; the secret is sent nowhere before), then ask for a node client
 //! certificate and a kubelet serving certificate with the token's secret and this machine's
 //! node password. Certificates are kept under `<data-dir>/agent/` and reused on restart, so an
-//! agent restarted while the server is away still starts its node.
+//! agent restarted while the server is away still starts its node. The agent keeps a tunnel to
+//! the server open (`tunnel`), through which the server reaches its kubelet.
 //!
 //! The node side carries no control plane: this module calls node-side crates only.
 
@@ -59,8 +60,17 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         });
         kinglet_network::host_check::refuse_foreign(&host_check).await?;
         let client = kube_client(&args.server, &creds)?;
+        let tunnel = crate::tunnel::Tunnel {
+            host: server.host.clone(),
+            port: server.port,
+            tls: Arc::new(crate::tunnel::client_tls(&creds.ca_pem, &creds.client)?),
+            node: cfg.node_name.clone(),
+            // The kubelet API's socket (kinglet_kubelet's server::SOCKET).
+            socket: cfg.run_dir.join("kubelet.sock"),
+        };
+        tokio::spawn(crate::tunnel::run(tunnel));
         tracing::info!(server = %args.server, node = %cfg.node_name, "kinglet agent starting its node");
-        crate::server::start_node(client, cfg);
+        crate::server::start_node(client, cfg, args.node.vxlan_iface.clone());
         crate::server::shutdown_signal().await;
         tracing::info!("shutting down");
         Ok(())
@@ -303,7 +313,7 @@ fn refusal(status: u16, body: &str) -> String {
     format!("{what} (HTTP {status}): {why}")
 }
 
-fn serde_json_message(body: &str) -> Option<String> {
+pub(crate) fn serde_json_message(body: &str) -> Option<String> {
     let v: serde_yaml::Value = serde_yaml::from_str(body).ok()?;
     v.get("message")?.as_str().map(str::to_string)
 }

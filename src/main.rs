@@ -6,6 +6,7 @@ mod cli;
 mod images;
 mod server;
 mod token;
+mod tunnel;
 
 // JSON-heavy request handling allocates a lot; mimalloc is faster than glibc malloc here and
 // fragments less across threads (docs/BENCHMARKS.md). Container supervisors, short-lived and

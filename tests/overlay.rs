@@ -1,6 +1,7 @@
 //! The VXLAN overlay's data plane (issue 21): two test hosts joined by a veth pair (the
 //! underlay, 192.0.2.21 and .22) reach each other's pod addresses through `kinglet.1`, programmed
-//! by `kinglet_network::overlay` from a thread inside each host's network namespace.
+//! by `kinglet_network::overlay` from a thread inside each host's network namespace; the choice
+//! of the underlay, and the pod bridge following the device's MTU, in one host.
 
 mod common;
 
@@ -277,4 +278,103 @@ fn pods_reach_each_other_over_vxlan_and_peers_come_and_go() {
     in_host(&a, overlay::teardown).unwrap();
     let links = run(&a, "ip", &["link", "show"]);
     assert!(links.contains(overlay::DEVICE), "{links}");
+}
+
+/// The index of link `name` in `host`.
+fn index_of(host: &TestHost, name: &str) -> u32 {
+    let shown = run(host, "ip", &["-o", "link", "show", name]);
+    let index = shown.split(':').next().unwrap_or_default().trim();
+    index
+        .parse()
+        .unwrap_or_else(|_| panic!("no index in {shown}"))
+}
+
+fn choose(host: &TestHost, iface: Option<&str>, node_ip: &str) -> anyhow::Result<Option<u32>> {
+    let (iface, node_ip) = (iface.map(String::from), node_ip.parse()?);
+    let chosen = in_host(host, move || async move {
+        overlay::choose_underlay(iface.as_deref(), node_ip).await
+    })?;
+    Ok(chosen.map(|(underlay, ip)| {
+        assert_eq!(ip.to_string(), "192.0.2.21", "the tunnel's source");
+        match underlay {
+            Underlay::Index(i) => i,
+            Underlay::Name(n) => index_of(host, &n),
+        }
+    }))
+}
+
+#[test]
+fn underlay_is_the_link_named_or_the_one_holding_the_node_address() {
+    let h = TestHost::new();
+    run(
+        &h,
+        "ip",
+        &[
+            "link", "add", UNDERLAY, "type", "veth", "peer", "name", "ul1",
+        ],
+    );
+    setup(&h, "192.0.2.21", "10.42.1.1");
+    let ul0 = index_of(&h, UNDERLAY);
+    assert_eq!(choose(&h, None, "192.0.2.21").unwrap(), Some(ul0));
+    // Named: its own address when the node's is elsewhere.
+    assert_eq!(choose(&h, Some(UNDERLAY), "10.9.9.9").unwrap(), Some(ul0));
+    assert_eq!(choose(&h, Some(UNDERLAY), "192.0.2.21").unwrap(), Some(ul0));
+    // The test host's node address is on loopback: no overlay there.
+    assert_eq!(choose(&h, None, common::host::NODE_IP).unwrap(), None);
+    assert_eq!(choose(&h, Some("lo"), "192.0.2.21").unwrap(), None);
+    for (iface, ip, why) in [
+        (
+            None,
+            "10.9.9.9",
+            "no interface holds the node address 10.9.9.9",
+        ),
+        (Some("nope0"), "192.0.2.21", "no interface nope0"),
+        (
+            Some("ul1"),
+            "192.0.2.21",
+            "ul1 (--vxlan-iface) has no IPv4 address",
+        ),
+    ] {
+        let err = format!("{:#}", choose(&h, iface, ip).unwrap_err());
+        assert!(err.contains(why), "{err}");
+    }
+}
+
+#[test]
+fn the_pod_bridge_takes_the_overlay_devices_mtu() {
+    let h = TestHost::new();
+    // A jumbo-frame underlay, and the node's pod bridge as `setup_node` leaves it.
+    run(
+        &h,
+        "ip",
+        &[
+            "link", "add", UNDERLAY, "mtu", "9000", "type", "veth", "peer", "name", "ul1", "mtu",
+            "9000",
+        ],
+    );
+    setup(&h, "192.0.2.21", "10.42.1.1");
+    let bridge = kinglet_network::BRIDGE;
+    run(&h, "ip", &["link", "add", bridge, "type", "bridge"]);
+    run(
+        &h,
+        "ip",
+        &["link", "set", bridge, "mtu", "1450", "alias", "kinglet"],
+    );
+    let mtu = |link: &str| {
+        let shown = run(&h, "ip", &["-o", "link", "show", link]);
+        let after = shown.split(" mtu ").nth(1).unwrap_or_default();
+        after.split(' ').next().unwrap_or_default().to_string()
+    };
+    ensure(&h, "192.0.2.21", "10.42.1.0/24").unwrap();
+    assert_eq!(mtu(overlay::DEVICE), "8950");
+    assert_eq!(mtu(bridge), "8950");
+
+    // A bridge of that name that is not kinglet's is left as it is.
+    run(
+        &h,
+        "ip",
+        &["link", "set", bridge, "mtu", "1400", "alias", "another"],
+    );
+    ensure(&h, "192.0.2.21", "10.42.1.0/24").unwrap();
+    assert_eq!(mtu(bridge), "1400");
 }

@@ -239,6 +239,10 @@ pub struct NodeArgs {
     /// container-log-max-size, container-log-max-files. They win over the flags above.
     #[arg(long = "kubelet-arg", env = "KINGLET_KUBELET_ARG")]
     pub kubelet_arg: Vec<String>,
+    /// The interface that carries the VXLAN overlay to other nodes (default: the one holding
+    /// the node's address).
+    #[arg(long, env = "KINGLET_VXLAN_IFACE")]
+    pub vxlan_iface: Option<String>,
     /// Start the node even where another Kubernetes network is on the host (kube-proxy, k3s or
     /// flannel processes, their `cni0` or `flannel.1`, KUBE-* iptables chains kinglet did not
     /// write), taking over its bridge and shared chains. Without it the server refuses to start.

@@ -158,7 +158,8 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             api.local_client(),
             cfg.node_name.clone(),
         ));
-        start_node(api.local_client_as(node_user, "kubelet"), cfg);
+        let vxlan_iface = args.node.vxlan_iface.clone();
+        start_node(api.local_client_as(node_user, "kubelet"), cfg, vxlan_iface);
     }
     // One CA signs both the client certificates the API server trusts and the kubelets'
     // serving certificates, so it is every signer's CA.
@@ -197,8 +198,13 @@ pub fn cleanup(args: &crate::cli::CleanupArgs) -> anyhow::Result<()> {
     })
 }
 
-/// The node's parts: kubelet, service proxy, network policies and cluster DNS.
-pub(crate) fn start_node(client: kube::Client, cfg: kinglet_kubelet::NodeConfig) {
+/// The node's parts: kubelet, service proxy, network policies, cluster DNS and the VXLAN
+/// overlay to other nodes (over `vxlan_iface`, `--vxlan-iface`).
+pub(crate) fn start_node(
+    client: kube::Client,
+    cfg: kinglet_kubelet::NodeConfig,
+    vxlan_iface: Option<String>,
+) {
     let proxy = kinglet_network::proxy::Config {
         node_name: cfg.node_name.clone(),
         cluster_cidr: cfg.cluster_cidr,
@@ -212,14 +218,31 @@ pub(crate) fn start_node(client: kube::Client, cfg: kinglet_kubelet::NodeConfig)
     };
     // One watch of Services and EndpointSlices for the proxy and the DNS, and one of the
     // node's pods for the kubelet and the proxy.
-    let services = kinglet_network::services::ServiceWatch::start(client.clone());
-    let node_pods = kinglet_core::informers::pods_on_node(&client, &cfg.node_name);
+    let services = kinglet_network::services::ServiceWatch::start(
+        client.clone(),
+        Some(&kinglet_kubelet::cache_dir(&cfg.data_dir)),
+    );
+    let node_pods = kinglet_core::informers::pods_on_node(
+        &client,
+        &cfg.node_name,
+        Some(&kinglet_kubelet::cache_dir(&cfg.data_dir)),
+    );
     let (s, p) = (services.clone(), node_pods.clone());
     tokio::spawn(async move {
         if let Err(e) = kinglet_network::proxy::run(s, p, proxy).await {
             tracing::error!("service proxy: {e:#}");
         }
     });
+    let overlay = kinglet_network::overlay::watch::Config {
+        node_name: cfg.node_name.clone(),
+        node_ip: cfg.node_ip,
+        cluster_cidr: cfg.cluster_cidr,
+        iface: vxlan_iface,
+    };
+    tokio::spawn(kinglet_network::overlay::watch::run(
+        client.clone(),
+        overlay,
+    ));
     let (c, node) = (client.clone(), cfg.node_name.clone());
     tokio::spawn(async move {
         if let Err(e) = kinglet_network::netpol::run(c, node).await {

@@ -21,6 +21,21 @@ fn ns_link(pid: &str, ns: &str) -> Option<PathBuf> {
 
 impl TestHost {
     pub fn new() -> TestHost {
+        // Loopback, which also holds the node's own address (nothing leaves the host; this
+        // machine's kernel has no dummy links).
+        TestHost::with_setup(&format!(
+            "ip link set lo up && ip addr add {NODE_IP}/32 dev lo"
+        ))
+    }
+
+    /// A test host with loopback only, for plugging into a `cluster::Switch`.
+    #[allow(dead_code)]
+    pub fn bare() -> TestHost {
+        TestHost::with_setup("ip link set lo up")
+    }
+
+    /// A test host whose network is set up by the shell commands `setup`.
+    fn with_setup(setup: &str) -> TestHost {
         let holder = Command::new("unshare")
             .args([
                 "--mount",
@@ -31,11 +46,7 @@ impl TestHost {
                 "sh",
                 "-c",
             ])
-            // Loopback, which also holds the node's own address (nothing leaves the host; this
-            // machine's kernel has no dummy links).
-            .arg(format!(
-                "ip link set lo up && ip addr add {NODE_IP}/32 dev lo; exec sleep 1000000"
-            ))
+            .arg(format!("{setup}; exec sleep 1000000"))
             .stdin(Stdio::null())
             .spawn()
             .expect("unshare (util-linux) is needed for test hosts");
@@ -57,6 +68,7 @@ impl TestHost {
     }
 
     /// `kinglet cleanup [args]` in this host, which must succeed.
+    #[allow(dead_code)]
     pub fn kinglet_cleanup(&self, args: &[&std::ffi::OsStr]) {
         let out = self
             .command(env!("CARGO_BIN_EXE_kinglet"))

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod host;
 pub mod images;
 pub mod tls_backend;
@@ -57,6 +58,11 @@ impl Server {
     /// Starts a server with its embedded node, in a test host of its own, with the busybox
     /// image (`busybox:1.36`) in its air-gap image directory.
     pub fn start_node(extra: &[&str]) -> Server {
+        Server::start_node_in(host::TestHost::new(), extra)
+    }
+
+    /// The same in `host` (one plugged into a `host::Switch`, for a multi-node cluster).
+    pub fn start_node_in(host: host::TestHost, extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let images = dir.path().join("data/agent/images");
         std::fs::create_dir_all(&images).expect("image dir");
@@ -64,7 +70,6 @@ impl Server {
             &images.join("busybox.tar"),
             "docker.io/library/busybox:1.36",
         );
-        let host = host::TestHost::new();
         // The run directory is a tmpfs, as /run is: a power cut clears it.
         let run_dir = dir.path().join("run");
         host.mount_tmpfs(&run_dir);
@@ -298,6 +303,52 @@ impl Server {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Starts `kinglet agent` as node `name` in this server's test host (`start_in_host`),
+    /// joined with `token`: its data under `dir` (`data/`, `run/` a tmpfs, `pod-logs/`), the
+    /// busybox image in its air-gap directory, its log in `dir/agent.log`.
+    pub fn start_agent_here(&self, dir: &Path, name: &str, token: &str) -> Child {
+        let host = self.host().expect("a server in a test host");
+        let images = dir.join("data/agent/images");
+        std::fs::create_dir_all(&images).expect("image dir");
+        images::write_busybox_image(
+            &images.join("busybox.tar"),
+            "docker.io/library/busybox:1.36",
+        );
+        let resolv = dir.join("resolv.conf");
+        std::fs::write(&resolv, "nameserver 127.0.0.1\nsearch test.invalid\n")
+            .expect("resolv.conf");
+        host.mount_tmpfs(&dir.join("run"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("agent.log"))
+            .expect("agent log");
+        host.command(env!("CARGO_BIN_EXE_kinglet"))
+            .arg("agent")
+            .arg("--server")
+            .arg(format!("https://127.0.0.1:{}", self.port))
+            .args(["--token", token])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["--node-name", name, "--node-ip", host::NODE_IP])
+            .args(["--cgroup-root", &host.cgroup_root])
+            .arg("--pod-log-dir")
+            .arg(dir.join("pod-logs"))
+            .arg("--run-dir")
+            .arg(dir.join("run"))
+            .arg("--resolv-conf")
+            .arg(&resolv)
+            .arg("--kubelet-arg=eviction-hard=memory.available<1Ki")
+            .env_remove("KINGLET_DATA_DIR")
+            .env_remove("KINGLET_TOKEN")
+            .env_remove("KINGLET_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn kinglet agent")
     }
 
     /// `kinglet token [args] --data-dir <this server's>`'s output.

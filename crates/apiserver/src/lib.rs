@@ -38,6 +38,7 @@ mod service_backend;
 mod special;
 pub mod status;
 mod table;
+pub mod tunnel;
 mod watch;
 
 #[cfg(test)]
@@ -97,6 +98,8 @@ pub struct Api {
     pub front_proxy: std::sync::OnceLock<FrontProxy>,
     /// The join endpoints' CA and token (set once the PKI is loaded).
     pub join: std::sync::OnceLock<join::JoinConfig>,
+    /// Agents' tunnels, through which their kubelets are reached.
+    pub tunnels: Arc<tunnel::Tunnels>,
     /// The admission webhooks configured, cached.
     webhooks: admission::webhook::CacheSlot,
     /// The group/versions APIServices delegate, and their backends' discovery.
@@ -136,6 +139,7 @@ impl Api {
             kubelet_client: std::sync::OnceLock::new(),
             front_proxy: std::sync::OnceLock::new(),
             join: std::sync::OnceLock::new(),
+            tunnels: Default::default(),
             webhooks: Default::default(),
             aggregation: Default::default(),
         });
@@ -266,6 +270,10 @@ async fn handle(State(api): State<Arc<Api>>, req: Request) -> Response {
         Ok(u) => u,
         Err(e) => return e.into_response(),
     };
+    // An agent's tunnel takes the connection's own identity, never an impersonated one.
+    if path == tunnel::CONNECT_PATH {
+        return tunnel::serve(&api, &user, req).await;
+    }
     let user = match authz::impersonate(&api, user, &req.headers).await {
         Ok(u) => u,
         Err(e) => return e.into_response(),

@@ -1,6 +1,8 @@
 //! Pod subresources served by the pod's node: the API server finds the node's kubelet
 //! (InternalIP and kubelet port from the Node) and forwards the request over HTTPS, presenting
-//! its kubelet-client certificate, then streams the answer back (`kubectl logs -f`).
+//! its kubelet-client certificate, then streams the answer back (`kubectl logs -f`). A node
+//! with a tunnel open (an agent, `tunnel`) is reached through it rather than over TCP, with the
+//! same TLS inside.
 
 use std::sync::Arc;
 
@@ -83,8 +85,12 @@ fn urlencode(v: &str) -> String {
         .collect()
 }
 
-/// Where the kubelet of the node `pod` is bound to listens.
-async fn kubelet_address(api: &Arc<Api>, pod: &Value, name: &str) -> ApiResult<(String, u16)> {
+/// The node `pod` is bound to, and where its kubelet listens.
+async fn kubelet_address(
+    api: &Arc<Api>,
+    pod: &Value,
+    name: &str,
+) -> ApiResult<(String, String, u16)> {
     let node = pod
         .pointer("/spec/nodeName")
         .and_then(Value::as_str)
@@ -98,7 +104,8 @@ async fn kubelet_address(api: &Arc<Api>, pod: &Value, name: &str) -> ApiResult<(
         .ok_or_else(ApiError::path_not_found)?;
     let ctx = Ctx::internal("", "v1", "nodes", None);
     let (_, node_obj) = get_current(api, &nodes, &ctx, node).await?;
-    node_address(&node_obj)
+    let (ip, port) = node_address(&node_obj)?;
+    Ok((node.to_string(), ip, port))
 }
 
 /// The kubelet endpoint a Node object advertises (InternalIP and kubelet port).
@@ -138,13 +145,38 @@ async fn send(
     name: &str,
     req: http::Request<Body>,
 ) -> ApiResult<http::Response<hyper::body::Incoming>> {
-    let (ip, port) = kubelet_address(api, pod, name).await?;
-    send_to(api, &ip, port, req).await
+    let (node, ip, port) = kubelet_address(api, pod, name).await?;
+    send_to(api, &node, &ip, port, req).await
 }
 
-/// Sends `req` to the kubelet at `ip:port`.
+/// A byte stream to a kubelet: TCP, or a stream of its node's tunnel.
+pub(crate) trait Conn: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Conn for T {}
+
+/// A connection to the kubelet of `node` at `ip:port`: through the node's tunnel when it has
+/// one open, else over TCP.
+pub(crate) async fn dial_kubelet(
+    api: &Api,
+    node: &str,
+    ip: &str,
+    port: u16,
+) -> Result<Box<dyn Conn>, String> {
+    if let Some(stream) = api.tunnels.open(node).await {
+        return Ok(Box::new(stream.map_err(|e| format!("node {node}'s {e}"))?));
+    }
+    let tcp = tokio::net::TcpStream::connect((ip, port))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Box::new(tcp))
+}
+
+/// How long reaching a kubelet (connection and TLS handshake) may take.
+const DIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Sends `req` to the kubelet of `node` at `ip:port`.
 async fn send_to(
     api: &Arc<Api>,
+    node: &str,
     ip: &str,
     port: u16,
     req: http::Request<Body>,
@@ -164,15 +196,19 @@ async fn send_to(
             format!("error dialing backend https://{ip}:{port}{path}: {e}"),
         )
     };
-    let tcp = tokio::net::TcpStream::connect((ip, port))
-        .await
-        .map_err(|e| unavailable(e.to_string()))?;
     let server_name = rustls::pki_types::ServerName::try_from(ip.to_string())
         .map_err(|e| unavailable(e.to_string()))?;
-    let tls = tokio_rustls::TlsConnector::from(client.tls.clone())
-        .connect(server_name, tcp)
+    let dial = async {
+        let conn = dial_kubelet(api, node, ip, port).await?;
+        tokio_rustls::TlsConnector::from(client.tls.clone())
+            .connect(server_name, conn)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let tls = tokio::time::timeout(DIAL_TIMEOUT, dial)
         .await
-        .map_err(|e| unavailable(e.to_string()))?;
+        .map_err(|_| unavailable("i/o timeout".into()))?
+        .map_err(unavailable)?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
             .await
@@ -195,10 +231,14 @@ async fn send_to(
 /// `GET path` of the kubelet of `node`, as JSON.
 pub async fn node_get_json(api: &Arc<Api>, node: &Value, path: &str) -> ApiResult<Value> {
     let (ip, port) = node_address(node)?;
+    let name = node
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let req = http::Request::get(path)
         .body(Body::empty())
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    let resp = send_to(api, &ip, port, req).await?;
+    let resp = send_to(api, name, &ip, port, req).await?;
     if !resp.status().is_success() {
         return Err(kubelet_error(resp).await);
     }

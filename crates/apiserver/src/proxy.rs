@@ -49,6 +49,8 @@ struct Target {
     addr: SocketAddr,
     /// TLS settings when the backend speaks HTTPS.
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// The node whose kubelet this is: reached through the node's tunnel when it has one.
+    kubelet_of: Option<String>,
 }
 
 /// Serves a request that [`is_proxy`] chose.
@@ -105,7 +107,7 @@ pub async fn serve(
         req.headers_mut()
             .insert(HeaderName::from_static("x-forwarded-uri"), v);
     }
-    let mut resp = send(&target, req).await?;
+    let mut resp = send(api, &target, req).await?;
 
     if let Some(client_upgrade) = client_upgrade
         && resp.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -359,6 +361,7 @@ fn target(ip: IpAddr, port: u16, https: bool) -> Target {
     Target {
         addr: SocketAddr::new(ip, port),
         tls: https.then(insecure_tls),
+        kubelet_of: None,
     }
 }
 
@@ -471,6 +474,7 @@ async fn node_target(api: &Api, id: &str) -> ApiResult<Target> {
         return Ok(Target {
             addr: SocketAddr::new(ip, kubelet_port),
             tls: Some(client.tls.clone()),
+            kubelet_of: Some(name.to_string()),
         });
     }
     let https = scheme == "https";
@@ -479,12 +483,25 @@ async fn node_target(api: &Api, id: &str) -> ApiResult<Target> {
 
 /// Sends `req` to the target over a connection of its own (which allows upgrades).
 async fn send(
+    api: &Api,
     target: &Target,
     req: http::Request<Body>,
 ) -> ApiResult<http::Response<hyper::body::Incoming>> {
     let fail = |e: String| unavailable(format!("error trying to reach service: {e}"));
     let addr = target.addr;
-    let tcp = tokio::time::timeout(DIAL_TIMEOUT, tokio::net::TcpStream::connect(addr))
+    let dial = async {
+        match &target.kubelet_of {
+            Some(node) => {
+                let ip = addr.ip().to_string();
+                crate::node_proxy::dial_kubelet(api, node, &ip, addr.port()).await
+            }
+            None => tokio::net::TcpStream::connect(addr)
+                .await
+                .map(|tcp| Box::new(tcp) as Box<dyn crate::node_proxy::Conn>)
+                .map_err(|e| e.to_string()),
+        }
+    };
+    let tcp = tokio::time::timeout(DIAL_TIMEOUT, dial)
         .await
         .map_err(|_| fail(format!("dial tcp {addr}: i/o timeout")))?
         .map_err(|e| fail(format!("dial tcp {addr}: {e}")))?;

@@ -17,6 +17,7 @@ pub enum Source {
 }
 
 /// The keys of a ConfigMap (`binaryData` included) or Secret; `None` if it does not exist.
+/// Without a server, as last read (`offline`).
 pub async fn source_data(
     k: &Kubelet,
     ns: &str,
@@ -26,7 +27,7 @@ pub async fn source_data(
     Ok(match kind {
         Source::ConfigMap => {
             let api: Api<ConfigMap> = Api::namespaced(k.client.clone(), ns);
-            api.get_opt(name).await?.map(|c| {
+            k.offline.get(&api, name).await?.map(|c| {
                 let mut data: BTreeMap<String, Vec<u8>> = c
                     .data
                     .unwrap_or_default()
@@ -44,7 +45,7 @@ pub async fn source_data(
         }
         Source::Secret => {
             let api: Api<Secret> = Api::namespaced(k.client.clone(), ns);
-            api.get_opt(name).await?.map(|s| {
+            k.offline.get(&api, name).await?.map(|s| {
                 s.data
                     .unwrap_or_default()
                     .into_iter()

@@ -9,21 +9,27 @@ use super::lock;
 
 pub struct EventRecorder {
     context: Arc<kinglet_core::events::Context>,
+    /// While the server is unreachable, events are dropped rather than waited on.
+    offline: Arc<super::offline::Offline>,
     /// Containers whose back-off has been announced with an event already: a crash-looping
     /// container's pod is synced every second, and one `BackOff` event per attempt is enough.
     backoff_announced: Mutex<HashSet<String>>,
 }
 
 impl EventRecorder {
-    pub fn new(client: kube::Client) -> EventRecorder {
+    pub fn new(client: kube::Client, offline: Arc<super::offline::Offline>) -> EventRecorder {
         EventRecorder {
             context: kinglet_core::events::Context::new(client, "kubelet"),
+            offline,
             backoff_announced: Mutex::default(),
         }
     }
 
     /// Records an event about `pod`.
     pub async fn event(&self, pod: &Pod, warning: bool, reason: &str, note: String) {
+        if self.offline.is_down() {
+            return;
+        }
         self.context.event(pod, warning, reason, note).await;
     }
 
@@ -47,7 +53,8 @@ mod tests {
     async fn a_back_off_is_announced_once_per_container() {
         // No request is made: the client only has to exist.
         let config = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
-        let events = EventRecorder::new(kube::Client::try_from(config).unwrap());
+        let offline = Arc::new(super::super::offline::Offline::new("/nonexistent".as_ref()));
+        let events = EventRecorder::new(kube::Client::try_from(config).unwrap(), offline);
         assert!(events.first_backoff("c1"));
         assert!(!events.first_backoff("c1"));
         assert!(events.first_backoff("c2"));

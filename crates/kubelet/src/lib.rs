@@ -1,6 +1,7 @@
 //! The node agent: registers the Node, keeps its Lease and status fresh, and runs the pods bound
 //! to it through the in-process runtime (`kinglet_runtime`). The same code runs inside
-//! `kinglet server` and, later, `kinglet agent`.
+//! `kinglet server` and `kinglet agent`. It runs on without the server from its local copy
+//! (`offline`).
 
 mod authz;
 mod cgroups;
@@ -13,6 +14,7 @@ mod grpc_probe;
 mod image_gc;
 mod logs;
 mod node;
+mod offline;
 mod pod_workers;
 mod pods;
 mod probes;
@@ -41,6 +43,7 @@ use kinglet_runtime::Runtime;
 pub use eviction::{default_thresholds, parse_thresholds};
 pub use image_gc::Policy as ImageGcPolicy;
 pub use node::parse_taint;
+pub use offline::cache_dir;
 
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
@@ -105,6 +108,8 @@ pub struct Kubelet {
     pull_backoff: pull_backoff::PullBackoff,
     /// CPU samples for resource metrics.
     stats: stats::Sampler,
+    /// Whether the server is reachable, and the copy of what the node read from it.
+    offline: Arc<offline::Offline>,
 }
 
 /// Locks `m`, also after a panic while it was held: every update made under these locks is one
@@ -128,7 +133,8 @@ pub fn hostname(pod: &Pod) -> String {
 }
 
 /// Runs the node: `node_pods` is the cache of the pods bound to it
-/// (`kinglet_core::informers::pods_on_node`), which the service proxy shares.
+/// (`kinglet_core::informers::pods_on_node`, persisted in `cache_dir` for a start without the
+/// server), which the service proxy shares.
 pub async fn run(
     client: kube::Client,
     cfg: NodeConfig,
@@ -138,17 +144,27 @@ pub async fn run(
     // Off the async workers: an air-gap directory can hold gigabytes of archives.
     let (store, dir) = (images.clone(), cfg.data_dir.join("agent/images"));
     tokio::task::spawn_blocking(move || import_airgap(&store, &dir)).await?;
-    loop {
+    let offline = Arc::new(offline::Offline::new(&cfg.data_dir));
+    // Registered now, or (server unreachable, the node's range known from before) in the
+    // background while the pods run from the local copy.
+    let registered = loop {
         match node::register(&client, &cfg).await {
-            Ok(()) => break,
+            Ok(()) => {
+                tracing::info!(node = %cfg.node_name, "node registered");
+                break true;
+            }
             Err(e) => {
-                tracing::warn!("registering node {}: {e:#}", cfg.node_name);
+                let name = &cfg.node_name;
+                if offline.failed(&e) && node::cached_pod_cidr(&offline, name).is_some() {
+                    tracing::info!(node = %name, "starting from the local copy; registering later");
+                    break false;
+                }
+                tracing::warn!("registering node {name}: {e:#}");
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
         }
-    }
-    tracing::info!(node = %cfg.node_name, "node registered");
-    let pod_subnet = node::pod_cidr(&client, &cfg.node_name).await;
+    };
+    let pod_subnet = node::pod_cidr(&client, &offline, &cfg.node_name).await;
     kinglet_network::setup_node(pod_subnet, cfg.cluster_cidr, cfg.service_cidr, &cfg.run_dir)
         .await
         .map_err(|e| e.context("setting up the pod network"))?;
@@ -172,7 +188,7 @@ pub async fn run(
             * 1024,
         client: client.clone(),
         cfg: cfg.clone(),
-        events: events::EventRecorder::new(client.clone()),
+        events: events::EventRecorder::new(client.clone(), offline.clone()),
         pod_workers: pod_workers::PodWorkers::default(),
         status_manager: status_manager::StatusManager::default(),
         probe_manager: probes::ProbeManager::default(),
@@ -181,8 +197,9 @@ pub async fn run(
         image_gc_manager: image_gc::ImageGcManager::new(cfg.image_gc.clone()),
         pull_backoff: pull_backoff::PullBackoff::default(),
         stats: stats::Sampler::default(),
+        offline,
     });
-    tokio::spawn(node::heartbeat(kubelet.clone()));
+    tokio::spawn(node::heartbeat(kubelet.clone(), registered));
     tokio::spawn(image_gc::run(kubelet.clone()));
     tokio::spawn(stats::sample_forever(kubelet.clone()));
     if let Some(serving) = cfg.serving.clone() {
@@ -198,16 +215,29 @@ pub async fn run(
     node_pods.synced().await;
     let pods = node_pods.store();
     tokio::spawn(eviction::run(kubelet.clone(), pods.clone()));
+    let mut pruned = tokio::time::Instant::now();
     loop {
         let current = pods.state();
         let known: HashSet<String> = current.iter().filter_map(|p| p.uid()).collect();
-        for pod in current {
+        for pod in current.iter().cloned() {
             kubelet.spawn_sync(pod);
         }
-        kubelet.collect_orphans(&known).await;
+        // Only the server says a pod is gone: while the pods come from the local copy, which
+        // may be a moment behind, containers of pods it lacks are left alone.
+        if node_pods.live() {
+            kubelet.collect_orphans(&known).await;
+            if pruned.elapsed() >= PRUNE_EVERY && !kubelet.offline.is_down() {
+                pruned = tokio::time::Instant::now();
+                let k = kubelet.clone();
+                tokio::task::spawn_blocking(move || k.offline.prune(&current));
+            }
+        }
         let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
     }
 }
+
+/// How often the local copies of Secrets and ConfigMaps no pod uses any more are dropped.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 impl Kubelet {
     /// Syncs `pod` in the background unless a sync of it is already running.
@@ -216,7 +246,12 @@ impl Kubelet {
         let k = self.clone();
         self.pod_workers.spawn(uid, async move {
             if let Err(e) = k.sync_pod(&pod).await {
-                tracing::warn!(pod = %pod.name_any(), "sync: {e:#}");
+                // Without a server the sync did what it could locally; that is no news.
+                if k.offline.failed(&e) {
+                    tracing::debug!(pod = %pod.name_any(), "sync: {e:#}");
+                } else {
+                    tracing::warn!(pod = %pod.name_any(), "sync: {e:#}");
+                }
             }
         });
     }

@@ -13,6 +13,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use super::NodeConfig;
+use super::offline::Offline;
 
 fn mem_total_bytes() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
@@ -218,20 +219,30 @@ pub async fn register(client: &kube::Client, cfg: &NodeConfig) -> anyhow::Result
     renew_lease(client, cfg).await
 }
 
+/// The first IPv4 range of a Node's `podCIDRs`.
+fn pod_cidr_of(node: &Node) -> Option<ipnet::Ipv4Net> {
+    node.spec
+        .as_ref()?
+        .pod_cidrs
+        .iter()
+        .flatten()
+        .find_map(|c| c.parse::<ipnet::Ipv4Net>().ok())
+}
+
+/// The node's pod range as last read from the server, for a start without it.
+pub fn cached_pod_cidr(offline: &Offline, node: &str) -> Option<ipnet::Ipv4Net> {
+    pod_cidr_of(&offline.cached::<Node>(None, node)?)
+}
+
 /// The node's pod range, once the node IPAM controller has given it one (waits until then;
-/// pods are not started before the node has a network).
-pub async fn pod_cidr(client: &kube::Client, node: &str) -> ipnet::Ipv4Net {
+/// pods are not started before the node has a network); the range last read while the
+/// server cannot be reached.
+pub async fn pod_cidr(client: &kube::Client, offline: &Offline, node: &str) -> ipnet::Ipv4Net {
     let nodes: Api<Node> = Api::all(client.clone());
     let mut waited = 0u32;
     loop {
-        let cidr = nodes.get_opt(node).await.ok().flatten().and_then(|n| {
-            n.spec?
-                .pod_cidrs
-                .into_iter()
-                .flatten()
-                .find_map(|c| c.parse::<ipnet::Ipv4Net>().ok())
-        });
-        if let Some(c) = cidr {
+        let cidr = offline.get(&nodes, node).await.ok().flatten();
+        if let Some(c) = cidr.as_ref().and_then(pod_cidr_of) {
             return c;
         }
         waited += 1;
@@ -281,15 +292,29 @@ async fn renew_lease(client: &kube::Client, cfg: &NodeConfig) -> anyhow::Result<
     Ok(())
 }
 
-/// Heartbeats forever: the Lease and the status conditions every 10 s.
-pub async fn heartbeat(k: std::sync::Arc<super::Kubelet>) {
+/// Heartbeats forever: the Lease and the status conditions every 10 s. A node that started
+/// from its local copy (`registered` false) registers first. Failures for want of a server are
+/// noted once (`Offline`); the next success brings the node back online.
+pub async fn heartbeat(k: std::sync::Arc<super::Kubelet>, mut registered: bool) {
     let (client, cfg) = (&k.client, &k.cfg);
+    let note = |r: anyhow::Result<()>| match r {
+        Ok(()) => k.offline.reached(),
+        Err(e) if k.offline.failed(&e) => tracing::debug!("{e:#}"),
+        Err(e) => tracing::warn!("{e:#}"),
+    };
     loop {
-        if let Err(e) = renew_lease(client, cfg).await {
-            tracing::warn!("node lease: {e:#}");
-        }
-        if let Err(e) = report_status(client, cfg, &k.eviction_manager.conditions()).await {
-            tracing::warn!("node status: {e:#}");
+        if registered {
+            let lease = renew_lease(client, cfg).await;
+            note(lease.map_err(|e| e.context("node lease")));
+            let status = report_status(client, cfg, &k.eviction_manager.conditions()).await;
+            note(status.map_err(|e| e.context("node status")));
+        } else {
+            let r = register(client, cfg).await;
+            registered = r.is_ok();
+            if registered {
+                tracing::info!(node = %cfg.node_name, "node registered");
+            }
+            note(r.map_err(|e| e.context(format!("registering node {}", cfg.node_name))));
         }
         tokio::time::sleep(Duration::from_secs(10)).await;
     }

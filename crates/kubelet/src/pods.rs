@@ -422,8 +422,12 @@ impl Kubelet {
         self.status_manager.forget(uid);
     }
 
-    /// Reports the pod's status (the status manager skips it if unchanged).
+    /// Reports the pod's status (the status manager skips it if unchanged). Without a server
+    /// nothing is reported: what was not is reported once it is back.
     async fn report(&self, pod: &Pod, waiting: &HashMap<String, Waiting>) -> anyhow::Result<()> {
+        if self.offline.is_down() {
+            return Ok(());
+        }
         let records = self.records_of(&pod.uid().unwrap_or_default());
         let status = super::status::compute(self, pod, &records, waiting);
         self.status_manager.set(&self.client, pod, status).await

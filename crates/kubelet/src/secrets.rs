@@ -19,7 +19,7 @@ pub async fn pull_credentials(k: &Kubelet, pod: &Pod, image: &str) -> Vec<Creden
         .and_then(|s| s.image_pull_secrets.clone())
         .unwrap_or_default();
     for r in names {
-        let Ok(Some(secret)) = api.get_opt(&r.name).await else {
+        let Ok(Some(secret)) = k.offline.get(&api, &r.name).await else {
             continue;
         };
         let Some(data) = secret

@@ -1,6 +1,9 @@
 //! The kubelet API (HTTPS, port 10250): only peers with a certificate from the cluster CA get
-//! in, and each request must pass the API server's SubjectAccessReview (`authz`). Serves `/healthz`, `/containerLogs/<ns>/<pod>/<container>`, and the
-//! streaming `/exec`, `/attach` and `/portForward` sessions.
+//! in, and each request must pass the API server's SubjectAccessReview (`authz`). Serves
+//! `/healthz`, `/containerLogs/<ns>/<pod>/<container>`, and the streaming `/exec`, `/attach`
+//! and `/portForward` sessions. The same API, with the same TLS, is also served on the Unix
+//! socket `<run-dir>/kubelet.sock`, where an agent's tunnel to the server brings the server's
+//! connections when it cannot reach port 10250.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,8 +19,16 @@ use super::Kubelet;
 use super::containers::Record;
 use super::streaming;
 
+/// The kubelet API's socket under the run directory (the agent's tunnel dials it).
+pub const SOCKET: &str = "kubelet.sock";
+
 pub async fn serve(kubelet: Arc<Kubelet>, serving: super::Serving) -> anyhow::Result<()> {
-    let tls = kinglet_pki::tls::server_config_for(&serving.ca_pem, &serving.cert, true)?;
+    let tls = Arc::new(kinglet_pki::tls::server_config_for(
+        &serving.ca_pem,
+        &serving.cert,
+        true,
+    )?);
+    let socket = kubelet.cfg.run_dir.join(SOCKET);
     let addr = std::net::SocketAddr::new(kubelet.cfg.node_ip, kubelet.cfg.kubelet_port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -46,7 +57,35 @@ pub async fn serve(kubelet: Arc<Kubelet>, serving: super::Serving) -> anyhow::Re
             authz,
             super::authz::check,
         ));
-    kinglet_pki::tls::serve(listener, Arc::new(tls), router).await
+    // Without the socket the API still serves TCP; only tunnelled requests fail.
+    match bind_private(&socket) {
+        Ok(unix) => {
+            tracing::info!(socket = %socket.display(), "kubelet API listening");
+            let (tls, router) = (tls.clone(), router.clone());
+            tokio::spawn(async move {
+                if let Err(e) = kinglet_pki::tls::serve_unix(unix, tls, router).await {
+                    tracing::error!("kubelet API socket: {e:#}");
+                }
+            });
+        }
+        Err(e) => tracing::warn!("kubelet API socket {}: {e:#}", socket.display()),
+    }
+    kinglet_pki::tls::serve(listener, tls, router).await
+}
+
+/// A Unix socket at `path` that only root may connect to, replacing a stale one (a socket
+/// left by an earlier run; any other kind of file is refused).
+fn bind_private(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(_) => anyhow::bail!("exists and is not a socket"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    let listener = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
 }
 
 fn bad_request(msg: String) -> Response {
@@ -219,4 +258,28 @@ fn tokio_stream_from<T: Send + 'static>(
     mut rx: tokio::sync::mpsc::Receiver<T>,
 ) -> impl futures::Stream<Item = T> + Send + 'static {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn socket_is_private_and_replaces_a_stale_one_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(SOCKET);
+        let first = bind_private(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // A socket left by an earlier run is replaced.
+        drop(first);
+        let _second = bind_private(&path).unwrap();
+        tokio::net::UnixStream::connect(&path).await.unwrap();
+        // Anything else in its place is left alone.
+        let file = dir.path().join("not-a-socket");
+        std::fs::write(&file, "keep").unwrap();
+        assert!(bind_private(&file).is_err());
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep");
+    }
 }

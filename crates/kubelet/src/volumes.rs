@@ -226,9 +226,7 @@ impl Kubelet {
                 let token = if fresh {
                     fs::read(&old)?
                 } else {
-                    self.request_token(pod, t.audience.as_deref(), ttl)
-                        .await?
-                        .into_bytes()
+                    self.token(pod, t.audience.as_deref(), ttl, &old).await?
                 };
                 files.push((t.path.clone(), token, None));
             }
@@ -274,6 +272,28 @@ impl Kubelet {
                 };
                 anyhow::bail!("{what} \"{name}\" not found")
             }
+        }
+    }
+
+    /// A new token for the pod's service account; without a server, the one last issued
+    /// (at `old`), if any.
+    async fn token(
+        &self,
+        pod: &Pod,
+        audience: Option<&str>,
+        ttl: u64,
+        old: &Path,
+    ) -> anyhow::Result<Vec<u8>> {
+        let last = || fs::read(old).ok().filter(|t| !t.is_empty());
+        if self.offline.is_down()
+            && let Some(token) = last()
+        {
+            return Ok(token);
+        }
+        match self.request_token(pod, audience, ttl).await {
+            Ok(token) => Ok(token.into_bytes()),
+            Err(e) if self.offline.failed(&e) => last().ok_or(e),
+            Err(e) => Err(e),
         }
     }
 

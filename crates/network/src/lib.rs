@@ -29,8 +29,9 @@ pub const BRIDGE: &str = "cni0";
 /// The alias (`ip link ... alias`) kinglet gives the links it makes, so that they are told from
 /// other stacks' of the same name (k3s and flannel make a `cni0` too).
 pub const MARK: &str = "kinglet";
-/// Pod MTU: what a 1500-byte underlay leaves under VXLAN (flannel's rule), so pods keep it when
-/// nodes join over the overlay.
+/// Pod MTU until the overlay's device is there: what a 1500-byte underlay leaves under VXLAN.
+/// With the device, the bridge takes the device's MTU, the underlay's less VXLAN's 50 bytes
+/// (flannel's rule), and pods made from then on take the bridge's (`follow_overlay_mtu`).
 pub const POD_MTU: u32 = 1450;
 
 /// What the sandbox helper needs to give a pod its interface.
@@ -54,6 +55,39 @@ fn connect() -> anyhow::Result<Handle> {
     let (conn, handle, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
     tokio::spawn(conn);
     Ok(handle)
+}
+
+fn mtu_of(link: &LinkMessage) -> Option<u32> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Mtu(m) => Some(*m),
+        _ => None,
+    })
+}
+
+/// Gives the pod bridge the MTU of the overlay's device (the underlay's less VXLAN's headers)
+/// when both are there and kinglet's, so no pod sends what the tunnel cannot carry. Called
+/// after making either of them: whichever comes second sets it. Pods take the bridge's MTU
+/// when they are made (`attach_pod`); those made before keep theirs.
+async fn follow_overlay_mtu(h: &Handle) -> anyhow::Result<()> {
+    let bridge = link_named(h, BRIDGE).await?;
+    let Some(bridge) = bridge.filter(|b| alias(b) == Some(MARK)) else {
+        return Ok(());
+    };
+    let Some(mtu) = overlay::our_device(h).await?.as_ref().and_then(mtu_of) else {
+        return Ok(());
+    };
+    if mtu_of(&bridge) != Some(mtu) {
+        h.link()
+            .set(
+                LinkUnspec::new_with_index(bridge.header.index)
+                    .mtu(mtu)
+                    .build(),
+            )
+            .execute()
+            .await
+            .context("giving the pod bridge the overlay's MTU")?;
+    }
+    Ok(())
 }
 
 async fn link_index(h: &Handle, name: &str) -> anyhow::Result<Option<u32>> {
@@ -137,6 +171,7 @@ pub async fn setup_node(
     address_and_up(&h, bridge, gateway, pod_subnet.prefix_len())
         .await
         .context("the pod bridge")?;
+    follow_overlay_mtu(&h).await?;
     for net in [cluster, services] {
         exists_ok(h.route().add(blackhole(net)).execute().await)
             .with_context(|| format!("adding a blackhole route for {net}"))?;
@@ -418,9 +453,14 @@ pub async fn attach_pod(
     host_ns: &std::fs::File,
     iface: &PodInterface,
 ) -> anyhow::Result<()> {
+    let bridge = link_named(host, BRIDGE)
+        .await?
+        .context("the node has no pod bridge")?;
+    // The pod's MTU is the bridge's: the overlay's when it is there.
+    let mtu = mtu_of(&bridge).unwrap_or(POD_MTU);
     let pod = connect()?;
     pod.link()
-        .add(LinkVeth::new("eth0", &iface.host_veth).mtu(POD_MTU).build())
+        .add(LinkVeth::new("eth0", &iface.host_veth).mtu(mtu).build())
         .execute()
         .await
         .context("creating the pod's veth pair")?;
@@ -449,16 +489,13 @@ pub async fn attach_pod(
         .await
         .context("adding the default route")?;
 
-    let bridge = link_index(host, BRIDGE)
-        .await?
-        .context("the node has no pod bridge")?;
     let veth = link_index(host, &iface.host_veth)
         .await?
         .context("the veth peer did not reach the node")?;
     host.link()
         .set(
             LinkUnspec::new_with_index(veth)
-                .controller(bridge)
+                .controller(bridge.header.index)
                 .up()
                 .build(),
         )

@@ -3,14 +3,17 @@
 //! changed since it last looked. A change costs a reader one Service's work, however many
 //! Services the cluster has (kube-proxy's change trackers do the same). The objects come from
 //! two watch caches (`kinglet_core::informers::Shared`) and are shared with them, not copied.
+//! With a cache directory, both keep a copy on disk, so that a node restarted while the API
+//! server is unreachable still programs its Services and answers DNS from what it last knew.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kinglet_core::informers::{Kind, SMALL_BUFFER, Shared as Cache};
+use kinglet_core::informers::{Kind, Persist, SMALL_BUFFER, Shared as Cache};
 use kube::api::Api;
 use kube::runtime::reflector::ObjectRef;
 
@@ -82,6 +85,11 @@ fn owner_of(slice: &EndpointSlice) -> Option<String> {
     let svc = labels.get(SERVICE_NAME)?;
     let ns = slice.metadata.namespace.as_deref().unwrap_or_default();
     Some(format!("{ns}/{svc}"))
+}
+
+/// A copy on disk of every `K` as `<cache>/<file>`, when there is a cache.
+fn persist<K: Kind + serde::Serialize>(cache: Option<&Path>, file: &str) -> Option<Persist<K>> {
+    cache.map(|dir| Persist::new(dir.join(file), |_: &K| true))
 }
 
 fn same_version(a: &kube::api::ObjectMeta, b: &kube::api::ObjectMeta) -> bool {
@@ -197,11 +205,24 @@ impl Shared {
 }
 
 impl ServiceWatch {
-    /// Starts watching all Services and EndpointSlices.
-    pub fn start(client: kube::Client) -> ServiceWatch {
+    /// Starts watching all Services and EndpointSlices, with a copy of each kept in `cache`
+    /// (`services.json`, `endpointslices.json`) if given.
+    pub fn start(client: kube::Client, cache: Option<&Path>) -> ServiceWatch {
         let watch = ServiceWatch::detached();
-        watch.follow(Api::<Service>::all(client.clone()), 0, State::on_service);
-        watch.follow(Api::<EndpointSlice>::all(client), 1, State::on_slice);
+        let services = persist(cache, "services.json");
+        watch.follow(
+            Api::<Service>::all(client.clone()),
+            services,
+            0,
+            State::on_service,
+        );
+        let slices = persist(cache, "endpointslices.json");
+        watch.follow(
+            Api::<EndpointSlice>::all(client),
+            slices,
+            1,
+            State::on_slice,
+        );
         watch
     }
 
@@ -212,11 +233,12 @@ impl ServiceWatch {
     fn follow<K: Kind>(
         &self,
         api: Api<K>,
+        persist: Option<Persist<K>>,
         index: usize,
         apply: fn(&mut State, String, Option<Arc<K>>),
     ) {
         let shared = self.shared.clone();
-        let (cache, _) = Cache::watch(api, Default::default(), SMALL_BUFFER);
+        let (cache, _) = Cache::watch_persisted(api, Default::default(), SMALL_BUFFER, persist);
         tokio::spawn(async move {
             // Subscribe before the list completes, so no change falls between the two.
             let mut changes = std::pin::pin!(cache.subscribe());

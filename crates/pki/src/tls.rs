@@ -77,6 +77,7 @@ pub fn client_config(
         .with_client_auth_cert(certs(&client.cert_pem)?, key(&client.key_pem)?)?)
 }
 
+/// Serves `router` over TLS on every connection `listener` accepts.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -84,42 +85,83 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     loop {
-        let (tcp, _) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
+        match listener.accept().await {
+            Ok((tcp, _)) => {
+                let _ = tcp.set_nodelay(true);
+                keepalive(&tcp);
+                tokio::spawn(serve_connection(acceptor.clone(), tcp, router.clone()));
             }
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let router = router.clone();
-        tokio::spawn(async move {
-            let Ok(Ok(stream)) =
-                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp))
-                    .await
-            else {
-                return;
-            };
-            let peer = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|c| user_from_cert(c.as_ref()))
-                .map(Arc::new);
-            let service = hyper::service::service_fn(
-                move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(PeerUser(peer.clone()));
-                    router.clone().oneshot(req.map(axum::body::Body::new))
-                },
-            );
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await;
-        });
+            Err(e) => accept_failed(e).await,
+        }
     }
+}
+
+/// Keepalives on a long-lived connection, so that a peer whose network dropped silently is
+/// noticed within about 30 s (an agent's tunnel, a watch); unacknowledged data gives up as soon.
+pub fn keepalive(tcp: &tokio::net::TcpStream) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let set = || -> nix::Result<()> {
+        setsockopt(tcp, sockopt::KeepAlive, &true)?;
+        setsockopt(tcp, sockopt::TcpKeepIdle, &15)?;
+        setsockopt(tcp, sockopt::TcpKeepInterval, &5)?;
+        setsockopt(tcp, sockopt::TcpKeepCount, &3)?;
+        setsockopt(tcp, sockopt::TcpUserTimeout, &30_000)
+    };
+    if let Err(e) = set() {
+        tracing::debug!("TCP keepalive: {e}");
+    }
+}
+
+/// [`serve`] on a Unix socket: the same TLS, client certificates and router (the kubelet API
+/// as an agent's tunnel reaches it).
+pub async fn serve_unix(
+    listener: tokio::net::UnixListener,
+    tls: Arc<rustls::ServerConfig>,
+    router: Router,
+) -> anyhow::Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        match listener.accept().await {
+            Ok((conn, _)) => {
+                tokio::spawn(serve_connection(acceptor.clone(), conn, router.clone()));
+            }
+            Err(e) => accept_failed(e).await,
+        }
+    }
+}
+
+/// A failed accept (out of file descriptors, say): logged, and a pause before the next.
+async fn accept_failed(e: std::io::Error) {
+    tracing::warn!("accept failed: {e}");
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+}
+
+/// One connection: the TLS handshake (bounded), then HTTP/1.1 (with upgrades) or HTTP/2, with
+/// the peer's certificate identity on every request.
+async fn serve_connection<IO>(acceptor: tokio_rustls::TlsAcceptor, io: IO, router: Router)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Ok(Ok(stream)) =
+        tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(io)).await
+    else {
+        return;
+    };
+    let peer = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| user_from_cert(c.as_ref()))
+        .map(Arc::new);
+    let service =
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(PeerUser(peer.clone()));
+            router.clone().oneshot(req.map(axum::body::Body::new))
+        });
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+        .await;
 }
 
 /// Client TLS that verifies no server certificate and presents none, for the peers upstream
@@ -189,5 +231,67 @@ impl rustls::client::danger::ServerCertVerifier for AnyServerCertificate {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A GET of `/` over `io` with TLS from `client` (the server named 127.0.0.1): the body.
+    async fn get<IO>(io: IO, client: rustls::ClientConfig) -> anyhow::Result<String>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+            .connect(name, io)
+            .await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        tokio::spawn(conn);
+        let req = hyper::Request::get("/")
+            .header("host", "127.0.0.1")
+            .body(axum::body::Body::empty())?;
+        let resp = sender.send_request(req).await?;
+        let body = axum::body::to_bytes(axum::body::Body::new(resp.into_body()), 1 << 16).await?;
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn unix_socket_serves_the_same_tls_and_peer_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let sans = crate::serving_sans("h", &[], &[], "10.43.0.1".parse().unwrap(), "c.local");
+        let pki = Pki::load_or_create(dir.path(), &sans).unwrap();
+        let tls = Arc::new(server_config_for(&pki.ca.cert_pem, &pki.serving, true).unwrap());
+        let router = Router::new().route(
+            "/",
+            axum::routing::get(|req: axum::extract::Request| async move {
+                match req.extensions().get::<PeerUser>() {
+                    Some(PeerUser(Some(u))) => u.name.clone(),
+                    _ => "nobody".to_string(),
+                }
+            }),
+        );
+        let path = dir.path().join("api.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        tokio::spawn(serve_unix(listener, tls, router));
+
+        let client = client_config(&pki.ca.cert_pem, &pki.kubelet_client).unwrap();
+        let unix = tokio::net::UnixStream::connect(&path).await.unwrap();
+        assert_eq!(get(unix, client).await.unwrap(), crate::KUBELET_CLIENT_USER);
+        // The client certificate is required here as on TCP.
+        let mut roots = rustls::RootCertStore::empty();
+        for c in certs(&pki.ca.cert_pem).unwrap() {
+            roots.add(c).unwrap();
+        }
+        let anonymous = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let unix = tokio::net::UnixStream::connect(&path).await.unwrap();
+        assert!(get(unix, anonymous).await.is_err());
     }
 }

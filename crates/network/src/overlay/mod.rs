@@ -10,6 +10,9 @@
 //! takes a `flannel.*` link for another stack's, and a flannel on the same host must not find
 //! its device taken. It carries kinglet's mark (its alias, `crate::MARK`) like every link
 //! kinglet makes; a `kinglet.1` without the mark is left alone (an error).
+//!
+//! `watch` wires it to the Nodes: it publishes this node's VTEP MAC and public address as
+//! annotations and programs every other node that has published its own.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
@@ -19,7 +22,9 @@ use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage};
+use rtnetlink::packet_route::link::{
+    InfoData, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
@@ -28,7 +33,9 @@ use rtnetlink::packet_route::route::{
 };
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
-use crate::{MARK, alias, exists_ok, link_named};
+use crate::{MARK, alias, exists_ok, link_named, mtu_of};
+
+pub mod watch;
 
 /// The overlay's device.
 pub const DEVICE: &str = "kinglet.1";
@@ -104,12 +111,7 @@ pub async fn ensure_device(
         Underlay::Name(n) => link_named(&h, n).await?,
     }
     .with_context(|| format!("no underlay link {underlay:?}"))?;
-    let under_mtu = (under.attributes.iter())
-        .find_map(|a| match a {
-            LinkAttribute::Mtu(m) => Some(*m),
-            _ => None,
-        })
-        .context("the underlay link has no MTU")?;
+    let under_mtu = mtu_of(&under).context("the underlay link has no MTU")?;
     let mtu = device_mtu(under_mtu)
         .with_context(|| format!("the underlay's MTU {under_mtu} is too small for VXLAN"))?;
     let wanted = Wanted {
@@ -161,6 +163,7 @@ pub async fn ensure_device(
     crate::address_and_up(&h, index, address.addr(), 32)
         .await
         .context(DEVICE)?;
+    crate::follow_overlay_mtu(&h).await?;
     mac_of(&link).with_context(|| format!("{DEVICE} has no MAC address"))
 }
 
@@ -227,6 +230,64 @@ pub async fn teardown() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The underlay and the node's address on it (its public address, the tunnel's source): the
+/// link named `iface` (`--vxlan-iface`), with `node_ip` if it holds it, else its first IPv4
+/// address; without `iface`, the link that holds `node_ip`. None when that link is a loopback
+/// one: no other machine is reached through it, so there is no overlay to make.
+pub async fn choose_underlay(
+    iface: Option<&str>,
+    node_ip: Ipv4Addr,
+) -> anyhow::Result<Option<(Underlay, Ipv4Addr)>> {
+    let h = crate::connect()?;
+    let mut addresses = Vec::new();
+    let mut dump = h.address().get().execute();
+    while let Some(a) = dump.try_next().await.context("listing addresses")? {
+        for attr in &a.attributes {
+            if let AddressAttribute::Local(IpAddr::V4(ip)) = attr {
+                addresses.push((a.header.index, *ip));
+            }
+        }
+    }
+    let (index, ip) = match iface {
+        Some(name) => {
+            let link = link_named(&h, name)
+                .await?
+                .with_context(|| format!("no interface {name} (--vxlan-iface)"))?;
+            let index = link.header.index;
+            let on_it: Vec<Ipv4Addr> = (addresses.iter())
+                .filter(|(i, _)| *i == index)
+                .map(|(_, ip)| *ip)
+                .collect();
+            let ip = if on_it.contains(&node_ip) {
+                node_ip
+            } else {
+                *on_it.first().with_context(|| {
+                    format!("the interface {name} (--vxlan-iface) has no IPv4 address")
+                })?
+            };
+            (index, ip)
+        }
+        None => {
+            let (index, _) = (addresses.iter())
+                .find(|(_, ip)| *ip == node_ip)
+                .with_context(|| {
+                    format!(
+                        "no interface holds the node address {node_ip}; name the interface \
+                         towards the other nodes with --vxlan-iface"
+                    )
+                })?;
+            (*index, node_ip)
+        }
+    };
+    let link = link_by_index(&h, index)
+        .await?
+        .context("the underlay link vanished")?;
+    if link.header.flags.contains(LinkFlags::Loopback) {
+        return Ok(None);
+    }
+    Ok(Some((Underlay::Index(index), ip)))
+}
+
 /// The device as it should be made.
 struct Wanted {
     local: Ipv4Addr,
@@ -291,7 +352,7 @@ async fn link_by_index(h: &Handle, index: u32) -> anyhow::Result<Option<LinkMess
 }
 
 /// The device, if it is there and kinglet's.
-async fn our_device(h: &Handle) -> anyhow::Result<Option<LinkMessage>> {
+pub(crate) async fn our_device(h: &Handle) -> anyhow::Result<Option<LinkMessage>> {
     Ok(link_named(h, DEVICE)
         .await?
         .filter(|l| alias(l) == Some(MARK)))

@@ -1,0 +1,256 @@
+//! The agent's end of its tunnel to the server, as k3s's agents keep a remotedialer session: one
+//! connection that the agent opens with its node client certificate (`GET /v1-kinglet/connect`,
+//! upgraded to `kinglet-tunnel`), over which the server opens a yamux stream for each
+//! connection it wants to the node's kubelet. Each stream is piped to the kubelet API's local
+//! socket (`<run-dir>/kubelet.sock`), so the server's TLS, client certificate and authorization
+//! run end to end exactly as over TCP, and the node needs no inbound port.
+//!
+//! The tunnel is kept up: it reconnects with a capped backoff when the server restarts or the
+//! network drops (TCP keepalives notice a silent drop).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
+
+const CONNECT_PATH: &str = "/v1-kinglet/connect";
+const PROTOCOL: &str = "kinglet-tunnel";
+/// Each step of connecting (TCP, TLS, the upgrade) is bounded by this.
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+const MIN_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A tunnel that stayed up this long was healthy: the next reconnection starts from the
+/// shortest wait again.
+const HEALTHY: Duration = Duration::from_secs(60);
+
+/// Where and as whom the tunnel connects.
+pub struct Tunnel {
+    pub host: String,
+    pub port: u16,
+    /// Trusts the cluster CA and presents the node's client certificate.
+    pub tls: Arc<rustls::ClientConfig>,
+    pub node: String,
+    /// The kubelet API's Unix socket.
+    pub socket: PathBuf,
+}
+
+/// Client TLS for the tunnel: `client_config` speaking HTTP/1.1, whose upgrade the tunnel is.
+pub fn client_tls(
+    ca_pem: &str,
+    client: &kinglet_pki::CertKey,
+) -> anyhow::Result<rustls::ClientConfig> {
+    let mut tls = kinglet_pki::tls::client_config(ca_pem, client)?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tls)
+}
+
+/// Keeps the tunnel up, forever.
+pub async fn run(t: Tunnel) {
+    let mut backoff = Backoff::default();
+    loop {
+        let started = Instant::now();
+        match connect(&t).await {
+            Ok(conn) => {
+                tracing::info!(server = %t.host, node = %t.node, "tunnel to the server open");
+                backoff.succeeded();
+                match serve(conn, &t.socket).await {
+                    Ok(()) => tracing::info!("tunnel to the server closed; reconnecting"),
+                    Err(e) => tracing::info!("tunnel to the server closed: {e}; reconnecting"),
+                }
+                if started.elapsed() >= HEALTHY {
+                    backoff.reset();
+                }
+            }
+            Err(e) => backoff.failed(&format!("{e:#}")),
+        }
+        tokio::time::sleep(backoff.next()).await;
+    }
+}
+
+/// Waits between attempts, doubling up to `MAX_BACKOFF`; warns once per run of identical
+/// failures rather than at every attempt.
+#[derive(Default)]
+struct Backoff {
+    delay: Duration,
+    last_error: Option<String>,
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        self.delay = (self.delay * 2).clamp(MIN_BACKOFF, MAX_BACKOFF);
+        // Up to a quarter more, so that agents cut off together do not all return together.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default();
+        self.delay + self.delay.mul_f64(f64::from(nanos % 1000) / 4000.0)
+    }
+
+    fn failed(&mut self, error: &str) {
+        if self.last_error.as_deref() == Some(error) {
+            tracing::debug!("tunnel to the server: {error}");
+        } else {
+            tracing::warn!("tunnel to the server: {error}; retrying");
+            self.last_error = Some(error.to_string());
+        }
+    }
+
+    fn succeeded(&mut self) {
+        self.last_error = None;
+    }
+
+    fn reset(&mut self) {
+        self.delay = Duration::ZERO;
+    }
+}
+
+type Upgraded = tokio_util::compat::Compat<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Connects, authenticates and upgrades: the yamux session, on the agent's (accepting) side.
+async fn connect(t: &Tunnel) -> anyhow::Result<yamux::Connection<Upgraded>> {
+    let tcp = tokio::time::timeout(
+        STEP_TIMEOUT,
+        tokio::net::TcpStream::connect((t.host.as_str(), t.port)),
+    )
+    .await
+    .context("connecting: timeout")?
+    .with_context(|| format!("connecting to {}:{}", t.host, t.port))?;
+    let _ = tcp.set_nodelay(true);
+    // A network that drops silently is noticed and the tunnel made again when it is back.
+    kinglet_pki::tls::keepalive(&tcp);
+    let name = rustls::pki_types::ServerName::try_from(t.host.clone())
+        .with_context(|| format!("server name {:?}", t.host))?;
+    let tls = tokio::time::timeout(
+        STEP_TIMEOUT,
+        tokio_rustls::TlsConnector::from(t.tls.clone()).connect(name, tcp),
+    )
+    .await
+    .context("TLS handshake: timeout")?
+    .context("TLS handshake")?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    let req = http::Request::get(CONNECT_PATH)
+        .header(http::header::HOST, host_header(&t.host, t.port))
+        .header(
+            http::header::USER_AGENT,
+            kinglet_core::user_agent("kubelet"),
+        )
+        .header(http::header::CONNECTION, "Upgrade")
+        .header(http::header::UPGRADE, PROTOCOL)
+        .header("kinglet-node-name", &t.node)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    let resp = tokio::time::timeout(STEP_TIMEOUT, sender.send_request(req))
+        .await
+        .context("waiting for the upgrade: timeout")??;
+    let status = resp.status();
+    if status != http::StatusCode::SWITCHING_PROTOCOLS {
+        let body = tokio::time::timeout(
+            STEP_TIMEOUT,
+            http_body_util::BodyExt::collect(http_body_util::Limited::new(
+                resp.into_body(),
+                1 << 16,
+            )),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+        bail!(
+            "the server refused the tunnel (HTTP {}): {}",
+            status.as_u16(),
+            message(&body)
+        );
+    }
+    let upgraded = tokio::time::timeout(STEP_TIMEOUT, hyper::upgrade::on(resp))
+        .await
+        .context("upgrading: timeout")??;
+    // The server opens every stream: the agent is yamux's server.
+    Ok(yamux::Connection::new(
+        hyper_util::rt::TokioIo::new(upgraded).compat(),
+        yamux::Config::default(),
+        yamux::Mode::Server,
+    ))
+}
+
+/// An error answer's message (a Status's `message`, else the text), on one line.
+fn message(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    crate::agent::serde_json_message(&text).unwrap_or_else(|| text.trim().replace('\n', " "))
+}
+
+fn host_header(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Accepts the server's streams until the session ends, piping each to the kubelet's socket.
+async fn serve(
+    mut conn: yamux::Connection<Upgraded>,
+    socket: &std::path::Path,
+) -> Result<(), yamux::ConnectionError> {
+    while let Some(stream) = std::future::poll_fn(|cx| conn.poll_next_inbound(cx)).await {
+        let stream = stream?;
+        let socket = socket.to_path_buf();
+        tokio::spawn(async move {
+            let mut kubelet = match tokio::net::UnixStream::connect(&socket).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("tunnel: the kubelet API at {}: {e}", socket.display());
+                    return;
+                }
+            };
+            let mut stream = stream.compat();
+            if let Err(e) = tokio::io::copy_bidirectional(&mut stream, &mut kubelet).await {
+                tracing::debug!("tunnel stream: {e}");
+            }
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_and_resets() {
+        let mut b = Backoff::default();
+        let waits: Vec<Duration> = (0..8).map(|_| b.next()).collect();
+        for (w, base) in waits.iter().zip([1, 2, 4, 8, 16, 30, 30, 30]) {
+            let base = Duration::from_secs(base);
+            assert!(*w >= base && *w <= base + base / 4, "{w:?} for {base:?}");
+        }
+        b.reset();
+        assert!(b.next() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn failures_are_remembered_until_a_success() {
+        let mut b = Backoff::default();
+        b.failed("connection refused");
+        assert_eq!(b.last_error.as_deref(), Some("connection refused"));
+        b.failed("connection refused");
+        b.succeeded();
+        assert_eq!(b.last_error, None);
+    }
+
+    #[test]
+    fn host_headers_and_messages() {
+        assert_eq!(host_header("10.0.0.1", 6443), "10.0.0.1:6443");
+        assert_eq!(host_header("fd00::1", 6443), "[fd00::1]:6443");
+        assert_eq!(
+            message(br#"{"kind":"Status","message":"node \"a\" cannot open a tunnel"}"#),
+            "node \"a\" cannot open a tunnel"
+        );
+        assert_eq!(message(b"404 page\nnot found\n"), "404 page not found");
+    }
+}
