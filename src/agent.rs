@@ -21,12 +21,14 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use crate::cli::AgentArgs;
 use kinglet_pki::CertKey;
 
-const CLIENT_CERT_PATH: &str = "/v1-kinglet/client-kubelet.crt";
-const SERVING_CERT_PATH: &str = "/v1-kinglet/serving-kubelet.crt";
+use kinglet_core::join::{
+    CA_PATH, CLIENT_CERT_PATH, CLUSTER_PATH, ClusterSettings, NODE_IP_HEADER, NODE_NAME_HEADER,
+    NODE_PASSWORD_HEADER, SERVING_CERT_PATH,
+};
 /// Certificates are renewed at start when they expire sooner than this.
 const RENEW_BEFORE: Duration = Duration::from_secs(7 * 24 * 3600);
 
-pub fn run(args: AgentArgs) -> anyhow::Result<()> {
+pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
     crate::server::init_logging(args.debug);
     let token = match (&args.token, &args.token_file) {
         (Some(t), _) => t.clone(),
@@ -47,13 +49,17 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     // The address this machine reaches the server from is the node's unless `--node-ip`.
     let default_ip = local_address_towards(&server).unwrap_or(IpAddr::from([127, 0, 0, 1]));
     let mut cfg = args.node.node_config(&args.data_dir, default_ip)?;
-    let host_check = args.node.host_check()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .worker_threads(2)
         .build()?;
     runtime.block_on(async move {
         let creds = credentials(&server, &token, &dir, &cfg.node_name, cfg.node_ip).await?;
+        if let Some(settings) = cluster_settings(&server, &token, &creds, &dir).await {
+            take_settings(&mut args.node, &settings);
+            cfg = args.node.node_config(&args.data_dir, cfg.node_ip)?;
+        }
+        let host_check = args.node.host_check()?;
         cfg.serving = Some(kinglet_kubelet::Serving {
             cert: creds.serving.clone(),
             ca_pem: creds.ca_pem.clone(),
@@ -65,12 +71,15 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             port: server.port,
             tls: Arc::new(crate::tunnel::client_tls(&creds.ca_pem, &creds.client)?),
             node: cfg.node_name.clone(),
-            // The kubelet API's socket (kinglet_kubelet's server::SOCKET).
-            socket: cfg.run_dir.join("kubelet.sock"),
+            socket: cfg.run_dir.join(kinglet_kubelet::API_SOCKET),
         };
         tokio::spawn(crate::tunnel::run(tunnel));
         tracing::info!(server = %args.server, node = %cfg.node_name, "kinglet agent starting its node");
-        crate::server::start_node(client, cfg, args.node.vxlan_iface.clone());
+        let options = crate::server::NodeOptions {
+            vxlan_iface: args.node.vxlan_iface.clone(),
+            offline_copy: true,
+        };
+        crate::server::start_node(client, cfg, options);
         crate::server::shutdown_signal().await;
         tracing::info!("shutting down");
         Ok(())
@@ -110,6 +119,89 @@ impl Token {
             secret,
         })
     }
+}
+
+impl Token {
+    /// The `Authorization` header that presents the token's secret.
+    fn basic_auth(&self) -> String {
+        format!(
+            "Basic {}",
+            base64(format!("{}:{}", self.user, self.secret).as_bytes())
+        )
+    }
+}
+
+/// The cluster's settings from the server, kept under `dir` for starts while it is away; the
+/// kept copy when the server does not answer in time; `None` (the agent's own flags) when
+/// there is neither.
+async fn cluster_settings(
+    server: &ServerUrl,
+    token: &Token,
+    creds: &Credentials,
+    dir: &Path,
+) -> Option<ClusterSettings> {
+    let kept = dir.join("cluster.json");
+    let fetch = async {
+        let tls = Arc::new(trusting(&creds.ca_pem)?);
+        let auth = token.basic_auth();
+        let (status, body) =
+            https_get(server, tls, CLUSTER_PATH, &[("Authorization", &auth)]).await?;
+        if status != 200 {
+            bail!("{}", refusal(status, &body));
+        }
+        let settings: ClusterSettings =
+            serde_json::from_str(&body).context("the server's answer")?;
+        kinglet_pki::write_private(&kept, &body)?;
+        Ok(settings)
+    };
+    // Not the join's patience: a restart while the server is away must not wait long.
+    let fetched = tokio::time::timeout(Duration::from_secs(5), fetch)
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("timeout")));
+    match fetched {
+        Ok(s) => Some(s),
+        Err(e) => {
+            let copy = std::fs::read_to_string(&kept)
+                .ok()
+                .and_then(|b| serde_json::from_str(&b).ok());
+            let using = if copy.is_some() {
+                "the kept copy"
+            } else {
+                "this agent's flags"
+            };
+            tracing::warn!("cluster settings from the server: {e:#}; using {using}");
+            copy
+        }
+    }
+}
+
+/// Takes the server's cluster settings over the agent's flags, saying where they differ.
+fn take_settings(node: &mut crate::cli::NodeArgs, s: &ClusterSettings) {
+    let take = |flag: &str, ours: &mut String, theirs: String| {
+        if *ours != theirs {
+            tracing::info!("{flag}: the server's {theirs} (this agent's flag: {ours})");
+            *ours = theirs;
+        }
+    };
+    take(
+        "--cluster-cidr",
+        &mut node.cluster_cidr,
+        s.cluster_cidr.clone(),
+    );
+    take(
+        "--service-cidr",
+        &mut node.service_cidr,
+        s.service_cidr.clone(),
+    );
+    take(
+        "--cluster-domain",
+        &mut node.cluster_domain,
+        s.cluster_domain.clone(),
+    );
+    if node.cluster_dns.is_some_and(|d| d != s.cluster_dns) {
+        tracing::info!("--cluster-dns: the server's {}", s.cluster_dns);
+    }
+    node.cluster_dns = Some(s.cluster_dns);
 }
 
 /// `https://host[:port]` split for connecting.
@@ -255,7 +347,7 @@ async fn join(
     node_ip: IpAddr,
 ) -> anyhow::Result<Credentials> {
     let unverified = Arc::new(kinglet_pki::tls::unverified_client_config()?);
-    let (status, ca_pem) = https_get(server, unverified, "/cacerts", &[])
+    let (status, ca_pem) = https_get(server, unverified, CA_PATH, &[])
         .await
         .context("fetching the server's CA from /cacerts")?;
     if status != 200 {
@@ -268,15 +360,12 @@ async fn join(
     }
     let trusted = Arc::new(trusting(&ca_pem)?);
     let password = node_password(dir)?;
-    let auth = format!(
-        "Basic {}",
-        base64(format!("{}:{}", token.user, token.secret).as_bytes())
-    );
+    let auth = token.basic_auth();
     let headers = [
         ("Authorization", auth.as_str()),
-        ("Kinglet-Node-Name", node),
-        ("Kinglet-Node-Password", password.as_str()),
-        ("Kinglet-Node-IP", &node_ip.to_string()),
+        (NODE_NAME_HEADER, node),
+        (NODE_PASSWORD_HEADER, password.as_str()),
+        (NODE_IP_HEADER, &node_ip.to_string()),
     ];
     let mut issued = Vec::new();
     for path in [CLIENT_CERT_PATH, SERVING_CERT_PATH] {
@@ -304,7 +393,7 @@ async fn join(
 
 /// A one-line reason from an error answer (a Status's message when it is one).
 fn refusal(status: u16, body: &str) -> String {
-    let why = serde_json_message(body).unwrap_or_else(|| body.trim().replace('\n', " "));
+    let why = status_message(body).unwrap_or_else(|| body.trim().replace('\n', " "));
     let what = match status {
         401 => "the server refused the token",
         403 => "the server refused this node",
@@ -313,8 +402,9 @@ fn refusal(status: u16, body: &str) -> String {
     format!("{what} (HTTP {status}): {why}")
 }
 
-pub(crate) fn serde_json_message(body: &str) -> Option<String> {
-    let v: serde_yaml::Value = serde_yaml::from_str(body).ok()?;
+/// The `message` of a Status answer.
+pub(crate) fn status_message(body: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
     v.get("message")?.as_str().map(str::to_string)
 }
 

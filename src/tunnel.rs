@@ -142,7 +142,7 @@ async fn connect(t: &Tunnel) -> anyhow::Result<yamux::Connection<Upgraded>> {
         )
         .header(http::header::CONNECTION, "Upgrade")
         .header(http::header::UPGRADE, PROTOCOL)
-        .header("kinglet-node-name", &t.node)
+        .header(kinglet_core::join::NODE_NAME_HEADER, &t.node)
         .body(http_body_util::Empty::<bytes::Bytes>::new())?;
     let resp = tokio::time::timeout(STEP_TIMEOUT, sender.send_request(req))
         .await
@@ -181,7 +181,7 @@ async fn connect(t: &Tunnel) -> anyhow::Result<yamux::Connection<Upgraded>> {
 /// An error answer's message (a Status's `message`, else the text), on one line.
 fn message(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
-    crate::agent::serde_json_message(&text).unwrap_or_else(|| text.trim().replace('\n', " "))
+    crate::agent::status_message(&text).unwrap_or_else(|| text.trim().replace('\n', " "))
 }
 
 fn host_header(host: &str, port: u16) -> String {

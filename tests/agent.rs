@@ -69,7 +69,8 @@ fn mode(path: PathBuf) -> u32 {
 
 #[test]
 fn agent_joins_runs_pods_keeps_its_name_and_restarts_offline() {
-    let mut s = Server::start_in_host(&[]);
+    // Cluster settings come from the server, not from the agent's (default) flags.
+    let mut s = Server::start_in_host(&["--cluster-domain", "kinglet.test"]);
     let token = s.kinglet_token(&[]);
     let dir = s.dir.path().join("agent1");
     let mut agent = spawn_agent(&s, &dir, AGENT, &token);
@@ -120,6 +121,17 @@ fn agent_joins_runs_pods_keeps_its_name_and_restarts_offline() {
             .contains("hello from bb")
             .then_some(())
     });
+    let resolv = s.ok(&["exec", "bb", "--", "cat", "/etc/resolv.conf"]);
+    assert!(
+        resolv.contains("search default.svc.kinglet.test svc.kinglet.test"),
+        "{resolv}"
+    );
+    let kept = std::fs::read_to_string(dir.join("data/agent/cluster.json")).expect("kept");
+    assert!(
+        kept.contains("\"clusterDomain\":\"kinglet.test\""),
+        "{kept}"
+    );
+    assert_eq!(mode(dir.join("data/agent/cluster.json")), 0o600);
 
     // Another machine (another data directory, so another node password) under the same name.
     let other = s.dir.path().join("agent2");

@@ -37,10 +37,12 @@ fn host_addresses() -> Vec<IpAddr> {
 /// Logs to stderr: `RUST_LOG` if set, else info (debug with `--debug`, the HTTP and TLS
 /// libraries kept at info).
 pub(crate) fn init_logging(debug: bool) {
+    // kube-rs's HTTP layer logs each failed request at ERROR, several a second while an agent
+    // is cut off from its server; the callers report what failed, once.
     let filter = if debug {
-        "debug,hyper=info,rustls=info,h2=info"
+        "debug,hyper=info,rustls=info,h2=info,kube_client::client::builder=off"
     } else {
-        "info"
+        "info,kube_client::client::builder=off"
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -143,6 +145,13 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let _ = api.join.set(kinglet_apiserver::join::JoinConfig {
         ca: pki.ca.clone(),
         token_path,
+        cluster: kinglet_core::join::ClusterSettings {
+            cluster_cidr: cluster_cidr.to_string(),
+            service_cidr: crate::cli::ipv4_net("--service-cidr", &args.node.service_cidr)?
+                .to_string(),
+            cluster_dns: args.cluster_dns()?,
+            cluster_domain: args.node.cluster_domain.clone(),
+        },
     });
     if !args.disable_agent {
         let mut cfg = args.node_config(advertise)?;
@@ -158,8 +167,12 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             api.local_client(),
             cfg.node_name.clone(),
         ));
-        let vxlan_iface = args.node.vxlan_iface.clone();
-        start_node(api.local_client_as(node_user, "kubelet"), cfg, vxlan_iface);
+        let options = NodeOptions {
+            vxlan_iface: args.node.vxlan_iface.clone(),
+            // Its own API server is in-process: it is never unreachable.
+            offline_copy: false,
+        };
+        start_node(api.local_client_as(node_user, "kubelet"), cfg, options);
     }
     // One CA signs both the client certificates the API server trusts and the kubelets'
     // serving certificates, so it is every signer's CA.
@@ -198,12 +211,21 @@ pub fn cleanup(args: &crate::cli::CleanupArgs) -> anyhow::Result<()> {
     })
 }
 
+/// How a node runs beyond its `NodeConfig`.
+pub(crate) struct NodeOptions {
+    /// The VXLAN overlay's underlay interface (`--vxlan-iface`).
+    pub vxlan_iface: Option<String>,
+    /// Keep a copy of the node's pods, Services and EndpointSlices on disk, to start from
+    /// while the server is unreachable (an agent's).
+    pub offline_copy: bool,
+}
+
 /// The node's parts: kubelet, service proxy, network policies, cluster DNS and the VXLAN
-/// overlay to other nodes (over `vxlan_iface`, `--vxlan-iface`).
+/// overlay to other nodes.
 pub(crate) fn start_node(
     client: kube::Client,
     cfg: kinglet_kubelet::NodeConfig,
-    vxlan_iface: Option<String>,
+    options: NodeOptions,
 ) {
     let proxy = kinglet_network::proxy::Config {
         node_name: cfg.node_name.clone(),
@@ -218,15 +240,11 @@ pub(crate) fn start_node(
     };
     // One watch of Services and EndpointSlices for the proxy and the DNS, and one of the
     // node's pods for the kubelet and the proxy.
-    let services = kinglet_network::services::ServiceWatch::start(
-        client.clone(),
-        Some(&kinglet_kubelet::cache_dir(&cfg.data_dir)),
-    );
-    let node_pods = kinglet_core::informers::pods_on_node(
-        &client,
-        &cfg.node_name,
-        Some(&kinglet_kubelet::cache_dir(&cfg.data_dir)),
-    );
+    let copy = options
+        .offline_copy
+        .then(|| kinglet_kubelet::cache_dir(&cfg.data_dir));
+    let services = kinglet_network::services::ServiceWatch::start(client.clone(), copy.as_deref());
+    let node_pods = kinglet_core::informers::pods_on_node(&client, &cfg.node_name, copy.as_deref());
     let (s, p) = (services.clone(), node_pods.clone());
     tokio::spawn(async move {
         if let Err(e) = kinglet_network::proxy::run(s, p, proxy).await {
@@ -237,7 +255,7 @@ pub(crate) fn start_node(
         node_name: cfg.node_name.clone(),
         node_ip: cfg.node_ip,
         cluster_cidr: cfg.cluster_cidr,
-        iface: vxlan_iface,
+        iface: options.vxlan_iface,
     };
     tokio::spawn(kinglet_network::overlay::watch::run(
         client.clone(),

@@ -27,13 +27,14 @@ pub struct JoinConfig {
     pub ca: CertKey,
     /// `<data-dir>/server/token`, read on every request so that a rotation takes effect.
     pub token_path: PathBuf,
+    /// What joining agents take instead of their own flags.
+    pub cluster: ClusterSettings,
 }
 
-pub const CLIENT_CERT_PATH: &str = "/v1-kinglet/client-kubelet.crt";
-pub const SERVING_CERT_PATH: &str = "/v1-kinglet/serving-kubelet.crt";
-pub const NODE_NAME_HEADER: &str = "kinglet-node-name";
-pub const NODE_PASSWORD_HEADER: &str = "kinglet-node-password";
-pub const NODE_IP_HEADER: &str = "kinglet-node-ip";
+pub use kinglet_core::join::{
+    CA_PATH, CLIENT_CERT_PATH, CLUSTER_PATH, ClusterSettings, NODE_IP_HEADER, NODE_NAME_HEADER,
+    NODE_PASSWORD_HEADER, SERVING_CERT_PATH,
+};
 pub const NODE_PASSWORD_TYPE: &str = "kinglet.io/node-password";
 /// Extra join tokens are upstream's bootstrap tokens: Secrets of this type and name prefix.
 pub const BOOTSTRAP_TOKEN_TYPE: &str = "bootstrap.kubernetes.io/token";
@@ -104,7 +105,10 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Whether `path` is served here, before authentication.
 pub fn is_join_path(path: &str) -> bool {
-    matches!(path, "/cacerts" | CLIENT_CERT_PATH | SERVING_CERT_PATH)
+    matches!(
+        path,
+        CA_PATH | CLIENT_CERT_PATH | SERVING_CERT_PATH | CLUSTER_PATH
+    )
 }
 
 /// Serves a join path (see `is_join_path`).
@@ -115,8 +119,19 @@ pub async fn serve(api: &Arc<Api>, path: &str, req: &http::request::Parts) -> Re
     if req.method != http::Method::GET {
         return ApiError::method_not_allowed("only GET is allowed here").into_response();
     }
-    if path == "/cacerts" {
+    if path == CA_PATH {
         return pem_response(cfg.ca.cert_pem.clone());
+    }
+    if path == CLUSTER_PATH {
+        return match authenticate(api, cfg, req).await {
+            Ok(()) => (
+                http::StatusCode::OK,
+                [(http::header::CONTENT_TYPE, "application/json")],
+                serde_json::to_string(&cfg.cluster).unwrap_or_default(),
+            )
+                .into_response(),
+            Err(e) => e.into_response(),
+        };
     }
     match node_cert(api, cfg, path == SERVING_CERT_PATH, req).await {
         Ok(body) => pem_response(body),
@@ -225,17 +240,17 @@ async fn bootstrap_token_valid(api: &Arc<Api>, token: &str) -> bool {
 
 /// The certificate chain and key for a node (client or serving), after checking the token and
 /// the node password.
-async fn node_cert(
+/// The request carries the server token, or an extra (bootstrap) token `<id>.<secret>` as
+/// user `node`.
+async fn authenticate(
     api: &Arc<Api>,
     cfg: &JoinConfig,
-    serving: bool,
     req: &http::request::Parts,
-) -> Result<String, ApiError> {
+) -> Result<(), ApiError> {
     let secret = read_secret(&cfg.token_path).map_err(|e| {
         tracing::error!("join: {e:#}");
         ApiError::internal("the server token is unavailable")
     })?;
-    // The server token, or an extra (bootstrap) token `<id>.<secret>` as user `node`.
     let authenticated = match basic_credentials(req) {
         Some((user, password)) => {
             server_token_matches(&user, &password, &secret)
@@ -243,9 +258,20 @@ async fn node_cert(
         }
         None => false,
     };
-    if !authenticated {
-        return Err(ApiError::unauthorized());
+    if authenticated {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized())
     }
+}
+
+async fn node_cert(
+    api: &Arc<Api>,
+    cfg: &JoinConfig,
+    serving: bool,
+    req: &http::request::Parts,
+) -> Result<String, ApiError> {
+    authenticate(api, cfg, req).await?;
     let node = header(req, NODE_NAME_HEADER)
         .ok_or_else(|| ApiError::bad_request("the Kinglet-Node-Name header is required"))?;
     // The name also names the node password Secret, so that must be valid too.

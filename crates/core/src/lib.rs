@@ -1,12 +1,14 @@
 //! kinglet's shared vocabulary: what the control plane and the node both speak.
 //!
 //! Quantities and pod resources, label and field selectors, object and name helpers, pod
-//! helpers, event recording, CronJob schedules, the shared watch cache and the data-dir lock.
+//! helpers, event recording, CronJob schedules, the shared watch cache, the data-dir lock and
+//! the join protocol.
 //! It depends on no other kinglet crate; a helper that more than one component needs goes here.
 
 pub mod cron;
 pub mod events;
 pub mod informers;
+pub mod join;
 pub mod lockfile;
 pub mod node_labels;
 pub mod object;

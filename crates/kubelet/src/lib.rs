@@ -44,6 +44,7 @@ pub use eviction::{default_thresholds, parse_thresholds};
 pub use image_gc::Policy as ImageGcPolicy;
 pub use node::parse_taint;
 pub use offline::cache_dir;
+pub use server::SOCKET as API_SOCKET;
 
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
