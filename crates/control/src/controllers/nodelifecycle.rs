@@ -1,7 +1,8 @@
 //! Node lifecycle and pod garbage collection.
-//! - A node whose Lease (or Ready heartbeat) is older than 40 s (60 s for one that never
-//!   reported) becomes Ready=Unknown and gets the `node.kubernetes.io/unreachable` taints; a
-//!   NotReady node gets `not-ready` taints; the taints go when the node is Ready again. Pressure conditions, NetworkUnavailable and
+//! - A node that has not renewed its Lease (or Ready heartbeat) for 40 s by this controller's
+//!   clock (60 s from its creation for one that never reported) becomes Ready=Unknown and gets
+//!   the `node.kubernetes.io/unreachable` taints; a NotReady node gets `not-ready` taints; the
+//!   taints go when the node is Ready again. Pressure conditions, NetworkUnavailable and
 //!   `unschedulable` bring their NoSchedule taints.
 //! - Pods on a node with a NoExecute taint are evicted at once unless they tolerate it, or after
 //!   their `tolerationSeconds` (300 s by default admission).
@@ -42,8 +43,11 @@ fn ready_status(n: &Node) -> Option<String> {
         .map(|c| c.status.clone())
 }
 
-/// Seconds since the node last showed life.
-fn heartbeat_age(n: &Node, lease: Option<&Lease>, now: i64) -> i64 {
+/// The node's own marks of life: its Lease's renewTime and its Ready condition's heartbeat,
+/// as the node's clock wrote them.
+type Marks = (Option<i64>, Option<i64>);
+
+fn marks(n: &Node, lease: Option<&Lease>) -> Marks {
     let lease_t = lease
         .and_then(|l| l.spec.as_ref()?.renew_time.as_ref())
         .map(|t| t.0.as_second());
@@ -54,16 +58,47 @@ fn heartbeat_age(n: &Node, lease: Option<&Lease>, now: i64) -> i64 {
         .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
         .and_then(|c| c.last_heartbeat_time.as_ref())
         .map(|t| t.0.as_second());
-    let created = n
-        .metadata
-        .creation_timestamp
-        .as_ref()
-        .map(|t| t.0.as_second());
-    now - [lease_t, cond_t, created]
-        .into_iter()
-        .flatten()
-        .max()
-        .unwrap_or(now)
+    (lease_t, cond_t)
+}
+
+/// When each node last showed life, by this controller's clock (upstream's
+/// `probeTimestamp`). A node writes its marks with its own clock, which may be off on an edge
+/// device, so only their changing counts, timed here. A node first seen (the controller just
+/// started, perhaps after the server was down) gets a whole grace period from then; one that
+/// never reported counts from its creation (a time the API server wrote).
+#[derive(Default)]
+struct Probes(HashMap<String, (Marks, i64)>);
+
+impl Probes {
+    /// Notes the nodes' marks at `now`; returns when each node last showed life.
+    fn observe(
+        &mut self,
+        nodes: &[Node],
+        leases: &HashMap<String, Lease>,
+        now: i64,
+    ) -> HashMap<String, i64> {
+        let mut seen = HashMap::new();
+        let mut next = HashMap::new();
+        for n in nodes {
+            let name = n.name_any();
+            let m = marks(n, leases.get(&name));
+            // A mark that is there and differs from the last one seen is a sign of life.
+            let fresh = |before: Option<i64>, now: Option<i64>| now.is_some() && now != before;
+            let at = match self.0.get(&name) {
+                Some((before, at)) if !fresh(before.0, m.0) && !fresh(before.1, m.1) => *at,
+                Some(_) => now,
+                None if m == (None, None) => (n.metadata.creation_timestamp.as_ref())
+                    .map(|t| t.0.as_second())
+                    .unwrap_or(now),
+                None => now,
+            };
+            seen.insert(name.clone(), at);
+            next.insert(name, (m, at));
+        }
+        // Deleted nodes are forgotten.
+        self.0 = next;
+        seen
+    }
 }
 
 /// Node conditions and the NoSchedule taints they bring when True (TaintNodesByCondition).
@@ -148,11 +183,12 @@ fn set_no_schedule(taints: &mut Vec<Taint>, key: &str, present: bool) {
     }
 }
 
-/// What a node's health calls for: marking it Unknown, and its taints.
-fn node_steps(n: &Node, lease: Option<&Lease>, now: Timestamp) -> Vec<Step> {
+/// What a node's health calls for, `seen` the time (by this controller's clock) it last showed
+/// life: marking it Unknown, and its taints.
+fn node_steps(n: &Node, seen: i64, now: Timestamp) -> Vec<Step> {
     let name = n.name_any();
     let ready = ready_status(n);
-    let age = heartbeat_age(n, lease, now.as_second());
+    let age = now.as_second() - seen;
     let grace = if ready.is_some() {
         GRACE_SECS
     } else {
@@ -261,17 +297,21 @@ fn terminated_gc(pods: &[&Pod], threshold: usize) -> Vec<Step> {
         .collect()
 }
 
-/// Decides one pass over the nodes (as listed, with their leases) and the pods (read before
-/// the nodes, so a pod bound to a node made since is not taken for an orphan) at `now`.
+/// Decides one pass over the nodes (as listed, with when each last showed life, `Probes`) and
+/// the pods (read before the nodes, so a pod bound to a node made since is not taken for an
+/// orphan) at `now`.
 fn plan(
     nodes: &[Node],
-    leases: &HashMap<String, Lease>,
+    seen: &HashMap<String, i64>,
     pods: &[&Pod],
     now: Timestamp,
     gc_threshold: usize,
 ) -> Vec<Step> {
     let mut steps: Vec<Step> = (nodes.iter())
-        .flat_map(|n| node_steps(n, leases.get(&n.name_any()), now))
+        .flat_map(|n| {
+            let at = seen.get(&n.name_any()).copied();
+            node_steps(n, at.unwrap_or(now.as_second()), now)
+        })
         .collect();
     steps.extend(terminated_gc(pods, gc_threshold));
     // Eviction follows the taints as listed; new ones count from the next pass.
@@ -344,7 +384,12 @@ async fn apply(ctx: &Context, steps: Vec<Step>, nodes: &[Node], pods: &[&Pod]) {
 
 /// `reader` lists the node leases: upstream reads them from the controller manager's shared
 /// informer, and node-controller's own role has no rule for them.
-async fn sync(ctx: &Context, reader: &kube::Client, pod_cache: &Store<Pod>) -> kube::Result<()> {
+async fn sync(
+    ctx: &Context,
+    reader: &kube::Client,
+    pod_cache: &Store<Pod>,
+    probes: &mut Probes,
+) -> kube::Result<()> {
     // Pods are read before the nodes are listed, so a pod bound to a node made since is not
     // taken for an orphan.
     let pods = pod_cache.state();
@@ -361,13 +406,9 @@ async fn sync(ctx: &Context, reader: &kube::Client, pod_cache: &Store<Pod>) -> k
             .map(|l| (l.name_any(), l))
             .collect();
     let pods: Vec<&Pod> = pods.iter().map(|p| p.as_ref()).collect();
-    let steps = plan(
-        &nodes,
-        &leases,
-        &pods,
-        Timestamp::now(),
-        TERMINATED_POD_THRESHOLD,
-    );
+    let now = Timestamp::now();
+    let seen = probes.observe(&nodes, &leases, now.as_second());
+    let steps = plan(&nodes, &seen, &pods, now, TERMINATED_POD_THRESHOLD);
     apply(ctx, steps, &nodes, &pods).await;
     Ok(())
 }
@@ -378,8 +419,9 @@ const TERMINATED_POD_THRESHOLD: usize = 12_500;
 pub async fn run(ctx: Arc<Context>, reader: kube::Client, informers: Arc<Informers>) {
     informers.pods.synced().await;
     let pods = informers.pods.store();
+    let mut probes = Probes::default();
     loop {
-        if let Err(e) = sync(&ctx, &reader, &pods).await {
+        if let Err(e) = sync(&ctx, &reader, &pods, &mut probes).await {
             tracing::debug!("node lifecycle: {e}");
         }
         tokio::time::sleep(Duration::from_secs(5)).await;
@@ -414,9 +456,9 @@ mod tests {
         json!({"spec": {"taints": t}})
     }
 
-    fn lease(age: i64) -> Lease {
+    fn lease(name: &str, renewed_ago: i64) -> Lease {
         typed(
-            json!({"metadata": {"name": "n1", "namespace": "kube-node-lease"}, "spec": {"renewTime": ago(age)}}),
+            json!({"metadata": {"name": name, "namespace": "kube-node-lease"}, "spec": {"renewTime": ago(renewed_ago)}}),
         )
     }
 
@@ -447,46 +489,91 @@ mod tests {
         let not_ready = || vec!["not-ready:NoSchedule", "not-ready:NoExecute"];
         let pressure = |t: &str, s: &str| json!([{"type": t, "status": s}]);
         let never_reported = |age: i64| json!({"metadata": {"creationTimestamp": ago(age)}, "status": {"conditions": null}});
-        // (case, node patch, lease renewed seconds ago, (marked Unknown, taints))
+        // (case, node patch, last showed life seconds ago (`Probes`), (marked Unknown, taints))
         #[rustfmt::skip]
-        let cases: Vec<(&str, Value, Option<i64>, (bool, Option<Vec<&str>>))> = vec![
-            ("healthy", json!({}), None, (false, None)),
-            ("NotReady: not-ready taints", conditions("False", 5, json!([])), None, (false, Some(not_ready()))),
+        let cases: Vec<(&str, Value, i64, (bool, Option<Vec<&str>>))> = vec![
+            ("healthy", json!({}), 10, (false, None)),
+            ("NotReady: not-ready taints", conditions("False", 5, json!([])), 5, (false, Some(not_ready()))),
             // The grace period is 40 s (1.28's node-monitor-grace-period).
-            ("silent for 35 s: still within the grace period", conditions("True", 35, json!([])), None, (false, None)),
-            ("silent for 45 s: Unknown and unreachable", conditions("True", 45, json!([])), None, (true, Some(unreachable()))),
-            ("silent for 60 s: Unknown and unreachable", conditions("True", 60, json!([])), None, (true, Some(unreachable()))),
-            ("a renewed lease is a heartbeat", conditions("True", 600, json!([])), Some(5), (false, None)),
-            ("an old lease and an old heartbeat", conditions("True", 600, json!([])), Some(300), (true, Some(unreachable()))),
-            ("already Unknown: not marked again", conditions("Unknown", 600, json!([])), None, (false, Some(unreachable()))),
-            ("already tainted: nothing to change", merged(conditions("Unknown", 600, json!([])), taints(json!([{"key": UNREACHABLE, "effect": "NoSchedule"}, {"key": UNREACHABLE, "effect": "NoExecute"}]))), None, (false, None)),
-            ("Ready again: the taints go", taints(json!([{"key": UNREACHABLE, "effect": "NoSchedule"}, {"key": UNREACHABLE, "effect": "NoExecute"}])), None, (false, Some(vec![]))),
+            ("silent for 35 s: still within the grace period", json!({}), 35, (false, None)),
+            ("silent for 45 s: Unknown and unreachable", json!({}), 45, (true, Some(unreachable()))),
+            ("silent for 60 s: Unknown and unreachable", json!({}), 60, (true, Some(unreachable()))),
+            ("already Unknown: not marked again", conditions("Unknown", 600, json!([])), 600, (false, Some(unreachable()))),
+            ("already tainted: nothing to change", merged(conditions("Unknown", 600, json!([])), taints(json!([{"key": UNREACHABLE, "effect": "NoSchedule"}, {"key": UNREACHABLE, "effect": "NoExecute"}]))), 600, (false, None)),
+            ("Ready again: the taints go", taints(json!([{"key": UNREACHABLE, "effect": "NoSchedule"}, {"key": UNREACHABLE, "effect": "NoExecute"}])), 5, (false, Some(vec![]))),
             ("NotReady, then silent: unreachable replaces not-ready",
-                merged(conditions("False", 600, json!([])), taints(json!([{"key": NOT_READY, "effect": "NoSchedule"}, {"key": NOT_READY, "effect": "NoExecute"}]))), None, (true, Some(unreachable()))),
-            ("never reported, 30 s old: left alone", never_reported(30), None, (false, None)),
+                merged(conditions("False", 600, json!([])), taints(json!([{"key": NOT_READY, "effect": "NoSchedule"}, {"key": NOT_READY, "effect": "NoExecute"}]))), 600, (true, Some(unreachable()))),
+            ("never reported, 30 s old: left alone", never_reported(30), 30, (false, None)),
             // Upstream gives a new node node-startup-grace-period (60 s); kinglet gave it 40 s.
-            ("never reported, 55 s old: startup grace", never_reported(55), None, (false, None)),
-            ("never reported, 70 s old: Unknown", never_reported(70), None, (true, Some(unreachable()))),
-            ("memory pressure", conditions("True", 5, pressure("MemoryPressure", "True")), None, (false, Some(vec!["memory-pressure:NoSchedule"]))),
-            ("disk pressure", conditions("True", 5, pressure("DiskPressure", "True")), None, (false, Some(vec!["disk-pressure:NoSchedule"]))),
-            ("PID pressure", conditions("True", 5, pressure("PIDPressure", "True")), None, (false, Some(vec!["pid-pressure:NoSchedule"]))),
-            ("pressure gone: taint gone", merged(conditions("True", 5, pressure("MemoryPressure", "False")), taints(json!([{"key": "node.kubernetes.io/memory-pressure", "effect": "NoSchedule"}]))), None, (false, Some(vec![]))),
+            ("never reported, 55 s old: startup grace", never_reported(55), 55, (false, None)),
+            ("never reported, 70 s old: Unknown", never_reported(70), 70, (true, Some(unreachable()))),
+            ("memory pressure", conditions("True", 5, pressure("MemoryPressure", "True")), 5, (false, Some(vec!["memory-pressure:NoSchedule"]))),
+            ("disk pressure", conditions("True", 5, pressure("DiskPressure", "True")), 5, (false, Some(vec!["disk-pressure:NoSchedule"]))),
+            ("PID pressure", conditions("True", 5, pressure("PIDPressure", "True")), 5, (false, Some(vec!["pid-pressure:NoSchedule"]))),
+            ("pressure gone: taint gone", merged(conditions("True", 5, pressure("MemoryPressure", "False")), taints(json!([{"key": "node.kubernetes.io/memory-pressure", "effect": "NoSchedule"}]))), 5, (false, Some(vec![]))),
             // Upstream's TaintNodesByCondition also covers these two; kinglet did not.
-            ("network unavailable", conditions("True", 5, pressure("NetworkUnavailable", "True")), None, (false, Some(vec!["network-unavailable:NoSchedule"]))),
-            ("cordoned", json!({"spec": {"unschedulable": true}}), None, (false, Some(vec!["unschedulable:NoSchedule"]))),
-            ("uncordoned", taints(json!([{"key": UNSCHEDULABLE, "effect": "NoSchedule"}])), None, (false, Some(vec![]))),
-            ("other taints stay", merged(conditions("False", 5, json!([])), taints(json!([{"key": "dedicated", "effect": "NoSchedule"}]))), None,
+            ("network unavailable", conditions("True", 5, pressure("NetworkUnavailable", "True")), 5, (false, Some(vec!["network-unavailable:NoSchedule"]))),
+            ("cordoned", json!({"spec": {"unschedulable": true}}), 5, (false, Some(vec!["unschedulable:NoSchedule"]))),
+            ("uncordoned", taints(json!([{"key": UNSCHEDULABLE, "effect": "NoSchedule"}])), 5, (false, Some(vec![]))),
+            ("other taints stay", merged(conditions("False", 5, json!([])), taints(json!([{"key": "dedicated", "effect": "NoSchedule"}]))), 5,
                 (false, Some(vec!["dedicated:NoSchedule", "not-ready:NoSchedule", "not-ready:NoExecute"]))),
         ];
         let mut table = Table::default();
-        for (case, patch, renewed, (marked, want)) in cases {
+        for (case, patch, silent, (marked, want)) in cases {
             let n = node("n1", patch);
-            let l = renewed.map(lease);
-            let got = node_changes(&node_steps(&n, l.as_ref(), now()));
+            let seen = now().as_second() - silent;
+            let got = node_changes(&node_steps(&n, seen, now()));
             let want = want.map(|v| v.iter().map(|s| s.to_string()).collect());
             table.check(case, got, (marked, want));
         }
         table.done();
+    }
+
+    #[test]
+    fn nodes_are_timed_by_the_controllers_clock_not_theirs() {
+        let t0 = now().as_second();
+        // n1's clock is 10 minutes behind: its lease and heartbeat look 600 s old when
+        // written; `renewal`: seconds after the first renewal, by its clock.
+        let slow = |renewal: i64| {
+            let n = node("n1", conditions("True", 600 - renewal, json!([])));
+            (
+                n,
+                HashMap::from([("n1".to_string(), lease("n1", 600 - renewal))]),
+            )
+        };
+        let never_reported = node(
+            "n2",
+            json!({"metadata": {"creationTimestamp": ago(50)}, "status": {"conditions": null}}),
+        );
+        let mut probes = Probes::default();
+        let steps = |n: &Node, seen: &HashMap<String, i64>, at: i64| {
+            let now = Timestamp::from_second(at).unwrap();
+            node_changes(&plan(std::slice::from_ref(n), seen, &[], now, 100))
+        };
+        // (case, n1's renewal, pass at, n1 seen at, marked Unknown)
+        #[rustfmt::skip]
+        let passes: Vec<(&str, i64, i64, i64, bool)> = vec![
+            // A node first seen (the controller starts) gets a whole grace period.
+            ("first seen: alive now, whatever its clock says", 0, t0, t0, false),
+            ("nothing new for 30 s", 0, t0 + 30, t0, false),
+            ("a new lease renewal, however old it looks, is life", 30, t0 + 35, t0 + 35, false),
+            ("nothing new for 40 s: still within the grace period", 30, t0 + 75, t0 + 35, false),
+            ("nothing new for 45 s: Unknown", 30, t0 + 80, t0 + 35, true),
+        ];
+        let mut table = Table::default();
+        for (case, renewal, at, want_seen, want_unknown) in passes {
+            let (n1, leases) = slow(renewal);
+            let seen = probes.observe(&[n1.clone(), never_reported.clone()], &leases, at);
+            table.check(case, seen["n1"], want_seen);
+            table.check(case, steps(&n1, &seen, at).0, want_unknown);
+            // A node that never reported counts from its creation, by the API server's clock.
+            table.check(case, seen["n2"], t0 - 50);
+        }
+        table.done();
+        // A deleted node is forgotten: seen again, it starts over.
+        probes.observe(&[], &HashMap::new(), t0 + 100);
+        let (n1, leases) = slow(30);
+        assert_eq!(probes.observe(&[n1], &leases, t0 + 200)["n1"], t0 + 200);
     }
 
     /// Pod `name` on node n1 with `tolerations`, plus `patch`.
