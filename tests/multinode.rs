@@ -441,6 +441,13 @@ spec:
       containers:
       - {name: c, image: busybox:1.36, imagePullPolicy: IfNotPresent, command: [sleep, '3600']}
 ---
+apiVersion: v1
+kind: Service
+metadata: {name: everywhere}
+spec:
+  selector: {app: everywhere}
+  ports: [{port: 80}]
+---
 apiVersion: apps/v1
 kind: Deployment
 metadata: {name: mover}
@@ -472,6 +479,28 @@ fn ready(c: &Cluster, name: &str) -> String {
         "-o",
         r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#,
     ])
+}
+
+/// The status of pod `name`'s Ready condition.
+fn pod_ready(c: &Cluster, name: &str) -> String {
+    c.ok(&[
+        "get",
+        "pod",
+        name,
+        "-o",
+        r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#,
+    ])
+}
+
+/// Whether Service `service`'s EndpointSlices have a ready endpoint for pod `pod` (an
+/// endpoint without the condition counts as ready, as the API defines it).
+fn endpoint_ready(c: &Cluster, service: &str, pod: &str) -> bool {
+    let label = format!("kubernetes.io/service-name={service}");
+    let out = c.ok(&["get", "endpointslices", "-l", &label, "-o", "json"]);
+    let list: serde_json::Value = serde_json::from_str(&out).expect("EndpointSlice list");
+    (list["items"].as_array().into_iter().flatten())
+        .flat_map(|s| s["endpoints"].as_array().into_iter().flatten())
+        .any(|e| e["targetRef"]["name"] == pod && e["conditions"]["ready"] != false)
 }
 
 /// Pod names by node.
@@ -529,6 +558,19 @@ fn daemonsets_cover_every_node_and_a_lost_node_is_evicted_and_comes_back() {
     for i in [0, 1] {
         assert_eq!(ready(&c, &c.node(i)), "True", "node-{i}");
     }
+    // The pods left on node-2 are not Ready (upstream's MarkPodsNotReady), so the Service
+    // stops sending traffic to them; those on the other nodes still get it.
+    eventually(10, "node-2's DaemonSet pod not Ready", || {
+        (pod_ready(&c, &ds2) == "False").then_some(())
+    });
+    eventually(10, "node-2's endpoint not ready", || {
+        (!endpoint_ready(&c, "everywhere", &ds2)).then_some(())
+    });
+    for i in [0, 1] {
+        let pod = &per_node[&c.node(i)][0];
+        assert_eq!(pod_ready(&c, pod), "True", "{pod} on node-{i}");
+        assert!(endpoint_ready(&c, "everywhere", pod), "{pod} on node-{i}");
+    }
 
     // 5 s after the unreachable taint, the Deployment's pods are evicted and replaced on the
     // other nodes; the DaemonSet's pod tolerates the taint and stays, not replaced.
@@ -576,6 +618,20 @@ fn daemonsets_cover_every_node_and_a_lost_node_is_evicted_and_comes_back() {
         String::from_utf8_lossy(&out.stdout)
             .starts_with("sleep")
             .then_some(())
+    });
+    // Its kubelet sets its pod Ready again, and the Service sends it traffic again.
+    eventually(
+        60,
+        "node-2's DaemonSet pod Ready and its endpoint ready",
+        || (pod_ready(&c, &ds2) == "True" && endpoint_ready(&c, "everywhere", &ds2)).then_some(()),
+    );
+    // A kubelet that was never down puts back a status someone else changed (upstream's
+    // status manager reconciles with the API server's copy): node-1's pod marked not Ready.
+    let ds1 = &per_node[&c.node(1)][0];
+    let not_ready = r#"{"status":{"conditions":[{"type":"Ready","status":"False"}]}}"#;
+    c.ok(&["patch", "pod", ds1, "--subresource=status", "-p", not_ready]);
+    eventually(10, "node-1's kubelet sets its pod Ready again", || {
+        (pod_ready(&c, ds1) == "True").then_some(())
     });
     eventually(60, "the evicted pods gone from node-2", || {
         let all = pods(&c, "app=mover");

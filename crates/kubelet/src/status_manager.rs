@@ -1,6 +1,9 @@
 //! The status manager, as upstream's `status/`: patches pod statuses to the API server,
 //! remembering the last one reported per pod so that a sync that changed nothing (every pod
-//! syncs each second) costs no request.
+//! syncs each second) costs no request. It also reconciles, as upstream's `needsReconcile`:
+//! when the API server's copy of a pod (the node's pod cache) has a status that differs from
+//! the node's, because someone else wrote it (the node controller marks the pods of a node it
+//! lost not Ready), the node's status is patched again.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -8,33 +11,53 @@ use std::sync::Mutex;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::lock;
+
+/// The pod condition types the kubelet sets (upstream's `PodConditionsByKubelet`); the others
+/// (DisruptionTarget, readiness gates) belong to whoever set them and are kept.
+const KUBELET_CONDITIONS: [&str; 5] = [
+    "PodScheduled",
+    "PodReadyToStartContainers",
+    "Initialized",
+    "ContainersReady",
+    "Ready",
+];
+
+/// What was last reported for a pod: the status, and the resourceVersion the patch made.
+struct Reported {
+    status: Value,
+    version: Option<u64>,
+}
 
 #[derive(Default)]
 pub struct StatusManager {
     /// Last status reported per pod UID.
-    reported: Mutex<HashMap<String, Value>>,
+    reported: Mutex<HashMap<String, Reported>>,
 }
 
 impl StatusManager {
-    /// Patches the pod's status to `status` unless that is what was reported last.
+    /// Patches the pod's status to `status` unless that is what was reported last and what
+    /// the API server has (`pod` is its copy, from the node's pod cache).
     pub async fn set(&self, client: &kube::Client, pod: &Pod, status: Value) -> anyhow::Result<()> {
         let uid = pod.uid().unwrap_or_default();
-        if !self.changed(&uid, &status) {
+        if !self.needs_update(&uid, pod, &status) {
             return Ok(());
         }
         let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
-        let mut body: Value = json!({"status": status});
-        body["metadata"] = json!({"uid": uid});
-        api.patch_status(
-            &pod.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&body),
-        )
-        .await?;
-        self.remember(uid, status);
+        let body = json!({
+            "metadata": {"uid": uid},
+            "status": with_others_conditions(status.clone(), pod),
+        });
+        let patched = api
+            .patch_status(
+                &pod.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&body),
+            )
+            .await?;
+        self.remember(uid, status, version(&patched));
         Ok(())
     }
 
@@ -44,13 +67,90 @@ impl StatusManager {
         lock(&self.reported).remove(uid);
     }
 
-    fn changed(&self, uid: &str, status: &Value) -> bool {
-        lock(&self.reported).get(uid) != Some(status)
+    /// Whether `status` must be patched: it is not what was reported last, or the API server's
+    /// copy of the pod differs from it (upstream's `needsReconcile`).
+    fn needs_update(&self, uid: &str, pod: &Pod, status: &Value) -> bool {
+        let reported = lock(&self.reported);
+        let Some(last) = reported.get(uid).filter(|r| r.status == *status) else {
+            return true;
+        };
+        let server = pod.status.as_ref().map(serde_json::to_value);
+        let server = server.and_then(Result::ok).unwrap_or_default();
+        if essentials(&server) == essentials(status) {
+            return false;
+        }
+        // The pod cache lags behind the node's own patches: a copy older than the last patch
+        // (kinglet's resourceVersions are the store's revisions, so they order), or the very
+        // one it made, is no news. Only a later write by someone else is; not knowing, the
+        // node does not write (a write loop is worse than a late status).
+        let newer =
+            matches!((last.version, version(pod)), (Some(ours), Some(theirs)) if theirs > ours);
+        if newer {
+            tracing::info!(pod = %pod.name_any(), "the API server's pod status differs from the node's; reporting it again");
+        }
+        newer
     }
 
-    fn remember(&self, uid: String, status: Value) {
-        lock(&self.reported).insert(uid, status);
+    fn remember(&self, uid: String, status: Value, version: Option<u64>) {
+        lock(&self.reported).insert(uid, Reported { status, version });
     }
+}
+
+fn version(pod: &Pod) -> Option<u64> {
+    pod.resource_version()?.parse().ok()
+}
+
+/// `status` with the conditions of `pod`'s copy that the kubelet does not own: a merge patch
+/// replaces the whole list, and they are not the kubelet's to drop (upstream's
+/// `mergePodStatus`).
+fn with_others_conditions(mut status: Value, pod: &Pod) -> Value {
+    let others = (pod.status.as_ref())
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|c| !KUBELET_CONDITIONS.contains(&c.type_.as_str()))
+        .filter_map(|c| serde_json::to_value(c).ok());
+    if let Some(conditions) = status["conditions"].as_array_mut() {
+        conditions.extend(others);
+    }
+    status
+}
+
+/// What of a pod status the kubelet answers for, to compare its view with the API server's:
+/// phase, pod IP, its conditions' statuses, and its containers' readiness, restarts and
+/// states, without timestamps, messages, order or fields left out as null.
+fn essentials(status: &Value) -> Value {
+    let conditions: Map<String, Value> = (status["conditions"].as_array().into_iter().flatten())
+        .filter_map(|c| Some((c["type"].as_str()?, c)))
+        .filter(|(t, _)| KUBELET_CONDITIONS.contains(t))
+        .map(|(t, c)| (t.to_string(), c["status"].clone()))
+        .collect();
+    let containers = |key: &str| -> Map<String, Value> {
+        (status[key].as_array().into_iter().flatten())
+            .map(|c| {
+                // The one state set: running, waiting or terminated, with its reason.
+                let state = (c["state"].as_object().into_iter().flatten())
+                    .find(|(_, s)| s.is_object())
+                    .map(|(kind, s)| json!([kind, s["reason"].as_str()]));
+                let name = c["name"].as_str().unwrap_or_default().to_string();
+                let essentials = json!({
+                    "ready": c["ready"].as_bool().unwrap_or(false),
+                    "started": c["started"].as_bool().unwrap_or(false),
+                    "restartCount": c["restartCount"].as_i64().unwrap_or(0),
+                    "containerID": c["containerID"].as_str().unwrap_or_default(),
+                    "state": state,
+                });
+                (name, essentials)
+            })
+            .collect()
+    };
+    json!({
+        "phase": status["phase"].as_str().unwrap_or_default(),
+        "podIP": status["podIP"].as_str().unwrap_or_default(),
+        "conditions": conditions,
+        "containerStatuses": containers("containerStatuses"),
+        "initContainerStatuses": containers("initContainerStatuses"),
+    })
 }
 
 #[cfg(test)]
@@ -59,30 +159,157 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-    #[test]
-    fn only_changed_statuses_are_patched() {
-        let m = StatusManager::default();
-        let running = json!({"phase": "Running"});
-        assert!(m.changed("a", &running), "never reported");
-        m.remember("a".into(), running.clone());
-        assert!(!m.changed("a", &running));
-        assert!(m.changed("b", &running), "per pod");
-        assert!(m.changed("a", &json!({"phase": "Succeeded"})));
-        m.forget("a");
-        assert!(m.changed("a", &running), "forgotten");
+    /// A running pod's status as `status::compute` makes it, its containers `ready` or not.
+    fn computed(ready: bool) -> Value {
+        let cond = |t: &str, ok: bool| {
+            json!({
+                "type": t,
+                "status": if ok { "True" } else { "False" },
+                "reason": (!ok).then_some("ContainersNotReady"),
+                "message": (!ok).then_some("containers with unready status: [c]"),
+                "lastProbeTime": null,
+            })
+        };
+        json!({
+            "phase": "Running",
+            "conditions": [
+                cond("PodReadyToStartContainers", true),
+                cond("Initialized", true),
+                cond("Ready", ready),
+                cond("ContainersReady", ready),
+                cond("PodScheduled", true),
+            ],
+            "hostIP": "10.0.0.2",
+            "containerStatuses": [{
+                "name": "c", "image": "i", "imageID": "", "ready": ready, "restartCount": 0,
+                "started": true, "containerID": "kinglet://x", "lastState": {},
+                "state": {"running": {"startedAt": "2025-01-01T00:00:00Z"}},
+            }],
+            "podIP": "10.42.1.5",
+            "startTime": "2025-01-01T00:00:00Z",
+        })
     }
 
-    /// An API server that counts the status patches of pod `default/p` and fails them while
-    /// `failing` is set.
+    /// The pod cache's copy: `status` as the API server keeps it, at resourceVersion `rv`.
+    fn cached(status: Value, rv: Option<&str>) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "default", "uid": "u", "resourceVersion": rv},
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    /// `status` with its condition `type_` changed by `patch`.
+    fn with_condition(mut status: Value, type_: &str, patch: Value) -> Value {
+        let conds = status["conditions"].as_array_mut().unwrap();
+        match conds.iter_mut().find(|c| c["type"] == type_) {
+            Some(c) => c
+                .as_object_mut()
+                .unwrap()
+                .extend(patch.as_object().unwrap().clone()),
+            None => conds.push(patch),
+        }
+        status
+    }
+
+    #[test]
+    fn statuses_are_patched_when_changed_or_when_the_servers_copy_differs() {
+        let ready = computed(true);
+        let marked = || {
+            let patch = json!({"status": "False", "lastTransitionTime": "2025-01-01T00:01:00Z"});
+            with_condition(computed(true), "Ready", patch)
+        };
+        // Order, timestamps, messages and nulls are not what the kubelet answers for.
+        let noise = {
+            let mut s = with_condition(
+                ready.clone(),
+                "Initialized",
+                json!({"lastTransitionTime": "2025-01-01T00:00:00Z", "message": "m"}),
+            );
+            s["conditions"].as_array_mut().unwrap().reverse();
+            s["containerStatuses"][0]["state"]["running"]["startedAt"] =
+                json!("2025-02-02T00:00:00Z");
+            s["startTime"] = json!("2025-02-02T00:00:00Z");
+            s
+        };
+        let disruption = json!({"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI"});
+        let mut unready_container = ready.clone();
+        unready_container["containerStatuses"][0]["ready"] = json!(false);
+        let mut restarted = ready.clone();
+        restarted["containerStatuses"][0]["restartCount"] = json!(1);
+        // (case, the cache's copy (status, resourceVersion), patched) with `ready` reported last
+        // at resourceVersion 10 and computed again.
+        #[rustfmt::skip]
+        let cases: Vec<(&str, Value, Option<&str>, bool)> = vec![
+            ("the server has what was reported", ready.clone(), Some("10"), false),
+            ("later writes kept it", ready.clone(), Some("12"), false),
+            ("Ready set False by the node controller since", marked(), Some("12"), true),
+            ("the cache is older than the last patch", computed(false), Some("8"), false),
+            // A difference the server made itself is no reason to write again and again.
+            ("the cache holds the last patch", marked(), Some("10"), false),
+            ("the cache's resourceVersion is unknown", marked(), None, false),
+            ("order, timestamps and messages differ", noise, Some("12"), false),
+            ("someone else's condition", with_condition(ready.clone(), "DisruptionTarget", disruption), Some("12"), false),
+            ("a container's readiness differs", unready_container, Some("12"), true),
+            ("a container's restarts differ", restarted, Some("12"), true),
+            ("the phase differs", json!({"phase": "Pending"}), Some("12"), true),
+            ("no status", Value::Null, Some("12"), true),
+        ];
+        let m = StatusManager::default();
+        let mut failed = Vec::new();
+        for (case, status, rv, want) in cases {
+            m.remember("u".into(), ready.clone(), Some(10));
+            let got = m.needs_update("u", &cached(status, rv), &ready);
+            if got != want {
+                failed.push(format!("{case}: got {got}, want {want}"));
+            }
+        }
+        assert!(failed.is_empty(), "{}", failed.join("\n"));
+
+        let copy = cached(ready.clone(), Some("10"));
+        assert!(m.needs_update("other", &copy, &ready), "never reported");
+        assert!(m.needs_update("u", &copy, &computed(false)), "changed");
+        m.forget("u");
+        assert!(m.needs_update("u", &copy, &ready), "forgotten");
+    }
+
+    #[test]
+    fn conditions_of_others_are_kept() {
+        let disruption = json!({"type": "DisruptionTarget", "status": "True"});
+        let stale_ready = json!({"type": "Ready", "status": "False"});
+        let copy = with_condition(computed(false), "DisruptionTarget", disruption.clone());
+        let copy = with_condition(copy, "Ready", stale_ready);
+        let sent = with_others_conditions(computed(true), &cached(copy, Some("1")));
+        let types: Vec<&str> = (sent["conditions"].as_array().unwrap().iter())
+            .map(|c| c["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            types,
+            [
+                "PodReadyToStartContainers",
+                "Initialized",
+                "Ready",
+                "ContainersReady",
+                "PodScheduled",
+                "DisruptionTarget"
+            ]
+        );
+        assert_eq!(sent["conditions"][2]["status"], "True", "the kubelet's own");
+        assert_eq!(sent["conditions"][5], disruption);
+    }
+
+    /// An API server that counts the status patches of pod `default/p`, fails them while
+    /// `failing` is set, and answers with resourceVersion 100 + the number of patches.
     async fn api_server(patches: Arc<AtomicUsize>, failing: Arc<AtomicBool>) -> kube::Client {
         let router = axum::Router::new().route(
             "/api/v1/namespaces/default/pods/p/status",
             axum::routing::patch(move || async move {
-                patches.fetch_add(1, Ordering::SeqCst);
+                let n = patches.fetch_add(1, Ordering::SeqCst) + 1;
                 if failing.load(Ordering::SeqCst) {
                     return Err(http::StatusCode::INTERNAL_SERVER_ERROR);
                 }
-                let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}});
+                let pod = json!({"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": "p", "resourceVersion": (100 + n).to_string()}});
                 Ok((
                     [(http::header::CONTENT_TYPE, "application/json")],
                     pod.to_string(),
@@ -121,5 +348,41 @@ mod tests {
         m.forget("u");
         m.set(&client, &pod, done).await.unwrap();
         assert_eq!(count(), 4, "forgotten: patched whatever it is");
+    }
+
+    #[tokio::test]
+    async fn a_status_someone_else_changed_is_patched_back_once() {
+        let patches = Arc::<AtomicUsize>::default();
+        let client = api_server(Arc::clone(&patches), Arc::default()).await;
+        let count = || patches.load(Ordering::SeqCst);
+        let m = StatusManager::default();
+        let ready = computed(true);
+        m.set(&client, &cached(Value::Null, Some("100")), ready.clone())
+            .await
+            .unwrap();
+        assert_eq!(count(), 1);
+        // The pod cache still shows the copy from before the patch (101): no news.
+        m.set(&client, &cached(Value::Null, Some("100")), ready.clone())
+            .await
+            .unwrap();
+        assert_eq!(count(), 1, "a lagging cache is not a change");
+        // The patch arrives, then the node controller marks the pod not Ready (102).
+        m.set(&client, &cached(ready.clone(), Some("101")), ready.clone())
+            .await
+            .unwrap();
+        assert_eq!(count(), 1);
+        let marked = with_condition(ready.clone(), "Ready", json!({"status": "False"}));
+        m.set(&client, &cached(marked.clone(), Some("102")), ready.clone())
+            .await
+            .unwrap();
+        assert_eq!(count(), 2, "set back to Ready");
+        // Until the cache shows that patch (103), its old copy is no reason to patch again.
+        m.set(&client, &cached(marked, Some("102")), ready.clone())
+            .await
+            .unwrap();
+        m.set(&client, &cached(ready.clone(), Some("103")), ready)
+            .await
+            .unwrap();
+        assert_eq!(count(), 2, "patched back once");
     }
 }

@@ -4,11 +4,14 @@
 //!   the `node.kubernetes.io/unreachable` taints; a NotReady node gets `not-ready` taints; the
 //!   taints go when the node is Ready again. Pressure conditions, NetworkUnavailable and
 //!   `unschedulable` bring their NoSchedule taints.
+//! - Pods on a node that is not Ready are marked not Ready (their Ready condition False, as
+//!   upstream's `MarkPodsNotReady`), so that Services stop sending them traffic; their kubelet
+//!   sets it back when it is back.
 //! - Pods on a node with a NoExecute taint are evicted at once unless they tolerate it, or after
 //!   their `tolerationSeconds` (300 s by default admission).
 //! - Pods bound to nodes that no longer exist are deleted, and terminated pods beyond 12,500.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -146,6 +149,13 @@ enum Step {
     MarkUnknown { node: String, conditions: Value },
     /// Replace the node's taints.
     Taint { node: String, taints: Vec<Taint> },
+    /// Set a pod's Ready condition False (strategic merge `patch` of its status, conditional
+    /// on the resourceVersion it was planned from): its node is not Ready.
+    MarkPodNotReady {
+        namespace: String,
+        name: String,
+        patch: Value,
+    },
     /// Delete a pod at once (no grace): its node is gone, or it is a terminated pod beyond the
     /// garbage collection threshold.
     ForceDelete { namespace: String, name: String },
@@ -273,6 +283,30 @@ fn pod_key(p: &Pod) -> (String, String) {
     (p.namespace().unwrap_or_default(), p.name_any())
 }
 
+/// The step that marks `p` not Ready, if it is Ready (or Unknown): upstream's
+/// `MarkPodsNotReady` sets only the Ready condition, keeping its reason and message, and
+/// leaves pods without one alone.
+fn mark_not_ready(p: &Pod, now: Timestamp) -> Option<Step> {
+    let ready = (p.status.as_ref())
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))?;
+    if ready.status == "False" {
+        return None;
+    }
+    let (namespace, name) = pod_key(p);
+    // Conditional: a status the kubelet wrote since this pod was read must not be overwritten
+    // with what was true before; a conflict is tried again on the next pass.
+    let patch = serde_json::json!({
+        "metadata": {"resourceVersion": p.resource_version()},
+        "status": {"conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": now.to_string()}]},
+    });
+    Some(Step::MarkPodNotReady {
+        namespace,
+        name,
+        patch,
+    })
+}
+
 /// Terminated pods beyond `threshold`, oldest first (upstream's pod GC).
 fn terminated_gc(pods: &[&Pod], threshold: usize) -> Vec<Step> {
     let mut done: Vec<&Pod> = pods
@@ -313,6 +347,16 @@ fn plan(
             node_steps(n, at.unwrap_or(now.as_second()), now)
         })
         .collect();
+    // Nodes not Ready, those marked Unknown by this pass too: their pods are not Ready either.
+    let marked_now = steps.iter().filter_map(|s| match s {
+        Step::MarkUnknown { node, .. } => Some(node.clone()),
+        _ => None,
+    });
+    let not_ready: HashSet<String> = (nodes.iter())
+        .filter(|n| ready_status(n).is_some_and(|s| s != "True"))
+        .map(|n| n.name_any())
+        .chain(marked_now)
+        .collect();
     steps.extend(terminated_gc(pods, gc_threshold));
     // Eviction follows the taints as listed; new ones count from the next pass.
     let by_name: HashMap<String, &Node> = nodes.iter().map(|n| (n.name_any(), n)).collect();
@@ -323,6 +367,9 @@ fn plan(
         else {
             continue;
         };
+        if not_ready.contains(&node) {
+            steps.extend(mark_not_ready(p, now));
+        }
         let (namespace, name) = pod_key(p);
         match by_name.get(&node) {
             None => steps.push(Step::ForceDelete { namespace, name }),
@@ -363,6 +410,26 @@ async fn apply(ctx: &Context, steps: Vec<Step>, nodes: &[Node], pods: &[&Pod]) {
                 let _ = nodes_api
                     .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await;
+            }
+            Step::MarkPodNotReady {
+                namespace,
+                name,
+                patch,
+            } => {
+                let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+                let params = PatchParams::default();
+                match api
+                    .patch_status(&name, &params, &Patch::Strategic(&patch))
+                    .await
+                {
+                    Ok(_) => {
+                        if let Some(p) = pod(&namespace, &name) {
+                            let message = "Node is not ready".to_string();
+                            ctx.event(*p, true, "NodeNotReady", message).await;
+                        }
+                    }
+                    Err(e) => tracing::debug!("marking pod {namespace}/{name} not Ready: {e}"),
+                }
             }
             Step::ForceDelete { namespace, name } => {
                 let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -591,6 +658,7 @@ mod tests {
             .filter_map(|s| match s {
                 Step::ForceDelete { name, .. } => Some(format!("force delete {name}")),
                 Step::Evict { name, .. } => Some(format!("evict {name}")),
+                Step::MarkPodNotReady { name, .. } => Some(format!("mark {name} not ready")),
                 _ => None,
             })
             .collect()
@@ -632,6 +700,60 @@ mod tests {
             table.check(case, got, want);
         }
         table.done();
+    }
+
+    #[test]
+    fn pods_on_a_node_that_is_not_ready_are_marked_not_ready() {
+        let ready = |status: &str| {
+            json!({"status": {"conditions": [
+                {"type": "Ready", "status": status, "reason": "r", "message": "m"},
+                {"type": "ContainersReady", "status": status},
+            ]}})
+        };
+        let forever = json!([{"key": UNREACHABLE, "operator": "Exists", "effect": "NoExecute"}]);
+        let unknown = || conditions("Unknown", 600, json!([]));
+        // (case, n1 patch, n1 last showed life seconds ago, pod patch, steps for the pod)
+        #[rustfmt::skip]
+        let cases: Vec<(&str, Value, i64, Value, Vec<&str>)> = vec![
+            ("node Ready: left alone", json!({}), 10, ready("True"), vec![]),
+            ("node Unknown: marked", unknown(), 600, ready("True"), vec!["mark p not ready"]),
+            ("node NotReady: marked", conditions("False", 5, json!([])), 5, ready("True"), vec!["mark p not ready"]),
+            // Upstream marks the pods in the pass that finds the node silent.
+            ("node going Unknown in this pass: marked at once", json!({}), 45, ready("True"), vec!["mark p not ready"]),
+            ("node silent within the grace period: left alone", json!({}), 35, ready("True"), vec![]),
+            ("already not Ready: not marked again", unknown(), 600, ready("False"), vec![]),
+            ("Ready Unknown: marked", unknown(), 600, ready("Unknown"), vec!["mark p not ready"]),
+            ("no Ready condition (never started): left alone", unknown(), 600, json!({}), vec![]),
+            ("never reported node: left alone", json!({"status": {"conditions": null}}), 30, ready("True"), vec![]),
+            ("terminating: marked too", unknown(), 600, merged(ready("True"), json!({"metadata": {"deletionTimestamp": ago(1)}})), vec!["mark p not ready"]),
+            ("on another node: left alone", unknown(), 600, merged(ready("True"), json!({"spec": {"nodeName": "n2"}})), vec![]),
+        ];
+        let mut table = Table::default();
+        for (case, node_patch, silent, pod_patch, want) in cases {
+            let nodes = [node("n1", node_patch), node("n2", json!({}))];
+            let seen = HashMap::from([("n1".to_string(), now().as_second() - silent)]);
+            let p = pod("p", forever.clone(), pod_patch);
+            let got = describe(&plan(&nodes, &seen, &[&p], now(), 100));
+            table.check(case, got, want.iter().map(|s| s.to_string()).collect());
+        }
+        table.done();
+    }
+
+    #[test]
+    fn marking_a_pod_not_ready_patches_its_ready_condition_only_if_unchanged() {
+        let p = pod(
+            "p",
+            json!([]),
+            json!({"metadata": {"resourceVersion": "42"}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}}),
+        );
+        let Some(Step::MarkPodNotReady { patch, .. }) = mark_not_ready(&p, now()) else {
+            panic!("not marked");
+        };
+        let want = json!({
+            "metadata": {"resourceVersion": "42"},
+            "status": {"conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": now().to_string()}]},
+        });
+        assert_eq!(patch, want);
     }
 
     #[test]
