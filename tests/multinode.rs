@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashSet;
 
 use common::cluster::Cluster;
-use common::eventually;
+use common::{PortForward, eventually};
 use kinglet_network::overlay;
 
 /// What a node published for the overlay, with its range.
@@ -125,6 +125,26 @@ fn three_nodes_join_and_pods_talk_across_the_overlay() {
         assert!(!shown.contains(&vteps[i].pod_cidr), "host {i}:\n{shown}");
     }
 
+    // The agents' machines take no connection to the kubelet port (a firewall, or NAT, in
+    // front of a device): logs, exec and port-forward below go through their tunnels.
+    for i in [1, 2] {
+        c.run_in(
+            i,
+            "iptables",
+            &[
+                "-I", "INPUT", "-p", "tcp", "--dport", "10250", "-j", "REJECT",
+            ],
+        );
+        let reach = format!("exec 3<>/dev/tcp/{}/10250", c.ip(i));
+        let open = c
+            .in_host(0, "timeout")
+            .args(["5", "bash", "-c", &reach])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("bash");
+        assert!(!open.success(), "10250 of host {i} answers");
+    }
+
     // A receiver on node-1 answers, and logs (a CGI's stderr is httpd's), the address each
     // request came from.
     let cgi = [
@@ -160,6 +180,26 @@ fn three_nodes_join_and_pods_talk_across_the_overlay() {
     // Pods take the overlay's MTU.
     let mtu = c.ok(&["exec", "rx", "--", "cat", "/sys/class/net/eth0/mtu"]);
     assert_eq!(mtu.trim(), "1450");
+    // port-forward to node-1's pod, fetched from the server's loopback.
+    let port = common::free_port();
+    let out = c.server.dir.path().join("port-forward.out");
+    let pf = PortForward::start(&c.server, "pod/rx", &format!("{port}:8080"), &out);
+    let got = c
+        .in_host(0, common::images::busybox())
+        .args([
+            "wget",
+            "-qO-",
+            &format!("http://127.0.0.1:{port}/cgi-bin/peer"),
+        ])
+        .output()
+        .expect("wget");
+    let peer = String::from_utf8_lossy(&got.stdout);
+    assert!(
+        peer.trim().parse::<std::net::Ipv4Addr>().is_ok(),
+        "{peer}{}",
+        std::fs::read_to_string(&pf.out).unwrap_or_default()
+    );
+    drop(pf);
 
     // node-2's machine goes and the node is deleted: the others drop its route, neighbour and
     // FDB entry, and keep talking to each other.

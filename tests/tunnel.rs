@@ -8,7 +8,7 @@ mod common;
 use std::path::Path;
 use std::process::{Child, Stdio};
 
-use common::{Server, eventually, host};
+use common::{PortForward, Server, eventually, host};
 
 const AGENT: &str = "agent-1";
 
@@ -75,44 +75,6 @@ fn tunnels_opened(dir: &Path) -> usize {
         .unwrap_or_default()
         .matches("tunnel to the server open")
         .count()
-}
-
-/// `kubectl port-forward` in the background, its output in `out`.
-struct PortForward {
-    child: Child,
-    out: std::path::PathBuf,
-}
-
-impl PortForward {
-    fn start(s: &Server, pod: &str, ports: &str, out: &Path) -> PortForward {
-        let file = std::fs::File::create(out).expect("port-forward output");
-        let child = s
-            .command(common::kubectl_default())
-            .args(["port-forward", pod, ports])
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("dup"))
-            .stderr(file)
-            .spawn()
-            .expect("kubectl port-forward");
-        let pf = PortForward {
-            child,
-            out: out.to_path_buf(),
-        };
-        eventually(30, "kubectl port-forward listening", || {
-            std::fs::read_to_string(&pf.out)
-                .unwrap_or_default()
-                .contains("Forwarding from")
-                .then_some(())
-        });
-        pf
-    }
-}
-
-impl Drop for PortForward {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]

@@ -410,6 +410,44 @@ impl Drop for Server {
     }
 }
 
+/// `kubectl port-forward` in the background, its output in `out`.
+pub struct PortForward {
+    child: Child,
+    pub out: PathBuf,
+}
+
+impl PortForward {
+    pub fn start(s: &Server, pod: &str, ports: &str, out: &Path) -> PortForward {
+        let file = std::fs::File::create(out).expect("port-forward output");
+        let child = s
+            .command(kubectl_default())
+            .args(["port-forward", pod, ports])
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("dup"))
+            .stderr(file)
+            .spawn()
+            .expect("kubectl port-forward");
+        let pf = PortForward {
+            child,
+            out: out.to_path_buf(),
+        };
+        eventually(30, "kubectl port-forward listening", || {
+            std::fs::read_to_string(&pf.out)
+                .unwrap_or_default()
+                .contains("Forwarding from")
+                .then_some(())
+        });
+        pf
+    }
+}
+
+impl Drop for PortForward {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The kubectl on PATH, resolved.
 pub fn kubectl_default() -> PathBuf {
     versioned_kubectl("1.33").unwrap_or_else(|| PathBuf::from("kubectl"))
