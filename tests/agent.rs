@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use common::tls_backend::TlsBackend;
@@ -17,45 +17,10 @@ const AGENT: &str = "agent-1";
 /// `kinglet agent` for node `name` with data under `dir`, in the server's test host.
 fn agent_command(s: &Server, dir: &Path, name: &str, token: &str) -> Command {
     let host = s.host().expect("test host");
-    let run_dir = dir.join("run");
-    std::fs::create_dir_all(&run_dir).expect("run dir");
-    let resolv = dir.join("resolv.conf");
-    std::fs::write(&resolv, "nameserver 127.0.0.1\nsearch test.invalid\n").expect("resolv.conf");
-    let mut cmd = host.command(env!("CARGO_BIN_EXE_kinglet"));
-    cmd.arg("agent")
-        .args(["--server", "https://127.0.0.1:6443", "--token", token])
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .args(["--node-name", name, "--node-ip", host::NODE_IP])
-        .args(["--cgroup-root", &host.cgroup_root])
-        .arg("--pod-log-dir")
-        .arg(dir.join("pod-logs"))
-        .arg("--run-dir")
-        .arg(&run_dir)
-        .arg("--resolv-conf")
-        .arg(&resolv)
-        .arg("--kubelet-arg=eviction-hard=memory.available<1Ki")
-        .env_remove("KINGLET_DATA_DIR")
-        .env_remove("KINGLET_TOKEN")
-        .env_remove("KINGLET_URL")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
+    common::prepare_agent_dir(host, dir);
+    let mut cmd = common::agent_command(host, dir, "https://127.0.0.1:6443", token, name);
+    cmd.args(["--node-ip", host::NODE_IP]);
     cmd
-}
-
-fn spawn_agent(s: &Server, dir: &Path, name: &str, token: &str) -> Child {
-    let images = dir.join("data/agent/images");
-    std::fs::create_dir_all(&images).expect("image dir");
-    common::images::write_busybox_image(
-        &images.join("busybox.tar"),
-        "docker.io/library/busybox:1.36",
-    );
-    s.host().expect("test host").mount_tmpfs(&dir.join("run"));
-    let log = std::fs::File::create(dir.join("agent.log")).expect("agent log");
-    agent_command(s, dir, name, token)
-        .stderr(log)
-        .spawn()
-        .expect("spawn kinglet agent")
 }
 
 fn mode(path: PathBuf) -> u32 {
@@ -73,7 +38,7 @@ fn agent_joins_runs_pods_keeps_its_name_and_restarts_offline() {
     let mut s = Server::start_in_host(&["--cluster-domain", "kinglet.test"]);
     let token = s.kinglet_token(&[]);
     let dir = s.dir.path().join("agent1");
-    let mut agent = spawn_agent(&s, &dir, AGENT, &token);
+    let mut agent = s.start_agent_here(&dir, AGENT, &token);
     let log = || std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
 
     eventually(60, "the agent's node Ready", || {

@@ -10,7 +10,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Child;
 
 use common::{Server, eventually, host};
 
@@ -72,37 +72,10 @@ spec:
 /// to `dir/<log>`.
 fn spawn_agent(s: &Server, dir: &Path, token: &str, log: &str) -> Child {
     let host = s.host().expect("test host");
-    let images = dir.join("data/agent/images");
-    if !images.exists() {
-        std::fs::create_dir_all(&images).expect("image dir");
-        common::images::write_busybox_image(
-            &images.join("busybox.tar"),
-            "docker.io/library/busybox:1.36",
-        );
-        host.mount_tmpfs(&dir.join("run"));
-    }
-    let resolv = dir.join("resolv.conf");
-    std::fs::write(&resolv, "nameserver 127.0.0.1\nsearch test.invalid\n").expect("resolv.conf");
+    common::prepare_agent_dir(host, dir);
     let log = std::fs::File::create(dir.join(log)).expect("agent log");
-    host.command(env!("CARGO_BIN_EXE_kinglet"))
-        .arg("agent")
-        .args(["--server", "https://127.0.0.1:6443", "--token", token])
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .args(["--node-name", AGENT, "--node-ip", host::NODE_IP])
-        .args(["--cgroup-root", &host.cgroup_root])
-        .arg("--pod-log-dir")
-        .arg(dir.join("pod-logs"))
-        .arg("--run-dir")
-        .arg(dir.join("run"))
-        .arg("--resolv-conf")
-        .arg(&resolv)
-        .arg("--kubelet-arg=eviction-hard=memory.available<1Ki")
-        .env_remove("KINGLET_DATA_DIR")
-        .env_remove("KINGLET_TOKEN")
-        .env_remove("KINGLET_URL")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
+    common::agent_command(host, dir, "https://127.0.0.1:6443", token, AGENT)
+        .args(["--node-ip", host::NODE_IP])
         .stderr(log)
         .spawn()
         .expect("spawn kinglet agent")

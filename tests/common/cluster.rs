@@ -5,7 +5,7 @@
 //! hosts and the switch, also when a test fails.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output};
 
 use super::host::TestHost;
 use super::{Server, eventually};
@@ -47,20 +47,7 @@ impl Agent {
     /// The same without starting it (`restart` does), for a benchmark to time its start.
     pub fn prepare(host: TestHost, name: &str, server: &str, token: &str, extra: &[&str]) -> Agent {
         let dir = tempfile::tempdir().expect("tempdir");
-        let images = dir.path().join("data/agent/images");
-        std::fs::create_dir_all(&images).expect("image dir");
-        super::images::write_busybox_image(
-            &images.join("busybox.tar"),
-            "docker.io/library/busybox:1.36",
-        );
-        // Upstream DNS of the node: loopback of its test host only.
-        std::fs::write(
-            dir.path().join("resolv.conf"),
-            "nameserver 127.0.0.1\nsearch test.invalid\n",
-        )
-        .expect("resolv.conf");
-        // The run directory is a tmpfs, as /run is.
-        host.mount_tmpfs(&dir.path().join("run"));
+        super::prepare_agent_dir(&host, dir.path());
         Agent {
             child: None,
             name: name.to_string(),
@@ -74,35 +61,9 @@ impl Agent {
 
     fn spawn(&mut self) {
         let d = self.dir.path();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(d.join("agent.log"))
-            .expect("agent log");
-        let child = self
-            .host
-            .command(env!("CARGO_BIN_EXE_kinglet"))
-            .arg("agent")
-            .args(["--server", &self.server, "--token", &self.token])
-            .arg("--data-dir")
-            .arg(d.join("data"))
-            .args(["--node-name", &self.name])
-            .args(["--cgroup-root", &self.host.cgroup_root])
-            .arg("--pod-log-dir")
-            .arg(d.join("pod-logs"))
-            .arg("--run-dir")
-            .arg(d.join("run"))
-            .arg("--resolv-conf")
-            .arg(d.join("resolv.conf"))
-            // As test servers' nodes: evict on memory only (the disk is the builds').
-            .arg("--kubelet-arg=eviction-hard=memory.available<1Ki")
+        let child = super::agent_command(&self.host, d, &self.server, &self.token, &self.name)
             .args(&self.extra)
-            .env_remove("KINGLET_DATA_DIR")
-            .env_remove("KINGLET_TOKEN")
-            .env_remove("KINGLET_URL")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
+            .stderr(super::append_log(&d.join("agent.log")))
             .spawn()
             .expect("spawn kinglet agent");
         self.child = Some(child);

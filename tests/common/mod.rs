@@ -306,47 +306,15 @@ impl Server {
     }
 
     /// Starts `kinglet agent` as node `name` in this server's test host (`start_in_host`),
-    /// joined with `token`: its data under `dir` (`data/`, `run/` a tmpfs, `pod-logs/`), the
-    /// busybox image in its air-gap directory, its log in `dir/agent.log`.
+    /// joined with `token`, at the host's node address: its data under `dir`
+    /// (`prepare_agent_dir`), its log appended to `dir/agent.log`.
     pub fn start_agent_here(&self, dir: &Path, name: &str, token: &str) -> Child {
         let host = self.host().expect("a server in a test host");
-        let images = dir.join("data/agent/images");
-        std::fs::create_dir_all(&images).expect("image dir");
-        images::write_busybox_image(
-            &images.join("busybox.tar"),
-            "docker.io/library/busybox:1.36",
-        );
-        let resolv = dir.join("resolv.conf");
-        std::fs::write(&resolv, "nameserver 127.0.0.1\nsearch test.invalid\n")
-            .expect("resolv.conf");
-        host.mount_tmpfs(&dir.join("run"));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("agent.log"))
-            .expect("agent log");
-        host.command(env!("CARGO_BIN_EXE_kinglet"))
-            .arg("agent")
-            .arg("--server")
-            .arg(format!("https://127.0.0.1:{}", self.port))
-            .args(["--token", token])
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .args(["--node-name", name, "--node-ip", host::NODE_IP])
-            .args(["--cgroup-root", &host.cgroup_root])
-            .arg("--pod-log-dir")
-            .arg(dir.join("pod-logs"))
-            .arg("--run-dir")
-            .arg(dir.join("run"))
-            .arg("--resolv-conf")
-            .arg(&resolv)
-            .arg("--kubelet-arg=eviction-hard=memory.available<1Ki")
-            .env_remove("KINGLET_DATA_DIR")
-            .env_remove("KINGLET_TOKEN")
-            .env_remove("KINGLET_URL")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
+        prepare_agent_dir(host, dir);
+        let server = format!("https://127.0.0.1:{}", self.port);
+        agent_command(host, dir, &server, token, name)
+            .args(["--node-ip", host::NODE_IP])
+            .stderr(append_log(&dir.join("agent.log")))
             .spawn()
             .expect("spawn kinglet agent")
     }
@@ -408,6 +376,69 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop(true);
     }
+}
+
+/// Gets `dir` ready to hold a `kinglet agent`'s files in `host` (once): the busybox image
+/// (`busybox:1.36`) in its air-gap directory, a resolv.conf naming only the host's loopback,
+/// and `run/` a tmpfs, as /run is.
+pub fn prepare_agent_dir(host: &host::TestHost, dir: &Path) {
+    let images = dir.join("data/agent/images");
+    if images.exists() {
+        return;
+    }
+    std::fs::create_dir_all(&images).expect("image dir");
+    images::write_busybox_image(
+        &images.join("busybox.tar"),
+        "docker.io/library/busybox:1.36",
+    );
+    std::fs::write(
+        dir.join("resolv.conf"),
+        "nameserver 127.0.0.1\nsearch test.invalid\n",
+    )
+    .expect("resolv.conf");
+    host.mount_tmpfs(&dir.join("run"));
+}
+
+/// `kinglet agent --server <server> --token <token>` as node `name` in `host`, with its
+/// files under `dir` (`prepare_agent_dir`): `data/`, `run/`, `pod-logs/`; stdin and stdout
+/// closed, stderr left to the caller.
+pub fn agent_command(
+    host: &host::TestHost,
+    dir: &Path,
+    server: &str,
+    token: &str,
+    name: &str,
+) -> Command {
+    let mut cmd = host.command(env!("CARGO_BIN_EXE_kinglet"));
+    cmd.arg("agent")
+        .args(["--server", server, "--token", token])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(["--node-name", name])
+        .args(["--cgroup-root", &host.cgroup_root])
+        .arg("--pod-log-dir")
+        .arg(dir.join("pod-logs"))
+        .arg("--run-dir")
+        .arg(dir.join("run"))
+        .arg("--resolv-conf")
+        .arg(dir.join("resolv.conf"))
+        // As test servers' nodes: evict on memory only (the disk is the builds').
+        .arg("--kubelet-arg=eviction-hard=memory.available<1Ki")
+        .env_remove("KINGLET_DATA_DIR")
+        .env_remove("KINGLET_TOKEN")
+        .env_remove("KINGLET_URL")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    cmd
+}
+
+/// `path` opened for appending (a process's log across restarts).
+pub fn append_log(path: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// `kubectl port-forward` in the background, its output in `out`.
