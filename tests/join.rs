@@ -2,9 +2,13 @@
 //! `/cacerts` serves the CA that hash names, and `/v1-kinglet/{client,serving}-kubelet.crt`
 //! issue node certificates for the right secret and node password only; extra tokens
 //! (`kinglet token create`) join until they expire or are deleted. Requests go through
-//! curl, as an agent's raw HTTPS client would.
+//! curl, as an agent's raw HTTPS client would. A joined node's credentials reach only what the
+//! node authorizer and NodeRestriction give that node.
 
 mod common;
+// The join as `kinglet agent` does it, shared with the simulated agents of benches/agents.rs.
+#[path = "../benches/common/join.rs"]
+mod node_join;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -361,4 +365,217 @@ fn extra_tokens_join_until_expired_or_deleted() {
     let (code, _) = join(creds, "edge-7");
     assert_eq!(code, 401, "deleted token");
     assert!(!kinglet_token_api(&s, &["list"]).contains(creds));
+}
+
+/// The HTTP status of an API call's outcome (200 for any success).
+fn status_of<T>(r: Result<T, kube::Error>) -> u16 {
+    match r {
+        Ok(_) => 200,
+        Err(kube::Error::Api(s)) => s.code,
+        Err(e) => panic!("not an API answer: {e}"),
+    }
+}
+
+/// Issue 21's acceptance: a joined node's credentials read the Secrets and ConfigMaps of its
+/// own pods only, and change no other Node (node authorizer and NodeRestriction, as upstream).
+#[test]
+fn node_credentials_reach_only_their_own_node() {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret, ServiceAccount};
+    use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+    use serde_json::json;
+
+    let s = Server::start();
+    let token = s.kinglet_token(&[]);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let admin = s.client().await;
+        let mut as_node = Vec::new();
+        for node in ["node-a", "node-b"] {
+            let id = node_join::join(s.port, &token, node, &format!("pw-of-{node}"), false)
+                .await
+                .unwrap_or_else(|e| panic!("join as {node}: {e:#}"));
+            let c = node_join::node_client(s.port, &id).expect("node client");
+            // Each node registers itself, as a kubelet does.
+            let obj: Node = serde_json::from_value(json!({"metadata": {"name": node,
+                "labels": {"kubernetes.io/hostname": node}}}))
+            .unwrap();
+            Api::<Node>::all(c.clone())
+                .create(&PostParams::default(), &obj)
+                .await
+                .unwrap_or_else(|e| panic!("{node} registers itself: {e}"));
+            as_node.push(c);
+        }
+        let (a, b) = (as_node[0].clone(), as_node[1].clone());
+
+        // Secret s-x and ConfigMap cm-x used by pod p-x bound to node-x; s-free by no pod.
+        let ns = "default";
+        let secrets: Api<Secret> = Api::namespaced(admin.clone(), ns);
+        let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), ns);
+        for name in ["s-a", "s-b", "s-free"] {
+            let obj = json!({"metadata": {"name": name}, "stringData": {"k": name}});
+            secrets
+                .create(&PostParams::default(), &serde_json::from_value(obj).unwrap())
+                .await
+                .expect("secret");
+        }
+        for name in ["cm-a", "cm-b"] {
+            let obj = json!({"metadata": {"name": name}, "data": {"k": name}});
+            cms.create(&PostParams::default(), &serde_json::from_value(obj).unwrap())
+                .await
+                .expect("configmap");
+        }
+        let pod = |x: &str| -> Pod {
+            serde_json::from_value(json!({
+                "metadata": {"name": format!("p-{x}")},
+                "spec": {"nodeName": format!("node-{x}"),
+                    "volumes": [{"name": "s", "secret": {"secretName": format!("s-{x}")}}],
+                    "containers": [{"name": "c", "image": "busybox:1.36",
+                        "envFrom": [{"configMapRef": {"name": format!("cm-{x}")}}],
+                        "volumeMounts": [{"name": "s", "mountPath": "/s"}]}]}}))
+            .unwrap()
+        };
+        let admin_pods: Api<Pod> = Api::namespaced(admin.clone(), ns);
+        for x in ["a", "b"] {
+            admin_pods
+                .create(&PostParams::default(), &pod(x))
+                .await
+                .expect("pod");
+        }
+
+        // Reads: only what node-a's own pod uses, and only one object at a time.
+        let a_secrets: Api<Secret> = Api::namespaced(a.clone(), ns);
+        let a_cms: Api<ConfigMap> = Api::namespaced(a.clone(), ns);
+        let got = a_secrets.get("s-a").await.expect("node-a reads s-a");
+        assert!(got.data.is_some_and(|d| d["k"].0 == b"s-a"));
+        assert_eq!(status_of(a_cms.get("cm-a").await), 200, "node-a reads cm-a");
+        assert_eq!(status_of(a_secrets.get("s-b").await), 403, "s-b is node-b's");
+        assert_eq!(status_of(a_secrets.get("s-free").await), 403, "s-free: no pod");
+        assert_eq!(status_of(a_cms.get("cm-b").await), 403, "cm-b is node-b's");
+        let b_secrets: Api<Secret> = Api::namespaced(b.clone(), ns);
+        assert_eq!(status_of(b_secrets.get("s-a").await), 403, "s-a is node-a's");
+        assert_eq!(status_of(b_secrets.get("s-b").await), 200, "node-b reads s-b");
+        let everything = ListParams::default();
+        assert_eq!(status_of(a_secrets.list(&everything).await), 403);
+        assert_eq!(
+            status_of(Api::<Secret>::all(a.clone()).list(&everything).await),
+            403
+        );
+        assert_eq!(status_of(a_cms.list(&everything).await), 403);
+        // A list of one object by name (the kubelet's watch of a Secret) follows the graph.
+        let one = |name: &str| ListParams::default().fields(&format!("metadata.name={name}"));
+        let listed = a_secrets.list(&one("s-a")).await.expect("list of s-a");
+        assert_eq!(listed.items.len(), 1);
+        assert_eq!(status_of(a_secrets.list(&one("s-b")).await), 403);
+
+        // Another Node: no label, status, update or delete.
+        let a_nodes: Api<Node> = Api::all(a.clone());
+        let labels = Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}}));
+        let pp = PatchParams::default();
+        assert_eq!(status_of(a_nodes.patch("node-b", &pp, &labels).await), 403);
+        let unready = Patch::Merge(json!({"status": {"conditions": [{"type": "Ready",
+            "status": "False", "reason": "Hijacked", "message": "by node-a"}]}}));
+        assert_eq!(
+            status_of(a_nodes.patch_status("node-b", &pp, &unready).await),
+            403
+        );
+        let mut node_b = a_nodes.get("node-b").await.expect("nodes read any Node");
+        node_b.metadata.labels.get_or_insert_default().insert("x".into(), "y".into());
+        assert_eq!(
+            status_of(a_nodes.replace("node-b", &PostParams::default(), &node_b).await),
+            403
+        );
+        assert_eq!(
+            status_of(a_nodes.delete("node-b", &DeleteParams::default()).await),
+            403
+        );
+        let untouched = Api::<Node>::all(admin.clone()).get("node-b").await.unwrap();
+        assert!(!untouched.metadata.labels.unwrap_or_default().contains_key("x"));
+        assert!(untouched.status.and_then(|s| s.conditions).is_none());
+        // Its own Node: status and its own labels.
+        let ready = Patch::Merge(json!({"status": {"conditions": [{"type": "Ready",
+            "status": "True", "reason": "KubeletReady", "message": "ready"}]}}));
+        assert_eq!(
+            status_of(a_nodes.patch_status("node-a", &pp, &ready).await),
+            200
+        );
+        assert_eq!(status_of(a_nodes.patch("node-a", &pp, &labels).await), 200);
+
+        // Leases: its own only.
+        let lease = |name: &str| -> Lease {
+            serde_json::from_value(json!({"metadata": {"name": name},
+                "spec": {"holderIdentity": name, "leaseDurationSeconds": 40}}))
+            .unwrap()
+        };
+        let a_leases: Api<Lease> = Api::namespaced(a.clone(), "kube-node-lease");
+        let post = PostParams::default();
+        assert_eq!(status_of(a_leases.create(&post, &lease("node-a")).await), 200);
+        assert_eq!(status_of(a_leases.create(&post, &lease("node-b")).await), 403);
+
+        // Pods: no ordinary pod, not even bound to itself (NodeRestriction: mirror pods
+        // only); status and deletion of its own pods only.
+        let a_pods: Api<Pod> = Api::namespaced(a.clone(), ns);
+        let plain = |name: &str, node: &str| -> Pod {
+            serde_json::from_value(json!({"metadata": {"name": name},
+                "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox:1.36"}]}}))
+            .unwrap()
+        };
+        match a_pods.create(&post, &plain("mine", "node-a")).await {
+            Err(kube::Error::Api(e)) => {
+                assert_eq!(e.code, 403, "{e:?}");
+                assert!(e.message.contains("mirror pods"), "{}", e.message);
+            }
+            other => panic!("node-a created an ordinary pod: {other:?}"),
+        }
+        assert_eq!(status_of(a_pods.create(&post, &plain("theirs", "node-b")).await), 403);
+        let running = Patch::Merge(json!({"status": {"phase": "Running"}}));
+        assert_eq!(status_of(a_pods.patch_status("p-b", &pp, &running).await), 403);
+        assert_eq!(status_of(a_pods.patch_status("p-a", &pp, &running).await), 200);
+        assert_eq!(
+            status_of(a_pods.delete("p-b", &DeleteParams::default()).await),
+            403
+        );
+        assert_eq!(
+            status_of(a_pods.evict("p-b", &Default::default()).await),
+            403
+        );
+        // ServiceAccount tokens: bound to one of its own pods only.
+        let a_sas: Api<ServiceAccount> = Api::namespaced(a.clone(), ns);
+        let token_for = |pod: Option<&Pod>| -> TokenRequest {
+            let bound = pod.map(|p| {
+                json!({"kind": "Pod", "apiVersion": "v1",
+                    "name": p.metadata.name, "uid": p.metadata.uid})
+            });
+            serde_json::from_value(json!({"spec": {"audiences": [], "boundObjectRef": bound}}))
+                .unwrap()
+        };
+        let (p_a, p_b) = (
+            admin_pods.get("p-a").await.unwrap(),
+            admin_pods.get("p-b").await.unwrap(),
+        );
+        for (pod, want) in [(Some(&p_a), 200), (Some(&p_b), 403), (None, 403)] {
+            let got = a_sas
+                .create_token_request("default", &post, &token_for(pod))
+                .await;
+            assert_eq!(status_of(got), want, "token bound to {:?}", pod.map(|p| &p.metadata.name));
+        }
+        let p_b = admin_pods.get("p-b").await.expect("p-b stays");
+        assert!(p_b.metadata.deletion_timestamp.is_none());
+        assert_ne!(p_b.status.and_then(|s| s.phase).as_deref(), Some("Running"));
+
+        // The graph follows bindings: once p-b is gone, node-b no longer reads s-b.
+        admin_pods
+            .delete("p-b", &DeleteParams::default().grace_period(0))
+            .await
+            .expect("delete p-b");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while status_of(b_secrets.get("s-b").await) != 403 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node-b still reads s-b without a pod using it"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    });
 }

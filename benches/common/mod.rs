@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod join;
+
 /// A count from the environment, or `default`.
 pub fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -167,4 +169,27 @@ pub fn print_machine() {
             .unwrap_or(0),
         std::env::consts::ARCH
     );
+}
+
+/// A `/proc/<pid>/status` memory line (`VmHWM:`, `VmRSS:`, ...) in MiB; 0 when absent.
+pub fn status_mib(pid: u32, key: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = status.lines().find_map(|l| {
+        l.strip_prefix(key)?
+            .split_whitespace()
+            .next()?
+            .parse::<f64>()
+            .ok()
+    });
+    kib.unwrap_or(0.0) / 1024.0
+}
+
+/// The median of ascending `sorted` values (the mean of the middle two for an even count).
+pub fn median(sorted: &[f64]) -> f64 {
+    let n = sorted.len();
+    if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    }
 }
