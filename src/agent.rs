@@ -67,17 +67,16 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
         kinglet_network::host_check::refuse_foreign(&host_check).await?;
         let client = kube_client(&args.server, &creds)?;
         let tunnel = crate::tunnel::Tunnel {
-            host: server.host.clone(),
-            port: server.port,
+            server: server.clone(),
             tls: Arc::new(crate::tunnel::client_tls(&creds.ca_pem, &creds.client)?),
             node: cfg.node_name.clone(),
             socket: cfg.run_dir.join(kinglet_kubelet::API_SOCKET),
         };
         tokio::spawn(crate::tunnel::run(tunnel));
         tracing::info!(server = %args.server, node = %cfg.node_name, "kinglet agent starting its node");
+        cfg.offline_copy = true;
         let options = crate::server::NodeOptions {
             vxlan_iface: args.node.vxlan_iface.clone(),
-            offline_copy: true,
         };
         crate::server::start_node(client, cfg, options);
         crate::server::shutdown_signal().await;
@@ -205,9 +204,10 @@ fn take_settings(node: &mut crate::cli::NodeArgs, s: &ClusterSettings) {
 }
 
 /// `https://host[:port]` split for connecting.
-struct ServerUrl {
-    host: String,
-    port: u16,
+#[derive(Clone)]
+pub(crate) struct ServerUrl {
+    pub host: String,
+    pub port: u16,
 }
 
 impl ServerUrl {
@@ -235,6 +235,15 @@ impl ServerUrl {
             host: host.to_string(),
             port,
         })
+    }
+
+    /// The `Host` header for this server: `host:port`, an IPv6 address in brackets.
+    pub fn host_header(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
     }
 
     fn addrs(&self) -> anyhow::Result<Vec<SocketAddr>> {
@@ -469,10 +478,7 @@ async fn https_get(
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let mut req = http::Request::get(path)
-        .header(
-            http::header::HOST,
-            format!("{}:{}", server.host, server.port),
-        )
+        .header(http::header::HOST, server.host_header())
         .header(
             http::header::USER_AGENT,
             kinglet_core::user_agent("kubelet"),
@@ -593,6 +599,9 @@ mod tests {
         assert_eq!((u.host.as_str(), u.port), ("10.0.0.1", 6443));
         let u = ServerUrl::parse("https://[fd00::1]:7443/").unwrap();
         assert_eq!((u.host.as_str(), u.port), ("fd00::1", 7443));
+        assert_eq!(u.host_header(), "[fd00::1]:7443");
+        let u = ServerUrl::parse("https://10.0.0.1:6443").unwrap();
+        assert_eq!(u.host_header(), "10.0.0.1:6443");
         assert_eq!(ServerUrl::parse("https://gw").unwrap().port, 443);
         assert!(ServerUrl::parse("http://gw:6443").is_err());
         assert!(ServerUrl::parse("https://gw:x").is_err());

@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 
-const CONNECT_PATH: &str = "/v1-kinglet/connect";
-const PROTOCOL: &str = "kinglet-tunnel";
+use kinglet_core::join::{CONNECT_PATH, TUNNEL_PROTOCOL};
 /// Each step of connecting (TCP, TLS, the upgrade) is bounded by this.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
@@ -27,8 +26,7 @@ const HEALTHY: Duration = Duration::from_secs(60);
 
 /// Where and as whom the tunnel connects.
 pub struct Tunnel {
-    pub host: String,
-    pub port: u16,
+    pub server: crate::agent::ServerUrl,
     /// Trusts the cluster CA and presents the node's client certificate.
     pub tls: Arc<rustls::ClientConfig>,
     pub node: String,
@@ -53,7 +51,7 @@ pub async fn run(t: Tunnel) {
         let started = Instant::now();
         match connect(&t).await {
             Ok(conn) => {
-                tracing::info!(server = %t.host, node = %t.node, "tunnel to the server open");
+                tracing::info!(server = %t.server.host, node = %t.node, "tunnel to the server open");
                 backoff.succeeded();
                 match serve(conn, &t.socket).await {
                     Ok(()) => tracing::info!("tunnel to the server closed; reconnecting"),
@@ -112,16 +110,16 @@ type Upgraded = tokio_util::compat::Compat<hyper_util::rt::TokioIo<hyper::upgrad
 async fn connect(t: &Tunnel) -> anyhow::Result<yamux::Connection<Upgraded>> {
     let tcp = tokio::time::timeout(
         STEP_TIMEOUT,
-        tokio::net::TcpStream::connect((t.host.as_str(), t.port)),
+        tokio::net::TcpStream::connect((t.server.host.as_str(), t.server.port)),
     )
     .await
     .context("connecting: timeout")?
-    .with_context(|| format!("connecting to {}:{}", t.host, t.port))?;
+    .with_context(|| format!("connecting to {}", t.server.host_header()))?;
     let _ = tcp.set_nodelay(true);
     // A network that drops silently is noticed and the tunnel made again when it is back.
-    kinglet_pki::tls::keepalive(&tcp);
-    let name = rustls::pki_types::ServerName::try_from(t.host.clone())
-        .with_context(|| format!("server name {:?}", t.host))?;
+    kinglet_pki::tls::keepalive(&tcp, true);
+    let name = rustls::pki_types::ServerName::try_from(t.server.host.clone())
+        .with_context(|| format!("server name {:?}", t.server.host))?;
     let tls = tokio::time::timeout(
         STEP_TIMEOUT,
         tokio_rustls::TlsConnector::from(t.tls.clone()).connect(name, tcp),
@@ -135,13 +133,13 @@ async fn connect(t: &Tunnel) -> anyhow::Result<yamux::Connection<Upgraded>> {
         let _ = conn.with_upgrades().await;
     });
     let req = http::Request::get(CONNECT_PATH)
-        .header(http::header::HOST, host_header(&t.host, t.port))
+        .header(http::header::HOST, t.server.host_header())
         .header(
             http::header::USER_AGENT,
             kinglet_core::user_agent("kubelet"),
         )
         .header(http::header::CONNECTION, "Upgrade")
-        .header(http::header::UPGRADE, PROTOCOL)
+        .header(http::header::UPGRADE, TUNNEL_PROTOCOL)
         .header(kinglet_core::join::NODE_NAME_HEADER, &t.node)
         .body(http_body_util::Empty::<bytes::Bytes>::new())?;
     let resp = tokio::time::timeout(STEP_TIMEOUT, sender.send_request(req))
@@ -182,14 +180,6 @@ async fn connect(t: &Tunnel) -> anyhow::Result<yamux::Connection<Upgraded>> {
 fn message(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
     crate::agent::status_message(&text).unwrap_or_else(|| text.trim().replace('\n', " "))
-}
-
-fn host_header(host: &str, port: u16) -> String {
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }
 }
 
 /// Accepts the server's streams until the session ends, piping each to the kubelet's socket.
@@ -244,9 +234,7 @@ mod tests {
     }
 
     #[test]
-    fn host_headers_and_messages() {
-        assert_eq!(host_header("10.0.0.1", 6443), "10.0.0.1:6443");
-        assert_eq!(host_header("fd00::1", 6443), "[fd00::1]:6443");
+    fn messages() {
         assert_eq!(
             message(br#"{"kind":"Status","message":"node \"a\" cannot open a tunnel"}"#),
             "node \"a\" cannot open a tunnel"

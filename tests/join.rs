@@ -36,8 +36,9 @@ fn curl(
     headers: &[(&str, &str)],
 ) -> (u16, String) {
     let out_file = s.dir.path().join(format!("curl-{}.out", rand_suffix()));
-    let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-o"])
+    // In the server's test host, if it has one.
+    let mut cmd = s.command("curl");
+    cmd.args(["-s", "--max-time", "30", "-o"])
         .arg(&out_file)
         .args(["-w", "%{http_code}"]);
     match ca {
@@ -271,6 +272,104 @@ fn token_names_the_ca_and_node_certificates_need_secret_and_password() {
     assert!(hash.starts_with("$2"), "a bcrypt hash: {hash}");
     assert!(!hash.contains("pw-of-edge-1"), "{hash}");
     assert!(!secret_json.contains("pw-of-edge-1"), "{secret_json}");
+}
+
+/// The server's own node name is kept from joiners: no certificates for it with any password,
+/// no tunnel for it even with a node certificate got another way (one issued before the
+/// server reserved the name), and no serving certificate names what the API server's does.
+#[test]
+fn the_servers_node_name_cannot_be_taken() {
+    let s = Server::start_node(&["--tls-san", "api.edge.example", "--tls-san", "192.0.2.99"]);
+    let token = s.kinglet_token(&[]);
+    let (_, secret) = parse_token(&token);
+    let ca = fetch_ca(&s, &token);
+    let cred = format!("node:{secret}");
+    let node = common::NODE;
+    for path in [
+        "/v1-kinglet/client-kubelet.crt",
+        "/v1-kinglet/serving-kubelet.crt",
+    ] {
+        let (code, body) = curl(
+            &s,
+            Some(&ca),
+            path,
+            Some(&cred),
+            &node_headers(node, "guess"),
+        );
+        assert_eq!(code, 403, "{path} as {node}: {body}");
+        assert!(body.contains("the server's own node"), "{body}");
+    }
+    // Its password Secret is the server's, made at start, of a password never given out.
+    let reserved = s.ok(&[
+        "get",
+        "secret",
+        "-n",
+        "kube-system",
+        &format!("{node}.node-password.kinglet"),
+        "-o",
+        "jsonpath={.type} {.metadata.labels.kinglet\\.io/reserved}",
+    ]);
+    assert_eq!(reserved.trim(), "kinglet.io/node-password server");
+
+    // A node certificate for the server's node, as one issued before the fix: no tunnel.
+    let tls = s.data_dir().join("server/tls");
+    let read = |f: &str| std::fs::read_to_string(tls.join(f)).expect("CA file");
+    let cluster_ca = kinglet_pki::CertKey {
+        cert_pem: read("ca.crt"),
+        key_pem: read("ca.key"),
+    };
+    let stolen = kinglet_pki::issue(
+        &cluster_ca,
+        &format!("system:node:{node}"),
+        &["system:nodes"],
+        &[],
+        false,
+        true,
+    )
+    .expect("issue");
+    let (cert, key) = (s.dir.path().join("n.crt"), s.dir.path().join("n.key"));
+    std::fs::write(&cert, &stolen.cert_pem).expect("cert");
+    std::fs::write(&key, &stolen.key_pem).expect("key");
+    let out = s
+        .command("curl")
+        .args(["-s", "--http1.1", "--max-time", "10", "-o", "/dev/null"])
+        .args(["-w", "%{http_code}", "--cacert"])
+        .arg(&ca)
+        .arg("--cert")
+        .arg(&cert)
+        .arg("--key")
+        .arg(&key)
+        .args(["-H", "Connection: Upgrade", "-H", "Upgrade: kinglet-tunnel"])
+        .arg(format!("https://127.0.0.1:{}/v1-kinglet/connect", s.port))
+        .output()
+        .expect("curl");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "403",
+        "tunnel as {node}"
+    );
+
+    // Serving certificates naming the server's hostname, a --tls-san name or address: 400.
+    let hostname = s.command("hostname").output().expect("hostname").stdout;
+    let hostname = String::from_utf8_lossy(&hostname).trim().to_lowercase();
+    for (name, ip) in [
+        (hostname.as_str(), "192.0.2.7"),
+        ("api.edge.example", "192.0.2.7"),
+        ("edge-9", "192.0.2.99"),
+    ] {
+        let password = format!("pw-of-{name}");
+        let mut headers = node_headers(name, &password);
+        headers.push(("Kinglet-Node-IP", ip));
+        let path = "/v1-kinglet/serving-kubelet.crt";
+        let (code, body) = curl(&s, Some(&ca), path, Some(&cred), &headers);
+        assert_eq!(code, 400, "{name} {ip}: {body}");
+    }
+    // Another name and address: a serving certificate.
+    let mut headers = node_headers("edge-8", "pw-of-edge-8");
+    headers.push(("Kinglet-Node-IP", "192.0.2.7"));
+    let path = "/v1-kinglet/serving-kubelet.crt";
+    let (code, body) = curl(&s, Some(&ca), path, Some(&cred), &headers);
+    assert_eq!(code, 200, "edge-8: {body}");
 }
 
 #[test]

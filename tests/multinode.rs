@@ -51,6 +51,53 @@ fn entries(c: &Cluster, i: usize) -> String {
     .join("")
 }
 
+/// A node's pod range is given once: an agent cannot take another's with its credentials
+/// (NodeRestriction), and nobody can change it (validation).
+fn ranges_stay_put(c: &Cluster, vteps: &[Vtep]) {
+    let agent = c.agents[0].data_dir().join("agent");
+    let admin = std::fs::read_to_string(&c.server.kubeconfig).expect("kubeconfig");
+    let server = (admin.lines())
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .expect("server in kubeconfig");
+    let kubeconfig = c.agents[0].dir.path().join("node.kubeconfig");
+    let path = |f: &str| agent.join(f).display().to_string();
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    certificate-authority: {}\n    server: {server}\n  name: c\n\
+             contexts:\n- context:\n    cluster: c\n    user: u\n  name: c\ncurrent-context: c\n\
+             users:\n- name: u\n  user:\n    client-certificate: {}\n    client-key: {}\n",
+            path("server-ca.crt"),
+            path("client-kubelet.crt"),
+            path("client-kubelet.key"),
+        ),
+    )
+    .expect("node kubeconfig");
+    let stolen = &vteps[2].pod_cidr;
+    let patch = format!(r#"{{"spec": {{"podCIDR": "{stolen}", "podCIDRs": ["{stolen}"]}}}}"#);
+    let out = (c.server.command(common::kubectl_default()))
+        .env("KUBECONFIG", &kubeconfig)
+        .args(["patch", "node", &c.node(1), "--type=merge", "-p", &patch])
+        .output()
+        .expect("kubectl");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "node-1 took {stolen}");
+    assert!(
+        err.contains("is forbidden") && err.contains("spec.podCIDR"),
+        "{err}"
+    );
+    // Not even the admin: 422.
+    let out = c.kubectl(&["patch", "node", &c.node(1), "--type=merge", "-p", &patch]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the admin moved node-1 to {stolen}");
+    assert!(
+        err.contains("is invalid") && err.contains("may not change podCIDR"),
+        "{err}"
+    );
+    let kept = c.ok(&["get", "node", &c.node(1), "-o", "jsonpath={.spec.podCIDR}"]);
+    assert_eq!(kept, vteps[1].pod_cidr);
+}
+
 /// The network address of a podCIDR (the node's VTEP address).
 fn vtep_ip(cidr: &str) -> String {
     cidr.parse::<ipnet::Ipv4Net>()
@@ -87,6 +134,7 @@ fn three_nodes_join_and_pods_talk_across_the_overlay() {
     let vteps = vteps(&c);
     let ranges: HashSet<&str> = vteps.iter().map(|v| v.pod_cidr.as_str()).collect();
     assert_eq!(ranges.len(), 3, "{vteps:?}");
+    ranges_stay_put(&c, &vteps);
 
     // Each node made its device on the underlay and published it as it is.
     for (i, v) in vteps.iter().enumerate() {

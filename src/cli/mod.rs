@@ -396,6 +396,8 @@ impl NodeArgs {
             eviction_hard: kinglet_kubelet::default_thresholds(),
             image_gc: kinglet_kubelet::ImageGcPolicy::default(),
             serving: None,
+            // An agent's node keeps one (`kinglet agent` sets it).
+            offline_copy: false,
         };
         for arg in &self.kubelet_arg {
             apply_kubelet_arg(&mut cfg, arg)?;

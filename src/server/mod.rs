@@ -142,6 +142,11 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         tls: Arc::new(front_proxy_tls),
         ca_pem: pki.front_proxy_ca.cert_pem.clone(),
     });
+    // The server's own node: no agent may join under its name.
+    let own_node = match args.disable_agent {
+        true => None,
+        false => Some(args.node_config(advertise)?.node_name),
+    };
     let _ = api.join.set(kinglet_apiserver::join::JoinConfig {
         ca: pki.ca.clone(),
         token_path,
@@ -152,9 +157,30 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             cluster_dns: args.cluster_dns()?,
             cluster_domain: args.node.cluster_domain.clone(),
         },
+        server_node: own_node,
+        // What clients reach the API server by: all its names, but of its addresses only the
+        // advertised and bound ones (and --tls-san's), so an agent may run beside a
+        // `--disable-agent` server at the host's other addresses.
+        api_server_sans: kinglet_pki::serving_sans(
+            &hostname,
+            &[
+                Some(advertise),
+                Some(args.bind_address).filter(|a| !a.is_unspecified()),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>(),
+            &args.tls_san,
+            service_net,
+            &args.node.cluster_domain,
+        ),
     });
     if !args.disable_agent {
         let mut cfg = args.node_config(advertise)?;
+        // Before the join endpoints are served: the name has its password Secret first.
+        kinglet_apiserver::join::reserve_node_name(&api, &cfg.node_name)
+            .await
+            .context("reserving the server's node name")?;
         let mut sans = vec![rcgen::SanType::DnsName(cfg.node_name.clone().try_into()?)];
         sans.push(rcgen::SanType::IpAddress(cfg.node_ip));
         cfg.serving = Some(kinglet_kubelet::Serving {
@@ -167,10 +193,10 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             api.local_client(),
             cfg.node_name.clone(),
         ));
+        // No offline copy (`cfg.offline_copy` stays false): its own API server is in-process,
+        // it is never unreachable.
         let options = NodeOptions {
             vxlan_iface: args.node.vxlan_iface.clone(),
-            // Its own API server is in-process: it is never unreachable.
-            offline_copy: false,
         };
         start_node(api.local_client_as(node_user, "kubelet"), cfg, options);
     }
@@ -215,9 +241,6 @@ pub fn cleanup(args: &crate::cli::CleanupArgs) -> anyhow::Result<()> {
 pub(crate) struct NodeOptions {
     /// The VXLAN overlay's underlay interface (`--vxlan-iface`).
     pub vxlan_iface: Option<String>,
-    /// Keep a copy of the node's pods, Services and EndpointSlices on disk, to start from
-    /// while the server is unreachable (an agent's).
-    pub offline_copy: bool,
 }
 
 /// The node's parts: kubelet, service proxy, network policies, cluster DNS and the VXLAN
@@ -240,7 +263,9 @@ pub(crate) fn start_node(
     };
     // One watch of Services and EndpointSlices for the proxy and the DNS, and one of the
     // node's pods for the kubelet and the proxy.
-    let copy = options
+    // With `cfg.offline_copy` (an agent's), kept on disk to start from while the server is
+    // unreachable.
+    let copy = cfg
         .offline_copy
         .then(|| kinglet_kubelet::cache_dir(&cfg.data_dir));
     let services = kinglet_network::services::ServiceWatch::start(client.clone(), copy.as_deref());
@@ -256,6 +281,7 @@ pub(crate) fn start_node(
         node_ip: cfg.node_ip,
         cluster_cidr: cfg.cluster_cidr,
         iface: options.vxlan_iface,
+        cache: copy.clone(),
     };
     tokio::spawn(kinglet_network::overlay::watch::run(
         client.clone(),

@@ -6,6 +6,12 @@
 //! present it, so a second machine cannot take over a node name. Extra join tokens are
 //! upstream's bootstrap tokens (`<id>.<secret>`, Secret `bootstrap-token-<id>`), accepted as the
 //! password of user `node` until their `expiration`.
+//!
+//! The server's own node is not joined: the server reserves its name at start with a password
+//! Secret of a random password it never gives out, labelled `kinglet.io/reserved: server`
+//! (`reserve_node_name`, as k3s does). A name that is the server's own node, or whose password
+//! Secret is reserved, gets no certificate and no tunnel (`refuse_server_node`). A node's serving
+//! certificate names nothing the API server's own serving certificate names.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,6 +35,11 @@ pub struct JoinConfig {
     pub token_path: PathBuf,
     /// What joining agents take instead of their own flags.
     pub cluster: ClusterSettings,
+    /// The server's own node, when it runs one: no agent may take its name.
+    pub server_node: Option<String>,
+    /// The names and addresses of the API server's serving certificate, which a node's serving
+    /// certificate may not name (pods and clients trust the same CA for both).
+    pub api_server_sans: Vec<rcgen::SanType>,
 }
 
 pub use kinglet_core::join::{
@@ -40,6 +51,9 @@ pub const NODE_PASSWORD_TYPE: &str = "kinglet.io/node-password";
 pub const BOOTSTRAP_TOKEN_TYPE: &str = "bootstrap.kubernetes.io/token";
 pub const BOOTSTRAP_TOKEN_PREFIX: &str = "bootstrap-token-";
 const NODE_PASSWORD_SUFFIX: &str = ".node-password.kinglet";
+/// Marks the node-password Secret of a name the server keeps for itself.
+pub const RESERVED_LABEL: &str = "kinglet.io/reserved";
+const RESERVED_FOR_SERVER: &str = "server";
 /// bcrypt's work factor: a node password is checked once per join, not per request.
 const BCRYPT_COST: u32 = 10;
 
@@ -284,11 +298,15 @@ async fn node_cert(
     }
     let password = header(req, NODE_PASSWORD_HEADER)
         .ok_or_else(|| ApiError::bad_request("the Kinglet-Node-Password header is required"))?;
+    refuse_server_node(api, node).await?;
     check_node_password(api, node, password).await?;
     let issued = if serving {
         // A serving certificate must not name the API server: pods and clients trust the
         // same CA for it.
-        if node == "localhost" || node.starts_with("kubernetes") {
+        if node == "localhost"
+            || node.starts_with("kubernetes")
+            || names_dns(&cfg.api_server_sans, node)
+        {
             return Err(ApiError::bad_request(format!(
                 "a node may not be named {node:?}: the name belongs to the API server"
             )));
@@ -304,7 +322,10 @@ async fn node_cert(
                     if ip.is_loopback()
                         || ip.is_unspecified()
                         || ip == api.config.advertise_address
-                        || ip == std::net::IpAddr::V4(api.kubernetes_service_ip()) =>
+                        || ip == std::net::IpAddr::V4(api.kubernetes_service_ip())
+                        || cfg
+                            .api_server_sans
+                            .contains(&rcgen::SanType::IpAddress(ip)) =>
                 {
                     return Err(ApiError::bad_request(format!(
                         "a node's serving certificate may not name {ip}: it belongs to the API server or to no one"
@@ -333,6 +354,112 @@ fn prehash(password: &str) -> String {
     hex(&Sha256::digest(password.as_bytes()))
 }
 
+/// Whether the certificate SANs `sans` name the DNS name `name` (case-insensitively; a
+/// `*.domain` SAN names every name one label under `domain`).
+fn names_dns(sans: &[rcgen::SanType], name: &str) -> bool {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    sans.iter().any(|san| {
+        let rcgen::SanType::DnsName(d) = san else {
+            return false;
+        };
+        let d = d.as_str().trim_end_matches('.').to_ascii_lowercase();
+        match d.strip_prefix("*.") {
+            Some(domain) => name
+                .split_once('.')
+                .is_some_and(|(label, rest)| !label.is_empty() && rest == domain),
+            None => d == name,
+        }
+    })
+}
+
+/// A node-password Secret holding `hash`; `reserved` marks the server's own.
+fn password_secret(name: &str, hash: String, reserved: bool) -> Secret {
+    Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some("kube-system".into()),
+            labels: reserved
+                .then(|| [(RESERVED_LABEL.to_string(), RESERVED_FOR_SERVER.to_string())].into()),
+            ..Default::default()
+        },
+        type_: Some(NODE_PASSWORD_TYPE.into()),
+        data: Some(
+            [(
+                "hash".to_string(),
+                k8s_openapi::ByteString(hash.into_bytes()),
+            )]
+            .into(),
+        ),
+        ..Default::default()
+    }
+}
+
+/// Whether `secret` is a node-password Secret the server reserved for itself.
+fn is_reserved(secret: &Secret) -> bool {
+    secret.type_.as_deref() == Some(NODE_PASSWORD_TYPE)
+        && secret
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(RESERVED_LABEL))
+            .is_some_and(|v| v == RESERVED_FOR_SERVER)
+}
+
+/// The rule of `refuse_server_node`: `node` is the server's when it is the server's own node
+/// or its password Secret is reserved.
+fn server_owns(server_node: Option<&str>, password_secret: Option<&Secret>, node: &str) -> bool {
+    server_node == Some(node) || password_secret.is_some_and(is_reserved)
+}
+
+/// Refuses (403) a name the server keeps for its own node: no certificate and no tunnel for it,
+/// since the API server would send that node's kubelet traffic through the tunnel.
+pub async fn refuse_server_node(api: &Arc<Api>, node: &str) -> Result<(), ApiError> {
+    let server_node = api.join.get().and_then(|c| c.server_node.as_deref());
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(api.local_client(), "kube-system");
+    let name = format!("{node}{NODE_PASSWORD_SUFFIX}");
+    let secret = match server_node == Some(node) {
+        true => None,
+        false => secrets
+            .get_opt(&name)
+            .await
+            .map_err(|e| ApiError::internal(format!("node password {name}: {e}")))?,
+    };
+    if server_owns(server_node, secret.as_ref(), node) {
+        return Err(ApiError::forbidden(format!(
+            "node {node:?} is the server's own node"
+        )));
+    }
+    Ok(())
+}
+
+/// Keeps `node` (the server's own node) from being joined: makes its node-password Secret, of
+/// a random password never written anywhere, labelled as reserved; replaces one a join made.
+pub async fn reserve_node_name(api: &Arc<Api>, node: &str) -> anyhow::Result<()> {
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(api.local_client(), "kube-system");
+    let name = format!("{node}{NODE_PASSWORD_SUFFIX}");
+    let existing = secrets.get_opt(&name).await?;
+    if existing.as_ref().is_some_and(is_reserved) {
+        return Ok(());
+    }
+    let pre = prehash(&hex(&rand::random::<[u8; 32]>()));
+    let hash = tokio::task::spawn_blocking(move || bcrypt::hash(pre, BCRYPT_COST)).await??;
+    let mut secret = password_secret(&name, hash, true);
+    match existing {
+        None => {
+            secrets.create(&Default::default(), &secret).await?;
+        }
+        Some(old) => {
+            tracing::warn!(
+                "node password {name}: a node joined with the server's own node name; \
+                 the name is the server's again"
+            );
+            secret.metadata.resource_version = old.metadata.resource_version;
+            secrets.replace(&name, &Default::default(), &secret).await?;
+        }
+    }
+    Ok(())
+}
+
 /// Records the node's password the first time its name is seen; afterwards, refuses any other.
 async fn check_node_password(api: &Arc<Api>, node: &str, password: &str) -> Result<(), ApiError> {
     let secrets: kube::Api<Secret> = kube::Api::namespaced(api.local_client(), "kube-system");
@@ -346,22 +473,7 @@ async fn check_node_password(api: &Arc<Api>, node: &str, password: &str) -> Resu
                 .await
                 .map_err(|e| ApiError::internal(e.to_string()))?
                 .map_err(|e| ApiError::internal(e.to_string()))?;
-            let secret = Secret {
-                metadata: kube::api::ObjectMeta {
-                    name: Some(name.clone()),
-                    namespace: Some("kube-system".into()),
-                    ..Default::default()
-                },
-                type_: Some(NODE_PASSWORD_TYPE.into()),
-                data: Some(
-                    [(
-                        "hash".to_string(),
-                        k8s_openapi::ByteString(hash.into_bytes()),
-                    )]
-                    .into(),
-                ),
-                ..Default::default()
-            };
+            let secret = password_secret(&name, hash, false);
             match secrets.create(&Default::default(), &secret).await {
                 Ok(_) => return Ok(()),
                 // Another request for this name won the race: check against its password.
@@ -447,6 +559,59 @@ mod tests {
         assert!(!server_token_matches("node", "t", "s"));
         assert!(!server_token_matches("admin", "s", "s"));
         assert!(!server_token_matches("node", "s:", "s"));
+    }
+
+    #[test]
+    fn serving_certificates_name_nothing_the_api_servers_names() {
+        let sans = kinglet_pki::serving_sans(
+            "gateway",
+            &["192.0.2.1".parse().unwrap()],
+            &["api.example.com".into(), "*.edge.example".into()],
+            "10.43.0.1".parse().unwrap(),
+            "cluster.local",
+        );
+        for name in [
+            "gateway",
+            "GATEWAY",
+            "api.example.com",
+            "api.example.com.",
+            "a.edge.example",
+        ] {
+            assert!(names_dns(&sans, name), "{name}");
+        }
+        for name in [
+            "edge-1",
+            "gateway2",
+            "example.com",
+            "a.b.edge.example",
+            "edge.example",
+        ] {
+            assert!(!names_dns(&sans, name), "{name}");
+        }
+        let ip = |s: &str| rcgen::SanType::IpAddress(s.parse().unwrap());
+        assert!(sans.contains(&ip("192.0.2.1")));
+        assert!(!sans.contains(&ip("192.0.2.7")));
+    }
+
+    #[test]
+    fn the_server_keeps_its_own_node_name() {
+        let joined = password_secret("edge-1.node-password.kinglet", "$2b$x".into(), false);
+        let reserved = password_secret("gw.node-password.kinglet", "$2b$x".into(), true);
+        assert!(!is_reserved(&joined));
+        assert!(is_reserved(&reserved));
+        // The label alone, on another type of Secret, reserves nothing.
+        let mut other = reserved.clone();
+        other.type_ = Some("Opaque".into());
+        assert!(!is_reserved(&other));
+        // The server's own node: refused with or without its Secret.
+        assert!(server_owns(Some("gw"), None, "gw"));
+        assert!(server_owns(Some("gw"), Some(&joined), "gw"));
+        // A reserved name (the server restarted without its node): refused too.
+        assert!(server_owns(None, Some(&reserved), "gw"));
+        // Joined nodes and new names: accepted.
+        assert!(!server_owns(Some("gw"), Some(&joined), "edge-1"));
+        assert!(!server_owns(Some("gw"), None, "edge-2"));
+        assert!(!server_owns(None, None, "gw"));
     }
 
     #[test]

@@ -19,9 +19,7 @@ use crate::Api;
 use crate::auth::UserInfo;
 use crate::status::ApiError;
 
-pub const CONNECT_PATH: &str = "/v1-kinglet/connect";
-/// The `Upgrade` protocol an agent asks for.
-pub const PROTOCOL: &str = "kinglet-tunnel";
+pub use kinglet_core::join::{CONNECT_PATH, TUNNEL_PROTOCOL as PROTOCOL};
 /// The node an agent opens its tunnel for; it must be the node its certificate names.
 pub const NODE_NAME_HEADER: &str = crate::join::NODE_NAME_HEADER;
 /// How long opening a stream may wait for the agent's side.
@@ -50,8 +48,8 @@ impl Tunnels {
         self.nodes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether `node` has a tunnel open.
-    pub fn has(&self, node: &str) -> bool {
+    #[cfg(test)]
+    fn has(&self, node: &str) -> bool {
         self.lock().contains_key(node)
     }
 
@@ -191,6 +189,11 @@ pub async fn serve(api: &Arc<Api>, user: &UserInfo, mut req: http::request::Part
     };
     if req.method != http::Method::GET {
         return ApiError::method_not_allowed("only GET is allowed here").into_response();
+    }
+    // The server's own node is served in-process: a tunnel for its name would take its
+    // kubelet traffic (the node proxy prefers a tunnel).
+    if let Err(e) = crate::join::refuse_server_node(api, &node).await {
+        return e.into_response();
     }
     let upgrade = header(&req, "upgrade").unwrap_or_default();
     if !upgrade.eq_ignore_ascii_case(PROTOCOL) {

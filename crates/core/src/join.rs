@@ -14,6 +14,10 @@ pub const CLUSTER_PATH: &str = "/v1-kinglet/cluster";
 pub const NODE_NAME_HEADER: &str = "kinglet-node-name";
 pub const NODE_PASSWORD_HEADER: &str = "kinglet-node-password";
 pub const NODE_IP_HEADER: &str = "kinglet-node-ip";
+/// An agent's tunnel: a GET with its node client certificate, upgraded to [`TUNNEL_PROTOCOL`].
+pub const CONNECT_PATH: &str = "/v1-kinglet/connect";
+/// The `Upgrade` protocol of an agent's tunnel.
+pub const TUNNEL_PROTOCOL: &str = "kinglet-tunnel";
 
 /// What every node of a cluster must agree on, so an agent takes it from the server rather
 /// than from its own flags.

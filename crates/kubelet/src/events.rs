@@ -53,7 +53,10 @@ mod tests {
     async fn a_back_off_is_announced_once_per_container() {
         // No request is made: the client only has to exist.
         let config = kube::Config::new("http://127.0.0.1:1".parse().unwrap());
-        let offline = Arc::new(super::super::offline::Offline::new("/nonexistent".as_ref()));
+        let offline = Arc::new(super::super::offline::Offline::new(
+            "/nonexistent".as_ref(),
+            false,
+        ));
         let events = EventRecorder::new(kube::Client::try_from(config).unwrap(), offline);
         assert!(events.first_backoff("c1"));
         assert!(!events.first_backoff("c1"));

@@ -73,6 +73,10 @@ pub struct NodeConfig {
     pub image_gc: image_gc::Policy,
     /// Certificate of the kubelet API; without one the API is not served.
     pub serving: Option<Serving>,
+    /// Keep a copy on disk of what the node's pods need (`<data-dir>/agent/cache`: its pods,
+    /// Services, EndpointSlices, the Secrets and ConfigMaps they read, its Node), to run from
+    /// while the server is unreachable: an agent's. The server's own node keeps none.
+    pub offline_copy: bool,
 }
 
 /// The kubelet API's certificate and the CA its clients must come from.
@@ -145,7 +149,7 @@ pub async fn run(
     // Off the async workers: an air-gap directory can hold gigabytes of archives.
     let (store, dir) = (images.clone(), cfg.data_dir.join("agent/images"));
     tokio::task::spawn_blocking(move || import_airgap(&store, &dir)).await?;
-    let offline = Arc::new(offline::Offline::new(&cfg.data_dir));
+    let offline = Arc::new(offline::Offline::new(&cfg.data_dir, cfg.offline_copy));
     // Registered now, or (server unreachable, the node's range known from before) in the
     // background while the pods run from the local copy.
     let registered = loop {

@@ -28,7 +28,9 @@ pub fn cache_dir(data_dir: &Path) -> PathBuf {
 
 /// The node's view of the API server (reachable or not) and its copy of single objects.
 pub struct Offline {
-    objects: Objects,
+    /// The copy; `None` on a node that keeps none (the server's own: its API server is
+    /// in-process), where every copy operation does nothing.
+    objects: Option<Objects>,
     down: AtomicBool,
     /// What was read from the server since the last prune (kind, namespace, name): a pod
     /// newer than the prune's list of pods may use it already.
@@ -41,9 +43,10 @@ fn key<K: Kind>(ns: Option<&str>, name: &str) -> (String, String, String) {
 }
 
 impl Offline {
-    pub fn new(data_dir: &Path) -> Offline {
+    /// `copy`: whether the node keeps a copy on disk (`NodeConfig::offline_copy`).
+    pub fn new(data_dir: &Path, copy: bool) -> Offline {
         Offline {
-            objects: Objects::new(cache_dir(data_dir).join("objects")),
+            objects: copy.then(|| Objects::new(cache_dir(data_dir).join("objects"))),
             down: AtomicBool::new(false),
             read: Mutex::default(),
         }
@@ -81,22 +84,24 @@ impl Offline {
     ) -> anyhow::Result<Option<K>> {
         let ns = api.namespace();
         if self.is_down()
-            && let Some(obj) = self.objects.load(ns, name)
+            && let Some(obj) = self.cached(ns, name)
         {
             return Ok(Some(obj));
         }
         match api.get_opt(name).await {
             Ok(obj) => {
                 self.reached();
-                // Noted before it is saved, so that a prune running now keeps it.
-                super::lock(&self.read).insert(key::<K>(ns, name));
-                self.objects.save(ns, name, obj.as_ref());
+                if let Some(objects) = &self.objects {
+                    // Noted before it is saved, so that a prune running now keeps it.
+                    super::lock(&self.read).insert(key::<K>(ns, name));
+                    objects.save(ns, name, obj.as_ref());
+                }
                 Ok(obj)
             }
             Err(e) if unreachable(&e) => {
                 let e = anyhow::Error::from(e);
                 self.failed(&e);
-                match self.objects.load(ns, name) {
+                match self.cached(ns, name) {
                     Some(obj) => Ok(Some(obj)),
                     None => Err(e),
                 }
@@ -107,12 +112,15 @@ impl Offline {
 
     /// The copy of `name`, without asking the server.
     pub fn cached<K: Kind>(&self, ns: Option<&str>, name: &str) -> Option<K> {
-        self.objects.load(ns, name)
+        self.objects.as_ref()?.load(ns, name)
     }
 
     /// Drops the copies of Secrets and ConfigMaps that none of `pods` uses any more and that
     /// were not read since the last prune.
     pub fn prune(&self, pods: &[std::sync::Arc<Pod>]) {
+        let Some(objects) = &self.objects else {
+            return;
+        };
         let before = std::mem::take(&mut *super::lock(&self.read));
         let mut used = HashSet::new();
         for pod in pods {
@@ -124,10 +132,8 @@ impl Offline {
         let keep = |key: (String, String, String)| {
             used.contains(&key) || before.contains(&key) || super::lock(&self.read).contains(&key)
         };
-        self.objects
-            .retain::<Secret>(&|ns, name| keep(key::<Secret>(Some(ns), name)));
-        self.objects
-            .retain::<ConfigMap>(&|ns, name| keep(key::<ConfigMap>(Some(ns), name)));
+        objects.retain::<Secret>(&|ns, name| keep(key::<Secret>(Some(ns), name)));
+        objects.retain::<ConfigMap>(&|ns, name| keep(key::<ConfigMap>(Some(ns), name)));
     }
 }
 
@@ -223,12 +229,12 @@ mod tests {
         assert_eq!(c, ["from-c", "key-c", "proj-c", "vol-c"]);
 
         let tmp = tempfile::tempdir().unwrap();
-        let offline = Offline::new(tmp.path());
+        let offline = Offline::new(tmp.path(), true);
         let secret = |ns: &str, name: &str| -> Secret {
             serde_json::from_value(serde_json::json!({"metadata": {"name": name, "namespace": ns}}))
                 .unwrap()
         };
-        let objects = &offline.objects;
+        let objects = offline.objects.as_ref().unwrap();
         for (ns, name) in [("ns", "vol-s"), ("ns", "gone"), ("other", "vol-s")] {
             objects.save(Some(ns), name, Some(&secret(ns, name)));
         }
@@ -257,7 +263,7 @@ mod tests {
     #[tokio::test]
     async fn an_unreachable_server_is_answered_from_the_copy() {
         let tmp = tempfile::tempdir().unwrap();
-        let offline = Offline::new(tmp.path());
+        let offline = Offline::new(tmp.path(), true);
         let api: Api<ConfigMap> = Api::namespaced(refused().await, "ns");
         // Nothing cached: the failure stands, and the server is known to be down.
         let e = offline.get(&api, "cm").await.unwrap_err();
@@ -267,12 +273,59 @@ mod tests {
             "metadata": {"name": "cm", "namespace": "ns"}, "data": {"k": "v"},
         }))
         .unwrap();
-        offline.objects.save(Some("ns"), "cm", Some(&cm));
+        offline
+            .objects
+            .as_ref()
+            .unwrap()
+            .save(Some("ns"), "cm", Some(&cm));
         let got = offline.get(&api, "cm").await.unwrap().unwrap();
         assert_eq!(got.data.unwrap()["k"], "v");
         // Asked while the server was thought up: it is tried, then the copy answers.
         offline.reached();
         assert!(offline.get(&api, "cm").await.unwrap().is_some());
         assert!(offline.is_down());
+    }
+
+    /// An API server answering `GET` of ConfigMap `ns/cm`.
+    async fn answering() -> kube::Client {
+        let router = axum::Router::new().route(
+            "/api/v1/namespaces/ns/configmaps/cm",
+            axum::routing::get(|| async {
+                let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": "cm", "namespace": "ns"}, "data": {"k": "v"}});
+                (
+                    [(http::header::CONTENT_TYPE, "application/json")],
+                    cm.to_string(),
+                )
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_node_without_a_copy_writes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let client = answering().await;
+        let api: Api<ConfigMap> = Api::namespaced(client, "ns");
+        let with = Offline::new(tmp.path(), true);
+        assert!(with.get(&api, "cm").await.unwrap().is_some());
+        assert!(
+            cache_dir(tmp.path())
+                .join("objects/configmaps/ns/cm")
+                .is_file(),
+            "an agent keeps a copy"
+        );
+        let other = tempfile::tempdir().unwrap();
+        let without = Offline::new(other.path(), false);
+        assert!(without.get(&api, "cm").await.unwrap().is_some());
+        assert!(without.cached::<ConfigMap>(Some("ns"), "cm").is_none());
+        without.prune(&[]);
+        assert!(
+            !cache_dir(other.path()).exists(),
+            "the server's node keeps none"
+        );
     }
 }

@@ -46,15 +46,12 @@ impl StatusManager {
             return Ok(());
         }
         let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
-        let body = json!({
-            "metadata": {"uid": uid},
-            "status": with_others_conditions(status.clone(), pod),
-        });
+        let body = patch_body(&uid, &status);
         let patched = api
             .patch_status(
                 &pod.name_any(),
                 &PatchParams::default(),
-                &Patch::Merge(&body),
+                &Patch::Strategic(&body),
             )
             .await?;
         self.remember(uid, status, version(&patched));
@@ -100,20 +97,17 @@ fn version(pod: &Pod) -> Option<u64> {
     pod.resource_version()?.parse().ok()
 }
 
-/// `status` with the conditions of `pod`'s copy that the kubelet does not own: a merge patch
-/// replaces the whole list, and they are not the kubelet's to drop (upstream's
-/// `mergePodStatus`).
-fn with_others_conditions(mut status: Value, pod: &Pod) -> Value {
-    let others = (pod.status.as_ref())
-        .and_then(|s| s.conditions.as_ref())
-        .into_iter()
-        .flatten()
-        .filter(|c| !KUBELET_CONDITIONS.contains(&c.type_.as_str()))
-        .filter_map(|c| serde_json::to_value(c).ok());
+/// The strategic merge patch that reports `status` for pod `uid`: the API server merges
+/// `conditions` by `type` (as upstream, `patchMergeKey: type`), so only the kubelet's own
+/// conditions are sent and the others (DisruptionTarget, readiness gates) stay as whoever set
+/// them last wrote them, whatever the node's pod cache, which can lag, shows of them.
+fn patch_body(uid: &str, status: &Value) -> Value {
+    let mut status = status.clone();
     if let Some(conditions) = status["conditions"].as_array_mut() {
-        conditions.extend(others);
+        conditions
+            .retain(|c| (c["type"].as_str()).is_some_and(|t| KUBELET_CONDITIONS.contains(&t)));
     }
-    status
+    json!({"metadata": {"uid": uid}, "status": status})
 }
 
 /// What of a pod status the kubelet answers for, to compare its view with the API server's:
@@ -273,38 +267,86 @@ mod tests {
         assert!(m.needs_update("u", &copy, &ready), "forgotten");
     }
 
+    /// Upstream's strategic merge of `conditions` (`patchMergeKey: type`), as kinglet's API
+    /// server does it: a patched condition replaces the one of its type, the others stay.
+    fn merge_conditions(server: &Value, patch: &Value) -> Value {
+        let mut out = server["conditions"].as_array().cloned().unwrap_or_default();
+        for p in patch["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            match out.iter_mut().find(|c| c["type"] == p["type"]) {
+                Some(c) => c
+                    .as_object_mut()
+                    .unwrap()
+                    .extend(p.as_object().unwrap().clone()),
+                None => out.push(p.clone()),
+            }
+        }
+        Value::Array(out)
+    }
+
     #[test]
     fn conditions_of_others_are_kept() {
+        // The server has a DisruptionTarget the node's cache does not show yet, and a
+        // readiness gate the cache shows stale: neither is sent, so neither is changed.
         let disruption = json!({"type": "DisruptionTarget", "status": "True"});
-        let stale_ready = json!({"type": "Ready", "status": "False"});
-        let copy = with_condition(computed(false), "DisruptionTarget", disruption.clone());
-        let copy = with_condition(copy, "Ready", stale_ready);
-        let sent = with_others_conditions(computed(true), &cached(copy, Some("1")));
-        let types: Vec<&str> = (sent["conditions"].as_array().unwrap().iter())
+        let gate = json!({"type": "example.com/gate", "status": "True"});
+        let server = with_condition(computed(false), "DisruptionTarget", disruption.clone());
+        let server = with_condition(server, "example.com/gate", gate.clone());
+        let mut status = computed(true);
+        let stale_gate = json!({"type": "example.com/gate", "status": "False"});
+        status["conditions"]
+            .as_array_mut()
+            .unwrap()
+            .push(stale_gate);
+        let body = patch_body("u", &status);
+        assert_eq!(body["metadata"]["uid"], "u");
+        let sent: Vec<&str> = (body["status"]["conditions"].as_array().unwrap().iter())
             .map(|c| c["type"].as_str().unwrap())
             .collect();
         assert_eq!(
-            types,
+            sent,
             [
                 "PodReadyToStartContainers",
                 "Initialized",
                 "Ready",
                 "ContainersReady",
-                "PodScheduled",
-                "DisruptionTarget"
-            ]
+                "PodScheduled"
+            ],
+            "only the kubelet's own conditions"
         );
-        assert_eq!(sent["conditions"][2]["status"], "True", "the kubelet's own");
-        assert_eq!(sent["conditions"][5], disruption);
+        let merged = merge_conditions(&server, &body);
+        let get = |t: &str| {
+            merged
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["type"] == t)
+                .cloned()
+        };
+        assert_eq!(get("Ready").unwrap()["status"], "True", "the kubelet's own");
+        assert_eq!(get("DisruptionTarget"), Some(disruption));
+        assert_eq!(get("example.com/gate"), Some(gate));
+        assert_eq!(merged.as_array().unwrap().len(), 7);
     }
 
     /// An API server that counts the status patches of pod `default/p`, fails them while
-    /// `failing` is set, and answers with resourceVersion 100 + the number of patches.
+    /// `failing` is set, and answers with resourceVersion 100 + the number of patches. It
+    /// takes only strategic merge patches (others' conditions survive those).
     async fn api_server(patches: Arc<AtomicUsize>, failing: Arc<AtomicBool>) -> kube::Client {
         let router = axum::Router::new().route(
             "/api/v1/namespaces/default/pods/p/status",
-            axum::routing::patch(move || async move {
+            axum::routing::patch(move |headers: http::HeaderMap| async move {
                 let n = patches.fetch_add(1, Ordering::SeqCst) + 1;
+                let strategic = "application/strategic-merge-patch+json";
+                if headers
+                    .get(http::header::CONTENT_TYPE)
+                    .is_none_or(|t| t != strategic)
+                {
+                    return Err(http::StatusCode::UNSUPPORTED_MEDIA_TYPE);
+                }
                 if failing.load(Ordering::SeqCst) {
                     return Err(http::StatusCode::INTERNAL_SERVER_ERROR);
                 }

@@ -88,7 +88,7 @@ pub async fn serve(
         match listener.accept().await {
             Ok((tcp, _)) => {
                 let _ = tcp.set_nodelay(true);
-                keepalive(&tcp);
+                keepalive(&tcp, false);
                 tokio::spawn(serve_connection(acceptor.clone(), tcp, router.clone()));
             }
             Err(e) => accept_failed(e).await,
@@ -96,16 +96,22 @@ pub async fn serve(
     }
 }
 
-/// Keepalives on a long-lived connection, so that a peer whose network dropped silently is
-/// noticed within about 30 s (an agent's tunnel, a watch); unacknowledged data gives up as soon.
-pub fn keepalive(tcp: &tokio::net::TcpStream) {
+/// Keepalives on a long-lived connection, so that an idle peer whose network dropped silently
+/// is noticed within about 30 s (an agent's tunnel, a watch). With `give_up`, data left
+/// unacknowledged (or a zero window) for as long ends the connection too: right for a tunnel
+/// the agent opens again, wrong for a client that merely stops reading for a while (a paused
+/// `kubectl logs -f`), so servers leave it off.
+pub fn keepalive(tcp: &tokio::net::TcpStream, give_up: bool) {
     use nix::sys::socket::{setsockopt, sockopt};
     let set = || -> nix::Result<()> {
         setsockopt(tcp, sockopt::KeepAlive, &true)?;
         setsockopt(tcp, sockopt::TcpKeepIdle, &15)?;
         setsockopt(tcp, sockopt::TcpKeepInterval, &5)?;
         setsockopt(tcp, sockopt::TcpKeepCount, &3)?;
-        setsockopt(tcp, sockopt::TcpUserTimeout, &30_000)
+        if give_up {
+            setsockopt(tcp, sockopt::TcpUserTimeout, &30_000)?;
+        }
+        Ok(())
     };
     if let Err(e) = set() {
         tracing::debug!("TCP keepalive: {e}");

@@ -381,9 +381,26 @@ fn mirror_pod_problem(node: &str, pod: &Value) -> Option<String> {
     None
 }
 
-/// What a node may not change on its own Node: taints after registration, and labels in the
-/// cluster's domains other than its own kubelet labels.
+/// What a node may not change on its own Node: taints after registration, labels in the
+/// cluster's domains other than its own kubelet labels, and its pod range (the node IPAM
+/// controller gives it; a node choosing its own could take another's traffic on the overlay).
 fn own_node_change(obj: &Value, old: Option<&Value>) -> Option<String> {
+    for (ptr, field) in [
+        ("/spec/podCIDR", "spec.podCIDR"),
+        ("/spec/podCIDRs", "spec.podCIDRs"),
+    ] {
+        let set = |v: &Value| match v.pointer(ptr) {
+            Some(Value::String(s)) => !s.is_empty(),
+            Some(Value::Array(a)) => !a.is_empty(),
+            Some(Value::Null) | None => false,
+            Some(_) => true,
+        };
+        if set(obj) && old.is_none_or(|old| old.pointer(ptr) != obj.pointer(ptr)) {
+            return Some(format!(
+                "set {field} (pod ranges are assigned by the node IPAM controller)"
+            ));
+        }
+    }
     let labels = |v: &Value| {
         v.pointer("/metadata/labels")
             .and_then(Value::as_object)
@@ -502,6 +519,38 @@ mod tests {
         );
         // At registration the node brings its own taints.
         assert_eq!(own_node_change(&old, None), None);
+    }
+
+    #[test]
+    fn a_node_never_chooses_its_pod_range() {
+        let node = |spec: serde_json::Value| json!({"metadata": {"name": "n1"}, "spec": spec});
+        let bare = node(json!({}));
+        let assigned = node(json!({"podCIDR": "10.42.1.0/24", "podCIDRs": ["10.42.1.0/24"]}));
+        // Registering with a range of its choosing, or setting one later: refused.
+        for (obj, old) in [
+            (node(json!({"podCIDR": "10.42.1.0/24"})), None),
+            (node(json!({"podCIDRs": ["10.42.1.0/24"]})), None),
+            (assigned.clone(), Some(&bare)),
+            (
+                node(json!({"podCIDR": "10.42.9.0/24", "podCIDRs": ["10.42.9.0/24"]})),
+                Some(&assigned),
+            ),
+        ] {
+            let refused = own_node_change(&obj, old);
+            assert!(
+                refused
+                    .as_deref()
+                    .is_some_and(|r| r.starts_with("set spec.podCIDR")),
+                "{obj} over {old:?}: {refused:?}"
+            );
+        }
+        // Registering without one, keeping the one given, or empty values: fine.
+        assert_eq!(own_node_change(&bare, None), None);
+        assert_eq!(
+            own_node_change(&node(json!({"podCIDR": "", "podCIDRs": []})), None),
+            None
+        );
+        assert_eq!(own_node_change(&assigned, Some(&assigned)), None);
     }
 
     #[test]

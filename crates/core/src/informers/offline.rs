@@ -41,24 +41,97 @@ pub fn plain_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
-/// Creates `dir` and its missing parents private to their owner (an existing `dir` is made
-/// so).
-pub fn private_dir(dir: &Path) -> io::Result<()> {
+/// Opens the directory `path` itself, never a link (nor through a link in its last
+/// component).
+fn open_dir(path: &Path) -> io::Result<fs::File> {
+    use nix::fcntl::OFlag;
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
+        .open(path)
+}
+
+/// The components of `dir` below `root` (none if `dir` is `root`), or an error if `dir` is
+/// not under `root` or names a parent (`..`).
+fn below<'a>(root: &Path, dir: &'a Path) -> io::Result<Vec<&'a std::ffi::OsStr>> {
+    use std::path::Component;
+    let rest = dir.strip_prefix(root).map_err(|_| {
+        io::Error::other(format!("{} is not under {}", dir.display(), root.display()))
+    })?;
+    rest.components()
+        .map(|c| match c {
+            Component::Normal(c) => Ok(c),
+            _ => Err(io::Error::other(format!(
+                "{}: not a plain path",
+                dir.display()
+            ))),
+        })
+        .collect()
+}
+
+/// Creates `dir` (0700) under the cache root `root`: `root` is created with its missing
+/// parents if need be, then `root` and every directory below it down to `dir` must be a real
+/// directory (a link is refused, never followed) and is made private to its owner. Returns
+/// `dir`, open.
+pub fn private_dir(root: &Path, dir: &Path) -> io::Result<fs::File> {
     use std::os::unix::fs::DirBuilderExt;
+    let parts = below(root, dir)?;
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(dir)?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+        .create(root)?;
+    let mut path = root.to_path_buf();
+    let mut open = open_dir(&path);
+    for part in parts {
+        // The directory above: a real one, private.
+        open?.set_permissions(fs::Permissions::from_mode(0o700))?;
+        path.push(part);
+        match fs::DirBuilder::new().mode(0o700).create(&path) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+        open = open_dir(&path);
+    }
+    let dir = open.map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    // fchmod: the directory opened, never what a link points to.
+    dir.set_permissions(fs::Permissions::from_mode(0o700))?;
+    Ok(dir)
 }
 
-/// Writes `path` (mode 0600) whole or not at all, in a private directory.
+/// Whether every directory from `root` down to `dir` exists and is a real directory (no
+/// link): only then may a file in `dir` be read or removed.
+fn real_dirs(root: &Path, dir: &Path) -> bool {
+    let Ok(parts) = below(root, dir) else {
+        return false;
+    };
+    let mut path = root.to_path_buf();
+    let real = |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_dir());
+    real(&path)
+        && parts.into_iter().all(|part| {
+            path.push(part);
+            real(&path)
+        })
+}
+
+/// Writes `path` (mode 0600) whole or not at all, in a private directory (its own parent is
+/// the cache root).
 pub fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
+    let Some(dir) = path.parent() else {
+        return Err(io::Error::other("no directory"));
+    };
+    write_private_under(dir, path, data)
+}
+
+/// Writes `path` (mode 0600) whole or not at all, also across a power cut, in a private
+/// directory under the cache root `root` (`private_dir`): a temporary file in the same
+/// directory, synced, renamed over `path`, and the directory synced.
+pub fn write_private_under(root: &Path, path: &Path, data: &[u8]) -> io::Result<()> {
+    use nix::fcntl::OFlag;
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return Err(io::Error::other("no directory or file name"));
     };
-    private_dir(dir)?;
+    let dir_file = private_dir(root, dir)?;
     // Hidden, and unique per write: no object's file is named so, and two writers of one
     // file never share a temporary.
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -68,14 +141,18 @@ pub fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
         std::process::id()
     ));
     let written = (|| {
-        // create_new: a link planted at the temporary's name is not followed.
+        // O_CREAT|O_EXCL|O_NOFOLLOW: a link or file planted at the temporary's name is
+        // neither followed nor reused.
         let mut f = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
+            .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
             .open(&tmp)?;
         f.write_all(data)?;
-        fs::rename(&tmp, path)
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        dir_file.sync_all()
     })();
     if written.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -83,12 +160,14 @@ pub fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
     written
 }
 
-/// The contents of `path` if it is a plain file (not a link) of sane size; `None` if it is
-/// missing, or (with a warning) unusable.
+/// The contents of `path` if it is a plain file (not a link, a pipe or a device) of sane
+/// size; `None` if it is missing, or (with a warning) unusable.
 pub fn read_private(path: &Path) -> Option<Vec<u8>> {
+    use nix::fcntl::OFlag;
+    // O_NONBLOCK: opening a FIFO planted here must not wait for a writer.
     let opened = fs::OpenOptions::new()
         .read(true)
-        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).bits())
         .open(path);
     let f = match opened {
         Ok(f) => f,
@@ -98,8 +177,14 @@ pub fn read_private(path: &Path) -> Option<Vec<u8>> {
             return None;
         }
     };
-    let meta = f.metadata().ok()?;
-    if !meta.is_file() || meta.len() > MAX_FILE {
+    let meta = match f.metadata() {
+        Ok(meta) => meta,
+        Err(e) => {
+            tracing::warn!("ignoring the cached {}: {e}", path.display());
+            return None;
+        }
+    };
+    if !meta.file_type().is_file() || meta.len() > MAX_FILE {
         tracing::warn!(
             "ignoring the cached {}: not a plain file of at most {MAX_FILE} bytes",
             path.display()
@@ -181,13 +266,16 @@ impl Objects {
         let Some(path) = self.path::<K>(ns, name) else {
             return;
         };
+        let in_real_dirs = || path.parent().is_some_and(|d| real_dirs(&self.dir, d));
         let result = match obj.map(serde_json::to_vec) {
+            // Only through real directories: never a file a link leads to.
+            None if !in_real_dirs() => Ok(()),
             None => match fs::remove_file(&path) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
                 _ => Ok(()),
             },
-            Some(Ok(data)) if read_private(&path).as_ref() == Some(&data) => Ok(()),
-            Some(Ok(data)) => write_private(&path, &data),
+            Some(Ok(data)) if self.read(&path).as_ref() == Some(&data) => Ok(()),
+            Some(Ok(data)) => write_private_under(&self.dir, &path, &data),
             Some(Err(e)) => Err(e.into()),
         };
         if let Err(e) = result {
@@ -198,7 +286,7 @@ impl Objects {
     /// The object as last read, if it was cached and is whole and named as asked.
     pub fn load<K: Kind>(&self, ns: Option<&str>, name: &str) -> Option<K> {
         let path = self.path::<K>(ns, name)?;
-        let data = read_private(&path)?;
+        let data = self.read(&path)?;
         match serde_json::from_slice::<K>(&data) {
             Ok(obj)
                 if sane(&obj)
@@ -218,14 +306,40 @@ impl Objects {
         }
     }
 
-    /// Removes the cached namespaced `K`s that `keep(namespace, name)` refuses.
+    /// `read_private` of `path`, a file of the cache, if no directory on the way is a link.
+    fn read(&self, path: &Path) -> Option<Vec<u8>> {
+        if !path.parent().is_some_and(|d| real_dirs(&self.dir, d)) {
+            if fs::symlink_metadata(path).is_ok() {
+                tracing::warn!(
+                    "ignoring the cached {}: reached through a link",
+                    path.display()
+                );
+            }
+            return None;
+        }
+        read_private(path)
+    }
+
+    /// Removes the cached namespaced `K`s that `keep(namespace, name)` refuses. Only real
+    /// directories are descended into and only plain files removed: links are never followed.
     pub fn retain<K: Kind>(&self, keep: &dyn Fn(&str, &str) -> bool) {
         let kind = self.dir.join(K::plural(&()).as_ref());
+        if !real_dirs(&self.dir, &kind) {
+            return;
+        }
+        // `DirEntry::file_type` does not follow links.
+        let is = |e: &fs::DirEntry, dir: bool| {
+            e.file_type()
+                .is_ok_and(|t| if dir { t.is_dir() } else { t.is_file() })
+        };
         for ns in fs::read_dir(&kind).into_iter().flatten().flatten() {
+            if !is(&ns, true) {
+                continue;
+            }
             let ns_name = ns.file_name().to_string_lossy().into_owned();
             for obj in fs::read_dir(ns.path()).into_iter().flatten().flatten() {
                 let name = obj.file_name().to_string_lossy().into_owned();
-                if !keep(&ns_name, &name) {
+                if is(&obj, false) && !keep(&ns_name, &name) {
                     let _ = fs::remove_file(obj.path());
                 }
             }
@@ -238,7 +352,7 @@ impl Objects {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{Node, Secret};
+    use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret};
     use std::os::unix::fs::MetadataExt;
 
     fn secret(name: &str, value: &str) -> Secret {
@@ -304,7 +418,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let objects = Objects::new(tmp.path().to_path_buf());
         let dir = tmp.path().join("secrets/default");
-        private_dir(&dir).unwrap();
+        private_dir(tmp.path(), &dir).unwrap();
         fs::write(dir.join("torn"), b"{\"metadata\": {\"na").unwrap();
         assert!(objects.load::<Secret>(Some("default"), "torn").is_none());
         // Another object's contents under this name.
@@ -363,6 +477,106 @@ mod tests {
         assert!(objects.load::<Secret>(Some("a"), "used").is_some());
         assert!(objects.load::<Secret>(Some("a"), "old").is_none());
         assert!(!tmp.path().join("secrets/b").exists());
+    }
+
+    #[test]
+    fn a_fifo_at_a_cache_path_is_skipped_without_blocking() {
+        let tmp = tempfile::tempdir().unwrap();
+        let objects = Objects::new(tmp.path().to_path_buf());
+        let dir = tmp.path().join("secrets/default");
+        private_dir(tmp.path(), &dir).unwrap();
+        let fifo = dir.join("pipe");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // On a thread, so that a blocking open fails the test rather than hanging it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = fifo.clone();
+        std::thread::spawn(move || {
+            let read = read_private(&path);
+            let loaded = objects.load::<Secret>(Some("default"), "pipe");
+            let _ = tx.send((read, loaded.is_some()));
+        });
+        let (read, loaded) = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("reading a FIFO blocked");
+        assert!(read.is_none());
+        assert!(!loaded);
+    }
+
+    #[test]
+    fn retain_does_not_descend_a_linked_namespace() {
+        let tmp = tempfile::tempdir().unwrap();
+        let objects = Objects::new(tmp.path().join("cache"));
+        objects.save(Some("a"), "old", Some(&secret_in("a", "old", "1")));
+        let elsewhere = tmp.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        fs::write(elsewhere.join("precious"), b"x").unwrap();
+        fs::write(tmp.path().join("outside"), b"x").unwrap();
+        let secrets = tmp.path().join("cache/secrets");
+        std::os::unix::fs::symlink(&elsewhere, secrets.join("linked")).unwrap();
+        // A link to a file in a namespace directory is not removed through either.
+        std::os::unix::fs::symlink(tmp.path().join("outside"), secrets.join("a/file-link"))
+            .unwrap();
+        objects.retain::<Secret>(&|_, _| false);
+        assert!(
+            elsewhere.join("precious").is_file(),
+            "the link's target was emptied"
+        );
+        assert!(tmp.path().join("outside").is_file());
+        assert!(
+            objects.load::<Secret>(Some("a"), "old").is_none(),
+            "a plain file is removed"
+        );
+        // Nor is a file removed or read through it by name.
+        objects.save::<Secret>(Some("linked"), "precious", None);
+        assert!(elsewhere.join("precious").is_file());
+        fs::write(
+            elsewhere.join("s"),
+            serde_json::to_vec(&secret_in("linked", "s", "1")).unwrap(),
+        )
+        .unwrap();
+        assert!(objects.load::<Secret>(Some("linked"), "s").is_none());
+        // The whole kind's directory as a link: not descended either.
+        let kind = tmp.path().join("cache/configmaps");
+        std::os::unix::fs::symlink(tmp.path(), &kind).unwrap();
+        fs::create_dir(elsewhere.join("ns")).unwrap();
+        objects.retain::<ConfigMap>(&|_, _| false);
+        assert!(elsewhere.join("precious").is_file());
+    }
+
+    #[test]
+    fn writing_through_a_linked_directory_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("cache");
+        let objects = Objects::new(root.clone());
+        let elsewhere = tmp.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        fs::set_permissions(&elsewhere, fs::Permissions::from_mode(0o755)).unwrap();
+        private_dir(&root, &root.join("secrets")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, root.join("secrets/ns")).unwrap();
+        objects.save(Some("ns"), "s", Some(&secret_in("ns", "s", "1")));
+        assert!(!elsewhere.join("s").exists(), "written through a link");
+        assert_eq!(mode(&elsewhere), 0o755, "a link's target was chmod-ed");
+        let err = write_private_under(&root, &root.join("secrets/ns/t"), b"x").unwrap_err();
+        assert!(!elsewhere.join("t").exists(), "{err}");
+        // A linked kind directory, and a linked root, too.
+        std::os::unix::fs::symlink(&elsewhere, root.join("configmaps")).unwrap();
+        assert!(write_private_under(&root, &root.join("configmaps/ns/c"), b"x").is_err());
+        let linked_root = tmp.path().join("linked-root");
+        std::os::unix::fs::symlink(&elsewhere, &linked_root).unwrap();
+        assert!(write_private(&linked_root.join("pods.json"), b"[]").is_err());
+        assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
+        assert_eq!(mode(&elsewhere), 0o755);
+        // Paths outside the root or with `..` are refused.
+        assert!(private_dir(&root, &tmp.path().join("x")).is_err());
+        assert!(private_dir(&root, &root.join("../x")).is_err());
+        // A real directory is fine, and left without a temporary.
+        write_private_under(&root, &root.join("secrets/real/s"), b"x").unwrap();
+        let names: Vec<_> = fs::read_dir(root.join("secrets/real"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["s"]);
+        assert_eq!(mode(&root.join("secrets/real/s")), 0o600);
     }
 
     #[test]

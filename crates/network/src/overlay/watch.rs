@@ -3,10 +3,13 @@
 //! public address as annotations of its own Node; every other Node with a podCIDR and both
 //! annotations is a peer, programmed on every change of the Nodes (added, changed, deleted).
 //! Errors are retried with a backoff; the task never ends but when there is nothing to do (the
-//! node's address is on loopback or not IPv4).
+//! node's address is on loopback or not IPv4). An agent keeps its watch of the Nodes on disk
+//! (`Config::cache`), so that restarted while the server is unreachable it makes its device
+//! and its peers from the copy, then follows the watch once the server answers.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +19,7 @@ use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
-use kinglet_core::informers::{SMALL_BUFFER, Shared};
+use kinglet_core::informers::{Persist, SMALL_BUFFER, Shared};
 
 use super::{PUBLIC_IP_ANNOTATION, Peer, VTEP_MAC_ANNOTATION};
 
@@ -29,7 +32,13 @@ pub struct Config {
     pub cluster_cidr: Ipv4Net,
     /// `--vxlan-iface`: the underlay by name; else the link holding `node_ip`.
     pub iface: Option<String>,
+    /// Where a copy of the Nodes is kept (`nodes.json`), to start from when the server cannot
+    /// be reached (an agent's offline cache); `None`: no copy.
+    pub cache: Option<PathBuf>,
 }
+
+/// The file of the Nodes' copy in `Config::cache`.
+pub const CACHE_FILE: &str = "nodes.json";
 
 /// How often the device and the peers' entries are made again even without a change (someone
 /// may have removed them).
@@ -46,8 +55,7 @@ pub async fn run(client: kube::Client, cfg: Config) {
         return;
     };
     let wake = Arc::new(tokio::sync::Notify::new());
-    let (nodes, _) =
-        Shared::<Node>::watch(Api::all(client.clone()), Default::default(), SMALL_BUFFER);
+    let (nodes, watch) = watch_nodes(&client, cfg.cache.as_deref());
     nodes.wake_on_change(wake.clone());
     nodes.synced().await;
     let api: Api<Node> = Api::all(client);
@@ -56,11 +64,21 @@ pub async fn run(client: kube::Client, cfg: Config) {
     let mut backoff = Duration::from_secs(1);
     loop {
         match state
-            .pass(&api, &cfg, node_ip, &nodes.state(), &mut warned)
+            .pass(
+                &api,
+                &cfg,
+                node_ip,
+                &nodes.state(),
+                nodes.live(),
+                &mut warned,
+            )
             .await
         {
             Ok(true) => backoff = Duration::from_secs(1),
-            Ok(false) => return,
+            Ok(false) => {
+                watch.abort();
+                return;
+            }
             Err(e) => {
                 tracing::warn!("VXLAN overlay: {e:#}; retrying in {backoff:?}");
                 state.forget();
@@ -75,6 +93,22 @@ pub async fn run(client: kube::Client, cfg: Config) {
             _ = tokio::time::sleep(RESYNC) => state.forget(),
         }
     }
+}
+
+/// The watch of every Node, kept in `<cache>/nodes.json` when `cache` is set: the copy is read
+/// back only when the first list gets no answer at all (the node restarted while the server
+/// is away), and the server's first list replaces it.
+fn watch_nodes(
+    client: &kube::Client,
+    cache: Option<&Path>,
+) -> (Shared<Node>, tokio::task::JoinHandle<()>) {
+    let persist = cache.map(|dir| Persist::new(dir.join(CACHE_FILE), |_: &Node| true));
+    Shared::watch_persisted(
+        Api::all(client.clone()),
+        Default::default(),
+        SMALL_BUFFER,
+        persist,
+    )
 }
 
 /// What was last programmed; `None`: to be done again.
@@ -99,14 +133,16 @@ impl State {
         self.peers = None;
     }
 
-    /// Brings the device, this node's annotations and the peers up to date with `nodes`;
-    /// false when this node has no overlay to run.
+    /// Brings the device, the peers and this node's annotations up to date with `nodes`;
+    /// false when this node has no overlay to run. `live`: the Nodes come from the server, not
+    /// only from the copy on disk (then nothing is published: the server is away).
     async fn pass(
         &mut self,
         api: &Api<Node>,
         cfg: &Config,
         node_ip: Ipv4Addr,
         nodes: &[Arc<Node>],
+        live: bool,
         warned: &mut HashSet<String>,
     ) -> anyhow::Result<bool> {
         // Not registered yet, or waiting for its range from the node IPAM controller: the
@@ -144,9 +180,21 @@ impl State {
             }
             self.device = Some(device);
         }
-        let Some(device) = &self.device else {
+        let Some(device) = self.device.clone() else {
             return Ok(true);
         };
+        // Peers first: a node that cannot publish (the server away) still reaches the others.
+        let (peers, problems) = peers(nodes, &cfg.node_name, pod_cidr, cfg.cluster_cidr);
+        for p in problems {
+            if warned.insert(p.clone()) {
+                tracing::warn!("VXLAN overlay: {p}; that node is left out");
+            }
+        }
+        if self.peers.as_ref() != Some(&peers) {
+            super::sync_peers(&peers).await?;
+            tracing::debug!(peers = peers.len(), "VXLAN overlay peers programmed");
+            self.peers = Some(peers);
+        }
         let wanted = [
             (VTEP_MAC_ANNOTATION, super::format_mac(device.mac)),
             (PUBLIC_IP_ANNOTATION, device.public_ip.to_string()),
@@ -154,7 +202,7 @@ impl State {
         let published = wanted
             .iter()
             .all(|(k, v)| me.annotations().get(*k) == Some(v));
-        if !published {
+        if live && !published {
             let annotations: serde_json::Map<String, serde_json::Value> = (wanted.iter())
                 .map(|(k, v)| (k.to_string(), json!(v)))
                 .collect();
@@ -166,17 +214,6 @@ impl State {
             )
             .await
             .map_err(|e| anyhow::anyhow!("publishing the node's VTEP annotations: {e}"))?;
-        }
-        let (peers, problems) = peers(nodes, &cfg.node_name, pod_cidr, cfg.cluster_cidr);
-        for p in problems {
-            if warned.insert(p.clone()) {
-                tracing::warn!("VXLAN overlay: {p}; that node is left out");
-            }
-        }
-        if self.peers.as_ref() != Some(&peers) {
-            super::sync_peers(&peers).await?;
-            tracing::debug!(peers = peers.len(), "VXLAN overlay peers programmed");
-            self.peers = Some(peers);
         }
         Ok(true)
     }
@@ -202,15 +239,18 @@ fn pod_cidr(node: &Node) -> Result<Option<Ipv4Net>, String> {
 
 /// The overlay's peers among `nodes`, in the order of their ranges: every node but `me` with
 /// an IPv4 podCIDR in `cluster` and both annotations. Nodes without them are not ready for
-/// the overlay (yet) and left out silently; those with malformed ones, or a range that
-/// overlaps this node's (`mine`) or another peer's, are left out with a problem described.
+/// the overlay (yet) and left out silently; those with malformed ones, a public address that
+/// is no other machine's (inside `cluster`, loopback, ...), or a range that overlaps this
+/// node's (`mine`) or another candidate's, are left out with a problem described. Overlapping
+/// nodes are all left out: which of them holds the range is not for the overlay to guess (a
+/// node claiming another's would otherwise take its traffic).
 pub fn peers(
     nodes: &[Arc<Node>],
     me: &str,
     mine: Ipv4Net,
     cluster: Ipv4Net,
 ) -> (Vec<Peer>, Vec<String>) {
-    let mut out: Vec<Peer> = Vec::new();
+    let mut candidates: Vec<(String, Peer)> = Vec::new();
     let mut problems = Vec::new();
     let mut sorted: Vec<&Arc<Node>> = nodes.iter().filter(|n| n.name_any() != me).collect();
     sorted.sort_by_key(|n| n.name_any());
@@ -240,12 +280,13 @@ pub fn peers(
                 .ok_or_else(|| {
                     format!("{PUBLIC_IP_ANNOTATION} {ip:?} is not a unicast IPv4 address")
                 })?;
+            if cluster.contains(&public_ip) {
+                return Err(format!(
+                    "{PUBLIC_IP_ANNOTATION} {public_ip} is inside the cluster CIDR {cluster}"
+                ));
+            }
             if !cluster.contains(&pod_cidr) {
                 return Err(format!("its podCIDR {pod_cidr} is outside {cluster}"));
-            }
-            let overlaps = |o: &Ipv4Net| o.contains(&pod_cidr) || pod_cidr.contains(o);
-            if overlaps(&mine) || out.iter().any(|p| overlaps(&p.pod_cidr)) {
-                return Err(format!("its podCIDR {pod_cidr} overlaps another node's"));
             }
             Ok(Some(Peer {
                 pod_cidr,
@@ -254,9 +295,31 @@ pub fn peers(
             }))
         })();
         match peer {
-            Ok(Some(p)) => out.push(p),
+            Ok(Some(p)) => candidates.push((name, p)),
             Ok(None) => {}
             Err(why) => problems.push(format!("node {name}: {why}")),
+        }
+    }
+    let overlap = |a: &Ipv4Net, b: &Ipv4Net| a.contains(b) || b.contains(a);
+    let mut out = Vec::new();
+    for (i, (name, p)) in candidates.iter().enumerate() {
+        let others = (candidates.iter().enumerate())
+            .filter(|(j, (_, o))| *j != i && overlap(&o.pod_cidr, &p.pod_cidr))
+            .map(|(_, (n, _))| n.as_str())
+            .collect::<Vec<_>>();
+        if overlap(&mine, &p.pod_cidr) {
+            problems.push(format!(
+                "node {name}: its podCIDR {} overlaps this node's {mine}",
+                p.pod_cidr
+            ));
+        } else if !others.is_empty() {
+            problems.push(format!(
+                "node {name}: its podCIDR {} overlaps node(s) {}'s",
+                p.pod_cidr,
+                others.join(", ")
+            ));
+        } else {
+            out.push(p.clone());
         }
     }
     out.sort_by_key(|p| p.pod_cidr);
@@ -367,13 +430,43 @@ mod tests {
             node("bad-range", Some("10.42.7.0/33"), ok().0, ok().1),
             node("outside", Some("10.99.0.0/24"), ok().0, ok().1),
             node("overlaps-me", Some("10.42.0.0/23"), ok().0, ok().1),
+            node(
+                "unspecified-ip",
+                Some("10.42.10.0/24"),
+                ok().0,
+                Some("0.0.0.0"),
+            ),
+            node(
+                "multicast-ip",
+                Some("10.42.11.0/24"),
+                ok().0,
+                Some("224.0.0.1"),
+            ),
+            // A pod address as the VTEP: the other nodes' traffic would loop into the overlay.
+            node(
+                "ip-in-cluster",
+                Some("10.42.12.0/24"),
+                ok().0,
+                Some("10.42.200.1"),
+            ),
+            // Two nodes claiming one range (or one inside the other): neither is trusted with
+            // it, whichever name sorts first.
             node("first", Some("10.42.8.0/24"), ok().0, ok().1),
             node("second", Some("10.42.8.0/24"), ok().0, ok().1),
+            node("a-thief", Some("10.42.16.0/20"), ok().0, ok().1),
+            node("victim", Some("10.42.17.0/24"), ok().0, ok().1),
+            node("good", Some("10.42.9.0/24"), ok().0, ok().1),
         ];
         let (peers, problems) = peers(&nodes, "me", net("10.42.0.0/24"), net("10.42.0.0/16"));
         assert_eq!(peers.len(), 1, "{peers:?}");
-        assert_eq!(peers[0].pod_cidr, net("10.42.8.0/24"));
+        assert_eq!(peers[0].pod_cidr, net("10.42.9.0/24"));
         for n in [
+            "unspecified-ip",
+            "multicast-ip",
+            "ip-in-cluster",
+            "first",
+            "a-thief",
+            "victim",
             "bad-mac",
             "zero-mac",
             "multicast-mac",
@@ -392,7 +485,66 @@ mod tests {
                 "{n} not in {problems:?}"
             );
         }
-        assert_eq!(problems.len(), 10, "{problems:?}");
+        assert_eq!(problems.len(), 16, "one problem per node: {problems:?}");
+        assert!(
+            problems.contains(
+                &"node victim: its podCIDR 10.42.17.0/24 overlaps node(s) a-thief's".into()
+            ),
+            "{problems:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn restarted_without_the_server_the_overlay_starts_from_its_copy() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cache = tmp.path().join("agent/cache");
+        let copy = [
+            node("me", Some("10.42.0.0/24"), Some(MAC), Some("192.0.2.10")),
+            node(
+                "b",
+                Some("10.42.1.0/24"),
+                Some("0a:58:00:00:00:02"),
+                Some("192.0.2.11"),
+            ),
+        ];
+        let data = serde_json::to_vec(&copy).unwrap();
+        kinglet_core::informers::offline::write_private(&cache.join(CACHE_FILE), &data).unwrap();
+        // A server that refuses connections (its port just freed).
+        let port = {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let url = format!("http://127.0.0.1:{port}").parse().unwrap();
+        let client = kube::Client::try_from(kube::Config::new(url)).unwrap();
+
+        // Without a copy there is nothing to start from: the watch waits for the server.
+        let (bare, task) = watch_nodes(&client, None);
+        let waited = tokio::time::timeout(Duration::from_secs(2), bare.synced()).await;
+        assert!(waited.is_err(), "synced without a server nor a copy");
+        task.abort();
+
+        let (nodes, task) = watch_nodes(&client, Some(&cache));
+        tokio::time::timeout(Duration::from_secs(20), nodes.synced())
+            .await
+            .expect("the copy read back");
+        assert!(!nodes.live());
+        let state = nodes.state();
+        let me = state
+            .iter()
+            .find(|n| n.name_any() == "me")
+            .expect("own node");
+        assert_eq!(pod_cidr(me), Ok(Some(net("10.42.0.0/24"))));
+        let (peers, problems) = peers(&state, "me", net("10.42.0.0/24"), net("10.42.0.0/16"));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            peers,
+            vec![Peer {
+                pod_cidr: net("10.42.1.0/24"),
+                vtep_mac: [0x0a, 0x58, 0, 0, 0, 2],
+                public_ip: "192.0.2.11".parse().unwrap(),
+            }]
+        );
+        task.abort();
     }
 
     #[test]
