@@ -1,6 +1,7 @@
 //! Command line: `kinglet server` and friends. Every flag also reads `KINGLET_<FLAG>` from the
-//! environment, and `--config` names a YAML file whose keys are flag names; command-line flags
-//! and environment variables win over the file.
+//! environment, and `--config` names a YAML file whose keys are flag names, merged with the
+//! drop-ins in `<config>.d/*.yaml` (k3s's layout); command-line flags and environment variables
+//! win over the files.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -162,6 +163,10 @@ pub enum ImagesCommand {
 
 #[derive(Args, Debug, Clone)]
 pub struct AgentArgs {
+    /// YAML file whose keys are flag names, plus drop-ins in `<file>.d/*.yaml` (flags given
+    /// on the command line win).
+    #[arg(long, env = "KINGLET_CONFIG", default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
     /// The server to join (`https://<host>:6443`).
     #[arg(long, env = "KINGLET_URL")]
     pub server: String,
@@ -252,12 +257,9 @@ pub struct NodeArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct ServerArgs {
-    /// YAML file whose keys are flag names (flags given on the command line win).
-    #[arg(
-        long,
-        env = "KINGLET_CONFIG",
-        default_value = "/etc/kinglet/config.yaml"
-    )]
+    /// YAML file whose keys are flag names, plus drop-ins in `<file>.d/*.yaml` (flags given
+    /// on the command line win).
+    #[arg(long, env = "KINGLET_CONFIG", default_value = DEFAULT_CONFIG)]
     pub config: PathBuf,
     /// Where kinglet keeps its state.
     #[arg(long, env = "KINGLET_DATA_DIR", default_value = "/var/lib/kinglet")]
@@ -508,30 +510,121 @@ fn parse_duration(s: &str) -> Option<std::time::Duration> {
     Some(std::time::Duration::from_secs_f64(total))
 }
 
-/// Turns a config file into `--flag=value` arguments (lists become repeated flags), skipping
-/// keys whose environment variable is set, so that environment and command line win.
-fn config_args(path: &std::path::Path, explicit: bool) -> anyhow::Result<Vec<String>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => anyhow::bail!("reading config file {}: {e}", path.display()),
-    };
-    let doc: serde_yaml::Value = serde_yaml::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
-    let map = match doc {
-        serde_yaml::Value::Mapping(m) => m,
-        serde_yaml::Value::Null => return Ok(Vec::new()),
+/// The drop-in directory of a config file: `config.yaml` -> `config.yaml.d`.
+fn drop_in_dir(path: &std::path::Path) -> PathBuf {
+    let mut d = path.as_os_str().to_os_string();
+    d.push(".d");
+    PathBuf::from(d)
+}
+
+/// Reads one config file as a mapping of flag names to values (`None`: empty file).
+fn read_config_file(
+    path: &std::path::Path,
+    text: &str,
+) -> anyhow::Result<Option<serde_yaml::Mapping>> {
+    let doc: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
+        let msg = e.to_string().replace('\n', " ");
+        anyhow::anyhow!("config file {}: invalid YAML: {msg}", path.display())
+    })?;
+    match doc {
+        serde_yaml::Value::Mapping(m) => Ok(Some(m)),
+        serde_yaml::Value::Null => Ok(None),
         _ => anyhow::bail!(
             "config file {}: expected a mapping of flag names to values",
             path.display()
         ),
+    }
+}
+
+/// The config file and then its drop-ins (`<config>.d/*.yaml` and `*.yml`, in lexical order
+/// of file name), each with its mapping. A missing file (unless `explicit`) or directory is
+/// no error; an unreadable or invalid one is.
+fn config_files(
+    path: &std::path::Path,
+    explicit: bool,
+) -> anyhow::Result<Vec<(PathBuf, serde_yaml::Mapping)>> {
+    let mut files = Vec::new();
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            if let Some(m) = read_config_file(path, &text)? {
+                files.push((path.to_path_buf(), m));
+            }
+        }
+        Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => anyhow::bail!("reading config file {}: {e}", path.display()),
+    }
+    let dir = drop_in_dir(path);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(files),
+        Err(e) => anyhow::bail!("reading config directory {}: {e}", dir.display()),
     };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry
+            .map_err(|e| anyhow::anyhow!("reading config directory {}: {e}", dir.display()))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.ends_with(".yaml") || name.ends_with(".yml") {
+            names.push(entry.file_name());
+        }
+    }
+    names.sort();
+    for name in names {
+        let file = dir.join(name);
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| anyhow::anyhow!("reading config file {}: {e}", file.display()))?;
+        if let Some(m) = read_config_file(&file, &text)? {
+            files.push((file, m));
+        }
+    }
+    Ok(files)
+}
+
+/// Turns a config file and its drop-ins into `--flag=value` arguments (lists become repeated
+/// flags), skipping keys whose environment variable is set, so that environment and command
+/// line win. A later file's key replaces an earlier one's; `key+: [...]` appends to `key`.
+fn config_args(path: &std::path::Path, explicit: bool) -> anyhow::Result<Vec<String>> {
+    // Flag name, value, and the file that last set it (for error messages).
+    let mut merged: Vec<(String, serde_yaml::Value, PathBuf)> = Vec::new();
+    for (file, map) in config_files(path, explicit)? {
+        for (k, v) in map {
+            let key = k.as_str().ok_or_else(|| {
+                anyhow::anyhow!("config file {}: keys must be strings", file.display())
+            })?;
+            let (name, append) = match key.strip_suffix('+') {
+                Some(n) => (n.to_string(), true),
+                None => (key.to_string(), false),
+            };
+            anyhow::ensure!(
+                !name.is_empty() && !name.starts_with('-'),
+                "config file {}: {key:?} is not a flag name",
+                file.display()
+            );
+            let pos = merged.iter().position(|(n, _, _)| *n == name);
+            match (pos, append) {
+                (Some(i), true) => {
+                    let old = std::mem::replace(&mut merged[i].1, serde_yaml::Value::Null);
+                    let mut items = match old {
+                        serde_yaml::Value::Sequence(s) => s,
+                        serde_yaml::Value::Null => Vec::new(),
+                        other => vec![other],
+                    };
+                    match v {
+                        serde_yaml::Value::Sequence(s) => items.extend(s),
+                        serde_yaml::Value::Null => {}
+                        other => items.push(other),
+                    }
+                    merged[i].1 = serde_yaml::Value::Sequence(items);
+                    merged[i].2 = file.clone();
+                }
+                (Some(i), false) => merged[i] = (name, v, file.clone()),
+                (None, _) => merged.push((name, v, file.clone())),
+            }
+        }
+    }
     let mut args = Vec::new();
-    for (k, v) in map {
-        let key = k
-            .as_str()
-            .ok_or_else(|| anyhow::anyhow!("config file {}: keys must be strings", path.display()))?
-            .to_string();
+    for (key, v, file) in merged {
         if std::env::var_os(format!("KINGLET_{}", key.to_uppercase().replace('-', "_"))).is_some() {
             continue;
         }
@@ -542,7 +635,7 @@ fn config_args(path: &std::path::Path, explicit: bool) -> anyhow::Result<Vec<Str
                 serde_yaml::Value::Bool(b) => b.to_string(),
                 _ => anyhow::bail!(
                     "config file {}: {key} must be a scalar or a list of scalars",
-                    path.display()
+                    file.display()
                 ),
             })
         };
@@ -560,26 +653,52 @@ fn config_args(path: &std::path::Path, explicit: bool) -> anyhow::Result<Vec<Str
     Ok(args)
 }
 
-/// Parses the command line, merging the config file underneath it.
-pub fn parse() -> anyhow::Result<Cli> {
-    let argv: Vec<String> = std::env::args().collect();
-    let first = Cli::try_parse_from(&argv).unwrap_or_else(|e| e.exit());
-    let Command::Server(args) = &first.command else {
-        return Ok(first);
-    };
-    let explicit = argv
-        .iter()
-        .any(|a| a == "--config" || a.starts_with("--config="))
-        || std::env::var_os("KINGLET_CONFIG").is_some();
-    let extra = config_args(&args.config, explicit)?;
-    if extra.is_empty() {
-        return Ok(first);
+/// The config file `argv` names (`--config FILE`, `--config=FILE`, then `KINGLET_CONFIG`, then
+/// the default), and whether it was named explicitly.
+fn config_path(argv: &[String]) -> (PathBuf, bool) {
+    let mut found = None;
+    let mut it = argv.iter();
+    while let Some(a) = it.next() {
+        if a == "--" {
+            break;
+        }
+        if a == "--config" {
+            if let Some(v) = it.next() {
+                found = Some(PathBuf::from(v));
+            }
+        } else if let Some(v) = a.strip_prefix("--config=") {
+            found = Some(PathBuf::from(v));
+        }
     }
-    // File flags go right after the subcommand so later command-line flags override them.
-    let mut merged = vec![argv[0].clone(), argv[1].clone()];
+    match found {
+        Some(p) => (p, true),
+        None => match std::env::var_os("KINGLET_CONFIG") {
+            Some(p) => (PathBuf::from(p), true),
+            None => (PathBuf::from(DEFAULT_CONFIG), false),
+        },
+    }
+}
+
+const DEFAULT_CONFIG: &str = "/etc/kinglet/config.yaml";
+
+/// `argv` with the config file's flags (for `server` and `agent`) right after the
+/// subcommand, so that later command-line flags override them.
+fn merged_argv(argv: Vec<String>) -> anyhow::Result<Vec<String>> {
+    if !matches!(argv.get(1).map(String::as_str), Some("server" | "agent")) {
+        return Ok(argv);
+    }
+    let (path, explicit) = config_path(&argv[2..]);
+    let extra = config_args(&path, explicit)?;
+    let mut merged = argv[..2].to_vec();
     merged.extend(extra);
     merged.extend(argv[2..].iter().cloned());
-    Ok(Cli::try_parse_from(&merged).unwrap_or_else(|e| e.exit()))
+    Ok(merged)
+}
+
+/// Parses the command line, merging the config file and its drop-ins underneath it.
+pub fn parse() -> anyhow::Result<Cli> {
+    let argv = merged_argv(std::env::args().collect())?;
+    Ok(Cli::try_parse_from(&argv).unwrap_or_else(|e| e.exit()))
 }
 
 /// An IPv4 network flag (`10.42.0.0/16`).
@@ -665,5 +784,184 @@ mod tests {
         let mut b = a.clone();
         b.node.kubelet_arg = vec!["image-gc-low-threshold=90".into()];
         assert!(b.node_config("127.0.0.1".parse().unwrap()).is_err());
+    }
+
+    /// A config.yaml with drop-ins: 10-a.yaml, 20-b.yaml, 30-c.yml, 9-last.yaml, ignored.txt.
+    fn drop_in_fixture() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(
+            &path,
+            "https-listen-port: 6443\ncluster-domain: main.local\nnode-label: [a=1]\ntls-san: [main.example]\nnode-taint+: [t=1:NoSchedule]\n",
+        )
+        .unwrap();
+        let d = dir.path().join("config.yaml.d");
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(
+            d.join("10-a.yaml"),
+            "https-listen-port: 7443\nnode-label+: [b=2]\ncluster-domain: a.local\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("20-b.yaml"),
+            "https-listen-port: 8443\nnode-label+: c=3\ntls-san: [b.example]\n",
+        )
+        .unwrap();
+        std::fs::write(d.join("30-c.yml"), "disable-agent: true\n").unwrap();
+        // Lexical order: "9-last" sorts after "30-c", so it wins over 10-a.
+        std::fs::write(d.join("9-last.yaml"), "cluster-domain: nine.local\n").unwrap();
+        std::fs::write(
+            d.join("ignored.txt"),
+            "https-listen-port: 9999\n[not yaml\n",
+        )
+        .unwrap();
+        std::fs::write(d.join("empty.yaml"), "").unwrap();
+        (dir, path)
+    }
+
+    fn server_args(argv: &[&str]) -> ServerArgs {
+        let argv = merged_argv(argv.iter().map(|a| a.to_string()).collect()).unwrap();
+        match Cli::try_parse_from(&argv).unwrap().command {
+            Command::Server(a) => *a,
+            other => panic!("not the server command: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn config_drop_ins_replace_append_in_lexical_order() {
+        let (_dir, path) = drop_in_fixture();
+        let p = path.to_str().unwrap();
+        let a = server_args(&["kinglet", "server", "--config", p]);
+        // Replacement: 20-b.yaml's port replaces 10-a.yaml's and the main file's.
+        assert_eq!(a.https_listen_port, 8443);
+        assert_eq!(a.tls_san, vec!["b.example"]);
+        // `+` appends, in file order; a `+` key with nothing before it just sets.
+        assert_eq!(a.node.node_label, vec!["a=1", "b=2", "c=3"]);
+        assert_eq!(a.node.node_taint, vec!["t=1:NoSchedule"]);
+        // Lexical order of file names, not numeric; .yml files count, .txt files do not.
+        assert_eq!(a.node.cluster_domain, "nine.local");
+        assert!(a.disable_agent);
+        assert_eq!(a.config, path);
+        // Without the main file (and not named explicitly) the drop-ins still apply.
+        std::fs::remove_file(&path).unwrap();
+        let args = config_args(&path, false).unwrap();
+        assert!(
+            args.contains(&"--https-listen-port=8443".to_string()),
+            "{args:?}"
+        );
+        assert!(args.contains(&"--node-label=b=2".to_string()), "{args:?}");
+        assert!(config_args(&path, true).is_err());
+    }
+
+    #[test]
+    fn config_flags_win_over_drop_ins() {
+        let (_dir, path) = drop_in_fixture();
+        let p = path.to_str().unwrap();
+        let a = server_args(&[
+            "kinglet",
+            "server",
+            &format!("--config={p}"),
+            "--https-listen-port=6000",
+            "--cluster-domain",
+            "cli.local",
+        ]);
+        assert_eq!(a.https_listen_port, 6000);
+        assert_eq!(a.node.cluster_domain, "cli.local");
+        assert_eq!(a.node.node_label, vec!["a=1", "b=2", "c=3"]);
+    }
+
+    #[test]
+    fn config_drop_ins_apply_to_the_agent() {
+        let (dir, path) = drop_in_fixture();
+        // Server-only keys would be rejected by the agent: give it its own files.
+        std::fs::write(&path, "server: https://10.0.0.1:6443\nnode-label: [a=1]\n").unwrap();
+        let d = dir.path().join("config.yaml.d");
+        for f in ["10-a.yaml", "20-b.yaml", "30-c.yml"] {
+            std::fs::remove_file(d.join(f)).unwrap();
+        }
+        std::fs::write(d.join("10-a.yaml"), "node-label+: [b=2]\nnode-name: file\n").unwrap();
+        let argv = merged_argv(
+            [
+                "kinglet",
+                "agent",
+                "--config",
+                path.to_str().unwrap(),
+                "--node-name",
+                "cli",
+            ]
+            .iter()
+            .map(|a| a.to_string())
+            .collect(),
+        )
+        .unwrap();
+        let Command::Agent(a) = Cli::try_parse_from(&argv).unwrap().command else {
+            panic!("not the agent command")
+        };
+        assert_eq!(a.server, "https://10.0.0.1:6443");
+        assert_eq!(a.node.node_label, vec!["a=1", "b=2"]);
+        assert_eq!(a.node.node_name.as_deref(), Some("cli"));
+        assert_eq!(a.node.cluster_domain, "nine.local");
+        // Other commands never read a config file.
+        let argv: Vec<String> = ["kinglet", "images", "ls"]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(merged_argv(argv.clone()).unwrap(), argv);
+    }
+
+    #[test]
+    fn config_bad_drop_in_is_a_one_line_error_naming_it() {
+        let (dir, path) = drop_in_fixture();
+        let d = dir.path().join("config.yaml.d");
+        let bad = d.join("20-b.yaml");
+        for text in [
+            "tls-san: [unclosed\nx: : y\n",
+            "- a list\n",
+            "\t: tab\n",
+            "[1]: x\n",
+        ] {
+            std::fs::write(&bad, text).unwrap();
+            let err = config_args(&path, true).unwrap_err().to_string();
+            assert!(err.contains(&bad.display().to_string()), "{text:?}: {err}");
+            assert!(!err.contains('\n'), "{text:?}: {err}");
+        }
+        std::fs::write(&bad, "https-listen-port: 1\n").unwrap();
+        // An unreadable drop-in (here a directory) is an error naming it.
+        let unreadable = d.join("50-dir.yaml");
+        std::fs::create_dir(&unreadable).unwrap();
+        let err = config_args(&path, true).unwrap_err().to_string();
+        assert!(err.contains("50-dir.yaml"), "{err}");
+        std::fs::remove_dir(&unreadable).unwrap();
+        // Bad YAML in the main file too.
+        std::fs::write(&path, "a: [\n").unwrap();
+        let err = config_args(&path, false).unwrap_err().to_string();
+        assert!(
+            err.contains(&path.display().to_string()) && !err.contains('\n'),
+            "{err}"
+        );
+        // Not UTF-8.
+        std::fs::write(&path, b"a: \xff\xfe\n").unwrap();
+        let err = config_args(&path, false).unwrap_err().to_string();
+        assert!(
+            err.contains(&path.display().to_string()) && !err.contains('\n'),
+            "{err}"
+        );
+        // Through the real entry point, too: an error, not a panic or an exit.
+        assert!(
+            merged_argv(vec![
+                "kinglet".into(),
+                "server".into(),
+                format!("--config={}", path.display()),
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn config_examples_parse() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/config.yaml");
+        assert!(drop_in_dir(&path).join("10-example.yaml").is_file());
+        let a = server_args(&["kinglet", "server", "--config", path.to_str().unwrap()]);
+        assert_eq!(a.tls_san, vec!["kinglet.example.internal"]);
     }
 }
