@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+mod manifests;
+
 use crate::cli::ServerArgs;
 use kinglet_apiserver::{Api, ApiConfig};
 use kinglet_pki::{Pki, tls};
@@ -208,6 +210,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         cluster_cidr,
         pki.ca.clone(),
     );
+    manifests::spawn(api.local_client(), &args.data_dir);
     let router = api.router();
     tokio::select! {
         r = tls::serve(listener, Arc::new(tls_config), router) => r,
