@@ -41,19 +41,7 @@ fn agent_joins_runs_pods_keeps_its_name_and_restarts_offline() {
     let mut agent = s.start_agent_here(&dir, AGENT, &token);
     let log = || std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
 
-    eventually(60, "the agent's node Ready", || {
-        if let Ok(Some(status)) = agent.try_wait() {
-            panic!("kinglet agent exited with {status}:\n{}", log());
-        }
-        let out = s.kubectl(&[
-            "get",
-            "node",
-            AGENT,
-            "-o",
-            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-        ]);
-        (String::from_utf8_lossy(&out.stdout) == "True").then_some(())
-    });
+    s.wait_agent_ready(AGENT, &mut agent, &dir.join("agent.log"));
     // Only the server's node is a control-plane node; an agent's ROLES is <none>.
     let labels = s.ok(&["get", "node", AGENT, "-o", "jsonpath={.metadata.labels}"]);
     assert!(labels.contains("kubernetes.io/hostname"), "{labels}");

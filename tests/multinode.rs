@@ -560,13 +560,7 @@ spec:
 
 /// The status of node `name`'s Ready condition.
 fn ready(c: &Cluster, name: &str) -> String {
-    c.ok(&[
-        "get",
-        "node",
-        name,
-        "-o",
-        r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#,
-    ])
+    c.server.node_ready(name)
 }
 
 /// The status of pod `name`'s Ready condition.

@@ -214,19 +214,7 @@ fn agent_restarted_offline_brings_its_pods_back() {
     let data = dir.join("data");
     let mut agent = spawn_agent(&s, &dir, &token, "agent.log");
     let log = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
-    eventually(60, "the agent's node Ready", || {
-        if let Ok(Some(status)) = agent.try_wait() {
-            panic!("kinglet agent exited with {status}:\n{}", log("agent.log"));
-        }
-        let ready = s.kubectl(&[
-            "get",
-            "node",
-            AGENT,
-            "-o",
-            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-        ]);
-        (String::from_utf8_lossy(&ready.stdout) == "True").then_some(())
-    });
+    s.wait_agent_ready(AGENT, &mut agent, &dir.join("agent.log"));
 
     s.ok_stdin(&["apply", "-f", "-"], MANIFEST);
     let web_ip = s.running_pod_ip("web");
@@ -389,14 +377,7 @@ fn agent_restarted_offline_brings_its_pods_back() {
     let on_node = containers(&data);
     let web_attempts: Vec<u64> = on_node["web"].iter().map(|c| c.attempt).collect();
     assert_eq!(web_attempts, [0, 1], "{on_node:?}");
-    let ready = s.ok(&[
-        "get",
-        "node",
-        AGENT,
-        "-o",
-        "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-    ]);
-    assert_eq!(ready, "True");
+    assert_eq!(s.node_ready(AGENT), "True");
     let pods_dir = data.join("agent/pods");
     eventually(30, "only web's pod directory left", || {
         let dirs: Vec<PathBuf> = std::fs::read_dir(&pods_dir)

@@ -84,18 +84,9 @@ fn logs_exec_and_port_forward_reach_an_agent_through_its_tunnel() {
     let dir = s.dir.path().join("agent1");
     let mut agent = s.start_agent_here(&dir, AGENT, &token);
     let log = || std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
-    eventually(60, "the agent's node Ready and its tunnel open", || {
-        if let Ok(Some(status)) = agent.try_wait() {
-            panic!("kinglet agent exited with {status}:\n{}", log());
-        }
-        let out = s.kubectl(&[
-            "get",
-            "node",
-            AGENT,
-            "-o",
-            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-        ]);
-        (String::from_utf8_lossy(&out.stdout) == "True" && tunnels_opened(&dir) > 0).then_some(())
+    s.wait_agent_ready(AGENT, &mut agent, &dir.join("agent.log"));
+    eventually(60, "the agent's tunnel open", || {
+        (tunnels_opened(&dir) > 0).then_some(())
     });
     // The kubelet's socket, which the tunnel's streams are piped to, is root's only.
     let host = s.host().expect("test host");

@@ -319,6 +319,29 @@ impl Server {
             .expect("spawn kinglet agent")
     }
 
+    /// The status of node `name`'s Ready condition (empty when the node or condition is missing).
+    pub fn node_ready(&self, name: &str) -> String {
+        let out = self.kubectl(&[
+            "get",
+            "node",
+            name,
+            "-o",
+            r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#,
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Waits (60 s) for node `name` to be Ready, failing with `log` if `agent` exits first.
+    pub fn wait_agent_ready(&self, name: &str, agent: &mut Child, log: &Path) {
+        eventually(60, &format!("node {name} Ready"), || {
+            if let Ok(Some(status)) = agent.try_wait() {
+                let log = std::fs::read_to_string(log).unwrap_or_default();
+                panic!("kinglet agent exited with {status}:\n{log}");
+            }
+            (self.node_ready(name) == "True").then_some(())
+        });
+    }
+
     /// `kinglet token [args] --data-dir <this server's>`'s output.
     pub fn kinglet_token(&self, args: &[&str]) -> String {
         let out = Command::new(env!("CARGO_BIN_EXE_kinglet"))
