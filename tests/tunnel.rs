@@ -89,14 +89,19 @@ fn logs_exec_and_port_forward_reach_an_agent_through_its_tunnel() {
         (tunnels_opened(&dir) > 0).then_some(())
     });
     // The kubelet's socket, which the tunnel's streams are piped to, is root's only.
+    // (The kubelet makes it once its node is registered, which Ready may precede.)
     let host = s.host().expect("test host");
-    let mode = host
-        .command("stat")
-        .args(["-c", "%a %F"])
-        .arg(dir.join("run/kubelet.sock"))
-        .output()
-        .expect("stat");
-    assert_eq!(String::from_utf8_lossy(&mode.stdout).trim(), "600 socket");
+    let mode = eventually(30, "the kubelet's socket", || {
+        let out = host
+            .command("stat")
+            .args(["-c", "%a %F"])
+            .arg(dir.join("run/kubelet.sock"))
+            .output()
+            .expect("stat");
+        let mode = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (!mode.is_empty()).then_some(mode)
+    });
+    assert_eq!(mode, "600 socket");
 
     // The firewall: the kubelet port answered, now it does not.
     assert!(
