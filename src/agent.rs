@@ -25,8 +25,9 @@ use kinglet_core::join::{
     CA_PATH, CLIENT_CERT_PATH, CLUSTER_PATH, ClusterSettings, NODE_IP_HEADER, NODE_NAME_HEADER,
     NODE_PASSWORD_HEADER, SERVING_CERT_PATH,
 };
-/// Certificates are renewed at start when they expire sooner than this.
-const RENEW_BEFORE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Certificates are renewed at start when they expire sooner than this (k3s's 90 days).
+const RENEW_BEFORE: Duration =
+    Duration::from_secs(kinglet_pki::RENEW_WITHIN_DAYS as u64 * 24 * 3600);
 
 pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
     crate::server::init_logging(args.debug);
@@ -39,6 +40,8 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
     };
     let token = Token::parse(&token)?;
     let server = ServerUrl::parse(&args.server)?;
+    // A bad registries.yaml stops the start before anything is set up.
+    args.node.registries()?;
     let dir = args.data_dir.join("agent");
     create_private_dir(&dir)?;
     // One agent per data directory: two would fight over the node's containers.
@@ -78,6 +81,11 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
         let options = crate::server::NodeOptions {
             vxlan_iface: args.node.vxlan_iface.clone(),
         };
+        // systemd's Type=notify: ready once the node is Ready.
+        tokio::spawn(crate::notify::when_ready(
+            client.clone(),
+            Some(cfg.node_name.clone()),
+        ));
         crate::server::start_node(client, cfg, options);
         crate::server::shutdown_signal().await;
         tracing::info!("shutting down");
@@ -284,15 +292,27 @@ async fn credentials(
     node_ip: IpAddr,
 ) -> anyhow::Result<Credentials> {
     match load_stored(dir, token, node) {
-        Some(c) => {
+        Some((c, false)) => {
             tracing::info!("using the node certificates in {}", dir.display());
             Ok(c)
         }
+        // Due for renewal but still valid: a server out of reach must not stop the node.
+        Some((c, true)) => match join(server, token, dir, node, node_ip).await {
+            Ok(renewed) => {
+                tracing::info!("renewed the node certificates, due to expire");
+                Ok(renewed)
+            }
+            Err(e) => {
+                tracing::warn!("renewing the node certificates: {e:#}; using the current ones");
+                Ok(c)
+            }
+        },
         None => join(server, token, dir, node, node_ip).await,
     }
 }
 
-fn load_stored(dir: &Path, token: &Token, node: &str) -> Option<Credentials> {
+/// The stored credentials, and whether they are due for renewal; `None` when unusable now.
+fn load_stored(dir: &Path, token: &Token, node: &str) -> Option<(Credentials, bool)> {
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
     let ca_pem = read("server-ca.crt")?;
     if sha256_hex(ca_pem.as_bytes()) != token.ca_hash {
@@ -306,18 +326,30 @@ fn load_stored(dir: &Path, token: &Token, node: &str) -> Option<Credentials> {
         cert_pem: read("serving-kubelet.crt")?,
         key_pem: read("serving-kubelet.key")?,
     };
-    (valid_for_a_while(&ca_pem, &client.cert_pem, None)
-        && valid_for_a_while(&ca_pem, &serving.cert_pem, Some(node)))
-    .then_some(Credentials {
-        ca_pem,
-        client,
-        serving,
-    })
+    let valid_for = |margin| {
+        valid_for_a_while(&ca_pem, &client.cert_pem, None, margin)
+            && valid_for_a_while(&ca_pem, &serving.cert_pem, Some(node), margin)
+    };
+    // Valid for a while still, or else due for renewal; unusable when valid for less.
+    let due = !valid_for(RENEW_BEFORE);
+    (!due || valid_for(Duration::from_secs(300))).then_some((
+        Credentials {
+            ca_pem,
+            client,
+            serving,
+        },
+        due,
+    ))
 }
 
-/// Whether `cert_pem` is signed by `ca_pem` and still valid `RENEW_BEFORE` from now: a client
+/// Whether `cert_pem` is signed by `ca_pem` and still valid `margin` from now: a client
 /// certificate, or a serving one for `serving_name`.
-fn valid_for_a_while(ca_pem: &str, cert_pem: &str, serving_name: Option<&str>) -> bool {
+fn valid_for_a_while(
+    ca_pem: &str,
+    cert_pem: &str,
+    serving_name: Option<&str>,
+    margin: Duration,
+) -> bool {
     use rustls::client::danger::ServerCertVerifier;
     let check = || -> anyhow::Result<()> {
         let mut roots = rustls::RootCertStore::empty();
@@ -328,7 +360,7 @@ fn valid_for_a_while(ca_pem: &str, cert_pem: &str, serving_name: Option<&str>) -
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let leaf = CertificateDer::from_pem_slice(cert_pem.as_bytes())?;
         let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
-        let at = rustls::pki_types::UnixTime::since_unix_epoch(since_epoch + RENEW_BEFORE);
+        let at = rustls::pki_types::UnixTime::since_unix_epoch(since_epoch + margin);
         match serving_name {
             Some(name) => {
                 let name = ServerName::try_from(name.to_string())?;

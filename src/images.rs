@@ -43,7 +43,14 @@ pub fn run(args: ImagesArgs) -> anyhow::Result<()> {
             images,
             username,
             password,
+            private_registry,
+            disable_default_registry_endpoint,
         } => {
+            let registries = kinglet_image::Registries::load(
+                &private_registry,
+                disable_default_registry_endpoint,
+            )
+            .map_err(|e| anyhow::anyhow!("--private-registry {e:#}"))?;
             let credentials = username.map(|username| Credentials {
                 username,
                 password: password.unwrap_or_default(),
@@ -52,9 +59,12 @@ pub fn run(args: ImagesArgs) -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             for name in images {
-                let img = rt.block_on(
-                    store.pull(&name, credentials.as_ref(), &|line| eprintln!("{line}")),
-                )?;
+                let img = rt.block_on(store.pull(
+                    &name,
+                    credentials.as_ref(),
+                    &registries,
+                    &|line| eprintln!("{line}"),
+                ))?;
                 println!("pulled {} {}", short_id(&img.id), names(&img));
             }
         }

@@ -2,8 +2,13 @@
 
 mod agent;
 mod allocator;
+mod backup;
+mod certificate;
+mod check_config;
 mod cli;
 mod images;
+mod notify;
+mod secrets_encrypt;
 mod server;
 mod token;
 mod tunnel;
@@ -53,6 +58,8 @@ fn main() {
     {
         kinglet_runtime::supervisor::main(std::path::Path::new(&dir));
     }
+    // Before any thread: kept for readiness messages, hidden from children (containers).
+    notify::take_socket();
     // One TLS provider for every client built without an explicit one (registry pulls).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = match cli::parse() {
@@ -68,6 +75,10 @@ fn main() {
         cli::Command::Images(args) => images::run(args),
         cli::Command::Cleanup(args) => server::cleanup(&args),
         cli::Command::Token(args) => token::run(&args),
+        cli::Command::Certificate(args) => certificate::run(&args),
+        cli::Command::SecretsEncrypt(args) => secrets_encrypt::run(&args),
+        cli::Command::CheckConfig => check_config::run(),
+        cli::Command::Backup(args) => backup::run(&args),
         cli::Command::Supervise { dir } => kinglet_runtime::supervisor::main(&dir),
         cli::Command::Sandbox {
             dir,

@@ -26,9 +26,21 @@ pub enum Command {
     /// Remove the node's network set-up (iptables chains and jumps, pod bridge, cluster DNS
     /// address, blackhole routes): for uninstalling. Stop kinglet first.
     Cleanup(CleanupArgs),
+    /// Check that this host has what a node needs (kernel features, cgroups, iptables,
+    /// overlayfs), with the fix for each thing missing; exits 1 when something required is.
+    CheckConfig,
     /// Print the join token agents use; `rotate` replaces it, `create`/`list`/`delete` manage
     /// extra, expiring ones.
     Token(TokenArgs),
+    /// Certificates: `check` lists them with their expiry; `rotate` renews the leaf
+    /// certificates now, with new keys (stop the server first; the CA stays).
+    Certificate(CertificateArgs),
+    /// Secrets encryption at rest (`--secrets-encryption`): `status`; `rotate` re-encrypts
+    /// every Secret with a new key and drops the old ones (stop the server first).
+    SecretsEncrypt(SecretsEncryptArgs),
+    /// Write a snapshot of the server's datastore, token and PKI to one file, while the server
+    /// runs or not (`kinglet server --restore FILE` brings it back).
+    Backup(BackupArgs),
     /// Internal: supervise one container (started by the node).
     #[command(hide = true)]
     Supervise { dir: PathBuf },
@@ -100,6 +112,65 @@ pub enum TokenCommand {
 }
 
 #[derive(Args, Debug, Clone)]
+pub struct BackupArgs {
+    /// Where the server keeps its state.
+    #[arg(long, env = "KINGLET_DATA_DIR", default_value = "/var/lib/kinglet")]
+    pub data_dir: PathBuf,
+    /// The file to write, a gzip'd tar with mode 0600: it holds the cluster's keys (default:
+    /// `<data-dir>/server/db/snapshots/on-demand-<node>-<unix time>.tar.gz`).
+    #[arg(long)]
+    pub to: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CertificateArgs {
+    /// Where kinglet keeps its state.
+    #[arg(
+        long,
+        env = "KINGLET_DATA_DIR",
+        default_value = "/var/lib/kinglet",
+        global = true
+    )]
+    pub data_dir: PathBuf,
+    #[command(subcommand)]
+    pub command: CertificateCommand,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum CertificateCommand {
+    /// List the certificates with their expiry (WARNING: due for renewal within 90 days).
+    Check,
+    /// Renew leaf certificates now with new keys, the old ones kept in `tls-<timestamp>/`.
+    Rotate {
+        /// Only these (repeatable or comma-separated): admin, api-server, auth-proxy, kubelet.
+        #[arg(long = "service", short = 's', value_delimiter = ',')]
+        services: Vec<String>,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SecretsEncryptArgs {
+    /// Where the server keeps its state.
+    #[arg(
+        long,
+        env = "KINGLET_DATA_DIR",
+        default_value = "/var/lib/kinglet",
+        global = true
+    )]
+    pub data_dir: PathBuf,
+    #[command(subcommand)]
+    pub command: SecretsEncryptCommand,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum SecretsEncryptCommand {
+    /// Whether Secrets are encrypted, and with which keys.
+    Status,
+    /// Add a new key, re-encrypt every Secret with it, then drop the old keys.
+    Rotate,
+}
+
+#[derive(Args, Debug, Clone)]
 pub struct CleanupArgs {
     /// Pod network range the node used.
     #[arg(long, env = "KINGLET_CLUSTER_CIDR", default_value = "10.42.0.0/16")]
@@ -152,6 +223,12 @@ pub enum ImagesCommand {
         username: Option<String>,
         #[arg(long, env = "KINGLET_REGISTRY_PASSWORD", hide_env_values = true)]
         password: Option<String>,
+        /// Registry mirrors, credentials and CAs (k3s's `registries.yaml` format).
+        #[arg(long, env = "KINGLET_PRIVATE_REGISTRY", default_value = DEFAULT_REGISTRIES)]
+        private_registry: PathBuf,
+        /// Pull only from the configured mirrors of a registry, never from the registry itself.
+        #[arg(long, env = "KINGLET_DISABLE_DEFAULT_REGISTRY_ENDPOINT")]
+        disable_default_registry_endpoint: bool,
     },
     /// Remove images by name or ID.
     #[command(alias = "remove")]
@@ -253,7 +330,18 @@ pub struct NodeArgs {
     /// write), taking over its bridge and shared chains. Without it the server refuses to start.
     #[arg(long, env = "KINGLET_TAKE_OVER_HOST_NETWORK")]
     pub take_over_host_network: bool,
+    /// Registry mirrors, rewrites, credentials and CAs, in k3s's `registries.yaml` format (a
+    /// missing file is no configuration).
+    #[arg(long, env = "KINGLET_PRIVATE_REGISTRY", default_value = DEFAULT_REGISTRIES)]
+    pub private_registry: PathBuf,
+    /// Pull only from the mirrors `--private-registry` gives a registry, never from the
+    /// registry itself.
+    #[arg(long, env = "KINGLET_DISABLE_DEFAULT_REGISTRY_ENDPOINT")]
+    pub disable_default_registry_endpoint: bool,
 }
+
+/// Where `--private-registry` points unless told otherwise (k3s: /etc/rancher/k3s/registries.yaml).
+pub const DEFAULT_REGISTRIES: &str = "/etc/kinglet/registries.yaml";
 
 #[derive(Args, Debug, Clone)]
 pub struct ServerArgs {
@@ -296,9 +384,39 @@ pub struct ServerArgs {
     /// Seconds between compactions of the datastore's history.
     #[arg(long, env = "KINGLET_COMPACTION_INTERVAL", default_value_t = 300)]
     pub compaction_interval: u64,
+    /// When to snapshot the datastore, token and PKI, as `kinglet backup` does: five cron
+    /// fields or a macro such as `@daily`, in the host's time zone; "" turns snapshots off.
+    /// On by default as in k3s (twice a day): a device left alone for years keeps a recent
+    /// copy to come back from, at the cost of a few compressed copies of a small database.
+    #[arg(
+        long,
+        env = "KINGLET_SNAPSHOT_SCHEDULE",
+        default_value = "0 */12 * * *"
+    )]
+    pub snapshot_schedule: String,
+    /// Scheduled snapshots kept: older ones this node took are deleted (0 keeps all).
+    #[arg(long, env = "KINGLET_SNAPSHOT_RETENTION", default_value_t = 5)]
+    pub snapshot_retention: usize,
+    /// Where scheduled snapshots go (default: `<data-dir>/server/db/snapshots`).
+    #[arg(long, env = "KINGLET_SNAPSHOT_DIR")]
+    pub snapshot_dir: Option<PathBuf>,
+    /// Restore the cluster from a `kinglet backup` archive, then start: its objects (with
+    /// their uids and resourceVersions), token and CAs come back, so kubeconfigs and join
+    /// tokens keep working. Only into a data directory without a datastore
+    /// (`server/db/state.db`); starting again with the flag is harmless once restored.
+    #[arg(long, env = "KINGLET_RESTORE")]
+    pub restore: Option<PathBuf>,
     /// Run only the API server and control plane, no node.
     #[arg(long, env = "KINGLET_DISABLE_AGENT")]
     pub disable_agent: bool,
+    /// Encrypt Secrets at rest (AES-GCM, key in `<data-dir>/server/cred/encryption-config.json`).
+    /// Once the key file exists it stays in use, flag or not, so Secrets stay readable.
+    #[arg(long, env = "KINGLET_SECRETS_ENCRYPTION")]
+    pub secrets_encryption: bool,
+    /// Where the local-path provisioner puts volumes on every node (default:
+    /// `<data-dir>/storage`); agents' nodes use the same path.
+    #[arg(long, env = "KINGLET_DEFAULT_LOCAL_STORAGE_PATH")]
+    pub default_local_storage_path: Option<PathBuf>,
     #[command(flatten)]
     pub node: NodeArgs,
     /// Verbose logging.
@@ -335,6 +453,21 @@ impl ServerArgs {
             "--service-node-port-range: {lo} is above {hi}"
         );
         Ok((lo, hi))
+    }
+
+    /// `--default-local-storage-path`, or `<data-dir>/storage` (k3s's layout). A relative path
+    /// is refused: it would name another directory on every node.
+    pub fn local_storage_path(&self) -> anyhow::Result<PathBuf> {
+        let path = match &self.default_local_storage_path {
+            Some(p) => p.clone(),
+            None => std::path::absolute(&self.data_dir)?.join("storage"),
+        };
+        anyhow::ensure!(
+            path.is_absolute(),
+            "--default-local-storage-path must be an absolute path, not {:?}",
+            path.display().to_string()
+        );
+        Ok(path)
     }
 
     pub fn kubeconfig_mode(&self) -> anyhow::Result<u32> {
@@ -400,6 +533,7 @@ impl NodeArgs {
             serving: None,
             // An agent's node keeps one (`kinglet agent` sets it).
             offline_copy: false,
+            registries: self.registries()?,
         };
         for arg in &self.kubelet_arg {
             apply_kubelet_arg(&mut cfg, arg)?;
@@ -411,6 +545,15 @@ impl NodeArgs {
             cfg.image_gc.high_percent
         );
         Ok(cfg)
+    }
+
+    /// `--private-registry`, read (a missing file is no configuration).
+    pub fn registries(&self) -> anyhow::Result<kinglet_image::Registries> {
+        kinglet_image::Registries::load(
+            &self.private_registry,
+            self.disable_default_registry_endpoint,
+        )
+        .map_err(|e| anyhow::anyhow!("--private-registry {e:#}"))
     }
 
     /// What the node's start-up check of the host's network needs.

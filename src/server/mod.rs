@@ -56,6 +56,10 @@ pub(crate) fn init_logging(debug: bool) {
 
 pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     init_logging(args.debug);
+    // A bad registries.yaml stops the start before anything is set up.
+    if !args.disable_agent {
+        args.node.registries()?;
+    }
     // One server per data directory: two would interleave writes to one SQLite log and fight
     // over the controllers' lease. Held until the process ends.
     let server_dir = args.data_dir.join("server");
@@ -65,6 +69,9 @@ pub fn run(args: ServerArgs) -> anyhow::Result<()> {
         &server_dir.join("lock"),
         &format!("data directory {}", args.data_dir.display()),
     )?;
+    if let Some(archive) = &args.restore {
+        crate::backup::restore(archive, &args.data_dir)?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .worker_threads(2)
@@ -108,6 +115,15 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let store = Store::open(&args.data_dir.join("server").join("db").join("state.db"))
         .context("opening the datastore")?;
     store.spawn_compactor(Duration::from_secs(args.compaction_interval.max(1)));
+    if let Some(snapshots) = crate::backup::Schedule::new(
+        &args.snapshot_schedule,
+        args.snapshot_retention,
+        args.snapshot_dir.as_deref(),
+        &args.data_dir,
+        args.node.node_name.as_deref(),
+    )? {
+        snapshots.spawn();
+    }
     let config = ApiConfig {
         advertise_address: advertise,
         port: args.https_listen_port,
@@ -116,6 +132,9 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         cluster_dns: args.cluster_dns()?,
         node_port_range: node_ports,
     };
+    let encryption = crate::secrets_encrypt::server_config(&args.data_dir, args.secrets_encryption)
+        .context("setting up secrets encryption")?;
+    let store = kinglet_apiserver::encryption::Storage::new(store, encryption);
     let api = Api::new(store, config, &pki.sa_key_pem)
         .await
         .context("starting the API server")?;
@@ -123,7 +142,9 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(bind)
         .await
         .with_context(|| format!("listening on {bind}"))?;
-    let tls_config = tls::server_config(&pki)?;
+    // Renewed while running too (`crate::certificate::spawn_renewal`).
+    let live = kinglet_pki::renew::LiveCerts::new(&pki)?;
+    let tls_config = tls::server_config(&pki, live.serving.clone())?;
     let local = if args.bind_address.is_unspecified() {
         IpAddr::V4(Ipv4Addr::LOCALHOST)
     } else {
@@ -133,13 +154,14 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     pki.write_kubeconfig(&args.write_kubeconfig, &url, mode)
         .with_context(|| format!("writing {}", args.write_kubeconfig.display()))?;
     tracing::info!(%bind, kubeconfig = %args.write_kubeconfig.display(), "kinglet API server ready");
-    let kubelet_tls = tls::client_config(&pki.ca.cert_pem, &pki.kubelet_client)?;
+    let kubelet_tls = tls::live_client_config(&pki.ca.cert_pem, live.kubelet_client.clone())?;
     let _ = api
         .kubelet_client
         .set(kinglet_apiserver::node_proxy::KubeletClient {
             tls: Arc::new(kubelet_tls),
         });
-    let front_proxy_tls = tls::client_config(&pki.ca.cert_pem, &pki.front_proxy_client)?;
+    let front_proxy_tls =
+        tls::live_client_config(&pki.ca.cert_pem, live.front_proxy_client.clone())?;
     let _ = api.front_proxy.set(kinglet_apiserver::FrontProxy {
         tls: Arc::new(front_proxy_tls),
         ca_pem: pki.front_proxy_ca.cert_pem.clone(),
@@ -159,7 +181,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
             cluster_dns: args.cluster_dns()?,
             cluster_domain: args.node.cluster_domain.clone(),
         },
-        server_node: own_node,
+        server_node: own_node.clone(),
         // What clients reach the API server by: all its names, but of its addresses only the
         // advertised and bound ones (and --tls-san's), so an agent may run beside a
         // `--disable-agent` server at the host's other addresses.
@@ -209,8 +231,20 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         pki.ca.cert_pem.clone(),
         cluster_cidr,
         pki.ca.clone(),
+        args.local_storage_path()?,
     );
     manifests::spawn(api.local_client(), &args.data_dir);
+    crate::certificate::spawn_renewal(crate::certificate::Renewal {
+        live,
+        pki,
+        data_dir: args.data_dir.clone(),
+        sans,
+        kubeconfig: args.write_kubeconfig.clone(),
+        url,
+        mode,
+    });
+    // systemd's Type=notify: ready once this server's node is Ready (the listener is bound).
+    tokio::spawn(crate::notify::when_ready(api.local_client(), own_node));
     let router = api.router();
     tokio::select! {
         r = tls::serve(listener, Arc::new(tls_config), router) => r,

@@ -100,9 +100,18 @@ impl TestHost {
     /// Mounts a fresh tmpfs at `dir` (created if missing) in the host's mount namespace.
     #[allow(dead_code)]
     pub fn mount_tmpfs(&self, dir: &std::path::Path) {
+        self.mount_tmpfs_sized(dir, None);
+    }
+
+    /// The same, of at most `size` (mount's syntax: `24m`) when given.
+    #[allow(dead_code)]
+    pub fn mount_tmpfs_sized(&self, dir: &std::path::Path, size: Option<&str>) {
         std::fs::create_dir_all(dir).expect("tmpfs mount point");
-        let ok = self
-            .command("mount")
+        let mut mount = self.command("mount");
+        if let Some(size) = size {
+            mount.args(["-o", &format!("size={size}")]);
+        }
+        let ok = mount
             .args(["-t", "tmpfs", "tmpfs"])
             .arg(dir)
             .status()

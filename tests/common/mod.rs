@@ -22,6 +22,8 @@ pub struct Server {
     extra: Vec<String>,
     /// With a node: the test host it runs in (dropped after the server).
     pub host: Option<host::TestHost>,
+    /// Extra environment of the kinglet process.
+    env: Vec<(String, String)>,
 }
 
 /// The node name test nodes register as.
@@ -50,6 +52,7 @@ impl Server {
             dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             host: None,
+            env: Vec::new(),
         };
         s.spawn();
         s
@@ -63,6 +66,11 @@ impl Server {
 
     /// The same in `host` (one plugged into a `host::Switch`, for a multi-node cluster).
     pub fn start_node_in(host: host::TestHost, extra: &[&str]) -> Server {
+        Server::start_node_env(host, extra, &[])
+    }
+
+    /// The same with extra environment variables for kinglet.
+    pub fn start_node_env(host: host::TestHost, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let images = dir.path().join("data/agent/images");
         std::fs::create_dir_all(&images).expect("image dir");
@@ -102,6 +110,10 @@ impl Server {
             dir,
             extra: args,
             host: Some(host),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         s.spawn();
         s
@@ -110,16 +122,28 @@ impl Server {
     /// Starts a server without its own node (`--disable-agent`) in a test host of its own, on
     /// port 6443 there, for agents run in the same host (`command`) to join.
     pub fn start_in_host(extra: &[&str]) -> Server {
+        Server::start_in_host_with(extra, |_, _| {})
+    }
+
+    /// The same, after `prepare(host, dir)` has set up the server's directory (e.g. mounted
+    /// something at `dir/data`, the `--data-dir`, in the host).
+    pub fn start_in_host_with(
+        extra: &[&str],
+        prepare: impl FnOnce(&host::TestHost, &Path),
+    ) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut args = vec!["--disable-agent".to_string()];
         args.extend(extra.iter().map(|s| s.to_string()));
+        let host = host::TestHost::new();
+        prepare(&host, dir.path());
         let mut s = Server {
             child: None,
             port: 6443,
             kubeconfig: dir.path().join("kubeconfig.yaml"),
             dir,
             extra: args,
-            host: Some(host::TestHost::new()),
+            host: Some(host),
+            env: Vec::new(),
         };
         s.spawn();
         s
@@ -160,6 +184,7 @@ impl Server {
             .arg(&config)
             .args(&self.extra)
             .env_remove("KINGLET_CONFIG")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -81,6 +81,9 @@ pub(crate) async fn ensure(
     Ok(())
 }
 
+/// The provisioner of the default class (`kinglet_control::controllers::persistentvolume`).
+const LOCAL_PATH_PROVISIONER: &str = "kinglet.io/local-path";
+
 pub async fn run(api: &Api) -> anyhow::Result<()> {
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         ensure(
@@ -126,6 +129,22 @@ pub async fn run(api: &Api) -> anyhow::Result<()> {
             {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
             {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]}});
     ensure(api, "", "v1", "services", Some("kube-system"), dns, false).await?;
+    // kinglet's local-path provisioner's class, the default one, as k3s's `local-path`. Made
+    // again at the next start if deleted, as k3s re-applies its packaged manifests; edits to
+    // it are kept.
+    let class = json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": {"name": "local-path", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+        "provisioner": LOCAL_PATH_PROVISIONER, "reclaimPolicy": "Delete", "volumeBindingMode": "WaitForFirstConsumer"});
+    ensure(
+        api,
+        "storage.k8s.io",
+        "v1",
+        "storageclasses",
+        None,
+        class,
+        false,
+    )
+    .await?;
     let addr = api.config.advertise_address.to_string();
     let eps = json!({"apiVersion": "v1", "kind": "Endpoints",
         "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},

@@ -11,6 +11,7 @@ pub mod context;
 mod convert;
 pub mod crd;
 mod discovery;
+pub mod encryption;
 pub mod handlers;
 pub mod join;
 mod kinds;
@@ -60,7 +61,6 @@ use self::auth::{Authenticator, TokenSigner, UserInfo};
 use self::context::{Ctx, MAX_BODY};
 use self::request::{ApiPath, Query};
 use self::status::ApiError;
-use kinglet_store::Store;
 
 pub use kinglet_core::{object, selectors};
 
@@ -83,7 +83,8 @@ impl ApiConfig {
 }
 
 pub struct Api {
-    pub store: Store,
+    /// The datastore, with Secrets encrypted at rest when so configured.
+    pub store: encryption::Storage,
     pub registry: registry::Registry,
     pub config: ApiConfig,
     pub auth: Authenticator,
@@ -111,10 +112,11 @@ pub use kinglet_pki::identity::PeerUser;
 
 impl Api {
     pub async fn new(
-        store: Store,
+        store: impl Into<encryption::Storage>,
         config: ApiConfig,
         sa_key_pem: &str,
     ) -> anyhow::Result<Arc<Api>> {
+        let store = store.into();
         let issuer = format!("https://kubernetes.default.svc.{}", config.cluster_domain);
         let signer = Arc::new(TokenSigner::new(sa_key_pem, issuer.clone())?);
         let mut allocator = alloc::Allocator::new(&config.service_cidr, config.node_port_range)?;
@@ -504,7 +506,7 @@ pub use kinglet_core::user_agent;
 /// An API server over a fresh store in `dir`, for unit tests of its clients.
 #[cfg(any(test, feature = "test-util"))]
 pub async fn test_api(dir: &std::path::Path) -> Arc<Api> {
-    let store = Store::open(&dir.join("db")).unwrap();
+    let store = kinglet_store::Store::open(&dir.join("db")).unwrap();
     let config = ApiConfig {
         advertise_address: "127.0.0.1".parse().unwrap(),
         port: 6443,

@@ -245,6 +245,9 @@ impl ApiError {
             } => ApiError::expired(format!(
                 "too old resource version: {requested} ({compacted})"
             )),
+            // 507 Insufficient Storage (RFC 4918): the write was refused for lack of disk,
+            // the client can do nothing but free space; kubectl prints reason and message.
+            StoreError::NoSpace(_) => ApiError::new(507, "InsufficientStorage", e.to_string()),
             StoreError::Internal(m) => ApiError::internal(m),
         }
     }

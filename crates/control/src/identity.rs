@@ -167,6 +167,21 @@ mod tests {
         "root-ca-cert-publisher | create | - | configmaps | ns1",
         "root-ca-cert-publisher | update | - | configmaps | ns1 kube-root-ca.crt",
         "servicelb | patch | - | services/status | ns1 s",
+        "persistent-volume-binder | create | - | persistentvolumes | -",
+        "persistent-volume-binder | update | - | persistentvolumes | - pv1",
+        "persistent-volume-binder | update | - | persistentvolumes/status | - pv1",
+        "persistent-volume-binder | delete | - | persistentvolumes | - pv1",
+        "persistent-volume-binder | update | - | persistentvolumeclaims | ns1 c",
+        "persistent-volume-binder | update | - | persistentvolumeclaims/status | ns1 c",
+        "persistent-volume-binder | get | - | persistentvolumeclaims | ns1 c",
+        "persistent-volume-binder | create | events.k8s.io | events | ns1",
+        "pvc-protection-controller | update | - | persistentvolumeclaims | ns1 c",
+        "pvc-protection-controller | list | - | pods | ns1",
+        "pv-protection-controller | update | - | persistentvolumes | - pv1",
+        "scheduler | get | - | persistentvolumeclaims | ns1 c",
+        "scheduler | list | - | persistentvolumes | -",
+        "scheduler | get | storage.k8s.io | storageclasses | - local-path",
+        "scheduler | patch | - | persistentvolumeclaims | ns1 c",
     ];
 
     /// Least rights: what none of these loops needs.
@@ -188,6 +203,12 @@ mod tests {
         "servicelb | list | - | secrets | -",
         "node-controller | create | - | pods | ns1",
         "horizontal-pod-autoscaler | patch | apps | deployments | ns1 d",
+        "persistent-volume-binder | delete | - | persistentvolumeclaims | ns1 c",
+        "persistent-volume-binder | patch | - | persistentvolumes | - pv1",
+        "persistent-volume-binder | update | storage.k8s.io | storageclasses | - local-path",
+        "scheduler | delete | - | persistentvolumes | - pv1",
+        "pvc-protection-controller | update | - | persistentvolumes | - pv1",
+        "pv-protection-controller | update | - | persistentvolumeclaims | ns1 c",
     ];
 
     #[tokio::test]

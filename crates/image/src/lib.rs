@@ -10,6 +10,7 @@ mod import;
 mod layer;
 mod pull;
 mod reference;
+mod registries;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 pub use pull::{Credentials, PullPolicy};
+pub use registries::Registries;
 
 /// One image in the store.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

@@ -1,9 +1,11 @@
 //! Pulling from OCI and Docker registries with `oci-client`: token or basic auth, multi-arch
-//! indexes resolved to this node's platform, blobs checked against their digests.
+//! indexes resolved to this node's platform, blobs checked against their digests; mirrors,
+//! rewrites, credentials and CAs from `registries.yaml` (`registries`).
 
 use std::path::Path;
 
 use anyhow::Context;
+use oci_client::client::{Certificate, CertificateEncoding};
 use oci_client::manifest::{
     IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE,
     OCI_IMAGE_MEDIA_TYPE,
@@ -12,6 +14,8 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 
 use super::import::{is_index, pick_platform};
+use super::reference::ImageRef;
+use super::registries::{Attempt, HostConfig, Registries};
 use super::{Image, ImageStore};
 
 const ACCEPTED: [&str; 4] = [
@@ -44,52 +48,95 @@ impl PullPolicy {
     }
 }
 
-/// Registry credentials (from an imagePullSecret or the command line).
-#[derive(Clone, Debug)]
+/// Registry credentials (from an imagePullSecret, `registries.yaml` or the command line).
+#[derive(Clone)]
 pub struct Credentials {
     pub username: String,
     pub password: String,
 }
 
-/// Registries on loopback speak plain HTTP, as Docker and containerd allow for them.
-fn is_loopback(registry: &str) -> bool {
-    let host = registry
-        .rsplit_once(':')
-        .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
-        .map(|(h, _)| h)
-        .unwrap_or(registry)
-        .trim_matches(['[', ']']);
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+/// The password stays out of logs.
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
 }
 
 impl ImageStore {
-    /// Pulls `name` into the store; `progress` hears a line per blob fetched.
+    /// Pulls `name` into the store, from the mirrors `registries` names for its registry and
+    /// then from the registry itself; `credentials` (an imagePullSecret's) are sent to the
+    /// image's own registry host only, other hosts get theirs from `registries`. `progress`
+    /// hears a line per blob fetched.
     pub async fn pull(
         &self,
         name: &str,
         credentials: Option<&Credentials>,
+        registries: &Registries,
         progress: &(dyn Fn(String) + Sync),
     ) -> anyhow::Result<Image> {
-        let reference = super::parse_reference(name)?.to_oci();
-        let registry = reference.resolve_registry().to_string();
-        let config = oci_client::client::ClientConfig {
-            protocol: if is_loopback(&registry) {
-                oci_client::client::ClientProtocol::Http
-            } else {
-                oci_client::client::ClientProtocol::Https
-            },
-            ..Default::default()
-        };
-        let client = Client::new(config);
-        let auth = match credentials {
-            Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
-            None => RegistryAuth::Anonymous,
-        };
+        let image = super::parse_reference(name)?;
+        let whole = image.to_oci().whole();
+        let attempts = registries.attempts(&image.registry, &image.repository);
+        let mut failures = Vec::new();
+        for attempt in &attempts {
+            let config = registries.config(&attempt.host);
+            let chosen = match (credentials, config.and_then(|c| c.auth.as_ref())) {
+                (Some(c), _) if attempt.host == image.registry => Some(c),
+                (_, from_file) => from_file,
+            };
+            let auth = match chosen {
+                Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
+                None => RegistryAuth::Anonymous,
+            };
+            let reference = ImageRef {
+                registry: attempt.host.clone(),
+                repository: attempt.repository.clone(),
+                ..image.clone()
+            }
+            .to_oci();
+            let result = match client_for(attempt, config) {
+                Ok(client) => {
+                    self.pull_from(&client, &reference, &auth, &whole, progress)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(img) => return Ok(img),
+                Err(e) if attempts.len() == 1 => return Err(e),
+                Err(e) => {
+                    let scheme = if attempt.http { "http" } else { "https" };
+                    let which = if attempt.default {
+                        "default endpoint"
+                    } else {
+                        "mirror"
+                    };
+                    failures.push(format!("{which} {scheme}://{}: {e:#}", attempt.host));
+                }
+            }
+        }
+        if failures.is_empty() {
+            anyhow::bail!(
+                "pulling {whole}: no endpoint to pull from (the default endpoint is disabled)"
+            );
+        }
+        anyhow::bail!("pulling {whole}: {}", failures.join("; "))
+    }
+
+    /// Pulls `reference` from one endpoint and stores it as `name`.
+    async fn pull_from(
+        &self,
+        client: &Client,
+        reference: &Reference,
+        auth: &RegistryAuth,
+        name: &str,
+        progress: &(dyn Fn(String) + Sync),
+    ) -> anyhow::Result<Image> {
         let (mut bytes, mut digest) = client
-            .pull_manifest_raw(&reference, &auth, &ACCEPTED)
+            .pull_manifest_raw(reference, auth, &ACCEPTED)
             .await
             .with_context(|| format!("pulling manifest of {}", reference.whole()))?;
         let media_type = serde_json::from_slice::<serde_json::Value>(&bytes)
@@ -101,7 +148,7 @@ impl ImageStore {
             let chosen = pick_platform(index.manifests())?;
             let by_digest = reference.clone_with_digest(chosen.digest().to_string());
             (bytes, digest) = client
-                .pull_manifest_raw(&by_digest, &auth, &ACCEPTED)
+                .pull_manifest_raw(&by_digest, auth, &ACCEPTED)
                 .await
                 .context("pulling the platform's manifest")?;
         }
@@ -116,18 +163,18 @@ impl ImageStore {
             let digest = desc.digest().to_string();
             let path = tmp.path().join(format!("blob-{i}"));
             if !self.blob_path(&digest).exists() {
-                fetch(&client, &reference, &digest, &path).await?;
+                fetch(client, reference, &digest, &path).await?;
                 progress(format!(
-                    "{}: fetched {} ({} bytes)",
-                    reference.whole(),
+                    "{name}: fetched {} ({} bytes) from {}",
                     digest,
-                    desc.size()
+                    desc.size(),
+                    reference.registry()
                 ));
             }
             fetched.push((path, digest));
         }
         let store = self.clone();
-        let name = reference.whole();
+        let name = name.to_string();
         tokio::task::spawn_blocking(move || {
             store.with_lock(|| {
                 for (path, digest) in &fetched {
@@ -141,6 +188,30 @@ impl ImageStore {
         })
         .await?
     }
+}
+
+/// A client for one endpoint: its protocol, and the CAs `registries.yaml` gives its host.
+fn client_for(attempt: &Attempt, config: Option<&HostConfig>) -> anyhow::Result<Client> {
+    let mut config_out = oci_client::client::ClientConfig {
+        protocol: if attempt.http {
+            oci_client::client::ClientProtocol::Http
+        } else {
+            oci_client::client::ClientProtocol::Https
+        },
+        ..Default::default()
+    };
+    if let Some(c) = config {
+        config_out.accept_invalid_certificates = c.insecure_skip_verify;
+        if let Some(pem) = &c.ca_pem {
+            config_out.extra_root_certificates.push(Certificate {
+                encoding: CertificateEncoding::Pem,
+                data: pem.clone(),
+            });
+        }
+    }
+    // `Client::new` would fall back to a default client on a bad certificate; this does not.
+    Client::try_from(config_out)
+        .map_err(|e| anyhow::anyhow!("TLS settings of {}: {e}", attempt.host))
 }
 
 async fn fetch(client: &Client, image: &Reference, digest: &str, to: &Path) -> anyhow::Result<()> {
@@ -172,14 +243,5 @@ mod tests {
             PullPolicy::for_container(Some("Never"), "busybox"),
             PullPolicy::Never
         );
-    }
-
-    #[test]
-    fn loopback_registries_are_plain_http() {
-        assert!(is_loopback("127.0.0.1:5000"));
-        assert!(is_loopback("localhost:5000"));
-        assert!(is_loopback("[::1]:5000"));
-        assert!(!is_loopback("docker.io"));
-        assert!(!is_loopback("registry.example.com:443"));
     }
 }

@@ -140,7 +140,9 @@ impl Kubelet {
         for cred in attempts {
             match self
                 .images
-                .pull(normalized, cred, &|line| tracing::info!("{line}"))
+                .pull(normalized, cred, &self.cfg.registries, &|line| {
+                    tracing::info!("{line}")
+                })
                 .await
             {
                 Ok(img) => return Ok(img),

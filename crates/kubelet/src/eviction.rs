@@ -148,8 +148,9 @@ fn observe(signal: Signal, data: &std::path::Path) -> Option<Observation> {
             };
             let s = statvfs(&path).or_else(|| statvfs(data))?;
             Observation {
-                available: (s.blocks_available() * s.fragment_size()) as f64,
-                capacity: (s.blocks() * s.fragment_size()) as f64,
+                // f64 first: the counts and block size are 32 bits each on 32-bit ARM.
+                available: s.blocks_available() as f64 * s.fragment_size() as f64,
+                capacity: s.blocks() as f64 * s.fragment_size() as f64,
             }
         }
         Signal::NodefsInodesFree => {

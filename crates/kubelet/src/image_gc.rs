@@ -140,7 +140,9 @@ impl Kubelet {
     /// One image GC pass; `forced` (disk pressure) ignores the high threshold. Returns images
     /// removed.
     pub fn collect_images(&self, forced: bool) -> usize {
-        let fs = self.cfg.data_dir.join("agent");
+        // Where the layers are (`ImageStore::open`): the file system that images fill, even
+        // when it is mounted apart from the rest of the data directory.
+        let fs = self.cfg.data_dir.join("agent/store");
         self.image_gc_manager
             .collect(&self.images, &self.runtime, &fs, forced)
     }

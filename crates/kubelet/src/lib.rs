@@ -77,6 +77,8 @@ pub struct NodeConfig {
     /// Services, EndpointSlices, the Secrets and ConfigMaps they read, its Node), to run from
     /// while the server is unreachable: an agent's. The server's own node keeps none.
     pub offline_copy: bool,
+    /// Registry mirrors, credentials and CAs (`registries.yaml`).
+    pub registries: kinglet_image::Registries,
 }
 
 /// The kubelet API's certificate and the CA its clients must come from.
@@ -206,6 +208,7 @@ pub async fn run(
     });
     tokio::spawn(node::heartbeat(kubelet.clone(), registered));
     tokio::spawn(image_gc::run(kubelet.clone()));
+    tokio::spawn(volumes::claims::collect_forever(kubelet.clone()));
     tokio::spawn(stats::sample_forever(kubelet.clone()));
     if let Some(serving) = cfg.serving.clone() {
         let k = kubelet.clone();

@@ -27,9 +27,13 @@ fn mem_total_bytes() -> u64 {
         * 1024
 }
 
+#[allow(
+    clippy::unnecessary_cast,
+    reason = "the statvfs fields are 32 bits on 32-bit ARM"
+)]
 fn disk_bytes(path: &std::path::Path) -> u64 {
     nix::sys::statvfs::statvfs(path)
-        .map(|s| s.blocks() * s.fragment_size())
+        .map(|s| s.blocks() as u64 * s.fragment_size() as u64)
         .unwrap_or(0)
 }
 

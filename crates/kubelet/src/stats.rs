@@ -205,15 +205,19 @@ fn cpu_json(c: &Cpu) -> Value {
     v
 }
 
+#[allow(
+    clippy::unnecessary_cast,
+    reason = "the statvfs fields are 32 bits on 32-bit ARM"
+)]
 fn fs_json(path: &std::path::Path) -> Value {
     match nix::sys::statvfs::statvfs(path) {
         Ok(s) => {
-            let block = s.fragment_size();
+            let block = s.fragment_size() as u64;
             json!({
                 "time": time(Utc::now()),
-                "availableBytes": s.blocks_available() * block,
-                "capacityBytes": s.blocks() * block,
-                "usedBytes": s.blocks().saturating_sub(s.blocks_free()) * block,
+                "availableBytes": (s.blocks_available() as u64) * block,
+                "capacityBytes": (s.blocks() as u64) * block,
+                "usedBytes": (s.blocks().saturating_sub(s.blocks_free()) as u64) * block,
                 "inodesFree": s.files_free(),
                 "inodes": s.files(),
                 "inodesUsed": s.files().saturating_sub(s.files_free()),

@@ -1,7 +1,8 @@
 //! Pod volumes and the files the kubelet gives every container (`/etc/hosts`, `/etc/hostname`,
 //! `/etc/resolv.conf`, the termination log). Volumes live in `<pod dir>/volumes/<name>`:
-//! emptyDir (tmpfs for `medium: Memory`), hostPath, and configMap/secret/downwardAPI/projected
-//! contents written as files (refreshed on every sync).
+//! emptyDir (tmpfs for `medium: Memory`), hostPath, persistentVolumeClaim (`claims`: the
+//! bound volume's directory on this node), and configMap/secret/downwardAPI/projected contents
+//! written as files (refreshed on every sync).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -33,6 +34,7 @@ fn volume_dir(pod_dir: &Path, name: &str) -> PathBuf {
 
 use super::dns_config;
 
+pub(crate) mod claims;
 mod subpath;
 
 /// A volume that could not be set up. Upstream reports it as a `FailedMount` event while the
@@ -156,17 +158,17 @@ impl Kubelet {
                 }
             }
         } else if let Some(h) = &v.host_path {
-            let p = Path::new(&h.path);
-            match h.type_.as_deref().unwrap_or("") {
-                "DirectoryOrCreate" if !p.exists() => fs::create_dir_all(p)?,
-                "FileOrCreate" if !p.exists() => {
-                    fs::write(p, "")?;
+            claims::host_path_ready(Path::new(&h.path), h.type_.as_deref().unwrap_or(""))?;
+        } else if let Some(c) = &v.persistent_volume_claim {
+            let file = claims::path_file(pod_dir, &v.name);
+            // Resolved once per pod: a bound claim keeps its volume, and the pod's containers
+            // restart from this even while the server is unreachable.
+            if !file.exists() {
+                let path = self.claim_volume(&ns, &c.claim_name).await?;
+                if let Some(parent) = file.parent() {
+                    fs::create_dir_all(parent)?;
                 }
-                "Directory" if !p.is_dir() => {
-                    anyhow::bail!("hostPath {} is not a directory", h.path)
-                }
-                "File" if !p.is_file() => anyhow::bail!("hostPath {} is not a file", h.path),
-                _ => {}
+                write_if_changed(&file, &path.to_string_lossy())?;
             }
         } else if let Some(cm) = &v.config_map {
             let data = self
@@ -458,9 +460,16 @@ pub fn container_mounts(k: &Kubelet, pod: &Pod, c: &Container) -> anyhow::Result
             .flatten()
             .find(|v| v.name == m.name)
             .with_context(|| format!("volumeMount {:?} names no volume", m.name))?;
-        let base = match &v.host_path {
-            Some(h) => PathBuf::from(&h.path),
-            None => volume_dir(&dir, &v.name),
+        let base = match (&v.host_path, &v.persistent_volume_claim) {
+            (Some(h), _) => PathBuf::from(&h.path),
+            (None, Some(_)) => {
+                let file = claims::path_file(&dir, &v.name);
+                PathBuf::from(
+                    fs::read_to_string(&file)
+                        .with_context(|| format!("volume {:?} is not set up yet", v.name))?,
+                )
+            }
+            (None, None) => volume_dir(&dir, &v.name),
         };
         let source = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
             Some(sub) => {
@@ -485,6 +494,9 @@ pub fn container_mounts(k: &Kubelet, pod: &Pod, c: &Container) -> anyhow::Result
             None => base,
         };
         let readonly = m.read_only == Some(true)
+            || v.persistent_volume_claim
+                .as_ref()
+                .is_some_and(|c| c.read_only == Some(true))
             || v.config_map.is_some()
             || v.secret.is_some()
             || v.projected.is_some()

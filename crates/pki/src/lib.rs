@@ -2,10 +2,13 @@
 //! certificates, the service-account signing key, and the admin kubeconfig.
 //!
 //! Everything lives under `<data-dir>/server/tls` and is reused on restart; the serving
-//! certificate is re-issued (by the same CA) when the wanted SANs are not all in it.
+//! certificate is re-issued (by the same CA) when the wanted SANs are not all in it, and every
+//! leaf certificate is renewed, with its key, when it expires within [`RENEW_WITHIN_DAYS`]
+//! (k3s's rule). The CAs are never renewed.
 
 pub mod csr;
 pub mod identity;
+pub mod renew;
 pub mod tls;
 
 use std::net::IpAddr;
@@ -43,6 +46,27 @@ pub struct Pki {
 }
 
 const VALID_DAYS: i64 = 3650;
+
+/// Leaf certificates that expire within this many days are renewed at start (k3s's rule).
+pub const RENEW_WITHIN_DAYS: i64 = 90;
+
+/// The certificate's expiry (`notAfter`); `None` when it cannot be read.
+pub fn not_after(cert_pem: &str) -> Option<time::OffsetDateTime> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    Some(cert.validity().not_after.to_datetime())
+}
+
+/// Whether the certificate is due for renewal: it expires within [`RENEW_WITHIN_DAYS`] days
+/// of `now`, or cannot be read.
+pub fn due_for_renewal(cert_pem: &str, now: time::OffsetDateTime) -> bool {
+    not_after(cert_pem).is_none_or(|t| t - now < time::Duration::days(RENEW_WITHIN_DAYS))
+}
+
+/// Whether `pair` can be kept: not due for renewal.
+fn fresh(pair: &CertKey) -> bool {
+    !due_for_renewal(&pair.cert_pem, time::OffsetDateTime::now_utc())
+}
 
 /// Writes a file only its owner may read, atomically (keys, tokens).
 pub fn write_private(path: &Path, data: &str) -> Result<()> {
@@ -123,9 +147,30 @@ pub fn issue(
     server: bool,
     client: bool,
 ) -> Result<CertKey> {
+    issue_with_key(ca, KeyPair::generate()?, cn, orgs, sans, server, client)
+}
+
+/// A new certificate for the key of `old` (renewal keeps the key, as k3s does), or for a new
+/// key when `old`'s cannot be read.
+fn renew_key(old: Option<&CertKey>) -> Result<KeyPair> {
+    match old.and_then(|o| KeyPair::from_pem(&o.key_pem).ok()) {
+        Some(k) => Ok(k),
+        None => Ok(KeyPair::generate()?),
+    }
+}
+
+/// Issues a leaf certificate for `key`, signed by `ca`.
+fn issue_with_key(
+    ca: &CertKey,
+    key: KeyPair,
+    cn: &str,
+    orgs: &[&str],
+    sans: &[SanType],
+    server: bool,
+    client: bool,
+) -> Result<CertKey> {
     let ca_key = KeyPair::from_pem(&ca.key_pem)?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)?;
-    let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, cn);
@@ -240,6 +285,94 @@ fn load_or_new_ca(dir: &Path, file: &str, name: &str) -> Result<(CertKey, bool)>
     }
 }
 
+/// The server's leaf certificates (file name under `server/tls`, without `.crt`/`.key`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Leaf {
+    /// The API server's serving certificate.
+    Serving,
+    /// The admin kubeconfig's client certificate.
+    Admin,
+    /// The API server's client certificate toward kubelets.
+    KubeletClient,
+    /// The aggregation layer's front proxy client certificate (signed by the front proxy CA).
+    FrontProxyClient,
+}
+
+impl Leaf {
+    pub const ALL: [Leaf; 4] = [
+        Leaf::Serving,
+        Leaf::Admin,
+        Leaf::KubeletClient,
+        Leaf::FrontProxyClient,
+    ];
+
+    pub fn file(self) -> &'static str {
+        match self {
+            Leaf::Serving => "serving",
+            Leaf::Admin => "client-admin",
+            Leaf::KubeletClient => "client-kubelet",
+            Leaf::FrontProxyClient => "front-proxy-client",
+        }
+    }
+
+    /// The CA (file name) that signs it.
+    pub fn ca_file(self) -> &'static str {
+        match self {
+            Leaf::FrontProxyClient => "front-proxy-ca",
+            _ => "ca",
+        }
+    }
+
+    /// A certificate for `key`: the serving one names `sans`, the client ones none.
+    fn issue(self, ca: &CertKey, key: KeyPair, sans: &[SanType]) -> Result<CertKey> {
+        match self {
+            Leaf::Serving => issue_with_key(ca, key, "kube-apiserver", &[], sans, true, false),
+            Leaf::Admin => issue_with_key(
+                ca,
+                key,
+                "system:admin",
+                &["system:masters"],
+                &[],
+                false,
+                true,
+            ),
+            Leaf::KubeletClient => {
+                issue_with_key(ca, key, KUBELET_CLIENT_USER, &[], &[], false, true)
+            }
+            Leaf::FrontProxyClient => {
+                issue_with_key(ca, key, FRONT_PROXY_CLIENT_USER, &[], &[], false, true)
+            }
+        }
+    }
+}
+
+/// A client leaf from `dir` when it is `usable` and not due for renewal; else renewed (with its
+/// key) or made, and saved.
+fn keep_or_renew(
+    dir: &Path,
+    ca: &CertKey,
+    leaf: Leaf,
+    usable: impl Fn(&CertKey) -> bool,
+) -> Result<CertKey> {
+    let stored = load_pair(dir, leaf.file());
+    match stored {
+        Some(p) if usable(&p) && fresh(&p) => Ok(p),
+        old => {
+            // A certificate of another identity (or of a replaced CA) gets a new key too.
+            let key = renew_key(old.as_ref().filter(|p| usable(p)))?;
+            let p = leaf.issue(ca, key, &[])?;
+            if old.is_some() {
+                tracing::info!(
+                    certificate = leaf.file(),
+                    "renewed a certificate due to expire"
+                );
+            }
+            save_pair(dir, leaf.file(), &p)?;
+            Ok(p)
+        }
+    }
+}
+
 impl Pki {
     /// Loads the PKI under `<data_dir>/server/tls`, creating what is missing.
     pub fn load_or_create(data_dir: &Path, sans: &[SanType]) -> Result<Pki> {
@@ -247,54 +380,34 @@ impl Pki {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let (ca, _) = load_or_new_ca(&dir, "ca", "kinglet-ca")?;
         let wanted: Vec<String> = sans.iter().map(san_string).collect();
-        let serving = match load_pair(&dir, "serving") {
+        let stored = load_pair(&dir, "serving");
+        let serving = match stored {
             Some(s)
-                if cert_sans(&s.cert_pem)
-                    .is_some_and(|have| wanted.iter().all(|w| have.contains(w))) =>
+                if fresh(&s)
+                    && cert_sans(&s.cert_pem)
+                        .is_some_and(|have| wanted.iter().all(|w| have.contains(w))) =>
             {
                 s
             }
-            _ => {
-                let s = issue(&ca, "kube-apiserver", &[], sans, true, false)?;
+            old => {
+                if old.is_some() {
+                    tracing::info!("re-issued the serving certificate (names or expiry)");
+                }
+                let s = Leaf::Serving.issue(&ca, renew_key(old.as_ref())?, sans)?;
                 save_pair(&dir, "serving", &s)?;
                 s
             }
         };
-        let admin = match load_pair(&dir, "client-admin") {
-            Some(a) => a,
-            None => {
-                let a = issue(&ca, "system:admin", &["system:masters"], &[], false, true)?;
-                save_pair(&dir, "client-admin", &a)?;
-                a
-            }
-        };
+        let admin = keep_or_renew(&dir, &ca, Leaf::Admin, |_| true)?;
         // The API server's identity toward kubelets: bound to `system:kubelet-api-admin`, not
         // an admin (certificates of older data directories named `system:masters`: reissued).
-        let kubelet_client = match load_pair(&dir, "client-kubelet").filter(|p| !names_masters(p)) {
-            Some(a) => a,
-            None => {
-                let a = issue(&ca, KUBELET_CLIENT_USER, &[], &[], false, true)?;
-                save_pair(&dir, "client-kubelet", &a)?;
-                a
-            }
-        };
+        let kubelet_client = keep_or_renew(&dir, &ca, Leaf::KubeletClient, |p| !names_masters(p))?;
         let (front_proxy_ca, new_front_proxy_ca) =
             load_or_new_ca(&dir, "front-proxy-ca", "kinglet-front-proxy-ca")?;
-        let front_proxy_client = match load_pair(&dir, "front-proxy-client") {
-            Some(c) if !new_front_proxy_ca => c,
-            _ => {
-                let c = issue(
-                    &front_proxy_ca,
-                    FRONT_PROXY_CLIENT_USER,
-                    &[],
-                    &[],
-                    false,
-                    true,
-                )?;
-                save_pair(&dir, "front-proxy-client", &c)?;
-                c
-            }
-        };
+        let front_proxy_client =
+            keep_or_renew(&dir, &front_proxy_ca, Leaf::FrontProxyClient, |_| {
+                !new_front_proxy_ca
+            })?;
         let sa_path = dir.join("service-account.key");
         let sa_key_pem = match std::fs::read_to_string(&sa_path) {
             Ok(k) => k,

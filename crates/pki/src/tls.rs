@@ -25,10 +25,84 @@ fn key(pem: &str) -> anyhow::Result<PrivateKeyDer<'static>> {
         .ok_or_else(|| anyhow::anyhow!("no private key in PEM"))
 }
 
+/// A certificate and its key that can be replaced while in use: renewed while the server runs,
+/// the next handshakes present the new one.
+#[derive(Debug)]
+pub struct LiveCert(std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>);
+
+impl LiveCert {
+    /// `cert` presented with `chain_pem` (its CA) after it.
+    pub fn new(cert: &crate::CertKey, chain_pem: &str) -> anyhow::Result<Arc<LiveCert>> {
+        Ok(Arc::new(LiveCert(std::sync::RwLock::new(certified(
+            cert, chain_pem,
+        )?))))
+    }
+
+    /// Presents `cert` from the next handshake on.
+    pub fn replace(&self, cert: &crate::CertKey, chain_pem: &str) -> anyhow::Result<()> {
+        let new = certified(cert, chain_pem)?;
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = new;
+        Ok(())
+    }
+
+    /// The certificate presented now (DER).
+    pub fn current(&self) -> CertificateDer<'static> {
+        self.get().cert[0].clone()
+    }
+
+    fn get(&self) -> Arc<rustls::sign::CertifiedKey> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+fn certified(
+    cert: &crate::CertKey,
+    chain_pem: &str,
+) -> anyhow::Result<Arc<rustls::sign::CertifiedKey>> {
+    let provider = rustls::crypto::ring::default_provider();
+    let signer = provider
+        .key_provider
+        .load_private_key(key(&cert.key_pem)?)?;
+    let mut chain = certs(&cert.cert_pem)?;
+    anyhow::ensure!(!chain.is_empty(), "no certificate in PEM");
+    chain.extend(certs(chain_pem)?);
+    let certified = rustls::sign::CertifiedKey::new(chain, signer);
+    // A certificate whose key is another's would fail every handshake: refuse it now.
+    if let Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) =
+        certified.keys_match()
+    {
+        anyhow::bail!("the certificate is not for its key");
+    }
+    Ok(Arc::new(certified))
+}
+
+impl rustls::server::ResolvesServerCert for LiveCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.get())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for LiveCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.get())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
 /// The API server's TLS: client certificates from the cluster CA identify users, but are not
-/// required (tokens work too).
-pub fn server_config(pki: &Pki) -> anyhow::Result<rustls::ServerConfig> {
-    let mut config = server_config_for(&pki.ca.cert_pem, &pki.serving, false)?;
+/// required (tokens work too). It presents `serving`, which may be replaced while it runs.
+pub fn server_config(pki: &Pki, serving: Arc<LiveCert>) -> anyhow::Result<rustls::ServerConfig> {
+    let mut config = server_config_with(&pki.ca.cert_pem, serving, false)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
@@ -38,6 +112,14 @@ pub fn server_config(pki: &Pki) -> anyhow::Result<rustls::ServerConfig> {
 pub fn server_config_for(
     ca_pem: &str,
     serving: &crate::CertKey,
+    require_client_cert: bool,
+) -> anyhow::Result<rustls::ServerConfig> {
+    server_config_with(ca_pem, LiveCert::new(serving, ca_pem)?, require_client_cert)
+}
+
+fn server_config_with(
+    ca_pem: &str,
+    serving: Arc<LiveCert>,
     require_client_cert: bool,
 ) -> anyhow::Result<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -51,12 +133,10 @@ pub fn server_config_for(
     } else {
         builder.allow_unauthenticated().build()?
     };
-    let mut chain = certs(&serving.cert_pem)?;
-    chain.extend(certs(ca_pem)?);
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key(&serving.key_pem)?)?;
+        .with_cert_resolver(serving);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
@@ -66,6 +146,14 @@ pub fn client_config(
     ca_pem: &str,
     client: &crate::CertKey,
 ) -> anyhow::Result<rustls::ClientConfig> {
+    live_client_config(ca_pem, LiveCert::new(client, "")?)
+}
+
+/// Client TLS trusting `ca_pem`, presenting `client`, which may be replaced while in use.
+pub fn live_client_config(
+    ca_pem: &str,
+    client: Arc<LiveCert>,
+) -> anyhow::Result<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for c in certs(ca_pem)? {
@@ -74,7 +162,7 @@ pub fn client_config(
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
-        .with_client_auth_cert(certs(&client.cert_pem)?, key(&client.key_pem)?)?)
+        .with_client_cert_resolver(client))
 }
 
 /// Serves `router` over TLS on every connection `listener` accepts.

@@ -227,9 +227,10 @@ fn readonly_paths() -> Vec<String> {
 
 /// Open files allowed in containers: containerd's 1048576, or the most this process may raise
 /// its own limit to (hosts without CAP_SYS_RESOURCE, or a lower `fs.nr_open`).
+#[allow(clippy::unnecessary_cast, reason = "rlim_t is 32 bits on 32-bit ARM")]
 fn nofile() -> u64 {
     let hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        .map(|(_, hard)| hard)
+        .map(|(_, hard)| hard as u64)
         .unwrap_or(1_048_576);
     hard.min(1_048_576)
 }

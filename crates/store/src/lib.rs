@@ -7,6 +7,7 @@
 //! acknowledged write has been fsynced (WAL, `synchronous=FULL`). Committed events are pushed to
 //! the watch hub; see `watch.rs`.
 
+pub mod backup;
 mod watch;
 mod writer;
 
@@ -44,13 +45,22 @@ pub enum StoreError {
     Conflict(i64),
     #[error("required revision {requested} has been compacted (oldest available {compacted})")]
     Compacted { requested: i64, compacted: i64 },
+    /// The disk holding the database is full (`SQLITE_FULL`): writes that add data are
+    /// refused until space is freed; deletes still work.
+    #[error("insufficient storage: {0}")]
+    NoSpace(String),
     #[error("store failure: {0}")]
     Internal(String),
 }
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StoreError::Internal(e.to_string())
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => StoreError::NoSpace(
+                "the datastore's disk is full; delete objects or free space on the disk".into(),
+            ),
+            _ => StoreError::Internal(e.to_string()),
+        }
     }
 }
 
@@ -88,6 +98,13 @@ pub struct Store {
 /// How many recent events the in-memory watch ring keeps.
 const RING_CAPACITY: usize = 16 * 1024;
 
+/// How long a connection waits for a lock held by another.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The WAL is cut back to this size when it restarts, so one large batch does not keep its
+/// space for good (the default autocheckpoint runs at about this size anyway).
+const WAL_SIZE_LIMIT: i64 = 4 << 20;
+
 impl Store {
     /// Opens (or creates) the database at `path` and starts the writer thread.
     pub fn open(path: &Path) -> anyhow::Result<Store> {
@@ -99,7 +116,13 @@ impl Store {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
+        // Before SQLite opens the files: on a full disk this releases the reserve, so the
+        // `-shm` and `-wal` files can be made and reads served.
+        let space = writer::Space::prepare(path);
         let conn = open_connection(path)?;
+        // Freed pages go back to the file system on demand (only settable before the first
+        // table exists; an older database is converted below when there is room).
+        conn.execute_batch("PRAGMA auto_vacuum=INCREMENTAL;")?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS log (
                  rev INTEGER PRIMARY KEY,
@@ -112,6 +135,10 @@ impl Store {
              CREATE INDEX IF NOT EXISTS log_key_rev ON log(key, rev);
              CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);",
         )?;
+        if !space.low() {
+            convert_to_incremental_vacuum(&conn, path);
+        }
+        conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
         let current: i64 =
             conn.query_row("SELECT COALESCE(MAX(rev), 0) FROM log", [], |r| r.get(0))?;
         let compacted: i64 = conn
@@ -127,7 +154,7 @@ impl Store {
             readers: Mutex::new(Vec::new()),
             hub: Hub::new(ring, current),
         });
-        let writer = writer::spawn(conn, shared.clone())?;
+        let writer = writer::spawn(conn, shared.clone(), space)?;
         Ok(Store { shared, writer })
     }
 
@@ -195,6 +222,12 @@ impl Store {
     /// Compacts history at or below `rev` (keeping each key's latest state).
     pub async fn compact(&self, rev: i64) -> Result<()> {
         self.write(Op::Compact { rev }).await.map(|_| ())
+    }
+
+    /// Runs `sql` on the write connection.
+    #[cfg(test)]
+    async fn exec_on_writer(&self, sql: &str) -> Result<()> {
+        self.write(Op::Exec(sql.to_string())).await.map(|_| ())
     }
 
     fn with_reader<T: Send + 'static>(
@@ -319,9 +352,35 @@ impl Store {
     }
 }
 
+/// A database made before `auto_vacuum` was set keeps its free pages forever; rebuild it
+/// once (VACUUM needs room for a copy, so only when the disk has plenty).
+fn convert_to_incremental_vacuum(conn: &Connection, path: &Path) {
+    let mode: i64 = conn
+        .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+        .unwrap_or(2);
+    if mode == 2 {
+        return;
+    }
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(u64::MAX);
+    let room = path.parent().and_then(writer::free_bytes).unwrap_or(0);
+    if room
+        < size
+            .saturating_mul(3)
+            .saturating_add(4 * writer::RESERVE_BYTES)
+    {
+        tracing::info!(
+            "datastore kept without incremental vacuum: not enough free disk to convert it"
+        );
+        return;
+    }
+    if let Err(e) = conn.execute_batch("PRAGMA auto_vacuum=INCREMENTAL; VACUUM;") {
+        tracing::warn!("converting the datastore to incremental vacuum failed: {e}");
+    }
+}
+
 fn open_connection(path: &Path) -> anyhow::Result<Connection> {
     let conn = Connection::open(path)?;
-    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.execute_batch(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF;",
     )?;
@@ -411,7 +470,7 @@ fn list_at(
 fn history(c: &Connection, prefix: &str, after: i64, before: i64) -> Result<Vec<Arc<Event>>> {
     let (lo, hi) = prefix_range(prefix);
     let mut stmt = c.prepare_cached(
-        "SELECT l.key, l.rev, l.create_rev, l.deleted, l.value, p.value, p.deleted FROM log l LEFT JOIN log p ON p.rev = l.prev_rev
+        "SELECT l.key, l.rev, l.create_rev, l.deleted, l.value, p.value, p.deleted FROM log l LEFT JOIN log p ON p.rev = l.prev_rev AND p.key = l.key
          WHERE l.rev > ?1 AND l.rev < ?2 AND l.key >= ?3 AND l.key < ?4 ORDER BY l.rev",
     )?;
     let rows = stmt.query_map(params![after, before, lo, hi], |r| {
@@ -419,12 +478,15 @@ fn history(c: &Connection, prefix: &str, after: i64, before: i64) -> Result<Vec<
         let prev: Option<Vec<u8>> = r.get(5)?;
         let prev_deleted: Option<i64> = r.get(6)?;
         let prev = prev.filter(|_| prev_deleted == Some(0)).map(Bytes::from);
-        let typ = if deleted == 1 {
-            EventType::Deleted
+        let value = Bytes::from(r.get::<_, Vec<u8>>(4)?);
+        let (typ, value) = if deleted == 1 {
+            // A DELETED event carries the last state: the tombstone's previous row (older
+            // tombstones stored it themselves).
+            (EventType::Deleted, prev.clone().unwrap_or(value))
         } else if prev.is_some() {
-            EventType::Modified
+            (EventType::Modified, value)
         } else {
-            EventType::Added
+            (EventType::Added, value)
         };
         Ok(Arc::new(Event {
             typ,
@@ -432,7 +494,7 @@ fn history(c: &Connection, prefix: &str, after: i64, before: i64) -> Result<Vec<
                 key: r.get(0)?,
                 rev: r.get(1)?,
                 create_rev: r.get(2)?,
-                value: Bytes::from(r.get::<_, Vec<u8>>(4)?),
+                value,
             },
             prev,
         }))

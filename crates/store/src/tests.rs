@@ -185,3 +185,136 @@ async fn concurrent_writers_get_unique_increasing_revisions_and_survive_reopen()
     assert_eq!(s.current_rev(), top);
     assert_eq!(s.count("/k/").await.unwrap(), 801);
 }
+
+/// The stored value of the row at `rev`, read straight from the database file.
+fn raw_value_len(dir: &tempfile::TempDir, rev: i64) -> usize {
+    let c = Connection::open(dir.path().join("state.db")).unwrap();
+    c.query_row("SELECT length(value) FROM log WHERE rev = ?1", [rev], |r| {
+        r.get::<_, i64>(0)
+    })
+    .unwrap() as usize
+}
+
+#[tokio::test]
+async fn tombstones_hold_no_value_yet_deleted_events_carry_the_last_state() {
+    let dir = tempfile::tempdir().unwrap();
+    // A ring of 1: watches from the past read the log.
+    let s = open(&dir, 1);
+    let big = Bytes::from(vec![b'x'; 100_000]);
+    let start = s.current_rev();
+    s.create("/t/a", b("1")).await.unwrap();
+    s.update("/t/a", None, big.clone()).await.unwrap();
+    s.create("/t/b", b("filler")).await.unwrap();
+    let (del, last) = s.delete("/t/a", None).await.unwrap();
+    assert_eq!(last.value, big);
+    assert_eq!(raw_value_len(&dir, del), 0, "the tombstone stores no value");
+    let deleted_event = |start| {
+        let s = s.clone();
+        async move {
+            let mut w = s.watch("/t/a", start).await?;
+            loop {
+                let ev = w.next().await.unwrap();
+                if ev.typ == EventType::Deleted {
+                    return Ok::<_, StoreError>(ev);
+                }
+            }
+        }
+    };
+    let ev = deleted_event(start).await.unwrap();
+    assert_eq!((ev.record.rev, &ev.record.value), (del, &big));
+    assert_eq!(ev.prev.as_ref(), Some(&big));
+    // Compaction below the tombstone keeps the row it points at.
+    s.compact(del - 1).await.unwrap();
+    let ev = deleted_event(del - 1).await.unwrap();
+    assert_eq!(ev.record.value, big);
+    // Past it, both go: a watch from before is expired, the key is gone.
+    s.compact(del).await.unwrap();
+    assert!(matches!(
+        deleted_event(del - 1).await,
+        Err(StoreError::Compacted { .. })
+    ));
+    let c = Connection::open(dir.path().join("state.db")).unwrap();
+    let rows: i64 = c
+        .query_row("SELECT COUNT(*) FROM log WHERE key = '/t/a'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(rows, 0);
+}
+
+#[tokio::test]
+async fn a_full_database_refuses_creates_but_deletes_free_space_without_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir, 1000);
+    assert_eq!(
+        std::fs::metadata(dir.path().join("state.db-reserve"))
+            .unwrap()
+            .len(),
+        writer::RESERVE_BYTES
+    );
+    // SQLITE_FULL without filling the machine's disk: cap the database's size in pages.
+    let page_count: i64 = Connection::open(dir.path().join("state.db"))
+        .unwrap()
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .unwrap();
+    s.exec_on_writer(&format!("PRAGMA max_page_count = {}", page_count + 100))
+        .await
+        .unwrap();
+    let value = Bytes::from(vec![b'v'; 20_000]);
+    let mut created = Vec::new();
+    let err = loop {
+        match s
+            .create(&format!("/f/{}", created.len()), value.clone())
+            .await
+        {
+            Ok(_) => created.push(format!("/f/{}", created.len())),
+            Err(e) => break e,
+        }
+        assert!(created.len() < 1000, "the page cap never hit");
+    };
+    assert!(matches!(err, StoreError::NoSpace(_)), "{err}");
+    assert!(created.len() > 3);
+    // Full: reads work, updates that need room fail too, nothing half-written.
+    let top = s.current_rev();
+    assert_eq!(s.count("/f/").await.unwrap(), created.len() as i64);
+    assert!(matches!(
+        s.update(&created[0], None, value.clone()).await,
+        Err(StoreError::NoSpace(_))
+    ));
+    assert_eq!(s.current_rev(), top);
+    let mut w = s.watch("/f/", top).await.unwrap();
+    // Deletes succeed on the full database, and their events carry the objects.
+    for key in &created[..created.len() / 2] {
+        s.delete(key, None).await.unwrap();
+        let ev = w.next().await.unwrap();
+        assert_eq!((ev.typ, &ev.record.value), (EventType::Deleted, &value));
+    }
+    // The space they held is reused, on the same connection: creates work again.
+    s.create("/f/after", value.clone()).await.unwrap();
+    assert_eq!(w.next().await.unwrap().typ, EventType::Added);
+    assert!(s.get("/f/after").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn a_database_made_before_incremental_vacuum_is_converted_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    {
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE log (rev INTEGER PRIMARY KEY, key TEXT NOT NULL, create_rev INTEGER NOT NULL, prev_rev INTEGER NOT NULL, deleted INTEGER NOT NULL, value BLOB NOT NULL); INSERT INTO log VALUES (1, '/o/a', 1, 0, 0, x'31'), (2, '/o/a', 1, 1, 1, x'31');").unwrap();
+    }
+    let s = open(&dir, 10);
+    let mode: i64 = Connection::open(&path)
+        .unwrap()
+        .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, 2);
+    // An old tombstone (value inside) still yields its DELETED event.
+    let mut w = s.watch("/o/", 0).await.unwrap();
+    assert_eq!(w.next().await.unwrap().typ, EventType::Added);
+    let ev = w.next().await.unwrap();
+    assert_eq!(
+        (ev.typ, &ev.record.value[..]),
+        (EventType::Deleted, &b"1"[..])
+    );
+}

@@ -1,8 +1,11 @@
-//! The single writer thread: batches queued writes into one transaction (group commit).
+//! The single writer thread: batches queued writes into one transaction (group commit), and
+//! keeps the store usable when its disk fills up (see [`Space`]).
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+use std::time::Duration;
 
 use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -27,6 +30,17 @@ pub(super) enum Op {
     Compact {
         rev: i64,
     },
+    /// Runs SQL on the write connection (tests: `PRAGMA max_page_count` simulates a full disk).
+    #[cfg(test)]
+    Exec(String),
+}
+
+impl Op {
+    /// Whether the write adds data (refused while the disk is full, as etcd refuses puts
+    /// under its NOSPACE alarm); deletes and compaction are what frees space.
+    fn grows(&self) -> bool {
+        matches!(self, Op::Create { .. } | Op::Update { .. })
+    }
 }
 
 pub(super) struct WriteRequest {
@@ -37,18 +51,154 @@ pub(super) struct WriteRequest {
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 512;
 
+/// Size of the reserve file kept beside the database. Released when a write fails for lack of
+/// space, it is what deletes, compaction and the return of free pages to the file system (all
+/// of which write to the WAL first) and a restart (the `-shm` and `-wal` files) run on.
+pub(super) const RESERVE_BYTES: u64 = 2 << 20;
+
+/// Pages returned to the file system per step when reclaiming space: the WAL holds the moved
+/// pages until the checkpoint after each step, so a step must fit in the reserve.
+const VACUUM_STEP_PAGES: i64 = 128;
+
+/// The disk-space state of the store. Normally a reserve file of [`RESERVE_BYTES`] sits beside
+/// the database. When a write fails with `SQLITE_FULL` the reserve is deleted and the store
+/// turns `low`: creates and updates are refused with [`StoreError::NoSpace`] without touching
+/// the disk, deletes and compaction run on the released space, and after each batch of deletes
+/// history is compacted and the freed pages returned to the file system. As soon as the file
+/// system has room for the reserve again (objects deleted, or space freed by anything else),
+/// it is recreated and writes are accepted: no restart needed.
+pub(super) struct Space {
+    reserve: PathBuf,
+    dir: PathBuf,
+    low: bool,
+}
+
+impl Space {
+    /// Prepares the reserve for the database at `db`, before the database is opened: on a full
+    /// disk the reserve is released first, so SQLite can create its `-shm` and `-wal` files.
+    pub fn prepare(db: &Path) -> Space {
+        let dir = db
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let mut name = db.file_name().unwrap_or_default().to_os_string();
+        name.push("-reserve");
+        let mut space = Space {
+            reserve: dir.join(name),
+            dir,
+            low: false,
+        };
+        // Without its reserve (none yet, or released and no room to make it again), or nearly
+        // full despite it: start low, with the reserve's space for SQLite's files.
+        let held = std::fs::metadata(&space.reserve).is_ok_and(|m| m.len() >= RESERVE_BYTES);
+        let nearly_full = free_bytes(&space.dir).is_some_and(|f| f < RESERVE_BYTES / 4);
+        if (!held && !space.recreate()) || (held && nearly_full) {
+            space.release();
+        }
+        space
+    }
+
+    pub fn low(&self) -> bool {
+        self.low
+    }
+
+    /// Frees the reserve for the writes that free space.
+    fn release(&mut self) {
+        if !self.low {
+            tracing::warn!(
+                "the datastore's disk is full: creates and updates are refused until space is freed (delete objects, or free space on the disk)"
+            );
+        }
+        self.low = true;
+        let _ = std::fs::remove_file(&self.reserve);
+    }
+
+    /// Leaves the low state if the file system has room for the reserve (and a margin).
+    fn recover(&mut self) -> bool {
+        if self.low && self.recreate() {
+            self.low = false;
+            tracing::info!("the datastore's disk has space again: writes are accepted");
+        }
+        !self.low
+    }
+
+    /// Allocates the reserve if there is room for twice its size, so that it is not what
+    /// fills the disk again at once.
+    fn recreate(&self) -> bool {
+        if free_bytes(&self.dir).is_none_or(|f| f < 2 * RESERVE_BYTES) {
+            return false;
+        }
+        let ok = allocate(&self.reserve, RESERVE_BYTES).is_ok();
+        if !ok {
+            let _ = std::fs::remove_file(&self.reserve);
+        }
+        ok
+    }
+}
+
+/// Free bytes for unprivileged users on the file system holding `dir`.
+// The casts are needed on 32-bit targets, where both counts are 32 bits.
+#[allow(clippy::unnecessary_cast)]
+pub(super) fn free_bytes(dir: &Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
+}
+
+/// Writes a file of `len` bytes whose blocks are really allocated (not sparse).
+fn allocate(path: &Path, len: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(path)?;
+    let n = nix::libc::off_t::try_from(len).unwrap_or(nix::libc::off_t::MAX);
+    match nix::fcntl::posix_fallocate(&f, 0, n) {
+        Ok(()) => {}
+        // File systems without fallocate: zeros, written.
+        Err(nix::errno::Errno::EOPNOTSUPP | nix::errno::Errno::EINVAL) => {
+            let chunk = vec![0u8; 64 << 10];
+            let mut left = len;
+            while left > 0 {
+                let n = left.min(chunk.len() as u64) as usize;
+                f.write_all(&chunk[..n])?;
+                left -= n as u64;
+            }
+        }
+        Err(e) => return Err(e.into()),
+    }
+    f.sync_all()
+}
+
 pub(super) fn spawn(
     conn: Connection,
     shared: Arc<Shared>,
+    space: Space,
 ) -> anyhow::Result<SyncSender<WriteRequest>> {
     let (tx, rx) = std::sync::mpsc::sync_channel(4096);
     std::thread::Builder::new()
         .name("store-writer".into())
-        .spawn(move || run(conn, shared, rx))?;
+        .spawn(move || run(conn, shared, space, rx))?;
     Ok(tx)
 }
 
-fn run(mut conn: Connection, shared: Arc<Shared>, rx: Receiver<WriteRequest>) {
+fn no_space() -> StoreError {
+    StoreError::NoSpace(
+        "the datastore's disk is full; delete objects or free space on the disk".into(),
+    )
+}
+
+/// Splits off (and answers) the writes that add data, when the disk is full.
+fn refuse_growing(batch: Vec<WriteRequest>) -> Vec<WriteRequest> {
+    let (refused, kept): (Vec<_>, Vec<_>) = batch.into_iter().partition(|r| r.op.grows());
+    for req in refused {
+        let _ = req.reply.send(Err(no_space()));
+    }
+    kept
+}
+
+fn run(mut conn: Connection, shared: Arc<Shared>, mut space: Space, rx: Receiver<WriteRequest>) {
     let mut next_rev = shared.current.load(Ordering::Acquire) + 1;
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -58,40 +208,160 @@ fn run(mut conn: Connection, shared: Arc<Shared>, rx: Receiver<WriteRequest>) {
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
-        let start_rev = next_rev;
-        let mut results = Vec::with_capacity(batch.len());
-        let mut events = Vec::new();
-        let committed = (|| -> rusqlite::Result<()> {
-            let txn = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            for req in &batch {
-                let out = apply(&txn, &req.op, &mut next_rev, &shared);
-                if let Ok((_, Some(ev))) = &out {
-                    events.push(ev.clone());
-                }
-                results
-                    .push(out.map(|(rev, ev)| (rev, ev.and_then(|e: Arc<Event>| e.prev_record()))));
-            }
-            txn.commit()
-        })();
-        match committed {
-            Ok(()) => {
-                if next_rev > start_rev {
-                    shared.current.store(next_rev - 1, Ordering::Release);
-                }
+        if space.low() && batch.iter().any(|r| r.op.grows()) && !space.recover() {
+            batch = refuse_growing(batch);
+        }
+        let compacts = batch.iter().any(|r| matches!(r.op, Op::Compact { .. }));
+        let mut outcome = commit(&mut conn, &shared, &batch, &mut next_rev);
+        if matches!(outcome, Err(StoreError::NoSpace(_))) && !space.low() {
+            // The disk just filled up: release the reserve and retry what frees space.
+            space.release();
+            batch = refuse_growing(batch);
+            outcome = commit(&mut conn, &shared, &batch, &mut next_rev);
+        }
+        let mut deleted = false;
+        match outcome {
+            Ok(Committed { results, events }) => {
+                deleted = events.iter().any(|e| e.typ == EventType::Deleted);
+                shared.current.store(next_rev - 1, Ordering::Release);
                 shared.hub.publish(events, next_rev - 1);
                 for (req, out) in batch.into_iter().zip(results) {
                     let _ = req.reply.send(out);
                 }
             }
             Err(e) => {
-                next_rev = start_rev;
-                tracing::error!("store commit failed: {e}");
+                if !matches!(e, StoreError::NoSpace(_)) {
+                    tracing::error!("store commit failed: {e}");
+                }
                 for req in batch {
-                    let _ = req.reply.send(Err(StoreError::Internal(e.to_string())));
+                    let _ = req.reply.send(Err(e.clone()));
                 }
             }
         }
+        if space.low() && deleted {
+            reclaim(&mut conn, &shared, &mut space, next_rev - 1);
+        } else if compacts && mostly_free(&conn) {
+            return_free_pages(&conn);
+        }
     }
+}
+
+struct Committed {
+    results: Vec<Result<(i64, Option<Record>)>>,
+    events: Vec<Arc<Event>>,
+}
+
+/// Applies `batch` in one transaction. Logical failures (conflicts, missing keys) fail only
+/// their own write; a database failure fails the whole batch, which is then rolled back
+/// entirely (SQLite may already have rolled it back, e.g. on `SQLITE_FULL`, so nothing after
+/// such an error may run in the same transaction).
+fn commit(
+    conn: &mut Connection,
+    shared: &Shared,
+    batch: &[WriteRequest],
+    next_rev: &mut i64,
+) -> Result<Committed> {
+    let start_rev = *next_rev;
+    let mut results = Vec::with_capacity(batch.len());
+    let mut events = Vec::new();
+    let mut compacted = None;
+    let out = (|| -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let txn = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        for req in batch {
+            match apply(&txn, &req.op, next_rev) {
+                Ok(Applied::Event(rev, ev)) => {
+                    results.push(Ok((rev, ev.prev_record())));
+                    events.push(ev);
+                }
+                Ok(Applied::Compacted(rev)) => {
+                    compacted = Some(rev);
+                    results.push(Ok((rev, None)));
+                }
+                Err(e @ (StoreError::Internal(_) | StoreError::NoSpace(_))) => return Err(e),
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    })();
+    match out {
+        Ok(()) => {
+            if let Some(rev) = compacted {
+                shared.compacted.fetch_max(rev, Ordering::AcqRel);
+            }
+            Ok(Committed { results, events })
+        }
+        Err(e) => {
+            *next_rev = start_rev;
+            Err(e)
+        }
+    }
+}
+
+/// After deletes on a full disk: compacts all history (the deleted objects' rows are what
+/// holds the space; watchers already streaming keep their events, a re-watch from before
+/// this point gets `410 Expired` and relists), returns the freed pages to the file system and
+/// recreates the reserve if that made room.
+fn reclaim(conn: &mut Connection, shared: &Shared, space: &mut Space, rev: i64) {
+    let compacted = (|| -> Result<()> {
+        let txn = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        compact(&txn, rev)?;
+        txn.commit()?;
+        Ok(())
+    })();
+    match compacted {
+        Ok(()) => {
+            shared.compacted.fetch_max(rev, Ordering::AcqRel);
+        }
+        Err(e) => tracing::warn!("compaction on a full disk failed: {e}"),
+    }
+    return_free_pages(conn);
+    space.recover();
+}
+
+/// Whether a quarter or more of the database file is free pages.
+fn mostly_free(conn: &Connection) -> bool {
+    let count = |pragma: &str| -> i64 {
+        conn.query_row(&format!("PRAGMA {pragma}"), [], |r| r.get(0))
+            .unwrap_or(0)
+    };
+    let free = count("freelist_count");
+    free > 0 && free * 4 >= count("page_count")
+}
+
+/// Shrinks the database file by its free pages, a step at a time (each step's moved pages go
+/// through the WAL, which the checkpoint after it empties). Needs `auto_vacuum=INCREMENTAL`.
+fn return_free_pages(conn: &Connection) {
+    // Readers may hold the WAL briefly; do not stall the writer long for them.
+    let _ = conn.busy_timeout(Duration::from_secs(1));
+    let mut last = i64::MAX;
+    loop {
+        let free: i64 = match conn.query_row("PRAGMA freelist_count", [], |r| r.get(0)) {
+            Ok(n) => n,
+            Err(_) => break,
+        };
+        if free == 0 || free >= last {
+            break;
+        }
+        last = free;
+        if let Err(e) =
+            conn.execute_batch(&format!("PRAGMA incremental_vacuum({VACUUM_STEP_PAGES})"))
+        {
+            tracing::debug!("returning free pages failed: {e}");
+            break;
+        }
+        let busy: i64 = match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0)) {
+            Ok(b) => b,
+            Err(_) => break,
+        };
+        if busy != 0 {
+            break;
+        }
+    }
+    let _ = conn.busy_timeout(super::BUSY_TIMEOUT);
 }
 
 /// The live state of `key`: (rev, create_rev, value), or None if absent or deleted.
@@ -119,13 +389,25 @@ fn insert(
     Ok(())
 }
 
-/// Applies one write inside the batch transaction, returning the event it produced.
-fn apply(
-    c: &Connection,
-    op: &Op,
-    next_rev: &mut i64,
-    shared: &Shared,
-) -> Result<(i64, Option<Arc<Event>>)> {
+/// Removes history at or below `target`, keeping each key's newest row there unless it is a
+/// tombstone: so the previous row of every retained tombstone (its DELETED event's object)
+/// survives.
+fn compact(c: &Connection, target: i64) -> rusqlite::Result<()> {
+    c.execute(
+        "DELETE FROM log WHERE rev <= ?1 AND (deleted = 1 OR rev < (SELECT MAX(l2.rev) FROM log l2 WHERE l2.key = log.key AND l2.rev <= ?1))",
+        params![target],
+    )?;
+    c.execute("INSERT INTO meta (name, value) VALUES ('compacted', ?1) ON CONFLICT(name) DO UPDATE SET value = excluded.value", params![target])?;
+    Ok(())
+}
+
+enum Applied {
+    Event(i64, Arc<Event>),
+    Compacted(i64),
+}
+
+/// Applies one write inside the batch transaction.
+fn apply(c: &Connection, op: &Op, next_rev: &mut i64) -> Result<Applied> {
     let rev = *next_rev;
     let event = match op {
         Op::Create { key, value } => {
@@ -170,7 +452,9 @@ fn apply(
             if expected_rev.is_some_and(|e| e != cur_rev) {
                 return Err(StoreError::Conflict(cur_rev));
             }
-            insert(c, rev, key, create_rev, cur_rev, true, &prev)?;
+            // The tombstone stores no value: the last state is its `prev_rev` row, which
+            // compaction keeps as long as the tombstone (so a delete needs almost no space).
+            insert(c, rev, key, create_rev, cur_rev, true, &[])?;
             let prev = Bytes::from(prev);
             Event {
                 typ: EventType::Deleted,
@@ -184,16 +468,15 @@ fn apply(
             }
         }
         Op::Compact { rev: target } => {
-            // Keep each key's newest row at or below the target unless it is a tombstone.
-            c.execute(
-                "DELETE FROM log WHERE rev <= ?1 AND (deleted = 1 OR rev < (SELECT MAX(l2.rev) FROM log l2 WHERE l2.key = log.key AND l2.rev <= ?1))",
-                params![target],
-            )?;
-            c.execute("INSERT INTO meta (name, value) VALUES ('compacted', ?1) ON CONFLICT(name) DO UPDATE SET value = excluded.value", params![target])?;
-            shared.compacted.store(*target, Ordering::Release);
-            return Ok((*target, None));
+            compact(c, *target)?;
+            return Ok(Applied::Compacted(*target));
+        }
+        #[cfg(test)]
+        Op::Exec(sql) => {
+            c.execute_batch(sql)?;
+            return Ok(Applied::Compacted(0));
         }
     };
     *next_rev += 1;
-    Ok((rev, Some(Arc::new(event))))
+    Ok(Applied::Event(rev, Arc::new(event)))
 }

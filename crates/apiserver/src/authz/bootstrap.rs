@@ -377,6 +377,34 @@ const ROLES: &[Role] = &[
         ],
     ),
     role(
+        "system:controller:persistent-volume-binder",
+        &[
+            "create delete get list update watch | - | persistentvolumes",
+            "update | - | persistentvolumes/status",
+            "get list update watch | - | persistentvolumeclaims",
+            "update | - | persistentvolumeclaims/status",
+            "create delete get list watch | - | pods",
+            "{RO} | storage.k8s.io | storageclasses",
+            "create delete get | - | endpoints services",
+            "get | - | secrets",
+            "get list | - | nodes",
+            "watch | - | events",
+            EVENTS,
+        ],
+    ),
+    role(
+        "system:controller:pv-protection-controller",
+        &["get list update watch | - | persistentvolumes", EVENTS],
+    ),
+    role(
+        "system:controller:pvc-protection-controller",
+        &[
+            "get list update watch | - | persistentvolumeclaims",
+            "get list watch | - | pods",
+            EVENTS,
+        ],
+    ),
+    role(
         "system:controller:replicaset-controller",
         &[
             "get list update watch | apps extensions | replicasets",
@@ -582,6 +610,21 @@ const BINDINGS: &[(&str, &str, &[&str])] = &[
         "system:controller:node-controller",
         "system:controller:node-controller",
         &["ServiceAccount:kube-system/node-controller"],
+    ),
+    (
+        "system:controller:persistent-volume-binder",
+        "system:controller:persistent-volume-binder",
+        &["ServiceAccount:kube-system/persistent-volume-binder"],
+    ),
+    (
+        "system:controller:pv-protection-controller",
+        "system:controller:pv-protection-controller",
+        &["ServiceAccount:kube-system/pv-protection-controller"],
+    ),
+    (
+        "system:controller:pvc-protection-controller",
+        "system:controller:pvc-protection-controller",
+        &["ServiceAccount:kube-system/pvc-protection-controller"],
     ),
     (
         "system:controller:replicaset-controller",

@@ -88,11 +88,16 @@ pub async fn authorize(api: &Api, node: &str, a: &Attributes) -> Decision {
             if a.verb != "get" || a.name.is_empty() {
                 return no_relation();
             }
-            if volume_of_claims_used(api, node).await.contains(&a.name) {
-                by_rules(a)
-            } else {
-                no_relation()
-            }
+            // Beyond upstream: a node also reads the volumes pinned to it, and learns that a
+            // volume is gone (a 404 says only that no volume has that name), so that it
+            // removes the directories of deleted local-path volumes (kubelet `claims`).
+            let related = match object(api, "", "persistentvolumes", None, &a.name).await {
+                None => true,
+                Some(pv) => {
+                    pinned_to(&pv, node) || volume_of_claims_used(api, node).await.contains(&a.name)
+                }
+            };
+            if related { by_rules(a) } else { no_relation() }
         }
         ("volumeattachments", "") => {
             let attached_here = a.verb == "get"
@@ -184,6 +189,29 @@ async fn object(
     let res = api.registry.find(group, "v1", plural)?;
     let rec = api.store.get(&res.key(ns, name)).await.ok()??;
     serde_json::from_slice(&rec.value).ok()
+}
+
+/// Whether a volume's required node affinity admits only `node`: every term requires
+/// `kubernetes.io/hostname In [node]` (a local volume of that node).
+fn pinned_to(pv: &Value, node: &str) -> bool {
+    let terms = pv
+        .pointer("/spec/nodeAffinity/required/nodeSelectorTerms")
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
+    !terms.is_empty()
+        && terms.iter().all(|t| {
+            t.get("matchExpressions")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .any(|e| {
+                    e.get("key").and_then(Value::as_str) == Some("kubernetes.io/hostname")
+                        && e.get("operator").and_then(Value::as_str) == Some("In")
+                        && e.get("values").and_then(Value::as_array).is_some_and(|v| {
+                            !v.is_empty() && v.iter().all(|x| x.as_str() == Some(node))
+                        })
+                })
+        })
 }
 
 /// The PersistentVolumes bound to the claims of the node's pods.
@@ -551,6 +579,22 @@ mod tests {
             None
         );
         assert_eq!(own_node_change(&assigned, Some(&assigned)), None);
+    }
+
+    #[test]
+    fn a_node_reads_only_the_local_volumes_pinned_to_it_alone() {
+        let pv = |values: serde_json::Value| {
+            json!({"spec": {"nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "kubernetes.io/hostname", "operator": "In", "values": values}]}]}}}})
+        };
+        assert!(pinned_to(&pv(json!(["n1"])), "n1"));
+        assert!(!pinned_to(&pv(json!(["n2"])), "n1"));
+        assert!(!pinned_to(&pv(json!(["n1", "n2"])), "n1"));
+        assert!(!pinned_to(&pv(json!([])), "n1"));
+        assert!(!pinned_to(&json!({"spec": {}}), "n1"));
+        let other_key = json!({"spec": {"nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "zone", "operator": "In", "values": ["n1"]}]}]}}}});
+        assert!(!pinned_to(&other_key, "n1"));
     }
 
     #[test]

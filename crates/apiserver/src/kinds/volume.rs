@@ -1,11 +1,14 @@
 //! PersistentVolumes and PersistentVolumeClaims: defaults, the initial Pending phase and their
 //! `kubectl get` columns.
 
+use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
 use super::{KindBehaviour, strip_status};
+use crate::Api;
 use crate::admission::defaults::{default, obj_at};
 use crate::registry::Resource;
+use crate::status::ApiResult;
 use crate::table::{AGE, Columns, N, age, arr, name, s};
 
 pub struct PersistentVolumeClaims;
@@ -15,6 +18,33 @@ impl KindBehaviour for PersistentVolumeClaims {
         if let Some(spec) = obj_at(obj, "spec") {
             default(spec, "volumeMode", json!("Filesystem"));
         }
+    }
+
+    /// Upstream's DefaultStorageClass admission: a new claim that names no class (absent, not
+    /// `""`) gets the default one; and StorageObjectInUseProtection's finalizer.
+    fn admit<'a>(
+        &'a self,
+        api: &'a Api,
+        _res: &'a Resource,
+        obj: &'a mut Value,
+        old: Option<&'a Value>,
+    ) -> BoxFuture<'a, ApiResult<()>> {
+        Box::pin(async move {
+            let unset = obj
+                .pointer("/spec/storageClassName")
+                .is_none_or(Value::is_null);
+            if old.is_none()
+                && unset
+                && let Some(class) = default_class(api).await
+                && let Some(spec) = obj_at(obj, "spec")
+            {
+                spec["storageClassName"] = json!(class);
+            }
+            if old.is_none() {
+                protect(obj, "kubernetes.io/pvc-protection");
+            }
+            Ok(())
+        })
     }
 
     fn columns(&self) -> Option<Columns> {
@@ -56,6 +86,21 @@ impl KindBehaviour for PersistentVolumeClaims {
 pub struct PersistentVolumes;
 
 impl KindBehaviour for PersistentVolumes {
+    /// StorageObjectInUseProtection: a volume is deleted only once no claim is bound to it
+    /// (the pv-protection controller removes the finalizer).
+    fn admit<'a>(
+        &'a self,
+        _api: &'a Api,
+        _res: &'a Resource,
+        obj: &'a mut Value,
+        old: Option<&'a Value>,
+    ) -> BoxFuture<'a, ApiResult<()>> {
+        if old.is_none() {
+            protect(obj, "kubernetes.io/pv-protection");
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+
     fn defaults(&self, obj: &mut Value) {
         if let Some(spec) = obj_at(obj, "spec") {
             default(spec, "persistentVolumeReclaimPolicy", json!("Retain"));
@@ -112,6 +157,21 @@ impl KindBehaviour for PersistentVolumes {
     }
 }
 
+/// Adds `finalizer` to a new object (upstream's StorageObjectInUseProtection admission).
+fn protect(obj: &mut Value, finalizer: &str) {
+    let Some(meta) = obj_at(obj, "metadata") else {
+        return;
+    };
+    if !meta.get("finalizers").is_some_and(Value::is_array) {
+        meta["finalizers"] = json!([]);
+    }
+    if let Some(list) = meta["finalizers"].as_array_mut()
+        && !list.iter().any(|f| f == finalizer)
+    {
+        list.push(json!(finalizer));
+    }
+}
+
 /// A new volume or claim starts Pending, whatever status the client sent.
 fn pending(res: &Resource, obj: &mut Value) {
     strip_status(res, obj);
@@ -126,4 +186,41 @@ fn access_mode(m: &str) -> &str {
         "ReadWriteOncePod" => "RWOP",
         other => other,
     }
+}
+
+/// The name of the default StorageClass: of those annotated default, the newest (upstream's
+/// choice since 1.26 when there are several).
+async fn default_class(api: &Api) -> Option<String> {
+    let res = api
+        .registry
+        .find("storage.k8s.io", "v1", "storageclasses")?;
+    let list = api
+        .store
+        .list(&res.ns_prefix(None), 0, None, None)
+        .await
+        .ok()?;
+    let is_default = |c: &Value| {
+        [
+            "storageclass.kubernetes.io/is-default-class",
+            "storageclass.beta.kubernetes.io/is-default-class",
+        ]
+        .iter()
+        .any(|a| {
+            c.pointer("/metadata/annotations")
+                .and_then(|m| m.get(a))
+                .and_then(Value::as_str)
+                == Some("true")
+        })
+    };
+    list.items
+        .iter()
+        .filter_map(|r| serde_json::from_slice::<Value>(&r.value).ok())
+        .filter(is_default)
+        .max_by_key(|c| {
+            (
+                s(c, "/metadata/creationTimestamp").to_string(),
+                s(c, "/metadata/name").to_string(),
+            )
+        })
+        .map(|c| s(&c, "/metadata/name").to_string())
 }

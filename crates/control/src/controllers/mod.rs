@@ -16,6 +16,7 @@ mod leader;
 mod namespace;
 mod node_ipam;
 mod nodelifecycle;
+pub mod persistentvolume;
 mod replicaset;
 mod serviceaccounts;
 mod servicelb;
@@ -38,12 +39,14 @@ const SERVICELB: &str = "servicelb";
 /// Starts leader election; the controllers run while this process leads. Each loop acts as its
 /// own identity (`crate::identity`), with only the rights the bootstrap policy grants it; the
 /// garbage collector and the namespace controller work on the store directly.
-/// `signing_ca` signs approved CertificateSigningRequests (`csr_signing`).
+/// `signing_ca` signs approved CertificateSigningRequests (`csr_signing`); `local_storage`
+/// is where provisioned local-path volumes live on the nodes (`persistentvolume`).
 pub fn start(
     api: Arc<Api>,
     ca_pem: String,
     cluster_cidr: ipnet::Ipv4Net,
     signing_ca: kinglet_pki::CertKey,
+    local_storage: std::path::PathBuf,
 ) {
     let manager = api.local_client_as(identity::controller_manager(), identity::CONTROLLER_MANAGER);
     let holder = format!(
@@ -130,6 +133,16 @@ pub fn start(
                         crate::scheduler::SCHEDULER_NAME,
                     ),
                     informers.clone(),
+                )),
+                tokio::spawn(persistentvolume::run(
+                    ctx("persistent-volume-binder", "persistentvolume-controller"),
+                    persistentvolume::Protection {
+                        claims: client("pvc-protection-controller"),
+                        volumes: client("pv-protection-controller"),
+                    },
+                    manager.clone(),
+                    informers.clone(),
+                    local_storage.clone(),
                 )),
                 tokio::spawn(csr_signing::run(
                     client(csr_signing::SERVICE_ACCOUNT),

@@ -11,6 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::ResourceExt;
 
 use super::resources::{Resources, allocatable, pod_requests};
+use super::volumes::PodVolumes;
 use kinglet_core::pods::{controller_uid, selects};
 
 pub struct NodeInfo {
@@ -405,10 +406,22 @@ fn spread_reason(pod: &Pod, ni: &NodeInfo, all: &[NodeInfo]) -> Option<String> {
 }
 
 /// Why `ni` cannot take `pod` (empty: it can). `resources` false skips the resource check.
+#[cfg(test)]
 fn reasons(pod: &Pod, ni: &NodeInfo, all: &[NodeInfo], resources: bool) -> Vec<String> {
+    reasons_with(pod, ni, all, resources, None)
+}
+
+/// The same, with the pod's claims' requirements (`volumes`).
+fn reasons_with(
+    pod: &Pod,
+    ni: &NodeInfo,
+    all: &[NodeInfo],
+    resources: bool,
+    volumes: Option<&PodVolumes>,
+) -> Vec<String> {
     // The first failing filter in upstream's order gives the reasons: NodeUnschedulable,
-    // TaintToleration, NodeAffinity, NodePorts, NodeResourcesFit, PodTopologySpread,
-    // InterPodAffinity.
+    // TaintToleration, NodeAffinity, NodePorts, NodeResourcesFit, VolumeBinding,
+    // PodTopologySpread, InterPodAffinity.
     if unschedulable(pod, ni) {
         return vec!["node(s) were unschedulable".into()];
     }
@@ -430,6 +443,9 @@ fn reasons(pod: &Pod, ni: &NodeInfo, all: &[NodeInfo], resources: bool) -> Vec<S
         if !r.is_empty() {
             return r;
         }
+    }
+    if let Some(r) = volumes.and_then(|v| v.reason(&ni.name, &ni.labels)) {
+        return vec![r.into()];
     }
     if let Some(r) = spread_reason(pod, ni, all) {
         return vec![r];
@@ -475,6 +491,15 @@ fn score(pod: &Pod, ni: &NodeInfo) -> i64 {
 
 /// The best node for `pod`, or the upstream-style summary of why none fits.
 pub fn schedule(pod: &Pod, all: &[NodeInfo]) -> Result<usize, String> {
+    schedule_with(pod, all, None)
+}
+
+/// The same, for a pod whose claims require `volumes` of its node.
+pub fn schedule_with(
+    pod: &Pod,
+    all: &[NodeInfo],
+    volumes: Option<&PodVolumes>,
+) -> Result<usize, String> {
     if all.is_empty() {
         return Err("no nodes available to schedule pods".into());
     }
@@ -487,7 +512,7 @@ pub fn schedule(pod: &Pod, all: &[NodeInfo]) -> Result<usize, String> {
         .fold(0usize, |a, b| a.wrapping_mul(31).wrapping_add(b as usize));
     for k in 0..all.len() {
         let i = (start + k) % all.len();
-        let r = reasons(pod, &all[i], all, true);
+        let r = reasons_with(pod, &all[i], all, true, volumes);
         if r.is_empty() {
             let s = score(pod, &all[i]);
             if best.is_none_or(|(bs, _)| s > bs) {
@@ -516,6 +541,15 @@ pub fn schedule(pod: &Pod, all: &[NodeInfo]) -> Result<usize, String> {
 
 /// A node and the lowest-priority pods to evict there so that `pod` fits, if any.
 pub fn preemption_plan(pod: &Pod, all: &[NodeInfo]) -> Option<(String, Vec<Arc<Pod>>)> {
+    preemption_plan_with(pod, all, None)
+}
+
+/// The same, for a pod whose claims require `volumes` of its node.
+pub fn preemption_plan_with(
+    pod: &Pod,
+    all: &[NodeInfo],
+    volumes: Option<&PodVolumes>,
+) -> Option<(String, Vec<Arc<Pod>>)> {
     let spec = pod.spec.as_ref()?;
     if spec.preemption_policy.as_deref() == Some("Never") {
         return None;
@@ -523,7 +557,7 @@ pub fn preemption_plan(pod: &Pod, all: &[NodeInfo]) -> Option<(String, Vec<Arc<P
     let prio = spec.priority.unwrap_or(0);
     let mut best: Option<(i32, usize, String, Vec<Arc<Pod>>)> = None;
     for ni in all {
-        if !reasons(pod, ni, all, false).is_empty() {
+        if !reasons_with(pod, ni, all, false, volumes).is_empty() {
             continue;
         }
         let mut lower: Vec<Arc<Pod>> = ni

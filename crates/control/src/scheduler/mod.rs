@@ -1,14 +1,16 @@
 //! The scheduler: assigns unscheduled pods (schedulerName `default-scheduler`) to nodes.
 //! Filters: resources (incl. extended resources), nodeSelector and node affinity, taints,
-//! unschedulable nodes, host ports, pod (anti-)affinity, topology spread. Scores: least
-//! allocated, preferred node affinity, spreading. Binds through `pods/binding`, records
-//! `FailedScheduling` events with upstream's reason summary, and preempts lower-priority pods.
+//! unschedulable nodes, host ports, volumes (`volumes`), pod (anti-)affinity, topology
+//! spread. Scores: least allocated, preferred node affinity, spreading. Binds through
+//! `pods/binding`, records `FailedScheduling` events with upstream's reason summary, and
+//! preempts lower-priority pods.
 //!
 //! Decisions are made one pod at a time against an in-memory view of the nodes that includes
 //! pods this scheduler has bound but the watch has not shown yet ("assumed" pods); the binding
 //! calls for a batch of decisions run concurrently.
 
 pub mod filters;
+pub mod volumes;
 pub use kinglet_core::resources;
 
 use std::collections::HashMap;
@@ -25,11 +27,14 @@ use tokio::sync::Notify;
 use crate::controllers::informers::Informers;
 use filters::NodeInfo;
 use kinglet_core::events::Context;
+use volumes::Claims;
 
 pub const SCHEDULER_NAME: &str = "default-scheduler";
 /// Binding calls in flight at once.
 const BIND_CONCURRENCY: usize = 64;
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How often a pod whose claims are being bound looks at them again.
+const CLAIM_POLL: Duration = Duration::from_millis(500);
 
 struct Scheduler {
     ctx: Arc<Context>,
@@ -132,7 +137,39 @@ impl Scheduler {
         let mut infos = self.node_infos();
         let mut binds = Vec::new();
         for pod in pending {
-            match filters::schedule(&pod, &infos) {
+            let volumes = if volumes::uses_claims(&pod) {
+                match volumes::gather(&self.ctx.client, &pod).await {
+                    Ok(Claims::Ready(v)) => Some(v),
+                    Ok(Claims::Binding) => {
+                        self.wait_for_claims(&pod);
+                        continue;
+                    }
+                    Ok(Claims::Unschedulable(why)) => {
+                        // Upstream's PreFilter rejection: no node is tried, none preempted.
+                        let summary = format!("0/{} nodes are available: {why}.", infos.len());
+                        self.unschedulable(&pod, &infos, summary, None, false).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::debug!(pod = %pod.name_any(), "reading its claims: {e}");
+                        self.wait_for_claims(&pod);
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
+            match filters::schedule_with(&pod, &infos, volumes.as_ref()) {
+                Ok(idx) if volumes.as_ref().is_some_and(|v| v.has_delayed()) => {
+                    // PreBind: the claims get the node, and the pod binds once they are bound.
+                    let node = &infos[idx].name;
+                    if let Some(v) = &volumes
+                        && let Err(e) = v.select_node(&self.ctx.client, node).await
+                    {
+                        tracing::debug!(pod = %pod.name_any(), "selecting node {node} for its claims: {e}");
+                    }
+                    self.wait_for_claims(&pod);
+                }
                 Ok(idx) => {
                     let node = infos[idx].name.clone();
                     infos[idx].add(pod.clone());
@@ -140,7 +177,10 @@ impl Scheduler {
                         .insert(pod.uid().unwrap_or_default(), (node.clone(), pod.clone()));
                     binds.push((pod, node));
                 }
-                Err(summary) => self.unschedulable(&pod, &infos, summary).await,
+                Err(summary) => {
+                    self.unschedulable(&pod, &infos, summary, volumes.as_ref(), true)
+                        .await
+                }
             }
         }
         let ctx = self.ctx.clone();
@@ -181,21 +221,40 @@ impl Scheduler {
         }
     }
 
-    /// Tries preemption, else records why the pod does not fit and backs off.
-    async fn unschedulable(&mut self, pod: &Arc<Pod>, infos: &[NodeInfo], summary: String) {
+    /// A pod whose claims are being bound is looked at again shortly, without an event.
+    fn wait_for_claims(&mut self, pod: &Pod) {
+        let uid = pod.uid().unwrap_or_default();
+        let attempts = self.backoff.get(&uid).map(|(_, a)| *a).unwrap_or(0);
+        self.backoff
+            .insert(uid, (Instant::now() + CLAIM_POLL, attempts));
+    }
+
+    /// Tries preemption (where `may_preempt`: a filter, not a PreFilter, refused the pod),
+    /// else records why the pod does not fit and backs off.
+    async fn unschedulable(
+        &mut self,
+        pod: &Arc<Pod>,
+        infos: &[NodeInfo],
+        summary: String,
+        volumes: Option<&volumes::PodVolumes>,
+        may_preempt: bool,
+    ) {
         let uid = pod.uid().unwrap_or_default();
         let attempts = self.backoff.get(&uid).map(|(_, a)| a + 1).unwrap_or(1);
         // Upstream's pod backoff: 1 s doubling to 10 s.
         let wait = Duration::from_secs(1u64 << attempts.saturating_sub(1).min(4)).min(MAX_BACKOFF);
         self.backoff.insert(uid, (Instant::now() + wait, attempts));
-        let preemption = match filters::preemption_plan(pod, infos) {
+        let plan = may_preempt
+            .then(|| filters::preemption_plan_with(pod, infos, volumes))
+            .flatten();
+        let preemption = match plan {
             Some((node, victims)) => {
                 self.preempt(pod, &node, &victims).await;
                 return;
             }
             // Without nodes upstream does not try preemption, and says only that.
             None if infos.is_empty() => String::new(),
-            None if priority(pod) > 0 => format!(
+            None if priority(pod) > 0 && may_preempt => format!(
                 " preemption: 0/{} nodes are available: {} No preemption victims found for incoming pod.",
                 infos.len(),
                 infos.len()
