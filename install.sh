@@ -252,6 +252,29 @@ install_packages() {
 }
 
 # --- the scripts that undo the installation ---
+# The generated scripts' settings: the services' environment files (as kinglet reads them),
+# then the config file, then kinglet's defaults.
+settings_snippet() {
+    cat <<'EOF'
+for env_file in /etc/systemd/system/kinglet*.service.env /etc/kinglet/kinglet*.env; do
+    if [ -f "$env_file" ]; then
+        set -a
+        # shellcheck disable=SC1090 # written by install.sh
+        . "$env_file"
+        set +a
+    fi
+done
+config_value() {
+    [ -f /etc/kinglet/config.yaml ] || return 0
+    sed -n "s/^$1:[[:space:]]*[\"']\{0,1\}\([^\"' #]*\).*/\1/p" /etc/kinglet/config.yaml | tail -n 1
+}
+DATA_DIR=${KINGLET_DATA_DIR:-$(config_value data-dir)}
+DATA_DIR=${DATA_DIR:-/var/lib/kinglet}
+RUN_DIR=${KINGLET_RUN_DIR:-$(config_value run-dir)}
+RUN_DIR=${RUN_DIR:-/run/kinglet}
+EOF
+}
+
 create_killall() {
     info "writing $KILLALL_SH"
     {
@@ -264,18 +287,11 @@ create_killall() {
 set -u
 [ "$(id -u)" -eq 0 ] || { echo "kinglet-killall.sh: run as root" >&2; exit 1; }
 
-# Settings from the services' environment files (as kinglet reads them), then the defaults.
-for env_file in /etc/systemd/system/kinglet*.service.env /etc/kinglet/kinglet*.env; do
-    if [ -f "$env_file" ]; then
-        set -a
-        # shellcheck disable=SC1090 # written by install.sh
-        . "$env_file"
-        set +a
-    fi
-done
-DATA_DIR=${KINGLET_DATA_DIR:-/var/lib/kinglet}
-RUN_DIR=${KINGLET_RUN_DIR:-/run/kinglet}
-CGROUP_ROOT=${KINGLET_CGROUP_ROOT:-/}
+EOF
+        settings_snippet
+        cat <<'EOF'
+CGROUP_ROOT=${KINGLET_CGROUP_ROOT:-$(config_value cgroup-root)}
+CGROUP_ROOT=${CGROUP_ROOT:-/}
 CGROUP_ROOT=/${CGROUP_ROOT#/}
 CGROUP_ROOT=${CGROUP_ROOT%/}
 
@@ -369,23 +385,9 @@ create_uninstall() {
 set -u
 [ "$(id -u)" -eq 0 ] || { echo "$0: run as root" >&2; exit 1; }
 
-# Where kinglet kept its state: the services' environment, then the config file, then defaults.
-for env_file in /etc/systemd/system/kinglet*.service.env /etc/kinglet/kinglet*.env; do
-    if [ -f "$env_file" ]; then
-        set -a
-        # shellcheck disable=SC1090 # written by install.sh
-        . "$env_file"
-        set +a
-    fi
-done
-config_value() {
-    [ -f /etc/kinglet/config.yaml ] || return 0
-    sed -n "s/^$1:[[:space:]]*[\"']\{0,1\}\([^\"' #]*\).*/\1/p" /etc/kinglet/config.yaml | tail -n 1
-}
-DATA_DIR=${KINGLET_DATA_DIR:-$(config_value data-dir)}
-DATA_DIR=${DATA_DIR:-/var/lib/kinglet}
-RUN_DIR=${KINGLET_RUN_DIR:-$(config_value run-dir)}
-RUN_DIR=${RUN_DIR:-/run/kinglet}
+EOF
+        settings_snippet
+        cat <<'EOF'
 POD_LOG_DIR=${KINGLET_POD_LOG_DIR:-$(config_value pod-log-dir)}
 POD_LOG_DIR=${POD_LOG_DIR:-/var/log/pods}
 

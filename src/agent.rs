@@ -81,10 +81,12 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
         let options = crate::server::NodeOptions {
             vxlan_iface: args.node.vxlan_iface.clone(),
         };
-        // systemd's Type=notify: ready once the node is Ready.
+        // systemd's Type=notify: ready once the node is Ready, or once it has run from its
+        // offline copy for a minute with the server out of reach.
         tokio::spawn(crate::notify::when_ready(
             client.clone(),
             Some(cfg.node_name.clone()),
+            Some(Duration::from_secs(60)),
         ));
         crate::server::start_node(client, cfg, options);
         crate::server::shutdown_signal().await;

@@ -59,7 +59,15 @@ pub fn ready(text: &str) {
 
 /// Reports readiness once the Node `node` has Ready=True (at once without a node). Runs until
 /// then; a no-op without a service manager.
-pub async fn when_ready(client: kube::Client, node: Option<String>) {
+///
+/// With `offline_after` (agents), a server out of reach that long counts as ready too: the node
+/// then runs its pods from its offline copy, and a service manager waiting for readiness would
+/// otherwise hold the start (and the installer) until the server is back.
+pub async fn when_ready(
+    client: kube::Client,
+    node: Option<String>,
+    offline_after: Option<Duration>,
+) {
     if !matches!(SOCKET.get(), Some(Some(_))) {
         return;
     }
@@ -69,8 +77,23 @@ pub async fn when_ready(client: kube::Client, node: Option<String>) {
     };
     let nodes = kube::Api::<Node>::all(client);
     let mut last = String::new();
+    let mut unreachable_since = None;
     loop {
-        let state = match nodes.get_opt(&node).await {
+        let got = nodes.get_opt(&node).await;
+        unreachable_since = match (&got, unreachable_since) {
+            (Err(_), None) => Some(std::time::Instant::now()),
+            (Err(_), since) => since,
+            (Ok(_), _) => None,
+        };
+        if let (Some(since), Some(after)) = (unreachable_since, offline_after)
+            && since.elapsed() >= after
+        {
+            ready(&format!(
+                "server out of reach: node {node} runs from its offline copy"
+            ));
+            return;
+        }
+        let state = match got {
             Ok(Some(n)) if node_ready(&n) => break,
             Ok(Some(_)) => format!("waiting for node {node} to be Ready"),
             Ok(None) => format!("waiting for node {node} to register"),

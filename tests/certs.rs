@@ -13,7 +13,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use base64::Engine;
-use common::{Server, eventually};
+use common::{Server, eventually, succeeded as ok};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -103,22 +103,7 @@ fn kubeconfig_cert(kubeconfig: &str) -> String {
 
 /// `kinglet <args> --data-dir <the server's>`.
 fn kinglet(s: &Server, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_kinglet"))
-        .args(args)
-        .arg("--data-dir")
-        .arg(s.data_dir())
-        .env_remove("KINGLET_DATA_DIR")
-        .output()
-        .expect("run kinglet")
-}
-
-fn ok(out: std::process::Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    common::kinglet_cli(&s.data_dir(), args)
 }
 
 #[test]

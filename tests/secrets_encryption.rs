@@ -5,11 +5,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 use base64::Engine;
-use common::Server;
+use common::{Server, kinglet_cli as kinglet, succeeded as ok};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 const BEFORE_VALUE: &str = "plaintext-before-7f3a9c21";
@@ -52,25 +51,6 @@ fn stored_values(s: &Server, names: &[&str]) -> Vec<Vec<u8>> {
         }
         out
     })
-}
-
-fn kinglet(data_dir: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_kinglet"))
-        .args(args)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env_remove("KINGLET_DATA_DIR")
-        .output()
-        .expect("run kinglet")
-}
-
-fn ok(out: std::process::Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn secret_value(s: &Server, name: &str) -> String {

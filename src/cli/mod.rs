@@ -71,7 +71,7 @@ pub struct TokenArgs {
     #[arg(
         long,
         env = "KINGLET_DATA_DIR",
-        default_value = "/var/lib/kinglet",
+        default_value = DEFAULT_DATA_DIR,
         global = true
     )]
     pub data_dir: PathBuf,
@@ -114,7 +114,7 @@ pub enum TokenCommand {
 #[derive(Args, Debug, Clone)]
 pub struct BackupArgs {
     /// Where the server keeps its state.
-    #[arg(long, env = "KINGLET_DATA_DIR", default_value = "/var/lib/kinglet")]
+    #[arg(long, env = "KINGLET_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
     /// The file to write, a gzip'd tar with mode 0600: it holds the cluster's keys (default:
     /// `<data-dir>/server/db/snapshots/on-demand-<node>-<unix time>.tar.gz`).
@@ -128,7 +128,7 @@ pub struct CertificateArgs {
     #[arg(
         long,
         env = "KINGLET_DATA_DIR",
-        default_value = "/var/lib/kinglet",
+        default_value = DEFAULT_DATA_DIR,
         global = true
     )]
     pub data_dir: PathBuf,
@@ -154,7 +154,7 @@ pub struct SecretsEncryptArgs {
     #[arg(
         long,
         env = "KINGLET_DATA_DIR",
-        default_value = "/var/lib/kinglet",
+        default_value = DEFAULT_DATA_DIR,
         global = true
     )]
     pub data_dir: PathBuf,
@@ -192,7 +192,7 @@ pub struct ImagesArgs {
     #[arg(
         long,
         env = "KINGLET_DATA_DIR",
-        default_value = "/var/lib/kinglet",
+        default_value = DEFAULT_DATA_DIR,
         global = true
     )]
     pub data_dir: PathBuf,
@@ -254,7 +254,7 @@ pub struct AgentArgs {
     #[arg(long, env = "KINGLET_TOKEN_FILE", conflicts_with = "token")]
     pub token_file: Option<PathBuf>,
     /// Where kinglet keeps its state (the agent's certificates under `agent/`).
-    #[arg(long, env = "KINGLET_DATA_DIR", default_value = "/var/lib/kinglet")]
+    #[arg(long, env = "KINGLET_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
     #[command(flatten)]
     pub node: NodeArgs,
@@ -350,7 +350,7 @@ pub struct ServerArgs {
     #[arg(long, env = "KINGLET_CONFIG", default_value = DEFAULT_CONFIG)]
     pub config: PathBuf,
     /// Where kinglet keeps its state.
-    #[arg(long, env = "KINGLET_DATA_DIR", default_value = "/var/lib/kinglet")]
+    #[arg(long, env = "KINGLET_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
     /// Address the API server listens on.
     #[arg(long, env = "KINGLET_BIND_ADDRESS", default_value = "0.0.0.0")]
@@ -823,6 +823,8 @@ fn config_path(argv: &[String]) -> (PathBuf, bool) {
 }
 
 const DEFAULT_CONFIG: &str = "/etc/kinglet/config.yaml";
+/// Where kinglet keeps its state (k3s: /var/lib/rancher/k3s).
+const DEFAULT_DATA_DIR: &str = "/var/lib/kinglet";
 
 /// `argv` with the config file's flags (for `server` and `agent`) right after the
 /// subcommand, so that later command-line flags override them.

@@ -244,7 +244,11 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         mode,
     });
     // systemd's Type=notify: ready once this server's node is Ready (the listener is bound).
-    tokio::spawn(crate::notify::when_ready(api.local_client(), own_node));
+    tokio::spawn(crate::notify::when_ready(
+        api.local_client(),
+        own_node,
+        None,
+    ));
     let router = api.router();
     tokio::select! {
         r = tls::serve(listener, Arc::new(tls_config), router) => r,

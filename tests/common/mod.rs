@@ -369,21 +369,9 @@ impl Server {
 
     /// `kinglet token [args] --data-dir <this server's>`'s output.
     pub fn kinglet_token(&self, args: &[&str]) -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_kinglet"))
-            .arg("token")
-            .args(args)
-            .arg("--data-dir")
-            .arg(self.data_dir())
-            .env_remove("KINGLET_DATA_DIR")
-            .output()
-            .expect("run kinglet token");
-        assert!(
-            out.status.success(),
-            "kinglet token {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .expect("utf-8")
+        let args = [&["token"], args].concat();
+        let out = kinglet_cli(&self.data_dir(), &args);
+        succeeded(out, &format!("kinglet {args:?}"))
             .trim()
             .to_string()
     }
@@ -424,6 +412,27 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop(true);
     }
+}
+
+/// `kinglet <args> --data-dir <data_dir>`, not reading the caller's environment for it.
+pub fn kinglet_cli(data_dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kinglet"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env_remove("KINGLET_DATA_DIR")
+        .output()
+        .expect("run kinglet")
+}
+
+/// The standard output of a command that must have succeeded (its standard error otherwise).
+pub fn succeeded(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Gets `dir` ready to hold a `kinglet agent`'s files in `host` (once): the busybox image
