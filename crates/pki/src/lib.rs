@@ -195,6 +195,11 @@ fn issue_with_key(
     }
     params.use_authority_key_identifier_extension = true;
     validity(&mut params);
+    // Never past the CA's own expiry: a leaf renewed late in the CA's life would otherwise
+    // claim a validity its chain does not have.
+    if let Some(ca_end) = not_after(&ca.cert_pem) {
+        params.not_after = params.not_after.min(ca_end);
+    }
     let cert = params.signed_by(&key, &issuer)?;
     Ok(CertKey {
         cert_pem: cert.pem(),
@@ -458,6 +463,33 @@ impl Pki {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leaves_never_outlive_their_ca() {
+        // A CA in the last days of its life.
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let ca_end = time::OffsetDateTime::now_utc() + time::Duration::days(10);
+        params.not_after = ca_end;
+        let ca = CertKey {
+            cert_pem: params.self_signed(&key).unwrap().pem(),
+            key_pem: key.serialize_pem(),
+        };
+        let leaf = issue_with_key(
+            &ca,
+            KeyPair::generate().unwrap(),
+            "x",
+            &[],
+            &[],
+            false,
+            true,
+        )
+        .unwrap();
+        assert!(not_after(&leaf.cert_pem).unwrap() <= not_after(&ca.cert_pem).unwrap());
+        assert!(not_after(&leaf.cert_pem).unwrap() - ca_end < time::Duration::seconds(1));
+    }
 
     #[test]
     fn create_then_reuse_and_reissue_on_new_san() {
