@@ -121,6 +121,7 @@ setup_env() {
     if [ "$COMMAND" = server ]; then UNIT=kinglet; else UNIT=kinglet-agent; fi
     KILLALL_SH=$BIN_DIR/kinglet-killall.sh
     UNINSTALL_SH=$BIN_DIR/$UNIT-uninstall.sh
+    COMMAND_FILE=/etc/kinglet/$UNIT.command
 
     # The init system: OpenRC where its runner exists, else systemd where systemctl exists
     # (the unit is written even when systemd is not running, e.g. while building an image).
@@ -252,26 +253,51 @@ install_packages() {
 }
 
 # --- the scripts that undo the installation ---
-# The generated scripts' settings: the services' environment files (as kinglet reads them),
-# then the config file, then kinglet's defaults.
-settings_snippet() {
-    cat <<'EOF'
-for env_file in /etc/systemd/system/kinglet*.service.env /etc/kinglet/kinglet*.env; do
-    if [ -f "$env_file" ]; then
-        set -a
-        # shellcheck disable=SC1090 # written by install.sh
-        . "$env_file"
-        set +a
-    fi
-done
-config_value() {
-    [ -f /etc/kinglet/config.yaml ] || return 0
-    sed -n "s/^$1:[[:space:]]*[\"']\{0,1\}\([^\"' #]*\).*/\1/p" /etc/kinglet/config.yaml | tail -n 1
+# The service's command line, for the scripts below: they ask kinglet which directories it
+# uses (`kinglet dirs`), with the service's environment files, config file and drop-ins.
+write_command_file() {
+    mkdir -p /etc/kinglet
+    {
+        echo "# The $UNIT service's command line, for kinglet-killall.sh and $UNIT-uninstall.sh."
+        echo "# Written by kinglet's install.sh: run it again to change the command line."
+        echo "SERVICE_UNIT=$(sh_quote "$UNIT")"
+        echo "SERVICE_ENV_FILE=$(sh_quote "$ENV_FILE")"
+        echo "set -- $EXEC_SH"
+    } >"$COMMAND_FILE.new"
+    chmod 0600 "$COMMAND_FILE.new"
+    mv -f "$COMMAND_FILE.new" "$COMMAND_FILE"
 }
-DATA_DIR=${KINGLET_DATA_DIR:-$(config_value data-dir)}
-DATA_DIR=${DATA_DIR:-/var/lib/kinglet}
-RUN_DIR=${KINGLET_RUN_DIR:-$(config_value run-dir)}
-RUN_DIR=${RUN_DIR:-/run/kinglet}
+
+# Functions of the generated scripts.
+script_functions() {
+    cat <<'EOF'
+# DATA_DIR, RUN_DIR, POD_LOG_DIR and CGROUP_ROOT of the service whose command file is $1, as
+# kinglet resolves them: environment files, then flags, over config.yaml and config.yaml.d.
+service_dirs() (
+    for name in $(env | sed -n 's/^\(KINGLET_[A-Za-z0-9_]*\)=.*/\1/p'); do unset "$name"; done
+    SERVICE_UNIT=
+    SERVICE_ENV_FILE=
+    # shellcheck disable=SC1090 # written by install.sh
+    . "$1" || exit 1
+    for env_file in "/etc/default/$SERVICE_UNIT" "/etc/sysconfig/$SERVICE_UNIT" "$SERVICE_ENV_FILE"; do
+        if [ -n "$env_file" ] && [ -f "$env_file" ]; then
+            set -a
+            # shellcheck disable=SC1090 # the service's environment
+            . "$env_file"
+            set +a
+        fi
+    done
+    [ -x "$BIN" ] || { echo "$BIN is missing" >&2; exit 1; }
+    cd / && "$BIN" dirs "$@"
+)
+
+# Mount points at or below $1, deepest first; /proc/self/mounts writes a space as \040.
+mounts_under() {
+    while read -r _ mount_point _; do
+        mount_point=$(printf '%b' "$mount_point")
+        case $mount_point in "$1" | "$1"/*) echo "$mount_point" ;; esac
+    done </proc/self/mounts | sort -r
+}
 EOF
 }
 
@@ -288,12 +314,8 @@ set -u
 [ "$(id -u)" -eq 0 ] || { echo "kinglet-killall.sh: run as root" >&2; exit 1; }
 
 EOF
-        settings_snippet
+        script_functions
         cat <<'EOF'
-CGROUP_ROOT=${KINGLET_CGROUP_ROOT:-$(config_value cgroup-root)}
-CGROUP_ROOT=${CGROUP_ROOT:-/}
-CGROUP_ROOT=/${CGROUP_ROOT#/}
-CGROUP_ROOT=${CGROUP_ROOT%/}
 
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
     for unit in /etc/systemd/system/kinglet*.service; do
@@ -306,6 +328,7 @@ done
 
 # kinglet's own processes (server, agent, container supervisors): those running our binary
 # in this mount namespace, which is the host's for all of them.
+# shellcheck disable=SC2317 # called through kill_all_of
 kinglet_pids() {
     own_ns=$(readlink /proc/self/ns/mnt)
     for proc in /proc/[0-9]*; do
@@ -318,52 +341,83 @@ kinglet_pids() {
     done
 }
 
-# Pod cgroups, in every hierarchy (one on cgroup v2, one per controller on v1).
+# Pod cgroups below $CGROUP_ROOT, in every hierarchy (one on cgroup v2, one per controller
+# on v1).
 kubepods_dirs() {
     for hierarchy in /sys/fs/cgroup /sys/fs/cgroup/*; do
         [ -d "$hierarchy$CGROUP_ROOT/kubepods" ] && echo "$hierarchy$CGROUP_ROOT/kubepods"
     done
 }
-
-# Containers: every process in the pod cgroups, until none is left.
-round=0
-while [ $round -lt 30 ]; do
-    pids=$(
-        kinglet_pids
-        for dir in $(kubepods_dirs); do
-            find "$dir" -name cgroup.procs -exec cat {} + 2>/dev/null
-        done
-    )
-    [ -n "$pids" ] || break
-    # shellcheck disable=SC2086 # a list of process ids
-    kill -9 $pids 2>/dev/null
-    sleep 1
-    round=$((round + 1))
-done
-
-for dir in $(kubepods_dirs); do
-    find "$dir" -depth -type d -exec rmdir {} \; 2>/dev/null
-done
-
-# Mounts below the data and run directories (root file systems, volumes, namespace pins),
-# deepest first; /proc/self/mounts writes a space as \040.
-mounts_under() {
-    while read -r _ mount_point _; do
-        mount_point=$(printf '%b' "$mount_point")
-        case $mount_point in "$1"/*) echo "$mount_point" ;; esac
-    done </proc/self/mounts | sort -r
-}
-for top in "$DATA_DIR" "$RUN_DIR"; do
-    mounts_under "$top" | while IFS= read -r mount_point; do
-        umount "$mount_point" 2>/dev/null || umount -l "$mount_point"
+# shellcheck disable=SC2317 # called through kill_all_of
+pod_pids() {
+    kubepods_dirs | while IFS= read -r dir; do
+        find "$dir" -name cgroup.procs -exec cat {} + 2>/dev/null
     done
-done
+}
 
-# The network set-up: iptables chains and jumps, the bridge, routes, the DNS address.
-if [ -x "$BIN" ]; then
-    "$BIN" cleanup || echo "kinglet-killall.sh: kinglet cleanup failed" >&2
+# Kills what $1 (a function) lists, until it lists nothing.
+kill_all_of() {
+    round=0
+    while [ $round -lt 30 ]; do
+        pids=$("$1")
+        [ -n "$pids" ] || return 0
+        # shellcheck disable=SC2086 # a list of process ids
+        kill -9 $pids 2>/dev/null
+        sleep 1
+        round=$((round + 1))
+    done
+}
+
+kill_all_of kinglet_pids
+status=0
+cleaned=
+for command_file in /etc/kinglet/kinglet*.command; do
+    [ -f "$command_file" ] || continue
+    if ! dirs=$(service_dirs "$command_file"); then
+        echo "kinglet-killall.sh: cannot tell the directories of $command_file: its containers and mounts are left" >&2
+        status=1
+        continue
+    fi
+    eval "$dirs"
+    CGROUP_ROOT=${CGROUP_ROOT%/}
+    # Containers: every process in the pod cgroups.
+    kill_all_of pod_pids
+    kubepods_dirs | while IFS= read -r dir; do
+        find "$dir" -depth -type d -exec rmdir {} \; 2>/dev/null
+    done
+    # Mounts below the data and run directories (root file systems, volumes, namespace pins).
+    for top in "$DATA_DIR" "$RUN_DIR"; do
+        mounts_under "$top" | while IFS= read -r mount_point; do
+            [ "$mount_point" = "$top" ] && continue
+            umount "$mount_point" 2>/dev/null || umount -l "$mount_point"
+        done
+    done
+    # The network set-up: iptables chains and jumps, the bridge, routes, the DNS address.
+    if (
+        SERVICE_ENV_FILE=
+        # shellcheck disable=SC1090 # written by install.sh
+        . "$command_file"
+        if [ -n "$SERVICE_ENV_FILE" ] && [ -f "$SERVICE_ENV_FILE" ]; then
+            set -a
+            # shellcheck disable=SC1090 # the service's environment
+            . "$SERVICE_ENV_FILE"
+            set +a
+        fi
+        "$BIN" cleanup --run-dir "$RUN_DIR"
+    ); then
+        cleaned=1
+    else
+        echo "kinglet-killall.sh: kinglet cleanup failed" >&2
+        status=1
+    fi
+done
+if [ -z "$cleaned" ] && [ -x "$BIN" ]; then
+    "$BIN" cleanup || {
+        echo "kinglet-killall.sh: kinglet cleanup failed" >&2
+        status=1
+    }
 fi
-exit 0
+exit $status
 EOF
     } >"$KILLALL_SH.new"
     chmod 0755 "$KILLALL_SH.new"
@@ -380,16 +434,25 @@ create_uninstall() {
         echo "UNIT=$(sh_quote "$UNIT")"
         echo "SERVICE_FILE=$(sh_quote "$SERVICE_FILE")"
         echo "ENV_FILE=$(sh_quote "$ENV_FILE")"
+        echo "COMMAND_FILE=$(sh_quote "$COMMAND_FILE")"
         echo "KILLALL_SH=$(sh_quote "$KILLALL_SH")"
         cat <<'EOF'
 set -u
 [ "$(id -u)" -eq 0 ] || { echo "$0: run as root" >&2; exit 1; }
 
 EOF
-        settings_snippet
+        script_functions
         cat <<'EOF'
-POD_LOG_DIR=${KINGLET_POD_LOG_DIR:-$(config_value pod-log-dir)}
-POD_LOG_DIR=${POD_LOG_DIR:-/var/log/pods}
+
+# Asked before anything is stopped or removed.
+status=0
+if dirs=$(service_dirs "$COMMAND_FILE"); then
+    eval "$dirs"
+else
+    echo "$0: cannot tell $UNIT's directories: they are kept" >&2
+    DATA_DIR='' RUN_DIR='' POD_LOG_DIR=''
+    status=1
+fi
 
 [ -x "$KILLALL_SH" ] && "$KILLALL_SH"
 
@@ -403,41 +466,61 @@ fi
 if command -v rc-update >/dev/null 2>&1; then
     rc-update delete "$UNIT" default >/dev/null 2>&1
 fi
-rm -f "$SERVICE_FILE" "$ENV_FILE" "/var/log/$UNIT.log" "/etc/logrotate.d/$UNIT"
+rm -f "$SERVICE_FILE" "$ENV_FILE" "$COMMAND_FILE" "/var/log/$UNIT.log" "/etc/logrotate.d/$UNIT"
 rm -f "$0"
 
 if ls /etc/systemd/system/kinglet*.service /etc/init.d/kinglet* >/dev/null 2>&1; then
     echo "another kinglet service is installed: kinglet's binary and data are kept"
-    exit 0
+    exit $status
 fi
 
-# Never a system directory, and never through a mount that is still there (a volume's
-# hostPath would be emptied).
+# Never a system or relative directory, and never through a mount that is still there (a
+# volume's hostPath would be emptied).
 remove_tree() {
     case $1 in
-        '' | / | /etc | /run | /var | /var/lib | /var/log | /usr | /usr/local | /home | /root)
-            echo "$0: refusing to remove $1" >&2
+        '' | / | /etc | /run | /tmp | /var | /var/lib | /var/log | /usr | /usr/local | /home | /root | \
+            [!/]* | */../* | */.. | */./* | */.)
+            echo "$0: refusing to remove '$1'" >&2
             return 1
             ;;
     esac
     [ -e "$1" ] || return 0
-    if grep -q " $1/" /proc/self/mounts; then
-        echo "$0: $1 still has mounts below it; unmount them and remove it by hand" >&2
+    if mounts_under "$1" | grep -qvxF -- "$1"; then
+        echo "$0: '$1' still has mounts below it; unmount them and remove it by hand" >&2
         return 1
     fi
     rm -rf -- "$1"
 }
-status=0
-remove_tree "$DATA_DIR" || status=1
-remove_tree "$RUN_DIR" || status=1
-remove_tree /etc/kinglet || status=1
-# Pod log directories are <namespace>_<pod>_<uid>; the directory itself if nothing else is left.
-if [ -d "$POD_LOG_DIR" ]; then
-    for pod_log in "$POD_LOG_DIR"/*_*_*; do
-        [ -d "$pod_log" ] && rm -rf -- "$pod_log"
-    done
-    rmdir "$POD_LOG_DIR" 2>/dev/null
+
+# The data directory only where kinglet marked it as its own: the lock its server or agent
+# holds. Before it goes, the log directories (<namespace>_<pod>_<uid>) of the pods it ran.
+if [ -n "$DATA_DIR" ] && [ -e "$DATA_DIR" ]; then
+    if [ -f "$DATA_DIR/server/lock" ] || [ -f "$DATA_DIR/agent/lock" ]; then
+        if [ -d "$POD_LOG_DIR" ]; then
+            for pod_log in "$POD_LOG_DIR"/*_*_*; do
+                uid=${pod_log##*_}
+                if [ -d "$pod_log" ] && [ -d "$DATA_DIR/agent/pods/$uid" ]; then
+                    remove_tree "$pod_log" || status=1
+                fi
+            done
+            rmdir "$POD_LOG_DIR" 2>/dev/null
+        fi
+        remove_tree "$DATA_DIR" || status=1
+    else
+        echo "$0: '$DATA_DIR' has neither server/lock nor agent/lock, so kinglet did not make it: it is kept" >&2
+        status=1
+    fi
 fi
+# The run directory: empty, or with kinglet's container state in it.
+if [ -n "$RUN_DIR" ] && [ -d "$RUN_DIR" ] && ! rmdir "$RUN_DIR" 2>/dev/null; then
+    if [ -d "$RUN_DIR/containers" ]; then
+        remove_tree "$RUN_DIR" || status=1
+    else
+        echo "$0: '$RUN_DIR' has no containers/ of kinglet's: it is kept" >&2
+        status=1
+    fi
+fi
+remove_tree /etc/kinglet || status=1
 rm -f "$BIN" "$KILLALL_SH"
 exit $status
 EOF
@@ -586,6 +669,7 @@ main() {
     fetch_binary
     install_packages
     install_binary
+    write_command_file
     create_killall
     create_uninstall
     if [ "$INIT" = none ]; then

@@ -476,6 +476,10 @@ pub fn restore(archive: &Path, data_dir: &Path) -> anyhow::Result<()> {
         archive.display(),
         manifest.revision
     );
+    // Past every revision the old cluster's clients may have seen after the snapshot, and
+    // marked compacted: their watches get 410 Gone and relist instead of missing writes.
+    let moved_to = kinglet_store::backup::move_revision_on(&staged_db)
+        .with_context(|| format!("--restore {}: the datastore", archive.display()))?;
     for sub in ["server/tls", "server/cred", "server/token"] {
         let from = staging.path().join(sub);
         let to = data_dir.join(sub);
@@ -503,6 +507,7 @@ pub fn restore(archive: &Path, data_dir: &Path) -> anyhow::Result<()> {
         archive = %archive.display(),
         revision,
         created = %manifest.created,
+        resumes_at = moved_to,
         "restored the cluster"
     );
     Ok(())

@@ -79,6 +79,7 @@ fn main() {
         cli::Command::SecretsEncrypt(args) => secrets_encrypt::run(&args),
         cli::Command::CheckConfig => check_config::run(),
         cli::Command::Backup(args) => backup::run(&args),
+        cli::Command::Dirs { args } => cli::print_dirs(&args),
         cli::Command::Supervise { dir } => kinglet_runtime::supervisor::main(&dir),
         cli::Command::Sandbox {
             dir,

@@ -258,6 +258,38 @@ fn backup_then_restore_into_a_fresh_data_dir_brings_back_every_object() {
         ]),
         "12"
     );
+    // The revision moved far past the old server's (which kept writing after the snapshot),
+    // while each object kept its own (`identities` compares them): a watch from a revision
+    // the old server gave out is expired, so its client relists rather than missing writes.
+    let list: serde_json::Value = serde_json::from_str(&new.ok(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/namespaces/{NS}/configmaps"),
+    ]))
+    .expect("list");
+    let list_rev: i64 = list["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|r| r.parse().ok())
+        .expect("list resourceVersion");
+    // Slack for the old server's writes between the snapshot and `last_rev` (leases, status).
+    assert!(
+        list_rev > last_rev + 1_000_000 - 10_000,
+        "{list_rev} after {last_rev}"
+    );
+    let watch = new.kubectl(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/configmaps?watch=1&resourceVersion={last_rev}&timeoutSeconds=20"),
+    ]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&watch.stdout),
+        String::from_utf8_lossy(&watch.stderr)
+    );
+    assert!(
+        said.contains("ERROR") && said.contains("410") && said.contains("Expired"),
+        "a watch from {last_rev}: {said}"
+    );
     // Revisions carry on from where the old server was.
     let created = new.ok(&[
         "create",

@@ -1,5 +1,6 @@
 //! A full data disk (a small tmpfs in the server's test host): writes are refused with a clear
-//! `507 InsufficientStorage`, deletes through the API work and free the space, a server
+//! `507 InsufficientStorage`, deletes through the API work (also those that take updates:
+//! finalizers, namespaces) and free the space, a server
 //! restarted on the full disk serves reads, and writes come back without a restart once space
 //! is freed.
 
@@ -75,11 +76,83 @@ fn a_full_data_disk_refuses_writes_clearly_frees_space_on_delete_and_recovers_al
         &format!("dd if=/dev/zero of={data}/ballast bs=1M count=5 status=none"),
     );
 
+    // Objects whose deletion takes updates: finalizers, and a namespace with contents.
+    s.ok_stdin(
+        &["create", "-f", "-"],
+        &serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "held", "finalizers": ["example.com/x", "example.com/y"]},
+            "data": {"k": "v"},
+        })
+        .to_string(),
+    );
+    s.ok(&["create", "namespace", "doomed"]);
+    for name in ["one", "two"] {
+        s.ok(&[
+            "create",
+            "configmap",
+            name,
+            "-n",
+            "doomed",
+            "--from-literal=k=v",
+        ]);
+    }
+
     let (made, err) = fill(&s, "first");
     assert!(made.len() > 5, "only {} objects fit", made.len());
     assert_insufficient_storage(&err);
     // Reads still work, and nothing half-written shows up.
     assert_eq!(filled(&s), made.len());
+
+    // Deletion runs to its end on the full disk: marking an object with finalizers deleted,
+    // then taking its finalizers away one by one (the last one removes it).
+    s.ok(&["delete", "configmap", "held", "--wait=false"]);
+    let held = |path: &str| {
+        s.ok(&[
+            "get",
+            "configmap",
+            "held",
+            "-o",
+            &format!("jsonpath={path}"),
+        ])
+    };
+    assert!(!held("{.metadata.deletionTimestamp}").is_empty());
+    s.ok(&[
+        "patch",
+        "configmap",
+        "held",
+        "--type=json",
+        "-p",
+        r#"[{"op": "remove", "path": "/metadata/finalizers/0"}]"#,
+    ]);
+    assert_eq!(held("{.metadata.finalizers}"), r#"["example.com/y"]"#);
+    s.ok(&[
+        "patch",
+        "configmap",
+        "held",
+        "--type=merge",
+        "-p",
+        r#"{"metadata": {"finalizers": null}}"#,
+    ]);
+    let gone = s.kubectl(&["get", "configmap", "held"]);
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("NotFound"),
+        "{gone:?}"
+    );
+    // A namespace's deletion is accepted (its controller, which cannot renew its lease on
+    // the full disk, finishes it once space is freed below).
+    s.ok(&["delete", "namespace", "doomed", "--wait=false"]);
+    assert_eq!(
+        s.ok(&[
+            "get",
+            "namespace",
+            "doomed",
+            "-o",
+            "jsonpath={.status.phase}"
+        ]),
+        "Terminating"
+    );
 
     // Deletes work on the full disk and free the space: creates work again, no restart. A
     // watch sees each DELETED event with the whole object (tombstones no longer store it).
@@ -114,6 +187,12 @@ fn a_full_data_disk_refuses_writes_clearly_frees_space_on_delete_and_recovers_al
     let _ = watch.kill();
     let _ = watch.wait();
     assert_eq!(filled(&s), 0);
+    eventually(90, "the namespace's deletion finished", || {
+        let out = s.kubectl(&["get", "namespace", "doomed"]);
+        String::from_utf8_lossy(&out.stderr)
+            .contains("NotFound")
+            .then_some(())
+    });
     s.ok_stdin(&["create", "-f", "-"], &configmap("after-delete"));
 
     // Full again, then a restart on the full disk: it starts and serves reads.

@@ -261,6 +261,11 @@ fn server_install_refuses_corrupt_downloads_upgrades_and_uninstalls_cleanly() {
     let head = std::fs::read(&v2).expect("read v2")[..1 << 20].to_vec();
     std::fs::write(&truncated, head).expect("truncated");
     root.release("v2-truncated", &truncated, &v2);
+    // Another kubelet's pod logs (k3s and kubeadm use the same directory): never kinglet's to remove.
+    root.ok(
+        "mkdir -p /var/log/pods/kube-system_other_u9/c && echo log > /var/log/pods/kube-system_other_u9/c/0.log",
+        &[],
+    );
 
     let before = root.listing();
     let cgroup_root = root.host.cgroup_root.clone();
@@ -381,6 +386,88 @@ fn server_install_refuses_corrupt_downloads_upgrades_and_uninstalls_cleanly() {
         "mounts left: {mounts}"
     );
     assert_same(&root.listing(), &before, "uninstall");
+}
+
+#[test]
+fn uninstall_finds_directories_from_flags_and_drop_ins_and_removes_only_kinglets() {
+    let root = Root::new();
+    let binary = Path::new(env!("CARGO_BIN_EXE_kinglet"));
+    root.release("v1", binary, binary);
+    // What is not kinglet's: a directory at the default data dir's place (the start of the
+    // real one's name, before its space), and another kubelet's pod logs in the same log dir.
+    root.ok(
+        "set -e; mkdir -p /var/lib/kinglet '/var/log/kinglet pods/kube-system_other_u9/c'; \
+         echo mine > /var/lib/kinglet/keep; echo log > '/var/log/kinglet pods/kube-system_other_u9/c/0.log'",
+        &[],
+    );
+    let before = root.listing();
+    // The run and pod log directories from a drop-in, the data directory from a flag.
+    root.ok(
+        "mkdir -p /etc/kinglet/config.yaml.d && printf '%s\\n' 'run-dir: \"/run/kinglet run\"' \
+         \"pod-log-dir: '/var/log/kinglet pods'\" > /etc/kinglet/config.yaml.d/10-dirs.yaml",
+        &[],
+    );
+    let cgroup_root = root.host.cgroup_root.clone();
+    let env = [("KINGLET_CGROUP_ROOT", cgroup_root.as_str())];
+    let data = "/var/lib/kinglet data";
+    assert_ok(
+        &root.install("v1", &env, &format!("server --data-dir '{data}'")),
+        "install",
+    );
+    root.ok(
+        "shellcheck /usr/local/bin/kinglet-killall.sh /usr/local/bin/kinglet-uninstall.sh",
+        &[],
+    );
+    let mut server = root
+        .host
+        .command("/usr/local/bin/kinglet")
+        .args(["server", "--disable-agent", "--bind-address", "127.0.0.1"])
+        .args(["--data-dir", data])
+        .env_clear()
+        .env("PATH", PATH)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kinglet server");
+    eventually(60, "the installed server's kubeconfig", || {
+        root.path("/etc/kinglet/kinglet.yaml")
+            .exists()
+            .then_some(())
+    });
+    assert!(root.path(&format!("{data}/server/lock")).exists());
+    // A pod's volume mount (a space in /proc/self/mounts is \040), its logs, container state.
+    root.ok(
+        "set -e; v='/var/lib/kinglet data/agent/pods/u1/volumes/kubernetes.io~empty-dir/data'; \
+         mkdir -p \"$v\" '/run/kinglet run/containers' '/var/log/kinglet pods/default_bb_u1/bb'; \
+         mount -t tmpfs tmpfs \"$v\"; echo x > \"$v/f\"; \
+         echo log > '/var/log/kinglet pods/default_bb_u1/bb/0.log'",
+        &[],
+    );
+
+    let log = root.ok("/usr/local/bin/kinglet-uninstall.sh", &[]);
+    eprintln!("uninstall: {log}");
+    eventually(30, "the server killed", || gone(&mut server).then_some(()));
+    let mounts = std::fs::read_to_string(format!("/proc/{}/mounts", root.host.pid())).unwrap();
+    assert!(
+        !mounts.contains("kinglet\\040data"),
+        "mounts left: {mounts}"
+    );
+    assert_same(&root.listing(), &before, "uninstall");
+
+    // A data directory kinglet did not mark as its own is refused, not removed.
+    assert_ok(
+        &root.install("v1", &env, "server --data-dir /var/lib/kinglet"),
+        "install over /var/lib/kinglet",
+    );
+    let out = root.sh("/usr/local/bin/kinglet-uninstall.sh", &[]);
+    assert!(!out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("'/var/lib/kinglet' has neither server/lock nor agent/lock"),
+        "{err}"
+    );
+    assert_eq!(root.read("/var/lib/kinglet/keep"), "mine\n");
+    assert!(!root.path("/usr/local/bin/kinglet").exists());
 }
 
 #[test]

@@ -41,6 +41,13 @@ pub enum Command {
     /// Write a snapshot of the server's datastore, token and PKI to one file, while the server
     /// runs or not (`kinglet server --restore FILE` brings it back).
     Backup(BackupArgs),
+    /// Internal (kinglet-killall.sh, kinglet-uninstall.sh): print the directories
+    /// `kinglet server|agent ARGS` would use, config file and drop-ins merged, as sh assignments.
+    #[command(hide = true)]
+    Dirs {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        args: Vec<String>,
+    },
     /// Internal: supervise one container (started by the node).
     #[command(hide = true)]
     Supervise { dir: PathBuf },
@@ -844,6 +851,37 @@ fn merged_argv(argv: Vec<String>) -> anyhow::Result<Vec<String>> {
 pub fn parse() -> anyhow::Result<Cli> {
     let argv = merged_argv(std::env::args().collect())?;
     Ok(Cli::try_parse_from(&argv).unwrap_or_else(|e| e.exit()))
+}
+
+/// `kinglet dirs server|agent ARGS`: the data, run and pod log directories and the cgroup
+/// root of that command line (relative paths from `/`, where services run), as `NAME='value'`
+/// lines for sh.
+pub fn print_dirs(args: &[String]) -> anyhow::Result<()> {
+    let argv = std::iter::once("kinglet".to_string()).chain(args.iter().cloned());
+    let cli = Cli::try_parse_from(merged_argv(argv.collect())?).map_err(|e| {
+        let msg = e.to_string();
+        anyhow::anyhow!("{}", msg.lines().next().unwrap_or("invalid arguments"))
+    })?;
+    let (data_dir, node) = match cli.command {
+        Command::Server(a) => (a.data_dir, a.node),
+        Command::Agent(a) => (a.data_dir, a.node),
+        _ => anyhow::bail!("expected the arguments of `kinglet server` or `kinglet agent`"),
+    };
+    let root = std::path::Path::new("/");
+    let cgroup_root = PathBuf::from(&node.cgroup_root);
+    for (name, path) in [
+        ("DATA_DIR", root.join(data_dir)),
+        ("RUN_DIR", root.join(node.run_dir)),
+        ("POD_LOG_DIR", root.join(node.pod_log_dir)),
+        ("CGROUP_ROOT", root.join(cgroup_root)),
+    ] {
+        let path = path
+            .to_str()
+            .ok_or_else(|| anyhow::anyhow!("{name} {path:?} is not UTF-8"))?
+            .to_string();
+        println!("{name}='{}'", path.replace('\'', "'\\''"));
+    }
+    Ok(())
 }
 
 /// An IPv4 network flag (`10.42.0.0/16`).

@@ -385,6 +385,18 @@ impl Storage {
             .await
     }
 
+    /// See [`Store::update_towards_deletion`].
+    pub async fn update_towards_deletion(
+        &self,
+        key: &str,
+        expected_rev: Option<i64>,
+        value: Bytes,
+    ) -> kinglet_store::Result<i64> {
+        self.store
+            .update_towards_deletion(key, expected_rev, self.stored_form(key, value)?)
+            .await
+    }
+
     pub async fn delete(
         &self,
         key: &str,

@@ -447,6 +447,7 @@ pub async fn commit_update(
     if object::same_ignoring_bookkeeping(old, &new) {
         return Ok(old.clone());
     }
+    let towards_deletion = only_drops_finalizers(old, &new);
     super::managed::record_update(ctx, res, &mut new, Some(old), sub)?;
     if ctx.dry_run()? {
         return Ok(new);
@@ -466,13 +467,43 @@ pub async fn commit_update(
         meta_mut(&mut new).insert("resourceVersion".into(), json!(rev.to_string()));
         return Ok(new);
     }
-    let rev = api
-        .store
-        .update(&key, Some(old_rev), encode(res, &new))
-        .await
-        .map_err(|e| ApiError::from_store(e, &res.group, &res.plural, &name))?;
+    let value = encode(res, &new);
+    let rev = if towards_deletion {
+        api.store
+            .update_towards_deletion(&key, Some(old_rev), value)
+            .await
+    } else {
+        api.store.update(&key, Some(old_rev), value).await
+    }
+    .map_err(|e| ApiError::from_store(e, &res.group, &res.plural, &name))?;
     meta_mut(&mut new).insert("resourceVersion".into(), json!(rev.to_string()));
     Ok(new)
+}
+
+/// Whether `new` differs from `old`, an object being deleted, only by finalizers taken away
+/// (its own, or a namespace's spec ones): deletion progress, which a full disk must not stop.
+fn only_drops_finalizers(old: &Value, new: &Value) -> bool {
+    const LISTS: [&str; 2] = ["/metadata/finalizers", "/spec/finalizers"];
+    if !object::is_deleting(old) {
+        return false;
+    }
+    let mut restored = new.clone();
+    for path in LISTS {
+        let list = |v: &Value| v.pointer(path).and_then(Value::as_array).cloned();
+        let (before, after) = (list(old).unwrap_or_default(), list(new).unwrap_or_default());
+        if after.iter().any(|f| !before.contains(f)) {
+            return false;
+        }
+        let (parent, field) = path.rsplit_once('/').unwrap_or_default();
+        let Some(obj) = restored.pointer_mut(parent).and_then(Value::as_object_mut) else {
+            continue;
+        };
+        match old.pointer(path) {
+            Some(v) => obj.insert(field.to_string(), v.clone()),
+            None => obj.remove(field),
+        };
+    }
+    object::same_ignoring_bookkeeping(old, &restored)
 }
 
 /// DeleteOptions from the body and query.
@@ -623,9 +654,10 @@ pub async fn delete_object(
         if dry_run {
             return Ok((false, obj));
         }
+        // Marking the object deleted is the delete itself: it runs even on a full disk.
         match api
             .store
-            .update(&rec.key, Some(rec.rev), encode(res, &obj))
+            .update_towards_deletion(&rec.key, Some(rec.rev), encode(res, &obj))
             .await
         {
             Ok(rev) => {
@@ -637,4 +669,52 @@ pub async fn delete_object(
         }
     }
     Err(ApiError::conflict(&res.group, &res.plural, name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_finalizers_dropped_from_an_object_being_deleted_is_deletion_progress() {
+        let old = json!({
+            "metadata": {"name": "a", "resourceVersion": "7", "deletionTimestamp": "2026-01-01T00:00:00Z",
+                         "finalizers": ["example.com/x", "example.com/y"]},
+            "spec": {"finalizers": ["kubernetes"]},
+            "data": {"k": "v"},
+        });
+        let with = |f: &dyn Fn(&mut Value)| {
+            let mut v = old.clone();
+            f(&mut v);
+            v
+        };
+        let one_gone = with(&|v| v["metadata"]["finalizers"] = json!(["example.com/y"]));
+        assert!(only_drops_finalizers(&old, &one_gone));
+        let all_gone = with(&|v| {
+            v["metadata"].as_object_mut().unwrap().remove("finalizers");
+            v["metadata"]["resourceVersion"] = json!("8");
+        });
+        assert!(only_drops_finalizers(&old, &all_gone));
+        let spec_gone = with(&|v| v["spec"]["finalizers"] = json!([]));
+        assert!(only_drops_finalizers(&old, &spec_gone));
+        // Anything else, a finalizer added, or an object not being deleted: an ordinary update.
+        let data_too = with(&|v| {
+            v["metadata"]["finalizers"] = json!(["example.com/y"]);
+            v["data"]["k"] = json!("w");
+        });
+        assert!(!only_drops_finalizers(&old, &data_too));
+        let swapped = with(&|v| v["metadata"]["finalizers"] = json!(["example.com/z"]));
+        assert!(!only_drops_finalizers(&old, &swapped));
+        let mut live = old.clone();
+        live["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("deletionTimestamp");
+        let mut live_dropped = one_gone.clone();
+        live_dropped["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("deletionTimestamp");
+        assert!(!only_drops_finalizers(&live, &live_dropped));
+    }
 }

@@ -139,14 +139,8 @@ impl Store {
             convert_to_incremental_vacuum(&conn, path);
         }
         conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
-        let current: i64 =
-            conn.query_row("SELECT COALESCE(MAX(rev), 0) FROM log", [], |r| r.get(0))?;
-        let compacted: i64 = conn
-            .query_row("SELECT value FROM meta WHERE name = 'compacted'", [], |r| {
-                r.get(0)
-            })
-            .optional()?
-            .unwrap_or(0);
+        let current = newest_rev(&conn)?;
+        let compacted = meta_value(&conn, "compacted")?;
         let shared = Arc::new(Shared {
             path: path.to_path_buf(),
             current: AtomicI64::new(current),
@@ -203,6 +197,25 @@ impl Store {
             key: key.to_string(),
             expected_rev,
             value,
+            towards_deletion: false,
+        })
+        .await
+        .map(|(rev, _)| rev)
+    }
+
+    /// Like `update`, for a write that only moves the object towards its deletion (marking
+    /// it deleted, dropping finalizers): on a full disk it runs on the reserve, as deletes do.
+    pub async fn update_towards_deletion(
+        &self,
+        key: &str,
+        expected_rev: Option<i64>,
+        value: Bytes,
+    ) -> Result<i64> {
+        self.write(Op::Update {
+            key: key.to_string(),
+            expected_rev,
+            value,
+            towards_deletion: true,
         })
         .await
         .map(|(rev, _)| rev)
@@ -376,6 +389,25 @@ fn convert_to_incremental_vacuum(conn: &Connection, path: &Path) {
     if let Err(e) = conn.execute_batch("PRAGMA auto_vacuum=INCREMENTAL; VACUUM;") {
         tracing::warn!("converting the datastore to incremental vacuum failed: {e}");
     }
+}
+
+/// The newest revision: the log's, or the floor a restore moved it to (see
+/// [`backup::move_revision_on`]) while nothing has been written since.
+fn newest_rev(conn: &Connection) -> rusqlite::Result<i64> {
+    let logged: i64 = conn.query_row("SELECT COALESCE(MAX(rev), 0) FROM log", [], |r| r.get(0))?;
+    Ok(logged.max(meta_value(conn, REVISION_FLOOR)?))
+}
+
+/// The `meta` row where a restore records the revision it moved the store on to.
+const REVISION_FLOOR: &str = "revision_floor";
+
+fn meta_value(conn: &Connection, name: &str) -> rusqlite::Result<i64> {
+    Ok(conn
+        .query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| {
+            r.get(0)
+        })
+        .optional()?
+        .unwrap_or(0))
 }
 
 fn open_connection(path: &Path) -> anyhow::Result<Connection> {

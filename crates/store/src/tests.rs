@@ -318,3 +318,61 @@ async fn a_database_made_before_incremental_vacuum_is_converted_on_open() {
         (EventType::Deleted, &b"1"[..])
     );
 }
+
+#[tokio::test]
+async fn on_a_full_disk_updates_towards_deletion_run_but_other_updates_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir, 1000);
+    let held = s.create("/f/held", b("finalizers: a, b")).await.unwrap();
+    let page_count: i64 = Connection::open(dir.path().join("state.db"))
+        .unwrap()
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .unwrap();
+    s.exec_on_writer(&format!("PRAGMA max_page_count = {}", page_count + 50))
+        .await
+        .unwrap();
+    let value = Bytes::from(vec![b'v'; 20_000]);
+    let mut n = 0;
+    let err = loop {
+        match s.create(&format!("/f/{n}"), value.clone()).await {
+            Ok(_) => n += 1,
+            Err(e) => break e,
+        }
+        assert!(n < 1000, "the page cap never hit");
+    };
+    assert!(matches!(err, StoreError::NoSpace(_)), "{err}");
+    // The reserve was released; no room to make it again (as on a really full disk), and
+    // the room it gave (here: pages allowed again).
+    let reserve = dir.path().join("state.db-reserve");
+    assert!(!reserve.exists());
+    std::fs::create_dir(&reserve).unwrap();
+    s.exec_on_writer(&format!("PRAGMA max_page_count = {}", page_count + 100))
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.update("/f/held", None, b("finalizers: a, b; more")).await,
+        Err(StoreError::NoSpace(_))
+    ));
+    let mut w = s.watch("/f/", s.current_rev()).await.unwrap();
+    let rev = s
+        .update_towards_deletion("/f/held", Some(held), b("deleting; finalizers: b"))
+        .await
+        .unwrap();
+    let ev = w.next().await.unwrap();
+    assert_eq!((ev.typ, ev.record.rev), (EventType::Modified, rev));
+    assert_eq!(
+        &s.get("/f/held").await.unwrap().unwrap().value[..],
+        b"deleting; finalizers: b"
+    );
+    // Still full for everything else; the conflict check still holds.
+    assert!(matches!(
+        s.create("/f/more", b("x")).await,
+        Err(StoreError::NoSpace(_))
+    ));
+    assert!(matches!(
+        s.update_towards_deletion("/f/held", Some(held), b("stale")).await,
+        Err(StoreError::Conflict(r)) if r == rev
+    ));
+    s.delete("/f/held", Some(rev)).await.unwrap();
+    assert_eq!(w.next().await.unwrap().typ, EventType::Deleted);
+}

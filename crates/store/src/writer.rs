@@ -22,6 +22,8 @@ pub(super) enum Op {
         key: String,
         expected_rev: Option<i64>,
         value: Bytes,
+        /// Moves the object towards deletion: let through on a full disk, like deletes.
+        towards_deletion: bool,
     },
     Delete {
         key: String,
@@ -37,9 +39,17 @@ pub(super) enum Op {
 
 impl Op {
     /// Whether the write adds data (refused while the disk is full, as etcd refuses puts
-    /// under its NOSPACE alarm); deletes and compaction are what frees space.
+    /// under its NOSPACE alarm); deletes and compaction are what frees space, and updates on
+    /// the way to a delete (marking the object deleted, dropping finalizers) run on the
+    /// reserve too, or nothing with finalizers could be deleted.
     fn grows(&self) -> bool {
-        matches!(self, Op::Create { .. } | Op::Update { .. })
+        match self {
+            Op::Create { .. } => true,
+            Op::Update {
+                towards_deletion, ..
+            } => !towards_deletion,
+            _ => false,
+        }
     }
 }
 
@@ -156,12 +166,15 @@ fn allocate(path: &Path, len: u64) -> std::io::Result<()> {
     let n = nix::libc::off_t::try_from(len).unwrap_or(nix::libc::off_t::MAX);
     match nix::fcntl::posix_fallocate(&f, 0, n) {
         Ok(()) => {}
-        // File systems without fallocate: zeros, written.
+        // File systems without fallocate: bytes written, and not zeros, which compressing
+        // file systems (ZFS, btrfs) would store as next to nothing.
         Err(nix::errno::Errno::EOPNOTSUPP | nix::errno::Errno::EINVAL) => {
-            let chunk = vec![0u8; 64 << 10];
+            let mut chunk = vec![0u8; 64 << 10];
+            let mut state = 0x9E37_79B9_7F4A_7C15;
             let mut left = len;
             while left > 0 {
                 let n = left.min(chunk.len() as u64) as usize;
+                fill_incompressible(&mut state, &mut chunk[..n]);
                 f.write_all(&chunk[..n])?;
                 left -= n as u64;
             }
@@ -169,6 +182,17 @@ fn allocate(path: &Path, len: u64) -> std::io::Result<()> {
         Err(e) => return Err(e.into()),
     }
     f.sync_all()
+}
+
+/// Fills `buf` with pseudo-random bytes (xorshift64, state in `x`), which no compressor can
+/// shrink; the state carries on, so no stretch of the file repeats another.
+fn fill_incompressible(x: &mut u64, buf: &mut [u8]) {
+    for word in buf.chunks_mut(8) {
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        word.copy_from_slice(&x.to_le_bytes()[..word.len()]);
+    }
 }
 
 pub(super) fn spawn(
@@ -430,6 +454,7 @@ fn apply(c: &Connection, op: &Op, next_rev: &mut i64) -> Result<Applied> {
             key,
             expected_rev,
             value,
+            ..
         } => {
             let (cur_rev, create_rev, prev) = current(c, key)?.ok_or(StoreError::NotFound)?;
             if expected_rev.is_some_and(|e| e != cur_rev) {
