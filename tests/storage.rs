@@ -1,6 +1,7 @@
 //! The built-in local-path provisioner end to end: the default StorageClass, a StatefulSet's
 //! claim provisioned on the pod's node once the scheduler picks it, data kept across the pod's
-//! deletion, and the volume and its directory removed with the claim.
+//! deletion, and the volume and its directory removed with the claim (the controller deletes the
+//! volume, the node removes the directory and then the volume's cleanup finalizer).
 
 mod common;
 
@@ -187,9 +188,20 @@ fn a_statefulset_keeps_its_data_on_a_provisioned_local_volume() {
         claim["metadata"]["finalizers"],
         serde_json::json!(["kubernetes.io/pvc-protection"])
     );
+    // The cleanup finalizer is there from the start: only the controller's deletion of the
+    // volume makes the node remove the directory.
+    let mut finalizers: Vec<Value> =
+        json_of(&s, &["get", "pv", &pv_name, "-o", "json"])["metadata"]["finalizers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+    finalizers.sort_by_key(|f| f.to_string());
     assert_eq!(
-        json_of(&s, &["get", "pv", &pv_name, "-o", "json"])["metadata"]["finalizers"],
-        serde_json::json!(["kubernetes.io/pv-protection"])
+        finalizers,
+        vec![
+            Value::from("kinglet.io/local-path-cleanup"),
+            Value::from("kubernetes.io/pv-protection")
+        ]
     );
     assert_eq!(
         s.ok(&["exec", "db-0", "--", "cat", "/data/more"]).trim(),
@@ -199,13 +211,72 @@ fn a_statefulset_keeps_its_data_on_a_provisioned_local_volume() {
     eventually(60, "the claim gone", || {
         (!s.kubectl(&["get", "pvc", "data-db-0"]).status.success()).then_some(())
     });
-    eventually(60, "the volume deleted", || {
-        (!s.kubectl(&["get", "pv", &pv_name]).status.success()).then_some(())
-    });
     eventually(60, "the directory removed", || {
         (!dir.exists()).then_some(())
     });
+    // The volume goes once the node removed its directory and then the cleanup finalizer.
+    eventually(60, "the volume deleted", || {
+        (!s.kubectl(&["get", "pv", &pv_name]).status.success()).then_some(())
+    });
     assert!(s.data_dir().join("storage").is_dir());
+
+    // A volume switched to Retain and then deleted by hand goes (the controller drops the
+    // cleanup finalizer) and its data stays on the node.
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        r#"
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: keep}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 1Mi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: writer}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: busybox:1.36
+    command: ["sh", "-c", "echo kept > /data/f; sleep 3600"]
+    volumeMounts: [{name: v, mountPath: /data}]
+  volumes: [{name: v, persistentVolumeClaim: {claimName: keep}}]
+"#,
+    );
+    eventually(120, "writer running", || running(&s, "writer"));
+    let claim = json_of(&s, &["get", "pvc", "keep", "-o", "json"]);
+    let kept = claim["spec"]["volumeName"]
+        .as_str()
+        .expect("volumeName")
+        .to_string();
+    let pv = json_of(&s, &["get", "pv", &kept, "-o", "json"]);
+    let kept_dir = PathBuf::from(pv["spec"]["hostPath"]["path"].as_str().expect("hostPath"));
+    eventually(30, "the file written", || {
+        (std::fs::read_to_string(kept_dir.join("f")).ok()?.trim() == "kept").then_some(())
+    });
+    s.ok(&[
+        "patch",
+        "pv",
+        &kept,
+        "-p",
+        r#"{"spec":{"persistentVolumeReclaimPolicy":"Retain"}}"#,
+    ]);
+    s.ok(&["delete", "pod", "writer"]);
+    s.ok(&["delete", "pvc", "keep"]);
+    eventually(60, "the retained volume released", || {
+        let pv = json_of(&s, &["get", "pv", &kept, "-o", "json"]);
+        (pv["status"]["phase"] == "Released").then_some(())
+    });
+    s.ok(&["delete", "pv", &kept, "--wait=false"]);
+    eventually(60, "the retained volume gone", || {
+        (!s.kubectl(&["get", "pv", &kept]).status.success()).then_some(())
+    });
+    assert_eq!(
+        std::fs::read_to_string(kept_dir.join("f")).unwrap().trim(),
+        "kept"
+    );
 }
 
 #[test]
@@ -261,6 +332,39 @@ spec:
         json_of(&s, &["get", "pv", "small", "-o", "json"])["status"]["phase"],
         "Available"
     );
+    // A claim naming a volume that does not satisfy it stays Pending, told why, and the volume
+    // stays Available.
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        r#"
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: too-big}
+spec:
+  storageClassName: manual
+  volumeName: small
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 2Gi}}
+"#,
+    );
+    eventually(30, "the VolumeMismatch event", || {
+        let events = s.ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=too-big",
+            "-o",
+            "json",
+        ]);
+        events
+            .contains(r#"Cannot bind to requested volume \"small\": requested PV is too small"#)
+            .then_some(())
+    });
+    let claim = json_of(&s, &["get", "pvc", "too-big", "-o", "json"]);
+    assert_eq!(claim["status"]["phase"], "Pending", "{claim}");
+    let small = json_of(&s, &["get", "pv", "small", "-o", "json"]);
+    assert_eq!(small["status"]["phase"], "Available", "{small}");
+    assert!(small["spec"]["claimRef"].is_null(), "{small}");
     // A Retain volume stays, Released, when its claim goes.
     s.ok(&["delete", "pvc", "wants-rwx"]);
     eventually(30, "the volume released", || {

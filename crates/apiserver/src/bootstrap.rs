@@ -81,8 +81,8 @@ pub(crate) async fn ensure(
     Ok(())
 }
 
-/// The provisioner of the default class (`kinglet_control::controllers::persistentvolume`).
-const LOCAL_PATH_PROVISIONER: &str = "kinglet.io/local-path";
+// The provisioner of the default class (`kinglet_control::controllers::persistentvolume`).
+use kinglet_core::storage::LOCAL_PATH_PROVISIONER;
 
 pub async fn run(api: &Api) -> anyhow::Result<()> {
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {

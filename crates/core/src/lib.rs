@@ -15,6 +15,7 @@ pub mod object;
 pub mod pods;
 pub mod resources;
 pub mod selectors;
+pub mod storage;
 
 /// The Kubernetes API level kinglet serves (and its kubelet reports).
 pub const K8S_GIT_VERSION: &str = "v1.33.0+kinglet";

@@ -1,6 +1,7 @@
 //! The node authorizer and NodeRestriction: a node's credentials (`system:node:<name>` in
 //! group `system:nodes`) read only the Secrets, ConfigMaps, PVCs and ServiceAccount tokens of
-//! pods bound to that node, and write only its own Node and Lease and its own pods' status.
+//! pods bound to that node, and write only its own Node and Lease and its own pods' status
+//! (and, beyond upstream, remove finalizers of the PersistentVolumes pinned to it alone).
 
 use std::sync::OnceLock;
 
@@ -29,7 +30,10 @@ pub const NODE_RULES: &[&str] = &[
     "patch update | - | pods/status",
     "create | - | pods/eviction",
     "{RO} | - | configmaps secrets",
-    "get | - | persistentvolumeclaims persistentvolumes",
+    "get | - | persistentvolumeclaims",
+    // Beyond upstream's system:node: a node removes the local-path cleanup finalizer of the
+    // volumes pinned to it alone (the authorizer and NodeRestriction below narrow it to that).
+    "get patch update | - | persistentvolumes",
     "get | - | endpoints",
     "create get list watch | certificates.k8s.io | certificatesigningrequests",
     "create delete get patch update | coordination.k8s.io | leases",
@@ -85,17 +89,24 @@ pub async fn authorize(api: &Api, node: &str, a: &Attributes) -> Decision {
             }
         }
         ("persistentvolumes", "") => {
-            if a.verb != "get" || a.name.is_empty() {
+            if a.name.is_empty() {
                 return no_relation();
             }
             // Beyond upstream: a node also reads the volumes pinned to it, and learns that a
-            // volume is gone (a 404 says only that no volume has that name), so that it
-            // removes the directories of deleted local-path volumes (kubelet `claims`).
-            let related = match object(api, "", "persistentvolumes", None, &a.name).await {
-                None => true,
-                Some(pv) => {
+            // volume is gone (a 404 says only that no volume has that name); it changes only
+            // the volumes pinned to it alone (the local-path cleanup finalizer, kubelet
+            // `claims`). A store that cannot answer denies.
+            let pv = match object(api, "", "persistentvolumes", None, &a.name).await {
+                Ok(pv) => pv,
+                Err(e) => return Decision::Deny(format!("cannot check persistentvolume: {e}")),
+            };
+            let related = match (a.verb.as_str(), pv) {
+                ("get", None) => true,
+                ("get", Some(pv)) => {
                     pinned_to(&pv, node) || volume_of_claims_used(api, node).await.contains(&a.name)
                 }
+                ("patch" | "update", Some(pv)) => pinned_to(&pv, node),
+                _ => false,
             };
             if related { by_rules(a) } else { no_relation() }
         }
@@ -103,6 +114,8 @@ pub async fn authorize(api: &Api, node: &str, a: &Attributes) -> Decision {
             let attached_here = a.verb == "get"
                 && object(api, "storage.k8s.io", "volumeattachments", None, &a.name)
                     .await
+                    .ok()
+                    .flatten()
                     .is_some_and(|v| {
                         v.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node)
                     });
@@ -178,17 +191,26 @@ async fn own_pod(api: &Api, node: &str, a: &Attributes) -> Decision {
     }
 }
 
-/// One stored object, if it exists and parses.
+/// One stored object, `None` if there is none; an error if the store fails or the stored
+/// value does not parse (callers deny then, never take it for "no such object").
 async fn object(
     api: &Api,
     group: &str,
     plural: &str,
     ns: Option<&str>,
     name: &str,
-) -> Option<Value> {
-    let res = api.registry.find(group, "v1", plural)?;
-    let rec = api.store.get(&res.key(ns, name)).await.ok()??;
-    serde_json::from_slice(&rec.value).ok()
+) -> Result<Option<Value>, String> {
+    let res = api
+        .registry
+        .find(group, "v1", plural)
+        .ok_or_else(|| format!("no resource {plural}"))?;
+    let rec = api
+        .store
+        .get(&res.key(ns, name))
+        .await
+        .map_err(|e| e.to_string())?;
+    rec.map(|rec| serde_json::from_slice(&rec.value).map_err(|e| e.to_string()))
+        .transpose()
 }
 
 /// Whether a volume's required node affinity admits only `node`: every term requires
@@ -226,7 +248,7 @@ async fn volume_of_claims_used(api: &Api, node: &str) -> Vec<String> {
             if kind != "persistentvolumeclaims" {
                 continue;
             }
-            if let Some(pvc) = object(api, "", "persistentvolumeclaims", Some(ns), claim).await
+            if let Ok(Some(pvc)) = object(api, "", "persistentvolumeclaims", Some(ns), claim).await
                 && let Some(v) = pvc.pointer("/spec/volumeName").and_then(Value::as_str)
             {
                 out.push(v.to_string());
@@ -333,6 +355,12 @@ pub fn admit(res: &Resource, ctx: &Ctx, obj: &Value, old: Option<&Value>) -> Api
                 "node \"{node}\" is not allowed to modify lease \"{name}\""
             ))
         }
+        ("", "persistentvolumes") => match old {
+            Some(old) if only_finalizers_removed(obj, old) => Ok(()),
+            _ => deny(format!(
+                "node \"{node}\" can only remove finalizers of persistentvolumes"
+            )),
+        },
         ("", "pods") => {
             let bound =
                 |p: &Value| p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node);
@@ -352,6 +380,31 @@ pub fn admit(res: &Resource, ctx: &Ctx, obj: &Value, old: Option<&Value>) -> Api
         }
         _ => Ok(()),
     }
+}
+
+/// Whether `obj` is `old` with some of its finalizers removed and nothing else changed that
+/// anyone reads (the metadata the server keeps aside).
+fn only_finalizers_removed(obj: &Value, old: &Value) -> bool {
+    let finalizers = |v: &Value| -> Vec<Value> {
+        v.pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (new_f, old_f) = (finalizers(obj), finalizers(old));
+    let same = |p: &str| obj.pointer(p) == old.pointer(p);
+    new_f.iter().all(|f| old_f.contains(f))
+        && [
+            "/spec",
+            "/status",
+            "/metadata/name",
+            "/metadata/labels",
+            "/metadata/annotations",
+            "/metadata/ownerReferences",
+            "/metadata/deletionTimestamp",
+        ]
+        .iter()
+        .all(|p| same(p))
 }
 
 /// Whether a pod is a mirror pod (the node's view of a static pod).
@@ -595,6 +648,83 @@ mod tests {
         let other_key = json!({"spec": {"nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
             {"key": "zone", "operator": "In", "values": ["n1"]}]}]}}}});
         assert!(!pinned_to(&other_key, "n1"));
+    }
+
+    #[test]
+    fn a_node_only_removes_finalizers_of_volumes() {
+        let old = json!({"metadata": {"name": "pvc-1", "finalizers": ["a", "kinglet.io/local-path-cleanup"]},
+            "spec": {"hostPath": {"path": "/var/lib/kinglet/storage/pvc-1_ns_c"}}});
+        let mut removed = old.clone();
+        removed["metadata"]["finalizers"] = json!(["a"]);
+        assert!(only_finalizers_removed(&removed, &old));
+        assert!(only_finalizers_removed(&old, &old));
+        let mut added = old.clone();
+        added["metadata"]["finalizers"] = json!(["a", "b"]);
+        let mut moved = removed.clone();
+        moved["spec"]["hostPath"]["path"] = json!("/etc");
+        let mut unannotated = removed.clone();
+        unannotated["metadata"]["annotations"] = json!({"x": "y"});
+        for obj in [added, moved, unannotated] {
+            assert!(!only_finalizers_removed(&obj, &old), "{obj}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_node_changes_only_volumes_pinned_to_it_and_a_bad_store_denies() {
+        let dir = std::env::temp_dir().join(format!("kinglet-node-authz-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let api = crate::test_api(&dir).await;
+        let res = api.registry.find("", "v1", "persistentvolumes").unwrap();
+        let pinned = |n: &str| {
+            json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "x"},
+                "spec": {"nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                    {"key": "kubernetes.io/hostname", "operator": "In", "values": [n]}]}]}}}})
+        };
+        for (name, value) in [
+            ("mine", serde_json::to_vec(&pinned("n1")).unwrap()),
+            ("theirs", serde_json::to_vec(&pinned("n2")).unwrap()),
+            ("garbled", b"{not json".to_vec()),
+        ] {
+            api.store
+                .create(&res.key(None, name), value.into())
+                .await
+                .unwrap();
+        }
+        let ask = |verb: &str, name: &str| Attributes {
+            user: std::sync::Arc::new(node_user("n1")),
+            verb: verb.into(),
+            resource_request: true,
+            resource: "persistentvolumes".into(),
+            name: name.into(),
+            ..Default::default()
+        };
+        let mut wrong = Vec::new();
+        for (verb, name, allowed) in [
+            ("get", "mine", true),
+            ("patch", "mine", true),
+            ("update", "mine", true),
+            ("delete", "mine", false),
+            ("get", "theirs", false),
+            ("patch", "theirs", false),
+            // Missing: reading says 404; nothing to change.
+            ("get", "missing", true),
+            ("patch", "missing", false),
+            // What the store cannot give is never taken for "missing".
+            ("get", "garbled", false),
+            ("patch", "garbled", false),
+            ("list", "", false),
+        ] {
+            let got = matches!(
+                authorize(&api, "n1", &ask(verb, name)).await,
+                Decision::Allow(_)
+            );
+            if got != allowed {
+                wrong.push(format!("{verb} {name}: allowed {got}"));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(wrong.is_empty(), "{wrong:?}");
     }
 
     #[test]

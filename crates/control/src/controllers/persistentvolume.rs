@@ -12,11 +12,15 @@
 //!
 //! Provisioning (class provisioner [`PROVISIONER`]): a hostPath volume
 //! `<storage path>/pvc-<uid>_<namespace>_<name>` pinned to the selected node by node affinity,
-//! as local-path-provisioner makes them. The node's kubelet creates the directory when a pod
-//! mounts it and removes it once the volume object is gone.
+//! as local-path-provisioner makes them, with the finalizer
+//! [`LOCAL_PATH_CLEANUP_FINALIZER`] from the start. The node's kubelet creates the directory
+//! when a pod mounts it.
 //!
 //! Reclaim: a volume whose claim is gone is Released; with `Delete` a provisioned volume is
-//! deleted, others are marked Failed (no deleter plugin), as upstream's hostPath has none
+//! deleted, and the kubelet of its node, seeing it deleted with the cleanup finalizer, removes
+//! the directory and then the finalizer (the explicit signal local-path-provisioner's helper
+//! pod is: a volume merely missing from the API server never loses its data). Other volumes
+//! with `Delete` are marked Failed (no deleter plugin), as upstream's hostPath has none
 //! outside /tmp.
 //!
 //! Protection (upstream's pvc-protection and pv-protection controllers, each as its own
@@ -41,16 +45,15 @@ use super::informers::{MEDIUM_BUFFER, Shared};
 use super::util::Context;
 use kinglet_core::resources::parse_milli;
 
-/// The provisioner name of kinglet's local-path volumes. Not rancher's `rancher.io/local-path`:
-/// a cluster may run rancher's provisioner too, and two provisioners must not both answer one
-/// class. The API server's bootstrap makes the default class `local-path` with it.
-pub const PROVISIONER: &str = "kinglet.io/local-path";
+/// The provisioner name of kinglet's local-path volumes; the API server's bootstrap makes the
+/// default class `local-path` with it.
+pub use kinglet_core::storage::LOCAL_PATH_PROVISIONER as PROVISIONER;
+use kinglet_core::storage::{LOCAL_PATH_CLEANUP_FINALIZER, PROVISIONED_BY};
 pub const SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
 pub const DEFAULT_CLASS_ANNOTATION: &str = "storageclass.kubernetes.io/is-default-class";
 const BETA_DEFAULT_CLASS_ANNOTATION: &str = "storageclass.beta.kubernetes.io/is-default-class";
 const BIND_COMPLETED: &str = "pv.kubernetes.io/bind-completed";
 const BOUND_BY_CONTROLLER: &str = "pv.kubernetes.io/bound-by-controller";
-const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
 const STORAGE_PROVISIONER: &str = "volume.kubernetes.io/storage-provisioner";
 const BETA_STORAGE_PROVISIONER: &str = "volume.beta.kubernetes.io/storage-provisioner";
 const PVC_PROTECTION: &str = "kubernetes.io/pvc-protection";
@@ -164,6 +167,39 @@ pub fn admits_node(v: &PersistentVolume, node: &str, labels: &BTreeMap<String, S
     })
 }
 
+/// Why `v` cannot serve `claim` whatever binds them, if it cannot: being deleted, too small, or
+/// another volume mode or missing access modes (upstream filters by access modes before
+/// anything else).
+fn unfit(claim: &PersistentVolumeClaim, v: &PersistentVolume) -> Option<&'static str> {
+    let cs = claim.spec.as_ref()?;
+    let Some(vs) = v.spec.as_ref() else {
+        return Some("volume has no spec");
+    };
+    if v.metadata.deletion_timestamp.is_some() {
+        return Some("volume is being deleted");
+    }
+    if capacity(v) < requested(claim) {
+        return Some("requested PV is too small");
+    }
+    let mode = |m: Option<&str>| m.unwrap_or("Filesystem").to_string();
+    if mode(vs.volume_mode.as_deref()) != mode(cs.volume_mode.as_deref()) {
+        return Some("incompatible volumeMode");
+    }
+    let has = vs.access_modes.as_deref().unwrap_or_default();
+    if !cs.access_modes.iter().flatten().all(|m| has.contains(m)) {
+        return Some("incompatible accessMode");
+    }
+    None
+}
+
+/// Why a claim naming `v` in `spec.volumeName` cannot bind to it (upstream's
+/// checkVolumeSatisfyClaim): [`unfit`], or another class.
+pub fn claim_mismatch(claim: &PersistentVolumeClaim, v: &PersistentVolume) -> Option<&'static str> {
+    unfit(claim, v).or_else(|| {
+        (volume_class(v) != claim_class(claim)).then_some("storageClassName does not match")
+    })
+}
+
 /// The best volume for `claim` among `volumes` (upstream's FindMatchingVolume): one pre-bound to
 /// it, else the smallest Available one of its class that has its access modes, volume mode and
 /// selector and is large enough. `node` (name, labels), when set, must satisfy the volume's
@@ -176,17 +212,11 @@ pub fn find_match<'a>(
     delayed: bool,
 ) -> Option<&'a PersistentVolume> {
     let spec = claim.spec.as_ref()?;
-    let want = requested(claim);
-    let modes: Vec<&String> = spec.access_modes.iter().flatten().collect();
-    let claim_mode = spec.volume_mode.as_deref().unwrap_or("Filesystem");
     let selector = spec.selector.as_ref();
     let mut best: Option<&PersistentVolume> = None;
     for v in volumes {
         let Some(vs) = v.spec.as_ref() else { continue };
-        if capacity(v) < want
-            || vs.volume_mode.as_deref().unwrap_or("Filesystem") != claim_mode
-            || v.metadata.deletion_timestamp.is_some()
-        {
+        if unfit(claim, v).is_some() {
             continue;
         }
         let node_ok = node.is_none_or(|(n, l)| admits_node(v, n, l));
@@ -211,10 +241,6 @@ pub fn find_match<'a>(
             continue;
         }
         if volume_class(v) != claim_class(claim) || !node_ok {
-            continue;
-        }
-        let has = vs.access_modes.as_deref().unwrap_or_default();
-        if !modes.iter().all(|m| has.contains(m)) {
             continue;
         }
         let smaller =
@@ -331,7 +357,14 @@ impl Binder {
                         Ok(())
                     }
                     Some(v) if v.spec.as_ref().and_then(|s| s.claim_ref.as_ref()).is_none() => {
-                        // Pre-bound by the claim: the volume's side is missing.
+                        // Pre-bound by the claim: the volume's side is missing. Bound only if
+                        // the volume satisfies the claim, else the claim stays Pending.
+                        if let Some(why) = claim_mismatch(c, &v) {
+                            self.claim_phase(c, "Pending").await?;
+                            let note = format!("Cannot bind to requested volume \"{name}\": {why}");
+                            self.event_once(c, true, "VolumeMismatch", note).await;
+                            return Ok(());
+                        }
                         self.bind(&v, c).await
                     }
                     Some(v) if bound_to(&v, c) => self.bind(&v, c).await,
@@ -496,7 +529,8 @@ impl Binder {
             .await;
         let pv: PersistentVolume = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "PersistentVolume",
-            "metadata": {"name": name, "annotations": {PROVISIONED_BY: PROVISIONER}},
+            "metadata": {"name": name, "annotations": {PROVISIONED_BY: PROVISIONER},
+                "finalizers": [LOCAL_PATH_CLEANUP_FINALIZER]},
             "spec": {
                 "capacity": {"storage": storage},
                 "accessModes": spec.access_modes.clone().unwrap_or_default(),
@@ -644,6 +678,17 @@ impl Binder {
 
     async fn sync_volume(&mut self, v: &PersistentVolume) -> Result<()> {
         if v.metadata.deletion_timestamp.is_some() {
+            if reclaim_policy(v) != "Delete" && has_cleanup_finalizer(v) {
+                // Deleted by hand while its policy keeps the data: the node keeps the
+                // directory, and the volume goes without it.
+                let mut v = v.clone();
+                v.finalizers_mut()
+                    .retain(|f| f != LOCAL_PATH_CLEANUP_FINALIZER);
+                return Api::<PersistentVolume>::all(self.ctx.client.clone())
+                    .replace(&v.name_any(), &PostParams::default(), &v)
+                    .await
+                    .map(|_| ());
+            }
             return self.unprotect_volume(v).await;
         }
         let Some(r) = v.spec.as_ref().and_then(|s| s.claim_ref.clone()) else {
@@ -732,11 +777,7 @@ impl Binder {
 
     /// The claim of `v` is gone: Released, then its reclaim policy.
     async fn reclaim(&mut self, v: &PersistentVolume) -> Result<()> {
-        let policy = v
-            .spec
-            .as_ref()
-            .and_then(|s| s.persistent_volume_reclaim_policy.as_deref())
-            .unwrap_or("Retain");
+        let policy = reclaim_policy(v);
         if phase(v) != "Released" && phase(v) != "Failed" {
             self.volume_phase(v, "Released", None).await?;
             if policy == "Retain" {
@@ -747,11 +788,16 @@ impl Binder {
             "Delete"
                 if v.annotations().get(PROVISIONED_BY).map(String::as_str) == Some(PROVISIONER) =>
             {
-                // The node removes the directory once it sees the volume gone.
-                match Api::<PersistentVolume>::all(self.ctx.client.clone())
-                    .delete(&v.name_any(), &DeleteParams::default())
-                    .await
-                {
+                // The kubelet of the volume's node removes the directory, then the finalizer.
+                // A volume made before the finalizer existed gets it first.
+                let api = Api::<PersistentVolume>::all(self.ctx.client.clone());
+                if !has_cleanup_finalizer(v) {
+                    let mut v = v.clone();
+                    v.finalizers_mut().push(LOCAL_PATH_CLEANUP_FINALIZER.into());
+                    api.replace(&v.name_any(), &PostParams::default(), &v)
+                        .await?;
+                }
+                match api.delete(&v.name_any(), &DeleteParams::default()).await {
                     Ok(_) => Ok(()),
                     Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
                     Err(e) => Err(e),
@@ -775,6 +821,20 @@ impl Binder {
             _ => Ok(()),
         }
     }
+}
+
+/// A volume's reclaim policy (`Retain` when unset, as for volumes made by hand).
+fn reclaim_policy(v: &PersistentVolume) -> &str {
+    v.spec
+        .as_ref()
+        .and_then(|s| s.persistent_volume_reclaim_policy.as_deref())
+        .unwrap_or("Retain")
+}
+
+fn has_cleanup_finalizer(v: &PersistentVolume) -> bool {
+    v.finalizers()
+        .iter()
+        .any(|f| f == LOCAL_PATH_CLEANUP_FINALIZER)
 }
 
 /// Whether pod `p` of namespace `ns`, not terminated, uses claim `claim` (directly or as a
@@ -1062,6 +1122,51 @@ mod tests {
             }
         }
         assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    /// A claim naming a volume in `spec.volumeName` binds only if the volume satisfies it.
+    #[test]
+    fn a_claim_naming_a_volume_binds_only_a_fitting_one() {
+        let mut deleting = pv("deleting", json!({}), "Available");
+        deleting.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Default::default()),
+        );
+        let cases = [
+            (pv("fits", json!({}), "Available"), None),
+            (
+                pv("class", json!({"storageClassName": "fast"}), "Available"),
+                Some("storageClassName does not match"),
+            ),
+            (
+                pv(
+                    "small",
+                    json!({"capacity": {"storage": "100Mi"}}),
+                    "Available",
+                ),
+                Some("requested PV is too small"),
+            ),
+            (
+                pv(
+                    "modes",
+                    json!({"accessModes": ["ReadOnlyMany"]}),
+                    "Available",
+                ),
+                Some("incompatible accessMode"),
+            ),
+            (
+                pv("block", json!({"volumeMode": "Block"}), "Available"),
+                Some("incompatible volumeMode"),
+            ),
+            (deleting, Some("volume is being deleted")),
+        ];
+        for (v, want) in cases {
+            assert_eq!(
+                claim_mismatch(&claim(json!({})), &v),
+                want,
+                "{}",
+                v.name_any()
+            );
+        }
     }
 
     #[test]

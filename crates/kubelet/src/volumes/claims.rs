@@ -5,8 +5,12 @@
 //! kinglet.io/local-path`) are created here on first use, mode 0777 as local-path-provisioner
 //! makes them (containers run as any user; the storage directory above them is the node
 //! administrator's), and recorded under `<data-dir>/agent/local-path/<volume>`. The directory
-//! is removed once the API server says its PersistentVolume is gone (`collect_forever`): only
-//! directories this kubelet made, named after their volume, never through a symlink.
+//! is removed only on the explicit signal of the PersistentVolume controller: the volume
+//! deleted (reclaim policy `Delete`) while it carries the `kinglet.io/local-path-cleanup`
+//! finalizer; then the finalizer is removed (`collect_forever`). A volume merely missing from
+//! the API server (a restored snapshot, an administrator's delete of a Retain volume) keeps
+//! its directory. Only directories this kubelet made, named after their volume, are removed,
+//! never through a symlink.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -16,13 +20,14 @@ use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use kinglet_core::storage::{
+    LOCAL_PATH_CLEANUP_FINALIZER, LOCAL_PATH_PROVISIONER as PROVISIONER, PROVISIONED_BY,
+};
 use kube::ResourceExt;
-use kube::api::Api;
+use kube::api::{Api, Patch, PatchParams};
 
 use crate::Kubelet;
 
-const PROVISIONER: &str = "kinglet.io/local-path";
-const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
 /// How often recorded volumes are checked for their PersistentVolume.
 const COLLECT_EVERY: Duration = Duration::from_secs(10);
 
@@ -157,9 +162,67 @@ impl Kubelet {
     }
 }
 
-/// What to do with one record: the volume still exists (or the server did not say), or it is
-/// gone and its directory goes.
-async fn collect_one(client: &kube::Client, data_dir: &Path, name: &str) -> anyhow::Result<()> {
+/// What the API server says of a recorded volume, for its directory.
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    /// The volume exists and nobody asked for its data to go.
+    Keep,
+    /// No such volume: not a reason to delete anything (a restored snapshot, a deleted Retain
+    /// volume); the record stays, unless the directory is gone already.
+    Missing,
+    /// Deleted with the cleanup finalizer and reclaim policy `Delete`: the directory goes,
+    /// then the finalizer. (With another policy the controller removes the finalizer and the
+    /// directory stays.)
+    Remove,
+}
+
+fn verdict(pv: Option<&PersistentVolume>) -> Verdict {
+    let Some(pv) = pv else {
+        return Verdict::Missing;
+    };
+    let deleted = pv.metadata.deletion_timestamp.is_some();
+    let signalled = pv
+        .finalizers()
+        .iter()
+        .any(|f| f == LOCAL_PATH_CLEANUP_FINALIZER);
+    let policy = pv
+        .spec
+        .as_ref()
+        .and_then(|s| s.persistent_volume_reclaim_policy.as_deref());
+    if deleted && signalled && policy == Some("Delete") {
+        Verdict::Remove
+    } else {
+        Verdict::Keep
+    }
+}
+
+/// Acts on the disk for one record at `record` naming `path`. Returns whether the cleanup
+/// finalizer may go (the directory is gone).
+fn settle(record: &Path, path: &Path, verdict: &Verdict) -> std::io::Result<bool> {
+    match verdict {
+        Verdict::Keep => Ok(false),
+        Verdict::Missing => {
+            // Nothing to lose: forget a record whose directory is gone (removed earlier, with
+            // the record's removal interrupted).
+            if fs::symlink_metadata(path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
+                fs::remove_file(record)?;
+            }
+            Ok(false)
+        }
+        Verdict::Remove => {
+            remove_volume_dir(path)?;
+            Ok(true)
+        }
+    }
+}
+
+/// One record: the volume's directory stays, or goes on the controller's signal.
+async fn collect_one(
+    client: &kube::Client,
+    data_dir: &Path,
+    name: &str,
+    missing_told: &mut std::collections::HashSet<String>,
+) -> anyhow::Result<()> {
     let record = records(data_dir).join(name);
     ensure!(
         volume_name_ok(name),
@@ -176,12 +239,38 @@ async fn collect_one(client: &kube::Client, data_dir: &Path, name: &str) -> anyh
         path.display()
     );
     let volumes: Api<PersistentVolume> = Api::all(client.clone());
-    if volumes.get_opt(name).await?.is_some() {
+    let pv = volumes.get_opt(name).await?;
+    let verdict = verdict(pv.as_ref());
+    if verdict == Verdict::Missing {
+        if missing_told.insert(name.to_string()) {
+            tracing::info!(volume = name, path = %path.display(), "local-path volume has no PersistentVolume; its directory is kept");
+        }
+    } else {
+        missing_told.remove(name);
+    }
+    if !settle(&record, &path, &verdict)? {
         return Ok(());
     }
-    remove_volume_dir(&path)?;
-    fs::remove_file(&record)?;
     tracing::info!(volume = name, path = %path.display(), "removed the directory of a deleted local-path volume");
+    // Only our finalizer goes; the resourceVersion makes the patch fail (and the next round
+    // retry) if the volume changed meanwhile.
+    let Some(pv) = pv else { return Ok(()) };
+    let rest: Vec<&String> = pv
+        .finalizers()
+        .iter()
+        .filter(|f| *f != LOCAL_PATH_CLEANUP_FINALIZER)
+        .collect();
+    let patch = serde_json::json!({"metadata": {
+        "finalizers": rest, "resourceVersion": pv.resource_version()}});
+    match volumes
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => return Err(e.into()),
+    }
+    fs::remove_file(&record)?;
     Ok(())
 }
 
@@ -195,9 +284,10 @@ fn remove_volume_dir(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Removes, every few seconds, the directories of provisioned volumes whose PersistentVolume
-/// the API server no longer has.
+/// Removes, every few seconds, the directories of provisioned volumes the PersistentVolume
+/// controller deleted, then their cleanup finalizer.
 pub async fn collect_forever(kubelet: Arc<Kubelet>) {
+    let mut missing_told = std::collections::HashSet::new();
     loop {
         tokio::time::sleep(COLLECT_EVERY).await;
         let dir = records(&kubelet.cfg.data_dir);
@@ -208,7 +298,8 @@ pub async fn collect_forever(kubelet: Arc<Kubelet>) {
             .filter_map(|e| e.file_name().into_string().ok())
             .collect();
         for name in names {
-            if let Err(e) = collect_one(&kubelet.client, &kubelet.cfg.data_dir, &name).await {
+            let data_dir = &kubelet.cfg.data_dir;
+            if let Err(e) = collect_one(&kubelet.client, data_dir, &name, &mut missing_told).await {
                 tracing::debug!(volume = %name, "local-path volume: {e:#}");
             }
         }
@@ -243,6 +334,57 @@ mod tests {
             })
             .collect();
         assert!(bad.is_empty(), "{bad:?}");
+    }
+
+    fn volume(deleted: bool, finalizers: &[&str], policy: &str) -> PersistentVolume {
+        let mut meta = serde_json::json!({"name": "pvc-1", "finalizers": finalizers});
+        if deleted {
+            meta["deletionTimestamp"] = "2026-01-01T00:00:00Z".into();
+        }
+        serde_json::from_value(serde_json::json!({"metadata": meta,
+            "spec": {"persistentVolumeReclaimPolicy": policy}}))
+        .unwrap()
+    }
+
+    #[test]
+    fn only_a_deleted_volume_with_the_cleanup_finalizer_loses_its_directory() {
+        let cleanup = LOCAL_PATH_CLEANUP_FINALIZER;
+        let cases = [
+            (None, Verdict::Missing),
+            (Some(volume(false, &[cleanup], "Delete")), Verdict::Keep),
+            (
+                Some(volume(true, &["kubernetes.io/pv-protection"], "Delete")),
+                Verdict::Keep,
+            ),
+            (Some(volume(true, &[], "Delete")), Verdict::Keep),
+            // Retain: the data stays whoever deletes the volume.
+            (Some(volume(true, &[cleanup], "Retain")), Verdict::Keep),
+            (
+                Some(volume(true, &["other", cleanup], "Delete")),
+                Verdict::Remove,
+            ),
+        ];
+        for (pv, want) in cases {
+            assert_eq!(verdict(pv.as_ref()), want, "{pv:?}");
+        }
+    }
+
+    #[test]
+    fn a_missing_volume_keeps_its_directory_and_record() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (record, dir) = (tmp.path().join("pvc-1"), tmp.path().join("pvc-1_ns_c"));
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join("data"), "keep").unwrap();
+        fs::write(&record, dir.as_os_str().as_encoded_bytes()).unwrap();
+        assert!(!settle(&record, &dir, &Verdict::Missing).unwrap());
+        assert!(!settle(&record, &dir, &Verdict::Keep).unwrap());
+        assert!(dir.join("data").exists() && record.exists());
+        // Once removed on the controller's signal, the finalizer may go.
+        assert!(settle(&record, &dir, &Verdict::Remove).unwrap());
+        assert!(!dir.exists() && record.exists());
+        // A record whose directory is gone is forgotten even without its volume.
+        assert!(!settle(&record, &dir, &Verdict::Missing).unwrap());
+        assert!(!record.exists());
     }
 
     #[test]
