@@ -30,6 +30,42 @@ struct DsCtx {
     ctx: Arc<Context>,
     pods: Store<Pod>,
     nodes: Store<Node>,
+    /// Pods created but not yet seen in the cache, by (DaemonSet uid, node): upstream's
+    /// expectations. A reconcile in between (a node's heartbeat) must not create a second one.
+    expected: std::sync::Mutex<std::collections::HashMap<(String, String), std::time::Instant>>,
+}
+
+/// How long a created pod is waited for in the cache before the node counts as empty again
+/// (upstream's expectations expire after 5 minutes; a watch event takes milliseconds).
+const EXPECTATION_TTL: Duration = Duration::from_secs(30);
+
+/// Drops the `Create` steps for nodes whose pod was just created and not yet seen, and
+/// forgets expectations that the cache (`owned`) now meets or that expired.
+fn hold_expected_creates(
+    expected: &mut std::collections::HashMap<(String, String), std::time::Instant>,
+    uid: &str,
+    owned: &[&Pod],
+    plan: &mut Plan,
+) {
+    expected.retain(|(ds, node), at| {
+        ds != uid
+            || (at.elapsed() < EXPECTATION_TTL
+                && !owned
+                    .iter()
+                    .any(|p| target_node(p).as_deref() == Some(node)))
+    });
+    let before = plan.steps.len();
+    plan.steps.retain(|s| match s {
+        Step::Create(node) => !expected.contains_key(&(uid.to_string(), node.clone())),
+        _ => true,
+    });
+    if plan.steps.len() != before {
+        // Looked at again once the cache has caught up (or the expectation expired).
+        plan.requeue = Some(
+            plan.requeue
+                .map_or(Duration::from_secs(1), |r| r.min(Duration::from_secs(1))),
+        );
+    }
 }
 
 fn tol(key: &str, effect: &str) -> Toleration {
@@ -385,7 +421,17 @@ async fn reconcile(ds: Arc<DaemonSet>, dc: Arc<DsCtx>) -> Result<Action, kube::E
     let owned: Vec<&Pod> = pods.iter().map(|p| p.as_ref()).collect();
     let nodes = dc.nodes.state();
     let nodes: Vec<&Node> = nodes.iter().map(|n| n.as_ref()).collect();
-    let plan = plan(&ds, &owned, &nodes, Timestamp::now());
+    let mut plan = plan(&ds, &owned, &nodes, Timestamp::now());
+    let uid = uid.unwrap_or_default();
+    {
+        let mut expected = dc.expected.lock().unwrap_or_else(|e| e.into_inner());
+        hold_expected_creates(&mut expected, &uid, &owned, &mut plan);
+        for step in &plan.steps {
+            if let Step::Create(node) = step {
+                expected.insert((uid.clone(), node.clone()), std::time::Instant::now());
+            }
+        }
+    }
     apply(&dc.ctx, &ds, plan).await
 }
 
@@ -397,6 +443,7 @@ pub async fn run(ctx: Arc<Context>, informers: Arc<Informers>) {
         ctx,
         pods: informers.pods.store(),
         nodes: informers.nodes.store(),
+        expected: Default::default(),
     });
     let controller = Controller::new(Api::<DaemonSet>::all(client), watcher::Config::default());
     let daemonsets = controller.store();
@@ -549,6 +596,42 @@ mod tests {
             table.check(case, actions(&got), want);
         }
         table.done();
+    }
+
+    #[test]
+    fn a_created_pod_not_yet_in_the_cache_is_not_created_again() {
+        let nodes = three_nodes();
+        let nodes: Vec<&Node> = nodes.iter().collect();
+        let ds = daemonset(json!({}));
+        let mut expected = std::collections::HashMap::new();
+        // First reconcile: three creates, recorded as expected.
+        let mut first = plan(&ds, &[], &nodes, now());
+        hold_expected_creates(&mut expected, "ds1", &[], &mut first);
+        assert_eq!(actions(&first).len(), 3);
+        for n in ["n1", "n2", "n3"] {
+            expected.insert(
+                ("ds1".to_string(), n.to_string()),
+                std::time::Instant::now(),
+            );
+        }
+        // A heartbeat before the cache has the pods: nothing created twice.
+        let mut again = plan(&ds, &[], &nodes, now());
+        hold_expected_creates(&mut expected, "ds1", &[], &mut again);
+        assert_eq!(actions(&again), Vec::<String>::new());
+        assert!(again.requeue.is_some());
+        // The cache has n1's pod: its expectation is met; n2 and n3 still wait.
+        let seen = on("n1");
+        let mut later = plan(&ds, &[&seen], &nodes, now());
+        hold_expected_creates(&mut expected, "ds1", &[&seen], &mut later);
+        assert_eq!(actions(&later), Vec::<String>::new());
+        assert_eq!(expected.len(), 2);
+        // Expired expectations no longer hold creates back.
+        for at in expected.values_mut() {
+            *at -= EXPECTATION_TTL;
+        }
+        let mut expired = plan(&ds, &[&seen], &nodes, now());
+        hold_expected_creates(&mut expected, "ds1", &[&seen], &mut expired);
+        assert_eq!(actions(&expired), vec!["create n2", "create n3"]);
     }
 
     #[test]
