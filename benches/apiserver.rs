@@ -1,9 +1,14 @@
 //! API server benchmark: drives a running `kinglet server` (this build) over HTTPS with
-//! concurrent kube-rs clients and prints creates/s, gets/s, list and watch latencies and RSS.
+//! concurrent kube-rs clients and prints creates/s, gets/s, list and watch latencies, creates
+//! with label-selector watches open, and RSS; once on SQLite and once on a local single-member
+//! etcd (Debian's `etcd-server`), one after the other in one run. On SQLite it also measures
+//! the database file after a burst of creates and deletes and a compaction.
 //!
-//! Run: `cargo bench --bench apiserver` (env BENCH_CREATES, BENCH_CLIENTS, BENCH_WATCHES;
-//! BENCH_KINGLET=<path> drives that kinglet binary instead, to compare two builds in one
-//! session).
+//! Run: `cargo bench --bench apiserver` (env BENCH_CREATES, BENCH_CLIENTS, BENCH_WATCHES,
+//! BENCH_SELECTOR_WATCHES (50), BENCH_BURST (20,000 objects created and deleted beside a quarter
+//! as many that stay; 0 skips the database-size measure),
+//! BENCH_BACKENDS (`sqlite,etcd`); BENCH_KINGLET=<path> drives that kinglet binary instead, to
+//! compare two builds in one session).
 
 mod common;
 use common::{env_or, rss, server_command, wait_for_client};
@@ -14,8 +19,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
-use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
-
+use kube::api::{Api, DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
 fn pct(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -73,33 +77,48 @@ async fn make_ns(c: &kube::Client, name: &str) {
 }
 
 fn main() {
+    let backends = std::env::var("BENCH_BACKENDS").unwrap_or_else(|_| "sqlite,etcd".into());
+    common::print_machine();
+    for backend in backends.split(',').map(str::trim).filter(|b| !b.is_empty()) {
+        println!("\n== datastore: {backend}");
+        match backend {
+            "sqlite" => bench_server(&[], None),
+            "etcd" => {
+                let etcd = common::etcd::Etcd::start();
+                bench_server(&["--datastore-endpoint", &etcd.url], Some(&etcd));
+                println!(
+                    "etcd: RSS {}, database file {:.1} MB",
+                    rss(etcd.pid()),
+                    etcd.db_bytes() as f64 / 1e6
+                );
+            }
+            other => panic!("BENCH_BACKENDS: unknown datastore {other:?} (sqlite, etcd)"),
+        }
+    }
+}
+
+/// One `kinglet server --disable-agent` with `datastore` flags, measured; on SQLite (no etcd)
+/// also the database file after a burst.
+fn bench_server(datastore: &[&str], etcd: Option<&common::etcd::Etcd>) {
     let creates = env_or("BENCH_CREATES", 10_000);
     let clients = env_or("BENCH_CLIENTS", 16);
     let watches = env_or("BENCH_WATCHES", 100);
+    let selector_watches = env_or("BENCH_SELECTOR_WATCHES", 50);
+    let burst = env_or("BENCH_BURST", 20_000);
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let kubeconfig = dir.path().join("kubeconfig");
-    let mut server = server_command(Command::new(kinglet_binary()), dir.path())
-        .args(["--disable-agent", "--https-listen-port", &port.to_string()])
-        .spawn()
-        .expect("start kinglet");
+    let mut server = start_server(dir.path(), datastore);
     let pid = server.id();
     let rt = common::runtime();
     rt.block_on(async {
         let start = Instant::now();
         let c = wait_for_client(&kubeconfig, 30).await;
-        common::print_machine();
         println!(
             "startup to first answer: {:.0} ms",
             start.elapsed().as_secs_f64() * 1000.0
         );
         tokio::time::sleep(Duration::from_secs(2)).await;
         println!("idle RSS: {}", rss(pid));
-
         // Creates: `clients` concurrent clients, each with its own connection; first as the
         // admin (system:masters), then as a ServiceAccount that a RoleBinding grants `edit`
         // (token authentication and RBAC on every request, as workloads meet them). Each in two
@@ -252,8 +271,152 @@ fn main() {
             lat,
             t0.elapsed(),
         );
+
+        // Creates with no watch open, then with `selector_watches` label-selector watches on
+        // the same resource, each matching every object created.
+        creates_with_watches(&kubeconfig, clients, creates, 0).await;
+        creates_with_watches(&kubeconfig, clients, creates, selector_watches).await;
         println!("RSS after load: {}", rss(pid));
     });
+    let _ = server.kill();
+    let _ = server.wait();
+    if etcd.is_none() && burst > 0 {
+        rt.block_on(sqlite_after_burst(clients, burst));
+    }
+}
+
+/// `kinglet server --disable-agent` on a free loopback port with its state under `dir`;
+/// `extra` flags last.
+fn start_server(dir: &std::path::Path, extra: &[&str]) -> std::process::Child {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    server_command(Command::new(kinglet_binary()), dir)
+        .args(["--disable-agent", "--https-listen-port", &port.to_string()])
+        .args(extra)
+        .spawn()
+        .expect("start kinglet")
+}
+
+/// Creates `n` ConfigMaps labelled `bench=1` in a namespace of their own with `clients`
+/// clients while `watches` watches with the selector `bench=1` are open on that namespace;
+/// reports the creates and whether every watcher received every event.
+async fn creates_with_watches(
+    kubeconfig: &std::path::Path,
+    clients: usize,
+    n: usize,
+    watches: usize,
+) {
+    let ns = format!("sel-{watches}");
+    let c = client(kubeconfig).await;
+    make_ns(&c, &ns).await;
+    let api: Api<ConfigMap> = Api::namespaced(c.clone(), &ns);
+    let rv = api
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .metadata
+        .resource_version
+        .unwrap_or_default();
+    let per = n / clients;
+    let total = per * clients;
+    let mut watchers = Vec::new();
+    for _ in 0..watches {
+        let (kc, rv, ns) = (kubeconfig.to_path_buf(), rv.clone(), ns.clone());
+        watchers.push(tokio::spawn(async move {
+            let api: Api<ConfigMap> = Api::namespaced(client(&kc).await, &ns);
+            let wp = WatchParams::default().labels("bench=1").timeout(600);
+            let mut s = api.watch(&wp, &rv).await.expect("watch").boxed();
+            let mut got = 0;
+            while got < total {
+                match s.next().await {
+                    Some(Ok(WatchEvent::Added(_))) => got += 1,
+                    Some(Ok(_)) => {}
+                    _ => break,
+                }
+            }
+            got
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut cs = Vec::new();
+    for _ in 0..clients {
+        cs.push(client(kubeconfig).await);
+    }
+    let (lat, wall) = create_all(cs, &ns, per, 0).await;
+    report(&format!("create, {watches} sel. watches"), lat, wall);
+    if watches > 0 {
+        let mut complete = 0;
+        for w in watchers {
+            if let Ok(Ok(got)) = tokio::time::timeout(Duration::from_secs(300), w).await {
+                complete += usize::from(got == total);
+            }
+        }
+        println!(
+            "  {complete} of {watches} watchers received all {total} events ({:.1} s after the first create)",
+            wall.as_secs_f64()
+        );
+    }
+}
+
+/// SQLite's database file (`db/state.db` with its WAL) of a fresh server compacting every 5 s:
+/// before a burst of `burst` creates, at its peak, after the objects' deletion and after two
+/// compactions.
+async fn sqlite_after_burst(clients: usize, burst: usize) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    let mut server = start_server(dir.path(), &["--compaction-interval", "5"]);
+    let c = &wait_for_client(&kubeconfig, 30).await;
+    let kubeconfig = kubeconfig.as_path();
+    let db = dir.path().join("data/server/db/state.db");
+    let size = || {
+        let file = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let wal = db.with_file_name("state.db-wal");
+        (file(&db) as f64 / 1e6, file(&wal) as f64 / 1e6)
+    };
+    let show = |what: &str, (main, wal): (f64, f64)| {
+        println!("database file {what:<34} {main:>8.1} MB (+ WAL {wal:.1} MB)");
+    };
+    // The live data: `live` objects that stay, and the server's own, after two compactions.
+    let live = burst / 4;
+    make_ns(c, "live").await;
+    let mut cs = Vec::new();
+    for _ in 0..clients {
+        cs.push(client(kubeconfig).await);
+    }
+    create_all(cs, "live", live / clients, 0).await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let before = size();
+    show(&format!("with {live} objects (live data)"), before);
+    make_ns(c, "burst").await;
+    let mut cs = Vec::new();
+    for _ in 0..clients {
+        cs.push(client(kubeconfig).await);
+    }
+    let (lat, wall) = create_all(cs, "burst", burst / clients, 0).await;
+    report("burst creates", lat, wall);
+    show("after the creates", size());
+    let api: Api<ConfigMap> = Api::namespaced(c.clone(), "burst");
+    let t = Instant::now();
+    api.delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await
+        .expect("delete collection");
+    println!(
+        "delete collection of {} objects: {:.2} s",
+        burst / clients * clients,
+        t.elapsed().as_secs_f64()
+    );
+    let peak = size();
+    show("after the deletes (peak)", peak);
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let after = size();
+    show("after two compactions", after);
+    println!(
+        "  after / before the burst: {:.2}x (file + WAL)",
+        (after.0 + after.1) / (before.0 + before.1)
+    );
     let _ = server.kill();
     let _ = server.wait();
 }

@@ -6,6 +6,9 @@
 //! agent restarted while the server is away still starts its node. The agent keeps a tunnel to
 //! the server open (`tunnel`), through which the server reaches its kubelet.
 //!
+//! `--server` may list several servers (sharing one datastore): every request goes through the
+//! agent's load balancer (`loadbalancer`) to one that answers, and a tunnel is kept to each.
+//!
 //! The node side carries no control plane: this module calls node-side crates only.
 
 use std::io::Read;
@@ -19,6 +22,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 
 use crate::cli::AgentArgs;
+use crate::loadbalancer::LoadBalancer;
 use kinglet_pki::CertKey;
 
 use kinglet_core::join::{
@@ -39,7 +43,7 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
         (None, None) => bail!("a join token is needed: --token, KINGLET_TOKEN or --token-file"),
     };
     let token = Token::parse(&token)?;
-    let server = ServerUrl::parse(&args.server)?;
+    let servers = ServerUrl::parse_list(&args.server)?;
     // A bad registries.yaml stops the start before anything is set up.
     args.node.registries()?;
     let dir = args.data_dir.join("agent");
@@ -49,16 +53,19 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
         &dir.join("lock"),
         &format!("data directory {}", args.data_dir.display()),
     )?;
-    // The address this machine reaches the server from is the node's unless `--node-ip`.
-    let default_ip = local_address_towards(&server).unwrap_or(IpAddr::from([127, 0, 0, 1]));
+    // The address this machine reaches the (first routable) server from is the node's unless
+    // `--node-ip`.
+    let routable = servers.iter().find_map(local_address_towards);
+    let default_ip = routable.unwrap_or(IpAddr::from([127, 0, 0, 1]));
     let mut cfg = args.node.node_config(&args.data_dir, default_ip)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .worker_threads(2)
         .build()?;
     runtime.block_on(async move {
-        let creds = credentials(&server, &token, &dir, &cfg.node_name, cfg.node_ip).await?;
-        if let Some(settings) = cluster_settings(&server, &token, &creds, &dir).await {
+        let lb = LoadBalancer::start(servers, Some(dir.join("servers.json"))).await?;
+        let creds = credentials(&lb, &token, &dir, &cfg.node_name, cfg.node_ip).await?;
+        if let Some(settings) = cluster_settings(&lb, &token, &creds, &dir).await {
             take_settings(&mut args.node, &settings);
             cfg = args.node.node_config(&args.data_dir, cfg.node_ip)?;
         }
@@ -68,14 +75,14 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
             ca_pem: creds.ca_pem.clone(),
         });
         kinglet_network::host_check::refuse_foreign(&host_check).await?;
-        let client = kube_client(&args.server, &creds)?;
+        let client = kube_client(&lb.local(), &creds)?;
         let tunnel = crate::tunnel::Tunnel {
-            server: server.clone(),
             tls: Arc::new(crate::tunnel::client_tls(&creds.ca_pem, &creds.client)?),
             node: cfg.node_name.clone(),
             socket: cfg.run_dir.join(kinglet_kubelet::API_SOCKET),
         };
-        tokio::spawn(crate::tunnel::run(tunnel));
+        tokio::spawn(crate::tunnel::run_to_each(tunnel, lb.tunnel_targets()));
+        tokio::spawn(lb.clone().follow_endpoints(client.clone()));
         tracing::info!(server = %args.server, node = %cfg.node_name, "kinglet agent starting its node");
         cfg.offline_copy = true;
         let options = crate::server::NodeOptions {
@@ -144,7 +151,7 @@ impl Token {
 /// kept copy when the server does not answer in time; `None` (the agent's own flags) when
 /// there is neither.
 async fn cluster_settings(
-    server: &ServerUrl,
+    server: &LoadBalancer,
     token: &Token,
     creds: &Credentials,
     dir: &Path,
@@ -214,14 +221,31 @@ fn take_settings(node: &mut crate::cli::NodeArgs, s: &ClusterSettings) {
 }
 
 /// `https://host[:port]` split for connecting.
-#[derive(Clone)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct ServerUrl {
     pub host: String,
     pub port: u16,
 }
 
 impl ServerUrl {
-    fn parse(url: &str) -> anyhow::Result<ServerUrl> {
+    /// `--server`: one URL or several separated by commas (each once, in the order given).
+    fn parse_list(urls: &str) -> anyhow::Result<Vec<ServerUrl>> {
+        let mut servers: Vec<ServerUrl> = Vec::new();
+        for url in urls.split(',').map(str::trim) {
+            if url.is_empty() {
+                bail!(
+                    "--server {urls:?}: expected https://<host>[:<port>], several separated by commas"
+                );
+            }
+            let server = ServerUrl::parse(url)?;
+            if !servers.contains(&server) {
+                servers.push(server);
+            }
+        }
+        Ok(servers)
+    }
+
+    pub(crate) fn parse(url: &str) -> anyhow::Result<ServerUrl> {
         let bad = || anyhow::anyhow!("--server {url:?}: expected https://<host>[:<port>]");
         let rest = url.strip_prefix("https://").ok_or_else(bad)?;
         let authority = rest.split('/').next().unwrap_or_default();
@@ -287,7 +311,7 @@ struct Credentials {
 /// The stored certificates when they are whole, still valid for a while and from the CA the
 /// token names; else a new join.
 async fn credentials(
-    server: &ServerUrl,
+    server: &LoadBalancer,
     token: &Token,
     dir: &Path,
     node: &str,
@@ -383,7 +407,7 @@ fn valid_for_a_while(
 
 /// Joins: checks the server's CA against the token before sending anything secret.
 async fn join(
-    server: &ServerUrl,
+    server: &LoadBalancer,
     token: &Token,
     dir: &Path,
     node: &str,
@@ -486,14 +510,16 @@ fn trusting(ca_pem: &str) -> anyhow::Result<rustls::ClientConfig> {
         .with_no_client_auth())
 }
 
-/// One GET over TLS (hyper): the status and the body (at most 1 MiB), each step bounded.
+/// One GET over TLS (hyper) to a server through the load balancer: the status and the body
+/// (at most 1 MiB), each step bounded. The server's certificate is checked for `127.0.0.1`.
 async fn https_get(
-    server: &ServerUrl,
+    lb: &LoadBalancer,
     tls: Arc<rustls::ClientConfig>,
     path: &str,
     headers: &[(&str, &str)],
 ) -> anyhow::Result<(u16, String)> {
     let step = Duration::from_secs(30);
+    let server = lb.local();
     let addrs = server.addrs()?;
     let tcp = tokio::time::timeout(step, tokio::net::TcpStream::connect(&addrs[..]))
         .await
@@ -507,7 +533,11 @@ async fn https_get(
     )
     .await
     .context("TLS handshake: timeout")?
-    .context("TLS handshake")?;
+    // The load balancer closes at once what it could forward nowhere: say why.
+    .map_err(|e| match lb.unreachable() {
+        Some(why) => anyhow::anyhow!(why),
+        None => anyhow::Error::from(e).context("TLS handshake"),
+    })?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(conn);
@@ -562,14 +592,12 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", dir.display()))
 }
 
-/// A kube-rs client to the server as this node: trusting the cluster CA, presenting the node's
-/// client certificate, introducing itself as a kubelet.
-fn kube_client(server: &str, creds: &Credentials) -> anyhow::Result<kube::Client> {
-    let mut cfg = kube::Config::new(
-        server
-            .parse()
-            .with_context(|| format!("--server {server:?}"))?,
-    );
+/// A kube-rs client to the servers (through the load balancer at `server`) as this node:
+/// trusting the cluster CA, presenting the node's client certificate, introducing itself as a
+/// kubelet.
+fn kube_client(server: &ServerUrl, creds: &Credentials) -> anyhow::Result<kube::Client> {
+    let url = format!("https://{}", server.host_header());
+    let mut cfg = kube::Config::new(url.parse().with_context(|| url.clone())?);
     cfg.root_cert = Some(
         CertificateDer::pem_slice_iter(creds.ca_pem.as_bytes())
             .map(|c| c.map(|c| c.to_vec()))
@@ -639,6 +667,31 @@ mod tests {
         assert_eq!(ServerUrl::parse("https://gw").unwrap().port, 443);
         assert!(ServerUrl::parse("http://gw:6443").is_err());
         assert!(ServerUrl::parse("https://gw:x").is_err());
+    }
+
+    #[test]
+    fn server_lists() {
+        let one = ServerUrl::parse_list("https://10.0.0.1:6443").unwrap();
+        assert_eq!(one, [ServerUrl::parse("https://10.0.0.1:6443").unwrap()]);
+        let hosts = |list: &str| -> Vec<String> {
+            let servers = ServerUrl::parse_list(list).unwrap();
+            servers.iter().map(ServerUrl::host_header).collect()
+        };
+        assert_eq!(
+            hosts("https://b:6443, https://[fd00::1]:6443,https://b:6443"),
+            ["b:6443", "[fd00::1]:6443"]
+        );
+        for bad in [
+            "",
+            "https://a:6443,",
+            "https://a:6443,,https://b:6443",
+            "https://a:6443,http://b:6443",
+            "https://a:6443,b:6443",
+        ] {
+            let e = ServerUrl::parse_list(bad).unwrap_err().to_string();
+            assert!(e.starts_with("--server"), "{bad}: {e}");
+            assert_eq!(e.lines().count(), 1, "{e}");
+        }
     }
 
     #[test]

@@ -78,7 +78,8 @@ pub fn write_snapshot(data_dir: &Path, dest: &Path) -> anyhow::Result<Summary> {
     let db = server.join("db").join("state.db");
     anyhow::ensure!(
         db.is_file(),
-        "no datastore at {} (has `kinglet server` run with --data-dir {}?)",
+        "no datastore at {} (has `kinglet server` run with --data-dir {}? a server on an etcd \
+         datastore is backed up with `etcdctl snapshot save`)",
         db.display(),
         data_dir.display()
     );

@@ -7,6 +7,7 @@ mod certificate;
 mod check_config;
 mod cli;
 mod images;
+mod loadbalancer;
 mod notify;
 mod secrets_encrypt;
 mod server;

@@ -106,6 +106,14 @@ fn rotate(data_dir: &Path) -> anyhow::Result<()> {
         &format!("data directory {}", data_dir.display()),
     )
     .map_err(|e| e.context("stop the server before rotating the encryption key"))?;
+    // The rewrite works on the data directory's SQLite datastore; a server on etcd has none
+    // here, and a new key without its Secrets rewritten would leave them unreadable.
+    let db = server_dir.join("db").join("state.db");
+    anyhow::ensure!(
+        db.exists(),
+        "no SQLite datastore at {}: rotation of a server on --datastore-endpoint is not supported",
+        db.display()
+    );
     let path = encryption::config_path(data_dir);
     let old = Config::load(&path)?.with_context(|| {
         format!(
@@ -150,6 +158,10 @@ async fn reencrypt(data_dir: &Path, config: Config) -> anyhow::Result<usize> {
     let store = kinglet_store::Store::open(&data_dir.join("server").join("db").join("state.db"))
         .context("opening the datastore")?;
     let storage = encryption::Storage::new(store, Some(config));
+    // A data dir of an earlier release keeps Secrets at the old keys until its server starts.
+    kinglet_apiserver::layout::migrate(&storage)
+        .await
+        .context("moving Secrets to upstream's key layout")?;
     let mut after = None;
     let mut count = 0;
     let rev = storage.current_rev();

@@ -6,8 +6,11 @@
 //! run end to end exactly as over TCP, and the node needs no inbound port.
 //!
 //! The tunnel is kept up: it reconnects with a capped backoff when the server restarts or the
-//! network drops (TCP keepalives notice a silent drop).
+//! network drops (TCP keepalives notice a silent drop). With several servers the agent keeps
+//! one tunnel to each (a server reaches only the nodes whose tunnels end at it), following the
+//! load balancer's list of servers as k3s's agents follow theirs.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +18,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 
+use tokio::sync::watch;
+
+use crate::agent::ServerUrl;
 use kinglet_core::join::{CONNECT_PATH, TUNNEL_PROTOCOL};
 /// Each step of connecting (TCP, TLS, the upgrade) is bounded by this.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -23,10 +29,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A tunnel that stayed up this long was healthy: the next reconnection starts from the
 /// shortest wait again.
 const HEALTHY: Duration = Duration::from_secs(60);
+/// Servers join and leave the list in bursts while one starts or stops: tunnels follow the
+/// list once it has been still this long (k3s waits as long).
+const SETTLE: Duration = Duration::from_secs(1);
 
-/// Where and as whom the tunnel connects.
+/// As whom the tunnels connect, and where their streams go.
 pub struct Tunnel {
-    pub server: crate::agent::ServerUrl,
     /// Trusts the cluster CA and presents the node's client certificate.
     pub tls: Arc<rustls::ClientConfig>,
     pub node: String,
@@ -44,14 +52,40 @@ pub fn client_tls(
     Ok(tls)
 }
 
-/// Keeps the tunnel up, forever.
-pub async fn run(t: Tunnel) {
+/// Keeps a tunnel open to every server `servers` lists, as the list changes, forever.
+pub async fn run_to_each(t: Tunnel, mut servers: watch::Receiver<Vec<ServerUrl>>) {
+    let t = Arc::new(t);
+    let mut open: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    loop {
+        let listed = servers.borrow_and_update().clone();
+        open.retain(|server, task| {
+            let keep = listed.iter().any(|u| u.host_header() == *server);
+            if !keep {
+                task.abort();
+                tracing::info!(%server, "tunnel to the server closed: no longer listed");
+            }
+            keep
+        });
+        for url in listed {
+            open.entry(url.host_header())
+                .or_insert_with(|| tokio::spawn(run(t.clone(), url)));
+        }
+        if servers.changed().await.is_err() {
+            // The list cannot change any more: the tunnels stay as they are.
+            return std::future::pending().await;
+        }
+        tokio::time::sleep(SETTLE).await;
+    }
+}
+
+/// Keeps the tunnel to `server` up, forever.
+async fn run(t: Arc<Tunnel>, server: ServerUrl) {
     let mut backoff = Backoff::default();
     loop {
         let started = Instant::now();
-        match connect(&t).await {
+        match connect(&t, &server).await {
             Ok(conn) => {
-                tracing::info!(server = %t.server.host, node = %t.node, "tunnel to the server open");
+                tracing::info!(server = %server.host_header(), node = %t.node, "tunnel to the server open");
                 backoff.succeeded();
                 match serve(conn, &t.socket).await {
                     Ok(()) => tracing::info!("tunnel to the server closed; reconnecting"),
@@ -61,7 +95,7 @@ pub async fn run(t: Tunnel) {
                     backoff.reset();
                 }
             }
-            Err(e) => backoff.failed(&format!("{e:#}")),
+            Err(e) => backoff.failed(&format!("{}: {e:#}", server.host_header())),
         }
         tokio::time::sleep(backoff.next()).await;
     }
@@ -107,19 +141,19 @@ impl Backoff {
 type Upgraded = tokio_util::compat::Compat<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
 
 /// Connects, authenticates and upgrades: the yamux session, on the agent's (accepting) side.
-async fn connect(t: &Tunnel) -> anyhow::Result<yamux::Connection<Upgraded>> {
+async fn connect(t: &Tunnel, server: &ServerUrl) -> anyhow::Result<yamux::Connection<Upgraded>> {
     let tcp = tokio::time::timeout(
         STEP_TIMEOUT,
-        tokio::net::TcpStream::connect((t.server.host.as_str(), t.server.port)),
+        tokio::net::TcpStream::connect((server.host.as_str(), server.port)),
     )
     .await
     .context("connecting: timeout")?
-    .with_context(|| format!("connecting to {}", t.server.host_header()))?;
+    .with_context(|| format!("connecting to {}", server.host_header()))?;
     let _ = tcp.set_nodelay(true);
     // A network that drops silently is noticed and the tunnel made again when it is back.
     kinglet_pki::tls::keepalive(&tcp, true);
-    let name = rustls::pki_types::ServerName::try_from(t.server.host.clone())
-        .with_context(|| format!("server name {:?}", t.server.host))?;
+    let name = rustls::pki_types::ServerName::try_from(server.host.clone())
+        .with_context(|| format!("server name {:?}", server.host))?;
     let tls = tokio::time::timeout(
         STEP_TIMEOUT,
         tokio_rustls::TlsConnector::from(t.tls.clone()).connect(name, tcp),
@@ -133,7 +167,7 @@ async fn connect(t: &Tunnel) -> anyhow::Result<yamux::Connection<Upgraded>> {
         let _ = conn.with_upgrades().await;
     });
     let req = http::Request::get(CONNECT_PATH)
-        .header(http::header::HOST, t.server.host_header())
+        .header(http::header::HOST, server.host_header())
         .header(
             http::header::USER_AGENT,
             kinglet_core::user_agent("kubelet"),

@@ -1,7 +1,8 @@
 //! Secrets encrypted at rest (issue 22, `--secrets-encryption`): what the database file holds,
 //! reading through the API, plaintext Secrets of before encryption still readable, restarts,
-//! `kinglet secrets-encrypt status|rotate`, and an undecryptable value answered with an
-//! upstream-style internal error naming the key.
+//! `kinglet secrets-encrypt status|rotate`, an undecryptable value answered with an
+//! upstream-style internal error naming the key, and a data directory of the key layout before
+//! upstream's (issue 23) moved at start, its sealed Secrets with it.
 
 mod common;
 
@@ -13,7 +14,7 @@ use common::{Server, kinglet_cli as kinglet, succeeded as ok};
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 const BEFORE_VALUE: &str = "plaintext-before-7f3a9c21";
 const AFTER_VALUE: &str = "plaintext-after-0b9e4d55";
-const KEY_PREFIX: &str = "/registry/core/secrets/default/";
+const KEY_PREFIX: &str = "/registry/secrets/default/";
 
 fn db(s: &Server) -> PathBuf {
     s.data_dir().join("server/db/state.db")
@@ -251,4 +252,128 @@ fn an_undecryptable_secret_is_an_internal_error_naming_the_key() {
         s.ok(&["get", "secret", "fine", "-o", "name"]).trim(),
         "secret/fine"
     );
+}
+
+/// Puts every built-in object of the stopped server back at the key the releases before
+/// upstream's key layout used (`/registry/<group or core>/<plural>/...`), Secrets sealed for
+/// those keys, as such a release left its data directory; how many objects moved. Returns
+/// the prefixes that moved too.
+fn to_previous_layout(s: &Server) -> (usize, Vec<String>) {
+    use kinglet_apiserver::encryption::{Config, SECRETS_PREFIX, config_path};
+    use kinglet_apiserver::registry::builtins;
+    let config = Config::load(&config_path(&s.data_dir()))
+        .expect("encryption configuration")
+        .expect("encryption is on");
+    let resources: Vec<_> = builtins()
+        .into_iter()
+        .filter(|r| !r.computed && !r.create_only)
+        .collect();
+    let old_prefix = |r: &kinglet_apiserver::registry::Resource| {
+        let group = if r.storage.0.is_empty() {
+            "core"
+        } else {
+            &r.storage.0
+        };
+        format!("/registry/{group}/{}/", r.storage.1)
+    };
+    let moved_prefixes: Vec<String> = resources
+        .iter()
+        .map(old_prefix)
+        .filter(|p| resources.iter().all(|r| r.prefix() != *p))
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let moved = rt.block_on(async {
+        let store = kinglet_store::Store::open(&db(s)).expect("open the datastore");
+        let mut moved = 0;
+        for rec in store
+            .list("/registry/", 0, None, None)
+            .await
+            .expect("list")
+            .items
+        {
+            let Some(res) = resources
+                .iter()
+                .filter(|r| rec.key.starts_with(&r.prefix()))
+                .max_by_key(|r| r.prefix().len())
+            else {
+                continue;
+            };
+            let old = format!("{}{}", old_prefix(res), &rec.key[res.prefix().len()..]);
+            if old == rec.key {
+                continue;
+            }
+            let value = if rec.key.starts_with(SECRETS_PREFIX) {
+                let plain = config.decrypt(&rec.key, &rec.value).expect("decrypt");
+                config.encrypt(&old, &plain).expect("encrypt")
+            } else {
+                rec.value.clone()
+            };
+            store.create(&old, value).await.expect("create");
+            store.delete(&rec.key, None).await.expect("delete");
+            moved += 1;
+        }
+        moved
+    });
+    (moved, moved_prefixes)
+}
+
+#[test]
+fn a_data_dir_of_the_previous_key_layout_comes_up_with_every_object() {
+    // The move concerns SQLite data directories, the only datastore earlier releases had.
+    let mut s = Server::start_with(&["--secrets-encryption", "--datastore-endpoint=sqlite://"]);
+    s.ok(&["create", "namespace", "legacy"]);
+    s.ok(&["create", "configmap", "settings", "--from-literal=k=v"]);
+    s.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "creds",
+        &format!("--from-literal=password={AFTER_VALUE}"),
+    ]);
+    let uids = |s: &Server| {
+        [
+            ("namespace", "legacy"),
+            ("configmap", "settings"),
+            ("secret", "creds"),
+            ("service", "kubernetes"),
+            ("clusterrole", "cluster-admin"),
+        ]
+        .map(|(kind, name)| s.ok(&["get", kind, name, "-o", "jsonpath={.metadata.uid}"]))
+    };
+    let before = uids(&s);
+    s.stop(false);
+    let (moved, old_prefixes) = to_previous_layout(&s);
+    assert!(moved >= before.len(), "only {moved} objects moved back");
+
+    s.restart(false);
+    // The same objects, not new ones made in their place.
+    assert_eq!(uids(&s), before);
+    assert_eq!(secret_value(&s, "creds"), AFTER_VALUE);
+    s.stop(false);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let keys: Vec<String> = rt.block_on(async {
+        let store = kinglet_store::Store::open(&db(&s)).expect("open the datastore");
+        let page = store.list("/registry/", 0, None, None).await.expect("list");
+        page.items.into_iter().map(|r| r.key).collect()
+    });
+    for k in [
+        "/registry/namespaces/legacy",
+        "/registry/configmaps/default/settings",
+        "/registry/secrets/default/creds",
+        "/registry/services/specs/default/kubernetes",
+        "/registry/clusterroles/cluster-admin",
+    ] {
+        assert!(keys.iter().any(|key| key == k), "{k} missing: {keys:?}");
+    }
+    let left: Vec<&String> = keys
+        .iter()
+        .filter(|k| old_prefixes.iter().any(|p| k.starts_with(p)))
+        .collect();
+    assert!(left.is_empty(), "left at old keys: {left:?}");
 }

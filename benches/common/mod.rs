@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod etcd;
 pub mod join;
 
 /// A count from the environment, or `default`.

@@ -251,7 +251,8 @@ pub struct AgentArgs {
     /// on the command line win).
     #[arg(long, env = "KINGLET_CONFIG", default_value = DEFAULT_CONFIG)]
     pub config: PathBuf,
-    /// The server to join (`https://<host>:6443`).
+    /// The server to join (`https://<host>:6443`), or several sharing one datastore separated
+    /// by commas: the agent uses whichever answers, and every server the cluster lists.
     #[arg(long, env = "KINGLET_URL")]
     pub server: String,
     /// The join token (`K10<CA hash>::<user>:<secret>`, as `kinglet token` prints it).
@@ -424,6 +425,32 @@ pub struct ServerArgs {
     /// `<data-dir>/storage`); agents' nodes use the same path.
     #[arg(long, env = "KINGLET_DEFAULT_LOCAL_STORAGE_PATH")]
     pub default_local_storage_path: Option<PathBuf>,
+    /// The datastore: `sqlite://<path>` (default: `<data-dir>/server/db/state.db`), or an etcd
+    /// v3 cluster as `https://host:2379,https://host2:2379` (or `http://`), which several
+    /// servers may share.
+    #[arg(long, env = "KINGLET_DATASTORE_ENDPOINT")]
+    pub datastore_endpoint: Option<String>,
+    /// CA bundle that verifies the etcd servers.
+    #[arg(long, env = "KINGLET_DATASTORE_CAFILE")]
+    pub datastore_cafile: Option<PathBuf>,
+    /// Client certificate presented to etcd.
+    #[arg(long, env = "KINGLET_DATASTORE_CERTFILE")]
+    pub datastore_certfile: Option<PathBuf>,
+    /// Key of `--datastore-certfile`.
+    #[arg(long, env = "KINGLET_DATASTORE_KEYFILE")]
+    pub datastore_keyfile: Option<PathBuf>,
+    /// The server token (`K10<CA hash>::server:<secret>` or just the secret): joins the
+    /// cluster whose bootstrap data in the shared datastore it decrypts; on the first server,
+    /// the token to use instead of a random one.
+    #[arg(long, env = "KINGLET_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A file holding the server token.
+    #[arg(long, env = "KINGLET_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+    /// A server of the cluster to join (`https://host:6443`): the CA it serves must match the
+    /// token's CA hash and the datastore's CA.
+    #[arg(long, env = "KINGLET_URL")]
+    pub server: Option<String>,
     #[command(flatten)]
     pub node: NodeArgs,
     /// Verbose logging.
@@ -432,6 +459,68 @@ pub struct ServerArgs {
 }
 
 impl ServerArgs {
+    /// `--datastore-*` as the store takes them; bad combinations refused in one line.
+    pub fn datastore(&self) -> anyhow::Result<kinglet_store::Datastore> {
+        let endpoint = self
+            .datastore_endpoint
+            .clone()
+            .filter(|e| !e.trim().is_empty());
+        let etcd = endpoint
+            .as_deref()
+            .is_some_and(|e| !e.starts_with("sqlite://"));
+        if let Some(e) = &endpoint
+            && etcd
+            && !e
+                .split(',')
+                .all(|u| u.trim().starts_with("https://") || u.trim().starts_with("http://"))
+        {
+            anyhow::bail!(
+                "--datastore-endpoint {e:?}: want sqlite://<path> or http(s)://host:port[,http(s)://host:port...]"
+            );
+        }
+        let tls = [
+            ("--datastore-cafile", &self.datastore_cafile),
+            ("--datastore-certfile", &self.datastore_certfile),
+            ("--datastore-keyfile", &self.datastore_keyfile),
+        ];
+        if !etcd && let Some((flag, _)) = tls.iter().find(|(_, f)| f.is_some()) {
+            anyhow::bail!("{flag} is only for an etcd --datastore-endpoint");
+        }
+        if self.datastore_certfile.is_some() != self.datastore_keyfile.is_some() {
+            anyhow::bail!("--datastore-certfile and --datastore-keyfile go together");
+        }
+        if self.server.is_some() && !etcd {
+            anyhow::bail!(
+                "--server joins a cluster through a shared datastore: give its --datastore-endpoint"
+            );
+        }
+        if self.server.is_some() && self.token.is_none() && self.token_file.is_none() {
+            anyhow::bail!("--server needs the cluster's --token");
+        }
+        if self.restore.is_some() && etcd {
+            anyhow::bail!("--restore restores into the SQLite datastore, not into etcd");
+        }
+        Ok(kinglet_store::Datastore {
+            endpoint,
+            ca_file: self.datastore_cafile.clone(),
+            cert_file: self.datastore_certfile.clone(),
+            key_file: self.datastore_keyfile.clone(),
+        })
+    }
+
+    /// `--token`, or the contents of `--token-file`.
+    pub fn server_token(&self) -> anyhow::Result<Option<String>> {
+        match (&self.token, &self.token_file) {
+            (Some(t), _) => Ok(Some(t.trim().to_string()).filter(|t| !t.is_empty())),
+            (None, Some(f)) => {
+                let t = std::fs::read_to_string(f)
+                    .map_err(|e| anyhow::anyhow!("reading --token-file {}: {e}", f.display()))?;
+                Ok(Some(t.trim().to_string()).filter(|t| !t.is_empty()))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+
     /// The embedded node's settings.
     pub fn node_config(&self, advertise: IpAddr) -> anyhow::Result<kinglet_kubelet::NodeConfig> {
         self.node.node_config(&self.data_dir, advertise)

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+mod datastore;
 mod manifests;
 
 use crate::cli::ServerArgs;
@@ -56,6 +57,8 @@ pub(crate) fn init_logging(debug: bool) {
 
 pub fn run(args: ServerArgs) -> anyhow::Result<()> {
     init_logging(args.debug);
+    // Bad `--datastore-*`, `--token` or `--server` combinations stop the start at once.
+    args.datastore()?;
     // A bad registries.yaml stops the start before anything is set up.
     if !args.disable_agent {
         args.node.registries()?;
@@ -109,20 +112,60 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         service_net,
         &args.node.cluster_domain,
     );
+    let default_db = args.data_dir.join("server").join("db").join("state.db");
+    let store = Store::connect(&args.datastore()?, &default_db)
+        .await
+        .context("opening the datastore")?;
+    // Servers sharing a datastore must agree on the cluster's ranges and names.
+    datastore::check_settings(
+        &store,
+        &[
+            ("cluster-cidr", cluster_cidr.to_string()),
+            (
+                "service-cidr",
+                crate::cli::ipv4_net("--service-cidr", &args.node.service_cidr)?.to_string(),
+            ),
+            ("cluster-domain", args.node.cluster_domain.clone()),
+            ("cluster-dns", args.cluster_dns()?.to_string()),
+            (
+                "service-node-port-range",
+                format!("{}-{}", node_ports.0, node_ports.1),
+            ),
+        ],
+    )
+    .await?;
+    // The cluster's shared files come from the datastore before the PKI loads, when other
+    // servers share it.
+    let token = args.server_token()?;
+    datastore::sync(
+        &store,
+        &datastore::Start {
+            data_dir: &args.data_dir,
+            token: token.as_deref(),
+            server: args.server.as_deref(),
+            secrets_encryption: args.secrets_encryption,
+        },
+    )
+    .await?;
     let pki = Pki::load_or_create(&args.data_dir, &sans).context("setting up the cluster PKI")?;
     let token_path = kinglet_apiserver::join::token_path(&args.data_dir);
     kinglet_apiserver::join::ensure_secret(&token_path).context("setting up the server token")?;
-    let store = Store::open(&args.data_dir.join("server").join("db").join("state.db"))
-        .context("opening the datastore")?;
     store.spawn_compactor(Duration::from_secs(args.compaction_interval.max(1)));
-    if let Some(snapshots) = crate::backup::Schedule::new(
-        &args.snapshot_schedule,
-        args.snapshot_retention,
-        args.snapshot_dir.as_deref(),
-        &args.data_dir,
-        args.node.node_name.as_deref(),
-    )? {
-        snapshots.spawn();
+    // Scheduled snapshots copy the data directory's SQLite database.
+    if store.sqlite_path() == Some(default_db.as_path()) {
+        if let Some(snapshots) = crate::backup::Schedule::new(
+            &args.snapshot_schedule,
+            args.snapshot_retention,
+            args.snapshot_dir.as_deref(),
+            &args.data_dir,
+            args.node.node_name.as_deref(),
+        )? {
+            snapshots.spawn();
+        }
+    } else if !args.snapshot_schedule.is_empty() {
+        tracing::info!(
+            "no scheduled snapshots: they cover the data directory's SQLite datastore only"
+        );
     }
     let config = ApiConfig {
         advertise_address: advertise,
@@ -254,6 +297,12 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         r = tls::serve(listener, Arc::new(tls_config), router) => r,
         _ = shutdown_signal() => {
             tracing::info!("shutting down");
+            // Other servers sharing the datastore stop sending clients here.
+            let _ = tokio::time::timeout(
+                Duration::from_secs(3),
+                kinglet_apiserver::withdraw_endpoints(&api),
+            )
+            .await;
             Ok(())
         }
     }

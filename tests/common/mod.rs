@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod etcd;
 pub mod host;
 pub mod images;
 pub mod tls_backend;
@@ -24,6 +25,23 @@ pub struct Server {
     pub host: Option<host::TestHost>,
     /// Extra environment of the kinglet process.
     env: Vec<(String, String)>,
+    /// The etcd this server's datastore is in, when the test run asks for etcd
+    /// (`KINGLET_TEST_DATASTORE=etcd`); dropped after the server.
+    pub etcd: Option<etcd::Etcd>,
+}
+
+/// The environment variable that picks the datastore of `Server::start`/`start_with`: unset or
+/// `sqlite` for SQLite in the data directory, `etcd` for a single-member etcd of the server's
+/// own on loopback (tests/run runs the API tests once with each).
+pub const TEST_DATASTORE: &str = "KINGLET_TEST_DATASTORE";
+
+/// Whether this run puts API-only test servers on etcd.
+pub fn datastore_is_etcd() -> bool {
+    match std::env::var(TEST_DATASTORE).as_deref() {
+        Err(_) | Ok("") | Ok("sqlite") => false,
+        Ok("etcd") => true,
+        Ok(other) => panic!("{TEST_DATASTORE}={other}: expected sqlite or etcd"),
+    }
 }
 
 /// The node name test nodes register as.
@@ -41,18 +59,26 @@ impl Server {
         Server::start_with(&[])
     }
 
-    /// Starts a server with extra flags.
+    /// Starts a server with extra flags (on etcd when `KINGLET_TEST_DATASTORE=etcd`, unless
+    /// the flags name a datastore).
     pub fn start_with(extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let kubeconfig = dir.path().join("kubeconfig.yaml");
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let names_datastore = extra.iter().any(|a| a.starts_with("--datastore-endpoint"));
+        let etcd = (datastore_is_etcd() && !names_datastore).then(|| etcd::Etcd::loopback(1));
+        if let Some(e) = &etcd {
+            extra.splice(0..0, e.server_flags());
+        }
         let mut s = Server {
             child: None,
             port: free_port(),
             kubeconfig,
             dir,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
+            extra,
             host: None,
             env: Vec::new(),
+            etcd,
         };
         s.spawn();
         s
@@ -114,6 +140,7 @@ impl Server {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            etcd: None,
         };
         s.spawn();
         s
@@ -144,6 +171,7 @@ impl Server {
             extra: args,
             host: Some(host),
             env: Vec::new(),
+            etcd: None,
         };
         s.spawn();
         s

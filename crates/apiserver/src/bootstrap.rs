@@ -1,8 +1,10 @@
 //! Objects every cluster has from its first start: the system namespaces, the built-in
-//! priority classes, the `default/kubernetes` Service with endpoints at this server, and API
+//! priority classes, the `default/kubernetes` Service with endpoints at every live server, and API
 //! Priority and Fairness' mandatory configuration (stored for the tools that read it; kinglet
 //! does not enforce it).
 
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
@@ -66,15 +68,20 @@ pub(crate) async fn ensure(
             {
                 new[k] = v.clone();
             }
-            commit_update(api, &res, &ctx, rec.rev, &old, new, None)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            // A conflict is another server sharing the datastore writing it meanwhile.
+            match commit_update(api, &res, &ctx, rec.rev, &old, new, None).await {
+                Err(e) if e.code != 409 => anyhow::bail!("updating {resource}/{name}: {e}"),
+                _ => {}
+            }
         }
         Ok(_) => {}
         Err(e) if e.code == 404 => {
-            create_object(api, &res, &ctx, obj)
-                .await
-                .map_err(|e| anyhow::anyhow!("creating {resource}/{name}: {e}"))?;
+            if let Err(e) = create_object(api, &res, &ctx, obj).await {
+                // Another server sharing the datastore may have made it meanwhile.
+                if get_current(api, &res, &ctx, &name).await.is_err() {
+                    anyhow::bail!("creating {resource}/{name}: {e}");
+                }
+            }
         }
         Err(e) => anyhow::bail!("{e}"),
     }
@@ -145,15 +152,52 @@ pub async fn run(api: &Api) -> anyhow::Result<()> {
         false,
     )
     .await?;
-    let addr = api.config.advertise_address.to_string();
+    // Servers sharing a datastore list each other (`reconcile_endpoints`, kept up by
+    // `spawn_endpoint_reconciler`); a server alone lists itself.
+    if api.store.is_shared() {
+        // Another server's write may race this one; the reconciler comes back to it.
+        if let Err(e) = reconcile_endpoints(api).await {
+            tracing::warn!("the kubernetes Service's endpoints: {e:#}");
+        }
+    } else {
+        write_endpoints(api, &[(api.config.advertise_address, port)]).await?;
+    }
+    flowcontrol(api).await
+}
+
+/// The `kubernetes` Endpoints and EndpointSlice naming `servers` (address, port), as
+/// upstream's endpoint reconciler writes them: one subset per port; the slice holds the
+/// servers of the lowest port and the first address family (servers of one cluster normally
+/// all serve at one port).
+async fn write_endpoints(api: &Api, servers: &[(IpAddr, u16)]) -> anyhow::Result<()> {
+    let mut by_port: BTreeMap<u16, Vec<IpAddr>> = BTreeMap::new();
+    for (ip, port) in servers {
+        by_port.entry(*port).or_default().push(*ip);
+    }
+    let subsets: Vec<Value> = by_port
+        .iter()
+        .map(|(port, ips)| {
+            json!({"addresses": ips.iter().map(|ip| json!({"ip": ip.to_string()})).collect::<Vec<_>>(),
+                "ports": [{"name": "https", "port": port, "protocol": "TCP"}]})
+        })
+        .collect();
     let eps = json!({"apiVersion": "v1", "kind": "Endpoints",
         "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
-        "subsets": [{"addresses": [{"ip": addr}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]});
+        "subsets": subsets});
     ensure(api, "", "v1", "endpoints", Some("default"), eps, true).await?;
+    let Some((port, ips)) = by_port.iter().next() else {
+        return Ok(());
+    };
+    let v4 = ips[0].is_ipv4();
+    let addresses: Vec<String> = ips
+        .iter()
+        .filter(|ip| ip.is_ipv4() == v4)
+        .map(IpAddr::to_string)
+        .collect();
     let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
         "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"kubernetes.io/service-name": "kubernetes", "endpointslice.kubernetes.io/managed-by": "kinglet"}},
-        "addressType": if api.config.advertise_address.is_ipv4() { "IPv4" } else { "IPv6" },
-        "endpoints": [{"addresses": [addr], "conditions": {"ready": true}}],
+        "addressType": if v4 { "IPv4" } else { "IPv6" },
+        "endpoints": addresses.iter().map(|a| json!({"addresses": [a], "conditions": {"ready": true}})).collect::<Vec<_>>(),
         "ports": [{"name": "https", "port": port, "protocol": "TCP"}]});
     ensure(
         api,
@@ -164,8 +208,111 @@ pub async fn run(api: &Api) -> anyhow::Result<()> {
         slice,
         true,
     )
-    .await?;
-    flowcontrol(api).await
+    .await
+}
+
+/// Servers' leases for the `kubernetes` endpoints, as upstream's `/masterleases/`: one key
+/// per server (`<address>:<port>`), renewed every [`LEASE_RENEW`]; a lease not renewed for
+/// [`LEASE_TTL`] seconds no longer counts (etcd's TTL upstream; here the readers' clocks
+/// decide, so servers' clocks must agree within a few seconds).
+pub const MASTER_LEASES_PREFIX: &str = "/kinglet/masterleases/";
+const LEASE_TTL: i64 = 15;
+const LEASE_RENEW: std::time::Duration = std::time::Duration::from_secs(5);
+/// Expired leases are deleted after this long (by any server).
+const LEASE_FORGET: i64 = 10 * LEASE_TTL;
+
+fn own_lease_key(api: &Api) -> String {
+    format!(
+        "{MASTER_LEASES_PREFIX}{}",
+        std::net::SocketAddr::new(api.config.advertise_address, api.config.port)
+    )
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+/// The servers whose leases are fresh at `now`, sorted; leases long expired are deleted.
+async fn live_servers(
+    store: &kinglet_store::Store,
+    now: i64,
+) -> anyhow::Result<Vec<(IpAddr, u16)>> {
+    let mut servers = Vec::new();
+    for rec in store.list(MASTER_LEASES_PREFIX, 0, None, None).await?.items {
+        // Written by servers of this cluster, but read as untrusted data all the same.
+        let lease: Value = serde_json::from_slice(&rec.value).unwrap_or_default();
+        let ip = lease["ip"].as_str().and_then(|s| s.parse::<IpAddr>().ok());
+        let port = lease["port"].as_u64().and_then(|p| u16::try_from(p).ok());
+        let renewed = lease["renewTime"].as_i64().unwrap_or_default();
+        match (ip, port) {
+            (Some(ip), Some(port)) if renewed + LEASE_TTL >= now => servers.push((ip, port)),
+            _ if renewed + LEASE_FORGET < now => {
+                let _ = store.delete(&rec.key, Some(rec.rev)).await;
+            }
+            _ => {}
+        }
+    }
+    servers.sort();
+    servers.dedup();
+    Ok(servers)
+}
+
+/// Renews this server's lease, then writes the endpoints of every server with a fresh one.
+async fn reconcile_endpoints(api: &Api) -> anyhow::Result<()> {
+    let store = api.store.raw();
+    let key = own_lease_key(api);
+    let now = unix_now();
+    let value = bytes::Bytes::from(
+        json!({"ip": api.config.advertise_address.to_string(), "port": api.config.port, "renewTime": now})
+            .to_string(),
+    );
+    match store.update(&key, None, value.clone()).await {
+        Err(kinglet_store::StoreError::NotFound) => match store.create(&key, value).await {
+            Ok(_) | Err(kinglet_store::StoreError::AlreadyExists) => {}
+            Err(e) => anyhow::bail!("creating the server's lease: {e}"),
+        },
+        Err(e) => anyhow::bail!("renewing the server's lease: {e}"),
+        Ok(_) => {}
+    }
+    let servers = live_servers(store, now).await?;
+    write_endpoints(api, &servers).await
+}
+
+/// Keeps this server's lease and the `kubernetes` endpoints up to date while the server
+/// runs, when it shares its datastore with other servers.
+pub fn spawn_endpoint_reconciler(api: std::sync::Arc<Api>) {
+    if !api.store.is_shared() {
+        return;
+    }
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(LEASE_RENEW).await;
+            if let Err(e) = reconcile_endpoints(&api).await {
+                tracing::warn!("the kubernetes Service's endpoints: {e:#}");
+            }
+        }
+    });
+}
+
+/// Takes this server out of the `kubernetes` endpoints at shutdown (its lease goes).
+pub async fn withdraw_endpoints(api: &Api) {
+    if !api.store.is_shared() {
+        return;
+    }
+    let _ = api.store.raw().delete(&own_lease_key(api), None).await;
+    let servers = match live_servers(api.store.raw(), unix_now()).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("taking this server out of the kubernetes endpoints: {e:#}");
+            return;
+        }
+    };
+    if let Err(e) = write_endpoints(api, &servers).await {
+        tracing::warn!("taking this server out of the kubernetes endpoints: {e:#}");
+    }
 }
 
 /// Upstream's mandatory flowcontrol objects (`exempt` and `catch-all`), kept at upstream's

@@ -633,11 +633,7 @@ async fn finish_delete(api: &Api, crd_res: &Resource, rev: i64, crd: &Value) -> 
     {
         return Ok(());
     }
-    let prefix = format!(
-        "/registry/{}/{}/",
-        s(crd, "/spec/group"),
-        s(crd, "/spec/names/plural")
-    );
+    let prefix = crate::registry::group_prefix(s(crd, "/spec/group"), s(crd, "/spec/names/plural"));
     let page = api.store.list(&prefix, 0, None, None).await?;
     for rec in page.items {
         let _ = api.store.delete(&rec.key, None).await;

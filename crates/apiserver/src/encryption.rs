@@ -18,7 +18,7 @@ use ring::aead::{AES_128_GCM, AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, U
 use serde_json::{Value, json};
 
 /// Where Secrets are stored.
-pub const SECRETS_PREFIX: &str = "/registry/core/secrets/";
+pub const SECRETS_PREFIX: &str = "/registry/secrets/";
 
 const AESGCM_PREFIX: &str = "k8s:enc:aesgcm:v1:";
 
@@ -342,6 +342,11 @@ impl Storage {
         &self.store
     }
 
+    /// The encryption configuration, if Secrets are encrypted.
+    pub(crate) fn encryption(&self) -> Option<&Config> {
+        self.encryption.as_deref()
+    }
+
     fn transforms(&self, key: &str) -> Option<&Config> {
         self.encryption
             .as_deref()
@@ -513,14 +518,14 @@ mod tests {
     #[test]
     fn round_trip_layout_and_key_binding() {
         let c = config("k1", &[], true);
-        let key = "/registry/core/secrets/default/s";
+        let key = "/registry/secrets/default/s";
         let sealed = c.encrypt(key, b"{\"data\":1}").unwrap();
         assert!(sealed.starts_with(b"k8s:enc:aesgcm:v1:k1:"));
         // prefix + nonce + plaintext + tag
         assert_eq!(sealed.len(), "k8s:enc:aesgcm:v1:k1:".len() + 12 + 10 + 16);
         assert_eq!(&*c.decrypt(key, &sealed).unwrap(), b"{\"data\":1}");
         // The storage key is authenticated: the value does not decrypt elsewhere.
-        let moved = c.decrypt("/registry/core/secrets/default/t", &sealed);
+        let moved = c.decrypt("/registry/secrets/default/t", &sealed);
         assert!(
             moved
                 .unwrap_err()
@@ -536,7 +541,7 @@ mod tests {
     #[test]
     fn unknown_key_and_corrupt_values_are_errors_naming_the_key() {
         let old = config("old", &[], true);
-        let key = "/registry/core/secrets/ns/x";
+        let key = "/registry/secrets/ns/x";
         let sealed = old.encrypt(key, b"secret").unwrap();
         let new = config("new", &[], true);
         let e = new.decrypt(key, &sealed).unwrap_err().to_string();

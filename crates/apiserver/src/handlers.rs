@@ -38,10 +38,15 @@ pub fn respond(
 
 /// Answers `body` as JSON, encoded as upstream's encoder writes it (see `status::go_json`).
 pub fn json_response(ctx: &Ctx, code: u16, body: &Value) -> Response {
+    json_bytes_response(ctx, code, super::status::go_json(body))
+}
+
+/// Answers `body`, already encoded as JSON, with any warnings.
+pub fn json_bytes_response(ctx: &Ctx, code: u16, body: Vec<u8>) -> Response {
     let mut resp = (
         StatusCode::from_u16(code).unwrap_or(StatusCode::OK),
         [(http::header::CONTENT_TYPE, "application/json")],
-        super::status::go_json(body),
+        body,
     )
         .into_response();
     for w in ctx
@@ -96,10 +101,7 @@ pub async fn serve(
         },
         (Some(name), None) => match method {
             Method::GET if watching => super::watch::watch(api, res, ctx).await,
-            Method::GET => {
-                let (_, obj) = get_current(&api, &res, &ctx, &name).await?;
-                Ok(respond(&api, &ctx, &res, 200, obj, true))
-            }
+            Method::GET => super::list::get(&api, &res, &ctx, &name).await,
             Method::PUT => update(&api, &res, &ctx, &name, &body, None).await,
             Method::PATCH => super::patch::patch(&api, &res, &ctx, &name, &body, None).await,
             Method::DELETE => delete(&api, &res, &ctx, &name, &body).await,
@@ -243,12 +245,17 @@ async fn delete(
     Ok(respond(api, ctx, res, code, out, false))
 }
 
+/// How many deletes of a collection run at once: enough for the store to commit them in
+/// batches (one commit for many), as creates from many clients are.
+const DELETE_COLLECTION_WORKERS: usize = 64;
+
 async fn delete_collection(
     api: &Api,
     res: &Resource,
     ctx: &Ctx,
     body: &Bytes,
 ) -> ApiResult<Response> {
+    use futures::StreamExt;
     let (opts, _) = delete_options(ctx, body)?;
     let filter = Filter::from_ctx(res, ctx)?;
     let page = api
@@ -256,29 +263,41 @@ async fn delete_collection(
         .list(&res.ns_prefix(ns_of(res, ctx)), 0, None, None)
         .await
         .map_err(|e| ApiError::from_store(e, &res.group, &res.plural, ""))?;
-    let mut deleted = Vec::new();
-    for rec in page.items {
+    // Each item decoded once; the deletes run concurrently (one at a time, each waited for a
+    // commit of its own: 20,000 objects took 40 s).
+    let mut chosen = Vec::new();
+    for rec in &page.items {
         let stored: Value = serde_json::from_slice(&rec.value).unwrap_or_default();
-        if !filter.matches(res, &stored) {
-            continue;
+        if filter.matches(res, &stored) {
+            chosen.push((
+                object::name(&stored).to_string(),
+                object::namespace(&stored).map(String::from),
+                super::cache::decorate(res, &stored, rec.rev),
+            ));
         }
-        let name = object::name(&stored).to_string();
-        let ns = object::namespace(&stored).map(String::from);
-        let sub_ctx = Ctx {
-            path: super::request::ResourcePath {
-                namespace: ns,
-                ..ctx.path.clone()
-            },
-            ..ctx.clone_shallow()
-        };
-        match delete_object(api, res, &sub_ctx, &name, &opts).await {
-            Ok(_) => {}
-            Err(e) if e.code == 404 => {}
-            Err(e) => return Err(e),
-        }
-        // Upstream answers with the list it deleted from: the items as listed.
-        deleted.push(super::lifecycle::decorate(res, &rec)?);
     }
+    let opts = &opts;
+    let results: Vec<ApiResult<Value>> = futures::stream::iter(chosen)
+        .map(|(name, ns, listed)| async move {
+            let sub_ctx = Ctx {
+                path: super::request::ResourcePath {
+                    namespace: ns,
+                    ..ctx.path.clone()
+                },
+                ..ctx.clone_shallow()
+            };
+            match delete_object(api, res, &sub_ctx, &name, opts).await {
+                Ok(_) => {}
+                Err(e) if e.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+            // Upstream answers with the list it deleted from: the items as listed.
+            Ok(listed)
+        })
+        .buffered(DELETE_COLLECTION_WORKERS)
+        .collect()
+        .await;
+    let deleted = results.into_iter().collect::<ApiResult<Vec<Value>>>()?;
     let list = json!({"kind": res.list_kind(), "apiVersion": res.api_version(), "metadata": {"resourceVersion": page.rev.to_string()}, "items": deleted});
     Ok(json_response(ctx, 200, &list))
 }

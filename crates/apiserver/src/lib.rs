@@ -4,9 +4,12 @@
 mod admission;
 mod aggregator;
 mod alloc;
+pub use alloc::repair_forever as repair_service_allocations;
 pub mod auth;
 pub mod authz;
 mod bootstrap;
+pub use bootstrap::withdraw_endpoints;
+mod cache;
 pub mod context;
 mod convert;
 pub mod crd;
@@ -15,6 +18,7 @@ pub mod encryption;
 pub mod handlers;
 pub mod join;
 mod kinds;
+pub mod layout;
 pub mod lifecycle;
 mod list;
 #[rustfmt::skip]
@@ -46,7 +50,7 @@ mod watch;
 mod prop_tests;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::Router;
@@ -92,7 +96,8 @@ pub struct Api {
     metrics: metrics::Metrics,
     openapi: openapi::Cache,
     openapi_v2: openapi_v2::Cache,
-    allocator: Mutex<alloc::Allocator>,
+    /// ClusterIP and NodePort reservations, in the store.
+    allocations: alloc::Allocations,
     /// How to reach kubelets (set once the PKI is loaded).
     pub kubelet_client: std::sync::OnceLock<node_proxy::KubeletClient>,
     /// The aggregation layer's client identity (set once the PKI is loaded).
@@ -105,6 +110,8 @@ pub struct Api {
     webhooks: admission::webhook::CacheSlot,
     /// The group/versions APIServices delegate, and their backends' discovery.
     aggregation: aggregator::State,
+    /// Objects and recent changes, fed by the store's watch: lists and watches read here.
+    watch_cache: Arc<cache::Cache>,
 }
 
 pub use aggregator::FrontProxy;
@@ -117,17 +124,26 @@ impl Api {
         sa_key_pem: &str,
     ) -> anyhow::Result<Arc<Api>> {
         let store = store.into();
+        layout::migrate(&store).await?;
         let issuer = format!("https://kubernetes.default.svc.{}", config.cluster_domain);
         let signer = Arc::new(TokenSigner::new(sa_key_pem, issuer.clone())?);
-        let mut allocator = alloc::Allocator::new(&config.service_cidr, config.node_port_range)?;
         let registry = registry::Registry::new();
+        let mut services = Vec::new();
         if let Some(svc) = registry.find("", "v1", "services") {
             for rec in store.list(&svc.prefix(), 0, None, None).await?.items {
                 if let Ok(v) = serde_json::from_slice::<Value>(&rec.value) {
-                    allocator.adopt(&v);
+                    services.push(v);
                 }
             }
         }
+        let allocations = alloc::Allocations::start(
+            store.raw().clone(),
+            &config.service_cidr,
+            config.node_port_range,
+            &services,
+        )
+        .await?;
+        let watch_cache = cache::Cache::start(store.clone());
         let api = Arc::new(Api {
             store,
             registry,
@@ -137,29 +153,31 @@ impl Api {
             metrics: metrics::Metrics::new(),
             openapi: openapi::Cache::default(),
             openapi_v2: openapi_v2::Cache::default(),
-            allocator: Mutex::new(allocator),
+            allocations,
             kubelet_client: std::sync::OnceLock::new(),
             front_proxy: std::sync::OnceLock::new(),
             join: std::sync::OnceLock::new(),
             tunnels: Default::default(),
             webhooks: Default::default(),
             aggregation: Default::default(),
+            watch_cache,
         });
         crd::sync(&api).await?;
         bootstrap::run(&api).await?;
+        bootstrap::spawn_endpoint_reconciler(api.clone());
         authz::start(&api).await?;
         crd::spawn_watcher(api.clone());
         aggregator::spawn(api.clone());
         Ok(api)
     }
 
-    pub(crate) fn alloc(&self) -> MutexGuard<'_, alloc::Allocator> {
-        self.allocator.lock().unwrap_or_else(|e| e.into_inner())
+    pub(crate) fn allocations(&self) -> &alloc::Allocations {
+        &self.allocations
     }
 
     /// The first service IP (the `kubernetes` Service).
     pub fn kubernetes_service_ip(&self) -> std::net::Ipv4Addr {
-        self.alloc().first_ip()
+        self.allocations.first_ip()
     }
 
     pub fn router(self: &Arc<Self>) -> Router {

@@ -209,7 +209,7 @@ pub(crate) async fn create_object(
         }
         let name = object::name(&prepared).to_string();
         if dry_run {
-            kind.create_failed(api, &prepared);
+            kind.create_failed(api, &prepared).await;
             return Ok(prepared);
         }
         let key = key_for(res, ctx, &name);
@@ -219,11 +219,11 @@ pub(crate) async fn create_object(
                 return Ok(prepared);
             }
             Err(StoreError::AlreadyExists) if generated && attempt < 8 => {
-                kind.create_failed(api, &prepared);
+                kind.create_failed(api, &prepared).await;
                 attempt += 1
             }
             Err(e) => {
-                kind.create_failed(api, &prepared);
+                kind.create_failed(api, &prepared).await;
                 return Err(ApiError::from_store(e, &res.group, &res.plural, &name));
             }
         }
@@ -463,7 +463,7 @@ pub async fn commit_update(
             .delete(&key, Some(old_rev))
             .await
             .map_err(|e| ApiError::from_store(e, &res.group, &res.plural, &name))?;
-        after_delete(api, res, &new);
+        after_delete(api, res, &new).await;
         meta_mut(&mut new).insert("resourceVersion".into(), json!(rev.to_string()));
         return Ok(new);
     }
@@ -516,9 +516,9 @@ pub struct DeleteOptions {
 }
 
 /// What follows every delete: tokens bound to the object die with it, and the kind's hook.
-fn after_delete(api: &Api, res: &Resource, obj: &Value) {
+async fn after_delete(api: &Api, res: &Resource, obj: &Value) {
     api.auth.object_deleted(&res.group, &res.plural);
-    kinds::of(res).after_delete(api, obj);
+    kinds::of(res).after_delete(api, obj).await;
 }
 
 /// The answer to a delete that removed `obj`, as upstream's `finalizeDelete` gives it: the
@@ -602,7 +602,7 @@ pub async fn delete_object(
             }
             match api.store.delete(&rec.key, Some(rec.rev)).await {
                 Ok(_) => {
-                    after_delete(api, res, &obj);
+                    after_delete(api, res, &obj).await;
                     return Ok((true, deleted_answer(res, obj)));
                 }
                 Err(StoreError::Conflict(_)) => continue,

@@ -73,8 +73,20 @@ impl Filter {
     }
 }
 
-/// The revision a list reads at, from `resourceVersion` / `resourceVersionMatch`.
-fn list_revision(api: &Api, ctx: &Ctx) -> ApiResult<i64> {
+/// What a list's `resourceVersion` / `resourceVersionMatch` ask for.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum ListRv {
+    /// No resourceVersion: the newest state (a consistent read).
+    Consistent,
+    /// `0`: any state.
+    Any,
+    /// A state at least this new (`NotOlderThan`, or a revision without a match).
+    NotOlderThan(i64),
+    /// The state at exactly this revision.
+    Exact(i64),
+}
+
+fn list_rv(ctx: &Ctx) -> ApiResult<ListRv> {
     let rv = ctx.query.get("resourceVersion").unwrap_or("");
     let rvm = ctx.query.get("resourceVersionMatch").unwrap_or("");
     let parsed = if rv.is_empty() {
@@ -86,16 +98,10 @@ fn list_revision(api: &Api, ctx: &Ctx) -> ApiResult<i64> {
         )
     };
     match (rvm, parsed) {
-        ("", _) | ("NotOlderThan", Some(_)) => {
-            if let Some(n) = parsed.filter(|n| *n > api.store.current_rev()) {
-                return Err(ApiError::timeout(format!(
-                    "Too large resource version: {n}, current: {}",
-                    api.store.current_rev()
-                )));
-            }
-            Ok(0)
-        }
-        ("Exact", Some(n)) if n > 0 => Ok(n),
+        ("", None) => Ok(ListRv::Consistent),
+        ("" | "NotOlderThan", Some(0)) => Ok(ListRv::Any),
+        ("" | "NotOlderThan", Some(n)) => Ok(ListRv::NotOlderThan(n)),
+        ("Exact", Some(n)) if n > 0 => Ok(ListRv::Exact(n)),
         ("Exact" | "NotOlderThan", _) => Err(ApiError::invalid(
             "meta.k8s.io",
             "ListOptions",
@@ -111,6 +117,80 @@ fn list_revision(api: &Api, ctx: &Ctx) -> ApiResult<i64> {
     }
 }
 
+fn too_large(n: i64, current: i64) -> ApiError {
+    ApiError::timeout(format!(
+        "Too large resource version: {n}, current: {current}"
+    ))
+}
+
+/// The store's newest revision (a quorum read on etcd), for consistent reads from the cache.
+pub(crate) async fn store_latest_rev(api: &Api) -> ApiResult<i64> {
+    api.store
+        .latest_rev()
+        .await
+        .map_err(|e| ApiError::from_store(e, "", "", ""))
+}
+
+/// The revision the cache must reach to serve a read at `rv`, or None when the store serves
+/// it. As upstream's cacher: the state at any revision, or at least at a given one, comes
+/// from the cache (after waiting for it to get there); a consistent read too, once the cache
+/// has caught up with the store's newest revision (falling back to the store when it does
+/// not within the wait). Any state (`0`) still waits for the revisions this server knows of,
+/// which costs nothing here and keeps reads after a write on the same server seeing it.
+async fn cache_target(api: &Api, prefix: &str, rv: ListRv) -> ApiResult<Option<i64>> {
+    if !api.watch_cache.serves(prefix) {
+        return Ok(None);
+    }
+    let (want, strict) = match rv {
+        ListRv::Exact(_) => return Ok(None),
+        ListRv::Consistent => (store_latest_rev(api).await?, true),
+        ListRv::Any => (api.store.current_rev(), false),
+        ListRv::NotOlderThan(n) => (n, true),
+    };
+    if api
+        .watch_cache
+        .wait_fresh(want, super::cache::FRESHNESS_TIMEOUT)
+        .await
+        || !strict
+    {
+        return Ok(Some(want));
+    }
+    match rv {
+        ListRv::NotOlderThan(n) => Err(too_large(n, api.watch_cache.rev())),
+        _ => Ok(None),
+    }
+}
+
+/// A get with a resourceVersion (`0` or a revision it must be at least as new as): from the
+/// cache, as upstream serves it. Gets without one read the store.
+pub async fn get(api: &Api, res: &Resource, ctx: &Ctx, name: &str) -> ApiResult<Response> {
+    let rv = ctx.query.get("resourceVersion").unwrap_or("");
+    let target = if rv.is_empty() {
+        None
+    } else {
+        let rv = match rv.parse::<i64>() {
+            Ok(0) => ListRv::Any,
+            Ok(n) => ListRv::NotOlderThan(n),
+            Err(_) => {
+                return Err(ApiError::bad_request(format!(
+                    "invalid resource version: {rv}"
+                )));
+            }
+        };
+        cache_target(api, &res.key(ns_of(res, ctx), name), rv).await?
+    };
+    let obj = match target {
+        Some(_) => {
+            let key = res.key(ns_of(res, ctx), name);
+            let (_, entry) = api.watch_cache.get(&key);
+            let entry = entry.ok_or_else(|| ApiError::not_found(&res.group, &res.plural, name))?;
+            super::cache::decorate(res, &entry.obj, entry.rev)
+        }
+        None => super::lifecycle::get_current(api, res, ctx, name).await?.1,
+    };
+    Ok(respond(api, ctx, res, 200, obj, true))
+}
+
 pub async fn list(api: &Api, res: &Resource, ctx: &Ctx) -> ApiResult<Response> {
     let filter = Filter::from_ctx(res, ctx)?;
     let limit = match ctx.query.get("limit") {
@@ -124,8 +204,33 @@ pub async fn list(api: &Api, res: &Resource, ctx: &Ctx) -> ApiResult<Response> {
         ),
     };
     let prefix = res.ns_prefix(ns_of(res, ctx));
-    let (mut rev, mut after) = (list_revision(api, ctx)?, None);
-    if let Some(token) = ctx.query.get("continue").filter(|t| !t.is_empty()) {
+    let rv = list_rv(ctx)?;
+    let token = ctx.query.get("continue").filter(|t| !t.is_empty());
+    // Continuations, exact revisions and the legacy exact match (a limit with a revision and
+    // no match) are the store's, as upstream delegates them.
+    let legacy_exact = limit.is_some()
+        && matches!(rv, ListRv::NotOlderThan(_))
+        && ctx
+            .query
+            .get("resourceVersionMatch")
+            .is_none_or(str::is_empty);
+    if token.is_none()
+        && !legacy_exact
+        && let Some(_) = cache_target(api, &prefix, rv).await?
+    {
+        // Upstream ignores the limit of a list at any state (`0`).
+        let limit = limit.filter(|_| rv != ListRv::Any);
+        return list_from_cache(api, res, ctx, &filter, &prefix, limit);
+    }
+    let mut rev = match rv {
+        ListRv::Exact(n) => n,
+        ListRv::NotOlderThan(n) if n > api.store.current_rev() => {
+            return Err(too_large(n, api.store.current_rev()));
+        }
+        _ => 0,
+    };
+    let mut after = None;
+    if let Some(token) = token {
         if ctx
             .query
             .get("resourceVersionMatch")
@@ -197,4 +302,51 @@ pub async fn list(api: &Api, res: &Resource, ctx: &Ctx) -> ApiResult<Response> {
     }
     let list = json!({"kind": res.list_kind(), "apiVersion": res.api_version(), "metadata": meta, "items": items});
     Ok(respond(api, ctx, res, 200, list, true))
+}
+
+fn list_from_cache(
+    api: &Api,
+    res: &Resource,
+    ctx: &Ctx,
+    filter: &Filter,
+    prefix: &str,
+    limit: Option<usize>,
+) -> ApiResult<Response> {
+    let page = api
+        .watch_cache
+        .list(prefix, |obj| filter.matches(res, obj), limit);
+    let mut meta = json!({"resourceVersion": page.rev.to_string()});
+    if let Some(key) = page.next {
+        let start = key.strip_prefix(prefix).unwrap_or(&key);
+        meta["continue"] = json!(encode_continue(page.rev, start));
+        if filter.is_empty() {
+            meta["remainingItemCount"] = json!(page.remaining);
+        }
+    }
+    if ctx.wants_table() {
+        let items: Vec<Value> = page
+            .items
+            .iter()
+            .map(|e| super::cache::decorate(res, &e.obj, e.rev))
+            .collect();
+        let list = json!({"kind": res.list_kind(), "apiVersion": res.api_version(), "metadata": meta, "items": items});
+        return Ok(respond(api, ctx, res, 200, list, true));
+    }
+    // The items' encodings are kept in the cache: the list is spliced from them.
+    let head = super::status::go_json(
+        &json!({"kind": res.list_kind(), "apiVersion": res.api_version(), "metadata": meta, "items": []}),
+    );
+    let head = head.strip_suffix(b"]}\n").unwrap_or(&head);
+    let items: Vec<bytes::Bytes> = page.items.iter().map(|e| e.json(res)).collect();
+    let mut body =
+        Vec::with_capacity(head.len() + items.iter().map(|i| i.len() + 1).sum::<usize>() + 3);
+    body.extend_from_slice(head);
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(item);
+    }
+    body.extend_from_slice(b"]}\n");
+    Ok(super::handlers::json_bytes_response(ctx, 200, body))
 }

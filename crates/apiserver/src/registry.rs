@@ -111,14 +111,23 @@ impl Resource {
     pub fn list_kind(&self) -> String {
         format!("{}List", self.kind)
     }
-    /// Storage key prefix of all objects (`/registry/apps/deployments/`).
+    /// Storage key prefix of all objects, as upstream lays keys out in etcd: kube-apiserver's
+    /// own resources under their plural (`/registry/deployments/`, with its few historical
+    /// exceptions such as `/registry/minions/`), the apiextensions and aggregator servers'
+    /// resources, custom resources and aggregated APIs under group and plural
+    /// (`/registry/apiextensions.k8s.io/customresourcedefinitions/`,
+    /// `/registry/example.com/widgets/`). Every prefix ends in `/`, so none is a prefix of
+    /// another resource's.
     pub fn prefix(&self) -> String {
-        let group = if self.storage.0.is_empty() {
-            "core"
-        } else {
-            &self.storage.0
-        };
-        format!("/registry/{group}/{}/", self.storage.1)
+        let (group, resource) = (&self.storage.0, &self.storage.1);
+        if self.is_custom() || self.computed || !is_kube_apiserver_group(group) {
+            return group_prefix(group, resource);
+        }
+        let path = KUBE_APISERVER_PREFIXES
+            .iter()
+            .find(|(g, r, _)| g == group && r == resource)
+            .map_or(resource.as_str(), |(_, _, path)| path);
+        format!("/registry/{path}/")
     }
     /// Storage key prefix of one namespace (or all, with None).
     pub fn ns_prefix(&self, ns: Option<&str>) -> String {
@@ -146,6 +155,31 @@ impl Resource {
         format!("{}.{}.{}", parts.join("."), self.version, self.kind)
     }
 }
+
+/// Storage key prefix of a resource keyed by group and plural, as custom resources are
+/// (`/registry/example.com/widgets/`).
+pub fn group_prefix(group: &str, plural: &str) -> String {
+    format!("/registry/{group}/{plural}/")
+}
+
+/// The groups kube-apiserver serves itself; the rest are served (upstream) by the apiextensions
+/// server, the aggregator, or aggregated servers, whose keys carry the group.
+fn is_kube_apiserver_group(group: &str) -> bool {
+    !matches!(
+        group,
+        "apiextensions.k8s.io" | "apiregistration.k8s.io" | "metrics.k8s.io"
+    )
+}
+
+/// kube-apiserver's resources whose keys are not their plural
+/// (`SpecialDefaultResourcePrefixes` in `pkg/kubeapiserver/default_storage_factory_builder.go`).
+const KUBE_APISERVER_PREFIXES: &[(&str, &str, &str)] = &[
+    ("", "replicationcontrollers", "controllers"),
+    ("", "endpoints", "services/endpoints"),
+    ("", "nodes", "minions"),
+    ("", "services", "services/specs"),
+    ("networking.k8s.io", "ingresses", "ingress"),
+];
 
 fn sub(
     name: &str,
@@ -266,7 +300,8 @@ pub fn builtins() -> Vec<Resource> {
         &[],
         &[],
     );
-    // events.k8s.io/v1 and core/v1 Events are one stored collection.
+    // events.k8s.io/v1 and core/v1 Events are one stored collection (`/registry/events/`), as
+    // upstream's storage factory makes them cohabit.
     events_v1.storage = (String::new(), "events".into());
     vec![
         builtin::<core::v1::Namespace>(
@@ -880,4 +915,85 @@ pub fn version_priority(v: &str) -> (u8, u32, u32) {
         (0, 0)
     };
     (stage, major, minor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prefix_of(group: &str, plural: &str) -> String {
+        builtins()
+            .into_iter()
+            .find(|r| r.group == group && r.plural == plural && !r.computed)
+            .map(|r| r.prefix())
+            .unwrap_or_else(|| panic!("{group}/{plural} not built in"))
+    }
+
+    #[test]
+    fn keys_are_laid_out_as_upstream_does() {
+        assert_eq!(prefix_of("", "pods"), "/registry/pods/");
+        assert_eq!(prefix_of("", "nodes"), "/registry/minions/");
+        assert_eq!(prefix_of("", "services"), "/registry/services/specs/");
+        assert_eq!(prefix_of("", "endpoints"), "/registry/services/endpoints/");
+        assert_eq!(
+            prefix_of("", "replicationcontrollers"),
+            "/registry/controllers/"
+        );
+        assert_eq!(
+            prefix_of("networking.k8s.io", "ingresses"),
+            "/registry/ingress/"
+        );
+        assert_eq!(prefix_of("apps", "deployments"), "/registry/deployments/");
+        assert_eq!(
+            prefix_of("rbac.authorization.k8s.io", "clusterroles"),
+            "/registry/clusterroles/"
+        );
+        assert_eq!(
+            prefix_of("coordination.k8s.io", "leases"),
+            "/registry/leases/"
+        );
+        assert_eq!(prefix_of("events.k8s.io", "events"), "/registry/events/");
+        assert_eq!(prefix_of("", "events"), "/registry/events/");
+        assert_eq!(
+            prefix_of("apiextensions.k8s.io", "customresourcedefinitions"),
+            "/registry/apiextensions.k8s.io/customresourcedefinitions/"
+        );
+        assert_eq!(
+            prefix_of("apiregistration.k8s.io", "apiservices"),
+            "/registry/apiregistration.k8s.io/apiservices/"
+        );
+        let pods = builtins().into_iter().find(|r| r.plural == "pods").unwrap();
+        assert_eq!(
+            pods.key(Some("default"), "web"),
+            "/registry/pods/default/web"
+        );
+        assert_eq!(pods.ns_prefix(Some("default")), "/registry/pods/default/");
+        let custom = Resource {
+            group: "example.com".into(),
+            storage: ("example.com".into(), "pods".into()),
+            custom: Some(Arc::new(CustomInfo::default())),
+            ..pods
+        };
+        assert_eq!(custom.prefix(), "/registry/example.com/pods/");
+    }
+
+    #[test]
+    fn only_one_storage_shares_a_prefix() {
+        let all = builtins();
+        for a in &all {
+            assert!(a.prefix().starts_with("/registry/") && a.prefix().ends_with('/'));
+            for b in &all {
+                if a.storage == b.storage {
+                    assert_eq!(a.prefix(), b.prefix());
+                    continue;
+                }
+                assert!(
+                    !b.prefix().starts_with(&a.prefix()),
+                    "{a:?} ({}) and {b:?} ({}) overlap",
+                    a.prefix(),
+                    b.prefix()
+                );
+            }
+        }
+    }
 }

@@ -6,6 +6,7 @@
 //! leaf certificate is renewed, with its key, when it expires within [`RENEW_WITHIN_DAYS`]
 //! (k3s's rule). The CAs are never renewed.
 
+pub mod bootstrap;
 pub mod csr;
 pub mod identity;
 pub mod renew;
@@ -378,6 +379,31 @@ fn keep_or_renew(
     }
 }
 
+/// Creates the files every server of a cluster shares, where missing (the CAs and the
+/// service-account key, no leaf certificate): what a first server puts in the datastore's
+/// bootstrap data before issuing its own certificates.
+pub fn ensure_shared(data_dir: &Path) -> Result<()> {
+    let dir = data_dir.join("server").join("tls");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    load_or_new_ca(&dir, "ca", "kinglet-ca")?;
+    load_or_new_ca(&dir, "front-proxy-ca", "kinglet-front-proxy-ca")?;
+    sa_key(&dir)?;
+    Ok(())
+}
+
+/// The service-account signing key, made if missing.
+fn sa_key(dir: &Path) -> Result<String> {
+    let sa_path = dir.join("service-account.key");
+    match std::fs::read_to_string(&sa_path) {
+        Ok(k) => Ok(k),
+        Err(_) => {
+            let k = KeyPair::generate()?.serialize_pem();
+            write_private(&sa_path, &k)?;
+            Ok(k)
+        }
+    }
+}
+
 impl Pki {
     /// Loads the PKI under `<data_dir>/server/tls`, creating what is missing.
     pub fn load_or_create(data_dir: &Path, sans: &[SanType]) -> Result<Pki> {
@@ -413,15 +439,7 @@ impl Pki {
             keep_or_renew(&dir, &front_proxy_ca, Leaf::FrontProxyClient, |_| {
                 !new_front_proxy_ca
             })?;
-        let sa_path = dir.join("service-account.key");
-        let sa_key_pem = match std::fs::read_to_string(&sa_path) {
-            Ok(k) => k,
-            Err(_) => {
-                let k = KeyPair::generate()?.serialize_pem();
-                write_private(&sa_path, &k)?;
-                k
-            }
-        };
+        let sa_key_pem = sa_key(&dir)?;
         Ok(Pki {
             ca,
             serving,

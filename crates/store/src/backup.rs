@@ -57,7 +57,7 @@ pub fn move_revision_on(db: &Path) -> anyhow::Result<i64> {
     conn.execute(
         "INSERT INTO meta (name, value) VALUES (?1, ?2), ('compacted', ?2)
          ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-        rusqlite::params![crate::REVISION_FLOOR, floor],
+        rusqlite::params![crate::sqlite::REVISION_FLOOR, floor],
     )
     .with_context(|| format!("moving the revision of {} on", db.display()))?;
     Ok(floor)
@@ -92,7 +92,7 @@ fn newest_revision(db: &Path) -> anyhow::Result<i64> {
         |r| r.get(0),
     )?;
     anyhow::ensure!(triggers == 0, "{} holds triggers", db.display());
-    Ok(crate::newest_rev(&conn)?)
+    Ok(crate::sqlite::newest_rev(&conn)?)
 }
 
 #[cfg(test)]

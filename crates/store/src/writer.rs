@@ -4,14 +4,15 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
-use super::{Event, EventType, Record, Result, Shared, StoreError};
+use crate::sqlite::Shared;
+use crate::{Event, EventType, Record, Result, StoreError};
 
 pub(super) enum Op {
     Create {
@@ -224,7 +225,24 @@ fn refuse_growing(batch: Vec<WriteRequest>) -> Vec<WriteRequest> {
 
 fn run(mut conn: Connection, shared: Arc<Shared>, mut space: Space, rx: Receiver<WriteRequest>) {
     let mut next_rev = shared.current.load(Ordering::Acquire) + 1;
-    while let Ok(first) = rx.recv() {
+    let mut shrink = Shrink::default();
+    loop {
+        let first = if shrink.pending {
+            // Between steps, serve whatever writes came in.
+            match rx.recv_timeout(SHRINK_PAUSE) {
+                Ok(req) => req,
+                Err(RecvTimeoutError::Timeout) => {
+                    shrink.step(&conn);
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match rx.recv() {
+                Ok(req) => req,
+                Err(_) => break,
+            }
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -264,8 +282,13 @@ fn run(mut conn: Connection, shared: Arc<Shared>, mut space: Space, rx: Receiver
         }
         if space.low() && deleted {
             reclaim(&mut conn, &shared, &mut space, next_rev - 1);
+            shrink.pending = false;
         } else if compacts && mostly_free(&conn) {
-            return_free_pages(&conn);
+            shrink.start();
+        }
+        // One step per batch too, so a steady stream of writes does not hold the space.
+        if shrink.pending {
+            shrink.step(&conn);
         }
     }
 }
@@ -356,6 +379,80 @@ fn mostly_free(conn: &Connection) -> bool {
     free > 0 && free * 4 >= count("page_count")
 }
 
+/// Pages returned to the file system per step after a compaction, when the disk has room:
+/// the step's moved pages pass through the WAL (reused once checkpointed), and writes wait
+/// for no more than one step.
+const SHRINK_STEP_PAGES: i64 = 2048;
+
+/// How long the writer, idle while shrinking, waits for writes before its next step.
+const SHRINK_PAUSE: Duration = Duration::from_millis(2);
+
+/// Returns up to `pages` free pages to the file system. The pragma frees one page per step
+/// of its statement (each yields a row), so it is stepped to the end: run once, as
+/// `execute_batch` does, it frees a single page.
+fn incremental_vacuum(conn: &Connection, pages: i64) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare(&format!("PRAGMA incremental_vacuum({pages})"))?;
+    let mut rows = stmt.query([])?;
+    while rows.next()?.is_some() {}
+    Ok(())
+}
+
+/// Gives the pages a compaction freed back to the file system, a step at a time between
+/// write batches, so writes never wait for more than one step.
+#[derive(Default)]
+struct Shrink {
+    pending: bool,
+    /// Steps in a row that could not finish (readers on older snapshots hold the WAL).
+    stalls: u32,
+}
+
+/// Steps that may wait on readers before the shrink is left to the next compaction.
+const SHRINK_MAX_STALLS: u32 = 400;
+
+impl Shrink {
+    fn start(&mut self) {
+        self.pending = true;
+        self.stalls = 0;
+    }
+
+    /// Returns up to [`SHRINK_STEP_PAGES`] free pages to the file system. The checkpoint is
+    /// passive: it never waits for readers, and once it has copied the whole WAL back SQLite
+    /// truncates the database file to its new size.
+    fn step(&mut self, conn: &Connection) {
+        let free = |conn: &Connection| -> Option<i64> {
+            conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))
+                .ok()
+        };
+        let Some(before) = free(conn) else {
+            self.pending = false;
+            return;
+        };
+        if before > 0
+            && let Err(e) = incremental_vacuum(conn, SHRINK_STEP_PAGES)
+        {
+            tracing::debug!("returning free pages failed: {e}");
+            self.pending = false;
+            return;
+        }
+        // (busy, frames in the WAL, frames copied back)
+        let checkpoint = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        });
+        let copied_back = matches!(checkpoint, Ok((0, log, done)) if done >= log);
+        let after = free(conn).unwrap_or(0);
+        if after < before {
+            self.stalls = 0;
+        } else {
+            self.stalls += 1;
+        }
+        self.pending = (after > 0 || !copied_back) && self.stalls < SHRINK_MAX_STALLS;
+    }
+}
+
 /// Shrinks the database file by its free pages, a step at a time (each step's moved pages go
 /// through the WAL, which the checkpoint after it empties). Needs `auto_vacuum=INCREMENTAL`.
 fn return_free_pages(conn: &Connection) {
@@ -371,9 +468,7 @@ fn return_free_pages(conn: &Connection) {
             break;
         }
         last = free;
-        if let Err(e) =
-            conn.execute_batch(&format!("PRAGMA incremental_vacuum({VACUUM_STEP_PAGES})"))
-        {
+        if let Err(e) = incremental_vacuum(conn, VACUUM_STEP_PAGES) {
             tracing::debug!("returning free pages failed: {e}");
             break;
         }
@@ -385,7 +480,7 @@ fn return_free_pages(conn: &Connection) {
             break;
         }
     }
-    let _ = conn.busy_timeout(super::BUSY_TIMEOUT);
+    let _ = conn.busy_timeout(crate::sqlite::BUSY_TIMEOUT);
 }
 
 /// The live state of `key`: (rev, create_rev, value), or None if absent or deleted.

@@ -64,7 +64,7 @@ pub async fn admit(
     // What the kind's plugins reserved (a Service's addresses) is given back on any refusal.
     let result = checks(api, res, ctx, obj, old).await;
     if result.is_err() && old.is_none() {
-        kinds::of(res).create_failed(api, obj);
+        kinds::of(res).create_failed(api, obj).await;
     }
     result
 }
@@ -91,7 +91,7 @@ async fn checks(
         match old {
             None => {
                 super::lifecycle::create_strategy(res, ctx, obj)?;
-                kinds::of(res).create_failed(api, &before);
+                kinds::of(res).create_failed(api, &before).await;
             }
             Some(old) => {
                 let sub = ctx.path.subresource.as_deref();

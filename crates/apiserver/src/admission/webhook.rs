@@ -133,19 +133,13 @@ async fn hooks(api: &Api) -> Hooks {
     }
     let store = api.store.clone();
     let guard = AliveGuard(cache.alive.clone());
+    // Mutating and validating configurations are two key prefixes (`/registry/<plural>/`).
+    let prefixes = resources.iter().map(|(_, res)| res.prefix()).collect();
+    let changed = crate::layout::watch_prefixes(&store, prefixes, from);
     tokio::spawn(async move {
         let _guard = guard;
-        let prefix = format!("/registry/{GROUP}/");
-        let mut from = from;
         loop {
-            if let Ok(mut w) = store.watch(&prefix, from).await {
-                while w.next().await.is_ok() {
-                    let loaded = load(&store, &resources).await;
-                    *cache.hooks.write().unwrap_or_else(|e| e.into_inner()) = loaded;
-                }
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            from = store.current_rev();
+            changed.notified().await;
             let loaded = load(&store, &resources).await;
             *cache.hooks.write().unwrap_or_else(|e| e.into_inner()) = loaded;
         }

@@ -810,17 +810,21 @@ pub async fn reconcile(api: &Api) -> anyhow::Result<()> {
                     // A binding's roleRef cannot change; leave one the user re-pointed.
                     changed = false;
                 }
+                // A conflict (409) is another server sharing the datastore reconciling the
+                // same object at its start; its write or the next start's brings it in line.
                 if changed {
-                    commit_update(api, &res, &ctx, rec.rev, &old, new, None)
-                        .await
-                        .map_err(|e| anyhow::anyhow!("updating {resource}/{name}: {e}"))?;
+                    match commit_update(api, &res, &ctx, rec.rev, &old, new, None).await {
+                        Err(e) if e.code != 409 => {
+                            anyhow::bail!("updating {resource}/{name}: {e}")
+                        }
+                        _ => {}
+                    }
                 }
             }
-            Err(e) if e.code == 404 => {
-                create_object(api, &res, &ctx, wanted.clone())
-                    .await
-                    .map_err(|e| anyhow::anyhow!("creating {resource}/{name}: {e}"))?;
-            }
+            Err(e) if e.code == 404 => match create_object(api, &res, &ctx, wanted.clone()).await {
+                Err(e) if e.code != 409 => anyhow::bail!("creating {resource}/{name}: {e}"),
+                _ => {}
+            },
             Err(e) => anyhow::bail!("{e}"),
         }
     }

@@ -310,29 +310,34 @@ pub async fn impersonate(
 /// `aggregationRule`s say (upstream's clusterrole-aggregation controller).
 pub async fn start(api: &Arc<Api>) -> anyhow::Result<()> {
     bootstrap::reconcile(api).await?;
+    let from = api.store.current_rev();
     reload(api).await?;
+    let prefixes = RBAC_RESOURCES
+        .iter()
+        .filter_map(|plural| api.registry.find(RBAC_GROUP, "v1", plural))
+        .map(|res| res.prefix())
+        .collect();
+    let changed = crate::layout::watch_prefixes(&api.store, prefixes, from);
     let api = api.clone();
     tokio::spawn(async move {
         loop {
-            let from = api.store.current_rev();
+            changed.notified().await;
             if let Err(e) = reload(&api).await {
                 tracing::warn!("RBAC policy: {e:#}");
-            }
-            let Ok(mut w) = api.store.watch(RBAC_PREFIX, from).await else {
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                continue;
-            };
-            while w.next().await.is_ok() {
-                if let Err(e) = reload(&api).await {
-                    tracing::warn!("RBAC policy: {e:#}");
-                }
             }
         }
     });
     Ok(())
 }
 
-const RBAC_PREFIX: &str = "/registry/rbac.authorization.k8s.io/";
+const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+/// The policy's resources, each under its own key prefix (`/registry/clusterroles/`...).
+const RBAC_RESOURCES: [&str; 4] = [
+    "clusterroles",
+    "roles",
+    "clusterrolebindings",
+    "rolebindings",
+];
 
 async fn objects(api: &Api, resource: &str) -> anyhow::Result<(Arc<Resource>, Vec<Value>)> {
     let res = api
@@ -375,9 +380,12 @@ async fn reload(api: &Api) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut new = old.clone();
         new["rules"] = Value::Array(rules);
-        commit_update(api, &cr_res, &ctx, rec.rev, &old, new, None)
-            .await
-            .map_err(|e| anyhow::anyhow!("aggregating clusterrole {name}: {e}"))?;
+        // A conflict is another server sharing the datastore aggregating it too; the change
+        // it made brings a reload here.
+        match commit_update(api, &cr_res, &ctx, rec.rev, &old, new, None).await {
+            Err(e) if e.code != 409 => anyhow::bail!("aggregating clusterrole {name}: {e}"),
+            _ => {}
+        }
     }
     Ok(())
 }

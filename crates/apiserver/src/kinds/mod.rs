@@ -116,10 +116,14 @@ pub trait KindBehaviour: Sync {
     }
 
     /// Undoes what admission reserved when a create does not happen.
-    fn create_failed(&self, _api: &Api, _obj: &Value) {}
+    fn create_failed<'a>(&'a self, _api: &'a Api, _obj: &'a Value) -> BoxFuture<'a, ()> {
+        Box::pin(std::future::ready(()))
+    }
 
     /// Releases what the object held once it is gone.
-    fn after_delete(&self, _api: &Api, _obj: &Value) {}
+    fn after_delete<'a>(&'a self, _api: &'a Api, _obj: &'a Value) -> BoxFuture<'a, ()> {
+        Box::pin(std::future::ready(()))
+    }
 
     /// Whether the object's own `spec.finalizers` still hold back its removal.
     fn spec_finalizers_pending(&self, _obj: &Value) -> bool {

@@ -63,7 +63,7 @@ impl KindBehaviour for Services {
         obj: &'a mut Value,
         old: Option<&'a Value>,
     ) -> BoxFuture<'a, ApiResult<()>> {
-        Box::pin(std::future::ready(allocate_service(api, res, obj, old)))
+        Box::pin(allocate_service(api, res, obj, old))
     }
 
     fn validate(&self, _res: &Resource, obj: &Value, old: Option<&Value>, out: &mut Vec<Cause>) {
@@ -86,23 +86,25 @@ impl KindBehaviour for Services {
         Some(columns)
     }
 
-    fn create_failed(&self, api: &Api, obj: &Value) {
-        api.alloc().release(obj);
+    fn create_failed<'a>(&'a self, api: &'a Api, obj: &'a Value) -> BoxFuture<'a, ()> {
+        Box::pin(api.allocations().release(obj))
     }
 
-    fn after_delete(&self, api: &Api, obj: &Value) {
-        api.alloc().release(obj);
+    fn after_delete<'a>(&'a self, api: &'a Api, obj: &'a Value) -> BoxFuture<'a, ()> {
+        Box::pin(api.allocations().release(obj))
     }
 }
 
-/// ClusterIP and NodePort allocation (and release on type changes).
-fn allocate_service(
+/// ClusterIP and NodePort allocation (and release on type changes), as reservations in the
+/// store (`crate::alloc`).
+async fn allocate_service(
     api: &Api,
     res: &Resource,
     svc: &mut Value,
     old: Option<&Value>,
 ) -> ApiResult<()> {
     let name = object::name(svc).to_string();
+    let who = crate::alloc::owner(old.unwrap_or(svc));
     let typ = svc
         .pointer("/spec/type")
         .and_then(Value::as_str)
@@ -111,7 +113,7 @@ fn allocate_service(
     let Some(spec) = svc.get_mut("spec").filter(|s| s.is_object()) else {
         return Ok(());
     };
-    let mut alloc = api.alloc();
+    let alloc = api.allocations();
     let invalid = |c: Cause| ApiError::invalid(&res.group, &res.kind, &name, vec![c]);
     if let Some(old) = old {
         // Keep what the old object holds unless the client changed it explicitly.
@@ -145,12 +147,12 @@ fn allocate_service(
         let new_ports: Vec<u16> = crate::alloc::node_ports(&json!({"spec": spec.clone()}));
         for p in crate::alloc::node_ports(old) {
             if !new_ports.contains(&p) {
-                alloc.release_port(p);
+                alloc.release_port(p, &who).await;
             }
         }
         if typ == "ExternalName" {
             for ip in crate::alloc::service_ips(old) {
-                alloc.release_ip(ip);
+                alloc.release_ip(ip, &who).await;
             }
         }
     }
@@ -175,8 +177,9 @@ fn allocate_service(
         spec["clusterIPs"] = json!(["None"]);
     } else if ip.is_empty() {
         let got = alloc
-            .allocate_ip()
-            .ok_or_else(|| ApiError::internal("failed to allocate a serviceIP: range is full"))?;
+            .allocate_ip(&who)
+            .await
+            .map_err(|e| alloc_error("serviceIP", e))?;
         spec["clusterIP"] = json!(got.to_string());
         spec["clusterIPs"] = json!([got.to_string()]);
     } else if old_ip.as_deref() != Some(ip.as_str()) {
@@ -194,7 +197,11 @@ fn allocate_service(
                 "failed to allocate IP: the provided network does not match the current range",
             )));
         }
-        if !alloc.reserve_ip(parsed) {
+        if !alloc
+            .reserve_ip(parsed, &who)
+            .await
+            .map_err(|e| alloc_error("serviceIP", crate::alloc::AllocError::Store(e)))?
+        {
             return Err(invalid(Cause::invalid(
                 "spec.clusterIPs[0]",
                 &json!(ip),
@@ -224,7 +231,11 @@ fn allocate_service(
                 {
                     Some(np) => {
                         let np16 = u16::try_from(np).unwrap_or(0);
-                        if !old_ports.contains(&np16) && !alloc.reserve_port(np16) {
+                        if !old_ports.contains(&np16)
+                            && !alloc.reserve_port(np16, &who).await.map_err(|e| {
+                                alloc_error("nodePort", crate::alloc::AllocError::Store(e))
+                            })?
+                        {
                             let (lo, hi) = alloc.port_range();
                             let msg = if alloc.port_in_range(np16) {
                                 "provided port is already allocated".to_string()
@@ -241,9 +252,10 @@ fn allocate_service(
                         }
                     }
                     None if typ == "NodePort" || lb_ports => {
-                        let np = alloc.allocate_port().ok_or_else(|| {
-                            ApiError::internal("failed to allocate a nodePort: range is full")
-                        })?;
+                        let np = alloc
+                            .allocate_port(&who)
+                            .await
+                            .map_err(|e| alloc_error("nodePort", e))?;
                         p["nodePort"] = json!(np);
                     }
                     None => {}
@@ -252,6 +264,18 @@ fn allocate_service(
         }
     }
     Ok(())
+}
+
+/// The error of a failed allocation, as upstream words it.
+fn alloc_error(what: &str, e: crate::alloc::AllocError) -> ApiError {
+    match e {
+        crate::alloc::AllocError::Full => {
+            ApiError::internal(format!("failed to allocate a {what}: range is full"))
+        }
+        crate::alloc::AllocError::Store(e) => {
+            ApiError::internal(format!("failed to allocate a {what}: {e}"))
+        }
+    }
 }
 
 fn validate_service(obj: &Value, old: Option<&Value>, out: &mut Vec<Cause>) {

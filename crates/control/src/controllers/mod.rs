@@ -70,6 +70,9 @@ pub fn start(
             let (informers, mut tasks) = informers::Informers::start(&manager);
             tasks.extend([
                 tokio::spawn(gc::GarbageCollector::run_forever(api.clone())),
+                // ClusterIP and NodePort reservations no Service holds, and Services'
+                // missing ones (upstream's repair controllers).
+                tokio::spawn(kinglet_apiserver::repair_service_allocations(api.clone())),
                 tokio::spawn(serviceaccounts::run(
                     serviceaccounts::Clients {
                         reader: manager.clone(),

@@ -1,0 +1,575 @@
+//! The watch cache, as upstream's cacher: every object under `/registry/` held in memory, fed
+//! by one store watch (after an initial list), so that lists and watches are served without
+//! the store. One cache for the whole key space rather than one per resource: a single store
+//! watch and a single revision to wait for, which is what consistent reads compare against;
+//! serving a resource is a range over the sorted keys.
+//!
+//! Each store event is decoded once; watchers match their selectors against the decoded
+//! object and share its encodings (one per type, object and API version), memoized on the
+//! event as upstream's `cachingObject` does. A watcher that falls behind the broadcast is cut
+//! off (its client re-watches from the last revision it saw), never holding up the others.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::FutureExt;
+use serde_json::Value;
+use tokio::sync::{broadcast, watch};
+
+use super::encryption::Storage;
+use super::registry::Resource;
+use kinglet_store::{Event, EventType};
+
+/// The objects the cache holds; other keys (kinglet's own) only move its revision.
+pub const PREFIX: &str = "/registry/";
+
+/// How many recent events the cache keeps for watches that resume from a revision; older
+/// revisions are resumed from the store's history.
+const RING: usize = 2048;
+
+/// How many events a watcher may fall behind the newest before it is cut off.
+const BROADCAST: usize = 8192;
+
+/// How often the cache catches up with revisions that brought it no event.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How long a read waits for the cache to reach the revision it needs (upstream's
+/// `blockTimeout` in `waitUntilFreshAndBlock`).
+pub const FRESHNESS_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// One live object: its stored form, decoded, and its revision; its JSON encoding per API
+/// version once a list has asked for it.
+pub struct Entry {
+    pub rev: i64,
+    pub obj: Arc<Value>,
+    json: Mutex<Vec<(LineKey, Bytes)>>,
+}
+
+impl Entry {
+    fn new(rev: i64, obj: Arc<Value>) -> Entry {
+        Entry {
+            rev,
+            obj,
+            json: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The object as served for `res`, encoded (without a trailing newline); encoded once
+    /// and kept while the object is unchanged, so that repeated lists copy bytes.
+    pub fn json(&self, res: &Resource) -> Bytes {
+        let mut memo = self.json.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, b)) = memo.iter().find(|(k, _)| k.is("", false, res)) {
+            return b.clone();
+        }
+        let mut bytes = super::status::go_json(&decorate(res, &self.obj, self.rev));
+        bytes.pop();
+        let bytes = Bytes::from(bytes);
+        memo.push((LineKey::new("", false, res), bytes.clone()));
+        bytes
+    }
+}
+
+/// One change, decoded once and encoded at most once per (type, object, API version).
+pub struct CachedEvent {
+    pub typ: EventType,
+    pub key: String,
+    pub rev: i64,
+    /// The object after the change; for a delete, its last state.
+    pub cur: Arc<Value>,
+    /// The object before the change, if it existed.
+    pub prev: Option<Arc<Value>>,
+    lines: Mutex<Vec<(LineKey, Bytes)>>,
+}
+
+struct LineKey {
+    typ: &'static str,
+    from_prev: bool,
+    group: String,
+    version: String,
+    plural: String,
+}
+
+impl LineKey {
+    fn new(typ: &'static str, from_prev: bool, res: &Resource) -> LineKey {
+        LineKey {
+            typ,
+            from_prev,
+            group: res.group.clone(),
+            version: res.version.clone(),
+            plural: res.plural.clone(),
+        }
+    }
+
+    fn is(&self, typ: &str, from_prev: bool, res: &Resource) -> bool {
+        self.typ == typ
+            && self.from_prev == from_prev
+            && self.group == res.group
+            && self.version == res.version
+            && self.plural == res.plural
+    }
+}
+
+impl CachedEvent {
+    /// The watch line (`{"type":..,"object":..}` as upstream's encoder writes it) for `res`,
+    /// with `typ` and the object before (`from_prev`) or after the change; encoded by the first
+    /// watcher that needs it and shared by the rest.
+    pub fn line(&self, cache: &Cache, res: &Resource, typ: &'static str, from_prev: bool) -> Bytes {
+        let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, b)) = lines.iter().find(|(k, _)| k.is(typ, from_prev, res)) {
+            return b.clone();
+        }
+        let obj = match (&self.prev, from_prev) {
+            (Some(p), true) => p,
+            _ => &self.cur,
+        };
+        let line = Bytes::from(event_line(typ, &decorate(res, obj, self.rev)));
+        cache.encodings.fetch_add(1, Ordering::Relaxed);
+        lines.push((LineKey::new(typ, from_prev, res), line.clone()));
+        line
+    }
+}
+
+/// One watch event, as upstream's encoder writes it (one JSON document per line).
+pub fn event_line(typ: &str, object: &Value) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct Line<'a> {
+        #[serde(rename = "type")]
+        typ: &'a str,
+        object: &'a Value,
+    }
+    super::status::go_json(&Line { typ, object })
+}
+
+/// The object as served: the stored form converted to `res`'s version, with its type and
+/// resourceVersion (what `lifecycle::decorate` does, from the decoded form).
+pub fn decorate(res: &Resource, stored: &Value, rev: i64) -> Value {
+    let mut obj = super::convert::from_storage(res, stored.clone());
+    if let Some(m) = obj.as_object_mut() {
+        m.insert("apiVersion".into(), Value::String(res.api_version()));
+        m.insert("kind".into(), Value::String(res.kind.clone()));
+    }
+    super::object::meta_mut(&mut obj)
+        .insert("resourceVersion".into(), Value::String(rev.to_string()));
+    obj
+}
+
+struct State {
+    objects: BTreeMap<String, Arc<Entry>>,
+    /// The newest revision applied.
+    rev: i64,
+    /// Whether the initial list has been loaded.
+    ready: bool,
+    /// Key prefixes the cache does not hold (Secrets it could not decrypt): the store
+    /// serves them, with its error.
+    withheld: Vec<String>,
+    ring: VecDeque<Arc<CachedEvent>>,
+    /// The ring holds every event after this revision.
+    oldest: i64,
+    tx: broadcast::Sender<Arc<CachedEvent>>,
+}
+
+pub struct Cache {
+    state: RwLock<State>,
+    rev: watch::Sender<i64>,
+    encodings: AtomicU64,
+}
+
+/// A page of a list served from the cache.
+pub struct Listed {
+    pub rev: i64,
+    pub items: Vec<Arc<Entry>>,
+    /// The last key of the page when more keys follow under the prefix.
+    pub next: Option<String>,
+    /// How many keys follow the page under the prefix.
+    pub remaining: i64,
+}
+
+/// A watch's start: the initial state (if asked), the ring's events after its revision, and
+/// the live events.
+pub struct Subscription {
+    /// The revision the initial state is at, or the revision the watch starts after.
+    pub from: i64,
+    pub initial: Vec<Arc<Entry>>,
+    pub backlog: Vec<Arc<CachedEvent>>,
+    pub rx: broadcast::Receiver<Arc<CachedEvent>>,
+}
+
+impl Cache {
+    /// A cache not yet loaded; [`Cache::start`] loads and feeds it.
+    fn empty() -> Cache {
+        Cache {
+            state: RwLock::new(State {
+                objects: BTreeMap::new(),
+                rev: 0,
+                ready: false,
+                withheld: Vec::new(),
+                ring: VecDeque::new(),
+                oldest: 0,
+                tx: broadcast::channel(BROADCAST).0,
+            }),
+            rev: watch::channel(0).0,
+            encodings: AtomicU64::new(0),
+        }
+    }
+
+    /// Starts the cache over `store`: it serves once the initial list is loaded.
+    pub fn start(store: Storage) -> Arc<Cache> {
+        let cache = Arc::new(Cache::empty());
+        tokio::spawn(feed(Arc::downgrade(&cache), store));
+        cache
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the cache serves the keys under `prefix` (or the key `prefix`).
+    pub fn serves(&self, prefix: &str) -> bool {
+        let st = self.read();
+        st.ready
+            && !st
+                .withheld
+                .iter()
+                .any(|w| prefix.starts_with(w.as_str()) || w.starts_with(prefix))
+    }
+
+    /// The newest revision the cache has applied.
+    pub fn rev(&self) -> i64 {
+        *self.rev.borrow()
+    }
+
+    /// How many watch lines have been encoded (each shared by every watcher that wants it).
+    #[cfg(test)]
+    pub fn encodings(&self) -> u64 {
+        self.encodings.load(Ordering::Relaxed)
+    }
+
+    /// Waits until the cache has applied `rev`, at most `timeout`; whether it has.
+    pub async fn wait_fresh(&self, rev: i64, timeout: Duration) -> bool {
+        let mut rx = self.rev.subscribe();
+        matches!(
+            tokio::time::timeout(timeout, rx.wait_for(|r| *r >= rev)).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// The object at `key`, and the cache's revision.
+    pub fn get(&self, key: &str) -> (i64, Option<Arc<Entry>>) {
+        let st = self.read();
+        (st.rev, st.objects.get(key).cloned())
+    }
+
+    /// The objects under `prefix` that `keep` accepts, at most `limit` of them.
+    pub fn list(
+        &self,
+        prefix: &str,
+        keep: impl Fn(&Value) -> bool,
+        limit: Option<usize>,
+    ) -> Listed {
+        let st = self.read();
+        let mut items = Vec::new();
+        let mut range = st
+            .objects
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(k, _)| k.starts_with(prefix));
+        let mut last = None;
+        let mut next = None;
+        let mut remaining = 0;
+        for (key, entry) in range.by_ref() {
+            if limit.is_some_and(|l| items.len() >= l) {
+                // An item past a full page: there is more (upstream's `hasMoreListItems`).
+                next = last.take();
+                remaining = 1;
+                break;
+            }
+            if keep(&entry.obj) {
+                items.push(entry.clone());
+                last = Some(key);
+            }
+        }
+        if next.is_some() {
+            remaining += range.count() as i64;
+        }
+        Listed {
+            rev: st.rev,
+            items,
+            next: next.cloned(),
+            remaining,
+        }
+    }
+
+    /// Subscribes to changes under `prefix` after `after` (with the state under `prefix` first
+    /// when `initial`), or None when the cache is not loaded or no longer holds every event
+    /// after `after` (the caller resumes from the store's history).
+    pub fn subscribe(&self, prefix: &str, after: i64, initial: bool) -> Option<Subscription> {
+        if !self.serves(prefix) {
+            return None;
+        }
+        let st = self.read();
+        let rx = st.tx.subscribe();
+        if initial {
+            let initial = st
+                .objects
+                .range::<str, _>((
+                    std::ops::Bound::Included(prefix),
+                    std::ops::Bound::Unbounded,
+                ))
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .map(|(_, e)| e.clone())
+                .collect();
+            return Some(Subscription {
+                from: after.max(st.rev),
+                initial,
+                backlog: Vec::new(),
+                rx,
+            });
+        }
+        if after < st.oldest {
+            return None;
+        }
+        let backlog = st
+            .ring
+            .iter()
+            .filter(|e| e.rev > after && e.key.starts_with(prefix))
+            .cloned()
+            .collect();
+        Some(Subscription {
+            from: after,
+            initial: Vec::new(),
+            backlog,
+            rx,
+        })
+    }
+
+    /// Loads a full list at `rev`; watchers of the previous state are cut off (their clients
+    /// re-watch, from the store's history when the ring no longer reaches back far enough).
+    fn replace(&self, items: Vec<(String, i64, Value)>, rev: i64, withheld: Vec<String>) {
+        let objects = items
+            .into_iter()
+            .map(|(k, rev, obj)| (k, Arc::new(Entry::new(rev, Arc::new(obj)))))
+            .collect();
+        {
+            let mut st = self.write();
+            st.objects = objects;
+            st.rev = rev;
+            st.ready = true;
+            st.withheld = withheld;
+            st.ring.clear();
+            st.oldest = rev;
+            st.tx = broadcast::channel(BROADCAST).0;
+        }
+        self.rev.send_replace(rev);
+    }
+
+    /// Applies one store event.
+    fn apply(&self, ev: &Event) {
+        let rev = ev.record.rev;
+        let key = &ev.record.key;
+        if !key.starts_with(PREFIX) {
+            self.advance(rev);
+            return;
+        }
+        let cur = match serde_json::from_slice::<Value>(&ev.record.value) {
+            Ok(v) => Arc::new(v),
+            Err(e) => {
+                tracing::error!("watch cache: {key} at {rev} is not JSON: {e}");
+                self.write().objects.remove(key);
+                self.advance(rev);
+                return;
+            }
+        };
+        {
+            let mut st = self.write();
+            let before = match ev.typ {
+                EventType::Deleted => st.objects.remove(key),
+                _ => st
+                    .objects
+                    .insert(key.clone(), Arc::new(Entry::new(rev, cur.clone()))),
+            };
+            let prev = match before {
+                Some(e) if ev.typ != EventType::Deleted => Some(e.obj.clone()),
+                Some(_) => Some(cur.clone()),
+                None => ev
+                    .prev
+                    .as_ref()
+                    .and_then(|p| serde_json::from_slice(p).ok())
+                    .map(Arc::new),
+            };
+            let event = Arc::new(CachedEvent {
+                typ: ev.typ,
+                key: key.clone(),
+                rev,
+                cur,
+                prev,
+                lines: Mutex::new(Vec::new()),
+            });
+            if st.ring.len() == RING
+                && let Some(old) = st.ring.pop_front()
+            {
+                st.oldest = old.rev;
+            }
+            st.ring.push_back(event.clone());
+            st.rev = st.rev.max(rev);
+            let _ = st.tx.send(event);
+        }
+        self.rev.send_replace(rev);
+    }
+
+    fn advance(&self, rev: i64) {
+        {
+            let mut st = self.write();
+            st.rev = st.rev.max(rev);
+        }
+        self.rev.send_if_modified(|r| {
+            let moved = rev > *r;
+            *r = (*r).max(rev);
+            moved
+        });
+    }
+}
+
+/// Everything under [`PREFIX`] at one revision; and the prefixes withheld: the Secrets, when
+/// one of them cannot be decrypted (one such Secret must not keep every other object out).
+type Listing = (Vec<(String, i64, Value)>, i64, Vec<String>);
+
+async fn list_all(store: &Storage) -> kinglet_store::Result<Listing> {
+    let secrets = super::encryption::SECRETS_PREFIX;
+    let (mut items, rev) = list_prefix(store, PREFIX, 0, Some(secrets)).await?;
+    let withheld = match list_prefix(store, secrets, rev, None).await {
+        Ok((more, _)) => {
+            items.extend(more);
+            Vec::new()
+        }
+        Err(kinglet_store::StoreError::Internal(e)) => {
+            tracing::error!("watch cache: Secrets are served from the store: {e}");
+            vec![secrets.to_string()]
+        }
+        Err(e) => return Err(e),
+    };
+    Ok((items, rev, withheld))
+}
+
+/// The objects under `prefix` at `rev` (0: the newest), leaving out those under `skip`.
+async fn list_prefix(
+    store: &Storage,
+    prefix: &str,
+    mut rev: i64,
+    skip: Option<&str>,
+) -> kinglet_store::Result<(Vec<(String, i64, Value)>, i64)> {
+    let (mut items, mut after) = (Vec::new(), None);
+    loop {
+        // Outside `skip` the store's values are plain: read raw, so that a value that
+        // cannot be decrypted there fails only the listing of its own prefix.
+        let page = match skip {
+            Some(_) => {
+                store
+                    .raw()
+                    .list(prefix, rev, after.take(), Some(1000))
+                    .await?
+            }
+            None => store.list(prefix, rev, after.take(), Some(1000)).await?,
+        };
+        rev = page.rev;
+        for rec in page.items {
+            after = Some(rec.key.clone());
+            if skip.is_some_and(|s| rec.key.starts_with(s)) {
+                continue;
+            }
+            match serde_json::from_slice::<Value>(&rec.value) {
+                Ok(v) => items.push((rec.key, rec.rev, v)),
+                Err(e) => tracing::error!("watch cache: {} is not JSON: {e}", rec.key),
+            }
+        }
+        if !page.more {
+            return Ok((items, rev));
+        }
+    }
+}
+
+/// Lists, then follows the store's watch from the list's revision; re-lists when the watch
+/// ends (fallen behind, compacted). Stops when the cache is dropped.
+async fn feed(cache: Weak<Cache>, store: Storage) {
+    let mut pause = Duration::from_millis(50);
+    loop {
+        if cache.strong_count() == 0 {
+            return;
+        }
+        let (items, rev, withheld) = match list_all(&store).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!("watch cache: list: {e}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        // Everything under "/": kinglet's own keys move the revision that consistent reads
+        // wait for, though the cache holds no object for them.
+        let mut stream = match store.watch("/", rev).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("watch cache: watch from {rev}: {e}");
+                tokio::time::sleep(pause).await;
+                continue;
+            }
+        };
+        match cache.upgrade() {
+            Some(c) => c.replace(items, rev, withheld),
+            None => return,
+        }
+        pause = Duration::from_millis(50);
+        let mut tick = tokio::time::interval(PROGRESS_INTERVAL);
+        let mut known = None;
+        loop {
+            let ev = tokio::select! {
+                ev = stream.next() => ev,
+                _ = tick.tick() => {
+                    // Revisions that bring the cache no event (etcd's compaction key, written
+                    // outside "/"): the store's revision read one tick ago, when nothing is
+                    // waiting now, has had every event up to it applied (a store moves its
+                    // revision just before it publishes the events, never a tick before).
+                    let now = store.current_rev();
+                    match stream.next().now_or_never() {
+                        Some(ev) => {
+                            known = None;
+                            ev
+                        }
+                        None => match (cache.upgrade(), known.replace(now)) {
+                            (Some(c), Some(rev)) => {
+                                c.advance(rev);
+                                continue;
+                            }
+                            (Some(_), None) => continue,
+                            (None, _) => return,
+                        },
+                    }
+                }
+            };
+            let ev = match ev {
+                Ok(ev) => ev,
+                Err(end) => {
+                    tracing::info!("watch cache: store watch ended ({end:?}); re-listing");
+                    break;
+                }
+            };
+            match cache.upgrade() {
+                Some(c) => c.apply(&ev),
+                None => return,
+            }
+        }
+        tokio::time::sleep(pause).await;
+    }
+}
+
+#[cfg(test)]
+mod tests;

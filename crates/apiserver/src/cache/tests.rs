@@ -1,0 +1,303 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use super::{Cache, decorate};
+use crate::registry::{Registry, Resource};
+use crate::selectors::LabelSelector;
+use kinglet_store::{Event, EventType, Record};
+
+fn configmaps() -> Arc<Resource> {
+    Registry::new().find("", "v1", "configmaps").unwrap()
+}
+
+fn cm(name: &str, app: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": "default", "labels": {"app": app}}})
+}
+
+fn key(name: &str) -> String {
+    format!("{}default/{name}", configmaps().prefix())
+}
+
+fn event(typ: EventType, name: &str, rev: i64, obj: &Value, prev: Option<&Value>) -> Event {
+    Event {
+        typ,
+        record: Record {
+            key: key(name),
+            rev,
+            create_rev: rev,
+            value: Bytes::from(serde_json::to_vec(obj).unwrap()),
+        },
+        prev: prev.map(|p| Bytes::from(serde_json::to_vec(p).unwrap())),
+    }
+}
+
+/// A cache loaded with `n` ConfigMaps (`c0`..), half labelled `app=a`, at revision `n`.
+fn loaded(n: i64) -> Cache {
+    let cache = Cache::empty();
+    let items = (0..n)
+        .map(|i| {
+            let app = if i % 2 == 0 { "a" } else { "b" };
+            (key(&format!("c{i}")), i + 1, cm(&format!("c{i}"), app))
+        })
+        .collect();
+    cache.replace(items, n, Vec::new());
+    cache
+}
+
+#[tokio::test]
+async fn a_read_at_a_newer_revision_waits_until_the_cache_has_it() {
+    let cache = Arc::new(loaded(4));
+    assert!(cache.wait_fresh(4, Duration::ZERO).await);
+    let waiter = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.wait_fresh(5, Duration::from_secs(60)).await })
+    };
+    // The waiter has not got the revision yet: it must still be waiting.
+    tokio::task::yield_now().await;
+    assert!(!waiter.is_finished());
+    cache.apply(&event(EventType::Added, "new", 5, &cm("new", "a"), None));
+    assert!(waiter.await.unwrap());
+    // A revision the cache never reaches: the wait ends unfulfilled.
+    assert!(!cache.wait_fresh(6, Duration::from_millis(1)).await);
+    let (rev, got) = cache.get(&key("new"));
+    assert_eq!((rev, got.map(|e| e.rev)), (5, Some(5)));
+}
+
+#[tokio::test]
+async fn kinglet_keys_move_the_revision_but_are_not_objects() {
+    let cache = loaded(2);
+    let mut ev = event(EventType::Added, "x", 3, &cm("x", "a"), None);
+    ev.record.key = "/kinglet/allocations/serviceips/10.43.0.9".into();
+    cache.apply(&ev);
+    assert_eq!(cache.rev(), 3);
+    assert!(cache.wait_fresh(3, Duration::ZERO).await);
+    assert_eq!(cache.list("/", |_| true, None).items.len(), 2);
+}
+
+#[tokio::test]
+async fn lists_apply_selectors_limits_and_report_what_remains() {
+    let cache = loaded(10);
+    let prefix = format!("{}default/", configmaps().prefix());
+    let sel = LabelSelector::parse("app=a").unwrap();
+    let all = cache.list(&prefix, |o| sel.matches_object(o), None);
+    assert_eq!(all.items.len(), 5);
+    assert!(all.next.is_none());
+    assert!(
+        all.items
+            .iter()
+            .all(|e| e.obj["metadata"]["labels"]["app"] == "a")
+    );
+
+    // Keys sort as strings: c0, c1, c2, ...; the page ends at the third and 7 keys follow.
+    let page = cache.list(&prefix, |_| true, Some(3));
+    assert_eq!(page.items.len(), 3);
+    assert_eq!(page.next.as_deref(), Some(key("c2").as_str()));
+    assert_eq!(page.remaining, 7);
+    assert_eq!(page.rev, 10);
+
+    // A page that holds the last key has no continuation.
+    let exact = cache.list(&prefix, |_| true, Some(10));
+    assert!(exact.next.is_none());
+    // Another namespace's prefix sees none of them.
+    let other = format!("{}other/", configmaps().prefix());
+    assert!(cache.list(&other, |_| true, None).items.is_empty());
+}
+
+#[tokio::test]
+async fn deletes_and_updates_change_what_is_listed() {
+    let cache = loaded(3);
+    let prefix = configmaps().prefix();
+    cache.apply(&event(
+        EventType::Modified,
+        "c0",
+        4,
+        &cm("c0", "b"),
+        Some(&cm("c0", "a")),
+    ));
+    cache.apply(&event(EventType::Deleted, "c1", 5, &cm("c1", "b"), None));
+    let listed = cache.list(&prefix, |_| true, None);
+    let names: Vec<_> = listed
+        .items
+        .iter()
+        .map(|e| (e.obj["metadata"]["name"].clone(), e.rev))
+        .collect();
+    assert_eq!(names, [(json!("c0"), 4), (json!("c2"), 3)]);
+    assert_eq!(listed.rev, 5);
+}
+
+#[tokio::test]
+async fn one_encoding_per_event_and_version_is_shared_by_every_watcher() {
+    let cache = loaded(1);
+    let res = configmaps();
+    let mut subs: Vec<_> = (0..50)
+        .map(|_| cache.subscribe(&res.prefix(), 1, false).unwrap())
+        .collect();
+    cache.apply(&event(EventType::Added, "w", 2, &cm("w", "a"), None));
+    let mut lines = Vec::new();
+    for s in &mut subs {
+        let ev = s.rx.recv().await.unwrap();
+        lines.push(ev.line(&cache, &res, "ADDED", false));
+    }
+    assert_eq!(cache.encodings(), 1);
+    assert!(lines.windows(2).all(|w| w[0] == w[1]));
+    let line: Value = serde_json::from_slice(&lines[0]).unwrap();
+    assert_eq!(line["type"], "ADDED");
+    assert_eq!(line["object"], decorate(&res, &cm("w", "a"), 2));
+    assert_eq!(line["object"]["metadata"]["resourceVersion"], "2");
+    // Each line is one JSON document on one line, type first, as upstream writes it.
+    assert!(lines[0].starts_with(b"{\"type\":\"ADDED\",\"object\":{"));
+    assert!(lines[0].ends_with(b"}\n"));
+}
+
+#[tokio::test]
+async fn watches_resume_from_the_ring_or_not_at_all() {
+    let cache = loaded(2);
+    let prefix = configmaps().prefix();
+    for rev in 3..=5 {
+        cache.apply(&event(
+            EventType::Added,
+            &format!("n{rev}"),
+            rev,
+            &cm("n", "a"),
+            None,
+        ));
+    }
+    let sub = cache.subscribe(&prefix, 3, false).unwrap();
+    let revs: Vec<_> = sub.backlog.iter().map(|e| e.rev).collect();
+    assert_eq!(revs, [4, 5]);
+    // Revision 1 is before the list the cache was loaded from: the store must serve it.
+    assert!(cache.subscribe(&prefix, 1, false).is_none());
+    // With the initial state: every object, at the cache's revision.
+    let sub = cache.subscribe(&prefix, 0, true).unwrap();
+    assert_eq!((sub.initial.len(), sub.from), (5, 5));
+}
+
+#[tokio::test]
+async fn withheld_secrets_are_left_to_the_store_and_nothing_else() {
+    let cache = Cache::empty();
+    let secrets = crate::encryption::SECRETS_PREFIX;
+    cache.replace(Vec::new(), 1, vec![secrets.to_string()]);
+    assert!(!cache.serves(secrets));
+    assert!(!cache.serves(&format!("{secrets}default/")));
+    assert!(!cache.serves(&format!("{secrets}default/token")));
+    assert!(cache.serves(&configmaps().prefix()));
+    assert!(cache.subscribe(secrets, 1, false).is_none());
+    assert!(cache.subscribe(&configmaps().prefix(), 1, false).is_some());
+}
+
+#[tokio::test]
+async fn an_unloaded_cache_serves_nothing() {
+    let cache = Cache::empty();
+    assert!(!cache.serves("/registry/"));
+    assert!(cache.subscribe("/registry/", 0, true).is_none());
+}
+
+/// Through the API: a list right after a create (a consistent read) includes it, and one at
+/// a revision not reached yet answers 504 as upstream's cache does.
+#[tokio::test]
+async fn lists_from_the_cache_read_their_writes() {
+    use http::Request;
+    use tower::ServiceExt;
+    let dir = tempfile::tempdir().unwrap();
+    let api = crate::test_api(dir.path()).await;
+    assert!(api.watch_cache.wait_fresh(1, Duration::from_secs(30)).await);
+    let call = |method: &str, uri: &str, body: Option<Value>| {
+        let req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json")
+            .extension(crate::PeerUser(Some(Arc::new(
+                crate::auth::UserInfo::internal(),
+            ))))
+            .body(axum::body::Body::from(
+                body.map(|b| b.to_string()).unwrap_or_default(),
+            ))
+            .unwrap();
+        let router = api.router();
+        async move {
+            let resp = router.oneshot(req).await.unwrap();
+            let code = resp.status().as_u16();
+            let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            (code, serde_json::from_slice::<Value>(&bytes).unwrap())
+        }
+    };
+    for i in 0..20 {
+        let (code, _) = call(
+            "POST",
+            "/api/v1/namespaces/default/configmaps",
+            Some(cm(&format!("r{i}"), "a")),
+        )
+        .await;
+        assert_eq!(code, 201);
+        let (code, list) = call("GET", "/api/v1/namespaces/default/configmaps", None).await;
+        assert_eq!(code, 200);
+        assert_eq!(list["items"].as_array().unwrap().len(), i + 1);
+        // The spliced list is the list as encoded whole.
+        assert_eq!(list["kind"], "ConfigMapList");
+        let name = format!("r{i}");
+        let item = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["metadata"]["name"] == name.as_str())
+            .unwrap();
+        assert_eq!(
+            (item["kind"].as_str(), item["apiVersion"].as_str()),
+            (Some("ConfigMap"), Some("v1"))
+        );
+        let (_, one) = call(
+            "GET",
+            &format!("/api/v1/namespaces/default/configmaps/r{i}"),
+            None,
+        )
+        .await;
+        assert_eq!(item, &one);
+    }
+    let (_, list) = call(
+        "GET",
+        "/api/v1/namespaces/default/configmaps?labelSelector=app%3Da&limit=5",
+        None,
+    )
+    .await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 5);
+    let token = list["metadata"]["continue"].as_str().unwrap().to_string();
+    // The continuation is read from the store, at the first page's revision.
+    let (_, rest) = call(
+        "GET",
+        &format!(
+            "/api/v1/namespaces/default/configmaps?labelSelector=app%3Da&limit=100&continue={token}"
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(rest["items"].as_array().unwrap().len(), 15);
+    assert_eq!(
+        rest["metadata"]["resourceVersion"],
+        list["metadata"]["resourceVersion"]
+    );
+
+    let rev = api.watch_cache.rev();
+    let (code, status) = call(
+        "GET",
+        &format!(
+            "/api/v1/namespaces/default/configmaps?resourceVersion={}&resourceVersionMatch=NotOlderThan",
+            rev + 1000
+        ),
+        None,
+    )
+    .await;
+    assert_eq!((code, status["reason"].as_str()), (504, Some("Timeout")));
+    let (code, got) = call(
+        "GET",
+        &format!("/api/v1/namespaces/default/configmaps/r3?resourceVersion={rev}"),
+        None,
+    )
+    .await;
+    assert_eq!((code, got["metadata"]["name"].as_str()), (200, Some("r3")));
+}

@@ -1,0 +1,335 @@
+//! Servers sharing one datastore, as k3s's: the files every server of the cluster must hold
+//! alike (`kinglet_pki::bootstrap`) travel through the datastore, encrypted with the server
+//! token. The first server puts them there after making its CAs; a server joining with
+//! `--token` takes them before its PKI loads, then issues its own certificates.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use kinglet_apiserver::join;
+use kinglet_pki::bootstrap::{
+    self, CA_CERT, ENCRYPTION_CONFIG, Files, KEY_PREFIX, ca_hash, passphrase, storage_key,
+    token_ca_hash,
+};
+use kinglet_store::{Store, StoreError};
+
+/// What a server starts with, for the bootstrap data.
+pub(crate) struct Start<'a> {
+    pub data_dir: &'a Path,
+    /// `--token`: the server token.
+    pub token: Option<&'a str>,
+    /// `--server`: a server of the cluster to check the CA with.
+    pub server: Option<&'a str>,
+    /// `--secrets-encryption`.
+    pub secrets_encryption: bool,
+}
+
+/// Brings the data directory and the datastore's bootstrap data into agreement, before the PKI
+/// loads. Errors leave the data directory as it was (apart from a first server's new CAs).
+pub(crate) async fn sync(store: &Store, start: &Start<'_>) -> anyhow::Result<()> {
+    let data_dir = start.data_dir;
+    let token_path = join::token_path(data_dir);
+    let local_secret = match token_path.exists() {
+        true => Some(join::read_secret(&token_path)?),
+        false => None,
+    };
+    let given = start.token.map(|t| passphrase(t).to_string());
+    if let Some(hash) = start.token.and_then(token_ca_hash)
+        && (hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        bail!("--token must look like K10<CA hash>::server:<secret>, or be just the secret");
+    }
+    if given.as_deref().is_some_and(str::is_empty) {
+        bail!("--token holds no secret");
+    }
+    if let (Some(local), Some(given)) = (&local_secret, &given)
+        && local != given
+    {
+        bail!(
+            "--token is not this server's token (in {}): a data directory stays with its cluster",
+            token_path.display()
+        );
+    }
+    if !store.is_shared() {
+        // A server alone: `--token` only chooses its token.
+        if let (None, Some(given)) = (&local_secret, &given) {
+            write_token(&token_path, given)?;
+        }
+        return Ok(());
+    }
+    let served_ca = match start.server {
+        Some(url) => Some(served_ca(url).await?),
+        None => None,
+    };
+    if let (Some(ca), Some(hash)) = (&served_ca, start.token.and_then(token_ca_hash))
+        && ca_hash(ca.as_bytes()) != hash
+    {
+        bail!(
+            "the CA that {} serves does not match the --token's CA hash",
+            start.server.unwrap_or_default()
+        );
+    }
+    let had_ca = data_dir.join(CA_CERT).exists();
+    let pass = given.or(local_secret);
+    let remote = match &pass {
+        Some(p) => read_remote(store, p).await?,
+        None => None,
+    };
+    if let Some(remote) = remote {
+        return adopt(start, served_ca.as_deref(), &remote, false);
+    }
+    // No bootstrap data for this token.
+    if !store
+        .list(KEY_PREFIX, 0, None, Some(1))
+        .await?
+        .items
+        .is_empty()
+    {
+        bail!(
+            "the datastore holds a cluster whose bootstrap data this server's token does not open: start with that cluster's --token (`kinglet token` on one of its servers)"
+        );
+    }
+    if start.server.is_some() {
+        bail!(
+            "the datastore holds no cluster yet: start its first server without --server, then join with --server and --token"
+        );
+    }
+    if let Some(hash) = start.token.and_then(token_ca_hash) {
+        let local_ca = std::fs::read(data_dir.join(CA_CERT)).unwrap_or_default();
+        if !had_ca || ca_hash(&local_ca) != hash {
+            bail!(
+                "--token names a cluster CA the datastore does not hold: give the first server just the token's secret"
+            );
+        }
+    }
+    // The first server: its files become the cluster's.
+    kinglet_pki::ensure_shared(data_dir).context("setting up the cluster PKI")?;
+    let pass = match pass {
+        Some(p) => {
+            if !token_path.exists() {
+                write_token(&token_path, &p)?;
+            }
+            p
+        }
+        None => join::ensure_secret(&token_path).context("setting up the server token")?,
+    };
+    crate::secrets_encrypt::server_config(data_dir, start.secrets_encryption)
+        .context("setting up secrets encryption")?;
+    let sealed = bootstrap::encrypt(&pass, &Files::read(data_dir)?.to_json())?;
+    match store.create(&storage_key(&pass), sealed.into()).await {
+        Ok(_) => {
+            tracing::info!("stored the cluster's bootstrap data in the datastore");
+            Ok(())
+        }
+        Err(StoreError::AlreadyExists) => {
+            // Another first server was quicker: its files win over ours, made just now.
+            let remote = read_remote(store, &pass)
+                .await?
+                .context("the bootstrap data went away while starting")?;
+            adopt(start, served_ca.as_deref(), &remote, !had_ca)
+        }
+        Err(e) => bail!("storing the bootstrap data: {e}"),
+    }
+}
+
+fn write_token(path: &Path, secret: &str) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    kinglet_pki::write_private(path, &format!("{secret}\n"))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// The bootstrap data sealed with `pass`, if any; an error when it does not open.
+async fn read_remote(store: &Store, pass: &str) -> anyhow::Result<Option<Files>> {
+    let Some(rec) = store
+        .get(&storage_key(pass))
+        .await
+        .context("reading the bootstrap data")?
+    else {
+        return Ok(None);
+    };
+    let plain = bootstrap::decrypt(pass, &rec.value)?;
+    Ok(Some(Files::from_json(&plain)?))
+}
+
+/// Takes the cluster's files: checks them against the token, `--server` and the data
+/// directory, then writes the missing ones (all of them with `replace`).
+fn adopt(
+    start: &Start<'_>,
+    served_ca: Option<&str>,
+    remote: &Files,
+    replace: bool,
+) -> anyhow::Result<()> {
+    let remote_ca = remote
+        .get(CA_CERT)
+        .context("the datastore's bootstrap data has no cluster CA")?;
+    if let Some(hash) = start.token.and_then(token_ca_hash)
+        && ca_hash(remote_ca) != hash
+    {
+        bail!("the --token's CA hash does not match the datastore's cluster CA");
+    }
+    if let Some(ca) = served_ca
+        && ca.as_bytes() != remote_ca
+    {
+        bail!(
+            "{} serves another CA than the datastore's cluster",
+            start.server.unwrap_or_default()
+        );
+    }
+    let local = Files::read(start.data_dir)?;
+    if !replace {
+        let differing = local.differing(remote);
+        if !differing.is_empty() {
+            bail!(
+                "{} holds {} unlike the datastore's cluster (another cluster's data directory?); nothing was changed",
+                start.data_dir.display(),
+                differing.join(", ")
+            );
+        }
+    }
+    let encrypting = start.secrets_encryption || local.get(ENCRYPTION_CONFIG).is_some();
+    if remote.get(ENCRYPTION_CONFIG).is_none() && encrypting {
+        bail!(
+            "the cluster's bootstrap data has no secrets-encryption key: on servers sharing a datastore, --secrets-encryption is given to the first server of a new cluster"
+        );
+    }
+    let written = remote.write(start.data_dir, replace)?;
+    if !written.is_empty() {
+        tracing::info!(files = ?written, "took the cluster's bootstrap data from the datastore");
+    }
+    Ok(())
+}
+
+/// The CA a server of the cluster serves at `/cacerts` (not yet trusted: the caller checks it).
+async fn served_ca(url: &str) -> anyhow::Result<String> {
+    let bad = || anyhow::anyhow!("--server {url:?}: expected https://<host>[:<port>]");
+    let uri: http::Uri = url.parse().map_err(|_| bad())?;
+    if uri.scheme_str() != Some("https") {
+        return Err(bad());
+    }
+    let host = uri
+        .host()
+        .ok_or_else(bad)?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = uri.port_u16().unwrap_or(443);
+    let fetch = async {
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+        let tls = Arc::new(kinglet_pki::tls::unverified_client_config()?);
+        let name = rustls::pki_types::ServerName::try_from(host.clone())?;
+        let stream = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+        let req = http::Request::get(join::CA_PATH)
+            .header(http::header::HOST, authority)
+            .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+        let resp = sender.send_request(req).await?;
+        let status = resp.status();
+        let body = http_body_util::BodyExt::collect(http_body_util::Limited::new(
+            resp.into_body(),
+            1 << 20,
+        ))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .to_bytes();
+        anyhow::ensure!(status.is_success(), "HTTP {status}");
+        anyhow::Ok(String::from_utf8(body.to_vec())?)
+    };
+    tokio::time::timeout(Duration::from_secs(30), fetch)
+        .await
+        .map_err(|_| anyhow::anyhow!("timeout"))
+        .and_then(|r| r)
+        .with_context(|| format!("fetching the cluster CA from {url}{}", join::CA_PATH))
+}
+
+/// Where the settings every server of a cluster must share are kept (plain JSON: no secret).
+const CLUSTER_SETTINGS_KEY: &str = "/kinglet/bootstrap-settings";
+
+/// Checks that this server's cluster-wide settings (flag name -> value) are the cluster's, as
+/// k3s refuses a server whose critical settings differ; the first server records them.
+pub(crate) async fn check_settings(
+    store: &Store,
+    settings: &[(&str, String)],
+) -> anyhow::Result<()> {
+    if !store.is_shared() {
+        return Ok(());
+    }
+    let mine: serde_json::Map<String, serde_json::Value> = settings
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.clone())))
+        .collect();
+    let recorded = match store
+        .create(CLUSTER_SETTINGS_KEY, serde_json::to_vec(&mine)?.into())
+        .await
+    {
+        Ok(_) => return Ok(()),
+        Err(StoreError::AlreadyExists) => store
+            .get(CLUSTER_SETTINGS_KEY)
+            .await?
+            .context("the cluster's settings went away while starting")?,
+        Err(e) => bail!("recording the cluster's settings: {e}"),
+    };
+    let theirs: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&recorded.value).context("the cluster's settings are malformed")?;
+    let differing: Vec<String> = mine
+        .iter()
+        .filter_map(|(k, v)| {
+            let t = theirs.get(k)?;
+            let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+            (t != v).then(|| format!("--{k} {} (the cluster's: {})", text(v), text(t)))
+        })
+        .collect();
+    if !differing.is_empty() {
+        bail!(
+            "this server's settings differ from the cluster's: {}",
+            differing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start<'a>(dir: &'a Path, token: Option<&'a str>) -> Start<'a> {
+        Start {
+            data_dir: dir,
+            token,
+            server: None,
+            secrets_encryption: false,
+        }
+    }
+
+    /// What `sync` does against a shared datastore (an etcd cluster in production; these
+    /// tests need `Store::is_shared`, so they run in tests/datastore.rs against etcd) is
+    /// covered there; here, a server alone: `--token` only names its token.
+    #[tokio::test]
+    async fn a_server_alone_takes_its_token_from_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        sync(&store, &start(dir.path(), Some("K10abc::server:s3cret")))
+            .await
+            .unwrap_err();
+        sync(&store, &start(dir.path(), Some("s3cret")))
+            .await
+            .unwrap();
+        assert_eq!(
+            join::read_secret(&join::token_path(dir.path())).unwrap(),
+            "s3cret"
+        );
+        let e = sync(&store, &start(dir.path(), Some("other")))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("not this server's token"), "{e}");
+        assert!(store.get(&storage_key("s3cret")).await.unwrap().is_none());
+    }
+}

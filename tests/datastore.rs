@@ -1,0 +1,365 @@
+//! Servers sharing one datastore: the cluster's bootstrap data (CAs, service-account key,
+//! token) travels through etcd encrypted with the server token, so a second server joins with
+//! `--token` (and `--server`) and accepts what the first issued; a wrong token or another
+//! cluster's data directory is refused without writing anything; the `kubernetes` endpoints
+//! list every live server; Service addresses and node ports are reservations in the store.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::etcd::Etcd;
+use common::{Server, eventually, free_port};
+
+/// `kinglet server` flags for a server on `etcd`, plus `extra`.
+fn on(etcd: &Etcd, extra: &[&str]) -> Vec<String> {
+    let mut args = etcd.server_flags();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn start_on(etcd: &Etcd, extra: &[&str]) -> Server {
+    let args = on(etcd, extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Server::start_with(&args)
+}
+
+/// Runs `kinglet server` in `data_dir` with `args`, which must fail to start; its stderr.
+fn refused(data_dir: &Path, args: &[String]) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kinglet"))
+        .arg("server")
+        .arg("--disable-agent")
+        .args(["--bind-address", "127.0.0.1", "--https-listen-port"])
+        .arg(free_port().to_string())
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--write-kubeconfig")
+        .arg(data_dir.join("kubeconfig.yaml"))
+        .args(["--config", "/dev/null"])
+        .args(args)
+        .env_remove("KINGLET_CONFIG")
+        .env_remove("KINGLET_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kinglet");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let out = child.wait_with_output().expect("output");
+            let err = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(!status.success(), "kinglet server started: {err}");
+            return err;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "kinglet server did not refuse to start: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The files a data directory holds under `server/` (its lock aside).
+fn server_files(data_dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut dirs = vec![data_dir.join("server")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.file_name().is_some_and(|n| n != "lock") {
+                out.push(p.display().to_string());
+            }
+        }
+    }
+    out
+}
+
+fn token(s: &Server) -> String {
+    s.kinglet_token(&[]).trim().to_string()
+}
+
+/// The `kubernetes` Endpoints' `address:port` pairs, as `s` serves them.
+fn kubernetes_endpoints(s: &Server) -> Vec<String> {
+    let out = s.ok(&[
+        "get",
+        "endpoints",
+        "kubernetes",
+        "-o",
+        "jsonpath={range .subsets[*]}{range .addresses[*]}{.ip}{' '}{end}{'/'}{.ports[0].port}{'\\n'}{end}",
+    ]);
+    let mut pairs: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.split_once('/'))
+        .flat_map(|(ips, port)| {
+            ips.split_whitespace()
+                .map(move |ip| format!("{ip}:{port}"))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    pairs.sort();
+    pairs
+}
+
+#[test]
+fn a_second_server_joins_through_the_datastore() {
+    let etcd = Etcd::loopback(1);
+    let a = start_on(&etcd, &[]);
+    let t = token(&a);
+    assert_eq!(etcd.keys("/kinglet/bootstrap/").len(), 1);
+    // The bootstrap data is sealed: no key or token in the clear.
+    let sealed = etcd.etcdctl_ok(&[
+        "get",
+        "--prefix",
+        "/kinglet/bootstrap/",
+        "--print-value-only",
+    ]);
+    let secret = t.rsplit(':').next().unwrap();
+    assert!(!sealed.contains("PRIVATE KEY") && !sealed.contains(secret));
+
+    // A wrong token, or the right secret with another CA's hash: refused, nothing written.
+    let dir = tempfile::tempdir().unwrap();
+    let err = refused(dir.path(), &on(&etcd, &["--token", "not-the-token"]));
+    assert!(err.contains("does not open"), "{err}");
+    let other_hash = format!("K10{}::server:{secret}", "0".repeat(64));
+    let err = refused(dir.path(), &on(&etcd, &["--token", &other_hash]));
+    assert!(err.contains("CA hash does not match"), "{err}");
+    // The right token with another service range: refused, nothing written.
+    let err = refused(
+        dir.path(),
+        &on(&etcd, &["--token", &t, "--service-cidr", "10.44.0.0/16"]),
+    );
+    assert!(err.contains("--service-cidr 10.44.0.0/16"), "{err}");
+    assert_eq!(server_files(dir.path()), Vec::<String>::new());
+    // `--server` needs a shared datastore.
+    let err = refused(
+        dir.path(),
+        &[
+            "--server".into(),
+            format!("https://127.0.0.1:{}", a.port),
+            "--token".into(),
+            t.clone(),
+        ],
+    );
+    assert!(err.contains("--datastore-endpoint"), "{err}");
+
+    // The right token, checked against the CA the first server serves.
+    let first = format!("https://127.0.0.1:{}", a.port);
+    let b = start_on(&etcd, &["--token", &t, "--server", &first]);
+    let read = |s: &Server, f: &str| std::fs::read(s.data_dir().join(f)).unwrap();
+    for f in [
+        "server/tls/ca.crt",
+        "server/tls/ca.key",
+        "server/tls/service-account.key",
+    ] {
+        assert_eq!(read(&a, f), read(&b, f), "{f}");
+    }
+    assert_ne!(
+        read(&a, "server/tls/serving.crt"),
+        read(&b, "server/tls/serving.crt")
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(b.data_dir().join("server/tls/ca.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(token(&b), t);
+
+    // What one server issued, the other accepts: the admin certificate and a
+    // service-account token.
+    a.ok(&["create", "configmap", "shared", "--from-literal=k=v"]);
+    let via_b = b.ok(&["get", "configmap", "shared", "-o", "jsonpath={.data.k}"]);
+    assert_eq!(via_b, "v");
+    a.ok(&["create", "serviceaccount", "robot"]);
+    let sa_token = a.ok(&["create", "token", "robot"]);
+    let b_url = format!("https://127.0.0.1:{}", b.port);
+    let b_ca = b.data_dir().join("server/tls/ca.crt").display().to_string();
+    let who = b.kubectl(&[
+        "--kubeconfig=/dev/null",
+        "--server",
+        &b_url,
+        "--certificate-authority",
+        &b_ca,
+        "--token",
+        sa_token.trim(),
+        "auth",
+        "whoami",
+        "-o",
+        "jsonpath={.status.userInfo.username}",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&who.stdout),
+        "system:serviceaccount:default:robot",
+        "{}",
+        String::from_utf8_lossy(&who.stderr)
+    );
+    let admin_on_b = a.kubectl(&[
+        "--server",
+        &b_url,
+        "get",
+        "configmap",
+        "shared",
+        "-o",
+        "name",
+    ]);
+    assert!(
+        admin_on_b.status.success(),
+        "{}",
+        String::from_utf8_lossy(&admin_on_b.stderr)
+    );
+
+    // The `kubernetes` Service's endpoints list both servers; a stopped one drops out.
+    let both = vec![
+        format!("127.0.0.1:{}", a.port),
+        format!("127.0.0.1:{}", b.port),
+    ];
+    let mut want = both.clone();
+    want.sort();
+    eventually(30, "both servers in the kubernetes endpoints", || {
+        (kubernetes_endpoints(&a) == want).then_some(())
+    });
+    // Killed: no goodbye, its lease expires.
+    let mut b = b;
+    b.stop(true);
+    eventually(
+        60,
+        "the killed server out of the kubernetes endpoints",
+        || (kubernetes_endpoints(&a) == vec![format!("127.0.0.1:{}", a.port)]).then_some(()),
+    );
+
+    // A data directory of another cluster, with this cluster's token: refused, untouched.
+    let mut foreign = Server::start();
+    foreign.stop(false);
+    let foreign_dir = foreign.data_dir();
+    std::fs::write(foreign_dir.join("server/token"), format!("{secret}\n")).unwrap();
+    let before = std::fs::read(foreign_dir.join("server/tls/ca.crt")).unwrap();
+    let err = refused(&foreign_dir, &on(&etcd, &["--token", &t]));
+    assert!(err.contains("unlike the datastore's cluster"), "{err}");
+    assert_eq!(
+        std::fs::read(foreign_dir.join("server/tls/ca.crt")).unwrap(),
+        before
+    );
+}
+
+/// Two servers starting at once on an empty datastore end up in one cluster: one's bootstrap
+/// data wins and the other takes it.
+#[test]
+fn first_servers_racing_agree_on_one_cluster() {
+    let etcd = Etcd::loopback(1);
+    let secret = "race-secret-0123456789";
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| start_on(&etcd, &["--token", secret]));
+        let b = s.spawn(|| start_on(&etcd, &["--token", secret]));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let ca = |s: &Server| std::fs::read(s.data_dir().join("server/tls/ca.crt")).unwrap();
+    assert_eq!(ca(&a), ca(&b));
+    assert_eq!(etcd.keys("/kinglet/bootstrap/").len(), 1);
+    a.ok(&["create", "configmap", "x"]);
+    b.ok(&["get", "configmap", "x"]);
+}
+
+/// ClusterIPs and NodePorts are reservations in the store: unique across two servers
+/// creating Services at once, freed by a delete (through the other server), refused while
+/// held.
+#[test]
+fn service_addresses_are_reserved_in_the_datastore() {
+    // Over TLS with a client certificate (`--datastore-cafile/certfile/keyfile`).
+    let etcd = Etcd::loopback_tls(1);
+    // Small ranges, nearly filled: two servers each picking from what it alone knows would
+    // collide.
+    let ranges = [
+        "--service-cidr",
+        "10.43.0.0/27",
+        "--service-node-port-range",
+        "30000-30029",
+    ];
+    let a = start_on(&etcd, &ranges);
+    let t = token(&a);
+    let b = start_on(&etcd, &[&ranges[..], &["--token", &t]].concat());
+    std::thread::scope(|s| {
+        for (server, prefix) in [(&a, "a"), (&b, "b")] {
+            s.spawn(move || {
+                for i in 0..12 {
+                    server.ok(&[
+                        "create",
+                        "service",
+                        "nodeport",
+                        &format!("{prefix}{i}"),
+                        "--tcp=80",
+                    ]);
+                }
+            });
+        }
+    });
+    let column = |s: &Server, path: &str| -> Vec<String> {
+        let out = s.ok(&[
+            "get",
+            "services",
+            "-o",
+            &format!("jsonpath={{range .items[*]}}{path}{{'\\n'}}{{end}}"),
+        ]);
+        out.lines()
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect()
+    };
+    let ips = column(&a, "{.spec.clusterIP}");
+    let ports = column(&b, "{.spec.ports[0].nodePort}");
+    assert_eq!(ips.len(), 24 + 1); // and `kubernetes` (`kube-dns` is in kube-system)
+    let unique = |v: &[String]| v.iter().collect::<std::collections::BTreeSet<_>>().len();
+    assert_eq!(unique(&ips), ips.len(), "{ips:?}");
+    let node_ports: Vec<String> = ports.into_iter().filter(|p| !p.is_empty()).collect();
+    assert_eq!(node_ports.len(), 24);
+    assert_eq!(unique(&node_ports), 24, "{node_ports:?}");
+    assert_eq!(etcd.keys("/kinglet/allocations/nodeports/").len(), 24);
+    // A held address cannot be taken through the other server; once the Service is deleted
+    // it can.
+    let held = a.ok(&["get", "service", "a0", "-o", "jsonpath={.spec.clusterIP}"]);
+    let port = a.ok(&[
+        "get",
+        "service",
+        "a0",
+        "-o",
+        "jsonpath={.spec.ports[0].nodePort}",
+    ]);
+    let svc = |name: &str| {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"{name}"}},"spec":{{"type":"NodePort","clusterIP":"{held}","ports":[{{"port":80,"nodePort":{port}}}]}}}}"#
+        )
+    };
+    let taken = b.fails(&["create", "-f", "-"], Some(&svc("thief")));
+    assert!(taken.contains("already allocated"), "{taken}");
+    b.ok(&["delete", "service", "a0"]);
+    b.ok_stdin(&["create", "-f", "-"], &svc("heir"));
+    let key = format!("/kinglet/allocations/serviceips/{held}");
+    let holder = etcd.etcdctl_ok(&["get", &key, "--print-value-only"]);
+    assert!(holder.starts_with("default/heir/"), "{holder}");
+}
+
+/// A server alone on SQLite: its Services' addresses are reservations too, released when a
+/// Service goes, and kept across a restart.
+#[test]
+fn addresses_survive_a_restart_and_free_on_delete() {
+    let mut s = Server::start();
+    s.ok(&["create", "service", "clusterip", "one", "--tcp=80"]);
+    let ip = s.ok(&["get", "service", "one", "-o", "jsonpath={.spec.clusterIP}"]);
+    let svc = |name: &str| {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"{name}"}},"spec":{{"clusterIP":"{ip}","ports":[{{"port":80}}]}}}}"#
+        )
+    };
+    s.restart(false);
+    let taken = s.fails(&["create", "-f", "-"], Some(&svc("two")));
+    assert!(taken.contains("already allocated"), "{taken}");
+    s.ok(&["delete", "service", "one"]);
+    s.ok_stdin(&["create", "-f", "-"], &svc("two"));
+}
