@@ -26,6 +26,11 @@ pub fn run(args: &TokenArgs) -> anyhow::Result<()> {
     match &args.command {
         None => println!("{}", join::token(&ca()?, &join::read_secret(&path)?)),
         Some(TokenCommand::Rotate) => {
+            if join::shared_datastore_marker(&args.data_dir).exists() {
+                bail!(
+                    "this server shares its datastore with other servers, where the token seals the cluster's bootstrap data: it cannot be rotated on one server"
+                );
+            }
             let ca = ca()?;
             println!("{}", join::token(&ca, &join::write_new_secret(&path)?));
         }
@@ -192,6 +197,30 @@ fn delete(tokens: Vec<String>) -> impl FnOnce(kube::Api<Secret>) -> Fut {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rotation on a server sharing a datastore is refused, and leaves the token as it was.
+    #[test]
+    fn token_rotation_refused_on_a_shared_datastore() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = dir.path().join("server").join("tls");
+        std::fs::create_dir_all(&tls).unwrap();
+        std::fs::write(tls.join("ca.crt"), "CA").unwrap();
+        let path = join::token_path(dir.path());
+        std::fs::write(&path, "s3cret\n").unwrap();
+        let args = |command| TokenArgs {
+            data_dir: dir.path().to_path_buf(),
+            kubeconfig: dir.path().join("no-kubeconfig"),
+            command,
+        };
+        std::fs::write(join::shared_datastore_marker(dir.path()), "").unwrap();
+        let e = run(&args(Some(TokenCommand::Rotate))).unwrap_err();
+        assert!(e.to_string().contains("shares its datastore"), "{e}");
+        assert_eq!(join::read_secret(&path).unwrap(), "s3cret");
+        // Alone: rotated.
+        std::fs::remove_file(join::shared_datastore_marker(dir.path())).unwrap();
+        run(&args(Some(TokenCommand::Rotate))).unwrap();
+        assert_ne!(join::read_secret(&path).unwrap(), "s3cret");
+    }
 
     #[test]
     fn ttl_forms() {

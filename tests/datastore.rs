@@ -249,8 +249,9 @@ fn a_second_server_joins_through_the_datastore() {
     );
 }
 
-/// Two servers starting at once on an empty datastore end up in one cluster: one's bootstrap
-/// data wins and the other takes it.
+/// Two servers starting at once on an empty datastore end up in one cluster: with one token,
+/// one's bootstrap data wins and the other takes it; each with a token of its own made up (no
+/// `--token`), one makes the cluster and the other is refused.
 #[test]
 fn first_servers_racing_agree_on_one_cluster() {
     let etcd = Etcd::loopback(1);
@@ -265,6 +266,125 @@ fn first_servers_racing_agree_on_one_cluster() {
     assert_eq!(etcd.keys("/kinglet/bootstrap/").len(), 1);
     a.ok(&["create", "configmap", "x"]);
     b.ok(&["get", "configmap", "x"]);
+
+    let etcd = Etcd::loopback(1);
+    let (a, b) = std::thread::scope(|s| {
+        let start = || {
+            s.spawn(|| {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| start_on(&etcd, &[])))
+            })
+        };
+        let (a, b) = (start(), start());
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let (winner, refusal) = match (a, b) {
+        (Ok(w), Err(e)) | (Err(e), Ok(w)) => (w, e),
+        (Ok(_), Ok(_)) => panic!("both servers made a cluster on one datastore"),
+        (Err(_), Err(_)) => panic!("neither server started"),
+    };
+    let refusal = refusal
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(refusal.contains("that cluster's --token"), "{refusal}");
+    assert_eq!(etcd.keys("/kinglet/bootstrap/").len(), 1);
+    // The one cluster is the winner's: its token opens it for a second server.
+    let t = token(&winner);
+    let joined = start_on(&etcd, &["--token", &t]);
+    assert_eq!(ca(&joined), ca(&winner));
+}
+
+/// An update that is not stored (a dry run, one refused) keeps what the Service holds and gives
+/// back what it reserved; one that is stored gives back what the Service dropped.
+#[test]
+fn service_updates_not_stored_keep_what_the_service_holds() {
+    let s = Server::start();
+    s.ok(&["create", "service", "nodeport", "np", "--tcp=80"]);
+    let port = s.ok(&[
+        "get",
+        "service",
+        "np",
+        "-o",
+        "jsonpath={.spec.ports[0].nodePort}",
+    ]);
+    let asking_for_port = |name: &str| {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"{name}"}},"spec":{{"type":"NodePort","ports":[{{"port":80,"nodePort":{port}}}]}}}}"#
+        )
+    };
+    let port_still_held = || {
+        let e = s.fails(&["create", "-f", "-"], Some(&asking_for_port("thief")));
+        assert!(e.contains("already allocated"), "{e}");
+    };
+    let to_cluster_ip = r#"{"op":"replace","path":"/spec/type","value":"ClusterIP"},{"op":"remove","path":"/spec/ports/0/nodePort"}"#;
+    s.ok(&[
+        "patch",
+        "service",
+        "np",
+        "--type=json",
+        "--dry-run=server",
+        "-p",
+        &format!("[{to_cluster_ip}]"),
+    ]);
+    port_still_held();
+    let refused = format!(
+        r#"[{to_cluster_ip},{{"op":"replace","path":"/spec/sessionAffinity","value":"Sometimes"}}]"#
+    );
+    let e = s.fails(
+        &["patch", "service", "np", "--type=json", "-p", &refused],
+        None,
+    );
+    assert!(e.contains("sessionAffinity"), "{e}");
+    port_still_held();
+    // A ClusterIP change is refused: the address it reserved is given back.
+    let kubernetes_ip = s.ok(&[
+        "get",
+        "service",
+        "kubernetes",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    let wanted = format!("{}.233", kubernetes_ip.rsplit_once('.').unwrap().0);
+    let e = s.fails(
+        &[
+            "patch",
+            "service",
+            "np",
+            "--type=merge",
+            "-p",
+            &format!(r#"{{"spec":{{"clusterIP":"{wanted}"}}}}"#),
+        ],
+        None,
+    );
+    assert!(e.contains("may not change once set"), "{e}");
+    s.ok_stdin(
+        &["create", "-f", "-"],
+        &format!(
+            r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"wanted"}},"spec":{{"clusterIP":"{wanted}","ports":[{{"port":80}}]}}}}"#
+        ),
+    );
+    // A dry-run create keeps nothing either.
+    let dry = format!("{}.234", kubernetes_ip.rsplit_once('.').unwrap().0);
+    let asking_for_ip = |name: &str| {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"{name}"}},"spec":{{"clusterIP":"{dry}","ports":[{{"port":80}}]}}}}"#
+        )
+    };
+    s.ok_stdin(
+        &["create", "--dry-run=server", "-f", "-"],
+        &asking_for_ip("dry"),
+    );
+    s.ok_stdin(&["create", "-f", "-"], &asking_for_ip("real"));
+    // Stored: the port is free for another Service.
+    s.ok(&[
+        "patch",
+        "service",
+        "np",
+        "--type=json",
+        "-p",
+        &format!("[{to_cluster_ip}]"),
+    ]);
+    s.ok_stdin(&["create", "-f", "-"], &asking_for_port("heir"));
 }
 
 /// ClusterIPs and NodePorts are reservations in the store: unique across two servers

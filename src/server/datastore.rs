@@ -52,13 +52,33 @@ pub(crate) async fn sync(store: &Store, start: &Start<'_>) -> anyhow::Result<()>
             token_path.display()
         );
     }
+    let marker = join::shared_datastore_marker(data_dir);
     if !store.is_shared() {
         // A server alone: `--token` only chooses its token.
         if let (None, Some(given)) = (&local_secret, &given) {
             write_token(&token_path, given)?;
         }
+        if marker.exists() {
+            std::fs::remove_file(&marker)
+                .with_context(|| format!("removing {}", marker.display()))?;
+        }
         return Ok(());
     }
+    sync_shared(store, start, given, local_secret).await?;
+    // `kinglet token rotate` must not re-key this server alone: the token seals the cluster's
+    // bootstrap data in the datastore.
+    std::fs::write(&marker, "").with_context(|| format!("writing {}", marker.display()))
+}
+
+/// [`sync`] with a datastore other servers may share.
+async fn sync_shared(
+    store: &Store,
+    start: &Start<'_>,
+    given: Option<String>,
+    local_secret: Option<String>,
+) -> anyhow::Result<()> {
+    let data_dir = start.data_dir;
+    let token_path = join::token_path(data_dir);
     let served_ca = match start.server {
         Some(url) => Some(served_ca(url).await?),
         None => None,
@@ -104,27 +124,49 @@ pub(crate) async fn sync(store: &Store, start: &Start<'_>) -> anyhow::Result<()>
             );
         }
     }
+    // One server makes the cluster: the first to claim the datastore for its token's key.
+    // Two first servers started together (each with a token of its own made up) must not
+    // both store a cluster.
+    let pass = pass.unwrap_or_else(join::new_secret);
+    let key = storage_key(&pass);
+    match store
+        .create(OWNER_KEY, key.clone().into_bytes().into())
+        .await
+    {
+        Ok(_) => {}
+        Err(StoreError::AlreadyExists) => {
+            let owner = store
+                .get(OWNER_KEY)
+                .await
+                .context("reading the datastore's cluster claim")?
+                .context("the datastore's cluster claim went away while starting")?;
+            // The same token (a server started with it at the same time, or this one
+            // restarting after a failed start) stores under the same key: the first store wins
+            // below.
+            if owner.value.as_ref() != key.as_bytes() {
+                bail!(
+                    "another server is making the datastore's cluster, with another token: start with that cluster's --token (`kinglet token` on that server); if no server of it ever started, delete the claim (`etcdctl del {OWNER_KEY}`)"
+                );
+            }
+        }
+        Err(e) => bail!("claiming the datastore for this cluster: {e}"),
+    }
     // The first server: its files become the cluster's.
     kinglet_pki::ensure_shared(data_dir).context("setting up the cluster PKI")?;
-    let pass = match pass {
-        Some(p) => {
-            if !token_path.exists() {
-                write_token(&token_path, &p)?;
-            }
-            p
-        }
-        None => join::ensure_secret(&token_path).context("setting up the server token")?,
-    };
+    if !token_path.exists() {
+        write_token(&token_path, &pass)?;
+    }
     crate::secrets_encrypt::server_config(data_dir, start.secrets_encryption)
         .context("setting up secrets encryption")?;
     let sealed = bootstrap::encrypt(&pass, &Files::read(data_dir)?.to_json())?;
-    match store.create(&storage_key(&pass), sealed.into()).await {
+    match store.create(&key, sealed.into()).await {
         Ok(_) => {
             tracing::info!("stored the cluster's bootstrap data in the datastore");
             Ok(())
         }
         Err(StoreError::AlreadyExists) => {
-            // Another first server was quicker: its files win over ours, made just now.
+            // Another first server with this token was quicker: its files win over ours, made
+            // just now.
             let remote = read_remote(store, &pass)
                 .await?
                 .context("the bootstrap data went away while starting")?;
@@ -133,6 +175,10 @@ pub(crate) async fn sync(store: &Store, start: &Start<'_>) -> anyhow::Result<()>
         Err(e) => bail!("storing the bootstrap data: {e}"),
     }
 }
+
+/// The claim of the server making the datastore's cluster: the storage key of its bootstrap
+/// data, created only if absent.
+const OWNER_KEY: &str = "/kinglet/bootstrap-owner";
 
 fn write_token(path: &Path, secret: &str) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
@@ -254,7 +300,8 @@ async fn served_ca(url: &str) -> anyhow::Result<String> {
 const CLUSTER_SETTINGS_KEY: &str = "/kinglet/bootstrap-settings";
 
 /// Checks that this server's cluster-wide settings (flag name -> value) are the cluster's, as
-/// k3s refuses a server whose critical settings differ; the first server records them.
+/// k3s refuses a server whose critical settings differ, if the cluster has recorded them.
+/// Before [`sync`], so a server refused writes nothing.
 pub(crate) async fn check_settings(
     store: &Store,
     settings: &[(&str, String)],
@@ -262,23 +309,52 @@ pub(crate) async fn check_settings(
     if !store.is_shared() {
         return Ok(());
     }
-    let mine: serde_json::Map<String, serde_json::Value> = settings
-        .iter()
-        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.clone())))
-        .collect();
-    let recorded = match store
+    match store.get(CLUSTER_SETTINGS_KEY).await? {
+        Some(recorded) => compare_settings(&settings_map(settings), &recorded.value),
+        None => Ok(()),
+    }
+}
+
+/// Records this server's cluster-wide settings as the cluster's if none are yet (the first
+/// server, once its bootstrap data is in the datastore or taken from it, so a server that
+/// fails before records nothing), else checks them as [`check_settings`] does.
+pub(crate) async fn record_settings(
+    store: &Store,
+    settings: &[(&str, String)],
+) -> anyhow::Result<()> {
+    if !store.is_shared() {
+        return Ok(());
+    }
+    let mine = settings_map(settings);
+    match store
         .create(CLUSTER_SETTINGS_KEY, serde_json::to_vec(&mine)?.into())
         .await
     {
-        Ok(_) => return Ok(()),
-        Err(StoreError::AlreadyExists) => store
-            .get(CLUSTER_SETTINGS_KEY)
-            .await?
-            .context("the cluster's settings went away while starting")?,
+        Ok(_) => Ok(()),
+        Err(StoreError::AlreadyExists) => {
+            let recorded = store
+                .get(CLUSTER_SETTINGS_KEY)
+                .await?
+                .context("the cluster's settings went away while starting")?;
+            compare_settings(&mine, &recorded.value)
+        }
         Err(e) => bail!("recording the cluster's settings: {e}"),
-    };
+    }
+}
+
+fn settings_map(settings: &[(&str, String)]) -> serde_json::Map<String, serde_json::Value> {
+    settings
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.clone())))
+        .collect()
+}
+
+fn compare_settings(
+    mine: &serde_json::Map<String, serde_json::Value>,
+    recorded: &[u8],
+) -> anyhow::Result<()> {
     let theirs: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(&recorded.value).context("the cluster's settings are malformed")?;
+        serde_json::from_slice(recorded).context("the cluster's settings are malformed")?;
     let differing: Vec<String> = mine
         .iter()
         .filter_map(|(k, v)| {

@@ -117,23 +117,20 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         .await
         .context("opening the datastore")?;
     // Servers sharing a datastore must agree on the cluster's ranges and names.
-    datastore::check_settings(
-        &store,
-        &[
-            ("cluster-cidr", cluster_cidr.to_string()),
-            (
-                "service-cidr",
-                crate::cli::ipv4_net("--service-cidr", &args.node.service_cidr)?.to_string(),
-            ),
-            ("cluster-domain", args.node.cluster_domain.clone()),
-            ("cluster-dns", args.cluster_dns()?.to_string()),
-            (
-                "service-node-port-range",
-                format!("{}-{}", node_ports.0, node_ports.1),
-            ),
-        ],
-    )
-    .await?;
+    let settings = [
+        ("cluster-cidr", cluster_cidr.to_string()),
+        (
+            "service-cidr",
+            crate::cli::ipv4_net("--service-cidr", &args.node.service_cidr)?.to_string(),
+        ),
+        ("cluster-domain", args.node.cluster_domain.clone()),
+        ("cluster-dns", args.cluster_dns()?.to_string()),
+        (
+            "service-node-port-range",
+            format!("{}-{}", node_ports.0, node_ports.1),
+        ),
+    ];
+    datastore::check_settings(&store, &settings).await?;
     // The cluster's shared files come from the datastore before the PKI loads, when other
     // servers share it.
     let token = args.server_token()?;
@@ -147,6 +144,8 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         },
     )
     .await?;
+    // Recorded once the bootstrap data is there: a server failing before records nothing.
+    datastore::record_settings(&store, &settings).await?;
     let pki = Pki::load_or_create(&args.data_dir, &sans).context("setting up the cluster PKI")?;
     let token_path = kinglet_apiserver::join::token_path(&args.data_dir);
     kinglet_apiserver::join::ensure_secret(&token_path).context("setting up the server token")?;

@@ -403,12 +403,35 @@ impl Allocations {
         self.reserve(Item::Port(p), who).await
     }
 
-    pub async fn release_ip(&self, ip: Ipv4Addr, who: &str) {
+    #[cfg(test)]
+    async fn release_ip(&self, ip: Ipv4Addr, who: &str) {
         self.release_item(Item::Ip(ip), who).await
     }
 
-    pub async fn release_port(&self, p: u16, who: &str) {
-        self.release_item(Item::Port(p), who).await
+    /// Frees what `old` held that `new`, its stored update, does not.
+    pub async fn release_dropped(&self, old: &Value, new: &Value) {
+        let who = owner(old);
+        let kept = items_of(new);
+        for item in items_of(old) {
+            if !kept.contains(&item) {
+                self.release_item(item, &who).await;
+            }
+        }
+    }
+
+    /// Frees what `new`, an update of `old` that was not stored, holds beyond `old` and
+    /// `stored` (the Service as stored now): what its admission reserved.
+    pub async fn release_added(&self, old: &Value, new: &Value, stored: Option<&Value>) {
+        let who = owner(old);
+        let mut kept = items_of(old);
+        if let Some(s) = stored.filter(|s| owner(s) == who) {
+            kept.extend(items_of(s));
+        }
+        for item in items_of(new) {
+            if !kept.contains(&item) {
+                self.release_item(item, &who).await;
+            }
+        }
     }
 
     /// Frees what a Service held.
@@ -684,6 +707,45 @@ mod tests {
         assert!(!b.reserve_ip(ip, "default/y/2").await.unwrap());
         a.release_ip(ip, "default/x/1").await;
         assert!(b.reserve_ip(ip, "default/y/2").await.unwrap());
+    }
+
+    /// An update stored gives back what the Service dropped; one not stored gives back what
+    /// its admission reserved, and nothing the Service (as before, or as stored now) holds.
+    #[tokio::test]
+    async fn updates_release_only_what_they_must() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir);
+        let a = Allocations::start(s.clone(), "10.43.0.0/24", (30000, 30100), &[])
+            .await
+            .unwrap();
+        let old = svc("a", "10.43.0.10", Some(30010));
+        let who = owner(&old);
+        let held = |item: Item| {
+            let s = s.clone();
+            async move { s.get(&item.key()).await.unwrap().is_some() }
+        };
+        assert!(
+            a.reserve_ip("10.43.0.10".parse().unwrap(), &who)
+                .await
+                .unwrap()
+        );
+        assert!(a.reserve_port(30010, &who).await.unwrap());
+        // NodePort -> ClusterIP, refused or a dry run: the port stays reserved.
+        let no_port = svc("a", "10.43.0.10", None);
+        a.release_added(&old, &no_port, Some(&old)).await;
+        assert!(held(Item::Port(30010)).await);
+        // Another port asked for, not stored: given back; unless the stored Service holds it.
+        let other_port = svc("a", "10.43.0.10", Some(30011));
+        assert!(a.reserve_port(30011, &who).await.unwrap());
+        a.release_added(&old, &other_port, Some(&other_port)).await;
+        assert!(held(Item::Port(30011)).await);
+        a.release_added(&old, &other_port, Some(&old)).await;
+        assert!(!held(Item::Port(30011)).await);
+        assert!(held(Item::Port(30010)).await);
+        // Stored: what the old object held and the new one drops is freed, the rest kept.
+        a.release_dropped(&old, &no_port).await;
+        assert!(!held(Item::Port(30010)).await);
+        assert!(held(Item::Ip("10.43.0.10".parse().unwrap())).await);
     }
 
     /// Services of a data directory from before the reservation keys are adopted at start;

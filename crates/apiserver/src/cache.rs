@@ -19,7 +19,7 @@ use futures::FutureExt;
 use serde_json::Value;
 use tokio::sync::{broadcast, watch};
 
-use super::encryption::Storage;
+use super::encryption::{SECRETS_PREFIX, Storage};
 use super::registry::Resource;
 use kinglet_store::{Event, EventType};
 
@@ -379,31 +379,51 @@ impl Cache {
             self.advance(rev);
             return;
         }
-        let cur = match serde_json::from_slice::<Value>(&ev.record.value) {
-            Ok(v) => Arc::new(v),
-            Err(e) => {
-                tracing::error!("watch cache: {key} at {rev} is not JSON: {e}");
-                self.write().objects.remove(key);
-                self.advance(rev);
-                return;
-            }
-        };
+        let parsed = serde_json::from_slice::<Value>(&ev.record.value).map(Arc::new);
         {
             let mut st = self.write();
-            let before = match ev.typ {
-                EventType::Deleted => st.objects.remove(key),
-                _ => st
-                    .objects
-                    .insert(key.clone(), Arc::new(Entry::new(rev, cur.clone()))),
-            };
-            let prev = match before {
-                Some(e) if ev.typ != EventType::Deleted => Some(e.obj.clone()),
-                Some(_) => Some(cur.clone()),
-                None => ev
-                    .prev
-                    .as_ref()
-                    .and_then(|p| serde_json::from_slice(p).ok())
-                    .map(Arc::new),
+            let (cur, prev) = match (ev.typ, parsed) {
+                // A delete's last state comes from the store, or (etcd, when the previous
+                // value was compacted away) from the entry it removes.
+                (EventType::Deleted, parsed) => {
+                    let removed = st.objects.remove(key).map(|e| e.obj.clone());
+                    let last = parsed.ok().or(removed).or_else(|| {
+                        ev.prev
+                            .as_ref()
+                            .and_then(|p| serde_json::from_slice(p).ok())
+                            .map(Arc::new)
+                    });
+                    match last {
+                        Some(last) => (last.clone(), Some(last)),
+                        // Nothing held and nothing to tell watchers: only the revision moves.
+                        None => {
+                            drop(st);
+                            self.advance(rev);
+                            return;
+                        }
+                    }
+                }
+                (_, Ok(cur)) => {
+                    let before = st
+                        .objects
+                        .insert(key.clone(), Arc::new(Entry::new(rev, cur.clone())));
+                    let prev = match before {
+                        Some(e) => Some(e.obj.clone()),
+                        None => ev
+                            .prev
+                            .as_ref()
+                            .and_then(|p| serde_json::from_slice(p).ok())
+                            .map(Arc::new),
+                    };
+                    (cur, prev)
+                }
+                (_, Err(e)) => {
+                    tracing::error!("watch cache: {key} at {rev} is not JSON: {e}");
+                    st.objects.remove(key);
+                    drop(st);
+                    self.advance(rev);
+                    return;
+                }
             };
             let event = Arc::new(CachedEvent {
                 typ: ev.typ,
@@ -423,6 +443,31 @@ impl Cache {
             let _ = st.tx.send(event);
         }
         self.rev.send_replace(rev);
+    }
+
+    /// Stops serving the keys under `prefix` (the store serves them, with its error) until
+    /// the next full list; their watchers are cut off (all watchers, as they share one
+    /// broadcast: they resume from the ring).
+    fn withhold(&self, prefix: &str, rev: i64) {
+        {
+            let mut st = self.write();
+            let gone: Vec<String> = st
+                .objects
+                .range::<str, _>((
+                    std::ops::Bound::Included(prefix),
+                    std::ops::Bound::Unbounded,
+                ))
+                .take_while(|(k, _)| k.starts_with(prefix))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in gone {
+                st.objects.remove(&k);
+            }
+            st.ring.retain(|e| !e.key.starts_with(prefix));
+            st.withheld.push(prefix.to_string());
+            st.tx = broadcast::channel(BROADCAST).0;
+        }
+        self.advance(rev);
     }
 
     fn advance(&self, rev: i64) {
@@ -496,6 +541,37 @@ async fn list_prefix(
     }
 }
 
+/// A Secret event with its value decrypted (None: already plaintext, or a delete, whose
+/// last state the cache holds); an `Internal` error when this server cannot decrypt it.
+async fn plain_secret(store: &Storage, ev: &Event) -> kinglet_store::Result<Option<Event>> {
+    if ev.typ == EventType::Deleted
+        || serde_json::from_slice::<serde::de::IgnoredAny>(&ev.record.value).is_ok()
+    {
+        return Ok(None);
+    }
+    // The key at the event's revision, read through the decrypting store (the first key
+    // under it as a prefix is the key itself, when it exists).
+    let key = &ev.record.key;
+    let page = store.list(key, ev.record.rev, None, Some(1)).await?;
+    let value = match page.items.into_iter().next() {
+        Some(rec) if rec.key == *key => rec.value,
+        _ => {
+            return Err(kinglet_store::StoreError::Internal(format!(
+                "{key} is missing at revision {}",
+                ev.record.rev
+            )));
+        }
+    };
+    Ok(Some(Event {
+        typ: ev.typ,
+        record: kinglet_store::Record {
+            value,
+            ..ev.record.clone()
+        },
+        prev: None,
+    }))
+}
+
 /// Lists, then follows the store's watch from the list's revision; re-lists when the watch
 /// ends (fallen behind, compacted). Stops when the cache is dropped.
 async fn feed(cache: Weak<Cache>, store: Storage) {
@@ -513,9 +589,12 @@ async fn feed(cache: Weak<Cache>, store: Storage) {
                 continue;
             }
         };
-        // Everything under "/": kinglet's own keys move the revision that consistent reads
-        // wait for, though the cache holds no object for them.
-        let mut stream = match store.watch("/", rev).await {
+        // Every key (etcd's `compact_rev_key` has no leading "/"; SQLite's keys all do):
+        // kinglet's own keys move the revision that consistent reads wait for, though the
+        // cache holds no object for them.
+        let every_key = if store.raw().is_shared() { "" } else { "/" };
+        // Raw: a Secret the decrypting watch would skip must not leave its old state here.
+        let mut stream = match store.raw().watch(every_key, rev).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!("watch cache: watch from {rev}: {e}");
@@ -528,29 +607,26 @@ async fn feed(cache: Weak<Cache>, store: Storage) {
             None => return,
         }
         pause = Duration::from_millis(50);
+        // On etcd every revision is a write to some key, so it reaches the cache as an event;
+        // SQLite may commit revisions that bring no event, which the ticks catch up with.
+        let catch_up = !store.raw().is_shared();
         let mut tick = tokio::time::interval(PROGRESS_INTERVAL);
-        let mut known = None;
         loop {
             let ev = tokio::select! {
                 ev = stream.next() => ev,
-                _ = tick.tick() => {
-                    // Revisions that bring the cache no event (etcd's compaction key, written
-                    // outside "/"): the store's revision read one tick ago, when nothing is
-                    // waiting now, has had every event up to it applied (a store moves its
-                    // revision just before it publishes the events, never a tick before).
-                    let now = store.current_rev();
+                _ = tick.tick(), if catch_up => {
+                    // The revision whose events have all been sent to watches (never
+                    // `current_rev`, which on etcd runs ahead of the events): read first, so
+                    // that when nothing is waiting now every event up to it has been applied.
+                    let published = store.raw().published_rev();
                     match stream.next().now_or_never() {
-                        Some(ev) => {
-                            known = None;
-                            ev
-                        }
-                        None => match (cache.upgrade(), known.replace(now)) {
-                            (Some(c), Some(rev)) => {
-                                c.advance(rev);
+                        Some(ev) => ev,
+                        None => match cache.upgrade() {
+                            Some(c) => {
+                                c.advance(published);
                                 continue;
                             }
-                            (Some(_), None) => continue,
-                            (None, _) => return,
+                            None => return,
                         },
                     }
                 }
@@ -562,9 +638,25 @@ async fn feed(cache: Weak<Cache>, store: Storage) {
                     break;
                 }
             };
-            match cache.upgrade() {
-                Some(c) => c.apply(&ev),
-                None => return,
+            let Some(c) = cache.upgrade() else { return };
+            if !ev.record.key.starts_with(SECRETS_PREFIX) {
+                c.apply(&ev);
+                continue;
+            }
+            if !c.serves(SECRETS_PREFIX) {
+                c.advance(ev.record.rev);
+                continue;
+            }
+            match plain_secret(&store, &ev).await {
+                Ok(plain) => c.apply(plain.as_ref().unwrap_or(&ev)),
+                Err(kinglet_store::StoreError::Internal(e)) => {
+                    tracing::error!("watch cache: Secrets are served from the store: {e}");
+                    c.withhold(SECRETS_PREFIX, ev.record.rev);
+                }
+                Err(e) => {
+                    tracing::info!("watch cache: reading a Secret ({e}); re-listing");
+                    break;
+                }
             }
         }
         tokio::time::sleep(pause).await;

@@ -62,6 +62,12 @@ pub fn token_path(data_dir: &Path) -> PathBuf {
     data_dir.join("server").join("token")
 }
 
+/// Present while the server of a data directory shares its datastore with other servers (its
+/// token then seals the cluster's bootstrap data there).
+pub fn shared_datastore_marker(data_dir: &Path) -> PathBuf {
+    data_dir.join("server").join("shared-datastore")
+}
+
 /// The secret in a token file: the file holds the bare secret, or a whole `K10…::server:<secret>`
 /// token (as k3s's does).
 fn secret_of(contents: &str) -> Option<String> {
@@ -82,16 +88,21 @@ pub fn read_secret(path: &Path) -> anyhow::Result<String> {
 
 /// Writes a new random secret to `path` (mode 0600), replacing any, and returns it.
 pub fn write_new_secret(path: &Path) -> anyhow::Result<String> {
-    let secret: String = rand::random::<[u8; 16]>()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let secret = new_secret();
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
     kinglet_pki::write_private(path, &format!("{secret}\n"))
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(secret)
+}
+
+/// A new random token secret.
+pub fn new_secret() -> String {
+    rand::random::<[u8; 16]>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The server token's secret, made on first start.
@@ -303,10 +314,7 @@ async fn node_cert(
     let issued = if serving {
         // A serving certificate must not name the API server: pods and clients trust the
         // same CA for it.
-        if node == "localhost"
-            || node.starts_with("kubernetes")
-            || names_dns(&cfg.api_server_sans, node)
-        {
+        if names_api_server(&cfg.api_server_sans, node) {
             return Err(ApiError::bad_request(format!(
                 "a node may not be named {node:?}: the name belongs to the API server"
             )));
@@ -347,6 +355,14 @@ async fn node_cert(
         "{}{}{}",
         issued.cert_pem, cfg.ca.cert_pem, issued.key_pem
     ))
+}
+
+/// Whether a node named `name` would have a serving certificate naming an API server: this
+/// one's names (`sans`), or those every API server carries (agents' tunnels check servers for
+/// `kinglet_pki::API_SERVER_NAME`).
+fn names_api_server(sans: &[rcgen::SanType], name: &str) -> bool {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost" || name.starts_with("kubernetes") || names_dns(sans, &name)
 }
 
 /// bcrypt reads 72 bytes at most: it hashes the password's digest, so all of it counts.
@@ -588,6 +604,17 @@ mod tests {
         ] {
             assert!(!names_dns(&sans, name), "{name}");
         }
+        // What every API server's certificate names, whatever this server's names.
+        for name in [
+            kinglet_pki::API_SERVER_NAME,
+            "kubernetes",
+            "localhost",
+            "Kubernetes.default.svc.",
+        ] {
+            assert!(names_api_server(&[], name), "{name}");
+        }
+        assert!(names_api_server(&sans, "gateway"));
+        assert!(!names_api_server(&sans, "edge-1"));
         let ip = |s: &str| rcgen::SanType::IpAddress(s.parse().unwrap());
         assert!(sans.contains(&ip("192.0.2.1")));
         assert!(!sans.contains(&ip("192.0.2.7")));

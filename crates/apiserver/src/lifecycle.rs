@@ -108,14 +108,28 @@ async fn check_namespace(api: &Api, ns: &str) -> ApiResult<()> {
         .registry
         .find("", "v1", "namespaces")
         .ok_or_else(|| ApiError::internal("namespaces not registered"))?;
-    let rec = api
-        .store
-        .get(&nsres.key(None, ns))
-        .await
-        .map_err(|e| ApiError::from_store(e, "", "namespaces", ns))?
-        .ok_or_else(|| ApiError::not_found("", "namespaces", ns))?;
-    let obj: Value = serde_json::from_slice(&rec.value).unwrap_or_default();
-    if object::is_deleting(&obj) {
+    // From the watch cache, as upstream's NamespaceLifecycle reads its informer: a read of
+    // the store per create would double the datastore's requests. A namespace the cache does
+    // not hold yet (just created, or the cache not loaded) is read from the store.
+    let key = nsres.key(None, ns);
+    let cached = match api.watch_cache.serves(&key) {
+        true => api.watch_cache.get(&key).1,
+        false => None,
+    };
+    let deleting = match cached {
+        Some(entry) => object::is_deleting(&entry.obj),
+        None => {
+            let rec = api
+                .store
+                .get(&key)
+                .await
+                .map_err(|e| ApiError::from_store(e, "", "namespaces", ns))?
+                .ok_or_else(|| ApiError::not_found("", "namespaces", ns))?;
+            let obj: Value = serde_json::from_slice(&rec.value).unwrap_or_default();
+            object::is_deleting(&obj)
+        }
+    };
+    if deleting {
         let mut e = ApiError::forbidden(format!(
             "unable to create new content in namespace {ns} because it is being terminated"
         ));
@@ -145,7 +159,10 @@ async fn prepare_create(api: &Api, res: &Resource, ctx: &Ctx, mut obj: Value) ->
     if kind.tracks_generation(res, &obj) {
         meta_mut(&mut obj).insert("generation".into(), json!(1));
     }
-    super::managed::record_update(ctx, res, &mut obj, None, None)?;
+    if let Err(e) = super::managed::record_update(ctx, res, &mut obj, None, None) {
+        kind.create_failed(api, &obj).await;
+        return Err(e);
+    }
     Ok(obj)
 }
 
@@ -204,8 +221,11 @@ pub(crate) async fn create_object(
     loop {
         let mut prepared = prepare_create(api, res, ctx, obj.clone()).await?;
         super::omit::normalize(res, &mut prepared);
-        if let Some(ns) = ns_of(res, ctx) {
-            check_namespace(api, ns).await?;
+        if let Some(ns) = ns_of(res, ctx)
+            && let Err(e) = check_namespace(api, ns).await
+        {
+            kind.create_failed(api, &prepared).await;
+            return Err(e);
         }
         let name = object::name(&prepared).to_string();
         if dry_run {
@@ -430,7 +450,9 @@ pub(crate) fn update_strategy(
 }
 
 /// Stores an update of `old` (at `old_rev`) to `new`, finishing deletion when the last finalizer
-/// goes and skipping no-op writes, as upstream does.
+/// goes and skipping no-op writes, as upstream does. The kind's hooks follow: what `old` held
+/// and `new` drops is released once stored; what admission reserved for `new` when it is not
+/// (a dry run, a conflict, any error).
 pub async fn commit_update(
     api: &Api,
     res: &Resource,
@@ -440,34 +462,69 @@ pub async fn commit_update(
     mut new: Value,
     sub: Option<&str>,
 ) -> ApiResult<Value> {
+    let kind = kinds::of(res);
+    match store_update(api, res, ctx, old_rev, old, &mut new, sub).await {
+        Ok(Committed::Stored) => {
+            kind.after_update(api, old, &new).await;
+            Ok(new)
+        }
+        Ok(Committed::Unchanged) => Ok(old.clone()),
+        Ok(Committed::DryRun) => {
+            kind.update_failed(api, old, &new).await;
+            Ok(new)
+        }
+        Err(e) => {
+            kind.update_failed(api, old, &new).await;
+            Err(e)
+        }
+    }
+}
+
+/// What [`store_update`] did.
+enum Committed {
+    Stored,
+    /// A no-op update: nothing written.
+    Unchanged,
+    DryRun,
+}
+
+async fn store_update(
+    api: &Api,
+    res: &Resource,
+    ctx: &Ctx,
+    old_rev: i64,
+    old: &Value,
+    new: &mut Value,
+    sub: Option<&str>,
+) -> ApiResult<Committed> {
     let name = object::name(old).to_string();
     let key = key_for(res, ctx, &name);
     // Every update is stored as upstream's types encode it (controllers come here directly).
-    super::omit::normalize(res, &mut new);
-    if object::same_ignoring_bookkeeping(old, &new) {
-        return Ok(old.clone());
+    super::omit::normalize(res, new);
+    if object::same_ignoring_bookkeeping(old, new) {
+        return Ok(Committed::Unchanged);
     }
-    let towards_deletion = only_drops_finalizers(old, &new);
-    super::managed::record_update(ctx, res, &mut new, Some(old), sub)?;
+    let towards_deletion = only_drops_finalizers(old, new);
+    super::managed::record_update(ctx, res, new, Some(old), sub)?;
     if ctx.dry_run()? {
-        return Ok(new);
+        return Ok(Committed::DryRun);
     }
     let kind = kinds::of(res);
-    if object::is_deleting(&new)
-        && object::finalizers(&new).is_empty()
-        && !kinds::by_plural(res).spec_finalizers_pending(&new)
-        && kind.graceful_period(&new, None).is_none()
+    if object::is_deleting(new)
+        && object::finalizers(new).is_empty()
+        && !kinds::by_plural(res).spec_finalizers_pending(new)
+        && kind.graceful_period(new, None).is_none()
     {
         let (rev, _) = api
             .store
             .delete(&key, Some(old_rev))
             .await
             .map_err(|e| ApiError::from_store(e, &res.group, &res.plural, &name))?;
-        after_delete(api, res, &new).await;
-        meta_mut(&mut new).insert("resourceVersion".into(), json!(rev.to_string()));
-        return Ok(new);
+        after_delete(api, res, new).await;
+        meta_mut(new).insert("resourceVersion".into(), json!(rev.to_string()));
+        return Ok(Committed::Stored);
     }
-    let value = encode(res, &new);
+    let value = encode(res, new);
     let rev = if towards_deletion {
         api.store
             .update_towards_deletion(&key, Some(old_rev), value)
@@ -476,8 +533,8 @@ pub async fn commit_update(
         api.store.update(&key, Some(old_rev), value).await
     }
     .map_err(|e| ApiError::from_store(e, &res.group, &res.plural, &name))?;
-    meta_mut(&mut new).insert("resourceVersion".into(), json!(rev.to_string()));
-    Ok(new)
+    meta_mut(new).insert("resourceVersion".into(), json!(rev.to_string()));
+    Ok(Committed::Stored)
 }
 
 /// Whether `new` differs from `old`, an object being deleted, only by finalizers taken away

@@ -223,10 +223,17 @@ pub async fn list(api: &Api, res: &Resource, ctx: &Ctx) -> ApiResult<Response> {
         return list_from_cache(api, res, ctx, &filter, &prefix, limit);
     }
     let mut rev = match rv {
-        ListRv::Exact(n) => n,
-        ListRv::NotOlderThan(n) if n > api.store.current_rev() => {
-            return Err(too_large(n, api.store.current_rev()));
+        ListRv::Exact(n) | ListRv::NotOlderThan(n) if n > api.store.current_rev() => {
+            // Another server sharing the datastore may have written it: only the store's own
+            // newest revision says it does not exist yet (upstream's "Too large resource
+            // version", rather than etcd's "future revision" as a 500).
+            let latest = store_latest_rev(api).await?;
+            if n > latest {
+                return Err(too_large(n, latest));
+            }
+            if let ListRv::Exact(n) = rv { n } else { 0 }
         }
+        ListRv::Exact(n) => n,
         _ => 0,
     };
     let mut after = None;

@@ -7,11 +7,12 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
+use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
 use super::Api;
-use super::cache::{CachedEvent, Subscription};
+use super::cache::{CachedEvent, Entry, Subscription};
 use super::context::Ctx;
 use super::lifecycle::decorate;
 use super::list::Filter;
@@ -57,7 +58,6 @@ struct Watcher {
     ctx: Ctx,
     filter: Filter,
     table: bool,
-    tx: mpsc::Sender<Bytes>,
 }
 
 impl Watcher {
@@ -69,19 +69,18 @@ impl Watcher {
         }
     }
 
-    async fn send(&self, typ: &str, obj: Value) -> bool {
-        let obj = self.render(obj);
-        self.tx.send(event_line(typ, obj)).await.is_ok()
+    fn line(&self, typ: &str, obj: Value) -> Bytes {
+        event_line(typ, self.render(obj))
     }
 
-    async fn bookmark(&self, rev: i64, initial_end: bool) -> bool {
+    fn bookmark(&self, rev: i64, initial_end: bool) -> Bytes {
         let mut meta = json!({"resourceVersion": rev.to_string()});
         if initial_end {
             meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
         let obj =
             json!({"kind": self.res.kind, "apiVersion": self.res.api_version(), "metadata": meta});
-        self.tx.send(event_line("BOOKMARK", obj)).await.is_ok()
+        event_line("BOOKMARK", obj)
     }
 
     /// Maps a store event through the selectors, as upstream's watch cache does: an object that
@@ -128,6 +127,18 @@ impl Watcher {
     }
 }
 
+/// Counts the watch as closed when its response body is dropped: finished, timed out, or
+/// its client gone.
+struct OpenWatch(Arc<Api>);
+
+impl Drop for OpenWatch {
+    fn drop(&mut self) {
+        self.0.metrics.watch_closed();
+    }
+}
+
+type Chunks = futures::stream::BoxStream<'static, Result<Bytes, std::io::Error>>;
+
 pub async fn watch(api: Arc<Api>, res: Arc<Resource>, ctx: Ctx) -> ApiResult<Response> {
     let filter = Filter::from_ctx(&res, &ctx)?;
     let rv = ctx.query.get("resourceVersion").unwrap_or("").to_string();
@@ -154,13 +165,18 @@ pub async fn watch(api: Arc<Api>, res: Arc<Resource>, ctx: Ctx) -> ApiResult<Res
     if let Some(n) = start
         && n > api.store.current_rev() + 1000
     {
-        return Err(ApiError::timeout(format!(
-            "Too large resource version: {n}, current: {}",
-            api.store.current_rev()
-        )));
+        // Another server sharing the datastore may have written it: only the store's own
+        // newest revision says how far it is.
+        let latest = super::list::store_latest_rev(&api).await?;
+        if n > latest + 1000 {
+            return Err(ApiError::timeout(format!(
+                "Too large resource version: {n}, current: {latest}"
+            )));
+        }
     }
     // Initial state is sent when no revision is given, or when asked for explicitly.
     let initial = send_initial.unwrap_or(start.is_none());
+    let initial_bookmark = send_initial == Some(true);
     let bookmarks = ctx.query.flag("allowWatchBookmarks");
     let timeout = ctx
         .query
@@ -175,73 +191,222 @@ pub async fn watch(api: Arc<Api>, res: Arc<Resource>, ctx: Ctx) -> ApiResult<Res
         None
     });
     let table = ctx.wants_table();
-    let (tx, rx) = mpsc::channel::<Bytes>(64);
     api.metrics.watch_opened();
-    let watcher = Watcher {
-        api: api.clone(),
+    let open = OpenWatch(api.clone());
+    let w = Watcher {
+        api,
         res,
         ctx,
         filter,
         table,
-        tx,
     };
     let consistent = rv.is_empty();
-    tokio::spawn(async move {
-        let _ = tokio::time::timeout(timeout, async {
-            match subscribe(&watcher.api, &prefix, start, initial, consistent).await {
-                Some(sub) => {
-                    run_cached(
-                        &watcher,
-                        &prefix,
-                        sub,
-                        initial,
-                        send_initial == Some(true),
-                        bookmarks,
-                    )
-                    .await
-                }
-                None => {
-                    run(
-                        &watcher,
-                        &prefix,
-                        start,
-                        initial,
-                        send_initial == Some(true),
-                        bookmarks,
-                    )
-                    .await
-                }
+    // The response body itself follows the cache's broadcast (no task or channel of its own
+    // between them: one wakeup per batch of events); a watch the cache cannot serve is fed by
+    // a task following the store.
+    let body = futures::stream::once(async move {
+        let chunks: Chunks = match subscribe(&w.api, &prefix, start, initial, consistent).await {
+            Some(sub) => {
+                let Subscription {
+                    from,
+                    initial: state,
+                    backlog,
+                    rx,
+                } = sub;
+                let cached = CachedWatch {
+                    w,
+                    prefix,
+                    initial: state.into_iter(),
+                    initial_end: (initial && initial_bookmark).then_some(from),
+                    backlog: backlog.into_iter(),
+                    rx,
+                    last: from,
+                    bookmark_at: Box::pin(tokio::time::sleep(BOOKMARK_INTERVAL)),
+                    bookmarks,
+                    ended: false,
+                };
+                Box::pin(futures::stream::unfold(cached, |mut c| async move {
+                    let chunk = c.next_chunk().await?;
+                    Some((Ok(chunk), c))
+                }))
             }
-        })
-        .await;
-        watcher.api.metrics.watch_closed();
-    });
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        let first = rx.recv().await?;
-        // Lines already waiting go out in the same chunk: one write (and one TLS record)
-        // for several events when the connection is behind.
-        let mut more = match rx.try_recv() {
-            Ok(next) => bytes::BytesMut::from(&[first, next].concat()[..]),
-            Err(_) => return Some((Ok::<_, std::io::Error>(first), rx)),
+            None => {
+                let (tx, rx) = mpsc::channel::<Bytes>(64);
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(
+                        timeout,
+                        run(
+                            &w,
+                            &tx,
+                            &prefix,
+                            start,
+                            initial,
+                            initial_bookmark,
+                            bookmarks,
+                        ),
+                    )
+                    .await;
+                });
+                Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+                    let first = rx.recv().await?;
+                    // Lines already waiting go out in the same chunk: one write (and one
+                    // TLS record) for several events when the connection is behind.
+                    let mut more = match rx.try_recv() {
+                        Ok(next) => bytes::BytesMut::from(&[first, next].concat()[..]),
+                        Err(_) => return Some((Ok(first), rx)),
+                    };
+                    while more.len() < MAX_CHUNK {
+                        match rx.try_recv() {
+                            Ok(next) => more.extend_from_slice(&next),
+                            Err(_) => break,
+                        }
+                    }
+                    Some((Ok(more.freeze()), rx))
+                }))
+            }
         };
-        while more.len() < MAX_CHUNK {
-            match rx.try_recv() {
-                Ok(next) => more.extend_from_slice(&next),
-                Err(_) => break,
-            }
-        }
-        Some((Ok(more.freeze()), rx))
+        chunks
+    })
+    .flatten()
+    .take_until(tokio::time::sleep(timeout))
+    .map(move |chunk| {
+        let _open = &open;
+        chunk
     });
     Response::builder()
         .status(200)
         .header(http::header::CONTENT_TYPE, "application/json")
         .header(http::header::CACHE_CONTROL, "no-cache, private")
-        .body(Body::from_stream(stream))
+        .body(Body::from_stream(body))
         .map_err(|e| ApiError::internal(e.to_string()))
 }
 
+/// A watch served from the cache: its initial state, the bookmark ending it, the ring's
+/// events after its revision, then the live events, as chunks of every line ready.
+struct CachedWatch {
+    w: Watcher,
+    prefix: String,
+    initial: std::vec::IntoIter<Arc<Entry>>,
+    initial_end: Option<i64>,
+    backlog: std::vec::IntoIter<Arc<CachedEvent>>,
+    rx: broadcast::Receiver<Arc<CachedEvent>>,
+    last: i64,
+    /// When the next bookmark is due (if the client asked for them).
+    bookmark_at: std::pin::Pin<Box<tokio::time::Sleep>>,
+    bookmarks: bool,
+    ended: bool,
+}
+
+impl CachedWatch {
+    /// A bookmark at the last revision seen; the next one is due an interval later.
+    fn bookmark(&mut self) -> Bytes {
+        let next = tokio::time::Instant::now() + BOOKMARK_INTERVAL;
+        self.bookmark_at.as_mut().reset(next);
+        self.w.bookmark(self.last, false)
+    }
+
+    /// The line of a live or backlog event for this watcher, if it gets one.
+    fn event(&mut self, ev: &CachedEvent) -> Option<Bytes> {
+        if ev.rev <= self.last {
+            return None;
+        }
+        self.last = ev.rev;
+        if !ev.key.starts_with(&self.prefix) {
+            return None;
+        }
+        self.w.convert_cached(ev)
+    }
+
+    /// The next line ready without waiting; Err when the watch is over (fallen behind the
+    /// broadcast, or the cache re-listed: the client re-watches from the last revision it saw).
+    fn ready(&mut self) -> Result<Option<Bytes>, ()> {
+        for e in self.initial.by_ref() {
+            if !self.w.filter.matches(&self.w.res, &e.obj) {
+                continue;
+            }
+            if self.w.table {
+                let obj = super::cache::decorate(&self.w.res, &e.obj, e.rev);
+                return Ok(Some(self.w.line("ADDED", obj)));
+            }
+            // The object's encoding kept in the cache, in an event's envelope.
+            let obj = e.json(&self.w.res);
+            let mut line = Vec::with_capacity(obj.len() + 32);
+            line.extend_from_slice(b"{\"type\":\"ADDED\",\"object\":");
+            line.extend_from_slice(&obj);
+            line.extend_from_slice(b"}\n");
+            return Ok(Some(Bytes::from(line)));
+        }
+        if let Some(rev) = self.initial_end.take() {
+            return Ok(Some(self.w.bookmark(rev, true)));
+        }
+        while let Some(ev) = self.backlog.next() {
+            if let Some(line) = self.event(&ev) {
+                return Ok(Some(line));
+            }
+        }
+        loop {
+            match self.rx.try_recv() {
+                Ok(ev) => {
+                    if let Some(line) = self.event(&ev) {
+                        return Ok(Some(line));
+                    }
+                }
+                Err(broadcast::error::TryRecvError::Empty) => return Ok(None),
+                Err(_) => return Err(()),
+            }
+        }
+    }
+
+    /// Every line ready (up to `MAX_CHUNK`) as one chunk: one write and one TLS record for
+    /// all the events waiting; waits for an event (or a bookmark) when none is.
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if self.ended {
+            return None;
+        }
+        let mut chunk = bytes::BytesMut::new();
+        loop {
+            while chunk.len() < MAX_CHUNK {
+                match self.ready() {
+                    Ok(Some(line)) => chunk.extend_from_slice(&line),
+                    Ok(None) => break,
+                    Err(()) => {
+                        self.ended = true;
+                        break;
+                    }
+                }
+            }
+            if !chunk.is_empty() {
+                // Under a steady flow of events a bookmark that is due rides along.
+                if self.bookmarks && self.bookmark_at.deadline() <= tokio::time::Instant::now() {
+                    chunk.extend_from_slice(&self.bookmark());
+                }
+                return Some(chunk.freeze());
+            }
+            if self.ended {
+                return None;
+            }
+            tokio::select! {
+                ev = self.rx.recv() => match ev {
+                    Ok(ev) => {
+                        if let Some(line) = self.event(&ev) {
+                            chunk.extend_from_slice(&line);
+                        }
+                    }
+                    Err(_) => {
+                        self.ended = true;
+                        return None;
+                    }
+                },
+                _ = &mut self.bookmark_at, if self.bookmarks => return Some(self.bookmark()),
+            }
+        }
+    }
+}
+
+/// A watch the cache cannot serve: the store's list and history, through `tx`.
 async fn run(
     w: &Watcher,
+    tx: &mpsc::Sender<Bytes>,
     prefix: &str,
     start: Option<i64>,
     initial: bool,
@@ -269,7 +434,7 @@ async fn run(
                 let stored: Value = serde_json::from_slice(&rec.value).unwrap_or_default();
                 if w.filter.matches(&w.res, &stored)
                     && let Ok(obj) = decorate(&w.res, rec)
-                    && !w.send("ADDED", obj).await
+                    && tx.send(w.line("ADDED", obj)).await.is_err()
                 {
                     return;
                 }
@@ -279,7 +444,7 @@ async fn run(
             }
         }
         from = from.max(rev);
-        if initial_bookmark && !w.bookmark(from, true).await {
+        if initial_bookmark && tx.send(w.bookmark(from, true)).await.is_err() {
             return;
         }
     }
@@ -289,7 +454,7 @@ async fn run(
             requested,
             compacted,
         }) => {
-            let _ = w.tx.send(expired_event(requested, compacted)).await;
+            let _ = tx.send(expired_event(requested, compacted)).await;
             return;
         }
         Err(_) => return,
@@ -303,16 +468,16 @@ async fn run(
                 let Ok(ev) = ev else { return };
                 last = ev.record.rev;
                 if let Some((typ, obj)) = w.convert(&ev)
-                    && !w.send(typ, obj).await {
+                    && tx.send(w.line(typ, obj)).await.is_err() {
                         return;
                     }
             }
             _ = ticker.tick() => {
-                if bookmarks && !w.bookmark(last, false).await {
+                if bookmarks && tx.send(w.bookmark(last, false)).await.is_err() {
                     return;
                 }
             }
-            _ = w.tx.closed() => return,
+            _ = tx.closed() => return,
         }
     }
 }
@@ -355,96 +520,4 @@ async fn subscribe(
         None => cache.rev(),
     };
     cache.subscribe(prefix, after, initial)
-}
-
-async fn run_cached(
-    w: &Watcher,
-    prefix: &str,
-    sub: Subscription,
-    initial: bool,
-    initial_bookmark: bool,
-    bookmarks: bool,
-) {
-    let Subscription {
-        from,
-        initial: state,
-        backlog,
-        mut rx,
-    } = sub;
-    for e in &state {
-        if !w.filter.matches(&w.res, &e.obj) {
-            continue;
-        }
-        let sent = if w.table {
-            w.send("ADDED", super::cache::decorate(&w.res, &e.obj, e.rev))
-                .await
-        } else {
-            // The object's encoding kept in the cache, in an event's envelope.
-            let obj = e.json(&w.res);
-            let mut line = Vec::with_capacity(obj.len() + 32);
-            line.extend_from_slice(b"{\"type\":\"ADDED\",\"object\":");
-            line.extend_from_slice(&obj);
-            line.extend_from_slice(b"}\n");
-            w.tx.send(Bytes::from(line)).await.is_ok()
-        };
-        if !sent {
-            return;
-        }
-    }
-    if initial && initial_bookmark && !w.bookmark(from, true).await {
-        return;
-    }
-    let mut last = from;
-    for ev in backlog {
-        if ev.rev <= last {
-            continue;
-        }
-        last = ev.rev;
-        if let Some(line) = w.convert_cached(&ev)
-            && w.tx.send(line).await.is_err()
-        {
-            return;
-        }
-    }
-    let mut ticker = tokio::time::interval(BOOKMARK_INTERVAL);
-    ticker.tick().await;
-    loop {
-        tokio::select! {
-            ev = rx.recv() => {
-                // Fallen behind (or the cache re-listed): the stream ends and the client
-                // re-watches from the last revision it saw.
-                let Ok(ev) = ev else { return };
-                // The events already waiting are taken together and sent as one chunk.
-                let mut batch = bytes::BytesMut::new();
-                let mut next = Some(ev);
-                let mut ended = false;
-                while let Some(ev) = next.take() {
-                    if ev.rev > last {
-                        last = ev.rev;
-                        if ev.key.starts_with(prefix)
-                            && let Some(line) = w.convert_cached(&ev)
-                        {
-                            batch.extend_from_slice(&line);
-                        }
-                    }
-                    if batch.len() < MAX_CHUNK {
-                        match rx.try_recv() {
-                            Ok(ev) => next = Some(ev),
-                            Err(broadcast::error::TryRecvError::Empty) => {}
-                            Err(_) => ended = true,
-                        }
-                    }
-                }
-                if !batch.is_empty() && w.tx.send(batch.freeze()).await.is_err() || ended {
-                    return;
-                }
-            }
-            _ = ticker.tick() => {
-                if bookmarks && !w.bookmark(last, false).await {
-                    return;
-                }
-            }
-            _ = w.tx.closed() => return,
-        }
-    }
 }

@@ -209,6 +209,11 @@ fn issue_with_key(
 }
 
 /// The SANs the serving certificate must carry.
+/// A name every API server's serving certificate carries and no node's may (the join refuses
+/// node names starting with `kubernetes`): what agents verify a server they reach by address
+/// for.
+pub const API_SERVER_NAME: &str = "kubernetes.default.svc";
+
 pub fn serving_sans(
     hostname: &str,
     addresses: &[IpAddr],
@@ -221,8 +226,8 @@ pub fn serving_sans(
         hostname.into(),
         "kubernetes".into(),
         "kubernetes.default".into(),
-        "kubernetes.default.svc".into(),
-        format!("kubernetes.default.svc.{domain}"),
+        API_SERVER_NAME.into(),
+        format!("{API_SERVER_NAME}.{domain}"),
     ];
     let mut ips: Vec<IpAddr> = vec![
         "127.0.0.1".parse().unwrap_or(service_ip),

@@ -579,7 +579,8 @@ impl EtcdStore {
         self.inner.current.load(Ordering::Acquire)
     }
 
-    #[cfg(test)]
+    /// The highest revision whose events the shared watch has published (`current_rev` may
+    /// run ahead of it: it moves with every response).
     pub fn published(&self) -> i64 {
         self.inner.hub.published()
     }

@@ -206,6 +206,13 @@ impl Store {
         each!(self, b => b.current_rev())
     }
 
+    /// The highest revision whose events this handle's watches have been sent: unlike
+    /// `current_rev` (which moves with every response on etcd), a watcher that has read
+    /// everything sent to it holds every event up to this revision.
+    pub fn published_rev(&self) -> i64 {
+        each!(self, b => b.published())
+    }
+
     /// The store's newest revision read from the store itself (a quorum read on etcd); for
     /// consistent reads from a cache.
     pub async fn latest_rev(&self) -> Result<i64> {

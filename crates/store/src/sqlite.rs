@@ -91,6 +91,11 @@ impl SqliteStore {
         &self.shared.path
     }
 
+    /// The highest revision whose events have been published to watches.
+    pub fn published(&self) -> i64 {
+        self.shared.hub.published()
+    }
+
     /// The newest committed revision.
     pub fn current_rev(&self) -> i64 {
         self.shared.current.load(Ordering::Acquire)

@@ -500,6 +500,41 @@ async fn history_compacted_by_another_server_expires_watches_and_lists() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_rev_stays_behind_events_not_yet_delivered() {
+    let a = Backend::etcd(100).await;
+    let start = a.store.current_rev();
+    settle(&a.store).await;
+    let mut all = a.store.watch("", a.store.published_rev()).await.unwrap();
+    a.store.etcd().pause_feed(true);
+    for _ in 0..3000 {
+        if !a.store.etcd().feed_connected() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(!a.store.etcd().feed_connected());
+    // The write's response moves `current_rev`; its event has not been delivered, so the
+    // published revision (what a cache may claim to hold) must not move.
+    let written = a.store.create("/p/a", b("1")).await.unwrap();
+    assert!(written > start);
+    assert_eq!(a.store.current_rev(), written);
+    assert!(a.store.published_rev() < written);
+    // Keys outside "/" (as etcd's compaction key) move revisions too: a watch of every key
+    // sees them.
+    let outside = a.store.create("p-outside", b("2")).await.unwrap();
+    assert!(a.store.published_rev() < written);
+    a.store.etcd().pause_feed(false);
+    let ev = all.next().await.unwrap();
+    assert_eq!((ev.record.key.as_str(), ev.record.rev), ("/p/a", written));
+    let ev = all.next().await.unwrap();
+    assert_eq!(
+        (ev.record.key.as_str(), ev.record.rev),
+        ("p-outside", outside)
+    );
+    assert!(a.store.published_rev() >= outside);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_compacted_while_the_shared_watch_was_away_ends_open_watches() {
     let a = Backend::etcd(100).await;
     let other = connect_etcd(a.etcd.as_ref().unwrap(), 100).await;

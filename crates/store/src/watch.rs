@@ -83,8 +83,7 @@ impl Hub {
         ring.published = ring.published.max(published);
     }
 
-    /// The highest revision published.
-    #[cfg(test)]
+    /// The highest revision published: every event up to it is in the ring and broadcast.
     pub fn published(&self) -> i64 {
         self.ring
             .lock()

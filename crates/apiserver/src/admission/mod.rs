@@ -60,11 +60,18 @@ pub async fn admit(
     if old.is_none() {
         kinds::of(res).set_requester(obj, &ctx.user);
     }
-    kinds::of(res).admit(api, res, obj, old).await?;
-    // What the kind's plugins reserved (a Service's addresses) is given back on any refusal.
-    let result = checks(api, res, ctx, obj, old).await;
-    if result.is_err() && old.is_none() {
-        kinds::of(res).create_failed(api, obj).await;
+    // What the kind's plugins reserved (a Service's addresses) is given back on any refusal,
+    // theirs included (a Service given one address, then refused a port).
+    let kind = kinds::of(res);
+    let mut result = kind.admit(api, res, obj, old).await;
+    if result.is_ok() {
+        result = checks(api, res, ctx, obj, old).await;
+    }
+    if result.is_err() {
+        match old {
+            None => kind.create_failed(api, obj).await,
+            Some(old) => kind.update_failed(api, old, obj).await,
+        }
     }
     result
 }
@@ -90,10 +97,11 @@ async fn checks(
         // those reserved for the object before the webhooks is given back first).
         match old {
             None => {
-                super::lifecycle::create_strategy(res, ctx, obj)?;
                 kinds::of(res).create_failed(api, &before).await;
+                super::lifecycle::create_strategy(res, ctx, obj)?;
             }
             Some(old) => {
+                kinds::of(res).update_failed(api, old, &before).await;
                 let sub = ctx.path.subresource.as_deref();
                 *obj = super::lifecycle::update_strategy(res, old, obj.take(), sub)?;
             }

@@ -130,6 +130,32 @@ async fn deletes_and_updates_change_what_is_listed() {
 }
 
 #[tokio::test]
+async fn a_delete_without_its_last_state_is_still_told_to_watchers() {
+    // etcd's DELETED event carries an empty value when the previous value was compacted
+    // away: the entry the cache removes is the last state watchers get.
+    let cache = loaded(2);
+    let res = configmaps();
+    let mut sub = cache.subscribe(&res.prefix(), 2, false).unwrap();
+    let mut ev = event(EventType::Deleted, "c1", 3, &cm("c1", "b"), None);
+    ev.record.value = Bytes::new();
+    cache.apply(&ev);
+    // Broadcast at once (not a wait that would hang on a cache that broadcast nothing).
+    let got = sub.rx.try_recv().expect("the delete is broadcast");
+    assert_eq!((got.typ, got.rev), (EventType::Deleted, 3));
+    assert_eq!(*got.cur, cm("c1", "b"));
+    let line: Value = serde_json::from_slice(&got.line(&cache, &res, "DELETED", false)).unwrap();
+    assert_eq!(line["object"], decorate(&res, &cm("c1", "b"), 3));
+    let names: Vec<_> = cache
+        .list(&res.prefix(), |_| true, None)
+        .items
+        .iter()
+        .map(|e| e.obj["metadata"]["name"].clone())
+        .collect();
+    assert_eq!(names, [json!("c0")]);
+    assert_eq!(cache.rev(), 3);
+}
+
+#[tokio::test]
 async fn one_encoding_per_event_and_version_is_shared_by_every_watcher() {
     let cache = loaded(1);
     let res = configmaps();
@@ -293,6 +319,23 @@ async fn lists_from_the_cache_read_their_writes() {
     )
     .await;
     assert_eq!((code, status["reason"].as_str()), (504, Some("Timeout")));
+    // An exact revision not written yet is the store's to refuse, as upstream does.
+    let (code, status) = call(
+        "GET",
+        &format!(
+            "/api/v1/namespaces/default/configmaps?resourceVersion={}&resourceVersionMatch=Exact",
+            rev + 1000
+        ),
+        None,
+    )
+    .await;
+    assert_eq!((code, status["reason"].as_str()), (504, Some("Timeout")));
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Too large resource version")
+    );
     let (code, got) = call(
         "GET",
         &format!("/api/v1/namespaces/default/configmaps/r3?resourceVersion={rev}"),
@@ -300,4 +343,65 @@ async fn lists_from_the_cache_read_their_writes() {
     )
     .await;
     assert_eq!((code, got["metadata"]["name"].as_str()), (200, Some("r3")));
+}
+
+#[tokio::test]
+async fn a_watcher_that_falls_behind_is_cut_off_without_holding_the_others() {
+    let cache = loaded(0);
+    let prefix = configmaps().prefix();
+    let mut idle = cache.subscribe(&prefix, 0, false).unwrap();
+    let mut reader = cache.subscribe(&prefix, 0, false).unwrap();
+    let total = super::BROADCAST as i64 + 10;
+    let mut seen = 0;
+    for rev in 1..=total {
+        // Applying never waits for a watcher: `idle` reads nothing at all.
+        cache.apply(&event(EventType::Added, "n", rev, &cm("n", "a"), None));
+        while let Ok(ev) = reader.rx.try_recv() {
+            seen += 1;
+            assert_eq!(ev.rev, seen);
+        }
+    }
+    assert_eq!(seen, total);
+    // The idle watcher lost events: it is told so (its watch ends; the client re-watches
+    // from the last revision it saw).
+    assert!(matches!(
+        idle.rx.try_recv(),
+        Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_))
+    ));
+}
+
+/// A Secret written with a key this server does not have: the cache must not keep serving
+/// its previous plaintext; the store serves Secrets (with its error) from then on.
+#[tokio::test]
+async fn a_secret_this_server_cannot_decrypt_is_left_to_the_store() {
+    use crate::encryption::{AesGcmKey, Config, Provider, SECRETS_PREFIX, Storage};
+    let dir = tempfile::tempdir().unwrap();
+    let store = kinglet_store::Store::open(&dir.path().join("state.db")).unwrap();
+    let config = |name: &str| Config {
+        providers: vec![Provider::AesGcm(vec![AesGcmKey::generate(name).unwrap()])],
+    };
+    let here = Storage::new(store.clone(), Some(config("here")));
+    let elsewhere = Storage::new(store.clone(), Some(config("elsewhere")));
+    let cache = Cache::start(here.clone());
+    assert!(cache.wait_fresh(0, Duration::from_secs(30)).await);
+    let key = format!("{SECRETS_PREFIX}default/s");
+    let secret = |v: &str| {
+        Bytes::from(
+            serde_json::to_vec(&json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "s", "namespace": "default"}, "data": {"v": v}}))
+            .unwrap(),
+        )
+    };
+    let r1 = here.create(&key, secret("b25l")).await.unwrap();
+    assert!(cache.wait_fresh(r1, Duration::from_secs(30)).await);
+    let (_, held) = cache.get(&key);
+    assert_eq!(held.unwrap().obj["data"]["v"], "b25l");
+    assert!(cache.serves(SECRETS_PREFIX));
+    let r2 = elsewhere.update(&key, None, secret("dHdv")).await.unwrap();
+    assert!(cache.wait_fresh(r2, Duration::from_secs(30)).await);
+    assert!(!cache.serves(SECRETS_PREFIX));
+    assert!(!cache.serves(&key));
+    assert!(cache.get(&key).1.is_none());
+    // Everything else is still served.
+    assert!(cache.serves(&configmaps().prefix()));
 }

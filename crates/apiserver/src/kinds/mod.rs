@@ -120,6 +120,27 @@ pub trait KindBehaviour: Sync {
         Box::pin(std::future::ready(()))
     }
 
+    /// Releases what `old` held and `new`, the update just stored, no longer holds.
+    fn after_update<'a>(
+        &'a self,
+        _api: &'a Api,
+        _old: &'a Value,
+        _new: &'a Value,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(std::future::ready(()))
+    }
+
+    /// Undoes what admission reserved for `new` when the update of `old` is not stored
+    /// (refused, failed, or a dry run).
+    fn update_failed<'a>(
+        &'a self,
+        _api: &'a Api,
+        _old: &'a Value,
+        _new: &'a Value,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(std::future::ready(()))
+    }
+
     /// Releases what the object held once it is gone.
     fn after_delete<'a>(&'a self, _api: &'a Api, _obj: &'a Value) -> BoxFuture<'a, ()> {
         Box::pin(std::future::ready(()))

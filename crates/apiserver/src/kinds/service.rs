@@ -90,9 +90,44 @@ impl KindBehaviour for Services {
         Box::pin(api.allocations().release(obj))
     }
 
+    fn after_update<'a>(
+        &'a self,
+        api: &'a Api,
+        old: &'a Value,
+        new: &'a Value,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(api.allocations().release_dropped(old, new))
+    }
+
+    fn update_failed<'a>(
+        &'a self,
+        api: &'a Api,
+        old: &'a Value,
+        new: &'a Value,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            // The Service as stored now keeps what it holds: a failed write may have landed
+            // after all, or another update may hold the same. Unreadable: left to the repair.
+            let Some(stored) = stored_service(api, old).await else {
+                return;
+            };
+            api.allocations()
+                .release_added(old, new, stored.as_ref())
+                .await
+        })
+    }
+
     fn after_delete<'a>(&'a self, api: &'a Api, obj: &'a Value) -> BoxFuture<'a, ()> {
         Box::pin(api.allocations().release(obj))
     }
+}
+
+/// The Service `svc` names as stored now: None when the store cannot say.
+async fn stored_service(api: &Api, svc: &Value) -> Option<Option<Value>> {
+    let res = api.registry.find("", "v1", "services")?;
+    let key = res.key(object::namespace(svc), object::name(svc));
+    let rec = api.store.get(&key).await.ok()?;
+    Some(rec.and_then(|r| serde_json::from_slice(&r.value).ok()))
 }
 
 /// ClusterIP and NodePort allocation (and release on type changes), as reservations in the
@@ -144,17 +179,8 @@ async fn allocate_service(
                 }
             }
         }
-        let new_ports: Vec<u16> = crate::alloc::node_ports(&json!({"spec": spec.clone()}));
-        for p in crate::alloc::node_ports(old) {
-            if !new_ports.contains(&p) {
-                alloc.release_port(p, &who).await;
-            }
-        }
-        if typ == "ExternalName" {
-            for ip in crate::alloc::service_ips(old) {
-                alloc.release_ip(ip, &who).await;
-            }
-        }
+        // What the old object holds and this one drops is released once the update is
+        // stored (`after_update`), never before: the update may still be refused.
     }
     if typ == "ExternalName" {
         if let Some(m) = spec.as_object_mut() {

@@ -221,6 +221,16 @@ fn kubelet_serving(req: &Request, usages: &[String]) -> Result<(), String> {
     if !req.uris.is_empty() {
         return Err("URI subjectAltNames are not allowed".into());
     }
+    // One CA signs the API servers' certificates too: a node's must never carry the names
+    // agents check servers by.
+    if let Some(name) = req.dns_names.iter().find(|d| {
+        let d = d.trim_end_matches('.').to_ascii_lowercase();
+        d == "localhost" || d.starts_with("kubernetes") || d.starts_with('*')
+    }) {
+        return Err(format!(
+            "DNS subjectAltName {name:?} is reserved for API servers"
+        ));
+    }
     let have = set(usages);
     if have != ["digital signature", "key encipherment", "server auth"]
         && have != ["digital signature", "server auth"]
@@ -435,6 +445,22 @@ mod tests {
                 "kubelet serving without SAN",
                 csr(KUBELET_SERVING, node(), serving, &["Approved"]),
                 "fail: DNS or IP subjectAltName is required",
+            ),
+            (
+                "kubelet serving naming an API server",
+                csr(
+                    KUBELET_SERVING,
+                    pem(
+                        "system:node:n1",
+                        Some("system:nodes"),
+                        vec![SanType::DnsName(
+                            "kubernetes.default.svc".try_into().unwrap(),
+                        )],
+                    ),
+                    serving,
+                    &["Approved"],
+                ),
+                "fail: DNS subjectAltName \"kubernetes.default.svc\" is reserved for API servers",
             ),
         ];
         let mut wrong = Vec::new();
