@@ -145,7 +145,17 @@ async fn cache_target(api: &Api, prefix: &str, rv: ListRv) -> ApiResult<Option<i
         ListRv::Exact(_) => return Ok(None),
         ListRv::Consistent => (store_latest_rev(api).await?, true),
         ListRv::Any => (api.store.current_rev(), false),
-        ListRv::NotOlderThan(n) => (n, true),
+        ListRv::NotOlderThan(n) => {
+            // A revision the store has not reached does not exist yet: no wait can serve it
+            // (a client only learns revisions that were committed).
+            if n > api.watch_cache.rev() {
+                let latest = store_latest_rev(api).await?;
+                if n > latest {
+                    return Err(too_large(n, latest));
+                }
+            }
+            (n, true)
+        }
     };
     if api
         .watch_cache
