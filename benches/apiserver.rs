@@ -13,6 +13,10 @@
 mod common;
 use common::{env_or, rss, server_command, wait_for_client};
 
+#[path = "../tests/common/mod.rs"]
+mod harness;
+use harness::etcd::Etcd;
+
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -82,14 +86,19 @@ fn main() {
     for backend in backends.split(',').map(str::trim).filter(|b| !b.is_empty()) {
         println!("\n== datastore: {backend}");
         match backend {
-            "sqlite" => bench_server(&[], None),
+            "sqlite" => bench_server(&[], false),
             "etcd" => {
-                let etcd = common::etcd::Etcd::start();
-                bench_server(&["--datastore-endpoint", &etcd.url], Some(&etcd));
+                let etcd = Etcd::loopback(1);
+                let flags = etcd.server_flags();
+                let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+                bench_server(&flags, true);
+                let db = std::fs::metadata(etcd.data_dir(0).join("member/snap/db"))
+                    .map(|m| m.len())
+                    .unwrap_or(0);
                 println!(
                     "etcd: RSS {}, database file {:.1} MB",
-                    rss(etcd.pid()),
-                    etcd.db_bytes() as f64 / 1e6
+                    rss(etcd.pid(0).expect("etcd runs")),
+                    db as f64 / 1e6
                 );
             }
             other => panic!("BENCH_BACKENDS: unknown datastore {other:?} (sqlite, etcd)"),
@@ -97,9 +106,9 @@ fn main() {
     }
 }
 
-/// One `kinglet server --disable-agent` with `datastore` flags, measured; on SQLite (no etcd)
-/// also the database file after a burst.
-fn bench_server(datastore: &[&str], etcd: Option<&common::etcd::Etcd>) {
+/// One `kinglet server --disable-agent` with `datastore` flags, measured; on SQLite (not
+/// `on_etcd`) also the database file after a burst.
+fn bench_server(datastore: &[&str], on_etcd: bool) {
     let creates = env_or("BENCH_CREATES", 10_000);
     let clients = env_or("BENCH_CLIENTS", 16);
     let watches = env_or("BENCH_WATCHES", 100);
@@ -280,7 +289,7 @@ fn bench_server(datastore: &[&str], etcd: Option<&common::etcd::Etcd>) {
     });
     let _ = server.kill();
     let _ = server.wait();
-    if etcd.is_none() && burst > 0 {
+    if !on_etcd && burst > 0 {
         rt.block_on(sqlite_after_burst(clients, burst));
     }
 }

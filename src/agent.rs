@@ -104,14 +104,14 @@ pub fn run(mut args: AgentArgs) -> anyhow::Result<()> {
 
 /// A join token: `K10<sha256 hex of the CA bundle>::<user>:<secret>` (an extra token is
 /// `K10<hash>::<id>.<secret>`, sent as user `node`).
-struct Token {
-    ca_hash: String,
+pub(crate) struct Token {
+    pub ca_hash: String,
     user: String,
-    secret: String,
+    pub secret: String,
 }
 
 impl Token {
-    fn parse(s: &str) -> anyhow::Result<Token> {
+    pub(crate) fn parse(s: &str) -> anyhow::Result<Token> {
         let bad = || {
             anyhow::anyhow!(
                 "the join token must look like K10<CA hash>::server:<secret>, as `kinglet token` prints it"
@@ -413,13 +413,9 @@ async fn join(
     node: &str,
     node_ip: IpAddr,
 ) -> anyhow::Result<Credentials> {
-    let unverified = Arc::new(kinglet_pki::tls::unverified_client_config()?);
-    let (status, ca_pem) = https_get(server, unverified, CA_PATH, &[])
+    let ca_pem = fetch_ca(&server.local())
         .await
-        .context("fetching the server's CA from /cacerts")?;
-    if status != 200 {
-        bail!("fetching the server's CA from /cacerts: HTTP {status}");
-    }
+        .map_err(|e| server.unreachable().map_or(e, anyhow::Error::msg))?;
     if sha256_hex(ca_pem.as_bytes()) != token.ca_hash {
         bail!(
             "the server's CA does not match the join token's hash: refusing to send it the token (wrong token or server?)"
@@ -510,34 +506,42 @@ fn trusting(ca_pem: &str) -> anyhow::Result<rustls::ClientConfig> {
         .with_no_client_auth())
 }
 
-/// One GET over TLS (hyper) to a server through the load balancer: the status and the body
-/// (at most 1 MiB), each step bounded. The server's certificate is checked for `127.0.0.1`.
+/// One GET over TLS (hyper) to a server through the load balancer; see [`https_get_from`].
 async fn https_get(
     lb: &LoadBalancer,
     tls: Arc<rustls::ClientConfig>,
     path: &str,
     headers: &[(&str, &str)],
 ) -> anyhow::Result<(u16, String)> {
+    // The load balancer closes at once what it could forward nowhere: say why.
+    https_get_from(&lb.local(), tls, path, headers)
+        .await
+        .map_err(|e| lb.unreachable().map_or(e, anyhow::Error::msg))
+}
+
+/// One GET over TLS (hyper) to `server`: the status and the body (at most 1 MiB), each step
+/// bounded. The server's certificate is checked for [`kinglet_pki::API_SERVER_NAME`], which
+/// every API server's certificate carries and no node's may.
+pub(crate) async fn https_get_from(
+    server: &ServerUrl,
+    tls: Arc<rustls::ClientConfig>,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<(u16, String)> {
     let step = Duration::from_secs(30);
-    let server = lb.local();
     let addrs = server.addrs()?;
     let tcp = tokio::time::timeout(step, tokio::net::TcpStream::connect(&addrs[..]))
         .await
         .with_context(|| format!("connecting to {}: timeout", server.host))?
         .with_context(|| format!("connecting to {}", server.host))?;
-    let name = ServerName::try_from(server.host.clone())
-        .with_context(|| format!("server name {:?}", server.host))?;
+    let name = ServerName::try_from(kinglet_pki::API_SERVER_NAME)?;
     let stream = tokio::time::timeout(
         step,
         tokio_rustls::TlsConnector::from(tls).connect(name, tcp),
     )
     .await
     .context("TLS handshake: timeout")?
-    // The load balancer closes at once what it could forward nowhere: say why.
-    .map_err(|e| match lb.unreachable() {
-        Some(why) => anyhow::anyhow!(why),
-        None => anyhow::Error::from(e).context("TLS handshake"),
-    })?;
+    .context("TLS handshake")?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(conn);
@@ -564,6 +568,19 @@ async fn https_get(
     .map_err(|e| anyhow::anyhow!("reading the answer: {e}"))?
     .to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// The CA a server serves at `/cacerts`, not yet trusted: the caller checks it against a
+/// token's hash before sending anything secret.
+pub(crate) async fn fetch_ca(server: &ServerUrl) -> anyhow::Result<String> {
+    let unverified = Arc::new(kinglet_pki::tls::unverified_client_config()?);
+    let (status, ca_pem) = https_get_from(server, unverified, CA_PATH, &[])
+        .await
+        .context("fetching the server's CA from /cacerts")?;
+    if status != 200 {
+        bail!("fetching the server's CA from /cacerts: HTTP {status}");
+    }
+    Ok(ca_pem)
 }
 
 /// This machine's node password: random on first run, then kept (0600) so the server knows it.
@@ -598,6 +615,8 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
 fn kube_client(server: &ServerUrl, creds: &Credentials) -> anyhow::Result<kube::Client> {
     let url = format!("https://{}", server.host_header());
     let mut cfg = kube::Config::new(url.parse().with_context(|| url.clone())?);
+    // Whichever server the load balancer reaches, it must be an API server.
+    cfg.tls_server_name = Some(kinglet_pki::API_SERVER_NAME.into());
     cfg.root_cert = Some(
         CertificateDer::pem_slice_iter(creds.ca_pem.as_bytes())
             .map(|c| c.map(|c| c.to_vec()))

@@ -4,8 +4,9 @@
 //! healthy one in order (the `--server` ones as given, then those the `default/kubernetes`
 //! Endpoints lists), moving on to the next when a connect fails or times out.
 //!
-//! TLS passes through untouched: clients verify the server's certificate for `127.0.0.1`,
-//! which every server's serving certificate carries, as k3s's agents do through theirs.
+//! TLS passes through untouched: clients verify the server's certificate for
+//! `kinglet_pki::API_SERVER_NAME`, which every server's serving certificate carries and no
+//! node's may, whichever server the connection reaches.
 //!
 //! A server is unhealthy after a failed connect and healthy again once a connect succeeds;
 //! every server is probed periodically, and the connections to one whose probe fails are
@@ -553,7 +554,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn connections_to_a_server_that_fails_its_probe_are_closed() {
+    async fn connections_end_when_their_server_dies_and_the_next_answers() {
         let a = Greeter::start("a").await;
         let b = Greeter::start("b").await;
         let lb =
@@ -563,7 +564,8 @@ mod tests {
         let (who, mut held) = who_answers(&lb).await;
         assert_eq!(who, "a");
         a.die().await;
-        // The forwarded connection ends (the server's end is gone, or the probe closes it).
+        // The forwarded connection ends with its server (that the probe alone closes
+        // connections is `a_silent_server_loses_its_connections_at_the_probe`).
         let mut rest = Vec::new();
         held.read_to_end(&mut rest).await.ok();
         assert!(rest.is_empty());

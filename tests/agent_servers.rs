@@ -7,12 +7,12 @@
 
 mod common;
 
-use std::process::Stdio;
-
-use common::cluster::{Agent, Switch, host_ip, node_name};
+use common::cluster::{
+    AGENT_IP, Agent, ETCD_IP, SERVER_IPS, Switch, host_ip, node_name, run_pod_on, server_on_switch,
+};
 use common::etcd::Etcd;
 use common::host::TestHost;
-use common::{Server, eventually};
+use common::{Server, eventually, must_refuse};
 
 /// On the switch's /24, but no host has it.
 const NOBODY: &str = "https://192.0.2.99:6443";
@@ -61,30 +61,10 @@ fn an_agent_joins_and_serves_pods_whichever_listed_server_answers() {
 
     for (k, a) in agents.iter().enumerate() {
         let pod = format!("hello-{}", k + 1);
-        let overrides = format!(
-            r#"--overrides={{"spec":{{"nodeSelector":{{"kubernetes.io/hostname":"{}"}}}}}}"#,
-            a.name
-        );
-        server.ok(&[
-            "run",
-            &pod,
-            "--image=busybox:1.36",
-            "--image-pull-policy=IfNotPresent",
-            &overrides,
-            "--",
-            "sh",
-            "-c",
-            "echo hello from $(hostname); exec sleep 3600",
-        ]);
-        server.running_pod_ip(&pod);
-        let on = server.ok(&["get", "pod", &pod, "-o", "jsonpath={.spec.nodeName}"]);
-        assert_eq!(on, a.name);
+        run_hello_pod(&server, &pod, &a.name);
         // Logs come from the agent's kubelet through its tunnel to the live server.
         eventually(60, &format!("logs of {pod}"), || {
-            let out = server.kubectl(&["logs", &pod]);
-            String::from_utf8_lossy(&out.stdout)
-                .contains(&format!("hello from {pod}"))
-                .then_some(())
+            logs_through(&server, &pod)
         });
         // The agent learnt the cluster's list of servers, and kept it for its next start.
         let kept = a.data_dir().join("agent/servers.json");
@@ -101,6 +81,9 @@ fn an_agent_joins_and_serves_pods_whichever_listed_server_answers() {
 
 #[test]
 fn a_bad_server_in_the_list_is_a_one_line_error() {
+    // In a test host of its own (loopback only): were the check to break, the agent would
+    // dial nothing outside it, nor set up node state on this machine.
+    let host = TestHost::bare();
     let dir = tempfile::tempdir().expect("tempdir");
     let token = format!("K10{}::server:secret", "ab".repeat(32));
     for list in [
@@ -108,17 +91,15 @@ fn a_bad_server_in_the_list_is_a_one_line_error() {
         "https://192.0.2.10:6443,,https://192.0.2.11:6443",
         "https://192.0.2.10:6443,https://192.0.2.11:port",
     ] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kinglet"))
+        let mut agent = host.command(env!("CARGO_BIN_EXE_kinglet"));
+        agent
             .args(["agent", "--server", list, "--token", &token])
             .arg("--data-dir")
             .arg(dir.path())
             .env_remove("KINGLET_CONFIG")
-            .env_remove("KINGLET_DATA_DIR")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run kinglet agent");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{list}");
+            .env_remove("KINGLET_DATA_DIR");
+        // Refused at once; one still running after 20 s is killed and fails the test.
+        let err = must_refuse(&mut agent, 20);
         assert!(err.contains("--server"), "{list}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "{list}: {err}");
     }
@@ -126,24 +107,14 @@ fn a_bad_server_in_the_list_is_a_one_line_error() {
     assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
 }
 
-/// Busybox pod `name` on `node`, printing a line with its name, running until deleted.
-fn run_pod(s: &Server, name: &str, node: &str) {
-    let overrides = format!(
-        r#"--overrides={{"spec":{{"nodeSelector":{{"kubernetes.io/hostname":"{node}"}}}}}}"#
-    );
-    s.ok(&[
-        "run",
-        name,
-        "--image=busybox:1.36",
-        "--image-pull-policy=IfNotPresent",
-        &overrides,
-        "--",
-        "sh",
-        "-c",
-        "echo hello from $(hostname); exec sleep 3600",
-    ]);
+/// Busybox pod `name` on `node`, printing a line with its name, running until deleted; waits
+/// for it to run there.
+fn run_hello_pod(s: &Server, name: &str, node: &str) {
+    let hello = ["sh", "-c", "echo hello from $(hostname); exec sleep 3600"];
+    run_pod_on(s, name, node, &hello);
 }
 
+/// Whether `pod`'s logs, read through `s`, hold its hello line.
 fn logs_through(s: &Server, pod: &str) -> Option<()> {
     let out = s.kubectl(&["logs", pod]);
     String::from_utf8_lossy(&out.stdout)
@@ -153,28 +124,20 @@ fn logs_through(s: &Server, pod: &str) -> Option<()> {
 
 #[test]
 fn an_agent_given_one_server_uses_every_server_the_cluster_lists() {
-    const ETCD_IP: &str = "192.0.2.20";
-    const SERVER_IPS: [&str; 2] = ["192.0.2.21", "192.0.2.22"];
-    const AGENT_IP: &str = "192.0.2.25";
     const NODE: &str = "lb-node";
     let switch = Switch::new();
     let etcd_host = TestHost::bare();
     switch.plug(&etcd_host, ETCD_IP);
     let etcd = Etcd::in_host(1, etcd_host, ETCD_IP, true);
-    let server = |ip: &str, extra: &[&str]| {
-        let mut args: Vec<String> = ["--bind-address", "0.0.0.0", "--advertise-address", ip]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        args.extend(etcd.server_flags());
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Server::start_in_host_with(&args, |host, _| switch.plug(host, ip))
-    };
-    let mut a = server(SERVER_IPS[0], &[]);
+    let mut a = server_on_switch(&switch, SERVER_IPS[0], &etcd, &[]);
     let token = a.kinglet_token(&[]);
     let a_url = format!("https://{}:6443", SERVER_IPS[0]);
-    let b = server(SERVER_IPS[1], &["--server", &a_url, "--token", &token]);
+    let b = server_on_switch(
+        &switch,
+        SERVER_IPS[1],
+        &etcd,
+        &["--server", &a_url, "--token", &token],
+    );
 
     let agent_host = TestHost::bare();
     switch.plug(&agent_host, AGENT_IP);
@@ -203,15 +166,13 @@ fn an_agent_given_one_server_uses_every_server_the_cluster_lists() {
             .all(|ip| text.contains(&format!("\"{ip}:6443\"")))
             .then_some(())
     });
-    run_pod(&a, "first", NODE);
-    a.running_pod_ip("first");
+    run_hello_pod(&a, "first", NODE);
     eventually(60, "logs through A's tunnel", || logs_through(&a, "first"));
     eventually(60, "logs through B's tunnel", || logs_through(&b, "first"));
 
     // A, the only server it was given, goes: the agent goes on through B.
     a.stop(true);
-    run_pod(&b, "second", NODE);
-    b.running_pod_ip("second");
+    run_hello_pod(&b, "second", NODE);
     eventually(60, "logs of a pod started after A's end", || {
         logs_through(&b, "second")
     });

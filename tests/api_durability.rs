@@ -110,34 +110,18 @@ fn a_second_server_on_a_data_dir_in_use_refuses_to_start() {
     let s = Server::start();
     s.ok(&["create", "configmap", "before", "--from-literal=k=v"]);
     let data_dir = s.data_dir();
-    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_kinglet"))
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_kinglet"));
+    second
         .args(["server", "--disable-agent", "--bind-address", "127.0.0.1"])
+        .args(["--advertise-address", "127.0.0.1"])
         .args(["--https-listen-port", &common::free_port().to_string()])
         .arg("--data-dir")
         .arg(&data_dir)
         .arg("--write-kubeconfig")
         .arg(data_dir.join("second.yaml"))
-        .env_remove("KINGLET_CONFIG")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run a second server");
+        .env_remove("KINGLET_CONFIG");
     // It must exit by itself; one still running after 20 s is killed and fails the test.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = second.try_wait().expect("wait") {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = second.kill();
-            let _ = second.wait();
-            panic!("a second server on a data directory in use kept running");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert!(!status.success(), "the second server exited 0: {stderr}");
+    let stderr = common::must_refuse(&mut second, 20);
     let want = format!(
         "data directory {} is in use by another kinglet process (pid {})",
         data_dir.display(),

@@ -7,62 +7,31 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use common::etcd::Etcd;
-use common::{Server, eventually, free_port};
+use common::{Server, eventually, free_port, must_refuse};
 
-/// `kinglet server` flags for a server on `etcd`, plus `extra`.
-fn on(etcd: &Etcd, extra: &[&str]) -> Vec<String> {
-    let mut args = etcd.server_flags();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
-}
-
-fn start_on(etcd: &Etcd, extra: &[&str]) -> Server {
-    let args = on(etcd, extra);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Server::start_with(&args)
-}
-
-/// Runs `kinglet server` in `data_dir` with `args`, which must fail to start; its stderr.
-fn refused(data_dir: &Path, args: &[String]) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kinglet"))
-        .arg("server")
+/// Runs `kinglet server` in `data_dir` (as `Server::spawn` does) with its datastore in `etcd`,
+/// if given, and `extra` flags, which must fail to start; its stderr.
+fn refused(data_dir: &Path, etcd: Option<&Etcd>, extra: &[&str]) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kinglet"));
+    cmd.arg("server")
         .arg("--disable-agent")
-        .args(["--bind-address", "127.0.0.1", "--https-listen-port"])
+        .args(["--bind-address", "127.0.0.1"])
+        .args(["--advertise-address", "127.0.0.1"])
+        .arg("--https-listen-port")
         .arg(free_port().to_string())
         .arg("--data-dir")
         .arg(data_dir)
         .arg("--write-kubeconfig")
         .arg(data_dir.join("kubeconfig.yaml"))
         .args(["--config", "/dev/null"])
-        .args(args)
+        .args(etcd.map(Etcd::server_flags).unwrap_or_default())
+        .args(extra)
         .env_remove("KINGLET_CONFIG")
-        .env_remove("KINGLET_TOKEN")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn kinglet");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            let out = child.wait_with_output().expect("output");
-            let err = String::from_utf8_lossy(&out.stderr).into_owned();
-            assert!(!status.success(), "kinglet server started: {err}");
-            return err;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("output");
-            panic!(
-                "kinglet server did not refuse to start: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        .env_remove("KINGLET_TOKEN");
+    must_refuse(&mut cmd, 60)
 }
 
 /// The files a data directory holds under `server/` (its lock aside).
@@ -80,10 +49,6 @@ fn server_files(data_dir: &Path) -> Vec<String> {
         }
     }
     out
-}
-
-fn token(s: &Server) -> String {
-    s.kinglet_token(&[]).trim().to_string()
 }
 
 /// The `kubernetes` Endpoints' `address:port` pairs, as `s` serves them.
@@ -111,8 +76,8 @@ fn kubernetes_endpoints(s: &Server) -> Vec<String> {
 #[test]
 fn a_second_server_joins_through_the_datastore() {
     let etcd = Etcd::loopback(1);
-    let a = start_on(&etcd, &[]);
-    let t = token(&a);
+    let a = Server::start_on(&etcd, &[]);
+    let t = a.kinglet_token(&[]);
     assert_eq!(etcd.keys("/kinglet/bootstrap/").len(), 1);
     // The bootstrap data is sealed: no key or token in the clear.
     let sealed = etcd.etcdctl_ok(&[
@@ -126,33 +91,26 @@ fn a_second_server_joins_through_the_datastore() {
 
     // A wrong token, or the right secret with another CA's hash: refused, nothing written.
     let dir = tempfile::tempdir().unwrap();
-    let err = refused(dir.path(), &on(&etcd, &["--token", "not-the-token"]));
+    let err = refused(dir.path(), Some(&etcd), &["--token", "not-the-token"]);
     assert!(err.contains("does not open"), "{err}");
     let other_hash = format!("K10{}::server:{secret}", "0".repeat(64));
-    let err = refused(dir.path(), &on(&etcd, &["--token", &other_hash]));
+    let err = refused(dir.path(), Some(&etcd), &["--token", &other_hash]);
     assert!(err.contains("CA hash does not match"), "{err}");
     // The right token with another service range: refused, nothing written.
     let err = refused(
         dir.path(),
-        &on(&etcd, &["--token", &t, "--service-cidr", "10.44.0.0/16"]),
+        Some(&etcd),
+        &["--token", &t, "--service-cidr", "10.44.0.0/16"],
     );
     assert!(err.contains("--service-cidr 10.44.0.0/16"), "{err}");
     assert_eq!(server_files(dir.path()), Vec::<String>::new());
     // `--server` needs a shared datastore.
-    let err = refused(
-        dir.path(),
-        &[
-            "--server".into(),
-            format!("https://127.0.0.1:{}", a.port),
-            "--token".into(),
-            t.clone(),
-        ],
-    );
+    let first = format!("https://127.0.0.1:{}", a.port);
+    let err = refused(dir.path(), None, &["--server", &first, "--token", &t]);
     assert!(err.contains("--datastore-endpoint"), "{err}");
 
     // The right token, checked against the CA the first server serves.
-    let first = format!("https://127.0.0.1:{}", a.port);
-    let b = start_on(&etcd, &["--token", &t, "--server", &first]);
+    let b = Server::start_on(&etcd, &["--token", &t, "--server", &first]);
     let read = |s: &Server, f: &str| std::fs::read(s.data_dir().join(f)).unwrap();
     for f in [
         "server/tls/ca.crt",
@@ -171,7 +129,7 @@ fn a_second_server_joins_through_the_datastore() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
-    assert_eq!(token(&b), t);
+    assert_eq!(b.kinglet_token(&[]), t);
 
     // What one server issued, the other accepts: the admin certificate and a
     // service-account token.
@@ -241,7 +199,7 @@ fn a_second_server_joins_through_the_datastore() {
     let foreign_dir = foreign.data_dir();
     std::fs::write(foreign_dir.join("server/token"), format!("{secret}\n")).unwrap();
     let before = std::fs::read(foreign_dir.join("server/tls/ca.crt")).unwrap();
-    let err = refused(&foreign_dir, &on(&etcd, &["--token", &t]));
+    let err = refused(&foreign_dir, Some(&etcd), &["--token", &t]);
     assert!(err.contains("unlike the datastore's cluster"), "{err}");
     assert_eq!(
         std::fs::read(foreign_dir.join("server/tls/ca.crt")).unwrap(),
@@ -257,8 +215,8 @@ fn first_servers_racing_agree_on_one_cluster() {
     let etcd = Etcd::loopback(1);
     let secret = "race-secret-0123456789";
     let (a, b) = std::thread::scope(|s| {
-        let a = s.spawn(|| start_on(&etcd, &["--token", secret]));
-        let b = s.spawn(|| start_on(&etcd, &["--token", secret]));
+        let a = s.spawn(|| Server::start_on(&etcd, &["--token", secret]));
+        let b = s.spawn(|| Server::start_on(&etcd, &["--token", secret]));
         (a.join().unwrap(), b.join().unwrap())
     });
     let ca = |s: &Server| std::fs::read(s.data_dir().join("server/tls/ca.crt")).unwrap();
@@ -271,7 +229,9 @@ fn first_servers_racing_agree_on_one_cluster() {
     let (a, b) = std::thread::scope(|s| {
         let start = || {
             s.spawn(|| {
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| start_on(&etcd, &[])))
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    Server::start_on(&etcd, &[])
+                }))
             })
         };
         let (a, b) = (start(), start());
@@ -289,8 +249,8 @@ fn first_servers_racing_agree_on_one_cluster() {
     assert!(refusal.contains("that cluster's --token"), "{refusal}");
     assert_eq!(etcd.keys("/kinglet/bootstrap/").len(), 1);
     // The one cluster is the winner's: its token opens it for a second server.
-    let t = token(&winner);
-    let joined = start_on(&etcd, &["--token", &t]);
+    let t = winner.kinglet_token(&[]);
+    let joined = Server::start_on(&etcd, &["--token", &t]);
     assert_eq!(ca(&joined), ca(&winner));
 }
 
@@ -402,9 +362,9 @@ fn service_addresses_are_reserved_in_the_datastore() {
         "--service-node-port-range",
         "30000-30029",
     ];
-    let a = start_on(&etcd, &ranges);
-    let t = token(&a);
-    let b = start_on(&etcd, &[&ranges[..], &["--token", &t]].concat());
+    let a = Server::start_on(&etcd, &ranges);
+    let t = a.kinglet_token(&[]);
+    let b = Server::start_on(&etcd, &[&ranges[..], &["--token", &t]].concat());
     std::thread::scope(|s| {
         for (server, prefix) in [(&a, "a"), (&b, "b")] {
             s.spawn(move || {

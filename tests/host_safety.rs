@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::host::{NODE_IP, TestHost};
-use common::{NODE, Server, eventually};
+use common::{NODE, Server, eventually, must_refuse};
 
 const TAKE_OVER: &str = "--take-over-host-network";
 
@@ -50,28 +50,7 @@ fn server(host: &TestHost, dir: &Path, extra: &[&str]) -> Command {
 /// Runs `kinglet server` in `host`, which must exit non-zero; returns its error line.
 fn refusal(host: &TestHost, extra: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("server.log");
-    let mut child = server(host, dir.path(), extra)
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "kinglet did not refuse to start; log:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert!(!status.success(), "{status}: {text}");
+    let text = must_refuse(&mut server(host, dir.path(), extra), 60);
     assert!(
         !dir.path().join("kubeconfig.yaml").exists(),
         "refused after starting the API server: {text}"

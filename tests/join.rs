@@ -377,6 +377,22 @@ fn token_rotate_replaces_the_secret() {
     let s = Server::start();
     let old = s.kinglet_token(&[]);
     let (old_hash, old_secret) = parse_token(&old);
+    if common::datastore_is_etcd() {
+        // On a shared datastore the token seals the cluster's bootstrap data: one server
+        // cannot rotate it alone, and the refusal leaves the token as it was.
+        let out = common::kinglet_cli(&s.data_dir(), &["token", "rotate"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "rotate on a shared datastore: {stderr}"
+        );
+        assert!(
+            stderr.contains("shares its datastore") && stderr.contains("cannot be rotated"),
+            "{stderr}"
+        );
+        assert_eq!(s.kinglet_token(&[]), old, "the token is unchanged");
+        return;
+    }
     let new = s.kinglet_token(&["rotate"]);
     let (new_hash, new_secret) = parse_token(&new);
     assert_eq!(old_hash, new_hash, "the CA stays");

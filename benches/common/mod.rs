@@ -2,7 +2,6 @@
 
 #![allow(dead_code)]
 
-pub mod etcd;
 pub mod join;
 
 /// A count from the environment, or `default`.

@@ -4,15 +4,10 @@
 //! `--token` takes them before its PKI loads, then issues its own certificates.
 
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use kinglet_apiserver::join;
-use kinglet_pki::bootstrap::{
-    self, CA_CERT, ENCRYPTION_CONFIG, Files, KEY_PREFIX, ca_hash, passphrase, storage_key,
-    token_ca_hash,
-};
+use kinglet_pki::bootstrap::{self, CA_CERT, ENCRYPTION_CONFIG, Files, KEY_PREFIX, storage_key};
 use kinglet_store::{Store, StoreError};
 
 /// What a server starts with, for the bootstrap data.
@@ -35,15 +30,10 @@ pub(crate) async fn sync(store: &Store, start: &Start<'_>) -> anyhow::Result<()>
         true => Some(join::read_secret(&token_path)?),
         false => None,
     };
-    let given = start.token.map(|t| passphrase(t).to_string());
-    if let Some(hash) = start.token.and_then(token_ca_hash)
-        && (hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()))
-    {
-        bail!("--token must look like K10<CA hash>::server:<secret>, or be just the secret");
-    }
-    if given.as_deref().is_some_and(str::is_empty) {
-        bail!("--token holds no secret");
-    }
+    let (token_hash, given) = match start.token.map(parse_token).transpose()? {
+        Some((hash, secret)) => (hash, Some(secret)),
+        None => (None, None),
+    };
     if let (Some(local), Some(given)) = (&local_secret, &given)
         && local != given
     {
@@ -64,16 +54,29 @@ pub(crate) async fn sync(store: &Store, start: &Start<'_>) -> anyhow::Result<()>
         }
         return Ok(());
     }
-    sync_shared(store, start, given, local_secret).await?;
+    sync_shared(store, start, token_hash.as_deref(), given, local_secret).await?;
     // `kinglet token rotate` must not re-key this server alone: the token seals the cluster's
     // bootstrap data in the datastore.
     std::fs::write(&marker, "").with_context(|| format!("writing {}", marker.display()))
+}
+
+/// `--token`: a join token (`K10<CA hash>::server:<secret>`, as `kinglet token` prints it;
+/// its CA hash and secret) or just the secret.
+fn parse_token(token: &str) -> anyhow::Result<(Option<String>, String)> {
+    let token = token.trim();
+    if token.starts_with("K10") {
+        let parsed = crate::agent::Token::parse(token).context("--token")?;
+        return Ok((Some(parsed.ca_hash), parsed.secret));
+    }
+    anyhow::ensure!(!token.is_empty(), "--token holds no secret");
+    Ok((None, token.to_string()))
 }
 
 /// [`sync`] with a datastore other servers may share.
 async fn sync_shared(
     store: &Store,
     start: &Start<'_>,
+    token_hash: Option<&str>,
     given: Option<String>,
     local_secret: Option<String>,
 ) -> anyhow::Result<()> {
@@ -83,14 +86,6 @@ async fn sync_shared(
         Some(url) => Some(served_ca(url).await?),
         None => None,
     };
-    if let (Some(ca), Some(hash)) = (&served_ca, start.token.and_then(token_ca_hash))
-        && ca_hash(ca.as_bytes()) != hash
-    {
-        bail!(
-            "the CA that {} serves does not match the --token's CA hash",
-            start.server.unwrap_or_default()
-        );
-    }
     let had_ca = data_dir.join(CA_CERT).exists();
     let pass = given.or(local_secret);
     let remote = match &pass {
@@ -98,7 +93,7 @@ async fn sync_shared(
         None => None,
     };
     if let Some(remote) = remote {
-        return adopt(start, served_ca.as_deref(), &remote, false);
+        return adopt(start, token_hash, served_ca.as_deref(), &remote, false);
     }
     // No bootstrap data for this token.
     if !store
@@ -116,9 +111,9 @@ async fn sync_shared(
             "the datastore holds no cluster yet: start its first server without --server, then join with --server and --token"
         );
     }
-    if let Some(hash) = start.token.and_then(token_ca_hash) {
-        let local_ca = std::fs::read(data_dir.join(CA_CERT)).unwrap_or_default();
-        if !had_ca || ca_hash(&local_ca) != hash {
+    if let Some(hash) = token_hash {
+        let local_ca = std::fs::read_to_string(data_dir.join(CA_CERT)).unwrap_or_default();
+        if !had_ca || join::ca_hash(&local_ca) != hash {
             bail!(
                 "--token names a cluster CA the datastore does not hold: give the first server just the token's secret"
             );
@@ -170,7 +165,7 @@ async fn sync_shared(
             let remote = read_remote(store, &pass)
                 .await?
                 .context("the bootstrap data went away while starting")?;
-            adopt(start, served_ca.as_deref(), &remote, !had_ca)
+            adopt(start, token_hash, served_ca.as_deref(), &remote, !had_ca)
         }
         Err(e) => bail!("storing the bootstrap data: {e}"),
     }
@@ -205,6 +200,7 @@ async fn read_remote(store: &Store, pass: &str) -> anyhow::Result<Option<Files>>
 /// directory, then writes the missing ones (all of them with `replace`).
 fn adopt(
     start: &Start<'_>,
+    token_hash: Option<&str>,
     served_ca: Option<&str>,
     remote: &Files,
     replace: bool,
@@ -212,8 +208,8 @@ fn adopt(
     let remote_ca = remote
         .get(CA_CERT)
         .context("the datastore's bootstrap data has no cluster CA")?;
-    if let Some(hash) = start.token.and_then(token_ca_hash)
-        && ca_hash(remote_ca) != hash
+    if let Some(hash) = token_hash
+        && join::ca_hash(&String::from_utf8_lossy(remote_ca)) != hash
     {
         bail!("the --token's CA hash does not match the datastore's cluster CA");
     }
@@ -251,49 +247,10 @@ fn adopt(
 
 /// The CA a server of the cluster serves at `/cacerts` (not yet trusted: the caller checks it).
 async fn served_ca(url: &str) -> anyhow::Result<String> {
-    let bad = || anyhow::anyhow!("--server {url:?}: expected https://<host>[:<port>]");
-    let uri: http::Uri = url.parse().map_err(|_| bad())?;
-    if uri.scheme_str() != Some("https") {
-        return Err(bad());
-    }
-    let host = uri
-        .host()
-        .ok_or_else(bad)?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let port = uri.port_u16().unwrap_or(443);
-    let fetch = async {
-        let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
-        let tls = Arc::new(kinglet_pki::tls::unverified_client_config()?);
-        let name = rustls::pki_types::ServerName::try_from(host.clone())?;
-        let stream = tokio_rustls::TlsConnector::from(tls)
-            .connect(name, tcp)
-            .await?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-        tokio::spawn(conn);
-        let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
-        let req = http::Request::get(join::CA_PATH)
-            .header(http::header::HOST, authority)
-            .body(http_body_util::Empty::<bytes::Bytes>::new())?;
-        let resp = sender.send_request(req).await?;
-        let status = resp.status();
-        let body = http_body_util::BodyExt::collect(http_body_util::Limited::new(
-            resp.into_body(),
-            1 << 20,
-        ))
+    let server = crate::agent::ServerUrl::parse(url).with_context(|| format!("--server {url}"))?;
+    crate::agent::fetch_ca(&server)
         .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .to_bytes();
-        anyhow::ensure!(status.is_success(), "HTTP {status}");
-        anyhow::Ok(String::from_utf8(body.to_vec())?)
-    };
-    tokio::time::timeout(Duration::from_secs(30), fetch)
-        .await
-        .map_err(|_| anyhow::anyhow!("timeout"))
-        .and_then(|r| r)
-        .with_context(|| format!("fetching the cluster CA from {url}{}", join::CA_PATH))
+        .with_context(|| format!("--server {url}"))
 }
 
 /// Where the settings every server of a cluster must share are kept (plain JSON: no secret).
@@ -383,6 +340,22 @@ mod tests {
             server: None,
             secrets_encryption: false,
         }
+    }
+
+    #[test]
+    fn tokens_give_their_secret_and_ca_hash() {
+        let hash = "ab".repeat(32);
+        assert_eq!(parse_token("plain").unwrap(), (None, "plain".into()));
+        for token in [format!("K10{hash}::node:x"), format!("K10{hash}::x")] {
+            assert_eq!(
+                parse_token(&token).unwrap(),
+                (Some(hash.clone()), "x".into())
+            );
+        }
+        let upper = format!("K10{}::server:x", hash.to_uppercase());
+        assert_eq!(parse_token(&upper).unwrap().0, Some(hash));
+        assert!(parse_token("K10abc::server:x").is_err());
+        assert!(parse_token("  ").is_err());
     }
 
     /// What `sync` does against a shared datastore (an etcd cluster in production; these

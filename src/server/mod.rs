@@ -96,6 +96,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| "localhost".into());
     let service_net = kinglet_apiserver::service_network(&args.node.service_cidr)?;
     let cluster_cidr = crate::cli::ipv4_net("--cluster-cidr", &args.node.cluster_cidr)?;
+    let service_cidr = crate::cli::ipv4_net("--service-cidr", &args.node.service_cidr)?;
     // The host is not ours: refuse another Kubernetes network, or ranges that overlap its own.
     if !args.disable_agent {
         kinglet_network::host_check::refuse_foreign(&args.host_check()?).await?;
@@ -119,10 +120,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
     // Servers sharing a datastore must agree on the cluster's ranges and names.
     let settings = [
         ("cluster-cidr", cluster_cidr.to_string()),
-        (
-            "service-cidr",
-            crate::cli::ipv4_net("--service-cidr", &args.node.service_cidr)?.to_string(),
-        ),
+        ("service-cidr", service_cidr.to_string()),
         ("cluster-domain", args.node.cluster_domain.clone()),
         ("cluster-dns", args.cluster_dns()?.to_string()),
         (
@@ -218,8 +216,7 @@ async fn serve(args: ServerArgs) -> anyhow::Result<()> {
         token_path,
         cluster: kinglet_core::join::ClusterSettings {
             cluster_cidr: cluster_cidr.to_string(),
-            service_cidr: crate::cli::ipv4_net("--service-cidr", &args.node.service_cidr)?
-                .to_string(),
+            service_cidr: service_cidr.to_string(),
             cluster_dns: args.cluster_dns()?,
             cluster_domain: args.node.cluster_domain.clone(),
         },

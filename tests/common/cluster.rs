@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output};
 
+use super::etcd::Etcd;
 use super::host::TestHost;
 use super::{Server, eventually};
 
@@ -18,6 +19,47 @@ pub fn host_ip(i: usize) -> String {
 /// The node that runs in host `i`.
 pub fn node_name(i: usize) -> String {
     format!("node-{i}")
+}
+
+/// Addresses on a switch for several servers on one etcd (clear of `host_ip`'s first ten):
+/// etcd's host, the servers' hosts, an agent's host.
+pub const ETCD_IP: &str = "192.0.2.20";
+pub const SERVER_IPS: [&str; 2] = ["192.0.2.21", "192.0.2.22"];
+pub const AGENT_IP: &str = "192.0.2.25";
+
+/// `kinglet server --disable-agent` in a test host plugged into `switch` at `ip`, listening on
+/// every address of its host, with its datastore in `etcd`; `extra` flags last.
+pub fn server_on_switch(switch: &Switch, ip: &str, etcd: &Etcd, extra: &[&str]) -> Server {
+    let mut args: Vec<String> = ["--bind-address", "0.0.0.0", "--advertise-address", ip]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(etcd.server_flags());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Server::start_in_host_with(&args, |host, _| switch.plug(host, ip))
+}
+
+/// Runs busybox pod `name` through `s` on node `node` (by `nodeSelector` on
+/// `kubernetes.io/hostname`) with `command`; returns its IP once it runs there.
+pub fn run_pod_on(s: &Server, name: &str, node: &str, command: &[&str]) -> String {
+    let overrides = format!(
+        r#"--overrides={{"spec":{{"nodeSelector":{{"kubernetes.io/hostname":"{node}"}}}}}}"#
+    );
+    let mut args = vec![
+        "run",
+        name,
+        "--image=busybox:1.36",
+        "--image-pull-policy=IfNotPresent",
+        &overrides,
+        "--",
+    ];
+    args.extend_from_slice(command);
+    s.ok(&args);
+    let ip = s.running_pod_ip(name);
+    let on = s.ok(&["get", "pod", name, "-o", "jsonpath={.spec.nodeName}"]);
+    assert_eq!(on, node, "pod {name} on the wrong node");
+    ip
 }
 
 /// `kinglet agent` in a test host of its own.
@@ -256,24 +298,7 @@ impl Cluster {
     /// Runs busybox pod `name` on the node of host `i` (by `nodeSelector` on
     /// `kubernetes.io/hostname`) with `command`; returns its IP once it runs.
     pub fn run_pod(&self, name: &str, i: usize, command: &[&str]) -> String {
-        let overrides = format!(
-            r#"--overrides={{"spec":{{"nodeSelector":{{"kubernetes.io/hostname":"{}"}}}}}}"#,
-            self.node(i)
-        );
-        let mut args = vec![
-            "run",
-            name,
-            "--image=busybox:1.36",
-            "--image-pull-policy=IfNotPresent",
-            &overrides,
-            "--",
-        ];
-        args.extend_from_slice(command);
-        self.ok(&args);
-        let ip = self.server.running_pod_ip(name);
-        let on = self.ok(&["get", "pod", name, "-o", "jsonpath={.spec.nodeName}"]);
-        assert_eq!(on, self.node(i), "pod {name} on the wrong node");
-        ip
+        run_pod_on(&self.server, name, &self.node(i), command)
     }
 
     /// Waits until every node is Ready (failing with the logs of an agent that exited).

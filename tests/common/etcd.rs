@@ -14,7 +14,7 @@ use rcgen::{
 };
 
 use super::host::TestHost;
-use super::{append_log, eventually, free_port};
+use super::{append_log, free_port};
 
 /// The TLS files of a cluster that serves clients over TLS (kinglet's `--datastore-cafile`,
 /// `--datastore-certfile`, `--datastore-keyfile`).
@@ -101,14 +101,14 @@ impl Etcd {
         urls.join(",")
     }
 
-    /// Member `i`'s client URL.
-    pub fn member_url(&self, i: usize) -> &str {
-        &self.members[i].client_url
+    /// Member `i`'s data directory (its `--data-dir`).
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(&self.members[i].name)
     }
 
-    /// The TLS files clients need, when clients are served over TLS.
-    pub fn tls(&self) -> Option<&ClientTls> {
-        self.tls.as_ref()
+    /// The pid of member `i`, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.members[i].child.as_ref().map(|c| c.id())
     }
 
     /// kinglet's flags for this cluster: `--datastore-endpoint` and, with TLS, the
@@ -139,8 +139,8 @@ impl Etcd {
         let initial_cluster: Vec<String> = (self.members.iter())
             .map(|m| format!("{}={}", m.name, m.peer_url))
             .collect();
+        let data = self.data_dir(i);
         let m = &self.members[i];
-        let data = self.dir.path().join(&m.name);
         let log = append_log(&self.dir.path().join(format!("{}.log", m.name)));
         let mut cmd = self.command("etcd");
         cmd.args(["--name", &m.name])
@@ -258,13 +258,11 @@ impl Etcd {
     }
 
     /// Starts member `i` again (killed first if it runs) on its data directory, and waits for
-    /// it to be healthy.
+    /// it (and every other running member) to be healthy.
     pub fn restart(&mut self, i: usize) {
         self.kill(i);
         self.spawn(i);
-        eventually(60, &format!("etcd member {i} healthy again"), || {
-            self.member_healthy(i).then_some(())
-        });
+        self.wait_healthy();
     }
 
     /// The members' logs (for failure messages).

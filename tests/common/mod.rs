@@ -27,7 +27,7 @@ pub struct Server {
     env: Vec<(String, String)>,
     /// The etcd this server's datastore is in, when the test run asks for etcd
     /// (`KINGLET_TEST_DATASTORE=etcd`); dropped after the server.
-    pub etcd: Option<etcd::Etcd>,
+    etcd: Option<etcd::Etcd>,
 }
 
 /// The environment variable that picks the datastore of `Server::start`/`start_with`: unset or
@@ -82,6 +82,13 @@ impl Server {
         };
         s.spawn();
         s
+    }
+
+    /// Starts a server with its datastore in `etcd`; `extra` flags after the datastore's.
+    pub fn start_on(etcd: &etcd::Etcd, extra: &[&str]) -> Server {
+        let mut args = etcd.server_flags();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Server::start_with(&args.iter().map(String::as_str).collect::<Vec<_>>())
     }
 
     /// Starts a server with its embedded node, in a test host of its own, with the busybox
@@ -428,11 +435,7 @@ impl Server {
 
     /// A kube-rs client for this server.
     pub async fn client(&self) -> kube::Client {
-        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig");
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-            .await
-            .expect("config");
-        kube::Client::try_from(cfg).expect("client")
+        client_for(&self.kubeconfig).await
     }
 }
 
@@ -440,6 +443,53 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop(true);
     }
+}
+
+/// A kube-rs client from `kubeconfig` (e.g. a server's, for a task that outlives the borrow).
+pub async fn client_for(kubeconfig: &Path) -> kube::Client {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).expect("kubeconfig");
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("config");
+    kube::Client::try_from(cfg).expect("client")
+}
+
+/// Runs `cmd` (a kinglet that must refuse to start) and waits at most `secs` for it to exit:
+/// killed and the test failed if it still runs then, failed if it exits 0. Its stderr.
+pub fn must_refuse(cmd: &mut Command, secs: u64) -> String {
+    // Stderr in a file, not a pipe: a chatty child cannot block on a full pipe while we poll.
+    let mut err = tempfile::tempfile().expect("stderr file");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(err.try_clone().expect("dup stderr file"))
+        .spawn()
+        .expect("spawn kinglet");
+    let read = |f: &mut std::fs::File| {
+        use std::io::{Read, Seek};
+        let mut text = String::new();
+        f.rewind().expect("rewind stderr file");
+        let _ = f.read_to_string(&mut text);
+        text
+    };
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "did not refuse to start within {secs} s:\n{}",
+                read(&mut err)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let text = read(&mut err);
+    assert!(!status.success(), "started (exited {status}): {text}");
+    text
 }
 
 /// `kinglet <args> --data-dir <data_dir>`, not reading the caller's environment for it.

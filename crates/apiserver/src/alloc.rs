@@ -173,10 +173,10 @@ impl Allocations {
             taken: Mutex::new(Allocator::new(service_cidr, port_range)?),
         };
         let held = a.reservations().await?;
+        a.set_hints(&held);
         for svc in services {
             a.adopt(svc, &held).await?;
         }
-        a.refresh_hints().await?;
         Ok(a)
     }
 
@@ -212,6 +212,12 @@ impl Allocations {
     /// Rebuilds the set of taken items from the store's reservations.
     async fn refresh_hints(&self) -> Result<(), StoreError> {
         let held = self.reservations().await?;
+        self.set_hints(&held);
+        Ok(())
+    }
+
+    /// Sets the taken items to `held`'s.
+    fn set_hints(&self, held: &HashMap<Item, (String, i64)>) {
         let mut t = self.taken();
         t.ips.clear();
         t.ports.clear();
@@ -221,7 +227,6 @@ impl Allocations {
                 Item::Port(p) => t.ports.insert(p),
             };
         }
-        Ok(())
     }
 
     /// Creates the reservations `svc`'s addresses and ports lack (`held`: the store's).
@@ -241,7 +246,8 @@ impl Allocations {
                     .create(&item.key(), Bytes::from(who.clone()))
                     .await
                 {
-                    Ok(_) | Err(StoreError::AlreadyExists) => {}
+                    // Taken now, by this Service or (created meanwhile) another.
+                    Ok(_) | Err(StoreError::AlreadyExists) => self.mark(item),
                     Err(e) => return Err(e),
                 },
                 Some((holder, _)) if *holder != who => {

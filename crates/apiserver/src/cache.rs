@@ -45,7 +45,7 @@ pub const FRESHNESS_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct Entry {
     pub rev: i64,
     pub obj: Arc<Value>,
-    json: Mutex<Vec<(LineKey, Bytes)>>,
+    json: Memo,
 }
 
 impl Entry {
@@ -53,22 +53,24 @@ impl Entry {
         Entry {
             rev,
             obj,
-            json: Mutex::new(Vec::new()),
+            json: Memo::default(),
         }
     }
 
     /// The object as served for `res`, encoded (without a trailing newline); encoded once
     /// and kept while the object is unchanged, so that repeated lists copy bytes.
     pub fn json(&self, res: &Resource) -> Bytes {
-        let mut memo = self.json.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, b)) = memo.iter().find(|(k, _)| k.is("", false, res)) {
-            return b.clone();
-        }
-        let mut bytes = super::status::go_json(&decorate(res, &self.obj, self.rev));
-        bytes.pop();
-        let bytes = Bytes::from(bytes);
-        memo.push((LineKey::new("", false, res), bytes.clone()));
-        bytes
+        self.json.get_or(("", false, res), || {
+            let mut bytes = super::status::go_json(&decorate(res, &self.obj, self.rev));
+            bytes.pop();
+            Bytes::from(bytes)
+        })
+    }
+
+    /// How many encodings of the object are kept (one per API version listed).
+    #[cfg(test)]
+    pub fn encoded(&self) -> usize {
+        self.json.len()
     }
 }
 
@@ -81,7 +83,33 @@ pub struct CachedEvent {
     pub cur: Arc<Value>,
     /// The object before the change, if it existed.
     pub prev: Option<Arc<Value>>,
-    lines: Mutex<Vec<(LineKey, Bytes)>>,
+    lines: Memo,
+}
+
+/// Encodings made by the first reader that needs one and shared by the rest, one per
+/// (line type, object before or after the change, resource version).
+#[derive(Default)]
+struct Memo(Mutex<Vec<(LineKey, Bytes)>>);
+
+impl Memo {
+    fn get_or(
+        &self,
+        (typ, from_prev, res): (&'static str, bool, &Resource),
+        encode: impl FnOnce() -> Bytes,
+    ) -> Bytes {
+        let mut memo = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, b)) = memo.iter().find(|(k, _)| k.is(typ, from_prev, res)) {
+            return b.clone();
+        }
+        let bytes = encode();
+        memo.push((LineKey::new(typ, from_prev, res), bytes.clone()));
+        bytes
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
 }
 
 struct LineKey {
@@ -113,22 +141,51 @@ impl LineKey {
 }
 
 impl CachedEvent {
+    /// A store event decoded; `held` is the key's state before it when known (it stands in
+    /// for a previous value the store no longer has, as etcd's after compaction). Ok(None): a
+    /// delete of which nothing is known, so nothing to tell watchers; Err: a value that is
+    /// not JSON.
+    pub fn decode(
+        ev: &Event,
+        held: Option<Arc<Value>>,
+    ) -> Result<Option<CachedEvent>, serde_json::Error> {
+        let parsed = serde_json::from_slice::<Value>(&ev.record.value).map(Arc::new);
+        let stored_prev = || {
+            ev.prev
+                .as_ref()
+                .and_then(|p| serde_json::from_slice(p).ok())
+                .map(Arc::new)
+        };
+        let (cur, prev) = match ev.typ {
+            // A delete's last state comes from the store, or from the state it removes.
+            EventType::Deleted => match parsed.ok().or(held).or_else(stored_prev) {
+                Some(last) => (last.clone(), Some(last)),
+                None => return Ok(None),
+            },
+            _ => (parsed?, held.or_else(stored_prev)),
+        };
+        Ok(Some(CachedEvent {
+            typ: ev.typ,
+            key: ev.record.key.clone(),
+            rev: ev.record.rev,
+            cur,
+            prev,
+            lines: Memo::default(),
+        }))
+    }
+
     /// The watch line (`{"type":..,"object":..}` as upstream's encoder writes it) for `res`,
     /// with `typ` and the object before (`from_prev`) or after the change; encoded by the first
     /// watcher that needs it and shared by the rest.
     pub fn line(&self, cache: &Cache, res: &Resource, typ: &'static str, from_prev: bool) -> Bytes {
-        let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, b)) = lines.iter().find(|(k, _)| k.is(typ, from_prev, res)) {
-            return b.clone();
-        }
-        let obj = match (&self.prev, from_prev) {
-            (Some(p), true) => p,
-            _ => &self.cur,
-        };
-        let line = Bytes::from(event_line(typ, &decorate(res, obj, self.rev)));
-        cache.encodings.fetch_add(1, Ordering::Relaxed);
-        lines.push((LineKey::new(typ, from_prev, res), line.clone()));
-        line
+        self.lines.get_or((typ, from_prev, res), || {
+            let obj = match (&self.prev, from_prev) {
+                (Some(p), true) => p,
+                _ => &self.cur,
+            };
+            cache.encodings.fetch_add(1, Ordering::Relaxed);
+            Bytes::from(event_line(typ, &decorate(res, obj, self.rev)))
+        })
     }
 }
 
@@ -144,17 +201,14 @@ pub fn event_line(typ: &str, object: &Value) -> Vec<u8> {
 }
 
 /// The object as served: the stored form converted to `res`'s version, with its type and
-/// resourceVersion (what `lifecycle::decorate` does, from the decoded form).
+/// resourceVersion (`lifecycle::decorate`, from the decoded form).
 pub fn decorate(res: &Resource, stored: &Value, rev: i64) -> Value {
-    let mut obj = super::convert::from_storage(res, stored.clone());
-    if let Some(m) = obj.as_object_mut() {
-        m.insert("apiVersion".into(), Value::String(res.api_version()));
-        m.insert("kind".into(), Value::String(res.kind.clone()));
-    }
-    super::object::meta_mut(&mut obj)
-        .insert("resourceVersion".into(), Value::String(rev.to_string()));
-    obj
+    super::lifecycle::served_form(res, stored.clone(), rev)
 }
+
+/// A read the cache does not serve (not loaded, or the keys are withheld): the store's.
+#[derive(Debug)]
+pub struct NotServed;
 
 struct State {
     objects: BTreeMap<String, Arc<Entry>>,
@@ -169,6 +223,16 @@ struct State {
     /// The ring holds every event after this revision.
     oldest: i64,
     tx: broadcast::Sender<Arc<CachedEvent>>,
+}
+
+impl State {
+    fn serves(&self, prefix: &str) -> bool {
+        self.ready
+            && !self
+                .withheld
+                .iter()
+                .any(|w| prefix.starts_with(w.as_str()) || w.starts_with(prefix))
+    }
 }
 
 pub struct Cache {
@@ -232,12 +296,7 @@ impl Cache {
 
     /// Whether the cache serves the keys under `prefix` (or the key `prefix`).
     pub fn serves(&self, prefix: &str) -> bool {
-        let st = self.read();
-        st.ready
-            && !st
-                .withheld
-                .iter()
-                .any(|w| prefix.starts_with(w.as_str()) || w.starts_with(prefix))
+        self.read().serves(prefix)
     }
 
     /// The newest revision the cache has applied.
@@ -260,10 +319,13 @@ impl Cache {
         )
     }
 
-    /// The object at `key`, and the cache's revision.
-    pub fn get(&self, key: &str) -> (i64, Option<Arc<Entry>>) {
+    /// The object at `key`.
+    pub fn get(&self, key: &str) -> Result<Option<Arc<Entry>>, NotServed> {
         let st = self.read();
-        (st.rev, st.objects.get(key).cloned())
+        match st.serves(key) {
+            true => Ok(st.objects.get(key).cloned()),
+            false => Err(NotServed),
+        }
     }
 
     /// The objects under `prefix` that `keep` accepts, at most `limit` of them.
@@ -272,8 +334,11 @@ impl Cache {
         prefix: &str,
         keep: impl Fn(&Value) -> bool,
         limit: Option<usize>,
-    ) -> Listed {
+    ) -> Result<Listed, NotServed> {
         let st = self.read();
+        if !st.serves(prefix) {
+            return Err(NotServed);
+        }
         let mut items = Vec::new();
         let mut range = st
             .objects
@@ -300,22 +365,22 @@ impl Cache {
         if next.is_some() {
             remaining += range.count() as i64;
         }
-        Listed {
+        Ok(Listed {
             rev: st.rev,
             items,
             next: next.cloned(),
             remaining,
-        }
+        })
     }
 
     /// Subscribes to changes under `prefix` after `after` (with the state under `prefix` first
     /// when `initial`), or None when the cache is not loaded or no longer holds every event
     /// after `after` (the caller resumes from the store's history).
     pub fn subscribe(&self, prefix: &str, after: i64, initial: bool) -> Option<Subscription> {
-        if !self.serves(prefix) {
+        let st = self.read();
+        if !st.serves(prefix) {
             return None;
         }
-        let st = self.read();
         let rx = st.tx.subscribe();
         if initial {
             let initial = st
@@ -379,45 +444,21 @@ impl Cache {
             self.advance(rev);
             return;
         }
-        let parsed = serde_json::from_slice::<Value>(&ev.record.value).map(Arc::new);
         {
             let mut st = self.write();
-            let (cur, prev) = match (ev.typ, parsed) {
-                // A delete's last state comes from the store, or (etcd, when the previous
-                // value was compacted away) from the entry it removes.
-                (EventType::Deleted, parsed) => {
-                    let removed = st.objects.remove(key).map(|e| e.obj.clone());
-                    let last = parsed.ok().or(removed).or_else(|| {
-                        ev.prev
-                            .as_ref()
-                            .and_then(|p| serde_json::from_slice(p).ok())
-                            .map(Arc::new)
-                    });
-                    match last {
-                        Some(last) => (last.clone(), Some(last)),
-                        // Nothing held and nothing to tell watchers: only the revision moves.
-                        None => {
-                            drop(st);
-                            self.advance(rev);
-                            return;
-                        }
-                    }
+            let held = match ev.typ {
+                EventType::Deleted => st.objects.remove(key),
+                _ => st.objects.get(key).cloned(),
+            };
+            let event = match CachedEvent::decode(ev, held.map(|e| e.obj.clone())) {
+                Ok(Some(event)) => Arc::new(event),
+                // Nothing held and nothing to tell watchers: only the revision moves.
+                Ok(None) => {
+                    drop(st);
+                    self.advance(rev);
+                    return;
                 }
-                (_, Ok(cur)) => {
-                    let before = st
-                        .objects
-                        .insert(key.clone(), Arc::new(Entry::new(rev, cur.clone())));
-                    let prev = match before {
-                        Some(e) => Some(e.obj.clone()),
-                        None => ev
-                            .prev
-                            .as_ref()
-                            .and_then(|p| serde_json::from_slice(p).ok())
-                            .map(Arc::new),
-                    };
-                    (cur, prev)
-                }
-                (_, Err(e)) => {
+                Err(e) => {
                     tracing::error!("watch cache: {key} at {rev} is not JSON: {e}");
                     st.objects.remove(key);
                     drop(st);
@@ -425,14 +466,10 @@ impl Cache {
                     return;
                 }
             };
-            let event = Arc::new(CachedEvent {
-                typ: ev.typ,
-                key: key.clone(),
-                rev,
-                cur,
-                prev,
-                lines: Mutex::new(Vec::new()),
-            });
+            if ev.typ != EventType::Deleted {
+                st.objects
+                    .insert(key.clone(), Arc::new(Entry::new(rev, event.cur.clone())));
+            }
             if st.ring.len() == RING
                 && let Some(old) = st.ring.pop_front()
             {
@@ -488,88 +525,42 @@ impl Cache {
 type Listing = (Vec<(String, i64, Value)>, i64, Vec<String>);
 
 async fn list_all(store: &Storage) -> kinglet_store::Result<Listing> {
-    let secrets = super::encryption::SECRETS_PREFIX;
-    let (mut items, rev) = list_prefix(store, PREFIX, 0, Some(secrets)).await?;
-    let withheld = match list_prefix(store, secrets, rev, None).await {
-        Ok((more, _)) => {
-            items.extend(more);
-            Vec::new()
-        }
-        Err(kinglet_store::StoreError::Internal(e)) => {
-            tracing::error!("watch cache: Secrets are served from the store: {e}");
-            vec![secrets.to_string()]
-        }
-        Err(e) => return Err(e),
-    };
-    Ok((items, rev, withheld))
-}
-
-/// The objects under `prefix` at `rev` (0: the newest), leaving out those under `skip`.
-async fn list_prefix(
-    store: &Storage,
-    prefix: &str,
-    mut rev: i64,
-    skip: Option<&str>,
-) -> kinglet_store::Result<(Vec<(String, i64, Value)>, i64)> {
-    let (mut items, mut after) = (Vec::new(), None);
+    let (mut items, mut withheld) = (Vec::new(), Vec::new());
+    let (mut rev, mut after) = (0, None);
     loop {
-        // Outside `skip` the store's values are plain: read raw, so that a value that
-        // cannot be decrypted there fails only the listing of its own prefix.
-        let page = match skip {
-            Some(_) => {
-                store
-                    .raw()
-                    .list(prefix, rev, after.take(), Some(1000))
-                    .await?
-            }
-            None => store.list(prefix, rev, after.take(), Some(1000)).await?,
-        };
+        // Raw, each Secret decrypted on its own: one that cannot be decrypted withholds the
+        // Secrets, not the whole listing.
+        let page = store
+            .raw()
+            .list(PREFIX, rev, after.take(), Some(1000))
+            .await?;
         rev = page.rev;
         for rec in page.items {
             after = Some(rec.key.clone());
-            if skip.is_some_and(|s| rec.key.starts_with(s)) {
-                continue;
-            }
-            match serde_json::from_slice::<Value>(&rec.value) {
+            let value = match rec.key.starts_with(SECRETS_PREFIX) {
+                true if !withheld.is_empty() => continue,
+                true => match store.plain_form(&rec.key, rec.value) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        tracing::error!("watch cache: Secrets are served from the store: {e}");
+                        items.retain(|(k, _, _): &(String, i64, Value)| {
+                            !k.starts_with(SECRETS_PREFIX)
+                        });
+                        withheld.push(SECRETS_PREFIX.to_string());
+                        continue;
+                    }
+                },
+                false => rec.value,
+            };
+            match serde_json::from_slice::<Value>(&value) {
                 Ok(v) => items.push((rec.key, rec.rev, v)),
                 Err(e) => tracing::error!("watch cache: {} is not JSON: {e}", rec.key),
             }
         }
         if !page.more {
-            return Ok((items, rev));
+            return Ok((items, rev, withheld));
         }
     }
-}
-
-/// A Secret event with its value decrypted (None: already plaintext, or a delete, whose
-/// last state the cache holds); an `Internal` error when this server cannot decrypt it.
-async fn plain_secret(store: &Storage, ev: &Event) -> kinglet_store::Result<Option<Event>> {
-    if ev.typ == EventType::Deleted
-        || serde_json::from_slice::<serde::de::IgnoredAny>(&ev.record.value).is_ok()
-    {
-        return Ok(None);
-    }
-    // The key at the event's revision, read through the decrypting store (the first key
-    // under it as a prefix is the key itself, when it exists).
-    let key = &ev.record.key;
-    let page = store.list(key, ev.record.rev, None, Some(1)).await?;
-    let value = match page.items.into_iter().next() {
-        Some(rec) if rec.key == *key => rec.value,
-        _ => {
-            return Err(kinglet_store::StoreError::Internal(format!(
-                "{key} is missing at revision {}",
-                ev.record.rev
-            )));
-        }
-    };
-    Ok(Some(Event {
-        typ: ev.typ,
-        record: kinglet_store::Record {
-            value,
-            ..ev.record.clone()
-        },
-        prev: None,
-    }))
 }
 
 /// Lists, then follows the store's watch from the list's revision; re-lists when the watch
@@ -647,15 +638,26 @@ async fn feed(cache: Weak<Cache>, store: Storage) {
                 c.advance(ev.record.rev);
                 continue;
             }
-            match plain_secret(&store, &ev).await {
-                Ok(plain) => c.apply(plain.as_ref().unwrap_or(&ev)),
-                Err(kinglet_store::StoreError::Internal(e)) => {
+            // A delete's last state is the one the cache holds.
+            if ev.typ == EventType::Deleted {
+                c.apply(&ev);
+                continue;
+            }
+            // What the store's reads would give: a value this server cannot decrypt (or, with
+            // no identity provider, one that is not encrypted) is an error there too.
+            let key = &ev.record.key;
+            match store.plain_form(key, ev.record.value.clone()) {
+                Ok(value) => c.apply(&Event {
+                    typ: ev.typ,
+                    record: kinglet_store::Record {
+                        value,
+                        ..ev.record.clone()
+                    },
+                    prev: ev.prev.clone().and_then(|p| store.plain_form(key, p).ok()),
+                }),
+                Err(e) => {
                     tracing::error!("watch cache: Secrets are served from the store: {e}");
                     c.withhold(SECRETS_PREFIX, ev.record.rev);
-                }
-                Err(e) => {
-                    tracing::info!("watch cache: reading a Secret ({e}); re-listing");
-                    break;
                 }
             }
         }

@@ -360,7 +360,7 @@ impl Storage {
         }
     }
 
-    fn plain_form(&self, key: &str, value: Bytes) -> Result<Bytes, StoreError> {
+    pub(crate) fn plain_form(&self, key: &str, value: Bytes) -> Result<Bytes, StoreError> {
         match self.transforms(key) {
             Some(c) => match c.decrypt(key, &value)? {
                 Cow::Borrowed(_) => Ok(value),

@@ -361,8 +361,7 @@ async fn node_cert(
 /// one's names (`sans`), or those every API server carries (agents' tunnels check servers for
 /// `kinglet_pki::API_SERVER_NAME`).
 fn names_api_server(sans: &[rcgen::SanType], name: &str) -> bool {
-    let name = name.trim_end_matches('.').to_ascii_lowercase();
-    name == "localhost" || name.starts_with("kubernetes") || names_dns(sans, &name)
+    kinglet_pki::reserved_for_api_servers(name) || names_dns(sans, name)
 }
 
 /// bcrypt reads 72 bytes at most: it hashes the password's digest, so all of it counts.

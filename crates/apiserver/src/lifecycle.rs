@@ -17,12 +17,18 @@ use kinglet_store::{Record, StoreError};
 
 /// Turns a stored record into the object clients see for `res`.
 pub(crate) fn decorate(res: &Resource, rec: &Record) -> ApiResult<Value> {
-    let mut obj: Value = serde_json::from_slice(&rec.value)
+    let obj: Value = serde_json::from_slice(&rec.value)
         .map_err(|e| ApiError::internal(format!("decoding stored object: {e}")))?;
-    obj = super::convert::from_storage(res, obj);
+    Ok(served_form(res, obj, rec.rev))
+}
+
+/// A decoded stored object as clients see it for `res`: converted to `res`'s version, with
+/// its type and resourceVersion.
+pub(crate) fn served_form(res: &Resource, stored: Value, rev: i64) -> Value {
+    let mut obj = super::convert::from_storage(res, stored);
     set_type_meta(res, &mut obj);
-    meta_mut(&mut obj).insert("resourceVersion".into(), Value::String(rec.rev.to_string()));
-    Ok(obj)
+    meta_mut(&mut obj).insert("resourceVersion".into(), Value::String(rev.to_string()));
+    obj
 }
 
 fn set_type_meta(res: &Resource, obj: &mut Value) {
@@ -112,10 +118,7 @@ async fn check_namespace(api: &Api, ns: &str) -> ApiResult<()> {
     // the store per create would double the datastore's requests. A namespace the cache does
     // not hold yet (just created, or the cache not loaded) is read from the store.
     let key = nsres.key(None, ns);
-    let cached = match api.watch_cache.serves(&key) {
-        true => api.watch_cache.get(&key).1,
-        false => None,
-    };
+    let cached = api.watch_cache.get(&key).ok().flatten();
     let deleting = match cached {
         Some(entry) => object::is_deleting(&entry.obj),
         None => {

@@ -75,7 +75,7 @@ impl Filter {
 
 /// What a list's `resourceVersion` / `resourceVersionMatch` ask for.
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum ListRv {
+pub(crate) enum ListRv {
     /// No resourceVersion: the newest state (a consistent read).
     Consistent,
     /// `0`: any state.
@@ -117,7 +117,7 @@ fn list_rv(ctx: &Ctx) -> ApiResult<ListRv> {
     }
 }
 
-fn too_large(n: i64, current: i64) -> ApiError {
+pub(crate) fn too_large(n: i64, current: i64) -> ApiError {
     ApiError::timeout(format!(
         "Too large resource version: {n}, current: {current}"
     ))
@@ -137,7 +137,8 @@ pub(crate) async fn store_latest_rev(api: &Api) -> ApiResult<i64> {
 /// has caught up with the store's newest revision (falling back to the store when it does
 /// not within the wait). Any state (`0`) still waits for the revisions this server knows of,
 /// which costs nothing here and keeps reads after a write on the same server seeing it.
-async fn cache_target(api: &Api, prefix: &str, rv: ListRv) -> ApiResult<Option<i64>> {
+/// Watches with initial state follow the same rule.
+pub(crate) async fn cache_target(api: &Api, prefix: &str, rv: ListRv) -> ApiResult<Option<i64>> {
     if !api.watch_cache.serves(prefix) {
         return Ok(None);
     }
@@ -189,10 +190,14 @@ pub async fn get(api: &Api, res: &Resource, ctx: &Ctx, name: &str) -> ApiResult<
         };
         cache_target(api, &res.key(ns_of(res, ctx), name), rv).await?
     };
-    let obj = match target {
-        Some(_) => {
-            let key = res.key(ns_of(res, ctx), name);
-            let (_, entry) = api.watch_cache.get(&key);
+    // Read from the cache unless the store must serve it (or the cache stopped serving the
+    // key since `cache_target` looked).
+    let cached = match target {
+        Some(_) => api.watch_cache.get(&res.key(ns_of(res, ctx), name)).ok(),
+        None => None,
+    };
+    let obj = match cached {
+        Some(entry) => {
             let entry = entry.ok_or_else(|| ApiError::not_found(&res.group, &res.plural, name))?;
             super::cache::decorate(res, &entry.obj, entry.rev)
         }
@@ -230,7 +235,9 @@ pub async fn list(api: &Api, res: &Resource, ctx: &Ctx) -> ApiResult<Response> {
     {
         // Upstream ignores the limit of a list at any state (`0`).
         let limit = limit.filter(|_| rv != ListRv::Any);
-        return list_from_cache(api, res, ctx, &filter, &prefix, limit);
+        if let Some(resp) = list_from_cache(api, res, ctx, &filter, &prefix, limit) {
+            return Ok(resp);
+        }
     }
     let mut rev = match rv {
         ListRv::Exact(n) | ListRv::NotOlderThan(n) if n > api.store.current_rev() => {
@@ -309,18 +316,26 @@ pub async fn list(api: &Api, res: &Resource, ctx: &Ctx) -> ApiResult<Response> {
         }
         after = last_key;
     };
-    let mut meta = json!({"resourceVersion": list_rev.to_string()});
-    if let Some(key) = next {
-        let start = key.strip_prefix(&prefix).unwrap_or(&key);
-        meta["continue"] = json!(encode_continue(list_rev, start));
-        if let Some(r) = remaining {
-            meta["remainingItemCount"] = json!(r);
-        }
-    }
+    let meta = list_meta(list_rev, &prefix, next.as_deref(), remaining);
     let list = json!({"kind": res.list_kind(), "apiVersion": res.api_version(), "metadata": meta, "items": items});
     Ok(respond(api, ctx, res, 200, list, true))
 }
 
+/// A list's metadata: its revision and, when `next` (the page's last key) is followed by
+/// more, the continue token and (when known) how many items remain.
+fn list_meta(rev: i64, prefix: &str, next: Option<&str>, remaining: Option<i64>) -> Value {
+    let mut meta = json!({"resourceVersion": rev.to_string()});
+    if let Some(key) = next {
+        let start = key.strip_prefix(prefix).unwrap_or(key);
+        meta["continue"] = json!(encode_continue(rev, start));
+        if let Some(r) = remaining {
+            meta["remainingItemCount"] = json!(r);
+        }
+    }
+    meta
+}
+
+/// The list from the cache; None when it no longer serves `prefix` (the store's then).
 fn list_from_cache(
     api: &Api,
     res: &Resource,
@@ -328,18 +343,13 @@ fn list_from_cache(
     filter: &Filter,
     prefix: &str,
     limit: Option<usize>,
-) -> ApiResult<Response> {
+) -> Option<Response> {
     let page = api
         .watch_cache
-        .list(prefix, |obj| filter.matches(res, obj), limit);
-    let mut meta = json!({"resourceVersion": page.rev.to_string()});
-    if let Some(key) = page.next {
-        let start = key.strip_prefix(prefix).unwrap_or(&key);
-        meta["continue"] = json!(encode_continue(page.rev, start));
-        if filter.is_empty() {
-            meta["remainingItemCount"] = json!(page.remaining);
-        }
-    }
+        .list(prefix, |obj| filter.matches(res, obj), limit)
+        .ok()?;
+    let remaining = filter.is_empty().then_some(page.remaining);
+    let meta = list_meta(page.rev, prefix, page.next.as_deref(), remaining);
     if ctx.wants_table() {
         let items: Vec<Value> = page
             .items
@@ -347,7 +357,7 @@ fn list_from_cache(
             .map(|e| super::cache::decorate(res, &e.obj, e.rev))
             .collect();
         let list = json!({"kind": res.list_kind(), "apiVersion": res.api_version(), "metadata": meta, "items": items});
-        return Ok(respond(api, ctx, res, 200, list, true));
+        return Some(respond(api, ctx, res, 200, list, true));
     }
     // The items' encodings are kept in the cache: the list is spliced from them.
     let head = super::status::go_json(
@@ -365,5 +375,5 @@ fn list_from_cache(
         body.extend_from_slice(item);
     }
     body.extend_from_slice(b"]}\n");
-    Ok(super::handlers::json_bytes_response(ctx, 200, body))
+    Some(super::handlers::json_bytes_response(ctx, 200, body))
 }

@@ -15,10 +15,10 @@ use super::Api;
 use super::cache::{CachedEvent, Entry, Subscription};
 use super::context::Ctx;
 use super::lifecycle::decorate;
-use super::list::Filter;
+use super::list::{Filter, ListRv};
 use super::registry::Resource;
 use super::status::{ApiError, ApiResult};
-use kinglet_store::{Event, EventType, Record, StoreError};
+use kinglet_store::{EventType, StoreError};
 
 /// The most a chunk of a watch's response carries when events are waiting.
 const MAX_CHUNK: usize = 64 * 1024;
@@ -83,31 +83,11 @@ impl Watcher {
         event_line("BOOKMARK", obj)
     }
 
-    /// Maps a store event through the selectors, as upstream's watch cache does: an object that
-    /// starts matching is ADDED, one that stops matching is DELETED.
-    fn convert(&self, ev: &Event) -> Option<(&'static str, Value)> {
-        let stored: Value = serde_json::from_slice(&ev.record.value).ok()?;
-        let now = self.filter.matches(&self.res, &stored);
-        let before = ev
-            .prev
-            .as_ref()
-            .and_then(|p| serde_json::from_slice::<Value>(p).ok())
-            .is_some_and(|p| self.filter.matches(&self.res, &p));
-        let typ = line_type(ev.typ, now, before)?;
-        let rec = Record {
-            value: if typ == "DELETED" && ev.typ == EventType::Modified {
-                ev.prev.clone()?
-            } else {
-                ev.record.value.clone()
-            },
-            ..ev.record.clone()
-        };
-        decorate(&self.res, &rec).ok().map(|o| (typ, o))
-    }
-
-    /// As `convert`, for a cached event: the selectors match the decoded objects, and the
-    /// line is the event's shared encoding (a Table is rendered per watcher).
-    fn convert_cached(&self, ev: &CachedEvent) -> Option<Bytes> {
+    /// Maps an event through the selectors, as upstream's watch cache does: an object that
+    /// starts matching is ADDED, one that stops matching is DELETED. The selectors match the
+    /// decoded objects, and the line is the event's shared encoding (a Table is rendered per
+    /// watcher).
+    fn convert(&self, ev: &CachedEvent) -> Option<Bytes> {
         let now = self.filter.matches(&self.res, &ev.cur);
         let before = ev
             .prev
@@ -169,9 +149,7 @@ pub async fn watch(api: Arc<Api>, res: Arc<Resource>, ctx: Ctx) -> ApiResult<Res
         // newest revision says how far it is.
         let latest = super::list::store_latest_rev(&api).await?;
         if n > latest + 1000 {
-            return Err(ApiError::timeout(format!(
-                "Too large resource version: {n}, current: {latest}"
-            )));
+            return Err(super::list::too_large(n, latest));
         }
     }
     // Initial state is sent when no revision is given, or when asked for explicitly.
@@ -232,36 +210,24 @@ pub async fn watch(api: Arc<Api>, res: Arc<Resource>, ctx: Ctx) -> ApiResult<Res
             }
             None => {
                 let (tx, rx) = mpsc::channel::<Bytes>(64);
+                // Ends when the body is dropped (the watch timed out, or its client is gone):
+                // `run` stops once `rx` is.
                 tokio::spawn(async move {
-                    let _ = tokio::time::timeout(
-                        timeout,
-                        run(
-                            &w,
-                            &tx,
-                            &prefix,
-                            start,
-                            initial,
-                            initial_bookmark,
-                            bookmarks,
-                        ),
+                    run(
+                        &w,
+                        &tx,
+                        &prefix,
+                        start,
+                        initial,
+                        initial_bookmark,
+                        bookmarks,
                     )
                     .await;
                 });
                 Box::pin(futures::stream::unfold(rx, |mut rx| async move {
-                    let first = rx.recv().await?;
-                    // Lines already waiting go out in the same chunk: one write (and one
-                    // TLS record) for several events when the connection is behind.
-                    let mut more = match rx.try_recv() {
-                        Ok(next) => bytes::BytesMut::from(&[first, next].concat()[..]),
-                        Err(_) => return Some((Ok(first), rx)),
-                    };
-                    while more.len() < MAX_CHUNK {
-                        match rx.try_recv() {
-                            Ok(next) => more.extend_from_slice(&next),
-                            Err(_) => break,
-                        }
-                    }
-                    Some((Ok(more.freeze()), rx))
+                    let mut chunk = bytes::BytesMut::from(&rx.recv().await?[..]);
+                    fill(&mut chunk, || rx.try_recv().ok());
+                    Some((Ok(chunk.freeze()), rx))
                 }))
             }
         };
@@ -314,7 +280,7 @@ impl CachedWatch {
         if !ev.key.starts_with(&self.prefix) {
             return None;
         }
-        self.w.convert_cached(ev)
+        self.w.convert(ev)
     }
 
     /// The next line ready without waiting; Err when the watch is over (fallen behind the
@@ -365,16 +331,12 @@ impl CachedWatch {
         }
         let mut chunk = bytes::BytesMut::new();
         loop {
-            while chunk.len() < MAX_CHUNK {
-                match self.ready() {
-                    Ok(Some(line)) => chunk.extend_from_slice(&line),
-                    Ok(None) => break,
-                    Err(()) => {
-                        self.ended = true;
-                        break;
-                    }
-                }
-            }
+            fill(&mut chunk, || {
+                self.ready().unwrap_or_else(|()| {
+                    self.ended = true;
+                    None
+                })
+            });
             if !chunk.is_empty() {
                 // Under a steady flow of events a bookmark that is due rides along.
                 if self.bookmarks && self.bookmark_at.deadline() <= tokio::time::Instant::now() {
@@ -399,6 +361,17 @@ impl CachedWatch {
                 },
                 _ = &mut self.bookmark_at, if self.bookmarks => return Some(self.bookmark()),
             }
+        }
+    }
+}
+
+/// Adds the lines already waiting to `chunk`, up to `MAX_CHUNK`: one write (and one TLS
+/// record) for several events when the connection is behind.
+fn fill(chunk: &mut bytes::BytesMut, mut next: impl FnMut() -> Option<Bytes>) {
+    while chunk.len() < MAX_CHUNK {
+        match next() {
+            Some(line) => chunk.extend_from_slice(&line),
+            None => break,
         }
     }
 }
@@ -467,10 +440,14 @@ async fn run(
             ev = stream.next() => {
                 let Ok(ev) = ev else { return };
                 last = ev.record.rev;
-                if let Some((typ, obj)) = w.convert(&ev)
-                    && tx.send(w.line(typ, obj)).await.is_err() {
-                        return;
-                    }
+                // Decoded as the cache decodes its events (with no state of its own to fall
+                // back on), and converted as the cache's events are.
+                if let Ok(Some(ev)) = CachedEvent::decode(&ev, None)
+                    && let Some(line) = w.convert(&ev)
+                    && tx.send(line).await.is_err()
+                {
+                    return;
+                }
             }
             _ = ticker.tick() => {
                 if bookmarks && tx.send(w.bookmark(last, false)).await.is_err() {
@@ -499,18 +476,18 @@ async fn subscribe(
         return None;
     }
     if initial || start.is_none() {
-        // The initial state is at least as new as the revision asked for, and (without one)
-        // as new as the store's: what a list would show. A watch without initial state and
+        // The initial state is what a list would show: at least as new as the revision asked
+        // for, and (without one) as new as the store's. A watch without initial state and
         // without a revision starts from that newest state.
-        let want = match start {
-            Some(n) => n,
-            None if consistent => super::list::store_latest_rev(api).await.ok()?,
-            None => api.store.current_rev(),
+        let rv = match start {
+            Some(n) => ListRv::NotOlderThan(n),
+            None if consistent => ListRv::Consistent,
+            None => ListRv::Any,
         };
-        if !cache
-            .wait_fresh(want, super::cache::FRESHNESS_TIMEOUT)
-            .await
-        {
+        let want = super::list::cache_target(api, prefix, rv).await.ok()??;
+        // Unlike a list at any state, a watch does not start from a cache still behind the
+        // revisions this server knows of.
+        if cache.rev() < want {
             return None;
         }
     }

@@ -39,27 +39,6 @@ const PBKDF2_ROUNDS: u32 = 4096;
 /// Bootstrap data larger than this is refused (it is a handful of PEM files).
 const MAX_SIZE: usize = 1 << 20;
 
-/// The passphrase of a server token: the secret of `K10<CA hash>::server:<secret>` (or of
-/// `K10<CA hash>::<secret>`), or the whole token when it is just a secret.
-pub fn passphrase(token: &str) -> &str {
-    let t = token.trim();
-    match t.strip_prefix("K10").and_then(|r| r.split_once("::")) {
-        Some((_, cred)) => cred.split_once(':').map_or(cred, |(_, s)| s),
-        None => t,
-    }
-}
-
-/// The CA hash a `K10` token carries (lower-case hex), if any.
-pub fn token_ca_hash(token: &str) -> Option<String> {
-    let (hash, _) = token.trim().strip_prefix("K10")?.split_once("::")?;
-    Some(hash.to_ascii_lowercase())
-}
-
-/// The hex sha256 of a CA bundle, as join tokens carry it.
-pub fn ca_hash(ca_pem: &[u8]) -> String {
-    hex(&Sha256::digest(ca_pem))
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -235,9 +214,7 @@ mod tests {
             (CA_CERT.to_string(), b"CERT".to_vec()),
             ("server/tls/ca.key".to_string(), b"KEY".to_vec()),
         ]));
-        let token = "K10abc::server:s3cret";
-        assert_eq!(passphrase(token), "s3cret");
-        let sealed = encrypt(passphrase(token), &files.to_json()).unwrap();
+        let sealed = encrypt("s3cret", &files.to_json()).unwrap();
         assert!(!sealed.contains("CERT") && !sealed.contains("s3cret"));
         let opened = decrypt("s3cret", sealed.as_bytes()).unwrap();
         assert_eq!(Files::from_json(&opened).unwrap(), files);
@@ -258,12 +235,7 @@ mod tests {
     }
 
     #[test]
-    fn keys_and_tokens() {
-        assert_eq!(passphrase("plain"), "plain");
-        assert_eq!(passphrase("K10ab::node:x"), "x");
-        assert_eq!(passphrase("K10ab::x"), "x");
-        assert_eq!(token_ca_hash("K10AB::server:x").as_deref(), Some("ab"));
-        assert_eq!(token_ca_hash("plain"), None);
+    fn storage_keys_name_no_secret() {
         let k = storage_key("s3cret");
         assert!(k.starts_with(KEY_PREFIX) && k.len() == KEY_PREFIX.len() + 12);
         assert_ne!(k, storage_key("other"));

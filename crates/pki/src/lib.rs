@@ -214,6 +214,14 @@ fn issue_with_key(
 /// for.
 pub const API_SERVER_NAME: &str = "kubernetes.default.svc";
 
+/// Whether the DNS name `dns` is one only API servers' certificates may carry: `localhost`
+/// and the `kubernetes*` names (so never a node's serving certificate, which the same CA
+/// signs).
+pub fn reserved_for_api_servers(dns: &str) -> bool {
+    let dns = dns.trim_end_matches('.').to_ascii_lowercase();
+    dns == "localhost" || dns.starts_with("kubernetes")
+}
+
 pub fn serving_sans(
     hostname: &str,
     addresses: &[IpAddr],

@@ -58,7 +58,6 @@ pub(crate) struct EtcdStore {
 
 struct Inner {
     members: Members,
-    endpoints: String,
     /// Highest revision seen in any response or event.
     current: AtomicI64,
     /// Newest compaction known (done here, seen on `COMPACT_KEY`, or reported by etcd).
@@ -113,6 +112,19 @@ fn record(kv: &KeyValue) -> Record {
     }
 }
 
+/// `record` taking the key and value over rather than copying them.
+fn owned_record(kv: KeyValue) -> Record {
+    let (rev, create_rev) = (kv.mod_revision(), kv.create_revision());
+    let (key, value) = kv.into_key_value();
+    Record {
+        key: String::from_utf8(key)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        rev,
+        create_rev,
+        value: Bytes::from(value),
+    }
+}
+
 /// One etcd watch event as the store's event. A put of version 1 starts a key's life; a
 /// delete (etcd leaves only the key and the revision, version 0) carries the last state from
 /// `prev_kv`.
@@ -142,7 +154,7 @@ fn event(ev: &etcd_client::Event) -> Option<Arc<Event>> {
                 key,
                 rev: kv.mod_revision(),
                 create_rev: last.create_revision(),
-                value: Bytes::copy_from_slice(last.value()),
+                value: prev_value.clone().unwrap_or_default(),
             },
             prev: prev_value,
         }
@@ -415,29 +427,9 @@ impl Inner {
         self.current.fetch_max(rev, Ordering::AcqRel);
     }
 
-    /// `Members::call`.
-    async fn call<T, F, Fut>(&self, retry: Retry, op: F) -> Result<T>
-    where
-        F: FnMut(Client) -> Fut,
-        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
-    {
-        self.members.call(retry, op).await
-    }
-
-    async fn request<T, F, Fut>(
-        &self,
-        retry: Retry,
-        op: F,
-    ) -> Result<std::result::Result<T, etcd_client::Error>>
-    where
-        F: FnMut(Client) -> Fut,
-        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
-    {
-        self.members.request(retry, op).await
-    }
-
     async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
         let resp = self
+            .members
             .call(Retry::IfNotSent, |c| {
                 let txn = txn.clone();
                 async move { kv_of(c).txn(txn).await }
@@ -452,6 +444,7 @@ impl Inner {
     /// The revision of etcd right now (a linearizable read).
     async fn read_revision(&self) -> Result<i64> {
         let resp = self
+            .members
             .call(Retry::Always, |c| async move {
                 kv_of(c)
                     .get(COMPACT_KEY, Some(GetOptions::new().with_count_only()))
@@ -465,18 +458,22 @@ impl Inner {
 
     /// Compacts etcd to `rev`. Repeating it changes nothing (etcd says "compacted"), so it
     /// is retried as a read is.
+    /// On success `compacted_rev` moves to `rev`.
     async fn compact(&self, rev: i64) -> Result<()> {
         match self
+            .members
             .request(Retry::Always, |c| async move {
                 kv_of(c).compact(rev, None).await
             })
             .await?
         {
-            Ok(_) => Ok(()),
+            Ok(_) => {}
             // Someone compacted as far already.
-            Err(e) if is_compacted(&e) => Ok(()),
-            Err(e) => Err(unavailable(&self.endpoints, e)),
+            Err(e) if is_compacted(&e) => {}
+            Err(e) => return Err(unavailable(&self.members.endpoints, e)),
         }
+        self.compacted.fetch_max(rev, Ordering::AcqRel);
+        Ok(())
     }
 
     async fn refresh_db_size(&self) {
@@ -533,7 +530,7 @@ impl EtcdStore {
                 .map_err(|err| anyhow::anyhow!("connecting to etcd at {e}: {err}"))?;
             members.push((e.clone(), client));
         }
-        let members = Members::new(joined.clone(), members);
+        let members = Members::new(joined, members);
         let resp = members
             .call(Retry::Always, |c| async move {
                 kv_of(c).get(COMPACT_KEY, None).await
@@ -548,7 +545,6 @@ impl EtcdStore {
             .unwrap_or(0);
         let inner = Arc::new(Inner {
             members,
-            endpoints: joined,
             current: AtomicI64::new(start),
             compacted: AtomicI64::new(compacted),
             db_size: AtomicU64::new(0),
@@ -557,7 +553,6 @@ impl EtcdStore {
             paused: watch::Sender::new(false),
             connected: AtomicBool::new(false),
         });
-        inner.refresh_db_size().await;
         tokio::spawn(feed(
             Arc::downgrade(&inner),
             inner.progress.clone(),
@@ -567,9 +562,10 @@ impl EtcdStore {
         let weak = Arc::downgrade(&inner);
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(STATUS_EVERY).await;
                 let Some(inner) = weak.upgrade() else { return };
                 inner.refresh_db_size().await;
+                drop(inner);
+                tokio::time::sleep(STATUS_EVERY).await;
             }
         });
         Ok(EtcdStore { inner })
@@ -689,14 +685,13 @@ impl EtcdStore {
     }
 
     pub async fn compact(&self, rev: i64) -> Result<()> {
-        self.inner.compact(rev).await?;
-        self.inner.compacted.fetch_max(rev, Ordering::AcqRel);
-        Ok(())
+        self.inner.compact(rev).await
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Record>> {
         let resp = self
             .inner
+            .members
             .call(
                 Retry::Always,
                 |c| async move { kv_of(c).get(key, None).await },
@@ -715,13 +710,6 @@ impl EtcdStore {
         after: Option<String>,
         limit: Option<usize>,
     ) -> Result<ListPage> {
-        let compacted = self.compacted_rev();
-        if rev > 0 && rev < compacted {
-            return Err(StoreError::Compacted {
-                requested: rev,
-                compacted,
-            });
-        }
         let start = match after {
             Some(a) if a.as_str() >= prefix => {
                 let mut k = a.into_bytes();
@@ -742,12 +730,13 @@ impl EtcdStore {
         }
         let got = self
             .inner
+            .members
             .request(Retry::Always, |c| {
                 let (start, options) = (start.clone(), options.clone());
                 async move { kv_of(c).get(start, Some(options)).await }
             })
             .await?;
-        let resp = match got {
+        let mut resp = match got {
             Ok(resp) => resp,
             Err(e) if is_compacted(&e) => {
                 return Err(StoreError::Compacted {
@@ -755,17 +744,17 @@ impl EtcdStore {
                     compacted: self.compacted_rev().max(rev),
                 });
             }
-            Err(e) => return Err(unavailable(&self.inner.endpoints, e)),
+            Err(e) => return Err(unavailable(&self.inner.members.endpoints, e)),
         };
         let read_at = resp.header().map(|h| h.revision()).unwrap_or(0);
         self.inner.observe(read_at);
-        let items: Vec<Record> = resp.kvs().iter().map(record).collect();
         let total = resp.count();
         let more = if limit == Some(0) {
             total > 0
         } else {
             resp.more()
         };
+        let items: Vec<Record> = resp.take_kvs().into_iter().map(owned_record).collect();
         let remaining = if more {
             total.saturating_sub(i64::try_from(items.len()).unwrap_or(i64::MAX))
         } else {
@@ -786,6 +775,7 @@ impl EtcdStore {
         let start = range_start(prefix.as_bytes());
         let resp = self
             .inner
+            .members
             .call(Retry::Always, |c| {
                 let (start, options) = (start.clone(), options.clone());
                 async move { kv_of(c).get(start, Some(options)).await }
@@ -810,7 +800,7 @@ impl EtcdStore {
             .with_range(range_end(prefix.as_bytes()))
             .with_start_revision(after + 1)
             .with_prev_key();
-        let endpoints = &self.inner.endpoints;
+        let endpoints = &self.inner.members.endpoints;
         // etcd acknowledges a watch from a compacted revision before it cancels it; a read at
         // that revision (refused on the same condition) says at once whether it will.
         let probe = GetOptions::new()
@@ -820,6 +810,7 @@ impl EtcdStore {
         let start = range_start(prefix.as_bytes());
         let probed = self
             .inner
+            .members
             .request(Retry::Always, |c| {
                 let (start, probe) = (start.clone(), probe.clone());
                 async move { kv_of(c).get(start, Some(probe)).await }
@@ -833,6 +824,7 @@ impl EtcdStore {
         // Started on a member that answers: the watch's first response (etcd's "created").
         let (mut etcd_stream, mut first) = self
             .inner
+            .members
             .call(Retry::Always, |c| {
                 let (start, options) = (start.clone(), options.clone());
                 async move {
@@ -916,7 +908,6 @@ impl EtcdStore {
                     Ok(next) => (version, rev) = next,
                     Err(e) => tracing::warn!("etcd compaction failed: {e}"),
                 }
-                inner.refresh_db_size().await;
             }
         });
     }
@@ -945,7 +936,6 @@ async fn compact_round(inner: &Inner, version: i64, rev: i64) -> Result<(i64, i6
     }
     if rev > 0 {
         inner.compact(rev).await?;
-        inner.compacted.fetch_max(rev, Ordering::AcqRel);
         tracing::debug!("etcd: compacted to revision {rev}");
     }
     Ok((version + 1, current))
@@ -1116,7 +1106,7 @@ async fn lost_history(inner: &Inner, compact_revision: i64, next: &mut i64) {
         Ok(now) => {
             tracing::warn!(
                 "etcd at {}: history from revision {} was compacted while the watch was away; open watches end and their clients relist",
-                inner.endpoints,
+                inner.members.endpoints,
                 *next
             );
             inner.hub.expire(now);

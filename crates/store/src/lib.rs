@@ -130,11 +130,6 @@ impl Datastore {
         anyhow::ensure!(!endpoints.is_empty(), "the datastore endpoint is empty");
         Ok(Backend::Etcd(endpoints))
     }
-
-    /// Whether this names an etcd cluster (else SQLite).
-    pub fn is_etcd(&self) -> bool {
-        matches!(self.backend(Path::new("")), Ok(Backend::Etcd(_)))
-    }
 }
 
 /// How many recent events the in-memory watch ring keeps.
@@ -182,7 +177,7 @@ impl Store {
     }
 
     /// Like `connect`, with a watch ring of `ring` events.
-    pub async fn connect_with_ring(
+    pub(crate) async fn connect_with_ring(
         ds: &Datastore,
         default_sqlite: &Path,
         ring: usize,
@@ -276,6 +271,14 @@ impl Store {
         after: Option<String>,
         limit: Option<usize>,
     ) -> Result<ListPage> {
+        // History at or below the compaction point is gone (0, the current state, never is).
+        let compacted = self.compacted_rev();
+        if rev > 0 && rev < compacted {
+            return Err(StoreError::Compacted {
+                requested: rev,
+                compacted,
+            });
+        }
         each!(self, b => b.list(prefix, rev, after, limit).await)
     }
 
@@ -319,10 +322,8 @@ impl Store {
     /// Whether the watch fan-out has published everything this handle has seen.
     #[cfg(test)]
     fn fan_out_caught_up(&self) -> bool {
-        match &self.inner {
-            Inner::Sqlite(_) => true,
-            Inner::Etcd(b) => b.published() >= b.current_rev(),
-        }
+        // SQLite's writer publishes each commit as it records its revision.
+        self.published_rev() >= self.current_rev()
     }
 
     #[cfg(test)]

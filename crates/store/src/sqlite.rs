@@ -233,13 +233,6 @@ impl SqliteStore {
         limit: Option<usize>,
     ) -> Result<ListPage> {
         let rev = if rev <= 0 { self.current_rev() } else { rev };
-        let compacted = self.compacted_rev();
-        if rev < compacted {
-            return Err(StoreError::Compacted {
-                requested: rev,
-                compacted,
-            });
-        }
         let prefix = prefix.to_string();
         self.with_reader(move |c| list_at(c, &prefix, rev, after.as_deref(), limit))
             .await

@@ -419,64 +419,86 @@ impl Shrink {
     /// passive: it never waits for readers, and once it has copied the whole WAL back SQLite
     /// truncates the database file to its new size.
     fn step(&mut self, conn: &Connection) {
-        let free = |conn: &Connection| -> Option<i64> {
-            conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))
-                .ok()
-        };
-        let Some(before) = free(conn) else {
+        let Some(step) = free_pages_step(conn, SHRINK_STEP_PAGES, Checkpoint::Passive) else {
             self.pending = false;
             return;
         };
-        if before > 0
-            && let Err(e) = incremental_vacuum(conn, SHRINK_STEP_PAGES)
-        {
-            tracing::debug!("returning free pages failed: {e}");
-            self.pending = false;
-            return;
-        }
-        // (busy, frames in the WAL, frames copied back)
-        let checkpoint = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        });
-        let copied_back = matches!(checkpoint, Ok((0, log, done)) if done >= log);
-        let after = free(conn).unwrap_or(0);
-        if after < before {
+        if step.after < step.before {
             self.stalls = 0;
         } else {
             self.stalls += 1;
         }
-        self.pending = (after > 0 || !copied_back) && self.stalls < SHRINK_MAX_STALLS;
+        self.pending = (step.after > 0 || !step.copied_back) && self.stalls < SHRINK_MAX_STALLS;
     }
+}
+
+/// How the WAL is copied back after a step of returning free pages.
+#[derive(Clone, Copy)]
+enum Checkpoint {
+    /// Never waits for readers.
+    Passive,
+    /// Waits for readers (up to the busy timeout) and empties the WAL file.
+    Truncate,
+}
+
+/// What one step of returning free pages did.
+struct FreePagesStep {
+    /// Free pages before and after the step.
+    before: i64,
+    after: i64,
+    /// The checkpoint failed or readers kept it from finishing.
+    busy: bool,
+    /// The checkpoint copied the whole WAL back.
+    copied_back: bool,
+}
+
+/// Returns up to `pages` free pages to the file system, then checkpoints the WAL the moved
+/// pages went through. None if the database could not be read or the pages not returned.
+fn free_pages_step(conn: &Connection, pages: i64, checkpoint: Checkpoint) -> Option<FreePagesStep> {
+    let free = |conn: &Connection| -> Option<i64> {
+        conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))
+            .ok()
+    };
+    let before = free(conn)?;
+    if before > 0
+        && let Err(e) = incremental_vacuum(conn, pages)
+    {
+        tracing::debug!("returning free pages failed: {e}");
+        return None;
+    }
+    let pragma = match checkpoint {
+        Checkpoint::Passive => "PRAGMA wal_checkpoint(PASSIVE)",
+        Checkpoint::Truncate => "PRAGMA wal_checkpoint(TRUNCATE)",
+    };
+    // (busy, frames in the WAL, frames copied back)
+    let result = conn.query_row(pragma, [], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    });
+    Some(FreePagesStep {
+        before,
+        after: free(conn).unwrap_or(0),
+        busy: !matches!(result, Ok((0, _, _))),
+        copied_back: matches!(result, Ok((0, log, done)) if done >= log),
+    })
 }
 
 /// Shrinks the database file by its free pages, a step at a time (each step's moved pages go
 /// through the WAL, which the checkpoint after it empties). Needs `auto_vacuum=INCREMENTAL`.
 fn return_free_pages(conn: &Connection) {
+    let nothing_free = conn
+        .query_row("PRAGMA freelist_count", [], |r| r.get::<_, i64>(0))
+        .is_ok_and(|n| n == 0);
+    if nothing_free {
+        return;
+    }
     // Readers may hold the WAL briefly; do not stall the writer long for them.
     let _ = conn.busy_timeout(Duration::from_secs(1));
-    let mut last = i64::MAX;
-    loop {
-        let free: i64 = match conn.query_row("PRAGMA freelist_count", [], |r| r.get(0)) {
-            Ok(n) => n,
-            Err(_) => break,
-        };
-        if free == 0 || free >= last {
-            break;
-        }
-        last = free;
-        if let Err(e) = incremental_vacuum(conn, VACUUM_STEP_PAGES) {
-            tracing::debug!("returning free pages failed: {e}");
-            break;
-        }
-        let busy: i64 = match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0)) {
-            Ok(b) => b,
-            Err(_) => break,
-        };
-        if busy != 0 {
+    while let Some(step) = free_pages_step(conn, VACUUM_STEP_PAGES, Checkpoint::Truncate) {
+        if step.busy || step.after == 0 || step.after >= step.before {
             break;
         }
     }

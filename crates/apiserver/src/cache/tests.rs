@@ -63,7 +63,7 @@ async fn a_read_at_a_newer_revision_waits_until_the_cache_has_it() {
     assert!(waiter.await.unwrap());
     // A revision the cache never reaches: the wait ends unfulfilled.
     assert!(!cache.wait_fresh(6, Duration::from_millis(1)).await);
-    let (rev, got) = cache.get(&key("new"));
+    let (rev, got) = (cache.rev(), cache.get(&key("new")).unwrap());
     assert_eq!((rev, got.map(|e| e.rev)), (5, Some(5)));
 }
 
@@ -75,7 +75,7 @@ async fn kinglet_keys_move_the_revision_but_are_not_objects() {
     cache.apply(&ev);
     assert_eq!(cache.rev(), 3);
     assert!(cache.wait_fresh(3, Duration::ZERO).await);
-    assert_eq!(cache.list("/", |_| true, None).items.len(), 2);
+    assert_eq!(cache.list("/", |_| true, None).unwrap().items.len(), 2);
 }
 
 #[tokio::test]
@@ -83,7 +83,9 @@ async fn lists_apply_selectors_limits_and_report_what_remains() {
     let cache = loaded(10);
     let prefix = format!("{}default/", configmaps().prefix());
     let sel = LabelSelector::parse("app=a").unwrap();
-    let all = cache.list(&prefix, |o| sel.matches_object(o), None);
+    let all = cache
+        .list(&prefix, |o| sel.matches_object(o), None)
+        .unwrap();
     assert_eq!(all.items.len(), 5);
     assert!(all.next.is_none());
     assert!(
@@ -93,18 +95,18 @@ async fn lists_apply_selectors_limits_and_report_what_remains() {
     );
 
     // Keys sort as strings: c0, c1, c2, ...; the page ends at the third and 7 keys follow.
-    let page = cache.list(&prefix, |_| true, Some(3));
+    let page = cache.list(&prefix, |_| true, Some(3)).unwrap();
     assert_eq!(page.items.len(), 3);
     assert_eq!(page.next.as_deref(), Some(key("c2").as_str()));
     assert_eq!(page.remaining, 7);
     assert_eq!(page.rev, 10);
 
     // A page that holds the last key has no continuation.
-    let exact = cache.list(&prefix, |_| true, Some(10));
+    let exact = cache.list(&prefix, |_| true, Some(10)).unwrap();
     assert!(exact.next.is_none());
     // Another namespace's prefix sees none of them.
     let other = format!("{}other/", configmaps().prefix());
-    assert!(cache.list(&other, |_| true, None).items.is_empty());
+    assert!(cache.list(&other, |_| true, None).unwrap().items.is_empty());
 }
 
 #[tokio::test]
@@ -119,7 +121,7 @@ async fn deletes_and_updates_change_what_is_listed() {
         Some(&cm("c0", "a")),
     ));
     cache.apply(&event(EventType::Deleted, "c1", 5, &cm("c1", "b"), None));
-    let listed = cache.list(&prefix, |_| true, None);
+    let listed = cache.list(&prefix, |_| true, None).unwrap();
     let names: Vec<_> = listed
         .items
         .iter()
@@ -147,6 +149,7 @@ async fn a_delete_without_its_last_state_is_still_told_to_watchers() {
     assert_eq!(line["object"], decorate(&res, &cm("c1", "b"), 3));
     let names: Vec<_> = cache
         .list(&res.prefix(), |_| true, None)
+        .unwrap()
         .items
         .iter()
         .map(|e| e.obj["metadata"]["name"].clone())
@@ -277,6 +280,10 @@ async fn lists_from_the_cache_read_their_writes() {
             (item["kind"].as_str(), item["apiVersion"].as_str()),
             (Some("ConfigMap"), Some("v1"))
         );
+        // The cache served it: the new object's encoding is kept on its entry (the store's
+        // lists never touch the cache's entries).
+        let entry = api.watch_cache.get(&key(&name)).unwrap().unwrap();
+        assert_eq!(entry.encoded(), 1);
         let (_, one) = call(
             "GET",
             &format!("/api/v1/namespaces/default/configmaps/r{i}"),
@@ -394,14 +401,64 @@ async fn a_secret_this_server_cannot_decrypt_is_left_to_the_store() {
     };
     let r1 = here.create(&key, secret("b25l")).await.unwrap();
     assert!(cache.wait_fresh(r1, Duration::from_secs(30)).await);
-    let (_, held) = cache.get(&key);
+    let held = cache.get(&key).unwrap();
     assert_eq!(held.unwrap().obj["data"]["v"], "b25l");
     assert!(cache.serves(SECRETS_PREFIX));
     let r2 = elsewhere.update(&key, None, secret("dHdv")).await.unwrap();
     assert!(cache.wait_fresh(r2, Duration::from_secs(30)).await);
     assert!(!cache.serves(SECRETS_PREFIX));
     assert!(!cache.serves(&key));
-    assert!(cache.get(&key).1.is_none());
+    assert!(cache.get(&key).ok().flatten().is_none());
+    // Not an empty answer: the reader is sent to the store.
+    assert!(cache.get(&key).is_err());
+    assert!(cache.list(SECRETS_PREFIX, |_| true, None).is_err());
     // Everything else is still served.
+    assert!(cache.serves(&configmaps().prefix()));
+}
+
+/// Without the identity provider the store refuses a Secret that is not encrypted (written
+/// around the encryption): the cache must not serve it either, whether it finds it in its
+/// initial list or in its watch.
+#[tokio::test]
+async fn a_plaintext_secret_is_not_served_without_the_identity_provider() {
+    use crate::encryption::{AesGcmKey, Config, Provider, SECRETS_PREFIX, Storage};
+    let secret = |name: &str| {
+        Bytes::from(
+            serde_json::to_vec(&json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": name, "namespace": "default"}, "data": {"v": "b25l"}}))
+            .unwrap(),
+        )
+    };
+    let aes_only = || Config {
+        providers: vec![Provider::AesGcm(vec![AesGcmKey::generate("k").unwrap()])],
+    };
+    // In the initial list.
+    let dir = tempfile::tempdir().unwrap();
+    let store = kinglet_store::Store::open(&dir.path().join("state.db")).unwrap();
+    let plain = format!("{SECRETS_PREFIX}default/plain");
+    let rev = store.create(&plain, secret("plain")).await.unwrap();
+    let storage = Storage::new(store.clone(), Some(aes_only()));
+    assert!(storage.get(&plain).await.is_err());
+    let cache = Cache::start(storage.clone());
+    assert!(cache.wait_fresh(rev, Duration::from_secs(30)).await);
+    assert!(!cache.serves(&plain));
+    assert!(cache.get(&plain).ok().flatten().is_none());
+    assert!(cache.serves(&configmaps().prefix()));
+
+    // In the watch, after an encrypted Secret was served.
+    let dir = tempfile::tempdir().unwrap();
+    let store = kinglet_store::Store::open(&dir.path().join("state.db")).unwrap();
+    let storage = Storage::new(store.clone(), Some(aes_only()));
+    let cache = Cache::start(storage.clone());
+    assert!(cache.wait_fresh(0, Duration::from_secs(30)).await);
+    let sealed = format!("{SECRETS_PREFIX}default/sealed");
+    let r1 = storage.create(&sealed, secret("sealed")).await.unwrap();
+    assert!(cache.wait_fresh(r1, Duration::from_secs(30)).await);
+    assert!(cache.get(&sealed).unwrap().is_some());
+    let r2 = store.create(&plain, secret("plain")).await.unwrap();
+    assert!(storage.get(&plain).await.is_err());
+    assert!(cache.wait_fresh(r2, Duration::from_secs(30)).await);
+    assert!(!cache.serves(&plain));
+    assert!(cache.get(&plain).ok().flatten().is_none());
     assert!(cache.serves(&configmaps().prefix()));
 }

@@ -223,12 +223,22 @@ fn kubelet_serving(req: &Request, usages: &[String]) -> Result<(), String> {
     }
     // One CA signs the API servers' certificates too: a node's must never carry the names
     // agents check servers by.
-    if let Some(name) = req.dns_names.iter().find(|d| {
-        let d = d.trim_end_matches('.').to_ascii_lowercase();
-        d == "localhost" || d.starts_with("kubernetes") || d.starts_with('*')
-    }) {
+    if let Some(name) = req
+        .dns_names
+        .iter()
+        .find(|d| kinglet_pki::reserved_for_api_servers(d) || d.starts_with('*'))
+    {
         return Err(format!(
             "DNS subjectAltName {name:?} is reserved for API servers"
+        ));
+    }
+    if let Some(ip) = req
+        .ip_addresses
+        .iter()
+        .find(|ip| ip.is_loopback() || ip.is_unspecified())
+    {
+        return Err(format!(
+            "IP subjectAltName {ip} is reserved for API servers"
         ));
     }
     let have = set(usages);
@@ -461,6 +471,20 @@ mod tests {
                     &["Approved"],
                 ),
                 "fail: DNS subjectAltName \"kubernetes.default.svc\" is reserved for API servers",
+            ),
+            (
+                "kubelet serving naming loopback",
+                csr(
+                    KUBELET_SERVING,
+                    pem(
+                        "system:node:n1",
+                        Some("system:nodes"),
+                        vec![SanType::IpAddress("127.0.0.1".parse().unwrap())],
+                    ),
+                    serving,
+                    &["Approved"],
+                ),
+                "fail: IP subjectAltName 127.0.0.1 is reserved for API servers",
             ),
         ];
         let mut wrong = Vec::new();
