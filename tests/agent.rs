@@ -162,7 +162,10 @@ fn fake_server() -> (TlsBackend, Arc<Mutex<Vec<String>>>) {
     let paths = Arc::new(Mutex::new(Vec::new()));
     let ca = Arc::new(Mutex::new(String::new()));
     let (seen, served) = (paths.clone(), ca.clone());
-    let backend = TlsBackend::start("127.0.0.1:0", &["127.0.0.1"], move |_, path, _| {
+    // Named as every kinglet API server's certificate is: agents verify servers for
+    // `kubernetes.default.svc`.
+    let sans = ["127.0.0.1", "kubernetes.default.svc"];
+    let backend = TlsBackend::start("127.0.0.1:0", &sans, move |_, path, _| {
         seen.lock().unwrap().push(path.to_string());
         if path == "/cacerts" {
             (200, served.lock().unwrap().clone().into_bytes())
