@@ -18,7 +18,7 @@
 
 mod common;
 use common::join::{NodeIdentity, join, node_client};
-use common::{env_or, rss, server_command, spread, wait_for_client};
+use common::{cpu_seconds, env_or, rss, server_command, spread, wait_for_client};
 
 use std::collections::{HashMap, HashSet};
 use std::process::Command;
@@ -107,24 +107,6 @@ impl Stats {
 /// The binary under test: this build's, or BENCH_KINGLET's.
 fn kinglet_binary() -> String {
     std::env::var("BENCH_KINGLET").unwrap_or_else(|_| env!("CARGO_BIN_EXE_kinglet").to_string())
-}
-
-/// CPU seconds (user + system) a process has used, from /proc/<pid>/stat.
-fn cpu_seconds(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command's closing parenthesis start at field 3 (state); utime and
-    // stime are fields 14 and 15.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // SAFETY: sysconf only reads a configuration value.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    (ticks(11) + ticks(12)) / hz
 }
 
 fn cpu_model() -> String {

@@ -13,7 +13,7 @@ use super::Api;
 use super::lifecycle::decorate;
 use super::registry::Resource;
 use super::request::{Query, ResourcePath};
-use super::selectors::{FieldSelector, LabelSelector, labels_of};
+use super::selectors::{FieldSelector, LabelSelector};
 use super::status::{ApiError, ApiResult};
 
 /// The kubelet's sampling interval: the window every rate covers.
@@ -100,7 +100,7 @@ fn selectors(query: &Query) -> ApiResult<(LabelSelector, FieldSelector)> {
 }
 
 fn selected(obj: &Value, labels: &LabelSelector, fields: &FieldSelector) -> bool {
-    labels.matches(&labels_of(obj))
+    labels.matches_object(obj)
         && fields.matches(|f| {
             let path = match f {
                 "metadata.name" => "/metadata/name",

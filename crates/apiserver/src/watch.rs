@@ -26,7 +26,12 @@ const MAX_CHUNK: usize = 64 * 1024;
 /// How often a bookmark is sent to watchers that asked for them.
 const BOOKMARK_INTERVAL: Duration = Duration::from_secs(30);
 
-/// One watch event, as upstream's encoder writes it (one JSON document per line).
+/// Under a fast flow of events a watch writes at most one chunk per this interval (tokio's
+/// timers round it up to the next millisecond): each event costs a wakeup, a write and a TLS
+/// record on both ends when sent alone, and a watch sent a chunk per event falls behind its
+/// writers. An event after a quiet spell goes out at once.
+const COALESCE: Duration = Duration::from_millis(2);
+
 /// The watch line a change makes for a watcher whose selectors match the object after it
 /// (`now`) and before it (`before`): an object moving out of the selection is DELETED for
 /// it, one moving in is ADDED, as upstream's cacher sends them.
@@ -201,6 +206,7 @@ pub async fn watch(api: Arc<Api>, res: Arc<Resource>, ctx: Ctx) -> ApiResult<Res
                     last: from,
                     bookmark_at: Box::pin(tokio::time::sleep(BOOKMARK_INTERVAL)),
                     bookmarks,
+                    sent_at: None,
                     ended: false,
                 };
                 Box::pin(futures::stream::unfold(cached, |mut c| async move {
@@ -260,6 +266,8 @@ struct CachedWatch {
     /// When the next bookmark is due (if the client asked for them).
     bookmark_at: std::pin::Pin<Box<tokio::time::Sleep>>,
     bookmarks: bool,
+    /// When the last chunk went out (see `COALESCE`).
+    sent_at: Option<tokio::time::Instant>,
     ended: bool,
 }
 
@@ -329,6 +337,18 @@ impl CachedWatch {
         if self.ended {
             return None;
         }
+        if let Some(due) = self.sent_at.map(|at| at + COALESCE)
+            && due > tokio::time::Instant::now()
+        {
+            tokio::time::sleep_until(due).await;
+        }
+        let chunk = self.gather().await;
+        self.sent_at = Some(tokio::time::Instant::now());
+        chunk
+    }
+
+    /// The lines ready now, or the next one (or a bookmark) when none is.
+    async fn gather(&mut self) -> Option<Bytes> {
         let mut chunk = bytes::BytesMut::new();
         loop {
             fill(&mut chunk, || {

@@ -132,42 +132,39 @@ impl LabelSelector {
     }
 
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.requirements.iter().all(|r| match r {
-            Requirement::Equals(k, v) => labels.get(k) == Some(v),
-            Requirement::NotEquals(k, v) => labels.get(k) != Some(v),
-            Requirement::In(k, vs) => labels.get(k).is_some_and(|l| vs.contains(l)),
-            Requirement::NotIn(k, vs) => labels.get(k).is_none_or(|l| !vs.contains(l)),
-            Requirement::Exists(k) => labels.contains_key(k),
-            Requirement::NotExists(k) => !labels.contains_key(k),
-            Requirement::Gt(k, n) => labels
-                .get(k)
-                .and_then(|l| l.parse::<i64>().ok())
-                .is_some_and(|l| l > *n),
-            Requirement::Lt(k, n) => labels
-                .get(k)
-                .and_then(|l| l.parse::<i64>().ok())
-                .is_some_and(|l| l < *n),
-        })
+        self.matches_with(|k| labels.get(k).map(String::as_str))
     }
 
-    /// Matches the `metadata.labels` of an object.
+    /// Matches the `metadata.labels` of an object, read in place (watch fan-out matches every
+    /// event against every watcher's selector).
     pub fn matches_object(&self, obj: &Value) -> bool {
         if self.is_empty() {
             return true;
         }
-        self.matches(&labels_of(obj))
-    }
-}
-
-pub fn labels_of(obj: &Value) -> BTreeMap<String, String> {
-    obj.pointer("/metadata/labels")
-        .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                .collect()
+        let labels = obj.pointer("/metadata/labels").and_then(Value::as_object);
+        self.matches_with(|k| {
+            labels
+                .and_then(|m| m.get(k))
+                .map(|v| v.as_str().unwrap_or_default())
         })
-        .unwrap_or_default()
+    }
+
+    fn matches_with<'a>(&self, label: impl Fn(&str) -> Option<&'a str>) -> bool {
+        self.requirements.iter().all(|r| match r {
+            Requirement::Equals(k, v) => label(k) == Some(v.as_str()),
+            Requirement::NotEquals(k, v) => label(k) != Some(v.as_str()),
+            Requirement::In(k, vs) => label(k).is_some_and(|l| vs.iter().any(|v| v == l)),
+            Requirement::NotIn(k, vs) => label(k).is_none_or(|l| !vs.iter().any(|v| v == l)),
+            Requirement::Exists(k) => label(k).is_some(),
+            Requirement::NotExists(k) => label(k).is_none(),
+            Requirement::Gt(k, n) => label(k)
+                .and_then(|l| l.parse::<i64>().ok())
+                .is_some_and(|l| l > *n),
+            Requirement::Lt(k, n) => label(k)
+                .and_then(|l| l.parse::<i64>().ok())
+                .is_some_and(|l| l < *n),
+        })
+    }
 }
 
 fn parse_values(s: &str, whole: &str) -> Result<Vec<String>, String> {

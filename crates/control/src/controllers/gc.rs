@@ -104,24 +104,35 @@ fn node_of(key: &str, obj: &Value) -> Option<(String, Node)> {
     ))
 }
 
-/// The resource an object's storage key belongs to.
-fn resource_for_key(api: &Api, key: &str) -> Option<Arc<Resource>> {
-    let mut best: Option<Arc<Resource>> = None;
-    for r in api
-        .registry
-        .all()
-        .into_iter()
-        .filter(|r| !r.create_only && r.storage.0 == r.group)
-    {
-        if key.starts_with(&r.prefix())
-            && best
-                .as_ref()
-                .is_none_or(|b| r.prefix().len() > b.prefix().len())
-        {
-            best = Some(r);
+/// The storage prefixes of the resources the collector may act on, longest first, as of one
+/// generation of the registry: found once, not per event.
+#[derive(Default)]
+struct Prefixes {
+    generation: u64,
+    by_length: Vec<(String, Arc<Resource>)>,
+}
+
+impl Prefixes {
+    /// The resource an object's storage key belongs to.
+    fn resource_for_key(&mut self, api: &Api, key: &str) -> Option<Arc<Resource>> {
+        let generation = api.registry.generation();
+        if generation != self.generation || self.by_length.is_empty() {
+            self.by_length = api
+                .registry
+                .all()
+                .into_iter()
+                .filter(|r| !r.create_only && r.storage.0 == r.group)
+                .map(|r| (r.prefix(), r))
+                .collect();
+            self.by_length
+                .sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+            self.generation = generation;
         }
+        self.by_length
+            .iter()
+            .find(|(p, _)| key.starts_with(p.as_str()))
+            .map(|(_, r)| r.clone())
     }
-    best
 }
 
 fn ctx_for(res: &Resource, ns: Option<&str>) -> kinglet_apiserver::context::Ctx {
@@ -131,6 +142,7 @@ fn ctx_for(res: &Resource, ns: Option<&str>) -> kinglet_apiserver::context::Ctx 
 pub struct GarbageCollector {
     api: Arc<Api>,
     graph: Graph,
+    prefixes: Prefixes,
 }
 
 impl GarbageCollector {
@@ -139,6 +151,7 @@ impl GarbageCollector {
             let mut gc = GarbageCollector {
                 api: api.clone(),
                 graph: Graph::default(),
+                prefixes: Prefixes::default(),
             };
             if let Err(e) = gc.run().await {
                 tracing::warn!("garbage collector restarting: {e}");
@@ -227,7 +240,9 @@ impl GarbageCollector {
     }
 
     async fn attend(&mut self, uid: &str, node: &Node) -> anyhow::Result<()> {
-        let res = resource_for_key(&self.api, &node.key)
+        let res = self
+            .prefixes
+            .resource_for_key(&self.api, &node.key)
             .ok_or_else(|| anyhow::anyhow!("no resource for {}", node.key))?;
         let ctx = ctx_for(&res, node.namespace.as_deref());
         // 1. Dependents whose every owner is gone are collected.
@@ -276,7 +291,7 @@ impl GarbageCollector {
                 let blocks = dep.owners.iter().any(|o| o.uid == uid && o.block);
                 blocked |= blocks;
                 if !dep.deleting
-                    && let Some(dres) = resource_for_key(&self.api, &dep.key)
+                    && let Some(dres) = self.prefixes.resource_for_key(&self.api, &dep.key)
                 {
                     let dctx = ctx_for(&dres, dep.namespace.as_deref());
                     let opts = DeleteOptions {
@@ -296,9 +311,11 @@ impl GarbageCollector {
         Ok(())
     }
 
-    async fn remove_owner_ref(&self, dep: &Node, owner_uid: &str) -> anyhow::Result<()> {
-        let res =
-            resource_for_key(&self.api, &dep.key).ok_or_else(|| anyhow::anyhow!("no resource"))?;
+    async fn remove_owner_ref(&mut self, dep: &Node, owner_uid: &str) -> anyhow::Result<()> {
+        let res = self
+            .prefixes
+            .resource_for_key(&self.api, &dep.key)
+            .ok_or_else(|| anyhow::anyhow!("no resource"))?;
         let ctx = ctx_for(&res, dep.namespace.as_deref());
         for _ in 0..5 {
             let (rec, obj) = get_current(&self.api, &res, &ctx, &dep.name)
