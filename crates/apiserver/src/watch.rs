@@ -26,10 +26,11 @@ const MAX_CHUNK: usize = 64 * 1024;
 /// How often a bookmark is sent to watchers that asked for them.
 const BOOKMARK_INTERVAL: Duration = Duration::from_secs(30);
 
-/// Under a fast flow of events a watch writes at most one chunk per this interval (tokio's
-/// timers round it up to the next millisecond): each event costs a wakeup, a write and a TLS
-/// record on both ends when sent alone, and a watch sent a chunk per event falls behind its
-/// writers. An event after a quiet spell goes out at once.
+/// Under a fast flow of events a watch that has sent everything ready writes its next chunk
+/// no sooner than this after the last (tokio's timers round it up to the next millisecond):
+/// each event costs a wakeup, a write and a TLS record on both ends when sent alone, and a
+/// watch sent a chunk per event falls behind its writers. An event after a quiet spell goes
+/// out at once, and a watch with lines still waiting (a full chunk) does not pause.
 const COALESCE: Duration = Duration::from_millis(2);
 
 /// The watch line a change makes for a watcher whose selectors match the object after it
@@ -266,7 +267,7 @@ struct CachedWatch {
     /// When the next bookmark is due (if the client asked for them).
     bookmark_at: std::pin::Pin<Box<tokio::time::Sleep>>,
     bookmarks: bool,
-    /// When the last chunk went out (see `COALESCE`).
+    /// When the last chunk that emptied everything ready went out (see `COALESCE`).
     sent_at: Option<tokio::time::Instant>,
     ended: bool,
 }
@@ -343,7 +344,9 @@ impl CachedWatch {
             tokio::time::sleep_until(due).await;
         }
         let chunk = self.gather().await;
-        self.sent_at = Some(tokio::time::Instant::now());
+        // A full chunk left lines waiting (initial state, backlog, a burst): no pause then.
+        let drained = chunk.as_ref().is_some_and(|c| c.len() < MAX_CHUNK);
+        self.sent_at = drained.then(tokio::time::Instant::now);
         chunk
     }
 
