@@ -59,7 +59,7 @@ impl Entry {
 
     /// The object as served for `res`, encoded (without a trailing newline); encoded once
     /// and kept while the object is unchanged, so that repeated lists copy bytes.
-    pub fn json(&self, res: &Resource) -> Bytes {
+    pub fn json(&self, res: &Arc<Resource>) -> Bytes {
         self.json.get_or(("", false, res), || {
             let mut bytes = super::status::go_json(&decorate(res, &self.obj, self.rev));
             bytes.pop();
@@ -94,7 +94,7 @@ struct Memo(Mutex<Vec<(LineKey, Bytes)>>);
 impl Memo {
     fn get_or(
         &self,
-        (typ, from_prev, res): (&'static str, bool, &Resource),
+        (typ, from_prev, res): (&'static str, bool, &Arc<Resource>),
         encode: impl FnOnce() -> Bytes,
     ) -> Bytes {
         let mut memo = self.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -102,7 +102,12 @@ impl Memo {
             return b.clone();
         }
         let bytes = encode();
-        memo.push((LineKey::new(typ, from_prev, res), bytes.clone()));
+        let key = LineKey {
+            typ,
+            from_prev,
+            res: res.clone(),
+        };
+        memo.push((key, bytes.clone()));
         bytes
     }
 
@@ -115,28 +120,19 @@ impl Memo {
 struct LineKey {
     typ: &'static str,
     from_prev: bool,
-    group: String,
-    version: String,
-    plural: String,
+    res: Arc<Resource>,
 }
 
 impl LineKey {
-    fn new(typ: &'static str, from_prev: bool, res: &Resource) -> LineKey {
-        LineKey {
-            typ,
-            from_prev,
-            group: res.group.clone(),
-            version: res.version.clone(),
-            plural: res.plural.clone(),
-        }
-    }
-
-    fn is(&self, typ: &str, from_prev: bool, res: &Resource) -> bool {
+    /// The same resource is nearly always the same `Arc` (the registry's), compared by
+    /// address first: this runs for every watcher on every event.
+    fn is(&self, typ: &str, from_prev: bool, res: &Arc<Resource>) -> bool {
         self.typ == typ
             && self.from_prev == from_prev
-            && self.group == res.group
-            && self.version == res.version
-            && self.plural == res.plural
+            && (Arc::ptr_eq(&self.res, res)
+                || (self.res.group == res.group
+                    && self.res.version == res.version
+                    && self.res.plural == res.plural))
     }
 }
 
@@ -177,7 +173,13 @@ impl CachedEvent {
     /// The watch line (`{"type":..,"object":..}` as upstream's encoder writes it) for `res`,
     /// with `typ` and the object before (`from_prev`) or after the change; encoded by the first
     /// watcher that needs it and shared by the rest.
-    pub fn line(&self, cache: &Cache, res: &Resource, typ: &'static str, from_prev: bool) -> Bytes {
+    pub fn line(
+        &self,
+        cache: &Cache,
+        res: &Arc<Resource>,
+        typ: &'static str,
+        from_prev: bool,
+    ) -> Bytes {
         self.lines.get_or((typ, from_prev, res), || {
             let obj = match (&self.prev, from_prev) {
                 (Some(p), true) => p,
@@ -232,6 +234,19 @@ impl State {
                 .withheld
                 .iter()
                 .any(|w| prefix.starts_with(w.as_str()) || w.starts_with(prefix))
+    }
+
+    /// The objects whose keys start with `prefix`, in key order.
+    fn under<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = (&'a String, &'a Arc<Entry>)> + 'a {
+        self.objects
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(move |(k, _)| k.starts_with(prefix))
     }
 }
 
@@ -340,13 +355,7 @@ impl Cache {
             return Err(NotServed);
         }
         let mut items = Vec::new();
-        let mut range = st
-            .objects
-            .range::<str, _>((
-                std::ops::Bound::Included(prefix),
-                std::ops::Bound::Unbounded,
-            ))
-            .take_while(|(k, _)| k.starts_with(prefix));
+        let mut range = st.under(prefix);
         let mut last = None;
         let mut next = None;
         let mut remaining = 0;
@@ -383,15 +392,7 @@ impl Cache {
         }
         let rx = st.tx.subscribe();
         if initial {
-            let initial = st
-                .objects
-                .range::<str, _>((
-                    std::ops::Bound::Included(prefix),
-                    std::ops::Bound::Unbounded,
-                ))
-                .take_while(|(k, _)| k.starts_with(prefix))
-                .map(|(_, e)| e.clone())
-                .collect();
+            let initial = st.under(prefix).map(|(_, e)| e.clone()).collect();
             return Some(Subscription {
                 from: after.max(st.rev),
                 initial,
@@ -488,15 +489,7 @@ impl Cache {
     fn withhold(&self, prefix: &str, rev: i64) {
         {
             let mut st = self.write();
-            let gone: Vec<String> = st
-                .objects
-                .range::<str, _>((
-                    std::ops::Bound::Included(prefix),
-                    std::ops::Bound::Unbounded,
-                ))
-                .take_while(|(k, _)| k.starts_with(prefix))
-                .map(|(k, _)| k.clone())
-                .collect();
+            let gone: Vec<String> = st.under(prefix).map(|(k, _)| k.clone()).collect();
             for k in gone {
                 st.objects.remove(&k);
             }

@@ -3,6 +3,7 @@
 use axum::response::Response;
 use base64::Engine;
 use serde_json::{Value, json};
+use std::sync::Arc;
 
 use super::Api;
 use super::context::Ctx;
@@ -206,7 +207,7 @@ pub async fn get(api: &Api, res: &Resource, ctx: &Ctx, name: &str) -> ApiResult<
     Ok(respond(api, ctx, res, 200, obj, true))
 }
 
-pub async fn list(api: &Api, res: &Resource, ctx: &Ctx) -> ApiResult<Response> {
+pub async fn list(api: &Api, res: &Arc<Resource>, ctx: &Ctx) -> ApiResult<Response> {
     let filter = Filter::from_ctx(res, ctx)?;
     let limit = match ctx.query.get("limit") {
         None | Some("") | Some("0") => None,
@@ -338,7 +339,7 @@ fn list_meta(rev: i64, prefix: &str, next: Option<&str>, remaining: Option<i64>)
 /// The list from the cache; None when it no longer serves `prefix` (the store's then).
 fn list_from_cache(
     api: &Api,
-    res: &Resource,
+    res: &Arc<Resource>,
     ctx: &Ctx,
     filter: &Filter,
     prefix: &str,

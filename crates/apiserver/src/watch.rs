@@ -27,11 +27,29 @@ const MAX_CHUNK: usize = 64 * 1024;
 const BOOKMARK_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Under a fast flow of events a watch that has sent everything ready writes its next chunk
-/// no sooner than this after the last (tokio's timers round it up to the next millisecond):
-/// each event costs a wakeup, a write and a TLS record on both ends when sent alone, and a
-/// watch sent a chunk per event falls behind its writers. An event after a quiet spell goes
-/// out at once, and a watch with lines still waiting (a full chunk) does not pause.
-const COALESCE: Duration = Duration::from_millis(2);
+/// no sooner than a pause after the last (tokio's timers round it up to the next
+/// millisecond): each chunk costs a wakeup, a write and a TLS record on both ends, and a
+/// watch sent a chunk per event falls behind its writers. The pause grows with the events
+/// the last chunk carried (`PAUSE_PER_EVENT` each, from `MIN_PAUSE` up to `MAX_PAUSE`), so a
+/// flow of fewer than a thousand events a second keeps the shortest, and stops growing where
+/// a chunk would fill one HTTP/2 frame (`FRAME_FILL`; more would cost a second frame, write
+/// and record). An event after a quiet spell goes out at once, and a watch with lines still
+/// waiting (a full chunk) does not pause.
+const MIN_PAUSE: Duration = Duration::from_millis(2);
+const MAX_PAUSE: Duration = Duration::from_millis(8);
+const PAUSE_PER_EVENT: Duration = Duration::from_millis(1);
+/// A little under HTTP/2's default frame size (16 KiB), which clients keep.
+const FRAME_FILL: usize = 15 * 1024;
+
+/// The pause after a chunk of `events` lines and `bytes` that took `took` to come (since the
+/// chunk before it; None for the first).
+fn pause_after(events: u32, bytes: usize, took: Option<Duration>) -> Duration {
+    let per_event = PAUSE_PER_EVENT.saturating_mul(events);
+    let to_fill_a_frame = took.map_or(MAX_PAUSE, |took| {
+        took.mul_f64(FRAME_FILL as f64 / bytes.max(1) as f64)
+    });
+    per_event.min(to_fill_a_frame).clamp(MIN_PAUSE, MAX_PAUSE)
+}
 
 /// The watch line a change makes for a watcher whose selectors match the object after it
 /// (`now`) and before it (`before`): an object moving out of the selection is DELETED for
@@ -208,6 +226,7 @@ pub async fn watch(api: Arc<Api>, res: Arc<Resource>, ctx: Ctx) -> ApiResult<Res
                     bookmark_at: Box::pin(tokio::time::sleep(BOOKMARK_INTERVAL)),
                     bookmarks,
                     sent_at: None,
+                    next_at: None,
                     ended: false,
                 };
                 Box::pin(futures::stream::unfold(cached, |mut c| async move {
@@ -232,9 +251,10 @@ pub async fn watch(api: Arc<Api>, res: Arc<Resource>, ctx: Ctx) -> ApiResult<Res
                     .await;
                 });
                 Box::pin(futures::stream::unfold(rx, |mut rx| async move {
-                    let mut chunk = bytes::BytesMut::from(&rx.recv().await?[..]);
-                    fill(&mut chunk, || rx.try_recv().ok());
-                    Some((Ok(chunk.freeze()), rx))
+                    let mut lines = Lines::default();
+                    lines.push(rx.recv().await?);
+                    lines.fill(|| rx.try_recv().ok());
+                    Some((Ok(lines.join()), rx))
                 }))
             }
         };
@@ -267,8 +287,10 @@ struct CachedWatch {
     /// When the next bookmark is due (if the client asked for them).
     bookmark_at: std::pin::Pin<Box<tokio::time::Sleep>>,
     bookmarks: bool,
-    /// When the last chunk that emptied everything ready went out (see `COALESCE`).
+    /// When the last chunk went out, and when the next may, after one that emptied
+    /// everything ready (see `MIN_PAUSE`).
     sent_at: Option<tokio::time::Instant>,
+    next_at: Option<tokio::time::Instant>,
     ended: bool,
 }
 
@@ -338,34 +360,39 @@ impl CachedWatch {
         if self.ended {
             return None;
         }
-        if let Some(due) = self.sent_at.map(|at| at + COALESCE)
+        if let Some(due) = self.next_at
             && due > tokio::time::Instant::now()
         {
             tokio::time::sleep_until(due).await;
         }
-        let chunk = self.gather().await;
+        let (chunk, events) = self.gather().await?;
         // A full chunk left lines waiting (initial state, backlog, a burst): no pause then.
-        let drained = chunk.as_ref().is_some_and(|c| c.len() < MAX_CHUNK);
-        self.sent_at = drained.then(tokio::time::Instant::now);
-        chunk
+        let now = tokio::time::Instant::now();
+        let took = self.sent_at.map(|at| now - at);
+        self.sent_at = Some(now);
+        self.next_at =
+            (chunk.len() < MAX_CHUNK).then(|| now + pause_after(events, chunk.len(), took));
+        Some(chunk)
     }
 
-    /// The lines ready now, or the next one (or a bookmark) when none is.
-    async fn gather(&mut self) -> Option<Bytes> {
-        let mut chunk = bytes::BytesMut::new();
+    /// The lines ready now, or the next one (or a bookmark) when none is, and how many
+    /// events they carry.
+    async fn gather(&mut self) -> Option<(Bytes, u32)> {
+        let mut lines = Lines::default();
         loop {
-            fill(&mut chunk, || {
+            lines.fill(|| {
                 self.ready().unwrap_or_else(|()| {
                     self.ended = true;
                     None
                 })
             });
-            if !chunk.is_empty() {
+            if !lines.is_empty() {
+                let events = lines.count();
                 // Under a steady flow of events a bookmark that is due rides along.
                 if self.bookmarks && self.bookmark_at.deadline() <= tokio::time::Instant::now() {
-                    chunk.extend_from_slice(&self.bookmark());
+                    lines.push(self.bookmark());
                 }
-                return Some(chunk.freeze());
+                return Some((lines.join(), events));
             }
             if self.ended {
                 return None;
@@ -374,7 +401,7 @@ impl CachedWatch {
                 ev = self.rx.recv() => match ev {
                     Ok(ev) => {
                         if let Some(line) = self.event(&ev) {
-                            chunk.extend_from_slice(&line);
+                            lines.push(line);
                         }
                     }
                     Err(_) => {
@@ -382,20 +409,56 @@ impl CachedWatch {
                         return None;
                     }
                 },
-                _ = &mut self.bookmark_at, if self.bookmarks => return Some(self.bookmark()),
+                _ = &mut self.bookmark_at, if self.bookmarks => {
+                    return Some((self.bookmark(), 0));
+                }
             }
         }
     }
 }
 
-/// Adds the lines already waiting to `chunk`, up to `MAX_CHUNK`: one write (and one TLS
-/// record) for several events when the connection is behind.
-fn fill(chunk: &mut bytes::BytesMut, mut next: impl FnMut() -> Option<Bytes>) {
-    while chunk.len() < MAX_CHUNK {
-        match next() {
-            Some(line) => chunk.extend_from_slice(&line),
-            None => break,
+/// The lines of one chunk, kept as they come (each shared by every watcher that gets it) and
+/// joined once into a buffer of their exact size: a chunk grown line by line was reallocated
+/// and copied over and over. One write (and one TLS record) carries them all.
+#[derive(Default)]
+struct Lines {
+    lines: Vec<Bytes>,
+    len: usize,
+}
+
+impl Lines {
+    fn push(&mut self, line: Bytes) {
+        self.len += line.len();
+        self.lines.push(line);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
+    fn count(&self) -> u32 {
+        self.lines.len() as u32
+    }
+
+    /// Adds the lines already waiting, up to `MAX_CHUNK`.
+    fn fill(&mut self, mut next: impl FnMut() -> Option<Bytes>) {
+        while self.len < MAX_CHUNK {
+            match next() {
+                Some(line) => self.push(line),
+                None => break,
+            }
         }
+    }
+
+    fn join(mut self) -> Bytes {
+        if self.lines.len() == 1 {
+            return self.lines.pop().unwrap_or_default();
+        }
+        let mut chunk = bytes::BytesMut::with_capacity(self.len);
+        for line in &self.lines {
+            chunk.extend_from_slice(line);
+        }
+        chunk.freeze()
     }
 }
 
@@ -520,4 +583,24 @@ async fn subscribe(
         None => cache.rev(),
     };
     cache.subscribe(prefix, after, initial)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slow_flow_keeps_the_shortest_pause_and_a_flood_fills_a_frame() {
+        let ms = Duration::from_millis;
+        // A slow flow: events one by one.
+        assert_eq!(pause_after(0, 0, None), MIN_PAUSE);
+        assert_eq!(pause_after(1, 650, Some(ms(40))), MIN_PAUSE);
+        // A few events: a millisecond each.
+        assert_eq!(pause_after(5, 5 * 650, Some(ms(2))), ms(5));
+        // A flood: the longest pause, or less where a frame fills sooner.
+        assert_eq!(pause_after(30, 30 * 300, Some(ms(8))), MAX_PAUSE);
+        assert_eq!(pause_after(u32::MAX, usize::MAX, None), MAX_PAUSE);
+        assert_eq!(pause_after(30, 2 * FRAME_FILL, Some(ms(8))), ms(4));
+        assert_eq!(pause_after(300, 64 * 1024, Some(ms(2))), MIN_PAUSE);
+    }
 }

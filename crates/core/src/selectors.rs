@@ -141,7 +141,12 @@ impl LabelSelector {
         if self.is_empty() {
             return true;
         }
-        let labels = obj.pointer("/metadata/labels").and_then(Value::as_object);
+        // Not `pointer`: it allocates for every step of its path, and this runs for every
+        // watcher on every event.
+        let labels = obj
+            .get("metadata")
+            .and_then(|m| m.get("labels"))
+            .and_then(Value::as_object);
         self.matches_with(|k| {
             labels
                 .and_then(|m| m.get(k))

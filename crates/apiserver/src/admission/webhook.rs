@@ -1024,9 +1024,8 @@ mod tests {
     /// refused on create today): dry-run requests it matches are refused, others call it.
     #[tokio::test]
     async fn dry_run_refuses_webhooks_with_side_effects() {
-        let dir = std::env::temp_dir().join(format!("kinglet-webhook-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let api = crate::test_api(&dir).await;
+        let dir = tempfile::tempdir().unwrap();
+        let api = crate::test_api(dir.path()).await;
         let pods = pods();
         let ca = rcgen::CertificateParams::new(vec!["x.example".to_string()])
             .unwrap()
@@ -1095,6 +1094,5 @@ mod tests {
         validate(&api, &attrs(&svcs, &ctx, "CREATE"), Some(&pod))
             .await
             .unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

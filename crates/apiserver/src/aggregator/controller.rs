@@ -500,8 +500,8 @@ mod tests {
 
     #[tokio::test]
     async fn builtins_are_local_apiservices_and_crd_ones_follow_crds() {
-        let dir = scratch("local");
-        let api = crate::test_api(&dir).await;
+        let dir = tempfile::tempdir().unwrap();
+        let api = crate::test_api(dir.path()).await;
         sync(&api, false, &Backends::default()).await;
         sync(&api, false, &Backends::default()).await;
         let all = list_apiservices(&api).await;
@@ -530,8 +530,8 @@ mod tests {
 
     #[tokio::test]
     async fn crd_group_versions_get_local_apiservices_while_served() {
-        let dir = scratch("crd");
-        let api = crate::test_api(&dir).await;
+        let dir = tempfile::tempdir().unwrap();
+        let api = crate::test_api(dir.path()).await;
         let crd = json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
             "metadata": {"name": "gizmos.stable.example.com"},
             "spec": {"group": "stable.example.com", "scope": "Namespaced",
@@ -597,8 +597,8 @@ mod tests {
 
     #[tokio::test]
     async fn delegated_apiservice_without_service_is_unavailable() {
-        let dir = scratch("delegated");
-        let api = crate::test_api(&dir).await;
+        let dir = tempfile::tempdir().unwrap();
+        let api = crate::test_api(dir.path()).await;
         let _ = api.front_proxy.set(crate::FrontProxy {
             ca_pem: String::new(),
             tls: Arc::new(
@@ -644,14 +644,6 @@ mod tests {
         )
         .await;
         assert_eq!(resp.status(), 503);
-    }
-
-    fn scratch(name: &str) -> std::path::PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("kinglet-aggregator-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
     }
 
     fn delegated_names(api: &Api) -> Vec<String> {

@@ -671,10 +671,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_node_changes_only_volumes_pinned_to_it_and_a_bad_store_denies() {
-        let dir = std::env::temp_dir().join(format!("kinglet-node-authz-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let api = crate::test_api(&dir).await;
+        let dir = tempfile::tempdir().unwrap();
+        let api = crate::test_api(dir.path()).await;
         let res = api.registry.find("", "v1", "persistentvolumes").unwrap();
         let pinned = |n: &str| {
             json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "x"},
@@ -723,7 +721,6 @@ mod tests {
                 wrong.push(format!("{verb} {name}: allowed {got}"));
             }
         }
-        let _ = std::fs::remove_dir_all(&dir);
         assert!(wrong.is_empty(), "{wrong:?}");
     }
 

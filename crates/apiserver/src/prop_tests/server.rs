@@ -237,8 +237,6 @@ async fn send(api: &Arc<Api>, r: &Req) -> Option<u16> {
 
 /// A runtime and an API server over a fresh store in `dir`.
 fn fresh_api(dir: &std::path::Path) -> (tokio::runtime::Runtime, std::sync::Arc<crate::Api>) {
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -252,8 +250,8 @@ fn fresh_api(dir: &std::path::Path) -> (tokio::runtime::Runtime, std::sync::Arc<
 /// never a 500, within the time limit, and the server answers a plain list afterwards.
 #[test]
 fn hostile_requests_get_client_errors_and_the_server_keeps_serving() {
-    let dir = std::env::temp_dir().join(format!("kinglet-prop-server-{}", std::process::id()));
-    let (rt, api) = fresh_api(&dir);
+    let dir = tempfile::tempdir().unwrap();
+    let (rt, api) = fresh_api(dir.path());
     let seed = |r: Req| rt.block_on(send(&api, &r));
     let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": "1"}});
     let list = Req {
@@ -301,7 +299,6 @@ fn hostile_requests_get_client_errors_and_the_server_keeps_serving() {
         Ok(())
     });
     rt.shutdown_background();
-    let _ = std::fs::remove_dir_all(&dir);
     if let Err(e) = result {
         panic!("{e}");
     }
@@ -311,8 +308,8 @@ fn hostile_requests_get_client_errors_and_the_server_keeps_serving() {
 /// a 400; huge limits are no limit; raw UTF-8 after `%` is no escape.
 #[test]
 fn list_parameters_through_the_router() {
-    let dir = std::env::temp_dir().join(format!("kinglet-prop-continue-{}", std::process::id()));
-    let (rt, api) = fresh_api(&dir);
+    let dir = tempfile::tempdir().unwrap();
+    let (rt, api) = fresh_api(dir.path());
     let get = |query: Vec<(&str, String)>| {
         let r = Req {
             method: "GET",
@@ -399,5 +396,4 @@ fn list_parameters_through_the_router() {
         .unwrap_or_else(|e| match e {});
     assert_eq!(resp.status(), 400, "an invalid label selector");
     rt.shutdown_background();
-    let _ = std::fs::remove_dir_all(&dir);
 }
