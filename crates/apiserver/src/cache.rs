@@ -132,7 +132,8 @@ impl LineKey {
             && (Arc::ptr_eq(&self.res, res)
                 || (self.res.group == res.group
                     && self.res.version == res.version
-                    && self.res.plural == res.plural))
+                    && self.res.plural == res.plural
+                    && self.res.kind == res.kind))
     }
 }
 
