@@ -70,6 +70,18 @@ impl Graph {
     }
 }
 
+/// What the collector reads of a stored object: its metadata alone (the rest is parsed over,
+/// not built: every event of every resource passes through here).
+fn metadata_of(stored: &[u8]) -> Option<Value> {
+    #[derive(serde::Deserialize)]
+    struct Stored {
+        #[serde(default)]
+        metadata: Value,
+    }
+    let stored: Stored = serde_json::from_slice(stored).ok()?;
+    Some(serde_json::json!({ "metadata": stored.metadata }))
+}
+
 fn node_of(key: &str, obj: &Value) -> Option<(String, Node)> {
     let uid = meta_str(obj, "uid")?.to_string();
     let owners = obj
@@ -163,7 +175,7 @@ impl GarbageCollector {
     async fn run(&mut self) -> anyhow::Result<()> {
         let page = self.api.store.list(ROOT, 0, None, None).await?;
         for rec in &page.items {
-            if let Ok(v) = serde_json::from_slice::<Value>(&rec.value)
+            if let Some(v) = metadata_of(&rec.value)
                 && let Some((uid, node)) = node_of(&rec.key, &v)
             {
                 self.graph.upsert(uid, node);
@@ -177,7 +189,7 @@ impl GarbageCollector {
             let dirty = tokio::select! {
                 ev = watch.next() => {
                     let ev = ev.map_err(|e| anyhow::anyhow!("watch ended: {e:?}"))?;
-                    let Ok(v) = serde_json::from_slice::<Value>(&ev.record.value) else { continue };
+                    let Some(v) = metadata_of(&ev.record.value) else { continue };
                     let Some((uid, node)) = node_of(&ev.record.key, &v) else { continue };
                     // The object itself, its owners and its dependents may need work.
                     let mut dirty: Vec<String> = node.owners.iter().map(|o| o.uid.clone()).collect();
@@ -366,5 +378,33 @@ impl GarbageCollector {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_graph_reads_the_same_node_from_the_metadata_alone() {
+        let full = serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {"name": "rs", "namespace": "ns", "uid": "u1",
+                "deletionTimestamp": "2026-01-01T00:00:00Z", "finalizers": ["f"],
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
+                    "name": "d", "uid": "u0", "blockOwnerDeletion": true}]},
+            "spec": {"replicas": 3, "template": {"spec": {"containers": [{"name": "c"}]}}},
+            "status": {"replicas": 3}
+        });
+        let key = "/registry/replicasets/ns/rs";
+        let meta = metadata_of(&serde_json::to_vec(&full).unwrap()).unwrap();
+        assert_eq!(meta, serde_json::json!({"metadata": full["metadata"]}));
+        let (uid, node) = node_of(key, &meta).unwrap();
+        let (full_uid, full_node) = node_of(key, &full).unwrap();
+        assert_eq!(uid, full_uid);
+        assert_eq!(format!("{node:?}"), format!("{full_node:?}"));
+        // A value that is not JSON (a Secret encrypted at rest) or has no metadata: no node.
+        assert!(metadata_of(b"k8s:enc:aesgcm:v1:key1:\x00\x01").is_none());
+        assert!(node_of(key, &metadata_of(b"{\"kind\":\"X\"}").unwrap()).is_none());
     }
 }
