@@ -28,19 +28,20 @@ const BOOKMARK_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Under a fast flow of events a watch that has sent everything ready writes its next chunk
 /// no sooner than a pause after the last (tokio's timers round it up to the next
-/// millisecond): each chunk costs a wakeup, a write and a TLS record on both ends, and a
-/// watch sent a chunk per event falls behind its writers. The pause grows with the events
-/// the last chunk carried (`PAUSE_PER_EVENT` each, from `MIN_PAUSE` up to `MAX_PAUSE`), so a
-/// flow of a few hundred events a second keeps the shortest, and stops growing where a chunk
-/// would fill one HTTP/2 frame (`FRAME_FILL`; more would cost a second frame, write and
-/// record). A chunk that was not part of a flow (the first, or one after a quiet spell)
-/// leaves the shortest pause; an event after a quiet spell goes out at once, and a watch with
-/// lines still waiting (a full chunk) does not pause.
+/// millisecond): each chunk costs a wakeup and a write on the server and a wakeup and reads
+/// on the watcher's side, and a watch sent a chunk per event falls behind its writers. The
+/// pause grows with the events the last chunk carried (`PAUSE_PER_EVENT` each, from
+/// `MIN_PAUSE` up to `MAX_PAUSE`), so a flow below about a thousand events a second keeps the
+/// shortest (each chunk carries fewer events than its pause lasts milliseconds), and a flood
+/// waits up to `MAX_PAUSE`, the most an event is held back, and no longer than it takes to
+/// fill a chunk (`CHUNK_FILL`). A chunk that was not part of a flow (the first, or one after
+/// a quiet spell) leaves the shortest pause; an event after a quiet spell goes out at once,
+/// and a watch with lines still waiting (a full chunk) does not pause.
 const MIN_PAUSE: Duration = Duration::from_millis(2);
-const MAX_PAUSE: Duration = Duration::from_millis(8);
+const MAX_PAUSE: Duration = Duration::from_millis(24);
 const PAUSE_PER_EVENT: Duration = Duration::from_millis(1);
-/// A little under HTTP/2's default frame size (16 KiB), which clients keep.
-const FRAME_FILL: usize = 15 * 1024;
+/// A little under `MAX_CHUNK`: about four HTTP/2 frames (16 KiB by default) in one write.
+const CHUNK_FILL: usize = 60 * 1024;
 
 /// The pause after a chunk of `events` lines and `bytes` that took `took` to come (since the
 /// chunk before it; None for the first).
@@ -50,11 +51,11 @@ fn pause_after(events: u32, bytes: usize, took: Option<Duration>) -> Duration {
     };
     let per_event = PAUSE_PER_EVENT.saturating_mul(events);
     // The timer's rounding (up to a millisecond) lengthens every pause: taken off here, so
-    // that a chunk stays within the frame.
-    let to_fill_a_frame = took
-        .mul_f64(FRAME_FILL as f64 / bytes.max(1) as f64)
+    // that a chunk stays within `CHUNK_FILL`.
+    let to_fill_a_chunk = took
+        .mul_f64(CHUNK_FILL as f64 / bytes.max(1) as f64)
         .saturating_sub(Duration::from_millis(1));
-    per_event.min(to_fill_a_frame).clamp(MIN_PAUSE, MAX_PAUSE)
+    per_event.min(to_fill_a_chunk).clamp(MIN_PAUSE, MAX_PAUSE)
 }
 
 /// The watch line a change makes for a watcher whose selectors match the object after it
@@ -596,17 +597,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_slow_flow_keeps_the_shortest_pause_and_a_flood_fills_a_frame() {
+    fn a_slow_flow_keeps_the_shortest_pause_and_a_flood_fills_a_chunk() {
         let ms = Duration::from_millis;
         // A slow flow: events one by one.
         assert_eq!(pause_after(0, 0, Some(ms(2))), MIN_PAUSE);
         assert_eq!(pause_after(1, 650, Some(ms(10))), MIN_PAUSE);
         // A few events: a millisecond each.
         assert_eq!(pause_after(5, 5 * 650, Some(ms(2))), ms(5));
-        // A flood: the longest pause, or less where a frame fills sooner.
+        // A flood: the longest pause, or less where a chunk fills sooner.
         assert_eq!(pause_after(30, 30 * 300, Some(ms(8))), MAX_PAUSE);
         assert_eq!(pause_after(u32::MAX, 1, Some(ms(16))), MAX_PAUSE);
-        assert_eq!(pause_after(30, 2 * FRAME_FILL, Some(ms(8))), ms(3));
+        assert_eq!(pause_after(30, 2 * CHUNK_FILL, Some(ms(8))), ms(3));
         assert_eq!(pause_after(300, 64 * 1024, Some(ms(2))), MIN_PAUSE);
         // Not a flow: the first chunk (initial state), or a burst after a quiet spell.
         assert_eq!(pause_after(500, 64 * 1024, None), MIN_PAUSE);
