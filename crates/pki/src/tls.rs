@@ -117,12 +117,48 @@ pub fn server_config_for(
     server_config_with(ca_pem, LiveCert::new(serving, ca_pem)?, require_client_cert)
 }
 
+/// The cipher suites a server prefers, as Go's servers (upstream's) choose them: with AES
+/// instructions AES-128-GCM first (the cheapest for both ends of a watch that carries
+/// megabytes; clients such as curl ask for AES-256 first), without them ChaCha20 first
+/// (software AES is several times slower, and a Raspberry Pi 4 has no AES instructions).
+fn server_provider() -> rustls::crypto::CryptoProvider {
+    use rustls::CipherSuite as S;
+    let aes_hardware = has_aes_hardware();
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites.sort_by_key(|s| match s.suite() {
+        S::TLS13_AES_128_GCM_SHA256
+        | S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        | S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => !aes_hardware as u8,
+        S::TLS13_CHACHA20_POLY1305_SHA256
+        | S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+        | S::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => aes_hardware as u8,
+        _ => 2,
+    });
+    provider
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_aes_hardware() -> bool {
+    std::arch::is_x86_feature_detected!("aes") && std::arch::is_x86_feature_detected!("pclmulqdq")
+}
+
+#[cfg(target_arch = "aarch64")]
+fn has_aes_hardware() -> bool {
+    std::arch::is_aarch64_feature_detected!("aes")
+        && std::arch::is_aarch64_feature_detected!("pmull")
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+fn has_aes_hardware() -> bool {
+    false
+}
+
 fn server_config_with(
     ca_pem: &str,
     serving: Arc<LiveCert>,
     require_client_cert: bool,
 ) -> anyhow::Result<rustls::ServerConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(server_provider());
     let mut roots = rustls::RootCertStore::empty();
     for c in certs(ca_pem)? {
         roots.add(c)?;
@@ -137,6 +173,7 @@ fn server_config_with(
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(serving);
+    config.ignore_client_order = true;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
@@ -349,6 +386,56 @@ mod tests {
         let resp = sender.send_request(req).await?;
         let body = axum::body::to_bytes(axum::body::Body::new(resp.into_body()), 1 << 16).await?;
         Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn the_server_picks_its_own_cipher_suite_as_go_servers_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let sans = crate::serving_sans("h", &[], &[], "10.43.0.1".parse().unwrap(), "c.local");
+        let pki = Pki::load_or_create(dir.path(), &sans).unwrap();
+        let server = Arc::new(server_config_for(&pki.ca.cert_pem, &pki.serving, false).unwrap());
+        let expected = if has_aes_hardware() {
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+        } else {
+            rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
+        };
+        // Clients that put AES-256 first (curl, rustls), or the other two first.
+        let (a128, a256, chacha) = {
+            use rustls::crypto::ring::cipher_suite::*;
+            (
+                TLS13_AES_128_GCM_SHA256,
+                TLS13_AES_256_GCM_SHA384,
+                TLS13_CHACHA20_POLY1305_SHA256,
+            )
+        };
+        for order in [
+            [a256, a128, chacha],
+            [a256, chacha, a128],
+            [chacha, a256, a128],
+        ] {
+            let mut provider = rustls::crypto::ring::default_provider();
+            provider.cipher_suites = order.to_vec();
+            let mut roots = rustls::RootCertStore::empty();
+            for c in certs(&pki.ca.cert_pem).unwrap() {
+                roots.add(c).unwrap();
+            }
+            let client = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+            let acceptor = tokio_rustls::TlsAcceptor::from(server.clone());
+            let accepted = tokio::spawn(async move { acceptor.accept(server_io).await });
+            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+                .connect(name, client_io)
+                .await
+                .unwrap();
+            accepted.await.unwrap().unwrap();
+            let suite = tls.get_ref().1.negotiated_cipher_suite().unwrap().suite();
+            assert_eq!(suite, expected, "client order {order:?}");
+        }
     }
 
     #[tokio::test]
