@@ -25,6 +25,15 @@ fn key(pem: &str) -> anyhow::Result<PrivateKeyDer<'static>> {
         .ok_or_else(|| anyhow::anyhow!("no private key in PEM"))
 }
 
+/// The certificates of `ca_pem` as trust roots.
+fn roots(ca_pem: &str) -> anyhow::Result<rustls::RootCertStore> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs(ca_pem)? {
+        roots.add(c)?;
+    }
+    Ok(roots)
+}
+
 /// A certificate and its key that can be replaced while in use: renewed while the server runs,
 /// the next handshakes present the new one.
 #[derive(Debug)]
@@ -159,11 +168,8 @@ fn server_config_with(
     require_client_cert: bool,
 ) -> anyhow::Result<rustls::ServerConfig> {
     let provider = Arc::new(server_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in certs(ca_pem)? {
-        roots.add(c)?;
-    }
-    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    let builder =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider.clone());
     let verifier = if require_client_cert {
         builder.build()?
     } else {
@@ -192,10 +198,7 @@ pub fn live_client_config(
     client: Arc<LiveCert>,
 ) -> anyhow::Result<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in certs(ca_pem)? {
-        roots.add(c)?;
-    }
+    let roots = roots(ca_pem)?;
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
@@ -415,10 +418,7 @@ mod tests {
         ] {
             let mut provider = rustls::crypto::ring::default_provider();
             provider.cipher_suites = order.to_vec();
-            let mut roots = rustls::RootCertStore::empty();
-            for c in certs(&pki.ca.cert_pem).unwrap() {
-                roots.add(c).unwrap();
-            }
+            let roots = roots(&pki.ca.cert_pem).unwrap();
             let client = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
                 .with_safe_default_protocol_versions()
                 .unwrap()
@@ -461,10 +461,7 @@ mod tests {
         let unix = tokio::net::UnixStream::connect(&path).await.unwrap();
         assert_eq!(get(unix, client).await.unwrap(), crate::KUBELET_CLIENT_USER);
         // The client certificate is required here as on TCP.
-        let mut roots = rustls::RootCertStore::empty();
-        for c in certs(&pki.ca.cert_pem).unwrap() {
-            roots.add(c).unwrap();
-        }
+        let roots = roots(&pki.ca.cert_pem).unwrap();
         let anonymous = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
