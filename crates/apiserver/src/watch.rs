@@ -21,7 +21,7 @@ use super::status::{ApiError, ApiResult};
 use kinglet_store::{EventType, StoreError};
 
 /// The most a chunk of a watch's response carries when events are waiting.
-const MAX_CHUNK: usize = 64 * 1024;
+const MAX_CHUNK: usize = 96 * 1024;
 
 /// How often a bookmark is sent to watchers that asked for them.
 const BOOKMARK_INTERVAL: Duration = Duration::from_secs(30);
@@ -31,7 +31,7 @@ const BOOKMARK_INTERVAL: Duration = Duration::from_secs(30);
 /// millisecond): each chunk costs a wakeup and a write on the server and a wakeup and reads
 /// on the watcher's side, and a watch sent a chunk per event falls behind its writers. The
 /// pause grows with the events the last chunk carried (`PAUSE_PER_EVENT` each, from
-/// `MIN_PAUSE` up to `MAX_PAUSE`), so a flow below about a thousand events a second keeps the
+/// `MIN_PAUSE` up to `MAX_PAUSE`), so a flow below about 700 events a second keeps the
 /// shortest (each chunk carries fewer events than its pause lasts milliseconds), and a flood
 /// waits up to `MAX_PAUSE`, the most an event is held back, and no longer than it takes to
 /// fill a chunk (`CHUNK_FILL`). A chunk that was not part of a flow (the first, or one after
@@ -40,7 +40,8 @@ const BOOKMARK_INTERVAL: Duration = Duration::from_secs(30);
 const MIN_PAUSE: Duration = Duration::from_millis(2);
 const MAX_PAUSE: Duration = Duration::from_millis(24);
 const PAUSE_PER_EVENT: Duration = Duration::from_millis(1);
-/// A little under `MAX_CHUNK`: about four HTTP/2 frames (16 KiB by default) in one write.
+/// About four HTTP/2 frames (16 KiB by default) in one write; `MAX_CHUNK` leaves room above it
+/// for a timer that fires late, so that such a chunk is still followed by a pause.
 const CHUNK_FILL: usize = 60 * 1024;
 
 /// The pause after a chunk of `events` lines and `bytes` that took `took` to come (since the
@@ -361,7 +362,7 @@ impl CachedWatch {
         }
     }
 
-    /// Every line ready (up to `MAX_CHUNK`) as one chunk: one write and one TLS record for
+    /// Every line ready (up to `MAX_CHUNK`) as one chunk: one write (a few TLS records) for
     /// all the events waiting; waits for an event (or a bookmark) when none is.
     async fn next_chunk(&mut self) -> Option<Bytes> {
         if self.ended {
@@ -426,7 +427,7 @@ impl CachedWatch {
 
 /// The lines of one chunk, kept as they come (each shared by every watcher that gets it) and
 /// joined once into a buffer of their exact size: a chunk grown line by line was reallocated
-/// and copied over and over. One write (and one TLS record) carries them all.
+/// and copied over and over. One write carries them all.
 #[derive(Default)]
 struct Lines {
     lines: Vec<Bytes>,
@@ -607,8 +608,11 @@ mod tests {
         // A flood: the longest pause, or less where a chunk fills sooner.
         assert_eq!(pause_after(30, 30 * 300, Some(ms(8))), MAX_PAUSE);
         assert_eq!(pause_after(u32::MAX, 1, Some(ms(16))), MAX_PAUSE);
+        assert_eq!(pause_after(30, 30 * 1024, Some(ms(8))), ms(15));
         assert_eq!(pause_after(30, 2 * CHUNK_FILL, Some(ms(8))), ms(3));
         assert_eq!(pause_after(300, 64 * 1024, Some(ms(2))), MIN_PAUSE);
+        // Still a flow after a pause of up to twice the longest.
+        assert_eq!(pause_after(10, 8000, Some(ms(30))), ms(10));
         // Not a flow: the first chunk (initial state), or a burst after a quiet spell.
         assert_eq!(pause_after(500, 64 * 1024, None), MIN_PAUSE);
         assert_eq!(pause_after(30, 30 * 650, Some(ms(500))), MIN_PAUSE);

@@ -126,24 +126,26 @@ pub fn server_config_for(
     server_config_with(ca_pem, LiveCert::new(serving, ca_pem)?, require_client_cert)
 }
 
-/// The cipher suites a server prefers, as Go's servers (upstream's) choose them: with AES
-/// instructions AES-128-GCM first (the cheapest for both ends of a watch that carries
-/// megabytes; clients such as curl ask for AES-256 first), without them ChaCha20 first
-/// (software AES is several times slower, and a Raspberry Pi 4 has no AES instructions).
-fn server_provider() -> rustls::crypto::CryptoProvider {
+/// The cipher suites of a server on a machine with AES instructions or without, and whether
+/// its own order wins over the client's. As Go's servers (upstream's) choose where it
+/// matters: without AES instructions (a Raspberry Pi 4) ChaCha20 comes first whatever the
+/// client asks (curl and OpenSSL ask for AES-256 first, which would run in software, several
+/// times slower); with them the client's order stands, so a client without AES instructions
+/// that asks for ChaCha20 first gets it.
+fn cipher_choice(aes_hardware: bool) -> (rustls::crypto::CryptoProvider, bool) {
     use rustls::CipherSuite as S;
-    let aes_hardware = has_aes_hardware();
     let mut provider = rustls::crypto::ring::default_provider();
-    provider.cipher_suites.sort_by_key(|s| match s.suite() {
-        S::TLS13_AES_128_GCM_SHA256
-        | S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
-        | S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => !aes_hardware as u8,
-        S::TLS13_CHACHA20_POLY1305_SHA256
-        | S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
-        | S::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => aes_hardware as u8,
-        _ => 2,
-    });
-    provider
+    if !aes_hardware {
+        provider.cipher_suites.sort_by_key(|s| {
+            !matches!(
+                s.suite(),
+                S::TLS13_CHACHA20_POLY1305_SHA256
+                    | S::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+                    | S::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
+            )
+        });
+    }
+    (provider, !aes_hardware)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -167,7 +169,18 @@ fn server_config_with(
     serving: Arc<LiveCert>,
     require_client_cert: bool,
 ) -> anyhow::Result<rustls::ServerConfig> {
-    let provider = Arc::new(server_provider());
+    server_config_on(ca_pem, serving, require_client_cert, has_aes_hardware())
+}
+
+/// [`server_config_with`] for a machine with AES instructions or without.
+fn server_config_on(
+    ca_pem: &str,
+    serving: Arc<LiveCert>,
+    require_client_cert: bool,
+    aes_hardware: bool,
+) -> anyhow::Result<rustls::ServerConfig> {
+    let (provider, server_order) = cipher_choice(aes_hardware);
+    let provider = Arc::new(provider);
     let builder =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider.clone());
     let verifier = if require_client_cert {
@@ -179,7 +192,7 @@ fn server_config_with(
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(serving);
-    config.ignore_client_order = true;
+    config.ignore_client_order = server_order;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
@@ -392,17 +405,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_server_picks_its_own_cipher_suite_as_go_servers_do() {
+    async fn without_aes_instructions_the_server_picks_chacha20_as_go_servers_do() {
+        use rustls::CipherSuite as S;
         let dir = tempfile::tempdir().unwrap();
         let sans = crate::serving_sans("h", &[], &[], "10.43.0.1".parse().unwrap(), "c.local");
         let pki = Pki::load_or_create(dir.path(), &sans).unwrap();
-        let server = Arc::new(server_config_for(&pki.ca.cert_pem, &pki.serving, false).unwrap());
-        let expected = if has_aes_hardware() {
-            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
-        } else {
-            rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
-        };
-        // Clients that put AES-256 first (curl, rustls), or the other two first.
         let (a128, a256, chacha) = {
             use rustls::crypto::ring::cipher_suite::*;
             (
@@ -411,21 +418,37 @@ mod tests {
                 TLS13_CHACHA20_POLY1305_SHA256,
             )
         };
-        for order in [
-            [a256, a128, chacha],
-            [a256, chacha, a128],
-            [chacha, a256, a128],
-        ] {
+        // (AES instructions on the server, the client's order, the suite agreed.)
+        let cases = [
+            (
+                false,
+                [a256, a128, chacha],
+                S::TLS13_CHACHA20_POLY1305_SHA256,
+            ),
+            (
+                false,
+                [a128, a256, chacha],
+                S::TLS13_CHACHA20_POLY1305_SHA256,
+            ),
+            (true, [a256, a128, chacha], S::TLS13_AES_256_GCM_SHA384),
+            (
+                true,
+                [chacha, a256, a128],
+                S::TLS13_CHACHA20_POLY1305_SHA256,
+            ),
+        ];
+        for (aes_hardware, order, expected) in cases {
+            let serving = LiveCert::new(&pki.serving, &pki.ca.cert_pem).unwrap();
+            let server = server_config_on(&pki.ca.cert_pem, serving, false, aes_hardware).unwrap();
             let mut provider = rustls::crypto::ring::default_provider();
             provider.cipher_suites = order.to_vec();
-            let roots = roots(&pki.ca.cert_pem).unwrap();
             let client = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
                 .with_safe_default_protocol_versions()
                 .unwrap()
-                .with_root_certificates(roots)
+                .with_root_certificates(roots(&pki.ca.cert_pem).unwrap())
                 .with_no_client_auth();
             let (client_io, server_io) = tokio::io::duplex(64 * 1024);
-            let acceptor = tokio_rustls::TlsAcceptor::from(server.clone());
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
             let accepted = tokio::spawn(async move { acceptor.accept(server_io).await });
             let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
             let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
@@ -434,7 +457,10 @@ mod tests {
                 .unwrap();
             accepted.await.unwrap().unwrap();
             let suite = tls.get_ref().1.negotiated_cipher_suite().unwrap().suite();
-            assert_eq!(suite, expected, "client order {order:?}");
+            assert_eq!(
+                suite, expected,
+                "AES instructions {aes_hardware}, client {order:?}"
+            );
         }
     }
 
