@@ -143,15 +143,8 @@ impl LabelSelector {
         }
         // Not `pointer`: it allocates for every step of its path, and this runs for every
         // watcher on every event.
-        let labels = obj
-            .get("metadata")
-            .and_then(|m| m.get("labels"))
-            .and_then(Value::as_object);
-        self.matches_with(|k| {
-            labels
-                .and_then(|m| m.get(k))
-                .map(|v| v.as_str().unwrap_or_default())
-        })
+        let labels = member(obj, "metadata").and_then(|m| member(m, "labels"));
+        self.matches_with(|k| member(labels?, k).map(|v| v.as_str().unwrap_or_default()))
     }
 
     fn matches_with<'a>(&self, label: impl Fn(&str) -> Option<&'a str>) -> bool {
@@ -283,6 +276,16 @@ impl FieldSelector {
     }
 }
 
+/// A member of a JSON object. Objects' metadata and labels have a few members, and comparing
+/// a few keys costs less than hashing the key (what `get` does); a large object is hashed.
+fn member<'a>(obj: &'a Value, key: &str) -> Option<&'a Value> {
+    let map = obj.as_object()?;
+    if map.len() > 16 {
+        return map.get(key);
+    }
+    map.iter().find_map(|(k, v)| (k == key).then_some(v))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,5 +341,29 @@ mod tests {
             String::new()
         })));
         assert!(FieldSelector::parse("nonsense").is_err());
+    }
+
+    #[test]
+    fn objects_with_few_or_many_labels_match_by_key() {
+        for n in [3, 40] {
+            let labels: serde_json::Map<String, Value> = (0..n)
+                .map(|i| (format!("k{i}"), Value::from(format!("v{i}"))))
+                .collect();
+            let obj =
+                serde_json::json!({"kind": "Pod", "metadata": {"name": "p", "labels": labels}});
+            let last = format!("k{}=v{},k0", n - 1, n - 1);
+            assert!(LabelSelector::parse(&last).unwrap().matches_object(&obj));
+            assert!(!LabelSelector::parse("k1=v0").unwrap().matches_object(&obj));
+            assert!(
+                !LabelSelector::parse(&format!("k{n}"))
+                    .unwrap()
+                    .matches_object(&obj)
+            );
+            assert!(
+                LabelSelector::parse(&format!("!k{n}"))
+                    .unwrap()
+                    .matches_object(&obj)
+            );
+        }
     }
 }

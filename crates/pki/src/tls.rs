@@ -126,13 +126,13 @@ pub fn server_config_for(
     server_config_with(ca_pem, LiveCert::new(serving, ca_pem)?, require_client_cert)
 }
 
-/// The cipher suites of a server on a machine with AES instructions or without, and whether
-/// its own order wins over the client's. As Go's servers (upstream's) choose where it
-/// matters: without AES instructions (a Raspberry Pi 4) ChaCha20 comes first whatever the
-/// client asks (curl and OpenSSL ask for AES-256 first, which would run in software, several
-/// times slower); with them the client's order stands, so a client without AES instructions
-/// that asks for ChaCha20 first gets it.
-fn cipher_choice(aes_hardware: bool) -> (rustls::crypto::CryptoProvider, bool) {
+/// The cipher suites of a server on a machine with AES instructions or without, in the
+/// server's order of preference. As Go's servers (upstream's) choose where it matters:
+/// without AES instructions (a Raspberry Pi 4) ChaCha20 comes first whatever the client asks
+/// (curl and OpenSSL ask for AES-256 first, which would run in software, several times
+/// slower: the server's order wins then, see [`server_config_on`]); with them the client's
+/// order stands, so a client without AES instructions that asks for ChaCha20 first gets it.
+fn cipher_choice(aes_hardware: bool) -> rustls::crypto::CryptoProvider {
     use rustls::CipherSuite as S;
     let mut provider = rustls::crypto::ring::default_provider();
     if !aes_hardware {
@@ -145,7 +145,7 @@ fn cipher_choice(aes_hardware: bool) -> (rustls::crypto::CryptoProvider, bool) {
             )
         });
     }
-    (provider, !aes_hardware)
+    provider
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -179,8 +179,7 @@ fn server_config_on(
     require_client_cert: bool,
     aes_hardware: bool,
 ) -> anyhow::Result<rustls::ServerConfig> {
-    let (provider, server_order) = cipher_choice(aes_hardware);
-    let provider = Arc::new(provider);
+    let provider = Arc::new(cipher_choice(aes_hardware));
     let builder =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca_pem)?), provider.clone());
     let verifier = if require_client_cert {
@@ -192,7 +191,7 @@ fn server_config_on(
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(serving);
-    config.ignore_client_order = server_order;
+    config.ignore_client_order = !aes_hardware;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
