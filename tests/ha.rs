@@ -46,6 +46,15 @@ fn lease_holder(s: &Server) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Two API-only servers on `etcd`: the first, and a second joined to it with its token.
+fn two_servers(etcd: &Etcd) -> (Server, Server) {
+    let a = Server::start_on(etcd, &[]);
+    let token = a.kinglet_token(&[]);
+    let a_url = format!("https://127.0.0.1:{}", a.port);
+    let b = Server::start_on(etcd, &["--server", &a_url, "--token", &token]);
+    (a, b)
+}
+
 /// Every object of kinds that do not change by themselves, as `kind/namespace/name` lines.
 fn stable_objects(s: &Server) -> BTreeSet<String> {
     s.ok(&[
@@ -321,10 +330,7 @@ fn a_lost_etcd_member_costs_no_acknowledged_write() {
 #[test]
 fn cluster_ips_and_node_ports_stay_unique_across_two_servers() {
     let etcd = Etcd::loopback(1);
-    let a = Server::start_on(&etcd, &[]);
-    let token = a.kinglet_token(&[]);
-    let a_url = format!("https://127.0.0.1:{}", a.port);
-    let b = Server::start_on(&etcd, &["--server", &a_url, "--token", &token]);
+    let (a, b) = two_servers(&etcd);
     let per_server = 50;
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -385,10 +391,7 @@ fn cluster_ips_and_node_ports_stay_unique_across_two_servers() {
 #[test]
 fn reads_through_one_server_see_another_servers_writes_at_once() {
     let etcd = Etcd::loopback(1);
-    let a = Server::start_on(&etcd, &[]);
-    let token = a.kinglet_token(&[]);
-    let a_url = format!("https://127.0.0.1:{}", a.port);
-    let b = Server::start_on(&etcd, &["--server", &a_url, "--token", &token]);
+    let (a, b) = two_servers(&etcd);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let on_a: Api<ConfigMap> = Api::namespaced(a.client().await, "default");
