@@ -255,6 +255,9 @@ pub struct Cache {
     state: RwLock<State>,
     rev: watch::Sender<i64>,
     encodings: AtomicU64,
+    /// Tests only: while true the feed applies no event, as if the cache were behind.
+    #[cfg(test)]
+    held: watch::Sender<bool>,
 }
 
 /// A page of a list served from the cache.
@@ -292,6 +295,8 @@ impl Cache {
             }),
             rev: watch::channel(0).0,
             encodings: AtomicU64::new(0),
+            #[cfg(test)]
+            held: watch::channel(false).0,
         }
     }
 
@@ -324,6 +329,17 @@ impl Cache {
     #[cfg(test)]
     pub fn encodings(&self) -> u64 {
         self.encodings.load(Ordering::Relaxed)
+    }
+
+    /// Tests only: holds the feed's events back (true) or lets them through.
+    #[cfg(test)]
+    pub fn hold(&self, held: bool) {
+        self.held.send_replace(held);
+    }
+
+    #[cfg(test)]
+    async fn while_held(&self) {
+        let _ = self.held.subscribe().wait_for(|held| !held).await;
     }
 
     /// Waits until the cache has applied `rev`, at most `timeout`; whether it has.
@@ -624,6 +640,8 @@ async fn feed(cache: Weak<Cache>, store: Storage) {
                 }
             };
             let Some(c) = cache.upgrade() else { return };
+            #[cfg(test)]
+            c.while_held().await;
             if !ev.record.key.starts_with(SECRETS_PREFIX) {
                 c.apply(&ev);
                 continue;

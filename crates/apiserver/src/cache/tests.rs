@@ -225,37 +225,98 @@ async fn an_unloaded_cache_serves_nothing() {
     assert!(cache.subscribe("/registry/", 0, true).is_none());
 }
 
+/// An API server over a fresh store in `dir`, once its watch cache is loaded.
+async fn api_with_loaded_cache(dir: &std::path::Path) -> Arc<crate::Api> {
+    let api = crate::test_api(dir).await;
+    assert!(api.watch_cache.wait_fresh(1, Duration::from_secs(30)).await);
+    api
+}
+
+/// A request through `api`'s router as the internal user: its status and JSON body.
+fn call(
+    api: &Arc<crate::Api>,
+    method: &str,
+    uri: &str,
+    body: Option<Value>,
+) -> impl std::future::Future<Output = (u16, Value)> + use<> {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .extension(crate::PeerUser(Some(Arc::new(
+            crate::auth::UserInfo::internal(),
+        ))))
+        .body(axum::body::Body::from(
+            body.map(|b| b.to_string()).unwrap_or_default(),
+        ))
+        .unwrap();
+    let router = api.router();
+    async move {
+        let resp = tower::ServiceExt::oneshot(router, req).await.unwrap();
+        let code = resp.status().as_u16();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (code, serde_json::from_slice::<Value>(&bytes).unwrap())
+    }
+}
+
+/// Through the API, reads that must see a write wait for a cache that is behind the store
+/// (its feed held back): a consistent list (no resourceVersion) and a get at the write's
+/// resourceVersion are answered once the cache has the write, and include it.
+#[tokio::test]
+async fn reads_through_the_api_wait_for_a_cache_behind_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = api_with_loaded_cache(dir.path()).await;
+    let call = |method: &str, uri: &str, body: Option<Value>| call(&api, method, uri, body);
+    api.watch_cache.hold(true);
+    let (code, made) = call(
+        "POST",
+        "/api/v1/namespaces/default/configmaps",
+        Some(cm("late", "a")),
+    )
+    .await;
+    assert_eq!(code, 201);
+    let rv = made["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(api.watch_cache.rev() < rv.parse::<i64>().unwrap());
+    let list = tokio::spawn(call("GET", "/api/v1/namespaces/default/configmaps", None));
+    let get = tokio::spawn(call(
+        "GET",
+        &format!("/api/v1/namespaces/default/configmaps/late?resourceVersion={rv}"),
+        None,
+    ));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !list.is_finished() && !get.is_finished(),
+        "answered from a cache behind the store"
+    );
+    api.watch_cache.hold(false);
+    let (code, list) = list.await.unwrap();
+    assert_eq!(code, 200);
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(names, ["late"]);
+    let (code, got) = get.await.unwrap();
+    assert_eq!(
+        (code, got["metadata"]["resourceVersion"].as_str()),
+        (200, Some(rv.as_str()))
+    );
+}
+
 /// Through the API: a list right after a create (a consistent read) includes it, and one at
 /// a revision not reached yet answers 504 as upstream's cache does.
 #[tokio::test]
 async fn lists_from_the_cache_read_their_writes() {
-    use http::Request;
-    use tower::ServiceExt;
     let dir = tempfile::tempdir().unwrap();
-    let api = crate::test_api(dir.path()).await;
-    assert!(api.watch_cache.wait_fresh(1, Duration::from_secs(30)).await);
-    let call = |method: &str, uri: &str, body: Option<Value>| {
-        let req = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header("content-type", "application/json")
-            .extension(crate::PeerUser(Some(Arc::new(
-                crate::auth::UserInfo::internal(),
-            ))))
-            .body(axum::body::Body::from(
-                body.map(|b| b.to_string()).unwrap_or_default(),
-            ))
-            .unwrap();
-        let router = api.router();
-        async move {
-            let resp = router.oneshot(req).await.unwrap();
-            let code = resp.status().as_u16();
-            let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-                .await
-                .unwrap();
-            (code, serde_json::from_slice::<Value>(&bytes).unwrap())
-        }
-    };
+    let api = api_with_loaded_cache(dir.path()).await;
+    let call = |method: &str, uri: &str, body: Option<Value>| call(&api, method, uri, body);
     for i in 0..20 {
         let (code, _) = call(
             "POST",
