@@ -1,13 +1,17 @@
 //! Several servers on one etcd cluster (issue 23's acceptance): a second server takes over the
 //! controllers when the first is killed and serves every object; the cluster survives the loss
-//! of one etcd member without losing an acknowledged write; Service addresses and node ports
+//! of one etcd member without losing an acknowledged write, and of one that goes silent;
+//! Service addresses and node ports
 //! stay unique when two servers allocate at once; reads through one server see the other's
 //! writes at once; etcd holds objects under upstream's keys.
 
 mod common;
 
 use std::collections::BTreeSet;
+
+use futures::StreamExt;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use common::cluster::{AGENT_IP, Agent, ETCD_IP, SERVER_IPS, Switch, server_on_switch};
 use common::etcd::Etcd;
@@ -324,6 +328,76 @@ fn a_lost_etcd_member_costs_no_acknowledged_write() {
             .filter(|l| !l.is_empty())
             .count();
         (n == want).then_some(())
+    });
+}
+
+/// An etcd member that stops answering without closing its connections (as one behind a
+/// network path that went dead) costs a wait, not the cluster: writes move to the other
+/// members within the store's timeouts, and a watch opened before delivers what is written
+/// after. Each member in turn, so that the one the server's requests go to and the one its
+/// watch follows are both silenced at some point.
+#[test]
+fn a_silent_etcd_member_is_left_for_the_others() {
+    let mut etcd = Etcd::loopback_tls(3);
+    let s = Server::start_on(&etcd, &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let api: Api<ConfigMap> = Api::namespaced(s.client().await, "default");
+        let rv = api
+            .create(&PostParams::default(), &cm("before"))
+            .await
+            .expect("a write with every member up")
+            .metadata
+            .resource_version
+            .expect("resourceVersion");
+        let mut watch = api
+            .watch(&kube::api::WatchParams::default().timeout(290), &rv)
+            .await
+            .expect("watch")
+            .boxed();
+        for member in 0..3 {
+            etcd.silence(member, true);
+            let first = format!("silent-{member}-0");
+            let written = tokio::time::timeout(Duration::from_secs(60), async {
+                loop {
+                    match api.create(&PostParams::default(), &cm(&first)).await {
+                        Ok(_) => return,
+                        Err(kube::Error::Api(e)) if e.is_already_exists() => return,
+                        // Writes in flight while the others elect a leader, or on the silent
+                        // member until its timeout, fail (as upstream's apiserver's do).
+                        Err(e) => eprintln!("{first}: {e}; again"),
+                    }
+                }
+            })
+            .await;
+            assert!(
+                written.is_ok(),
+                "no write within 60 s of member {member} going silent"
+            );
+            for i in 1..5 {
+                api.create(&PostParams::default(), &cm(&format!("silent-{member}-{i}")))
+                    .await
+                    .unwrap_or_else(|e| panic!("a write with member {member} silent: {e}"));
+            }
+            let last = format!("silent-{member}-4");
+            let seen = tokio::time::timeout(Duration::from_secs(60), async {
+                while let Some(ev) = watch.next().await {
+                    if let Ok(kube::api::WatchEvent::Added(o)) = ev
+                        && o.metadata.name.as_deref() == Some(last.as_str())
+                    {
+                        return true;
+                    }
+                }
+                false
+            })
+            .await;
+            assert_eq!(
+                seen,
+                Ok(true),
+                "the watch opened before did not deliver {last}"
+            );
+            etcd.silence(member, false);
+        }
     });
 }
 

@@ -60,7 +60,29 @@ impl Etcd {
         })
     }
 
+    /// Starts the members and waits for them to be healthy. Free loopback ports may be taken
+    /// by another test before etcd binds them: then the cluster is made again on other ports.
     fn start(
+        n: usize,
+        mut host: Option<TestHost>,
+        ip: &str,
+        tls: bool,
+        ports: impl Fn(usize) -> (u16, u16),
+    ) -> Etcd {
+        for _ in 0..3 {
+            let mut etcd = Etcd::spawn_all(n, host.take(), ip, tls, &ports);
+            match etcd.try_wait_healthy() {
+                Ok(()) => return etcd,
+                Err(e) if etcd.host.is_none() && e.contains("address already in use") => {
+                    eprintln!("etcd: a port was taken, again on others");
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("etcd: ports taken three times over");
+    }
+
+    fn spawn_all(
         n: usize,
         host: Option<TestHost>,
         ip: &str,
@@ -91,7 +113,6 @@ impl Etcd {
         for i in 0..n {
             etcd.spawn(i);
         }
-        etcd.wait_healthy();
         etcd
     }
 
@@ -227,6 +248,13 @@ impl Etcd {
 
     /// Waits (60 s) until every running member is healthy (which needs a quorum).
     pub fn wait_healthy(&mut self) {
+        if let Err(e) = self.try_wait_healthy() {
+            panic!("{e}");
+        }
+    }
+
+    /// The same; what went wrong, with the members' logs.
+    fn try_wait_healthy(&mut self) -> Result<(), String> {
         let running: Vec<usize> = (0..self.members.len())
             .filter(|i| self.members[*i].child.is_some())
             .collect();
@@ -237,13 +265,13 @@ impl Etcd {
                 Some(format!("etcd member {} exited with {status}", m.name))
             });
             if let Some(exited) = exited {
-                panic!("{exited}:\n{}", self.logs());
+                return Err(format!("{exited}:\n{}", self.logs()));
             }
             if running.iter().all(|i| self.member_healthy(*i)) {
-                return;
+                return Ok(());
             }
             if std::time::Instant::now() > deadline {
-                panic!("etcd did not become healthy:\n{}", self.logs());
+                return Err(format!("etcd did not become healthy:\n{}", self.logs()));
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
@@ -254,6 +282,24 @@ impl Etcd {
         if let Some(mut c) = self.members[i].child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// Stops member `i` without closing anything (SIGSTOP): a member that no longer answers,
+    /// as one behind a network path that went dead. `false` lets it go on (SIGCONT) and waits
+    /// for every running member to be healthy.
+    pub fn silence(&mut self, i: usize, silent: bool) {
+        let Some(c) = &self.members[i].child else {
+            return;
+        };
+        let signal = if silent { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill")
+            .args([signal, &c.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} etcd member {i}");
+        if !silent {
+            self.wait_healthy();
         }
     }
 
