@@ -333,9 +333,9 @@ fn a_lost_etcd_member_costs_no_acknowledged_write() {
 
 /// An etcd member that stops answering without closing its connections (as one behind a
 /// network path that went dead) costs a wait, not the cluster: writes move to the other
-/// members within the store's timeouts, and a watch opened before delivers what is written
-/// after. Each member in turn, so that the one the server's requests go to and the one its
-/// watch follows are both silenced at some point.
+/// members within the store's timeouts, and a watch opened before the member went silent
+/// delivers what is written after. Each member in turn, so that the one the server's requests
+/// go to and the one its watch follows are both silenced at some point.
 #[test]
 fn a_silent_etcd_member_is_left_for_the_others() {
     let mut etcd = Etcd::loopback_tls(3);
@@ -343,37 +343,42 @@ fn a_silent_etcd_member_is_left_for_the_others() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let api: Api<ConfigMap> = Api::namespaced(s.client().await, "default");
-        let rv = api
-            .create(&PostParams::default(), &cm("before"))
-            .await
-            .expect("a write with every member up")
-            .metadata
-            .resource_version
-            .expect("resourceVersion");
-        let mut watch = api
-            .watch(&kube::api::WatchParams::default().timeout(290), &rv)
-            .await
-            .expect("watch")
-            .boxed();
         for member in 0..3 {
+            let rv = api
+                .create(&PostParams::default(), &cm(&format!("before-{member}")))
+                .await
+                .expect("a write with every member up")
+                .metadata
+                .resource_version
+                .expect("resourceVersion");
+            let mut watch = api
+                .watch(&kube::api::WatchParams::default().timeout(240), &rv)
+                .await
+                .expect("watch")
+                .boxed();
             etcd.silence(member, true);
             let first = format!("silent-{member}-0");
             let written = tokio::time::timeout(Duration::from_secs(60), async {
+                let mut last_error = String::new();
                 loop {
                     match api.create(&PostParams::default(), &cm(&first)).await {
-                        Ok(_) => return,
-                        Err(kube::Error::Api(e)) if e.is_already_exists() => return,
+                        Ok(_) => return Ok(()),
+                        Err(kube::Error::Api(e)) if e.is_already_exists() => return Ok(()),
                         // Writes in flight while the others elect a leader, or on the silent
                         // member until its timeout, fail (as upstream's apiserver's do).
-                        Err(e) => eprintln!("{first}: {e}; again"),
+                        Err(kube::Error::Api(e)) if e.code >= 500 => last_error = e.to_string(),
+                        Err(e) => return Err(e.to_string()),
                     }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    eprintln!("{first}: {last_error}; again");
                 }
             })
             .await;
-            assert!(
-                written.is_ok(),
-                "no write within 60 s of member {member} going silent"
-            );
+            match written {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => panic!("{first} with member {member} silent: {e}"),
+                Err(_) => panic!("no write within 60 s of member {member} going silent"),
+            }
             for i in 1..5 {
                 api.create(&PostParams::default(), &cm(&format!("silent-{member}-{i}")))
                     .await
@@ -385,16 +390,16 @@ fn a_silent_etcd_member_is_left_for_the_others() {
                     if let Ok(kube::api::WatchEvent::Added(o)) = ev
                         && o.metadata.name.as_deref() == Some(last.as_str())
                     {
-                        return true;
+                        return "delivered";
                     }
                 }
-                false
+                "the watch ended"
             })
             .await;
             assert_eq!(
                 seen,
-                Ok(true),
-                "the watch opened before did not deliver {last}"
+                Ok("delivered"),
+                "{last} on the watch opened before member {member} went silent"
             );
             etcd.silence(member, false);
         }

@@ -331,7 +331,8 @@ impl Cache {
         self.encodings.load(Ordering::Relaxed)
     }
 
-    /// Tests only: holds the feed's events back (true) or lets them through.
+    /// Tests only: holds the feed back (true: neither events nor a re-list are applied) or
+    /// lets it go on.
     #[cfg(test)]
     pub fn hold(&self, held: bool) {
         self.held.send_replace(held);
@@ -604,7 +605,11 @@ async fn feed(cache: Weak<Cache>, store: Storage) {
             }
         };
         match cache.upgrade() {
-            Some(c) => c.replace(items, rev, withheld),
+            Some(c) => {
+                #[cfg(test)]
+                c.while_held().await;
+                c.replace(items, rev, withheld)
+            }
             None => return,
         }
         pause = Duration::from_millis(50);

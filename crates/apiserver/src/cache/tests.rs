@@ -282,13 +282,25 @@ async fn reads_through_the_api_wait_for_a_cache_behind_the_store() {
         .unwrap()
         .to_string();
     assert!(api.watch_cache.rev() < rv.parse::<i64>().unwrap());
+    let waiting = api.watch_cache.rev.receiver_count();
     let list = tokio::spawn(call("GET", "/api/v1/namespaces/default/configmaps", None));
     let get = tokio::spawn(call(
         "GET",
         &format!("/api/v1/namespaces/default/configmaps/late?resourceVersion={rv}"),
         None,
     ));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Until both requests wait for the cache's revision (or have been answered: a handler
+    // that does not wait), then a little longer.
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while api.watch_cache.rev.receiver_count() < waiting + 2
+            && !(list.is_finished() && get.is_finished())
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the requests neither wait nor answer");
+    tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(
         !list.is_finished() && !get.is_finished(),
         "answered from a cache behind the store"
