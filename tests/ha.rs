@@ -359,18 +359,17 @@ fn a_silent_etcd_member_is_left_for_the_others() {
             etcd.silence(member, true);
             let first = format!("silent-{member}-0");
             let written = tokio::time::timeout(Duration::from_secs(60), async {
-                let mut last_error = String::new();
                 loop {
-                    match api.create(&PostParams::default(), &cm(&first)).await {
+                    let failed = match api.create(&PostParams::default(), &cm(&first)).await {
                         Ok(_) => return Ok(()),
                         Err(kube::Error::Api(e)) if e.is_already_exists() => return Ok(()),
                         // Writes in flight while the others elect a leader, or on the silent
                         // member until its timeout, fail (as upstream's apiserver's do).
-                        Err(kube::Error::Api(e)) if e.code >= 500 => last_error = e.to_string(),
+                        Err(kube::Error::Api(e)) if e.code >= 500 => e.to_string(),
                         Err(e) => return Err(e.to_string()),
-                    }
+                    };
+                    eprintln!("{first}: {failed}; again");
                     tokio::time::sleep(Duration::from_millis(200)).await;
-                    eprintln!("{first}: {last_error}; again");
                 }
             })
             .await;
