@@ -326,9 +326,10 @@ impl Drop for Curls {
 /// reports the creates, the server's CPU time per create (`server`: its pid) and whether
 /// every watcher received every event.
 ///
-/// The watchers are `curl` processes writing to files (on tmpfs), as in the issue's own measurement:
-/// they share the server's two cores, and what is measured is the server's fan-out, not the
-/// watchers' decoding. Every line is checked after the timed creates: each watcher must hold
+/// The watchers are `curl` processes writing to files (on tmpfs), as in the h2load
+/// measurement that reproduced the figures (docs/BENCHMARKS.md): they share the
+/// server's two cores, and what is measured is the server's fan-out, not the watchers'
+/// decoding. Every line is checked after the timed creates: each watcher must hold
 /// an ADDED event of every object created.
 async fn creates_with_watches(
     kubeconfig: &std::path::Path,
