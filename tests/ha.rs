@@ -1,17 +1,16 @@
 //! Several servers on one etcd cluster (issue 23's acceptance): a second server takes over the
 //! controllers when the first is killed and serves every object; the cluster survives the loss
 //! of one etcd member without losing an acknowledged write, and of one that goes silent;
-//! Service addresses and node ports
-//! stay unique when two servers allocate at once; reads through one server see the other's
-//! writes at once; etcd holds objects under upstream's keys.
+//! Service addresses and node ports stay unique when two servers allocate at once; reads
+//! through one server see the other's writes at once; etcd holds objects under upstream's keys.
 
 mod common;
 
 use std::collections::BTreeSet;
-
-use futures::StreamExt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use futures::StreamExt;
 
 use common::cluster::{AGENT_IP, Agent, ETCD_IP, SERVER_IPS, Switch, server_on_switch};
 use common::etcd::Etcd;
