@@ -1,8 +1,10 @@
 //! API server benchmark: drives a running `kinglet server` (this build) over HTTPS with
 //! concurrent kube-rs clients and prints creates/s, gets/s, list and watch latencies, creates
-//! with label-selector watches (`curl` processes) open, and RSS; once on SQLite and once on a local single-member
-//! etcd (Debian's `etcd-server`), one after the other in one run. On SQLite it also measures
-//! the database file after a burst of creates and deletes and a compaction.
+//! with label-selector watches (`curl` processes) open (sharing every CPU with the server,
+//! then with the server on CPU 0 and the bench on the others), and RSS; once on SQLite and
+//! once on a local single-member etcd (Debian's `etcd-server`), one after the other in one
+//! run. On SQLite it also measures the database file after a burst of creates and deletes
+//! and a compaction.
 //!
 //! Run: `cargo bench --bench apiserver` (env BENCH_CREATES, BENCH_CLIENTS, BENCH_WATCHES,
 //! BENCH_SELECTOR_WATCHES (50), BENCH_BURST (20,000 objects created and deleted beside a quarter
@@ -86,12 +88,12 @@ fn main() {
     for backend in backends.split(',').map(str::trim).filter(|b| !b.is_empty()) {
         println!("\n== datastore: {backend}");
         match backend {
-            "sqlite" => bench_server(&[], false),
+            "sqlite" => bench_server(&[], &[]),
             "etcd" => {
                 let etcd = Etcd::loopback(1);
                 let flags = etcd.server_flags();
                 let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-                bench_server(&flags, true);
+                bench_server(&flags, etcd.pid(0).as_slice());
                 let db = std::fs::metadata(etcd.data_dir(0).join("member/snap/db"))
                     .map(|m| m.len())
                     .unwrap_or(0);
@@ -106,9 +108,10 @@ fn main() {
     }
 }
 
-/// One `kinglet server --disable-agent` with `datastore` flags, measured; on SQLite (not
-/// `on_etcd`) also the database file after a burst.
-fn bench_server(datastore: &[&str], on_etcd: bool) {
+/// One `kinglet server --disable-agent` with `datastore` flags, measured; `etcd` are the
+/// processes of its etcd (none: on SQLite, which also measures the database file after a
+/// burst).
+fn bench_server(datastore: &[&str], etcd: &[u32]) {
     let creates = env_or("BENCH_CREATES", 10_000);
     let clients = env_or("BENCH_CLIENTS", 16);
     let watches = env_or("BENCH_WATCHES", 100);
@@ -283,13 +286,31 @@ fn bench_server(datastore: &[&str], on_etcd: bool) {
 
         // Creates with no watch open, then with `selector_watches` label-selector watches on
         // the same resource, each matching every object created.
-        creates_with_watches(&kubeconfig, pid, clients, creates, 0).await;
-        creates_with_watches(&kubeconfig, pid, clients, creates, selector_watches).await;
+        creates_with_watches(&kubeconfig, pid, clients, creates, 0, false).await;
+        creates_with_watches(&kubeconfig, pid, clients, creates, selector_watches, false).await;
         println!("RSS after load: {}", rss(pid));
+
+        // The same with the server (and its etcd) on CPU 0 and the bench (its clients and the
+        // watchers' curls) on the other CPUs: what the watches cost the server itself, without
+        // the watchers' own CPU time taken from the server's cores (in a cluster the
+        // watchers, kubelets and controllers, run on other machines).
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if cpus >= 2 {
+            let server_side: Vec<u32> = std::iter::once(pid).chain(etcd.iter().copied()).collect();
+            for &p in &server_side {
+                pin(p, "0");
+            }
+            pin(std::process::id(), &format!("1-{}", cpus - 1));
+            creates_with_watches(&kubeconfig, pid, clients, creates, 0, true).await;
+            creates_with_watches(&kubeconfig, pid, clients, creates, selector_watches, true).await;
+            for p in server_side.into_iter().chain([std::process::id()]) {
+                pin(p, &format!("0-{}", cpus - 1));
+            }
+        }
     });
     let _ = server.kill();
     let _ = server.wait();
-    if !on_etcd && burst > 0 {
+    if etcd.is_empty() && burst > 0 {
         rt.block_on(sqlite_after_burst(clients, burst));
     }
 }
@@ -309,6 +330,17 @@ fn start_server(dir: &std::path::Path, extra: &[&str]) -> std::process::Child {
         .expect("start kinglet")
 }
 
+/// Moves every thread of process `pid` to `cpus` (a `taskset` list such as `1-3`); threads
+/// it starts later inherit that.
+fn pin(pid: u32, cpus: &str) {
+    let pinned = Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(pinned, "taskset (util-linux) -a -p -c {cpus} {pid}");
+}
+
 /// The watchers' `curl` processes, ended when dropped (also when the bench panics).
 struct Curls(Vec<std::process::Child>);
 
@@ -324,7 +356,7 @@ impl Drop for Curls {
 /// Creates `n` ConfigMaps labelled `bench=1` in a namespace of their own with `clients`
 /// clients while `watches` watches with the selector `bench=1` are open on that namespace;
 /// reports the creates, the server's CPU time per create (`server`: its pid) and whether
-/// every watcher received every event.
+/// every watcher received every event. `pinned` only names the run (see `bench_server`).
 ///
 /// The watchers are `curl` processes writing to files (on tmpfs), as in the h2load
 /// measurement that reproduced the figures (docs/BENCHMARKS.md): they share the
@@ -337,8 +369,9 @@ async fn creates_with_watches(
     clients: usize,
     n: usize,
     watches: usize,
+    pinned: bool,
 ) {
-    let ns = format!("sel-{watches}");
+    let ns = format!("sel-{watches}{}", if pinned { "-pinned" } else { "" });
     let c = client(kubeconfig).await;
     make_ns(&c, &ns).await;
     let api: Api<ConfigMap> = Api::namespaced(c.clone(), &ns);
@@ -400,7 +433,12 @@ async fn creates_with_watches(
     }
     let cpu = cpu_seconds(&server.to_string());
     let (lat, wall) = create_all(cs, &ns, per, 0).await;
-    report(&format!("create, {watches} sel. watches"), lat, wall);
+    let pinned = if pinned { ", pinned" } else { "" };
+    report(
+        &format!("create, {watches} sel. watches{pinned}"),
+        lat,
+        wall,
+    );
     // Until every watcher has a line per object (or its curl ended, or 5 minutes); the
     // server's CPU counted until then, as the fan-out may finish after the last create.
     let lines = |f: &std::path::Path| {
