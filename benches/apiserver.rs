@@ -119,8 +119,8 @@ fn bench_server(datastore: &[&str], etcd: &[u32]) {
     let burst = env_or("BENCH_BURST", 20_000);
     let dir = tempfile::tempdir().expect("tempdir");
     let kubeconfig = dir.path().join("kubeconfig");
-    let mut server = start_server(dir.path(), datastore);
-    let pid = server.id();
+    let server = start_server(dir.path(), datastore);
+    let pid = server.0.id();
     let rt = common::runtime();
     rt.block_on(async {
         let start = Instant::now();
@@ -287,7 +287,9 @@ fn bench_server(datastore: &[&str], etcd: &[u32]) {
         // Creates with no watch open, then with `selector_watches` label-selector watches on
         // the same resource, each matching every object created.
         creates_with_watches(&kubeconfig, pid, clients, creates, 0, false).await;
-        creates_with_watches(&kubeconfig, pid, clients, creates, selector_watches, false).await;
+        if selector_watches > 0 {
+            creates_with_watches(&kubeconfig, pid, clients, creates, selector_watches, false).await;
+        }
         println!("RSS after load: {}", rss(pid));
 
         // The same with the server (and its etcd) on CPU 0 and the bench (its clients and the
@@ -302,32 +304,47 @@ fn bench_server(datastore: &[&str], etcd: &[u32]) {
             }
             pin(std::process::id(), &format!("1-{}", cpus - 1));
             creates_with_watches(&kubeconfig, pid, clients, creates, 0, true).await;
-            creates_with_watches(&kubeconfig, pid, clients, creates, selector_watches, true).await;
+            if selector_watches > 0 {
+                creates_with_watches(&kubeconfig, pid, clients, creates, selector_watches, true)
+                    .await;
+            }
             for p in server_side.into_iter().chain([std::process::id()]) {
                 pin(p, &format!("0-{}", cpus - 1));
             }
         }
     });
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     if etcd.is_empty() && burst > 0 {
         rt.block_on(sqlite_after_burst(clients, burst));
     }
 }
 
+/// A server process, killed when dropped (also when the bench panics, before its temporary
+/// directory goes).
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `kinglet server --disable-agent` on a free loopback port with its state under `dir`;
 /// `extra` flags last.
-fn start_server(dir: &std::path::Path, extra: &[&str]) -> std::process::Child {
+fn start_server(dir: &std::path::Path, extra: &[&str]) -> Server {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    server_command(Command::new(kinglet_binary()), dir)
-        .args(["--disable-agent", "--https-listen-port", &port.to_string()])
-        .args(extra)
-        .spawn()
-        .expect("start kinglet")
+    Server(
+        server_command(Command::new(kinglet_binary()), dir)
+            .args(["--disable-agent", "--https-listen-port", &port.to_string()])
+            .args(extra)
+            .spawn()
+            .expect("start kinglet"),
+    )
 }
 
 /// Moves every thread of process `pid` to `cpus` (a `taskset` list such as `1-3`); threads
@@ -489,7 +506,7 @@ async fn creates_with_watches(
 async fn sqlite_after_burst(clients: usize, burst: usize) {
     let dir = tempfile::tempdir().expect("tempdir");
     let kubeconfig = dir.path().join("kubeconfig");
-    let mut server = start_server(dir.path(), &["--compaction-interval", "5"]);
+    let _server = start_server(dir.path(), &["--compaction-interval", "5"]);
     let c = &wait_for_client(&kubeconfig, 30).await;
     let kubeconfig = kubeconfig.as_path();
     let db = dir.path().join("data/server/db/state.db");
@@ -539,8 +556,6 @@ async fn sqlite_after_burst(clients: usize, burst: usize) {
         "  after / before the burst: {:.2}x (file + WAL)",
         (after.0 + after.1) / (before.0 + before.1)
     );
-    let _ = server.kill();
-    let _ = server.wait();
 }
 
 /// Each client creates `per` ConfigMaps in `ns`, all at once; latencies and wall time.
