@@ -286,10 +286,14 @@ fn bench_server(datastore: &[&str], etcd: &[u32]) {
 
         // Creates with no watch open, then with `selector_watches` label-selector watches on
         // the same resource, each matching every object created.
-        creates_with_watches(&kubeconfig, pid, clients, creates, 0, false).await;
-        if selector_watches > 0 {
-            creates_with_watches(&kubeconfig, pid, clients, creates, selector_watches, false).await;
-        }
+        let kubeconfig = &kubeconfig;
+        let pair = |pinned| async move {
+            let with = (selector_watches > 0).then_some(selector_watches);
+            for watches in std::iter::once(0).chain(with) {
+                creates_with_watches(kubeconfig, pid, clients, creates, watches, pinned).await;
+            }
+        };
+        pair(false).await;
         println!("RSS after load: {}", rss(pid));
 
         // The same with the server (and its etcd) on CPU 0 and the bench (its clients and the
@@ -303,11 +307,7 @@ fn bench_server(datastore: &[&str], etcd: &[u32]) {
                 pin(p, "0");
             }
             pin(std::process::id(), &format!("1-{}", cpus - 1));
-            creates_with_watches(&kubeconfig, pid, clients, creates, 0, true).await;
-            if selector_watches > 0 {
-                creates_with_watches(&kubeconfig, pid, clients, creates, selector_watches, true)
-                    .await;
-            }
+            pair(true).await;
             for p in server_side.into_iter().chain([std::process::id()]) {
                 pin(p, &format!("0-{}", cpus - 1));
             }
@@ -319,11 +319,11 @@ fn bench_server(datastore: &[&str], etcd: &[u32]) {
     }
 }
 
-/// A server process, killed when dropped (also when the bench panics, before its temporary
-/// directory goes).
-struct Server(std::process::Child);
+/// A child process (the server, a watcher's `curl`), killed when dropped: also when the
+/// bench panics, before the temporary directory it uses goes.
+struct Killed(std::process::Child);
 
-impl Drop for Server {
+impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -332,13 +332,13 @@ impl Drop for Server {
 
 /// `kinglet server --disable-agent` on a free loopback port with its state under `dir`;
 /// `extra` flags last.
-fn start_server(dir: &std::path::Path, extra: &[&str]) -> Server {
+fn start_server(dir: &std::path::Path, extra: &[&str]) -> Killed {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    Server(
+    Killed(
         server_command(Command::new(kinglet_binary()), dir)
             .args(["--disable-agent", "--https-listen-port", &port.to_string()])
             .args(extra)
@@ -358,18 +358,6 @@ fn pin(pid: u32, cpus: &str) {
     assert!(pinned, "taskset (util-linux) -a -p -c {cpus} {pid}");
 }
 
-/// The watchers' `curl` processes, ended when dropped (also when the bench panics).
-struct Curls(Vec<std::process::Child>);
-
-impl Drop for Curls {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// Creates `n` ConfigMaps labelled `bench=1` in a namespace of their own with `clients`
 /// clients while `watches` watches with the selector `bench=1` are open on that namespace;
 /// reports the creates, the server's CPU time per create (`server`: its pid) and whether
@@ -377,8 +365,8 @@ impl Drop for Curls {
 ///
 /// The watchers are `curl` processes writing to files (on tmpfs), as in the h2load
 /// measurement that reproduced the figures (docs/BENCHMARKS.md): they share the
-/// server's two cores, and what is measured is the server's fan-out, not the watchers'
-/// decoding. Every line is checked after the timed creates: each watcher must hold
+/// server's cores unless `pinned`, and what is measured is the server's fan-out, not the
+/// watchers' decoding. Every line is checked after the timed creates: each watcher must hold
 /// an ADDED event of every object created.
 async fn creates_with_watches(
     kubeconfig: &std::path::Path,
@@ -424,10 +412,10 @@ async fn creates_with_watches(
     let files: Vec<_> = (0..watches)
         .map(|i| out.path().join(format!("watch-{i}")))
         .collect();
-    let mut curls = Curls(
-        files
-            .iter()
-            .map(|file| {
+    let mut curls: Vec<Killed> = files
+        .iter()
+        .map(|file| {
+            Killed(
                 Command::new("curl")
                     .args(["-sS", "-N", "--cacert"])
                     .arg(tls.join("ca.crt"))
@@ -439,10 +427,10 @@ async fn creates_with_watches(
                     .arg(file)
                     .arg(&url)
                     .spawn()
-                    .expect("curl (Debian's curl) runs")
-            })
-            .collect(),
-    );
+                    .expect("curl (Debian's curl) runs"),
+            )
+        })
+        .collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut cs = Vec::new();
     for _ in 0..clients {
@@ -466,7 +454,7 @@ async fn creates_with_watches(
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut waiting: Vec<usize> = (0..watches).collect();
     while Instant::now() < deadline && !waiting.is_empty() {
-        waiting.retain(|&i| lines(&files[i]) < total && matches!(curls.0[i].try_wait(), Ok(None)));
+        waiting.retain(|&i| lines(&files[i]) < total && matches!(curls[i].0.try_wait(), Ok(None)));
         if !waiting.is_empty() {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
