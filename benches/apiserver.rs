@@ -291,8 +291,9 @@ fn bench_server(datastore: &[&str], etcd: &[u32]) {
             let _ = tokio::time::timeout(Duration::from_secs(30), w).await;
         }
         let lat = lat.lock().unwrap().clone();
-        // Where a late delivery comes from: a create that was itself slow (its commit) is the
-        // store's, one that was not is the fan-out's (or the watcher's).
+        // Where a late delivery comes from: the event of a create that was itself slow (its
+        // round trip, commit included) was late before any fan-out; otherwise the fan-out or
+        // the watcher was.
         let slow = Duration::from_millis(10);
         let late: Vec<usize> = lat.iter().filter(|l| l.1 > slow).map(|l| l.0).collect();
         let late_commit = late
