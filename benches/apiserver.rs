@@ -295,12 +295,11 @@ fn bench_server(datastore: &[&str], etcd: &[u32]) {
         // round trip, commit included) was late before any fan-out; otherwise the fan-out or
         // the watcher was.
         let slow = Duration::from_millis(10);
-        let slow_creates = create_took.iter().filter(|c| **c > slow).count();
-        let late: Vec<usize> = lat.iter().filter(|l| l.1 > slow).map(|l| l.0).collect();
-        let late_of_slow = late
-            .iter()
-            .filter(|&&e| create_took.get(e).is_some_and(|c| *c > slow))
-            .count();
+        let slow_create = |e: usize| create_took.get(e).is_some_and(|c| *c > slow);
+        let slow_creates = (0..events).filter(|&e| slow_create(e)).count();
+        let late = lat.iter().filter(|l| l.1 > slow);
+        let late_of_slow = late.clone().filter(|l| slow_create(l.0)).count();
+        let late = late.count();
         report(
             &format!("watch delivery ({watches} watches)"),
             lat.into_iter().map(|l| l.1).collect(),
@@ -314,7 +313,7 @@ fn bench_server(datastore: &[&str], etcd: &[u32]) {
             pct(&sorted, 0.5),
             pct(&sorted, 0.99),
             pct(&sorted, 1.0),
-            late.len(),
+            late,
         );
 
         // Creates with no watch open, then with `selector_watches` label-selector watches on
